@@ -1,0 +1,1 @@
+"""Quality and cost estimators that feed the decision kernel."""

@@ -1,0 +1,1 @@
+"""Training, policy fitting, evaluation and batch scoring for cascade routing."""
