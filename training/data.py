@@ -1,0 +1,618 @@
+"""Read per-(query, model) benchmark tables into a :class:`RoutingTable`.
+
+Two layouts are understood:
+
+* the **long** format of ``../shared/data/README.md``: one row per
+  (query, model) with ``query_id, model, quality, cost_usd`` and optional
+  ``task, subtask, split, prompt, response, input_tokens, output_tokens``;
+* the **wide RouterBench** format (``routerbench_0shot.pkl`` as downloaded,
+  or a CSV of it): one row per prompt with ``sample_id, prompt, eval_name``
+  and, per model ``M``, the columns ``M`` (quality), ``M|total_cost`` and
+  ``M|model_response``. It is recognised by its ``|total_cost`` columns.
+
+Everything is validated before a table is built, and every problem raises a
+``ValueError`` that names the offending rows (0-based positions among the
+data rows of the input; the header is not counted) and what to do about it.
+Nothing is dropped or repaired silently: a routing policy fitted on a table
+with a hole or a duplicate would be wrong without any visible symptom.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import pandas as pd
+
+from .table import RoutingTable
+
+__all__ = ["REQUIRED_COLUMNS", "fingerprint", "read_prices", "read_table"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+Prices = Mapping[str, "tuple[float, float]"]
+
+REQUIRED_COLUMNS = ("query_id", "model", "quality", "cost_usd")
+PRICE_COLUMNS = ("model", "input_price_per_mtok_usd", "output_price_per_mtok_usd")
+
+_QUERY_TEXT = {"prompt": "prompts", "task": "tasks", "subtask": "subtasks", "split": "splits"}
+_TOKENS = ("input_tokens", "output_tokens")
+_WIDE_COST = "|total_cost"
+_WIDE_RESPONSE = "|model_response"
+_MISSING_TEXT = frozenset({"", "nan", "na", "n/a", "null", "none"})
+_SHOWN = 5  # offending rows quoted in full in an error message
+
+
+# --------------------------------------------------------------------------- #
+# public API
+# --------------------------------------------------------------------------- #
+
+
+def read_table(
+    source: PathLike | pd.DataFrame,
+    *,
+    models: Sequence[str] | None = None,
+    quality_range: tuple[float, float] = (0.0, 1.0),
+    signal_columns: Sequence[str] = (),
+    prices: Prices | PathLike | None = None,
+) -> RoutingTable:
+    """Load, validate and pivot a benchmark table into a :class:`RoutingTable`.
+
+    Parameters
+    ----------
+    source : path or pandas.DataFrame
+        A ``.parquet``, ``.csv`` or ``.csv.gz`` file in the long format, a
+        wide RouterBench ``.pkl``/``.csv``, or a DataFrame in either layout.
+        CSV files are read as text with empty fields kept as ``''`` (pandas
+        would otherwise turn an empty ``response`` into NaN); numeric columns
+        are parsed afterwards so that a bad value is reported with its row.
+        Pickles are loaded with :func:`pandas.read_pickle`, which can run
+        arbitrary code: load trusted files only.
+    models : sequence of str, optional
+        Keep only these models (rows of the other models are ignored, and
+        so are their values). Useful when a model was not run on every query.
+    quality_range : (float, float), default (0.0, 1.0)
+        Inclusive range every quality must lie in; a value outside usually
+        means a different scale (percent, or a reward model's logit).
+    signal_columns : sequence of str, default ()
+        Extra numeric per-(query, model) columns to carry into
+        :attr:`RoutingTable.signals` (a log-probability, a verifier score).
+        Empty or NaN values mean "not logged" and are kept as NaN. In the
+        wide format, signal ``s`` of model ``M`` is read from column ``M|s``.
+    prices : mapping or path, optional
+        A ``{model: (input, output)}`` price table in USD per 1M tokens, or a
+        path to a ``models.csv``-style file (see :func:`read_prices`). It is
+        only **checked** here: every model of the result must have a price,
+        so that a cost estimator fitted later cannot fail halfway. Prices are
+        not stored in the table (it has no field for them); keep the mapping
+        you passed, or call :func:`read_prices`.
+
+    Returns
+    -------
+    RoutingTable
+        Queries sorted by ``query_id`` (as text), models sorted by mean cost,
+        cheapest first (ties by name). Text columns absent from the source
+        are ``None``; present ones have ``''`` for missing entries. Token
+        columns, when present, have NaN for unknown counts.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``source`` is a path that does not exist.
+    ValueError
+        On an empty input; a missing required column; an unknown model name
+        in ``models``; a missing or empty ``query_id``/``model``; a
+        duplicated (query_id, model) pair; a query without a row for every
+        model; a cost that is not a finite number >= 0; a quality that is
+        NaN or outside ``quality_range``; a non-numeric token count or
+        signal; a per-query text (prompt, task, ...) that differs between
+        the rows of one query; a model without a price.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({
+    ...     "query_id": ["q1", "q1", "q2", "q2"],
+    ...     "model": ["big", "small", "big", "small"],
+    ...     "quality": [1.0, 0.0, 1.0, 1.0],
+    ...     "cost_usd": [0.01, 0.001, 0.02, 0.001],
+    ... })
+    >>> table = read_table(frame)
+    >>> table.models
+    ('small', 'big')
+    >>> table.quality.tolist()
+    [[0.0, 1.0], [1.0, 1.0]]
+    """
+    low, high = _check_range(quality_range)
+    signal_columns = _check_signal_names(signal_columns)
+    frame = _load(source)
+    if len(frame) == 0:
+        raise ValueError(
+            "the input has no rows; expected one row per (query, model) pair "
+            f"with columns {list(REQUIRED_COLUMNS)}"
+        )
+    if _is_wide(frame):
+        frame, origin = _wide_to_long(frame, signal_columns)
+    else:
+        origin = np.arange(len(frame))
+    table = _build(frame, origin, models, low, high, signal_columns)
+    if prices is not None:
+        _check_prices(prices, table.models)
+    return table
+
+
+def read_prices(path: PathLike | pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """Read per-model token prices from a ``models.csv``-style table.
+
+    Parameters
+    ----------
+    path : path or pandas.DataFrame
+        A CSV (optionally ``.gz``) or DataFrame with columns ``model``,
+        ``input_price_per_mtok_usd`` and ``output_price_per_mtok_usd`` (USD
+        per 1M tokens), the layout of ``../shared/data/*/models.csv``. Other
+        columns are ignored.
+
+    Returns
+    -------
+    dict of str to (float, float)
+        ``{model: (input_price, output_price)}`` in USD per 1M tokens. Rows
+        where **both** prices are empty are skipped with a warning that
+        lists those models: catalogues often list models whose price is not
+        public, and the caller decides whether that matters (``read_table``
+        with ``prices=`` raises if a model it loads has no price).
+
+    Raises
+    ------
+    ValueError
+        If a column is missing, a model is listed twice or has no name, only
+        one of its two prices is given, or a price is not a number >= 0.
+    """
+    if isinstance(path, pd.DataFrame):
+        frame = path
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such price file: {str(path)!r}")
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    missing = [name for name in PRICE_COLUMNS if name not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"price table lacks column(s) {missing}; found {list(frame.columns)}. "
+            f"Expected {list(PRICE_COLUMNS)} with prices in USD per 1M tokens"
+        )
+    names, name_missing = _text(frame["model"])
+    _raise_if(name_missing, "price table has rows without a model name", names=names)
+    _raise_if(
+        pd.Series(names).duplicated(keep=False).to_numpy(),
+        "price table lists a model more than once; keep one row per model",
+        names=names,
+    )
+    columns = [_numbers(frame[name]) for name in PRICE_COLUMNS[1:]]
+    (inp, inp_bad), (out, out_bad) = columns
+    for column, (values, bad) in zip(PRICE_COLUMNS[1:], columns):
+        _raise_if(
+            bad | (values < 0) | np.isinf(values),
+            f"{column} must be a number >= 0 (USD per 1M tokens)",
+            names=names,
+            shown=frame[column].to_numpy(dtype=object),
+        )
+    inp_nan, out_nan = np.isnan(inp), np.isnan(out)
+    _raise_if(
+        inp_nan != out_nan,
+        "a model has only one of its two prices; give both, or neither to skip it",
+        names=names,
+    )
+    skipped = [str(name) for name in names[inp_nan & out_nan]]
+    if skipped:
+        warnings.warn(
+            f"skipped {len(skipped)} model(s) without prices: {skipped}",
+            UserWarning,
+            stacklevel=2,
+        )
+    keep = ~inp_nan
+    return {str(n): (float(i), float(o)) for n, i, o in zip(names[keep], inp[keep], out[keep])}
+
+
+def fingerprint(table: RoutingTable) -> str:
+    """Return a sha256 hex digest identifying a table's models, queries and labels.
+
+    Artifact manifests store it so that a policy is never evaluated, or
+    silently reused, on data other than the data it was fitted on. It covers
+    the model names and order, the query ids and order, and the exact bytes
+    of ``quality`` and ``cost`` (float64, C order); texts, tokens and signals
+    are not included.
+
+    Parameters
+    ----------
+    table : RoutingTable
+
+    Returns
+    -------
+    str
+        64 hexadecimal characters.
+    """
+    digest = hashlib.sha256(b"cascade-router.RoutingTable.v1\0")
+    for names in (table.models, table.query_ids):
+        digest.update(len(names).to_bytes(8, "little"))
+        for name in names:
+            encoded = str(name).encode("utf-8")
+            digest.update(len(encoded).to_bytes(8, "little"))
+            digest.update(encoded)
+    for values in (table.quality, table.cost):
+        array = np.ascontiguousarray(values, dtype="<f8")
+        digest.update(np.asarray(array.shape, dtype="<i8").tobytes())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- #
+# loading
+# --------------------------------------------------------------------------- #
+
+
+def _load(source: PathLike | pd.DataFrame) -> pd.DataFrame:
+    if isinstance(source, pd.DataFrame):
+        return source
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source must be a path or a pandas DataFrame, got {type(source).__name__}")
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {str(path)!r}")
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        return pd.read_parquet(path)
+    if name.endswith((".csv", ".csv.gz")):
+        # All text, '' kept as '' (see ../shared/data/README.md); numbers are
+        # parsed later so that a bad value is reported with its row.
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    if name.endswith((".pkl", ".pickle", ".pkl.gz")):
+        frame = pd.read_pickle(path)
+        if not isinstance(frame, pd.DataFrame):
+            raise ValueError(f"{path.name!r} holds a {type(frame).__name__}, not a pandas DataFrame")
+        return frame
+    raise ValueError(f"cannot read {path.name!r}: expected a .parquet, .csv, .csv.gz or .pkl file")
+
+
+def _is_wide(frame: pd.DataFrame) -> bool:
+    return any(str(column).endswith(_WIDE_COST) for column in frame.columns)
+
+
+def _wide_to_long(frame: pd.DataFrame, signal_columns: tuple[str, ...]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Melt RouterBench's one-row-per-prompt layout into the long format."""
+    models = [str(c)[: -len(_WIDE_COST)] for c in frame.columns if str(c).endswith(_WIDE_COST)]
+    missing = [name for name in ("sample_id", "prompt", "eval_name") if name not in frame.columns]
+    missing += [m for m in models if m not in frame.columns]
+    missing += [f"{m}|{s}" for m in models for s in signal_columns if f"{m}|{s}" not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"wide RouterBench table (detected by its '{_WIDE_COST}' columns) lacks column(s) "
+            f"{missing}; each model M needs a quality column 'M' next to 'M{_WIDE_COST}'"
+        )
+    n, k = len(frame), len(models)
+    prompts = np.array([_join_listed(value) for value in frame["prompt"]], dtype=object)
+    columns = {
+        "query_id": np.repeat(frame["sample_id"].to_numpy(dtype=object), k),
+        "task": np.repeat(frame["eval_name"].to_numpy(dtype=object), k),
+        "prompt": np.repeat(prompts, k),
+        "model": np.tile(np.array(models, dtype=object), n),
+    }
+
+    def cells(suffix: str) -> np.ndarray:
+        block = [frame[f"{m}{suffix}"].to_numpy(dtype=object) for m in models]
+        return np.stack(block, axis=1).reshape(-1)
+
+    columns["quality"] = cells("")
+    columns["cost_usd"] = cells(_WIDE_COST)
+    if all(f"{m}{_WIDE_RESPONSE}" in frame.columns for m in models):
+        columns["response"] = np.array([_join_listed(v) for v in cells(_WIDE_RESPONSE)], dtype=object)
+    for name in signal_columns:
+        columns[name] = cells(f"|{name}")
+    return pd.DataFrame(columns), np.repeat(np.arange(n), k)
+
+
+def _join_listed(value: object) -> str:
+    """Undo RouterBench's habit of storing a text as the repr of a list of strings."""
+    if not isinstance(value, str):
+        return "" if _is_missing(value) else str(value)
+    stripped = value.strip()
+    if len(stripped) >= 2 and stripped[0] == "[" and stripped[-1] == "]":
+        try:
+            parsed = ast.literal_eval(stripped)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return value
+        if isinstance(parsed, list) and all(isinstance(item, str) for item in parsed):
+            return "\n\n".join(parsed)
+    return value
+
+
+# --------------------------------------------------------------------------- #
+# validation and pivoting
+# --------------------------------------------------------------------------- #
+
+
+def _build(
+    frame: pd.DataFrame,
+    origin: np.ndarray,
+    models: Sequence[str] | None,
+    low: float,
+    high: float,
+    signal_columns: tuple[str, ...],
+) -> RoutingTable:
+    missing = [name for name in REQUIRED_COLUMNS if name not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"missing required column(s) {missing}; found {list(frame.columns)}. The long format "
+            f"needs {list(REQUIRED_COLUMNS)}; the wide RouterBench format is recognised by "
+            f"'MODEL{_WIDE_COST}' columns"
+        )
+    absent = [name for name in signal_columns if name not in frame.columns]
+    if absent:
+        raise ValueError(f"signal column(s) {absent} not found; found {list(frame.columns)}")
+
+    qids, qid_missing = _text(frame["query_id"])
+    names, name_missing = _text(frame["model"])
+    _raise_if(qid_missing, "query_id is empty", origin=origin)
+    _raise_if(name_missing, "model is empty", origin=origin, qids=qids)
+
+    if models is not None:
+        keep = np.isin(names, _check_model_subset(models, names))
+        frame, origin, qids, names = frame.iloc[np.flatnonzero(keep)], origin[keep], qids[keep], names[keep]
+    where = {"origin": origin, "qids": qids, "names": names}
+
+    quality, bad = _numbers(frame["quality"])
+    _raise_if(
+        bad | ~(quality >= low) | ~(quality <= high),
+        f"quality must be a number in [{low:g}, {high:g}] (set quality_range for another scale)",
+        shown=frame["quality"].to_numpy(dtype=object),
+        **where,
+    )
+    cost, bad = _numbers(frame["cost_usd"])
+    _raise_if(
+        bad | ~np.isfinite(cost) | ~(cost >= 0),
+        "cost_usd must be a finite number >= 0 (USD for this query and model)",
+        shown=frame["cost_usd"].to_numpy(dtype=object),
+        **where,
+    )
+    cells: dict[str, np.ndarray] = {}
+    for name in _TOKENS:
+        if name in frame.columns:
+            values, bad = _numbers(frame[name])
+            _raise_if(
+                bad | (values < 0) | np.isinf(values),
+                f"{name} must be a number >= 0, or empty/NaN when unknown",
+                shown=frame[name].to_numpy(dtype=object),
+                **where,
+            )
+            cells[name] = values
+    signals = {}
+    for name in signal_columns:
+        values, bad = _numbers(frame[name])
+        _raise_if(
+            bad,
+            f"signal column {name!r} must be numeric (empty/NaN means 'not logged')",
+            shown=frame[name].to_numpy(dtype=object),
+            **where,
+        )
+        signals[name] = values
+
+    query_index, model_index, query_ids, model_names = _grid(**where)
+    n, k = len(query_ids), len(model_names)
+
+    def pivot(values: np.ndarray, fill: object) -> np.ndarray:
+        out = np.full((n, k), fill, dtype=np.asarray(values).dtype)
+        out[query_index, model_index] = values
+        return out
+
+    quality, cost = pivot(quality, np.nan), pivot(cost, np.nan)
+    order = np.lexsort((np.array(model_names, dtype=str), cost.mean(axis=0)))
+    model_names = tuple(model_names[i] for i in order)
+
+    def arrange(values: np.ndarray, fill: object) -> np.ndarray:
+        return pivot(values, fill)[:, order]
+
+    per_query = {}
+    for column, field_name in _QUERY_TEXT.items():
+        if column in frame.columns:
+            per_query[field_name] = _one_per_query(column, arrange(_text(frame[column])[0], ""), query_ids)
+    return RoutingTable(
+        models=model_names,
+        query_ids=query_ids,
+        quality=quality[:, order],
+        cost=cost[:, order],
+        responses=arrange(_text(frame["response"])[0], "") if "response" in frame.columns else None,
+        input_tokens=arrange(cells["input_tokens"], np.nan) if "input_tokens" in cells else None,
+        output_tokens=arrange(cells["output_tokens"], np.nan) if "output_tokens" in cells else None,
+        signals={name: arrange(values, np.nan) for name, values in signals.items()},
+        **per_query,
+    )
+
+
+def _grid(
+    origin: np.ndarray, qids: np.ndarray, names: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Map rows to (query, model) cells; refuse duplicates and holes."""
+    query_ids, query_index = np.unique(qids.astype(str), return_inverse=True)
+    model_names, model_index = np.unique(names.astype(str), return_inverse=True)
+    n, k = len(query_ids), len(model_names)
+    cell = query_index * k + model_index
+    repeated = pd.Series(cell).duplicated(keep=False).to_numpy()
+    if repeated.any():
+        groups: dict[int, list[int]] = {}
+        for r in np.flatnonzero(repeated):
+            groups.setdefault(int(cell[r]), []).append(int(r))
+        details = [
+            f"query {qids[at[0]]!r} / model {names[at[0]]!r} at rows {[int(origin[r]) for r in at]}"
+            for at in list(groups.values())[:_SHOWN]
+        ]
+        raise ValueError(
+            f"{len(groups)} (query_id, model) pair(s) occur more than once: "
+            + "; ".join(details)
+            + (" ..." if len(groups) > _SHOWN else "")
+            + ". Keep one row per pair (average repeated runs before loading if that is what they are)"
+        )
+    present = np.zeros((n, k), dtype=bool)
+    present[query_index, model_index] = True
+    incomplete = np.flatnonzero(~present.all(axis=1))
+    if incomplete.size:
+        details = [
+            f"query {query_ids[q]!r} has no row for {[model_names[m] for m in np.flatnonzero(~present[q])]}"
+            for q in incomplete[:_SHOWN]
+        ]
+        raise ValueError(
+            f"every query needs a row for each of the {k} models; {incomplete.size} query(ies) do not: "
+            + "; ".join(details)
+            + (" ..." if incomplete.size > _SHOWN else "")
+            + ". Pass models=[...] to keep only models run on every query, or drop those queries"
+        )
+    return query_index, model_index, query_ids.astype(object), [str(m) for m in model_names]
+
+
+def _one_per_query(column: str, cells: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
+    """Collapse a per-query text repeated on every model's row, refusing disagreements."""
+    differs = np.flatnonzero((cells != cells[:, :1]).any(axis=1))
+    if differs.size:
+        shown = [repr(str(query_ids[q])) for q in differs[:_SHOWN]]
+        raise ValueError(
+            f"column {column!r} must be the same on every row of a query, but differs between "
+            f"models for {differs.size} query(ies): {', '.join(shown)}"
+            + (" ..." if differs.size > _SHOWN else "")
+        )
+    return cells[:, 0].copy()
+
+
+# --------------------------------------------------------------------------- #
+# small helpers
+# --------------------------------------------------------------------------- #
+
+
+def _check_range(quality_range: tuple[float, float]) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in quality_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"quality_range must be two numbers (low, high), got {quality_range!r}") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+        raise ValueError(f"quality_range must be finite with low <= high, got {quality_range!r}")
+    return low, high
+
+
+def _check_signal_names(signal_columns: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(signal_columns, str):
+        raise ValueError(f"signal_columns must be a list of column names, got the string {signal_columns!r}")
+    names = tuple(signal_columns)
+    reserved = [name for name in names if name in REQUIRED_COLUMNS]
+    if reserved:
+        raise ValueError(
+            f"signal_columns may not include {reserved}: ids are not signals, and quality is the "
+            "label the estimators must predict"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"signal_columns {list(names)} names a column twice")
+    return names
+
+
+def _check_model_subset(models: Sequence[str], names: np.ndarray) -> list[str]:
+    if isinstance(models, str):
+        raise ValueError(f"models must be a list of model names, got the string {models!r}")
+    wanted = [str(m) for m in models]
+    known = sorted(set(names.astype(str)))
+    unknown = [m for m in wanted if m not in known]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; known models are {known}")
+    if not wanted:
+        raise ValueError(f"models is empty; name at least one of {known}")
+    if len(set(wanted)) != len(wanted):
+        raise ValueError(f"models {wanted} names a model twice")
+    return wanted
+
+
+def _check_prices(prices: Prices | PathLike, models: tuple[str, ...]) -> None:
+    if not isinstance(prices, Mapping):
+        prices = read_prices(prices)
+    unpriced = [m for m in models if m not in prices]
+    if unpriced:
+        unused = sorted(str(name) for name in prices if name not in models)
+        raise ValueError(
+            f"no price for model(s) {unpriced}; priced models not in the table: {unused}. "
+            "Add the prices (USD per 1M input and output tokens) or select models with models=[...]"
+        )
+    for model in models:
+        pair = prices[model]
+        try:
+            values = [float(v) for v in pair]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != 2 or not all(np.isfinite(v) and v >= 0 for v in values):
+            raise ValueError(
+                f"price of {model!r} must be (input, output) USD per 1M tokens, two numbers >= 0; got {pair!r}"
+            )
+
+
+def _is_missing(value: object) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float) and np.isnan(value)
+
+
+def _text(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Return an object array of ``str`` (missing as ``''``) and the mask of missing entries."""
+    values = series.to_numpy(dtype=object)
+    missing = np.fromiter((_is_missing(v) for v in values), dtype=bool, count=len(values))
+    out = np.array(["" if m else (v if isinstance(v, str) else str(v)) for v, m in zip(values, missing)], dtype=object)
+    return out, missing | (out == "")
+
+
+def _numbers(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Parse a column to float64; return the values and the mask of non-numeric entries.
+
+    Missing entries (NaN, None, '' or a spelling such as 'NaN' or 'NA') become
+    NaN and are *not* flagged: whether NaN is allowed is the caller's decision.
+    """
+    if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        return values, np.zeros(len(values), dtype=bool)
+    raw = series.to_numpy(dtype=object)
+    parsed = pd.to_numeric(pd.Series(raw, dtype=object), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    missing = np.fromiter(
+        (_is_missing(v) or (isinstance(v, str) and v.strip().lower() in _MISSING_TEXT) for v in raw),
+        dtype=bool,
+        count=len(raw),
+    )
+    bad = np.isnan(parsed) & ~missing
+    # to_numeric accepts booleans inside object columns; it also accepts
+    # nothing else that is not a number, so `bad` is exact.
+    return parsed, bad
+
+
+def _raise_if(
+    mask: np.ndarray,
+    problem: str,
+    *,
+    origin: np.ndarray | None = None,
+    qids: np.ndarray | None = None,
+    names: np.ndarray | None = None,
+    shown: np.ndarray | None = None,
+) -> None:
+    """Raise ``ValueError(problem + offending rows)`` if any entry of ``mask`` is set."""
+    rows = np.flatnonzero(mask)
+    if not rows.size:
+        return
+    parts = []
+    for r in rows[:_SHOWN]:
+        label = f"row {int(origin[r]) if origin is not None else int(r)}"
+        about = []
+        if qids is not None:
+            about.append(f"query {qids[r]!r}")
+        if names is not None:
+            about.append(f"model {names[r]!r}")
+        if about:
+            label += f" ({', '.join(about)})"
+        if shown is not None:
+            label += f": {shown[r]!r}"
+        parts.append(label)
+    more = f" and {rows.size - _SHOWN} more" if rows.size > _SHOWN else ""
+    raise ValueError(f"{problem}; {rows.size} row(s) fail: {'; '.join(parts)}{more}")
