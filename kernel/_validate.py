@@ -1,0 +1,181 @@
+"""Input checks for the public kernel functions.
+
+The compiled kernels never raise on data; these functions do, with messages
+that name the argument, the offending position and what to do.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .config import COV_JITTER, MAX_MODELS, STRATEGIES
+
+
+def _first_position(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+def as_float_array(name: str, value, ndim: int) -> np.ndarray:
+    """Return ``value`` as a C-contiguous float64 array of ``ndim`` dimensions, all finite."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be numeric, got {type(value).__name__}: {error}") from None
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {array.shape}")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        position = _first_position(bad)
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf), "
+            f"first at index {position}: {array[position]}; estimates must be finite")
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+def check_shape(name: str, array: np.ndarray, shape: tuple[int, ...]) -> None:
+    if array.shape != shape:
+        raise ValueError(f"{name} has shape {array.shape}, expected {shape} (queries x models)")
+
+
+def check_nonnegative(name: str, array: np.ndarray) -> None:
+    bad = array < 0
+    if bad.any():
+        position = _first_position(bad)
+        raise ValueError(
+            f"{name} must be >= 0; it has {int(bad.sum())} negative value(s), "
+            f"first {array[position]} at index {position}")
+
+
+def estimate_matrices(quality, cost) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the ``(N, K)`` quality and cost estimates."""
+    quality = as_float_array("quality", quality, 2)
+    cost = as_float_array("cost", cost, 2)
+    check_shape("cost", cost, quality.shape)
+    check_nonnegative("cost", cost)
+    n_models = quality.shape[1]
+    if n_models < 1:
+        raise ValueError("quality has no model columns; pass at least one model")
+    if n_models > MAX_MODELS:
+        raise ValueError(f"{n_models} models given; the kernel supports at most {MAX_MODELS}")
+    return quality, cost
+
+
+def uncertainty(sigma, cov, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Return ``(sigma, cholesky, use_cov)``; no uncertainty means ``sigma = 0``."""
+    n_queries, n_models = shape
+    if sigma is not None and cov is not None:
+        raise ValueError("pass either sigma (independent errors) or cov (full covariance), not both")
+    if cov is None:
+        if sigma is None:
+            sigma = np.zeros(shape)
+        sigma = as_float_array("sigma", sigma, 2)
+        check_shape("sigma", sigma, shape)
+        check_nonnegative("sigma", sigma)
+        return sigma, np.zeros((1, 1, 1)), False
+    cov = as_float_array("cov", cov, 3)
+    check_shape("cov", cov, (n_queries, n_models, n_models))
+    return np.zeros((1, 1)), cholesky_factors(cov), True
+
+
+def cholesky_factors(cov: np.ndarray) -> np.ndarray:
+    """Cholesky factors of ``cov + jitter·I`` for a stack of covariance matrices."""
+    asymmetry = np.abs(cov - np.swapaxes(cov, -1, -2))
+    scale = np.maximum(1.0, np.abs(cov).max(axis=(-1, -2), keepdims=True))
+    bad = (asymmetry > 1e-9 * scale).any(axis=(-1, -2))
+    if bad.any():
+        raise ValueError(f"cov must be symmetric; matrix {int(np.argmax(bad))} is not")
+    jittered = cov + COV_JITTER * np.eye(cov.shape[-1])
+    try:
+        return np.ascontiguousarray(np.linalg.cholesky(jittered))
+    except np.linalg.LinAlgError:
+        smallest = np.linalg.eigvalsh(jittered)[..., 0]
+        row = int(np.argmin(smallest))
+        raise ValueError(
+            f"cov must be positive semi-definite; matrix {row} has eigenvalue {smallest[row]:.3g}. "
+            "Project it onto the PSD cone (clip negative eigenvalues) before calling") from None
+
+
+def lambda_vector(lambdas, n_models: int) -> np.ndarray:
+    """Per-step multipliers; a scalar applies to every step."""
+    if lambdas is None:
+        raise TypeError("lambdas is required for this strategy: a scalar or one value per step")
+    array = as_float_array("lambdas", lambdas, np.ndim(lambdas))
+    if array.ndim == 0:
+        array = np.full(n_models, float(array))
+    if array.ndim != 1 or array.shape[0] == 0:
+        raise ValueError(f"lambdas must be a scalar or a non-empty 1-D vector, got shape {array.shape}")
+    check_nonnegative("lambdas", array)
+    return array
+
+
+def strategy_code(strategy: str) -> int:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
+    return STRATEGIES[strategy]
+
+
+def threshold_vector(thresholds, n_models: int) -> np.ndarray:
+    if thresholds is None:
+        raise TypeError(f"strategy 'threshold' needs thresholds: {n_models - 1} values θ_0..θ_K-2")
+    array = as_float_array("thresholds", thresholds, 1)
+    if array.shape[0] != n_models - 1:
+        raise ValueError(
+            f"thresholds has {array.shape[0]} values, expected {n_models - 1} (one per model but the last)")
+    return array
+
+
+def depth(max_depth, n_models: int) -> int:
+    """``max_depth`` as an int in ``[1, K]`` (a larger value cannot change a decision)."""
+    if max_depth is None:
+        return n_models
+    if isinstance(max_depth, bool) or not isinstance(max_depth, numbers.Integral):
+        raise TypeError(f"max_depth must be an integer, got {max_depth!r}")
+    if max_depth < 1:
+        raise ValueError(f"max_depth must be >= 1, got {max_depth}")
+    return int(min(max_depth, n_models))
+
+
+def run_matrix(run, shape: tuple[int, int]) -> np.ndarray:
+    if run is None:
+        return np.zeros(shape, dtype=np.bool_)
+    array = np.asarray(run)
+    if array.dtype != np.bool_:
+        if not np.issubdtype(array.dtype, np.integer) or not np.isin(array, (0, 1)).all():
+            raise TypeError(f"run must be a boolean (N, K) matrix, got dtype {array.dtype}")
+        array = array.astype(np.bool_)
+    check_shape("run", array, shape)
+    return np.ascontiguousarray(array)
+
+
+def check_prefix_runs(run: np.ndarray, strategy: str) -> None:
+    """Cascades run models in index order, so their run sets must be prefixes."""
+    n_run = run.sum(axis=1)
+    prefix = np.arange(run.shape[1]) < n_run[:, None]
+    bad = (run != prefix).any(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(
+            f"strategy {strategy!r} runs models in index order, so each run set must be a prefix "
+            f"m_0..m_t-1; {rows.size} row(s) are not, first row {int(rows[0])}: "
+            f"{np.flatnonzero(run[rows[0]]).tolist()}")
+
+
+def mixing(gamma, u, n_queries: int) -> tuple[float, np.ndarray]:
+    """Validate ``γ`` and the per-query uniforms ``u``.
+
+    Without ``u``, a low-discrepancy sequence ``u_n = frac(0.5 + n·φ)`` (φ the
+    golden ratio) is used: deterministic, and the share of queries with
+    ``u < γ`` matches ``γ`` closely for any ``N``, as budget fitting assumes.
+    """
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
+    if u is None:
+        return float(gamma), np.mod(0.5 + np.arange(n_queries) * 0.6180339887498949, 1.0)
+    u = as_float_array("u", u, 1)
+    if u.shape[0] != n_queries:
+        raise ValueError(f"u has {u.shape[0]} values, expected one per query ({n_queries})")
+    if ((u < 0) | (u > 1)).any():
+        raise ValueError("u must lie in [0, 1]")
+    return float(gamma), u

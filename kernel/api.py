@@ -1,0 +1,268 @@
+"""Public, validating entry points of the decision kernel.
+
+Each function checks its inputs (raising ``ValueError``/``TypeError`` that
+name the argument), converts them to contiguous float64, calls a compiled
+driver and returns plain arrays. See ALGORITHM.md for the rules.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _validate as check
+from ._drivers import plan_all_parallel, plan_all_serial, simulate_all_parallel, simulate_all_serial
+from .config import CASCADE, STOP, THRESHOLD
+from .samples import normal_samples
+
+__all__ = ["decide", "plan", "select_answer", "simulate", "expected_max", "SimulationResult"]
+
+
+def _policy_arguments(strategy, lambdas, thresholds, max_depth, gamma, u, n_samples, shape):
+    """Validate the policy parameters shared by :func:`plan` and :func:`simulate`."""
+    n_queries, n_models = shape
+    code = check.strategy_code(strategy)
+    lambda_values = (np.zeros(1) if code == THRESHOLD and lambdas is None
+                     else check.lambda_vector(lambdas, n_models))
+    threshold_values = (check.threshold_vector(thresholds, n_models) if code == THRESHOLD
+                        else np.zeros(0))
+    depth = check.depth(max_depth, n_models)
+    gamma, u = check.mixing(gamma, u, n_queries)
+    z = normal_samples(n_samples, n_models)
+    return code, lambda_values, threshold_values, depth, gamma, u, z
+
+
+def plan(quality, cost, *, sigma=None, cov=None, run=None, lambdas=None,
+         strategy: str = "cascade_routing", thresholds=None, max_depth: int | None = None,
+         force_order: bool = False, gamma: float = 0.0, u=None, n_samples: int = 64,
+         prune: bool = True, parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`decide`, and also return the chosen supermodel of each query.
+
+    Returns
+    -------
+    next_model : ndarray of int64, shape (N,)
+        Index of the model to run next, ``-1`` to stop.
+    plan_mask : ndarray of int64, shape (N,)
+        Bit mask of the chosen supermodel ``M*`` (bit ``i`` set when model
+        ``i`` is in it); equals the run set when stopping. Service code shows
+        it as "the models this query is expected to use".
+    """
+    quality, cost = check.estimate_matrices(quality, cost)
+    shape = quality.shape
+    sigma, chol, use_cov = check.uncertainty(sigma, cov, shape)
+    run = check.run_matrix(run, shape)
+    code, lambda_values, threshold_values, depth, gamma, u, z = _policy_arguments(
+        strategy, lambdas, thresholds, max_depth, gamma, u, n_samples, shape)
+    if code in (CASCADE, THRESHOLD):
+        check.check_prefix_runs(run, strategy)
+    next_model = np.empty(shape[0], dtype=np.int64)
+    plan_mask = np.empty(shape[0], dtype=np.int64)
+    driver = plan_all_parallel if parallel else plan_all_serial
+    driver(quality, sigma, chol, use_cov, cost, run, lambda_values, code, threshold_values,
+           depth, bool(force_order), gamma, u, z, bool(prune), next_model, plan_mask)
+    return next_model, plan_mask
+
+
+def decide(quality, cost, *, sigma=None, cov=None, run=None, lambdas=None,
+           strategy: str = "cascade_routing", thresholds=None, max_depth: int | None = None,
+           force_order: bool = False, gamma: float = 0.0, u=None, n_samples: int = 64,
+           prune: bool = True, parallel: bool = True) -> np.ndarray:
+    """Decide, per query, which model to run next (``-1`` = stop and answer).
+
+    Parameters
+    ----------
+    quality, cost : array-like of shape (N, K)
+        Current quality and cost estimates, models sorted by mean cost. For a
+        model that has run these are its post-hoc estimates (its cost is
+        then what it actually cost).
+    sigma : array-like of shape (N, K), optional
+        Standard deviations of the quality estimates (independent errors).
+    cov : array-like of shape (N, K, K), optional
+        Full error covariance instead of ``sigma``. Without either, the
+        estimates are taken as exact.
+    run : bool array-like of shape (N, K), optional
+        Models already run per query; default none.
+    lambdas : float or 1-D array-like
+        Cost multiplier ``λ_t``, per step ``t`` = number of models run. Past
+        the end of the vector the policy stops. Not needed for ``threshold``.
+    strategy : {"cascade_routing", "cascade", "routing", "threshold"}
+        ``cascade`` is the paper's optimal cascade; ``threshold`` the
+        baseline cascade that continues while ``q_j < θ_j``.
+    thresholds : 1-D array-like of length K - 1, optional
+        ``θ_j`` for the threshold cascade.
+    max_depth : int, optional
+        Most models run per query (and largest supermodel considered).
+    force_order : bool
+        Only add models whose index exceeds every run model's; the next
+        model is then the lowest-index member of the plan.
+    gamma : float in [0, 1]
+        Probability of breaking score ties towards the most expensive
+        candidate; fitted so that the budget is met exactly.
+    u : array-like of shape (N,), optional
+        Per-query uniforms compared with ``gamma``; default a deterministic
+        low-discrepancy sequence.
+    n_samples : int
+        Draws for ``E[max]``; a power of two.
+    prune : bool
+        Exact submodular pruning; off only for tests and benchmarks.
+    parallel : bool
+        Spread queries over threads. Use ``False`` inside threaded services:
+        the serial kernel is deterministic and releases the GIL.
+
+    Returns
+    -------
+    ndarray of int64, shape (N,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kernel import decide
+    >>> quality = np.array([[0.6, 0.9]]); cost = np.array([[0.1, 1.0]])
+    >>> decide(quality, cost, lambdas=0.1, strategy="routing").tolist()
+    [1]
+    >>> decide(quality, cost, lambdas=1.0, strategy="routing").tolist()
+    [0]
+    """
+    return plan(quality, cost, sigma=sigma, cov=cov, run=run, lambdas=lambdas, strategy=strategy,
+                thresholds=thresholds, max_depth=max_depth, force_order=force_order, gamma=gamma,
+                u=u, n_samples=n_samples, prune=prune, parallel=parallel)[0]
+
+
+def select_answer(quality, run) -> np.ndarray:
+    """Which run model's answer to return: the highest post-hoc quality estimate.
+
+    Returns ``-1`` for a query with no model run; ties go to the lower index.
+    """
+    quality = check.as_float_array("quality", quality, 2)
+    run = check.run_matrix(run, quality.shape)
+    masked = np.where(run, quality, -np.inf)
+    answer = np.argmax(masked, axis=1).astype(np.int64)
+    answer[~run.any(axis=1)] = STOP
+    return answer
+
+
+class SimulationResult(NamedTuple):
+    """Outcome of whole episodes, one row per query.
+
+    Attributes
+    ----------
+    order : ndarray of int64, shape (N, max_depth)
+        Models run, in order, padded with ``-1``.
+    cost : ndarray of float64, shape (N,)
+        Realised cost: sum of the true costs of the models run.
+    quality : ndarray of float64, shape (N,)
+        True quality of the selected answer.
+    answer : ndarray of int64, shape (N,)
+        Index of the model whose answer was returned.
+    """
+
+    order: np.ndarray
+    cost: np.ndarray
+    quality: np.ndarray
+    answer: np.ndarray
+
+    @property
+    def n_run(self) -> np.ndarray:
+        """Number of models run per query."""
+        return (self.order >= 0).sum(axis=1)
+
+
+def simulate(ante_quality, ante_sigma, ante_cost, post_quality, post_sigma, post_cost,
+             true_quality, true_cost, *, lambdas=None, strategy: str = "cascade_routing",
+             thresholds=None, max_depth: int | None = None, force_order: bool = False,
+             gamma: float = 0.0, u=None, n_samples: int = 64, prune: bool = True,
+             parallel: bool = True) -> SimulationResult:
+    """Play whole episodes for every query in one compiled call.
+
+    For estimate tables: a model's estimates switch from ex-ante to post-hoc
+    once it has run; the policy decides, "runs" the chosen model, and decides
+    again until it stops, then answers with the best run model by post-hoc
+    estimate. Realised quality and cost come from the ground truth. Policy
+    fitting calls this many times, so it is the hot path.
+
+    Parameters
+    ----------
+    ante_quality, ante_sigma, ante_cost : array-like of shape (N, K)
+        Estimates before a model has run.
+    post_quality, post_sigma, post_cost : array-like of shape (N, K)
+        Estimates once it has run.
+    true_quality, true_cost : array-like of shape (N, K)
+        What each model would actually score and cost.
+    **policy
+        As in :func:`decide` (independent errors only).
+
+    Returns
+    -------
+    SimulationResult
+    """
+    ante_quality, ante_cost = check.estimate_matrices(ante_quality, ante_cost)
+    shape = ante_quality.shape
+    arrays = {"post_quality": post_quality, "post_cost": post_cost, "ante_sigma": ante_sigma,
+              "post_sigma": post_sigma, "true_quality": true_quality, "true_cost": true_cost}
+    for name, value in arrays.items():
+        arrays[name] = check.as_float_array(name, value, 2)
+        check.check_shape(name, arrays[name], shape)
+        if name != "true_quality" and name != "post_quality":
+            check.check_nonnegative(name, arrays[name])
+    code, lambda_values, threshold_values, depth, gamma, u, z = _policy_arguments(
+        strategy, lambdas, thresholds, max_depth, gamma, u, n_samples, shape)
+    n_queries = shape[0]
+    order = np.full((n_queries, depth), STOP, dtype=np.int64)
+    realised_cost = np.empty(n_queries)
+    realised_quality = np.empty(n_queries)
+    answer = np.empty(n_queries, dtype=np.int64)
+    driver = simulate_all_parallel if parallel else simulate_all_serial
+    driver(ante_quality, arrays["ante_sigma"], ante_cost, arrays["post_quality"],
+           arrays["post_sigma"], arrays["post_cost"], arrays["true_quality"], arrays["true_cost"],
+           lambda_values, code, threshold_values, depth, bool(force_order), gamma, u, z,
+           bool(prune), order, realised_cost, realised_quality, answer)
+    return SimulationResult(order, realised_cost, realised_quality, answer)
+
+
+def expected_max(quality, sigma_or_cov, members, z) -> np.ndarray | float:
+    """``Q(M) = E[max_{i∈M} Y_i]`` with the shared draws ``z`` (ALGORITHM.md §2).
+
+    Parameters
+    ----------
+    quality : array-like of shape (K,) or (N, K)
+    sigma_or_cov : array-like of shape (K,) / (N, K) (standard deviations) or
+        (K, K) / (N, K, K) (covariances)
+    members : bool array-like of shape (K,) or (N, K), or a sequence of indices
+        The supermodel ``M``; an empty set gives ``-inf``.
+    z : array-like of shape (S, K)
+        The shared normal draws, e.g. :func:`kernel.normal_samples`.
+
+    Returns
+    -------
+    float or ndarray of shape (N,)
+    """
+    quality = np.asarray(quality, dtype=np.float64)
+    single = quality.ndim == 1
+    quality = check.as_float_array("quality", np.atleast_2d(quality), 2)
+    n_queries, n_models = quality.shape
+    spread = check.as_float_array("sigma_or_cov", sigma_or_cov, np.ndim(sigma_or_cov))
+    z = check.as_float_array("z", z, 2)
+    if z.shape[1] != n_models:
+        raise ValueError(f"z has {z.shape[1]} columns, expected one per model ({n_models})")
+    if spread.ndim == (1 if single else 2):
+        spread = np.broadcast_to(spread, quality.shape)
+        check.check_nonnegative("sigma", spread)
+        draws = quality[:, None, :] + spread[:, None, :] * z[None, :, :]
+    elif spread.ndim == (2 if single else 3):
+        spread = np.broadcast_to(spread, (n_queries, n_models, n_models))
+        chol = check.cholesky_factors(np.ascontiguousarray(spread))
+        draws = quality[:, None, :] + np.einsum("nij,sj->nsi", chol, z)
+    else:
+        raise ValueError(f"sigma_or_cov has shape {spread.shape}; expected standard deviations "
+                         f"{quality.shape} or covariances {(n_queries, n_models, n_models)}")
+    mask = np.asarray(members)
+    if mask.dtype != np.bool_:
+        indices = mask.astype(np.int64).ravel()
+        if ((indices < 0) | (indices >= n_models)).any():
+            raise ValueError(f"members {indices.tolist()} must be model indices in [0, {n_models})")
+        mask = np.zeros(n_models, dtype=np.bool_)
+        mask[indices] = True
+    mask = np.broadcast_to(mask, quality.shape)
+    values = np.where(mask[:, None, :], draws, -np.inf).max(axis=2).mean(axis=1)
+    return float(values[0]) if single else values
