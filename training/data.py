@@ -364,7 +364,7 @@ def _build(
         frame, origin, qids, names = frame.iloc[np.flatnonzero(keep)], origin[keep], qids[keep], names[keep]
     where = {"origin": origin, "qids": qids, "names": names}
 
-    quality, bad = _numbers(frame["quality"])
+    quality, bad = _numbers(frame["quality"], allow_bool=True)
     _raise_if(
         bad | ~(quality >= low) | ~(quality <= high),
         f"quality must be a number in [{low:g}, {high:g}] (set quality_range for another scale)",
@@ -460,7 +460,7 @@ def _grid(
     incomplete = np.flatnonzero(~present.all(axis=1))
     if incomplete.size:
         details = [
-            f"query {query_ids[q]!r} has no row for {[model_names[m] for m in np.flatnonzero(~present[q])]}"
+            f"query {str(query_ids[q])!r} has no row for {[str(model_names[m]) for m in np.flatnonzero(~present[q])]}"
             for q in incomplete[:_SHOWN]
         ]
         raise ValueError(
@@ -519,7 +519,7 @@ def _check_model_subset(models: Sequence[str], names: np.ndarray) -> list[str]:
     if isinstance(models, str):
         raise ValueError(f"models must be a list of model names, got the string {models!r}")
     wanted = [str(m) for m in models]
-    known = sorted(set(names.astype(str)))
+    known = sorted({str(name) for name in names})
     unknown = [m for m in wanted if m not in known]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; known models are {known}")
@@ -566,13 +566,18 @@ def _text(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return out, missing | (out == "")
 
 
-def _numbers(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+def _numbers(series: pd.Series, *, allow_bool: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Parse a column to float64; return the values and the mask of non-numeric entries.
 
     Missing entries (NaN, None, '' or a spelling such as 'NaN' or 'NA') become
     NaN and are *not* flagged: whether NaN is allowed is the caller's decision.
+    Booleans count as numbers only with ``allow_bool`` (a 0/1 quality is
+    natural; a True cost is a mistake).
     """
-    if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
+    if pd.api.types.is_bool_dtype(series.dtype):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        return values, np.full(len(values), not allow_bool)
+    if pd.api.types.is_numeric_dtype(series.dtype):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
         return values, np.zeros(len(values), dtype=bool)
     raw = series.to_numpy(dtype=object)
@@ -583,8 +588,8 @@ def _numbers(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         count=len(raw),
     )
     bad = np.isnan(parsed) & ~missing
-    # to_numeric accepts booleans inside object columns; it also accepts
-    # nothing else that is not a number, so `bad` is exact.
+    if not allow_bool:
+        bad |= np.fromiter((isinstance(v, (bool, np.bool_)) for v in raw), dtype=bool, count=len(raw))
     return parsed, bad
 
 
