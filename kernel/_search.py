@@ -64,24 +64,34 @@ def tie_better(cost_a, size_a, mask_a, cost_b, size_b, mask_b, expensive):
 
 
 @njit(**JIT_OPTIONS)
-def _column_mean(draws, i):
-    total = 0.0
-    for s in range(draws.shape[0]):
-        total += draws[s, i]
-    return total / draws.shape[0]
-
-
-@njit(**JIT_OPTIONS)
 def _extend_max(runmax_in, draws, i, runmax_out):
-    """``runmax_out = max(runmax_in, draws[:, i])``; returns its mean, ``Q``."""
-    total = 0.0
-    for s in range(draws.shape[0]):
-        value = draws[s, i]
-        if runmax_in[s] > value:
-            value = runmax_in[s]
+    """``runmax_out = max(runmax_in, draws[:, i])``; returns its mean, ``Q``.
+
+    This is the search's inner loop. Four interleaved partial sums break the
+    dependency chain of one running sum (about 4x faster with ``fastmath``
+    off); the order is fixed, so results stay deterministic.
+    """
+    n_samples = draws.shape[0]
+    sum0 = sum1 = sum2 = sum3 = 0.0
+    head = n_samples - n_samples % 4
+    for s in range(0, head, 4):
+        v0 = max(runmax_in[s], draws[s, i])
+        v1 = max(runmax_in[s + 1], draws[s + 1, i])
+        v2 = max(runmax_in[s + 2], draws[s + 2, i])
+        v3 = max(runmax_in[s + 3], draws[s + 3, i])
+        runmax_out[s] = v0
+        runmax_out[s + 1] = v1
+        runmax_out[s + 2] = v2
+        runmax_out[s + 3] = v3
+        sum0 += v0
+        sum1 += v1
+        sum2 += v2
+        sum3 += v3
+    for s in range(head, n_samples):
+        value = max(runmax_in[s], draws[s, i])
         runmax_out[s] = value
-        total += value
-    return total / draws.shape[0]
+        sum0 += value
+    return ((sum0 + sum1) + (sum2 + sum3)) / n_samples
 
 
 @njit(**JIT_OPTIONS)
@@ -101,25 +111,27 @@ def _pick(taus, costs, sizes, masks, n, expensive):
 
 
 @njit(**JIT_OPTIONS)
-def _list_routing(draws, cost, lam, taus, costs, sizes, masks):
-    """Singletons ``{m_i}``; ``Q({i})`` is the column mean of the draws."""
-    n_models = draws.shape[1]
-    for i in range(n_models):
-        taus[i] = _column_mean(draws, i) - lam * cost[i]
+def _list_routing(quality, cost, lam, taus, costs, sizes, masks):
+    """Singletons ``{m_i}``, scored ``q_i - λ c_i``.
+
+    ``Q({i})`` is the mean of model ``i``'s draws, which is ``q_i`` because
+    the columns of ``Z`` are centred (:func:`kernel.normal_samples`); using
+    ``q_i`` directly skips drawing, which is most of routing's work.
+    """
+    for i in range(quality.shape[0]):
+        taus[i] = quality[i] - lam * cost[i]
         costs[i] = cost[i]
         sizes[i] = 1
         masks[i] = np.int64(1) << i
-    return n_models
+    return quality.shape[0]
 
 
 @njit(**JIT_OPTIONS)
-def _list_cascade(draws, cost, n_run, lam, max_depth, runmax, taus, costs, sizes, masks):
+def _list_cascade(draws, cost, n_run, lam, max_depth, current, taus, costs, sizes, masks):
     """Prefixes ``{m_0..m_l}`` with ``l >= t - 1`` (the run set is the prefix of length t)."""
     n_samples, n_models = draws.shape
-    current = runmax[0]
     for s in range(n_samples):
         current[s] = -np.inf
-    q_value = -np.inf
     total_cost = 0.0
     mask = np.int64(0)
     n = 0
@@ -137,17 +149,86 @@ def _list_cascade(draws, cost, n_run, lam, max_depth, runmax, taus, costs, sizes
 
 
 @njit(**JIT_OPTIONS)
-def _search_supersets(draws, cost, run, lam, max_depth, min_index, prune, prune_tol,
-                      tie_floor, expensive, runmax, level_q, level_cost, level_mask, next_index):
-    """Depth-first search over supersets of the run set (cascade routing).
+def _consider(tau, cost, size, mask, near_tol, tie_floor, expensive, best, winner):
+    """Score one candidate into the running best and tie-break winner.
 
-    Returns ``(best_tau, best_mask, near_tie, winner_mask)``. ``near_tie`` says
-    whether any two candidates came within ``prune_tol`` of each other at the
-    top, i.e. whether a tie-break pass is needed; ``winner_mask`` is the
-    tie-break winner among candidates with ``τ >= tie_floor`` (0 if none).
+    ``best = [tau, near_tie]`` and ``winner = [mask, size]`` with cost kept in
+    ``best[2]``; arrays so the search can update them in place.
+    """
+    if tau > best[0]:
+        if best[0] >= tau - near_tol:
+            best[1] = 1.0
+        best[0] = tau
+        winner[2] = mask
+    elif tau >= best[0] - near_tol:
+        best[1] = 1.0
+    if tau >= tie_floor:
+        if winner[0] == 0 or tie_better(cost, size, mask, best[2], winner[1], winner[0], expensive):
+            winner[0] = mask
+            winner[1] = size
+            best[2] = cost
+
+
+@njit(**JIT_OPTIONS)
+def _top_gain_sum(gains, alive, first, last, count):
+    """Sum of the ``count`` largest positive ``gains[first:last]`` among alive ones."""
+    total = 0.0
+    taken_below = np.inf
+    for _ in range(count):
+        top = 0.0
+        for k in range(first, last):
+            if alive[k] and top < gains[k] < taken_below:
+                top = gains[k]
+        if top <= 0.0:
+            break
+        total += top
+        taken_below = top
+    return total
+
+
+@njit(**JIT_OPTIONS)
+def _expand(level, parent_max, draws, cost, lam, prune, prune_tol, tie_floor, expensive,
+            n_run, cand, n_cand, node_q, node_cost, node_mask, child_q, child_gain, child_max,
+            alive, best, winner):
+    """Score every child of the node at ``level``; mark children with a negative gain dead."""
+    size = n_run + level + 1
+    for k in range(n_cand[level]):
+        j = cand[level, k]
+        q_value = _extend_max(parent_max, draws, j, child_max[level, k])
+        gain = q_value - node_q[level] - lam * cost[j]
+        if prune and size >= 2 and gain < -prune_tol:
+            alive[level, k] = False
+            continue
+        alive[level, k] = True
+        child_q[level, k] = q_value
+        child_gain[level, k] = gain
+        child_cost = node_cost[level] + cost[j]
+        _consider(q_value - lam * child_cost, child_cost, size, node_mask[level] | (np.int64(1) << j),
+                  prune_tol, tie_floor, expensive, best, winner)
+
+
+@njit(**JIT_OPTIONS)
+def _search_supersets(draws, cost, run, lam, max_depth, min_index, prune, prune_tol, tie_floor,
+                      expensive, base, cand, n_cand, pos, node_q, node_cost, node_mask,
+                      child_q, child_gain, child_max, alive, best, winner):
+    """Branch-and-bound over supersets of the run set (cascade routing).
+
+    Nodes are expanded level by level: all children of a node are scored
+    first, then the search descends into them in index order. Two exact
+    cuts, both from the submodularity of ``Q`` (ALGORITHM.md §5):
+
+    * a child whose marginal gain is below ``-prune_tol`` is dropped with its
+      subtree, and its model is not offered deeper in the sibling subtrees
+      either (its gain there can only be smaller);
+    * a child's subtree is skipped when ``τ(child)`` plus the largest
+      positive sibling gains it could still add cannot reach the best score
+      so far minus ``prune_tol``.
+
+    ``prune_tol`` bounds the tie tolerance from above, so nothing within the
+    tie tolerance of the optimum is ever cut. Results land in ``best``
+    (``[τ*, near_tie, ...]``) and ``winner`` (``[tie-break mask, size, argmax mask]``).
     """
     n_samples, n_models = draws.shape
-    base = runmax[0]
     n_run = 0
     base_cost = 0.0
     base_mask = np.int64(0)
@@ -161,67 +242,64 @@ def _search_supersets(draws, cost, run, lam, max_depth, min_index, prune, prune_
             for s in range(n_samples):
                 if draws[s, i] > base[s]:
                     base[s] = draws[s, i]
-    best_tau = -np.inf
-    best_mask = np.int64(0)
-    near_tie = False
-    winner_mask = np.int64(0)
-    winner_cost = 0.0
-    winner_size = 0
+    best[0] = -np.inf
+    best[1] = 0.0
+    winner[0] = 0
+    base_q = -np.inf
     if n_run > 0:
         base_q = 0.0
         for s in range(n_samples):
             base_q += base[s]
         base_q /= n_samples
-        best_tau = base_q - lam * base_cost
-        best_mask = base_mask
-        if best_tau >= tie_floor:
-            winner_mask = base_mask
-            winner_cost = base_cost
-            winner_size = n_run
-    else:
-        base_q = -np.inf
-    level_q[0] = base_q
-    level_cost[0] = base_cost
-    level_mask[0] = base_mask
-    next_index[0] = min_index
+        _consider(base_q - lam * base_cost, base_cost, n_run, base_mask, prune_tol, tie_floor,
+                  expensive, best, winner)
     max_add = max_depth - n_run
+    if max_add <= 0:
+        return
+    n_cand[0] = 0
+    for i in range(min_index, n_models):
+        if not run[i]:
+            cand[0, n_cand[0]] = i
+            n_cand[0] += 1
+    node_q[0] = base_q
+    node_cost[0] = base_cost
+    node_mask[0] = base_mask
+    _expand(0, base, draws, cost, lam, prune, prune_tol, tie_floor, expensive, n_run, cand,
+            n_cand, node_q, node_cost, node_mask, child_q, child_gain, child_max, alive, best, winner)
+    pos[0] = 0
     level = 0
     while level >= 0:
-        i = next_index[level]
-        while i < n_models and run[i]:
-            i += 1
-        if i >= n_models or level >= max_add:
+        k = pos[level]
+        while k < n_cand[level] and not alive[level, k]:
+            k += 1
+        if k >= n_cand[level] or level + 1 >= max_add:
             level -= 1
             continue
-        next_index[level] = i + 1
-        q_value = _extend_max(runmax[level], draws, i, runmax[level + 1])
-        child_cost = level_cost[level] + cost[i]
+        pos[level] = k + 1
+        n_next = 0
+        for later in range(k + 1, n_cand[level]):
+            if alive[level, later]:
+                cand[level + 1, n_next] = cand[level, later]
+                n_next += 1
+        if n_next == 0:
+            continue
+        j = cand[level, k]
+        child_cost = node_cost[level] + cost[j]
         if prune and n_run + level >= 1:
-            if q_value - level_q[level] - lam * cost[i] < -prune_tol:
+            bound = (child_q[level, k] - lam * child_cost
+                     + _top_gain_sum(child_gain[level], alive[level], k + 1, n_cand[level],
+                                     max_add - level - 1))
+            if bound < best[0] - prune_tol:
                 continue
-        tau = q_value - lam * child_cost
-        child_mask = level_mask[level] | (np.int64(1) << i)
-        child_size = n_run + level + 1
-        if tau > best_tau:
-            if best_tau >= tau - prune_tol:
-                near_tie = True
-            best_tau = tau
-            best_mask = child_mask
-        elif tau >= best_tau - prune_tol:
-            near_tie = True
-        if tau >= tie_floor:
-            if winner_mask == 0 or tie_better(child_cost, child_size, child_mask,
-                                              winner_cost, winner_size, winner_mask, expensive):
-                winner_mask = child_mask
-                winner_cost = child_cost
-                winner_size = child_size
-        if level + 1 < max_add:
-            level += 1
-            level_q[level] = q_value
-            level_cost[level] = child_cost
-            level_mask[level] = child_mask
-            next_index[level] = i + 1
-    return best_tau, best_mask, near_tie, winner_mask
+        n_cand[level + 1] = n_next
+        node_q[level + 1] = child_q[level, k]
+        node_cost[level + 1] = child_cost
+        node_mask[level + 1] = node_mask[level] | (np.int64(1) << j)
+        _expand(level + 1, child_max[level, k], draws, cost, lam, prune, prune_tol, tie_floor,
+                expensive, n_run, cand, n_cand, node_q, node_cost, node_mask, child_q, child_gain,
+                child_max, alive, best, winner)
+        pos[level + 1] = 0
+        level += 1
 
 
 @njit(**JIT_OPTIONS)
@@ -256,16 +334,24 @@ def _run_state(run):
 def new_scratch(n_samples, n_models, max_depth):
     """Scratch buffers for :func:`plan_query`, allocated once per block of queries."""
     return (
-        np.empty((n_samples, n_models)),              # draws
-        np.empty((max_depth + 1, n_samples)),         # running maxima per search level
-        np.empty(n_models + 1),                       # candidate scores (routing, cascade)
-        np.empty(n_models + 1),                       # candidate costs
-        np.empty(n_models + 1, dtype=np.int64),       # candidate sizes
-        np.empty(n_models + 1, dtype=np.int64),       # candidate masks
-        np.empty(max_depth + 1),                      # Q per search level
-        np.empty(max_depth + 1),                      # cost per search level
-        np.empty(max_depth + 1, dtype=np.int64),      # mask per search level
-        np.empty(max_depth + 1, dtype=np.int64),      # next model to try per level
+        np.empty((n_samples, n_models)),                          # draws
+        np.empty(n_models + 1),                                   # candidate scores (routing, cascade)
+        np.empty(n_models + 1),                                   # candidate costs
+        np.empty(n_models + 1, dtype=np.int64),                   # candidate sizes
+        np.empty(n_models + 1, dtype=np.int64),                   # candidate masks
+        np.empty(n_samples),                                      # run set's per-draw maximum
+        np.empty((max_depth + 1, n_models), dtype=np.int64),      # models offered per level
+        np.empty(max_depth + 1, dtype=np.int64),                  # how many offered per level
+        np.empty(max_depth + 1, dtype=np.int64),                  # next child to descend into
+        np.empty(max_depth + 1),                                  # Q per level's node
+        np.empty(max_depth + 1),                                  # cost per level's node
+        np.empty(max_depth + 1, dtype=np.int64),                  # mask per level's node
+        np.empty((max_depth, n_models)),                          # children's Q
+        np.empty((max_depth, n_models)),                          # children's marginal gains
+        np.empty((max_depth, n_models, n_samples)),               # children's per-draw maxima
+        np.empty((max_depth, n_models), dtype=np.bool_),          # children not pruned
+        np.empty(3),                                              # best τ, near-tie flag, winner cost
+        np.empty(3, dtype=np.int64),                              # winner mask, winner size, argmax mask
     )
 
 
@@ -278,8 +364,8 @@ def plan_query(quality, sigma, chol, use_cov, cost, run, lambdas, strategy, thre
     stopping). Scratch arrays are supplied by the driver so that nothing is
     allocated per query.
     """
-    (scratch_draws, scratch_runmax, taus, costs, sizes, masks,
-     level_q, level_cost, level_mask, next_index) = scratch
+    (draws, taus, costs, sizes, masks, base, cand, n_cand, pos, node_q, node_cost, node_mask,
+     child_q, child_gain, child_max, alive, best, winner) = scratch
     n_models = quality.shape[0]
     n_run, run_mask, highest = _run_state(run)
     if strategy == THRESHOLD:
@@ -297,34 +383,35 @@ def plan_query(quality, sigma, chol, use_cov, cost, run, lambdas, strategy, thre
     if strategy == ROUTING and n_run > 0:
         return STOP, run_mask
     lam = lambdas[n_run]
-    fill_draws(quality, sigma, chol, use_cov, z, scratch_draws)
     if strategy == ROUTING:
-        n = _list_routing(scratch_draws, cost, lam, taus, costs, sizes, masks)
+        n = _list_routing(quality, cost, lam, taus, costs, sizes, masks)
         plan = masks[_pick(taus, costs, sizes, masks, n, expensive)]
         return _next_from_plan(plan, run, cost, True), plan
+    fill_draws(quality, sigma, chol, use_cov, z, draws)
     if strategy == CASCADE:
-        n = _list_cascade(scratch_draws, cost, n_run, lam, max_depth, scratch_runmax,
-                          taus, costs, sizes, masks)
+        n = _list_cascade(draws, cost, n_run, lam, max_depth, base, taus, costs, sizes, masks)
         plan = masks[_pick(taus, costs, sizes, masks, n, expensive)]
         return _next_from_plan(plan, run, cost, True), plan
-    # cascade routing
+    # cascade routing: a first pass finds τ*; a second, only when some other
+    # candidate came close, applies the tie-break among those within tolerance.
     biggest = 0.0
-    for s in range(scratch_draws.shape[0]):
+    for s in range(draws.shape[0]):
         for i in range(n_models):
-            biggest = max(biggest, abs(scratch_draws[s, i]))
+            biggest = max(biggest, abs(draws[s, i]))
     total_cost = 0.0
     for i in range(n_models):
         total_cost += cost[i]
     prune_tol = TIE_RTOL * max(1.0, biggest + lam * total_cost)
     min_index = highest + 1 if force_order else 0
-    best_tau, plan, near_tie, _ = _search_supersets(
-        scratch_draws, cost, run, lam, max_depth, min_index, prune, prune_tol,
-        np.inf, expensive, scratch_runmax, level_q, level_cost, level_mask, next_index)
-    if near_tie:
-        floor = best_tau - TIE_RTOL * max(1.0, abs(best_tau))
-        _, _, _, plan = _search_supersets(
-            scratch_draws, cost, run, lam, max_depth, min_index, prune, prune_tol,
-            floor, expensive, scratch_runmax, level_q, level_cost, level_mask, next_index)
+    tie_floor = np.inf
+    for _ in range(2):
+        _search_supersets(draws, cost, run, lam, max_depth, min_index, prune, prune_tol, tie_floor,
+                          expensive, base, cand, n_cand, pos, node_q, node_cost, node_mask,
+                          child_q, child_gain, child_max, alive, best, winner)
+        if best[1] == 0.0 or tie_floor != np.inf:
+            break
+        tie_floor = best[0] - TIE_RTOL * max(1.0, abs(best[0]))
+    plan = winner[0] if tie_floor != np.inf else winner[2]
     return _next_from_plan(plan, run, cost, force_order), plan
 
 

@@ -217,3 +217,21 @@ def test_expected_max_matches_reference(problem, use_cov):
             expected = naive.q_of(naive.draws(quality[n], sigma[n], z=z), members) if members.size else -np.inf
             value = kernel.expected_max(quality[n], sigma[n], members, z)
         assert value == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(8, 12), st.sampled_from([0.0, 1.0, 10.0, 60.0, 300.0]),
+       st.integers(2, 6), st.booleans())
+def test_branch_and_bound_equals_full_search_on_larger_pools(seed, n_models, lam, max_depth, some_run):
+    """Continuous RouterBench-like estimates, where both cuts of the search fire often."""
+    rng = np.random.default_rng(seed)
+    n_queries = 50
+    quality = rng.beta(4, 2, (n_queries, n_models))
+    cost = np.geomspace(8e-5, 5e-3, n_models) * rng.lognormal(0, 0.3, (n_queries, n_models))
+    sigma = rng.uniform(0.0, 0.3, (n_queries, n_models))
+    run = (rng.random((n_queries, n_models)) < 0.15) if some_run else None
+    options = dict(sigma=sigma, run=run, lambdas=lam, max_depth=max_depth, parallel=False)
+    pruned = kernel.plan(quality, cost, prune=True, **options)
+    full = kernel.plan(quality, cost, prune=False, **options)
+    np.testing.assert_array_equal(pruned[1], full[1])
+    np.testing.assert_array_equal(pruned[0], full[0])
