@@ -353,7 +353,8 @@ def test_read_prices_refuses_half_priced_and_bad_rows(tmp_path):
 def test_read_table_checks_every_model_is_priced():
     prices = {"small": (0.2, 0.2), "mid": (1.0, 2.0), "big": (10.0, 30.0)}
     assert read_table(long_frame(), prices=prices).n_models == 3
-    with pytest.raises(ValueError, match=r"no price for model\(s\) \['mid'\]; priced models not in the table: \['mdi'\]"):
+    unpriced = r"no price for model\(s\) \['mid'\]; priced models not in the table: \['mdi'\]"
+    with pytest.raises(ValueError, match=unpriced):
         read_table(long_frame(), prices={"small": (0.2, 0.2), "mdi": (1, 2), "big": (10, 30)})
     with pytest.raises(ValueError, match="price of 'big'"):
         read_table(long_frame(), prices={**prices, "big": (-1.0, 3.0)})

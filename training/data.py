@@ -34,8 +34,8 @@ from .table import RoutingTable
 
 __all__ = ["REQUIRED_COLUMNS", "fingerprint", "read_prices", "read_table"]
 
-PathLike = Union[str, "os.PathLike[str]"]
-Prices = Mapping[str, "tuple[float, float]"]
+PathLike = Union[str, os.PathLike]
+Prices = Mapping[str, tuple[float, float]]
 
 REQUIRED_COLUMNS = ("query_id", "model", "quality", "cost_usd")
 PRICE_COLUMNS = ("model", "input_price_per_mtok_usd", "output_price_per_mtok_usd")

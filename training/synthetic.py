@@ -396,7 +396,9 @@ def _commonsense(r: random.Random, level: float) -> _Problem:
     slots = {key: _word(r, level, *words) for key, words in _COMMONSENSE.items()}
     subtask, stem = _pick(r, _COMMONSENSE_STEMS)
     context = [
-        _pick(r, _COMMONSENSE_CONTEXT).format(p=p, q=q, n=_number(r, level), object=_word(r, level, *_COMMONSENSE["object"]))
+        _pick(r, _COMMONSENSE_CONTEXT).format(
+            p=p, q=q, n=_number(r, level), object=_word(r, level, *_COMMONSENSE["object"])
+        )
         for _ in range(_poisson(r, max(0.05, 0.3 + 0.6 * level)))
     ]
     sentence = " ".join(context + [stem.format(p=p, q=q, **slots)])
@@ -504,7 +506,8 @@ _CODE = (
      "compute the length of the longest strictly increasing subsequence using dynamic programming",
      "longest_increasing_subsequence([3, 1, 2, 5]) == 3",
      "best = [1] * len(xs)\n    for i in range(len(xs)):\n        for j in range(i):\n"
-     "            if xs[j] < xs[i]:\n                best[i] = max(best[i], best[j] + 1)\n    return max(best, default=0)",
+     "            if xs[j] < xs[i]:\n                best[i] = max(best[i], best[j] + 1)\n"
+     "    return max(best, default=0)",
      "return len(set(xs))"),
     (3, "balanced_brackets", "s", "check whether the brackets ()[]{} in a string are balanced using a stack",
      "balanced_brackets('([)]') is False",
@@ -515,13 +518,15 @@ _CODE = (
     (3, "edit_distance", "a, b", "compute the Levenshtein edit distance between two strings with memoization",
      "edit_distance('kitten', 'sitting') == 3",
      "prev = list(range(len(b) + 1))\n    for i, x in enumerate(a, 1):\n        cur = [i]\n"
-     "        for j, y in enumerate(b, 1):\n            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))\n"
+     "        for j, y in enumerate(b, 1):\n"
+     "            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))\n"
      "        prev = cur\n    return prev[-1]",
      "return sum(x != y for x, y in zip(a, b))"),
     (3, "merge_intervals", "intervals", "merge overlapping intervals given as (start, end) pairs",
      "merge_intervals([(1, 3), (2, 6)]) == [(1, 6)]",
      "out = []\n    for lo, hi in sorted(intervals):\n        if out and lo <= out[-1][1]:\n"
-     "            out[-1] = (out[-1][0], max(out[-1][1], hi))\n        else:\n            out.append((lo, hi))\n    return out",
+     "            out[-1] = (out[-1][0], max(out[-1][1], hi))\n        else:\n"
+     "            out.append((lo, hi))\n    return out",
      "return sorted(intervals)"),
 )
 _CODE_EXTRAS = (
