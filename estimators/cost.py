@@ -1,0 +1,111 @@
+"""Cost estimator ``ĉ_i(x | R)``: prices × tokens when known, else learned log cost.
+
+A model that already ran on ``x`` has an observed cost, which replaces the
+estimate exactly. For the others, the estimate is
+
+* ``input_tokens × in_price + predicted output_tokens × out_price`` (prices
+  in USD per 1M tokens) when the model has a price and the training table has
+  its output token counts; input tokens come from the caller or, failing
+  that, from ``ceil(len(prompt) / 4)``;
+* otherwise a regression of ``log(cost)`` on the prompt features.
+
+Both regressions work on a log scale (costs and lengths are heavy-tailed)
+and undo it with Duan's smearing factor, the mean of ``exp(residual)``, so the
+estimate is of the *mean* cost the budget is about, not the median.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from lightgbm import LGBMRegressor
+from sklearn.base import BaseEstimator, clone
+
+__all__ = ["CostEstimator"]
+
+
+def _default_regressor() -> LGBMRegressor:
+    return LGBMRegressor(
+        n_estimators=100, learning_rate=0.1, num_leaves=15, min_child_samples=20, max_bin=63,
+        verbose=-1, n_jobs=None, random_state=0,
+    )
+
+
+class _LogTarget:
+    """A regressor of ``log(target + offset)`` with its smearing factor."""
+
+    def __init__(self, regressor: BaseEstimator, offset: float) -> None:
+        self.offset = offset
+        self.regressor = regressor
+
+    def fit(self, X: np.ndarray, target: np.ndarray) -> "_LogTarget":
+        log_target = np.log(target + self.offset)
+        self.regressor.fit(X, log_target)
+        self.smearing = float(np.mean(np.exp(log_target - self.regressor.predict(X))))
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.maximum(np.exp(self.regressor.predict(X)) * self.smearing - self.offset, 0.0)
+
+
+class CostEstimator(BaseEstimator):
+    """Per-model cost estimates from prices and tokens, or from a log-cost regression.
+
+    Parameters
+    ----------
+    prices : dict of str to (float, float), optional
+        USD per 1M input and output tokens, per model name.
+    regressor : regressor, optional
+        Template of the log-scale regressions; default a small LightGBM.
+
+    Attributes
+    ----------
+    models_ : tuple of str
+        Model names in column order.
+    modes_ : list of str
+        ``"tokens"`` or ``"log_cost"`` per model: which estimate it uses.
+    predictors_ : list of _LogTarget
+        Per model, the regression of output tokens (token mode) or cost.
+    """
+
+    def __init__(self, prices: dict[str, tuple[float, float]] | None = None,
+                 regressor: BaseEstimator | None = None) -> None:
+        self.prices = prices
+        self.regressor = regressor
+
+    def fit(self, models, prompt_features: np.ndarray, cost: np.ndarray,
+            output_tokens: np.ndarray | None = None) -> "CostEstimator":
+        """Fit on ``N`` queries of ``K`` models (``cost`` and ``output_tokens`` of shape (N, K))."""
+        self.models_ = tuple(models)
+        prices = self.prices or {}
+        unknown = sorted(set(prices) - set(self.models_))
+        if unknown:
+            raise ValueError(f"prices names unknown model(s) {unknown}; known models are {list(self.models_)}")
+        template = self.regressor if self.regressor is not None else _default_regressor()
+        self.modes_, self.predictors_ = [], []
+        for i, model in enumerate(self.models_):
+            tokens = None if output_tokens is None else output_tokens[:, i]
+            if model in prices and tokens is not None and np.isfinite(tokens).all():
+                self.modes_.append("tokens")
+                self.predictors_.append(_LogTarget(clone(template), 1.0).fit(prompt_features, tokens))
+            else:
+                self.modes_.append("log_cost")
+                offset = max(float(np.min(cost[:, i][cost[:, i] > 0], initial=1e-9)) * 1e-3, 1e-12)
+                self.predictors_.append(_LogTarget(clone(template), offset).fit(prompt_features, cost[:, i]))
+        return self
+
+    def predict(self, prompt_features: np.ndarray, input_tokens: np.ndarray, run: np.ndarray | None = None,
+                observed_cost: np.ndarray | None = None) -> np.ndarray:
+        """Return ``(N, K)`` costs; cells of run models take ``observed_cost`` exactly.
+
+        ``input_tokens`` is ``(N, K)`` (NaN cells are not used by log-cost models).
+        """
+        estimate = np.empty(input_tokens.shape, dtype=np.float64)
+        for i, (model, mode, predictor) in enumerate(zip(self.models_, self.modes_, self.predictors_)):
+            if mode == "tokens":
+                price_in, price_out = self.prices[model]
+                estimate[:, i] = (input_tokens[:, i] * price_in + predictor.predict(prompt_features) * price_out) / 1e6
+            else:
+                estimate[:, i] = predictor.predict(prompt_features)
+        if run is not None:
+            estimate = np.where(run, observed_cost, estimate)
+        return estimate

