@@ -1,0 +1,638 @@
+"""Save and load a fitted router as one joblib file plus a JSON manifest.
+
+.. warning::
+
+   **joblib is pickle: loading an artifact executes code.** A crafted
+   artifact can run anything with the permissions of the process that loads
+   it. Only load artifacts you produced yourself or received through a
+   channel you trust. The ``sha256`` in the manifest detects *corruption*
+   (a truncated copy, a flipped bit, the wrong file put in place); it does
+   **not** detect *tampering*, because whoever can replace the artifact can
+   also rewrite the manifest beside it. If you need that guarantee, sign the
+   manifest or pin its sha256 in a place the attacker cannot write.
+
+Layout
+------
+An artifact is two files in one directory:
+
+* the payload ``path`` (for example ``router.joblib``), written by
+  :func:`joblib.dump` with ``compress=3``;
+* the manifest ``path.with_suffix(".manifest.json")``: the *last* suffix of
+  the artifact name is replaced, so ``router.joblib`` has the manifest
+  ``router.manifest.json``, ``router.v2.joblib`` has
+  ``router.v2.manifest.json`` and a suffix-less ``router`` has
+  ``router.manifest.json``. Two artifacts that differ only in their last
+  suffix (``router.joblib`` and ``router.pkl``) would share one manifest;
+  :func:`save_artifact` refuses to overwrite a manifest that describes
+  another existing artifact, and :func:`load_artifact` refuses a manifest
+  whose ``artifact_file`` is not the file being loaded.
+
+The manifest is plain JSON (no NaN or infinity) so that tools in any
+language can read it; :func:`read_manifest` reads it without unpickling.
+Its fields are ``format``, ``format_version``, ``created_at`` (UTC, ISO
+8601), ``versions`` (package name -> version string, ``None`` when the
+package is not installed), ``models``, ``budgets``, ``feature_schema``,
+``data_fingerprint``, ``metrics``, ``extra``, ``artifact_file`` (base name
+of the payload) and ``sha256`` (hex digest of the payload bytes).
+
+Why the loader is strict
+------------------------
+A router that loads but behaves slightly differently is worse than one that
+refuses to load: nobody notices. :func:`load_artifact` therefore refuses,
+with an error that names the file and what to do, an unknown ``format``, a
+different ``format_version``, payload bytes whose sha256 differs from the
+manifest, a different major.minor version of scikit-learn, LightGBM, NumPy
+or cascade-router (pickled estimators and boosters are not portable across
+those), a payload that cannot be unpickled, and an object whose ``models_``
+differ from the manifest's ``models``.
+
+Writes are atomic: each file is written to a temporary file in the target
+directory, flushed to disk and moved into place with :func:`os.replace`, so
+a crash never leaves a half-written file under the final name. The two
+files cannot be replaced together atomically; the payload is moved first,
+so a crash between the two moves leaves a new payload beside the old
+manifest, which :func:`load_artifact` rejects as a sha256 mismatch rather
+than loading it. Re-running training overwrites an existing artifact: that
+is the normal way to refresh one.
+
+Examples
+--------
+>>> from training.artifact import save_artifact, load_artifact
+>>> save_artifact(router, "out/router.joblib", models=router.models_,
+...               budgets=[0.001, 0.01])  # doctest: +SKIP
+>>> router, manifest = load_artifact("out/router.joblib")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import io
+import json
+import math
+import os
+import pickle
+import platform
+import re
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Union
+
+import joblib
+import numpy as np
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST_SUFFIX",
+    "load_artifact",
+    "manifest_path",
+    "read_manifest",
+    "save_artifact",
+]
+
+PathLike = Union[str, os.PathLike]
+
+FORMAT = "cascade-router-artifact"
+"""Value of the manifest's ``format`` field; anything else is not ours."""
+
+FORMAT_VERSION = 1
+"""Bumped whenever the layout or meaning of the manifest or payload changes."""
+
+MANIFEST_SUFFIX = ".manifest.json"
+"""Replaces the artifact's last suffix to name its manifest."""
+
+COMPRESS = 3
+"""joblib/zlib level: a good size/speed trade-off for arrays of floats."""
+
+# Distribution name -> importable module, in the order they are recorded.
+_RECORDED = {
+    "cascade-router": None,  # no top-level module; metadata only
+    "numpy": "numpy",
+    "scipy": "scipy",
+    "scikit-learn": "sklearn",
+    "lightgbm": "lightgbm",
+    "numba": "numba",
+    "joblib": "joblib",
+}
+# Pickles of these are not portable across major.minor versions.
+_CHECKED = ("cascade-router", "numpy", "scikit-learn", "lightgbm")
+_REQUIRED_FIELDS = ("format", "format_version", "artifact_file", "sha256", "versions", "models")
+_CHUNK = 1 << 20
+
+
+# --------------------------------------------------------------------------- #
+# public API
+# --------------------------------------------------------------------------- #
+
+
+def manifest_path(path: PathLike) -> Path:
+    """Return the manifest path of an artifact: its last suffix replaced.
+
+    ``router.joblib`` -> ``router.manifest.json``; ``router`` ->
+    ``router.manifest.json``. A path that already ends with
+    ``.manifest.json`` is returned unchanged, so tools that glob manifests
+    can pass them directly to :func:`read_manifest`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The artifact (or manifest) path.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    path = Path(path)
+    if path.name.endswith(MANIFEST_SUFFIX):
+        return path
+    return path.with_suffix(MANIFEST_SUFFIX)
+
+
+def save_artifact(
+    obj: object,
+    path: PathLike,
+    *,
+    models: Sequence[str],
+    budgets: Sequence[float],
+    feature_schema: dict | None = None,
+    data_fingerprint: str | None = None,
+    metrics: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``obj`` to ``path`` with joblib and its manifest beside it.
+
+    Everything is validated and the manifest is serialised before any file
+    is touched, so a bad argument never leaves a partial artifact. Both
+    files are then written atomically (see the module docstring); an
+    existing artifact at ``path`` is replaced, as a re-run of training does.
+
+    Parameters
+    ----------
+    obj : object
+        The fitted router (or anything picklable). If it has a ``models_``
+        attribute it must equal ``models``, so that the artifact cannot be
+        written with names in the wrong order.
+    path : str or os.PathLike
+        Payload file, conventionally ``*.joblib``. Its directory must exist.
+        The manifest goes to :func:`manifest_path` of it.
+    models : sequence of str
+        Model names in the order the router indexes them. Non-empty, unique.
+    budgets : sequence of float
+        The budgets (cost per query) the policies were fitted for; finite.
+    feature_schema : dict, optional
+        Description of the inputs the router expects (names, dtypes, ...).
+    data_fingerprint : str, optional
+        Identifies the training data, e.g. :func:`training.data.fingerprint`.
+    metrics : dict, optional
+        Evaluation results to show without loading the router.
+    extra : dict, optional
+        Anything else worth recording (hyper-parameters, git commit, ...).
+
+    Returns
+    -------
+    pathlib.Path
+        The manifest path.
+
+    Raises
+    ------
+    ValueError
+        If an argument is invalid, a metadata dict cannot be written as
+        strict JSON, or the manifest path belongs to another artifact.
+    TypeError
+        If ``obj`` cannot be pickled.
+    """
+    path = Path(path)
+    target = manifest_path(path)
+    if target == path:
+        raise ValueError(
+            f"artifact path {path} ends with {MANIFEST_SUFFIX!r}, the suffix reserved for manifests; "
+            "name the artifact e.g. 'router.joblib'"
+        )
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot write artifact {path}: directory {path.parent} does not exist; create it first")
+    models = _check_models(models, obj)
+    budgets = _check_budgets(budgets)
+    if data_fingerprint is not None and not isinstance(data_fingerprint, str):
+        raise ValueError(f"data_fingerprint must be a str or None, got {type(data_fingerprint).__name__}")
+    _refuse_foreign_manifest(path, target)
+
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": _environment_versions(),
+        "models": models,
+        "budgets": budgets,
+        "feature_schema": feature_schema,
+        "data_fingerprint": data_fingerprint,
+        "metrics": metrics,
+        "extra": extra,
+        "artifact_file": path.name,
+        "sha256": None,  # filled in once the payload bytes exist
+    }
+    _to_json(manifest)  # fail on unserialisable metadata before writing anything
+
+    tmp_payload = _write_temp(path, lambda handle: _dump(obj, handle, path))
+    tmp_manifest = None
+    try:
+        manifest["sha256"] = _sha256_file(tmp_payload)
+        text = _to_json(manifest).encode("utf-8")
+        tmp_manifest = _write_temp(target, lambda handle: handle.write(text))
+        os.replace(tmp_payload, path)  # payload first: see the module docstring
+        os.replace(tmp_manifest, target)
+    finally:
+        _discard(tmp_payload, tmp_manifest)
+    _fsync_directory(path.parent)
+    return target
+
+
+def read_manifest(path: PathLike) -> dict:
+    """Read an artifact's manifest without unpickling anything.
+
+    Only checks that the file is a JSON object of this ``format``; the
+    ``format_version`` is *not* checked, so that listing tools can show
+    artifacts written by other releases. Use :func:`load_artifact` for the
+    full checks.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The artifact path (``router.joblib``) or the manifest itself.
+
+    Returns
+    -------
+    dict
+        The manifest.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the manifest does not exist.
+    ValueError
+        If it is not valid JSON, not an object, or of another ``format``.
+    """
+    target = manifest_path(path)
+    if not target.is_file():
+        raise FileNotFoundError(
+            f"manifest {target} for artifact {path} not found; artifacts are written by "
+            "training.artifact.save_artifact together with their manifest, keep the two files together"
+        )
+    try:
+        manifest = json.loads(target.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"manifest {target} is not valid JSON ({exc}); the file is corrupted, re-save the artifact") from exc
+    if not isinstance(manifest, dict):
+        raise ValueError(f"manifest {target} must hold a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format") != FORMAT:
+        raise ValueError(
+            f"manifest {target} has format {manifest.get('format')!r}, expected {FORMAT!r}; "
+            "this is not a cascade-router artifact"
+        )
+    return manifest
+
+
+def load_artifact(path: PathLike, *, strict_versions: bool = True) -> tuple[object, dict]:
+    """Verify and load an artifact written by :func:`save_artifact`.
+
+    **This unpickles the file, which executes code: load trusted artifacts
+    only** (see the module docstring). The checks run in this order and the
+    first failure raises: manifest present and of this ``format`` and
+    ``format_version``; manifest describes this file; sha256 of the payload
+    bytes; library versions; unpickling; ``models_`` of the loaded object.
+    The payload is read into memory once, and exactly the bytes that were
+    hashed are unpickled, so the file cannot be swapped between the check
+    and the load.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The payload file (``router.joblib``).
+    strict_versions : bool, default True
+        If True, a major.minor difference between the recorded and installed
+        versions of scikit-learn, LightGBM, NumPy or cascade-router raises.
+        If False it only emits a :class:`UserWarning`; the object may then
+        fail or, worse, behave differently.
+
+    Returns
+    -------
+    obj : object
+        The unpickled object.
+    manifest : dict
+        Its manifest.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the artifact or its manifest is missing.
+    ValueError
+        If any check fails; the message names the file and what to do.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    target = manifest_path(path)
+    _check_fields(manifest, target)
+    _check_format_version(manifest, target)
+    if manifest["artifact_file"] != path.name:
+        raise ValueError(
+            f"manifest {target} describes artifact {manifest['artifact_file']!r}, not {path.name!r}; "
+            "two artifacts whose names differ only in their last suffix share a manifest, rename one and re-save it"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"artifact {path} not found (its manifest {target} exists); re-save the artifact")
+    payload = path.read_bytes()
+    _check_sha256(payload, manifest["sha256"], path)
+    _check_versions(manifest["versions"], path, strict=strict_versions)
+    obj = _unpickle(payload, path)
+    _check_loaded_models(obj, manifest["models"], path)
+    return obj, manifest
+
+
+# --------------------------------------------------------------------------- #
+# versions
+# --------------------------------------------------------------------------- #
+
+
+def _environment_versions() -> dict[str, str | None]:
+    """Versions of python and the packages whose objects may be pickled."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for distribution, module in _RECORDED.items():
+        versions[distribution] = _installed_version(distribution, module)
+    return versions
+
+
+def _installed_version(distribution: str, module: str | None) -> str | None:
+    """Version from the package metadata, else the module's ``__version__``.
+
+    Metadata is read first because it does not import the package; the
+    fallback covers packages on ``sys.path`` without metadata (a source
+    checkout). ``None`` means not installed.
+    """
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    if module is None:
+        return None
+    try:
+        imported = __import__(module)
+    except ImportError:
+        return None
+    version = getattr(imported, "__version__", None)
+    return str(version) if version is not None else None
+
+
+def _major_minor(version: str | None) -> tuple[int, int] | str | None:
+    """``'1.6.1'`` -> ``(1, 6)``; unparseable strings are compared whole."""
+    if version is None:
+        return None
+    match = re.match(r"\s*v?(\d+)\.(\d+)", str(version))
+    return (int(match.group(1)), int(match.group(2))) if match else str(version)
+
+
+def _version_mismatches(recorded: Mapping[str, Any]) -> list[str]:
+    """One line per checked package whose major.minor version differs.
+
+    A package the manifest does not mention (or records as not installed)
+    cannot be inside the pickle, so it is not checked.
+    """
+    mismatches = []
+    for distribution in _CHECKED:
+        saved = recorded.get(distribution)
+        if saved is None:
+            continue
+        installed = _installed_version(distribution, _RECORDED[distribution])
+        if _major_minor(saved) != _major_minor(installed):
+            shown = installed if installed is not None else "not installed"
+            mismatches.append(f"{distribution} {saved} in the artifact vs {shown} installed")
+    return mismatches
+
+
+def _check_versions(recorded: Any, path: Path, *, strict: bool) -> None:
+    """Raise (or warn) on library versions that make the pickle unreliable."""
+    if not isinstance(recorded, Mapping):
+        raise ValueError(f"manifest of artifact {path}: 'versions' must be an object, got {type(recorded).__name__}")
+    mismatches = _version_mismatches(recorded)
+    if not mismatches:
+        return
+    message = (
+        f"artifact {path} was written with other library versions: {'; '.join(mismatches)}. "
+        "Pickled scikit-learn estimators and LightGBM boosters are not portable across major.minor versions"
+    )
+    if strict:
+        raise ValueError(
+            f"{message}; retrain in this environment, install the recorded versions, "
+            "or pass strict_versions=False to load it anyway"
+        )
+    warnings.warn(f"{message}; loading anyway because strict_versions=False", UserWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------- #
+# checks
+# --------------------------------------------------------------------------- #
+
+
+def _check_models(models: Sequence[str], obj: object) -> list[str]:
+    """Validate ``models`` and that they match ``obj.models_`` if present."""
+    if isinstance(models, (str, bytes)) or not isinstance(models, Sequence | np.ndarray):
+        raise ValueError(f"models must be a sequence of str, got {type(models).__name__}; wrap a single name in a list")
+    names = list(models)
+    if not names:
+        raise ValueError("models must not be empty")
+    bad = [name for name in names if not isinstance(name, str)]
+    if bad:
+        raise ValueError(f"models must be str, got {bad[:5]!r}")
+    names = [str(name) for name in names]  # np.str_ -> str for JSON
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"models must be unique; {duplicates} appear more than once")
+    fitted = getattr(obj, "models_", None)
+    if fitted is not None and [str(name) for name in fitted] != names:
+        raise ValueError(f"models {names} differ from the object's models_ {list(fitted)}; pass models=obj.models_")
+    return names
+
+
+def _check_budgets(budgets: Sequence[float]) -> list[float]:
+    """Validate ``budgets``: a sequence of finite numbers (bools refused)."""
+    if isinstance(budgets, (str, bytes)) or not isinstance(budgets, Sequence | np.ndarray):
+        raise ValueError(f"budgets must be a sequence of numbers, got {type(budgets).__name__}; wrap a single budget in a list")
+    values = []
+    for position, budget in enumerate(budgets):
+        if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, float, np.integer, np.floating)):
+            raise ValueError(f"budgets must be numbers; position {position} is {budget!r}")
+        if not math.isfinite(float(budget)):
+            raise ValueError(f"budgets must be finite; position {position} is {budget!r}")
+        values.append(float(budget))
+    return values
+
+
+def _refuse_foreign_manifest(path: Path, target: Path) -> None:
+    """Refuse to overwrite the manifest of another artifact that still exists."""
+    if not target.is_file():
+        return
+    try:
+        other = json.loads(target.read_text(encoding="utf-8")).get("artifact_file")
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: nothing trustworthy to protect
+    if isinstance(other, str) and other != path.name and (path.parent / other).is_file():
+        raise ValueError(
+            f"cannot write artifact {path}: its manifest path {target} already belongs to artifact "
+            f"{path.parent / other}; names that differ only in their last suffix share a manifest, choose another name"
+        )
+
+
+def _check_fields(manifest: Mapping[str, Any], target: Path) -> None:
+    """Name every required field that the manifest lacks."""
+    missing = [field for field in _REQUIRED_FIELDS if field not in manifest]
+    if missing:
+        raise ValueError(f"manifest {target} lacks the fields {missing}; the file is damaged, re-save the artifact")
+
+
+def _check_format_version(manifest: Mapping[str, Any], target: Path) -> None:
+    """Refuse another format version: its layout may mean something else."""
+    found = manifest["format_version"]
+    if isinstance(found, bool) or found != FORMAT_VERSION:
+        raise ValueError(
+            f"manifest {target} has format_version {found!r}, but this cascade-router release reads "
+            f"format_version {FORMAT_VERSION}; retrain and re-save the artifact with this release, "
+            "or load it with the release that wrote it"
+        )
+
+
+def _check_sha256(payload: bytes, expected: Any, path: Path) -> None:
+    """Compare the payload digest with the manifest before unpickling."""
+    actual = hashlib.sha256(payload).hexdigest()
+    if not isinstance(expected, str) or expected.lower() != actual:
+        raise ValueError(
+            f"artifact {path} sha256 mismatch: expected {expected}, got {actual}; "
+            "the file is corrupted or was replaced"
+        )
+
+
+def _unpickle(payload: bytes, path: Path) -> object:
+    """joblib.load the payload; any failure becomes one clear ValueError."""
+    try:
+        return joblib.load(io.BytesIO(payload))
+    except Exception as exc:
+        raise ValueError(
+            f"could not unpickle artifact {path}: {type(exc).__name__}: {exc}; "
+            "a class it contains may have moved or changed, retrain and re-save it with this release"
+        ) from exc
+
+
+def _check_loaded_models(obj: object, models: Any, path: Path) -> None:
+    """The object's ``models_`` must be the manifest's, in the same order."""
+    fitted = getattr(obj, "models_", None)
+    if fitted is None:
+        return
+    if [str(name) for name in fitted] != list(models):
+        raise ValueError(
+            f"artifact {path} holds an object with models_ {list(fitted)} but its manifest lists {list(models)}; "
+            "the artifact and manifest do not belong together, re-save the artifact"
+        )
+
+
+# --------------------------------------------------------------------------- #
+# files
+# --------------------------------------------------------------------------- #
+
+
+def _json_default(value: Any) -> Any:
+    """Turn NumPy scalars and arrays and paths into JSON values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _to_json(manifest: Mapping[str, Any]) -> str:
+    """Serialise strictly (no NaN or infinity), naming the offending field."""
+    for field, value in manifest.items():
+        try:
+            json.dumps(value, default=_json_default, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"manifest field {field!r} cannot be written as JSON: {exc}; "
+                "use str, numbers, bools, None, lists and dicts with str keys (NaN and infinity as None)"
+            ) from exc
+    return json.dumps(manifest, default=_json_default, allow_nan=False, indent=2, ensure_ascii=False) + "\n"
+
+
+def _sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _dump(obj: object, handle: Any, path: Path) -> None:
+    """joblib.dump to an open file; a pickling failure names the artifact."""
+    try:
+        joblib.dump(obj, handle, compress=COMPRESS)
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:  # OSError (disk full) passes as is
+        raise TypeError(
+            f"could not pickle the object for artifact {path}: {type(exc).__name__}: {exc}; "
+            "fitted objects must hold plain arrays and scalars (no lambdas, open files or compiled state)"
+        ) from exc
+
+
+def _write_temp(final: Path, write: Callable[[Any], object]) -> Path:
+    """Write a flushed, fsynced temp file beside ``final`` and return its path.
+
+    The temp file lives in the same directory because :func:`os.replace` is
+    only atomic within one file system, and is hidden (leading dot) so that
+    globs for artifacts never pick it up. :func:`tempfile.mkstemp` creates
+    it readable by the owner only; it gets the usual umask-based mode so
+    that a service running as another user can read the artifact. On any
+    failure the temp file is deleted before the error propagates.
+    """
+    descriptor, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException:
+        _discard(tmp)
+        raise
+    return tmp
+
+
+def _discard(*paths: Path | None) -> None:
+    """Delete temp files that were not moved into place."""
+    for path in paths:
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: read by setting; briefly racy with threads
+    os.umask(mask)
+    return mask
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Persist the renames themselves (POSIX); a no-op where unsupported."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
