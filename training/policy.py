@@ -1,0 +1,366 @@
+"""Fit a routing / cascading policy to a cost budget (ALGORITHM.md §4).
+
+A budget ``B`` bounds the mean cost per query. Fitting picks the policy's
+parameters on a calibration set whose true per-model quality and cost are
+known, so that the realised calibration cost is ``<= B`` and the realised
+quality is as high as the search finds:
+
+1. **One λ for every step.** Cost is (for routing provably, for the other
+   strategies in practice) non-increasing in ``λ``: double an upper bound
+   until the cost fits, then bisect in log space. Every point the search
+   keeps has been *measured* to fit the budget, so monotonicity is used for
+   speed, never for correctness.
+2. **Per-step λ** (``per_step=True``): coordinate search over the shape
+   ``w`` of ``λ = α·w``. For each candidate shape the scale ``α`` is
+   re-solved by bisection, so every candidate meets the budget and shapes are
+   compared by quality alone. We prefer this to a black-box optimiser such as
+   optuna: the constraint needs no penalty, each step is a 1-D monotone
+   search of about ten evaluations, and the result is deterministic.
+3. **γ.** At the chosen ``λ``, the cheapest-tie and most-expensive-tie rules
+   cost ``C_lo <= C_hi``; ``γ = clip((B - C_lo)/(C_hi - C_lo), 0, 1)``, then
+   lowered if the realised cost (with the kernel's deterministic ``u``)
+   would exceed ``B``.
+
+The threshold cascade's ``θ`` is fitted the same way with ``θ = w - α``
+(a larger ``α`` lowers every threshold, so fewer queries continue).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+import kernel
+
+from .episodes import EpisodeOutcome, Episodes
+
+__all__ = ["Policy", "fit_policy", "BudgetError"]
+
+#: Bisection stops when the feasible and infeasible scales are this close (relative).
+SCALE_RTOL = 2e-3
+#: Doublings allowed when looking for a scale that fits the budget.
+MAX_DOUBLINGS = 80
+#: Multiplicative moves tried per coordinate and sweep of the per-step search.
+LAMBDA_MOVES = ((0.25, 4.0), (0.5, 2.0))
+#: Additive moves (quality units) for per-step thresholds.
+THRESHOLD_MOVES = ((-0.2, 0.2), (-0.05, 0.05))
+
+
+class BudgetError(ValueError):
+    """The budget cannot be met: it is below the cheapest policy's cost."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A fitted policy: plain arrays and scalars, picklable, no compiled state.
+
+    Attributes
+    ----------
+    strategy : str
+        ``routing``, ``cascade``, ``cascade_routing`` or ``threshold``.
+    lambdas : ndarray
+        ``λ_t`` per step (unused by ``threshold``).
+    thresholds : ndarray or None
+        ``θ_j`` of the threshold cascade.
+    gamma : float
+        Probability of breaking ties towards the most expensive candidate.
+    max_depth, force_order, n_samples
+        Kernel options the policy was fitted with.
+    budget : float
+        The budget it was fitted to.
+    calibration_cost, calibration_quality : float
+        Realised mean cost and quality on the calibration set.
+    budget_status : str
+        ``"met"``; ``"above_max"`` when the budget exceeds what the
+        quality-maximising policy spends (the surplus stays unspent); or
+        ``"below_min"`` when fitting was asked to clamp an infeasible budget
+        to the cheapest policy (``calibration_cost > budget`` then).
+    """
+
+    strategy: str
+    lambdas: np.ndarray
+    thresholds: np.ndarray | None
+    gamma: float
+    max_depth: int
+    force_order: bool
+    n_samples: int
+    budget: float
+    calibration_cost: float = math.nan
+    calibration_quality: float = math.nan
+    budget_status: str = "met"
+    search_evaluations: int = field(default=0, compare=False)
+
+    def kernel_options(self) -> dict:
+        """Keyword arguments for :func:`kernel.decide` / :func:`kernel.simulate`."""
+        options = dict(strategy=self.strategy, max_depth=self.max_depth, force_order=self.force_order,
+                       gamma=self.gamma, n_samples=self.n_samples)
+        if self.strategy == "threshold":
+            options["thresholds"] = self.thresholds
+        else:
+            options["lambdas"] = self.lambdas
+        return options
+
+    def decide(self, quality, cost, *, sigma=None, cov=None, run=None, u=None,
+               parallel: bool = True) -> np.ndarray:
+        """Next model per query under this policy (``-1`` = stop); see :func:`kernel.decide`."""
+        return kernel.decide(quality, cost, sigma=sigma, cov=cov, run=run, u=u, parallel=parallel,
+                             **self.kernel_options())
+
+    def play(self, episodes: Episodes) -> EpisodeOutcome:
+        """Play this policy over ``episodes`` (e.g. the test split)."""
+        return episodes.play(self.kernel_options())
+
+
+class _Search:
+    """Counts evaluations and measures one parameter setting."""
+
+    def __init__(self, episodes: Episodes, template: Policy) -> None:
+        self.episodes = episodes
+        self.template = template
+        self.evaluations = 0
+
+    def measure(self, **changes) -> EpisodeOutcome:
+        self.evaluations += 1
+        return self.episodes.play(replace(self.template, **changes).kernel_options())
+
+
+class _LambdaFamily:
+    """``λ = α·w`` with ``α >= 0``; cost falls as ``α`` grows."""
+
+    moves = LAMBDA_MOVES
+
+    def __init__(self, depth: int, cost_scale: float) -> None:
+        self.initial_shape = np.ones(depth)
+        self.cost_scale = cost_scale
+
+    @staticmethod
+    def changes(alpha: float, shape: np.ndarray) -> dict:
+        return {"lambdas": alpha * shape}
+
+    @staticmethod
+    def most_expensive(shape: np.ndarray) -> float:
+        return 0.0
+
+    def first_guess(self) -> float:
+        """``λ`` at which a typical model's cost weighs 0.1 quality units."""
+        return 0.1 / self.cost_scale if self.cost_scale > 0 else 1.0
+
+    @staticmethod
+    def step(alpha: float, width: int) -> float:
+        """Move ``α`` up (``width > 0``) or down by a factor growing with ``|width|``."""
+        return max(alpha, 1e-12) * 2.0 ** (math.copysign(2 ** (abs(width) - 1), width))
+
+    @staticmethod
+    def midpoint(low: float, high: float) -> float:
+        return math.sqrt(max(low, 1e-300) * high) if low > 0 else high / 1024.0
+
+    @staticmethod
+    def close(low: float, high: float) -> bool:
+        return high - low <= SCALE_RTOL * high
+
+    @staticmethod
+    def move(shape: np.ndarray, t: int, move: float) -> np.ndarray:
+        moved = shape.copy()
+        moved[t] *= move
+        return moved
+
+
+class _ThresholdFamily:
+    """``θ = w - α``; a larger ``α`` lowers the thresholds, so cost falls."""
+
+    moves = THRESHOLD_MOVES
+
+    def __init__(self, depth: int, quality_span: tuple[float, float]) -> None:
+        self.initial_shape = np.zeros(depth)
+        self.low_q, self.high_q = quality_span
+
+    def changes(self, alpha: float, shape: np.ndarray) -> dict:
+        return {"thresholds": shape - alpha}
+
+    def most_expensive(self, shape: np.ndarray) -> float:
+        return float((shape.min() if shape.size else 0.0) - self.high_q - 1.0)
+
+    def first_guess(self) -> float:
+        return float(0.5 * (self.low_q + self.high_q))
+
+    def step(self, alpha: float, width: int) -> float:
+        """Move ``α`` up (``width > 0``) or down by a span growing with ``|width|``."""
+        return alpha + math.copysign((self.high_q - self.low_q + 1e-3) * 2.0 ** (abs(width) - 3), width)
+
+    @staticmethod
+    def midpoint(low: float, high: float) -> float:
+        return 0.5 * (low + high)
+
+    def close(self, low: float, high: float) -> bool:
+        return high - low <= SCALE_RTOL * max(1e-9, self.high_q - self.low_q)
+
+    @staticmethod
+    def move(shape: np.ndarray, t: int, move: float) -> np.ndarray:
+        moved = shape.copy()
+        moved[t] += move
+        return moved
+
+
+def _solve_scale(search: _Search, family, shape: np.ndarray, budget: float,
+                 guess: float | None) -> tuple[float, EpisodeOutcome, str]:
+    """Smallest measured ``α`` (to ``SCALE_RTOL``) whose realised cost fits the budget.
+
+    Without a ``guess`` the most expensive setting is measured first, to
+    report a budget above it. With one (the per-step search passes the last
+    solution) the bracket is found by walking from it, which takes one or two
+    evaluations instead of a fresh doubling.
+
+    Returns ``(alpha, outcome, status)`` with status ``met``, ``above_max``
+    (even the most expensive setting fits) or ``below_min`` (nothing fits;
+    ``alpha`` is then the cheapest setting tried).
+    """
+    floor = family.most_expensive(shape)
+    if guess is None:
+        outcome = search.measure(**family.changes(floor, shape))
+        if outcome.mean_cost <= budget:
+            return floor, outcome, "above_max"
+        guess = family.first_guess()
+    high = max(guess, floor)
+    high_outcome = search.measure(**family.changes(high, shape))
+    low = None
+    for width in range(1, MAX_DOUBLINGS + 1):
+        if high_outcome.mean_cost > budget:
+            low, high = high, family.step(high, width)
+            high_outcome = search.measure(**family.changes(high, shape))
+            continue
+        if low is not None:
+            break
+        candidate = family.step(high, -width)
+        if candidate <= floor:
+            low = floor
+            break
+        candidate_outcome = search.measure(**family.changes(candidate, shape))
+        if candidate_outcome.mean_cost > budget:
+            low = candidate
+            break
+        high, high_outcome = candidate, candidate_outcome
+    if high_outcome.mean_cost > budget:
+        return high, high_outcome, "below_min"
+    while not family.close(low, high):
+        middle = family.midpoint(low, high)
+        if not low < middle < high:
+            break
+        middle_outcome = search.measure(**family.changes(middle, shape))
+        if middle_outcome.mean_cost <= budget:
+            high, high_outcome = middle, middle_outcome
+        else:
+            low = middle
+    return high, high_outcome, "met"
+
+
+def _fit_gamma(search: _Search, changes: dict, outcome: EpisodeOutcome,
+               budget: float) -> tuple[float, EpisodeOutcome]:
+    """Mix in the most-expensive tie-break as far as the budget allows."""
+    expensive = search.measure(gamma=1.0, **changes)
+    low_cost, high_cost = outcome.mean_cost, expensive.mean_cost
+    if high_cost <= low_cost:
+        return 0.0, outcome
+    if high_cost <= budget:
+        return 1.0, expensive
+    gamma = float(np.clip((budget - low_cost) / (high_cost - low_cost), 0.0, 1.0))
+    best_gamma, best_outcome = 0.0, outcome
+    for _ in range(12):
+        trial = search.measure(gamma=gamma, **changes)
+        if trial.mean_cost <= budget:
+            best_gamma, best_outcome = gamma, trial
+            break
+        gamma *= 0.5
+    return best_gamma, best_outcome
+
+
+def fit_policy(episodes: Episodes, budget: float, *, strategy: str = "cascade_routing",
+               per_step: bool = False, max_depth: int | None = None,
+               max_depths: tuple[int, ...] | None = None, force_order: bool = False,
+               n_samples: int = 64, on_infeasible: str = "raise") -> Policy:
+    """Fit ``strategy`` to ``budget`` on calibration ``episodes``.
+
+    Parameters
+    ----------
+    episodes : Episodes
+        Calibration queries with estimates and ground truth, e.g.
+        :class:`training.episodes.TableEpisodes`.
+    budget : float
+        Mean cost per query to stay within (same unit as the costs).
+    strategy : str
+        Any strategy of :func:`kernel.decide`.
+    per_step : bool
+        Also search a per-step ``λ_t`` (or ``θ_j``) shape; slower, usually better.
+    max_depth : int, optional
+        Most models run per query; default all.
+    max_depths : tuple of int, optional
+        Fit each of these depths and keep the best calibration quality.
+    force_order, n_samples
+        Passed to the kernel.
+    on_infeasible : {"raise", "clamp"}
+        What to do when even the cheapest policy exceeds ``budget``: raise
+        :class:`BudgetError` naming the cheapest reachable cost, or return
+        that cheapest policy with ``budget_status="below_min"``.
+
+    Returns
+    -------
+    Policy
+        With ``calibration_cost <= budget`` unless clamped below.
+    """
+    if not (isinstance(budget, (int, float, np.floating)) and math.isfinite(budget) and budget >= 0):
+        raise ValueError(f"budget must be a finite number >= 0, got {budget!r}")
+    if on_infeasible not in ("raise", "clamp"):
+        raise ValueError(f"on_infeasible must be 'raise' or 'clamp', got {on_infeasible!r}")
+    kernel_strategies = kernel.STRATEGIES
+    if strategy not in kernel_strategies:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(kernel_strategies)}")
+    if max_depths:
+        fitted = [fit_policy(episodes, budget, strategy=strategy, per_step=per_step, max_depth=depth,
+                             force_order=force_order, n_samples=n_samples, on_infeasible=on_infeasible)
+                  for depth in max_depths]
+        return max(fitted, key=lambda p: (p.budget_status != "below_min", p.calibration_quality))
+    n_models = episodes.n_models
+    depth = n_models if max_depth is None else int(min(max_depth, n_models))
+    if depth < 1:
+        raise ValueError(f"max_depth must be >= 1, got {max_depth}")
+    if strategy == "threshold":
+        family = _ThresholdFamily(n_models - 1, episodes.quality_span)
+        steps = depth - 1
+    else:
+        family = _LambdaFamily(depth, episodes.cost_scale)
+        steps = 1 if strategy == "routing" else depth
+    template = Policy(strategy=strategy, lambdas=np.zeros(0 if strategy == "threshold" else depth),
+                      thresholds=np.zeros(n_models - 1) if strategy == "threshold" else None,
+                      gamma=0.0, max_depth=depth, force_order=bool(force_order), n_samples=n_samples,
+                      budget=float(budget))
+    search = _Search(episodes, template)
+
+    shape = family.initial_shape
+    alpha, outcome, status = _solve_scale(search, family, shape, budget, None)
+    if status == "below_min" and on_infeasible == "raise":
+        raise BudgetError(
+            f"budget {budget:.6g} is below the cheapest {strategy} policy, which costs "
+            f"{outcome.mean_cost:.6g} per query on the calibration set; raise the budget "
+            "or pass on_infeasible='clamp'")
+    if per_step and status == "met" and steps > 1:
+        alpha, shape, outcome = _coordinate_search(search, family, alpha, shape, outcome, budget, steps)
+    changes = family.changes(alpha, shape)
+    gamma, outcome = (_fit_gamma(search, changes, outcome, budget) if status != "below_min"
+                      else (0.0, outcome))
+    return replace(template, **changes, gamma=gamma, calibration_cost=outcome.mean_cost,
+                   calibration_quality=outcome.mean_quality, budget_status=status,
+                   search_evaluations=search.evaluations)
+
+
+def _coordinate_search(search, family, alpha, shape, outcome, budget, steps):
+    """Improve the per-step shape one coordinate at a time, re-solving the scale each try."""
+    for moves in family.moves:
+        for t in range(steps):
+            for move in moves:
+                trial_shape = family.move(shape, t, move)
+                trial_alpha, trial, status = _solve_scale(search, family, trial_shape, budget, alpha)
+                if status != "below_min" and trial.mean_cost <= budget \
+                        and trial.mean_quality > outcome.mean_quality + 1e-12:
+                    alpha, shape, outcome = trial_alpha, trial_shape, trial
+    return alpha, shape, outcome
