@@ -40,8 +40,10 @@ __all__ = ["Policy", "fit_policy", "BudgetError"]
 
 #: Bisection stops when the feasible and infeasible scales are this close (relative).
 SCALE_RTOL = 2e-3
-#: Doublings allowed when looking for a scale that fits the budget.
-MAX_DOUBLINGS = 80
+#: Widening steps allowed when looking for a scale that fits the budget.
+MAX_DOUBLINGS = 40
+#: Scales beyond this are not tried: the policy is as cheap as it gets long before.
+MAX_SCALE = 1e200
 #: Multiplicative moves tried per coordinate and sweep of the per-step search.
 LAMBDA_MOVES = ((0.25, 4.0), (0.5, 2.0))
 #: Additive moves (quality units) for per-step thresholds.
@@ -227,7 +229,10 @@ def _solve_scale(search: _Search, family, shape: np.ndarray, budget: float,
     low = None
     for width in range(1, MAX_DOUBLINGS + 1):
         if high_outcome.mean_cost > budget:
-            low, high = high, family.step(high, width)
+            wider = family.step(high, width)
+            if not abs(wider) < MAX_SCALE:
+                break
+            low, high = high, wider
             high_outcome = search.measure(**family.changes(high, shape))
             continue
         if low is not None:
@@ -265,14 +270,20 @@ def _fit_gamma(search: _Search, changes: dict, outcome: EpisodeOutcome,
     if high_cost <= budget:
         return 1.0, expensive
     gamma = float(np.clip((budget - low_cost) / (high_cost - low_cost), 0.0, 1.0))
-    best_gamma, best_outcome = 0.0, outcome
-    for _ in range(12):
-        trial = search.measure(gamma=gamma, **changes)
+    trial = search.measure(gamma=gamma, **changes)
+    if trial.mean_cost <= budget:
+        return gamma, trial
+    # The realised share of queries with u < γ can exceed γ by a query or
+    # two: bisect γ between the feasible 0 and the estimate.
+    feasible, feasible_outcome, infeasible = 0.0, outcome, gamma
+    for _ in range(10):
+        middle = 0.5 * (feasible + infeasible)
+        trial = search.measure(gamma=middle, **changes)
         if trial.mean_cost <= budget:
-            best_gamma, best_outcome = gamma, trial
-            break
-        gamma *= 0.5
-    return best_gamma, best_outcome
+            feasible, feasible_outcome = middle, trial
+        else:
+            infeasible = middle
+    return feasible, feasible_outcome
 
 
 def fit_policy(episodes: Episodes, budget: float, *, strategy: str = "cascade_routing",
