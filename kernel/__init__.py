@@ -6,7 +6,7 @@ Public API: :func:`decide`, :func:`plan`, :func:`simulate`,
 
 from .api import SimulationResult, decide, expected_max, plan, select_answer, simulate
 from .config import MAX_MODELS, STOP, STRATEGIES
-from .samples import normal_samples
+from .samples import default_uniforms, normal_samples
 
 __all__ = [
     "MAX_MODELS",
@@ -14,6 +14,7 @@ __all__ = [
     "STRATEGIES",
     "SimulationResult",
     "decide",
+    "default_uniforms",
     "expected_max",
     "normal_samples",
     "plan",

@@ -11,6 +11,7 @@ import numbers
 import numpy as np
 
 from .config import COV_JITTER, MAX_MODELS, STRATEGIES
+from .samples import default_uniforms
 
 
 def _first_position(mask: np.ndarray) -> tuple[int, ...]:
@@ -163,16 +164,11 @@ def check_prefix_runs(run: np.ndarray, strategy: str) -> None:
 
 
 def mixing(gamma, u, n_queries: int) -> tuple[float, np.ndarray]:
-    """Validate ``γ`` and the per-query uniforms ``u``.
-
-    Without ``u``, a low-discrepancy sequence ``u_n = frac(0.5 + n·φ)`` (φ the
-    golden ratio) is used: deterministic, and the share of queries with
-    ``u < γ`` matches ``γ`` closely for any ``N``, as budget fitting assumes.
-    """
+    """Validate ``γ`` and the per-query uniforms ``u`` (default :func:`default_uniforms`)."""
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
     if u is None:
-        return float(gamma), np.mod(0.5 + np.arange(n_queries) * 0.6180339887498949, 1.0)
+        return float(gamma), default_uniforms(n_queries)
     u = as_float_array("u", u, 1)
     if u.shape[0] != n_queries:
         raise ValueError(f"u has {u.shape[0]} values, expected one per query ({n_queries})")

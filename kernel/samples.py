@@ -8,7 +8,7 @@ import numpy as np
 from scipy.special import ndtri
 from scipy.stats import qmc
 
-__all__ = ["normal_samples", "DEFAULT_SEED"]
+__all__ = ["normal_samples", "default_uniforms", "DEFAULT_SEED"]
 
 DEFAULT_SEED = 20241014
 
@@ -57,3 +57,14 @@ def _cached_samples(n_samples: int, n_models: int, seed: int) -> np.ndarray:
     z = np.ascontiguousarray(z, dtype=np.float64)
     z.setflags(write=False)
     return z
+
+
+def default_uniforms(n_queries: int) -> np.ndarray:
+    """Per-query uniforms ``u_n = frac(0.5 + n·φ)`` used when the caller passes none.
+
+    A low-discrepancy sequence (φ the golden ratio): deterministic, and the
+    share of queries with ``u < γ`` matches ``γ`` closely for any ``N``, as
+    budget fitting assumes. Callers that decide for a subset of queries
+    index into this to stay consistent with whole-batch calls.
+    """
+    return np.mod(0.5 + np.arange(n_queries) * 0.6180339887498949, 1.0)
