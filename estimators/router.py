@@ -233,12 +233,14 @@ class RouterEstimator:
             cov = sigma[:, :, None] * sigma[:, None, :] * self.correlation_[run.sum(axis=1)]
         return Estimates(quality, sigma, cost, cov)
 
-    def predict_table(self, table: RoutingTable, run: np.ndarray | Sequence[str] | None = None) -> Estimates:
+    def predict_table(self, table: RoutingTable, run: np.ndarray | Sequence[str] | None = None,
+                      rows: np.ndarray | None = None) -> Estimates:
         """Estimate every model on the queries of ``table``, reading the run models' data from it.
 
         This is the step a policy evaluation repeats (decide, run, re-estimate):
         responses, signals and costs of the models in ``run`` are taken from
-        ``table``; prompt features and parsed responses are cached for the
+        ``table``. With ``rows``, only those queries are estimated (``run``
+        then has one row per entry of ``rows``); prompt features and parsed responses are cached for the
         last table seen, so repeated calls with new run sets cost only the
         regressors.
         """
@@ -250,10 +252,15 @@ class RouterEstimator:
                 f"table models {list(table.models)} differ from the fitted models {list(self.models_)}; "
                 "use table.select_models(...) with the same set"
             )
-        run = check_run(run, table.n_queries, self.models_)
+        rows = np.arange(table.n_queries) if rows is None else np.asarray(rows, dtype=np.intp)
+        if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= table.n_queries)):
+            raise ValueError(f"rows must be 1-D indices into the table's {table.n_queries} queries")
+        run = check_run(run, rows.size, self.models_)
         features, info, tokens = self._table_inputs(table)
-        signals = check_signals(table.signals, self.signal_names_, run)
-        return self._estimate(features, run, PosthocData(signals, info), check_observed_cost(table.cost, run), tokens)
+        posthoc = PosthocData(table.signals, info).take(rows)
+        signals = check_signals(posthoc.signals, self.signal_names_, run)
+        return self._estimate(features[rows], run, PosthocData(signals, posthoc.responses),
+                              check_observed_cost(table.cost[rows], run), tokens[rows])
 
     def _table_inputs(self, table: RoutingTable):
         cached = getattr(self, "_cache", None)
