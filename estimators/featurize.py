@@ -214,11 +214,10 @@ def prompt_frame(prompts=None, tasks=None, subtasks=None, n: int | None = None) 
         if values is not None:
             values = np.asarray(values, dtype=object).ravel()
             columns[name] = np.where(pd.isna(values), "", values).astype(str).astype(object)
-    frame = pd.DataFrame(columns, index=None if columns else pd.RangeIndex(n or 0))
     lengths = {len(v) for v in columns.values()}
     if len(lengths) > 1:
         raise ValueError(f"prompts, tasks and subtasks must have one entry per query; got lengths {sorted(lengths)}")
-    return frame
+    return pd.DataFrame(columns, index=None if columns else pd.RangeIndex(n or 0))
 
 
 def make_prompt_featurizer(

@@ -1,7 +1,6 @@
-"""Test helper: RoutingTables from the shared parquet files, and a synthetic one.
+"""Test helper: RoutingTables from the shared data, and a small synthetic one.
 
-Stands in for ``training.data.read_table`` until that loader lands; the
-checks at the bottom pin what the estimator tests rely on.
+The checks at the bottom pin what the estimator tests rely on.
 """
 
 from __future__ import annotations
@@ -9,44 +8,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
+from training.data import read_prices, read_table
 from training.table import RoutingTable
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def load_table(name: str) -> RoutingTable:
-    """Pivot ``DATA/name/name.parquet`` into a RoutingTable (skip the test when absent)."""
+    """Read ``DATA/name/name.parquet`` with the project loader (skip the test when absent)."""
     path = DATA / name / f"{name}.parquet"
     if not path.exists():
         pytest.skip(f"shared data {path} is not available")
-    frame = pd.read_parquet(path)
+    return read_table(path)
 
-    def wide(column: str) -> pd.DataFrame:
-        return frame.pivot(index="query_id", columns="model", values=column)
 
-    cost = wide("cost_usd")
-    models = tuple(cost.mean().sort_values(kind="stable").index)
-    per_query = frame.drop_duplicates("query_id").set_index("query_id").loc[cost.index]
-
-    def cells(column: str, dtype) -> np.ndarray:
-        return wide(column)[list(models)].to_numpy(dtype=dtype)
-
-    return RoutingTable(
-        models=models,
-        query_ids=cost.index.to_numpy(dtype=object),
-        quality=cells("quality", np.float64),
-        cost=cells("cost_usd", np.float64),
-        prompts=per_query["prompt"].to_numpy(dtype=object),
-        tasks=per_query["task"].to_numpy(dtype=object),
-        subtasks=per_query["subtask"].to_numpy(dtype=object),
-        splits=per_query["split"].to_numpy(dtype=object),
-        responses=cells("response", object),
-        input_tokens=cells("input_tokens", np.float64),
-        output_tokens=cells("output_tokens", np.float64),
-    )
+def load_prices(name: str) -> dict[str, tuple[float, float]]:
+    """Token prices from ``DATA/name/models.csv``."""
+    return read_prices(DATA / name / "models.csv")
 
 
 def split_rows(table: RoutingTable, test_size: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

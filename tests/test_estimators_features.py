@@ -1,0 +1,147 @@
+"""Prompt featurizers, answer parsing, post-hoc features and run-set sampling."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from estimators.answers import final_answer, final_answers
+from estimators.featurize import StructuralFeaturizer, TextFeaturizer, make_prompt_featurizer, prompt_frame
+from estimators.posthoc import posthoc_feature_names, posthoc_features, read_responses
+from estimators.runsets import sample_run_sets
+
+PROMPTS = [
+    "What is 12 + 30? Answer with a number.",
+    "Which gas do plants absorb?\nA) oxygen\nB) carbon dioxide\nC) helium\nD) neon",
+    "Write a function to reverse a list.\n```python\ndef rev(x):\n    return x[::-1]\n```",
+    "",
+]
+
+
+def test_text_featurizer_shape_and_determinism():
+    X = np.array(PROMPTS * 5, dtype=object)[:, None]
+    a = TextFeaturizer(n_components=4).fit(X).transform(X)
+    b = TextFeaturizer(n_components=4).fit_transform(X)
+    assert a.shape == (20, 4) and a.dtype == np.float64
+    np.testing.assert_allclose(a, b)
+
+
+def test_text_featurizer_reads_only_the_tail():
+    head = "shared few-shot preamble " * 100
+    X = np.array([[head + "alpha beta"], [head + "gamma delta"], [head + "alpha beta"]], dtype=object)
+    F = TextFeaturizer(n_components=2, word_chars=20, char_chars=20).fit_transform(X)
+    np.testing.assert_allclose(F[0], F[2])
+    assert not np.allclose(F[0], F[1])
+
+
+def test_text_featurizer_handles_blank_texts():
+    X = np.array([[""], [""], [None]], dtype=object)
+    F = TextFeaturizer().fit_transform(X)
+    assert F.shape[0] == 3 and np.isfinite(F).all()
+
+
+def test_structural_features_mark_code_math_and_options():
+    F = StructuralFeaturizer().fit_transform(np.array(PROMPTS, dtype=object)[:, None])
+    names = list(StructuralFeaturizer().fit(np.array(PROMPTS, dtype=object)[:, None]).get_feature_names_out())
+    column = {name: F[:, names.index(name)] for name in names}
+    assert column["log_code"][2] > 0 and column["log_code"][1] == 0
+    assert column["log_options"][1] > 0 and column["log_options"][0] == 0
+    assert column["log_digits"][0] > 0
+    assert np.all(F[3] == 0)
+
+
+def test_prompt_featurizer_one_hot_tasks_and_unknown_task():
+    frame = prompt_frame(PROMPTS * 10, ["math", "science", "code", "math"] * 10)
+    featurizer = make_prompt_featurizer(frame.columns, min_frequency=1).fit(frame)
+    unseen = featurizer.transform(prompt_frame(["new question?"], ["never-seen-task"]))
+    assert unseen.shape[1] == featurizer.transform(frame).shape[1]
+    assert np.isfinite(unseen).all()
+
+
+def test_prompt_featurizer_without_any_column_is_rejected():
+    with pytest.raises(ValueError, match="at least one of the columns"):
+        make_prompt_featurizer([])
+
+
+def test_prompt_frame_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="one entry per query"):
+        prompt_frame(["a", "b"], ["t"])
+
+
+@pytest.mark.parametrize(
+    "response, answer",
+    [
+        ("B", "B"), (" C)\n", "C"), ("(d) because", "D"), ("A) west", "A"),
+        ("The answer is C.", "C"), ("so she earns 9 * 2 = 18 dollars.\n#### 18", "18"),
+        ("#### 1,234", "1234"), ("the total is 42.0", "42"), ("\\boxed{7}", "7"),
+        ("Here is a function:\n```python\ndef f(): return 3\n```", ""),
+        ("I do", "i do"), ("", ""), ("x" * 200, ""),
+    ],
+)
+def test_final_answer(response, answer):
+    assert final_answer(response) == answer
+
+
+def test_final_answers_keeps_shape_and_treats_non_strings_as_empty():
+    out = final_answers(np.array([["B", None], ["#### 5", 3.0]], dtype=object))
+    assert out.tolist() == [["B", ""], ["5", ""]]
+
+
+def _naive_agreement(codes: np.ndarray, run: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force agreement share per model and pair agreement per query."""
+    n, k = codes.shape
+    agree = np.full((n, k), np.nan)
+    pairs = np.full(n, np.nan)
+    for q in range(n):
+        valid = [j for j in range(k) if run[q, j] and codes[q, j] > 0]
+        for j in valid:
+            others = [m for m in valid if m != j]
+            if others:
+                agree[q, j] = np.mean([codes[q, m] == codes[q, j] for m in others])
+        combos = list(itertools.permutations(valid, 2))
+        if combos:
+            pairs[q] = np.mean([codes[q, a] == codes[q, b] for a, b in combos])
+    return agree, pairs
+
+
+def test_agreement_features_match_brute_force():
+    rng = np.random.default_rng(3)
+    responses = rng.choice(np.array(["A", "B", "C", "", "Here is code: def f(): return 1"], dtype=object), (60, 5))
+    run = rng.random((60, 5)) < 0.6
+    info = read_responses(responses)
+    F = posthoc_features(run, {}, info)
+    names = posthoc_feature_names([f"m{j}" for j in range(5)], [], True)
+    agree, pairs = _naive_agreement(np.where(run, info.codes, 0), run)
+    block = F[:, [names.index(f"agree[m{j}]") for j in range(5)]]
+    np.testing.assert_allclose(block, agree)
+    np.testing.assert_allclose(F[:, names.index("pair_agreement")], pairs)
+    np.testing.assert_allclose(F[:, names.index("n_run")], run.sum(axis=1))
+    assert np.isnan(F[:, [names.index(f"log_length[m{j}]") for j in range(5)]][~run]).all()
+
+
+def test_posthoc_features_hide_signals_of_models_not_run():
+    run = np.array([[True, False], [False, False]])
+    signal = np.array([[0.5, 0.7], [0.1, 0.2]])
+    F = posthoc_features(run, {"logprob": signal}, None)
+    names = posthoc_feature_names(["a", "b"], ["logprob"], False)
+    assert F.shape == (2, len(names))
+    assert F[0, names.index("logprob[a]")] == 0.5
+    assert np.isnan(F[0, names.index("logprob[b]")]) and np.isnan(F[1, names.index("logprob[a]")])
+
+
+def test_run_sets_all_subsets_for_small_k():
+    rows, run = sample_run_sets(3, 3)
+    assert len(rows) == 3 * 8
+    assert {tuple(r) for r in run[rows == 0]} == set(itertools.product([False, True], repeat=3))
+
+
+def test_run_sets_sampled_for_large_k_include_empty_and_prefixes():
+    rows, run = sample_run_sets(500, 11, per_query=8)
+    assert len(rows) == 500 * 8 and run.shape == (4000, 11)
+    assert not run[::8].any()  # the empty set opens every query's block
+    prefixes = run.reshape(500, 8, 11)[:, 1:4]
+    sizes = prefixes.sum(axis=2)
+    assert np.array_equal(prefixes, np.arange(11) < sizes[:, :, None])
+    assert np.mean(sizes <= 3) > 0.5  # small sets favoured
