@@ -1,0 +1,208 @@
+"""Command line for the paper's evaluation protocol (ALGORITHM.md §6).
+
+Run ``python -m training.evaluate --data TABLE [options]``: it loads a
+benchmark table, calls :func:`training.protocol.evaluate_strategies` and
+prints each strategy's AUC with its bootstrap interval; ``--json`` and
+``--plot`` also write the full report and the quality-cost curves.
+
+Exit codes: 0 on success, 2 on a bad argument or bad data (with a one-line
+reason on stderr), 1 when an output file cannot be written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from estimators.simulated import NOISE_LEVELS
+
+from .data import read_table
+from .protocol import DEFAULT_STRATEGIES, EvaluationReport, evaluate_strategies
+
+__all__ = ["build_parser", "format_report", "main"]
+
+_PROGRAM = "python -m training.evaluate"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; every flag's help states its default."""
+    parser = argparse.ArgumentParser(
+        prog=_PROGRAM,
+        description=(
+            "Compare routing, the threshold cascade, the optimal cascade and cascade routing on a "
+            "benchmark table with the paper's protocol: a seeded calibration/test split, simulated "
+            "estimates recalibrated on the calibration split only, budgets along the single models' "
+            "hull, AUC x100 on the test split with paired bootstrap intervals."),
+        epilog="Exit status: 0 on success, 2 on a bad argument or bad data, 1 if an output cannot be written.",
+    )
+    parser.add_argument("--data", required=True, type=Path, metavar="PATH",
+                        help="benchmark table: long-format .parquet/.csv/.csv.gz (query_id, model, "
+                             "quality, cost_usd) or a wide RouterBench .pkl/.csv (required)")
+    parser.add_argument("--models", type=_model_list, default=None, metavar="A,B,C",
+                        help="comma-separated model pool (default: every model of the table, "
+                             "sorted by mean cost)")
+    parser.add_argument("--noise", choices=list(NOISE_LEVELS), default="low",
+                        help="noise level of the simulated quality and cost estimates "
+                             "(default: %(default)s)")
+    parser.add_argument("--calibration-fraction", type=_fraction, default=0.05, metavar="F",
+                        help="share of queries, in (0, 1), used to fit estimates and policies; the "
+                             "paper's 0.05 suits ~36k queries, use ~0.3 for a few thousand "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-depth", type=_positive_int, default=5, metavar="D",
+                        help="most models run per query, for every strategy (default: %(default)s)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="seed of the split, the estimate noise and the bootstrap "
+                             "(default: %(default)s)")
+    parser.add_argument("--bootstrap", type=_positive_int, default=500, metavar="N",
+                        help="bootstrap resamples of the test queries (default: %(default)s)")
+    parser.add_argument("--per-step", action="store_true",
+                        help="also search a per-step lambda (threshold) shape: slower, usually "
+                             "slightly better (default: off, one lambda for all steps)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT.json",
+                        help="write the full report (AUCs, intervals, curves) as JSON (default: off)")
+    parser.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
+                        help="draw the quality-cost curves and the single models; needs matplotlib "
+                             "(default: off)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide the progress bars (default: off, bars on stderr)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the evaluation; return the process exit code.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 on success, 2 on a bad argument or bad data, 1 if an output file
+        cannot be written.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_request:  # argparse already printed usage and the reason
+        return int(exit_request.code or 0)
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        return _fail('--plot needs matplotlib, which is not installed: pip install "cascade-router[plot]"')
+    try:
+        table = read_table(args.data, models=args.models)
+        report = evaluate_strategies(
+            table, noise=args.noise, calibration_fraction=args.calibration_fraction,
+            max_depth=args.max_depth, seed=args.seed, n_boot=args.bootstrap,
+            per_step=args.per_step, strategies=DEFAULT_STRATEGIES, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as error:
+        return _fail(f"{args.data}: {error}")
+    print(format_report(report, source=str(args.data)))
+    try:
+        if args.json is not None:
+            args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        if args.plot is not None:
+            _save_plot(report, args.plot)
+    except OSError as error:
+        return _fail(f"cannot write output: {error}", code=1)
+    return 0
+
+
+def format_report(report: EvaluationReport, *, source: str = "") -> str:
+    """A plain-text summary: settings, then AUC, interval and gap to cascade routing per strategy."""
+    lead = report.strategies[0]
+    rows = [f"data: {source}"] if source else []
+    rows += [
+        f"models ({len(report.models)}, cascade order): {', '.join(report.models)}",
+        f"noise: {report.noise}   calibration: {report.n_calibration} queries   "
+        f"test: {report.n_test} queries   seed: {report.seed}   "
+        f"lambda: {'per step' if report.per_step else 'one for all steps'}   bootstrap: {report.n_boot}",
+        "",
+        f"{'strategy':<18} {'AUC':>6}  {'95% CI':<16}  {f'{lead} - strategy [95% CI]':<36}  budgets",
+    ]
+    for name in [*report.strategies, "linear"]:
+        low, high = report.auc_ci[name]
+        rows.append(f"{name:<18} {report.auc[name]:6.2f}  [{low:6.2f}, {high:6.2f}]  "
+                    f"{_gap(report, lead, name):<36}  {_statuses(report, name)}")
+    rows += ["", "AUC x100 of test quality over [cheapest, dearest single-model cost]; "
+             "intervals: paired bootstrap over test queries.", f"seconds: {report.seconds:.1f}"]
+    return "\n".join(rows)
+
+
+def _statuses(report: EvaluationReport, name: str) -> str:
+    """How the budgets of one strategy were met, e.g. ``"21 met, 7 above_max"``."""
+    counts = Counter(point["status"] for point in report.curves.get(name, []))
+    return ", ".join(f"{count} {status}" for status, count in sorted(counts.items())) or "-"
+
+
+def _gap(report: EvaluationReport, lead: str, name: str) -> str:
+    """``AUC(lead) − AUC(name)`` with its paired interval, or ``-`` for the lead itself."""
+    if name == lead:
+        return "-"
+    estimate, low, high = report.differences[f"{lead}-{name}"]
+    return f"{estimate:+6.2f} [{low:+6.2f}, {high:+6.2f}]"
+
+
+def _save_plot(report: EvaluationReport, path: Path) -> None:
+    """Write the curves to ``path``, off-screen (the Agg backend needs no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(7, 5), layout="constrained")
+    report.plot(ax=ax, title=f"{len(report.models)} models, {report.noise} noise "
+                             f"(n_test = {report.n_test})")
+    try:
+        figure.savefig(path, dpi=150)
+    finally:
+        plt.close(figure)
+
+
+def _fail(message: str, *, code: int = 2) -> int:
+    """Print ``message`` on one line of stderr and return ``code``."""
+    print(f"{_PROGRAM}: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def _model_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"empty model name in {text!r}; separate names with single commas")
+    return names
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _integer(text, minimum=1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _integer(text, minimum=0)
+
+
+def _integer(text: str, *, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
