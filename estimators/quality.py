@@ -53,7 +53,7 @@ class PosthocData(NamedTuple):
         return PosthocData({name: value[rows] for name, value in self.signals.items()}, responses)
 
 
-def make_lightgbm_regressor(n_estimators: int = 100, n_jobs: int | None = None) -> LGBMRegressor:
+def make_lightgbm_regressor(n_estimators: int = 100, n_jobs: int = 1) -> LGBMRegressor:
     """Default per-model regressor: small, strongly regularised LightGBM.
 
     The cross-entropy objective accepts labels anywhere in [0, 1] (0/1

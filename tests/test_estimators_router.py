@@ -1,0 +1,217 @@
+"""RouterEstimator on a small synthetic table: contract, round trips, bad input."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import pytest
+
+from estimators.cost import CostEstimator
+from estimators.quality import QualityEstimator, make_lightgbm_regressor, make_linear_regressor
+from estimators.router import Estimates, RouterEstimator
+from test_estimators_tables import synthetic_table
+
+FAST = QualityEstimator(regressor=make_lightgbm_regressor(n_estimators=20))
+
+
+@pytest.fixture(scope="module")
+def table():
+    return synthetic_table(n=300, k=3)
+
+
+@pytest.fixture(scope="module")
+def fitted(table):
+    return RouterEstimator(quality=FAST, covariance=True).fit(table)
+
+
+def _inputs(table, run):
+    return dict(tasks=table.tasks, run=run, responses=table.responses, signals=table.signals,
+                observed_cost=table.cost)
+
+
+def test_estimates_shapes_ranges_and_models(fitted, table):
+    est = fitted.predict_table(table)
+    assert isinstance(est, Estimates)
+    assert fitted.models_ == table.models
+    for array in (est.quality, est.sigma, est.cost):
+        assert array.shape == (300, 3) and array.dtype == np.float64 and np.isfinite(array).all()
+    assert (est.quality >= 0).all() and (est.quality <= 1).all()
+    assert (est.sigma > 0).all() and (est.cost >= 0).all()
+
+
+def test_run_models_get_observed_cost_and_post_hoc_quality(fitted, table):
+    run = np.zeros((300, 3), dtype=bool)
+    run[:, :2] = True
+    ante, post = fitted.predict_table(table), fitted.predict_table(table, run)
+    np.testing.assert_array_equal(post.cost[run], table.cost[run])
+    assert not np.allclose(ante.quality[run], post.quality[run])
+    error_ante = np.mean((ante.quality[run] - table.quality[run]) ** 2)
+    error_post = np.mean((post.quality[run] - table.quality[run]) ** 2)
+    assert error_post < error_ante  # agreement and the logged signal are informative
+    assert post.sigma[run].mean() < ante.sigma[run].mean()
+
+
+def test_predict_matches_predict_table(fitted, table):
+    run = np.zeros((300, 3), dtype=bool)
+    run[::2, 0] = True
+    a = fitted.predict(table.prompts, **_inputs(table, run))
+    b = fitted.predict_table(table, run)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y)
+
+
+def test_predict_table_rows_estimates_a_subset(fitted, table):
+    rows = np.array([5, 0, 7])
+    run = np.array([[True, False, False], [False, False, False], [True, True, False]])
+    full = np.zeros((300, 3), dtype=bool)
+    full[rows] = run
+    sub, whole = fitted.predict_table(table, run, rows=rows), fitted.predict_table(table, full)
+    np.testing.assert_allclose(sub.quality, whole.quality[rows])
+    np.testing.assert_allclose(sub.cost, whole.cost[rows])
+
+
+def test_run_given_as_model_names(fitted, table):
+    by_name = fitted.predict_table(table, ["m0"])
+    mask = np.zeros((300, 3), dtype=bool)
+    mask[:, 0] = True
+    np.testing.assert_allclose(by_name.quality, fitted.predict_table(table, mask).quality)
+
+
+def test_covariance_is_symmetric_psd_with_sigma_on_the_diagonal(fitted, table):
+    est = fitted.predict_table(table, ["m1"])
+    assert est.cov.shape == (300, 3, 3)
+    np.testing.assert_allclose(np.diagonal(est.cov, axis1=1, axis2=2), est.sigma**2)
+    np.testing.assert_allclose(est.cov, np.swapaxes(est.cov, 1, 2))
+    assert np.linalg.eigvalsh(est.cov).min() > -1e-12
+    assert RouterEstimator(quality=FAST).fit(table).predict_table(table).cov is None
+
+
+def test_joblib_round_trip_gives_identical_predictions(fitted, table, tmp_path):
+    run = np.zeros((300, 3), dtype=bool)
+    run[:, 0] = True
+    before = fitted.predict_table(table, run)
+    joblib.dump(fitted, tmp_path / "router.joblib")
+    loaded = joblib.load(tmp_path / "router.joblib")
+    after = loaded.predict_table(table, run)
+    for x, y in zip(before, after):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_linear_family_has_the_same_interface(table):
+    linear = RouterEstimator(quality=QualityEstimator(regressor=make_linear_regressor())).fit(table)
+    est = linear.predict_table(table, ["m0"])
+    assert est.quality.shape == (300, 3) and (est.sigma > 0).all()
+    base = np.mean((table.quality - table.quality.mean(axis=0)) ** 2)
+    assert np.mean((est.quality - table.quality) ** 2) < base
+
+
+def test_fit_on_rows_uses_only_those_queries(table):
+    a = RouterEstimator(quality=FAST).fit(table, rows=np.arange(200))
+    b = RouterEstimator(quality=FAST).fit(table.subset(np.arange(200)))
+    np.testing.assert_allclose(a.predict_table(table).quality, b.predict_table(table).quality)
+
+
+def test_table_without_prompts_uses_tasks_only():
+    table = synthetic_table(n=200, k=2)
+    from dataclasses import replace
+
+    bare = replace(table, prompts=None, responses=None, signals={})
+    est = RouterEstimator(quality=FAST).fit(bare)
+    assert est.columns_ == ["task"]
+    assert est.predict(tasks=bare.tasks[:5]).quality.shape == (5, 2)
+
+
+def test_price_based_cost_uses_tokens():
+    table = synthetic_table(n=200, k=2)
+    from dataclasses import replace
+
+    tokens = np.full((200, 2), 100.0)
+    priced = replace(table, input_tokens=tokens, output_tokens=tokens * np.array([1.0, 2.0]))
+    est = RouterEstimator(quality=FAST, cost=CostEstimator(prices={"m0": (1.0, 2.0)})).fit(priced)
+    assert est.cost_.modes_ == ["tokens", "log_cost"]
+    cost = est.predict(priced.prompts[:3], tasks=priced.tasks[:3], input_tokens=tokens[:3]).cost
+    np.testing.assert_allclose(cost[:, 0], (100 * 1.0 + 100 * 2.0) / 1e6, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- #
+# bad input
+# --------------------------------------------------------------------------- #
+
+
+def test_predict_before_fit_is_refused(table):
+    with pytest.raises(ValueError, match="not fitted"):
+        RouterEstimator().predict_table(table)
+
+
+def test_fit_requires_a_routing_table():
+    with pytest.raises(TypeError, match="RoutingTable"):
+        RouterEstimator().fit(np.zeros((3, 2)))
+
+
+def test_unknown_model_names_are_rejected(fitted, table):
+    with pytest.raises(ValueError, match=r"unknown model\(s\) \['gpt-9'\]"):
+        fitted.predict_table(table, ["m0", "gpt-9"])
+    with pytest.raises(ValueError, match="prices names unknown model"):
+        RouterEstimator(quality=FAST, cost=CostEstimator(prices={"gpt-9": (1.0, 1.0)})).fit(table)
+    with pytest.raises(ValueError, match="differ from the fitted models"):
+        fitted.predict_table(table.select_models(["m0", "m1"]))
+
+
+def test_missing_prompts_are_rejected(fitted, table):
+    with pytest.raises(ValueError, match="prompts required"):
+        fitted.predict(tasks=table.tasks)
+    with pytest.raises(TypeError, match="single string"):
+        fitted.predict("just one prompt", tasks=["math"])
+
+
+@pytest.mark.parametrize(
+    "run, error, match",
+    [
+        (np.zeros((300, 2), dtype=bool), ValueError, "shape"),
+        (np.zeros((300, 3)), TypeError, "dtype float64"),
+        (np.full((300, 3), 2), ValueError, "only 0 and 1"),
+    ],
+)
+def test_bad_run_matrix_is_rejected(fitted, table, run, error, match):
+    with pytest.raises(error, match=match):
+        fitted.predict_table(table, run)
+
+
+def test_nan_signal_of_a_run_model_is_rejected(fitted, table):
+    run = np.zeros((300, 3), dtype=bool)
+    run[:, 0] = True
+    signals = {"logprob": table.signals["logprob"].copy()}
+    signals["logprob"][:, 1:] = np.nan  # allowed: models 1 and 2 did not run
+    fitted.predict(table.prompts, **{**_inputs(table, run), "signals": signals})
+    signals["logprob"][4, 0] = np.nan
+    with pytest.raises(ValueError, match=r"signal 'logprob' is NaN .* \(row 4, column 0\)"):
+        fitted.predict(table.prompts, **{**_inputs(table, run), "signals": signals})
+
+
+def test_signal_names_must_match(fitted, table):
+    run = np.zeros((300, 3), dtype=bool)
+    run[:, 0] = True
+    with pytest.raises(ValueError, match="unknown name"):
+        fitted.predict(table.prompts, **{**_inputs(table, run), "signals": {"verifier": table.cost}})
+    with pytest.raises(ValueError, match="missing"):
+        fitted.predict(table.prompts, **{**_inputs(table, run), "signals": {}})
+
+
+def test_observed_cost_required_for_run_models(fitted, table):
+    run = np.zeros((300, 3), dtype=bool)
+    run[:, 0] = True
+    with pytest.raises(ValueError, match="observed_cost is required"):
+        fitted.predict(table.prompts, **{**_inputs(table, run), "observed_cost": None})
+    bad = table.cost.copy()
+    bad[3, 0] = -1.0
+    with pytest.raises(ValueError, match="row 3, column 0 has -1.0"):
+        fitted.predict(table.prompts, **{**_inputs(table, run), "observed_cost": bad})
+
+
+def test_training_table_with_nan_quality_is_rejected(table):
+    from dataclasses import replace
+
+    quality = table.quality.copy()
+    quality[0, 0] = np.nan
+    with pytest.raises(ValueError, match="must be finite"):
+        RouterEstimator(quality=FAST).fit(replace(table, quality=quality))
