@@ -28,10 +28,27 @@ class ResponseInfo(NamedTuple):
         answers; 0 means no comparable answer.
     log_length : ndarray of float64, shape (N, K)
         ``log1p`` of the response length in characters.
+    kind : ndarray of float64, shape (N, K)
+        Kind of final answer: 0 none, 1 option letter, 2 integer, 3 other
+        number, 4 short text. Informative on its own when only one model
+        ran (a GSM8K answer that is not an integer is usually wrong).
     """
 
     codes: np.ndarray
     log_length: np.ndarray
+    kind: np.ndarray
+
+
+def _answer_kind(answer: str) -> float:
+    if not answer:
+        return 0.0
+    if len(answer) == 1 and answer in "ABCDE":
+        return 1.0
+    try:
+        value = float(answer)
+    except ValueError:
+        return 4.0
+    return 2.0 if value.is_integer() else 3.0
 
 
 def read_responses(responses: np.ndarray) -> ResponseInfo:
@@ -41,7 +58,8 @@ def read_responses(responses: np.ndarray) -> ResponseInfo:
     codes = codes.reshape(answers.shape).astype(np.int64) + 1
     codes[answers == ""] = 0
     lengths = np.array([len(r) if isinstance(r, str) else 0 for r in responses.ravel()], dtype=np.float64)
-    return ResponseInfo(codes, np.log1p(lengths).reshape(answers.shape))
+    kind = np.array([_answer_kind(a) for a in answers.ravel()], dtype=np.float64)
+    return ResponseInfo(codes, np.log1p(lengths).reshape(answers.shape), kind.reshape(answers.shape))
 
 
 def posthoc_feature_names(models, signal_names, with_responses: bool) -> list[str]:
@@ -49,7 +67,7 @@ def posthoc_feature_names(models, signal_names, with_responses: bool) -> list[st
     names = [f"ran[{m}]" for m in models]
     names += [f"{s}[{m}]" for s in signal_names for m in models]
     if with_responses:
-        for block in ("log_length", "answered", "agree", "with_majority"):
+        for block in ("log_length", "answer_kind", "answered", "agree", "with_majority"):
             names += [f"{block}[{m}]" for m in models]
         names += ["majority_share", "pair_agreement", "n_distinct_answers"]
     names.append("n_run")
@@ -73,7 +91,7 @@ def posthoc_features(run: np.ndarray, signals: dict[str, np.ndarray], info: Resp
     ndarray of float64, shape (N, P)
         Columns as named by :func:`posthoc_feature_names`. Per model ``j``:
         whether it ran; each signal; and with responses its log length,
-        whether it gave a comparable answer, the share of the other run models
+        the kind of its final answer, whether it gave a comparable answer, the share of the other run models
         agreeing with it and whether it is in the largest answer cluster.
         Then the largest cluster's share of the answering run models, the
         share of agreeing pairs, the number of distinct answers, and ``|R|``.
@@ -106,6 +124,7 @@ def _agreement(run: np.ndarray, info: ResponseInfo) -> list[np.ndarray]:
     distinct = first.sum(axis=1, keepdims=True).astype(np.float64)
     return [
         np.where(run, info.log_length, np.nan),
+        np.where(run, info.kind, np.nan),
         np.where(run, valid.astype(np.float64), np.nan),
         agree,
         np.where(valid, (cluster == largest).astype(np.float64), np.nan),

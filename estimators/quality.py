@@ -87,6 +87,9 @@ def _features(prompt_features: np.ndarray, run: np.ndarray, posthoc: PosthocData
     return np.hstack([prompt_features, posthoc_features(run, posthoc.signals, posthoc.responses)])
 
 
+_RUN_SIZE = 2  # column of |R| in the σ features: coverage is matched per run-set size
+
+
 def _sigma_features(q: np.ndarray, run: np.ndarray) -> np.ndarray:
     """Rows (query, model) flattened: estimate, whether the model ran, ``|R|``, model index."""
     n, k = q.shape
@@ -107,7 +110,10 @@ class QualityEstimator(BaseEstimator):
         Template cloned for every model; default
         :func:`make_lightgbm_regressor`. Predictions are clipped to [0, 1].
     sigma : SigmaRegressor, optional
-        Template of the σ model; default ``SigmaRegressor()``.
+        Template of the σ model; default ``SigmaRegressor(stratify=2)``:
+        coverage matched separately for every run-set size ``|R|``, because
+        errors shrink as models run and one pooled scale would over-cover
+        late cascade steps and under-cover the first.
     n_folds : int, default=3
         Folds (grouped by query) of the out-of-fold predictions that train σ.
     runs_per_query : int, default=8
@@ -181,7 +187,7 @@ class QualityEstimator(BaseEstimator):
         self.oof_ = {"quality": oof, "run": run, "target": Y, "rows": rows}
         flat_rows = np.repeat(rows, k)
         keep = np.random.default_rng(self.random_state).permutation(len(flat_rows))[: self.max_rows]
-        sigma = self.sigma if self.sigma is not None else SigmaRegressor()
+        sigma = self.sigma if self.sigma is not None else SigmaRegressor(stratify=_RUN_SIZE)
         self.sigma_ = clone(sigma).fit(
             _sigma_features(oof, run)[keep], (Y - oof).ravel()[keep], groups=flat_rows[keep]
         )

@@ -73,6 +73,13 @@ class SigmaRegressor(RegressorMixin, BaseEstimator):
         cross-fitted predictions (a Gaussian's are 0.683 and 0.954).
     n_splits : int, default=3
         Folds of the cross-fitting that chooses the scale.
+    stratify : int, optional
+        Index of a discrete feature (such as the run-set size ``|R|``) whose
+        values get their own scale and power, so that coverage holds within
+        each value and not only on average over them.
+    min_stratum : int, default=200
+        Values of the ``stratify`` feature seen on fewer rows use the global
+        scale and power.
 
     Attributes
     ----------
@@ -80,6 +87,8 @@ class SigmaRegressor(RegressorMixin, BaseEstimator):
         ``estimator`` fitted on all rows.
     scale_, power_ : float
         ``σ = scale_ · sqrt(predicted squared residual) ** power_``.
+    strata_ : dict of float to (float, float)
+        Scale and power per value of the ``stratify`` feature.
     n_features_in_ : int
         Number of features.
 
@@ -94,11 +103,18 @@ class SigmaRegressor(RegressorMixin, BaseEstimator):
     """
 
     def __init__(
-        self, estimator: BaseEstimator | None = None, coverage: tuple[float, float] = (0.7, 0.95), n_splits: int = 3
+        self,
+        estimator: BaseEstimator | None = None,
+        coverage: tuple[float, float] = (0.7, 0.95),
+        n_splits: int = 3,
+        stratify: int | None = None,
+        min_stratum: int = 200,
     ) -> None:
         self.estimator = estimator
         self.coverage = coverage
         self.n_splits = n_splits
+        self.stratify = stratify
+        self.min_stratum = min_stratum
 
     def _estimator(self) -> BaseEstimator:
         if self.estimator is not None:
@@ -124,6 +140,12 @@ class SigmaRegressor(RegressorMixin, BaseEstimator):
             raw = squared
         raw = np.sqrt(np.maximum(raw, _FLOOR))
         self.scale_, self.power_ = _best_scale(y, raw, one, two)
+        self.strata_ = {}
+        if self.stratify is not None:
+            for value in np.unique(X[:, self.stratify]):
+                rows = X[:, self.stratify] == value
+                if rows.sum() >= self.min_stratum:
+                    self.strata_[float(value)] = _best_scale(y[rows], raw[rows], one, two)
         self.estimator_ = self._estimator().fit(X, squared)
         return self
 
@@ -132,7 +154,12 @@ class SigmaRegressor(RegressorMixin, BaseEstimator):
         check_is_fitted(self, "scale_")
         X = validate_data(self, X, ensure_all_finite="allow-nan", dtype=np.float64, reset=False)
         raw = np.sqrt(np.maximum(self.estimator_.predict(X), _FLOOR))
-        return np.maximum(self.scale_ * raw**self.power_, _FLOOR)
+        scale = np.full(len(X), self.scale_)
+        power = np.full(len(X), self.power_)
+        for value, (stratum_scale, stratum_power) in self.strata_.items():
+            rows = X[:, self.stratify] == value
+            scale[rows], power[rows] = stratum_scale, stratum_power
+        return np.maximum(scale * raw**power, _FLOOR)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
