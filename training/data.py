@@ -418,7 +418,10 @@ def _build(
     per_query = {}
     for column, field_name in _QUERY_TEXT.items():
         if column in frame.columns:
-            per_query[field_name] = _one_per_query(column, arrange(_text(frame[column])[0], ""), query_ids)
+            values = _one_per_query(column, arrange(_text(frame[column])[0], ""), query_ids)
+            # A column that is '' for every query carries nothing: treat it as absent,
+            # so that estimators do not demand it from every later request.
+            per_query[field_name] = values if (values != "").any() else None
     return RoutingTable(
         models=model_names,
         query_ids=query_ids,

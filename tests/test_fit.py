@@ -1,0 +1,147 @@
+"""``python -m training.fit`` end to end, the router it saves, and the strict loader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.artifact import manifest_path
+from training.fit import main
+from training.router import Router, load_router
+from training.synthetic import make_benchmark
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """One small run shared by the tests below (ridge estimator: fast)."""
+    folder = tmp_path_factory.mktemp("fit")
+    out, report = folder / "router.joblib", folder / "report"
+    code = main(["--n-queries", "600", "--estimator", "linear", "--budget", "0.0004", "0.001",
+                 "--out", str(out), "--report", str(report), "--quiet"])
+    assert code == 0
+    return out, report
+
+
+def test_fit_writes_report_plot_artifact_and_manifest(fitted):
+    out, report_dir = fitted
+    report = json.loads((report_dir / "report.json").read_text())
+    assert [b["budget"] for b in report["budgets"]] == [0.0004, 0.001]
+    for row in report["budgets"]:
+        assert row["calibration_cost"] <= row["budget"] or row["status"] != "met"
+        assert row["test_cost"] > 0 and 0 <= row["test_quality"] <= 1
+        assert row["best_single_model"] in report["models"]
+    assert set(report["auc"]) == {"cascade_routing", "linear"}
+    assert report["n_train"] + report["n_calibration"] + report["n_test"] == 600
+    assert (report_dir / "quality_cost.png").stat().st_size > 1000
+    manifest = json.loads(manifest_path(out).read_text())
+    assert manifest["models"] == report["models"]
+    assert manifest["budgets"] == [0.0004, 0.001]
+    assert manifest["data_fingerprint"] == report["data_fingerprint"]
+
+
+def test_loaded_router_decides_exactly_as_before_saving(fitted):
+    out, _ = fitted
+    router = load_router(out)
+    assert isinstance(router, Router)
+    frame = make_benchmark(40, seed=7)
+    queries = frame.drop_duplicates("query_id")
+    prompts, tasks, subtasks = list(queries["prompt"]), list(queries["task"]), list(queries["subtask"])
+    first = router.decide(prompts, tasks=tasks, subtasks=subtasks)
+    again = load_router(out).decide(prompts, tasks=tasks, subtasks=subtasks)
+    assert first == again
+    assert all(name in router.models_ for name in first if name is not None)
+    # Drive one query's cascade with the logged answers standing in for model calls.
+    row = frame[frame["query_id"] == queries["query_id"].iloc[0]].set_index("model")
+    observed: dict = {}
+    for _ in range(len(router.models_)):
+        nxt = router.decide(prompts[:1], [observed], tasks=tasks[:1], subtasks=subtasks[:1])[0]
+        if nxt is None:
+            break
+        observed[nxt] = {"response": row.loc[nxt, "response"], "cost": float(row.loc[nxt, "cost_usd"])}
+    assert observed, "the policy always runs at least one model"
+    assert router.select(prompts[:1], [observed], tasks=tasks[:1], subtasks=subtasks[:1])[0] in observed
+
+
+def test_router_refuses_bad_observations(fitted):
+    router = load_router(fitted[0])
+    with pytest.raises(ValueError, match="unknown model 'gpt-9'"):
+        router.decide(["hi"], [{"gpt-9": {"cost": 0.1}}], tasks=["code"], subtasks=[""])
+    with pytest.raises(ValueError, match="has no 'cost'"):
+        router.decide(["hi"], [{router.models_[0]: {"response": "A"}}], tasks=["code"], subtasks=[""])
+    with pytest.raises(ValueError, match="below every fitted budget"):
+        router.decide(["hi"], budget=1e-9, tasks=["code"], subtasks=[""])
+
+
+def test_corrupted_artifact_and_wrong_manifest_are_refused(fitted, tmp_path):
+    out, _ = fitted
+    copy = tmp_path / "router.joblib"
+    copy.write_bytes(out.read_bytes())
+    manifest = json.loads(manifest_path(out).read_text())
+    manifest["artifact_file"] = copy.name
+    manifest_path(copy).write_text(json.dumps(manifest))
+    assert load_router(copy).models_ == tuple(manifest["models"])
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        load_router(copy)
+    copy.write_bytes(out.read_bytes())
+    manifest_path(copy).write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(ValueError, match="format_version 99"):
+        load_router(copy)
+
+
+def _write(frame: pd.DataFrame, folder: Path) -> str:
+    path = folder / "table.csv"
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda f: f.drop(columns=["cost_usd"]), "cost_usd"),
+    (lambda f: f.iloc[1:], "has no row for"),
+    (lambda f: f.assign(cost_usd=np.where(np.arange(len(f)) == 3, -1.0, f["cost_usd"])), "row 3"),
+])
+def test_bad_data_exits_2_with_one_line(tmp_path, capsys, corrupt, message):
+    path = _write(corrupt(make_benchmark(100, seed=1)), tmp_path)
+    code = main(["--data", path, "--out", str(tmp_path / "r.joblib"), "--report", str(tmp_path), "--quiet"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(error) == 1 and error[0].startswith("error:") and message in error[0]
+
+
+def test_unknown_model_and_missing_file_exit_2(tmp_path, capsys):
+    path = _write(make_benchmark(100, seed=1), tmp_path)
+    assert main(["--data", path, "--models", "nope", "--quiet"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["--data", str(tmp_path / "missing.csv"), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--data", "--prices", "--models", "--budget", "--strategy", "--max-depth",
+                 "--estimator", "--seed", "--out", "--report"):
+        assert flag in text
+    assert "default" in text
+
+
+@pytest.mark.skipif(not (SHARED / "routerbench_subset").exists(), reason="../shared/data is absent")
+@pytest.mark.slow
+def test_routerbench_budget_is_met_on_test_within_ten_percent(tmp_path):
+    data = SHARED / "routerbench_subset" / "routerbench_subset.parquet"
+    report_dir = tmp_path / "report"
+    code = main(["--data", str(data), "--budget", "0.001", "--out", str(tmp_path / "r.joblib"),
+                 "--report", str(report_dir), "--quiet", "--curve-points", "2"])
+    assert code == 0
+    row = json.loads((report_dir / "report.json").read_text())["budgets"][0]
+    assert abs(row["test_cost"] / 0.001 - 1) <= 0.10

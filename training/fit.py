@@ -1,0 +1,260 @@
+"""``python -m training.fit``: train estimators, fit policies to budgets, evaluate, save.
+
+The main job of the toolkit. With no arguments it runs on the built-in
+synthetic benchmark (:mod:`training.synthetic`), so a fresh install shows
+the whole pipeline in about a minute:
+
+1. load and validate the data (long-format table or RouterBench's wide one);
+2. split queries into train / calibration / test (seeded);
+3. fit the quality, uncertainty and cost estimators on train;
+4. fit one policy per budget on calibration, and a curve of budgets along
+   the single models' hull for the AUC;
+5. play every policy on test, print a summary, write ``report.json`` and
+   ``quality_cost.png``, and save the router artifact with its manifest.
+
+Bad input ends the program with exit code 2 and a one-line reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from estimators.cost import CostEstimator
+from estimators.quality import QualityEstimator, make_linear_regressor
+from estimators.router import RouterEstimator
+
+from .artifact import save_artifact
+from .data import fingerprint, read_prices, read_table
+from .episodes import EstimatorEpisodes
+from .metrics import auc, auc_bounds, budget_grid, linear_auc, single_model_points
+from .policy import fit_policy
+from .router import Router
+from .synthetic import default_table, synthetic_prices
+
+ESTIMATORS = ("learned", "linear")
+STRATEGIES = ("cascade_routing", "cascade", "routing", "threshold")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.fit",
+        description="Train estimators, fit routing/cascading policies to cost budgets, evaluate them "
+                    "on held-out queries and save a router artifact.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", type=Path, default=None,
+                        help="long-format table (.parquet/.csv/.csv.gz) or RouterBench wide file; "
+                             "default: the built-in synthetic benchmark")
+    parser.add_argument("--prices", type=Path, default=None,
+                        help="models.csv-style price table (USD per 1M input/output tokens) for the "
+                             "cost estimator; default: learn cost from prompts")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated model names to use; default: all, sorted by mean cost")
+    parser.add_argument("--budget", type=float, nargs="+", default=None,
+                        help="mean cost per query to fit a policy for (several allowed); default: "
+                             "three budgets spread over the single models' cost range")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="cascade_routing",
+                        help="decision strategy")
+    parser.add_argument("--max-depth", type=int, default=3, help="most models run per query")
+    parser.add_argument("--per-step", action="store_true",
+                        help="search a separate λ per step (slower, usually a little better)")
+    parser.add_argument("--estimator", choices=ESTIMATORS, default="learned",
+                        help="quality estimator family: LightGBM ('learned') or ridge ('linear')")
+    parser.add_argument("--n-queries", type=int, default=3000,
+                        help="size of the synthetic benchmark (ignored with --data)")
+    parser.add_argument("--fractions", type=float, nargs=3, default=(0.6, 0.2, 0.2),
+                        metavar=("TRAIN", "CALIBRATION", "TEST"), help="split of the queries")
+    parser.add_argument("--curve-points", type=int, default=4,
+                        help="budgets per hull segment for the quality-cost curve and its AUC")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split (and synthetic data)")
+    parser.add_argument("--out", type=Path, default=Path("router.joblib"),
+                        help="artifact path; the manifest is written beside it")
+    parser.add_argument("--report", type=Path, default=Path("report"),
+                        help="directory for report.json and quality_cost.png")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.max_depth < 1:
+        parser.error(f"--max-depth must be >= 1, got {args.max_depth}")
+    if args.curve_points < 2:
+        parser.error(f"--curve-points must be >= 2 (the hull segment's two ends), got {args.curve_points}")
+    fractions = np.asarray(args.fractions)
+    if (fractions <= 0).any() or abs(fractions.sum() - 1.0) > 1e-9:
+        parser.error(f"--fractions must be three positive numbers summing to 1, got {args.fractions}")
+    if args.budget is not None and any(not np.isfinite(b) or b <= 0 for b in args.budget):
+        parser.error(f"--budget values must be positive numbers, got {args.budget}")
+    return args
+
+
+def load(args: argparse.Namespace):
+    """The table and the price table the cost estimator may use."""
+    models = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.data is None:
+        return default_table(args.n_queries, seed=args.seed, models=models), synthetic_prices()
+    if not args.data.exists():
+        raise ValueError(f"--data {args.data} does not exist")
+    prices = read_prices(args.prices) if args.prices is not None else None
+    table = read_table(args.data, models=models, prices=prices)
+    if prices is not None:
+        prices = {m: prices[m] for m in table.models}
+    return table, prices
+
+
+def split(n_queries: int, fractions: Sequence[float], seed: int) -> tuple[np.ndarray, ...]:
+    """Seeded train / calibration / test query indices (each query lands in one part)."""
+    order = np.random.default_rng(seed).permutation(n_queries)
+    ends = np.round(np.cumsum(fractions)[:-1] * n_queries).astype(int)
+    parts = tuple(np.sort(part) for part in np.split(order, ends))
+    small = [name for name, part in zip(("train", "calibration", "test"), parts) if len(part) < 20]
+    if small:
+        raise ValueError(f"{n_queries} queries are too few: the {', '.join(small)} split(s) would have "
+                         "fewer than 20 queries")
+    return parts
+
+
+def default_budgets(costs: np.ndarray) -> list[float]:
+    """Three budgets at 25/50/75 % of the log cost range of the single models."""
+    low, high = np.log(costs.min()), np.log(costs.max())
+    return [float(np.exp(low + f * (high - low))) for f in (0.25, 0.5, 0.75)]
+
+
+def make_estimator(kind: str, prices) -> RouterEstimator:
+    quality = QualityEstimator(regressor=make_linear_regressor()) if kind == "linear" else QualityEstimator()
+    return RouterEstimator(quality=quality, cost=CostEstimator(prices=prices))
+
+
+def run(args: argparse.Namespace) -> dict:
+    started = time.perf_counter()
+    stages = tqdm(total=5, desc="training.fit", disable=args.quiet, unit="stage")
+    stages.set_postfix_str("loading data")
+    table, prices = load(args)
+    train, calibration, test = split(table.n_queries, args.fractions, args.seed)
+    stages.update()
+    stages.set_postfix_str(f"fitting estimators on {len(train)} queries")
+    estimator = make_estimator(args.estimator, prices).fit(table, train)
+    stages.update()
+    stages.set_postfix_str("estimating calibration and test queries")
+    calibration_episodes = EstimatorEpisodes(estimator, table.subset(calibration))
+    test_table = table.subset(test)
+    test_episodes = EstimatorEpisodes(estimator, test_table)
+    single_cost, single_quality = single_model_points(test_table.quality, test_table.cost)
+    calibration_costs = table.cost[calibration].mean(axis=0)
+    budgets = sorted(set(args.budget or default_budgets(calibration_costs)))
+    curve_budgets = sorted(set(budget_grid(single_cost, single_quality, args.curve_points)) - set(budgets))
+    stages.update()
+    stages.set_postfix_str("fitting policies")
+    rows = []
+    policies = {}
+    for budget in tqdm(budgets + curve_budgets, desc="budgets", disable=args.quiet, leave=False):
+        policy = fit_policy(calibration_episodes, float(budget), strategy=args.strategy,
+                            per_step=args.per_step, max_depth=args.max_depth, on_infeasible="clamp")
+        outcome = policy.play(test_episodes)
+        policies[budget] = policy
+        rows.append({"budget": float(budget), "requested": budget in budgets,
+                     "calibration_cost": policy.calibration_cost,
+                     "calibration_quality": policy.calibration_quality,
+                     "test_cost": outcome.mean_cost, "test_quality": outcome.mean_quality,
+                     "status": policy.budget_status, "models_per_query": float((outcome.order >= 0).sum(1).mean())})
+    stages.update()
+    stages.set_postfix_str("writing report and artifact")
+    lo, hi, left = auc_bounds(single_cost, single_quality)
+    curve = sorted(rows, key=lambda r: r["budget"])
+    report = {
+        "models": list(table.models),
+        "strategy": args.strategy,
+        "estimator": args.estimator,
+        "max_depth": args.max_depth,
+        "n_train": len(train), "n_calibration": len(calibration), "n_test": len(test),
+        "budgets": [_with_best_single(r, table.models, single_cost, single_quality)
+                    for r in curve if r["requested"]],
+        "curve": curve,
+        "single_models": [{"model": m, "cost": float(c), "quality": float(q)}
+                          for m, c, q in zip(table.models, single_cost, single_quality)],
+        "auc": {args.strategy: auc([r["test_cost"] for r in curve], [r["test_quality"] for r in curve],
+                                   lo, hi, left_quality=left),
+                "linear": linear_auc(single_cost, single_quality)},
+        "data": str(args.data) if args.data else f"synthetic(n_queries={args.n_queries}, seed={args.seed})",
+        "data_fingerprint": fingerprint(table),
+    }
+    router = Router(estimator, tuple(policies[b] for b in budgets), tuple(table.models))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    manifest = save_artifact(
+        router, args.out, models=list(table.models), budgets=budgets,
+        feature_schema={"per_query": estimator.columns_, "signals": estimator.signal_names_,
+                        "uses_responses": estimator.uses_responses_},
+        data_fingerprint=report["data_fingerprint"],
+        metrics={"auc": report["auc"], "budgets": report["budgets"]},
+        extra={"strategy": args.strategy, "max_depth": args.max_depth, "seed": args.seed})
+    report["artifact"] = {"path": str(args.out), "manifest": str(manifest)}
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    _write_report(report, args.report)
+    stages.update()
+    stages.close()
+    return report
+
+
+def _with_best_single(row: dict, models, costs, qualities) -> dict:
+    """Add the best single model whose test cost fits the same budget, for comparison."""
+    fits = np.flatnonzero(costs <= row["budget"])
+    best = int(fits[np.argmax(qualities[fits])]) if fits.size else int(np.argmin(costs))
+    return {**{k: v for k, v in row.items() if k != "requested"},
+            "best_single_model": models[best], "best_single_quality": float(qualities[best]),
+            "best_single_cost": float(costs[best])}
+
+
+def _write_report(report: dict, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "report.json").write_text(json.dumps(report, indent=2))
+    try:
+        from .display import QualityCostDisplay
+        import matplotlib
+        matplotlib.use("Agg")
+    except ImportError:
+        print("note: matplotlib is not installed; skipping quality_cost.png "
+              '(pip install "cascade-router[plot]")', file=sys.stderr)
+        return
+    curve = report["curve"]
+    display = QualityCostDisplay.from_curves(
+        {report["strategy"]: ([r["test_cost"] for r in curve], [r["test_quality"] for r in curve])},
+        {s["model"]: (s["cost"], s["quality"]) for s in report["single_models"]}, log_cost=True,
+        title=f"{report['strategy']} on {report['data']} (test split)")
+    display.figure_.savefig(directory / "quality_cost.png", dpi=120, bbox_inches="tight")
+
+
+def summary(report: dict) -> str:
+    """A readable table of the requested budgets, then the AUCs."""
+    lines = [f"{'budget':>10} {'test cost':>10} {'cost/budget':>11} {'quality':>8} {'calib cost':>10} "
+             f"{'models/q':>8}  best single model within budget",
+             "-" * 100]
+    for r in report["budgets"]:
+        lines.append(f"{r['budget']:>10.4g} {r['test_cost']:>10.4g} {r['test_cost'] / r['budget']:>11.1%} "
+                     f"{r['test_quality']:>8.3f} {r['calibration_cost']:>10.4g} {r['models_per_query']:>8.2f}  "
+                     f"{r['best_single_model']} ({r['best_single_quality']:.3f} at {r['best_single_cost']:.4g})"
+                     + ("" if r["status"] == "met" else f"  [{r['status']}]"))
+    auc_line = ", ".join(f"{name} {value:.2f}" for name, value in report["auc"].items())
+    lines += ["", f"AUC x100 on test over the single-model cost range: {auc_line}",
+              f"{report['n_train']} train / {report['n_calibration']} calibration / {report['n_test']} test "
+              f"queries, {len(report['models'])} models, {report['seconds']} s",
+              f"artifact: {report['artifact']['path']} (manifest {report['artifact']['manifest']})"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    print(summary(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
