@@ -25,7 +25,7 @@ __all__ = ["CostEstimator"]
 
 def _default_regressor() -> LGBMRegressor:
     return LGBMRegressor(
-        n_estimators=100, learning_rate=0.1, num_leaves=15, min_child_samples=20, max_bin=63,
+        n_estimators=50, learning_rate=0.2, num_leaves=15, min_child_samples=20, max_bin=63,
         verbose=-1, n_jobs=1, random_state=0,
     )
 
