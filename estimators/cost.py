@@ -102,6 +102,11 @@ class CostEstimator(BaseEstimator):
         estimate = np.empty(input_tokens.shape, dtype=np.float64)
         for i, (model, mode, predictor) in enumerate(zip(self.models_, self.modes_, self.predictors_)):
             if mode == "tokens":
+                if np.isnan(input_tokens[:, i]).any():
+                    raise ValueError(
+                        f"input_tokens has NaN for model {model!r}, whose cost is priced per token; "
+                        "pass input_tokens or the prompts (their length / 4 is used)"
+                    )
                 price_in, price_out = self.prices[model]
                 estimate[:, i] = (input_tokens[:, i] * price_in + predictor.predict(prompt_features) * price_out) / 1e6
             else:

@@ -8,9 +8,9 @@ out-of-fold predictions of a :class:`~sklearn.model_selection.GroupKFold` by
 query train the σ model (:class:`~estimators.sigma.SigmaRegressor`) on
 residuals the regressors did not see.
 
-The regressor is a template (cloned once per model), so the same code runs
-LightGBM (the default, NaN-native) and the embedding-based linear family
-(:func:`make_linear_regressor`).
+The regressor is a template (cloned once per model, or once for all models
+when it is multi-output), so the same code runs LightGBM (the default,
+NaN-native) and the embedding-based linear family (:func:`make_linear_regressor`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 from lightgbm import LGBMRegressor
 from sklearn.base import BaseEstimator, clone
+from sklearn.utils import get_tags
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupKFold
@@ -114,8 +115,11 @@ class QualityEstimator(BaseEstimator):
         coverage matched separately for every run-set size ``|R|``, because
         errors shrink as models run and one pooled scale would over-cover
         late cascade steps and under-cover the first.
-    n_folds : int, default=3
+    n_folds : int, default=2
         Folds (grouped by query) of the out-of-fold predictions that train σ.
+        Two folds cost one extra full fit; their regressors see half the
+        data, so σ errs on the wide side, which the held-out coverage
+        (``docs/estimators.md``) accepts.
     runs_per_query : int, default=8
         Sampled run sets per training query when ``K > all_subsets_up_to``.
     all_subsets_up_to : int, default=4
@@ -128,7 +132,8 @@ class QualityEstimator(BaseEstimator):
     Attributes
     ----------
     regressors_ : list of regressor
-        One fitted regressor per model, in column order.
+        One fitted regressor per model, in column order; a single one when
+        the regressor is multi-output (the linear family).
     sigma_ : SigmaRegressor
         Fitted σ model.
     oof_ : dict
@@ -155,7 +160,14 @@ class QualityEstimator(BaseEstimator):
         self.random_state = random_state
 
     def _fit_regressors(self, X: np.ndarray, Y: np.ndarray) -> list[BaseEstimator]:
+        """One regressor per model, or a single one for all when it handles several targets.
+
+        The features are the same for every model, so a multi-output
+        regressor (ridge) shares its work (``XᵀX``) across the ``K`` targets.
+        """
         template = self.regressor if self.regressor is not None else make_lightgbm_regressor()
+        if get_tags(template).target_tags.multi_output:
+            return [clone(template).fit(X, Y)]
         return [clone(template).fit(X, Y[:, i]) for i in range(Y.shape[1])]
 
     @staticmethod
@@ -184,7 +196,7 @@ class QualityEstimator(BaseEstimator):
         for train, test in GroupKFold(self.n_folds).split(X, groups=rows):
             oof[test] = self._predict_regressors(self._fit_regressors(X[train], Y[train]), X[test])
         self.regressors_ = self._fit_regressors(X, Y)
-        self.oof_ = {"quality": oof, "run": run, "target": Y, "rows": rows}
+        self.oof_ = {"quality": oof, "run": run, "target": Y}
         flat_rows = np.repeat(rows, k)
         keep = np.random.default_rng(self.random_state).permutation(len(flat_rows))[: self.max_rows]
         sigma = self.sigma if self.sigma is not None else SigmaRegressor(stratify=_RUN_SIZE)

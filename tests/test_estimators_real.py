@@ -68,9 +68,9 @@ def test_linear_family_beats_the_per_model_mean_on_llmrouter():
 @pytest.mark.parametrize("kind", ["prefix", "random"])
 def test_routerbench_post_hoc_beats_ex_ante_for_run_and_unrun_models(routerbench, kind):
     quality = routerbench.test.quality
-    if kind == "prefix":  # the cascade's second step: the two cheapest models ran
+    if kind == "prefix":  # a cascade's fourth step: the three cheapest models ran
         run = np.zeros(quality.shape, dtype=bool)
-        run[:, :2] = True
+        run[:, :3] = True
     else:
         run = routerbench.random_run(3)
     post = routerbench.estimator.predict_table(routerbench.test, run)

@@ -215,3 +215,15 @@ def test_training_table_with_nan_quality_is_rejected(table):
     quality[0, 0] = np.nan
     with pytest.raises(ValueError, match="must be finite"):
         RouterEstimator(quality=FAST).fit(replace(table, quality=quality))
+
+
+def test_price_based_cost_needs_input_tokens_or_prompts():
+    from dataclasses import replace
+
+    table = synthetic_table(n=200, k=2)
+    tokens = np.full((200, 2), 100.0)
+    priced = replace(table, prompts=None, responses=None, signals={}, input_tokens=tokens, output_tokens=tokens)
+    est = RouterEstimator(quality=FAST, cost=CostEstimator(prices={"m0": (1.0, 2.0)})).fit(priced)
+    with pytest.raises(ValueError, match="input_tokens has NaN for model 'm0'"):
+        est.predict(tasks=priced.tasks[:3])
+    assert est.predict(tasks=priced.tasks[:3], input_tokens=tokens[:3]).cost.shape == (3, 2)
