@@ -1,17 +1,31 @@
 """The fitted router that services load: estimator + one policy per budget.
 
 :func:`load_router` is the strict loader (format, sha256, library versions:
-see :mod:`training.artifact`). Artifacts are pickles: load only files you
-trust.
+see :mod:`training.artifact`) and warms the router up, so the first request
+does not pay for JIT compilation. Artifacts are pickles: load only files
+you trust.
+
+Serving. :meth:`Router.decide`, :meth:`Router.plan`, :meth:`Router.select`
+and :meth:`Router.estimates` are safe to call from many threads at once:
+the router holds no mutable state after warm-up (the fitted estimator's
+``predict`` writes nothing; its ``predict_table`` cache is never used
+here), the decision kernel runs serially (deterministic, GIL released), and
+ties are broken with a per-prompt uniform. Estimates come from the
+estimator's compiled twin (:mod:`training.serving`), verified against the
+estimator when the router warms up; it is rebuilt at load time, never
+pickled.
 """
 
 from __future__ import annotations
 
+import threading
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
+import numba
 import numpy as np
 
 import kernel
@@ -19,13 +33,34 @@ import kernel
 from .artifact import load_artifact
 from .policy import Policy
 
-__all__ = ["Router", "load_router", "Observed"]
+__all__ = ["Router", "load_router", "Observed", "Plan"]
 
 #: Per query: model name -> what that model returned. Each value is a
 #: mapping with ``"cost"`` (required: what the call cost), optionally
 #: ``"response"`` (the answer text) and any numeric post-hoc signal the
 #: estimator was trained with (e.g. ``"logprob"``).
 Observed = Sequence[Mapping[str, Mapping[str, object]]]
+
+#: Set while a router builds its compiled estimator, so two threads never build it twice.
+_COMPILE_LOCK = threading.Lock()
+
+
+class Plan(NamedTuple):
+    """What the policy intends for one query.
+
+    Attributes
+    ----------
+    next : str or None
+        Model to call now; ``None`` = stop and answer with :meth:`Router.select`.
+    models : tuple of str
+        The chosen supermodel ``M*`` (cheapest first): the models this query
+        is expected to use in total, those already run included. Equal to the
+        run set when stopping. Later steps re-plan with post-hoc estimates, so
+        the final run set can differ.
+    """
+
+    next: str | None
+    models: tuple[str, ...]
 
 
 @dataclass
@@ -100,29 +135,95 @@ class Router:
                         signals[name][row, column] = float(result[name])
         return run, responses, cost, signals
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_serving", None)  # compiled twin: rebuilt from the estimator at load time
+        return state
+
+    def _predictor(self):
+        """The compiled, verified twin of the estimator, or the estimator itself.
+
+        Built on first use (``load_router`` does it while warming up) and then
+        only read, so concurrent requests share it safely.
+        """
+        serving = self.__dict__.get("_serving")
+        if serving is None:
+            with _COMPILE_LOCK:
+                serving = self.__dict__.get("_serving")
+                if serving is None:
+                    from .serving import compile_estimator
+                    serving = compile_estimator(self.estimator) or self.estimator
+                    self.__dict__["_serving"] = serving
+        return serving
+
+    @property
+    def compiled(self) -> bool:
+        """Whether estimates come from the compiled twin (``False``: the estimator's own, slower, predict)."""
+        return self._predictor() is not self.estimator
+
     def estimates(self, prompts: Sequence[str], observed: Observed | None = None, *,
                   tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None):
-        """The estimator's ``quality``, ``sigma``, ``cost`` (and ``cov``) for inspection."""
+        """The estimator's ``quality``, ``sigma``, ``cost`` (and ``cov``) for inspection.
+
+        Returns
+        -------
+        (Estimates, ndarray of bool)
+            Estimates of shape ``(N, K)`` (columns in :attr:`models_` order)
+            and the run matrix built from ``observed``.
+        """
         run, responses, cost, signals = self._inputs(prompts, observed, len(prompts))
-        estimates = self.estimator.predict(prompts, tasks=tasks, subtasks=subtasks, run=run,
-                                           responses=responses, signals=signals, observed_cost=cost)
+        estimates = self._predictor().predict(prompts, tasks=tasks, subtasks=subtasks, run=run,
+                                              responses=responses, signals=signals, observed_cost=cost)
         return estimates, run
+
+    def plan(self, prompts: Sequence[str], observed: Observed | None = None,
+             budget: float | None = None, *, tasks: Sequence[str] | None = None,
+             subtasks: Sequence[str] | None = None, policy: Policy | None = None) -> list[Plan]:
+        """Next model and planned supermodel per query (see :class:`Plan`).
+
+        Same arguments as :meth:`decide`; ``decide`` returns the ``next``
+        fields of this.
+        """
+        estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks)
+        spread = {"cov": estimates.cov} if getattr(estimates, "cov", None) is not None \
+            else {"sigma": estimates.sigma}
+        chosen = policy if policy is not None else self.policy(budget)
+        with one_kernel_thread():
+            next_model, masks = kernel.plan(estimates.quality, estimates.cost, run=run,
+                                            u=prompt_uniforms(prompts), parallel=False, **spread,
+                                            **chosen.kernel_options())
+        names = self.models_
+        bits = [1 << i for i in range(len(names))]
+        return [Plan(None if c == kernel.STOP else names[c],
+                     tuple(name for name, bit in zip(names, bits) if int(mask) & bit))
+                for c, mask in zip(next_model.tolist(), masks.tolist())]
 
     def decide(self, prompts: Sequence[str], observed: Observed | None = None,
                budget: float | None = None, *, tasks: Sequence[str] | None = None,
-               subtasks: Sequence[str] | None = None) -> list[str | None]:
+               subtasks: Sequence[str] | None = None, policy: Policy | None = None) -> list[str | None]:
         """Next model to call per query, or ``None`` to stop and answer.
 
         Uses the serial kernel (deterministic, safe to call from many
         threads). Ties are mixed with a per-prompt uniform derived from the
         prompt's CRC32, so a repeated prompt always gets the same decision.
+
+        Parameters
+        ----------
+        prompts : sequence of str
+            One per query.
+        observed : list of mappings, optional
+            Per query, what the models called so far returned (see
+            :data:`Observed`); default nothing run.
+        budget : float, optional
+            Picks the fitted policy (see :meth:`policy`); default the largest.
+        tasks, subtasks : sequence of str, optional
+            Required when the estimator was fitted with them.
+        policy : Policy, optional
+            Use this policy instead of a fitted one (e.g. a paced ``λ``,
+            see :mod:`training.pacing`); ``budget`` is then ignored.
         """
-        estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks)
-        spread = {"cov": estimates.cov} if getattr(estimates, "cov", None) is not None \
-            else {"sigma": estimates.sigma}
-        chosen = self.policy(budget).decide(estimates.quality, estimates.cost, run=run,
-                                            u=prompt_uniforms(prompts), parallel=False, **spread)
-        return [None if c == kernel.STOP else self.models_[c] for c in chosen]
+        return [p.next for p in self.plan(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
+                                          policy=policy)]
 
     def select(self, prompts: Sequence[str], observed: Observed, *,
                tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> list[str]:
@@ -133,10 +234,54 @@ class Router:
             raise ValueError(f"no model has run for prompt(s) {empty.tolist()}: nothing to select")
         return [self.models_[i] for i in kernel.select_answer(estimates.quality, run)]
 
+    def paced(self, budget: float, **options) -> "PacedRouter":
+        """A :class:`~training.pacing.PacedRouter` that keeps mean spend at ``budget``.
+
+        ``options`` go to :class:`~training.pacing.PacedRouter` (``band``,
+        ``half_life``, gains, ...).
+        """
+        from .pacing import PacedRouter
+        return PacedRouter(self, budget, **options)
+
     def warm_up(self) -> None:
-        """Compile the serial kernels now, so that the first request is fast."""
-        self.decide(["warm-up"], tasks=["warm-up"] if "task" in _columns(self.estimator) else None,
-                    subtasks=["warm-up"] if "subtask" in _columns(self.estimator) else None)
+        """Build and verify the compiled estimator and compile the serial kernels now.
+
+        Runs one ex-ante and one post-hoc decision and a selection, so the
+        first request after :func:`load_router` is as fast as the next.
+        """
+        self._predictor()
+        per_query = {"tasks": ["warm-up"] if "task" in _columns(self.estimator) else None,
+                     "subtasks": ["warm-up"] if "subtask" in _columns(self.estimator) else None}
+        first = self.decide(["warm-up"], **per_query)[0] or self.models_[0]
+        signals = {name: 0.0 for name in getattr(self.estimator, "signal_names_", [])}
+        observed = [{first: {"cost": 0.0, "response": "A", **signals}}]
+        self.decide(["warm-up"], observed, **per_query)
+        self.select(["warm-up"], observed, **per_query)
+
+
+@contextmanager
+def one_kernel_thread():
+    """Run numba code in this thread with one thread, then restore the previous count.
+
+    Why: the kernel compiles one Python function twice (serial and
+    ``parallel=True``) with ``cache=True``, and numba's on-disk cache keys
+    entries by function, not by those flags, so ``plan_all_serial`` can load
+    the *parallel* machine code compiled earlier. Every "serial" call then
+    starts an OpenMP region; on a loaded machine that waits on the worker
+    threads for 8-16 ms instead of taking 10 µs, and it is not the
+    deterministic single-threaded code the service assumes. numba's thread
+    count is per calling thread, so setting it to 1 here makes whichever
+    code was loaded run on this thread alone, safely alongside other
+    request threads. (Reported; the fix belongs in ``kernel/``.)
+    """
+    previous = numba.get_num_threads()
+    if previous != 1:
+        numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if previous != 1:
+            numba.set_num_threads(previous)
 
 
 def _columns(estimator) -> list[str]:
