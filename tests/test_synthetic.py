@@ -60,7 +60,7 @@ def test_passes_validation_with_every_column(frame, table):
     assert all(name.startswith("synthetic-") for name in table.models)
     assert set(np.unique(table.quality)) == {0.0, 1.0}
     assert set(table.tasks) == set(TASKS)
-    assert (table.splits == "").all()
+    assert table.splits is None  # the synthetic split column is empty: read as absent
     assert (table.prompts != "").all() and (table.responses != "").all()
     assert (table.input_tokens >= 1).all() and (table.output_tokens >= 1).all()
     assert read_table(frame, prices=synthetic_prices()).models == table.models
