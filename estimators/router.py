@@ -34,7 +34,8 @@ class Estimates(NamedTuple):
     quality : ndarray of float64, shape (N, K)
         ``q̂_i(x | R)`` in [0, 1].
     sigma : ndarray of float64, shape (N, K)
-        Standard deviation of the quality estimate's error (> 0).
+        Standard deviation of the quality estimate's error (> 0), and
+        ``run_sigma`` (default 0) for the models in ``R``.
     cost : ndarray of float64, shape (N, K)
         ``ĉ_i(x | R)`` in USD; the observed cost for models in ``R``.
     cov : ndarray of float64, shape (N, K, K) or None
@@ -88,6 +89,15 @@ class RouterEstimator:
     covariance : bool, default=False
         Also return the error covariance across models
         (``σ_i σ_j ρ_{|R|}[i, j]``, ρ fitted on out-of-fold errors per run-set size).
+    run_sigma : float or None, default=0.0
+        σ reported for models that already ran. The decision kernel draws
+        ``q_i + σ_i·z`` for every member of a supermodel and takes the best
+        draw, which models *learning* a model's quality by running it; a
+        model in ``R`` has nothing left to reveal (we answer with
+        ``argmax q``, not with the best unknown truth), so the paper's
+        setting and ours give it σ ≈ 0. ``None`` reports the fitted error σ
+        of the post-hoc estimate instead (what the coverage figures in
+        ``docs/estimators.md`` measure).
 
     Attributes
     ----------
@@ -116,12 +126,14 @@ class RouterEstimator:
         text: BaseEstimator | None = None,
         use_responses: bool = True,
         covariance: bool = False,
+        run_sigma: float | None = 0.0,
     ) -> None:
         self.quality = quality
         self.cost = cost
         self.text = text
         self.use_responses = use_responses
         self.covariance = covariance
+        self.run_sigma = run_sigma
 
     def fit(self, table: RoutingTable, rows: Sequence[int] | np.ndarray | None = None) -> "RouterEstimator":
         """Fit on ``table`` (restricted to ``rows`` when given); returns ``self``."""
@@ -227,6 +239,8 @@ class RouterEstimator:
 
     def _estimate(self, features, run, posthoc, observed_cost, input_tokens) -> Estimates:
         quality, sigma = self.quality_.predict(features, run, posthoc)
+        if self.run_sigma is not None:
+            sigma = np.where(run, float(self.run_sigma), sigma)
         cost = self.cost_.predict(features, input_tokens, run, observed_cost)
         cov = None
         if self.correlation_ is not None:

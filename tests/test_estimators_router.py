@@ -48,7 +48,9 @@ def test_run_models_get_observed_cost_and_post_hoc_quality(fitted, table):
     error_ante = np.mean((ante.quality[run] - table.quality[run]) ** 2)
     error_post = np.mean((post.quality[run] - table.quality[run]) ** 2)
     assert error_post < error_ante  # agreement and the logged signal are informative
-    assert post.sigma[run].mean() < ante.sigma[run].mean()
+    assert np.all(post.sigma[run] == 0.0) and np.all(post.sigma[~run] > 0)  # run_sigma=0 by default
+    fitted_sigma = RouterEstimator(quality=FAST, run_sigma=None).fit(table).predict_table(table, run).sigma
+    assert fitted_sigma[run].mean() < ante.sigma[run].mean()
 
 
 def test_predict_matches_predict_table(fitted, table):
@@ -80,6 +82,7 @@ def test_run_given_as_model_names(fitted, table):
 def test_covariance_is_symmetric_psd_with_sigma_on_the_diagonal(fitted, table):
     est = fitted.predict_table(table, ["m1"])
     assert est.cov.shape == (300, 3, 3)
+    assert np.all(est.cov[:, 1, :] == 0)  # a run model has σ = 0
     np.testing.assert_allclose(np.diagonal(est.cov, axis1=1, axis2=2), est.sigma**2)
     np.testing.assert_allclose(est.cov, np.swapaxes(est.cov, 1, 2))
     assert np.linalg.eigvalsh(est.cov).min() > -1e-12
@@ -100,7 +103,7 @@ def test_joblib_round_trip_gives_identical_predictions(fitted, table, tmp_path):
 def test_linear_family_has_the_same_interface(table):
     linear = RouterEstimator(quality=QualityEstimator(regressor=make_linear_regressor())).fit(table)
     est = linear.predict_table(table, ["m0"])
-    assert est.quality.shape == (300, 3) and (est.sigma > 0).all()
+    assert est.quality.shape == (300, 3) and (est.sigma[:, 1:] > 0).all()
     base = np.mean((table.quality - table.quality.mean(axis=0)) ** 2)
     assert np.mean((est.quality - table.quality) ** 2) < base
 
