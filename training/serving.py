@@ -312,6 +312,8 @@ class CompiledEstimator:
         self.cost_smearing = np.array([p.smearing for p in cost.predictors_], dtype=np.float64)
         self.cost_parts = _regressors([p.regressor for p in cost.predictors_])
         self.correlation_ = getattr(estimator, "correlation_", None)
+        #: σ reported for models already run (``RouterEstimator.run_sigma``); ``None`` keeps the fitted σ.
+        self.run_sigma = getattr(estimator, "run_sigma", None)
 
     # ----- prompt features ------------------------------------------------- #
 
@@ -403,6 +405,8 @@ class CompiledEstimator:
         info = self.responses_info(responses, run)
         observed = check_observed_cost(observed_cost, run)
         quality, sigma = self.quality_sigma(features, run, signals, info)
+        if self.run_sigma is not None:
+            sigma = np.where(run, float(self.run_sigma), sigma)
         cost = self.ante_cost(features, self.input_tokens(prompts, n, input_tokens))
         cost = np.where(run, observed, cost)
         return Estimates(quality, sigma, cost, self.covariance(sigma, run))
