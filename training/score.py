@@ -1,0 +1,574 @@
+"""``python -m training.score``: score traffic in bounded memory with a fitted router.
+
+Two kinds of input, told apart by the presence of a ``model`` column:
+
+* **queries** (one row per query: ``query_id``, ``prompt``, ``task``,
+  ``subtask`` as the estimator needs): per query, the first model to run,
+  the planned supermodel and the ex-ante estimates of every model
+  (``quality[m]``, ``sigma[m]``, ``cost[m]``);
+* **logged** (the long format of ``../shared/data/README.md``: one row per
+  query and model with ``quality``, ``cost_usd``, ``response``; rows of a
+  query contiguous): the whole cascade is replayed per query, the logged
+  responses and costs standing in for the calls, and per query the models
+  run, the realised cost and the quality of the selected answer are written.
+
+The per-batch work is :func:`score_batch`, a pure ``DataFrame -> DataFrame``
+function, so Spark's ``mapInPandas`` or Dask's ``map_partitions`` can run it
+unchanged (for logged input, partition by ``query_id`` first). The CLI
+streams the input with ``pyarrow.parquet.ParquetFile.iter_batches``, carries
+a query whose rows straddle a batch boundary over to the next batch, and
+writes as it goes, so memory stays bounded by the batch size.
+
+Nothing is dropped silently: a malformed row (unknown model, missing
+prompt, NaN or negative cost, NaN quality, a query missing a model or
+split into two runs) rejects its query, and *every* input row of a rejected
+query is written to the rejects file with its row number and a reason.
+Exit codes: 0 (with a ``warning:`` line when there are rejects), 2 with a
+one-line ``error:`` on unusable input (missing file, missing columns,
+unreadable Parquet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+import kernel
+
+from .router import Router, load_router, one_kernel_thread, prompt_uniforms
+
+__all__ = ["score_batch", "replay", "output_schema", "main", "ScoreError", "STATUS_OK", "STATUS_REJECTED"]
+
+STATUS_OK = "ok"
+STATUS_REJECTED = "rejected"
+#: Columns of the logged (long) format that replay needs besides the per-query ones.
+LOGGED_COLUMNS = ("query_id", "model", "quality", "cost_usd")
+
+
+class ScoreError(ValueError):
+    """The input cannot be scored at all (missing columns, ...): exit code 2."""
+
+
+# --------------------------------------------------------------------------- #
+# columns and checks
+# --------------------------------------------------------------------------- #
+
+
+def _per_query_columns(router: Router) -> list[str]:
+    return list(getattr(router.estimator, "columns_", ["prompt"]))
+
+
+def required_columns(router: Router, logged: bool) -> list[str]:
+    """Columns the input must have: ``query_id``, the estimator's per-query inputs, and for
+    logged input ``model``, ``quality``, ``cost_usd`` (``response`` and signals when the estimator uses them)."""
+    columns = ["query_id", *_per_query_columns(router)]
+    if logged:
+        columns += ["model", "quality", "cost_usd"]
+        if getattr(router.estimator, "uses_responses_", False):
+            columns.append("response")
+        columns += list(getattr(router.estimator, "signal_names_", []))
+    return list(dict.fromkeys(columns))
+
+
+def check_columns(router: Router, columns: Sequence[str]) -> bool:
+    """Return whether the input is logged (has ``model``); raise :class:`ScoreError` if columns are missing."""
+    logged = "model" in columns
+    missing = [c for c in required_columns(router, logged) if c not in columns]
+    if missing:
+        kind = "logged (long) input" if logged else "query input"
+        raise ScoreError(f"{kind} lacks column(s) {missing}; it has {list(columns)}")
+    return logged
+
+
+def _row_numbers(frame: pd.DataFrame) -> np.ndarray:
+    return (frame["row"].to_numpy(dtype=np.int64) if "row" in frame.columns
+            else np.asarray(frame.index, dtype=np.int64))
+
+
+def _text(values: np.ndarray) -> np.ndarray:
+    """Object array of str; missing (None/NaN) as ''."""
+    return np.array([v if isinstance(v, str) else "" if pd.isna(v) else str(v) for v in values], dtype=object)
+
+
+def _missing(values: np.ndarray) -> np.ndarray:
+    return np.fromiter((not isinstance(v, str) and pd.isna(v) for v in values), dtype=bool, count=len(values))
+
+
+def _numbers(series: pd.Series) -> np.ndarray:
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+# --------------------------------------------------------------------------- #
+# replay
+# --------------------------------------------------------------------------- #
+
+
+def replay(router: Router, policy, prompts, tasks, subtasks, cost: np.ndarray, responses: np.ndarray,
+           signals: dict[str, np.ndarray], *, parallel: bool = True,
+           timings: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Play ``policy`` on queries whose every model outcome is logged.
+
+    Each step estimates the queries still going with the run sets they have
+    reached (post-hoc features from the logged responses of the models
+    run), asks the kernel for the next model, and "runs" it by revealing its
+    logged response and cost. Prompt features and ex-ante costs are computed
+    once per query.
+
+    Returns
+    -------
+    order : ndarray of int64, shape (N, max_depth)
+        Models run in order, ``-1`` padded.
+    run : ndarray of bool, shape (N, K)
+    answer : ndarray of int64, shape (N,)
+        Selected model (best post-hoc quality estimate among those run).
+    """
+    timings = {} if timings is None else timings
+    predictor = router._predictor()
+    n, k = cost.shape
+    if prompts is None:  # an estimator without prompt text: ties then break the same for every query
+        prompts = np.full(n, "", dtype=object)
+    depth = int(policy.max_depth or k)
+    order = np.full((n, depth), kernel.STOP, dtype=np.int64)
+    run = np.zeros((n, k), dtype=bool)
+    u = prompt_uniforms(prompts)
+    options = policy.kernel_options()
+    compiled = predictor is not router.estimator
+    started = time.perf_counter()
+    if compiled:
+        features, _ = predictor.prompt_features(prompts, tasks, subtasks)
+        ante_cost = predictor.ante_cost(features, predictor.input_tokens(prompts, n))
+    _add(timings, "featurize", started)
+
+    def estimate(rows: np.ndarray):
+        began = time.perf_counter()
+        if compiled:
+            sub_run = run[rows]
+            sub_signals = {name: np.where(sub_run, value[rows], np.nan) for name, value in signals.items()}
+            info = predictor.responses_info(responses[rows], sub_run)
+            quality, sigma = predictor.quality_sigma(features[rows], sub_run, sub_signals, info)
+            if predictor.run_sigma is not None:
+                sigma = np.where(sub_run, float(predictor.run_sigma), sigma)
+            step_cost = np.where(sub_run, cost[rows], ante_cost[rows])
+            cov = predictor.covariance(sigma, sub_run)
+        else:
+            sub_run = run[rows]
+            found = predictor.predict(
+                None if prompts is None else prompts[rows], tasks=None if tasks is None else tasks[rows],
+                subtasks=None if subtasks is None else subtasks[rows], run=sub_run, responses=responses[rows],
+                signals={name: np.where(sub_run, value[rows], np.nan) for name, value in signals.items()},
+                observed_cost=np.where(sub_run, cost[rows], np.nan))
+            quality, sigma, step_cost, cov = found.quality, found.sigma, found.cost, found.cov
+        _add(timings, "estimate", began)
+        return quality, sigma, step_cost, cov
+
+    active = np.arange(n)
+    for step in range(depth):
+        if active.size == 0:
+            break
+        quality, sigma, step_cost, cov = estimate(active)
+        began = time.perf_counter()
+        spread = {"cov": cov} if cov is not None else {"sigma": sigma}
+        chosen, _ = kernel.plan(quality, step_cost, run=run[active], u=u[active], parallel=parallel,
+                                **spread, **options)
+        _add(timings, "kernel", began)
+        going = chosen != kernel.STOP
+        active, chosen = active[going], chosen[going]
+        order[active, step] = chosen
+        run[active, chosen] = True
+    every = np.arange(n)
+    final_quality = estimate(every)[0]
+    began = time.perf_counter()
+    answer = kernel.select_answer(final_quality, run)
+    _add(timings, "kernel", began)
+    return order, run, answer
+
+
+def _add(timings: dict, key: str, started: float) -> None:
+    timings[key] = timings.get(key, 0.0) + time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- #
+# the per-batch function
+# --------------------------------------------------------------------------- #
+
+
+def score_batch(router: Router, frame: pd.DataFrame, budget: float | None = None, *,
+                parallel: bool = True, timings: dict | None = None) -> pd.DataFrame:
+    """Score one batch: a pure ``DataFrame -> DataFrame`` function.
+
+    Parameters
+    ----------
+    router : Router
+        Loaded with :func:`training.router.load_router` (or unpickled: the
+        compiled estimator is then built on first use).
+    frame : pandas.DataFrame
+        Query rows, or logged rows (a ``model`` column) with every row of a
+        query in this frame and contiguous. An optional ``row`` column holds
+        input row numbers for the reject report (default: the frame's index).
+    budget : float, optional
+        Selects the fitted policy (:meth:`Router.policy`).
+    parallel : bool, default=True
+        Multi-threaded kernel. Pass ``False`` when the caller already runs
+        one batch per core (Spark executors, ``--workers``).
+    timings : dict, optional
+        If given, seconds spent in ``featurize``, ``estimate`` and ``kernel``
+        are added to it (instrumentation only; the result does not depend
+        on it).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per scored query (``status == "ok"``) and one row per input
+        row of every rejected query (``status == "rejected"``, with
+        ``row``, ``reason``); columns as :func:`output_schema`.
+
+    Raises
+    ------
+    ScoreError
+        If required columns are missing.
+    """
+    logged = check_columns(router, list(frame.columns))
+    policy = router.policy(budget)
+    if logged:
+        return _score_logged(router, policy, frame, parallel, timings)
+    return _score_queries(router, policy, frame, timings)
+
+
+def _reject_frame(frame: pd.DataFrame, rows: np.ndarray, reasons: list[str]) -> pd.DataFrame:
+    """Rejected input rows: status, row number, query id, model (if any) and reason."""
+    if not len(rows):
+        return pd.DataFrame()
+    out = pd.DataFrame({
+        "status": STATUS_REJECTED,
+        "row": _row_numbers(frame)[rows],
+        "query_id": _text(frame["query_id"].to_numpy(dtype=object)[rows]),
+        "reason": reasons,
+    })
+    if "model" in frame.columns:
+        out["model"] = _text(frame["model"].to_numpy(dtype=object)[rows])
+    return out
+
+
+def _score_queries(router: Router, policy, frame: pd.DataFrame, timings) -> pd.DataFrame:
+    per_query = _per_query_columns(router)
+    n = len(frame)
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    ids = frame["query_id"].to_numpy(dtype=object)
+    for r in np.flatnonzero(_missing(ids)):
+        reasons[r].append("query_id is missing")
+    if "prompt" in per_query:
+        for r in np.flatnonzero(_missing(frame["prompt"].to_numpy(dtype=object))):
+            reasons[r].append("prompt is missing")
+    bad = np.array([bool(r) for r in reasons], dtype=bool)
+    good = np.flatnonzero(~bad)
+    rejected = _reject_frame(frame, np.flatnonzero(bad), ["; ".join(r) for r in reasons if r])
+    values = {c: _text(frame[c].to_numpy(dtype=object)[good]) for c in per_query}
+    out = pd.DataFrame({"status": STATUS_OK, "row": _row_numbers(frame)[good], "query_id": _text(ids[good])})
+    if good.size:
+        started = time.perf_counter()
+        plans = router.plan(list(values.get("prompt", [""] * good.size)), tasks=values.get("task"),
+                            subtasks=values.get("subtask"), policy=policy)
+        estimates, _ = router.estimates(list(values.get("prompt", [""] * good.size)), tasks=values.get("task"),
+                                        subtasks=values.get("subtask"))
+        if timings is not None:
+            _add(timings, "plan", started)
+        out["next_model"] = [p.next for p in plans]
+        out["plan"] = [list(p.models) for p in plans]
+        out["plan_cost"] = [float(sum(estimates.cost[i, router.models_.index(m)] for m in p.models))
+                            for i, p in enumerate(plans)]
+        for name in ("quality", "sigma", "cost"):
+            matrix = getattr(estimates, name)
+            for j, model in enumerate(router.models_):
+                out[f"{name}[{model}]"] = matrix[:, j]
+    return pd.concat([out, rejected], ignore_index=True) if len(rejected) else out
+
+
+def _score_logged(router: Router, policy, frame: pd.DataFrame, parallel: bool, timings) -> pd.DataFrame:
+    models = router.models_
+    k = len(models)
+    per_query = _per_query_columns(router)
+    n_rows = len(frame)
+    ids = frame["query_id"].to_numpy(dtype=object)
+    model_codes = pd.Index(list(models)).get_indexer(frame["model"].to_numpy(dtype=object)).astype(np.int64)
+    cost = _numbers(frame["cost_usd"])
+    quality = _numbers(frame["quality"])
+    row_reason = np.full(n_rows, "", dtype=object)
+
+    def flag(mask: np.ndarray, reason) -> None:
+        for r in np.flatnonzero(mask & (row_reason == "")):
+            row_reason[r] = reason(r) if callable(reason) else reason
+
+    raw_model = frame["model"].to_numpy(dtype=object)
+    flag(_missing(ids), "query_id is missing")
+    flag(model_codes < 0, lambda r: f"unknown model {raw_model[r]!r}; the router knows {list(models)}")
+    flag(~(np.isfinite(cost) & (cost >= 0)), lambda r: f"cost_usd must be a finite number >= 0, got {frame['cost_usd'].iloc[r]}")
+    flag(np.isnan(quality), lambda r: f"quality must be a number, got {frame['quality'].iloc[r]}")
+    if "prompt" in per_query:
+        flag(_missing(frame["prompt"].to_numpy(dtype=object)), "prompt is missing")
+    signal_values = {}
+    for name in getattr(router.estimator, "signal_names_", []):
+        signal_values[name] = _numbers(frame[name])
+        flag(~np.isfinite(signal_values[name]), f"signal {name!r} must be a finite number")
+
+    # queries: runs of equal query_id (rows of a query are contiguous)
+    key = _text(ids)
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if n_rows else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], n_rows]
+    query_of_row = np.repeat(np.arange(starts.size), ends - starts)
+    first_keys = key[starts]
+    repeated = pd.Series(first_keys).duplicated(keep=False).to_numpy()
+    flag(repeated[query_of_row] & ~_missing(ids),
+         lambda r: f"rows of query {key[r]!r} are not contiguous; sort the input by query_id")
+    # one row per router model
+    slot = query_of_row * k + np.where(model_codes >= 0, model_codes, 0)
+    valid_model = model_codes >= 0
+    counts = np.bincount(slot[valid_model], minlength=starts.size * k).reshape(starts.size, k)
+    flag(valid_model & (counts.reshape(-1)[slot] > 1),
+         lambda r: f"query {key[r]!r} has more than one row for model {models[model_codes[r]]!r}")
+    lacking = counts == 0
+    query_bad = np.zeros(starts.size, dtype=bool)
+    np.logical_or.at(query_bad, query_of_row, row_reason != "")
+    query_bad |= lacking.any(axis=1)
+    bad_rows = query_bad[query_of_row]
+    own_reason = row_reason != ""  # before the rows that are only collateral get theirs
+    for r in np.flatnonzero(bad_rows & ~own_reason):
+        q = query_of_row[r]
+        if lacking[q].any():
+            row_reason[r] = f"query {key[r]!r} has no row for model(s) {[models[j] for j in np.flatnonzero(lacking[q])]}"
+        else:
+            culprit = starts[q] + int(np.flatnonzero(own_reason[starts[q]:ends[q]])[0])
+            row_reason[r] = f"query rejected because of row {_row_numbers(frame)[culprit]}"
+    rejected = _reject_frame(frame, np.flatnonzero(bad_rows), list(row_reason[bad_rows]))
+
+    good = np.flatnonzero(~query_bad)
+    out = pd.DataFrame({"status": STATUS_OK, "row": _row_numbers(frame)[starts[good]],
+                        "query_id": first_keys[good]})
+    if good.size:
+        rows_good = ~bad_rows
+        cell = (query_of_row[rows_good], model_codes[rows_good])
+        remap = np.full(starts.size, -1, np.int64)
+        remap[good] = np.arange(good.size)
+        cell = (remap[cell[0]], cell[1])
+        grid_cost = np.empty((good.size, k))
+        grid_cost[cell] = cost[rows_good]
+        grid_quality = np.empty((good.size, k))
+        grid_quality[cell] = quality[rows_good]
+        responses = np.full((good.size, k), "", dtype=object)
+        if "response" in frame.columns and getattr(router.estimator, "uses_responses_", False):
+            responses[cell] = _text(frame["response"].to_numpy(dtype=object)[rows_good])
+        signals = {}
+        for name, value in signal_values.items():
+            signals[name] = np.full((good.size, k), np.nan)
+            signals[name][cell] = value[rows_good]
+        first_rows = starts[good]
+        values = {c: _text(frame[c].to_numpy(dtype=object)[first_rows]) for c in per_query}
+        order, run, answer = replay(router, policy, values.get("prompt"), values.get("task"), values.get("subtask"),
+                                    grid_cost, responses, signals, parallel=parallel, timings=timings)
+        names = np.array(models, dtype=object)
+        out["first_model"] = np.where(order[:, 0] >= 0, names[np.maximum(order[:, 0], 0)], None)
+        out["models_run"] = [list(names[o[o >= 0]]) for o in order]
+        out["n_run"] = run.sum(axis=1)
+        out["answer_model"] = names[answer]
+        out["cost"] = (grid_cost * run).sum(axis=1)
+        out["quality"] = grid_quality[np.arange(good.size), answer]
+    return pd.concat([out, rejected], ignore_index=True) if len(rejected) else out
+
+
+def output_schema(router: Router, logged: bool):
+    """The pyarrow schema of :func:`score_batch` results (scored and rejected rows together)."""
+    import pyarrow as pa
+    fields = [("status", pa.string()), ("row", pa.int64()), ("query_id", pa.string())]
+    if logged:
+        fields += [("first_model", pa.string()), ("models_run", pa.list_(pa.string())), ("n_run", pa.int64()),
+                   ("answer_model", pa.string()), ("cost", pa.float64()), ("quality", pa.float64())]
+    else:
+        fields += [("next_model", pa.string()), ("plan", pa.list_(pa.string())), ("plan_cost", pa.float64())]
+        fields += [(f"{name}[{m}]", pa.float64()) for name in ("quality", "sigma", "cost") for m in router.models_]
+    return pa.schema(fields)
+
+
+def rejects_schema():
+    import pyarrow as pa
+    return pa.schema([("row", pa.int64()), ("query_id", pa.string()), ("model", pa.string()), ("reason", pa.string())])
+
+
+# --------------------------------------------------------------------------- #
+# streaming
+# --------------------------------------------------------------------------- #
+
+
+def iter_frames(path: Path, columns: list[str], batch_size: int, logged: bool) -> Iterator[pd.DataFrame]:
+    """Batches of the input as DataFrames with a ``row`` column; logged queries never split.
+
+    The rows of the last query of a batch may continue in the next one, so
+    they are held back and prepended to it (and flushed at the end).
+    """
+    import pyarrow.parquet as pq
+    reader = pq.ParquetFile(path)
+    offset = 0
+    carry: pd.DataFrame | None = None
+    for batch in reader.iter_batches(batch_size=batch_size, columns=columns):
+        frame = batch.to_pandas()
+        frame["row"] = np.arange(offset, offset + len(frame), dtype=np.int64)
+        offset += len(frame)
+        if carry is not None and len(carry):
+            frame = pd.concat([carry, frame], ignore_index=True)
+        if not logged or not len(frame):
+            carry = None
+            yield frame
+            continue
+        ids = frame["query_id"].to_numpy(dtype=object)
+        last = ids[-1]
+        tail = len(frame)
+        while tail > 0 and (ids[tail - 1] == last or (pd.isna(ids[tail - 1]) and pd.isna(last))):
+            tail -= 1
+        if tail == 0:  # the whole batch is one query: keep collecting
+            carry = frame
+            continue
+        carry = frame.iloc[tail:].reset_index(drop=True)
+        yield frame.iloc[:tail].reset_index(drop=True)
+    if carry is not None and len(carry):
+        yield carry
+
+
+class _Writer:
+    """Parquet writer that opens lazily and takes DataFrames in a fixed schema."""
+
+    def __init__(self, path: Path, schema) -> None:
+        self.path, self.schema, self.writer = path, schema, None
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
+        data = frame.reindex(columns=self.schema.names)
+        self.writer.write_table(pa.Table.from_pandas(data, schema=self.schema, preserve_index=False))
+        self.rows += len(frame)
+
+    def close(self) -> None:
+        if self.writer is None:  # still write an empty file with the schema
+            import pyarrow.parquet as pq
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(self.schema.empty_table(), self.path)
+        else:
+            self.writer.close()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.score",
+        description="Score traffic with a fitted router: first model, plan and ex-ante estimates per query, "
+                    "or (logged input with a 'model' column) a full cascade replay with realised cost and quality.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--artifact", type=Path, required=True, help="router.joblib written by training.fit")
+    parser.add_argument("--input", type=Path, required=True,
+                        help="Parquet file: one row per query, or the long format with logged outcomes")
+    parser.add_argument("--output", type=Path, required=True, help="Parquet file for the decisions")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="pick the fitted policy for this budget; default: the largest fitted budget")
+    parser.add_argument("--batch-size", type=int, default=65536, help="input rows read per batch")
+    parser.add_argument("--rejects", type=Path, default=None,
+                        help="Parquet file for rejected rows; default: OUTPUT with suffix .rejects.parquet")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Score the input file; returns the totals printed by :func:`main`."""
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+    if not args.input.exists():
+        raise ScoreError(f"--input {args.input} does not exist")
+    if not args.artifact.exists():
+        raise ScoreError(f"--artifact {args.artifact} does not exist")
+    try:
+        parquet = pq.ParquetFile(args.input)
+    except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise ScoreError(f"--input {args.input} is not a readable Parquet file ({error})") from error
+    names = parquet.schema_arrow.names
+    router = load_router(args.artifact)
+    logged = check_columns(router, names)
+    policy = router.policy(args.budget)
+    columns = [c for c in required_columns(router, logged) if c in names]
+    if logged and "response" in names and "response" not in columns:
+        columns.append("response")
+    rejects_path = args.rejects or args.output.with_name(args.output.name.removesuffix(".parquet") + ".rejects.parquet")
+    writer, rejects = _Writer(args.output, output_schema(router, logged)), _Writer(rejects_path, rejects_schema())
+    totals = {"queries": 0, "rejected_rows": 0, "cost": 0.0, "quality": 0.0, "models": 0.0}
+    timings: dict = {}
+    started = time.perf_counter()
+    progress = tqdm(total=parquet.metadata.num_rows, unit="row", desc="training.score", disable=args.quiet)
+    try:
+        for frame in iter_frames(args.input, columns, args.batch_size, logged):
+            result = score_batch(router, frame, args.budget, timings=timings)
+            ok = result["status"] == STATUS_OK
+            scored, rejected = result[ok], result[~ok]
+            writer.write(scored)
+            if len(rejected):
+                rejects.write(rejected)
+            totals["queries"] += len(scored)
+            totals["rejected_rows"] += len(rejected)
+            if logged and len(scored):
+                totals["cost"] += float(scored["cost"].sum())
+                totals["quality"] += float(scored["quality"].sum())
+                totals["models"] += float(scored["n_run"].sum())
+            elif len(scored):
+                totals["cost"] += float(scored["plan_cost"].sum())
+            progress.update(len(frame))
+    finally:
+        progress.close()
+        writer.close()
+        rejects.close()
+    seconds = time.perf_counter() - started
+    n = max(totals["queries"], 1)
+    return {"logged": logged, "queries": totals["queries"], "rejected_rows": totals["rejected_rows"],
+            "mean_cost": totals["cost"] / n, "mean_quality": totals["quality"] / n if logged else None,
+            "models_per_query": totals["models"] / n if logged else None, "budget": policy.budget,
+            "seconds": seconds, "queries_per_second": totals["queries"] / seconds if seconds > 0 else None,
+            "timings": timings, "output": str(args.output), "rejects": str(rejects_path)}
+
+
+def summary(totals: dict) -> str:
+    budget = totals["budget"]
+    what = "realised cost" if totals["logged"] else "planned ex-ante cost"
+    lines = [f"{totals['queries']} queries scored in {totals['seconds']:.1f} s "
+             f"({totals['queries_per_second'] or 0:,.0f} queries/s); decisions: {totals['output']}",
+             f"mean {what} per query {totals['mean_cost']:.6g} vs budget {budget:.6g} "
+             f"({totals['mean_cost'] / budget:.1%} of it)" if budget > 0 else ""]
+    if totals["logged"]:
+        lines.append(f"mean quality {totals['mean_quality']:.4f}, {totals['models_per_query']:.2f} models per query")
+    split = ", ".join(f"{k} {v:.1f} s" for k, v in totals["timings"].items())
+    if split:
+        lines.append(f"time: {split}")
+    return "\n".join(line for line in lines if line)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        totals = run(args)
+    except (ValueError, FileNotFoundError) as error:  # ScoreError, bad artifact, budget below every policy
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    print(summary(totals))
+    if totals["rejected_rows"]:
+        print(f"warning: {totals['rejected_rows']} input row(s) rejected (malformed, or in a query with a "
+              f"malformed row); see {totals['rejects']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
