@@ -230,3 +230,8 @@ def test_price_based_cost_needs_input_tokens_or_prompts():
     with pytest.raises(ValueError, match="input_tokens has NaN for model 'm0'"):
         est.predict(tasks=priced.tasks[:3])
     assert est.predict(tasks=priced.tasks[:3], input_tokens=tokens[:3]).cost.shape == (3, 2)
+
+
+def test_predict_table_rows_out_of_range_is_rejected(fitted, table):
+    with pytest.raises(ValueError, match="rows must be 1-D indices"):
+        fitted.predict_table(table, rows=np.array([0, 300]))
