@@ -18,11 +18,11 @@ features agree to about 1e-15 relative, not bit for bit.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from kernel.config import JIT_OPTIONS
 
-__all__ = ["murmurhash3_32", "ascii_text_features", "project_counts"]
+__all__ = ["murmurhash3_32", "ascii_text_features", "ascii_text_features_parallel", "project_counts"]
 
 _MASK = np.uint64(0xFFFFFFFF)
 _C1 = np.uint64(0xCC9E2D51)
@@ -191,9 +191,8 @@ def project_counts(columns, counts, idf, projection, out_row):
             out_row[c] *= scale
 
 
-@njit(**JIT_OPTIONS)
-def ascii_text_features(words, word_offsets, chars, char_offsets, n_features, char_range,
-                        idf, projection, out):
+def _text_features(words, word_offsets, chars, char_offsets, n_features, char_range,
+                   idf, projection, out):
     """Features of many ASCII texts; row ``r`` reads ``words[word_offsets[r]:word_offsets[r+1]]``.
 
     ``words``/``chars`` hold the (not yet lower-cased) word and character
@@ -203,24 +202,40 @@ def ascii_text_features(words, word_offsets, chars, char_offsets, n_features, ch
     longest = 1
     for r in range(n_texts):
         longest = max(longest, word_offsets[r + 1] - word_offsets[r], char_offsets[r + 1] - char_offsets[r])
-    text = np.empty(longest, np.uint8)
-    scratch = np.empty(2 * longest + 3, np.uint8)
-    grams = np.empty(4 * longest + 8, np.int64)
-    for r in range(n_texts):
-        length = _lower(words, word_offsets[r], word_offsets[r + 1], text)
-        n_grams = _word_grams(text, length, n_features, scratch, grams, 0)
-        length = _lower(chars, char_offsets[r], char_offsets[r + 1], text)
-        n_grams = _char_wb_grams(text, length, n_features, n_features, char_range[0], char_range[1],
-                                 scratch, grams, n_grams)
-        ordered = np.sort(grams[:n_grams])
-        columns = np.empty(n_grams, np.int64)
-        counts = np.empty(n_grams, np.float64)
-        n_unique = 0
-        for j in range(n_grams):
-            if n_unique > 0 and columns[n_unique - 1] == ordered[j]:
-                counts[n_unique - 1] += 1.0
-            else:
-                columns[n_unique] = ordered[j]
-                counts[n_unique] = 1.0
-                n_unique += 1
-        project_counts(columns[:n_unique], counts[:n_unique], idf, projection, out[r])
+    n_blocks = (n_texts + _BLOCK - 1) // _BLOCK
+    for block in prange(n_blocks):
+        text = np.empty(longest, np.uint8)
+        scratch = np.empty(2 * longest + 3, np.uint8)
+        grams = np.empty(4 * longest + 8, np.int64)
+        for r in range(block * _BLOCK, min(n_texts, (block + 1) * _BLOCK)):
+            _one_text(words, word_offsets, chars, char_offsets, n_features, char_range, idf, projection,
+                      out, r, text, scratch, grams)
+
+
+@njit(**JIT_OPTIONS)
+def _one_text(words, word_offsets, chars, char_offsets, n_features, char_range, idf, projection, out,
+              r, text, scratch, grams):
+    """Hash, count and project text ``r`` (one compiled pass over its bytes)."""
+    length = _lower(words, word_offsets[r], word_offsets[r + 1], text)
+    n_grams = _word_grams(text, length, n_features, scratch, grams, 0)
+    length = _lower(chars, char_offsets[r], char_offsets[r + 1], text)
+    n_grams = _char_wb_grams(text, length, n_features, n_features, char_range[0], char_range[1],
+                             scratch, grams, n_grams)
+    ordered = np.sort(grams[:n_grams])
+    columns = np.empty(n_grams, np.int64)
+    counts = np.empty(n_grams, np.float64)
+    n_unique = 0
+    for j in range(n_grams):
+        if n_unique > 0 and columns[n_unique - 1] == ordered[j]:
+            counts[n_unique - 1] += 1.0
+        else:
+            columns[n_unique] = ordered[j]
+            counts[n_unique] = 1.0
+            n_unique += 1
+    project_counts(columns[:n_unique], counts[:n_unique], idf, projection, out[r])
+
+
+_BLOCK = 64  # texts per block of scratch buffers (and per parallel task)
+#: Serial variant (services). The parallel one is not cached on disk: see ``training._forest``.
+ascii_text_features = njit(**JIT_OPTIONS)(_text_features)
+ascii_text_features_parallel = njit(parallel=True, **{**JIT_OPTIONS, "cache": False})(_text_features)

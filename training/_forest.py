@@ -22,7 +22,7 @@ objectives, linear trees) makes :meth:`Forest.from_regressors` return
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from kernel.config import JIT_OPTIONS
 
@@ -33,11 +33,10 @@ _TRANSFORMS = {"regression": 0, "cross_entropy": 1, "xentropy": 1}
 _ZERO = 1e-35  # LightGBM's kZeroThreshold
 
 
-@njit(**JIT_OPTIONS)
-def _walk(X, feature, threshold, left, right, default_left, missing, leaf_value, roots, owner,
-          transform, out):
+def _walk_rows(X, feature, threshold, left, right, default_left, missing, leaf_value, roots, owner,
+               transform, out):
     n_rows = X.shape[0]
-    for r in range(n_rows):
+    for r in prange(n_rows):
         for o in range(out.shape[1]):
             out[r, o] = 0.0
         for t in range(roots.size):
@@ -57,6 +56,15 @@ def _walk(X, feature, threshold, left, right, default_left, missing, leaf_value,
         for o in range(out.shape[1]):
             if transform[o] == 1:
                 out[r, o] = 1.0 / (1.0 + np.exp(-out[r, o]))
+
+
+#: Serial walk (services: deterministic, one thread, cached on disk).
+_walk = njit(**JIT_OPTIONS)(_walk_rows)
+#: Row-parallel walk for batch scoring. Not cached: numba keys its disk cache by
+#: function, not by the ``parallel`` flag, so caching both variants of one function
+#: lets one load the other's machine code (see ``training.router.one_kernel_thread``).
+#: Compiled on first batch use instead (about a second).
+_walk_parallel = njit(parallel=True, **{**JIT_OPTIONS, "cache": False})(_walk_rows)
 
 
 class Forest:
@@ -141,13 +149,63 @@ class Forest:
     def n_outputs(self) -> int:
         return int(self.arrays["transform"].size)
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predictions of every regressor on ``X``, shape ``(N, n_outputs)``."""
+    def predict(self, X: np.ndarray, parallel: bool = False) -> np.ndarray:
+        """Predictions of every regressor on ``X``, shape ``(N, n_outputs)``; ``parallel`` spreads rows over threads."""
         X = np.ascontiguousarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] < self.n_features:
             raise ValueError(f"X must have shape (N, >= {self.n_features}); got {X.shape}")
         out = np.empty((X.shape[0], self.n_outputs))
         a = self.arrays
-        _walk(X, a["feature"], a["threshold"], a["left"], a["right"], a["default_left"], a["missing"],
+        (_walk_parallel if parallel else _walk)(X, a["feature"], a["threshold"], a["left"], a["right"], a["default_left"], a["missing"],
               a["leaf_value"], a["roots"], a["owner"], a["transform"], out)
+        return out
+
+
+@njit(**JIT_OPTIONS)
+def _lookup(thresholds, values, zero_values, groups, x, out):
+    for r in range(x.size):
+        value = x[r]
+        if -_ZERO <= value <= _ZERO:
+            out[r] = zero_values[groups[r]]
+        else:
+            out[r] = values[groups[r], np.searchsorted(thresholds, value, side="left")]
+
+
+class Tabulated:
+    """A :class:`Forest` of one output as a table over one continuous feature.
+
+    When every other feature takes a few known values (the σ model's "ran",
+    ``|R|`` and model index), the forest is, for each combination of them, a
+    step function of the continuous feature whose steps sit at that
+    feature's split thresholds. :meth:`from_forest` evaluates the forest
+    once per (combination, interval), with the same tree walk, so a look-up
+    returns exactly what the walk would: ``x <= t`` intervals, and ``|x| <=
+    1e-35`` (LightGBM's "zero" for missing-type ``Zero`` splits) kept apart.
+    NaN is not supported (the caller never passes it; :meth:`predict` checks).
+    """
+
+    def __init__(self, thresholds: np.ndarray, values: np.ndarray, zero_values: np.ndarray) -> None:
+        self.thresholds, self.values, self.zero_values = thresholds, values, zero_values
+
+    @classmethod
+    def from_forest(cls, forest: Forest, continuous: int, grid: np.ndarray) -> "Tabulated":
+        """Tabulate ``forest`` (one output) over ``grid`` rows (values of the other features)."""
+        a = forest.arrays
+        splits = a["feature"] == continuous
+        thresholds = np.unique(a["threshold"][splits])
+        points = np.concatenate([thresholds, [np.nextafter(thresholds[-1], np.inf) if thresholds.size else 1.0]])
+        points = np.where(np.abs(points) <= _ZERO, np.nextafter(_ZERO, np.inf), points)
+        n_groups, n_points = len(grid), len(points)
+        X = np.repeat(np.asarray(grid, dtype=np.float64), n_points + 1, axis=0)
+        X[:, continuous] = np.tile(np.concatenate([points, [0.0]]), n_groups)
+        table = forest.predict(X)[:, 0].reshape(n_groups, n_points + 1)
+        return cls(thresholds, np.ascontiguousarray(table[:, :-1]), np.ascontiguousarray(table[:, -1]))
+
+    def predict(self, groups: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Forest output for rows in ``groups`` (indices into the grid) with continuous value ``x``."""
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        if np.isnan(x).any():
+            raise ValueError("Tabulated forests do not take NaN")
+        out = np.empty(x.size)
+        _lookup(self.thresholds, self.values, self.zero_values, np.ascontiguousarray(groups, dtype=np.int64), x, out)
         return out

@@ -92,6 +92,20 @@ def _row_numbers(frame: pd.DataFrame) -> np.ndarray:
             else np.asarray(frame.index, dtype=np.int64))
 
 
+def _text_column(series: pd.Series, rows: np.ndarray | None = None) -> np.ndarray:
+    """Object array of str from a column (optionally only ``rows``); missing as ''.
+
+    Selects before converting: a logged batch repeats each prompt on every
+    model's row, and turning all of them into Python strings costs more
+    than scoring.
+    """
+    if rows is not None:
+        series = series.iloc[rows]
+    if series.dtype == object:
+        return _text(series.to_numpy())
+    return series.astype("string").fillna("").to_numpy(dtype=object)
+
+
 def _text(values: np.ndarray) -> np.ndarray:
     """Object array of str; missing (None/NaN) as ''."""
     return np.array([v if isinstance(v, str) else "" if pd.isna(v) else str(v) for v in values], dtype=object)
@@ -142,28 +156,25 @@ def replay(router: Router, policy, prompts, tasks, subtasks, cost: np.ndarray, r
     compiled = predictor is not router.estimator
     started = time.perf_counter()
     if compiled:
-        features, _ = predictor.prompt_features(prompts, tasks, subtasks)
-        ante_cost = predictor.ante_cost(features, predictor.input_tokens(prompts, n))
+        features, _ = predictor.prompt_features(prompts, tasks, subtasks, parallel=parallel)
+        ante_cost = predictor.ante_cost(features, predictor.input_tokens(prompts, n), parallel=parallel)
     _add(timings, "featurize", started)
 
-    def estimate(rows: np.ndarray):
+    def estimate(rows: np.ndarray, with_sigma: bool = True):
         began = time.perf_counter()
+        sub_run = run[rows]
+        sub_signals = {name: np.where(sub_run, value[rows], np.nan) for name, value in signals.items()}
         if compiled:
-            sub_run = run[rows]
-            sub_signals = {name: np.where(sub_run, value[rows], np.nan) for name, value in signals.items()}
             info = predictor.responses_info(responses[rows], sub_run)
-            quality, sigma = predictor.quality_sigma(features[rows], sub_run, sub_signals, info)
-            if predictor.run_sigma is not None:
-                sigma = np.where(sub_run, float(predictor.run_sigma), sigma)
+            quality, sigma = predictor.quality_sigma(features[rows], sub_run, sub_signals, info,
+                                                     with_sigma=with_sigma, parallel=parallel)
             step_cost = np.where(sub_run, cost[rows], ante_cost[rows])
-            cov = predictor.covariance(sigma, sub_run)
+            cov = predictor.covariance(sigma, sub_run) if with_sigma else None
         else:
-            sub_run = run[rows]
             found = predictor.predict(
-                None if prompts is None else prompts[rows], tasks=None if tasks is None else tasks[rows],
+                prompts[rows], tasks=None if tasks is None else tasks[rows],
                 subtasks=None if subtasks is None else subtasks[rows], run=sub_run, responses=responses[rows],
-                signals={name: np.where(sub_run, value[rows], np.nan) for name, value in signals.items()},
-                observed_cost=np.where(sub_run, cost[rows], np.nan))
+                signals=sub_signals, observed_cost=np.where(sub_run, cost[rows], np.nan))
             quality, sigma, step_cost, cov = found.quality, found.sigma, found.cost, found.cov
         _add(timings, "estimate", began)
         return quality, sigma, step_cost, cov
@@ -183,7 +194,7 @@ def replay(router: Router, policy, prompts, tasks, subtasks, cost: np.ndarray, r
         order[active, step] = chosen
         run[active, chosen] = True
     every = np.arange(n)
-    final_quality = estimate(every)[0]
+    final_quality = estimate(every, with_sigma=False)[0]
     began = time.perf_counter()
     answer = kernel.select_answer(final_quality, run)
     _add(timings, "kernel", began)
@@ -296,7 +307,8 @@ def _score_logged(router: Router, policy, frame: pd.DataFrame, parallel: bool, t
     per_query = _per_query_columns(router)
     n_rows = len(frame)
     ids = frame["query_id"].to_numpy(dtype=object)
-    model_codes = pd.Index(list(models)).get_indexer(frame["model"].to_numpy(dtype=object)).astype(np.int64)
+    raw_model = frame["model"].to_numpy(dtype=object)
+    model_codes = pd.Index(list(models)).get_indexer(raw_model).astype(np.int64)
     cost = _numbers(frame["cost_usd"])
     quality = _numbers(frame["quality"])
     row_reason = np.full(n_rows, "", dtype=object)
@@ -305,26 +317,25 @@ def _score_logged(router: Router, policy, frame: pd.DataFrame, parallel: bool, t
         for r in np.flatnonzero(mask & (row_reason == "")):
             row_reason[r] = reason(r) if callable(reason) else reason
 
-    raw_model = frame["model"].to_numpy(dtype=object)
-    flag(_missing(ids), "query_id is missing")
+    flag(frame["query_id"].isna().to_numpy(), "query_id is missing")
     flag(model_codes < 0, lambda r: f"unknown model {raw_model[r]!r}; the router knows {list(models)}")
     flag(~(np.isfinite(cost) & (cost >= 0)), lambda r: f"cost_usd must be a finite number >= 0, got {frame['cost_usd'].iloc[r]}")
     flag(np.isnan(quality), lambda r: f"quality must be a number, got {frame['quality'].iloc[r]}")
     if "prompt" in per_query:
-        flag(_missing(frame["prompt"].to_numpy(dtype=object)), "prompt is missing")
+        flag(frame["prompt"].isna().to_numpy(), "prompt is missing")
     signal_values = {}
     for name in getattr(router.estimator, "signal_names_", []):
         signal_values[name] = _numbers(frame[name])
         flag(~np.isfinite(signal_values[name]), f"signal {name!r} must be a finite number")
 
     # queries: runs of equal query_id (rows of a query are contiguous)
-    key = _text(ids)
+    key = _text_column(frame["query_id"])
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if n_rows else np.zeros(0, np.int64)
     ends = np.r_[starts[1:], n_rows]
     query_of_row = np.repeat(np.arange(starts.size), ends - starts)
     first_keys = key[starts]
     repeated = pd.Series(first_keys).duplicated(keep=False).to_numpy()
-    flag(repeated[query_of_row] & ~_missing(ids),
+    flag(repeated[query_of_row] & ~frame["query_id"].isna().to_numpy(),
          lambda r: f"rows of query {key[r]!r} are not contiguous; sort the input by query_id")
     # one row per router model
     slot = query_of_row * k + np.where(model_codes >= 0, model_codes, 0)
@@ -362,13 +373,13 @@ def _score_logged(router: Router, policy, frame: pd.DataFrame, parallel: bool, t
         grid_quality[cell] = quality[rows_good]
         responses = np.full((good.size, k), "", dtype=object)
         if "response" in frame.columns and getattr(router.estimator, "uses_responses_", False):
-            responses[cell] = _text(frame["response"].to_numpy(dtype=object)[rows_good])
+            responses[cell] = _text_column(frame["response"], np.flatnonzero(rows_good))
         signals = {}
         for name, value in signal_values.items():
             signals[name] = np.full((good.size, k), np.nan)
             signals[name][cell] = value[rows_good]
         first_rows = starts[good]
-        values = {c: _text(frame[c].to_numpy(dtype=object)[first_rows]) for c in per_query}
+        values = {c: _text_column(frame[c], first_rows) for c in per_query}
         order, run, answer = replay(router, policy, values.get("prompt"), values.get("task"), values.get("subtask"),
                                     grid_cost, responses, signals, parallel=parallel, timings=timings)
         names = np.array(models, dtype=object)
@@ -509,6 +520,11 @@ def run(args: argparse.Namespace) -> dict:
     writer, rejects = _Writer(args.output, output_schema(router, logged)), _Writer(rejects_path, rejects_schema())
     totals = {"queries": 0, "rejected_rows": 0, "cost": 0.0, "quality": 0.0, "models": 0.0}
     timings: dict = {}
+    warming = time.perf_counter()
+    predictor = router._predictor()
+    if predictor is not router.estimator:
+        predictor.warm_up_batch()  # row-parallel kernels are compiled per process, not cached
+    warm_up_seconds = time.perf_counter() - warming
     started = time.perf_counter()
     progress = tqdm(total=parquet.metadata.num_rows, unit="row", desc="training.score", disable=args.quiet)
     try:
@@ -538,7 +554,8 @@ def run(args: argparse.Namespace) -> dict:
             "mean_cost": totals["cost"] / n, "mean_quality": totals["quality"] / n if logged else None,
             "models_per_query": totals["models"] / n if logged else None, "budget": policy.budget,
             "seconds": seconds, "queries_per_second": totals["queries"] / seconds if seconds > 0 else None,
-            "timings": timings, "output": str(args.output), "rejects": str(rejects_path)}
+            "timings": timings, "warm_up_seconds": warm_up_seconds, "output": str(args.output),
+            "rejects": str(rejects_path)}
 
 
 def summary(totals: dict) -> str:

@@ -38,11 +38,11 @@ import numpy as np
 import pandas as pd
 
 from estimators.inputs import check_observed_cost, check_per_query, check_run, check_signals
-from estimators.posthoc import posthoc_features, read_responses
+from estimators.posthoc import ResponseInfo, posthoc_features, read_responses
 from estimators.router import Estimates
 
-from ._fasttext import ascii_text_features, project_counts
-from ._forest import Forest
+from ._fasttext import ascii_text_features, ascii_text_features_parallel, project_counts
+from ._forest import Forest, Tabulated
 
 __all__ = ["CompiledEstimator", "compile_estimator", "VERIFY_RTOL"]
 
@@ -62,7 +62,7 @@ class _CallBlock:
     def __init__(self, transformer, columns: list[str]) -> None:
         self.transformer, self.columns = transformer, columns
 
-    def __call__(self, frame: dict[str, np.ndarray], n: int) -> np.ndarray:
+    def __call__(self, frame: dict[str, np.ndarray], n: int, parallel: bool = False) -> np.ndarray:
         data = pd.DataFrame({c: frame[c] for c in self.columns})
         return np.asarray(self.transformer.transform(data), dtype=np.float64).reshape(n, -1)
 
@@ -87,7 +87,7 @@ class _TextBlock:
                 and featurizer.char_chars > 0 and getattr(featurizer.tfidf_, "sublinear_tf", False)
                 and featurizer.tfidf_.norm == "l2" and featurizer.tfidf_.use_idf)
 
-    def __call__(self, frame: dict[str, np.ndarray], n: int) -> np.ndarray:
+    def __call__(self, frame: dict[str, np.ndarray], n: int, parallel: bool = False) -> np.ndarray:
         out = np.zeros((n, self.n_components))
         if self.projection is None:
             return out
@@ -103,7 +103,7 @@ class _TextBlock:
             char_offsets = np.zeros(rows.size + 1, np.int64)
             np.cumsum([len(c) for c in chars], out=char_offsets[1:])
             block = np.empty((rows.size, width))
-            ascii_text_features(np.frombuffer(b"".join(words) or b"\0", np.uint8), word_offsets,
+            (ascii_text_features_parallel if parallel else ascii_text_features)(np.frombuffer(b"".join(words) or b"\0", np.uint8), word_offsets,
                                 np.frombuffer(b"".join(chars) or b"\0", np.uint8), char_offsets,
                                 self.n_features, np.array([3, 4], np.int64), self.idf,
                                 self.projection, block)
@@ -134,7 +134,7 @@ class _StructureBlock:
         from estimators import featurize
         return type(featurizer) is featurize.StructuralFeaturizer and hasattr(featurize, "_counts")
 
-    def __call__(self, frame: dict[str, np.ndarray], n: int) -> np.ndarray:
+    def __call__(self, frame: dict[str, np.ndarray], n: int, parallel: bool = False) -> np.ndarray:
         counts = np.array([self.counts(t) for t in frame[self.column]], dtype=np.float64)
         return np.log1p(counts.reshape(n, self.width))
 
@@ -173,7 +173,7 @@ class _OneHotBlock:
                 and encoder.handle_unknown in ("ignore", "infrequent_if_exist") and encoder.drop is None
                 and all(np.asarray(c).dtype == object for c in encoder.categories_))
 
-    def __call__(self, frame: dict[str, np.ndarray], n: int) -> np.ndarray:
+    def __call__(self, frame: dict[str, np.ndarray], n: int, parallel: bool = False) -> np.ndarray:
         out = np.empty((n, self.width))
         for i, column in enumerate(self.columns):
             table, unseen = self.tables[i], self.unseen[i]
@@ -243,7 +243,7 @@ class _Affine:
         return (nan_missing and (imputer.keep_empty_features or np.isfinite(imputer.statistics_).all())
                 and (indicator is None or indicator.features == "missing-only"))
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
+    def predict(self, X: np.ndarray, parallel: bool = False) -> np.ndarray:
         missing = np.isnan(X)
         filled = np.where(missing, self.fill, X)
         if self.indicator.size:
@@ -257,7 +257,7 @@ class _Called:
     def __init__(self, regressor) -> None:
         self.regressor = regressor
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
+    def predict(self, X: np.ndarray, parallel: bool = False) -> np.ndarray:
         out = np.asarray(self.regressor.predict(X), dtype=np.float64)
         return out.reshape(len(X), -1)
 
@@ -272,10 +272,10 @@ def _regressors(regressors: Sequence) -> list:
     return [_Affine(r) if _Affine.supports(r) else _Called(r) for r in regressors]
 
 
-def _predict_columns(parts: list, X: np.ndarray) -> np.ndarray:
+def _predict_columns(parts: list, X: np.ndarray, parallel: bool = False) -> np.ndarray:
     if len(parts) == 1:
-        return parts[0].predict(X)
-    return np.hstack([p.predict(X) for p in parts])
+        return parts[0].predict(X, parallel)
+    return np.hstack([p.predict(X, parallel) for p in parts])
 
 
 # --------------------------------------------------------------------------- #
@@ -303,6 +303,7 @@ class CompiledEstimator:
         self.sigma_scale, self.sigma_power = float(sigma.scale_), float(sigma.power_)
         self.sigma_strata = dict(sigma.strata_)
         self.sigma_part = _regressors([sigma.estimator_])
+        self.sigma_table = self._tabulate_sigma(sigma, len(self.models_))
         from estimators import sigma as sigma_module
         self.sigma_floor = float(getattr(sigma_module, "_FLOOR", 1e-6))
         cost = estimator.cost_
@@ -315,9 +316,38 @@ class CompiledEstimator:
         #: σ reported for models already run (``RouterEstimator.run_sigma``); ``None`` keeps the fitted σ.
         self.run_sigma = getattr(estimator, "run_sigma", None)
 
+    @staticmethod
+    def _tabulate_sigma(sigma, k: int) -> Tabulated | None:
+        """The σ forest as a table over the estimate ``q``, one row per (ran, ``|R|``, model).
+
+        Its features are ``(q, ran, |R|, model index)``: all but ``q`` take
+        at most ``2·(K+1)·K`` value combinations, so a look-up replaces a
+        hundred tree walks per (query, model) and step, which were half the
+        time of a batch replay. Exact (see :class:`~training._forest.Tabulated`).
+        """
+        forest = Forest.from_regressors([sigma.estimator_]) if type(sigma.estimator_).__name__ == "LGBMRegressor" else None
+        if forest is None or getattr(sigma, "n_features_in_", None) != 4:
+            return None
+        ran, size, model = np.meshgrid([0.0, 1.0], np.arange(k + 1.0), np.arange(float(k)), indexing="ij")
+        grid = np.column_stack([np.zeros(ran.size), ran.ravel(), size.ravel(), model.ravel()])
+        return Tabulated.from_forest(forest, 0, grid)
+
+    def warm_up_batch(self) -> None:
+        """Compile the row-parallel kernels (not cached on disk) before a batch job's clock starts."""
+        probe = _probe_inputs(self.estimator)
+        n = len(probe["run"])
+        per_query = {k: probe[k] for k in ("prompts", "tasks", "subtasks") if k in probe}
+        features, _ = self.prompt_features(per_query.get("prompts"), per_query.get("tasks"),
+                                           per_query.get("subtasks"), parallel=True)
+        self.ante_cost(features, self.input_tokens(per_query.get("prompts"), n), parallel=True)
+        signals = check_signals(probe["signals"], self.signal_names_, probe["run"])
+        info = self.responses_info(probe["responses"], probe["run"])
+        self.quality_sigma(features, probe["run"], signals, info, parallel=True)
+
     # ----- prompt features ------------------------------------------------- #
 
-    def prompt_features(self, prompts=None, tasks=None, subtasks=None) -> tuple[np.ndarray, int]:
+    def prompt_features(self, prompts=None, tasks=None, subtasks=None, *,
+                        parallel: bool = False) -> tuple[np.ndarray, int]:
         """Prompt features ``(N, F)`` and ``N``, as ``estimator.featurizer_.transform``."""
         given = {"prompt": prompts, "task": tasks, "subtask": subtasks}
         n = next((len(v) for v in given.values() if v is not None and not isinstance(v, str)), None)
@@ -330,7 +360,7 @@ class CompiledEstimator:
         if n is None:
             raise ValueError("pass prompts, tasks or subtasks: at least one per-query input is needed")
         frame = {name: _as_text(given[name]) for name in self.columns_}
-        blocks = [block(frame, n) for block in self.blocks]
+        blocks = [block(frame, n, parallel) for block in self.blocks]
         return (np.hstack(blocks) if len(blocks) > 1 else blocks[0]), n
 
     # ----- estimates ------------------------------------------------------- #
@@ -346,9 +376,9 @@ class CompiledEstimator:
             tokens = np.where(np.isnan(tokens), guess[:, None], tokens)
         return tokens
 
-    def ante_cost(self, features: np.ndarray, input_tokens: np.ndarray) -> np.ndarray:
+    def ante_cost(self, features: np.ndarray, input_tokens: np.ndarray, *, parallel: bool = False) -> np.ndarray:
         """Cost estimates before any model has run, ``(N, K)``; they do not depend on the run set."""
-        raw = _predict_columns(self.cost_parts, features)
+        raw = _predict_columns(self.cost_parts, features, parallel)
         estimate = np.maximum(np.exp(raw) * self.cost_smearing - self.cost_offsets, 0.0)
         for i, (model, mode) in enumerate(zip(self.models_, self.cost_modes)):
             if mode == "tokens":
@@ -361,15 +391,30 @@ class CompiledEstimator:
         return estimate
 
     def quality_sigma(self, features: np.ndarray, run: np.ndarray, signals: dict[str, np.ndarray],
-                      responses) -> tuple[np.ndarray, np.ndarray]:
-        """``(quality, sigma)`` for prompt ``features`` and run sets ``run`` (checked inputs)."""
+                      responses, *, with_sigma: bool = True,
+                      parallel: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(quality, sigma)`` for prompt ``features`` and run sets ``run`` (checked inputs).
+
+        ``responses`` is what :meth:`responses_info` returns. σ of models
+        already run is the estimator's ``run_sigma`` when it has one (then
+        the σ model is evaluated only for the others); ``with_sigma=False``
+        skips σ altogether (selecting an answer needs quality only).
+        """
         posthoc = posthoc_features(run, signals, responses)
-        q = np.clip(_predict_columns(self.quality_parts, np.hstack([features, posthoc])), 0.0, 1.0)
+        q = np.clip(_predict_columns(self.quality_parts, np.hstack([features, posthoc]), parallel), 0.0, 1.0)
+        if not with_sigma:
+            return q, None
         n, k = q.shape
-        size = run.sum(axis=1)
-        sigma_x = np.column_stack([q.ravel(), run.ravel().astype(np.float64),
-                                   np.repeat(size, k).astype(np.float64), np.tile(np.arange(k), n).astype(np.float64)])
-        raw = np.sqrt(np.maximum(_predict_columns(self.sigma_part, sigma_x)[:, 0], self.sigma_floor))
+        size = np.repeat(run.sum(axis=1), k).astype(np.float64)
+        cells = np.arange(n * k) if self.run_sigma is None else np.flatnonzero(~run.ravel())
+        sigma_x = np.column_stack([q.ravel()[cells], run.ravel()[cells].astype(np.float64), size[cells],
+                                   (cells % k).astype(np.float64)])
+        if self.sigma_table is not None:  # group = (ran·(K+1) + |R|)·K + model, as in _tabulate_sigma
+            groups = ((sigma_x[:, 1] * (k + 1) + sigma_x[:, 2]) * k + sigma_x[:, 3]).astype(np.int64)
+            predicted = self.sigma_table.predict(groups, sigma_x[:, 0])
+        else:
+            predicted = _predict_columns(self.sigma_part, sigma_x, parallel)[:, 0]
+        raw = np.sqrt(np.maximum(predicted, self.sigma_floor))
         scale = np.full(raw.shape, self.sigma_scale)
         power = np.full(raw.shape, self.sigma_power)
         if self.sigma_strata:
@@ -377,11 +422,17 @@ class CompiledEstimator:
             for value, (stratum_scale, stratum_power) in self.sigma_strata.items():
                 rows = stratum == value
                 scale[rows], power[rows] = stratum_scale, stratum_power
-        sigma = np.maximum(scale * raw**power, self.sigma_floor).reshape(n, k)
-        return q, sigma
+        sigma = np.full(n * k, np.nan if self.run_sigma is None else float(self.run_sigma))
+        sigma[cells] = np.maximum(scale * raw**power, self.sigma_floor)
+        return q, sigma.reshape(n, k)
 
     def responses_info(self, responses, run: np.ndarray):
-        """Parsed responses of the run models, or ``None`` when the estimator ignores text."""
+        """Parsed responses of the run models, or ``None`` when the estimator ignores text.
+
+        Equal to ``read_responses(np.where(run, responses, ""))``, but only the
+        run cells are parsed: the others are ``''``, which parses to
+        "no answer" (code 0, length 0, kind 0).
+        """
         if not self.uses_responses_:
             return None
         if responses is None:
@@ -389,7 +440,14 @@ class CompiledEstimator:
         responses = np.asarray(responses, dtype=object)
         if responses.shape != run.shape:
             raise ValueError(f"responses must have shape {run.shape}; got {responses.shape}")
-        return read_responses(np.where(run, responses, ""))
+        cells = np.flatnonzero(run.ravel())
+        codes = np.zeros(run.size, np.int64)
+        log_length = np.zeros(run.size)
+        kind = np.zeros(run.size)
+        if cells.size:
+            parsed = read_responses(responses.ravel()[cells].reshape(-1, 1))
+            codes[cells], log_length[cells], kind[cells] = (a[:, 0] for a in parsed)
+        return ResponseInfo(codes.reshape(run.shape), log_length.reshape(run.shape), kind.reshape(run.shape))
 
     def covariance(self, sigma: np.ndarray, run: np.ndarray) -> np.ndarray | None:
         if self.correlation_ is None:
@@ -405,8 +463,6 @@ class CompiledEstimator:
         info = self.responses_info(responses, run)
         observed = check_observed_cost(observed_cost, run)
         quality, sigma = self.quality_sigma(features, run, signals, info)
-        if self.run_sigma is not None:
-            sigma = np.where(run, float(self.run_sigma), sigma)
         cost = self.ante_cost(features, self.input_tokens(prompts, n, input_tokens))
         cost = np.where(run, observed, cost)
         return Estimates(quality, sigma, cost, self.covariance(sigma, run))
