@@ -239,3 +239,39 @@ _BLOCK = 64  # texts per block of scratch buffers (and per parallel task)
 #: Serial variant (services). The parallel one is not cached on disk: see ``training._forest``.
 ascii_text_features = njit(**JIT_OPTIONS)(_text_features)
 ascii_text_features_parallel = njit(parallel=True, **{**JIT_OPTIONS, "cache": False})(_text_features)
+
+
+@njit(**JIT_OPTIONS)
+def structure_counts(text, offsets, class_of_byte, n_classes, markers, marker_offsets, marker_group,
+                     n_groups, out):
+    """``estimators.featurize._counts`` for ASCII texts: length, byte-class counts, marker counts.
+
+    Row ``r`` of ``out`` gets ``[len, count of class 1..n_classes, markers of group 0..n_groups-1]``;
+    markers are counted without overlaps, each on its own, as ``str.count`` does.
+    """
+    n_markers = marker_offsets.size - 1
+    for r in range(offsets.size - 1):
+        start, stop = offsets[r], offsets[r + 1]
+        for c in range(out.shape[1]):
+            out[r, c] = 0.0
+        out[r, 0] = stop - start
+        for i in range(start, stop):
+            kind = class_of_byte[text[i]]
+            if kind > 0:
+                out[r, kind] += 1.0
+        for m in range(n_markers):
+            first, last = marker_offsets[m], marker_offsets[m + 1]
+            width = last - first
+            column = 1 + n_classes + marker_group[m]
+            i = start
+            while i + width <= stop:
+                matched = True
+                for j in range(width):
+                    if text[i + j] != markers[first + j]:
+                        matched = False
+                        break
+                if matched:
+                    out[r, column] += 1.0
+                    i += width
+                else:
+                    i += 1

@@ -31,8 +31,10 @@ unreadable Parquet).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Sequence
@@ -449,6 +451,41 @@ def iter_frames(path: Path, columns: list[str], batch_size: int, logged: bool) -
         yield carry
 
 
+_WORKER_ROUTER: Router | None = None
+
+
+def _init_worker(artifact: str) -> None:
+    """Load and warm the router once per worker process; kernels single-threaded (one batch per core)."""
+    global _WORKER_ROUTER
+    import numba
+    numba.set_num_threads(1)
+    _WORKER_ROUTER = load_router(artifact)
+
+
+def _warm_worker(_: int) -> int:
+    time.sleep(0.2)  # keep this worker busy so that the next warm-up task starts another one
+    return os.getpid()
+
+
+def _score_in_worker(frame: pd.DataFrame, budget: float | None) -> tuple[pd.DataFrame, dict]:
+    batch_timings: dict = {}
+    return score_batch(_WORKER_ROUTER, frame, budget, parallel=False, timings=batch_timings), batch_timings
+
+
+def _start_workers(artifact: Path, n_workers: int):
+    """A spawn-started process pool whose workers have loaded the router (before the clock starts).
+
+    ``spawn``, not ``fork``: the parent may already run OpenMP threads
+    (numba's threading layer), which do not survive a fork.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(str(artifact),))
+    list(pool.map(_warm_worker, range(n_workers)))
+    return pool
+
+
 class _Writer:
     """Parquet writer that opens lazily and takes DataFrames in a fixed schema."""
 
@@ -490,10 +527,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=65536, help="input rows read per batch")
     parser.add_argument("--rejects", type=Path, default=None,
                         help="Parquet file for rejected rows; default: OUTPUT with suffix .rejects.parquet")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes scoring batches in parallel (each loads the router; 1 = in this "
+                             "process, with multi-threaded kernels)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     return args
 
 
@@ -521,33 +563,54 @@ def run(args: argparse.Namespace) -> dict:
     totals = {"queries": 0, "rejected_rows": 0, "cost": 0.0, "quality": 0.0, "models": 0.0}
     timings: dict = {}
     warming = time.perf_counter()
+    pool = _start_workers(args.artifact, args.workers) if args.workers > 1 else None
     predictor = router._predictor()
-    if predictor is not router.estimator:
+    if pool is None and predictor is not router.estimator:
         predictor.warm_up_batch()  # row-parallel kernels are compiled per process, not cached
     warm_up_seconds = time.perf_counter() - warming
     started = time.perf_counter()
     progress = tqdm(total=parquet.metadata.num_rows, unit="row", desc="training.score", disable=args.quiet)
+
+    def consume(result: pd.DataFrame, batch_timings: dict, n_rows: int) -> None:
+        for key, value in batch_timings.items():
+            timings[key] = timings.get(key, 0.0) + value
+        ok = result["status"] == STATUS_OK
+        scored, rejected = result[ok], result[~ok]
+        writer.write(scored)
+        if len(rejected):
+            rejects.write(rejected)
+        totals["queries"] += len(scored)
+        totals["rejected_rows"] += len(rejected)
+        if logged and len(scored):
+            totals["cost"] += float(scored["cost"].sum())
+            totals["quality"] += float(scored["quality"].sum())
+            totals["models"] += float(scored["n_run"].sum())
+        elif len(scored):
+            totals["cost"] += float(scored["plan_cost"].sum())
+        progress.update(n_rows)
+
     try:
-        for frame in iter_frames(args.input, columns, args.batch_size, logged):
-            result = score_batch(router, frame, args.budget, timings=timings)
-            ok = result["status"] == STATUS_OK
-            scored, rejected = result[ok], result[~ok]
-            writer.write(scored)
-            if len(rejected):
-                rejects.write(rejected)
-            totals["queries"] += len(scored)
-            totals["rejected_rows"] += len(rejected)
-            if logged and len(scored):
-                totals["cost"] += float(scored["cost"].sum())
-                totals["quality"] += float(scored["quality"].sum())
-                totals["models"] += float(scored["n_run"].sum())
-            elif len(scored):
-                totals["cost"] += float(scored["plan_cost"].sum())
-            progress.update(len(frame))
+        frames = iter_frames(args.input, columns, args.batch_size, logged)
+        if pool is None:
+            for frame in frames:
+                batch_timings: dict = {}
+                consume(score_batch(router, frame, args.budget, timings=batch_timings), batch_timings, len(frame))
+        else:
+            pending: deque = deque()
+            for frame in frames:
+                pending.append((pool.submit(_score_in_worker, frame, args.budget), len(frame)))
+                if len(pending) >= 2 * args.workers:  # bounded read-ahead: memory stays bounded
+                    future, n_rows = pending.popleft()
+                    consume(*future.result(), n_rows)
+            while pending:
+                future, n_rows = pending.popleft()
+                consume(*future.result(), n_rows)
     finally:
         progress.close()
         writer.close()
         rejects.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     seconds = time.perf_counter() - started
     n = max(totals["queries"], 1)
     return {"logged": logged, "queries": totals["queries"], "rejected_rows": totals["rejected_rows"],

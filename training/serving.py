@@ -41,7 +41,7 @@ from estimators.inputs import check_observed_cost, check_per_query, check_run, c
 from estimators.posthoc import ResponseInfo, posthoc_features, read_responses
 from estimators.router import Estimates
 
-from ._fasttext import ascii_text_features, ascii_text_features_parallel, project_counts
+from ._fasttext import ascii_text_features, ascii_text_features_parallel, project_counts, structure_counts
 from ._forest import Forest, Tabulated
 
 __all__ = ["CompiledEstimator", "compile_estimator", "VERIFY_RTOL"]
@@ -122,21 +122,50 @@ class _TextBlock:
 
 
 class _StructureBlock:
-    """``StructuralFeaturizer`` without scikit-learn's per-call validation."""
+    """``StructuralFeaturizer`` without scikit-learn's per-call validation.
+
+    ASCII texts are counted in one compiled pass
+    (:func:`training._fasttext.structure_counts`, from the featurizer's own
+    byte classes and markers); others by the featurizer's counting function.
+    """
 
     def __init__(self, featurizer, column: str) -> None:
-        from estimators.featurize import _counts
-        self.counts, self.column = _counts, column
+        from estimators import featurize
+        self.counts, self.column = featurize._counts, column
         self.width = len(featurizer.feature_names_)
+        self.class_of_byte = np.frombuffer(featurize._CLASS_OF_BYTE, dtype=np.uint8).copy()
+        self.n_classes = len(featurize._BYTE_CLASSES)
+        markers = [(group, m.encode("ascii")) for group, ms in enumerate(featurize._SUBSTRINGS.values()) for m in ms]
+        self.n_groups = len(featurize._SUBSTRINGS)
+        self.markers = np.frombuffer(b"".join(m for _, m in markers), dtype=np.uint8).copy()
+        self.marker_offsets = np.concatenate([[0], np.cumsum([len(m) for _, m in markers])]).astype(np.int64)
+        self.marker_group = np.array([g for g, _ in markers], dtype=np.int64)
+        if 1 + self.n_classes + self.n_groups != self.width:
+            raise TypeError("StructuralFeaturizer's columns no longer match its byte classes and markers")
 
     @classmethod
     def supports(cls, featurizer) -> bool:
         from estimators import featurize
-        return type(featurizer) is featurize.StructuralFeaturizer and hasattr(featurize, "_counts")
+        return type(featurizer) is featurize.StructuralFeaturizer and all(
+            hasattr(featurize, name) for name in ("_counts", "_CLASS_OF_BYTE", "_BYTE_CLASSES", "_SUBSTRINGS"))
 
     def __call__(self, frame: dict[str, np.ndarray], n: int, parallel: bool = False) -> np.ndarray:
-        counts = np.array([self.counts(t) for t in frame[self.column]], dtype=np.float64)
-        return np.log1p(counts.reshape(n, self.width))
+        texts = frame[self.column]
+        counts = np.empty((n, self.width))
+        plain = np.fromiter((t.isascii() for t in texts), dtype=bool, count=n)
+        rows = np.flatnonzero(plain)
+        if rows.size:
+            encoded = [texts[r].encode("ascii") for r in rows]
+            offsets = np.zeros(rows.size + 1, np.int64)
+            np.cumsum([len(e) for e in encoded], out=offsets[1:])
+            block = np.empty((rows.size, self.width))
+            structure_counts(np.frombuffer(b"".join(encoded) or b"\0", np.uint8), offsets, self.class_of_byte,
+                             self.n_classes, self.markers, self.marker_offsets, self.marker_group, self.n_groups,
+                             block)
+            counts[rows] = block
+        for r in np.flatnonzero(~plain):
+            counts[r] = self.counts(texts[r])
+        return np.log1p(counts)
 
 
 class _OneHotBlock:
@@ -315,6 +344,8 @@ class CompiledEstimator:
         self.correlation_ = getattr(estimator, "correlation_", None)
         #: σ reported for models already run (``RouterEstimator.run_sigma``); ``None`` keeps the fitted σ.
         self.run_sigma = getattr(estimator, "run_sigma", None)
+        #: σ per run-set size and model (``RouterEstimator.reveal_sigma_``), replacing the σ model when set.
+        self.reveal_sigma = getattr(estimator, "reveal_sigma_", None)
 
     @staticmethod
     def _tabulate_sigma(sigma, k: int) -> Tabulated | None:
@@ -405,6 +436,11 @@ class CompiledEstimator:
         if not with_sigma:
             return q, None
         n, k = q.shape
+        if self.reveal_sigma is not None:
+            sigma = np.asarray(self.reveal_sigma, dtype=np.float64)[run.sum(axis=1)]
+            if self.run_sigma is not None:
+                sigma = np.where(run, float(self.run_sigma), sigma)
+            return q, sigma
         size = np.repeat(run.sum(axis=1), k).astype(np.float64)
         cells = np.arange(n * k) if self.run_sigma is None else np.flatnonzero(~run.ravel())
         sigma_x = np.column_stack([q.ravel()[cells], run.ravel()[cells].astype(np.float64), size[cells],
@@ -444,9 +480,11 @@ class CompiledEstimator:
         codes = np.zeros(run.size, np.int64)
         log_length = np.zeros(run.size)
         kind = np.zeros(run.size)
-        if cells.size:
-            parsed = read_responses(responses.ravel()[cells].reshape(-1, 1))
-            codes[cells], log_length[cells], kind[cells] = (a[:, 0] for a in parsed)
+        if cells.size:  # parse each distinct text once: short answers ("A", "B") repeat a lot
+            texts = np.array([t if isinstance(t, str) else "" for t in responses.ravel()[cells]], dtype=object)
+            inverse, unique = pd.factorize(texts)
+            parsed = read_responses(np.asarray(unique, dtype=object).reshape(-1, 1))
+            codes[cells], log_length[cells], kind[cells] = (a[:, 0][inverse] for a in parsed)
         return ResponseInfo(codes.reshape(run.shape), log_length.reshape(run.shape), kind.reshape(run.shape))
 
     def covariance(self, sigma: np.ndarray, run: np.ndarray) -> np.ndarray | None:

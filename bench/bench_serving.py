@@ -1,0 +1,177 @@
+"""Serving speed: one-query ``decide`` latency and batch scoring with full replay.
+
+Run: ``python -m pytest bench/bench_serving.py --benchmark-json=serving.json``
+(``-s`` shows the summaries). Targets on 2 cores:
+
+* single-query ``Router.decide`` after ``load_router`` (featurization,
+  estimators and kernel included): p50 <= 1 ms, p99 <= 5 ms over 2,000
+  calls; the percentiles are measured here per call and put in
+  ``extra_info`` (pytest-benchmark's own rounds report the same calls);
+* batch scoring with full cascade replay, 11 models: >= 20,000 queries/s end
+  to end (Parquet in, Parquet out) with peak RSS <= 2 GiB. The generated
+  traffic resamples the queries of the 11-model RouterBench subset
+  (``../shared/data``; the synthetic benchmark's 8 models without it) with
+  new query ids. ``SERVING_BENCH_QUERIES`` sets the number of queries
+  (default 100,000; 1,000,000 for the full-size run). ``extra_info`` holds
+  queries/s, peak RSS of the scoring process and the time split between
+  featurization, estimators and kernel.
+
+Scoring runs in a child process (``python -m training.score``), so its peak
+RSS is its own and JIT compilation happens before the clock starts (the
+router warms up in ``load_router``; the time to load is reported apart).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "routerbench_subset" / "routerbench_subset.parquet"
+N_SCORE = int(os.environ.get("SERVING_BENCH_QUERIES", "100000"))
+N_LATENCY = 2000
+
+
+def _fit(folder: Path, data: Path | None) -> Path:
+    from training.fit import main
+    out = folder / "router.joblib"
+    args = ["--estimator", "linear", "--budget", "0.001", "--out", str(out), "--report", str(folder / "report"),
+            "--quiet", "--curve-points", "2"]
+    args += ["--data", str(data)] if data is not None else ["--n-queries", "3000"]
+    assert main(args) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("serving")
+
+
+@pytest.fixture(scope="module")
+def source() -> "pd.DataFrame":
+    import pandas as pd
+    from training.synthetic import make_benchmark
+    if SHARED.exists():
+        return pd.read_parquet(SHARED)
+    return make_benchmark(3000, seed=0)
+
+
+@pytest.fixture(scope="module")
+def artifact(workdir, source):
+    path = workdir / "source.parquet"
+    source.to_parquet(path)
+    return _fit(workdir, path)
+
+
+def make_logged_traffic(source, path: Path, n_queries: int, *, seed: int = 0, chunk: int = 100_000) -> Path:
+    """Write ``n_queries`` logged queries (long format, rows of a query contiguous) drawn from ``source``.
+
+    Queries are drawn with replacement and renamed ``q0000000``...; prompt,
+    response and other text columns are dictionary-encoded, so the file
+    stays small even at a million queries (the scorer reads plain strings).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    frame = source.sort_values(["query_id", "model"], kind="stable").reset_index(drop=True)
+    k = frame["model"].nunique()
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for name in ("prompt", "response", "task", "subtask", "model", "split", "extra"):
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), name, pc.dictionary_encode(table[name]))
+    n_source = len(frame) // k
+    rng = np.random.default_rng(seed)
+    writer = None
+    width = len(str(n_queries - 1))
+    for start in range(0, n_queries, chunk):
+        size = min(chunk, n_queries - start)
+        picks = rng.integers(0, n_source, size)
+        part = table.take(pa.array((picks[:, None] * k + np.arange(k)).ravel()))
+        ids = np.repeat(np.array([f"q{i:0{width}d}" for i in range(start, start + size)], dtype=object), k)
+        part = part.set_column(part.column_names.index("query_id"), "query_id", pa.array(ids, pa.string()))
+        if writer is None:
+            writer = pq.ParquetWriter(path, part.schema, compression="zstd")
+        writer.write_table(part, row_group_size=128 * 1024)
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def traffic(workdir, source):
+    started = time.perf_counter()
+    path = make_logged_traffic(source, workdir / "traffic.parquet", N_SCORE)
+    print(f"\ngenerated {N_SCORE:,} logged queries in {time.perf_counter() - started:.1f} s "
+          f"({path.stat().st_size / 2**20:.0f} MiB)")
+    return path
+
+
+def test_single_query_decide_latency(benchmark, artifact, source):
+    from training.router import load_router
+    router = load_router(artifact)  # strict load + warm-up: compile time excluded
+    queries = source.drop_duplicates("query_id").sample(n=N_LATENCY, replace=True, random_state=0)
+    cases = list(zip(queries["prompt"], queries["task"], queries["subtask"]))
+    samples: list[float] = []
+    position = iter(range(10**9))
+
+    def one() -> None:
+        prompt, task, subtask = cases[next(position) % len(cases)]
+        began = time.perf_counter()
+        router.decide([prompt], tasks=[task], subtasks=[subtask])
+        samples.append(time.perf_counter() - began)
+
+    benchmark.group = "serving: single-query decide"
+    benchmark.pedantic(one, rounds=N_LATENCY, warmup_rounds=50, iterations=1)
+    measured = np.array(samples[50:] if len(samples) > N_LATENCY else samples) * 1e3
+    p50, p99 = np.percentile(measured, [50, 99])
+    benchmark.extra_info.update({"calls": len(measured), "p50_ms": round(float(p50), 4),
+                                 "p99_ms": round(float(p99), 4), "max_ms": round(float(measured.max()), 3),
+                                 "models": len(router.models_), "compiled_estimator": router.compiled})
+    print(f"\nsingle-query decide over {len(measured)} calls: p50 {p50:.3f} ms, p99 {p99:.3f} ms "
+          f"({len(router.models_)} models, compiled estimator: {router.compiled})")
+    assert p50 <= 1.0 and p99 <= 5.0
+
+
+def _score(artifact: Path, traffic: Path, output: Path, batch_size: int) -> dict:
+    """Run the CLI in a child process and return its totals, wall time and peak RSS."""
+    script = (
+        "import json, resource, sys, time\n"
+        "from training.score import parse_args, run\n"
+        "args = parse_args(sys.argv[1:])\n"
+        "from training.router import load_router\n"
+        "t = time.perf_counter(); load_router(args.artifact); load = time.perf_counter() - t\n"
+        "totals = run(args)\n"
+        "totals['load_seconds'] = load\n"
+        "totals['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "print('TOTALS' + json.dumps(totals))\n"
+    )
+    command = [sys.executable, "-c", script, "--artifact", str(artifact), "--input", str(traffic),
+               "--output", str(output), "--batch-size", str(batch_size), "--quiet"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(re.search(r"TOTALS(\{.*\})", done.stdout).group(1))
+
+
+def test_batch_scoring_with_full_replay(benchmark, artifact, traffic, workdir):
+    totals = benchmark.pedantic(lambda: _score(artifact, traffic, workdir / "decisions.parquet", 65536),
+                                rounds=1, iterations=1)
+    split = {k: round(v, 2) for k, v in totals["timings"].items()}
+    accounted = sum(totals["timings"].values())
+    split["io_and_validation"] = round(totals["seconds"] - accounted, 2)
+    benchmark.group = "serving: batch scoring, full replay"
+    benchmark.extra_info.update({
+        "queries": totals["queries"], "queries_per_second": round(totals["queries_per_second"]),
+        "peak_rss_mib": round(totals["peak_rss_mib"]), "seconds": round(totals["seconds"], 2),
+        "load_seconds": round(totals["load_seconds"], 2), "time_split_seconds": split,
+        "models_per_query": round(totals["models_per_query"], 3), "mean_cost": totals["mean_cost"],
+        "budget": totals["budget"], "cpu_count": os.cpu_count()})
+    print(f"\nscored {totals['queries']:,} logged queries: {totals['queries_per_second']:,.0f} queries/s, "
+          f"peak RSS {totals['peak_rss_mib']:.0f} MiB, split {split}")
+    assert totals["queries"] == N_SCORE
+    assert totals["peak_rss_mib"] <= 2048

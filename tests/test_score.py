@@ -1,0 +1,154 @@
+"""``python -m training.score``: replay equals the service loop, batching, rejects, exit codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.fit import main as fit_main
+from training.router import load_router
+from training.score import STATUS_OK, main, score_batch
+from training.synthetic import make_benchmark
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("score")
+    code = fit_main(["--n-queries", "600", "--estimator", "linear", "--budget", "0.0005", "0.001",
+                     "--out", str(folder / "router.joblib"), "--report", str(folder / "report"), "--quiet"])
+    assert code == 0
+    return folder / "router.joblib"
+
+
+@pytest.fixture(scope="module")
+def router(artifact):
+    return load_router(artifact)
+
+
+@pytest.fixture(scope="module")
+def logged():
+    return make_benchmark(60, seed=4)
+
+
+def _score(artifact, frame, tmp_path, *extra, name="traffic"):
+    source = tmp_path / f"{name}.parquet"
+    frame.to_parquet(source)
+    output = tmp_path / f"{name}.decisions.parquet"
+    code = main(["--artifact", str(artifact), "--input", str(source), "--output", str(output), "--quiet", *extra])
+    return code, output
+
+
+def _service_loop(router, rows: pd.DataFrame, budget=None):
+    """The README loop for one query, with its logged outcomes standing in for model calls."""
+    first = rows.iloc[0]
+    per_query = {"tasks": [first["task"]], "subtasks": [first["subtask"]]}
+    logged = rows.set_index("model")
+    observed: dict = {}
+    while (model := router.decide([first["prompt"]], [observed], budget, **per_query)[0]) is not None:
+        observed[model] = {"response": logged.loc[model, "response"], "cost": float(logged.loc[model, "cost_usd"])}
+    answer = router.select([first["prompt"]], [observed], **per_query)[0]
+    return list(observed), answer, sum(o["cost"] for o in observed.values()), float(logged.loc[answer, "quality"])
+
+
+@pytest.mark.parametrize("budget", [None, 0.0005])
+def test_replay_equals_the_service_loop_query_by_query(router, logged, budget):
+    result = score_batch(router, logged, budget)
+    assert (result["status"] == STATUS_OK).all() and len(result) == logged["query_id"].nunique()
+    by_query = dict(iter(logged.groupby("query_id", sort=False)))
+    for row in result.itertuples():
+        models, answer, cost, quality = _service_loop(router, by_query[row.query_id], budget)
+        assert list(row.models_run) == models
+        assert row.first_model == models[0] and row.n_run == len(models)
+        assert row.answer_model == answer
+        assert row.cost == pytest.approx(cost, rel=1e-12) and row.quality == quality
+
+
+def test_batches_that_split_queries_give_the_same_decisions(artifact, logged, tmp_path, capsys):
+    code, whole = _score(artifact, logged, tmp_path, "--batch-size", "100000", name="whole")
+    assert code == 0
+    code, split = _score(artifact, logged, tmp_path, "--batch-size", "13", name="split")  # 13 rows: never a whole query
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "queries scored" in out and "vs budget" in out
+    a, b = pd.read_parquet(whole), pd.read_parquet(split)
+    pd.testing.assert_frame_equal(a, b)
+    assert len(a) == logged["query_id"].nunique() and a["row"].is_monotonic_increasing
+
+
+def test_query_input_gives_first_model_plan_and_ex_ante_estimates(router, artifact, logged, tmp_path):
+    queries = logged.drop_duplicates("query_id")[["query_id", "prompt", "task", "subtask"]].reset_index(drop=True)
+    code, output = _score(artifact, queries, tmp_path, "--budget", "0.0005", name="queries")
+    assert code == 0
+    result = pd.read_parquet(output)
+    prompts, tasks, subtasks = list(queries["prompt"]), list(queries["task"]), list(queries["subtask"])
+    plans = router.plan(prompts, budget=0.0005, tasks=tasks, subtasks=subtasks)
+    assert list(result["next_model"]) == [p.next for p in plans]
+    assert [list(p) for p in result["plan"]] == [list(p.models) for p in plans]
+    estimates, _ = router.estimates(prompts, tasks=tasks, subtasks=subtasks)
+    for j, model in enumerate(router.models_):
+        np.testing.assert_allclose(result[f"quality[{model}]"], estimates.quality[:, j])
+        np.testing.assert_allclose(result[f"cost[{model}]"], estimates.cost[:, j])
+
+
+def test_malformed_rows_are_written_to_rejects_with_row_numbers(artifact, logged, tmp_path, capsys):
+    bad = logged.copy()
+    bad.loc[5, "cost_usd"] = np.nan          # query 0
+    bad.loc[30, "model"] = "gpt-9"           # query 3 (and it then lacks one of its models)
+    bad.loc[100, "prompt"] = None            # query 12
+    rejects = tmp_path / "rejected.parquet"
+    code, output = _score(artifact, bad, tmp_path, "--batch-size", "50", "--rejects", str(rejects), name="bad")
+    assert code == 0
+    assert "warning: 24 input row(s) rejected" in capsys.readouterr().err
+    rejected = pd.read_parquet(rejects).set_index("row")
+    assert sorted(rejected.index) == list(range(0, 8)) + list(range(24, 32)) + list(range(96, 104))
+    assert "cost_usd must be a finite number >= 0" in rejected.loc[5, "reason"]
+    assert "unknown model 'gpt-9'" in rejected.loc[30, "reason"] and rejected.loc[30, "model"] == "gpt-9"
+    assert rejected.loc[100, "reason"] == "prompt is missing"
+    assert rejected.loc[0, "reason"] == "query rejected because of row 5"
+    assert "has no row for model(s)" in rejected.loc[24, "reason"]
+    scored = pd.read_parquet(output)
+    k = logged["model"].nunique()
+    assert len(scored) * k + len(rejected) == len(bad), "every input row is scored or rejected"
+    assert not set(scored["query_id"]) & set(rejected["query_id"])
+
+
+def test_rows_of_a_query_that_are_not_contiguous_are_rejected(router, logged):
+    frame = logged.iloc[:40].copy()
+    frame = pd.concat([frame.iloc[:3], frame.iloc[8:16], frame.iloc[3:8], frame.iloc[16:]], ignore_index=True)
+    result = score_batch(router, frame)
+    rejected = result[result["status"] != STATUS_OK]
+    assert set(rejected["query_id"]) == {logged["query_id"].iloc[0]}
+    assert rejected["reason"].str.contains("not contiguous").all()
+
+
+def test_score_batch_is_pure(router, logged):
+    frame = logged.iloc[: 11 * 8].copy()
+    before = frame.copy()
+    first, second = score_batch(router, frame), score_batch(router, frame)
+    pd.testing.assert_frame_equal(first, second)
+    pd.testing.assert_frame_equal(frame, before)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: f.drop(columns=["cost_usd"]), "lacks column(s) ['cost_usd']"),
+    (lambda f: f.drop(columns=["prompt"]), "lacks column(s) ['prompt']"),
+])
+def test_unusable_input_exits_2_with_one_line(artifact, logged, tmp_path, capsys, change, message):
+    code, _ = _score(artifact, change(logged), tmp_path)
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and error[0].startswith("error:") and message in error[0]
+
+
+def test_missing_input_file_exits_2(artifact, tmp_path, capsys):
+    code = main(["--artifact", str(artifact), "--input", str(tmp_path / "nope.parquet"),
+                 "--output", str(tmp_path / "o.parquet"), "--quiet"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_two_worker_processes_write_the_same_decisions(artifact, logged, tmp_path):
+    code, one = _score(artifact, logged, tmp_path, "--batch-size", "40", name="one")
+    assert code == 0
+    code, two = _score(artifact, logged, tmp_path, "--batch-size", "40", "--workers", "2", name="two")
+    assert code == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(one), pd.read_parquet(two))
