@@ -256,3 +256,15 @@ def test_compiled_text_features_equal_the_featurizer(router, texts):
         expected = featurizer.transform(np.array(texts, dtype=object)[:, None])
     got = block({"prompt": np.array(texts, dtype=object)}, len(texts))
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from(list("`def return[PYTHON]\nA)B(.{};?=+-1 \t")), max_size=200),
+                min_size=1, max_size=4))
+def test_compiled_structure_counts_equal_the_featurizer(router, texts):
+    featurizer = router.estimator.featurizer_.named_transformers_["structure"]
+    block = serving._StructureBlock(featurizer, "prompt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        expected = featurizer.transform(np.array(texts, dtype=object)[:, None])
+    np.testing.assert_array_equal(block({"prompt": np.array(texts, dtype=object)}, len(texts)), expected)

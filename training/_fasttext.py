@@ -246,32 +246,40 @@ def structure_counts(text, offsets, class_of_byte, n_classes, markers, marker_of
                      n_groups, out):
     """``estimators.featurize._counts`` for ASCII texts: length, byte-class counts, marker counts.
 
-    Row ``r`` of ``out`` gets ``[len, count of class 1..n_classes, markers of group 0..n_groups-1]``;
-    markers are counted without overlaps, each on its own, as ``str.count`` does.
+    Row ``r`` of ``out`` gets ``[len, count of class 1..n_classes, markers of group 0..n_groups-1]``.
+    Each marker is counted without overlaps, left to right, as ``str.count``
+    does; one pass over the text tries only the markers whose first byte
+    matches (each with its own "next allowed position").
     """
     n_markers = marker_offsets.size - 1
+    starts_with = np.zeros(256, np.bool_)
+    for m in range(n_markers):
+        starts_with[markers[marker_offsets[m]]] = True
+    allowed = np.empty(n_markers, np.int64)
     for r in range(offsets.size - 1):
         start, stop = offsets[r], offsets[r + 1]
         for c in range(out.shape[1]):
             out[r, c] = 0.0
         out[r, 0] = stop - start
+        for m in range(n_markers):
+            allowed[m] = start
         for i in range(start, stop):
-            kind = class_of_byte[text[i]]
+            byte = text[i]
+            kind = class_of_byte[byte]
             if kind > 0:
                 out[r, kind] += 1.0
-        for m in range(n_markers):
-            first, last = marker_offsets[m], marker_offsets[m + 1]
-            width = last - first
-            column = 1 + n_classes + marker_group[m]
-            i = start
-            while i + width <= stop:
+            if not starts_with[byte]:
+                continue
+            for m in range(n_markers):
+                first, last = marker_offsets[m], marker_offsets[m + 1]
+                width = last - first
+                if markers[first] != byte or i < allowed[m] or i + width > stop:
+                    continue
                 matched = True
-                for j in range(width):
+                for j in range(1, width):
                     if text[i + j] != markers[first + j]:
                         matched = False
                         break
                 if matched:
-                    out[r, column] += 1.0
-                    i += width
-                else:
-                    i += 1
+                    out[r, 1 + n_classes + marker_group[m]] += 1.0
+                    allowed[m] = i + width
