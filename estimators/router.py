@@ -21,9 +21,9 @@ from .cost import CostEstimator
 from .featurize import make_prompt_featurizer, prompt_frame
 from .inputs import check_observed_cost, check_per_query, check_responses, check_run, check_signals
 from .posthoc import read_responses
-from .quality import PosthocData, QualityEstimator
+from .quality import PosthocData, QualityEstimator, make_linear_regressor
 
-__all__ = ["Estimates", "RouterEstimator"]
+__all__ = ["Estimates", "RouterEstimator", "ESTIMATOR_KINDS", "make_router_estimator"]
 
 
 class Estimates(NamedTuple):
@@ -68,6 +68,51 @@ def _residual_correlation(oof: dict, k: int) -> np.ndarray:
     return correlation
 
 
+def _reveal_sigma(quality, features: np.ndarray, posthoc: PosthocData, n_models: int, seed: int,
+                  n_rows: int = 600) -> np.ndarray:
+    """How far a model's quality estimate moves once it runs, per run-set size and model.
+
+    ``E[max]`` in the decision rule is over the estimates the policy will
+    *select on* after running the models, so the uncertainty it needs for a
+    model not yet run is the spread of ``q̂_i(x | R ∪ {i}) - q̂_i(x | R)``,
+    not the error against the 0/1 outcome (which stays large even after
+    running the model and would make every extra model look valuable). This
+    is the paper's recipe (std of ex-ante minus post-hoc estimate) applied to
+    learned estimators: the root mean square of that move over a sample of
+    training queries and random run sets of each size ``t`` (for ``t = 0``,
+    the move when the model runs together with one other model).
+
+    Returns
+    -------
+    ndarray of shape (K + 1, K)
+        Row ``t`` holds each model's σ when ``t`` models have run (the last
+        row, everything run, is 0).
+    """
+    rng = np.random.default_rng(seed)
+    n, k = features.shape[0], n_models
+    rows = rng.choice(n, size=min(n, n_rows), replace=False)
+    data = posthoc.take(rows)
+    sigma = np.zeros((k + 1, k))
+    for size in range(k):
+        order = np.argsort(rng.random((rows.size, k)), axis=1)
+        run = np.zeros((rows.size, k), dtype=bool)
+        np.put_along_axis(run, order[:, :size], True, axis=1)
+        before, _ = quality.predict(features[rows], run, data)
+        for model in range(k):
+            going = ~run[:, model]
+            after_run = run[going].copy()
+            after_run[:, model] = True
+            if size == 0 and k > 1:
+                # Alone, a model's answer says little about itself; its estimate
+                # moves once another answer can agree with it, which is what a
+                # plan of two or more models buys at the first step.
+                other = (model + 1 + rng.integers(0, k - 1, size=after_run.shape[0])) % k
+                after_run[np.arange(after_run.shape[0]), other] = True
+            after, _ = quality.predict(features[rows][going], after_run, data.take(np.flatnonzero(going)))
+            sigma[size, model] = np.sqrt(np.mean((after[:, model] - before[going, model]) ** 2))
+    return sigma
+
+
 class RouterEstimator:
     """Quality, uncertainty and cost estimates for every model and any run set.
 
@@ -89,6 +134,14 @@ class RouterEstimator:
     covariance : bool, default=False
         Also return the error covariance across models
         (``σ_i σ_j ρ_{|R|}[i, j]``, ρ fitted on out-of-fold errors per run-set size).
+    uncertainty : {"reveal", "error"}, default="reveal"
+        What ``sigma`` of a model not yet run means. ``"reveal"``: how far its
+        quality estimate will move once it runs (fitted per model and run-set
+        size), which is what the decision rule's ``E[max]`` needs.
+        ``"error"``: the calibrated error of the estimate against the true
+        quality (±1σ covers ~70 %), for reporting and coverage checks.
+    random_state : int, default=0
+        Seed of the sampling behind the ``"reveal"`` uncertainty.
     run_sigma : float or None, default=0.0
         σ reported for models that already ran. The decision kernel draws
         ``q_i + σ_i·z`` for every member of a supermodel and takes the best
@@ -127,6 +180,8 @@ class RouterEstimator:
         use_responses: bool = True,
         covariance: bool = False,
         run_sigma: float | None = 0.0,
+        uncertainty: str = "reveal",
+        random_state: int = 0,
     ) -> None:
         self.quality = quality
         self.cost = cost
@@ -134,6 +189,8 @@ class RouterEstimator:
         self.use_responses = use_responses
         self.covariance = covariance
         self.run_sigma = run_sigma
+        self.uncertainty = uncertainty
+        self.random_state = random_state
 
     def fit(self, table: RoutingTable, rows: Sequence[int] | np.ndarray | None = None) -> "RouterEstimator":
         """Fit on ``table`` (restricted to ``rows`` when given); returns ``self``."""
@@ -156,7 +213,12 @@ class RouterEstimator:
         )
         run = np.ones(table.quality.shape, dtype=bool)
         posthoc = self._posthoc(run, table.responses, table.signals)
+        if self.uncertainty not in ("reveal", "error"):
+            raise ValueError(f"uncertainty must be 'reveal' or 'error', got {self.uncertainty!r}")
         self.quality_ = clone(self.quality or QualityEstimator()).fit(features, table.quality, posthoc)
+        self.reveal_sigma_ = (_reveal_sigma(self.quality_, features, posthoc, len(self.models_),
+                                             self.random_state)
+                              if self.uncertainty == "reveal" else None)
         self.correlation_ = _residual_correlation(self.quality_.oof_, len(self.models_)) if self.covariance else None
         self.cost_ = clone(self.cost or CostEstimator()).fit(self.models_, features, table.cost, table.output_tokens)
         self._cache = None
@@ -239,6 +301,8 @@ class RouterEstimator:
 
     def _estimate(self, features, run, posthoc, observed_cost, input_tokens) -> Estimates:
         quality, sigma = self.quality_.predict(features, run, posthoc)
+        if self.reveal_sigma_ is not None:
+            sigma = np.where(run, sigma, self.reveal_sigma_[run.sum(axis=1)])
         if self.run_sigma is not None:
             sigma = np.where(run, float(self.run_sigma), sigma)
         cost = self.cost_.predict(features, input_tokens, run, observed_cost)
@@ -292,3 +356,16 @@ class RouterEstimator:
         state = dict(self.__dict__)
         state.pop("_cache", None)  # a weak reference to the last table: neither picklable nor worth keeping
         return state
+
+
+#: Estimator families a user can pick by name (CLI ``--estimator``).
+ESTIMATOR_KINDS = ("learned", "linear")
+
+
+def make_router_estimator(kind: str = "learned", prices: dict[str, tuple[float, float]] | None = None
+                          ) -> RouterEstimator:
+    """A :class:`RouterEstimator` of the named family: LightGBM (``learned``) or ridge (``linear``)."""
+    if kind not in ESTIMATOR_KINDS:
+        raise ValueError(f"unknown estimator {kind!r}; choose one of {list(ESTIMATOR_KINDS)}")
+    quality = QualityEstimator(regressor=make_linear_regressor()) if kind == "linear" else QualityEstimator()
+    return RouterEstimator(quality=quality, cost=CostEstimator(prices=prices))

@@ -24,7 +24,7 @@ class Fitted:
     def __init__(self, table, quality: QualityEstimator | None = None) -> None:
         train, test = split_rows(table)
         # run_sigma=None: the fitted error σ for run models too, so coverage covers every cell
-        self.estimator = RouterEstimator(quality=quality, run_sigma=None).fit(table, train)
+        self.estimator = RouterEstimator(quality=quality, run_sigma=None, uncertainty="error").fit(table, train)
         self.test = table.subset(test)
         self.baseline = np.tile(table.quality[train].mean(axis=0), (len(test), 1))
         self.ante = self.estimator.predict_table(self.test)

@@ -48,9 +48,11 @@ def test_run_models_get_observed_cost_and_post_hoc_quality(fitted, table):
     error_ante = np.mean((ante.quality[run] - table.quality[run]) ** 2)
     error_post = np.mean((post.quality[run] - table.quality[run]) ** 2)
     assert error_post < error_ante  # agreement and the logged signal are informative
-    assert np.all(post.sigma[run] == 0.0) and np.all(post.sigma[~run] > 0)  # run_sigma=0 by default
-    fitted_sigma = RouterEstimator(quality=FAST, run_sigma=None).fit(table).predict_table(table, run).sigma
-    assert fitted_sigma[run].mean() < ante.sigma[run].mean()
+    assert np.all(post.sigma[run] == 0.0)  # run_sigma=0 by default
+    # Models not run get the "reveal" σ of their run-set size (here 2 models run).
+    np.testing.assert_array_equal(post.sigma[:, 2], fitted.reveal_sigma_[2, 2])
+    error = RouterEstimator(quality=FAST, run_sigma=None, uncertainty="error").fit(table)
+    assert error.predict_table(table, run).sigma[run].mean() < error.predict_table(table).sigma[run].mean()
 
 
 def test_predict_matches_predict_table(fitted, table):
@@ -235,3 +237,21 @@ def test_price_based_cost_needs_input_tokens_or_prompts():
 def test_predict_table_rows_out_of_range_is_rejected(fitted, table):
     with pytest.raises(ValueError, match="rows must be 1-D indices"):
         fitted.predict_table(table, rows=np.array([0, 300]))
+
+
+def test_reveal_sigma_is_how_far_an_estimate_moves_once_the_model_runs(table):
+    """Recompute one entry of the fitted table by hand: RMS of q(x|R+{i}) - q(x|R)."""
+    est = RouterEstimator(quality=FAST).fit(table)
+    sigma = est.reveal_sigma_
+    assert sigma.shape == (4, 3) and np.all(sigma[-1] == 0) and np.all(sigma >= 0)
+    # For a run set of size 1 the σ of model 2 reflects agreement with the run model:
+    # it must be of the order of the actual moves on the training table.
+    run = np.zeros((300, 3), dtype=bool)
+    run[:, 0] = True
+    before = est.predict_table(table, run).quality[:, 2]
+    run[:, 2] = True
+    after = est.predict_table(table, run).quality[:, 2]
+    moved = np.sqrt(np.mean((after - before) ** 2))
+    assert 0.5 * moved <= sigma[1, 2] <= 2.0 * moved
+    with pytest.raises(ValueError, match="uncertainty must be"):
+        RouterEstimator(quality=FAST, uncertainty="guess").fit(table)

@@ -196,3 +196,21 @@ def test_routerbench_policies_respect_their_budgets_on_calibration(routerbench_r
             assert point["status"] in STATUSES
             if point["status"] != "below_min":
                 assert point["calibration_cost"] <= point["budget"] * (1 + 1e-12), (name, point)
+
+
+def test_learned_estimators_run_the_protocol_end_to_end():
+    """--estimator linear: train / calibration / test split, σ scale chosen per budget."""
+    from training.synthetic import default_table
+
+    table = default_table(400, seed=3)
+    report = evaluate_strategies(table, estimator="linear", calibration_fraction=0.25, train_fraction=0.5,
+                                 n_boot=50, strategies=("routing", "cascade_routing"), max_depth=2,
+                                 progress=False)
+    assert report.n_calibration == 100 and report.n_test == 100
+    assert report.noise == "linear"
+    for point in report.curves["cascade_routing"]:
+        assert point["status"] != "met" or point["calibration_cost"] <= point["budget"]
+    assert set(report.auc) == {"linear", "routing", "cascade_routing"}
+    with pytest.raises(ValueError, match="train_fraction"):
+        evaluate_strategies(table, estimator="linear", calibration_fraction=0.5, train_fraction=0.6,
+                            progress=False)

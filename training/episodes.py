@@ -19,7 +19,17 @@ import numpy as np
 
 import kernel
 
-__all__ = ["Episodes", "EpisodeOutcome", "EstimatorEpisodes", "TableEpisodes"]
+__all__ = ["Episodes", "EpisodeOutcome", "EstimatorEpisodes", "TableEpisodes", "scale_uncertainty"]
+
+
+def scale_uncertainty(sigma, cov, scale: float):
+    """``(σ·scale, Σ·scale²)``; ``None`` stays ``None``."""
+    if scale == 1.0:
+        return sigma, cov
+    if scale < 0 or not np.isfinite(scale):
+        raise ValueError(f"sigma_scale must be a finite number >= 0, got {scale!r}")
+    return (None if sigma is None else np.asarray(sigma) * scale,
+            None if cov is None else np.asarray(cov) * scale**2)
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,12 @@ class TableEpisodes:
         return cls(*arrays, parallel=parallel)
 
     def play(self, options: dict) -> EpisodeOutcome:
-        result = kernel.simulate(*self.tables, parallel=self.parallel, **options)
+        options = dict(options)
+        scale = options.pop("sigma_scale", 1.0)
+        tables = list(self.tables)
+        for index in (1, 4):  # ante_sigma, post_sigma
+            tables[index] = scale_uncertainty(tables[index], None, scale)[0]
+        result = kernel.simulate(*tables, parallel=self.parallel, **options)
         return EpisodeOutcome(result.cost, result.quality, result.order)
 
 
@@ -152,6 +167,7 @@ class EstimatorEpisodes:
 
     def play(self, options: dict) -> EpisodeOutcome:
         options = dict(options)
+        scale = options.pop("sigma_scale", 1.0)
         u = np.asarray(options.pop("u", kernel.default_uniforms(self.n_queries)))
         depth = int(options.get("max_depth") or self.n_models)
         run = np.zeros((self.n_queries, self.n_models), bool)
@@ -161,6 +177,7 @@ class EstimatorEpisodes:
             if active.size == 0:
                 break
             quality, sigma, cost, cov = self.estimates(active, run[active])
+            sigma, cov = scale_uncertainty(sigma, cov, scale)
             spread = {"cov": cov} if cov is not None else {"sigma": sigma}
             chosen = kernel.decide(quality, cost, run=run[active], u=u[active], **spread, **options)
             going = chosen != kernel.STOP

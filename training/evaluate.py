@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from estimators.router import ESTIMATOR_KINDS
 from estimators.simulated import NOISE_LEVELS
 
 from .data import read_table
@@ -49,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--noise", choices=list(NOISE_LEVELS), default="low",
                         help="noise level of the simulated quality and cost estimates "
                              "(default: %(default)s)")
+    parser.add_argument("--estimator", choices=["simulated", *ESTIMATOR_KINDS], default="simulated",
+                        help="'simulated': the paper's noisy-oracle estimates at --noise; 'learned' "
+                             "(LightGBM) or 'linear' (ridge): estimators fitted on a training split "
+                             "(default: %(default)s)")
+    parser.add_argument("--train-fraction", type=_fraction, default=0.5, metavar="F",
+                        help="share of queries the learned estimators train on (default: %(default)s)")
     parser.add_argument("--calibration-fraction", type=_fraction, default=0.05, metavar="F",
                         help="share of queries, in (0, 1), used to fit estimates and policies; the "
                              "paper's 0.05 suits ~36k queries, use ~0.3 for a few thousand "
@@ -97,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = read_table(args.data, models=args.models)
         report = evaluate_strategies(
             table, noise=args.noise, calibration_fraction=args.calibration_fraction,
+            estimator=args.estimator, train_fraction=args.train_fraction,
             max_depth=args.max_depth, seed=args.seed, n_boot=args.bootstrap,
             per_step=args.per_step, strategies=DEFAULT_STRATEGIES, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as error:

@@ -27,9 +27,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from estimators.cost import CostEstimator
-from estimators.quality import QualityEstimator, make_linear_regressor
-from estimators.router import RouterEstimator
+from estimators.router import ESTIMATOR_KINDS, make_router_estimator
 
 from .artifact import save_artifact
 from .data import fingerprint, read_prices, read_table
@@ -39,7 +37,6 @@ from .policy import fit_policy
 from .router import Router
 from .synthetic import default_table, synthetic_prices
 
-ESTIMATORS = ("learned", "linear")
 STRATEGIES = ("cascade_routing", "cascade", "routing", "threshold")
 
 
@@ -65,7 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-depth", type=int, default=3, help="most models run per query")
     parser.add_argument("--per-step", action="store_true",
                         help="search a separate λ per step (slower, usually a little better)")
-    parser.add_argument("--estimator", choices=ESTIMATORS, default="learned",
+    parser.add_argument("--estimator", choices=ESTIMATOR_KINDS, default="learned",
                         help="quality estimator family: LightGBM ('learned') or ridge ('linear')")
     parser.add_argument("--n-queries", type=int, default=3000,
                         help="size of the synthetic benchmark (ignored with --data)")
@@ -124,11 +121,6 @@ def default_budgets(costs: np.ndarray) -> list[float]:
     return [float(np.exp(low + f * (high - low))) for f in (0.25, 0.5, 0.75)]
 
 
-def make_estimator(kind: str, prices) -> RouterEstimator:
-    quality = QualityEstimator(regressor=make_linear_regressor()) if kind == "linear" else QualityEstimator()
-    return RouterEstimator(quality=quality, cost=CostEstimator(prices=prices))
-
-
 def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     stages = tqdm(total=5, desc="training.fit", disable=args.quiet, unit="stage")
@@ -137,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
     train, calibration, test = split(table.n_queries, args.fractions, args.seed)
     stages.update()
     stages.set_postfix_str(f"fitting estimators on {len(train)} queries")
-    estimator = make_estimator(args.estimator, prices).fit(table, train)
+    estimator = make_router_estimator(args.estimator, prices).fit(table, train)
     stages.update()
     stages.set_postfix_str("estimating calibration and test queries")
     calibration_episodes = EstimatorEpisodes(estimator, table.subset(calibration))

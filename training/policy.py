@@ -34,7 +34,7 @@ import numpy as np
 
 import kernel
 
-from .episodes import EpisodeOutcome, Episodes
+from .episodes import EpisodeOutcome, Episodes, scale_uncertainty
 
 __all__ = ["Policy", "fit_policy", "BudgetError"]
 
@@ -74,6 +74,12 @@ class Policy:
         The budget it was fitted to.
     calibration_cost, calibration_quality : float
         Realised mean cost and quality on the calibration set.
+    sigma_scale : float
+        Factor applied to the estimators' ``σ`` (``cov`` by its square)
+        before deciding. Learned estimators treat models as independent, so
+        ``E[max]`` can over-promise extra models whose estimates move
+        together; fitting picks the factor that serves the calibration set
+        best (see ``sigma_scales`` in :func:`fit_policy`).
     budget_status : str
         ``"met"``; ``"above_max"`` when the budget exceeds what the
         quality-maximising policy spends (the surplus stays unspent); or
@@ -93,6 +99,7 @@ class Policy:
     calibration_quality: float = math.nan
     budget_status: str = "met"
     search_evaluations: int = field(default=0, compare=False)
+    sigma_scale: float = 1.0
 
     def kernel_options(self) -> dict:
         """Keyword arguments for :func:`kernel.decide` / :func:`kernel.simulate`."""
@@ -104,15 +111,20 @@ class Policy:
             options["lambdas"] = self.lambdas
         return options
 
+    def play_options(self) -> dict:
+        """What :meth:`Episodes.play` takes: the kernel options plus ``sigma_scale``."""
+        return {**self.kernel_options(), "sigma_scale": self.sigma_scale}
+
     def decide(self, quality, cost, *, sigma=None, cov=None, run=None, u=None,
                parallel: bool = True) -> np.ndarray:
         """Next model per query under this policy (``-1`` = stop); see :func:`kernel.decide`."""
+        sigma, cov = scale_uncertainty(sigma, cov, self.sigma_scale)
         return kernel.decide(quality, cost, sigma=sigma, cov=cov, run=run, u=u, parallel=parallel,
                              **self.kernel_options())
 
     def play(self, episodes: Episodes) -> EpisodeOutcome:
         """Play this policy over ``episodes`` (e.g. the test split)."""
-        return episodes.play(self.kernel_options())
+        return episodes.play(self.play_options())
 
 
 class _Search:
@@ -125,7 +137,7 @@ class _Search:
 
     def measure(self, **changes) -> EpisodeOutcome:
         self.evaluations += 1
-        return self.episodes.play(replace(self.template, **changes).kernel_options())
+        return self.episodes.play(replace(self.template, **changes).play_options())
 
 
 class _LambdaFamily:
@@ -289,7 +301,8 @@ def _fit_gamma(search: _Search, changes: dict, outcome: EpisodeOutcome,
 def fit_policy(episodes: Episodes, budget: float, *, strategy: str = "cascade_routing",
                per_step: bool = False, max_depth: int | None = None,
                max_depths: tuple[int, ...] | None = None, force_order: bool = False,
-               n_samples: int = 64, on_infeasible: str = "raise") -> Policy:
+               n_samples: int = 64, on_infeasible: str = "raise",
+               sigma_scales: tuple[float, ...] | None = None, sigma_scale: float = 1.0) -> Policy:
     """Fit ``strategy`` to ``budget`` on calibration ``episodes``.
 
     Parameters
@@ -307,6 +320,9 @@ def fit_policy(episodes: Episodes, budget: float, *, strategy: str = "cascade_ro
         Most models run per query; default all.
     max_depths : tuple of int, optional
         Fit each of these depths and keep the best calibration quality.
+    sigma_scales : tuple of float, optional
+        Likewise for factors on the estimators' ``σ`` (with ``max_depths``:
+        every combination); ``sigma_scale`` fixes one.
     force_order, n_samples
         Passed to the kernel.
     on_infeasible : {"raise", "clamp"}
@@ -326,10 +342,12 @@ def fit_policy(episodes: Episodes, budget: float, *, strategy: str = "cascade_ro
     kernel_strategies = kernel.STRATEGIES
     if strategy not in kernel_strategies:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(kernel_strategies)}")
-    if max_depths:
+    if max_depths or sigma_scales:
+        variants = [(depth, scale) for depth in (max_depths or (max_depth,))
+                    for scale in (sigma_scales or (1.0,))]
         fitted = [fit_policy(episodes, budget, strategy=strategy, per_step=per_step, max_depth=depth,
-                             force_order=force_order, n_samples=n_samples, on_infeasible=on_infeasible)
-                  for depth in max_depths]
+                             force_order=force_order, n_samples=n_samples, on_infeasible=on_infeasible,
+                             sigma_scale=scale) for depth, scale in variants]
         return max(fitted, key=lambda p: (p.budget_status != "below_min", p.calibration_quality))
     n_models = episodes.n_models
     depth = n_models if max_depth is None else int(min(max_depth, n_models))
@@ -344,7 +362,7 @@ def fit_policy(episodes: Episodes, budget: float, *, strategy: str = "cascade_ro
     template = Policy(strategy=strategy, lambdas=np.zeros(0 if strategy == "threshold" else depth),
                       thresholds=np.zeros(n_models - 1) if strategy == "threshold" else None,
                       gamma=0.0, max_depth=depth, force_order=bool(force_order), n_samples=n_samples,
-                      budget=float(budget))
+                      budget=float(budget), sigma_scale=float(sigma_scale))
     search = _Search(episodes, template)
 
     shape = family.initial_shape

@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from estimators.router import ESTIMATOR_KINDS, make_router_estimator
 from estimators.simulated import NOISE_LEVELS, simulate_estimates
 
 from . import metrics
-from .episodes import TableEpisodes
+from .episodes import Episodes, EstimatorEpisodes, TableEpisodes
 from .policy import fit_policy
 from .table import RoutingTable
 
@@ -193,6 +194,10 @@ class EvaluationReport:
         return QualityCostDisplay.from_curves(curves, singles, ax=ax, **plot_kwargs)
 
 
+#: σ factors policy fitting chooses among for learned estimators (see ``sigma_scales``).
+LEARNED_SIGMA_SCALES = (0.0, 0.5, 1.0)
+
+
 def evaluate_strategies(
     table: RoutingTable,
     *,
@@ -204,6 +209,9 @@ def evaluate_strategies(
     per_step: bool = False,
     strategies: Sequence[str] = DEFAULT_STRATEGIES,
     progress: bool = True,
+    estimator: str = "simulated",
+    train_fraction: float = 0.5,
+    sigma_scales: tuple[float, ...] | None = None,
 ) -> EvaluationReport:
     """Fit and test every strategy at the protocol's budgets; AUCs with bootstrap intervals.
 
@@ -236,6 +244,22 @@ def evaluate_strategies(
         Kernel strategies to evaluate, any of :data:`DEFAULT_STRATEGIES`.
     progress : bool, default=True
         Show a tqdm bar per strategy.
+    estimator : {"simulated", "learned", "linear"}, default="simulated"
+        ``simulated``: the paper's noisy-oracle estimates at ``noise``.
+        ``learned`` / ``linear``: a :class:`~estimators.router.RouterEstimator`
+        (LightGBM / ridge) fitted on a training split of ``train_fraction`` of
+        the queries; policies are fitted on the calibration split and played
+        on the rest, re-estimating after every model run.
+    train_fraction : float, default=0.5
+        Share of queries the learned estimators train on (``estimator`` not
+        ``simulated`` only); calibration takes ``calibration_fraction``, the
+        test split the rest.
+    sigma_scales : tuple of float, optional
+        Factors on ``σ`` that policy fitting chooses among on calibration, for
+        the strategies that use ``σ`` (cascade, cascade routing). Default:
+        none for simulated estimates (their ``σ`` is exact by construction),
+        ``(0, 0.5, 1)`` for learned ones, whose per-model ``σ`` ignores that
+        estimates of models run together move together.
 
     Returns
     -------
@@ -274,14 +298,28 @@ def evaluate_strategies(
     order = _check_strategies(strategies)
     depths = _resolve_depths(max_depth, order, table.n_models)
     _check_settings(noise, calibration_fraction, seed, n_boot)
-    calibration, test = _split(table.n_queries, calibration_fraction, seed)
+    if estimator == "simulated":
+        calibration, test = _split(table.n_queries, calibration_fraction, seed)
+    else:
+        if not 0 < train_fraction < 1 - calibration_fraction:
+            raise ValueError(f"train_fraction must be in (0, 1 - calibration_fraction), got {train_fraction!r}")
+        train, rest = _split(table.n_queries, train_fraction, seed)
+        calibration, test = (rest[part] for part in _split(
+            rest.size, calibration_fraction / (1 - train_fraction), seed + 1))
     columns = np.argsort(table.cost[calibration].mean(axis=0), kind="stable")
-    models = tuple(table.models[c] for c in columns)
-    quality, cost = table.quality[:, columns], table.cost[:, columns]
+    ordered = table.reorder_models(columns)
+    models, quality, cost = ordered.models, ordered.quality, ordered.cost
 
-    estimates = simulate_estimates(quality, cost, noise=noise, fit_rows=calibration, seed=seed)
-    calibration_episodes = TableEpisodes.from_estimates(estimates, quality, cost, calibration)
-    test_episodes = TableEpisodes.from_estimates(estimates, quality, cost, test)
+    if sigma_scales is None and estimator != "simulated":
+        sigma_scales = LEARNED_SIGMA_SCALES
+    if estimator == "simulated":
+        estimates = simulate_estimates(quality, cost, noise=noise, fit_rows=calibration, seed=seed)
+        calibration_episodes = TableEpisodes.from_estimates(estimates, quality, cost, calibration)
+        test_episodes = TableEpisodes.from_estimates(estimates, quality, cost, test)
+    else:
+        fitted = make_router_estimator(estimator).fit(ordered, train)
+        calibration_episodes = EstimatorEpisodes(fitted, ordered.subset(calibration))
+        test_episodes = EstimatorEpisodes(fitted, ordered.subset(test))
 
     single_cost, single_quality = metrics.single_model_points(quality[test], cost[test])
     budgets = metrics.budget_grid(single_cost, single_quality, per_segment=BUDGETS_PER_SEGMENT)
@@ -293,7 +331,8 @@ def evaluate_strategies(
         strategy_started = time.perf_counter()
         curves[name], per_query_quality[name], per_query_cost[name] = _trace_curve(
             strategy, budgets, calibration_episodes, test_episodes,
-            depth=depths[name], per_step=per_step, progress=progress)
+            depth=depths[name], per_step=per_step, progress=progress,
+            sigma_scales=sigma_scales if strategy in ("cascade", "cascade_routing") else None)
         fit_seconds[name] = time.perf_counter() - strategy_started
 
     hull = metrics.upper_hull(single_cost, single_quality)
@@ -313,7 +352,7 @@ def evaluate_strategies(
         models=models,
         n_calibration=int(calibration.size),
         n_test=int(test.size),
-        noise=noise,
+        noise=noise if estimator == "simulated" else estimator,
         seed=int(seed),
         calibration_fraction=float(calibration_fraction),
         max_depth=depths,
@@ -324,8 +363,8 @@ def evaluate_strategies(
     )
 
 
-def _trace_curve(strategy: str, budgets: np.ndarray, calibration: TableEpisodes, test: TableEpisodes,
-                 *, depth: int, per_step: bool, progress: bool
+def _trace_curve(strategy: str, budgets: np.ndarray, calibration: Episodes, test: Episodes,
+                 *, depth: int, per_step: bool, progress: bool, sigma_scales: tuple[float, ...] | None
                  ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
     """Fit ``strategy`` at every budget on calibration and play it on test.
 
@@ -336,7 +375,7 @@ def _trace_curve(strategy: str, budgets: np.ndarray, calibration: TableEpisodes,
     for budget in tqdm(budgets, desc=f"{REPORTED_NAMES[strategy]:>17}", unit="budget",
                        disable=not progress, leave=False):
         policy = fit_policy(calibration, float(budget), strategy=strategy, per_step=per_step,
-                            max_depth=depth, on_infeasible="clamp")
+                            max_depth=depth, on_infeasible="clamp", sigma_scales=sigma_scales)
         outcome = policy.play(test)
         points.append({
             "budget": float(budget),

@@ -113,6 +113,11 @@ class RoutingTable:
             raise ValueError("model list is empty; name at least one model")
         columns = np.array([self.models.index(name) for name in names])
         columns = columns[np.argsort(self.cost[:, columns].mean(axis=0), kind="stable")]
+        return self.reorder_models(columns)
+
+    def reorder_models(self, columns: Sequence[int] | np.ndarray) -> "RoutingTable":
+        """Return the table with model columns ``columns`` (indices), in that order."""
+        columns = np.asarray(columns, dtype=np.intp)
         changes = {"models": tuple(self.models[c] for c in columns)}
         for name in _PER_CELL:
             value = getattr(self, name)
