@@ -34,10 +34,13 @@ from .data import fingerprint, read_prices, read_table
 from .episodes import EstimatorEpisodes
 from .metrics import auc, auc_bounds, budget_grid, linear_auc, single_model_points
 from .policy import fit_policy
+from .protocol import LEARNED_SIGMA_SCALES
 from .router import Router
 from .synthetic import default_table, synthetic_prices
 
 STRATEGIES = ("cascade_routing", "cascade", "routing", "threshold")
+#: Strategies whose decisions use σ, so that fitting also picks a σ scale.
+SIGMA_STRATEGIES = ("cascade_routing", "cascade")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -145,14 +148,16 @@ def run(args: argparse.Namespace) -> dict:
     policies = {}
     for budget in tqdm(budgets + curve_budgets, desc="budgets", disable=args.quiet, leave=False):
         policy = fit_policy(calibration_episodes, float(budget), strategy=args.strategy,
-                            per_step=args.per_step, max_depth=args.max_depth, on_infeasible="clamp")
+                            per_step=args.per_step, max_depth=args.max_depth, on_infeasible="clamp",
+                            sigma_scales=LEARNED_SIGMA_SCALES if args.strategy in SIGMA_STRATEGIES else None)
         outcome = policy.play(test_episodes)
         policies[budget] = policy
         rows.append({"budget": float(budget), "requested": budget in budgets,
                      "calibration_cost": policy.calibration_cost,
                      "calibration_quality": policy.calibration_quality,
                      "test_cost": outcome.mean_cost, "test_quality": outcome.mean_quality,
-                     "status": policy.budget_status, "models_per_query": float((outcome.order >= 0).sum(1).mean())})
+                     "status": policy.budget_status, "sigma_scale": policy.sigma_scale,
+                     "models_per_query": float((outcome.order >= 0).sum(1).mean())})
     stages.update()
     stages.set_postfix_str("writing report and artifact")
     lo, hi, left = auc_bounds(single_cost, single_quality)
