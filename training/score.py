@@ -386,12 +386,26 @@ def _score_logged(router: Router, policy, frame: pd.DataFrame, parallel: bool, t
                                     grid_cost, responses, signals, parallel=parallel, timings=timings)
         names = np.array(models, dtype=object)
         out["first_model"] = np.where(order[:, 0] >= 0, names[np.maximum(order[:, 0], 0)], None)
-        out["models_run"] = [list(names[o[o >= 0]]) for o in order]
+        out["models_run"] = _model_lists(order, models)
         out["n_run"] = run.sum(axis=1)
         out["answer_model"] = names[answer]
         out["cost"] = (grid_cost * run).sum(axis=1)
         out["quality"] = grid_quality[np.arange(good.size), answer]
     return pd.concat([out, rejected], ignore_index=True) if len(rejected) else out
+
+
+def _model_lists(order: np.ndarray, models: Sequence[str]) -> pd.Series:
+    """Per row, the model names of ``order``'s non-negative entries, as an Arrow list column.
+
+    Built from flat arrays (offsets + indices into a dictionary), not one
+    Python list per query, which cost as much as the kernel.
+    """
+    import pyarrow as pa
+    taken = order >= 0
+    offsets = np.zeros(len(order) + 1, np.int32)
+    np.cumsum(taken.sum(axis=1), out=offsets[1:])
+    names = pa.array(list(models), pa.string()).take(pa.array(order[taken], pa.int64()))
+    return pd.Series(pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(pa.array(offsets), names)))
 
 
 def output_schema(router: Router, logged: bool):
