@@ -268,3 +268,18 @@ def test_compiled_structure_counts_equal_the_featurizer(router, texts):
         warnings.simplefilter("ignore", UserWarning)
         expected = featurizer.transform(np.array(texts, dtype=object)[:, None])
     np.testing.assert_array_equal(block({"prompt": np.array(texts, dtype=object)}, len(texts)), expected)
+
+
+@pytest.mark.parametrize("sigma_scale", [1.0, 0.25, 3.0])
+def test_router_decides_as_its_policy_including_the_sigma_scale(router, table, sigma_scale):
+    from dataclasses import replace
+    from training.router import prompt_uniforms
+    policy = replace(router.policy(), sigma_scale=sigma_scale)
+    cases = _cases(table, router, n=30, seed=2)
+    prompts, observed = [c[0] for c in cases], [c[3] for c in cases]
+    per_query = {"tasks": [c[1] for c in cases], "subtasks": [c[2] for c in cases]}
+    estimates, run = router.estimates(prompts, observed, **per_query)
+    expected = policy.decide(estimates.quality, estimates.cost, sigma=estimates.sigma, run=run,
+                             u=prompt_uniforms(prompts), parallel=False)
+    got = router.decide(prompts, observed, policy=policy, **per_query)
+    assert got == [None if i < 0 else router.models_[i] for i in expected]

@@ -185,9 +185,8 @@ class Router:
         fields of this.
         """
         estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks)
-        spread = {"cov": estimates.cov} if getattr(estimates, "cov", None) is not None \
-            else {"sigma": estimates.sigma}
         chosen = policy if policy is not None else self.policy(budget)
+        spread = kernel_spread(estimates.sigma, getattr(estimates, "cov", None), chosen)
         with one_kernel_thread():
             next_model, masks = kernel.plan(estimates.quality, estimates.cost, run=run,
                                             u=prompt_uniforms(prompts), parallel=False, **spread,
@@ -257,6 +256,19 @@ class Router:
         observed = [{first: {"cost": 0.0, "response": "A", **signals}}]
         self.decide(["warm-up"], observed, **per_query)
         self.select(["warm-up"], observed, **per_query)
+
+
+def kernel_spread(sigma, cov, policy: Policy) -> dict:
+    """The uncertainty keyword for the kernel, scaled by the policy's fitted ``sigma_scale``.
+
+    As :meth:`Policy.decide` does: fitting may pick a factor on σ per budget
+    (learned σ is not calibrated to what a run reveals), and decisions must
+    use the σ the policy was fitted with. Policies pickled before the field
+    existed have none (factor 1).
+    """
+    from .episodes import scale_uncertainty
+    sigma, cov = scale_uncertainty(sigma, cov, float(getattr(policy, "sigma_scale", 1.0)))
+    return {"cov": cov} if cov is not None else {"sigma": sigma}
 
 
 @contextmanager

@@ -44,7 +44,7 @@ import pandas as pd
 
 import kernel
 
-from .router import Router, load_router, one_kernel_thread, prompt_uniforms
+from .router import Router, kernel_spread, load_router, prompt_uniforms
 
 __all__ = ["score_batch", "replay", "output_schema", "main", "ScoreError", "STATUS_OK", "STATUS_REJECTED"]
 
@@ -187,7 +187,7 @@ def replay(router: Router, policy, prompts, tasks, subtasks, cost: np.ndarray, r
             break
         quality, sigma, step_cost, cov = estimate(active)
         began = time.perf_counter()
-        spread = {"cov": cov} if cov is not None else {"sigma": sigma}
+        spread = kernel_spread(sigma, cov, policy)
         chosen, _ = kernel.plan(quality, step_cost, run=run[active], u=u[active], parallel=parallel,
                                 **spread, **options)
         _add(timings, "kernel", began)
