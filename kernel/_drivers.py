@@ -1,8 +1,12 @@
 """Drivers that loop the single-query worker over many queries.
 
-Each driver is written once and compiled twice (umap's habit): serially, for
+The work on a block of queries is written once (``_plan_block``,
+``_simulate_block``) and driven twice (umap's habit): serially, for
 deterministic use inside threaded services, and with ``parallel=True`` for
-batch work, where ``prange`` spreads blocks of queries over threads. Scratch
+batch work, where ``prange`` spreads the blocks over threads. The two
+drivers are distinct Python functions on purpose: numba's on-disk cache
+keys compiled code by function, not by compile options, so one function
+compiled both ways would load whichever variant was cached first. Scratch
 buffers are allocated once per block, never per query.
 """
 
@@ -15,61 +19,80 @@ from .config import BLOCK_SIZE, JIT_OPTIONS, STOP
 from ._search import new_scratch, plan_query, select_best_run
 
 
-def _plan_all(quality, sigma, chol, use_cov, cost, run, lambdas, strategy, thresholds,
-              max_depth, force_order, gamma, u, z, prune, out_next, out_plan):
+@njit(**JIT_OPTIONS)
+def _plan_block(block, quality, sigma, chol, use_cov, cost, run, lambdas, strategy, thresholds,
+                max_depth, force_order, gamma, u, z, prune, out_next, out_plan):
     n_queries, n_models = quality.shape
-    n_samples = z.shape[0]
-    n_blocks = (n_queries + BLOCK_SIZE - 1) // BLOCK_SIZE
-    for block in prange(n_blocks):
-        scratch = new_scratch(n_samples, n_models, max_depth)
-        for n in range(block * BLOCK_SIZE, min(n_queries, (block + 1) * BLOCK_SIZE)):
-            row_sigma = sigma[0] if use_cov else sigma[n]
-            row_chol = chol[n] if use_cov else chol[0]
-            out_next[n], out_plan[n] = plan_query(
-                quality[n], row_sigma, row_chol, use_cov, cost[n], run[n], lambdas, strategy,
-                thresholds, max_depth, force_order, u[n] < gamma, z, prune, scratch)
+    scratch = new_scratch(z.shape[0], n_models, max_depth)
+    for n in range(block * BLOCK_SIZE, min(n_queries, (block + 1) * BLOCK_SIZE)):
+        row_sigma = sigma[0] if use_cov else sigma[n]
+        row_chol = chol[n] if use_cov else chol[0]
+        out_next[n], out_plan[n] = plan_query(
+            quality[n], row_sigma, row_chol, use_cov, cost[n], run[n], lambdas, strategy,
+            thresholds, max_depth, force_order, u[n] < gamma, z, prune, scratch)
 
 
-def _simulate_all(ante_quality, ante_sigma, ante_cost, post_quality, post_sigma, post_cost,
-                  true_quality, true_cost, lambdas, strategy, thresholds, max_depth,
-                  force_order, gamma, u, z, prune, out_order, out_cost, out_quality, out_answer):
+@njit(**JIT_OPTIONS)
+def _simulate_block(block, ante_quality, ante_sigma, ante_cost, post_quality, post_sigma, post_cost,
+                    true_quality, true_cost, lambdas, strategy, thresholds, max_depth,
+                    force_order, gamma, u, z, prune, out_order, out_cost, out_quality, out_answer):
     n_queries, n_models = ante_quality.shape
-    n_samples = z.shape[0]
-    n_blocks = (n_queries + BLOCK_SIZE - 1) // BLOCK_SIZE
     no_chol = np.zeros((1, 1))
-    for block in prange(n_blocks):
-        scratch = new_scratch(n_samples, n_models, max_depth)
-        quality = np.empty(n_models)
-        sigma = np.empty(n_models)
-        cost = np.empty(n_models)
-        run = np.zeros(n_models, dtype=np.bool_)
-        for n in range(block * BLOCK_SIZE, min(n_queries, (block + 1) * BLOCK_SIZE)):
-            for i in range(n_models):
-                quality[i] = ante_quality[n, i]
-                sigma[i] = ante_sigma[n, i]
-                cost[i] = ante_cost[n, i]
-                run[i] = False
-            expensive = u[n] < gamma
-            realised_cost = 0.0
-            for step in range(max_depth):
-                chosen, _ = plan_query(
-                    quality, sigma, no_chol, False, cost, run, lambdas, strategy, thresholds,
-                    max_depth, force_order, expensive, z, prune, scratch)
-                if chosen == STOP:
-                    break
-                out_order[n, step] = chosen
-                run[chosen] = True
-                quality[chosen] = post_quality[n, chosen]
-                sigma[chosen] = post_sigma[n, chosen]
-                cost[chosen] = post_cost[n, chosen]
-                realised_cost += true_cost[n, chosen]
-            answer = select_best_run(quality, run)
-            out_answer[n] = answer
-            out_cost[n] = realised_cost
-            out_quality[n] = true_quality[n, answer] if answer != STOP else np.nan
+    scratch = new_scratch(z.shape[0], n_models, max_depth)
+    quality = np.empty(n_models)
+    sigma = np.empty(n_models)
+    cost = np.empty(n_models)
+    run = np.zeros(n_models, dtype=np.bool_)
+    for n in range(block * BLOCK_SIZE, min(n_queries, (block + 1) * BLOCK_SIZE)):
+        for i in range(n_models):
+            quality[i] = ante_quality[n, i]
+            sigma[i] = ante_sigma[n, i]
+            cost[i] = ante_cost[n, i]
+            run[i] = False
+        expensive = u[n] < gamma
+        realised_cost = 0.0
+        for step in range(max_depth):
+            chosen, _ = plan_query(
+                quality, sigma, no_chol, False, cost, run, lambdas, strategy, thresholds,
+                max_depth, force_order, expensive, z, prune, scratch)
+            if chosen == STOP:
+                break
+            out_order[n, step] = chosen
+            run[chosen] = True
+            quality[chosen] = post_quality[n, chosen]
+            sigma[chosen] = post_sigma[n, chosen]
+            cost[chosen] = post_cost[n, chosen]
+            realised_cost += true_cost[n, chosen]
+        answer = select_best_run(quality, run)
+        out_answer[n] = answer
+        out_cost[n] = realised_cost
+        out_quality[n] = true_quality[n, answer] if answer != STOP else np.nan
 
 
-plan_all_serial = njit(**JIT_OPTIONS)(_plan_all)
-plan_all_parallel = njit(parallel=True, **JIT_OPTIONS)(_plan_all)
-simulate_all_serial = njit(**JIT_OPTIONS)(_simulate_all)
-simulate_all_parallel = njit(parallel=True, **JIT_OPTIONS)(_simulate_all)
+@njit(**JIT_OPTIONS)
+def _n_blocks(n_queries):
+    return (n_queries + BLOCK_SIZE - 1) // BLOCK_SIZE
+
+
+@njit(**JIT_OPTIONS)
+def plan_all_serial(*args):
+    for block in range(_n_blocks(args[0].shape[0])):
+        _plan_block(block, *args)
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def plan_all_parallel(*args):
+    for block in prange(_n_blocks(args[0].shape[0])):
+        _plan_block(block, *args)
+
+
+@njit(**JIT_OPTIONS)
+def simulate_all_serial(*args):
+    for block in range(_n_blocks(args[0].shape[0])):
+        _simulate_block(block, *args)
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def simulate_all_parallel(*args):
+    for block in prange(_n_blocks(args[0].shape[0])):
+        _simulate_block(block, *args)
