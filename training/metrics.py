@@ -331,8 +331,11 @@ def _auc_rows(costs: np.ndarray, qualities: np.ndarray, lo: float, hi: float, le
     x0, x1, y0, y1 = x[:, :-1], x[:, 1:], y[:, :-1], y[:, 1:]
     a, b = np.clip(x0, lo, hi), np.clip(x1, lo, hi)
     width = x1 - x0
-    slope = np.divide(y1 - y0, width, out=np.zeros_like(width), where=width > 0)
-    inner = ((b - a) * (y0 + slope * ((a + b) / 2 - x0))).sum(axis=1)
+    # The line's value at the midpoint of [a, b], from the position of that
+    # midpoint as a fraction of the segment: a slope (dy / width) would
+    # overflow on a segment of subnormal width.
+    fraction = np.divide((a + b) / 2 - x0, width, out=np.zeros_like(width), where=width > 0)
+    inner = ((b - a) * (y0 + (y1 - y0) * fraction)).sum(axis=1)
     right = (hi - np.clip(x[:, -1], lo, hi)) * y[:, -1]
     return 100 * (inner + right) / (hi - lo)
 
