@@ -334,7 +334,11 @@ def _auc_rows(costs: np.ndarray, qualities: np.ndarray, lo: float, hi: float, le
     # The line's value at the midpoint of [a, b], from the position of that
     # midpoint as a fraction of the segment: a slope (dy / width) would
     # overflow on a segment of subnormal width.
-    fraction = np.divide((a + b) / 2 - x0, width, out=np.zeros_like(width), where=width > 0)
+    # Clipping to [0, 1] is exact: the midpoint lies in the segment whenever
+    # [a, b] has width, and a segment outside [lo, hi] has b - a = 0.
+    with np.errstate(over="ignore"):
+        fraction = np.divide((a + b) / 2 - x0, width, out=np.zeros_like(width), where=width > 0)
+    fraction = np.clip(fraction, 0.0, 1.0)
     inner = ((b - a) * (y0 + (y1 - y0) * fraction)).sum(axis=1)
     right = (hi - np.clip(x[:, -1], lo, hi)) * y[:, -1]
     return 100 * (inner + right) / (hi - lo)
