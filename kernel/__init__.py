@@ -4,9 +4,14 @@ Public API: :func:`decide`, :func:`plan`, :func:`simulate`,
 :func:`select_answer`, :func:`expected_max` and :func:`normal_samples`.
 """
 
-from .api import SimulationResult, decide, expected_max, plan, select_answer, simulate
-from .config import MAX_MODELS, STOP, STRATEGIES
-from .samples import default_uniforms, normal_samples
+from ._cache import invalidate_stale_cache
+
+invalidate_stale_cache()
+
+# The kernels are imported after the cache check, on purpose.
+from .api import SimulationResult, decide, expected_max, plan, select_answer, simulate  # noqa: E402
+from .config import MAX_MODELS, STOP, STRATEGIES  # noqa: E402
+from .samples import default_uniforms, normal_samples  # noqa: E402
 
 __all__ = [
     "MAX_MODELS",

@@ -75,10 +75,14 @@ def _extend_max(runmax_in, draws, i, runmax_out):
     sum0 = sum1 = sum2 = sum3 = 0.0
     head = n_samples - n_samples % 4
     for s in range(0, head, 4):
-        v0 = max(runmax_in[s], draws[s, i])
-        v1 = max(runmax_in[s + 1], draws[s + 1, i])
-        v2 = max(runmax_in[s + 2], draws[s + 2, i])
-        v3 = max(runmax_in[s + 3], draws[s + 3, i])
+        a0, b0 = runmax_in[s], draws[s, i]
+        a1, b1 = runmax_in[s + 1], draws[s + 1, i]
+        a2, b2 = runmax_in[s + 2], draws[s + 2, i]
+        a3, b3 = runmax_in[s + 3], draws[s + 3, i]
+        v0 = a0 if a0 > b0 else b0
+        v1 = a1 if a1 > b1 else b1
+        v2 = a2 if a2 > b2 else b2
+        v3 = a3 if a3 > b3 else b3
         runmax_out[s] = v0
         runmax_out[s + 1] = v1
         runmax_out[s + 2] = v2
@@ -88,7 +92,8 @@ def _extend_max(runmax_in, draws, i, runmax_out):
         sum2 += v2
         sum3 += v3
     for s in range(head, n_samples):
-        value = max(runmax_in[s], draws[s, i])
+        a, b = runmax_in[s], draws[s, i]
+        value = a if a > b else b
         runmax_out[s] = value
         sum0 += value
     return ((sum0 + sum1) + (sum2 + sum3)) / n_samples
@@ -170,51 +175,67 @@ def _consider(tau, cost, size, mask, near_tol, tie_floor, expensive, best, winne
 
 
 @njit(**JIT_OPTIONS)
-def _top_gain_sum(gains, alive, first, last, count):
-    """Sum of the ``count`` largest positive ``gains[first:last]`` among alive ones."""
+def _top_gain_sum(gains, order, first, last, count):
+    """Sum of the ``count`` largest positive gains among ``order[first:last]``.
+
+    ``order`` lists alive children by gain, largest first, so these are
+    simply the next ``count`` positive ones.
+    """
     total = 0.0
-    taken_below = np.inf
-    for _ in range(count):
-        top = 0.0
-        for k in range(first, last):
-            if alive[k] and top < gains[k] < taken_below:
-                top = gains[k]
-        if top <= 0.0:
+    for p in range(first, min(last, first + count)):
+        gain = gains[order[p]]
+        if gain <= 0.0:
             break
-        total += top
-        taken_below = top
+        total += gain
     return total
 
 
 @njit(**JIT_OPTIONS)
 def _expand(level, parent_max, draws, cost, lam, prune, prune_tol, tie_floor, expensive,
             n_run, cand, n_cand, node_q, node_cost, node_mask, child_q, child_gain, child_max,
-            alive, best, winner):
-    """Score every child of the node at ``level``; mark children with a negative gain dead."""
+            order, n_alive, best, winner):
+    """Score every child of the node at ``level``, drop those with a negative gain,
+    and list the rest in ``order`` by marginal gain, largest first.
+
+    Visiting promising children first finds a good incumbent early, and makes
+    the later siblings' gains, which bound a subtree, the smallest ones. (Under
+    an empty run set every singleton's "gain" is infinite; they are ordered by
+    score instead and no bound is taken from them.)
+    """
     size = n_run + level + 1
+    alive = 0
     for k in range(n_cand[level]):
         j = cand[level, k]
         q_value = _extend_max(parent_max, draws, j, child_max[level, k])
         gain = q_value - node_q[level] - lam * cost[j]
         if prune and size >= 2 and gain < -prune_tol:
-            alive[level, k] = False
             continue
-        alive[level, k] = True
-        child_q[level, k] = q_value
-        child_gain[level, k] = gain
         child_cost = node_cost[level] + cost[j]
-        _consider(q_value - lam * child_cost, child_cost, size, node_mask[level] | (np.int64(1) << j),
+        tau = q_value - lam * child_cost
+        child_q[level, k] = q_value
+        child_gain[level, k] = gain if size >= 2 else tau
+        _consider(tau, child_cost, size, node_mask[level] | (np.int64(1) << j),
                   prune_tol, tie_floor, expensive, best, winner)
+        # insertion into the gain order (stable: equal gains keep index order)
+        p = alive
+        while p > 0 and child_gain[level, order[level, p - 1]] < child_gain[level, k]:
+            order[level, p] = order[level, p - 1]
+            p -= 1
+        order[level, p] = k
+        alive += 1
+    n_alive[level] = alive
 
 
 @njit(**JIT_OPTIONS)
 def _search_supersets(draws, cost, run, lam, max_depth, min_index, prune, prune_tol, tie_floor,
                       expensive, base, cand, n_cand, pos, node_q, node_cost, node_mask,
-                      child_q, child_gain, child_max, alive, best, winner):
+                      child_q, child_gain, child_max, order, n_alive, best, winner):
     """Branch-and-bound over supersets of the run set (cascade routing).
 
     Nodes are expanded level by level: all children of a node are scored
-    first, then the search descends into them in index order. Two exact
+    first, then the search descends into them by marginal gain, largest
+    first (each set is still reached once: a child is offered only the
+    siblings after it in that order). Two exact
     cuts, both from the submodularity of ``Q`` (ALGORITHM.md §5):
 
     * a child whose marginal gain is below ``-prune_tol`` is dropped with its
@@ -265,39 +286,37 @@ def _search_supersets(draws, cost, run, lam, max_depth, min_index, prune, prune_
     node_cost[0] = base_cost
     node_mask[0] = base_mask
     _expand(0, base, draws, cost, lam, prune, prune_tol, tie_floor, expensive, n_run, cand,
-            n_cand, node_q, node_cost, node_mask, child_q, child_gain, child_max, alive, best, winner)
+            n_cand, node_q, node_cost, node_mask, child_q, child_gain, child_max, order, n_alive,
+            best, winner)
     pos[0] = 0
     level = 0
     while level >= 0:
-        k = pos[level]
-        while k < n_cand[level] and not alive[level, k]:
-            k += 1
-        if k >= n_cand[level] or level + 1 >= max_add:
+        p = pos[level]
+        if p >= n_alive[level] or level + 1 >= max_add:
             level -= 1
             continue
-        pos[level] = k + 1
-        n_next = 0
-        for later in range(k + 1, n_cand[level]):
-            if alive[level, later]:
-                cand[level + 1, n_next] = cand[level, later]
-                n_next += 1
+        pos[level] = p + 1
+        k = order[level, p]
+        n_next = n_alive[level] - p - 1
         if n_next == 0:
             continue
         j = cand[level, k]
         child_cost = node_cost[level] + cost[j]
         if prune and n_run + level >= 1:
             bound = (child_q[level, k] - lam * child_cost
-                     + _top_gain_sum(child_gain[level], alive[level], k + 1, n_cand[level],
+                     + _top_gain_sum(child_gain[level], order[level], p + 1, n_alive[level],
                                      max_add - level - 1))
             if bound < best[0] - prune_tol:
                 continue
+        for later in range(n_next):
+            cand[level + 1, later] = cand[level, order[level, p + 1 + later]]
         n_cand[level + 1] = n_next
         node_q[level + 1] = child_q[level, k]
         node_cost[level + 1] = child_cost
         node_mask[level + 1] = node_mask[level] | (np.int64(1) << j)
         _expand(level + 1, child_max[level, k], draws, cost, lam, prune, prune_tol, tie_floor,
                 expensive, n_run, cand, n_cand, node_q, node_cost, node_mask, child_q, child_gain,
-                child_max, alive, best, winner)
+                child_max, order, n_alive, best, winner)
         pos[level + 1] = 0
         level += 1
 
@@ -349,7 +368,8 @@ def new_scratch(n_samples, n_models, max_depth):
         np.empty((max_depth, n_models)),                          # children's Q
         np.empty((max_depth, n_models)),                          # children's marginal gains
         np.empty((max_depth, n_models, n_samples)),               # children's per-draw maxima
-        np.empty((max_depth, n_models), dtype=np.bool_),          # children not pruned
+        np.empty((max_depth, n_models), dtype=np.int64),          # alive children, best gain first
+        np.empty(max_depth + 1, dtype=np.int64),                  # alive children per level
         np.empty(3),                                              # best τ, near-tie flag, winner cost
         np.empty(3, dtype=np.int64),                              # winner mask, winner size, argmax mask
     )
@@ -365,7 +385,7 @@ def plan_query(quality, sigma, chol, use_cov, cost, run, lambdas, strategy, thre
     allocated per query.
     """
     (draws, taus, costs, sizes, masks, base, cand, n_cand, pos, node_q, node_cost, node_mask,
-     child_q, child_gain, child_max, alive, best, winner) = scratch
+     child_q, child_gain, child_max, order, n_alive, best, winner) = scratch
     n_models = quality.shape[0]
     n_run, run_mask, highest = _run_state(run)
     if strategy == THRESHOLD:
@@ -407,7 +427,7 @@ def plan_query(quality, sigma, chol, use_cov, cost, run, lambdas, strategy, thre
     for _ in range(2):
         _search_supersets(draws, cost, run, lam, max_depth, min_index, prune, prune_tol, tie_floor,
                           expensive, base, cand, n_cand, pos, node_q, node_cost, node_mask,
-                          child_q, child_gain, child_max, alive, best, winner)
+                          child_q, child_gain, child_max, order, n_alive, best, winner)
         if best[1] == 0.0 or tie_floor != np.inf:
             break
         tie_floor = best[0] - TIE_RTOL * max(1.0, abs(best[0]))
