@@ -18,14 +18,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    """One small run shared by the tests below (ridge estimator: fast)."""
-    folder = tmp_path_factory.mktemp("fit")
-    out, report = folder / "router.joblib", folder / "report"
-    code = main(["--n-queries", "600", "--estimator", "linear", "--budget", "0.0004", "0.001",
-                 "--out", str(out), "--report", str(report), "--quiet"])
-    assert code == 0
-    return out, report
+def fitted(fitted_artifact):
+    return fitted_artifact
 
 
 def test_fit_writes_report_plot_artifact_and_manifest(fitted):
@@ -37,7 +31,7 @@ def test_fit_writes_report_plot_artifact_and_manifest(fitted):
         assert row["test_cost"] > 0 and 0 <= row["test_quality"] <= 1
         assert row["best_single_model"] in report["models"]
     assert set(report["auc"]) == {"cascade_routing", "linear"}
-    assert report["n_train"] + report["n_calibration"] + report["n_test"] == 600
+    assert report["n_train"] + report["n_calibration"] + report["n_test"] == 700
     assert (report_dir / "quality_cost.png").stat().st_size > 1000
     manifest = json.loads(manifest_path(out).read_text())
     assert manifest["models"] == report["models"]

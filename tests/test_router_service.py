@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from training import serving
 from training.artifact import manifest_path
 from training.data import read_table
-from training.fit import main as fit_main
 from training.router import Plan, load_router
 from training.serving import compile_estimator
 from training.synthetic import make_benchmark
@@ -59,12 +58,8 @@ print(f"answer {text!r} from {called} for ${cost:.6f}")
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("service")
-    code = fit_main(["--n-queries", "700", "--estimator", "linear", "--budget", "0.0004", "0.001",
-                     "--out", str(folder / "router.joblib"), "--report", str(folder / "report"), "--quiet"])
-    assert code == 0
-    return folder / "router.joblib"
+def artifact(fitted_artifact):
+    return fitted_artifact[0]
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.fit import main as fit_main
 from training.router import load_router
 from training.score import STATUS_OK, main, score_batch
 from training.synthetic import make_benchmark
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("score")
-    code = fit_main(["--n-queries", "600", "--estimator", "linear", "--budget", "0.0005", "0.001",
-                     "--out", str(folder / "router.joblib"), "--report", str(folder / "report"), "--quiet"])
-    assert code == 0
-    return folder / "router.joblib"
+def artifact(fitted_artifact):
+    return fitted_artifact[0]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +46,7 @@ def _service_loop(router, rows: pd.DataFrame, budget=None):
     return list(observed), answer, sum(o["cost"] for o in observed.values()), float(logged.loc[answer, "quality"])
 
 
-@pytest.mark.parametrize("budget", [None, 0.0005])
+@pytest.mark.parametrize("budget", [None, 0.0004])
 def test_replay_equals_the_service_loop_query_by_query(router, logged, budget):
     result = score_batch(router, logged, budget)
     assert (result["status"] == STATUS_OK).all() and len(result) == logged["query_id"].nunique()
@@ -78,11 +73,11 @@ def test_batches_that_split_queries_give_the_same_decisions(artifact, logged, tm
 
 def test_query_input_gives_first_model_plan_and_ex_ante_estimates(router, artifact, logged, tmp_path):
     queries = logged.drop_duplicates("query_id")[["query_id", "prompt", "task", "subtask"]].reset_index(drop=True)
-    code, output = _score(artifact, queries, tmp_path, "--budget", "0.0005", name="queries")
+    code, output = _score(artifact, queries, tmp_path, "--budget", "0.0004", name="queries")
     assert code == 0
     result = pd.read_parquet(output)
     prompts, tasks, subtasks = list(queries["prompt"]), list(queries["task"]), list(queries["subtask"])
-    plans = router.plan(prompts, budget=0.0005, tasks=tasks, subtasks=subtasks)
+    plans = router.plan(prompts, budget=0.0004, tasks=tasks, subtasks=subtasks)
     assert list(result["next_model"]) == [p.next for p in plans]
     assert [list(p) for p in result["plan"]] == [list(p.models) for p in plans]
     estimates, _ = router.estimates(prompts, tasks=tasks, subtasks=subtasks)
