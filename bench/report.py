@@ -13,7 +13,7 @@ import sys
 def main(path: str) -> int:
     with open(path) as handle:
         results = json.load(handle)["benchmarks"]
-    print(f"| group | benchmark | queries/call | median µs/query | queries/s |")
+    print("| group | benchmark | queries/call | median µs/query | queries/s |")
     print("|---|---|---:|---:|---:|")
     for result in sorted(results, key=lambda r: (r["group"] or "", r["name"])):
         queries = result["extra_info"].get("queries", 1)

@@ -11,7 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["check_run", "check_signals", "check_responses", "check_observed_cost", "check_per_query"]
+__all__ = ["check_run", "check_signals", "check_responses", "check_observed_cost", "check_per_query",
+           "per_query_inputs"]
 
 
 def check_run(run, n: int, models: Sequence[str]) -> np.ndarray:
@@ -105,3 +106,23 @@ def check_observed_cost(observed_cost, run: np.ndarray) -> np.ndarray:
             f"observed_cost must be finite and >= 0 for models that ran; row {row}, column {col} has {cost[row, col]}"
         )
     return cost
+
+
+def per_query_inputs(columns: Sequence[str], prompts, tasks, subtasks) -> tuple[dict, int]:
+    """Check the per-query inputs an estimator was fitted with; return them by column and ``N``.
+
+    Raises ``ValueError`` naming what is missing, so that a request without
+    the ``tasks`` the estimator needs fails clearly instead of deep inside the
+    featurizer.
+    """
+    given = {"prompt": prompts, "task": tasks, "subtask": subtasks}
+    n = next((len(v) for v in given.values() if v is not None and not isinstance(v, str)), None)
+    given = {name: check_per_query(f"{name}s", value, n) for name, value in given.items()}
+    missing = [name for name in columns if given[name] is None]
+    if missing:
+        raise ValueError(
+            f"{', '.join(name + 's' for name in missing)} required: the estimator was fitted with "
+            f"per-query columns {list(columns)}")
+    if n is None:
+        raise ValueError("pass prompts, tasks or subtasks: at least one per-query input is needed")
+    return given, n

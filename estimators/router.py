@@ -19,7 +19,7 @@ from training.table import RoutingTable
 
 from .cost import CostEstimator
 from .featurize import make_prompt_featurizer, prompt_frame
-from .inputs import check_observed_cost, check_per_query, check_responses, check_run, check_signals
+from .inputs import check_observed_cost, check_responses, check_run, check_signals, per_query_inputs
 from .posthoc import read_responses
 from .quality import PosthocData, QualityEstimator, make_linear_regressor
 
@@ -234,17 +234,7 @@ class RouterEstimator:
             raise ValueError("this RouterEstimator is not fitted yet; call fit(table) first")
 
     def _features(self, prompts, tasks, subtasks) -> tuple[np.ndarray, int]:
-        given = {"prompt": prompts, "task": tasks, "subtask": subtasks}
-        n = next((len(v) for v in given.values() if v is not None and not isinstance(v, str)), None)
-        given = {name: check_per_query(f"{name}s", value, n) for name, value in given.items()}
-        missing = [name for name in self.columns_ if given[name] is None]
-        if missing:
-            raise ValueError(
-                f"{', '.join(name + 's' for name in missing)} required: the estimator was fitted with "
-                f"per-query columns {self.columns_}"
-            )
-        if n is None:
-            raise ValueError("pass prompts, tasks or subtasks: at least one per-query input is needed")
+        given, n = per_query_inputs(self.columns_, prompts, tasks, subtasks)
         frame = prompt_frame(**{f"{name}s": given[name] for name in self.columns_})
         return self.featurizer_.transform(frame), n
 

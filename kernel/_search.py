@@ -23,7 +23,6 @@ from numba import njit
 
 from .config import (
     CASCADE,
-    CASCADE_ROUTING,
     COST_RTOL,
     JIT_OPTIONS,
     ROUTING,

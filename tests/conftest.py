@@ -20,3 +20,17 @@ def fitted_artifact(tmp_path_factory):
                  "--out", str(out), "--report", str(report), "--quiet"])
     assert code == 0
     return out, report
+
+
+@pytest.fixture(scope="session")
+def artifact(fitted_artifact):
+    """Path of the shared small router artifact."""
+    return fitted_artifact[0]
+
+
+@pytest.fixture(scope="session")
+def router(artifact):
+    """The shared small router, loaded strictly and warmed up."""
+    from training.router import load_router
+
+    return load_router(artifact)

@@ -58,16 +58,6 @@ print(f"answer {text!r} from {called} for ${cost:.6f}")
 
 
 @pytest.fixture(scope="module")
-def artifact(fitted_artifact):
-    return fitted_artifact[0]
-
-
-@pytest.fixture(scope="module")
-def router(artifact):
-    return load_router(artifact)
-
-
-@pytest.fixture(scope="module")
 def table(router):
     return read_table(make_benchmark(120, seed=5)).select_models(list(router.models_))
 

@@ -6,19 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.router import load_router
 from training.score import STATUS_OK, main, score_batch
 from training.synthetic import make_benchmark
-
-
-@pytest.fixture(scope="module")
-def artifact(fitted_artifact):
-    return fitted_artifact[0]
-
-
-@pytest.fixture(scope="module")
-def router(artifact):
-    return load_router(artifact)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from estimators.router import ESTIMATOR_KINDS, make_router_estimator
+from estimators.router import make_router_estimator
 from estimators.simulated import NOISE_LEVELS, simulate_estimates
 
 from . import metrics

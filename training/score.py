@@ -310,7 +310,6 @@ def _score_logged(router: Router, policy, frame: pd.DataFrame, parallel: bool, t
     k = len(models)
     per_query = _per_query_columns(router)
     n_rows = len(frame)
-    ids = frame["query_id"].to_numpy(dtype=object)
     raw_model = frame["model"].to_numpy(dtype=object)
     model_codes = pd.Index(list(models)).get_indexer(raw_model).astype(np.int64)
     cost = _numbers(frame["cost_usd"])

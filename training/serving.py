@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from estimators.inputs import check_observed_cost, check_per_query, check_run, check_signals
+from estimators.inputs import check_observed_cost, check_run, check_signals, per_query_inputs
 from estimators.posthoc import ResponseInfo, posthoc_features, read_responses
 from estimators.router import Estimates
 
@@ -380,16 +380,7 @@ class CompiledEstimator:
     def prompt_features(self, prompts=None, tasks=None, subtasks=None, *,
                         parallel: bool = False) -> tuple[np.ndarray, int]:
         """Prompt features ``(N, F)`` and ``N``, as ``estimator.featurizer_.transform``."""
-        given = {"prompt": prompts, "task": tasks, "subtask": subtasks}
-        n = next((len(v) for v in given.values() if v is not None and not isinstance(v, str)), None)
-        given = {name: check_per_query(f"{name}s", value, n) for name, value in given.items()}
-        missing = [name for name in self.columns_ if given[name] is None]
-        if missing:
-            raise ValueError(
-                f"{', '.join(name + 's' for name in missing)} required: the estimator was fitted with "
-                f"per-query columns {self.columns_}")
-        if n is None:
-            raise ValueError("pass prompts, tasks or subtasks: at least one per-query input is needed")
+        given, n = per_query_inputs(self.columns_, prompts, tasks, subtasks)
         frame = {name: _as_text(given[name]) for name in self.columns_}
         blocks = [block(frame, n, parallel) for block in self.blocks]
         return (np.hstack(blocks) if len(blocks) > 1 else blocks[0]), n
