@@ -115,19 +115,27 @@ def _pick(taus, costs, sizes, masks, n, expensive):
 
 
 @njit(**JIT_OPTIONS)
-def _list_routing(quality, cost, lam, taus, costs, sizes, masks):
-    """Singletons ``{m_i}``, scored ``q_i - λ c_i``.
+def _route(quality, cost, lam, expensive):
+    """Routing: the model of the winning singleton ``{m_i}``, scored ``q_i - λ c_i``.
 
     ``Q({i})`` is the mean of model ``i``'s draws, which is ``q_i`` because
-    the columns of ``Z`` are centred (:func:`kernel.normal_samples`); using
-    ``q_i`` directly skips drawing, which is most of routing's work.
+    the columns of ``Z`` are centred (:func:`kernel.normal_samples`), so
+    routing needs no draws; two passes over the models (best score, then the
+    tie-break among those within tolerance) and no scratch.
     """
+    best = 0
+    best_tau = quality[0] - lam * cost[0]
+    for i in range(1, quality.shape[0]):
+        tau = quality[i] - lam * cost[i]
+        if tau > best_tau:
+            best, best_tau = i, tau
+    floor = best_tau - TIE_RTOL * max(1.0, abs(best_tau))
+    winner = best
     for i in range(quality.shape[0]):
-        taus[i] = quality[i] - lam * cost[i]
-        costs[i] = cost[i]
-        sizes[i] = 1
-        masks[i] = np.int64(1) << i
-    return quality.shape[0]
+        if i != winner and quality[i] - lam * cost[i] >= floor:
+            if tie_better(cost[i], 1, np.int64(1) << i, cost[winner], 1, np.int64(1) << winner, expensive):
+                winner = i
+    return winner
 
 
 @njit(**JIT_OPTIONS)
@@ -353,7 +361,7 @@ def new_scratch(n_samples, n_models, max_depth):
     """Scratch buffers for :func:`plan_query`, allocated once per block of queries."""
     return (
         np.empty((n_samples, n_models)),                          # draws
-        np.empty(n_models + 1),                                   # candidate scores (routing, cascade)
+        np.empty(n_models + 1),                                   # candidate scores (cascade)
         np.empty(n_models + 1),                                   # candidate costs
         np.empty(n_models + 1, dtype=np.int64),                   # candidate sizes
         np.empty(n_models + 1, dtype=np.int64),                   # candidate masks
@@ -403,9 +411,8 @@ def plan_query(quality, sigma, chol, use_cov, cost, run, lambdas, strategy, thre
         return STOP, run_mask
     lam = lambdas[n_run]
     if strategy == ROUTING:
-        n = _list_routing(quality, cost, lam, taus, costs, sizes, masks)
-        plan = masks[_pick(taus, costs, sizes, masks, n, expensive)]
-        return _next_from_plan(plan, run, cost, True), plan
+        chosen = _route(quality, cost, lam, expensive)
+        return chosen, np.int64(1) << chosen
     fill_draws(quality, sigma, chol, use_cov, z, draws)
     if strategy == CASCADE:
         n = _list_cascade(draws, cost, n_run, lam, max_depth, base, taus, costs, sizes, masks)
