@@ -62,7 +62,7 @@ def _walk_rows(X, feature, threshold, left, right, default_left, missing, leaf_v
 _walk = njit(**JIT_OPTIONS)(_walk_rows)
 #: Row-parallel walk for batch scoring. Not cached: numba keys its disk cache by
 #: function, not by the ``parallel`` flag, so caching both variants of one function
-#: lets one load the other's machine code (see ``training.router.one_kernel_thread``).
+#: lets one load the other's machine code (the kernel's drivers are separate functions for this reason).
 #: Compiled on first batch use instead (about a second).
 _walk_parallel = njit(parallel=True, **{**JIT_OPTIONS, "cache": False})(_walk_rows)
 

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import threading
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
-import numba
 import numpy as np
 
 import kernel
@@ -187,10 +185,9 @@ class Router:
         estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks)
         chosen = policy if policy is not None else self.policy(budget)
         spread = kernel_spread(estimates.sigma, getattr(estimates, "cov", None), chosen)
-        with one_kernel_thread():
-            next_model, masks = kernel.plan(estimates.quality, estimates.cost, run=run,
-                                            u=prompt_uniforms(prompts), parallel=False, **spread,
-                                            **chosen.kernel_options())
+        next_model, masks = kernel.plan(estimates.quality, estimates.cost, run=run,
+                                        u=prompt_uniforms(prompts), parallel=False, **spread,
+                                        **chosen.kernel_options())
         names = self.models_
         bits = [1 << i for i in range(len(names))]
         return [Plan(None if c == kernel.STOP else names[c],
@@ -269,31 +266,6 @@ def kernel_spread(sigma, cov, policy: Policy) -> dict:
     from .episodes import scale_uncertainty
     sigma, cov = scale_uncertainty(sigma, cov, float(getattr(policy, "sigma_scale", 1.0)))
     return {"cov": cov} if cov is not None else {"sigma": sigma}
-
-
-@contextmanager
-def one_kernel_thread():
-    """Run numba code in this thread with one thread, then restore the previous count.
-
-    Why: the kernel compiles one Python function twice (serial and
-    ``parallel=True``) with ``cache=True``, and numba's on-disk cache keys
-    entries by function, not by those flags, so ``plan_all_serial`` can load
-    the *parallel* machine code compiled earlier. Every "serial" call then
-    starts an OpenMP region; on a loaded machine that waits on the worker
-    threads for 8-16 ms instead of taking 10 µs, and it is not the
-    deterministic single-threaded code the service assumes. numba's thread
-    count is per calling thread, so setting it to 1 here makes whichever
-    code was loaded run on this thread alone, safely alongside other
-    request threads. (Reported; the fix belongs in ``kernel/``.)
-    """
-    previous = numba.get_num_threads()
-    if previous != 1:
-        numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if previous != 1:
-            numba.set_num_threads(previous)
 
 
 def _columns(estimator) -> list[str]:

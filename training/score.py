@@ -35,7 +35,6 @@ import os
 import sys
 import time
 from collections import deque
-from contextlib import nullcontext
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Sequence
@@ -45,7 +44,7 @@ import pandas as pd
 
 import kernel
 
-from .router import Router, kernel_spread, load_router, one_kernel_thread, prompt_uniforms
+from .router import Router, kernel_spread, load_router, prompt_uniforms
 
 __all__ = ["score_batch", "replay", "output_schema", "main", "ScoreError", "STATUS_OK", "STATUS_REJECTED"]
 
@@ -189,9 +188,8 @@ def replay(router: Router, policy, prompts, tasks, subtasks, cost: np.ndarray, r
         quality, sigma, step_cost, cov = estimate(active)
         began = time.perf_counter()
         spread = kernel_spread(sigma, cov, policy)
-        with nullcontext() if parallel else one_kernel_thread():  # one batch per core: no OpenMP team
-            chosen, _ = kernel.plan(quality, step_cost, run=run[active], u=u[active], parallel=parallel,
-                                    **spread, **options)
+        chosen, _ = kernel.plan(quality, step_cost, run=run[active], u=u[active], parallel=parallel,
+                                **spread, **options)
         _add(timings, "kernel", began)
         going = chosen != kernel.STOP
         active, chosen = active[going], chosen[going]
