@@ -97,6 +97,32 @@ def test_malformed_rows_are_written_to_rejects_with_row_numbers(artifact, logged
     assert not set(scored["query_id"]) & set(rejected["query_id"])
 
 
+def test_dictionary_encoded_input_scores_and_rejects_as_plain_strings(artifact, logged, tmp_path):
+    """Parquet written from categorical columns reads back as pandas categoricals (another code path)."""
+    bad = logged.copy()
+    bad.loc[5, "cost_usd"] = np.nan
+    bad.loc[30, "model"] = "gpt-9"
+    bad.loc[41, "model"] = None
+    bad.loc[100, "prompt"] = None
+    bad.loc[130, "response"] = None
+    encoded = bad.astype({c: "category" for c in ("model", "prompt", "response", "task", "subtask")})
+    results = {}
+    for name, frame, extra in (("plain", bad, ()), ("dictionary", encoded, ()),
+                               ("dictionary2", encoded, ("--workers", "2"))):
+        rejects = tmp_path / f"{name}.rejects.parquet"
+        code, output = _score(artifact, frame, tmp_path, "--batch-size", "29", "--rejects", str(rejects), *extra,
+                              name=name)
+        assert code == 0
+        results[name] = pd.read_parquet(output), pd.read_parquet(rejects)
+    assert isinstance(pd.read_parquet(tmp_path / "dictionary.parquet")["model"].dtype, pd.CategoricalDtype)
+    for name in ("dictionary", "dictionary2"):
+        pd.testing.assert_frame_equal(results[name][0], results["plain"][0])
+        pd.testing.assert_frame_equal(results[name][1], results["plain"][1])
+    rejected = results["plain"][1].set_index("row")
+    assert rejected.loc[41, "reason"] == "model is missing"
+    assert 130 not in rejected.index, "a missing response is an empty answer, not a malformed row"
+
+
 def test_rows_of_a_query_that_are_not_contiguous_are_rejected(router, logged):
     frame = logged.iloc[:40].copy()
     frame = pd.concat([frame.iloc[:3], frame.iloc[8:16], frame.iloc[3:8], frame.iloc[16:]], ignore_index=True)

@@ -103,6 +103,9 @@ def _text_column(series: pd.Series, rows: np.ndarray | None = None) -> np.ndarra
     """
     if rows is not None:
         series = series.iloc[rows]
+    if isinstance(series.dtype, pd.CategoricalDtype):  # dictionary-encoded Parquet: convert each value once
+        values = np.append(_text(series.cat.categories.to_numpy(dtype=object)), "")
+        return values[series.cat.codes.to_numpy()]  # code -1 (missing) takes the '' appended last
     if series.dtype == object:
         return _text(series.to_numpy())
     return series.astype("string").fillna("").to_numpy(dtype=object)
@@ -115,6 +118,15 @@ def _text(values: np.ndarray) -> np.ndarray:
 
 def _missing(values: np.ndarray) -> np.ndarray:
     return np.fromiter((not isinstance(v, str) and pd.isna(v) for v in values), dtype=bool, count=len(values))
+
+
+def _codes_of(series: pd.Series, names: Sequence[str]) -> np.ndarray:
+    """Position of each value in ``names``, ``-1`` when absent (missing values included)."""
+    known = pd.Index(list(names))
+    if isinstance(series.dtype, pd.CategoricalDtype):  # look up each category once
+        found = np.append(known.get_indexer(series.cat.categories), -1)
+        return found[series.cat.codes.to_numpy()].astype(np.int64)
+    return known.get_indexer(series.to_numpy(dtype=object)).astype(np.int64)
 
 
 def _numbers(series: pd.Series) -> np.ndarray:
@@ -308,8 +320,7 @@ def _score_logged(router: Router, policy, frame: pd.DataFrame, parallel: bool, t
     k = len(models)
     per_query = _per_query_columns(router)
     n_rows = len(frame)
-    raw_model = frame["model"].to_numpy(dtype=object)
-    model_codes = pd.Index(list(models)).get_indexer(raw_model).astype(np.int64)
+    model_codes = _codes_of(frame["model"], models)
     cost = _numbers(frame["cost_usd"])
     quality = _numbers(frame["quality"])
     row_reason = np.full(n_rows, "", dtype=object)
@@ -319,7 +330,8 @@ def _score_logged(router: Router, policy, frame: pd.DataFrame, parallel: bool, t
             row_reason[r] = reason(r) if callable(reason) else reason
 
     flag(frame["query_id"].isna().to_numpy(), "query_id is missing")
-    flag(model_codes < 0, lambda r: f"unknown model {raw_model[r]!r}; the router knows {list(models)}")
+    flag(frame["model"].isna().to_numpy(), "model is missing")
+    flag(model_codes < 0, lambda r: f"unknown model {frame['model'].iloc[r]!r}; the router knows {list(models)}")
     flag(~(np.isfinite(cost) & (cost >= 0)), lambda r: f"cost_usd must be a finite number >= 0, got {frame['cost_usd'].iloc[r]}")
     flag(np.isnan(quality), lambda r: f"quality must be a number, got {frame['quality'].iloc[r]}")
     if "prompt" in per_query:
@@ -430,38 +442,49 @@ def rejects_schema():
 # --------------------------------------------------------------------------- #
 
 
-def iter_frames(path: Path, columns: list[str], batch_size: int, logged: bool) -> Iterator[pd.DataFrame]:
-    """Batches of the input as DataFrames with a ``row`` column; logged queries never split.
+def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -> Iterator["pa.Table"]:
+    """Batches of the input as Arrow tables with a ``row`` column; logged queries never split.
 
     The rows of the last query of a batch may continue in the next one, so
-    they are held back and prepended to it (and flushed at the end).
+    they are held back and prepended to it (and flushed at the end). The
+    split and the carry-over stay in Arrow (slices and chunk lists, no
+    copies), so the worker that scores a batch pays for its pandas
+    conversion, not the process that reads.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
     reader = pq.ParquetFile(path)
     offset = 0
-    carry: pd.DataFrame | None = None
+    carry = None
     for batch in reader.iter_batches(batch_size=batch_size, columns=columns):
-        frame = batch.to_pandas()
-        frame["row"] = np.arange(offset, offset + len(frame), dtype=np.int64)
-        offset += len(frame)
-        if carry is not None and len(carry):
-            frame = pd.concat([carry, frame], ignore_index=True)
-        if not logged or not len(frame):
+        table = pa.Table.from_batches([batch]).append_column(
+            "row", pa.array(np.arange(offset, offset + batch.num_rows, dtype=np.int64)))
+        offset += batch.num_rows
+        if carry is not None and carry.num_rows:
+            table = pa.concat_tables([carry, table])
+        if not logged or not table.num_rows:
             carry = None
-            yield frame
+            yield table
             continue
-        ids = frame["query_id"].to_numpy(dtype=object)
+        ids = table.column("query_id")
         last = ids[-1]
-        tail = len(frame)
-        while tail > 0 and (ids[tail - 1] == last or (pd.isna(ids[tail - 1]) and pd.isna(last))):
-            tail -= 1
+        same = pc.is_null(ids) if not last.is_valid else pc.fill_null(pc.equal(ids, last), False)
+        different = np.flatnonzero(~same.to_numpy())
+        tail = int(different[-1]) + 1 if different.size else 0
         if tail == 0:  # the whole batch is one query: keep collecting
-            carry = frame
+            carry = table
             continue
-        carry = frame.iloc[tail:].reset_index(drop=True)
-        yield frame.iloc[:tail].reset_index(drop=True)
-    if carry is not None and len(carry):
+        carry = table.slice(tail)
+        yield table.slice(0, tail)
+    if carry is not None and carry.num_rows:
         yield carry
+
+
+def iter_frames(path: Path, columns: list[str], batch_size: int, logged: bool) -> Iterator[pd.DataFrame]:
+    """:func:`iter_tables` as DataFrames (what :func:`score_batch` takes)."""
+    for table in iter_tables(path, columns, batch_size, logged):
+        yield table.to_pandas()
 
 
 _WORKER_ROUTER: Router | None = None
@@ -480,9 +503,11 @@ def _warm_worker(_: int) -> int:
     return os.getpid()
 
 
-def _score_in_worker(frame: pd.DataFrame, budget: float | None) -> tuple[pd.DataFrame, dict]:
+def _score_in_worker(table, budget: float | None) -> tuple[pd.DataFrame, dict]:
+    """Score one Arrow batch (pickled as Arrow buffers, far cheaper to ship than a DataFrame)."""
     batch_timings: dict = {}
-    return score_batch(_WORKER_ROUTER, frame, budget, parallel=False, timings=batch_timings), batch_timings
+    return score_batch(_WORKER_ROUTER, table.to_pandas(), budget, parallel=False,
+                       timings=batch_timings), batch_timings
 
 
 def _start_workers(artifact: Path, n_workers: int):
@@ -603,15 +628,14 @@ def run(args: argparse.Namespace) -> dict:
         progress.update(n_rows)
 
     try:
-        frames = iter_frames(args.input, columns, args.batch_size, logged)
         if pool is None:
-            for frame in frames:
+            for frame in iter_frames(args.input, columns, args.batch_size, logged):
                 batch_timings: dict = {}
                 consume(score_batch(router, frame, args.budget, timings=batch_timings), batch_timings, len(frame))
         else:
             pending: deque = deque()
-            for frame in frames:
-                pending.append((pool.submit(_score_in_worker, frame, args.budget), len(frame)))
+            for table in iter_tables(args.input, columns, args.batch_size, logged):
+                pending.append((pool.submit(_score_in_worker, table, args.budget), table.num_rows))
                 if len(pending) >= 2 * args.workers:  # bounded read-ahead: memory stays bounded
                     future, n_rows = pending.popleft()
                     consume(*future.result(), n_rows)
