@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +66,7 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def source() -> "pd.DataFrame":
-    import pandas as pd
+def source() -> pd.DataFrame:
     from training.synthetic import make_benchmark
     if SHARED.exists():
         return pd.read_parquet(SHARED)

@@ -239,7 +239,7 @@ def test_compiled_text_features_equal_the_featurizer(router, texts):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         expected = featurizer.transform(np.array(texts, dtype=object)[:, None])
-    got = block({"prompt": np.array(texts, dtype=object)}, len(texts))
+    got = block(serving._Columns({"prompt": np.array(texts, dtype=object)}), len(texts))
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
 
 
@@ -252,7 +252,7 @@ def test_compiled_structure_counts_equal_the_featurizer(router, texts):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         expected = featurizer.transform(np.array(texts, dtype=object)[:, None])
-    np.testing.assert_array_equal(block({"prompt": np.array(texts, dtype=object)}, len(texts)), expected)
+    np.testing.assert_array_equal(block(serving._Columns({"prompt": np.array(texts, dtype=object)}), len(texts)), expected)
 
 
 @pytest.mark.parametrize("sigma_scale", [1.0, 0.25, 3.0])

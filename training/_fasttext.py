@@ -197,43 +197,44 @@ def project_counts(columns, counts, idf, projection, out_row):
             out_row[c] *= scale
 
 
-def _text_features(words, word_offsets, chars, char_offsets, n_features, char_range,
-                   idf, projection, out):
-    """Features of many ASCII texts; row ``r`` reads ``words[word_offsets[r]:word_offsets[r+1]]``.
+def _text_features(text, offsets, rows, word_chars, char_chars, n_features, char_range, idf, projection, out):
+    """Features of ASCII texts ``rows``; text ``r`` is ``text[offsets[r]:offsets[r + 1]]``.
 
-    ``words``/``chars`` hold the (not yet lower-cased) word and character
-    tails of every text back to back.
+    Words are read from its last ``word_chars`` characters, character
+    n-grams from its last ``char_chars`` (as the featurizer's tails); row
+    ``i`` of ``out`` gets text ``rows[i]``.
     """
-    n_texts = word_offsets.size - 1
+    n_texts = rows.size
     longest = 1
-    for r in range(n_texts):
-        longest = max(longest, word_offsets[r + 1] - word_offsets[r], char_offsets[r + 1] - char_offsets[r])
+    for i in range(n_texts):
+        longest = max(longest, min(offsets[rows[i] + 1] - offsets[rows[i]], max(word_chars, char_chars)))
     n_blocks = (n_texts + _BLOCK - 1) // _BLOCK
     for block in prange(n_blocks):
-        text = np.empty(longest, np.uint8)
+        lowered = np.empty(longest, np.uint8)
         scratch = np.empty(2 * longest + 3, np.uint8)
         grams = np.empty(4 * longest + 8, np.int64)
         tally = np.zeros(2 * n_features, np.int32)
         columns = np.empty(4 * longest + 8, np.int64)
         counts = np.empty(4 * longest + 8, np.float64)
-        for r in range(block * _BLOCK, min(n_texts, (block + 1) * _BLOCK)):
-            _one_text(words, word_offsets, chars, char_offsets, n_features, char_range, idf, projection,
-                      out, r, text, scratch, grams, tally, columns, counts)
+        for i in range(block * _BLOCK, min(n_texts, (block + 1) * _BLOCK)):
+            start, stop = offsets[rows[i]], offsets[rows[i] + 1]
+            _one_text(text, max(start, stop - word_chars), max(start, stop - char_chars), stop, n_features,
+                      char_range, idf, projection, out[i], lowered, scratch, grams, tally, columns, counts)
 
 
 @njit(**JIT_OPTIONS)
-def _one_text(words, word_offsets, chars, char_offsets, n_features, char_range, idf, projection, out,
-              r, text, scratch, grams, tally, columns, counts):
-    """Hash, count and project text ``r`` (one compiled pass over its bytes).
+def _one_text(text, word_start, char_start, stop, n_features, char_range, idf, projection, out_row,
+              lowered, scratch, grams, tally, columns, counts):
+    """Hash, count and project one text (one compiled pass over its bytes).
 
     n-grams are counted in ``tally`` (one slot per hashed column, all zero
     on entry and on exit) rather than by sorting them, which cost as much as
     hashing; columns are then projected in order of first occurrence.
     """
-    length = _lower(words, word_offsets[r], word_offsets[r + 1], text)
-    n_grams = _word_grams(text, length, n_features, scratch, grams, 0)
-    length = _lower(chars, char_offsets[r], char_offsets[r + 1], text)
-    n_grams = _char_wb_grams(text, length, n_features, n_features, char_range[0], char_range[1],
+    length = _lower(text, word_start, stop, lowered)
+    n_grams = _word_grams(lowered, length, n_features, scratch, grams, 0)
+    length = _lower(text, char_start, stop, lowered)
+    n_grams = _char_wb_grams(lowered, length, n_features, n_features, char_range[0], char_range[1],
                              scratch, grams, n_grams)
     n_unique = 0
     for j in range(n_grams):
@@ -245,7 +246,7 @@ def _one_text(words, word_offsets, chars, char_offsets, n_features, char_range, 
     for j in range(n_unique):
         counts[j] = tally[columns[j]]
         tally[columns[j]] = 0
-    project_counts(columns[:n_unique], counts[:n_unique], idf, projection, out[r])
+    project_counts(columns[:n_unique], counts[:n_unique], idf, projection, out_row)
 
 
 _BLOCK = 64  # texts per block of scratch buffers (and per parallel task)
@@ -255,11 +256,12 @@ ascii_text_features_parallel = njit(parallel=True, **{**JIT_OPTIONS, "cache": Fa
 
 
 @njit(**JIT_OPTIONS)
-def structure_counts(text, offsets, class_of_byte, n_classes, markers, marker_offsets, marker_group,
+def structure_counts(text, offsets, rows, class_of_byte, n_classes, markers, marker_offsets, marker_group,
                      n_groups, out):
-    """``estimators.featurize._counts`` for ASCII texts: length, byte-class counts, marker counts.
+    """``estimators.featurize._counts`` for ASCII texts ``rows``: length, byte-class counts, marker counts.
 
-    Row ``r`` of ``out`` gets ``[len, count of class 1..n_classes, markers of group 0..n_groups-1]``.
+    Row ``i`` of ``out`` gets, for text ``rows[i]`` (``text[offsets[r]:offsets[r + 1]]``),
+    ``[len, count of class 1..n_classes, markers of group 0..n_groups-1]``.
     Each marker is counted without overlaps, left to right, as ``str.count``
     does; one pass over the text tries only the markers whose first byte
     matches (each with its own "next allowed position").
@@ -269,8 +271,8 @@ def structure_counts(text, offsets, class_of_byte, n_classes, markers, marker_of
     for m in range(n_markers):
         starts_with[markers[marker_offsets[m]]] = True
     allowed = np.empty(n_markers, np.int64)
-    for r in range(offsets.size - 1):
-        start, stop = offsets[r], offsets[r + 1]
+    for r in range(rows.size):
+        start, stop = offsets[rows[r]], offsets[rows[r] + 1]
         for c in range(out.shape[1]):
             out[r, c] = 0.0
         out[r, 0] = stop - start

@@ -22,7 +22,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -30,6 +30,9 @@ import kernel
 
 from .artifact import load_artifact
 from .policy import Policy
+
+if TYPE_CHECKING:
+    from .pacing import PacedRouter
 
 __all__ = ["Router", "load_router", "Observed", "Plan"]
 

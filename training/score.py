@@ -41,6 +41,9 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 import kernel
 
@@ -411,7 +414,6 @@ def _model_lists(order: np.ndarray, models: Sequence[str]) -> pd.Series:
     Built from flat arrays (offsets + indices into a dictionary), not one
     Python list per query, which cost as much as the kernel.
     """
-    import pyarrow as pa
     taken = order >= 0
     offsets = np.zeros(len(order) + 1, np.int32)
     np.cumsum(taken.sum(axis=1), out=offsets[1:])
@@ -421,7 +423,6 @@ def _model_lists(order: np.ndarray, models: Sequence[str]) -> pd.Series:
 
 def output_schema(router: Router, logged: bool):
     """The pyarrow schema of :func:`score_batch` results (scored and rejected rows together)."""
-    import pyarrow as pa
     fields = [("status", pa.string()), ("row", pa.int64()), ("query_id", pa.string())]
     if logged:
         fields += [("first_model", pa.string()), ("models_run", pa.list_(pa.string())), ("n_run", pa.int64()),
@@ -433,7 +434,6 @@ def output_schema(router: Router, logged: bool):
 
 
 def rejects_schema():
-    import pyarrow as pa
     return pa.schema([("row", pa.int64()), ("query_id", pa.string()), ("model", pa.string()), ("reason", pa.string())])
 
 
@@ -442,7 +442,7 @@ def rejects_schema():
 # --------------------------------------------------------------------------- #
 
 
-def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -> Iterator["pa.Table"]:
+def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -> Iterator[pa.Table]:
     """Batches of the input as Arrow tables with a ``row`` column; logged queries never split.
 
     The rows of the last query of a batch may continue in the next one, so
@@ -451,9 +451,6 @@ def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -
     copies), so the worker that scores a batch pays for its pandas
     conversion, not the process that reads.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
     reader = pq.ParquetFile(path)
     offset = 0
     carry = None
@@ -532,8 +529,6 @@ class _Writer:
         self.rows = 0
 
     def write(self, frame: pd.DataFrame) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
@@ -543,7 +538,6 @@ class _Writer:
 
     def close(self) -> None:
         if self.writer is None:  # still write an empty file with the schema
-            import pyarrow.parquet as pq
             self.path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(self.schema.empty_table(), self.path)
         else:
@@ -579,7 +573,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict:
     """Score the input file; returns the totals printed by :func:`main`."""
-    import pyarrow.parquet as pq
     from tqdm.auto import tqdm
     if not args.input.exists():
         raise ScoreError(f"--input {args.input} does not exist")

@@ -56,13 +56,43 @@ VERIFY_RTOL = 1e-9
 # --------------------------------------------------------------------------- #
 
 
+class _Columns:
+    """The per-query columns of one call, with each text column's UTF-8 bytes built once on demand.
+
+    The text and structure blocks both read the prompt's bytes; encoding
+    and joining a batch of prompts costs about as much as counting them, so
+    it is done once per call (one object per call: nothing shared between
+    threads).
+    """
+
+    def __init__(self, values: dict[str, np.ndarray]) -> None:
+        self.values = values
+        self._encoded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.values[name]
+
+    def encoded(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(bytes, offsets, ascii)``: text ``r`` is ``bytes[offsets[r]:offsets[r + 1]]``; ``ascii[r]`` tells
+        whether it is plain ASCII (bytes = characters), the only texts the compiled blocks read."""
+        if name not in self._encoded:
+            texts = self.values[name]
+            encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
+            lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
+            offsets = np.zeros(len(encoded) + 1, np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            ascii = np.fromiter((t.isascii() for t in texts), dtype=bool, count=len(texts))
+            self._encoded[name] = (np.frombuffer(b"".join(encoded) or b"\0", np.uint8), offsets, ascii)
+        return self._encoded[name]
+
+
 class _CallBlock:
     """Fallback: the fitted transformer's own ``transform`` on its columns."""
 
     def __init__(self, transformer, columns: list[str]) -> None:
         self.transformer, self.columns = transformer, columns
 
-    def __call__(self, frame: dict[str, np.ndarray], n: int, parallel: bool = False) -> np.ndarray:
+    def __call__(self, frame: _Columns, n: int, parallel: bool = False) -> np.ndarray:
         data = pd.DataFrame({c: frame[c] for c in self.columns})
         return np.asarray(self.transformer.transform(data), dtype=np.float64).reshape(n, -1)
 
@@ -87,26 +117,19 @@ class _TextBlock:
                 and featurizer.char_chars > 0 and getattr(featurizer.tfidf_, "sublinear_tf", False)
                 and featurizer.tfidf_.norm == "l2" and featurizer.tfidf_.use_idf)
 
-    def __call__(self, frame: dict[str, np.ndarray], n: int, parallel: bool = False) -> np.ndarray:
+    def __call__(self, frame: _Columns, n: int, parallel: bool = False) -> np.ndarray:
         out = np.zeros((n, self.n_components))
         if self.projection is None:
             return out
         width = self.projection.shape[1]
         texts = frame[self.column]
-        plain = np.fromiter((t.isascii() for t in texts), dtype=bool, count=n)
+        text, offsets, plain = frame.encoded(self.column)
         rows = np.flatnonzero(plain)
         if rows.size:
-            words = [texts[r][-self.word_chars:].encode("ascii") for r in rows]
-            chars = [texts[r][-self.char_chars:].encode("ascii") for r in rows]
-            word_offsets = np.zeros(rows.size + 1, np.int64)
-            np.cumsum([len(w) for w in words], out=word_offsets[1:])
-            char_offsets = np.zeros(rows.size + 1, np.int64)
-            np.cumsum([len(c) for c in chars], out=char_offsets[1:])
             block = np.empty((rows.size, width))
-            (ascii_text_features_parallel if parallel else ascii_text_features)(np.frombuffer(b"".join(words) or b"\0", np.uint8), word_offsets,
-                                np.frombuffer(b"".join(chars) or b"\0", np.uint8), char_offsets,
-                                self.n_features, np.array([3, 4], np.int64), self.idf,
-                                self.projection, block)
+            (ascii_text_features_parallel if parallel else ascii_text_features)(
+                text, offsets, rows, self.word_chars, self.char_chars, self.n_features, np.array([3, 4], np.int64),
+                self.idf, self.projection, block)
             out[rows, :width] = block
         others = np.flatnonzero(~plain)
         if others.size:  # Unicode: the featurizer's own analyzers, our projection
@@ -149,19 +172,15 @@ class _StructureBlock:
         return type(featurizer) is featurize.StructuralFeaturizer and all(
             hasattr(featurize, name) for name in ("_counts", "_CLASS_OF_BYTE", "_BYTE_CLASSES", "_SUBSTRINGS"))
 
-    def __call__(self, frame: dict[str, np.ndarray], n: int, parallel: bool = False) -> np.ndarray:
+    def __call__(self, frame: _Columns, n: int, parallel: bool = False) -> np.ndarray:
         texts = frame[self.column]
         counts = np.empty((n, self.width))
-        plain = np.fromiter((t.isascii() for t in texts), dtype=bool, count=n)
+        text, offsets, plain = frame.encoded(self.column)
         rows = np.flatnonzero(plain)
         if rows.size:
-            encoded = [texts[r].encode("ascii") for r in rows]
-            offsets = np.zeros(rows.size + 1, np.int64)
-            np.cumsum([len(e) for e in encoded], out=offsets[1:])
             block = np.empty((rows.size, self.width))
-            structure_counts(np.frombuffer(b"".join(encoded) or b"\0", np.uint8), offsets, self.class_of_byte,
-                             self.n_classes, self.markers, self.marker_offsets, self.marker_group, self.n_groups,
-                             block)
+            structure_counts(text, offsets, rows, self.class_of_byte, self.n_classes, self.markers,
+                             self.marker_offsets, self.marker_group, self.n_groups, block)
             counts[rows] = block
         for r in np.flatnonzero(~plain):
             counts[r] = self.counts(texts[r])
@@ -202,7 +221,7 @@ class _OneHotBlock:
                 and encoder.handle_unknown in ("ignore", "infrequent_if_exist") and encoder.drop is None
                 and all(np.asarray(c).dtype == object for c in encoder.categories_))
 
-    def __call__(self, frame: dict[str, np.ndarray], n: int, parallel: bool = False) -> np.ndarray:
+    def __call__(self, frame: _Columns, n: int, parallel: bool = False) -> np.ndarray:
         out = np.empty((n, self.width))
         for i, column in enumerate(self.columns):
             table, unseen = self.tables[i], self.unseen[i]
@@ -381,7 +400,7 @@ class CompiledEstimator:
                         parallel: bool = False) -> tuple[np.ndarray, int]:
         """Prompt features ``(N, F)`` and ``N``, as ``estimator.featurizer_.transform``."""
         given, n = per_query_inputs(self.columns_, prompts, tasks, subtasks)
-        frame = {name: _as_text(given[name]) for name in self.columns_}
+        frame = _Columns({name: _as_text(given[name]) for name in self.columns_})
         blocks = [block(frame, n, parallel) for block in self.blocks]
         return (np.hstack(blocks) if len(blocks) > 1 else blocks[0]), n
 
