@@ -15,7 +15,7 @@ import pandas as pd
 
 from .answers import final_answers
 
-__all__ = ["ResponseInfo", "read_responses", "posthoc_features", "posthoc_feature_names"]
+__all__ = ["ResponseInfo", "parse_responses", "read_responses", "posthoc_features", "posthoc_feature_names"]
 
 
 class ResponseInfo(NamedTuple):
@@ -51,15 +51,26 @@ def _answer_kind(answer: str) -> float:
     return 2.0 if value.is_integer() else 3.0
 
 
+def parse_responses(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per response text (any shape, non-strings as empty): final answer, ``log1p`` length and answer kind.
+
+    The per-text half of :func:`read_responses`, for callers that parse
+    each text once and compare answers later (the batch replay).
+    """
+    texts = np.asarray(texts, dtype=object)
+    answers = final_answers(texts)
+    lengths = np.array([len(r) if isinstance(r, str) else 0 for r in texts.ravel()], dtype=np.float64)
+    kind = np.array([_answer_kind(a) for a in answers.ravel()], dtype=np.float64)
+    return answers, np.log1p(lengths).reshape(texts.shape), kind.reshape(texts.shape)
+
+
 def read_responses(responses: np.ndarray) -> ResponseInfo:
     """Parse an ``(N, K)`` object array of response texts into :class:`ResponseInfo`."""
-    answers = final_answers(responses)
+    answers, log_length, kind = parse_responses(responses)
     codes, _ = pd.factorize(answers.ravel(), use_na_sentinel=False)
     codes = codes.reshape(answers.shape).astype(np.int64) + 1
     codes[answers == ""] = 0
-    lengths = np.array([len(r) if isinstance(r, str) else 0 for r in responses.ravel()], dtype=np.float64)
-    kind = np.array([_answer_kind(a) for a in answers.ravel()], dtype=np.float64)
-    return ResponseInfo(codes, np.log1p(lengths).reshape(answers.shape), kind.reshape(answers.shape))
+    return ResponseInfo(codes, log_length, kind)
 
 
 def posthoc_feature_names(models, signal_names, with_responses: bool) -> list[str]:

@@ -268,3 +268,18 @@ def test_router_decides_as_its_policy_including_the_sigma_scale(router, table, s
                              u=prompt_uniforms(prompts), parallel=False)
     got = router.decide(prompts, observed, policy=policy, **per_query)
     assert got == [None if i < 0 else router.models_[i] for i in expected]
+
+
+def test_a_response_memo_shared_by_calls_gives_the_features_of_a_fresh_parse(router):
+    from estimators.posthoc import posthoc_features, read_responses
+    twin = router._predictor()
+    k = len(router.models_)
+    rng = np.random.default_rng(5)
+    pool = np.array(["B", "The answer is B.", "#### 42", "42", "", "C", "i do not know", "#### 7.5"], dtype=object)
+    memo = serving.ResponseMemo()
+    for step in range(4):  # later calls see texts parsed by earlier ones, in other combinations
+        responses = pool[rng.integers(0, pool.size, (30, k))]
+        run = rng.random((30, k)) < 0.2 * (step + 1)
+        expected = posthoc_features(run, {}, read_responses(np.where(run, responses, "")))
+        got = posthoc_features(run, {}, twin.responses_info(responses, run, memo))
+        np.testing.assert_array_equal(got, expected)

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 import kernel
 
 from .router import Router, kernel_spread, load_router, prompt_uniforms
+from .serving import ResponseMemo
 
 __all__ = ["score_batch", "replay", "output_schema", "main", "ScoreError", "STATUS_OK", "STATUS_REJECTED"]
 
@@ -171,6 +172,7 @@ def replay(router: Router, policy, prompts, tasks, subtasks, cost: np.ndarray, r
     u = prompt_uniforms(prompts)
     options = policy.kernel_options()
     compiled = predictor is not router.estimator
+    memo = ResponseMemo() if compiled else None  # each revealed response parsed once, not once per step
     started = time.perf_counter()
     if compiled:
         features, _ = predictor.prompt_features(prompts, tasks, subtasks, parallel=parallel)
@@ -182,7 +184,7 @@ def replay(router: Router, policy, prompts, tasks, subtasks, cost: np.ndarray, r
         sub_run = run[rows]
         sub_signals = {name: np.where(sub_run, value[rows], np.nan) for name, value in signals.items()}
         if compiled:
-            info = predictor.responses_info(responses[rows], sub_run)
+            info = predictor.responses_info(responses[rows], sub_run, memo)
             quality, sigma = predictor.quality_sigma(features[rows], sub_run, sub_signals, info,
                                                      with_sigma=with_sigma, parallel=parallel)
             step_cost = np.where(sub_run, cost[rows], ante_cost[rows])

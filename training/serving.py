@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from estimators.inputs import check_observed_cost, check_run, check_signals, per_query_inputs
-from estimators.posthoc import ResponseInfo, posthoc_features, read_responses
+from estimators.posthoc import ResponseInfo, parse_responses, posthoc_features
 from estimators.router import Estimates
 
 from ._fasttext import ascii_text_features, ascii_text_features_parallel, project_counts, structure_counts
@@ -472,12 +472,14 @@ class CompiledEstimator:
         sigma[cells] = np.maximum(scale * raw**power, self.sigma_floor)
         return q, sigma.reshape(n, k)
 
-    def responses_info(self, responses, run: np.ndarray):
+    def responses_info(self, responses, run: np.ndarray, memo: "ResponseMemo | None" = None):
         """Parsed responses of the run models, or ``None`` when the estimator ignores text.
 
-        Equal to ``read_responses(np.where(run, responses, ""))``, but only the
-        run cells are parsed: the others are ``''``, which parses to
-        "no answer" (code 0, length 0, kind 0).
+        Equal, as features, to ``read_responses(np.where(run, responses, ""))``
+        (answer ids may differ but are equal exactly where answers are), but
+        only the run cells are parsed: the others are ``''``, which parses to
+        "no answer" (code 0, length 0, kind 0). A ``memo`` shared by several
+        calls parses each text once.
         """
         if not self.uses_responses_:
             return None
@@ -490,11 +492,9 @@ class CompiledEstimator:
         codes = np.zeros(run.size, np.int64)
         log_length = np.zeros(run.size)
         kind = np.zeros(run.size)
-        if cells.size:  # parse each distinct text once: short answers ("A", "B") repeat a lot
+        if cells.size:
             texts = np.array([t if isinstance(t, str) else "" for t in responses.ravel()[cells]], dtype=object)
-            inverse, unique = pd.factorize(texts)
-            parsed = read_responses(np.asarray(unique, dtype=object).reshape(-1, 1))
-            codes[cells], log_length[cells], kind[cells] = (a[:, 0][inverse] for a in parsed)
+            codes[cells], log_length[cells], kind[cells] = (memo or ResponseMemo()).lookup(texts)
         return ResponseInfo(codes.reshape(run.shape), log_length.reshape(run.shape), kind.reshape(run.shape))
 
     def covariance(self, sigma: np.ndarray, run: np.ndarray) -> np.ndarray | None:
@@ -514,6 +514,33 @@ class CompiledEstimator:
         cost = self.ante_cost(features, self.input_tokens(prompts, n, input_tokens))
         cost = np.where(run, observed, cost)
         return Estimates(quality, sigma, cost, self.covariance(sigma, run))
+
+
+class ResponseMemo:
+    """Parsed response texts and one id per distinct final answer, kept across calls.
+
+    A cascade replay estimates a query once per step, each time with the
+    responses of every model run so far; through a memo each text is parsed
+    once. Ids are consistent across calls (equal ids exactly for equal
+    answers, 0 for no answer), which is all the agreement features read.
+    Not thread-safe: one memo per job.
+    """
+
+    def __init__(self) -> None:
+        self.parsed: dict[str, tuple[int, float, float]] = {}
+        self.answer_ids: dict[str, int] = {"": 0}
+
+    def lookup(self, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(answer id, log1p length, answer kind)`` per text (a 1-D object array of str)."""
+        inverse, unique = pd.factorize(texts)
+        new = [t for t in unique if t not in self.parsed]
+        if new:  # each distinct text once: short answers ("A", "B") repeat a lot
+            answers, log_length, kind = parse_responses(np.array(new, dtype=object))
+            for text, answer, length, answer_kind in zip(new, answers, log_length, kind):
+                self.parsed[text] = (self.answer_ids.setdefault(answer, len(self.answer_ids)), length, answer_kind)
+        found = [self.parsed[t] for t in unique]
+        return (np.array([f[0] for f in found], np.int64)[inverse], np.array([f[1] for f in found])[inverse],
+                np.array([f[2] for f in found])[inverse])
 
 
 def _as_text(values: np.ndarray) -> np.ndarray:
