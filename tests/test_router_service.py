@@ -283,3 +283,23 @@ def test_a_response_memo_shared_by_calls_gives_the_features_of_a_fresh_parse(rou
         expected = posthoc_features(run, {}, read_responses(np.where(run, responses, "")))
         got = posthoc_features(run, {}, twin.responses_info(responses, run, memo))
         np.testing.assert_array_equal(got, expected)
+
+
+def test_ridge_pipelines_fold_into_one_affine_map_with_a_separable_prompt_part():
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(300, 9))
+    X[rng.random(X.shape) < 0.3] = np.nan
+    X[:, 4] = np.nan  # a column never seen (kept as zeros)
+    pipelines = [make_pipeline(SimpleImputer(add_indicator=True, keep_empty_features=True), StandardScaler(),
+                               Ridge(alpha=a)).fit(X, rng.normal(size=300)) for a in (0.1, 1.0, 10.0)]
+    affine = serving._Affine(pipelines)
+    probe = rng.normal(size=(50, 9))
+    probe[rng.random(probe.shape) < 0.4] = np.nan
+    expected = np.column_stack([p.predict(probe) for p in pipelines])
+    np.testing.assert_allclose(affine.predict(probe), expected, rtol=1e-12, atol=1e-12)
+    split = affine.partial(probe[:, :5]) + affine.bias + affine.partial(probe[:, 5:], 5)
+    np.testing.assert_allclose(split, expected, rtol=1e-12, atol=1e-12)

@@ -177,6 +177,7 @@ def replay(router: Router, policy, prompts, tasks, subtasks, cost: np.ndarray, r
     if compiled:
         features, _ = predictor.prompt_features(prompts, tasks, subtasks, parallel=parallel)
         ante_cost = predictor.ante_cost(features, predictor.input_tokens(prompts, n), parallel=parallel)
+        base = predictor.quality_base(features)  # the prompt's share: once per query, not once per step
     _add(timings, "featurize", started)
 
     def estimate(rows: np.ndarray, with_sigma: bool = True):
@@ -186,7 +187,8 @@ def replay(router: Router, policy, prompts, tasks, subtasks, cost: np.ndarray, r
         if compiled:
             info = predictor.responses_info(responses[rows], sub_run, memo)
             quality, sigma = predictor.quality_sigma(features[rows], sub_run, sub_signals, info,
-                                                     with_sigma=with_sigma, parallel=parallel)
+                                                     with_sigma=with_sigma, parallel=parallel,
+                                                     base=None if base is None else base[rows])
             step_cost = np.where(sub_run, cost[rows], ante_cost[rows])
             cov = predictor.covariance(sigma, sub_run) if with_sigma else None
         else:

@@ -260,20 +260,42 @@ def _prompt_blocks(featurizer) -> list:
 
 
 class _Affine:
-    """``SimpleImputer(add_indicator) → StandardScaler → Ridge`` folded into ``X' W + b``."""
+    """Ridge pipelines (``SimpleImputer(add_indicator) → StandardScaler → Ridge``) of several models as one map.
 
-    def __init__(self, pipeline) -> None:
-        imputer, scaler, ridge = (step for _, step in pipeline.steps)
-        self.fill = np.asarray(imputer.statistics_, dtype=np.float64)
-        indicator = getattr(imputer, "indicator_", None)
-        self.indicator = (np.zeros(0, np.int64) if indicator is None
-                          else np.asarray(indicator.features_, dtype=np.int64))
-        mean = scaler.mean_ if scaler.with_mean else 0.0
-        scale = scaler.scale_ if scaler.with_std else 1.0
-        coef = np.atleast_2d(np.asarray(ridge.coef_, dtype=np.float64))
-        self.weights = np.ascontiguousarray((coef / scale).T)
-        self.bias = np.atleast_1d(np.asarray(ridge.intercept_, dtype=np.float64)) - (
-            (mean / scale) * coef).sum(axis=1)
+    For one pipeline with imputer fill ``f``, scaler ``(μ, s)`` over
+    ``z = [filled x, missing indicators]`` and ridge ``(w, b)``, the output
+    ``(z - μ)/s · w + b`` regroups into ``x⁰ · W + m · M + b'`` with ``x⁰``
+    the input with NaN as 0, ``m`` its missing mask, ``W = w/s`` on the
+    input columns, ``M = f·W`` plus the indicator weights of the same
+    column, and ``b' = b - μ/s · w``. Stacking the columns of every
+    pipeline evaluates all models with two products instead of one
+    imputation, concatenation and product per model; and since the map is
+    a sum over input columns, :meth:`partial` lets a caller evaluate the
+    prompt's columns once per query and only the post-hoc ones per step.
+    """
+
+    def __init__(self, pipelines: Sequence) -> None:
+        weights, missing_weights, bias = [], [], []
+        for pipeline in pipelines:
+            imputer, scaler, ridge = (step for _, step in pipeline.steps)
+            fill = np.asarray(imputer.statistics_, dtype=np.float64)
+            indicator = getattr(imputer, "indicator_", None)
+            indicator = np.zeros(0, np.int64) if indicator is None else np.asarray(indicator.features_, np.int64)
+            coef = np.atleast_2d(np.asarray(ridge.coef_, dtype=np.float64))
+            mean = scaler.mean_ if scaler.with_mean else 0.0
+            scale = scaler.scale_ if scaler.with_std else 1.0
+            scaled = (coef / scale).T  # (inputs + indicators, outputs)
+            n_inputs = fill.size
+            direct = scaled[:n_inputs]
+            when_missing = fill[:, None] * direct
+            np.add.at(when_missing, indicator, scaled[n_inputs:])
+            weights.append(direct)
+            missing_weights.append(when_missing)
+            bias.append(np.atleast_1d(np.asarray(ridge.intercept_, dtype=np.float64))
+                        - ((mean / scale) * coef).sum(axis=1))
+        self.weights = np.ascontiguousarray(np.hstack(weights))
+        self.missing_weights = np.ascontiguousarray(np.hstack(missing_weights))
+        self.bias = np.concatenate(bias)
 
     @classmethod
     def supports(cls, regressor) -> bool:
@@ -291,12 +313,16 @@ class _Affine:
         return (nan_missing and (imputer.keep_empty_features or np.isfinite(imputer.statistics_).all())
                 and (indicator is None or indicator.features == "missing-only"))
 
-    def predict(self, X: np.ndarray, parallel: bool = False) -> np.ndarray:
+    def partial(self, X: np.ndarray, start: int = 0) -> np.ndarray:
+        """Contribution (without the bias) of input columns ``start … start + X.shape[1] - 1`` given as ``X``."""
+        columns = slice(start, start + X.shape[1])
         missing = np.isnan(X)
-        filled = np.where(missing, self.fill, X)
-        if self.indicator.size:
-            filled = np.hstack([filled, missing[:, self.indicator].astype(np.float64)])
-        return filled @ self.weights + self.bias
+        if not missing.any():  # adding the zero product would change nothing
+            return X @ self.weights[columns]
+        return np.where(missing, 0.0, X) @ self.weights[columns] + missing @ self.missing_weights[columns]
+
+    def predict(self, X: np.ndarray, parallel: bool = False) -> np.ndarray:
+        return self.partial(X) + self.bias
 
 
 class _Called:
@@ -317,7 +343,9 @@ def _regressors(regressors: Sequence) -> list:
         forest = Forest.from_regressors(regressors)
         if forest is not None:
             return [forest]
-    return [_Affine(r) if _Affine.supports(r) else _Called(r) for r in regressors]
+    if regressors and all(_Affine.supports(r) for r in regressors):
+        return [_Affine(regressors)]
+    return [_Affine([r]) if _Affine.supports(r) else _Called(r) for r in regressors]
 
 
 def _predict_columns(parts: list, X: np.ndarray, parallel: bool = False) -> np.ndarray:
@@ -431,18 +459,37 @@ class CompiledEstimator:
                 estimate[:, i] = (input_tokens[:, i] * price_in + estimate[:, i] * price_out) / 1e6
         return estimate
 
+    def quality_base(self, features: np.ndarray) -> np.ndarray | None:
+        """The prompt's share of the quality estimates, when the quality models are linear; else ``None``.
+
+        It does not depend on the run set, so a caller estimating the same
+        queries at several steps computes it once (``base`` of
+        :meth:`quality_sigma`).
+        """
+        if len(self.quality_parts) != 1 or not isinstance(self.quality_parts[0], _Affine):
+            return None
+        affine = self.quality_parts[0]
+        return affine.partial(features) + affine.bias
+
     def quality_sigma(self, features: np.ndarray, run: np.ndarray, signals: dict[str, np.ndarray],
-                      responses, *, with_sigma: bool = True,
-                      parallel: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                      responses, *, with_sigma: bool = True, parallel: bool = False,
+                      base: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """``(quality, sigma)`` for prompt ``features`` and run sets ``run`` (checked inputs).
 
         ``responses`` is what :meth:`responses_info` returns. σ of models
         already run is the estimator's ``run_sigma`` when it has one (then
         the σ model is evaluated only for the others); ``with_sigma=False``
         skips σ altogether (selecting an answer needs quality only).
+        ``base`` is :meth:`quality_base` of ``features``, if already known;
+        the sums are the same either way, so results are bit-identical.
         """
         posthoc = posthoc_features(run, signals, responses)
-        q = np.clip(_predict_columns(self.quality_parts, np.hstack([features, posthoc]), parallel), 0.0, 1.0)
+        base = self.quality_base(features) if base is None else base
+        if base is None:
+            raw = _predict_columns(self.quality_parts, np.hstack([features, posthoc]), parallel)
+        else:
+            raw = base + self.quality_parts[0].partial(posthoc, features.shape[1])
+        q = np.clip(raw, 0.0, 1.0)
         if not with_sigma:
             return q, None
         n, k = q.shape
