@@ -12,6 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from numba import njit
+
+from kernel.config import JIT_OPTIONS
 
 from .answers import final_answers
 
@@ -108,38 +111,63 @@ def posthoc_features(run: np.ndarray, signals: dict[str, np.ndarray], info: Resp
         share of agreeing pairs, the number of distinct answers, and ``|R|``.
     """
     run = np.asarray(run, dtype=bool)
-    blocks = [run.astype(np.float64)]
-    blocks += [np.where(run, signals[name], np.nan) for name in signals]
+    n, k = run.shape
+    width = k * (1 + len(signals)) + (5 * k + 3 if info is not None else 0) + 1
+    out = np.empty((n, width))
+    out[:, :k] = run
+    for i, name in enumerate(signals):
+        out[:, k * (1 + i): k * (2 + i)] = np.where(run, signals[name], np.nan)
     if info is not None:
-        blocks += _agreement(run, info)
-    blocks.append(run.sum(axis=1, keepdims=True).astype(np.float64))
-    return np.hstack(blocks)
+        _agreement(run, np.ascontiguousarray(info.codes, dtype=np.int64),
+                   np.ascontiguousarray(info.log_length, dtype=np.float64),
+                   np.ascontiguousarray(info.kind, dtype=np.float64), out, k * (1 + len(signals)))
+    out[:, -1] = run.sum(axis=1)
+    return out
 
 
-def _agreement(run: np.ndarray, info: ResponseInfo) -> list[np.ndarray]:
-    """Per-model and per-query agreement columns among the run models."""
-    codes = np.where(run, info.codes, 0)
-    valid = codes > 0
-    same = (codes[:, :, None] == codes[:, None, :]) & valid[:, :, None] & valid[:, None, :]
-    cluster = same.sum(axis=2).astype(np.float64)  # size of j's answer cluster, j included
-    n_valid = valid.sum(axis=1, keepdims=True).astype(np.float64)
-    others = n_valid - 1.0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        agree = np.where(valid & (others > 0), (cluster - 1.0) / others, np.nan)
-        largest = cluster.max(axis=1, keepdims=True)
-        majority_share = np.where(n_valid > 0, largest / n_valid, np.nan)
+@njit(**JIT_OPTIONS)
+def _agreement(run, codes, log_length, kind, out, start):
+    """Write the response columns of each query into ``out[:, start:start + 5K + 3]``.
+
+    Compiled: per query it compares the K answers pairwise, which as
+    broadcast NumPy arrays cost more than every other step of a batch
+    replay. Counts are exact integers, so the ratios are the same floats
+    whichever way they are summed.
+    """
+    n, k = run.shape
+    cluster = np.empty(k)
+    for q in range(n):
+        n_valid = 0
+        for j in range(k):
+            if run[q, j] and codes[q, j] > 0:
+                n_valid += 1
+        largest = 0.0
+        total = 0.0
+        distinct = 0
+        for j in range(k):
+            size = 0
+            first = True
+            if run[q, j] and codes[q, j] > 0:
+                for m in range(k):
+                    if run[q, m] and codes[q, m] == codes[q, j]:
+                        size += 1
+                        if m < j:
+                            first = False
+                if first:
+                    distinct += 1
+            cluster[j] = size
+            largest = max(largest, cluster[j])
+            total += cluster[j]
+        others = n_valid - 1.0
         pairs = n_valid * others
-        pair_agreement = np.where(pairs > 0, (cluster.sum(axis=1, keepdims=True) - n_valid) / pairs, np.nan)
-    earlier = np.tril(np.ones(run.shape[1:] * 2, dtype=bool), -1)  # [j, l] true when l < j
-    first = valid & ~(same & earlier).any(axis=2)  # j holds the first copy of its answer
-    distinct = first.sum(axis=1, keepdims=True).astype(np.float64)
-    return [
-        np.where(run, info.log_length, np.nan),
-        np.where(run, info.kind, np.nan),
-        np.where(run, valid.astype(np.float64), np.nan),
-        agree,
-        np.where(valid, (cluster == largest).astype(np.float64), np.nan),
-        majority_share,
-        pair_agreement,
-        distinct,
-    ]
+        for j in range(k):
+            ran = run[q, j]
+            valid = ran and codes[q, j] > 0
+            out[q, start + j] = log_length[q, j] if ran else np.nan
+            out[q, start + k + j] = kind[q, j] if ran else np.nan
+            out[q, start + 2 * k + j] = (1.0 if valid else 0.0) if ran else np.nan
+            out[q, start + 3 * k + j] = (cluster[j] - 1.0) / others if valid and others > 0 else np.nan
+            out[q, start + 4 * k + j] = (1.0 if cluster[j] == largest else 0.0) if valid else np.nan
+        out[q, start + 5 * k] = largest / n_valid if n_valid > 0 else np.nan
+        out[q, start + 5 * k + 1] = (total - n_valid) / pairs if pairs > 0 else np.nan
+        out[q, start + 5 * k + 2] = distinct

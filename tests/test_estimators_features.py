@@ -89,36 +89,54 @@ def test_final_answers_keeps_shape_and_treats_non_strings_as_empty():
     assert out.tolist() == [["B", ""], ["5", ""]]
 
 
-def _naive_agreement(codes: np.ndarray, run: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force agreement share per model and pair agreement per query."""
+def _naive_agreement(codes: np.ndarray, run: np.ndarray) -> dict[str, np.ndarray]:
+    """Brute-force response columns, one query and model at a time, from their definitions."""
     n, k = codes.shape
-    agree = np.full((n, k), np.nan)
-    pairs = np.full(n, np.nan)
+    out = {name: np.full((n, k), np.nan) for name in ("answered", "agree", "with_majority")}
+    out.update({name: np.full(n, np.nan) for name in ("majority_share", "pair_agreement", "n_distinct_answers")})
     for q in range(n):
         valid = [j for j in range(k) if run[q, j] and codes[q, j] > 0]
+        for j in range(k):
+            if run[q, j]:
+                out["answered"][q, j] = float(j in valid)
+        clusters = {j: sum(codes[q, m] == codes[q, j] for m in valid) for j in valid}
         for j in valid:
             others = [m for m in valid if m != j]
             if others:
-                agree[q, j] = np.mean([codes[q, m] == codes[q, j] for m in others])
+                out["agree"][q, j] = np.mean([codes[q, m] == codes[q, j] for m in others])
+            out["with_majority"][q, j] = float(clusters[j] == max(clusters.values()))
+        if valid:
+            out["majority_share"][q] = max(clusters.values()) / len(valid)
         combos = list(itertools.permutations(valid, 2))
         if combos:
-            pairs[q] = np.mean([codes[q, a] == codes[q, b] for a, b in combos])
-    return agree, pairs
+            out["pair_agreement"][q] = np.mean([codes[q, a] == codes[q, b] for a, b in combos])
+        out["n_distinct_answers"][q] = len({codes[q, j] for j in valid})
+    return out
 
 
-def test_agreement_features_match_brute_force():
-    rng = np.random.default_rng(3)
-    responses = rng.choice(np.array(["A", "B", "C", "", "Here is code: def f(): return 1"], dtype=object), (60, 5))
-    run = rng.random((60, 5)) < 0.6
+@pytest.mark.parametrize("seed", range(4))
+def test_agreement_features_match_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, 8))
+    responses = rng.choice(np.array(["A", "B", "C", "", "Here is code: def f(): return 1"], dtype=object), (60, k))
+    run = rng.random((60, k)) < rng.uniform(0.2, 1.0)
     info = read_responses(responses)
-    F = posthoc_features(run, {}, info)
-    names = posthoc_feature_names([f"m{j}" for j in range(5)], [], True)
-    agree, pairs = _naive_agreement(np.where(run, info.codes, 0), run)
-    block = F[:, [names.index(f"agree[m{j}]") for j in range(5)]]
-    np.testing.assert_allclose(block, agree)
-    np.testing.assert_allclose(F[:, names.index("pair_agreement")], pairs)
-    np.testing.assert_allclose(F[:, names.index("n_run")], run.sum(axis=1))
-    assert np.isnan(F[:, [names.index(f"log_length[m{j}]") for j in range(5)]][~run]).all()
+    signal = rng.normal(size=(60, k))
+    F = posthoc_features(run, {"logprob": signal}, info)
+    models = [f"m{j}" for j in range(k)]
+    names = posthoc_feature_names(models, ["logprob"], True)
+    assert F.shape == (60, len(names))
+    expected = _naive_agreement(np.where(run, info.codes, 0), run)
+    for block, values in expected.items():
+        columns = [names.index(f"{block}[{m}]") for m in models] if values.ndim == 2 else names.index(block)
+        np.testing.assert_allclose(F[:, columns], values, rtol=0, atol=1e-15, err_msg=block)
+    np.testing.assert_array_equal(F[:, names.index("n_run")], run.sum(axis=1))
+    np.testing.assert_array_equal(F[:, [names.index(f"ran[{m}]") for m in models]], run)
+    np.testing.assert_array_equal(F[:, [names.index(f"logprob[{m}]") for m in models]], np.where(run, signal, np.nan))
+    lengths = F[:, [names.index(f"log_length[{m}]") for m in models]]
+    np.testing.assert_array_equal(lengths, np.where(run, info.log_length, np.nan))
+    np.testing.assert_array_equal(F[:, [names.index(f"answer_kind[{m}]") for m in models]],
+                                  np.where(run, info.kind, np.nan))
 
 
 def test_posthoc_features_hide_signals_of_models_not_run():

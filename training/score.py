@@ -44,6 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from threadpoolctl import threadpool_limits
 
 import kernel
 
@@ -496,6 +497,7 @@ def _init_worker(artifact: str) -> None:
     global _WORKER_ROUTER
     import numba
     numba.set_num_threads(1)
+    threadpool_limits(1, user_api="blas")  # for the life of the worker
     _WORKER_ROUTER = load_router(artifact)
 
 
@@ -624,6 +626,9 @@ def run(args: argparse.Namespace) -> dict:
             totals["cost"] += float(scored["plan_cost"].sum())
         progress.update(n_rows)
 
+    # BLAS threads only ever wait here: the products are small (a batch times a few hundred columns)
+    # and, beside numba's threads or other workers, OpenBLAS's spinning threads made them 10x slower.
+    blas = threadpool_limits(1, user_api="blas")
     try:
         if pool is None:
             for frame in iter_frames(args.input, columns, args.batch_size, logged):
@@ -640,6 +645,7 @@ def run(args: argparse.Namespace) -> dict:
                 future, n_rows = pending.popleft()
                 consume(*future.result(), n_rows)
     finally:
+        blas.restore_original_limits()
         progress.close()
         writer.close()
         rejects.close()
