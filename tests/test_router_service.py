@@ -205,10 +205,10 @@ def test_pickling_drops_the_compiled_twin(router):
 def test_load_router_warms_every_kernel_so_the_first_request_is_fast(artifact, table):
     from kernel._drivers import plan_all_serial
     from training._fasttext import ascii_text_features
-    from training._forest import _walk
+    from training._forest import _quickscore
     router = load_router(artifact)
     assert router.compiled
-    assert plan_all_serial.signatures and ascii_text_features.signatures and _walk.signatures
+    assert plan_all_serial.signatures and ascii_text_features.signatures and _quickscore.signatures
     started = time.perf_counter()
     router.decide([table.prompts[7]], tasks=[table.tasks[7]], subtasks=[table.subtasks[7]])
     assert time.perf_counter() - started < 0.25  # ~0.3 ms warm; compiling would take seconds

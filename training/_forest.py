@@ -17,20 +17,54 @@ output transform is applied (identity for ``regression``, the logistic
 function for ``cross_entropy``). Anything else (categorical splits, other
 objectives, linear trees) makes :meth:`Forest.from_regressors` return
 ``None`` and the caller keeps the regressor's own ``predict``.
+
+The evaluation is QuickScorer (Lucchese et al., SIGIR 2015) whenever every
+tree has at most 64 leaves. A node-by-node walk spends most of its time on
+branch mispredictions: which child comes next depends on the data. QuickScorer
+instead gives each tree a 64-bit vector of its leaves (numbered left to
+right), starts it all ones, and for every node whose test sends the row
+right clears the leaves of that node's left subtree; the exit leaf is then
+the lowest set bit. The nodes that go right are found without branching on
+the tree shape: the nodes are grouped by (feature, missing type) and sorted
+by threshold, so for a value ``v`` they are a prefix of the group (those with
+``v > threshold``), scanned until the first test that fails. A "zero" value
+of a ``Zero`` group or a NaN of a ``NaN`` group instead goes to each node's
+default side, so it clears the masks of that group's default-right nodes.
+Leaf values are then added in tree order, exactly as the walk adds them, so
+both give bit-identical output; the walk (:meth:`Forest.walk`) remains the
+fallback for larger trees and the reference in tests.
 """
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 import numpy as np
 from numba import njit, prange
 
-from kernel.config import JIT_OPTIONS
+from kernel.config import BLOCK_SIZE, JIT_OPTIONS
+
+try:  # LLVM's cttz; numba has had it for years, but it lives in an "unsafe" module
+    from numba.cpython.unsafe.numbers import trailing_zeros as _trailing_zeros
+except ImportError:  # pragma: no cover
+    _trailing_zeros = None
 
 __all__ = ["Forest"]
 
 _MISSING = {"None": 0, "Zero": 1, "NaN": 2}
 _TRANSFORMS = {"regression": 0, "cross_entropy": 1, "xentropy": 1}
 _ZERO = 1e-35  # LightGBM's kZeroThreshold
+_ALL_LEAVES = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+_ONE = np.uint64(1)
+#: Trees with more leaves than bits in a mask are walked node by node.
+MAX_QUICKSCORER_LEAVES = 64
+#: de Bruijn sequence and table for the index of the lowest set bit of a uint64.
+_DE_BRUIJN = np.uint64(0x03F79D71B4CB0A89)
+_DE_BRUIJN_SHIFT = np.uint64(58)
+_DE_BRUIJN_TABLE = np.zeros(64, np.uint64)
+for _bit in range(64):
+    _DE_BRUIJN_TABLE[((int(_DE_BRUIJN) << _bit) & 0xFFFF_FFFF_FFFF_FFFF) >> 58] = _bit
+del _bit
 
 
 def _walk_rows(X, feature, threshold, left, right, default_left, missing, leaf_value, roots, owner,
@@ -67,6 +101,147 @@ _walk = njit(**JIT_OPTIONS)(_walk_rows)
 _walk_parallel = njit(parallel=True, **{**JIT_OPTIONS, "cache": False})(_walk_rows)
 
 
+@njit(**JIT_OPTIONS)
+def _lowest_bit_de_bruijn(bits):
+    """Index of the lowest set bit of a nonzero uint64 (de Bruijn multiplication, exact)."""
+    lowest = bits & (~bits + np.uint64(1))
+    return _DE_BRUIJN_TABLE[(lowest * _DE_BRUIJN) >> _DE_BRUIJN_SHIFT]
+
+
+if _trailing_zeros is not None:
+    @njit(**JIT_OPTIONS)
+    def _lowest_bit(bits):
+        """Index of the lowest set bit of a nonzero uint64 (one ``tzcnt``)."""
+        return np.uint64(_trailing_zeros(bits))
+else:  # pragma: no cover
+    _lowest_bit = _lowest_bit_de_bruijn
+
+
+@njit(**JIT_OPTIONS)
+def _quickscore_block(block, X, group_feature, group_kind, group_start, threshold, tree, mask,
+                      default_start, default_tree, default_mask, leaf_start, leaf_value, owner,
+                      transform, out):
+    """QuickScorer on rows ``block * BLOCK_SIZE`` onwards; one bit vector per tree, reused across rows.
+
+    Indices are cast to ``uint64``: numba then skips its negative-index
+    wrap-around, which made the node scan twice as slow.
+    """
+    n_trees = np.uint64(leaf_start.size)
+    bitvectors = np.empty(leaf_start.size, np.uint64)
+    for r in range(block * BLOCK_SIZE, min(X.shape[0], (block + 1) * BLOCK_SIZE)):
+        bitvectors[:] = _ALL_LEAVES
+        for g in range(group_feature.size):
+            value = X[r, group_feature[g]]
+            kind = group_kind[g]
+            missing = np.isnan(value)
+            if missing and kind != 2:
+                value = 0.0
+            if (kind == 1 and -_ZERO <= value <= _ZERO) or (kind == 2 and missing):
+                k, end = np.uint64(default_start[g]), np.uint64(default_start[g + 1])
+                while k < end:  # every node of the group whose default side is right
+                    bitvectors[np.uint64(default_tree[k])] &= default_mask[k]
+                    k += _ONE
+            else:
+                k, end = np.uint64(group_start[g]), np.uint64(group_start[g + 1])
+                while k < end and value > threshold[k]:  # the nodes that send ``value`` right
+                    bitvectors[np.uint64(tree[k])] &= mask[k]
+                    k += _ONE
+        for o in range(out.shape[1]):
+            out[r, o] = 0.0
+        # out[r, owner[t]] += exit leaf, in tree order as the walk adds them (so bit for bit the
+        # same sums); each run of trees of one owner is summed in a register.
+        t = np.uint64(0)
+        while t < n_trees:
+            o = np.uint64(owner[t])
+            total = out[r, o]
+            while t < n_trees and np.uint64(owner[t]) == o:
+                total += leaf_value[np.uint64(leaf_start[t]) + _lowest_bit(bitvectors[t])]
+                t += _ONE
+            out[r, o] = total
+        for o in range(out.shape[1]):
+            if transform[o] == 1:
+                out[r, o] = 1.0 / (1.0 + np.exp(-out[r, o]))
+
+
+def _quickscore_rows(X, group_feature, group_kind, group_start, threshold, tree, mask, default_start,
+                     default_tree, default_mask, leaf_start, leaf_value, owner, transform, out):
+    for block in prange((X.shape[0] + BLOCK_SIZE - 1) // BLOCK_SIZE):
+        _quickscore_block(block, X, group_feature, group_kind, group_start, threshold, tree, mask,
+                          default_start, default_tree, default_mask, leaf_start, leaf_value, owner,
+                          transform, out)
+
+
+#: Serial QuickScorer (services; cached on disk), and the row-parallel one (not
+#: cached, for the reason given for ``_walk_parallel``).
+_quickscore = njit(**JIT_OPTIONS)(_quickscore_rows)
+_quickscore_parallel = njit(parallel=True, **{**JIT_OPTIONS, "cache": False})(_quickscore_rows)
+
+#: Arrays of :meth:`Forest.predict`'s QuickScorer, in the order its kernel takes them.
+_QUICKSCORER_ARRAYS = itemgetter("qs_group_feature", "qs_group_kind", "qs_group_start", "qs_threshold", "qs_tree",
+                                 "qs_mask", "qs_default_start", "qs_default_tree", "qs_default_mask", "qs_leaf_start",
+                                 "leaf_value", "owner", "transform")
+
+
+def _quickscorer_arrays(a: dict[str, np.ndarray], leaf_start: np.ndarray) -> dict[str, np.ndarray] | None:
+    """QuickScorer's layout of the flat trees ``a``, or ``None`` if a tree has more than 64 leaves.
+
+    ``leaf_start[t]`` is tree ``t``'s first leaf in ``a["leaf_value"]``. A
+    node's mask (``uint64``) has zeros on the leaves of its left subtree, as
+    bits relative to its tree's first leaf. Nodes are grouped by (feature,
+    missing type), groups given by ``qs_group_feature``/``qs_group_kind``,
+    and sorted by threshold within a group: ``qs_group_start`` delimits the
+    groups in ``qs_threshold``/``qs_tree``/``qs_mask``, and
+    ``qs_default_start`` each group's default-right nodes in
+    ``qs_default_tree``/``qs_default_mask``.
+    """
+    n_trees = leaf_start.size
+    leaf_end = np.append(leaf_start[1:], a["leaf_value"].size)
+    if n_trees and (leaf_end - leaf_start).max() > MAX_QUICKSCORER_LEAVES:
+        return None
+    left, right = a["left"], a["right"]
+    n_nodes = left.size
+    node_tree = np.zeros(n_nodes, np.int32)
+    node_mask = np.zeros(n_nodes, np.uint64)
+
+    def leaves(node: int, t: int) -> tuple[int, int]:
+        """Leaf range ``[first, end)`` of the subtree at ``node`` (``end`` -1 if not left to right); sets masks."""
+        if node < 0:
+            return -node - 1, -node
+        first, middle = leaves(int(left[node]), t)
+        middle_again, end = leaves(int(right[node]), t)
+        low, high = first - int(leaf_start[t]), middle - int(leaf_start[t])
+        if middle != middle_again or end < 0 or not 0 <= low < high <= MAX_QUICKSCORER_LEAVES:
+            return first, -1
+        node_tree[node] = t
+        node_mask[node] = ~np.uint64(((1 << high) - 1) ^ ((1 << low) - 1))
+        return first, end
+
+    for t in range(n_trees):
+        # Forest._add numbers leaves depth first, left child first: left to right, contiguous per tree.
+        if leaves(int(a["roots"][t]), t) != (leaf_start[t], leaf_end[t]):
+            return None  # not that order after all: keep the walk
+    order = np.lexsort((a["threshold"], a["missing"], a["feature"]))  # stable: ties keep node order
+    keys = a["feature"][order] * 3 + a["missing"][order]
+    starts = np.flatnonzero(np.diff(keys, prepend=-1)) if n_nodes else np.zeros(0, np.int64)
+    group_start = np.append(starts, n_nodes)
+    default_right = ~a["default_left"][order]
+    per_group = np.add.reduceat(default_right.astype(np.int64), starts) if n_nodes else np.zeros(0, np.int64)
+    default_start = np.concatenate([[0], np.cumsum(per_group)])
+    chosen = order[default_right]
+    return {
+        "qs_group_feature": a["feature"][order][starts].astype(np.int32),
+        "qs_group_kind": a["missing"][order][starts].astype(np.int32),
+        "qs_group_start": group_start.astype(np.int32),
+        "qs_threshold": np.ascontiguousarray(a["threshold"][order]),
+        "qs_tree": node_tree[order],
+        "qs_mask": node_mask[order],
+        "qs_default_start": np.asarray(default_start, np.int32),
+        "qs_default_tree": node_tree[chosen],
+        "qs_default_mask": node_mask[chosen],
+        "qs_leaf_start": leaf_start.astype(np.int32),
+    }
+
+
 class Forest:
     """The trees of several LightGBM regressors, evaluated together.
 
@@ -84,6 +259,7 @@ class Forest:
         nodes: dict[str, list] = {k: [] for k in ("feature", "threshold", "left", "right",
                                                   "default_left", "missing")}
         leaves: list[float] = []
+        leaf_start: list[int] = []
         roots: list[int] = []
         owner: list[int] = []
         transform: list[int] = []
@@ -104,6 +280,7 @@ class Forest:
             if model["max_feature_idx"] + 1 != n_features:
                 return None
             for tree in model["tree_info"]:
+                leaf_start.append(len(leaves))
                 root = cls._add(tree["tree_structure"], nodes, leaves)
                 if root is None:
                     return None
@@ -121,6 +298,7 @@ class Forest:
             "owner": np.asarray(owner, np.int64),
             "transform": np.asarray(transform, np.int64),
         }
+        arrays.update(_quickscorer_arrays(arrays, np.asarray(leaf_start, np.int64)) or {})
         return cls(arrays, int(n_features or 0))
 
     @staticmethod
@@ -149,16 +327,32 @@ class Forest:
     def n_outputs(self) -> int:
         return int(self.arrays["transform"].size)
 
+    @property
+    def quickscorer(self) -> bool:
+        """Whether :meth:`predict` uses QuickScorer (every tree has at most 64 leaves) rather than the walk."""
+        return "qs_mask" in self.arrays
+
     def predict(self, X: np.ndarray, parallel: bool = False) -> np.ndarray:
         """Predictions of every regressor on ``X``, shape ``(N, n_outputs)``; ``parallel`` spreads rows over threads."""
-        X = np.ascontiguousarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] < self.n_features:
-            raise ValueError(f"X must have shape (N, >= {self.n_features}); got {X.shape}")
-        out = np.empty((X.shape[0], self.n_outputs))
+        if not self.quickscorer:
+            return self.walk(X, parallel)
+        X, out = self._check(X)
+        (_quickscore_parallel if parallel else _quickscore)(X, *_QUICKSCORER_ARRAYS(self.arrays), out)
+        return out
+
+    def walk(self, X: np.ndarray, parallel: bool = False) -> np.ndarray:
+        """:meth:`predict` by walking each tree node by node: the fallback, and the reference in tests."""
+        X, out = self._check(X)
         a = self.arrays
         (_walk_parallel if parallel else _walk)(X, a["feature"], a["threshold"], a["left"], a["right"], a["default_left"], a["missing"],
               a["leaf_value"], a["roots"], a["owner"], a["transform"], out)
         return out
+
+    def _check(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] < self.n_features:
+            raise ValueError(f"X must have shape (N, >= {self.n_features}); got {X.shape}")
+        return X, np.empty((X.shape[0], self.n_outputs))
 
 
 @njit(**JIT_OPTIONS)
