@@ -89,13 +89,12 @@ def assert_like_lightgbm(predicted: np.ndarray, rows: np.ndarray, regressor) -> 
     ``dump_model`` writes thresholds beyond ±1e300 (``±inf`` or ``±DBL_MAX``
     after ``±inf`` in the training data) as ±1e300, so where the dump has
     such a threshold, values beyond ±1e300 may go another way in LightGBM.
-    And ``Forest`` takes 1e-35 for LightGBM's "zero" edge, which is
-    float32(1e-35), 1.8e-43 wider.
+    And ``Forest`` takes 1e-35 for LightGBM's "zero" edge (``kZeroThreshold``),
+    which is float32(1e-35), 1.8e-43 wider: values in between differ.
     """
     clamped = np.any(np.abs(Forest.from_regressors([regressor]).arrays["threshold"]) == 1e300)
-    huge = (np.abs(rows) >= 1e300) & clamped
     edge = (np.abs(rows) > ZERO) & (np.abs(rows) <= FLOAT_ZERO)
-    comparable = ~(huge | edge).any(1)
+    comparable = ~(((np.abs(rows) >= 1e300) & clamped) | edge).any(1)
     np.testing.assert_allclose(predicted[comparable], regressor.predict(rows[comparable]), rtol=1e-12, atol=1e-12)
 
 
@@ -274,17 +273,22 @@ def test_pickled_forest_predicts_the_same():
     assert again.quickscorer and np.array_equal(bits(again.predict(X)), bits(forest.predict(X)))
 
 
-def test_tabulated_forest_equals_the_forest():
+@pytest.mark.parametrize("zero_as_missing", [False, True])
+def test_tabulated_forest_equals_the_forest(zero_as_missing):
     rng = np.random.default_rng(8)
-    n = 2000
-    X = np.column_stack([rng.uniform(0, 1, n), rng.integers(0, 2, n), rng.integers(0, 4, n), rng.integers(0, 3, n)])
-    X[rng.random(n) < 0.05, 0] = 0.0
-    y = X[:, 0] * (1 + X[:, 1]) + 0.1 * X[:, 2] - 0.2 * X[:, 3] + rng.normal(0, 0.1, n)
-    forest = Forest.from_regressors([fit(X.astype(float), y, n_estimators=5, num_leaves=12, zero_as_missing=True)])
+    n = 3000
+    X = np.column_stack([rng.uniform(-1, 1, n), rng.integers(0, 2, n), rng.integers(0, 4, n), rng.integers(0, 3, n)])
+    X[rng.random(n) < 0.1, 0] = 0.0
+    y = X[:, 0] * (1 + X[:, 1]) + 0.1 * X[:, 2] - 0.2 * X[:, 3] + 2.0 * (X[:, 0] == 0) + rng.normal(0, 0.1, n)
+    forest = Forest.from_regressors([fit(X, y, n_estimators=8, num_leaves=12, min_child_samples=5,
+                                         zero_as_missing=zero_as_missing)])
+    thresholds = forest.arrays["threshold"][forest.arrays["feature"] == 0]
+    assert zero_as_missing or np.any(np.abs(thresholds) == FLOAT_ZERO)  # LightGBM's splits around zero
     grid = np.array([[0.0, a, b, c] for a in range(2) for b in range(4) for c in range(3)])
     table = Tabulated.from_forest(forest, 0, grid)
-    groups = rng.integers(0, len(grid), 500)
-    x = np.concatenate([rng.uniform(-0.2, 1.2, 490), [0.0, -0.0, ZERO, -ZERO, 2 * ZERO, np.inf, -np.inf, 1, 0.5, 0.25]])
+    edges = np.concatenate([thresholds, np.nextafter(thresholds, np.inf), np.nextafter(thresholds, -np.inf), SPECIAL])
+    x = np.concatenate([rng.uniform(-1.2, 1.2, 500), rng.uniform(-1e-30, 1e-30, 100), edges[~np.isnan(edges)]])
+    groups = rng.integers(0, len(grid), x.size)
     rows = grid[groups].copy()
     rows[:, 0] = x
-    assert np.array_equal(table.predict(groups, x), forest.walk(rows)[:, 0])
+    assert np.array_equal(bits(table.predict(groups, x)), bits(forest.walk(rows)[:, 0]))
