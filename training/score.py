@@ -170,16 +170,19 @@ def replay(router: Router, policy, prompts, tasks, subtasks, cost: np.ndarray, r
     depth = int(policy.max_depth or k)
     order = np.full((n, depth), kernel.STOP, dtype=np.int64)
     run = np.zeros((n, k), dtype=bool)
-    u = prompt_uniforms(prompts)
     options = policy.kernel_options()
     compiled = predictor is not router.estimator
     memo = ResponseMemo() if compiled else None  # each revealed response parsed once, not once per step
     started = time.perf_counter()
+    u = prompt_uniforms(prompts)
     if compiled:
         features, _ = predictor.prompt_features(prompts, tasks, subtasks, parallel=parallel)
-        ante_cost = predictor.ante_cost(features, predictor.input_tokens(prompts, n), parallel=parallel)
-        base = predictor.quality_base(features)  # the prompt's share: once per query, not once per step
     _add(timings, "featurize", started)
+    if compiled:  # ex-ante costs and the prompt's share of quality: once per query, not once per step
+        started = time.perf_counter()
+        ante_cost = predictor.ante_cost(features, predictor.input_tokens(prompts, n), parallel=parallel)
+        base = predictor.quality_base(features)
+        _add(timings, "estimate", started)
 
     def estimate(rows: np.ndarray, with_sigma: bool = True):
         began = time.perf_counter()
