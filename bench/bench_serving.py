@@ -20,14 +20,17 @@ Scoring runs in a child process (``python -m training.score``), so its peak
 RSS is its own and JIT compilation happens before the clock starts (the
 router warms up in ``load_router``; the time to load is reported apart).
 
-Measured on the 2-core development machine (2026-11-27, linear estimator,
-11 RouterBench models, ``max_depth`` 3, 1,000,000 queries, machine otherwise
-idle): decide p50 0.24 ms, p99 0.32 ms; scoring 13,900 queries/s in one
-process (72 s: featurization 27 s, estimators 13 s, kernel 10 s, Parquet
-I/O, validation and conversions 22 s) and 16,500 queries/s with
-``--workers 2``; peak RSS 880 MiB. With other jobs on the machine the same
-runs gave about 7,100 queries/s; ``cpu_seconds_total`` (about 125-140 s per
-million queries, load and warm-up included) is the contention-free figure.
+Measured on the 2-core development machine (2026-12-01, AMD EPYC, linear
+estimator, 11 RouterBench models, ``max_depth`` 3, 1,000,000 queries,
+machine otherwise idle): decide p50 0.26 ms, p99 0.56 ms; scoring 22,500-
+23,500 queries/s with ``--workers 2`` and 17,200-18,000 in one process
+(56 s: featurization 20 s, estimators 10 s, kernel 6 s, Parquet I/O,
+validation and conversions 20 s); peak RSS 850-910 MiB. The same machine
+gave 9,600 (one process) and 11,500 (two workers) queries/s before the
+changes listed in ``docs/decisions.md`` item 17, with identical decisions.
+With other jobs on the machine wall time is up to 2x longer;
+``cpu_seconds_total`` (about 90 s per million queries, load and warm-up
+included) is the contention-free figure.
 """
 
 from __future__ import annotations
