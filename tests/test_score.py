@@ -73,6 +73,8 @@ def test_query_input_gives_first_model_plan_and_ex_ante_estimates(router, artifa
     for j, model in enumerate(router.models_):
         np.testing.assert_allclose(result[f"quality[{model}]"], estimates.quality[:, j])
         np.testing.assert_allclose(result[f"cost[{model}]"], estimates.cost[:, j])
+    planned_cost = [sum(estimates.cost[i, router.models_.index(m)] for m in p.models) for i, p in enumerate(plans)]
+    np.testing.assert_allclose(result["plan_cost"], planned_cost, rtol=1e-12)
 
 
 def test_malformed_rows_are_written_to_rejects_with_row_numbers(artifact, logged, tmp_path, capsys):

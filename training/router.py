@@ -185,17 +185,35 @@ class Router:
         Same arguments as :meth:`decide`; ``decide`` returns the ``next``
         fields of this.
         """
-        estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks)
-        chosen = policy if policy is not None else self.policy(budget)
-        spread = kernel_spread(estimates.sigma, getattr(estimates, "cov", None), chosen)
-        next_model, masks = kernel.plan(estimates.quality, estimates.cost, run=run,
-                                        u=prompt_uniforms(prompts), parallel=False, **spread,
-                                        **chosen.kernel_options())
+        _, _, next_model, masks = self.plan_arrays(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
+                                                   policy=policy)
         names = self.models_
         bits = [1 << i for i in range(len(names))]
         return [Plan(None if c == kernel.STOP else names[c],
                      tuple(name for name, bit in zip(names, bits) if int(mask) & bit))
                 for c, mask in zip(next_model.tolist(), masks.tolist())]
+
+    def plan_arrays(self, prompts: Sequence[str], observed: Observed | None = None,
+                    budget: float | None = None, *, tasks: Sequence[str] | None = None,
+                    subtasks: Sequence[str] | None = None, policy: Policy | None = None,
+                    parallel: bool = False):
+        """:meth:`plan` as arrays, with the estimates it used: for batch jobs.
+
+        Returns
+        -------
+        (Estimates, ndarray of bool, ndarray of int64, ndarray of int64)
+            The estimates and run matrix (as :meth:`estimates`), the next
+            model index per query (``kernel.STOP`` to stop) and the planned
+            supermodel as a bit mask over :attr:`models_`. ``parallel``
+            spreads the kernel over threads (decisions are the same).
+        """
+        estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks)
+        chosen = policy if policy is not None else self.policy(budget)
+        spread = kernel_spread(estimates.sigma, getattr(estimates, "cov", None), chosen)
+        next_model, masks = kernel.plan(estimates.quality, estimates.cost, run=run,
+                                        u=prompt_uniforms(prompts), parallel=parallel, **spread,
+                                        **chosen.kernel_options())
+        return estimates, run, next_model, masks
 
     def decide(self, prompts: Sequence[str], observed: Observed | None = None,
                budget: float | None = None, *, tasks: Sequence[str] | None = None,

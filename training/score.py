@@ -274,7 +274,7 @@ def score_batch(router: Router, frame: pd.DataFrame, budget: float | None = None
     policy = router.policy(budget)
     if logged:
         return _score_logged(router, policy, frame, parallel, timings)
-    return _score_queries(router, policy, frame, timings)
+    return _score_queries(router, policy, frame, parallel, timings)
 
 
 def _reject_frame(frame: pd.DataFrame, rows: np.ndarray, reasons: list[str]) -> pd.DataFrame:
@@ -292,7 +292,7 @@ def _reject_frame(frame: pd.DataFrame, rows: np.ndarray, reasons: list[str]) -> 
     return out
 
 
-def _score_queries(router: Router, policy, frame: pd.DataFrame, timings) -> pd.DataFrame:
+def _score_queries(router: Router, policy, frame: pd.DataFrame, parallel: bool, timings) -> pd.DataFrame:
     per_query = _per_query_columns(router)
     n = len(frame)
     reasons: list[list[str]] = [[] for _ in range(n)]
@@ -309,16 +309,18 @@ def _score_queries(router: Router, policy, frame: pd.DataFrame, timings) -> pd.D
     out = pd.DataFrame({"status": STATUS_OK, "row": _row_numbers(frame)[good], "query_id": _text(ids[good])})
     if good.size:
         started = time.perf_counter()
-        plans = router.plan(list(values.get("prompt", [""] * good.size)), tasks=values.get("task"),
-                            subtasks=values.get("subtask"), policy=policy)
-        estimates, _ = router.estimates(list(values.get("prompt", [""] * good.size)), tasks=values.get("task"),
-                                        subtasks=values.get("subtask"))
+        prompts = list(values.get("prompt", [""] * good.size))
+        estimates, _, next_model, masks = router.plan_arrays(prompts, tasks=values.get("task"),
+                                                             subtasks=values.get("subtask"), policy=policy,
+                                                             parallel=parallel)
         if timings is not None:
             _add(timings, "plan", started)
-        out["next_model"] = [p.next for p in plans]
-        out["plan"] = [list(p.models) for p in plans]
-        out["plan_cost"] = [float(sum(estimates.cost[i, router.models_.index(m)] for m in p.models))
-                            for i, p in enumerate(plans)]
+        k = len(router.models_)
+        planned = (masks[:, None] >> np.arange(k)) & 1 == 1
+        names = np.array(router.models_, dtype=object)
+        out["next_model"] = np.where(next_model >= 0, names[np.maximum(next_model, 0)], None)
+        out["plan"] = _model_lists(np.where(planned, np.arange(k), -1), router.models_)
+        out["plan_cost"] = np.where(planned, estimates.cost, 0.0).sum(axis=1)
         for name in ("quality", "sigma", "cost"):
             matrix = getattr(estimates, name)
             for j, model in enumerate(router.models_):
@@ -417,7 +419,7 @@ def _score_logged(router: Router, policy, frame: pd.DataFrame, parallel: bool, t
 
 
 def _model_lists(order: np.ndarray, models: Sequence[str]) -> pd.Series:
-    """Per row, the model names of ``order``'s non-negative entries, as an Arrow list column.
+    """Per row, the model names of ``order``'s non-negative entries (in their order), as an Arrow list column.
 
     Built from flat arrays (offsets + indices into a dictionary), not one
     Python list per query, which cost as much as the kernel.
