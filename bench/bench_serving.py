@@ -197,3 +197,30 @@ def test_batch_scoring_with_full_replay(benchmark, artifact, traffic, workdir, w
           f"CPU {totals['cpu_seconds']:.1f} s (load and warm-up included), split {split}")
     assert totals["queries"] == N_SCORE
     assert totals["peak_rss_mib"] <= 2048
+
+
+@pytest.fixture(scope="module")
+def query_rows(workdir, traffic):
+    """The same queries, one row per query (no logged outcomes): what a planning job scores."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    table = pq.read_table(traffic, columns=["query_id", "prompt", "task", "subtask", "model"])
+    first = table.filter(pc.equal(table["model"], table["model"][0])).drop_columns(["model"])
+    path = workdir / "queries.parquet"
+    pq.write_table(first, path, compression="zstd")
+    return path
+
+
+def test_batch_scoring_of_query_rows(benchmark, artifact, query_rows, workdir):
+    """First model, plan and ex-ante estimates per query, one process (no replay)."""
+    totals = benchmark.pedantic(lambda: _score(artifact, query_rows, workdir / "plans.parquet", 65536, 1),
+                                rounds=1, iterations=1)
+    benchmark.group = "serving: batch scoring, query rows"
+    benchmark.extra_info.update({
+        "queries": totals["queries"], "queries_per_second": round(totals["queries_per_second"]),
+        "peak_rss_mib": round(totals["peak_rss_mib"]), "seconds": round(totals["seconds"], 2),
+        "cpu_seconds_total": round(totals["cpu_seconds"], 2), "cpu_count": os.cpu_count()})
+    print(f"\nscored {totals['queries']:,} query rows in one process: {totals['queries_per_second']:,.0f} "
+          f"queries/s, peak RSS {totals['peak_rss_mib']:.0f} MiB")
+    assert totals["queries"] == N_SCORE
+    assert totals["peak_rss_mib"] <= 2048
