@@ -164,3 +164,12 @@ def test_two_worker_processes_write_the_same_decisions(artifact, logged, tmp_pat
     code, two = _score(artifact, logged, tmp_path, "--batch-size", "40", "--workers", "2", name="two")
     assert code == 0
     pd.testing.assert_frame_equal(pd.read_parquet(one), pd.read_parquet(two))
+
+
+def test_default_workers_start_processes_only_for_large_inputs(monkeypatch):
+    from training import score
+    monkeypatch.setattr(score.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    assert score.auto_workers(score.AUTO_WORKERS_FROM_ROWS - 1) == 1
+    assert score.auto_workers(score.AUTO_WORKERS_FROM_ROWS) == score.MAX_AUTO_WORKERS
+    monkeypatch.setattr(score.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert score.auto_workers(10**9) == 1

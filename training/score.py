@@ -555,6 +555,20 @@ class _Writer:
             self.writer.close()
 
 
+#: ``--workers`` default: from this many input rows, one process per core (the ~3 s to start
+#: them and load the router pay off); below, one process with single-threaded kernels, which
+#: need no compiling (multi-threaded ones are compiled at start, ~6 s).
+AUTO_WORKERS_FROM_ROWS = 500_000
+#: At most this many processes by default: each holds the router (and a batch) in memory.
+MAX_AUTO_WORKERS = 8
+
+
+def auto_workers(n_rows: int) -> int:
+    """Processes for ``n_rows`` input rows when ``--workers`` is not given."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cores, MAX_AUTO_WORKERS) if n_rows >= AUTO_WORKERS_FROM_ROWS else 1
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m training.score",
@@ -570,14 +584,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=65536, help="input rows read per batch")
     parser.add_argument("--rejects", type=Path, default=None,
                         help="Parquet file for rejected rows; default: OUTPUT with suffix .rejects.parquet")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes scoring batches in parallel (each loads the router; 1 = in this "
-                             "process, with multi-threaded kernels)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes scoring batches in parallel, each loading the router; 1 = in this "
+                             "process with multi-threaded kernels (compiled at start, a few seconds); "
+                             f"default: one process per core (up to {MAX_AUTO_WORKERS}) from "
+                             f"{AUTO_WORKERS_FROM_ROWS:,} input rows, below that this process with "
+                             "single-threaded kernels")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     return args
 
@@ -604,10 +621,12 @@ def run(args: argparse.Namespace) -> dict:
     writer, rejects = _Writer(args.output, output_schema(router, logged)), _Writer(rejects_path, rejects_schema())
     totals = {"queries": 0, "rejected_rows": 0, "cost": 0.0, "quality": 0.0, "models": 0.0}
     timings: dict = {}
+    workers = args.workers or auto_workers(parquet.metadata.num_rows)
+    parallel = args.workers == 1  # asked for one process: use its cores through multi-threaded kernels
     warming = time.perf_counter()
-    pool = _start_workers(args.artifact, args.workers) if args.workers > 1 else None
+    pool = _start_workers(args.artifact, workers) if workers > 1 else None
     predictor = router._predictor()
-    if pool is None and predictor is not router.estimator:
+    if parallel and predictor is not router.estimator:
         predictor.warm_up_batch()  # row-parallel kernels are compiled per process, not cached
     warm_up_seconds = time.perf_counter() - warming
     started = time.perf_counter()
@@ -638,12 +657,13 @@ def run(args: argparse.Namespace) -> dict:
         if pool is None:
             for frame in iter_frames(args.input, columns, args.batch_size, logged):
                 batch_timings: dict = {}
-                consume(score_batch(router, frame, args.budget, timings=batch_timings), batch_timings, len(frame))
+                consume(score_batch(router, frame, args.budget, parallel=parallel, timings=batch_timings),
+                        batch_timings, len(frame))
         else:
             pending: deque = deque()
             for table in iter_tables(args.input, columns, args.batch_size, logged):
                 pending.append((pool.submit(_score_in_worker, table, args.budget), table.num_rows))
-                if len(pending) >= 2 * args.workers:  # bounded read-ahead: memory stays bounded
+                if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays bounded
                     future, n_rows = pending.popleft()
                     consume(*future.result(), n_rows)
             while pending:
@@ -662,15 +682,16 @@ def run(args: argparse.Namespace) -> dict:
             "mean_cost": totals["cost"] / n, "mean_quality": totals["quality"] / n if logged else None,
             "models_per_query": totals["models"] / n if logged else None, "budget": policy.budget,
             "seconds": seconds, "queries_per_second": totals["queries"] / seconds if seconds > 0 else None,
-            "timings": timings, "warm_up_seconds": warm_up_seconds, "output": str(args.output),
+            "timings": timings, "warm_up_seconds": warm_up_seconds, "workers": workers, "output": str(args.output),
             "rejects": str(rejects_path)}
 
 
 def summary(totals: dict) -> str:
     budget = totals["budget"]
     what = "realised cost" if totals["logged"] else "planned ex-ante cost"
+    processes = f"{totals['workers']} worker processes" if totals["workers"] > 1 else "one process"
     lines = [f"{totals['queries']} queries scored in {totals['seconds']:.1f} s "
-             f"({totals['queries_per_second'] or 0:,.0f} queries/s); decisions: {totals['output']}",
+             f"({totals['queries_per_second'] or 0:,.0f} queries/s, {processes}); decisions: {totals['output']}",
              f"mean {what} per query {totals['mean_cost']:.6g} vs budget {budget:.6g} "
              f"({totals['mean_cost'] / budget:.1%} of it)" if budget > 0 else ""]
     if totals["logged"]:
