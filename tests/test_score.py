@@ -173,3 +173,27 @@ def test_default_workers_start_processes_only_for_large_inputs(monkeypatch):
     assert score.auto_workers(score.AUTO_WORKERS_FROM_ROWS) == score.MAX_AUTO_WORKERS
     monkeypatch.setattr(score.os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert score.auto_workers(10**9) == 1
+
+
+def test_reading_holds_about_one_batch_not_the_file(tmp_path):
+    """Streaming: Arrow memory while iterating stays far below the file's size (pyarrow's default
+    pre-buffering kept every column chunk read so far)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from training.score import iter_tables
+    rng = np.random.default_rng(0)
+    letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz ", np.uint8)
+    n = 8000  # rows of ~1 KB of incompressible text: 8 MB in 40 row groups
+    texts = [letters[rng.integers(0, letters.size, 1000)].tobytes().decode() for _ in range(n)]
+    table = pa.table({"query_id": [f"q{i // 4:05d}" for i in range(n)], "prompt": texts})
+    path = tmp_path / "big.parquet"
+    pq.write_table(table, path, row_group_size=200, compression="zstd")
+    size = path.stat().st_size
+    assert size > 4_000_000
+    before, peak, rows = pa.total_allocated_bytes(), 0, 0
+    for batch in iter_tables(path, ["query_id", "prompt"], 200, logged=True):
+        rows += batch.num_rows
+        peak = max(peak, pa.total_allocated_bytes() - before)
+        del batch
+    assert rows == n
+    assert peak < size / 4, f"{peak / 1e6:.1f} MB held while reading a {size / 1e6:.1f} MB file"

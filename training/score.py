@@ -461,7 +461,9 @@ def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -
     copies), so the worker that scores a batch pays for its pandas
     conversion, not the process that reads.
     """
-    reader = pq.ParquetFile(path)
+    # pre_buffer (pyarrow's default) keeps every column chunk read so far until the file is closed:
+    # memory would grow with the input instead of staying bounded by the batch.
+    reader = pq.ParquetFile(path, pre_buffer=False)
     offset = 0
     carry = None
     for batch in reader.iter_batches(batch_size=batch_size, columns=columns):
