@@ -23,13 +23,16 @@ router warms up in ``load_router``; the time to load is reported apart).
 Measured on the 2-core development machine (2026-12-01, AMD EPYC, linear
 estimator, 11 RouterBench models, ``max_depth`` 3, 1,000,000 queries,
 machine otherwise idle): decide p50 0.26 ms, p99 0.56 ms; scoring 22,500-
-23,500 queries/s with ``--workers 2`` and 17,200-18,000 in one process
-(56 s: featurization 20 s, estimators 10 s, kernel 6 s, Parquet I/O,
-validation and conversions 20 s); peak RSS 850-910 MiB. The same machine
-gave 9,600 (one process) and 11,500 (two workers) queries/s before the
-changes listed in ``docs/decisions.md`` item 17, with identical decisions.
+23,600 queries/s with ``--workers 2`` and 17,200-19,800 in one process
+(50-56 s: featurization 18-20 s, estimators 9-10 s, kernel 5-6 s, Parquet
+I/O, validation and conversions 18-20 s); peak RSS 670 MiB, against 630 MiB
+for a tenth of the traffic; query rows (no replay) 15,300-20,700 queries/s
+in one process. The same machine gave 9,600 (one process) and 11,500 (two
+workers) queries/s before the changes listed in ``docs/decisions.md`` item
+17, with identical decisions. (Peak RSS figures before 2026-12-01 came from
+``ru_maxrss`` and included this pytest process's size; see :func:`_score`.)
 With other jobs on the machine wall time is up to 2x longer;
-``cpu_seconds_total`` (about 90 s per million queries, load and warm-up
+``cpu_seconds_total`` (about 85-95 s per million queries, load and warm-up
 included) is the contention-free figure.
 """
 
