@@ -6,6 +6,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from estimators.answers import final_answer, final_answers
 from estimators.featurize import StructuralFeaturizer, TextFeaturizer, make_prompt_featurizer, prompt_frame
@@ -163,3 +165,30 @@ def test_run_sets_sampled_for_large_k_include_empty_and_prefixes():
     sizes = prefixes.sum(axis=2)
     assert np.array_equal(prefixes, np.arange(11) < sizes[:, :, None])
     assert np.mean(sizes <= 3) > 0.5  # small sets favoured
+
+
+_TEXT = st.text(alphabet=st.sampled_from(list("ab Cd_9\t\n\x0b\x1c.,'-xYZ?!()") + ["é", "東", "ß"]), max_size=150)
+
+
+@settings(max_examples=150, deadline=None)
+@given(texts=st.lists(_TEXT, min_size=1, max_size=6), n_features=st.sampled_from([2**6, 2**10, 1000, 97]),
+       word_chars=st.integers(1, 120), char_chars=st.integers(1, 60))
+def test_compiled_ngram_counts_equal_scikit_learns_hashing(texts, n_features, word_chars, char_chars):
+    featurizer = TextFeaturizer(n_features=n_features, word_chars=word_chars, char_chars=char_chars)
+    got, expected = featurizer._hashed(texts), featurizer._hashed_by_sklearn(texts)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    expected.sort_indices()
+    np.testing.assert_array_equal(got.indptr, expected.indptr)
+    np.testing.assert_array_equal(got.indices, expected.indices)
+    np.testing.assert_array_equal(got.data, expected.data)
+
+
+def test_text_features_are_bit_identical_to_scikit_learns_hashing():
+    rng = np.random.default_rng(2)
+    words = np.array(["the", "answer", "is", "42", "def", "f(x):", "return", "A)", "B)", "Question:", "café"])
+    texts = np.array([[" ".join(rng.choice(words, rng.integers(0, 80)))] for _ in range(300)], dtype=object)
+    fast = TextFeaturizer(n_components=16).fit(texts)
+    slow = TextFeaturizer(n_components=16)
+    slow._hashed = slow._hashed_by_sklearn  # the definition, for fitting and transforming alike
+    slow.fit(texts)
+    np.testing.assert_array_equal(fast.transform(texts), slow.transform(texts))

@@ -9,9 +9,9 @@ alone would take longer than the whole scoring budget.
 :class:`CompiledEstimator` reads the fitted parameters once and computes the
 same numbers with a handful of array operations and compiled loops:
 
-* prompt text: :mod:`training._fasttext` (hashed n-grams, TF-IDF and the SVD
+* prompt text: :mod:`estimators._textkernels` (hashed n-grams, TF-IDF and the SVD
   projection in one compiled pass per ASCII prompt);
-* structural counts: the featurizer's own counting function;
+* structural counts: the featurizer's own counting function (compiled for ASCII);
 * task / subtask one-hot: a dictionary from category to output row;
 * ridge pipelines (imputer → scaler → ridge) folded into one affine map;
 * LightGBM regressors (quality, σ, cost): :class:`training._forest.Forest`.
@@ -41,7 +41,8 @@ from estimators.inputs import check_observed_cost, check_run, check_signals, per
 from estimators.posthoc import ResponseInfo, parse_responses, posthoc_features
 from estimators.router import Estimates
 
-from ._fasttext import ascii_text_features, ascii_text_features_parallel, project_counts, structure_counts
+from estimators._textkernels import ascii_text_features, ascii_text_features_parallel, encode_texts, project_counts
+from estimators.featurize import CHAR_NGRAMS, structure_counts_of
 from ._forest import Forest, Tabulated
 
 __all__ = ["CompiledEstimator", "compile_estimator", "VERIFY_RTOL"]
@@ -76,13 +77,7 @@ class _Columns:
         """``(bytes, offsets, ascii)``: text ``r`` is ``bytes[offsets[r]:offsets[r + 1]]``; ``ascii[r]`` tells
         whether it is plain ASCII (bytes = characters), the only texts the compiled blocks read."""
         if name not in self._encoded:
-            texts = self.values[name]
-            encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
-            lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
-            offsets = np.zeros(len(encoded) + 1, np.int64)
-            np.cumsum(lengths, out=offsets[1:])
-            ascii = np.fromiter((t.isascii() for t in texts), dtype=bool, count=len(texts))
-            self._encoded[name] = (np.frombuffer(b"".join(encoded) or b"\0", np.uint8), offsets, ascii)
+            self._encoded[name] = encode_texts(self.values[name])
         return self._encoded[name]
 
 
@@ -98,7 +93,7 @@ class _CallBlock:
 
 
 class _TextBlock:
-    """``TextFeaturizer`` in one compiled pass per ASCII prompt (see :mod:`training._fasttext`)."""
+    """``TextFeaturizer`` in one compiled pass per ASCII prompt (see :mod:`estimators._textkernels`)."""
 
     def __init__(self, featurizer, column: str) -> None:
         self.featurizer, self.column = featurizer, column
@@ -128,12 +123,12 @@ class _TextBlock:
         if rows.size:
             block = np.empty((rows.size, width))
             (ascii_text_features_parallel if parallel else ascii_text_features)(
-                text, offsets, rows, self.word_chars, self.char_chars, self.n_features, np.array([3, 4], np.int64),
+                text, offsets, rows, self.word_chars, self.char_chars, self.n_features, np.array(CHAR_NGRAMS),
                 self.idf, self.projection, block)
             out[rows, :width] = block
         others = np.flatnonzero(~plain)
         if others.size:  # Unicode: the featurizer's own analyzers, our projection
-            counts = self.featurizer._hashed([texts[r] for r in others])
+            counts = self.featurizer._hashed_by_sklearn([texts[r] for r in others])
             counts.sum_duplicates()
             row = np.empty(width)
             for j, r in enumerate(others):
@@ -145,46 +140,18 @@ class _TextBlock:
 
 
 class _StructureBlock:
-    """``StructuralFeaturizer`` without scikit-learn's per-call validation.
-
-    ASCII texts are counted in one compiled pass
-    (:func:`training._fasttext.structure_counts`, from the featurizer's own
-    byte classes and markers); others by the featurizer's counting function.
-    """
+    """``StructuralFeaturizer`` without scikit-learn's per-call validation, on the call's encoded texts."""
 
     def __init__(self, featurizer, column: str) -> None:
-        from estimators import featurize
-        self.counts, self.column = featurize._counts, column
-        self.width = len(featurizer.feature_names_)
-        self.class_of_byte = np.frombuffer(featurize._CLASS_OF_BYTE, dtype=np.uint8).copy()
-        self.n_classes = len(featurize._BYTE_CLASSES)
-        markers = [(group, m.encode("ascii")) for group, ms in enumerate(featurize._SUBSTRINGS.values()) for m in ms]
-        self.n_groups = len(featurize._SUBSTRINGS)
-        self.markers = np.frombuffer(b"".join(m for _, m in markers), dtype=np.uint8).copy()
-        self.marker_offsets = np.concatenate([[0], np.cumsum([len(m) for _, m in markers])]).astype(np.int64)
-        self.marker_group = np.array([g for g, _ in markers], dtype=np.int64)
-        if 1 + self.n_classes + self.n_groups != self.width:
-            raise TypeError("StructuralFeaturizer's columns no longer match its byte classes and markers")
+        self.column = column
 
     @classmethod
     def supports(cls, featurizer) -> bool:
-        from estimators import featurize
-        return type(featurizer) is featurize.StructuralFeaturizer and all(
-            hasattr(featurize, name) for name in ("_counts", "_CLASS_OF_BYTE", "_BYTE_CLASSES", "_SUBSTRINGS"))
+        from estimators.featurize import StructuralFeaturizer
+        return type(featurizer) is StructuralFeaturizer
 
     def __call__(self, frame: _Columns, n: int, parallel: bool = False) -> np.ndarray:
-        texts = frame[self.column]
-        counts = np.empty((n, self.width))
-        text, offsets, plain = frame.encoded(self.column)
-        rows = np.flatnonzero(plain)
-        if rows.size:
-            block = np.empty((rows.size, self.width))
-            structure_counts(text, offsets, rows, self.class_of_byte, self.n_classes, self.markers,
-                             self.marker_offsets, self.marker_group, self.n_groups, block)
-            counts[rows] = block
-        for r in np.flatnonzero(~plain):
-            counts[r] = self.counts(texts[r])
-        return np.log1p(counts)
+        return np.log1p(structure_counts_of(frame[self.column], frame.encoded(self.column)))
 
 
 class _OneHotBlock:

@@ -1,18 +1,22 @@
-"""Compiled twin of :class:`estimators.featurize.TextFeaturizer` for serving.
+"""Compiled text kernels of :class:`estimators.featurize.TextFeaturizer` and its serving twin.
 
-The fitted featurizer spends about 120 µs per prompt in pure-Python n-gram
-analyzers and the hasher's per-token Python objects, which alone would use
-the whole per-query budget of batch scoring and a tenth of the single
-request latency budget. For ASCII text, the same n-grams, the same
-MurmurHash3 indices, sublinear TF-IDF, L2 normalisation and the SVD
-projection are computed here in one compiled pass per prompt over its
-bytes. Texts with any non-ASCII character (Unicode lower-casing, ``\\w`` and
-whitespace rules differ) go through the featurizer's own hashing and only
-share the projection.
+The featurizer's n-gram analyzers are pure Python: about 120 µs per prompt
+in scikit-learn's analyzers and the hasher's per-token Python objects,
+which was most of the time to fit or apply the estimators, the whole
+per-query budget of batch scoring and a tenth of the single-request latency
+budget. For ASCII text, this module produces the same n-grams and the same
+MurmurHash3 indices in one compiled pass over each text's bytes:
 
-Exactness: indices equal scikit-learn's ``HashingVectorizer`` (tested on
-random texts); the projection sums the same terms in another order, so
-features agree to about 1e-15 relative, not bit for bit.
+* :func:`ascii_ngram_counts`: the featurizer's raw counts (a CSR matrix's
+  arrays, identical to ``HashingVectorizer``'s), so everything after them
+  (TF-IDF, SVD) is bit for bit the same;
+* :func:`ascii_text_features`: counts, sublinear TF-IDF, L2 normalisation
+  and the SVD projection fused, for serving (the projection sums the same
+  terms in another order: features agree to about 1e-15 relative);
+* :func:`structure_counts`: the structural featurizer's counts.
+
+Texts with any non-ASCII character (Unicode lower-casing, ``\\w`` and
+whitespace rules differ) stay with scikit-learn's analyzers.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from numba import njit, prange
 
 from kernel.config import JIT_OPTIONS
 
-__all__ = ["murmurhash3_32", "ascii_text_features", "ascii_text_features_parallel", "project_counts"]
+__all__ = ["encode_texts", "murmurhash3_32", "ascii_ngram_counts", "ascii_text_features", "ascii_text_features_parallel",
+           "project_counts", "structure_counts"]
 
 _MASK = np.uint64(0xFFFFFFFF)
 _C1 = np.uint64(0xCC9E2D51)
@@ -31,6 +36,16 @@ _M5 = np.uint64(5)
 _N1 = np.uint64(0xE6546B64)
 _F1 = np.uint64(0x85EBCA6B)
 _F2 = np.uint64(0xC2B2AE35)
+
+
+def encode_texts(texts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(bytes, offsets, ascii)`` of a sequence of str: text ``r`` is ``bytes[offsets[r]:offsets[r + 1]]``
+    (UTF-8) and ``ascii[r]`` tells whether it is plain ASCII, the only texts the kernels here read."""
+    encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
+    offsets = np.zeros(len(encoded) + 1, np.int64)
+    np.cumsum(np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+    ascii = np.fromiter((t.isascii() for t in texts), dtype=bool, count=len(encoded))
+    return np.frombuffer(b"".join(encoded) or b"\0", np.uint8), offsets, ascii
 
 
 @njit(**JIT_OPTIONS)
@@ -223,13 +238,14 @@ def _text_features(text, offsets, rows, word_chars, char_chars, n_features, char
 
 
 @njit(**JIT_OPTIONS)
-def _one_text(text, word_start, char_start, stop, n_features, char_range, idf, projection, out_row,
-              lowered, scratch, grams, tally, columns, counts):
-    """Hash, count and project one text (one compiled pass over its bytes).
+def _count_grams(text, word_start, char_start, stop, n_features, char_range, lowered, scratch, grams, tally,
+                 columns, counts):
+    """Hash one text's n-grams and count them; return how many distinct columns it has.
 
+    Fills ``columns[:n]`` (in order of first occurrence) and ``counts[:n]``.
     n-grams are counted in ``tally`` (one slot per hashed column, all zero
     on entry and on exit) rather than by sorting them, which cost as much as
-    hashing; columns are then projected in order of first occurrence.
+    hashing.
     """
     length = _lower(text, word_start, stop, lowered)
     n_grams = _word_grams(lowered, length, n_features, scratch, grams, 0)
@@ -246,7 +262,56 @@ def _one_text(text, word_start, char_start, stop, n_features, char_range, idf, p
     for j in range(n_unique):
         counts[j] = tally[columns[j]]
         tally[columns[j]] = 0
+    return n_unique
+
+
+@njit(**JIT_OPTIONS)
+def _one_text(text, word_start, char_start, stop, n_features, char_range, idf, projection, out_row,
+              lowered, scratch, grams, tally, columns, counts):
+    """Hash, count and project one text (one compiled pass over its bytes)."""
+    n_unique = _count_grams(text, word_start, char_start, stop, n_features, char_range, lowered, scratch, grams,
+                            tally, columns, counts)
     project_counts(columns[:n_unique], counts[:n_unique], idf, projection, out_row)
+
+
+@njit(**JIT_OPTIONS)
+def ascii_ngram_counts(text, offsets, rows, word_chars, char_chars, n_features, char_range):
+    """Raw n-gram counts of ASCII texts ``rows`` as CSR arrays ``(indptr, indices, data)``.
+
+    Row ``i`` is text ``rows[i]`` (``text[offsets[r]:offsets[r + 1]]``):
+    word (1, 2)-grams of its last ``word_chars`` characters in columns
+    ``[0, n_features)``, ``char_wb`` n-grams of its last ``char_chars`` in
+    ``[n_features, 2 n_features)``, indices sorted within a row, as the
+    featurizer's ``HashingVectorizer`` pair gives them.
+    """
+    n_texts = rows.size
+    longest = 1
+    for i in range(n_texts):
+        longest = max(longest, min(offsets[rows[i] + 1] - offsets[rows[i]], max(word_chars, char_chars)))
+    lowered = np.empty(longest, np.uint8)
+    scratch = np.empty(2 * longest + 3, np.uint8)
+    grams = np.empty(4 * longest + 8, np.int64)
+    tally = np.zeros(2 * n_features, np.int32)
+    columns = np.empty(4 * longest + 8, np.int64)
+    counts = np.empty(4 * longest + 8, np.float64)
+    indptr = np.zeros(n_texts + 1, np.int64)
+    indices = np.empty(max(1024, 64 * n_texts), np.int64)
+    data = np.empty(indices.size, np.float64)
+    for i in range(n_texts):
+        start, stop = offsets[rows[i]], offsets[rows[i] + 1]
+        n_unique = _count_grams(text, max(start, stop - word_chars), max(start, stop - char_chars), stop,
+                                n_features, char_range, lowered, scratch, grams, tally, columns, counts)
+        end = indptr[i] + n_unique
+        if end > indices.size:  # grow geometrically
+            size = max(2 * indices.size, end)
+            indices = np.concatenate((indices, np.empty(size - indices.size, np.int64)))
+            data = np.concatenate((data, np.empty(size - data.size, np.float64)))
+        order = np.argsort(columns[:n_unique])
+        for j in range(n_unique):
+            indices[indptr[i] + j] = columns[order[j]]
+            data[indptr[i] + j] = counts[order[j]]
+        indptr[i + 1] = end
+    return indptr, indices[:indptr[n_texts]], data[:indptr[n_texts]]
 
 
 _BLOCK = 64  # texts per block of scratch buffers (and per parallel task)
