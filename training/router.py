@@ -32,6 +32,8 @@ from .artifact import load_artifact
 from .policy import Policy
 
 if TYPE_CHECKING:
+    from estimators.router import Estimates
+
     from .pacing import PacedRouter
 
 __all__ = ["Router", "load_router", "Observed", "Plan"]
@@ -163,7 +165,7 @@ class Router:
         return self._predictor() is not self.estimator
 
     def estimates(self, prompts: Sequence[str], observed: Observed | None = None, *,
-                  tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None):
+                  tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> tuple[Estimates, np.ndarray]:
         """The estimator's ``quality``, ``sigma``, ``cost`` (and ``cov``) for inspection.
 
         Returns
@@ -196,7 +198,7 @@ class Router:
     def plan_arrays(self, prompts: Sequence[str], observed: Observed | None = None,
                     budget: float | None = None, *, tasks: Sequence[str] | None = None,
                     subtasks: Sequence[str] | None = None, policy: Policy | None = None,
-                    parallel: bool = False):
+                    parallel: bool = False) -> tuple[Estimates, np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`plan` as arrays, with the estimates it used: for batch jobs.
 
         Returns
