@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from estimators.router import RouterEstimator
+from estimators.estimator import RouterEstimator
 from test_estimators_tables import load_table
 
 N_QUERIES = 10_000

@@ -1,4 +1,4 @@
-"""Speed of :class:`training._forest.Forest`: QuickScorer against the node-by-node walk.
+"""Speed of :class:`estimators._forest.Forest`: QuickScorer against the node-by-node walk.
 
 Run: ``python -m pytest bench/bench_forest.py -p no:cacheprovider -s`` (``-s``
 prints the speed-up table at the end; ``--benchmark-json=bench.json`` then
@@ -17,7 +17,7 @@ import pytest
 
 lightgbm = pytest.importorskip("lightgbm")
 
-from training._forest import Forest  # noqa: E402
+from estimators._forest import Forest  # noqa: E402
 
 N_MODELS = 11
 N_FEATURES = 76

@@ -129,7 +129,7 @@ def traffic(workdir, source):
 
 
 def test_single_query_decide_latency(benchmark, artifact, source):
-    from training.router import load_router
+    from training.serving.router import load_router
     router = load_router(artifact)  # strict load + warm-up: compile time excluded
     queries = source.drop_duplicates("query_id").sample(n=N_LATENCY, replace=True, random_state=0)
     cases = list(zip(queries["prompt"], queries["task"], queries["subtask"]))
@@ -165,9 +165,9 @@ def _score(artifact: Path, traffic: Path, output: Path, batch_size: int, workers
     """
     script = (
         "import json, re, resource, sys, time\n"
-        "from training.score import parse_args, run\n"
+        "from training.serving.score import parse_args, run\n"
         "args = parse_args(sys.argv[1:])\n"
-        "from training.router import load_router\n"
+        "from training.serving.router import load_router\n"
         "t = time.perf_counter(); load_router(args.artifact); load = time.perf_counter() - t\n"
         "totals = run(args)\n"
         "totals['load_seconds'] = load\n"

@@ -39,7 +39,7 @@ import numpy as np
 
 from training.data import read_table
 from training.protocol import DEFAULT_STRATEGIES, EvaluationReport, evaluate_strategies
-from training.table import RoutingTable
+from estimators.table import RoutingTable
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

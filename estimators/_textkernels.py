@@ -315,7 +315,7 @@ def ascii_ngram_counts(text, offsets, rows, word_chars, char_chars, n_features, 
 
 
 _BLOCK = 64  # texts per block of scratch buffers (and per parallel task)
-#: Serial variant (services). The parallel one is not cached on disk: see ``training._forest``.
+#: Serial variant (services). The parallel one is not cached on disk: see ``estimators._forest``.
 ascii_text_features = njit(**JIT_OPTIONS)(_text_features)
 ascii_text_features_parallel = njit(parallel=True, **{**JIT_OPTIONS, "cache": False})(_text_features)
 

@@ -1,4 +1,4 @@
-"""Validation of what callers pass to :class:`~estimators.router.RouterEstimator`.
+"""Validation of what callers pass to :class:`~estimators.estimator.RouterEstimator`.
 
 Every check names the parameter, what it received and what to do, and runs
 before any model sees the data: a wrong run matrix or a NaN signal of a model

@@ -31,6 +31,6 @@ def artifact(fitted_artifact):
 @pytest.fixture(scope="session")
 def router(artifact):
     """The shared small router, loaded strictly and warmed up."""
-    from training.router import load_router
+    from training.serving.router import load_router
 
     return load_router(artifact)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from training.data import fingerprint, read_prices, read_table
-from training.table import RoutingTable
+from estimators.table import RoutingTable
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROUTERBENCH = SHARED_DATA / "routerbench_subset"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from training.episodes import EstimatorEpisodes, TableEpisodes
-from training.table import RoutingTable
+from estimators.table import RoutingTable
 
 
 class TableEstimator:

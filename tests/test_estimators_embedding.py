@@ -12,7 +12,7 @@ from estimators import embedding
 from estimators.embedding import EmbeddingFeaturizer
 from estimators.featurize import TextFeaturizer
 from estimators.quality import QualityEstimator, make_lightgbm_regressor
-from estimators.router import RouterEstimator
+from estimators.estimator import RouterEstimator
 from test_estimators_tables import synthetic_table
 
 TEXTS = np.array(

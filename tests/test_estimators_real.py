@@ -12,7 +12,7 @@ import pytest
 
 from estimators.metrics import auroc, brier, coverage
 from estimators.quality import QualityEstimator, make_linear_regressor
-from estimators.router import RouterEstimator
+from estimators.estimator import RouterEstimator
 from test_estimators_tables import load_table, split_rows
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 
 from estimators.cost import CostEstimator
 from estimators.quality import QualityEstimator, make_lightgbm_regressor, make_linear_regressor
-from estimators.router import Estimates, RouterEstimator
+from estimators.estimator import Estimates, RouterEstimator
 from test_estimators_tables import synthetic_table
 
 FAST = QualityEstimator(regressor=make_lightgbm_regressor(n_estimators=20))

@@ -3,7 +3,7 @@
 Scope: the transformers and regressors that take ``(X, y)``. The table-level
 objects (:class:`~estimators.quality.QualityEstimator`,
 :class:`~estimators.cost.CostEstimator`,
-:class:`~estimators.router.RouterEstimator`) are fitted on a RoutingTable's
+:class:`~estimators.estimator.RouterEstimator`) are fitted on a RoutingTable's
 arrays, not on ``(X, y)``, so the common checks do not apply; they subclass
 ``BaseEstimator`` only for ``get_params``/``clone`` and are tested directly in
 ``test_estimators_router.py``.

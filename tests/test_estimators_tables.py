@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from training.data import read_prices, read_table
-from training.table import RoutingTable
+from estimators.table import RoutingTable
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -11,7 +11,7 @@ import pytest
 
 from training.artifact import manifest_path
 from training.fit import main
-from training.router import Router, load_router
+from training.serving.router import Router, load_router
 from training.synthetic import make_benchmark
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

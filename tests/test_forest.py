@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 lightgbm = pytest.importorskip("lightgbm")
 
-from training._forest import (  # noqa: E402
+from estimators._forest import (  # noqa: E402
     MAX_QUICKSCORER_LEAVES, Forest, Tabulated, _lowest_bit, _lowest_bit_de_bruijn, _quickscore,
 )
 

@@ -10,8 +10,8 @@ import pytest
 
 from training.data import read_table
 from training.fit import main as fit_main
-from training.pacing import PaceController, PacedRouter
-from training.router import load_router
+from training.serving.pacing import PaceController, PacedRouter
+from training.serving.router import load_router
 from training.synthetic import make_benchmark
 
 BUDGET = 0.0006

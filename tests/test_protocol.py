@@ -15,7 +15,7 @@ import pytest
 
 from training import metrics
 from training.protocol import REPORTED_NAMES, EvaluationReport, evaluate_strategies
-from training.table import RoutingTable
+from estimators.table import RoutingTable
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROUTERBENCH = DATA / "routerbench_subset" / "routerbench_subset.parquet"

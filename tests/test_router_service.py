@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training import serving
+from estimators import frozen as serving
 from training.artifact import manifest_path
 from training.data import read_table
-from training.router import Plan, load_router
-from training.serving import compile_estimator
+from training.serving.router import Plan, load_router
+from estimators.frozen import compile_estimator
 from training.synthetic import make_benchmark
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -29,7 +29,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 EXAMPLE = '''
 import zlib
 
-from training.router import load_router
+from training.serving.router import load_router
 
 router = load_router("router.joblib")  # strict checks (sha256, versions), then JIT warm-up
 
@@ -205,7 +205,7 @@ def test_pickling_drops_the_compiled_twin(router):
 def test_load_router_warms_every_kernel_so_the_first_request_is_fast(artifact, table):
     from kernel._drivers import plan_all_serial
     from estimators._textkernels import ascii_text_features
-    from training._forest import _quickscore
+    from estimators._forest import _quickscore
     router = load_router(artifact)
     assert router.compiled
     assert plan_all_serial.signatures and ascii_text_features.signatures and _quickscore.signatures
@@ -254,7 +254,7 @@ def test_compiled_structure_counts_equal_the_python_definition(texts):
 @pytest.mark.parametrize("sigma_scale", [1.0, 0.25, 3.0])
 def test_router_decides_as_its_policy_including_the_sigma_scale(router, table, sigma_scale):
     from dataclasses import replace
-    from training.router import prompt_uniforms
+    from training.serving.router import prompt_uniforms
     policy = replace(router.policy(), sigma_scale=sigma_scale)
     cases = _cases(table, router, n=30, seed=2)
     prompts, observed = [c[0] for c in cases], [c[3] for c in cases]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.score import STATUS_OK, main, score_batch
+from training.serving.score import STATUS_OK, main, score_batch
 from training.synthetic import make_benchmark
 
 
@@ -167,7 +167,7 @@ def test_two_worker_processes_write_the_same_decisions(artifact, logged, tmp_pat
 
 
 def test_default_workers_start_processes_only_for_large_inputs(monkeypatch):
-    from training import score
+    from training.serving import score
     monkeypatch.setattr(score.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
     assert score.auto_workers(score.AUTO_WORKERS_FROM_ROWS - 1) == 1
     assert score.auto_workers(score.AUTO_WORKERS_FROM_ROWS) == score.MAX_AUTO_WORKERS
@@ -180,7 +180,7 @@ def test_reading_holds_about_one_batch_not_the_file(tmp_path):
     pre-buffering kept every column chunk read so far)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from training.score import iter_tables
+    from training.serving.score import iter_tables
     rng = np.random.default_rng(0)
     letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz ", np.uint8)
     n = 8000  # rows of ~1 KB of incompressible text: 8 MB in 40 row groups

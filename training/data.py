@@ -30,7 +30,7 @@ from typing import Union
 import numpy as np
 import pandas as pd
 
-from .table import RoutingTable
+from estimators.table import RoutingTable
 
 __all__ = ["REQUIRED_COLUMNS", "fingerprint", "read_prices", "read_table"]
 

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from estimators.router import ESTIMATOR_KINDS
+from estimators.estimator import ESTIMATOR_KINDS
 from estimators.simulated import NOISE_LEVELS
 
 from .data import read_table

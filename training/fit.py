@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from estimators.router import ESTIMATOR_KINDS, make_router_estimator
+from estimators.estimator import ESTIMATOR_KINDS, make_router_estimator
 
 from .artifact import save_artifact
 from .data import fingerprint, read_prices, read_table
@@ -35,7 +35,7 @@ from .episodes import EstimatorEpisodes
 from .metrics import auc, auc_bounds, budget_grid, linear_auc, single_model_points
 from .policy import fit_policy
 from .protocol import LEARNED_SIGMA_SCALES
-from .router import Router
+from .serving.router import Router
 from .synthetic import default_table, synthetic_prices
 
 STRATEGIES = ("cascade_routing", "cascade", "routing", "threshold")

@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from estimators.router import make_router_estimator
+from estimators.estimator import make_router_estimator
 from estimators.simulated import NOISE_LEVELS, simulate_estimates
 
 from . import metrics
 from .episodes import Episodes, EstimatorEpisodes, TableEpisodes
 from .policy import fit_policy
-from .table import RoutingTable
+from estimators.table import RoutingTable
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -246,7 +246,7 @@ def evaluate_strategies(
         Show a tqdm bar per strategy.
     estimator : {"simulated", "learned", "linear"}, default="simulated"
         ``simulated``: the paper's noisy-oracle estimates at ``noise``.
-        ``learned`` / ``linear``: a :class:`~estimators.router.RouterEstimator`
+        ``learned`` / ``linear``: a :class:`~estimators.estimator.RouterEstimator`
         (LightGBM / ridge) fitted on a training split of ``train_fraction`` of
         the queries; policies are fitted on the calibration split and played
         on the rest, re-estimating after every model run.
@@ -284,7 +284,7 @@ def evaluate_strategies(
     Examples
     --------
     >>> import numpy as np
-    >>> from training.table import RoutingTable
+    >>> from estimators.table import RoutingTable
     >>> rng = np.random.default_rng(0)
     >>> quality = (rng.random((400, 3)) < [0.5, 0.7, 0.9]).astype(float)
     >>> cost = np.tile([1e-4, 4e-4, 2e-3], (400, 1))

@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from .data import read_table
-from .table import RoutingTable
+from estimators.table import RoutingTable
 
 __all__ = [
     "SYNTHETIC_MODELS",

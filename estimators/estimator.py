@@ -2,7 +2,7 @@
 
 :class:`RouterEstimator` fits the prompt featurizer, the quality estimator
 (with σ and, optionally, an error correlation per run-set size) and the cost
-estimator on a :class:`~training.table.RoutingTable`, and answers "given the
+estimator on a :class:`~estimators.table.RoutingTable`, and answers "given the
 query and the models run so far, what are ``q̂``, ``σ`` and ``ĉ`` for every
 model" as float64 ``(N, K)`` arrays.
 """
@@ -15,7 +15,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 
-from training.table import RoutingTable
+from .table import RoutingTable
 
 from .cost import CostEstimator
 from .featurize import make_prompt_featurizer, prompt_frame

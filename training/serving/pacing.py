@@ -39,7 +39,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from .policy import Policy
+from ..policy import Policy
 from .router import Observed, Plan, Router
 
 __all__ = ["PaceController", "PacedRouter", "PacingState"]
@@ -149,7 +149,7 @@ class PaceController:
 
 
 class PacedRouter:
-    """A :class:`~training.router.Router` whose ``λ`` is paced to a budget.
+    """A :class:`~training.serving.router.Router` whose ``λ`` is paced to a budget.
 
     Parameters
     ----------

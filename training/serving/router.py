@@ -11,7 +11,7 @@ the router holds no mutable state after warm-up (the fitted estimator's
 ``predict`` writes nothing; its ``predict_table`` cache is never used
 here), the decision kernel runs serially (deterministic, GIL released), and
 ties are broken with a per-prompt uniform. Estimates come from the
-estimator's compiled twin (:mod:`training.serving`), verified against the
+estimator's compiled twin (:mod:`estimators.frozen`), verified against the
 estimator when the router warms up; it is rebuilt at load time, never
 pickled.
 """
@@ -28,11 +28,11 @@ import numpy as np
 
 import kernel
 
-from .artifact import load_artifact
-from .policy import Policy
+from ..artifact import load_artifact
+from ..policy import Policy
 
 if TYPE_CHECKING:
-    from estimators.router import Estimates
+    from estimators.estimator import Estimates
 
     from .pacing import PacedRouter
 
@@ -154,7 +154,7 @@ class Router:
             with _COMPILE_LOCK:
                 serving = self.__dict__.get("_serving")
                 if serving is None:
-                    from .serving import compile_estimator
+                    from estimators.frozen import compile_estimator
                     serving = compile_estimator(self.estimator) or self.estimator
                     self.__dict__["_serving"] = serving
         return serving
@@ -239,7 +239,7 @@ class Router:
             Required when the estimator was fitted with them.
         policy : Policy, optional
             Use this policy instead of a fitted one (e.g. a paced ``λ``,
-            see :mod:`training.pacing`); ``budget`` is then ignored.
+            see :mod:`training.serving.pacing`); ``budget`` is then ignored.
         """
         return [p.next for p in self.plan(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
                                           policy=policy)]
@@ -254,9 +254,9 @@ class Router:
         return [self.models_[i] for i in kernel.select_answer(estimates.quality, run)]
 
     def paced(self, budget: float, **options) -> "PacedRouter":
-        """A :class:`~training.pacing.PacedRouter` that keeps mean spend at ``budget``.
+        """A :class:`~training.serving.pacing.PacedRouter` that keeps mean spend at ``budget``.
 
-        ``options`` go to :class:`~training.pacing.PacedRouter` (``band``,
+        ``options`` go to :class:`~training.serving.pacing.PacedRouter` (``band``,
         ``half_life``, gains, ...).
         """
         from .pacing import PacedRouter
@@ -286,7 +286,7 @@ def kernel_spread(sigma, cov, policy: Policy) -> dict:
     use the σ the policy was fitted with. Policies pickled before the field
     existed have none (factor 1).
     """
-    from .episodes import scale_uncertainty
+    from ..episodes import scale_uncertainty
     sigma, cov = scale_uncertainty(sigma, cov, float(getattr(policy, "sigma_scale", 1.0)))
     return {"cov": cov} if cov is not None else {"sigma": sigma}
 

@@ -1,4 +1,4 @@
-"""A fast, verified inference twin of a fitted :class:`~estimators.router.RouterEstimator`.
+"""A fast, verified inference twin of a fitted :class:`~estimators.estimator.RouterEstimator`.
 
 Why: ``RouterEstimator.predict`` is written for clarity and for tables. On
 one prompt it spends about 13 ms in scikit-learn's per-call validation,
@@ -14,7 +14,7 @@ same numbers with a handful of array operations and compiled loops:
 * structural counts: the featurizer's own counting function (compiled for ASCII);
 * task / subtask one-hot: a dictionary from category to output row;
 * ridge pipelines (imputer → scaler → ridge) folded into one affine map;
-* LightGBM regressors (quality, σ, cost): :class:`training._forest.Forest`.
+* LightGBM regressors (quality, σ, cost): :class:`estimators._forest.Forest`.
 
 Any component it does not recognise (an embedding featurizer, another
 regressor) is called through its own ``transform``/``predict``, so the twin
@@ -39,7 +39,7 @@ import pandas as pd
 
 from estimators.inputs import check_observed_cost, check_run, check_signals, per_query_inputs
 from estimators.posthoc import ResponseInfo, parse_responses, posthoc_features
-from estimators.router import Estimates
+from estimators.estimator import Estimates
 
 from estimators._textkernels import ascii_text_features, ascii_text_features_parallel, encode_texts, project_counts
 from estimators.featurize import CHAR_NGRAMS, structure_counts_of
@@ -368,7 +368,7 @@ class CompiledEstimator:
         Its features are ``(q, ran, |R|, model index)``: all but ``q`` take
         at most ``2·(K+1)·K`` value combinations, so a look-up replaces a
         hundred tree walks per (query, model) and step, which were half the
-        time of a batch replay. Exact (see :class:`~training._forest.Tabulated`).
+        time of a batch replay. Exact (see :class:`~estimators._forest.Tabulated`).
         """
         forest = Forest.from_regressors([sigma.estimator_]) if type(sigma.estimator_).__name__ == "LGBMRegressor" else None
         if forest is None or getattr(sigma, "n_features_in_", None) != 4:

@@ -1,0 +1,9 @@
+"""Serving a fitted router: the :class:`Router` services load, budget pacing, batch scoring.
+
+Everything here starts from an artifact written by ``python -m training.fit``
+(:func:`load_router`) and never fits anything.
+"""
+
+from .router import Observed, Plan, Router, load_router
+
+__all__ = ["Observed", "Plan", "Router", "load_router"]
