@@ -109,7 +109,7 @@ def capture(folder: Path) -> None:
                                                   **{k: [v[i] for i in ran] for k, v in per_query.items()}))
         np.savez(folder / f"{name}_router.npz", **arrays)
         summary = json.loads((report / "report.json").read_text())
-        for where in ("seconds", "artifact"):  # wall clock and the snapshot's own paths
+        for where in ("seconds", "artifact", "data"):  # wall clock and paths
             summary.pop(where, None)
         (folder / f"{name}_summary.json").write_text(json.dumps({"policies": _policies(router), "report": summary},
                                                                 sort_keys=True, indent=1))
@@ -134,7 +134,7 @@ def compare(before: Path, after: Path) -> int:
         name = summary.removesuffix("_summary.json")
         a, b = (json.loads((d / summary).read_text()) for d in (before, after))
         for report in (a["report"], b["report"]):  # snapshots taken before paths were left out
-            report.pop("artifact", None)
+            report.pop("artifact", None), report.pop("data", None)
         if a != b:
             differences += 1
             print(f"{name}: policies or report differ")
