@@ -76,23 +76,59 @@ def _n_blocks(n_queries):
 
 @njit(**JIT_OPTIONS)
 def plan_all_serial(*args):
+    """Plan every query, one block after another, in the calling thread.
+
+    Deterministic and GIL-free: the variant for threaded services.
+
+    Parameters
+    ----------
+    *args
+        The arguments of ``_plan_block`` after ``block``, outputs last; the
+        first is an ``(N, K)`` array that gives the number of queries.
+    """
     for block in range(_n_blocks(args[0].shape[0])):
         _plan_block(block, *args)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
 def plan_all_parallel(*args):
+    """Plan every query, blocks spread over threads with ``prange`` (batch work).
+
+    Parameters
+    ----------
+    *args
+        The arguments of ``_plan_block`` after ``block``, outputs last; the
+        first is an ``(N, K)`` array that gives the number of queries.
+    """
     for block in prange(_n_blocks(args[0].shape[0])):
         _plan_block(block, *args)
 
 
 @njit(**JIT_OPTIONS)
 def simulate_all_serial(*args):
+    """Play every query's episode, one block after another, in the calling thread.
+
+    The deterministic twin of :func:`simulate_all_parallel`.
+
+    Parameters
+    ----------
+    *args
+        The arguments of ``_simulate_block`` after ``block``, outputs last; the
+        first is an ``(N, K)`` array that gives the number of queries.
+    """
     for block in range(_n_blocks(args[0].shape[0])):
         _simulate_block(block, *args)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
 def simulate_all_parallel(*args):
+    """Play every query's episode, blocks spread over threads with ``prange`` (policy fitting).
+
+    Parameters
+    ----------
+    *args
+        The arguments of ``_simulate_block`` after ``block``, outputs last; the
+        first is an ``(N, K)`` array that gives the number of queries.
+    """
     for block in prange(_n_blocks(args[0].shape[0])):
         _simulate_block(block, *args)

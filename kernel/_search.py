@@ -34,7 +34,24 @@ from .config import (
 
 @njit(**JIT_OPTIONS)
 def fill_draws(quality, sigma, chol, use_cov, z, draws):
-    """Write ``draw[s, i] = q_i + s_i z[s, i]`` (or ``q + L z[s]``) into ``draws``."""
+    """Write ``draw[s, i] = q_i + s_i z[s, i]`` (or ``q + L z[s]``) into ``draws``.
+
+    Every supermodel of the query is scored on these draws (common random
+    numbers), so they are computed once per decision.
+
+    Parameters
+    ----------
+    quality, sigma : ndarray of float64, shape (K,)
+        The query's quality estimates and their standard deviations.
+    chol : ndarray of float64, shape (K, K)
+        Cholesky factor of the error covariance; read only if ``use_cov``.
+    use_cov : bool
+        Correlated draws from ``chol`` instead of independent ones.
+    z : ndarray of float64, shape (S, K)
+        The shared normal draws.
+    draws : ndarray of float64, shape (S, K)
+        Output, overwritten.
+    """
     n_samples, n_models = draws.shape
     if use_cov:
         for s in range(n_samples):
@@ -51,7 +68,27 @@ def fill_draws(quality, sigma, chol, use_cov, z, draws):
 
 @njit(**JIT_OPTIONS)
 def tie_better(cost_a, size_a, mask_a, cost_b, size_b, mask_b, expensive):
-    """Whether tied candidate ``a`` beats tied candidate ``b`` (see module docstring)."""
+    """Whether tied candidate ``a`` beats tied candidate ``b`` (see module docstring).
+
+    The one tie-break rule shared by routing, cascades and cascade routing,
+    so that all strategies resolve ties, and therefore meet budgets, alike.
+
+    Parameters
+    ----------
+    cost_a, cost_b : float
+        Costs of the two supermodels; equal within ``COST_RTOL``.
+    size_a, size_b : int
+        Their numbers of models.
+    mask_a, mask_b : int64
+        Their bit masks.
+    expensive : bool
+        Prefer the most expensive candidate (the query's ``u < γ``) instead
+        of the cheapest.
+
+    Returns
+    -------
+    bool
+    """
     tol = COST_RTOL * max(1.0, abs(cost_a), abs(cost_b))
     if cost_a > cost_b + tol:
         return expensive
@@ -358,7 +395,22 @@ def _run_state(run):
 
 @njit(**JIT_OPTIONS)
 def new_scratch(n_samples, n_models, max_depth):
-    """Scratch buffers for :func:`plan_query`, allocated once per block of queries."""
+    """Scratch buffers for :func:`plan_query`, allocated once per block of queries.
+
+    Parameters
+    ----------
+    n_samples : int
+        Number of shared draws ``S``.
+    n_models : int
+        ``K``.
+    max_depth : int
+        Most models run per query.
+
+    Returns
+    -------
+    tuple of ndarray
+        The buffers, in the order :func:`plan_query` unpacks them.
+    """
     return (
         np.empty((n_samples, n_models)),                          # draws
         np.empty(n_models + 1),                                   # candidate scores (cascade)
@@ -390,6 +442,42 @@ def plan_query(quality, sigma, chol, use_cov, cost, run, lambdas, strategy, thre
     ``plan_mask`` is the chosen supermodel ``M*`` (the run set itself when
     stopping). Scratch arrays are supplied by the driver so that nothing is
     allocated per query.
+
+    Parameters
+    ----------
+    quality, sigma, cost : ndarray of float64, shape (K,)
+        The query's current estimates.
+    chol : ndarray of float64, shape (K, K)
+        Cholesky factor of the error covariance; read only if ``use_cov``.
+    use_cov : bool
+        Whether to draw from ``chol`` instead of ``sigma``.
+    run : ndarray of bool, shape (K,)
+        Models already run.
+    lambdas : ndarray of float64, shape (T,)
+        Cost multiplier per step.
+    strategy : int
+        Strategy code from :data:`kernel.config.STRATEGIES`.
+    thresholds : ndarray of float64, shape (K - 1,)
+        ``θ_j`` of the threshold cascade (empty otherwise).
+    max_depth : int
+        Most models run per query.
+    force_order : bool
+        Only add models above every run model's index.
+    expensive : bool
+        Break ties towards the most expensive candidate (``u < γ``).
+    z : ndarray of float64, shape (S, K)
+        The shared normal draws.
+    prune : bool
+        Use the exact submodular cuts.
+    scratch : tuple of ndarray
+        From :func:`new_scratch`.
+
+    Returns
+    -------
+    next_model : int
+        Model to run next, or ``STOP``.
+    plan_mask : int64
+        Bit mask of ``M*``.
     """
     (draws, taus, costs, sizes, masks, base, cand, n_cand, pos, node_q, node_cost, node_mask,
      child_q, child_gain, child_max, order, n_alive, best, winner) = scratch
@@ -443,7 +531,23 @@ def plan_query(quality, sigma, chol, use_cov, cost, run, lambdas, strategy, thre
 
 @njit(**JIT_OPTIONS)
 def select_best_run(quality, run):
-    """Index of the run model with the highest quality estimate (lowest index on ties)."""
+    """Index of the run model with the highest quality estimate (lowest index on ties).
+
+    The answer a finished episode returns, as :func:`kernel.select_answer`
+    picks it outside the kernel.
+
+    Parameters
+    ----------
+    quality : ndarray of float64, shape (K,)
+        Current (post-hoc for run models) quality estimates.
+    run : ndarray of bool, shape (K,)
+        Models run.
+
+    Returns
+    -------
+    int
+        The model index, or ``STOP`` when none has run.
+    """
     best = STOP
     for i in range(quality.shape[0]):
         if run[i] and (best == STOP or quality[i] > quality[best]):

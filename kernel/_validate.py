@@ -9,6 +9,7 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from .config import COV_JITTER, MAX_MODELS, STRATEGIES
 from .samples import default_uniforms
@@ -18,8 +19,33 @@ def _first_position(mask: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(mask)[0])
 
 
-def as_float_array(name: str, value, ndim: int) -> np.ndarray:
-    """Return ``value`` as a C-contiguous float64 array of ``ndim`` dimensions, all finite."""
+def as_float_array(name: str, value: ArrayLike, ndim: int) -> NDArray[np.float64]:
+    """Return ``value`` as a C-contiguous float64 array of ``ndim`` dimensions, all finite.
+
+    The compiled kernels take exactly this layout and never check it, so
+    every array argument passes through here first.
+
+    Parameters
+    ----------
+    name : str
+        Argument name, quoted in error messages.
+    value : array-like
+        The argument as the caller passed it.
+    ndim : int
+        Required number of dimensions.
+
+    Returns
+    -------
+    ndarray of float64
+        ``value`` itself when it already has this layout, else a copy.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not numeric.
+    ValueError
+        If it has another number of dimensions or a NaN or infinity.
+    """
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as error:
@@ -36,11 +62,41 @@ def as_float_array(name: str, value, ndim: int) -> np.ndarray:
 
 
 def check_shape(name: str, array: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Raise unless ``array`` has ``shape``: the kernels index without bounds checks.
+
+    Parameters
+    ----------
+    name : str
+        Argument name, quoted in the error message.
+    array : ndarray
+        The validated argument.
+    shape : tuple of int
+        The shape it must have.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ.
+    """
     if array.shape != shape:
         raise ValueError(f"{name} has shape {array.shape}, expected {shape} (queries x models)")
 
 
 def check_nonnegative(name: str, array: np.ndarray) -> None:
+    """Raise on a negative entry: costs, deviations and multipliers are never negative.
+
+    Parameters
+    ----------
+    name : str
+        Argument name, quoted in the error message with the first offender.
+    array : ndarray
+        The validated argument.
+
+    Raises
+    ------
+    ValueError
+        If any entry is negative.
+    """
     bad = array < 0
     if bad.any():
         position = _first_position(bad)
@@ -49,8 +105,20 @@ def check_nonnegative(name: str, array: np.ndarray) -> None:
             f"first {array[position]} at index {position}")
 
 
-def estimate_matrices(quality, cost) -> tuple[np.ndarray, np.ndarray]:
-    """Validate the ``(N, K)`` quality and cost estimates."""
+def estimate_matrices(quality: ArrayLike, cost: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Validate the ``(N, K)`` quality and cost estimates that every decision starts from.
+
+    Parameters
+    ----------
+    quality, cost : array-like of shape (N, K)
+        Estimates per query and model; ``cost`` non-negative, ``K`` in
+        ``[1, MAX_MODELS]``.
+
+    Returns
+    -------
+    quality, cost : ndarray of float64, shape (N, K)
+        C-contiguous and finite.
+    """
     quality = as_float_array("quality", quality, 2)
     cost = as_float_array("cost", cost, 2)
     check_shape("cost", cost, quality.shape)
@@ -63,8 +131,32 @@ def estimate_matrices(quality, cost) -> tuple[np.ndarray, np.ndarray]:
     return quality, cost
 
 
-def uncertainty(sigma, cov, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Return ``(sigma, cholesky, use_cov)``; no uncertainty means ``sigma = 0``."""
+def uncertainty(
+    sigma: ArrayLike | None, cov: ArrayLike | None, shape: tuple[int, int]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], bool]:
+    """Return ``(sigma, cholesky, use_cov)``; no uncertainty means ``sigma = 0``.
+
+    The kernels take both arrays whichever form was given, so the unused one
+    is a dummy of the right number of dimensions.
+
+    Parameters
+    ----------
+    sigma : array-like of shape (N, K) or None
+        Standard deviations (independent errors).
+    cov : array-like of shape (N, K, K) or None
+        Full covariances; at most one of ``sigma`` and ``cov``.
+    shape : tuple of int
+        ``(N, K)`` of the estimates.
+
+    Returns
+    -------
+    sigma : ndarray of float64
+        Shape (N, K), or a (1, 1) dummy when ``cov`` is used.
+    cholesky : ndarray of float64
+        Shape (N, K, K) Cholesky factors, or a (1, 1, 1) dummy.
+    use_cov : bool
+        Whether the covariances are used.
+    """
     n_queries, n_models = shape
     if sigma is not None and cov is not None:
         raise ValueError("pass either sigma (independent errors) or cov (full covariance), not both")
@@ -80,8 +172,27 @@ def uncertainty(sigma, cov, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndar
     return np.zeros((1, 1)), cholesky_factors(cov), True
 
 
-def cholesky_factors(cov: np.ndarray) -> np.ndarray:
-    """Cholesky factors of ``cov + jitter·I`` for a stack of covariance matrices."""
+def cholesky_factors(cov: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Cholesky factors of ``cov + jitter·I`` for a stack of covariance matrices.
+
+    Correlated draws are ``q + L z``; the jitter lets a positive
+    semi-definite (singular) covariance factorise.
+
+    Parameters
+    ----------
+    cov : ndarray of float64, shape (..., K, K)
+        Symmetric positive semi-definite matrices.
+
+    Returns
+    -------
+    ndarray of float64, shape (..., K, K)
+        Lower-triangular factors, C-contiguous.
+
+    Raises
+    ------
+    ValueError
+        If a matrix is not symmetric or not positive semi-definite.
+    """
     asymmetry = np.abs(cov - np.swapaxes(cov, -1, -2))
     scale = np.maximum(1.0, np.abs(cov).max(axis=(-1, -2), keepdims=True))
     bad = (asymmetry > 1e-9 * scale).any(axis=(-1, -2))
@@ -98,8 +209,21 @@ def cholesky_factors(cov: np.ndarray) -> np.ndarray:
             "Project it onto the PSD cone (clip negative eigenvalues) before calling") from None
 
 
-def lambda_vector(lambdas, n_models: int) -> np.ndarray:
-    """Per-step multipliers; a scalar applies to every step."""
+def lambda_vector(lambdas: ArrayLike | None, n_models: int) -> NDArray[np.float64]:
+    """Per-step multipliers; a scalar applies to every step.
+
+    Parameters
+    ----------
+    lambdas : float or 1-D array-like
+        ``λ_t`` per step ``t``; non-negative.
+    n_models : int
+        ``K``, the length a scalar is repeated to.
+
+    Returns
+    -------
+    ndarray of float64, shape (T,)
+        One multiplier per step.
+    """
     if lambdas is None:
         raise TypeError("lambdas is required for this strategy: a scalar or one value per step")
     array = as_float_array("lambdas", lambdas, np.ndim(lambdas))
@@ -112,12 +236,37 @@ def lambda_vector(lambdas, n_models: int) -> np.ndarray:
 
 
 def strategy_code(strategy: str) -> int:
+    """Map a strategy name to the integer code the compiled kernels branch on.
+
+    Parameters
+    ----------
+    strategy : str
+        One of :data:`kernel.config.STRATEGIES`.
+
+    Returns
+    -------
+    int
+        Its code.
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
     return STRATEGIES[strategy]
 
 
-def threshold_vector(thresholds, n_models: int) -> np.ndarray:
+def threshold_vector(thresholds: ArrayLike | None, n_models: int) -> NDArray[np.float64]:
+    """Validate the threshold cascade's ``θ_0..θ_{K-2}``: the last model has none to pass.
+
+    Parameters
+    ----------
+    thresholds : 1-D array-like of length K - 1
+        Quality below which the cascade continues past each model.
+    n_models : int
+        ``K``.
+
+    Returns
+    -------
+    ndarray of float64, shape (K - 1,)
+    """
     if thresholds is None:
         raise TypeError(f"strategy 'threshold' needs thresholds: {n_models - 1} values θ_0..θ_K-2")
     array = as_float_array("thresholds", thresholds, 1)
@@ -127,8 +276,20 @@ def threshold_vector(thresholds, n_models: int) -> np.ndarray:
     return array
 
 
-def depth(max_depth, n_models: int) -> int:
-    """``max_depth`` as an int in ``[1, K]`` (a larger value cannot change a decision)."""
+def depth(max_depth: int | None, n_models: int) -> int:
+    """``max_depth`` as an int in ``[1, K]`` (a larger value cannot change a decision).
+
+    Parameters
+    ----------
+    max_depth : int or None
+        Most models run per query; ``None`` means ``K``.
+    n_models : int
+        ``K``.
+
+    Returns
+    -------
+    int
+    """
     if max_depth is None:
         return n_models
     if isinstance(max_depth, bool) or not isinstance(max_depth, numbers.Integral):
@@ -138,7 +299,20 @@ def depth(max_depth, n_models: int) -> int:
     return int(min(max_depth, n_models))
 
 
-def run_matrix(run, shape: tuple[int, int]) -> np.ndarray:
+def run_matrix(run: ArrayLike | None, shape: tuple[int, int]) -> NDArray[np.bool_]:
+    """Validate the models already run as a C-contiguous bool ``(N, K)`` matrix.
+
+    Parameters
+    ----------
+    run : bool or 0/1 integer array-like of shape (N, K), or None
+        Models run per query; ``None`` means none yet.
+    shape : tuple of int
+        ``(N, K)`` of the estimates.
+
+    Returns
+    -------
+    ndarray of bool, shape (N, K)
+    """
     if run is None:
         return np.zeros(shape, dtype=np.bool_)
     array = np.asarray(run)
@@ -150,8 +324,21 @@ def run_matrix(run, shape: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def check_prefix_runs(run: np.ndarray, strategy: str) -> None:
-    """Cascades run models in index order, so their run sets must be prefixes."""
+def check_prefix_runs(run: NDArray[np.bool_], strategy: str) -> None:
+    """Cascades run models in index order, so their run sets must be prefixes.
+
+    Parameters
+    ----------
+    run : ndarray of bool, shape (N, K)
+        Models run per query.
+    strategy : str
+        The cascade strategy, quoted in the error message.
+
+    Raises
+    ------
+    ValueError
+        If some row's run set is not ``m_0..m_{t-1}``.
+    """
     n_run = run.sum(axis=1)
     prefix = np.arange(run.shape[1]) < n_run[:, None]
     bad = (run != prefix).any(axis=1)
@@ -163,8 +350,26 @@ def check_prefix_runs(run: np.ndarray, strategy: str) -> None:
             f"{np.flatnonzero(run[rows[0]]).tolist()}")
 
 
-def mixing(gamma, u, n_queries: int) -> tuple[float, np.ndarray]:
-    """Validate ``γ`` and the per-query uniforms ``u`` (default :func:`default_uniforms`)."""
+def mixing(gamma: float, u: ArrayLike | None, n_queries: int) -> tuple[float, NDArray[np.float64]]:
+    """Validate ``γ`` and the per-query uniforms ``u`` (default :func:`default_uniforms`).
+
+    A query breaks ties towards the most expensive candidate when
+    ``u < γ``; that is how a policy meets its budget exactly.
+
+    Parameters
+    ----------
+    gamma : float in [0, 1]
+        Share of queries that break ties towards the expensive candidate.
+    u : array-like of shape (N,) or None
+        Per-query uniforms in [0, 1].
+    n_queries : int
+        ``N``.
+
+    Returns
+    -------
+    gamma : float
+    u : ndarray of float64, shape (N,)
+    """
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
     if u is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _validate as check
 from ._drivers import plan_all_parallel, plan_all_serial, simulate_all_parallel, simulate_all_serial
@@ -33,11 +34,26 @@ def _policy_arguments(strategy, lambdas, thresholds, max_depth, gamma, u, n_samp
     return code, lambda_values, threshold_values, depth, gamma, u, z
 
 
-def plan(quality, cost, *, sigma=None, cov=None, run=None, lambdas=None,
-         strategy: str = "cascade_routing", thresholds=None, max_depth: int | None = None,
-         force_order: bool = False, gamma: float = 0.0, u=None, n_samples: int = 64,
-         prune: bool = True, parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def plan(quality: ArrayLike, cost: ArrayLike, *, sigma: ArrayLike | None = None,
+         cov: ArrayLike | None = None, run: ArrayLike | None = None,
+         lambdas: ArrayLike | None = None, strategy: str = "cascade_routing",
+         thresholds: ArrayLike | None = None, max_depth: int | None = None,
+         force_order: bool = False, gamma: float = 0.0, u: ArrayLike | None = None,
+         n_samples: int = 64, prune: bool = True,
+         parallel: bool = True) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Like :func:`decide`, and also return the chosen supermodel of each query.
+
+    Call it instead of :func:`decide` when the caller needs the plan behind
+    the next step, e.g. to show which models a query is expected to use.
+
+    Parameters
+    ----------
+    quality, cost : array-like of shape (N, K)
+        Current quality and cost estimates, models sorted by mean cost.
+    sigma, cov, run, lambdas, strategy, thresholds, max_depth
+        As in :func:`decide`.
+    force_order, gamma, u, n_samples, prune, parallel
+        As in :func:`decide`.
 
     Returns
     -------
@@ -64,10 +80,12 @@ def plan(quality, cost, *, sigma=None, cov=None, run=None, lambdas=None,
     return next_model, plan_mask
 
 
-def decide(quality, cost, *, sigma=None, cov=None, run=None, lambdas=None,
-           strategy: str = "cascade_routing", thresholds=None, max_depth: int | None = None,
-           force_order: bool = False, gamma: float = 0.0, u=None, n_samples: int = 64,
-           prune: bool = True, parallel: bool = True) -> np.ndarray:
+def decide(quality: ArrayLike, cost: ArrayLike, *, sigma: ArrayLike | None = None,
+           cov: ArrayLike | None = None, run: ArrayLike | None = None,
+           lambdas: ArrayLike | None = None, strategy: str = "cascade_routing",
+           thresholds: ArrayLike | None = None, max_depth: int | None = None,
+           force_order: bool = False, gamma: float = 0.0, u: ArrayLike | None = None,
+           n_samples: int = 64, prune: bool = True, parallel: bool = True) -> NDArray[np.int64]:
     """Decide, per query, which model to run next (``-1`` = stop and answer).
 
     Parameters
@@ -113,6 +131,7 @@ def decide(quality, cost, *, sigma=None, cov=None, run=None, lambdas=None,
     Returns
     -------
     ndarray of int64, shape (N,)
+        Index of the model to run next, ``-1`` to stop and answer.
 
     Examples
     --------
@@ -129,10 +148,24 @@ def decide(quality, cost, *, sigma=None, cov=None, run=None, lambdas=None,
                 u=u, n_samples=n_samples, prune=prune, parallel=parallel)[0]
 
 
-def select_answer(quality, run) -> np.ndarray:
+def select_answer(quality: ArrayLike, run: ArrayLike) -> NDArray[np.int64]:
     """Which run model's answer to return: the highest post-hoc quality estimate.
 
-    Returns ``-1`` for a query with no model run; ties go to the lower index.
+    The post-hoc estimate is the best guess of which answer is right once
+    the models have run, so the cascade answers with that model's response.
+
+    Parameters
+    ----------
+    quality : array-like of shape (N, K)
+        Post-hoc quality estimates (only those of run models are read).
+    run : bool array-like of shape (N, K)
+        Models run per query.
+
+    Returns
+    -------
+    ndarray of int64, shape (N,)
+        Index of the run model to answer with; ``-1`` for a query with no
+        model run. Ties go to the lower index.
     """
     quality = check.as_float_array("quality", quality, 2)
     run = check.run_matrix(run, quality.shape)
@@ -157,21 +190,23 @@ class SimulationResult(NamedTuple):
         Index of the model whose answer was returned.
     """
 
-    order: np.ndarray
-    cost: np.ndarray
-    quality: np.ndarray
-    answer: np.ndarray
+    order: NDArray[np.int64]
+    cost: NDArray[np.float64]
+    quality: NDArray[np.float64]
+    answer: NDArray[np.int64]
 
     @property
-    def n_run(self) -> np.ndarray:
-        """Number of models run per query."""
+    def n_run(self) -> NDArray[np.int64]:
+        """Number of models run per query, the episode's length (ndarray of int64, shape (N,))."""
         return (self.order >= 0).sum(axis=1)
 
 
-def simulate(ante_quality, ante_sigma, ante_cost, post_quality, post_sigma, post_cost,
-             true_quality, true_cost, *, lambdas=None, strategy: str = "cascade_routing",
-             thresholds=None, max_depth: int | None = None, force_order: bool = False,
-             gamma: float = 0.0, u=None, n_samples: int = 64, prune: bool = True,
+def simulate(ante_quality: ArrayLike, ante_sigma: ArrayLike, ante_cost: ArrayLike,
+             post_quality: ArrayLike, post_sigma: ArrayLike, post_cost: ArrayLike,
+             true_quality: ArrayLike, true_cost: ArrayLike, *, lambdas: ArrayLike | None = None,
+             strategy: str = "cascade_routing", thresholds: ArrayLike | None = None,
+             max_depth: int | None = None, force_order: bool = False, gamma: float = 0.0,
+             u: ArrayLike | None = None, n_samples: int = 64, prune: bool = True,
              parallel: bool = True) -> SimulationResult:
     """Play whole episodes for every query in one compiled call.
 
@@ -189,12 +224,13 @@ def simulate(ante_quality, ante_sigma, ante_cost, post_quality, post_sigma, post
         Estimates once it has run.
     true_quality, true_cost : array-like of shape (N, K)
         What each model would actually score and cost.
-    **policy
-        As in :func:`decide` (independent errors only).
+    lambdas, strategy, thresholds, max_depth, force_order, gamma, u, n_samples, prune, parallel
+        The policy, as in :func:`decide` (independent errors only).
 
     Returns
     -------
     SimulationResult
+        Per query, the models run, the realised cost and quality, and the answer.
     """
     ante_quality, ante_cost = check.estimate_matrices(ante_quality, ante_cost)
     shape = ante_quality.shape
@@ -220,14 +256,21 @@ def simulate(ante_quality, ante_sigma, ante_cost, post_quality, post_sigma, post
     return SimulationResult(order, realised_cost, realised_quality, answer)
 
 
-def expected_max(quality, sigma_or_cov, members, z) -> np.ndarray | float:
+def expected_max(quality: ArrayLike, sigma_or_cov: ArrayLike, members: ArrayLike,
+                 z: ArrayLike) -> NDArray[np.float64] | float:
     """``Q(M) = E[max_{i∈M} Y_i]`` with the shared draws ``z`` (ALGORITHM.md §2).
+
+    The quality term of the score ``τ(M) = Q(M) - λ·C(M)`` that the compiled
+    search maximises, computed in NumPy from the same draws, so that tests
+    and notebooks can check or explain a decision.
 
     Parameters
     ----------
     quality : array-like of shape (K,) or (N, K)
-    sigma_or_cov : array-like of shape (K,) / (N, K) (standard deviations) or
-        (K, K) / (N, K, K) (covariances)
+        Quality estimates of one query or of ``N`` queries.
+    sigma_or_cov : array-like
+        Standard deviations of shape (K,) / (N, K), or covariances of shape
+        (K, K) / (N, K, K).
     members : bool array-like of shape (K,) or (N, K), or a sequence of indices
         The supermodel ``M``; an empty set gives ``-inf``.
     z : array-like of shape (S, K)
@@ -235,7 +278,8 @@ def expected_max(quality, sigma_or_cov, members, z) -> np.ndarray | float:
 
     Returns
     -------
-    float or ndarray of shape (N,)
+    float or ndarray of float64, shape (N,)
+        A float for one query (1-D ``quality``), else one value per query.
     """
     quality = np.asarray(quality, dtype=np.float64)
     single = quality.ndim == 1

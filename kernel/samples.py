@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy.special import ndtri
 from scipy.stats import qmc
 
@@ -13,7 +14,7 @@ __all__ = ["normal_samples", "default_uniforms", "DEFAULT_SEED"]
 DEFAULT_SEED = 20241014
 
 
-def normal_samples(n_samples: int, n_models: int, seed: int = DEFAULT_SEED) -> np.ndarray:
+def normal_samples(n_samples: int, n_models: int, seed: int = DEFAULT_SEED) -> NDArray[np.float64]:
     """Return the fixed ``(n_samples, n_models)`` matrix ``Z`` of normal draws.
 
     Every query and every supermodel shares this matrix (common random
@@ -59,12 +60,22 @@ def _cached_samples(n_samples: int, n_models: int, seed: int) -> np.ndarray:
     return z
 
 
-def default_uniforms(n_queries: int) -> np.ndarray:
+def default_uniforms(n_queries: int) -> NDArray[np.float64]:
     """Per-query uniforms ``u_n = frac(0.5 + n·φ)`` used when the caller passes none.
 
     A low-discrepancy sequence (φ the golden ratio): deterministic, and the
     share of queries with ``u < γ`` matches ``γ`` closely for any ``N``, as
     budget fitting assumes. Callers that decide for a subset of queries
     index into this to stay consistent with whole-batch calls.
+
+    Parameters
+    ----------
+    n_queries : int
+        Number of queries ``N``.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_queries,)
+        The uniforms, in [0, 1).
     """
     return np.mod(0.5 + np.arange(n_queries) * 0.6180339887498949, 1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -120,7 +121,7 @@ def test_manifest_has_every_field(saved):
         "data_fingerprint", "metrics", "extra", "artifact_file", "sha256",
     }  # fmt: skip
     assert manifest["format"] == FORMAT == "cascade-router-artifact"
-    assert manifest["format_version"] == FORMAT_VERSION == 1
+    assert manifest["format_version"] == FORMAT_VERSION == 2
     created = datetime.fromisoformat(manifest["created_at"])
     assert created.utcoffset() == timedelta(0)
     assert abs(datetime.now(timezone.utc) - created) < timedelta(minutes=5)
@@ -214,12 +215,41 @@ def test_wrong_sha256_in_manifest(saved):
 
 
 def test_other_format_version_is_refused(saved):
-    _edit_manifest(saved, format_version=2)
-    with pytest.raises(ValueError, match="format_version 2") as caught:
+    _edit_manifest(saved, format_version=FORMAT_VERSION + 1)
+    with pytest.raises(ValueError, match=f"format_version {FORMAT_VERSION + 1}") as caught:
         load_artifact(saved)
     message = str(caught.value)
     assert f"reads format_version {FORMAT_VERSION}" in message
     assert "retrain" in message and "release that wrote it" in message
+
+
+# What a format-1 payload pickles: a class from a package this release no longer has.
+_FORMAT_1_PAYLOAD = b"ctraining.router\nRouter\n(tR."
+
+
+@pytest.mark.parametrize("drop", [(), ("versions", "artifact_file")])
+def test_format_version_1_is_refused_before_unpickling(saved, monkeypatch, drop):
+    assert importlib.util.find_spec("training.router") is None  # moved to training.serving.router
+    _replace_payload(saved, _FORMAT_1_PAYLOAD)
+    with pytest.raises(ValueError, match="could not unpickle"):  # what loading it would give
+        artifact._unpickle(_FORMAT_1_PAYLOAD, saved)
+    _edit_manifest(saved, format_version=1)
+    manifest = json.loads(manifest_path(saved).read_text())
+    for key in drop:  # a manifest of another version may lack fields: the version is still named
+        del manifest[key]
+    manifest_path(saved).write_text(json.dumps(manifest))
+
+    def unpickle(payload, path):
+        raise AssertionError("a format-1 payload must not be unpickled")
+
+    monkeypatch.setattr(artifact, "_unpickle", unpickle)
+    with pytest.raises(ValueError, match="has format_version 1, but this cascade-router release reads") as caught:
+        load_artifact(saved)
+    message = str(caught.value)
+    assert str(manifest_path(saved)) in message
+    assert f"reads format_version {FORMAT_VERSION}" in message
+    assert "retrain and re-save the artifact" in message
+    assert read_manifest(saved)["format_version"] == 1  # listing tools still read it
 
 
 @pytest.mark.parametrize("version", ["1", None, True])

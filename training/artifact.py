@@ -100,8 +100,16 @@ PathLike = Union[str, os.PathLike]
 FORMAT = "cascade-router-artifact"
 """Value of the manifest's ``format`` field; anything else is not ours."""
 
-FORMAT_VERSION = 1
-"""Bumped whenever the layout or meaning of the manifest or payload changes."""
+FORMAT_VERSION = 2
+"""Bumped whenever the layout or meaning of the manifest or payload changes.
+
+* 1: first release.
+* 2: pickled classes moved packages (``estimators.router`` ->
+  ``estimators.estimator``, ``training.router`` ->
+  ``training.serving.router``, ``training.table`` -> ``estimators.table``,
+  ``training._forest`` -> ``estimators._forest``), so a version-1 payload
+  cannot be unpickled by this release; it is refused before unpickling.
+"""
 
 MANIFEST_SUFFIX = ".manifest.json"
 """Replaces the artifact's last suffix to name its manifest."""
@@ -335,8 +343,9 @@ def load_artifact(path: PathLike, *, strict_versions: bool = True) -> tuple[obje
     path = Path(path)
     manifest = read_manifest(path)
     target = manifest_path(path)
+    if "format_version" in manifest:  # first: another version may have other fields
+        _check_format_version(manifest, target)
     _check_fields(manifest, target)
-    _check_format_version(manifest, target)
     if manifest["artifact_file"] != path.name:
         raise ValueError(
             f"manifest {target} describes artifact {manifest['artifact_file']!r}, not {path.name!r}; "

@@ -22,6 +22,7 @@ from itertools import combinations
 from typing import NamedTuple, TypedDict
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "AucInterval",
@@ -58,7 +59,7 @@ class BootstrapResult(TypedDict):
     differences: dict[tuple[str, str], AucInterval]
 
 
-def single_model_points(quality: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def single_model_points(quality: ArrayLike, cost: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Mean cost and mean quality of always running one model.
 
     Parameters
@@ -80,7 +81,7 @@ def single_model_points(quality: np.ndarray, cost: np.ndarray) -> tuple[np.ndarr
     return cost.mean(axis=0), quality.mean(axis=0)
 
 
-def upper_hull(costs: np.ndarray, qualities: np.ndarray) -> np.ndarray:
+def upper_hull(costs: ArrayLike, qualities: ArrayLike) -> NDArray[np.intp]:
     """Indices of the points on the quality-cost frontier, cheapest first.
 
     The frontier is the upper-left convex hull from the cheapest point to the
@@ -123,7 +124,7 @@ def upper_hull(costs: np.ndarray, qualities: np.ndarray) -> np.ndarray:
     return np.array(hull, dtype=np.intp)
 
 
-def budget_grid(costs: np.ndarray, qualities: np.ndarray, per_segment: int = 10) -> np.ndarray:
+def budget_grid(costs: ArrayLike, qualities: ArrayLike, per_segment: int = 10) -> NDArray[np.float64]:
     """Budgets spread evenly along the cost range of the frontier's segments.
 
     Each pair of neighbouring hull models (see :func:`upper_hull`) gets
@@ -152,8 +153,16 @@ def budget_grid(costs: np.ndarray, qualities: np.ndarray, per_segment: int = 10)
     return np.concatenate([*segments, hull_costs[-1:]])
 
 
-def auc_bounds(costs: np.ndarray, qualities: np.ndarray) -> tuple[float, float, float]:
+def auc_bounds(costs: ArrayLike, qualities: ArrayLike) -> tuple[float, float, float]:
     """The protocol's AUC range and left anchor from the single-model points.
+
+    Every strategy's AUC is taken over the same range, so that the areas are
+    comparable across strategies.
+
+    Parameters
+    ----------
+    costs, qualities : array-like of shape (K,)
+        Single-model points, for example from :func:`single_model_points`.
 
     Returns
     -------
@@ -168,8 +177,8 @@ def auc_bounds(costs: np.ndarray, qualities: np.ndarray) -> tuple[float, float, 
 
 
 def auc(
-    curve_costs: np.ndarray,
-    curve_qualities: np.ndarray,
+    curve_costs: ArrayLike,
+    curve_qualities: ArrayLike,
     lo: float,
     hi: float,
     *,
@@ -214,8 +223,8 @@ def auc(
 
 
 def linear_auc(
-    costs: np.ndarray,
-    qualities: np.ndarray,
+    costs: ArrayLike,
+    qualities: ArrayLike,
     lo: float | None = None,
     hi: float | None = None,
 ) -> float:
@@ -246,8 +255,8 @@ def linear_auc(
 
 
 def bootstrap_auc(
-    per_query_quality: dict[str, np.ndarray],
-    per_query_cost: dict[str, np.ndarray],
+    per_query_quality: dict[str, ArrayLike],
+    per_query_cost: dict[str, ArrayLike],
     lo: float,
     hi: float,
     left_quality: float,

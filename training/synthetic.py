@@ -216,8 +216,22 @@ def default_table(n_queries: int = 4000, *, seed: int = 0, models: Sequence[str]
     """Return :func:`make_benchmark` loaded through :func:`training.data.read_table`.
 
     The default benchmark of the toolkit; **synthetic** (see the module
-    docstring). ``models`` optionally keeps a subset of
-    :data:`SYNTHETIC_MODELS` by name.
+    docstring). Going through :func:`~training.data.read_table` gives it the
+    same validation and layout as a real data set.
+
+    Parameters
+    ----------
+    n_queries : int, default 4000
+        Number of queries, as in :func:`make_benchmark`.
+    seed : int, default 0
+        Seed of the generator, as in :func:`make_benchmark`.
+    models : sequence of str, optional
+        Keep only these of :data:`SYNTHETIC_MODELS`, by name; default all.
+
+    Returns
+    -------
+    RoutingTable
+        The benchmark as a validated routing table.
     """
     return read_table(make_benchmark(n_queries, seed=seed), models=models)
 
