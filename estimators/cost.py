@@ -20,7 +20,37 @@ import numpy as np
 from lightgbm import LGBMRegressor
 from sklearn.base import BaseEstimator, clone
 
-__all__ = ["CostEstimator"]
+from .evaluators import freeze_regressors
+
+__all__ = ["CostEstimator", "input_token_counts"]
+
+
+def input_token_counts(prompts, n: int, k: int, input_tokens=None) -> np.ndarray:
+    """Input tokens per (query, model): the given counts, else ``ceil(len(prompt) / 4)``.
+
+    The one guess of the toolkit for a prompt's token count when the caller
+    does not know it (about four characters per token for English text).
+
+    Parameters
+    ----------
+    prompts : sequence of str or None
+        One per query; ``None`` leaves unknown counts as NaN.
+    n, k : int
+        Queries and models.
+    input_tokens : array-like of shape (n, k), optional
+        Known counts; NaN cells are guessed.
+
+    Returns
+    -------
+    ndarray of float64, shape (n, k)
+    """
+    tokens = np.full((n, k), np.nan) if input_tokens is None else np.asarray(input_tokens, dtype=np.float64)
+    if tokens.shape != (n, k):
+        raise ValueError(f"input_tokens must have shape {(n, k)}; got {tokens.shape}")
+    if prompts is not None:
+        guess = np.ceil(np.fromiter((len(str(p)) for p in prompts), dtype=np.float64, count=n) / 4.0)
+        tokens = np.where(np.isnan(tokens), guess[:, None], tokens)
+    return tokens
 
 
 def _default_regressor() -> LGBMRegressor:
@@ -43,9 +73,6 @@ class _LogTarget:
         self.smearing = float(np.mean(np.exp(log_target - self.regressor.predict(X))))
         return self
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.maximum(np.exp(self.regressor.predict(X)) * self.smearing - self.offset, 0.0)
-
 
 class CostEstimator(BaseEstimator):
     """Per-model cost estimates from prices and tokens, or from a log-cost regression.
@@ -65,6 +92,10 @@ class CostEstimator(BaseEstimator):
         ``"tokens"`` or ``"log_cost"`` per model: which estimate it uses.
     predictors_ : list of _LogTarget
         Per model, the regression of output tokens (token mode) or cost.
+    frozen_ : FrozenRegressors
+        The predictors' regressors frozen for prediction (all models at once).
+    offsets_, smearing_ : ndarray of shape (K,)
+        Per model, the log offset and Duan's smearing factor.
     """
 
     def __init__(self, prices: dict[str, tuple[float, float]] | None = None,
@@ -91,16 +122,22 @@ class CostEstimator(BaseEstimator):
                 self.modes_.append("log_cost")
                 offset = max(float(np.min(cost[:, i][cost[:, i] > 0], initial=1e-9)) * 1e-3, 1e-12)
                 self.predictors_.append(_LogTarget(clone(template), offset).fit(prompt_features, cost[:, i]))
+        self.frozen_ = freeze_regressors([p.regressor for p in self.predictors_])
+        self.offsets_ = np.array([p.offset for p in self.predictors_], dtype=np.float64)
+        self.smearing_ = np.array([p.smearing for p in self.predictors_], dtype=np.float64)
         return self
 
-    def predict(self, prompt_features: np.ndarray, input_tokens: np.ndarray, run: np.ndarray | None = None,
-                observed_cost: np.ndarray | None = None) -> np.ndarray:
-        """Return ``(N, K)`` costs; cells of run models take ``observed_cost`` exactly.
+    def predict_ante(self, prompt_features: np.ndarray, input_tokens: np.ndarray, *,
+                     parallel: bool = False) -> np.ndarray:
+        """Cost estimates ``(N, K)`` before any model has run; they do not depend on the run set.
 
-        ``input_tokens`` is ``(N, K)`` (NaN cells are not used by log-cost models).
+        ``input_tokens`` is ``(N, K)`` (see :func:`input_token_counts`; NaN
+        cells are not used by log-cost models). ``parallel`` spreads the
+        forest over threads (same numbers).
         """
-        estimate = np.empty(input_tokens.shape, dtype=np.float64)
-        for i, (model, mode, predictor) in enumerate(zip(self.models_, self.modes_, self.predictors_)):
+        estimate = np.maximum(np.exp(self.frozen_.predict(prompt_features, parallel)) * self.smearing_
+                              - self.offsets_, 0.0)
+        for i, (model, mode) in enumerate(zip(self.models_, self.modes_)):
             if mode == "tokens":
                 if np.isnan(input_tokens[:, i]).any():
                     raise ValueError(
@@ -108,9 +145,16 @@ class CostEstimator(BaseEstimator):
                         "pass input_tokens or the prompts (their length / 4 is used)"
                     )
                 price_in, price_out = self.prices[model]
-                estimate[:, i] = (input_tokens[:, i] * price_in + predictor.predict(prompt_features) * price_out) / 1e6
-            else:
-                estimate[:, i] = predictor.predict(prompt_features)
+                estimate[:, i] = (input_tokens[:, i] * price_in + estimate[:, i] * price_out) / 1e6
+        return estimate
+
+    def predict(self, prompt_features: np.ndarray, input_tokens: np.ndarray, run: np.ndarray | None = None,
+                observed_cost: np.ndarray | None = None) -> np.ndarray:
+        """Return ``(N, K)`` costs; cells of run models take ``observed_cost`` exactly.
+
+        ``input_tokens`` is ``(N, K)`` (NaN cells are not used by log-cost models).
+        """
+        estimate = self.predict_ante(prompt_features, input_tokens)
         if run is not None:
             estimate = np.where(run, observed_cost, estimate)
         return estimate

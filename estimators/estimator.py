@@ -5,25 +5,36 @@
 estimator on a :class:`~estimators.table.RoutingTable`, and answers "given the
 query and the models run so far, what are ``q̂``, ``σ`` and ``ĉ`` for every
 model" as float64 ``(N, K)`` arrays.
+
+Fit uses scikit-learn and LightGBM as they are; at its end every component
+freezes what prediction needs into plain arrays (:class:`~estimators.featurize.FrozenFeaturizer`,
+:mod:`estimators.evaluators`), and prediction runs on those with compiled
+kernels: one implementation, used by training, serving and batch scoring
+alike. The libraries' own ``transform``/``predict`` are the reference the
+tests compare it with (``tests/reference_estimator.py``).
+
+:class:`Estimator` is the interface the rest of the toolkit relies on
+(the router, policy episodes, batch replay).
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 
 from .table import RoutingTable
 
-from .cost import CostEstimator
-from .featurize import make_prompt_featurizer, prompt_frame
+from .cost import CostEstimator, input_token_counts
+from .featurize import FrozenFeaturizer, as_texts, make_prompt_featurizer, prompt_frame
 from .inputs import check_observed_cost, check_responses, check_run, check_signals, per_query_inputs
-from .posthoc import read_responses
+from .posthoc import ResponseMemo, read_responses, run_responses
 from .quality import PosthocData, QualityEstimator, make_linear_regressor
 
-__all__ = ["Estimates", "RouterEstimator", "ESTIMATOR_KINDS", "make_router_estimator"]
+__all__ = ["Estimates", "Estimator", "PreparedQueries", "RouterEstimator", "ESTIMATOR_KINDS",
+           "make_router_estimator"]
 
 
 class Estimates(NamedTuple):
@@ -47,6 +58,68 @@ class Estimates(NamedTuple):
     sigma: np.ndarray
     cost: np.ndarray
     cov: np.ndarray | None = None
+
+
+class PreparedQueries(NamedTuple):
+    """What estimating a set of queries needs whatever the run set: computed once per query.
+
+    Attributes
+    ----------
+    features : ndarray of float64, shape (N, F)
+        Prompt features.
+    ante_cost : ndarray of float64, shape (N, K)
+        Cost estimates before any model has run.
+    quality_share : ndarray of float64, shape (N, K) or None
+        The prompt's share of the quality estimates when the quality model is
+        linear (see :meth:`~estimators.quality.QualityEstimator.prompt_share`).
+    """
+
+    features: np.ndarray
+    ante_cost: np.ndarray
+    quality_share: np.ndarray | None
+
+
+class Estimator(Protocol):
+    """What the router, policy episodes and batch replay need from a fitted estimator.
+
+    :class:`RouterEstimator` is the implementation; the protocol names the
+    contract so that callers rely on it instead of probing attributes.
+
+    Attributes
+    ----------
+    models_ : tuple of str
+        Model names in column order (cheapest first).
+    columns_ : list of str
+        Per-query inputs it reads (``prompt``, ``task``, ``subtask``).
+    signal_names_ : list of str
+        Post-hoc signals it was fitted with.
+    uses_responses_ : bool
+        Whether response texts are part of its inputs.
+    """
+
+    models_: tuple[str, ...]
+    columns_: list[str]
+    signal_names_: list[str]
+    uses_responses_: bool
+
+    def predict(self, prompts=None, *, tasks=None, subtasks=None, run=None, responses=None, signals=None,
+                observed_cost=None, input_tokens=None) -> Estimates:
+        """Estimates of every model on ``N`` queries, given what the run models returned."""
+
+    def prepare(self, prompts=None, tasks=None, subtasks=None, *, input_tokens=None,
+                parallel: bool = False) -> PreparedQueries:
+        """The per-query part of the estimates, for several :meth:`estimate` calls."""
+
+    def estimate(self, prepared: PreparedQueries, rows: np.ndarray, run: np.ndarray, *, responses=None,
+                 signals: dict[str, np.ndarray], observed_cost: np.ndarray, memo: ResponseMemo | None = None,
+                 with_sigma: bool = True, parallel: bool = False) -> Estimates:
+        """Estimates of queries ``rows`` of ``prepared`` with run sets ``run`` (checked inputs)."""
+
+    def predict_table(self, table: RoutingTable, run=None, rows: np.ndarray | None = None) -> Estimates:
+        """Estimates of queries ``rows`` of ``table``, the run models' outcomes read from it."""
+
+    def warm_up(self, parallel: bool = False) -> None:
+        """Compile every kernel prediction uses."""
 
 
 def _residual_correlation(oof: dict, k: int) -> np.ndarray:
@@ -80,7 +153,9 @@ def _reveal_sigma(quality, features: np.ndarray, posthoc: PosthocData, n_models:
     is the paper's recipe (std of ex-ante minus post-hoc estimate) applied to
     learned estimators: the root mean square of that move over a sample of
     training queries and random run sets of each size ``t`` (for ``t = 0``,
-    the move when the model runs together with one other model).
+    the move when the model runs together with one other model). Part of
+    fitting, so the estimates come from the regressors themselves
+    (:meth:`~estimators.quality.QualityEstimator.fitted_quality`).
 
     Returns
     -------
@@ -97,7 +172,7 @@ def _reveal_sigma(quality, features: np.ndarray, posthoc: PosthocData, n_models:
         order = np.argsort(rng.random((rows.size, k)), axis=1)
         run = np.zeros((rows.size, k), dtype=bool)
         np.put_along_axis(run, order[:, :size], True, axis=1)
-        before, _ = quality.predict(features[rows], run, data)
+        before = quality.fitted_quality(features[rows], run, data)
         for model in range(k):
             going = ~run[:, model]
             after_run = run[going].copy()
@@ -108,7 +183,7 @@ def _reveal_sigma(quality, features: np.ndarray, posthoc: PosthocData, n_models:
                 # plan of two or more models buys at the first step.
                 other = (model + 1 + rng.integers(0, k - 1, size=after_run.shape[0])) % k
                 after_run[np.arange(after_run.shape[0]), other] = True
-            after, _ = quality.predict(features[rows][going], after_run, data.take(np.flatnonzero(going)))
+            after = quality.fitted_quality(features[rows][going], after_run, data.take(np.flatnonzero(going)))
             sigma[size, model] = np.sqrt(np.mean((after[:, model] - before[going, model]) ** 2))
     return sigma
 
@@ -163,6 +238,10 @@ class RouterEstimator:
     uses_responses_ : bool
         Whether response features are part of the quality model.
     featurizer_, quality_, cost_ : fitted components
+    frozen_featurizer_ : FrozenFeaturizer
+        ``featurizer_`` frozen for prediction.
+    reveal_sigma_ : ndarray of shape (K + 1, K) or None
+        σ per run-set size and model (``uncertainty="reveal"``).
     correlation_ : ndarray of shape (K + 1, K, K) or None
 
     Examples
@@ -207,12 +286,14 @@ class RouterEstimator:
             self.columns_, text=None if self.text is None else clone(self.text)
         ).fit(frame)
         features = self.featurizer_.transform(frame)
+        self.frozen_featurizer_ = FrozenFeaturizer(self.featurizer_)
         self.signal_names_ = sorted(table.signals)
         self.uses_responses_ = bool(
             self.use_responses and table.responses is not None and (table.responses != "").any()
         )
         run = np.ones(table.quality.shape, dtype=bool)
-        posthoc = self._posthoc(run, table.responses, table.signals)
+        info = read_responses(check_responses(table.responses, run)) if self.uses_responses_ else None
+        posthoc = PosthocData(check_signals(table.signals, self.signal_names_, run), info)
         if self.uncertainty not in ("reveal", "error"):
             raise ValueError(f"uncertainty must be 'reveal' or 'error', got {self.uncertainty!r}")
         self.quality_ = clone(self.quality or QualityEstimator()).fit(features, table.quality, posthoc)
@@ -224,19 +305,92 @@ class RouterEstimator:
         self._cache = None
         return self
 
-    def _posthoc(self, run: np.ndarray, responses, signals) -> PosthocData:
-        signals = check_signals(signals, self.signal_names_, run)
-        info = read_responses(check_responses(responses, run)) if self.uses_responses_ else None
-        return PosthocData(signals, info)
-
     def _check_fitted(self) -> None:
         if not hasattr(self, "quality_"):
             raise ValueError("this RouterEstimator is not fitted yet; call fit(table) first")
 
-    def _features(self, prompts, tasks, subtasks) -> tuple[np.ndarray, int]:
+    def prepare(self, prompts=None, tasks=None, subtasks=None, *, input_tokens=None,
+                parallel: bool = False) -> PreparedQueries:
+        """Prompt features, ex-ante costs and the prompt's quality share of ``N`` queries.
+
+        They do not depend on the run set, so a caller that estimates the
+        same queries at several steps (a cascade replay, policy episodes)
+        computes them once and passes the result to :meth:`estimate`.
+
+        Parameters
+        ----------
+        prompts, tasks, subtasks : sequence of str, shape (N,)
+            The per-query inputs the estimator was fitted with (see ``columns_``).
+        input_tokens : (N, K) float array, optional
+            Input token counts for price-based cost; default ``ceil(len(prompt)/4)``.
+        parallel : bool, default=False
+            Spread the compiled passes over threads (same numbers).
+        """
+        self._check_fitted()
         given, n = per_query_inputs(self.columns_, prompts, tasks, subtasks)
-        frame = prompt_frame(**{f"{name}s": given[name] for name in self.columns_})
-        return self.featurizer_.transform(frame), n
+        features = self.frozen_featurizer_.transform({name: as_texts(given[name]) for name in self.columns_}, n,
+                                                     parallel=parallel)
+        tokens = input_token_counts(given["prompt"], n, len(self.models_), input_tokens)
+        return PreparedQueries(features, self.cost_.predict_ante(features, tokens, parallel=parallel),
+                               self.quality_.prompt_share(features))
+
+    def estimate(self, prepared: PreparedQueries, rows: np.ndarray, run: np.ndarray, *, responses=None,
+                 signals: dict[str, np.ndarray], observed_cost: np.ndarray, memo: ResponseMemo | None = None,
+                 with_sigma: bool = True, parallel: bool = False) -> Estimates:
+        """Estimates of the queries ``rows`` of ``prepared`` with run sets ``run``.
+
+        The inputs are taken as checked (:meth:`predict` checks them).
+
+        Parameters
+        ----------
+        prepared : PreparedQueries
+            :meth:`prepare` of the queries.
+        rows : ndarray of int, shape (M,)
+            Which of them to estimate.
+        run : ndarray of bool, shape (M, K)
+        responses : (M, K) object array, optional
+            Response texts (read only where ``run``).
+        signals : dict of str to (M, K) float arrays
+            Every signal the estimator was fitted with (read only where ``run``).
+        observed_cost : (M, K) float array
+            Cost of the run models (read only where ``run``).
+        memo : ResponseMemo, optional
+            Shared by the calls of one job, so each response is parsed once.
+        with_sigma : bool, default=True
+            ``False`` skips σ (selecting an answer needs quality only);
+            ``sigma`` and ``cov`` are then ``None``.
+        parallel : bool, default=False
+            Spread the compiled passes over threads (same numbers).
+        """
+        info = None
+        if self.uses_responses_:
+            texts = np.full(run.shape, "", dtype=object) if responses is None else responses
+            info = run_responses(texts, run, memo)
+        share = None if prepared.quality_share is None else prepared.quality_share[rows]
+        quality = self.quality_.predict_quality(prepared.features[rows], run, PosthocData(signals, info),
+                                                share=share, parallel=parallel)
+        cost = np.where(run, observed_cost, prepared.ante_cost[rows])
+        if not with_sigma:
+            return Estimates(quality, None, cost, None)
+        sigma = self._sigma(quality, run)
+        cov = None
+        if self.correlation_ is not None:
+            cov = sigma[:, :, None] * sigma[:, None, :] * self.correlation_[run.sum(axis=1)]
+        return Estimates(quality, sigma, cost, cov)
+
+    def _sigma(self, quality: np.ndarray, run: np.ndarray) -> np.ndarray:
+        """σ per cell: the reveal σ (or the σ model) for models not run, ``run_sigma`` (or the σ model) for run ones.
+
+        The σ model is evaluated only on the cells that use it.
+        """
+        if self.reveal_sigma_ is not None:
+            sigma = self.reveal_sigma_[run.sum(axis=1)]
+            if self.run_sigma is not None:
+                return np.where(run, float(self.run_sigma), sigma)
+            return np.where(run, self.quality_.predict_sigma(quality, run, cells=run), sigma)
+        if self.run_sigma is None:
+            return self.quality_.predict_sigma(quality, run)
+        return np.where(run, float(self.run_sigma), self.quality_.predict_sigma(quality, run, cells=~run))
 
     def predict(
         self,
@@ -272,34 +426,12 @@ class RouterEstimator:
         -------
         Estimates
         """
-        self._check_fitted()
-        features, n = self._features(prompts, tasks, subtasks)
+        prepared = self.prepare(prompts, tasks, subtasks, input_tokens=input_tokens)
+        n = prepared.features.shape[0]
         run = check_run(run, n, self.models_)
-        posthoc = self._posthoc(run, responses, signals)
-        return self._estimate(features, run, posthoc, check_observed_cost(observed_cost, run),
-                              self._input_tokens(input_tokens, prompts, n))
-
-    def _input_tokens(self, input_tokens, prompts, n: int) -> np.ndarray:
-        k = len(self.models_)
-        tokens = np.full((n, k), np.nan) if input_tokens is None else np.asarray(input_tokens, dtype=np.float64)
-        if tokens.shape != (n, k):
-            raise ValueError(f"input_tokens must have shape {(n, k)}; got {tokens.shape}")
-        if prompts is not None:
-            guess = np.ceil(np.array([len(str(p)) for p in prompts], dtype=np.float64) / 4.0)
-            tokens = np.where(np.isnan(tokens), guess[:, None], tokens)
-        return tokens
-
-    def _estimate(self, features, run, posthoc, observed_cost, input_tokens) -> Estimates:
-        quality, sigma = self.quality_.predict(features, run, posthoc)
-        if self.reveal_sigma_ is not None:
-            sigma = np.where(run, sigma, self.reveal_sigma_[run.sum(axis=1)])
-        if self.run_sigma is not None:
-            sigma = np.where(run, float(self.run_sigma), sigma)
-        cost = self.cost_.predict(features, input_tokens, run, observed_cost)
-        cov = None
-        if self.correlation_ is not None:
-            cov = sigma[:, :, None] * sigma[:, None, :] * self.correlation_[run.sum(axis=1)]
-        return Estimates(quality, sigma, cost, cov)
+        return self.estimate(prepared, np.arange(n), run, responses=check_responses(responses, run),
+                             signals=check_signals(signals, self.signal_names_, run),
+                             observed_cost=check_observed_cost(observed_cost, run))
 
     def predict_table(self, table: RoutingTable, run: np.ndarray | Sequence[str] | None = None,
                       rows: np.ndarray | None = None) -> Estimates:
@@ -308,8 +440,9 @@ class RouterEstimator:
         This is the step a policy evaluation repeats (decide, run, re-estimate):
         responses, signals and costs of the models in ``run`` are taken from
         ``table``. With ``rows``, only those queries are estimated (``run``
-        then has one row per entry of ``rows``); prompt features and parsed responses are cached for the
-        last table seen, so repeated calls with new run sets cost only the
+        then has one row per entry of ``rows``). The per-query part
+        (:meth:`prepare`) and the parsed responses are kept for the last
+        table seen, so repeated calls with new run sets cost only the
         regressors.
         """
         self._check_fitted()
@@ -324,23 +457,40 @@ class RouterEstimator:
         if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= table.n_queries)):
             raise ValueError(f"rows must be 1-D indices into the table's {table.n_queries} queries")
         run = check_run(run, rows.size, self.models_)
-        features, info, tokens = self._table_inputs(table)
-        posthoc = PosthocData(table.signals, info).take(rows)
-        signals = check_signals(posthoc.signals, self.signal_names_, run)
-        return self._estimate(features[rows], run, PosthocData(signals, posthoc.responses),
-                              check_observed_cost(table.cost[rows], run), tokens[rows])
+        prepared, memo = self._table_inputs(table)
+        return self.estimate(
+            prepared, rows, run, responses=None if table.responses is None else table.responses[rows],
+            signals=check_signals({name: value[rows] for name, value in table.signals.items()},
+                                  self.signal_names_, run),
+            observed_cost=check_observed_cost(table.cost[rows], run), memo=memo)
 
-    def _table_inputs(self, table: RoutingTable):
-        cached = getattr(self, "_cache", None)
+    def _table_inputs(self, table: RoutingTable) -> tuple[PreparedQueries, ResponseMemo]:
+        cached = self.__dict__.get("_cache")
         if cached is not None and cached[0]() is table:
             return cached[1]
-        features, n = self._features(table.prompts, table.tasks, table.subtasks)
-        info = read_responses(table.responses) if self.uses_responses_ and table.responses is not None else None
-        if self.uses_responses_ and info is None:
-            info = read_responses(np.full(table.quality.shape, "", dtype=object))
-        tokens = self._input_tokens(table.input_tokens, table.prompts, n)
-        self._cache = (weakref.ref(table), (features, info, tokens))
+        prepared = self.prepare(table.prompts, table.tasks, table.subtasks, input_tokens=table.input_tokens)
+        self._cache = (weakref.ref(table), (prepared, ResponseMemo()))
         return self._cache[1]
+
+    def warm_up(self, parallel: bool = False) -> None:
+        """Compile every kernel prediction uses (serial, and the row-parallel ones with ``parallel``).
+
+        The serial kernels are cached on disk after the first process, the
+        parallel ones are compiled once per process, so a batch job calls
+        this before its clock starts and a service before its first request.
+        """
+        self._check_fitted()
+        prompts = ["What is 2 + 2?\nA) 3\nB) 4", "Ünïcödé — 東京?", ""]
+        n, k = len(prompts), len(self.models_)
+        per_query = {f"{name}s": prompts if name == "prompt" else ["warm-up"] * n for name in self.columns_}
+        prepared = self.prepare(**per_query, parallel=parallel)
+        run = np.zeros((n, k), bool)
+        run[1, 0] = True
+        run[2] = True
+        for step_run in (np.zeros((n, k), bool), run):
+            self.estimate(prepared, np.arange(n), step_run, responses=np.full((n, k), "B", dtype=object),
+                          signals={name: np.where(step_run, 0.0, np.nan) for name in self.signal_names_},
+                          observed_cost=np.where(step_run, 0.0, np.nan), memo=ResponseMemo(), parallel=parallel)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

@@ -19,9 +19,11 @@ from sklearn.preprocessing import OneHotEncoder
 from sklearn.utils.validation import check_is_fitted, validate_data
 from scipy import sparse
 
-from ._textkernels import ascii_ngram_counts, encode_texts, structure_counts
+from ._textkernels import (ascii_ngram_counts, ascii_text_features, ascii_text_features_parallel, encode_texts,
+                           project_counts, structure_counts)
 
-__all__ = ["TextFeaturizer", "StructuralFeaturizer", "make_prompt_featurizer", "prompt_frame", "CHAR_NGRAMS"]
+__all__ = ["TextFeaturizer", "StructuralFeaturizer", "FrozenFeaturizer", "make_prompt_featurizer", "prompt_frame",
+           "as_texts", "CHAR_NGRAMS"]
 
 #: Character n-gram lengths of :class:`TextFeaturizer` (word n-grams are 1 and 2).
 CHAR_NGRAMS = (3, 4)
@@ -255,6 +257,16 @@ class StructuralFeaturizer(_TextTransformer):
         return np.asarray(self.feature_names_, dtype=object)
 
 
+def as_texts(values) -> np.ndarray:
+    """One string per entry as an object array: ``None`` and NaN become ``''``, other values ``str(value)``.
+
+    A list comprehension, not ``astype(str)``: that would build a
+    fixed-width array as wide as the longest prompt.
+    """
+    values = np.asarray(values, dtype=object).ravel()
+    return np.array([v if isinstance(v, str) else "" if pd.isna(v) else str(v) for v in values], dtype=object)
+
+
 def prompt_frame(prompts=None, tasks=None, subtasks=None, n: int | None = None) -> pd.DataFrame:
     """Collect the per-query inputs of the prompt featurizer into one frame.
 
@@ -274,10 +286,7 @@ def prompt_frame(prompts=None, tasks=None, subtasks=None, n: int | None = None) 
     columns = {}
     for name, values in (("prompt", prompts), ("task", tasks), ("subtask", subtasks)):
         if values is not None:
-            values = np.asarray(values, dtype=object).ravel()
-            # a list, not astype(str): that would build a fixed-width array as wide as the longest prompt
-            columns[name] = np.array([v if isinstance(v, str) else "" if pd.isna(v) else str(v) for v in values],
-                                     dtype=object)
+            columns[name] = as_texts(values)
     lengths = {len(v) for v in columns.values()}
     if len(lengths) > 1:
         raise ValueError(f"prompts, tasks and subtasks must have one entry per query; got lengths {sorted(lengths)}")
@@ -323,3 +332,214 @@ def make_prompt_featurizer(
     if not parts:
         raise ValueError("the prompt featurizer needs at least one of the columns prompt, task, subtask; got none")
     return ColumnTransformer(parts, sparse_threshold=0.0)
+
+
+# --------------------------------------------------------------------------- #
+# the fitted featurizer, frozen for prediction
+# --------------------------------------------------------------------------- #
+
+
+class _EncodedColumns:
+    """The per-query columns of one call, each text column's UTF-8 bytes built once on demand.
+
+    The text and structure blocks both read the prompt's bytes; encoding
+    and joining a batch of prompts costs about as much as counting them, so
+    it is done once per call (one object per call: nothing shared between
+    threads).
+    """
+
+    def __init__(self, values: dict[str, np.ndarray]) -> None:
+        self.values = values
+        self._encoded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.values[name]
+
+    def encoded(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(bytes, offsets, ascii)`` of column ``name`` (see :func:`~estimators._textkernels.encode_texts`)."""
+        if name not in self._encoded:
+            self._encoded[name] = encode_texts(self.values[name])
+        return self._encoded[name]
+
+
+class _TextBlock:
+    """:class:`TextFeaturizer` as one compiled pass per ASCII text: n-grams, TF-IDF and the SVD projection.
+
+    Texts with other characters are counted by the featurizer's own
+    scikit-learn analyzers and projected by the same compiled row product.
+    """
+
+    def __init__(self, featurizer: TextFeaturizer, column: str) -> None:
+        self.featurizer, self.column = featurizer, column
+        self.word_chars, self.char_chars = int(featurizer.word_chars), int(featurizer.char_chars)
+        self.n_features = int(featurizer.n_features)
+        self.n_components = int(featurizer.n_components)
+        self.idf = np.ascontiguousarray(featurizer.tfidf_.idf_, dtype=np.float64)
+        svd = featurizer.svd_
+        self.projection = None if svd is None else np.ascontiguousarray(svd.components_.T, dtype=np.float64)
+
+    @staticmethod
+    def supports(featurizer: object) -> bool:
+        if type(featurizer) is not TextFeaturizer:
+            return False
+        tfidf = featurizer.tfidf_
+        return (featurizer.word_chars > 0 and featurizer.char_chars > 0 and tfidf.sublinear_tf
+                and tfidf.norm == "l2" and tfidf.use_idf)
+
+    def __call__(self, columns: _EncodedColumns, n: int, parallel: bool) -> np.ndarray:
+        out = np.zeros((n, self.n_components))
+        if self.projection is None:
+            return out
+        width = self.projection.shape[1]
+        text, offsets, plain = columns.encoded(self.column)
+        rows = np.flatnonzero(plain)
+        if rows.size:
+            block = np.empty((rows.size, width))
+            (ascii_text_features_parallel if parallel else ascii_text_features)(
+                text, offsets, rows, self.word_chars, self.char_chars, self.n_features, np.array(CHAR_NGRAMS),
+                self.idf, self.projection, block)
+            out[rows, :width] = block
+        others = np.flatnonzero(~plain)
+        if others.size:
+            texts = columns[self.column]
+            counts = self.featurizer._hashed_by_sklearn([texts[r] for r in others])
+            counts.sum_duplicates()
+            row = np.empty(width)
+            for j, r in enumerate(others):
+                cells = slice(counts.indptr[j], counts.indptr[j + 1])
+                project_counts(counts.indices[cells].astype(np.int64), counts.data[cells].astype(np.float64),
+                               self.idf, self.projection, row)
+                out[r, :width] = row
+        return out
+
+
+class _StructureBlock:
+    """:class:`StructuralFeaturizer` on the call's encoded texts, without per-call validation."""
+
+    def __init__(self, featurizer: StructuralFeaturizer, column: str) -> None:
+        self.column = column
+
+    @staticmethod
+    def supports(featurizer: object) -> bool:
+        return type(featurizer) is StructuralFeaturizer
+
+    def __call__(self, columns: _EncodedColumns, n: int, parallel: bool) -> np.ndarray:
+        return np.log1p(structure_counts_of(columns[self.column], columns.encoded(self.column)))
+
+
+class _OneHotBlock:
+    """``OneHotEncoder`` as one dictionary look-up per column and query.
+
+    The output of every known category is computed once by the encoder
+    itself (so infrequent pooling is exactly the encoder's); an unseen value
+    takes the output of a value that cannot be a category.
+    """
+
+    _UNSEEN = "\x00unseen category\x00"
+
+    def __init__(self, encoder: OneHotEncoder, columns: list[str]) -> None:
+        self.columns = columns
+        # infrequent_categories_ exists only when pooling is enabled, with None for a column without rare values
+        infrequent = getattr(encoder, "infrequent_categories_", None) or [None] * len(encoder.categories_)
+        widths = [len(categories) - (0 if rare is None or not len(rare) else len(rare) - 1)
+                  for categories, rare in zip(encoder.categories_, infrequent)]
+        starts = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+        self.width = int(starts[-1])
+        self.slices = [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+        self.tables: list[dict[str, np.ndarray]] = []
+        self.unseen: list[np.ndarray] = []
+        for i, categories in enumerate(encoder.categories_):
+            values = [str(c) for c in categories] + [self._UNSEEN]
+            probe = pd.DataFrame({c: [str(encoder.categories_[j][0])] * len(values) for j, c in enumerate(columns)})
+            probe[columns[i]] = values
+            rows = np.asarray(encoder.transform(probe), dtype=np.float64)[:, self.slices[i]]
+            self.tables.append({v: rows[r] for r, v in enumerate(values[:-1])})
+            self.unseen.append(rows[-1])
+
+    @staticmethod
+    def supports(encoder: object) -> bool:
+        return (type(encoder) is OneHotEncoder and encoder.drop is None
+                and encoder.handle_unknown in ("ignore", "infrequent_if_exist")
+                and all(np.asarray(c).dtype == object for c in encoder.categories_))
+
+    def __call__(self, columns: _EncodedColumns, n: int, parallel: bool) -> np.ndarray:
+        out = np.empty((n, self.width))
+        for i, column in enumerate(self.columns):
+            table, unseen = self.tables[i], self.unseen[i]
+            out[:, self.slices[i]] = [table.get(v, unseen) for v in columns[column]] if n else unseen[:0]
+        return out
+
+
+class _CalledBlock:
+    """A transformer that cannot be frozen (sentence embeddings): its own ``transform`` on its columns."""
+
+    def __init__(self, transformer: object, columns: list[str]) -> None:
+        self.transformer, self.columns = transformer, columns
+
+    def __call__(self, columns: _EncodedColumns, n: int, parallel: bool) -> np.ndarray:
+        data = pd.DataFrame({c: columns[c] for c in self.columns})
+        return np.asarray(self.transformer.transform(data), dtype=np.float64).reshape(n, -1)
+
+
+class FrozenFeaturizer:
+    """A fitted prompt featurizer (:func:`make_prompt_featurizer`) frozen for prediction.
+
+    Why: ``ColumnTransformer.transform`` on one prompt spends milliseconds in
+    pandas indexing and scikit-learn's per-call validation, and its TF-IDF
+    and SVD steps copy a 16 MB matrix per call. Each fitted transformer
+    becomes a block that computes the same columns from plain arrays: the
+    TF-IDF/SVD text features and the structural counts in compiled passes
+    over the prompts' bytes (encoded once per call and shared by both), the
+    one-hot categories by dictionary look-up; a transformer it does not
+    know (the embedding featurizer) is called through its own ``transform``.
+    The fitted featurizer's own ``transform`` is what training uses and
+    what the tests compare with.
+
+    Parameters
+    ----------
+    featurizer : ColumnTransformer
+        Fitted, with dense output.
+
+    Attributes
+    ----------
+    columns : list of str
+        The per-query inputs read (``prompt``, ``task``, ``subtask``).
+    """
+
+    def __init__(self, featurizer: ColumnTransformer) -> None:
+        if type(featurizer) is not ColumnTransformer or featurizer.sparse_threshold != 0.0:
+            raise TypeError("FrozenFeaturizer takes a fitted ColumnTransformer with dense output "
+                            "(make_prompt_featurizer builds one)")
+        self.blocks = []
+        self.columns: list[str] = []
+        for name, transformer, columns in featurizer.transformers_:
+            if transformer == "drop" or (name == "remainder" and not len(columns)):
+                continue
+            if transformer == "passthrough":
+                raise TypeError("FrozenFeaturizer does not take passthrough columns")
+            columns = list(columns)
+            self.columns += [c for c in columns if c not in self.columns]
+            if len(columns) == 1 and _TextBlock.supports(transformer):
+                self.blocks.append(_TextBlock(transformer, columns[0]))
+            elif len(columns) == 1 and _StructureBlock.supports(transformer):
+                self.blocks.append(_StructureBlock(transformer, columns[0]))
+            elif _OneHotBlock.supports(transformer):
+                self.blocks.append(_OneHotBlock(transformer, columns))
+            else:
+                self.blocks.append(_CalledBlock(transformer, columns))
+
+    def transform(self, values: dict[str, np.ndarray], n: int, *, parallel: bool = False) -> np.ndarray:
+        """Prompt features ``(n, F)``, equal to the fitted featurizer's ``transform`` of the same columns.
+
+        Parameters
+        ----------
+        values : dict of str to ndarray of str
+            Each column of :attr:`columns` as :func:`as_texts` makes it.
+        n : int
+            Number of queries.
+        parallel : bool, default=False
+            Spread the compiled text pass over threads (same numbers).
+        """
+        columns = _EncodedColumns(values)
+        blocks = [block(columns, n, parallel) for block in self.blocks]
+        return np.hstack(blocks) if len(blocks) > 1 else blocks[0]

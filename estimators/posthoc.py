@@ -18,7 +18,8 @@ from kernel.config import JIT_OPTIONS
 
 from .answers import final_answers
 
-__all__ = ["ResponseInfo", "parse_responses", "read_responses", "posthoc_features", "posthoc_feature_names"]
+__all__ = ["ResponseInfo", "ResponseMemo", "parse_responses", "read_responses", "run_responses", "posthoc_features",
+           "posthoc_feature_names"]
 
 
 class ResponseInfo(NamedTuple):
@@ -74,6 +75,59 @@ def read_responses(responses: np.ndarray) -> ResponseInfo:
     codes = codes.reshape(answers.shape).astype(np.int64) + 1
     codes[answers == ""] = 0
     return ResponseInfo(codes, log_length, kind)
+
+
+class ResponseMemo:
+    """Parsed response texts and one id per distinct final answer, kept across calls.
+
+    A cascade replay estimates a query once per step, each time with the
+    responses of every model run so far; through a memo each text is parsed
+    once. Ids are consistent across calls (equal ids exactly for equal
+    answers, 0 for no answer), which is all the agreement features read.
+    Not thread-safe: one memo per job or call.
+    """
+
+    def __init__(self) -> None:
+        self.parsed: dict[str, tuple[int, float, float]] = {}
+        self.answer_ids: dict[str, int] = {"": 0}
+
+    def lookup(self, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(answer id, log1p length, answer kind)`` per text (a 1-D object array of str)."""
+        inverse, unique = pd.factorize(texts)
+        new = [t for t in unique if t not in self.parsed]
+        if new:  # each distinct text once: short answers ("A", "B") repeat a lot
+            answers, log_length, kind = parse_responses(np.array(new, dtype=object))
+            for text, answer, length, answer_kind in zip(new, answers, log_length, kind):
+                self.parsed[text] = (self.answer_ids.setdefault(answer, len(self.answer_ids)), length, answer_kind)
+        found = [self.parsed[t] for t in unique]
+        return (np.array([f[0] for f in found], np.int64)[inverse], np.array([f[1] for f in found])[inverse],
+                np.array([f[2] for f in found])[inverse])
+
+
+def run_responses(responses: np.ndarray, run: np.ndarray, memo: ResponseMemo | None = None) -> ResponseInfo:
+    """:class:`ResponseInfo` of the run models' responses; cells of models not run read as no response.
+
+    The same features as ``read_responses(np.where(run, responses, ""))``
+    (answer ids may differ, but are equal exactly where answers are), with
+    only the run cells parsed: through ``memo``, each distinct text once
+    across calls.
+
+    Parameters
+    ----------
+    responses : ndarray of object, shape (N, K)
+        Response texts (non-strings read as ``''``).
+    run : ndarray of bool, shape (N, K)
+    memo : ResponseMemo, optional
+        Shared by the calls of one job; default a fresh one.
+    """
+    cells = np.flatnonzero(run.ravel())
+    codes = np.zeros(run.size, np.int64)
+    log_length = np.zeros(run.size)
+    kind = np.zeros(run.size)
+    if cells.size:
+        texts = np.array([t if isinstance(t, str) else "" for t in responses.ravel()[cells]], dtype=object)
+        codes[cells], log_length[cells], kind[cells] = (memo or ResponseMemo()).lookup(texts)
+    return ResponseInfo(codes.reshape(run.shape), log_length.reshape(run.shape), kind.reshape(run.shape))
 
 
 def posthoc_feature_names(models, signal_names, with_responses: bool) -> list[str]:

@@ -27,6 +27,7 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .evaluators import freeze_regressors
 from .posthoc import ResponseInfo, posthoc_features
 from .runsets import sample_run_sets
 from .sigma import SigmaRegressor
@@ -96,14 +97,18 @@ def _features(prompt_features: np.ndarray, run: np.ndarray, posthoc: PosthocData
 _RUN_SIZE = 2  # column of |R| in the σ features: coverage is matched per run-set size
 
 
-def _sigma_features(q: np.ndarray, run: np.ndarray) -> np.ndarray:
-    """Rows (query, model) flattened: estimate, whether the model ran, ``|R|``, model index."""
+def _sigma_features(q: np.ndarray, run: np.ndarray, cells: np.ndarray | None = None) -> np.ndarray:
+    """Rows (query, model) flattened: estimate, whether the model ran, ``|R|``, model index.
+
+    ``cells`` (flat indices ``query·K + model``) keeps only those rows.
+    """
     n, k = q.shape
+    cells = np.arange(n * k) if cells is None else cells
     return np.column_stack([
-        q.ravel(),
-        run.ravel().astype(np.float64),
-        np.repeat(run.sum(axis=1), k).astype(np.float64),
-        np.tile(np.arange(k), n).astype(np.float64),
+        q.ravel()[cells],
+        run.ravel()[cells].astype(np.float64),
+        np.repeat(run.sum(axis=1), k)[cells].astype(np.float64),
+        (cells % k).astype(np.float64),
     ])
 
 
@@ -144,6 +149,14 @@ class QualityEstimator(BaseEstimator):
     oof_ : dict
         Out-of-fold ``quality``, ``run`` and ``target`` arrays of the augmented
         rows, kept for diagnostics (error correlations, coverage reports).
+    frozen_ : FrozenRegressors
+        ``regressors_`` frozen for prediction (:mod:`estimators.evaluators`):
+        what :meth:`predict` evaluates.
+    sigma_table_ : Tabulated or None
+        The σ model's forest as a table over the estimate ``q``, one row per
+        (ran, ``|R|``, model): its other three features take at most
+        ``2·(K+1)·K`` values, so a look-up replaces a hundred tree walks per
+        (query, model) and step. Exact; ``None`` when σ is not a LightGBM forest.
     """
 
     def __init__(
@@ -208,12 +221,86 @@ class QualityEstimator(BaseEstimator):
         self.sigma_ = clone(sigma).fit(
             _sigma_features(oof, run)[keep], (Y - oof).ravel()[keep], groups=flat_rows[keep]
         )
+        self.frozen_ = freeze_regressors(self.regressors_)
+        self.sigma_table_ = None
+        if self.sigma_.n_features_in_ == 4 and self.sigma_.stratify in (None, _RUN_SIZE):
+            ran, size, model = np.meshgrid([0.0, 1.0], np.arange(k + 1.0), np.arange(float(k)), indexing="ij")
+            grid = np.column_stack([np.zeros(ran.size), ran.ravel(), size.ravel(), model.ravel()])
+            self.sigma_table_ = self.sigma_.tabulate(0, grid)
         return self
+
+    def fitted_quality(self, prompt_features: np.ndarray, run: np.ndarray, posthoc: PosthocData) -> np.ndarray:
+        """Quality estimates from the fitted regressors' own ``predict``, for work done while fitting.
+
+        Fitting computes with the libraries as they are (out-of-fold
+        estimates, the reveal σ of :class:`~estimators.estimator.RouterEstimator`);
+        :meth:`predict_quality` gives the same numbers (to rounding) from
+        the frozen arrays.
+        """
+        return self._predict_regressors(self.regressors_, _features(prompt_features, run, posthoc))
+
+    def prompt_share(self, prompt_features: np.ndarray) -> np.ndarray | None:
+        """The prompt's share of the raw quality estimates when the regressors are one affine map, else ``None``.
+
+        It does not depend on the run set, so a caller estimating the same
+        queries at several steps computes it once and passes it as
+        ``share`` to :meth:`predict_quality`; the sums are the same either
+        way, so results are bit-identical.
+        """
+        affine = self.frozen_.affine
+        return None if affine is None else affine.partial(prompt_features) + affine.bias
+
+    def predict_quality(self, prompt_features: np.ndarray, run: np.ndarray, posthoc: PosthocData, *,
+                        share: np.ndarray | None = None, parallel: bool = False) -> np.ndarray:
+        """Quality estimates ``(N, K)`` in [0, 1] for run sets ``run``.
+
+        Parameters
+        ----------
+        prompt_features : ndarray of shape (N, F)
+        run : ndarray of bool, shape (N, K)
+        posthoc : PosthocData
+            What the run models returned.
+        share : ndarray of shape (N, K), optional
+            :meth:`prompt_share` of ``prompt_features``, if already known.
+        parallel : bool, default=False
+            Spread the forest over threads (same numbers).
+        """
+        block = posthoc_features(run, posthoc.signals, posthoc.responses)
+        share = self.prompt_share(prompt_features) if share is None else share
+        if share is None:
+            raw = self.frozen_.predict(np.hstack([prompt_features, block]), parallel)
+        else:
+            raw = share + self.frozen_.affine.partial(block, prompt_features.shape[1])
+        return np.clip(raw, 0.0, 1.0)
+
+    def predict_sigma(self, quality: np.ndarray, run: np.ndarray, cells: np.ndarray | None = None) -> np.ndarray:
+        """The σ model's standard deviation ``(N, K)`` of the estimates ``quality`` given ``run``.
+
+        Parameters
+        ----------
+        quality : ndarray of shape (N, K)
+            :meth:`predict_quality` for the same run sets.
+        run : ndarray of bool, shape (N, K)
+        cells : ndarray of bool, shape (N, K), optional
+            Evaluate only these (query, model) cells; the others are NaN.
+            Default all.
+        """
+        n, k = quality.shape
+        flat = np.arange(n * k) if cells is None else np.flatnonzero(np.asarray(cells).ravel())
+        sigma_x = _sigma_features(quality, run, flat)
+        if self.sigma_table_ is not None:  # group = (ran·(K+1) + |R|)·K + model, as the grid of fit
+            groups = ((sigma_x[:, 1] * (k + 1) + sigma_x[:, 2]) * k + sigma_x[:, 3]).astype(np.int64)
+            stratum = None if self.sigma_.stratify is None else sigma_x[:, self.sigma_.stratify]
+            values = self.sigma_.calibrate(self.sigma_table_.predict(groups, sigma_x[:, 0]), stratum)
+        else:
+            values = self.sigma_.predict(sigma_x)
+        sigma = np.full(n * k, np.nan)
+        sigma[flat] = values
+        return sigma.reshape(n, k)
 
     def predict(
         self, prompt_features: np.ndarray, run: np.ndarray, posthoc: PosthocData
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(quality, sigma)``, each of shape (N, K), for run sets ``run``."""
-        q = self._predict_regressors(self.regressors_, _features(prompt_features, run, posthoc))
-        sigma = self.sigma_.predict(_sigma_features(q, run)).reshape(q.shape)
-        return q, sigma
+        quality = self.predict_quality(prompt_features, run, posthoc)
+        return quality, self.predict_sigma(quality, run)

@@ -28,9 +28,13 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.model_selection import GroupKFold, KFold, cross_val_predict
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-__all__ = ["SigmaRegressor"]
+from ._forest import Forest, Tabulated
+from .evaluators import freeze_regressors
 
-_FLOOR = 1e-6
+__all__ = ["SigmaRegressor", "SIGMA_FLOOR"]
+
+#: Smallest σ (and predicted squared residual) ever returned: σ = 0 would tell the kernel an estimate is exact.
+SIGMA_FLOOR = 1e-6
 
 
 _POWERS = (1.0, 0.75, 0.5, 0.25)
@@ -91,6 +95,8 @@ class SigmaRegressor(RegressorMixin, BaseEstimator):
         Scale and power per value of the ``stratify`` feature.
     n_features_in_ : int
         Number of features.
+    frozen_ : FrozenRegressors
+        ``estimator_`` frozen for prediction (:mod:`estimators.evaluators`).
 
     Examples
     --------
@@ -138,7 +144,7 @@ class SigmaRegressor(RegressorMixin, BaseEstimator):
             raw = cross_val_predict(self._estimator(), X, squared, cv=cv, groups=groups)
         else:  # one row: nothing to cross-fit on
             raw = squared
-        raw = np.sqrt(np.maximum(raw, _FLOOR))
+        raw = np.sqrt(np.maximum(raw, SIGMA_FLOOR))
         self.scale_, self.power_ = _best_scale(y, raw, one, two)
         self.strata_ = {}
         if self.stratify is not None:
@@ -147,19 +153,49 @@ class SigmaRegressor(RegressorMixin, BaseEstimator):
                 if rows.sum() >= self.min_stratum:
                     self.strata_[float(value)] = _best_scale(y[rows], raw[rows], one, two)
         self.estimator_ = self._estimator().fit(X, squared)
+        self.frozen_ = freeze_regressors([self.estimator_])
         return self
 
     def predict(self, X) -> np.ndarray:
         """Return σ, shape (n,), all entries > 0."""
         check_is_fitted(self, "scale_")
         X = validate_data(self, X, ensure_all_finite="allow-nan", dtype=np.float64, reset=False)
-        raw = np.sqrt(np.maximum(self.estimator_.predict(X), _FLOOR))
-        scale = np.full(len(X), self.scale_)
-        power = np.full(len(X), self.power_)
+        stratum = None if self.stratify is None else X[:, self.stratify]
+        return self.calibrate(self.frozen_.predict(X)[:, 0], stratum)
+
+    def calibrate(self, squared: np.ndarray, stratum: np.ndarray | None = None) -> np.ndarray:
+        """σ from predicted squared residuals: ``max(s · sqrt(max(squared, floor))**p, floor)``.
+
+        The one place of the mapping, for :meth:`predict` and for callers
+        that obtain ``squared`` from a tabulated forest (see :meth:`tabulate`).
+
+        Parameters
+        ----------
+        squared : ndarray of shape (n,)
+            Output of ``estimator_`` for each row.
+        stratum : ndarray of shape (n,), optional
+            The rows' values of the ``stratify`` feature (required when it is set).
+        """
+        raw = np.sqrt(np.maximum(squared, SIGMA_FLOOR))
+        scale = np.full(raw.shape, self.scale_)
+        power = np.full(raw.shape, self.power_)
         for value, (stratum_scale, stratum_power) in self.strata_.items():
-            rows = X[:, self.stratify] == value
+            rows = stratum == value
             scale[rows], power[rows] = stratum_scale, stratum_power
-        return np.maximum(scale * raw**power, _FLOOR)
+        return np.maximum(scale * raw**power, SIGMA_FLOOR)
+
+    def tabulate(self, continuous: int, grid: np.ndarray) -> Tabulated | None:
+        """``estimator_`` as a table over feature ``continuous``, one row per ``grid`` row of the others.
+
+        Exact when every other feature only takes the ``grid`` values
+        (:class:`~estimators._forest.Tabulated`); ``None`` when the
+        estimator is not a single frozen forest.
+        """
+        check_is_fitted(self, "scale_")
+        parts = self.frozen_.parts
+        if len(parts) != 1 or not isinstance(parts[0], Forest):
+            return None
+        return Tabulated.from_forest(parts[0], continuous, grid)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -10,7 +10,8 @@ import pytest
 
 from training.data import read_table
 from training.fit import main as fit_main
-from training.serving.pacing import PaceController, PacedRouter
+from training.serving.pacing import PaceController
+from training.serving.router import PacedRouter
 from training.serving.router import load_router
 from training.synthetic import make_benchmark
 

@@ -7,29 +7,103 @@ simulated estimators, or any estimator whose post-hoc estimate of a model
 depends only on that model having run) with one compiled
 :func:`kernel.simulate` call per evaluation; :class:`EstimatorEpisodes`
 covers learned estimators whose post-hoc estimates depend on the whole run
-set.
+set; its step loop, :func:`play_cascades`, is also what batch scoring
+replays logged traffic with, so evaluation and replay make the same
+decisions by construction.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
 import kernel
+from estimators.estimator import Estimates, Estimator
 
-__all__ = ["Episodes", "EpisodeOutcome", "EstimatorEpisodes", "TableEpisodes", "scale_uncertainty"]
+__all__ = ["Episodes", "EpisodeOutcome", "EstimatorEpisodes", "TableEpisodes", "play_cascades",
+           "uncertainty_keywords"]
 
 
-def scale_uncertainty(sigma, cov, scale: float):
-    """``(σ·scale, Σ·scale²)``; ``None`` stays ``None``."""
-    if scale == 1.0:
-        return sigma, cov
+def uncertainty_keywords(sigma: np.ndarray | None, cov: np.ndarray | None, scale: float) -> dict:
+    """The kernel's uncertainty keyword, ``sigma=σ·scale`` or (when given) ``cov=Σ·scale²``.
+
+    The one place where a policy's fitted ``sigma_scale`` meets the
+    estimates: learned σ is not calibrated to what a run reveals, so
+    fitting picks a factor per budget, and every decision made with the
+    policy (evaluation, serving, replay) must use the σ it was fitted with.
+    """
     if scale < 0 or not np.isfinite(scale):
         raise ValueError(f"sigma_scale must be a finite number >= 0, got {scale!r}")
-    return (None if sigma is None else np.asarray(sigma) * scale,
-            None if cov is None else np.asarray(cov) * scale**2)
+    if cov is not None:
+        return {"cov": cov if scale == 1.0 else np.asarray(cov) * scale**2}
+    return {"sigma": sigma if scale == 1.0 or sigma is None else np.asarray(sigma) * scale}
+
+
+#: ``estimate(rows, run, with_sigma)``: estimates of queries ``rows`` with run sets ``run``.
+EstimateStep = Callable[[np.ndarray, np.ndarray, bool], Estimates]
+
+
+def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options: dict, *, u: np.ndarray,
+                  sigma_scale: float = 1.0, parallel: bool = True,
+                  timings: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decide, run, re-estimate, decide again, until every query stops; then select the answers.
+
+    Each step asks ``estimate`` for the queries still going, with the run
+    sets they have reached, and the kernel for their next model; "running"
+    it is up to ``estimate`` (the logged outcome stands in for the call).
+
+    Parameters
+    ----------
+    estimate : callable
+        ``estimate(rows, run, with_sigma)`` -> :class:`~estimators.estimator.Estimates`
+        of queries ``rows`` given run sets ``run``; ``with_sigma=False`` (the
+        final selection) needs quality only.
+    n_queries, n_models : int
+    options : dict
+        Kernel options of the policy (:meth:`~training.policy.Policy.kernel_options`).
+    u : ndarray of shape (n_queries,)
+        Per-query tie-break uniforms.
+    sigma_scale : float, default=1.0
+        The policy's factor on σ (see :func:`uncertainty_keywords`).
+    parallel : bool, default=True
+        Multi-threaded kernel (same decisions).
+    timings : dict, optional
+        Seconds spent in the kernel are added under ``"kernel"``.
+
+    Returns
+    -------
+    order : ndarray of int64, shape (n_queries, max_depth)
+        Models run in order, ``-1`` padded.
+    run : ndarray of bool, shape (n_queries, n_models)
+    answer : ndarray of int64, shape (n_queries,)
+        Selected model (best post-hoc quality estimate among those run).
+    """
+    depth = int(options.get("max_depth") or n_models)
+    run = np.zeros((n_queries, n_models), dtype=bool)
+    order = np.full((n_queries, depth), kernel.STOP, dtype=np.int64)
+    active = np.arange(n_queries)
+    kernel_seconds = 0.0
+    for step in range(depth):
+        if active.size == 0:
+            break
+        found = estimate(active, run[active], True)
+        began = time.perf_counter()
+        chosen = kernel.decide(found.quality, found.cost, run=run[active], u=u[active], parallel=parallel,
+                               **uncertainty_keywords(found.sigma, found.cov, sigma_scale), **options)
+        kernel_seconds += time.perf_counter() - began
+        going = chosen != kernel.STOP
+        active, chosen = active[going], chosen[going]
+        order[active, step] = chosen
+        run[active, chosen] = True
+    final = estimate(np.arange(n_queries), run, False)
+    began = time.perf_counter()
+    answer = kernel.select_answer(final.quality, run)
+    if timings is not None:
+        timings["kernel"] = timings.get("kernel", 0.0) + kernel_seconds + time.perf_counter() - began
+    return order, run, answer
 
 
 @dataclass(frozen=True)
@@ -112,7 +186,7 @@ class TableEpisodes:
         scale = options.pop("sigma_scale", 1.0)
         tables = list(self.tables)
         for index in (1, 4):  # ante_sigma, post_sigma
-            tables[index] = scale_uncertainty(tables[index], None, scale)[0]
+            tables[index] = uncertainty_keywords(tables[index], None, scale)["sigma"]
         result = kernel.simulate(*tables, parallel=self.parallel, **options)
         return EpisodeOutcome(result.cost, result.quality, result.order)
 
@@ -123,22 +197,21 @@ class EstimatorEpisodes:
     Learned post-hoc estimates depend on the whole run set (agreement among
     the answers so far), so they cannot come as two tables. Each step asks
     the estimator for the queries still going, with the run sets they have
-    reached. Estimates are cached per (query, run set): policy fitting plays
-    hundreds of parameter settings that mostly revisit the same run sets, so
-    after the first few evaluations a play costs only kernel calls.
+    reached (:func:`play_cascades`). Estimates are cached per (query, run
+    set): policy fitting plays hundreds of parameter settings that mostly
+    revisit the same run sets, so after the first few evaluations a play
+    costs only kernel calls.
 
     Parameters
     ----------
-    estimator : object
-        Fitted, with ``predict_table(table, run, rows=...)`` returning
-        ``quality``, ``sigma``, ``cost`` (and optionally ``cov``) arrays for
-        ``rows``.
+    estimator : Estimator
+        Fitted.
     table : RoutingTable
         Queries to play, with ground truth and the logged answers that stand
         in for running a model.
     """
 
-    def __init__(self, estimator, table) -> None:
+    def __init__(self, estimator: Estimator, table) -> None:
         self.estimator = estimator
         self.table = table
         self.n_queries, self.n_models = table.quality.shape
@@ -147,45 +220,29 @@ class EstimatorEpisodes:
         self._bits = np.int64(1) << np.arange(self.n_models, dtype=np.int64)
         self._cache: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
         ante = self.estimates(np.arange(self.n_queries), np.zeros(table.quality.shape, bool))
-        self.quality_span = (float(ante[0].min()), float(ante[0].max()))
-        self.cost_scale = float(ante[2].mean())
+        self.quality_span = (float(ante.quality.min()), float(ante.quality.max()))
+        self.cost_scale = float(ante.cost.mean())
 
-    def estimates(self, rows: np.ndarray, run: np.ndarray) -> tuple[np.ndarray, ...]:
-        """``(quality, sigma, cost, cov or None)`` for ``rows`` with run sets ``run``."""
+    def estimates(self, rows: np.ndarray, run: np.ndarray, with_sigma: bool = True) -> Estimates:
+        """Estimates of queries ``rows`` with run sets ``run`` (``with_sigma`` is accepted for :func:`play_cascades`)."""
         masks = run.astype(np.int64) @ self._bits
         missing = [n for n, (row, mask) in enumerate(zip(rows, masks)) if (row, mask) not in self._cache]
         if missing:
             found = self.estimator.predict_table(self.table, run[missing], rows=rows[missing])
-            has_cov = getattr(found, "cov", None) is not None
             for j, n in enumerate(missing):
                 self._cache[(int(rows[n]), int(masks[n]))] = (
-                    found.quality[j], found.sigma[j], found.cost[j], found.cov[j] if has_cov else None)
+                    found.quality[j], found.sigma[j], found.cost[j], None if found.cov is None else found.cov[j])
         cached = [self._cache[(int(row), int(mask))] for row, mask in zip(rows, masks)]
         quality, sigma, cost = (np.array([c[i] for c in cached]) for i in range(3))
         cov = np.array([c[3] for c in cached]) if cached and cached[0][3] is not None else None
-        return quality, sigma, cost, cov
+        return Estimates(quality, sigma, cost, cov)
 
     def play(self, options: dict) -> EpisodeOutcome:
+        """Play the policy given by ``options`` (kernel options plus ``sigma_scale``, optionally ``u``)."""
         options = dict(options)
         scale = options.pop("sigma_scale", 1.0)
         u = np.asarray(options.pop("u", kernel.default_uniforms(self.n_queries)))
-        depth = int(options.get("max_depth") or self.n_models)
-        run = np.zeros((self.n_queries, self.n_models), bool)
-        order = np.full((self.n_queries, depth), kernel.STOP, dtype=np.int64)
-        active = np.arange(self.n_queries)
-        for step in range(depth):
-            if active.size == 0:
-                break
-            quality, sigma, cost, cov = self.estimates(active, run[active])
-            sigma, cov = scale_uncertainty(sigma, cov, scale)
-            spread = {"cov": cov} if cov is not None else {"sigma": sigma}
-            chosen = kernel.decide(quality, cost, run=run[active], u=u[active], **spread, **options)
-            going = chosen != kernel.STOP
-            active, chosen = active[going], chosen[going]
-            order[active, step] = chosen
-            run[active, chosen] = True
-        every = np.arange(self.n_queries)
-        final_quality = self.estimates(every, run)[0]
-        answer = kernel.select_answer(final_quality, run)
+        order, run, answer = play_cascades(self.estimates, self.n_queries, self.n_models, options, u=u,
+                                           sigma_scale=scale)
         cost = (self.table.cost * run).sum(axis=1)
-        return EpisodeOutcome(cost, self.table.quality[every, answer], order)
+        return EpisodeOutcome(cost, self.table.quality[np.arange(self.n_queries), answer], order)

@@ -34,7 +34,7 @@ import numpy as np
 
 import kernel
 
-from .episodes import EpisodeOutcome, Episodes, scale_uncertainty
+from .episodes import EpisodeOutcome, Episodes, uncertainty_keywords
 
 __all__ = ["Policy", "fit_policy", "BudgetError"]
 
@@ -118,9 +118,8 @@ class Policy:
     def decide(self, quality, cost, *, sigma=None, cov=None, run=None, u=None,
                parallel: bool = True) -> np.ndarray:
         """Next model per query under this policy (``-1`` = stop); see :func:`kernel.decide`."""
-        sigma, cov = scale_uncertainty(sigma, cov, self.sigma_scale)
-        return kernel.decide(quality, cost, sigma=sigma, cov=cov, run=run, u=u, parallel=parallel,
-                             **self.kernel_options())
+        return kernel.decide(quality, cost, run=run, u=u, parallel=parallel,
+                             **uncertainty_keywords(sigma, cov, self.sigma_scale), **self.kernel_options())
 
     def play(self, episodes: Episodes) -> EpisodeOutcome:
         """Play this policy over ``episodes`` (e.g. the test split)."""

@@ -4,7 +4,7 @@ Beyond the paper. A policy's ``λ`` is fitted so that the *calibration*
 traffic costs ``B`` per query on average. When live traffic drifts (more
 hard prompts, longer prompts, a price change), the same ``λ`` overspends or
 underspends, because cost is a property of the traffic as much as of the
-policy. :class:`PacedRouter` multiplies the fitted ``λ`` by a factor
+policy. :class:`~training.serving.router.PacedRouter` multiplies the fitted ``λ`` by a factor
 ``m = exp(u)`` that a small PI controller moves after every finished query:
 
 * **P**: the exponentially weighted mean cost ``E`` (half-life
@@ -26,23 +26,18 @@ vector together (its shape, fitted for quality, is kept). Multiplicative
 control suits ``λ``: cost falls roughly with ``log λ``, and the useful range
 of ``λ`` spans orders of magnitude.
 
-All controller state sits behind one lock: ``decide`` reads a consistent
-policy, ``record`` updates it, from any number of threads.
+:class:`~training.serving.router.PacedRouter` applies the controller to a
+router and holds the lock that makes it safe to share between threads.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from dataclasses import replace
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from ..policy import Policy
-from .router import Observed, Plan, Router
-
-__all__ = ["PaceController", "PacedRouter", "PacingState"]
+__all__ = ["PaceController", "PacingState"]
 
 
 class PacingState(NamedTuple):
@@ -104,7 +99,7 @@ class PaceController:
 
     Notes
     -----
-    Not thread-safe on its own; :class:`PacedRouter` holds the lock.
+    Not thread-safe on its own; :class:`~training.serving.router.PacedRouter` holds the lock.
     """
 
     def __init__(self, budget: float, *, band: float = 10.0, half_life: float = 100.0,
@@ -145,94 +140,5 @@ class PaceController:
 
     @property
     def factor(self) -> float:
+        """The current multiplier of the fitted ``λ``."""
         return math.exp(self.log_factor)
-
-
-class PacedRouter:
-    """A :class:`~training.serving.router.Router` whose ``λ`` is paced to a budget.
-
-    Parameters
-    ----------
-    router : Router
-        Fitted router; its policies must be λ-based (not ``threshold``).
-    budget : float
-        Target mean cost per query, in the unit of the logged costs.
-    policy : Policy, optional
-        The policy whose ``λ`` is paced. Default: the fitted policy whose
-        budget is nearest to ``budget`` on a log scale, among those with a
-        positive ``λ`` (a ``λ = 0`` policy cannot be scaled).
-    **controller
-        ``band``, ``half_life``, ``gain``, ``integral_gain`` of
-        :class:`PaceController`.
-
-    Examples
-    --------
-    >>> paced = router.paced(0.0006)                          # doctest: +SKIP
-    >>> nxt = paced.decide([prompt], [observed], tasks=[t])[0]  # doctest: +SKIP
-    >>> paced.record(total_cost_of_the_finished_query)          # doctest: +SKIP
-    """
-
-    def __init__(self, router: Router, budget: float, *, policy: Policy | None = None,
-                 **controller) -> None:
-        self.router = router
-        self.controller = PaceController(budget, **controller)
-        self.base = policy if policy is not None else self._nearest_policy(router, float(budget))
-        if self.base.strategy == "threshold":
-            raise ValueError("pacing scales λ; a threshold cascade has none. Fit a λ strategy "
-                             "(cascade_routing, cascade or routing)")
-        if not np.any(np.asarray(self.base.lambdas) > 0):
-            raise ValueError("the policy's λ is 0 everywhere, which no factor can move; "
-                             "pass a policy fitted to a smaller budget")
-        self._lock = threading.Lock()
-        self._policy = self.base
-
-    @staticmethod
-    def _nearest_policy(router: Router, budget: float) -> Policy:
-        scalable = [p for p in router.policies if p.strategy != "threshold" and np.any(np.asarray(p.lambdas) > 0)]
-        if not scalable:
-            raise ValueError("no fitted policy has a positive λ to pace; refit with smaller budgets "
-                             f"(fitted: {router.budgets})")
-        return min(scalable, key=lambda p: abs(math.log(max(p.budget, 1e-300) / budget)))
-
-    @property
-    def budget(self) -> float:
-        return self.controller.budget
-
-    @property
-    def policy(self) -> Policy:
-        """The policy with the current ``λ`` (an immutable snapshot)."""
-        return self._policy
-
-    def state(self) -> PacingState:
-        """A consistent snapshot of the controller."""
-        with self._lock:
-            c = self.controller
-            return PacingState(c.factor, np.asarray(self._policy.lambdas).copy(), c.mean_cost,
-                               c.overspend, c.n_queries, c.total_cost)
-
-    def record(self, cost: float | Sequence[float]) -> None:
-        """Report the realised total cost of one finished query (or of several, in order).
-
-        Call it once per query, when its cascade has stopped, with the sum of
-        what every model called for it cost.
-        """
-        costs = np.atleast_1d(np.asarray(cost, dtype=np.float64))
-        with self._lock:
-            for value in costs:
-                self.controller.update(value)
-            self._policy = replace(self.base, lambdas=np.asarray(self.base.lambdas) * self.controller.factor)
-
-    def plan(self, prompts: Sequence[str], observed: Observed | None = None, *,
-             tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> list[Plan]:
-        """:meth:`Router.plan` with the current paced policy."""
-        return self.router.plan(prompts, observed, tasks=tasks, subtasks=subtasks, policy=self._policy)
-
-    def decide(self, prompts: Sequence[str], observed: Observed | None = None, *,
-               tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> list[str | None]:
-        """:meth:`Router.decide` with the current paced policy."""
-        return self.router.decide(prompts, observed, tasks=tasks, subtasks=subtasks, policy=self._policy)
-
-    def select(self, prompts: Sequence[str], observed: Observed, *, tasks: Sequence[str] | None = None,
-               subtasks: Sequence[str] | None = None) -> list[str]:
-        """:meth:`Router.select` (pacing does not change which answer is best)."""
-        return self.router.select(prompts, observed, tasks=tasks, subtasks=subtasks)

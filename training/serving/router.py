@@ -11,41 +11,39 @@ the router holds no mutable state after warm-up (the fitted estimator's
 ``predict`` writes nothing; its ``predict_table`` cache is never used
 here), the decision kernel runs serially (deterministic, GIL released), and
 ties are broken with a per-prompt uniform. Estimates come from the
-estimator's compiled twin (:mod:`estimators.frozen`), verified against the
-estimator when the router warms up; it is rebuilt at load time, never
-pickled.
+estimator's own ``predict``, which runs on the arrays it froze at the end
+of fitting (:mod:`estimators.estimator`).
+
+:class:`PacedRouter` wraps a router with a budget controller
+(:mod:`training.serving.pacing`).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 import kernel
+from estimators.estimator import Estimates, Estimator
 
 from ..artifact import load_artifact
+from ..episodes import uncertainty_keywords
 from ..policy import Policy
+from .pacing import PaceController, PacingState
 
-if TYPE_CHECKING:
-    from estimators.estimator import Estimates
-
-    from .pacing import PacedRouter
-
-__all__ = ["Router", "load_router", "Observed", "Plan"]
+__all__ = ["Router", "PacedRouter", "load_router", "Observed", "Plan", "prompt_uniforms"]
 
 #: Per query: model name -> what that model returned. Each value is a
 #: mapping with ``"cost"`` (required: what the call cost), optionally
 #: ``"response"`` (the answer text) and any numeric post-hoc signal the
 #: estimator was trained with (e.g. ``"logprob"``).
 Observed = Sequence[Mapping[str, Mapping[str, object]]]
-
-#: Set while a router builds its compiled estimator, so two threads never build it twice.
-_COMPILE_LOCK = threading.Lock()
 
 
 class Plan(NamedTuple):
@@ -72,16 +70,15 @@ class Router:
 
     Attributes
     ----------
-    estimator : object
-        Fitted estimator with ``predict(prompts, tasks=, subtasks=, run=,
-        responses=, signals=, observed_cost=)``.
+    estimator : Estimator
+        Fitted (:class:`~estimators.estimator.RouterEstimator`).
     policies : tuple of Policy
         One fitted policy per budget, sorted by budget.
     models_ : tuple of str
         Model names in the order of the estimate columns (cheapest first).
     """
 
-    estimator: object
+    estimator: Estimator
     policies: tuple[Policy, ...]
     models_: tuple[str, ...]
 
@@ -92,6 +89,7 @@ class Router:
 
     @property
     def budgets(self) -> list[float]:
+        """The fitted budgets, ascending."""
         return [p.budget for p in self.policies]
 
     def policy(self, budget: float | None = None) -> Policy:
@@ -115,7 +113,7 @@ class Router:
         run = np.zeros((n, k), bool)
         responses = np.full((n, k), "", dtype=object)
         cost = np.zeros((n, k))
-        names = list(getattr(self.estimator, "signal_names_", []))
+        names = list(self.estimator.signal_names_)
         signals = {name: np.full((n, k), np.nan) for name in names}
         if observed is None:
             return run, responses, cost, signals
@@ -138,32 +136,6 @@ class Router:
                         signals[name][row, column] = float(result[name])
         return run, responses, cost, signals
 
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("_serving", None)  # compiled twin: rebuilt from the estimator at load time
-        return state
-
-    def _predictor(self):
-        """The compiled, verified twin of the estimator, or the estimator itself.
-
-        Built on first use (``load_router`` does it while warming up) and then
-        only read, so concurrent requests share it safely.
-        """
-        serving = self.__dict__.get("_serving")
-        if serving is None:
-            with _COMPILE_LOCK:
-                serving = self.__dict__.get("_serving")
-                if serving is None:
-                    from estimators.frozen import compile_estimator
-                    serving = compile_estimator(self.estimator) or self.estimator
-                    self.__dict__["_serving"] = serving
-        return serving
-
-    @property
-    def compiled(self) -> bool:
-        """Whether estimates come from the compiled twin (``False``: the estimator's own, slower, predict)."""
-        return self._predictor() is not self.estimator
-
     def estimates(self, prompts: Sequence[str], observed: Observed | None = None, *,
                   tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> tuple[Estimates, np.ndarray]:
         """The estimator's ``quality``, ``sigma``, ``cost`` (and ``cov``) for inspection.
@@ -175,7 +147,7 @@ class Router:
             and the run matrix built from ``observed``.
         """
         run, responses, cost, signals = self._inputs(prompts, observed, len(prompts))
-        estimates = self._predictor().predict(prompts, tasks=tasks, subtasks=subtasks, run=run,
+        estimates = self.estimator.predict(prompts, tasks=tasks, subtasks=subtasks, run=run,
                                               responses=responses, signals=signals, observed_cost=cost)
         return estimates, run
 
@@ -211,9 +183,9 @@ class Router:
         """
         estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks)
         chosen = policy if policy is not None else self.policy(budget)
-        spread = kernel_spread(estimates.sigma, getattr(estimates, "cov", None), chosen)
         next_model, masks = kernel.plan(estimates.quality, estimates.cost, run=run,
-                                        u=prompt_uniforms(prompts), parallel=parallel, **spread,
+                                        u=prompt_uniforms(prompts), parallel=parallel,
+                                        **uncertainty_keywords(estimates.sigma, estimates.cov, chosen.sigma_scale),
                                         **chosen.kernel_options())
         return estimates, run, next_model, masks
 
@@ -239,7 +211,7 @@ class Router:
             Required when the estimator was fitted with them.
         policy : Policy, optional
             Use this policy instead of a fitted one (e.g. a paced ``λ``,
-            see :mod:`training.serving.pacing`); ``budget`` is then ignored.
+            see :class:`PacedRouter`); ``budget`` is then ignored.
         """
         return [p.next for p in self.plan(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
                                           policy=policy)]
@@ -254,45 +226,126 @@ class Router:
         return [self.models_[i] for i in kernel.select_answer(estimates.quality, run)]
 
     def paced(self, budget: float, **options) -> "PacedRouter":
-        """A :class:`~training.serving.pacing.PacedRouter` that keeps mean spend at ``budget``.
+        """A :class:`PacedRouter` that keeps mean spend at ``budget``.
 
-        ``options`` go to :class:`~training.serving.pacing.PacedRouter` (``band``,
-        ``half_life``, gains, ...).
+        ``options`` go to :class:`PacedRouter` (``band``, ``half_life``,
+        gains, ``policy``).
         """
-        from .pacing import PacedRouter
         return PacedRouter(self, budget, **options)
 
-    def warm_up(self) -> None:
-        """Build and verify the compiled estimator and compile the serial kernels now.
+    def warm_up(self, parallel: bool = False) -> None:
+        """Compile every kernel now: the estimator's and the decision kernel's.
 
         Runs one ex-ante and one post-hoc decision and a selection, so the
         first request after :func:`load_router` is as fast as the next.
+        ``parallel`` also compiles the row-parallel variants (per process,
+        not cached on disk), for batch jobs.
         """
-        self._predictor()
-        per_query = {"tasks": ["warm-up"] if "task" in _columns(self.estimator) else None,
-                     "subtasks": ["warm-up"] if "subtask" in _columns(self.estimator) else None}
+        self.estimator.warm_up(parallel)
+        per_query = {f"{name}s": ["warm-up"] for name in self.estimator.columns_ if name != "prompt"}
         first = self.decide(["warm-up"], **per_query)[0] or self.models_[0]
-        signals = {name: 0.0 for name in getattr(self.estimator, "signal_names_", [])}
+        signals = {name: 0.0 for name in self.estimator.signal_names_}
         observed = [{first: {"cost": 0.0, "response": "A", **signals}}]
         self.decide(["warm-up"], observed, **per_query)
         self.select(["warm-up"], observed, **per_query)
+        if parallel:
+            self.plan_arrays(["warm-up"], observed, **per_query, parallel=True)
 
 
-def kernel_spread(sigma, cov, policy: Policy) -> dict:
-    """The uncertainty keyword for the kernel, scaled by the policy's fitted ``sigma_scale``.
+class PacedRouter:
+    """A :class:`Router` whose ``λ`` is paced to a budget by a :class:`~training.serving.pacing.PaceController`.
 
-    As :meth:`Policy.decide` does: fitting may pick a factor on σ per budget
-    (learned σ is not calibrated to what a run reveals), and decisions must
-    use the σ the policy was fitted with. Policies pickled before the field
-    existed have none (factor 1).
+    Parameters
+    ----------
+    router : Router
+        Fitted router; its policies must be λ-based (not ``threshold``).
+    budget : float
+        Target mean cost per query, in the unit of the logged costs.
+    policy : Policy, optional
+        The policy whose ``λ`` is paced. Default: the fitted policy whose
+        budget is nearest to ``budget`` on a log scale, among those with a
+        positive ``λ`` (a ``λ = 0`` policy cannot be scaled).
+    **controller
+        ``band``, ``half_life``, ``gain``, ``integral_gain`` of
+        :class:`~training.serving.pacing.PaceController`.
+
+    Notes
+    -----
+    All controller state sits behind one lock: ``decide`` reads a
+    consistent policy, ``record`` updates it, from any number of threads.
+
+    Examples
+    --------
+    >>> paced = router.paced(0.0006)                          # doctest: +SKIP
+    >>> nxt = paced.decide([prompt], [observed], tasks=[t])[0]  # doctest: +SKIP
+    >>> paced.record(total_cost_of_the_finished_query)          # doctest: +SKIP
     """
-    from ..episodes import scale_uncertainty
-    sigma, cov = scale_uncertainty(sigma, cov, float(getattr(policy, "sigma_scale", 1.0)))
-    return {"cov": cov} if cov is not None else {"sigma": sigma}
 
+    def __init__(self, router: Router, budget: float, *, policy: Policy | None = None,
+                 **controller) -> None:
+        self.router = router
+        self.controller = PaceController(budget, **controller)
+        self.base = policy if policy is not None else self._nearest_policy(router, float(budget))
+        if self.base.strategy == "threshold":
+            raise ValueError("pacing scales λ; a threshold cascade has none. Fit a λ strategy "
+                             "(cascade_routing, cascade or routing)")
+        if not np.any(np.asarray(self.base.lambdas) > 0):
+            raise ValueError("the policy's λ is 0 everywhere, which no factor can move; "
+                             "pass a policy fitted to a smaller budget")
+        self._lock = threading.Lock()
+        self._policy = self.base
 
-def _columns(estimator) -> list[str]:
-    return list(getattr(estimator, "columns_", ["prompt"]))
+    @staticmethod
+    def _nearest_policy(router: Router, budget: float) -> Policy:
+        scalable = [p for p in router.policies if p.strategy != "threshold" and np.any(np.asarray(p.lambdas) > 0)]
+        if not scalable:
+            raise ValueError("no fitted policy has a positive λ to pace; refit with smaller budgets "
+                             f"(fitted: {router.budgets})")
+        return min(scalable, key=lambda p: abs(math.log(max(p.budget, 1e-300) / budget)))
+
+    @property
+    def budget(self) -> float:
+        """The target mean cost per query."""
+        return self.controller.budget
+
+    @property
+    def policy(self) -> Policy:
+        """The policy with the current ``λ`` (an immutable snapshot)."""
+        return self._policy
+
+    def state(self) -> PacingState:
+        """A consistent snapshot of the controller."""
+        with self._lock:
+            c = self.controller
+            return PacingState(c.factor, np.asarray(self._policy.lambdas).copy(), c.mean_cost,
+                               c.overspend, c.n_queries, c.total_cost)
+
+    def record(self, cost: float | Sequence[float]) -> None:
+        """Report the realised total cost of one finished query (or of several, in order).
+
+        Call it once per query, when its cascade has stopped, with the sum of
+        what every model called for it cost.
+        """
+        costs = np.atleast_1d(np.asarray(cost, dtype=np.float64))
+        with self._lock:
+            for value in costs:
+                self.controller.update(value)
+            self._policy = replace(self.base, lambdas=np.asarray(self.base.lambdas) * self.controller.factor)
+
+    def plan(self, prompts: Sequence[str], observed: Observed | None = None, *,
+             tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> list[Plan]:
+        """:meth:`Router.plan` with the current paced policy."""
+        return self.router.plan(prompts, observed, tasks=tasks, subtasks=subtasks, policy=self._policy)
+
+    def decide(self, prompts: Sequence[str], observed: Observed | None = None, *,
+               tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> list[str | None]:
+        """:meth:`Router.decide` with the current paced policy."""
+        return self.router.decide(prompts, observed, tasks=tasks, subtasks=subtasks, policy=self._policy)
+
+    def select(self, prompts: Sequence[str], observed: Observed, *, tasks: Sequence[str] | None = None,
+               subtasks: Sequence[str] | None = None) -> list[str]:
+        """:meth:`Router.select` (pacing does not change which answer is best)."""
+        return self.router.select(prompts, observed, tasks=tasks, subtasks=subtasks)
 
 
 def prompt_uniforms(prompts: Sequence[str]) -> np.ndarray:
