@@ -21,8 +21,8 @@ N_QUERIES = 10_000
 
 
 @pytest.fixture(scope="module")
-def routerbench():
-    return load_table("routerbench_subset")
+def routerbench(shared_data):
+    return load_table(shared_data, "routerbench_subset")
 
 
 @pytest.fixture(scope="module")

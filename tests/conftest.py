@@ -7,6 +7,26 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest
 
+#: The real benchmark tables beside the repository (``../shared/data``); optional.
+_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The ``../shared/data`` folder; the test is skipped when it is absent."""
+    if not _SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {_SHARED_DATA} is absent")
+    return _SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def routerbench_subset(shared_data) -> Path:
+    """The ``routerbench_subset`` folder of the shared data (skipped when absent)."""
+    folder = shared_data / "routerbench_subset"
+    if not folder.is_dir():
+        pytest.skip(f"shared data {folder} is absent")
+    return folder
+
 
 @pytest.fixture(scope="session")
 def fitted_artifact(tmp_path_factory):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,10 +10,6 @@ import pytest
 
 from training.data import fingerprint, read_prices, read_table
 from estimators.table import RoutingTable
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ROUTERBENCH = SHARED_DATA / "routerbench_subset"
-
 
 def long_frame() -> pd.DataFrame:
     """Three queries x three models, rows deliberately out of order."""
@@ -366,14 +361,13 @@ def test_read_table_checks_every_model_is_priced():
 # --------------------------------------------------------------------------- #
 
 
-@pytest.mark.skipif(not ROUTERBENCH.is_dir(), reason="../shared/data/routerbench_subset is absent")
-def test_real_routerbench_subset():
-    frame = pd.read_parquet(ROUTERBENCH / "routerbench_subset.parquet")
-    table = read_table(ROUTERBENCH / "routerbench_subset.parquet")
+def test_real_routerbench_subset(routerbench_subset):
+    frame = pd.read_parquet(routerbench_subset / "routerbench_subset.parquet")
+    table = read_table(routerbench_subset / "routerbench_subset.parquet")
     assert table.quality.shape == (3150, 11)
     mean_cost = table.cost.mean(axis=0)
     assert np.all(np.diff(mean_cost) >= 0)
-    listed = pd.read_csv(ROUTERBENCH / "models.csv").set_index("model")
+    listed = pd.read_csv(routerbench_subset / "models.csv").set_index("model")
     expected = frame.groupby("model")["quality"].mean()
     np.testing.assert_allclose(table.quality.mean(axis=0), expected[list(table.models)], rtol=0, atol=1e-12)
     np.testing.assert_allclose(table.quality.mean(axis=0), listed.loc[list(table.models), "mean_quality"], atol=1e-6)
@@ -382,12 +376,11 @@ def test_real_routerbench_subset():
     assert set(table.tasks) == {"arc-challenge", "mbpp", "winogrande"}
 
 
-@pytest.mark.skipif(not ROUTERBENCH.is_dir(), reason="../shared/data/routerbench_subset is absent")
-def test_real_routerbench_subset_csv_matches_parquet():
+def test_real_routerbench_subset_csv_matches_parquet(routerbench_subset):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        from_csv = read_table(ROUTERBENCH / "routerbench_subset.csv.gz")
-    assert_same(from_csv, read_table(ROUTERBENCH / "routerbench_subset.parquet"))
+        from_csv = read_table(routerbench_subset / "routerbench_subset.csv.gz")
+    assert_same(from_csv, read_table(routerbench_subset / "routerbench_subset.parquet"))
 
 
 def test_boolean_quality_is_a_number_but_boolean_cost_is_not():

@@ -37,18 +37,18 @@ class Fitted:
 
 
 @pytest.fixture(scope="module")
-def routerbench():
-    return Fitted(load_table("routerbench_subset"))
+def routerbench(shared_data):
+    return Fitted(load_table(shared_data, "routerbench_subset"))
 
 
 @pytest.fixture(scope="module")
-def llmrouter():
-    return Fitted(load_table("llmrouter_9models"))
+def llmrouter(shared_data):
+    return Fitted(load_table(shared_data, "llmrouter_9models"))
 
 
 @pytest.fixture(scope="module")
-def gsm8k():
-    table = load_table("routellm_gpt4_mixtral")
+def gsm8k(shared_data):
+    table = load_table(shared_data, "routellm_gpt4_mixtral")
     return Fitted(table.subset(table.tasks == "gsm8k"))
 
 
@@ -60,8 +60,8 @@ def test_ex_ante_beats_the_per_model_mean(name, margin, min_auroc, request):
     assert auroc(quality, fitted.ante.quality) > min_auroc
 
 
-def test_linear_family_beats_the_per_model_mean_on_llmrouter():
-    fitted = Fitted(load_table("llmrouter_9models"), QualityEstimator(regressor=make_linear_regressor()))
+def test_linear_family_beats_the_per_model_mean_on_llmrouter(shared_data):
+    fitted = Fitted(load_table(shared_data, "llmrouter_9models"), QualityEstimator(regressor=make_linear_regressor()))
     quality = fitted.test.quality
     assert brier(quality, fitted.ante.quality) < brier(quality, fitted.baseline) - 0.02
 

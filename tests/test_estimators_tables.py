@@ -13,20 +13,18 @@ import pytest
 from training.data import read_prices, read_table
 from estimators.table import RoutingTable
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def load_table(name: str) -> RoutingTable:
-    """Read ``DATA/name/name.parquet`` with the project loader (skip the test when absent)."""
-    path = DATA / name / f"{name}.parquet"
+def load_table(shared_data: Path, name: str) -> RoutingTable:
+    """Read ``name/name.parquet`` of the shared data folder (the ``shared_data`` fixture) with the
+    project loader; skip the test when that dataset is absent."""
+    path = shared_data / name / f"{name}.parquet"
     if not path.exists():
         pytest.skip(f"shared data {path} is not available")
     return read_table(path)
 
 
-def load_prices(name: str) -> dict[str, tuple[float, float]]:
-    """Token prices from ``DATA/name/models.csv``."""
-    return read_prices(DATA / name / "models.csv")
+def load_prices(shared_data: Path, name: str) -> dict[str, tuple[float, float]]:
+    """Token prices from ``name/models.csv`` of the shared data folder."""
+    return read_prices(shared_data / name / "models.csv")
 
 
 def split_rows(table: RoutingTable, test_size: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -67,8 +65,8 @@ def synthetic_table(n: int = 300, k: int = 3, seed: int = 0, responses: bool = T
     )
 
 
-def test_load_table_sorts_models_by_mean_cost():
-    table = load_table("routerbench_subset")
+def test_load_table_sorts_models_by_mean_cost(shared_data):
+    table = load_table(shared_data, "routerbench_subset")
     assert table.quality.shape == (3150, 11)
     assert np.all(np.diff(table.cost.mean(axis=0)) >= 0)
     assert table.responses.shape == (3150, 11) and table.responses[0, 0] != ""

@@ -46,7 +46,7 @@ def run(*argv) -> int:
 def test_end_to_end_writes_json_and_plot(csv_path, tmp_path, capsys):
     out_json, out_png = tmp_path / "report.json", tmp_path / "curves.png"
     code = run("--data", csv_path, "--calibration-fraction", 0.5, "--bootstrap", 30, "--seed", 3,
-               "--json", out_json, "--plot", out_png, "--no-progress")
+               "--json", out_json, "--plot", out_png, "--quiet")
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads(out_json.read_text())
@@ -64,7 +64,7 @@ def test_end_to_end_writes_json_and_plot(csv_path, tmp_path, capsys):
 def test_models_flag_selects_the_pool(csv_path, tmp_path, capsys):
     out_json = tmp_path / "report.json"
     code = run("--data", csv_path, "--models", "large,small", "--calibration-fraction", 0.5,
-               "--bootstrap", 10, "--noise", "high", "--max-depth", 2, "--json", out_json, "--no-progress")
+               "--bootstrap", 10, "--noise", "high", "--max-depth", 2, "--json", out_json, "--quiet")
     assert code == 0, capsys.readouterr().err
     report = json.loads(out_json.read_text())
     assert report["models"] == ["small", "large"]
@@ -81,6 +81,19 @@ def test_help_explains_every_flag_with_its_default(capsys):
         flag = action.option_strings[0]
         assert flag in text
         assert action.help and ("default" in action.help or action.required), flag
+    assert "exit status: 0 on success" in text and "2 on bad input" in text
+    assert "1 if an output" in " ".join(text.split())
+
+
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_an_output_that_cannot_be_written_exits_1(csv_path, tmp_path, capsys, flag):
+    blocker = tmp_path / "some_file"
+    blocker.write_text("a regular file, not a directory")
+    target = blocker / ("out.json" if flag == "--json" else "out.png")
+    code = run("--data", csv_path, "--calibration-fraction", 0.5, "--bootstrap", 10, "--quiet", flag, target)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot write {flag} {target}")
 
 
 def bad(frame: pd.DataFrame, tmp_path):
@@ -97,7 +110,7 @@ def bad(frame: pd.DataFrame, tmp_path):
     (lambda f: f.assign(quality=f["quality"].where(f.index != 5, 7.0)), "quality"),
 ])
 def test_bad_data_exits_2_with_one_line(spoil, message, tmp_path, capsys):
-    code = run("--data", bad(spoil(long_table(20)), tmp_path), "--no-progress")
+    code = run("--data", bad(spoil(long_table(20)), tmp_path), "--quiet")
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -105,7 +118,7 @@ def test_bad_data_exits_2_with_one_line(spoil, message, tmp_path, capsys):
 
 
 def test_unknown_model_name_exits_2(csv_path, capsys):
-    code = run("--data", csv_path, "--models", "small,huge", "--no-progress")
+    code = run("--data", csv_path, "--models", "small,huge", "--quiet")
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "huge" in err
@@ -118,12 +131,14 @@ def test_missing_file_exits_2(tmp_path, capsys):
 
 
 def test_too_few_queries_for_the_split_exits_2(tmp_path, capsys):
-    code = run("--data", bad(long_table(10), tmp_path), "--calibration-fraction", 0.05, "--no-progress")
+    code = run("--data", bad(long_table(10), tmp_path), "--calibration-fraction", 0.05, "--quiet")
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "calibration" in err
 
 
 @pytest.mark.parametrize("argv", [
+    ["--no-such-flag"],
+    ["--no-progress"],  # the old name of --quiet
     ["--noise", "extreme"],
     ["--calibration-fraction", "1.5"],
     ["--max-depth", "0"],
@@ -131,5 +146,10 @@ def test_too_few_queries_for_the_split_exits_2(tmp_path, capsys):
     ["--models", "a,,b"],
 ])
 def test_bad_arguments_exit_2(argv, csv_path, capsys):
-    assert run("--data", csv_path, *argv) == 2
+    assert run("--data", csv_path, *argv) == 2  # returned: a SystemExit escaping main would fail the test
     assert "error:" in capsys.readouterr().err
+
+
+def test_missing_required_argument_exits_2(capsys):
+    assert main([]) == 2
+    assert "--data" in capsys.readouterr().err

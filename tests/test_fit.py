@@ -10,12 +10,9 @@ import pandas as pd
 import pytest
 
 from training.artifact import manifest_path
-from training.fit import main
+from training.fit import main, parse_args
 from training.serving.router import Router, load_router
 from training.synthetic import make_benchmark
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 @pytest.fixture(scope="module")
 def fitted(fitted_artifact):
@@ -118,21 +115,61 @@ def test_unknown_model_and_missing_file_exit_2(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_help_explains_every_flag(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
+def test_help_explains_every_flag_and_the_exit_codes(capsys):
+    assert main(["--help"]) == 0  # returned, not raised
     text = capsys.readouterr().out
     for flag in ("--data", "--prices", "--models", "--budget", "--strategy", "--max-depth",
-                 "--estimator", "--seed", "--out", "--report"):
+                 "--estimator", "--seed", "--out", "--report", "--quiet"):
         assert flag in text
     assert "default" in text
+    assert "exit status: 0 on success" in text and "2 on bad input" in text
+    assert "1 if an output" in " ".join(text.split())
 
 
-@pytest.mark.skipif(not (SHARED / "routerbench_subset").exists(), reason="../shared/data is absent")
+@pytest.mark.parametrize("argv", [["--max-depth", "0"], ["--budget", "-1"], ["--no-such-flag"],
+                                  ["--fractions", "0.5", "0.5", "0.5"]])
+def test_usage_errors_return_2_without_raising(argv, capsys):
+    assert main(argv) == 2  # a SystemExit escaping main would fail the test
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--out", "--report"])
+def test_an_output_that_cannot_be_written_exits_1(tmp_path, capsys, flag):
+    blocker = tmp_path / "some_file"
+    blocker.write_text("a regular file, not a directory")
+    target = blocker / ("out.joblib" if flag == "--out" else "report")
+    paths = {"--out": tmp_path / "r.joblib", "--report": tmp_path / "report", flag: target}
+    code = main(["--n-queries", "200", "--estimator", "linear", "--budget", "0.001", "--curve-points", "2",
+                 "--quiet", *[str(part) for name, path in paths.items() for part in (name, path)]])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(error) == 1 and error[0].startswith(f"error: cannot write {flag} {target}")
+
+
+def test_the_three_command_lines_agree(capsys):
+    """One flag hides the progress bars, every --help lists the same exit codes, and the max_depth
+    defaults of fit and evaluate differ only with the reason stated in both --help texts."""
+    from training import evaluate
+    from training.serving import score
+    fit_args = parse_args(["--quiet"])
+    evaluate_args = evaluate.build_parser().parse_args(["--data", "t.csv", "--quiet"])
+    score_args = score.parse_args(["--artifact", "a", "--input", "i", "--output", "o", "--quiet"])
+    assert fit_args.quiet and evaluate_args.quiet and score_args.quiet
+    texts = {}
+    for name, run in (("fit", main), ("evaluate", evaluate.main), ("score", score.main)):
+        assert run(["--help"]) == 0
+        texts[name] = " ".join(capsys.readouterr().out.split())
+    for text in texts.values():
+        assert "exit status: 0 on success" in text and "2 on bad input" in text and "1 if an output" in text
+        assert "--no-progress" not in text
+    assert fit_args.max_depth == 3 and evaluate_args.max_depth == 5
+    assert "python -m training.evaluate defaults to 5" in texts["fit"]
+    assert "python -m training.fit saves routers with 3" in texts["evaluate"]
+
+
 @pytest.mark.slow
-def test_routerbench_budget_is_met_on_test_within_ten_percent(tmp_path):
-    data = SHARED / "routerbench_subset" / "routerbench_subset.parquet"
+def test_routerbench_budget_is_met_on_test_within_ten_percent(routerbench_subset, tmp_path):
+    data = routerbench_subset / "routerbench_subset.parquet"
     report_dir = tmp_path / "report"
     code = main(["--data", str(data), "--budget", "0.001", "--out", str(tmp_path / "r.joblib"),
                  "--report", str(report_dir), "--quiet", "--curve-points", "2"])

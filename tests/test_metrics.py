@@ -7,7 +7,6 @@ from the definition, never pasted from the implementation's output.
 from __future__ import annotations
 
 import re
-import time
 
 import numpy as np
 import pytest
@@ -312,15 +311,14 @@ def test_bootstrap_is_seeded_and_strategies_may_have_different_budget_counts():
     assert set(first["differences"]) == {("x", "y")}
 
 
-def test_bootstrap_is_fast():
+def test_bootstrap_compares_every_pair_of_strategies():
+    """Speed (5 strategies x 3,000 queries x 500 resamples) is measured in bench/bench_metrics.py."""
     rng = np.random.default_rng(4)
-    strategies = {f"s{i}": _strategy(3000, 30, rng, 0.3 + 0.05 * i) for i in range(5)}
+    strategies = {f"s{i}": _strategy(300, 30, rng, 0.3 + 0.05 * i) for i in range(5)}
     quality = {name: q for name, (q, _) in strategies.items()}
     cost = {name: c for name, (_, c) in strategies.items()}
-    start = time.perf_counter()
-    result = bootstrap_auc(quality, cost, 1.0, 3.0, 0.4, n_boot=500)
-    assert time.perf_counter() - start < 2.0
-    assert len(result["differences"]) == 10
+    result = bootstrap_auc(quality, cost, 1.0, 3.0, 0.4, n_boot=50)
+    assert set(result["differences"]) == {(f"s{i}", f"s{j}") for i in range(5) for j in range(i + 1, 5)}
 
 
 @pytest.mark.parametrize(

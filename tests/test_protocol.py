@@ -8,7 +8,6 @@ ordering the theory promises against the bootstrap intervals.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,6 @@ from training import metrics
 from training.protocol import REPORTED_NAMES, EvaluationReport, evaluate_strategies
 from estimators.table import RoutingTable
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ROUTERBENCH = DATA / "routerbench_subset" / "routerbench_subset.parquet"
 THREE_MODELS = ("mistralai/mixtral-8x7b-chat", "gpt-3.5-turbo-1106", "gpt-4-1106-preview")
 STATUSES = {"met", "above_max", "below_min"}
 TIMING_KEYS = ("seconds", "fit_seconds")
@@ -166,12 +163,10 @@ def test_reported_names_cover_the_kernel_strategies():
 
 
 @pytest.fixture(scope="module")
-def routerbench_report() -> EvaluationReport:
-    if not ROUTERBENCH.is_file():
-        pytest.skip(f"shared data absent: {ROUTERBENCH}")
+def routerbench_report(routerbench_subset) -> EvaluationReport:
     from training.data import read_table
 
-    table = read_table(ROUTERBENCH).select_models(THREE_MODELS)
+    table = read_table(routerbench_subset / "routerbench_subset.parquet").select_models(THREE_MODELS)
     return evaluate_strategies(table, noise="low", calibration_fraction=0.3, n_boot=200, progress=False)
 
 

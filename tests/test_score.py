@@ -1,4 +1,8 @@
-"""``python -m training.score``: replay equals the service loop, batching, rejects, exit codes."""
+"""``python -m training.score``: replay equals the service loop, batching, rejects, exit codes.
+
+Validation of logged input is :mod:`training.serving.logged`, replay and the per-batch function
+:mod:`training.serving.replay`, streaming and the command line :mod:`training.serving.score`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.serving.score import STATUS_OK, main, score_batch
+from training.serving.logged import validate_logged
+from training.serving.replay import STATUS_OK, score_batch
+from training.serving.score import main
 from training.synthetic import make_benchmark
 
 
@@ -150,6 +156,52 @@ def test_unusable_input_exits_2_with_one_line(artifact, logged, tmp_path, capsys
     code, _ = _score(artifact, change(logged), tmp_path)
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and error[0].startswith("error:") and message in error[0]
+
+
+def test_logged_rows_become_grids_in_the_router_model_order(router, logged):
+    """Rows of a query may come in any model order; the grids follow ``router.models_``."""
+    shuffled = (logged.iloc[: 11 * 8].sample(frac=1.0, random_state=3)
+                .sort_values("query_id", kind="stable").reset_index(drop=True))
+    batch = validate_logged(router, shuffled)
+    ids = list(dict.fromkeys(shuffled["query_id"]))
+    assert list(batch.query_ids) == ids and batch.rejected.empty
+    wide = shuffled.pivot(index="query_id", columns="model").loc[ids]
+    np.testing.assert_array_equal(batch.cost, wide["cost_usd"][list(router.models_)].to_numpy())
+    np.testing.assert_array_equal(batch.quality, wide["quality"][list(router.models_)].to_numpy())
+    assert list(batch.first_rows) == [int(np.flatnonzero(shuffled["query_id"] == q)[0]) for q in ids]
+    assert list(batch.values["prompt"]) == list(wide["prompt"][router.models_[0]])
+
+
+def test_help_lists_the_exit_codes_and_returns_0(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--quiet" in text and "exit status: 0" in text and "2 on bad input" in text
+    assert "1 if an output cannot be written" in " ".join(text.split())
+
+
+@pytest.mark.parametrize("argv", [[], ["--artifact", "a", "--input", "i"],
+                                  ["--artifact", "a", "--input", "i", "--output", "o", "--batch-size", "0"],
+                                  ["--artifact", "a", "--input", "i", "--output", "o", "--no-such-flag"]])
+def test_usage_errors_return_2_without_raising(argv, capsys):
+    assert main(argv) == 2  # a SystemExit escaping main would fail the test
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["--output", "--rejects"])
+def test_an_output_that_cannot_be_written_exits_1(artifact, logged, tmp_path, capsys, which):
+    blocker = tmp_path / "some_file"
+    blocker.write_text("a regular file, not a directory")
+    bad = logged.copy()
+    bad.loc[5, "cost_usd"] = np.nan  # one rejected query, so that there is something for --rejects
+    source = tmp_path / "traffic.parquet"
+    bad.to_parquet(source)
+    paths = {"--output": tmp_path / "decisions.parquet", "--rejects": tmp_path / "rejects.parquet",
+             which: blocker / "out.parquet"}
+    code = main(["--artifact", str(artifact), "--input", str(source), "--quiet",
+                 *[str(part) for flag, path in paths.items() for part in (flag, path)]])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(error) == 1 and error[0].startswith(f"error: cannot write {which} {blocker / 'out.parquet'}")
 
 
 def test_missing_input_file_exits_2(artifact, tmp_path, capsys):

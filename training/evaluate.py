@@ -5,8 +5,9 @@ benchmark table, calls :func:`training.protocol.evaluate_strategies` and
 prints each strategy's AUC with its bootstrap interval; ``--json`` and
 ``--plot`` also write the full report and the quality-cost curves.
 
-Exit codes: 0 on success, 2 on a bad argument or bad data (with a one-line
-reason on stderr), 1 when an output file cannot be written.
+Exit codes: 0 on success; 2 on bad input (a bad argument, missing or
+malformed data), with a one-line ``error:`` on stderr; 1 when an output file
+cannot be written.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ from typing import Sequence
 from estimators.estimator import ESTIMATOR_KINDS
 from estimators.simulated import NOISE_LEVELS
 
+from .cli import CANNOT_WRITE, OutputError, fail, parse_or_exit_code, writing
 from .data import read_table
 from .protocol import DEFAULT_STRATEGIES, EvaluationReport, evaluate_strategies
 
 __all__ = ["build_parser", "format_report", "main"]
 
 _PROGRAM = "python -m training.evaluate"
+#: Exit codes of :func:`main`, listed in ``--help``.
+EXIT_CODES = ("exit status: 0 on success; 2 on bad input (bad argument, missing or malformed data), with a "
+              "one-line 'error:' on stderr; 1 if an output (--json, --plot) cannot be written.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
             "benchmark table with the paper's protocol: a seeded calibration/test split, simulated "
             "estimates recalibrated on the calibration split only, budgets along the single models' "
             "hull, AUC x100 on the test split with paired bootstrap intervals."),
-        epilog="Exit status: 0 on success, 2 on a bad argument or bad data, 1 if an output cannot be written.",
+        epilog=EXIT_CODES,
     )
     parser.add_argument("--data", required=True, type=Path, metavar="PATH",
                         help="benchmark table: long-format .parquet/.csv/.csv.gz (query_id, model, "
@@ -61,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "paper's 0.05 suits ~36k queries, use ~0.3 for a few thousand "
                              "(default: %(default)s)")
     parser.add_argument("--max-depth", type=_positive_int, default=5, metavar="D",
-                        help="most models run per query, for every strategy (default: %(default)s)")
+                        help="most models run per query, for every strategy; 5 is the paper's protocol "
+                             "(ALGORITHM.md §6), so that the AUCs compare with the paper's, where "
+                             "python -m training.fit saves routers with 3 (default: %(default)s)")
     parser.add_argument("--seed", type=_non_negative_int, default=0,
                         help="seed of the split, the estimate noise and the bootstrap "
                              "(default: %(default)s)")
@@ -75,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
                         help="draw the quality-cost curves and the single models; needs matplotlib "
                              "(default: off)")
-    parser.add_argument("--no-progress", action="store_true",
+    parser.add_argument("--quiet", action="store_true",
                         help="hide the progress bars (default: off, bars on stderr)")
     return parser
 
@@ -94,29 +101,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 2 on a bad argument or bad data, 1 if an output file
         cannot be written.
     """
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_request:  # argparse already printed usage and the reason
-        return int(exit_request.code or 0)
+    args = parse_or_exit_code(build_parser().parse_args, argv)
+    if isinstance(args, int):
+        return args
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
-        return _fail('--plot needs matplotlib, which is not installed: pip install "cascade-router[plot]"')
+        return fail('--plot needs matplotlib, which is not installed: pip install "cascade-router[plot]"')
     try:
         table = read_table(args.data, models=args.models)
         report = evaluate_strategies(
             table, noise=args.noise, calibration_fraction=args.calibration_fraction,
             estimator=args.estimator, train_fraction=args.train_fraction,
             max_depth=args.max_depth, seed=args.seed, n_boot=args.bootstrap,
-            per_step=args.per_step, strategies=DEFAULT_STRATEGIES, progress=not args.no_progress)
+            per_step=args.per_step, strategies=DEFAULT_STRATEGIES, progress=not args.quiet)
     except (ValueError, FileNotFoundError) as error:
-        return _fail(f"{args.data}: {error}")
+        return fail(f"{args.data}: {error}")
     print(format_report(report, source=str(args.data)))
-    try:
-        if args.json is not None:
-            args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-        if args.plot is not None:
-            _save_plot(report, args.plot)
-    except OSError as error:
-        return _fail(f"cannot write output: {error}", code=1)
+    for flag, path, write in (("--json", args.json, _save_json), ("--plot", args.plot, _save_plot)):
+        if path is None:
+            continue
+        try:
+            with writing(flag, path):
+                write(report, path)
+        except OutputError as error:
+            return fail(str(error), code=CANNOT_WRITE)
     return 0
 
 
@@ -155,6 +162,11 @@ def _gap(report: EvaluationReport, lead: str, name: str) -> str:
     return f"{estimate:+6.2f} [{low:+6.2f}, {high:+6.2f}]"
 
 
+def _save_json(report: EvaluationReport, path: Path) -> None:
+    """Write the full report to ``path`` as JSON."""
+    path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
 def _save_plot(report: EvaluationReport, path: Path) -> None:
     """Write the curves to ``path``, off-screen (the Agg backend needs no display)."""
     import matplotlib
@@ -169,12 +181,6 @@ def _save_plot(report: EvaluationReport, path: Path) -> None:
         figure.savefig(path, dpi=150)
     finally:
         plt.close(figure)
-
-
-def _fail(message: str, *, code: int = 2) -> int:
-    """Print ``message`` on one line of stderr and return ``code``."""
-    print(f"{_PROGRAM}: error: {' '.join(message.split())}", file=sys.stderr)
-    return code
 
 
 def _model_list(text: str) -> list[str]:

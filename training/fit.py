@@ -12,7 +12,9 @@ the whole pipeline in about a minute:
 5. play every policy on test, print a summary, write ``report.json`` and
    ``quality_cost.png``, and save the router artifact with its manifest.
 
-Bad input ends the program with exit code 2 and a one-line reason.
+Exit codes: 0 on success; 2 on bad input (a bad argument, missing or
+malformed data), with a one-line ``error:`` on stderr; 1 when an output (the
+artifact, its manifest or the report) cannot be written.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 
 from estimators.estimator import ESTIMATOR_KINDS, make_router_estimator
 
+from .cli import CANNOT_WRITE, OutputError, fail, parse_or_exit_code, writing
 from .artifact import save_artifact
 from .data import fingerprint, read_prices, read_table
 from .episodes import EstimatorEpisodes
@@ -39,6 +42,9 @@ from .serving.router import Router
 from .synthetic import default_table, synthetic_prices
 
 STRATEGIES = ("cascade_routing", "cascade", "routing", "threshold")
+#: Exit codes of :func:`main`, listed in ``--help``.
+EXIT_CODES = ("exit status: 0 on success; 2 on bad input (bad argument, missing or malformed data), with a "
+              "one-line 'error:' on stderr; 1 if an output (artifact, manifest, report) cannot be written.")
 #: Strategies whose decisions use σ, so that fitting also picks a σ scale.
 SIGMA_STRATEGIES = ("cascade_routing", "cascade")
 
@@ -48,7 +54,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m training.fit",
         description="Train estimators, fit routing/cascading policies to cost budgets, evaluate them "
                     "on held-out queries and save a router artifact.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog=EXIT_CODES, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", type=Path, default=None,
                         help="long-format table (.parquet/.csv/.csv.gz) or RouterBench wide file; "
                              "default: the built-in synthetic benchmark")
@@ -62,7 +68,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "three budgets spread over the single models' cost range")
     parser.add_argument("--strategy", choices=STRATEGIES, default="cascade_routing",
                         help="decision strategy")
-    parser.add_argument("--max-depth", type=int, default=3, help="most models run per query")
+    parser.add_argument("--max-depth", type=int, default=3,
+                        help="most models run per query by the saved router: 3 bounds a served query's "
+                             "latency and spend at three calls, and is what the serving measurements use; "
+                             "python -m training.evaluate defaults to 5, the paper's protocol "
+                             "(ALGORITHM.md §6), so that its AUCs compare with the paper's")
     parser.add_argument("--per-step", action="store_true",
                         help="search a separate λ per step (slower, usually a little better)")
     parser.add_argument("--estimator", choices=ESTIMATOR_KINDS, default="learned",
@@ -81,7 +91,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="artifact path; the manifest is written beside it")
     parser.add_argument("--report", type=Path, default=Path("report"),
                         help="directory for report.json and quality_cost.png")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
     if args.max_depth < 1:
         parser.error(f"--max-depth must be >= 1, got {args.max_depth}")
@@ -183,17 +193,19 @@ def run(args: argparse.Namespace) -> dict:
         "data_fingerprint": fingerprint(table),
     }
     router = Router(estimator, tuple(policies[b] for b in budgets), tuple(table.models))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    manifest = save_artifact(
-        router, args.out, models=list(table.models), budgets=budgets,
-        feature_schema={"per_query": estimator.columns_, "signals": estimator.signal_names_,
-                        "uses_responses": estimator.uses_responses_},
-        data_fingerprint=report["data_fingerprint"],
-        metrics={"auc": report["auc"], "budgets": report["budgets"]},
-        extra={"strategy": args.strategy, "max_depth": args.max_depth, "seed": args.seed})
+    with writing("--out", args.out):
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        manifest = save_artifact(
+            router, args.out, models=list(table.models), budgets=budgets,
+            feature_schema={"per_query": estimator.columns_, "signals": estimator.signal_names_,
+                            "uses_responses": estimator.uses_responses_},
+            data_fingerprint=report["data_fingerprint"],
+            metrics={"auc": report["auc"], "budgets": report["budgets"]},
+            extra={"strategy": args.strategy, "max_depth": args.max_depth, "seed": args.seed})
     report["artifact"] = {"path": str(args.out), "manifest": str(manifest)}
     report["seconds"] = round(time.perf_counter() - started, 2)
-    _write_report(report, args.report)
+    with writing("--report", args.report):
+        _write_report(report, args.report)
     stages.update()
     stages.close()
     return report
@@ -246,12 +258,20 @@ def summary(report: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    """Run the job; return the exit code (0 ok, 2 bad input, 1 an output cannot be written).
+
+    Never raises :class:`SystemExit`: ``--help`` returns 0 and a usage
+    error 2, after argparse has printed them.
+    """
+    args = parse_or_exit_code(parse_args, argv)
+    if isinstance(args, int):
+        return args
     try:
         report = run(args)
+    except OutputError as error:
+        return fail(str(error), code=CANNOT_WRITE)
     except (ValueError, FileNotFoundError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+        return fail(str(error))
     print(summary(report))
     return 0
 

@@ -1,0 +1,65 @@
+"""What the three command lines (``training.fit``, ``training.evaluate``, ``training.score``) share.
+
+One contract for all of them: ``main(argv) -> int`` never lets
+:class:`SystemExit` escape; exit code 0 on success, 2 on bad input (with a
+one-line ``error:`` on stderr naming the problem and the fix), 1 when an
+output cannot be written; ``--quiet`` hides the progress bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["OutputError", "fail", "parse_or_exit_code", "writing"]
+
+#: Exit code of a run whose input cannot be used.
+BAD_INPUT = 2
+#: Exit code of a run whose output cannot be written.
+CANNOT_WRITE = 1
+
+
+class OutputError(OSError):
+    """An output file cannot be written (exit code 1)."""
+
+
+@contextmanager
+def writing(flag: str, path: str | Path) -> Iterator[None]:
+    """Turn an :class:`OSError` while writing ``path`` into an :class:`OutputError` naming ``flag``.
+
+    Parameters
+    ----------
+    flag : str
+        The command-line flag the path came from (``--out``), so the message says what to change.
+    path : str or Path
+    """
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as error:
+        raise OutputError(f"cannot write {flag} {path} ({error}); pick a path in a writable directory") from error
+
+
+def parse_or_exit_code(parse: Callable[[Sequence[str] | None], argparse.Namespace],
+                       argv: Sequence[str] | None) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit code argparse asked for (0 after ``--help``, 2 on a usage error).
+
+    argparse has already printed the help or the usage error; returning the
+    code instead of raising lets ``main`` be called from Python without a
+    ``SystemExit``.
+    """
+    try:
+        return parse(argv)
+    except SystemExit as exit_request:
+        code = exit_request.code
+        return code if isinstance(code, int) else 0 if code is None else BAD_INPUT
+
+
+def fail(message: str, *, code: int = BAD_INPUT) -> int:
+    """Print ``error: message`` as one line on stderr and return ``code``."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code

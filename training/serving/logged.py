@@ -1,0 +1,253 @@
+"""Validating logged traffic and turning a batch of it into per-query grids.
+
+Logged input is the long format of ``../shared/data/README.md``: one row per
+query and model with ``quality``, ``cost_usd`` and ``response``, the rows of
+a query contiguous. :func:`validate_logged` checks every row, rejects whole
+queries (never single rows: a cascade cannot be replayed with a model
+missing), and lays the queries that pass out as ``(queries, models)`` grids
+in the router's model order; :mod:`training.serving.replay` plays the policy
+on them.
+
+The column checks (:func:`required_columns`, :func:`check_columns`) cover
+query input (one row per query) as well, and the text helpers are shared
+with its scoring.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .router import Router
+
+__all__ = ["LOGGED_COLUMNS", "LoggedBatch", "ScoreError", "check_columns", "required_columns", "validate_logged"]
+
+#: Columns of the logged (long) format that replay needs besides the per-query ones.
+LOGGED_COLUMNS = ("query_id", "model", "quality", "cost_usd")
+
+
+class ScoreError(ValueError):
+    """The input cannot be scored at all (missing columns, ...): exit code 2."""
+
+
+class LoggedBatch(NamedTuple):
+    """A validated logged batch: the queries that can be replayed, in input order, and the rejected rows.
+
+    ``Q`` is the number of accepted queries, ``K`` the number of router
+    models; grid columns follow ``router.models_``.
+    """
+
+    #: Input row number (the ``row`` column, else the index) of each accepted query's first row, int64 ``(Q,)``.
+    first_rows: np.ndarray
+    #: Query id of each accepted query, object ``(Q,)`` of str.
+    query_ids: np.ndarray
+    #: The estimator's per-query columns (``prompt``, ``task``, ...), each object ``(Q,)`` of str.
+    values: dict[str, np.ndarray]
+    #: Logged cost (USD) of every model, float64 ``(Q, K)``.
+    cost: np.ndarray
+    #: Logged quality of every model, float64 ``(Q, K)``.
+    quality: np.ndarray
+    #: Logged responses, object ``(Q, K)`` of str ('' when absent or unused by the estimator).
+    responses: np.ndarray
+    #: Logged signals the estimator uses, each float64 ``(Q, K)``.
+    signals: dict[str, np.ndarray]
+    #: Every input row of every rejected query: ``row``, ``query_id``, ``reason``, ``model``
+    #: (empty frame when nothing is rejected).
+    rejected: pd.DataFrame
+
+
+# --------------------------------------------------------------------------- #
+# columns and checks
+# --------------------------------------------------------------------------- #
+
+
+def _per_query_columns(router: Router) -> list[str]:
+    return list(router.estimator.columns_)
+
+
+def required_columns(router: Router, logged: bool) -> list[str]:
+    """Columns the input must have: ``query_id``, the estimator's per-query inputs, and for
+    logged input ``model``, ``quality``, ``cost_usd`` (``response`` and signals when the estimator uses them)."""
+    columns = ["query_id", *_per_query_columns(router)]
+    if logged:
+        columns += ["model", "quality", "cost_usd"]
+        if router.estimator.uses_responses_:
+            columns.append("response")
+        columns += list(router.estimator.signal_names_)
+    return list(dict.fromkeys(columns))
+
+
+def check_columns(router: Router, columns: Sequence[str]) -> bool:
+    """Return whether the input is logged (has ``model``); raise :class:`ScoreError` if columns are missing."""
+    logged = "model" in columns
+    missing = [c for c in required_columns(router, logged) if c not in columns]
+    if missing:
+        kind = "logged (long) input" if logged else "query input"
+        raise ScoreError(f"{kind} lacks column(s) {missing}; it has {list(columns)}")
+    return logged
+
+
+def _row_numbers(frame: pd.DataFrame) -> np.ndarray:
+    return (frame["row"].to_numpy(dtype=np.int64) if "row" in frame.columns
+            else np.asarray(frame.index, dtype=np.int64))
+
+
+def _text_column(series: pd.Series, rows: np.ndarray | None = None) -> np.ndarray:
+    """Object array of str from a column (optionally only ``rows``); missing as ''.
+
+    Selects before converting: a logged batch repeats each prompt on every
+    model's row, and turning all of them into Python strings costs more
+    than scoring.
+    """
+    if rows is not None:
+        series = series.iloc[rows]
+    if isinstance(series.dtype, pd.CategoricalDtype):  # dictionary-encoded Parquet: convert each value once
+        values = np.append(_text(series.cat.categories.to_numpy(dtype=object)), "")
+        return values[series.cat.codes.to_numpy()]  # code -1 (missing) takes the '' appended last
+    if series.dtype == object:
+        return _text(series.to_numpy())
+    return series.astype("string").fillna("").to_numpy(dtype=object)
+
+
+def _text(values: np.ndarray) -> np.ndarray:
+    """Object array of str; missing (None/NaN) as ''."""
+    return np.array([v if isinstance(v, str) else "" if pd.isna(v) else str(v) for v in values], dtype=object)
+
+
+def _missing(values: np.ndarray) -> np.ndarray:
+    return np.fromiter((not isinstance(v, str) and pd.isna(v) for v in values), dtype=bool, count=len(values))
+
+
+def _codes_of(series: pd.Series, names: Sequence[str]) -> np.ndarray:
+    """Position of each value in ``names``, ``-1`` when absent (missing values included)."""
+    known = pd.Index(list(names))
+    if isinstance(series.dtype, pd.CategoricalDtype):  # look up each category once
+        found = np.append(known.get_indexer(series.cat.categories), -1)
+        return found[series.cat.codes.to_numpy()].astype(np.int64)
+    return known.get_indexer(series.to_numpy(dtype=object)).astype(np.int64)
+
+
+def _numbers(series: pd.Series) -> np.ndarray:
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _reject_frame(frame: pd.DataFrame, rows: np.ndarray, reasons: list[str]) -> pd.DataFrame:
+    """Rejected input rows: row number, query id, reason and model (if the frame has one)."""
+    if not len(rows):
+        return pd.DataFrame()
+    out = pd.DataFrame({
+        "row": _row_numbers(frame)[rows],
+        "query_id": _text(frame["query_id"].to_numpy(dtype=object)[rows]),
+        "reason": reasons,
+    })
+    if "model" in frame.columns:
+        out["model"] = _text(frame["model"].to_numpy(dtype=object)[rows])
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# a logged batch
+# --------------------------------------------------------------------------- #
+
+
+def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
+    """Check a logged batch row by row and lay its valid queries out as per-query grids.
+
+    A malformed row (missing query id, model or prompt, unknown model,
+    NaN/negative/infinite cost, NaN quality, non-finite signal) rejects its
+    query, as do a duplicate or missing model for a query and rows of a query
+    that are not contiguous; every input row of a rejected query is in
+    ``rejected`` with a reason (its own, or the one that rejected its query).
+
+    Parameters
+    ----------
+    router : Router
+        Gives the model order and the columns its estimator uses.
+    frame : pandas.DataFrame
+        Logged rows with the columns of :func:`required_columns` (checked by
+        the caller with :func:`check_columns`); every row of a query in this
+        frame. An optional ``row`` column holds input row numbers.
+
+    Returns
+    -------
+    LoggedBatch
+    """
+    models = router.models_
+    k = len(models)
+    per_query = _per_query_columns(router)
+    n_rows = len(frame)
+    model_codes = _codes_of(frame["model"], models)
+    cost = _numbers(frame["cost_usd"])
+    quality = _numbers(frame["quality"])
+    row_reason = np.full(n_rows, "", dtype=object)
+
+    def flag(mask: np.ndarray, reason) -> None:
+        for r in np.flatnonzero(mask & (row_reason == "")):
+            row_reason[r] = reason(r) if callable(reason) else reason
+
+    flag(frame["query_id"].isna().to_numpy(), "query_id is missing")
+    flag(frame["model"].isna().to_numpy(), "model is missing")
+    flag(model_codes < 0, lambda r: f"unknown model {frame['model'].iloc[r]!r}; the router knows {list(models)}")
+    flag(~(np.isfinite(cost) & (cost >= 0)), lambda r: f"cost_usd must be a finite number >= 0, got {frame['cost_usd'].iloc[r]}")
+    flag(np.isnan(quality), lambda r: f"quality must be a number, got {frame['quality'].iloc[r]}")
+    if "prompt" in per_query:
+        flag(frame["prompt"].isna().to_numpy(), "prompt is missing")
+    signal_values = {}
+    for name in router.estimator.signal_names_:
+        signal_values[name] = _numbers(frame[name])
+        flag(~np.isfinite(signal_values[name]), f"signal {name!r} must be a finite number")
+
+    # queries: runs of equal query_id (rows of a query are contiguous)
+    key = _text_column(frame["query_id"])
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if n_rows else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], n_rows]
+    query_of_row = np.repeat(np.arange(starts.size), ends - starts)
+    first_keys = key[starts]
+    repeated = pd.Series(first_keys).duplicated(keep=False).to_numpy()
+    flag(repeated[query_of_row] & ~frame["query_id"].isna().to_numpy(),
+         lambda r: f"rows of query {key[r]!r} are not contiguous; sort the input by query_id")
+    # one row per router model
+    slot = query_of_row * k + np.where(model_codes >= 0, model_codes, 0)
+    valid_model = model_codes >= 0
+    counts = np.bincount(slot[valid_model], minlength=starts.size * k).reshape(starts.size, k)
+    flag(valid_model & (counts.reshape(-1)[slot] > 1),
+         lambda r: f"query {key[r]!r} has more than one row for model {models[model_codes[r]]!r}")
+    lacking = counts == 0
+    query_bad = np.zeros(starts.size, dtype=bool)
+    np.logical_or.at(query_bad, query_of_row, row_reason != "")
+    query_bad |= lacking.any(axis=1)
+    bad_rows = query_bad[query_of_row]
+    own_reason = row_reason != ""  # before the rows that are only collateral get theirs
+    for r in np.flatnonzero(bad_rows & ~own_reason):
+        q = query_of_row[r]
+        if lacking[q].any():
+            row_reason[r] = f"query {key[r]!r} has no row for model(s) {[models[j] for j in np.flatnonzero(lacking[q])]}"
+        else:
+            culprit = starts[q] + int(np.flatnonzero(own_reason[starts[q]:ends[q]])[0])
+            row_reason[r] = f"query rejected because of row {_row_numbers(frame)[culprit]}"
+    rejected = _reject_frame(frame, np.flatnonzero(bad_rows), list(row_reason[bad_rows]))
+
+    good = np.flatnonzero(~query_bad)
+    first_rows = starts[good]
+    rows_good = ~bad_rows
+    cell = (query_of_row[rows_good], model_codes[rows_good])
+    remap = np.full(starts.size, -1, np.int64)
+    remap[good] = np.arange(good.size)
+    cell = (remap[cell[0]], cell[1])
+    grid_cost = np.empty((good.size, k))
+    grid_cost[cell] = cost[rows_good]
+    grid_quality = np.empty((good.size, k))
+    grid_quality[cell] = quality[rows_good]
+    responses = np.full((good.size, k), "", dtype=object)
+    if "response" in frame.columns and router.estimator.uses_responses_:
+        responses[cell] = _text_column(frame["response"], np.flatnonzero(rows_good))
+    signals = {}
+    for name, value in signal_values.items():
+        signals[name] = np.full((good.size, k), np.nan)
+        signals[name][cell] = value[rows_good]
+    values = {c: _text_column(frame[c], first_rows) for c in per_query}
+    return LoggedBatch(first_rows=_row_numbers(frame)[first_rows], query_ids=first_keys[good], values=values,
+                       cost=grid_cost, quality=grid_quality, responses=responses, signals=signals,
+                       rejected=rejected)

@@ -1,0 +1,248 @@
+"""Replaying cascades on logged traffic, and the per-batch function :func:`score_batch`.
+
+:func:`score_batch` is a pure ``DataFrame -> DataFrame`` function, so
+Spark's ``mapInPandas`` or Dask's ``map_partitions`` can run it unchanged
+(for logged input, partition by ``query_id`` first):
+
+* **query input** (one row per query): per query the first model to run,
+  the planned supermodel and the ex-ante estimates of every model;
+* **logged input** (a ``model`` column; checked and laid out as grids by
+  :mod:`training.serving.logged`): :func:`replay` plays the whole cascade
+  per query, the logged responses and costs standing in for the calls, and
+  per query the models run, the realised cost and the quality of the
+  selected answer are written.
+
+Its result has one ``status == "ok"`` row per scored query and one
+``status == "rejected"`` row per input row of a rejected query
+(:func:`output_schema`, :func:`rejects_schema`). Streaming files through it
+is :mod:`training.serving.score` (``python -m training.score``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from estimators.estimator import Estimates
+from estimators.posthoc import ResponseMemo
+
+from ..episodes import play_cascades
+from ..policy import Policy
+from .logged import _missing, _per_query_columns, _reject_frame, _row_numbers, _text, check_columns, validate_logged
+from .router import Router, prompt_uniforms
+
+__all__ = ["STATUS_OK", "STATUS_REJECTED", "output_schema", "rejects_schema", "replay", "score_batch"]
+
+STATUS_OK = "ok"
+STATUS_REJECTED = "rejected"
+
+
+# --------------------------------------------------------------------------- #
+# replay
+# --------------------------------------------------------------------------- #
+
+
+def replay(router: Router, policy: Policy, prompts, tasks, subtasks, cost: np.ndarray, responses: np.ndarray,
+           signals: dict[str, np.ndarray], *, parallel: bool = True,
+           timings: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Play ``policy`` on queries whose every model outcome is logged.
+
+    The episode loop of policy evaluation (:func:`~training.episodes.play_cascades`),
+    with the logged responses, signals and costs revealed as models "run".
+    The per-query part of the estimates (prompt features, ex-ante costs) is
+    computed once per query (:meth:`~estimators.estimator.RouterEstimator.prepare`),
+    and each revealed response is parsed once.
+
+    Parameters
+    ----------
+    router : Router
+    policy : Policy
+    prompts, tasks, subtasks : ndarray of str, shape (N,), or None
+        The per-query inputs the estimator reads.
+    cost : ndarray of float64, shape (N, K)
+        Logged cost of every model on every query.
+    responses : ndarray of object, shape (N, K)
+        Logged responses (``''`` when the estimator reads none).
+    signals : dict of str to ndarray of float64, shape (N, K)
+        Logged post-hoc signals.
+    parallel : bool, default=True
+        Multi-threaded kernels (same numbers).
+    timings : dict, optional
+        Seconds spent in ``prepare`` (featurization and ex-ante costs),
+        ``estimate`` and ``kernel`` are added to it.
+
+    Returns
+    -------
+    (order, run, answer)
+        As :func:`~training.episodes.play_cascades`: the models run in order,
+        the run sets, and the selected model per query.
+    """
+    timings = {} if timings is None else timings
+    estimator = router.estimator
+    n, k = cost.shape
+    if prompts is None:  # an estimator without prompt text: ties then break the same for every query
+        prompts = np.full(n, "", dtype=object)
+    started = time.perf_counter()
+    u = prompt_uniforms(prompts)
+    prepared = estimator.prepare(prompts, tasks, subtasks, parallel=parallel)
+    _add(timings, "prepare", started)
+    memo = ResponseMemo()  # each revealed response parsed once, not once per step
+
+    def estimate(rows: np.ndarray, run: np.ndarray, with_sigma: bool) -> Estimates:
+        began = time.perf_counter()
+        found = estimator.estimate(prepared, rows, run, responses=responses[rows],
+                                   signals={name: value[rows] for name, value in signals.items()},
+                                   observed_cost=cost[rows], memo=memo, with_sigma=with_sigma, parallel=parallel)
+        _add(timings, "estimate", began)
+        return found
+
+    return play_cascades(estimate, n, k, policy.kernel_options(), u=u, sigma_scale=policy.sigma_scale,
+                         parallel=parallel, timings=timings)
+
+
+def _add(timings: dict, key: str, started: float) -> None:
+    timings[key] = timings.get(key, 0.0) + time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- #
+# the per-batch function
+# --------------------------------------------------------------------------- #
+
+
+def score_batch(router: Router, frame: pd.DataFrame, budget: float | None = None, *,
+                parallel: bool = True, timings: dict | None = None) -> pd.DataFrame:
+    """Score one batch: a pure ``DataFrame -> DataFrame`` function.
+
+    Parameters
+    ----------
+    router : Router
+        Loaded with :func:`training.serving.router.load_router` (or unpickled:
+        kernels then compile on first use).
+    frame : pandas.DataFrame
+        Query rows, or logged rows (a ``model`` column) with every row of a
+        query in this frame and contiguous. An optional ``row`` column holds
+        input row numbers for the reject report (default: the frame's index).
+    budget : float, optional
+        Selects the fitted policy (:meth:`Router.policy`).
+    parallel : bool, default=True
+        Multi-threaded kernel. Pass ``False`` when the caller already runs
+        one batch per core (Spark executors, ``--workers``).
+    timings : dict, optional
+        If given, seconds spent in ``featurize``, ``estimate`` and ``kernel``
+        are added to it (instrumentation only; the result does not depend
+        on it).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per scored query (``status == "ok"``) and one row per input
+        row of every rejected query (``status == "rejected"``, with
+        ``row``, ``reason``); columns as :func:`output_schema`.
+
+    Raises
+    ------
+    training.serving.logged.ScoreError
+        If required columns are missing.
+    """
+    logged = check_columns(router, list(frame.columns))
+    policy = router.policy(budget)
+    if logged:
+        return _score_logged(router, policy, frame, parallel, timings)
+    return _score_queries(router, policy, frame, parallel, timings)
+
+
+def _with_rejected(out: pd.DataFrame, rejected: pd.DataFrame) -> pd.DataFrame:
+    """Scored rows, then the rejected input rows (``status`` first, like the scored rows)."""
+    if not len(rejected):
+        return out
+    return pd.concat([out, rejected.assign(status=STATUS_REJECTED)[["status", *rejected.columns]]],
+                     ignore_index=True)
+
+
+def _score_queries(router: Router, policy, frame: pd.DataFrame, parallel: bool, timings) -> pd.DataFrame:
+    per_query = _per_query_columns(router)
+    n = len(frame)
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    ids = frame["query_id"].to_numpy(dtype=object)
+    for r in np.flatnonzero(_missing(ids)):
+        reasons[r].append("query_id is missing")
+    if "prompt" in per_query:
+        for r in np.flatnonzero(_missing(frame["prompt"].to_numpy(dtype=object))):
+            reasons[r].append("prompt is missing")
+    bad = np.array([bool(r) for r in reasons], dtype=bool)
+    good = np.flatnonzero(~bad)
+    rejected = _reject_frame(frame, np.flatnonzero(bad), ["; ".join(r) for r in reasons if r])
+    values = {c: _text(frame[c].to_numpy(dtype=object)[good]) for c in per_query}
+    out = pd.DataFrame({"status": STATUS_OK, "row": _row_numbers(frame)[good], "query_id": _text(ids[good])})
+    if good.size:
+        started = time.perf_counter()
+        prompts = list(values.get("prompt", [""] * good.size))
+        estimates, _, next_model, masks = router.plan_arrays(prompts, tasks=values.get("task"),
+                                                             subtasks=values.get("subtask"), policy=policy,
+                                                             parallel=parallel)
+        if timings is not None:
+            _add(timings, "plan", started)
+        k = len(router.models_)
+        planned = (masks[:, None] >> np.arange(k)) & 1 == 1
+        names = np.array(router.models_, dtype=object)
+        out["next_model"] = np.where(next_model >= 0, names[np.maximum(next_model, 0)], None)
+        out["plan"] = _model_lists(np.where(planned, np.arange(k), -1), router.models_)
+        out["plan_cost"] = np.where(planned, estimates.cost, 0.0).sum(axis=1)
+        for name in ("quality", "sigma", "cost"):
+            matrix = getattr(estimates, name)
+            for j, model in enumerate(router.models_):
+                out[f"{name}[{model}]"] = matrix[:, j]
+    return _with_rejected(out, rejected)
+
+
+def _score_logged(router: Router, policy, frame: pd.DataFrame, parallel: bool, timings) -> pd.DataFrame:
+    batch = validate_logged(router, frame)
+    out = pd.DataFrame({"status": STATUS_OK, "row": batch.first_rows, "query_id": batch.query_ids})
+    n = len(batch.query_ids)
+    if n:
+        models = router.models_
+        values = batch.values
+        order, run, answer = replay(router, policy, values.get("prompt"), values.get("task"), values.get("subtask"),
+                                    batch.cost, batch.responses, batch.signals, parallel=parallel, timings=timings)
+        names = np.array(models, dtype=object)
+        out["first_model"] = np.where(order[:, 0] >= 0, names[np.maximum(order[:, 0], 0)], None)
+        out["models_run"] = _model_lists(order, models)
+        out["n_run"] = run.sum(axis=1)
+        out["answer_model"] = names[answer]
+        out["cost"] = (batch.cost * run).sum(axis=1)
+        out["quality"] = batch.quality[np.arange(n), answer]
+    return _with_rejected(out, batch.rejected)
+
+
+def _model_lists(order: np.ndarray, models: Sequence[str]) -> pd.Series:
+    """Per row, the model names of ``order``'s non-negative entries (in their order), as an Arrow list column.
+
+    Built from flat arrays (offsets + indices into a dictionary), not one
+    Python list per query, which cost as much as the kernel.
+    """
+    taken = order >= 0
+    offsets = np.zeros(len(order) + 1, np.int32)
+    np.cumsum(taken.sum(axis=1), out=offsets[1:])
+    names = pa.array(list(models), pa.string()).take(pa.array(order[taken], pa.int64()))
+    return pd.Series(pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(pa.array(offsets), names)))
+
+
+def output_schema(router: Router, logged: bool):
+    """The pyarrow schema of :func:`score_batch` results (scored and rejected rows together)."""
+    fields = [("status", pa.string()), ("row", pa.int64()), ("query_id", pa.string())]
+    if logged:
+        fields += [("first_model", pa.string()), ("models_run", pa.list_(pa.string())), ("n_run", pa.int64()),
+                   ("answer_model", pa.string()), ("cost", pa.float64()), ("quality", pa.float64())]
+    else:
+        fields += [("next_model", pa.string()), ("plan", pa.list_(pa.string())), ("plan_cost", pa.float64())]
+        fields += [(f"{name}[{m}]", pa.float64()) for name in ("quality", "sigma", "cost") for m in router.models_]
+    return pa.schema(fields)
+
+
+def rejects_schema():
+    """The pyarrow schema of the rejects file (rejected rows of :func:`score_batch` without ``status``)."""
+    return pa.schema([("row", pa.int64()), ("query_id", pa.string()), ("model", pa.string()), ("reason", pa.string())])
