@@ -37,10 +37,12 @@ fallback for larger trees and the reference in tests.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from operator import itemgetter
 
 import numpy as np
 from numba import njit, prange
+from numpy.typing import ArrayLike, NDArray
 
 from kernel.config import BLOCK_SIZE, JIT_OPTIONS
 
@@ -49,7 +51,7 @@ try:  # LLVM's cttz; numba has had it for years, but it lives in an "unsafe" mod
 except ImportError:  # pragma: no cover
     _trailing_zeros = None
 
-__all__ = ["Forest"]
+__all__ = ["Forest", "Tabulated", "MAX_QUICKSCORER_LEAVES"]
 
 _MISSING = {"None": 0, "Zero": 1, "NaN": 2}
 _TRANSFORMS = {"regression": 0, "cross_entropy": 1, "xentropy": 1}
@@ -245,8 +247,19 @@ def _quickscorer_arrays(a: dict[str, np.ndarray], leaf_start: np.ndarray) -> dic
 class Forest:
     """The trees of several LightGBM regressors, evaluated together.
 
-    Build with :meth:`from_regressors`; :meth:`predict` returns one column
-    per regressor, equal to each regressor's ``predict``.
+    Why: one compiled pass over flat arrays replaces a ``predict`` call per
+    regressor and its overhead. Build with :meth:`from_regressors`;
+    :meth:`predict` returns one column per regressor, equal to each
+    regressor's ``predict``.
+
+    Parameters
+    ----------
+    arrays : dict of str to ndarray
+        The flattened trees (node, leaf, root, owner and transform arrays,
+        plus QuickScorer's ``qs_*`` layout when every tree qualifies), as
+        :meth:`from_regressors` builds them.
+    n_features : int
+        Number of input columns the trees were fitted on.
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], n_features: int) -> None:
@@ -254,8 +267,25 @@ class Forest:
         self.n_features = n_features
 
     @classmethod
-    def from_regressors(cls, regressors) -> "Forest | None":
-        """Flatten fitted ``LGBMRegressor``/``Booster`` objects, or ``None`` if unsupported."""
+    def from_regressors(cls, regressors: Iterable[object]) -> Forest | None:
+        """Flatten fitted ``LGBMRegressor``/``Booster`` objects, or ``None`` if unsupported.
+
+        Read once at the end of fitting, so that prediction never calls
+        LightGBM again.
+
+        Parameters
+        ----------
+        regressors : iterable of LGBMRegressor or Booster
+            Fitted on the same features; output ``j`` of the forest is
+            regressor ``j``'s prediction.
+
+        Returns
+        -------
+        Forest or None
+            ``None`` when a regressor cannot be reproduced exactly
+            (categorical splits, linear trees, another objective, early
+            stopping, different feature counts): keep its own ``predict``.
+        """
         nodes: dict[str, list] = {k: [] for k in ("feature", "threshold", "left", "right",
                                                   "default_left", "missing")}
         leaves: list[float] = []
@@ -325,6 +355,7 @@ class Forest:
 
     @property
     def n_outputs(self) -> int:
+        """Number of output columns: one per flattened regressor."""
         return int(self.arrays["transform"].size)
 
     @property
@@ -332,16 +363,40 @@ class Forest:
         """Whether :meth:`predict` uses QuickScorer (every tree has at most 64 leaves) rather than the walk."""
         return "qs_mask" in self.arrays
 
-    def predict(self, X: np.ndarray, parallel: bool = False) -> np.ndarray:
-        """Predictions of every regressor on ``X``, shape ``(N, n_outputs)``; ``parallel`` spreads rows over threads."""
+    def predict(self, X: ArrayLike, parallel: bool = False) -> NDArray[np.float64]:
+        """Predictions of every regressor on ``X``, equal to their own ``predict`` but in one compiled pass.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, F)
+            Features (converted to C-contiguous float64), NaN allowed.
+        parallel : bool, default=False
+            Spread rows over threads (same numbers).
+
+        Returns
+        -------
+        ndarray of float64, shape (N, n_outputs)
+        """
         if not self.quickscorer:
             return self.walk(X, parallel)
         X, out = self._check(X)
         (_quickscore_parallel if parallel else _quickscore)(X, *_QUICKSCORER_ARRAYS(self.arrays), out)
         return out
 
-    def walk(self, X: np.ndarray, parallel: bool = False) -> np.ndarray:
-        """:meth:`predict` by walking each tree node by node: the fallback, and the reference in tests."""
+    def walk(self, X: ArrayLike, parallel: bool = False) -> NDArray[np.float64]:
+        """:meth:`predict` by walking each tree node by node: the fallback, and the reference in tests.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, F)
+            Features (converted to C-contiguous float64), NaN allowed.
+        parallel : bool, default=False
+            Spread rows over threads (same numbers).
+
+        Returns
+        -------
+        ndarray of float64, shape (N, n_outputs)
+        """
         X, out = self._check(X)
         a = self.arrays
         (_walk_parallel if parallel else _walk)(X, a["feature"], a["threshold"], a["left"], a["right"], a["default_left"], a["missing"],
@@ -376,14 +431,43 @@ class Tabulated:
     returns exactly what the walk would: ``x <= t`` intervals, and ``|x| <=
     1e-35`` (LightGBM's "zero" for missing-type ``Zero`` splits) kept apart.
     NaN is not supported (the caller never passes it; :meth:`predict` checks).
+
+    Parameters
+    ----------
+    thresholds : ndarray of float64, shape (T,)
+        Sorted split thresholds of the continuous feature.
+    values : ndarray of float64, shape (G, T + 1)
+        Forest output per grid row and interval (``x <= thresholds[0]``,
+        ..., ``x > thresholds[-1]``).
+    zero_values : ndarray of float64, shape (G,)
+        Forest output per grid row for ``|x| <= 1e-35``.
     """
 
-    def __init__(self, thresholds: np.ndarray, values: np.ndarray, zero_values: np.ndarray) -> None:
+    def __init__(self, thresholds: NDArray[np.float64], values: NDArray[np.float64],
+                 zero_values: NDArray[np.float64]) -> None:
         self.thresholds, self.values, self.zero_values = thresholds, values, zero_values
 
     @classmethod
-    def from_forest(cls, forest: Forest, continuous: int, grid: np.ndarray) -> "Tabulated":
-        """Tabulate ``forest`` (one output) over ``grid`` rows (values of the other features)."""
+    def from_forest(cls, forest: Forest, continuous: int, grid: ArrayLike) -> Tabulated:
+        """Tabulate ``forest`` (one output) over ``grid`` rows (values of the other features).
+
+        Evaluated with the forest's own :meth:`Forest.predict`, once per
+        (grid row, interval), so that a look-up returns what the trees would.
+
+        Parameters
+        ----------
+        forest : Forest
+            One output.
+        continuous : int
+            Index of the feature the table runs over.
+        grid : array-like of shape (G, F)
+            Every combination of the other features' values (column
+            ``continuous`` is ignored).
+
+        Returns
+        -------
+        Tabulated
+        """
         a = forest.arrays
         splits = a["feature"] == continuous
         thresholds = np.unique(a["threshold"][splits])
@@ -395,8 +479,23 @@ class Tabulated:
         table = forest.predict(X)[:, 0].reshape(n_groups, n_points + 1)
         return cls(thresholds, np.ascontiguousarray(table[:, :-1]), np.ascontiguousarray(table[:, -1]))
 
-    def predict(self, groups: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Forest output for rows in ``groups`` (indices into the grid) with continuous value ``x``."""
+    def predict(self, groups: ArrayLike, x: ArrayLike) -> NDArray[np.float64]:
+        """Forest output for rows in ``groups`` (indices into the grid) with continuous value ``x``.
+
+        A look-up per row instead of a walk of every tree.
+
+        Parameters
+        ----------
+        groups : array-like of int, shape (N,)
+            Row of the ``grid`` of :meth:`from_forest` that each row's other
+            features equal.
+        x : array-like of float, shape (N,)
+            The continuous feature; NaN is refused.
+
+        Returns
+        -------
+        ndarray of float64, shape (N,)
+        """
         x = np.ascontiguousarray(x, dtype=np.float64)
         if np.isnan(x).any():
             raise ValueError("Tabulated forests do not take NaN")

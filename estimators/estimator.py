@@ -20,9 +20,11 @@ tests compare it with (``tests/reference_estimator.py``).
 from __future__ import annotations
 
 import weakref
-from typing import NamedTuple, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple, Protocol
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, clone
 
 from .table import RoutingTable
@@ -44,9 +46,11 @@ class Estimates(NamedTuple):
     ----------
     quality : ndarray of float64, shape (N, K)
         ``q̂_i(x | R)`` in [0, 1].
-    sigma : ndarray of float64, shape (N, K)
+    sigma : ndarray of float64, shape (N, K), or None
         Standard deviation of the quality estimate's error (> 0), and
-        ``run_sigma`` (default 0) for the models in ``R``.
+        ``run_sigma`` (default 0) for the models in ``R``; ``None`` when
+        :meth:`RouterEstimator.estimate` was asked for quality only
+        (``with_sigma=False``).
     cost : ndarray of float64, shape (N, K)
         ``ĉ_i(x | R)`` in USD; the observed cost for models in ``R``.
     cov : ndarray of float64, shape (N, K, K) or None
@@ -54,10 +58,10 @@ class Estimates(NamedTuple):
         ``covariance=True``; its diagonal is ``sigma**2``.
     """
 
-    quality: np.ndarray
-    sigma: np.ndarray
-    cost: np.ndarray
-    cov: np.ndarray | None = None
+    quality: NDArray[np.float64]
+    sigma: NDArray[np.float64] | None
+    cost: NDArray[np.float64]
+    cov: NDArray[np.float64] | None = None
 
 
 class PreparedQueries(NamedTuple):
@@ -74,9 +78,9 @@ class PreparedQueries(NamedTuple):
         linear (see :meth:`~estimators.quality.QualityEstimator.prompt_share`).
     """
 
-    features: np.ndarray
-    ante_cost: np.ndarray
-    quality_share: np.ndarray | None
+    features: NDArray[np.float64]
+    ante_cost: NDArray[np.float64]
+    quality_share: NDArray[np.float64] | None
 
 
 class Estimator(Protocol):
@@ -102,24 +106,121 @@ class Estimator(Protocol):
     signal_names_: list[str]
     uses_responses_: bool
 
-    def predict(self, prompts=None, *, tasks=None, subtasks=None, run=None, responses=None, signals=None,
-                observed_cost=None, input_tokens=None) -> Estimates:
-        """Estimates of every model on ``N`` queries, given what the run models returned."""
+    def predict(
+        self,
+        prompts: ArrayLike | None = None,
+        *,
+        tasks: ArrayLike | None = None,
+        subtasks: ArrayLike | None = None,
+        run: ArrayLike | Sequence[str] | None = None,
+        responses: ArrayLike | None = None,
+        signals: Mapping[str, ArrayLike] | None = None,
+        observed_cost: ArrayLike | None = None,
+        input_tokens: ArrayLike | None = None,
+    ) -> Estimates:
+        """Estimates of every model on ``N`` queries, given what the run models returned (checked inputs).
 
-    def prepare(self, prompts=None, tasks=None, subtasks=None, *, input_tokens=None,
+        What a service calls per request (:meth:`RouterEstimator.predict`).
+
+        Parameters
+        ----------
+        prompts, tasks, subtasks : array-like of str, shape (N,), optional
+            The per-query inputs in :attr:`columns_`.
+        run : (N, K) array-like of bool, or list of model names, optional
+            Models already run; default none.
+        responses : (N, K) array-like of object, optional
+            Response texts of the run models.
+        signals : mapping of str to (N, K) array-like of float, optional
+            Every signal in :attr:`signal_names_` (NaN only where not run).
+        observed_cost : (N, K) array-like of float, optional
+            Cost of the run models (required when any model ran).
+        input_tokens : (N, K) array-like of float, optional
+            Input token counts for price-based cost.
+
+        Returns
+        -------
+        Estimates
+        """
+
+    def prepare(self, prompts: ArrayLike | None = None, tasks: ArrayLike | None = None,
+                subtasks: ArrayLike | None = None, *, input_tokens: ArrayLike | None = None,
                 parallel: bool = False) -> PreparedQueries:
-        """The per-query part of the estimates, for several :meth:`estimate` calls."""
+        """The per-query part of the estimates, computed once for several :meth:`estimate` calls.
 
-    def estimate(self, prepared: PreparedQueries, rows: np.ndarray, run: np.ndarray, *, responses=None,
-                 signals: dict[str, np.ndarray], observed_cost: np.ndarray, memo: ResponseMemo | None = None,
+        Parameters
+        ----------
+        prompts, tasks, subtasks : array-like of str, shape (N,), optional
+            The per-query inputs in :attr:`columns_`.
+        input_tokens : (N, K) array-like of float, optional
+            Input token counts for price-based cost.
+        parallel : bool, default=False
+            Spread the compiled passes over threads (same numbers).
+
+        Returns
+        -------
+        PreparedQueries
+        """
+
+    def estimate(self, prepared: PreparedQueries, rows: NDArray[np.int64], run: NDArray[np.bool_], *,
+                 responses: NDArray[np.object_] | None = None, signals: Mapping[str, NDArray[np.float64]],
+                 observed_cost: NDArray[np.float64], memo: ResponseMemo | None = None,
                  with_sigma: bool = True, parallel: bool = False) -> Estimates:
-        """Estimates of queries ``rows`` of ``prepared`` with run sets ``run`` (checked inputs)."""
+        """Estimates of queries ``rows`` of ``prepared`` with run sets ``run``: one step of a cascade.
 
-    def predict_table(self, table: RoutingTable, run=None, rows: np.ndarray | None = None) -> Estimates:
-        """Estimates of queries ``rows`` of ``table``, the run models' outcomes read from it."""
+        The inputs are taken as checked (see :meth:`RouterEstimator.estimate`).
+
+        Parameters
+        ----------
+        prepared : PreparedQueries
+            :meth:`prepare` of the queries.
+        rows : ndarray of int, shape (M,)
+            Which of them to estimate.
+        run : ndarray of bool, shape (M, K)
+            Their run sets.
+        responses : ndarray of object, shape (M, K), optional
+            Response texts (read only where ``run``).
+        signals : mapping of str to ndarray of float64, shape (M, K)
+            Every signal in :attr:`signal_names_` (read only where ``run``).
+        observed_cost : ndarray of float64, shape (M, K)
+            Cost of the run models (read only where ``run``).
+        memo : ResponseMemo, optional
+            Shared by the calls of one job, so each response is parsed once.
+        with_sigma : bool, default=True
+            ``False`` returns quality and cost only (``sigma`` and ``cov`` ``None``).
+        parallel : bool, default=False
+            Spread the compiled passes over threads (same numbers).
+
+        Returns
+        -------
+        Estimates
+        """
+
+    def predict_table(self, table: RoutingTable, run: ArrayLike | Sequence[str] | None = None,
+                      rows: ArrayLike | None = None) -> Estimates:
+        """Estimates of queries ``rows`` of ``table``, the run models' outcomes read from it (policy episodes).
+
+        Parameters
+        ----------
+        table : RoutingTable
+            Same models, in the same order, as :attr:`models_`.
+        run : (M, K) array-like of bool, or list of model names, optional
+            Run sets, one row per entry of ``rows``; default none.
+        rows : array-like of int, shape (M,), optional
+            Queries of ``table`` to estimate; default all.
+
+        Returns
+        -------
+        Estimates
+        """
 
     def warm_up(self, parallel: bool = False) -> None:
-        """Compile every kernel prediction uses."""
+        """Compile every kernel prediction uses, so that the first request is as fast as the next.
+
+        Parameters
+        ----------
+        parallel : bool, default=False
+            Also compile the row-parallel variants.
+        """
 
 
 def _residual_correlation(oof: dict, k: int) -> np.ndarray:
@@ -271,8 +372,20 @@ class RouterEstimator:
         self.uncertainty = uncertainty
         self.random_state = random_state
 
-    def fit(self, table: RoutingTable, rows: Sequence[int] | np.ndarray | None = None) -> "RouterEstimator":
-        """Fit on ``table`` (restricted to ``rows`` when given); returns ``self``."""
+    def fit(self, table: RoutingTable, rows: ArrayLike | Sequence[int] | None = None) -> RouterEstimator:
+        """Fit the featurizer, quality, σ and cost models on ``table``, then freeze them for prediction.
+
+        Parameters
+        ----------
+        table : RoutingTable
+            Training queries; quality and cost must be finite.
+        rows : array-like of int or bool, optional
+            Fit on ``table.subset(rows)`` only; default all queries.
+
+        Returns
+        -------
+        self : RouterEstimator
+        """
         if not isinstance(table, RoutingTable):
             raise TypeError(f"table must be a RoutingTable; got {type(table).__name__}")
         if rows is not None:
@@ -309,7 +422,8 @@ class RouterEstimator:
         if not hasattr(self, "quality_"):
             raise ValueError("this RouterEstimator is not fitted yet; call fit(table) first")
 
-    def prepare(self, prompts=None, tasks=None, subtasks=None, *, input_tokens=None,
+    def prepare(self, prompts: ArrayLike | None = None, tasks: ArrayLike | None = None,
+                subtasks: ArrayLike | None = None, *, input_tokens: ArrayLike | None = None,
                 parallel: bool = False) -> PreparedQueries:
         """Prompt features, ex-ante costs and the prompt's quality share of ``N`` queries.
 
@@ -325,6 +439,10 @@ class RouterEstimator:
             Input token counts for price-based cost; default ``ceil(len(prompt)/4)``.
         parallel : bool, default=False
             Spread the compiled passes over threads (same numbers).
+
+        Returns
+        -------
+        PreparedQueries
         """
         self._check_fitted()
         given, n = per_query_inputs(self.columns_, prompts, tasks, subtasks)
@@ -334,8 +452,9 @@ class RouterEstimator:
         return PreparedQueries(features, self.cost_.predict_ante(features, tokens, parallel=parallel),
                                self.quality_.prompt_share(features))
 
-    def estimate(self, prepared: PreparedQueries, rows: np.ndarray, run: np.ndarray, *, responses=None,
-                 signals: dict[str, np.ndarray], observed_cost: np.ndarray, memo: ResponseMemo | None = None,
+    def estimate(self, prepared: PreparedQueries, rows: NDArray[np.int64], run: NDArray[np.bool_], *,
+                 responses: NDArray[np.object_] | None = None, signals: Mapping[str, NDArray[np.float64]],
+                 observed_cost: NDArray[np.float64], memo: ResponseMemo | None = None,
                  with_sigma: bool = True, parallel: bool = False) -> Estimates:
         """Estimates of the queries ``rows`` of ``prepared`` with run sets ``run``.
 
@@ -348,9 +467,10 @@ class RouterEstimator:
         rows : ndarray of int, shape (M,)
             Which of them to estimate.
         run : ndarray of bool, shape (M, K)
+            Their run sets.
         responses : (M, K) object array, optional
             Response texts (read only where ``run``).
-        signals : dict of str to (M, K) float arrays
+        signals : mapping of str to (M, K) float arrays
             Every signal the estimator was fitted with (read only where ``run``).
         observed_cost : (M, K) float array
             Cost of the run models (read only where ``run``).
@@ -361,6 +481,11 @@ class RouterEstimator:
             ``sigma`` and ``cov`` are then ``None``.
         parallel : bool, default=False
             Spread the compiled passes over threads (same numbers).
+
+        Returns
+        -------
+        Estimates
+            Shape ``(M, K)`` (``cov`` ``(M, K, K)``).
         """
         info = None
         if self.uses_responses_:
@@ -394,15 +519,15 @@ class RouterEstimator:
 
     def predict(
         self,
-        prompts: Sequence[str] | np.ndarray | None = None,
+        prompts: ArrayLike | None = None,
         *,
-        tasks: Sequence[str] | np.ndarray | None = None,
-        subtasks: Sequence[str] | np.ndarray | None = None,
-        run: np.ndarray | Sequence[str] | None = None,
-        responses: np.ndarray | None = None,
-        signals: dict[str, np.ndarray] | None = None,
-        observed_cost: np.ndarray | None = None,
-        input_tokens: np.ndarray | None = None,
+        tasks: ArrayLike | None = None,
+        subtasks: ArrayLike | None = None,
+        run: ArrayLike | Sequence[str] | None = None,
+        responses: ArrayLike | None = None,
+        signals: Mapping[str, ArrayLike] | None = None,
+        observed_cost: ArrayLike | None = None,
+        input_tokens: ArrayLike | None = None,
     ) -> Estimates:
         """Estimate every model on ``N`` new queries, given what the run models returned.
 
@@ -414,7 +539,7 @@ class RouterEstimator:
             Models already run on each query; default none (ex-ante).
         responses : (N, K) object array, optional
             Response texts of the run models (other cells are ignored).
-        signals : dict of str to (N, K) float arrays, optional
+        signals : mapping of str to (N, K) float arrays, optional
             Every signal the estimator was fitted with; NaN allowed only where
             a model did not run.
         observed_cost : (N, K) float array, optional
@@ -433,8 +558,8 @@ class RouterEstimator:
                              signals=check_signals(signals, self.signal_names_, run),
                              observed_cost=check_observed_cost(observed_cost, run))
 
-    def predict_table(self, table: RoutingTable, run: np.ndarray | Sequence[str] | None = None,
-                      rows: np.ndarray | None = None) -> Estimates:
+    def predict_table(self, table: RoutingTable, run: ArrayLike | Sequence[str] | None = None,
+                      rows: ArrayLike | None = None) -> Estimates:
         """Estimate every model on the queries of ``table``, reading the run models' data from it.
 
         This is the step a policy evaluation repeats (decide, run, re-estimate):
@@ -444,6 +569,20 @@ class RouterEstimator:
         (:meth:`prepare`) and the parsed responses are kept for the last
         table seen, so repeated calls with new run sets cost only the
         regressors.
+
+        Parameters
+        ----------
+        table : RoutingTable
+            Same models, in the same order, as :attr:`models_`.
+        run : (M, K) bool array or list of model names, optional
+            Run sets, one row per entry of ``rows``; default none.
+        rows : array-like of int, shape (M,), optional
+            Queries of ``table`` to estimate; default all.
+
+        Returns
+        -------
+        Estimates
+            Shape ``(M, K)``.
         """
         self._check_fitted()
         if not isinstance(table, RoutingTable):
@@ -478,6 +617,11 @@ class RouterEstimator:
         The serial kernels are cached on disk after the first process, the
         parallel ones are compiled once per process, so a batch job calls
         this before its clock starts and a service before its first request.
+
+        Parameters
+        ----------
+        parallel : bool, default=False
+            Also compile the row-parallel variants.
         """
         self._check_fitted()
         prompts = ["What is 2 + 2?\nA) 3\nB) 4", "Ünïcödé — 東京?", ""]
@@ -504,7 +648,22 @@ ESTIMATOR_KINDS = ("learned", "linear")
 
 def make_router_estimator(kind: str = "learned", prices: dict[str, tuple[float, float]] | None = None
                           ) -> RouterEstimator:
-    """A :class:`RouterEstimator` of the named family: LightGBM (``learned``) or ridge (``linear``)."""
+    """A :class:`RouterEstimator` of the named family: LightGBM (``learned``) or ridge (``linear``).
+
+    The one mapping from the CLI's ``--estimator`` to an estimator.
+
+    Parameters
+    ----------
+    kind : {"learned", "linear"}, default="learned"
+        One of :data:`ESTIMATOR_KINDS`.
+    prices : dict of str to (float, float), optional
+        USD per 1M input and output tokens per model, for the cost estimator.
+
+    Returns
+    -------
+    RouterEstimator
+        Unfitted.
+    """
     if kind not in ESTIMATOR_KINDS:
         raise ValueError(f"unknown estimator {kind!r}; choose one of {list(ESTIMATOR_KINDS)}")
     quality = QualityEstimator(regressor=make_linear_regressor()) if kind == "linear" else QualityEstimator()

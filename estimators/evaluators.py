@@ -20,12 +20,16 @@ tests in ``tests/``); these objects hold only arrays, scalars and, for
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ._forest import Forest
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 __all__ = ["Affine", "Called", "FrozenRegressors", "freeze_regressors"]
 
@@ -50,7 +54,7 @@ class Affine:
         Fitted pipelines accepted by :meth:`supports`.
     """
 
-    def __init__(self, pipelines: Sequence) -> None:
+    def __init__(self, pipelines: Sequence[Pipeline]) -> None:
         weights, missing_weights, bias = [], [], []
         for pipeline in pipelines:
             imputer, scaler, ridge = (step for _, step in pipeline.steps)
@@ -74,7 +78,22 @@ class Affine:
 
     @classmethod
     def supports(cls, regressor: object) -> bool:
-        """Whether ``regressor`` is a fitted pipeline this map reproduces exactly (up to rounding)."""
+        """Whether ``regressor`` is a fitted pipeline this map reproduces exactly (up to rounding).
+
+        Checked by exact types, so a subclass that might transform
+        differently is called through its own ``predict`` instead.
+
+        Parameters
+        ----------
+        regressor : object
+            Any fitted regressor.
+
+        Returns
+        -------
+        bool
+            ``True`` for ``SimpleImputer`` (NaN as missing, ``missing-only``
+            indicator) → ``StandardScaler`` → ``Ridge``.
+        """
         from sklearn.impute import SimpleImputer
         from sklearn.linear_model import Ridge
         from sklearn.pipeline import Pipeline
@@ -90,7 +109,22 @@ class Affine:
                 and (indicator is None or indicator.features == "missing-only"))
 
     def partial(self, X: NDArray[np.float64], start: int = 0) -> NDArray[np.float64]:
-        """Contribution (without the bias) of input columns ``start … start + X.shape[1] - 1`` given as ``X``."""
+        """Contribution (without the bias) of input columns ``start … start + X.shape[1] - 1`` given as ``X``.
+
+        The map is a sum over input columns, so a caller can evaluate the
+        prompt's columns once and the post-hoc ones per step.
+
+        Parameters
+        ----------
+        X : ndarray of float64, shape (N, C)
+            Those input columns, NaN for missing.
+        start : int, default=0
+            Index of ``X``'s first column among the pipelines' inputs.
+
+        Returns
+        -------
+        ndarray of float64, shape (N, n_outputs)
+        """
         columns = slice(start, start + X.shape[1])
         missing = np.isnan(X)
         if not missing.any():  # adding the zero product would change nothing
@@ -98,7 +132,19 @@ class Affine:
         return np.where(missing, 0.0, X) @ self.weights[columns] + missing @ self.missing_weights[columns]
 
     def predict(self, X: NDArray[np.float64], parallel: bool = False) -> NDArray[np.float64]:
-        """Outputs ``(N, n_outputs)`` on ``X``; ``parallel`` is accepted for a uniform interface."""
+        """The pipelines' outputs on ``X`` from two matrix products.
+
+        Parameters
+        ----------
+        X : ndarray of float64, shape (N, F)
+            Every input column, NaN for missing.
+        parallel : bool, default=False
+            Accepted for a uniform interface (the products use BLAS threads).
+
+        Returns
+        -------
+        ndarray of float64, shape (N, n_outputs)
+        """
         return self.partial(X) + self.bias
 
 
@@ -108,13 +154,25 @@ class Called:
     Parameters
     ----------
     regressor : fitted regressor
+        Called as it is.
     """
 
     def __init__(self, regressor: object) -> None:
         self.regressor = regressor
 
     def predict(self, X: NDArray[np.float64], parallel: bool = False) -> NDArray[np.float64]:
-        """The regressor's predictions as columns ``(N, n_outputs)``."""
+        """The regressor's predictions as columns, the shape every frozen part returns.
+
+        Parameters
+        ----------
+        X : ndarray of float64, shape (N, F)
+        parallel : bool, default=False
+            Accepted for a uniform interface (not used).
+
+        Returns
+        -------
+        ndarray of float64, shape (N, n_outputs)
+        """
         out = np.asarray(self.regressor.predict(X), dtype=np.float64)
         return out.reshape(len(X), -1)
 
@@ -130,7 +188,7 @@ class FrozenRegressors:
         regressors' outputs in order.
     """
 
-    def __init__(self, parts: list) -> None:
+    def __init__(self, parts: list[Forest | Affine | Called]) -> None:
         self.parts = parts
 
     @property
@@ -139,18 +197,29 @@ class FrozenRegressors:
         return self.parts[0] if len(self.parts) == 1 and isinstance(self.parts[0], Affine) else None
 
     def predict(self, X: NDArray[np.float64], parallel: bool = False) -> NDArray[np.float64]:
-        """Every regressor's prediction on ``X``, ``(N, outputs)``; ``parallel`` spreads rows over threads."""
+        """Every regressor's prediction on ``X``, side by side in regressor order.
+
+        Parameters
+        ----------
+        X : ndarray of float64, shape (N, F)
+        parallel : bool, default=False
+            Spread the forests' rows over threads (same numbers).
+
+        Returns
+        -------
+        ndarray of float64, shape (N, outputs)
+        """
         if len(self.parts) == 1:
             return self.parts[0].predict(X, parallel)
         return np.hstack([part.predict(X, parallel) for part in self.parts])
 
 
-def freeze_regressors(regressors: Sequence) -> FrozenRegressors:
+def freeze_regressors(regressors: Iterable[object]) -> FrozenRegressors:
     """Freeze fitted regressors: one :class:`Forest` for all LightGBM ones, affine maps for ridge pipelines.
 
     Parameters
     ----------
-    regressors : sequence of fitted regressors
+    regressors : iterable of fitted regressors
         Their outputs, in order, are the columns of the frozen prediction.
 
     Returns

@@ -9,8 +9,11 @@ counts, plus the task and subtask as one-hot categories.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import TruncatedSVD
@@ -23,7 +26,7 @@ from ._textkernels import (ascii_ngram_counts, ascii_text_features, ascii_text_f
                            project_counts, structure_counts)
 
 __all__ = ["TextFeaturizer", "StructuralFeaturizer", "FrozenFeaturizer", "make_prompt_featurizer", "prompt_frame",
-           "as_texts", "CHAR_NGRAMS"]
+           "as_texts", "structure_counts_of", "CHAR_NGRAMS"]
 
 #: Character n-gram lengths of :class:`TextFeaturizer` (word n-grams are 1 and 2).
 CHAR_NGRAMS = (3, 4)
@@ -145,7 +148,20 @@ class TextFeaturizer(_TextTransformer):
         chars = hasher(analyzer="char_wb", ngram_range=CHAR_NGRAMS).transform([t[-self.char_chars:] for t in texts])
         return sparse.hstack([words, chars], format="csr")
 
-    def fit(self, X, y=None) -> "TextFeaturizer":
+    def fit(self, X: ArrayLike, y: object = None) -> TextFeaturizer:
+        """Learn the n-grams' inverse document frequencies and the SVD projection.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_columns)
+            Text cells; each row's cells are joined into one text.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : TextFeaturizer
+        """
         texts = self._texts(X, reset=True)
         counts = self._hashed(texts)
         self.tfidf_ = TfidfTransformer(sublinear_tf=True).fit(counts)
@@ -155,7 +171,19 @@ class TextFeaturizer(_TextTransformer):
             self.svd_ = TruncatedSVD(n_components, random_state=self.random_state).fit(self.tfidf_.transform(counts))
         return self
 
-    def transform(self, X) -> np.ndarray:
+    def transform(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Project each text's TF-IDF vector on the fitted SVD components.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_features_in_)
+            Text cells; each row's cells are joined into one text.
+
+        Returns
+        -------
+        ndarray of float64, shape (N, n_components)
+            Columns beyond the fitted components are 0.
+        """
         check_is_fitted(self, "tfidf_")
         texts = self._texts(X, reset=False)
         out = np.zeros((len(texts), self.n_components))
@@ -202,13 +230,26 @@ def _counts(text: str) -> list[int]:
     return counts + [sum(text.count(marker) for marker in markers) for markers in _SUBSTRINGS.values()]
 
 
-def structure_counts_of(texts, encoded: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """Raw counts ``(N, 1 + classes + marker groups)`` of :class:`StructuralFeaturizer`.
+def structure_counts_of(texts: Sequence[str] | NDArray[np.object_],
+                        encoded: tuple[NDArray[np.uint8], NDArray[np.int64], NDArray[np.bool_]] | None = None
+                        ) -> NDArray[np.float64]:
+    """Raw counts of :class:`StructuralFeaturizer`, shared by the featurizer and its frozen twin.
 
     ASCII texts are counted in one compiled pass
     (:func:`~estimators._textkernels.structure_counts`), the others by
-    :func:`_counts`. ``encoded`` is :func:`~estimators._textkernels.encode_texts`
-    of ``texts`` when the caller has it already.
+    :func:`_counts`.
+
+    Parameters
+    ----------
+    texts : sequence of str, shape (N,)
+    encoded : (bytes, offsets, ascii), optional
+        :func:`~estimators._textkernels.encode_texts` of ``texts`` when the
+        caller has it already.
+
+    Returns
+    -------
+    ndarray of float64, shape (N, 1 + classes + marker groups)
+        Length in characters, byte-class counts, marker-group counts.
     """
     text, offsets, ascii = encode_texts(texts) if encoded is None else encoded
     counts = np.empty((len(texts), 1 + len(_BYTE_CLASSES) + len(_SUBSTRINGS)))
@@ -243,31 +284,77 @@ class StructuralFeaturizer(_TextTransformer):
         Names of the output columns.
     """
 
-    def fit(self, X, y=None) -> "StructuralFeaturizer":
+    def fit(self, X: ArrayLike, y: object = None) -> StructuralFeaturizer:
+        """Check the input and name the output columns: the counts themselves need no fitting.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_columns)
+            Text cells; each row's cells are joined into one text.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : StructuralFeaturizer
+        """
         self._texts(X, reset=True)
         self.feature_names_ = [f"log_{name}" for name in ("chars", *_BYTE_CLASSES, *_SUBSTRINGS)]
         return self
 
-    def transform(self, X) -> np.ndarray:
+    def transform(self, X: ArrayLike) -> NDArray[np.float64]:
+        """``log1p`` of each text's structural counts.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_features_in_)
+            Text cells; each row's cells are joined into one text.
+
+        Returns
+        -------
+        ndarray of float64, shape (N, len(feature_names_))
+        """
         check_is_fitted(self, "feature_names_")
         return np.log1p(structure_counts_of(self._texts(X, reset=False)))
 
-    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+    def get_feature_names_out(self, input_features: ArrayLike | None = None) -> NDArray[np.object_]:
+        """Names of the output columns, for ``ColumnTransformer`` and pipelines.
+
+        Parameters
+        ----------
+        input_features : array-like of str, optional
+            Ignored: the names do not depend on the input columns.
+
+        Returns
+        -------
+        ndarray of object
+            :attr:`feature_names_`.
+        """
         check_is_fitted(self, "feature_names_")
         return np.asarray(self.feature_names_, dtype=object)
 
 
-def as_texts(values) -> np.ndarray:
+def as_texts(values: ArrayLike) -> NDArray[np.object_]:
     """One string per entry as an object array: ``None`` and NaN become ``''``, other values ``str(value)``.
 
     A list comprehension, not ``astype(str)``: that would build a
     fixed-width array as wide as the longest prompt.
+
+    Parameters
+    ----------
+    values : array-like
+        Any shape; flattened.
+
+    Returns
+    -------
+    ndarray of object, shape (values.size,)
     """
     values = np.asarray(values, dtype=object).ravel()
     return np.array([v if isinstance(v, str) else "" if pd.isna(v) else str(v) for v in values], dtype=object)
 
 
-def prompt_frame(prompts=None, tasks=None, subtasks=None, n: int | None = None) -> pd.DataFrame:
+def prompt_frame(prompts: ArrayLike | None = None, tasks: ArrayLike | None = None,
+                 subtasks: ArrayLike | None = None, n: int | None = None) -> pd.DataFrame:
     """Collect the per-query inputs of the prompt featurizer into one frame.
 
     Parameters
@@ -294,7 +381,7 @@ def prompt_frame(prompts=None, tasks=None, subtasks=None, n: int | None = None) 
 
 
 def make_prompt_featurizer(
-    columns, *, text: BaseEstimator | None = None, min_frequency: int = 10
+    columns: Iterable[str], *, text: BaseEstimator | None = None, min_frequency: int = 10
 ) -> ColumnTransformer:
     """Build the default prompt featurizer for the columns that are present.
 
@@ -528,7 +615,8 @@ class FrozenFeaturizer:
             else:
                 self.blocks.append(_CalledBlock(transformer, columns))
 
-    def transform(self, values: dict[str, np.ndarray], n: int, *, parallel: bool = False) -> np.ndarray:
+    def transform(self, values: dict[str, NDArray[np.object_]], n: int, *,
+                  parallel: bool = False) -> NDArray[np.float64]:
         """Prompt features ``(n, F)``, equal to the fitted featurizer's ``transform`` of the same columns.
 
         Parameters
@@ -539,6 +627,10 @@ class FrozenFeaturizer:
             Number of queries.
         parallel : bool, default=False
             Spread the compiled text pass over threads (same numbers).
+
+        Returns
+        -------
+        ndarray of float64, shape (n, F)
         """
         columns = _EncodedColumns(values)
         blocks = [block(columns, n, parallel) for block in self.blocks]

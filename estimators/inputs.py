@@ -7,19 +7,38 @@ that ran would otherwise turn silently into "model not run".
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = ["check_run", "check_signals", "check_responses", "check_observed_cost", "check_per_query",
            "per_query_inputs"]
 
 
-def check_run(run, n: int, models: Sequence[str]) -> np.ndarray:
-    """Return the run matrix as ``(n, K)`` bool.
+def check_run(run: ArrayLike | Sequence[str] | None, n: int, models: Sequence[str]) -> NDArray[np.bool_]:
+    """Return the run matrix as ``(n, K)`` bool, so that a wrong one fails here and not as "not run".
 
-    ``run`` may be ``None`` (nothing run), a sequence of model names (the same
-    run set for every query) or an ``(n, K)`` array of bool or 0/1 integers.
+    Parameters
+    ----------
+    run : (n, K) array-like of bool or 0/1 integers, list of str, or None
+        ``None``: nothing run; a list (or tuple) of model names: the same
+        run set for every query; else one row per query.
+    n : int
+        Number of queries.
+    models : sequence of str
+        The ``K`` model names, in column order.
+
+    Returns
+    -------
+    ndarray of bool, shape (n, K)
+
+    Raises
+    ------
+    ValueError
+        On an unknown model name, a wrong shape or integers other than 0/1.
+    TypeError
+        On another dtype.
     """
     k = len(models)
     if run is None:
@@ -40,8 +59,31 @@ def check_run(run, n: int, models: Sequence[str]) -> np.ndarray:
     return run.astype(bool)
 
 
-def check_per_query(name: str, values, n: int | None) -> np.ndarray | None:
-    """Return ``values`` as an object array of one string per query (or None)."""
+def check_per_query(name: str, values: ArrayLike | None, n: int | None) -> NDArray[np.object_] | None:
+    """Return ``values`` as an object array of one entry per query (or None), refusing a lone string.
+
+    A single string would otherwise read as one query per character.
+
+    Parameters
+    ----------
+    name : str
+        Argument name, quoted in error messages (``prompts``, ``tasks``, ...).
+    values : array-like of str, shape (n,), or None
+    n : int or None
+        Expected number of queries; ``None`` accepts any length.
+
+    Returns
+    -------
+    ndarray of object, shape (n,), or None
+        ``None`` when ``values`` is.
+
+    Raises
+    ------
+    TypeError
+        If ``values`` is a single string.
+    ValueError
+        If it is not 1-D of length ``n``.
+    """
     if values is None:
         return None
     if isinstance(values, str):
@@ -52,8 +94,31 @@ def check_per_query(name: str, values, n: int | None) -> np.ndarray | None:
     return values
 
 
-def check_signals(signals, names: Sequence[str], run: np.ndarray) -> dict[str, np.ndarray]:
-    """Return the named signals as float64 ``(N, K)`` arrays, NaN only where a model did not run."""
+def check_signals(signals: Mapping[str, ArrayLike] | None, names: Sequence[str],
+                  run: NDArray[np.bool_]) -> dict[str, NDArray[np.float64]]:
+    """Return the named signals as float64 ``(N, K)`` arrays, NaN only where a model did not run.
+
+    A NaN signal of a model that ran would otherwise read as "not run".
+
+    Parameters
+    ----------
+    signals : mapping of str to (N, K) array-like of float, or None
+        The signals passed; may omit all of them when nothing ran.
+    names : sequence of str
+        The signals the estimator was fitted with, in feature order.
+    run : ndarray of bool, shape (N, K)
+
+    Returns
+    -------
+    dict of str to ndarray of float64, shape (N, K)
+        One entry per name, in ``names`` order; all NaN for an omitted one.
+
+    Raises
+    ------
+    ValueError
+        On an unknown or (when a model ran) missing name, a wrong shape, or
+        a NaN or infinite value where a model ran.
+    """
     signals = {} if signals is None else dict(signals)
     missing = [name for name in names if name not in signals]
     extra = [name for name in signals if name not in names]
@@ -80,8 +145,24 @@ def check_signals(signals, names: Sequence[str], run: np.ndarray) -> dict[str, n
     return checked
 
 
-def check_responses(responses, run: np.ndarray) -> np.ndarray:
-    """Return responses as an ``(N, K)`` object array, ``''`` for models not run."""
+def check_responses(responses: ArrayLike | None, run: NDArray[np.bool_]) -> NDArray[np.object_]:
+    """Return responses as an ``(N, K)`` object array, ``''`` for models not run (their text is never read).
+
+    Parameters
+    ----------
+    responses : (N, K) array-like of object, or None
+        Response texts; ``None`` means none.
+    run : ndarray of bool, shape (N, K)
+
+    Returns
+    -------
+    ndarray of object, shape (N, K)
+
+    Raises
+    ------
+    ValueError
+        On a wrong shape.
+    """
     if responses is None:
         return np.full(run.shape, "", dtype=object)
     responses = np.asarray(responses, dtype=object)
@@ -90,8 +171,26 @@ def check_responses(responses, run: np.ndarray) -> np.ndarray:
     return np.where(run, responses, "")
 
 
-def check_observed_cost(observed_cost, run: np.ndarray) -> np.ndarray:
-    """Return observed costs as float64 ``(N, K)``; finite and >= 0 wherever a model ran."""
+def check_observed_cost(observed_cost: ArrayLike | None, run: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Return observed costs as float64 ``(N, K)``; finite and >= 0 wherever a model ran, since they are used exactly.
+
+    Parameters
+    ----------
+    observed_cost : (N, K) array-like of float, or None
+        ``None`` only when nothing ran.
+    run : ndarray of bool, shape (N, K)
+
+    Returns
+    -------
+    ndarray of float64, shape (N, K)
+        All NaN when ``observed_cost`` is ``None``.
+
+    Raises
+    ------
+    ValueError
+        If it is missing while a model ran, has a wrong shape, or is NaN,
+        infinite or negative where a model ran.
+    """
     if observed_cost is None:
         if run.any():
             raise ValueError("observed_cost is required when some model has run: its cost is used exactly")
@@ -108,12 +207,34 @@ def check_observed_cost(observed_cost, run: np.ndarray) -> np.ndarray:
     return cost
 
 
-def per_query_inputs(columns: Sequence[str], prompts, tasks, subtasks) -> tuple[dict, int]:
+def per_query_inputs(columns: Sequence[str], prompts: ArrayLike | None, tasks: ArrayLike | None,
+                     subtasks: ArrayLike | None) -> tuple[dict[str, NDArray[np.object_] | None], int]:
     """Check the per-query inputs an estimator was fitted with; return them by column and ``N``.
 
     Raises ``ValueError`` naming what is missing, so that a request without
     the ``tasks`` the estimator needs fails clearly instead of deep inside the
     featurizer.
+
+    Parameters
+    ----------
+    columns : sequence of str
+        The per-query inputs the estimator reads (``prompt``, ``task``, ``subtask``).
+    prompts, tasks, subtasks : array-like of str, shape (N,), or None
+        As the caller passed them; ``N`` is the length of the first given.
+
+    Returns
+    -------
+    given : dict of str to (ndarray of object or None)
+        Keys ``prompt``, ``task``, ``subtask``, checked by :func:`check_per_query`.
+    n : int
+        Number of queries.
+
+    Raises
+    ------
+    ValueError
+        If a column in ``columns`` is not given, none is given, or lengths differ.
+    TypeError
+        If one of them is a single string.
     """
     given = {"prompt": prompts, "task": tasks, "subtask": subtasks}
     n = next((len(v) for v in given.values() if v is not None and not isinstance(v, str)), None)

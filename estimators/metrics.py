@@ -7,22 +7,46 @@ what the documentation quotes.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from sklearn.metrics import roc_auc_score
 
 __all__ = ["brier", "auroc", "coverage"]
 
 
-def brier(quality: np.ndarray, estimate: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Mean squared error of ``estimate`` against observed ``quality`` (over ``mask``)."""
+def brier(quality: ArrayLike, estimate: ArrayLike, mask: NDArray[np.bool_] | None = None) -> float:
+    """Mean squared error of ``estimate`` against observed ``quality`` (over ``mask``): how close, not only how well ranked.
+
+    Parameters
+    ----------
+    quality, estimate : array-like of float, shape (N, K)
+        Observed quality and its estimate.
+    mask : ndarray of bool, shape (N, K), optional
+        Cells to score; default all.
+
+    Returns
+    -------
+    float
+    """
     error = (np.asarray(quality) - np.asarray(estimate)) ** 2
     return float(error.mean() if mask is None else error[mask].mean())
 
 
-def auroc(quality: np.ndarray, estimate: np.ndarray, mask: np.ndarray | None = None) -> float:
+def auroc(quality: ArrayLike, estimate: ArrayLike, mask: ArrayLike | None = None) -> float:
     """Mean over models of the AUROC of ``estimate`` for ``quality >= 0.5``.
 
     Per model, because routing compares queries for one model; models whose
     selected cells are all right or all wrong are left out. NaN if none is left.
+
+    Parameters
+    ----------
+    quality, estimate : array-like of float, shape (N, K)
+        Observed quality and its estimate.
+    mask : array-like of bool, shape (N, K), optional
+        Cells to score; default all.
+
+    Returns
+    -------
+    float
     """
     quality, estimate = np.asarray(quality), np.asarray(estimate)
     mask = np.ones(quality.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
@@ -34,8 +58,23 @@ def auroc(quality: np.ndarray, estimate: np.ndarray, mask: np.ndarray | None = N
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def coverage(quality: np.ndarray, estimate: np.ndarray, sigma: np.ndarray, k: float,
-             mask: np.ndarray | None = None) -> float:
-    """Share of cells with ``|quality - estimate| <= k * sigma`` (over ``mask``)."""
+def coverage(quality: ArrayLike, estimate: ArrayLike, sigma: ArrayLike, k: float,
+             mask: NDArray[np.bool_] | None = None) -> float:
+    """Share of cells with ``|quality - estimate| <= k * sigma`` (over ``mask``): whether σ means what it says.
+
+    Parameters
+    ----------
+    quality, estimate, sigma : array-like of float, shape (N, K)
+        Observed quality, its estimate and the estimate's σ.
+    k : float
+        Width of the interval in σ (1 and 2 are reported).
+    mask : ndarray of bool, shape (N, K), optional
+        Cells to score; default all.
+
+    Returns
+    -------
+    float
+        Gaussian errors would give about 0.683 for ``k=1`` and 0.954 for ``k=2``.
+    """
     inside = np.abs(np.asarray(quality) - np.asarray(estimate)) <= k * np.asarray(sigma)
     return float(inside.mean() if mask is None else inside[mask].mean())

@@ -8,11 +8,13 @@ values natively; the linear family imputes them with an indicator).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from numba import njit
+from numpy.typing import ArrayLike, NDArray
 
 from kernel.config import JIT_OPTIONS
 
@@ -38,9 +40,9 @@ class ResponseInfo(NamedTuple):
         ran (a GSM8K answer that is not an integer is usually wrong).
     """
 
-    codes: np.ndarray
-    log_length: np.ndarray
-    kind: np.ndarray
+    codes: NDArray[np.int64]
+    log_length: NDArray[np.float64]
+    kind: NDArray[np.float64]
 
 
 def _answer_kind(answer: str) -> float:
@@ -55,11 +57,27 @@ def _answer_kind(answer: str) -> float:
     return 2.0 if value.is_integer() else 3.0
 
 
-def parse_responses(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def parse_responses(texts: ArrayLike
+                    ) -> tuple[NDArray[np.object_], NDArray[np.float64], NDArray[np.float64]]:
     """Per response text (any shape, non-strings as empty): final answer, ``log1p`` length and answer kind.
 
     The per-text half of :func:`read_responses`, for callers that parse
     each text once and compare answers later (the batch replay).
+
+    Parameters
+    ----------
+    texts : array-like of object
+        Response texts, any shape.
+
+    Returns
+    -------
+    answers : ndarray of object
+        :func:`~estimators.answers.final_answer` of each text (``''`` for none).
+    log_length : ndarray of float64
+        ``log1p`` of each text's length in characters.
+    kind : ndarray of float64
+        Kind of each answer, as :attr:`ResponseInfo.kind`.
+        All three have the shape of ``texts``.
     """
     texts = np.asarray(texts, dtype=object)
     answers = final_answers(texts)
@@ -68,8 +86,19 @@ def parse_responses(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return answers, np.log1p(lengths).reshape(texts.shape), kind.reshape(texts.shape)
 
 
-def read_responses(responses: np.ndarray) -> ResponseInfo:
-    """Parse an ``(N, K)`` object array of response texts into :class:`ResponseInfo`."""
+def read_responses(responses: ArrayLike) -> ResponseInfo:
+    """Parse an ``(N, K)`` object array of response texts into :class:`ResponseInfo`, once per table.
+
+    Parameters
+    ----------
+    responses : array-like of object, shape (N, K)
+        Response texts (non-strings read as no response).
+
+    Returns
+    -------
+    ResponseInfo
+        Answer ids numbered over the whole array.
+    """
     answers, log_length, kind = parse_responses(responses)
     codes, _ = pd.factorize(answers.ravel(), use_na_sentinel=False)
     codes = codes.reshape(answers.shape).astype(np.int64) + 1
@@ -91,8 +120,22 @@ class ResponseMemo:
         self.parsed: dict[str, tuple[int, float, float]] = {}
         self.answer_ids: dict[str, int] = {"": 0}
 
-    def lookup(self, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(answer id, log1p length, answer kind)`` per text (a 1-D object array of str)."""
+    def lookup(self, texts: NDArray[np.object_]
+               ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+        """``(answer id, log1p length, answer kind)`` per text, parsing only texts not seen before.
+
+        Parameters
+        ----------
+        texts : ndarray of object, shape (M,)
+            Response texts (str).
+
+        Returns
+        -------
+        answer_id : ndarray of int64, shape (M,)
+            Equal exactly for equal final answers, 0 for none.
+        log_length : ndarray of float64, shape (M,)
+        kind : ndarray of float64, shape (M,)
+        """
         inverse, unique = pd.factorize(texts)
         new = [t for t in unique if t not in self.parsed]
         if new:  # each distinct text once: short answers ("A", "B") repeat a lot
@@ -104,7 +147,8 @@ class ResponseMemo:
                 np.array([f[2] for f in found])[inverse])
 
 
-def run_responses(responses: np.ndarray, run: np.ndarray, memo: ResponseMemo | None = None) -> ResponseInfo:
+def run_responses(responses: NDArray[np.object_], run: NDArray[np.bool_],
+                  memo: ResponseMemo | None = None) -> ResponseInfo:
     """:class:`ResponseInfo` of the run models' responses; cells of models not run read as no response.
 
     The same features as ``read_responses(np.where(run, responses, ""))``
@@ -119,6 +163,11 @@ def run_responses(responses: np.ndarray, run: np.ndarray, memo: ResponseMemo | N
     run : ndarray of bool, shape (N, K)
     memo : ResponseMemo, optional
         Shared by the calls of one job; default a fresh one.
+
+    Returns
+    -------
+    ResponseInfo
+        Zeros in the cells of models not run.
     """
     cells = np.flatnonzero(run.ravel())
     codes = np.zeros(run.size, np.int64)
@@ -130,8 +179,22 @@ def run_responses(responses: np.ndarray, run: np.ndarray, memo: ResponseMemo | N
     return ResponseInfo(codes.reshape(run.shape), log_length.reshape(run.shape), kind.reshape(run.shape))
 
 
-def posthoc_feature_names(models, signal_names, with_responses: bool) -> list[str]:
-    """Names of the columns :func:`posthoc_features` returns, in order."""
+def posthoc_feature_names(models: Sequence[str], signal_names: Sequence[str], with_responses: bool) -> list[str]:
+    """Names of the columns :func:`posthoc_features` returns, in order, for reports and feature importances.
+
+    Parameters
+    ----------
+    models : sequence of str
+        Model names in column order.
+    signal_names : sequence of str
+        Signals in feature order.
+    with_responses : bool
+        Whether the response columns are present.
+
+    Returns
+    -------
+    list of str
+    """
     names = [f"ran[{m}]" for m in models]
     names += [f"{s}[{m}]" for s in signal_names for m in models]
     if with_responses:
@@ -142,12 +205,13 @@ def posthoc_feature_names(models, signal_names, with_responses: bool) -> list[st
     return names
 
 
-def posthoc_features(run: np.ndarray, signals: dict[str, np.ndarray], info: ResponseInfo | None) -> np.ndarray:
+def posthoc_features(run: ArrayLike, signals: Mapping[str, NDArray[np.float64]],
+                     info: ResponseInfo | None) -> NDArray[np.float64]:
     """Build the post-hoc block for queries with run sets ``run``.
 
     Parameters
     ----------
-    run : ndarray of bool, shape (N, K)
+    run : array-like of bool, shape (N, K)
         ``run[n, j]``: model ``j`` has been run on query ``n``.
     signals : dict of str to ndarray of float64, shape (N, K)
         Named numeric signals, in a fixed order; read only where ``run``.

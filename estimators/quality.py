@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 from lightgbm import LGBMRegressor
+from numpy.typing import NDArray
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils import get_tags
 from sklearn.impute import SimpleImputer
@@ -46,11 +47,22 @@ class PosthocData(NamedTuple):
         Parsed responses, ``None`` when there is no response text.
     """
 
-    signals: dict[str, np.ndarray]
+    signals: dict[str, NDArray[np.float64]]
     responses: ResponseInfo | None
 
-    def take(self, rows: np.ndarray) -> "PosthocData":
-        """Return the data of queries ``rows`` (indices, repeats allowed)."""
+    def take(self, rows: NDArray[np.int64]) -> PosthocData:
+        """Return the data of queries ``rows`` (indices, repeats allowed), as training rows repeat queries.
+
+        Parameters
+        ----------
+        rows : ndarray of int, shape (M,)
+            Query indices.
+
+        Returns
+        -------
+        PosthocData
+            Every array restricted to ``rows``, in that order.
+        """
         responses = None if self.responses is None else ResponseInfo(*(a[rows] for a in self.responses))
         return PosthocData({name: value[rows] for name, value in self.signals.items()}, responses)
 
@@ -71,6 +83,18 @@ def make_lightgbm_regressor(n_estimators: int = 100, n_jobs: int = 1) -> LGBMReg
     tree keep training of 11 models within seconds. ``n_jobs=1``: OpenMP
     threads spin-wait, and on a shared 2-core machine multi-threaded fits of
     small tables ran up to 100 times slower.
+
+    Parameters
+    ----------
+    n_estimators : int, default=100
+        Number of trees.
+    n_jobs : int, default=1
+        LightGBM threads.
+
+    Returns
+    -------
+    LGBMRegressor
+        Unfitted.
     """
     return LGBMRegressor(
         objective="cross_entropy", n_estimators=n_estimators, learning_rate=0.05, num_leaves=7,
@@ -84,6 +108,17 @@ def make_linear_regressor(alpha: float = 10.0) -> Pipeline:
 
     Missing post-hoc cells are imputed with the column mean plus a
     "was missing" indicator, so the linear model knows which models ran.
+
+    Parameters
+    ----------
+    alpha : float, default=10.0
+        Ridge penalty.
+
+    Returns
+    -------
+    Pipeline
+        Unfitted ``SimpleImputer → StandardScaler → Ridge``; multi-output,
+        so one fit serves every model.
     """
     return make_pipeline(
         SimpleImputer(add_indicator=True, keep_empty_features=True), StandardScaler(), Ridge(alpha=alpha)
@@ -192,8 +227,9 @@ class QualityEstimator(BaseEstimator):
     def _predict_regressors(regressors: list[BaseEstimator], X: np.ndarray) -> np.ndarray:
         return np.clip(np.column_stack([r.predict(X) for r in regressors]), 0.0, 1.0)
 
-    def fit(self, prompt_features: np.ndarray, quality: np.ndarray, posthoc: PosthocData) -> "QualityEstimator":
-        """Fit on ``N`` queries.
+    def fit(self, prompt_features: NDArray[np.float64], quality: NDArray[np.float64],
+            posthoc: PosthocData) -> QualityEstimator:
+        """Fit the per-model regressors on sampled run sets, and σ on their out-of-fold residuals.
 
         Parameters
         ----------
@@ -202,6 +238,10 @@ class QualityEstimator(BaseEstimator):
             Observed quality of every model on every query.
         posthoc : PosthocData
             Signals and responses of every model on every query.
+
+        Returns
+        -------
+        self : QualityEstimator
         """
         n, k = quality.shape
         rows, run = sample_run_sets(
@@ -229,29 +269,51 @@ class QualityEstimator(BaseEstimator):
             self.sigma_table_ = self.sigma_.tabulate(0, grid)
         return self
 
-    def fitted_quality(self, prompt_features: np.ndarray, run: np.ndarray, posthoc: PosthocData) -> np.ndarray:
+    def fitted_quality(self, prompt_features: NDArray[np.float64], run: NDArray[np.bool_],
+                       posthoc: PosthocData) -> NDArray[np.float64]:
         """Quality estimates from the fitted regressors' own ``predict``, for work done while fitting.
 
         Fitting computes with the libraries as they are (out-of-fold
         estimates, the reveal σ of :class:`~estimators.estimator.RouterEstimator`);
         :meth:`predict_quality` gives the same numbers (to rounding) from
         the frozen arrays.
+
+        Parameters
+        ----------
+        prompt_features : ndarray of float64, shape (N, F)
+        run : ndarray of bool, shape (N, K)
+        posthoc : PosthocData
+            What the run models returned.
+
+        Returns
+        -------
+        ndarray of float64, shape (N, K)
+            In [0, 1].
         """
         return self._predict_regressors(self.regressors_, _features(prompt_features, run, posthoc))
 
-    def prompt_share(self, prompt_features: np.ndarray) -> np.ndarray | None:
+    def prompt_share(self, prompt_features: NDArray[np.float64]) -> NDArray[np.float64] | None:
         """The prompt's share of the raw quality estimates when the regressors are one affine map, else ``None``.
 
         It does not depend on the run set, so a caller estimating the same
         queries at several steps computes it once and passes it as
         ``share`` to :meth:`predict_quality`; the sums are the same either
         way, so results are bit-identical.
+
+        Parameters
+        ----------
+        prompt_features : ndarray of float64, shape (N, F)
+
+        Returns
+        -------
+        ndarray of float64, shape (N, K), or None
+            Prompt columns' contribution plus the bias, before clipping.
         """
         affine = self.frozen_.affine
         return None if affine is None else affine.partial(prompt_features) + affine.bias
 
-    def predict_quality(self, prompt_features: np.ndarray, run: np.ndarray, posthoc: PosthocData, *,
-                        share: np.ndarray | None = None, parallel: bool = False) -> np.ndarray:
+    def predict_quality(self, prompt_features: NDArray[np.float64], run: NDArray[np.bool_], posthoc: PosthocData, *,
+                        share: NDArray[np.float64] | None = None, parallel: bool = False) -> NDArray[np.float64]:
         """Quality estimates ``(N, K)`` in [0, 1] for run sets ``run``.
 
         Parameters
@@ -264,6 +326,10 @@ class QualityEstimator(BaseEstimator):
             :meth:`prompt_share` of ``prompt_features``, if already known.
         parallel : bool, default=False
             Spread the forest over threads (same numbers).
+
+        Returns
+        -------
+        ndarray of float64, shape (N, K)
         """
         block = posthoc_features(run, posthoc.signals, posthoc.responses)
         share = self.prompt_share(prompt_features) if share is None else share
@@ -273,7 +339,8 @@ class QualityEstimator(BaseEstimator):
             raw = share + self.frozen_.affine.partial(block, prompt_features.shape[1])
         return np.clip(raw, 0.0, 1.0)
 
-    def predict_sigma(self, quality: np.ndarray, run: np.ndarray, cells: np.ndarray | None = None) -> np.ndarray:
+    def predict_sigma(self, quality: NDArray[np.float64], run: NDArray[np.bool_],
+                      cells: NDArray[np.bool_] | None = None) -> NDArray[np.float64]:
         """The σ model's standard deviation ``(N, K)`` of the estimates ``quality`` given ``run``.
 
         Parameters
@@ -284,6 +351,11 @@ class QualityEstimator(BaseEstimator):
         cells : ndarray of bool, shape (N, K), optional
             Evaluate only these (query, model) cells; the others are NaN.
             Default all.
+
+        Returns
+        -------
+        ndarray of float64, shape (N, K)
+            ``> 0`` in the evaluated cells.
         """
         n, k = quality.shape
         flat = np.arange(n * k) if cells is None else np.flatnonzero(np.asarray(cells).ravel())
@@ -299,8 +371,20 @@ class QualityEstimator(BaseEstimator):
         return sigma.reshape(n, k)
 
     def predict(
-        self, prompt_features: np.ndarray, run: np.ndarray, posthoc: PosthocData
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(quality, sigma)``, each of shape (N, K), for run sets ``run``."""
+        self, prompt_features: NDArray[np.float64], run: NDArray[np.bool_], posthoc: PosthocData
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Return ``(quality, sigma)`` for run sets ``run``: :meth:`predict_quality`, then :meth:`predict_sigma`.
+
+        Parameters
+        ----------
+        prompt_features : ndarray of float64, shape (N, F)
+        run : ndarray of bool, shape (N, K)
+        posthoc : PosthocData
+            What the run models returned.
+
+        Returns
+        -------
+        quality, sigma : ndarray of float64, shape (N, K)
+        """
         quality = self.predict_quality(prompt_features, run, posthoc)
         return quality, self.predict_sigma(quality, run)

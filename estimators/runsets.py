@@ -10,13 +10,14 @@ set, a few prefixes and a few random small sets.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
 __all__ = ["sample_run_sets"]
 
 
 def sample_run_sets(
     n_queries: int, n_models: int, *, per_query: int = 8, all_subsets_up_to: int = 4, random_state: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
     """Draw the (query, run set) pairs of the augmented training rows.
 
     Parameters

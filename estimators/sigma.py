@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 from lightgbm import LGBMRegressor
+from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.model_selection import GroupKFold, KFold, cross_val_predict
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -129,8 +130,23 @@ class SigmaRegressor(RegressorMixin, BaseEstimator):
             n_estimators=100, num_leaves=15, min_child_samples=50, learning_rate=0.05, verbose=-1, n_jobs=1
         )
 
-    def fit(self, X, y, groups=None) -> "SigmaRegressor":
-        """Fit on features ``X`` and residuals ``y`` (rows of one group share a query)."""
+    def fit(self, X: ArrayLike, y: ArrayLike, groups: ArrayLike | None = None) -> SigmaRegressor:
+        """Fit the squared-residual model, and the scale and power that match both coverage targets.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, n_features)
+            Features, NaN allowed.
+        y : array-like of shape (n,)
+            Residuals ``target - estimate``.
+        groups : array-like of shape (n,), optional
+            Rows of one group share a query; the cross-fitting keeps a group
+            in one fold.
+
+        Returns
+        -------
+        self : SigmaRegressor
+        """
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", y_numeric=True, dtype=np.float64)
         one, two = self.coverage
         if not 0.0 < one < two < 1.0:
@@ -156,14 +172,26 @@ class SigmaRegressor(RegressorMixin, BaseEstimator):
         self.frozen_ = freeze_regressors([self.estimator_])
         return self
 
-    def predict(self, X) -> np.ndarray:
-        """Return σ, shape (n,), all entries > 0."""
+    def predict(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Return σ of each row's estimate, from the frozen squared-residual model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, n_features_in_)
+            Features, NaN allowed.
+
+        Returns
+        -------
+        ndarray of float64, shape (n,)
+            All entries ``>= SIGMA_FLOOR > 0``.
+        """
         check_is_fitted(self, "scale_")
         X = validate_data(self, X, ensure_all_finite="allow-nan", dtype=np.float64, reset=False)
         stratum = None if self.stratify is None else X[:, self.stratify]
         return self.calibrate(self.frozen_.predict(X)[:, 0], stratum)
 
-    def calibrate(self, squared: np.ndarray, stratum: np.ndarray | None = None) -> np.ndarray:
+    def calibrate(self, squared: NDArray[np.float64],
+                  stratum: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
         """σ from predicted squared residuals: ``max(s · sqrt(max(squared, floor))**p, floor)``.
 
         The one place of the mapping, for :meth:`predict` and for callers
@@ -175,6 +203,11 @@ class SigmaRegressor(RegressorMixin, BaseEstimator):
             Output of ``estimator_`` for each row.
         stratum : ndarray of shape (n,), optional
             The rows' values of the ``stratify`` feature (required when it is set).
+
+        Returns
+        -------
+        ndarray of float64, shape (n,)
+            σ, all entries ``>= SIGMA_FLOOR``.
         """
         raw = np.sqrt(np.maximum(squared, SIGMA_FLOOR))
         scale = np.full(raw.shape, self.scale_)
@@ -184,12 +217,25 @@ class SigmaRegressor(RegressorMixin, BaseEstimator):
             scale[rows], power[rows] = stratum_scale, stratum_power
         return np.maximum(scale * raw**power, SIGMA_FLOOR)
 
-    def tabulate(self, continuous: int, grid: np.ndarray) -> Tabulated | None:
+    def tabulate(self, continuous: int, grid: ArrayLike) -> Tabulated | None:
         """``estimator_`` as a table over feature ``continuous``, one row per ``grid`` row of the others.
 
         Exact when every other feature only takes the ``grid`` values
-        (:class:`~estimators._forest.Tabulated`); ``None`` when the
-        estimator is not a single frozen forest.
+        (:class:`~estimators._forest.Tabulated`): a look-up then replaces a
+        walk of every tree.
+
+        Parameters
+        ----------
+        continuous : int
+            Index of the feature the table runs over.
+        grid : array-like of shape (G, n_features_in_)
+            Every combination of the other features' values.
+
+        Returns
+        -------
+        Tabulated or None
+            Squared-residual predictions (pass them to :meth:`calibrate`);
+            ``None`` when the estimator is not a single frozen forest.
         """
         check_is_fitted(self, "scale_")
         parts = self.frozen_.parts

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["NOISE_LEVELS", "SimulatedEstimates", "simulate_estimates"]
+__all__ = ["NOISE_LEVELS", "NoiseLevel", "SimulatedEstimates", "simulate_estimates"]
 
+#: The noise levels of :data:`NOISE_LEVELS`, as a type.
 NoiseLevel = Literal["low", "medium", "high"]
 
 #: Noise standard deviations per level: ``(quality ex-ante, quality post-hoc,
@@ -59,20 +61,20 @@ class SimulatedEstimates:
         Cost once the model has run: the true cost.
     """
 
-    ante_quality: np.ndarray
-    ante_sigma: np.ndarray
-    ante_cost: np.ndarray
-    post_quality: np.ndarray
-    post_sigma: np.ndarray
-    post_cost: np.ndarray
+    ante_quality: NDArray[np.float64]
+    ante_sigma: NDArray[np.float64]
+    ante_cost: NDArray[np.float64]
+    post_quality: NDArray[np.float64]
+    post_sigma: NDArray[np.float64]
+    post_cost: NDArray[np.float64]
 
 
 def simulate_estimates(
-    quality: np.ndarray,
-    cost: np.ndarray,
+    quality: ArrayLike,
+    cost: ArrayLike,
     *,
     noise: NoiseLevel = "low",
-    fit_rows: np.ndarray | Sequence[int] | None = None,
+    fit_rows: ArrayLike | Sequence[int] | None = None,
     seed: int | np.random.Generator = 0,
 ) -> SimulatedEstimates:
     """Simulate the paper's noisy-but-calibrated estimators from the truth.

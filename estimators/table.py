@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = ["RoutingTable"]
 
@@ -48,17 +49,17 @@ class RoutingTable:
     """
 
     models: tuple[str, ...]
-    query_ids: np.ndarray
-    quality: np.ndarray
-    cost: np.ndarray
-    prompts: np.ndarray | None = None
-    tasks: np.ndarray | None = None
-    subtasks: np.ndarray | None = None
-    splits: np.ndarray | None = None
-    responses: np.ndarray | None = None
-    input_tokens: np.ndarray | None = None
-    output_tokens: np.ndarray | None = None
-    signals: dict[str, np.ndarray] = field(default_factory=dict)
+    query_ids: NDArray[np.object_]
+    quality: NDArray[np.float64]
+    cost: NDArray[np.float64]
+    prompts: NDArray[np.object_] | None = None
+    tasks: NDArray[np.object_] | None = None
+    subtasks: NDArray[np.object_] | None = None
+    splits: NDArray[np.object_] | None = None
+    responses: NDArray[np.object_] | None = None
+    input_tokens: NDArray[np.float64] | None = None
+    output_tokens: NDArray[np.float64] | None = None
+    signals: dict[str, NDArray[np.float64]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n, k = np.shape(self.quality)
@@ -78,14 +79,27 @@ class RoutingTable:
 
     @property
     def n_queries(self) -> int:
+        """Number of queries ``N`` (rows)."""
         return int(self.quality.shape[0])
 
     @property
     def n_models(self) -> int:
+        """Number of models ``K`` (columns)."""
         return int(self.quality.shape[1])
 
-    def subset(self, rows: np.ndarray | Sequence[int]) -> "RoutingTable":
-        """Return the table restricted to ``rows`` (indices or a boolean mask)."""
+    def subset(self, rows: ArrayLike | Sequence[int]) -> RoutingTable:
+        """Return the table restricted to ``rows`` (indices or a boolean mask), for train/calibration/test splits.
+
+        Parameters
+        ----------
+        rows : array-like of int or bool
+            Query indices (repeats allowed) or an ``(N,)`` mask.
+
+        Returns
+        -------
+        RoutingTable
+            Every per-query and per-cell array and signal indexed by ``rows``.
+        """
         rows = np.asarray(rows)
         changes = {}
         for name in _PER_QUERY + _PER_CELL:
@@ -95,13 +109,23 @@ class RoutingTable:
         changes["signals"] = {name: value[rows] for name, value in self.signals.items()}
         return replace(self, **changes)
 
-    def select_models(self, names: Sequence[str]) -> "RoutingTable":
-        """Return the table with only ``names``, re-sorted by mean cost.
+    def select_models(self, names: Sequence[str]) -> RoutingTable:
+        """Return the table with only ``names``, re-sorted by mean cost (the order the cascades rely on).
+
+        Parameters
+        ----------
+        names : sequence of str
+            Models to keep, in any order.
+
+        Returns
+        -------
+        RoutingTable
 
         Raises
         ------
         ValueError
-            If a name is not one of :attr:`models` or appears twice.
+            If a name is not one of :attr:`models` or appears twice, or
+            ``names`` is empty.
         """
         names = list(names)
         unknown = [name for name in names if name not in self.models]
@@ -115,8 +139,18 @@ class RoutingTable:
         columns = columns[np.argsort(self.cost[:, columns].mean(axis=0), kind="stable")]
         return self.reorder_models(columns)
 
-    def reorder_models(self, columns: Sequence[int] | np.ndarray) -> "RoutingTable":
-        """Return the table with model columns ``columns`` (indices), in that order."""
+    def reorder_models(self, columns: Sequence[int] | NDArray[np.int64]) -> RoutingTable:
+        """Return the table with model columns ``columns`` (indices), in that order.
+
+        Parameters
+        ----------
+        columns : sequence of int
+            Column indices; every per-cell array and signal is reindexed.
+
+        Returns
+        -------
+        RoutingTable
+        """
         columns = np.asarray(columns, dtype=np.intp)
         changes = {"models": tuple(self.models[c] for c in columns)}
         for name in _PER_CELL:

@@ -16,24 +16,49 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 import kernel
 from estimators.estimator import Estimates, Estimator
 
-__all__ = ["Episodes", "EpisodeOutcome", "EstimatorEpisodes", "TableEpisodes", "play_cascades",
+if TYPE_CHECKING:
+    from estimators.table import RoutingTable
+
+__all__ = ["Episodes", "EpisodeOutcome", "EstimateStep", "EstimatorEpisodes", "TableEpisodes", "play_cascades",
            "uncertainty_keywords"]
 
 
-def uncertainty_keywords(sigma: np.ndarray | None, cov: np.ndarray | None, scale: float) -> dict:
+def uncertainty_keywords(sigma: ArrayLike | None, cov: ArrayLike | None, scale: float) -> dict[str, Any]:
     """The kernel's uncertainty keyword, ``sigma=σ·scale`` or (when given) ``cov=Σ·scale²``.
 
     The one place where a policy's fitted ``sigma_scale`` meets the
     estimates: learned σ is not calibrated to what a run reveals, so
     fitting picks a factor per budget, and every decision made with the
     policy (evaluation, serving, replay) must use the σ it was fitted with.
+
+    Parameters
+    ----------
+    sigma : array-like of shape (N, K), or None
+        Standard deviations of the quality estimates.
+    cov : array-like of shape (N, K, K), or None
+        Error covariance; used instead of ``sigma`` when given.
+    scale : float
+        The policy's ``sigma_scale``, finite and ``>= 0``.
+
+    Returns
+    -------
+    dict
+        ``{"cov": ...}`` or ``{"sigma": ...}``, to pass as ``**`` keywords to
+        :func:`kernel.decide` / :func:`kernel.plan` / :func:`kernel.simulate`;
+        the input itself (not a copy) when ``scale`` is 1.
+
+    Raises
+    ------
+    ValueError
+        If ``scale`` is negative or not finite.
     """
     if scale < 0 or not np.isfinite(scale):
         raise ValueError(f"sigma_scale must be a finite number >= 0, got {scale!r}")
@@ -46,9 +71,10 @@ def uncertainty_keywords(sigma: np.ndarray | None, cov: np.ndarray | None, scale
 EstimateStep = Callable[[np.ndarray, np.ndarray, bool], Estimates]
 
 
-def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options: dict, *, u: np.ndarray,
-                  sigma_scale: float = 1.0, parallel: bool = True,
-                  timings: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options: dict[str, Any], *,
+                  u: NDArray[np.float64], sigma_scale: float = 1.0, parallel: bool = True,
+                  timings: dict[str, float] | None = None
+                  ) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]:
     """Decide, run, re-estimate, decide again, until every query stops; then select the answers.
 
     Each step asks ``estimate`` for the queries still going, with the run
@@ -62,6 +88,7 @@ def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options
         of queries ``rows`` given run sets ``run``; ``with_sigma=False`` (the
         final selection) needs quality only.
     n_queries, n_models : int
+        ``N`` and ``K``.
     options : dict
         Kernel options of the policy (:meth:`~training.policy.Policy.kernel_options`).
     u : ndarray of shape (n_queries,)
@@ -78,6 +105,7 @@ def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options
     order : ndarray of int64, shape (n_queries, max_depth)
         Models run in order, ``-1`` padded.
     run : ndarray of bool, shape (n_queries, n_models)
+        Final run sets.
     answer : ndarray of int64, shape (n_queries,)
         Selected model (best post-hoc quality estimate among those run).
     """
@@ -118,16 +146,18 @@ class EpisodeOutcome:
         Models run in order, ``-1`` padded.
     """
 
-    cost: np.ndarray
-    quality: np.ndarray
-    order: np.ndarray
+    cost: NDArray[np.float64]
+    quality: NDArray[np.float64]
+    order: NDArray[np.int64]
 
     @property
     def mean_cost(self) -> float:
+        """Realised mean cost per query: what a budget bounds."""
         return float(self.cost.mean())
 
     @property
     def mean_quality(self) -> float:
+        """Mean true quality of the answers: what fitting maximises."""
         return float(self.quality.mean())
 
 
@@ -141,8 +171,18 @@ class Episodes(Protocol):
     #: Typical cost of one model run, which sets the scale of useful ``λ``.
     cost_scale: float
 
-    def play(self, options: dict) -> EpisodeOutcome:
-        """Play the policy given by ``kernel.simulate`` keyword ``options``."""
+    def play(self, options: dict[str, Any]) -> EpisodeOutcome:
+        """Play the policy given by ``kernel.simulate`` keyword ``options``.
+
+        Parameters
+        ----------
+        options : dict
+            Kernel options plus ``sigma_scale`` (:meth:`~training.policy.Policy.play_options`).
+
+        Returns
+        -------
+        EpisodeOutcome
+        """
 
 
 class TableEpisodes:
@@ -150,16 +190,17 @@ class TableEpisodes:
 
     Parameters
     ----------
-    ante_quality, ante_sigma, ante_cost, post_quality, post_sigma, post_cost : ndarray (N, K)
+    ante_quality, ante_sigma, ante_cost, post_quality, post_sigma, post_cost : array-like (N, K)
         Estimates before and after each model has run.
-    true_quality, true_cost : ndarray (N, K)
+    true_quality, true_cost : array-like (N, K)
         Ground truth used to score the episodes.
     parallel : bool
         Use the multi-threaded kernel.
     """
 
-    def __init__(self, ante_quality, ante_sigma, ante_cost, post_quality, post_sigma, post_cost,
-                 true_quality, true_cost, *, parallel: bool = True) -> None:
+    def __init__(self, ante_quality: ArrayLike, ante_sigma: ArrayLike, ante_cost: ArrayLike,
+                 post_quality: ArrayLike, post_sigma: ArrayLike, post_cost: ArrayLike,
+                 true_quality: ArrayLike, true_cost: ArrayLike, *, parallel: bool = True) -> None:
         self.tables = tuple(np.ascontiguousarray(a, dtype=np.float64) for a in (
             ante_quality, ante_sigma, ante_cost, post_quality, post_sigma, post_cost,
             true_quality, true_cost))
@@ -173,15 +214,47 @@ class TableEpisodes:
         self.cost_scale = float(ante_cost.mean())
 
     @classmethod
-    def from_estimates(cls, estimates, true_quality, true_cost, rows=None, *, parallel: bool = True):
-        """Build from an object with ``ante_*``/``post_*`` attributes, optionally on ``rows``."""
+    def from_estimates(cls, estimates: object, true_quality: NDArray[np.float64], true_cost: NDArray[np.float64],
+                       rows: ArrayLike | None = None, *, parallel: bool = True) -> TableEpisodes:
+        """Build from an object with ``ante_*``/``post_*`` attributes, optionally on ``rows``.
+
+        The evaluation protocol's way to play simulated estimates on one split.
+
+        Parameters
+        ----------
+        estimates : object
+            With ``(N, K)`` array attributes ``ante_quality``, ``ante_sigma``,
+            ``ante_cost``, ``post_quality``, ``post_sigma``, ``post_cost``
+            (e.g. :class:`~estimators.simulated.SimulatedEstimates`).
+        true_quality, true_cost : ndarray of float64, shape (N, K)
+            Ground truth.
+        rows : array-like of int or bool, optional
+            Queries to keep (indexes every array); default all.
+        parallel : bool, default=True
+            Use the multi-threaded kernel.
+
+        Returns
+        -------
+        TableEpisodes
+        """
         names = ("ante_quality", "ante_sigma", "ante_cost", "post_quality", "post_sigma", "post_cost")
         arrays = [getattr(estimates, name) for name in names] + [true_quality, true_cost]
         if rows is not None:
             arrays = [a[rows] for a in arrays]
         return cls(*arrays, parallel=parallel)
 
-    def play(self, options: dict) -> EpisodeOutcome:
+    def play(self, options: dict[str, Any]) -> EpisodeOutcome:
+        """Play the policy given by ``options`` in one compiled :func:`kernel.simulate` call.
+
+        Parameters
+        ----------
+        options : dict
+            Kernel options plus, optionally, ``sigma_scale`` (applied to both σ tables).
+
+        Returns
+        -------
+        EpisodeOutcome
+        """
         options = dict(options)
         scale = options.pop("sigma_scale", 1.0)
         tables = list(self.tables)
@@ -211,7 +284,7 @@ class EstimatorEpisodes:
         in for running a model.
     """
 
-    def __init__(self, estimator: Estimator, table) -> None:
+    def __init__(self, estimator: Estimator, table: RoutingTable) -> None:
         self.estimator = estimator
         self.table = table
         self.n_queries, self.n_models = table.quality.shape
@@ -223,8 +296,25 @@ class EstimatorEpisodes:
         self.quality_span = (float(ante.quality.min()), float(ante.quality.max()))
         self.cost_scale = float(ante.cost.mean())
 
-    def estimates(self, rows: np.ndarray, run: np.ndarray, with_sigma: bool = True) -> Estimates:
-        """Estimates of queries ``rows`` with run sets ``run`` (``with_sigma`` is accepted for :func:`play_cascades`)."""
+    def estimates(self, rows: NDArray[np.int64], run: NDArray[np.bool_], with_sigma: bool = True) -> Estimates:
+        """Estimates of queries ``rows`` with run sets ``run``, from the cache where they were seen before.
+
+        The :data:`EstimateStep` of :func:`play_cascades`.
+
+        Parameters
+        ----------
+        rows : ndarray of int, shape (M,)
+            Query indices into the table.
+        run : ndarray of bool, shape (M, K)
+            Their run sets.
+        with_sigma : bool, default=True
+            Accepted for :func:`play_cascades`; σ is always returned (it is cached anyway).
+
+        Returns
+        -------
+        Estimates
+            Shape ``(M, K)``.
+        """
         masks = run.astype(np.int64) @ self._bits
         missing = [n for n, (row, mask) in enumerate(zip(rows, masks)) if (row, mask) not in self._cache]
         if missing:
@@ -237,8 +327,20 @@ class EstimatorEpisodes:
         cov = np.array([c[3] for c in cached]) if cached and cached[0][3] is not None else None
         return Estimates(quality, sigma, cost, cov)
 
-    def play(self, options: dict) -> EpisodeOutcome:
-        """Play the policy given by ``options`` (kernel options plus ``sigma_scale``, optionally ``u``)."""
+    def play(self, options: dict[str, Any]) -> EpisodeOutcome:
+        """Play the policy given by ``options`` step by step with the estimator (:func:`play_cascades`).
+
+        Parameters
+        ----------
+        options : dict
+            Kernel options plus ``sigma_scale`` and, optionally, ``u`` (the
+            per-query tie-break uniforms; default :func:`kernel.default_uniforms`).
+
+        Returns
+        -------
+        EpisodeOutcome
+            Realised cost sums the logged cost of every model run.
+        """
         options = dict(options)
         scale = options.pop("sigma_scale", 1.0)
         u = np.asarray(options.pop("u", kernel.default_uniforms(self.n_queries)))

@@ -29,14 +29,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 import kernel
 
 from .episodes import EpisodeOutcome, Episodes, uncertainty_keywords
 
-__all__ = ["Policy", "fit_policy", "BudgetError"]
+__all__ = ["Policy", "fit_policy", "BudgetError", "SCALE_RTOL", "MAX_DOUBLINGS", "MAX_SCALE", "LAMBDA_MOVES",
+           "THRESHOLD_MOVES"]
 
 #: Bisection stops when the feasible and infeasible scales are this close (relative).
 SCALE_RTOL = 2e-3
@@ -88,8 +91,8 @@ class Policy:
     """
 
     strategy: str
-    lambdas: np.ndarray
-    thresholds: np.ndarray | None
+    lambdas: NDArray[np.float64]
+    thresholds: NDArray[np.float64] | None
     gamma: float
     max_depth: int
     force_order: bool
@@ -101,8 +104,15 @@ class Policy:
     search_evaluations: int = field(default=0, compare=False)
     sigma_scale: float = 1.0
 
-    def kernel_options(self) -> dict:
-        """Keyword arguments for :func:`kernel.decide` / :func:`kernel.simulate`."""
+    def kernel_options(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`kernel.decide` / :func:`kernel.simulate`: the one translation of a policy.
+
+        Returns
+        -------
+        dict
+            ``strategy``, ``max_depth``, ``force_order``, ``gamma``,
+            ``n_samples``, and ``thresholds`` (threshold cascade) or ``lambdas``.
+        """
         options = dict(strategy=self.strategy, max_depth=self.max_depth, force_order=self.force_order,
                        gamma=self.gamma, n_samples=self.n_samples)
         if self.strategy == "threshold":
@@ -111,18 +121,49 @@ class Policy:
             options["lambdas"] = self.lambdas
         return options
 
-    def play_options(self) -> dict:
-        """What :meth:`Episodes.play` takes: the kernel options plus ``sigma_scale``."""
+    def play_options(self) -> dict[str, Any]:
+        """What :meth:`Episodes.play` takes: the kernel options plus ``sigma_scale``.
+
+        Returns
+        -------
+        dict
+            :meth:`kernel_options` and ``sigma_scale``.
+        """
         return {**self.kernel_options(), "sigma_scale": self.sigma_scale}
 
-    def decide(self, quality, cost, *, sigma=None, cov=None, run=None, u=None,
-               parallel: bool = True) -> np.ndarray:
-        """Next model per query under this policy (``-1`` = stop); see :func:`kernel.decide`."""
+    def decide(self, quality: ArrayLike, cost: ArrayLike, *, sigma: ArrayLike | None = None,
+               cov: ArrayLike | None = None, run: ArrayLike | None = None, u: ArrayLike | None = None,
+               parallel: bool = True) -> NDArray[np.int64]:
+        """Next model per query under this policy (``-1`` = stop), with σ scaled as the policy was fitted.
+
+        Parameters
+        ----------
+        quality, cost : array-like of shape (N, K)
+            Current estimates, models sorted by cost.
+        sigma, cov, run, u, parallel
+            As in :func:`kernel.decide`; ``sigma``/``cov`` are scaled by
+            :attr:`sigma_scale` first.
+
+        Returns
+        -------
+        ndarray of int64, shape (N,)
+            See :func:`kernel.decide`.
+        """
         return kernel.decide(quality, cost, run=run, u=u, parallel=parallel,
                              **uncertainty_keywords(sigma, cov, self.sigma_scale), **self.kernel_options())
 
     def play(self, episodes: Episodes) -> EpisodeOutcome:
-        """Play this policy over ``episodes`` (e.g. the test split)."""
+        """Play this policy over ``episodes`` (e.g. the test split), to measure it on queries it was not fitted on.
+
+        Parameters
+        ----------
+        episodes : Episodes
+            Queries with estimates and ground truth.
+
+        Returns
+        -------
+        EpisodeOutcome
+        """
         return episodes.play(self.play_options())
 
 
@@ -321,7 +362,10 @@ def fit_policy(episodes: Episodes, budget: float, *, strategy: str = "cascade_ro
         Fit each of these depths and keep the best calibration quality.
     sigma_scales : tuple of float, optional
         Likewise for factors on the estimators' ``σ`` (with ``max_depths``:
-        every combination); ``sigma_scale`` fixes one.
+        every combination).
+    sigma_scale : float, default=1.0
+        The one factor on ``σ`` when neither ``max_depths`` nor
+        ``sigma_scales`` is given.
     force_order, n_samples
         Passed to the kernel.
     on_infeasible : {"raise", "clamp"}

@@ -36,6 +36,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import NDArray
 
 __all__ = ["PaceController", "PacingState"]
 
@@ -60,7 +61,7 @@ class PacingState(NamedTuple):
     """
 
     factor: float
-    lambdas: np.ndarray
+    lambdas: NDArray[np.float64]
     mean_cost: float
     overspend: float
     n_queries: int
@@ -122,7 +123,23 @@ class PaceController:
         self.total_cost = 0.0
 
     def update(self, cost: float) -> float:
-        """Record one finished query's realised cost; return the new ``log`` factor."""
+        """Record one finished query's realised cost; return the new ``log`` factor.
+
+        Parameters
+        ----------
+        cost : float
+            The query's realised total cost, finite and ``>= 0``.
+
+        Returns
+        -------
+        float
+            ``log`` of the new :attr:`factor`, within ``[-log band, log band]``.
+
+        Raises
+        ------
+        ValueError
+            If ``cost`` is negative or not finite (the state is then unchanged).
+        """
         cost = float(cost)
         if not (math.isfinite(cost) and cost >= 0):
             raise ValueError(f"cost must be a finite number >= 0 (the query's realised cost), got {cost!r}")

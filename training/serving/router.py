@@ -25,9 +25,10 @@ import threading
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 
 import kernel
 from estimators.estimator import Estimates, Estimator
@@ -98,6 +99,20 @@ class Router:
         Never overspending is the safe reading of "a budget": a request for
         0.0012 with policies at 0.001 and 0.002 gets the 0.001 policy. Without
         a budget, the largest fitted one is used.
+
+        Parameters
+        ----------
+        budget : float, optional
+            Mean cost per query the caller allows.
+
+        Returns
+        -------
+        Policy
+
+        Raises
+        ------
+        ValueError
+            If ``budget`` is below every fitted budget.
         """
         if budget is None:
             return self.policies[-1]
@@ -137,8 +152,19 @@ class Router:
         return run, responses, cost, signals
 
     def estimates(self, prompts: Sequence[str], observed: Observed | None = None, *,
-                  tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> tuple[Estimates, np.ndarray]:
+                  tasks: Sequence[str] | None = None,
+                  subtasks: Sequence[str] | None = None) -> tuple[Estimates, NDArray[np.bool_]]:
         """The estimator's ``quality``, ``sigma``, ``cost`` (and ``cov``) for inspection.
+
+        Parameters
+        ----------
+        prompts : sequence of str
+            One per query.
+        observed : list of mappings, optional
+            Per query, what the models called so far returned (see
+            :data:`Observed`); default nothing run.
+        tasks, subtasks : sequence of str, optional
+            Required when the estimator was fitted with them.
 
         Returns
         -------
@@ -154,10 +180,19 @@ class Router:
     def plan(self, prompts: Sequence[str], observed: Observed | None = None,
              budget: float | None = None, *, tasks: Sequence[str] | None = None,
              subtasks: Sequence[str] | None = None, policy: Policy | None = None) -> list[Plan]:
-        """Next model and planned supermodel per query (see :class:`Plan`).
+        """Next model and planned supermodel per query (see :class:`Plan`), for callers that show the plan.
 
-        Same arguments as :meth:`decide`; ``decide`` returns the ``next``
-        fields of this.
+        ``decide`` returns the ``next`` fields of this.
+
+        Parameters
+        ----------
+        prompts, observed, budget, tasks, subtasks, policy
+            As in :meth:`decide`.
+
+        Returns
+        -------
+        list of Plan
+            One per query.
         """
         _, _, next_model, masks = self.plan_arrays(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
                                                    policy=policy)
@@ -170,16 +205,23 @@ class Router:
     def plan_arrays(self, prompts: Sequence[str], observed: Observed | None = None,
                     budget: float | None = None, *, tasks: Sequence[str] | None = None,
                     subtasks: Sequence[str] | None = None, policy: Policy | None = None,
-                    parallel: bool = False) -> tuple[Estimates, np.ndarray, np.ndarray, np.ndarray]:
+                    parallel: bool = False
+                    ) -> tuple[Estimates, NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]:
         """:meth:`plan` as arrays, with the estimates it used: for batch jobs.
+
+        Parameters
+        ----------
+        prompts, observed, budget, tasks, subtasks, policy
+            As in :meth:`decide`.
+        parallel : bool, default=False
+            Spread the kernel over threads (decisions are the same).
 
         Returns
         -------
         (Estimates, ndarray of bool, ndarray of int64, ndarray of int64)
             The estimates and run matrix (as :meth:`estimates`), the next
             model index per query (``kernel.STOP`` to stop) and the planned
-            supermodel as a bit mask over :attr:`models_`. ``parallel``
-            spreads the kernel over threads (decisions are the same).
+            supermodel as a bit mask over :attr:`models_`.
         """
         estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks)
         chosen = policy if policy is not None else self.policy(budget)
@@ -212,24 +254,59 @@ class Router:
         policy : Policy, optional
             Use this policy instead of a fitted one (e.g. a paced ``λ``,
             see :class:`PacedRouter`); ``budget`` is then ignored.
+
+        Returns
+        -------
+        list of (str or None)
+            Per query, the model to call next, or ``None`` to stop.
         """
         return [p.next for p in self.plan(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
                                           policy=policy)]
 
     def select(self, prompts: Sequence[str], observed: Observed, *,
                tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> list[str]:
-        """Which run model's answer to return: the best by post-hoc quality estimate."""
+        """Which run model's answer to return: the best by post-hoc quality estimate.
+
+        Parameters
+        ----------
+        prompts : sequence of str
+            One per query.
+        observed : list of mappings
+            Per query, what the models called returned (see :data:`Observed`);
+            at least one model per query.
+        tasks, subtasks : sequence of str, optional
+            Required when the estimator was fitted with them.
+
+        Returns
+        -------
+        list of str
+            Per query, a model name from its ``observed``.
+
+        Raises
+        ------
+        ValueError
+            If no model has run for some query.
+        """
         estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks)
         empty = np.flatnonzero(~run.any(axis=1))
         if empty.size:
             raise ValueError(f"no model has run for prompt(s) {empty.tolist()}: nothing to select")
         return [self.models_[i] for i in kernel.select_answer(estimates.quality, run)]
 
-    def paced(self, budget: float, **options) -> "PacedRouter":
-        """A :class:`PacedRouter` that keeps mean spend at ``budget``.
+    def paced(self, budget: float, **options: Any) -> PacedRouter:
+        """A :class:`PacedRouter` that keeps mean spend at ``budget`` when live traffic drifts.
 
-        ``options`` go to :class:`PacedRouter` (``band``, ``half_life``,
-        gains, ``policy``).
+        Parameters
+        ----------
+        budget : float
+            Target mean cost per query.
+        **options
+            Passed to :class:`PacedRouter` (``band``, ``half_life``, gains,
+            ``policy``).
+
+        Returns
+        -------
+        PacedRouter
         """
         return PacedRouter(self, budget, **options)
 
@@ -240,6 +317,11 @@ class Router:
         first request after :func:`load_router` is as fast as the next.
         ``parallel`` also compiles the row-parallel variants (per process,
         not cached on disk), for batch jobs.
+
+        Parameters
+        ----------
+        parallel : bool, default=False
+            Also compile the row-parallel variants.
         """
         self.estimator.warm_up(parallel)
         per_query = {f"{name}s": ["warm-up"] for name in self.estimator.columns_ if name != "prompt"}
@@ -282,7 +364,7 @@ class PacedRouter:
     """
 
     def __init__(self, router: Router, budget: float, *, policy: Policy | None = None,
-                 **controller) -> None:
+                 **controller: float) -> None:
         self.router = router
         self.controller = PaceController(budget, **controller)
         self.base = policy if policy is not None else self._nearest_policy(router, float(budget))
@@ -314,7 +396,12 @@ class PacedRouter:
         return self._policy
 
     def state(self) -> PacingState:
-        """A consistent snapshot of the controller."""
+        """A consistent snapshot of the controller, taken under the lock.
+
+        Returns
+        -------
+        PacingState
+        """
         with self._lock:
             c = self.controller
             return PacingState(c.factor, np.asarray(self._policy.lambdas).copy(), c.mean_cost,
@@ -325,6 +412,11 @@ class PacedRouter:
 
         Call it once per query, when its cascade has stopped, with the sum of
         what every model called for it cost.
+
+        Parameters
+        ----------
+        cost : float or sequence of float
+            Realised total cost per finished query, finite and ``>= 0``.
         """
         costs = np.atleast_1d(np.asarray(cost, dtype=np.float64))
         with self._lock:
@@ -334,22 +426,62 @@ class PacedRouter:
 
     def plan(self, prompts: Sequence[str], observed: Observed | None = None, *,
              tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> list[Plan]:
-        """:meth:`Router.plan` with the current paced policy."""
+        """:meth:`Router.plan` with the current paced policy.
+
+        Parameters
+        ----------
+        prompts, observed, tasks, subtasks
+            As in :meth:`Router.decide`.
+
+        Returns
+        -------
+        list of Plan
+        """
         return self.router.plan(prompts, observed, tasks=tasks, subtasks=subtasks, policy=self._policy)
 
     def decide(self, prompts: Sequence[str], observed: Observed | None = None, *,
                tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> list[str | None]:
-        """:meth:`Router.decide` with the current paced policy."""
+        """:meth:`Router.decide` with the current paced policy.
+
+        Parameters
+        ----------
+        prompts, observed, tasks, subtasks
+            As in :meth:`Router.decide`.
+
+        Returns
+        -------
+        list of (str or None)
+        """
         return self.router.decide(prompts, observed, tasks=tasks, subtasks=subtasks, policy=self._policy)
 
     def select(self, prompts: Sequence[str], observed: Observed, *, tasks: Sequence[str] | None = None,
                subtasks: Sequence[str] | None = None) -> list[str]:
-        """:meth:`Router.select` (pacing does not change which answer is best)."""
+        """:meth:`Router.select` (pacing does not change which answer is best).
+
+        Parameters
+        ----------
+        prompts, observed, tasks, subtasks
+            As in :meth:`Router.select`.
+
+        Returns
+        -------
+        list of str
+        """
         return self.router.select(prompts, observed, tasks=tasks, subtasks=subtasks)
 
 
-def prompt_uniforms(prompts: Sequence[str]) -> np.ndarray:
-    """A stable uniform in [0, 1) per prompt (CRC32 / 2**32)."""
+def prompt_uniforms(prompts: Sequence[str]) -> NDArray[np.float64]:
+    """A stable uniform in [0, 1) per prompt (CRC32 / 2**32), so that a repeated prompt breaks ties the same way.
+
+    Parameters
+    ----------
+    prompts : sequence of str
+        Other values are converted with ``str``.
+
+    Returns
+    -------
+    ndarray of float64, shape (N,)
+    """
     return np.array([zlib.crc32(str(p).encode("utf-8")) / 2.0**32 for p in prompts])
 
 
@@ -360,6 +492,18 @@ def load_router(path: str | Path, *, strict_versions: bool = True) -> Router:
     library-version mismatch (unless ``strict_versions=False``) or a file
     that does not hold a :class:`Router`. joblib is pickle: **only load
     files you trust**.
+
+    Parameters
+    ----------
+    path : str or Path
+        The artifact; its manifest sits beside it.
+    strict_versions : bool, default=True
+        Refuse an artifact written with other library versions.
+
+    Returns
+    -------
+    Router
+        Warmed up (:meth:`Router.warm_up`).
     """
     router, _ = load_artifact(path, strict_versions=strict_versions)
     if not isinstance(router, Router):
