@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["OutputError", "fail", "parse_or_exit_code", "writing"]
+__all__ = ["OutputError", "fail", "parse_or_exit_code", "run_command", "writing"]
 
 #: Exit code of a run whose input cannot be used.
 BAD_INPUT = 2
@@ -63,3 +64,36 @@ def fail(message: str, *, code: int = BAD_INPUT) -> int:
     """Print ``error: message`` as one line on stderr and return ``code``."""
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
     return code
+
+
+def run_command(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | None], argparse.Namespace],
+                job: Callable[[argparse.Namespace], Any], finish: Callable[[Any], int]) -> int:
+    """Parse, run ``job``, and map its failures to the exit codes of the contract.
+
+    Parameters
+    ----------
+    argv : sequence of str or None
+        Arguments without the program name (``None``: ``sys.argv[1:]``).
+    parse : callable
+        The command's argument parser (``parse_args``).
+    job : callable
+        Does the work; raises :class:`OutputError` when an output cannot be
+        written, ``ValueError``/``FileNotFoundError`` on bad input.
+    finish : callable
+        Prints the job's result and returns the exit code.
+
+    Returns
+    -------
+    int
+        0 ok, 2 bad input, 1 an output could not be written (or what ``finish`` returns).
+    """
+    args = parse_or_exit_code(parse, argv)
+    if isinstance(args, int):
+        return args
+    try:
+        result = job(args)
+    except OutputError as error:
+        return fail(str(error), code=CANNOT_WRITE)
+    except (ValueError, FileNotFoundError) as error:  # bad data, bad artifact, a budget no policy fits
+        return fail(str(error))
+    return finish(result)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from estimators.estimator import ESTIMATOR_KINDS, make_router_estimator
 
-from .cli import CANNOT_WRITE, OutputError, fail, parse_or_exit_code, writing
+from .cli import run_command, writing
 from .artifact import save_artifact
 from .data import fingerprint, read_prices, read_table
 from .episodes import EstimatorEpisodes
@@ -263,15 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Never raises :class:`SystemExit`: ``--help`` returns 0 and a usage
     error 2, after argparse has printed them.
     """
-    args = parse_or_exit_code(parse_args, argv)
-    if isinstance(args, int):
-        return args
-    try:
-        report = run(args)
-    except OutputError as error:
-        return fail(str(error), code=CANNOT_WRITE)
-    except (ValueError, FileNotFoundError) as error:
-        return fail(str(error))
+    return run_command(argv, parse_args, run, _print_summary)
+
+
+def _print_summary(report: dict) -> int:
     print(summary(report))
     return 0
 

@@ -122,7 +122,7 @@ class Router:
                              "refit with a smaller --budget")
         return fitting[-1]
 
-    def _inputs(self, prompts, observed: Observed | None, n: int):
+    def _inputs(self, observed: Observed | None, n: int):
         """Turn ``observed`` into the run matrix and aligned per-model arrays."""
         k = len(self.models_)
         run = np.zeros((n, k), bool)
@@ -172,7 +172,7 @@ class Router:
             Estimates of shape ``(N, K)`` (columns in :attr:`models_` order)
             and the run matrix built from ``observed``.
         """
-        run, responses, cost, signals = self._inputs(prompts, observed, len(prompts))
+        run, responses, cost, signals = self._inputs(observed, len(prompts))
         estimates = self.estimator.predict(prompts, tasks=tasks, subtasks=subtasks, run=run,
                                               responses=responses, signals=signals, observed_cost=cost)
         return estimates, run

@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
-from ..cli import CANNOT_WRITE, OutputError, fail, parse_or_exit_code, writing
+from ..cli import run_command, writing
 from .logged import ScoreError, check_columns, required_columns
 from .replay import STATUS_OK, output_schema, rejects_schema, score_batch
 from .router import Router, load_router
@@ -335,15 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Never raises :class:`SystemExit`: ``--help`` returns 0 and a usage
     error 2, after argparse has printed them.
     """
-    args = parse_or_exit_code(parse_args, argv)
-    if isinstance(args, int):
-        return args
-    try:
-        totals = run(args)
-    except OutputError as error:
-        return fail(str(error), code=CANNOT_WRITE)
-    except (ValueError, FileNotFoundError) as error:  # ScoreError, bad artifact, budget below every policy
-        return fail(str(error))
+    return run_command(argv, parse_args, run, _print_summary)
+
+
+def _print_summary(totals: dict) -> int:
     print(summary(totals))
     if totals["rejected_rows"]:
         print(f"warning: {totals['rejected_rows']} input row(s) rejected (malformed, or in a query with a "
