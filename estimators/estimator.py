@@ -448,7 +448,8 @@ class RouterEstimator:
         given, n = per_query_inputs(self.columns_, prompts, tasks, subtasks)
         features = self.frozen_featurizer_.transform({name: as_texts(given[name]) for name in self.columns_}, n,
                                                      parallel=parallel)
-        tokens = input_token_counts(given["prompt"], n, len(self.models_), input_tokens)
+        priced = "tokens" in self.cost_.modes_  # only prices per token read the input token counts
+        tokens = input_token_counts(given["prompt"] if priced else None, n, len(self.models_), input_tokens)
         return PreparedQueries(features, self.cost_.predict_ante(features, tokens, parallel=parallel),
                                self.quality_.prompt_share(features))
 

@@ -15,7 +15,7 @@ from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["OutputError", "fail", "parse_or_exit_code", "run_command", "writing"]
+__all__ = ["BAD_INPUT", "CANNOT_WRITE", "OutputError", "fail", "parse_or_exit_code", "run_command", "writing"]
 
 #: Exit code of a run whose input cannot be used.
 BAD_INPUT = 2
@@ -31,11 +31,25 @@ class OutputError(OSError):
 def writing(flag: str, path: str | Path) -> Iterator[None]:
     """Turn an :class:`OSError` while writing ``path`` into an :class:`OutputError` naming ``flag``.
 
+    So that an unwritable output ends the command with exit code 1 and a
+    message saying which flag to change, not with a traceback.
+
     Parameters
     ----------
     flag : str
         The command-line flag the path came from (``--out``), so the message says what to change.
     path : str or Path
+        The file being written, quoted in the message.
+
+    Yields
+    ------
+    None
+        Control to the ``with`` block that writes ``path``.
+
+    Raises
+    ------
+    OutputError
+        If the block raises an :class:`OSError` (an :class:`OutputError` passes unchanged).
     """
     try:
         yield
@@ -52,6 +66,20 @@ def parse_or_exit_code(parse: Callable[[Sequence[str] | None], argparse.Namespac
     argparse has already printed the help or the usage error; returning the
     code instead of raising lets ``main`` be called from Python without a
     ``SystemExit``.
+
+    Parameters
+    ----------
+    parse : callable
+        The command's argument parser: takes ``argv``, returns the options,
+        raises :class:`SystemExit` after ``--help`` or a usage error.
+    argv : sequence of str or None
+        Arguments without the program name (``None``: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    argparse.Namespace or int
+        The options, or the exit code: that of the :class:`SystemExit`
+        when it is an int, 0 when it is ``None``, :data:`BAD_INPUT` otherwise.
     """
     try:
         return parse(argv)
@@ -61,7 +89,20 @@ def parse_or_exit_code(parse: Callable[[Sequence[str] | None], argparse.Namespac
 
 
 def fail(message: str, *, code: int = BAD_INPUT) -> int:
-    """Print ``error: message`` as one line on stderr and return ``code``."""
+    """Print ``error: message`` as one line on stderr and return ``code``, so a bad run ends with one readable reason.
+
+    Parameters
+    ----------
+    message : str
+        The reason; runs of whitespace (newlines included) become single spaces.
+    code : int, default=BAD_INPUT
+        The exit code to return.
+
+    Returns
+    -------
+    int
+        ``code``, for ``return fail(...)`` in a ``main``.
+    """
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
     return code
 

@@ -27,7 +27,7 @@ from .cli import CANNOT_WRITE, OutputError, fail, parse_or_exit_code, writing
 from .data import read_table
 from .protocol import DEFAULT_STRATEGIES, EvaluationReport, evaluate_strategies
 
-__all__ = ["build_parser", "format_report", "main"]
+__all__ = ["EXIT_CODES", "build_parser", "format_report", "main"]
 
 _PROGRAM = "python -m training.evaluate"
 #: Exit codes of :func:`main`, listed in ``--help``.
@@ -36,7 +36,16 @@ EXIT_CODES = ("exit status: 0 on success; 2 on bad input (bad argument, missing 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser; every flag's help states its default."""
+    """Build the argument parser, kept separate from :func:`main` so tests and docs can inspect the flags.
+
+    Every flag's help states its default; the epilog lists the exit codes
+    (:data:`EXIT_CODES`).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        A new parser for ``python -m training.evaluate``.
+    """
     parser = argparse.ArgumentParser(
         prog=_PROGRAM,
         description=(
@@ -128,7 +137,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def format_report(report: EvaluationReport, *, source: str = "") -> str:
-    """A plain-text summary: settings, then AUC, interval and gap to cascade routing per strategy."""
+    """Format a report for the terminal, so each strategy's AUC reads beside its interval and its gap to the lead.
+
+    Parameters
+    ----------
+    report : EvaluationReport
+        As returned by :func:`training.protocol.evaluate_strategies`.
+    source : str, default=""
+        Where the data came from, printed first when given.
+
+    Returns
+    -------
+    str
+        The settings (models, noise, split sizes, seed, lambda shape,
+        bootstrap), then one row per strategy and for the linear
+        interpolation of the single models: AUC x100, its 95 % interval,
+        the paired difference to the first strategy (cascade routing by
+        default) and how its budgets were met.
+    """
     lead = report.strategies[0]
     rows = [f"data: {source}"] if source else []
     rows += [

@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from estimators.estimator import ESTIMATOR_KINDS, make_router_estimator
+from estimators.table import RoutingTable
 
 from .cli import run_command, writing
 from .artifact import save_artifact
@@ -41,6 +43,10 @@ from .protocol import LEARNED_SIGMA_SCALES
 from .serving.router import Router
 from .synthetic import default_table, synthetic_prices
 
+__all__ = ["EXIT_CODES", "SIGMA_STRATEGIES", "STRATEGIES", "default_budgets", "load", "main", "parse_args", "run",
+           "split", "summary"]
+
+#: Decision strategies ``--strategy`` accepts (the first is the default).
 STRATEGIES = ("cascade_routing", "cascade", "routing", "threshold")
 #: Exit codes of :func:`main`, listed in ``--help``.
 EXIT_CODES = ("exit status: 0 on success; 2 on bad input (bad argument, missing or malformed data), with a "
@@ -50,6 +56,27 @@ SIGMA_STRATEGIES = ("cascade_routing", "cascade")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line, so that a bad flag fails before any data is read or model fitted.
+
+    Checks argparse cannot express are made here too: ``--max-depth >= 1``,
+    ``--curve-points >= 2``, ``--fractions`` positive and summing to 1,
+    ``--budget`` values positive and finite.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    argparse.Namespace
+        The options, one attribute per flag (``args.max_depth``, ...).
+
+    Raises
+    ------
+    SystemExit
+        After argparse has printed the help (code 0) or a usage error (code 2).
+    """
     parser = argparse.ArgumentParser(
         prog="python -m training.fit",
         description="Train estimators, fit routing/cascading policies to cost budgets, evaluate them "
@@ -105,8 +132,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load(args: argparse.Namespace):
-    """The table and the price table the cost estimator may use."""
+def load(args: argparse.Namespace) -> tuple[RoutingTable, dict[str, tuple[float, float]] | None]:
+    """Read the benchmark (or build the synthetic one) and the prices the cost estimator may use.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Options of :func:`parse_args`; ``data``, ``prices``, ``models``,
+        ``n_queries`` and ``seed`` are read.
+
+    Returns
+    -------
+    table : RoutingTable
+        The validated table, restricted to ``--models`` when given.
+    prices : dict of str to (float, float), or None
+        USD per 1M input/output tokens per model (the synthetic benchmark's
+        own prices without ``--data``; those of ``--prices`` restricted to the
+        models of ``table``); ``None`` with ``--data`` but no ``--prices``
+        (cost is then learned from prompts).
+
+    Raises
+    ------
+    ValueError
+        If ``--data`` does not exist or the table is malformed.
+    """
     models = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
     if args.data is None:
         return default_table(args.n_queries, seed=args.seed, models=models), synthetic_prices()
@@ -119,8 +168,29 @@ def load(args: argparse.Namespace):
     return table, prices
 
 
-def split(n_queries: int, fractions: Sequence[float], seed: int) -> tuple[np.ndarray, ...]:
-    """Seeded train / calibration / test query indices (each query lands in one part)."""
+def split(n_queries: int, fractions: Sequence[float], seed: int) -> tuple[NDArray[np.int_], ...]:
+    """Seeded train / calibration / test query indices, so that estimators, policies and scores never share a query.
+
+    Parameters
+    ----------
+    n_queries : int
+        Number of queries of the table.
+    fractions : sequence of float
+        Share of each part (``--fractions``), summing to 1.
+    seed : int
+        Seed of the permutation.
+
+    Returns
+    -------
+    tuple of ndarray of int
+        One sorted array of query indices per part, in the order of
+        ``fractions``; each query lands in exactly one part.
+
+    Raises
+    ------
+    ValueError
+        If a part would have fewer than 20 queries.
+    """
     order = np.random.default_rng(seed).permutation(n_queries)
     ends = np.round(np.cumsum(fractions)[:-1] * n_queries).astype(int)
     parts = tuple(np.sort(part) for part in np.split(order, ends))
@@ -131,13 +201,46 @@ def split(n_queries: int, fractions: Sequence[float], seed: int) -> tuple[np.nda
     return parts
 
 
-def default_budgets(costs: np.ndarray) -> list[float]:
-    """Three budgets at 25/50/75 % of the log cost range of the single models."""
+def default_budgets(costs: NDArray[np.float64]) -> list[float]:
+    """Three budgets spread over the single models' cost range, for a run without ``--budget``.
+
+    Parameters
+    ----------
+    costs : ndarray of float64, shape (K,)
+        Mean cost per query of each single model (all positive).
+
+    Returns
+    -------
+    list of float
+        The budgets at 25, 50 and 75 % of the log cost range, lowest first.
+    """
     low, high = np.log(costs.min()), np.log(costs.max())
     return [float(np.exp(low + f * (high - low))) for f in (0.25, 0.5, 0.75)]
 
 
 def run(args: argparse.Namespace) -> dict:
+    """Do the whole job (load, split, fit, evaluate, save), so that :func:`main` only maps its failures to exit codes.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Options of :func:`parse_args`.
+
+    Returns
+    -------
+    dict
+        The report also written to ``--report``/``report.json``: models,
+        settings, split sizes, per requested budget the test cost and
+        quality beside the best single model within it, the whole curve,
+        the AUCs, the data fingerprint, the artifact paths and the seconds.
+
+    Raises
+    ------
+    ValueError
+        On bad input (missing or malformed data, too few queries).
+    training.cli.OutputError
+        If the artifact, its manifest or the report cannot be written.
+    """
     started = time.perf_counter()
     stages = tqdm(total=5, desc="training.fit", disable=args.quiet, unit="stage")
     stages.set_postfix_str("loading data")
@@ -240,7 +343,20 @@ def _write_report(report: dict, directory: Path) -> None:
 
 
 def summary(report: dict) -> str:
-    """A readable table of the requested budgets, then the AUCs."""
+    """Format a report for the terminal, so that budgets met and the gain over single models read at a glance.
+
+    Parameters
+    ----------
+    report : dict
+        As returned by :func:`run`.
+
+    Returns
+    -------
+    str
+        A table of the requested budgets (test cost, its share of the
+        budget, quality, calibration cost, models per query, best single
+        model within budget), then the AUCs, the split sizes and the artifact.
+    """
     lines = [f"{'budget':>10} {'test cost':>10} {'cost/budget':>11} {'quality':>8} {'calib cost':>10} "
              f"{'models/q':>8}  best single model within budget",
              "-" * 100]
@@ -258,10 +374,21 @@ def summary(report: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the job; return the exit code (0 ok, 2 bad input, 1 an output cannot be written).
+    """Run the job as ``python -m training.fit`` does, returning the exit code so it can be called from Python.
 
     Never raises :class:`SystemExit`: ``--help`` returns 0 and a usage
     error 2, after argparse has printed them.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 on success, 2 on bad input (with a one-line ``error:`` on stderr),
+        1 if an output cannot be written.
     """
     return run_command(argv, parse_args, run, _print_summary)
 

@@ -19,6 +19,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 from .router import Router
 
@@ -40,19 +41,19 @@ class LoggedBatch(NamedTuple):
     """
 
     #: Input row number (the ``row`` column, else the index) of each accepted query's first row, int64 ``(Q,)``.
-    first_rows: np.ndarray
+    first_rows: NDArray[np.int64]
     #: Query id of each accepted query, object ``(Q,)`` of str.
-    query_ids: np.ndarray
+    query_ids: NDArray[np.object_]
     #: The estimator's per-query columns (``prompt``, ``task``, ...), each object ``(Q,)`` of str.
-    values: dict[str, np.ndarray]
+    values: dict[str, NDArray[np.object_]]
     #: Logged cost (USD) of every model, float64 ``(Q, K)``.
-    cost: np.ndarray
+    cost: NDArray[np.float64]
     #: Logged quality of every model, float64 ``(Q, K)``.
-    quality: np.ndarray
+    quality: NDArray[np.float64]
     #: Logged responses, object ``(Q, K)`` of str ('' when absent or unused by the estimator).
-    responses: np.ndarray
+    responses: NDArray[np.object_]
     #: Logged signals the estimator uses, each float64 ``(Q, K)``.
-    signals: dict[str, np.ndarray]
+    signals: dict[str, NDArray[np.float64]]
     #: Every input row of every rejected query: ``row``, ``query_id``, ``reason``, ``model``
     #: (empty frame when nothing is rejected).
     rejected: pd.DataFrame
@@ -68,8 +69,23 @@ def _per_query_columns(router: Router) -> list[str]:
 
 
 def required_columns(router: Router, logged: bool) -> list[str]:
-    """Columns the input must have: ``query_id``, the estimator's per-query inputs, and for
-    logged input ``model``, ``quality``, ``cost_usd`` (``response`` and signals when the estimator uses them)."""
+    """Columns the input must have, so that missing ones are reported before any row is scored.
+
+    Parameters
+    ----------
+    router : Router
+        Its estimator says which per-query columns, signals and responses it reads.
+    logged : bool
+        Logged (long) input, one row per query and model; else query input,
+        one row per query.
+
+    Returns
+    -------
+    list of str
+        ``query_id``, the estimator's per-query inputs, and for logged input
+        ``model``, ``quality``, ``cost_usd`` (``response`` and the signals
+        when the estimator uses them); each name once, in that order.
+    """
     columns = ["query_id", *_per_query_columns(router)]
     if logged:
         columns += ["model", "quality", "cost_usd"]
@@ -80,7 +96,26 @@ def required_columns(router: Router, logged: bool) -> list[str]:
 
 
 def check_columns(router: Router, columns: Sequence[str]) -> bool:
-    """Return whether the input is logged (has ``model``); raise :class:`ScoreError` if columns are missing."""
+    """Tell logged input from query input and refuse one that lacks columns, before any batch is read.
+
+    Parameters
+    ----------
+    router : Router
+        The router that will score the input (:func:`required_columns`).
+    columns : sequence of str
+        Column names of the input.
+
+    Returns
+    -------
+    bool
+        Whether the input is logged (has a ``model`` column).
+
+    Raises
+    ------
+    ScoreError
+        If a column of :func:`required_columns` is missing; the message
+        lists the missing and the present columns.
+    """
     logged = "model" in columns
     missing = [c for c in required_columns(router, logged) if c not in columns]
     if missing:

@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from numpy.typing import NDArray
 
 from estimators.estimator import Estimates
 from estimators.posthoc import ResponseMemo
@@ -37,7 +38,9 @@ from .router import Router, prompt_uniforms
 
 __all__ = ["STATUS_OK", "STATUS_REJECTED", "output_schema", "rejects_schema", "replay", "score_batch"]
 
+#: ``status`` of a scored query's row in :func:`score_batch` results.
 STATUS_OK = "ok"
+#: ``status`` of a rejected input row in :func:`score_batch` results.
 STATUS_REJECTED = "rejected"
 
 
@@ -46,9 +49,10 @@ STATUS_REJECTED = "rejected"
 # --------------------------------------------------------------------------- #
 
 
-def replay(router: Router, policy: Policy, prompts, tasks, subtasks, cost: np.ndarray, responses: np.ndarray,
-           signals: dict[str, np.ndarray], *, parallel: bool = True,
-           timings: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def replay(router: Router, policy: Policy, prompts: NDArray[np.object_] | None, tasks: NDArray[np.object_] | None,
+           subtasks: NDArray[np.object_] | None, cost: NDArray[np.float64], responses: NDArray[np.object_],
+           signals: dict[str, NDArray[np.float64]], *, parallel: bool = True,
+           timings: dict | None = None) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]:
     """Play ``policy`` on queries whose every model outcome is logged.
 
     The episode loop of policy evaluation (:func:`~training.episodes.play_cascades`),
@@ -60,7 +64,9 @@ def replay(router: Router, policy: Policy, prompts, tasks, subtasks, cost: np.nd
     Parameters
     ----------
     router : Router
+        Its estimator gives the estimates at every step.
     policy : Policy
+        The fitted policy to play (its kernel options and σ scale).
     prompts, tasks, subtasks : ndarray of str, shape (N,), or None
         The per-query inputs the estimator reads.
     cost : ndarray of float64, shape (N, K)
@@ -77,9 +83,12 @@ def replay(router: Router, policy: Policy, prompts, tasks, subtasks, cost: np.nd
 
     Returns
     -------
-    (order, run, answer)
-        As :func:`~training.episodes.play_cascades`: the models run in order,
-        the run sets, and the selected model per query.
+    order : ndarray of int64, shape (N, max_depth)
+        Models run in order, ``-1`` padded.
+    run : ndarray of bool, shape (N, K)
+        Final run sets.
+    answer : ndarray of int64, shape (N,)
+        Selected model per query (as :func:`~training.episodes.play_cascades`).
     """
     timings = {} if timings is None else timings
     estimator = router.estimator
@@ -231,8 +240,24 @@ def _model_lists(order: np.ndarray, models: Sequence[str]) -> pd.Series:
     return pd.Series(pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(pa.array(offsets), names)))
 
 
-def output_schema(router: Router, logged: bool):
-    """The pyarrow schema of :func:`score_batch` results (scored and rejected rows together)."""
+def output_schema(router: Router, logged: bool) -> pa.Schema:
+    """The pyarrow schema of :func:`score_batch` results, so every batch written to one file has the same columns.
+
+    Parameters
+    ----------
+    router : Router
+        Its models name the per-model estimate columns of query input.
+    logged : bool
+        Logged input (replay results) rather than query input (plans).
+
+    Returns
+    -------
+    pyarrow.Schema
+        ``status``, ``row``, ``query_id``, then for logged input
+        ``first_model``, ``models_run``, ``n_run``, ``answer_model``,
+        ``cost``, ``quality``; for query input ``next_model``, ``plan``,
+        ``plan_cost`` and ``quality[m]``, ``sigma[m]``, ``cost[m]`` per model.
+    """
     fields = [("status", pa.string()), ("row", pa.int64()), ("query_id", pa.string())]
     if logged:
         fields += [("first_model", pa.string()), ("models_run", pa.list_(pa.string())), ("n_run", pa.int64()),
@@ -243,6 +268,13 @@ def output_schema(router: Router, logged: bool):
     return pa.schema(fields)
 
 
-def rejects_schema():
-    """The pyarrow schema of the rejects file (rejected rows of :func:`score_batch` without ``status``)."""
+def rejects_schema() -> pa.Schema:
+    """The pyarrow schema of the rejects file, so it is the same whichever input kind was rejected.
+
+    Returns
+    -------
+    pyarrow.Schema
+        ``row``, ``query_id``, ``model``, ``reason``: the rejected rows of
+        :func:`score_batch` without ``status``.
+    """
     return pa.schema([("row", pa.int64()), ("query_id", pa.string()), ("model", pa.string()), ("reason", pa.string())])

@@ -53,7 +53,8 @@ from .logged import ScoreError, check_columns, required_columns
 from .replay import STATUS_OK, output_schema, rejects_schema, score_batch
 from .router import Router, load_router
 
-__all__ = ["iter_frames", "iter_tables", "main", "parse_args", "run", "summary"]
+__all__ = ["AUTO_WORKERS_FROM_ROWS", "EXIT_CODES", "MAX_AUTO_WORKERS", "auto_workers", "iter_frames", "iter_tables",
+           "main", "parse_args", "run", "summary"]
 
 #: Exit codes of :func:`main`, listed in ``--help``.
 EXIT_CODES = ("exit status: 0 on success (with a 'warning:' line on stderr when rows were rejected); "
@@ -69,11 +70,31 @@ EXIT_CODES = ("exit status: 0 on success (with a 'warning:' line on stderr when 
 def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -> Iterator[pa.Table]:
     """Batches of the input as Arrow tables with a ``row`` column; logged queries never split.
 
-    The rows of the last query of a batch may continue in the next one, so
-    they are held back and prepended to it (and flushed at the end). The
-    split and the carry-over stay in Arrow (slices and chunk lists, no
-    copies), so the worker that scores a batch pays for its pandas
+    Reading batch by batch keeps memory bounded by ``batch_size`` however
+    large the file. The rows of the last query of a batch may continue in
+    the next one, so they are held back and prepended to it (and flushed at
+    the end). The split and the carry-over stay in Arrow (slices and chunk
+    lists, no copies), so the worker that scores a batch pays for its pandas
     conversion, not the process that reads.
+
+    Parameters
+    ----------
+    path : Path
+        The Parquet input file.
+    columns : list of str
+        Columns to read (``query_id`` among them when ``logged``).
+    batch_size : int
+        Rows read per Parquet batch; a yielded table may hold more (a query
+        carried over) or fewer (a query held back).
+    logged : bool
+        Logged (long) input: never split a run of equal ``query_id`` across
+        two tables. Query input is yielded batch by batch as read.
+
+    Yields
+    ------
+    pyarrow.Table
+        The ``columns`` of consecutive input rows, plus ``row`` (int64, the
+        input row number from 0).
     """
     # pre_buffer (pyarrow's default) keeps every column chunk read so far until the file is closed:
     # memory would grow with the input instead of staying bounded by the batch.
@@ -105,7 +126,24 @@ def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -
 
 
 def iter_frames(path: Path, columns: list[str], batch_size: int, logged: bool) -> Iterator[pd.DataFrame]:
-    """:func:`iter_tables` as DataFrames (what :func:`score_batch` takes)."""
+    """:func:`iter_tables` as DataFrames, the form :func:`score_batch` takes when scoring in this process.
+
+    Parameters
+    ----------
+    path : Path
+        The Parquet input file.
+    columns : list of str
+        Columns to read.
+    batch_size : int
+        Rows read per Parquet batch.
+    logged : bool
+        Logged (long) input: never split a query across two frames.
+
+    Yields
+    ------
+    pandas.DataFrame
+        Each table of :func:`iter_tables`, converted with ``to_pandas``.
+    """
     for table in iter_tables(path, columns, batch_size, logged):
         yield table.to_pandas()
 
@@ -189,12 +227,42 @@ MAX_AUTO_WORKERS = 8
 
 
 def auto_workers(n_rows: int) -> int:
-    """Processes for ``n_rows`` input rows when ``--workers`` is not given."""
+    """Processes for ``n_rows`` input rows when ``--workers`` is not given, so small files skip the pool's start-up.
+
+    Parameters
+    ----------
+    n_rows : int
+        Rows of the input file.
+
+    Returns
+    -------
+    int
+        One process per usable core, at most :data:`MAX_AUTO_WORKERS`, from
+        :data:`AUTO_WORKERS_FROM_ROWS` rows; 1 (this process) below.
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return min(cores, MAX_AUTO_WORKERS) if n_rows >= AUTO_WORKERS_FROM_ROWS else 1
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line, so that a bad flag fails before the artifact or the input is opened.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    argparse.Namespace
+        The options, one attribute per flag (``args.batch_size``, ...).
+
+    Raises
+    ------
+    SystemExit
+        After argparse has printed the help (code 0) or a usage error (code
+        2, also for ``--batch-size`` or ``--workers`` below 1).
+    """
     parser = argparse.ArgumentParser(
         prog="python -m training.score",
         description="Score traffic with a fitted router: first model, plan and ex-ante estimates per query, "
@@ -225,7 +293,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Score the input file; returns the totals printed by :func:`main`."""
+    """Score the input file into ``--output`` and ``--rejects``, so that :func:`main` only prints and maps errors.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Options of :func:`parse_args`.
+
+    Returns
+    -------
+    dict
+        The totals :func:`summary` prints: ``logged``, ``queries``,
+        ``rejected_rows``, ``mean_cost``, ``mean_quality`` and
+        ``models_per_query`` (``None`` for query input), ``budget``,
+        ``seconds``, ``queries_per_second``, ``timings``,
+        ``warm_up_seconds``, ``workers``, ``output``, ``rejects``.
+
+    Raises
+    ------
+    training.serving.logged.ScoreError
+        If the input or the artifact is missing, the input is not readable
+        Parquet or lacks columns.
+    ValueError or FileNotFoundError
+        If the artifact cannot be loaded (no manifest, another format or
+        library version) or ``--budget`` is below every fitted policy.
+    training.cli.OutputError
+        If the output or the rejects file cannot be written.
+    """
     from tqdm.auto import tqdm
     if not args.input.exists():
         raise ScoreError(f"--input {args.input} does not exist")
@@ -314,6 +408,20 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def summary(totals: dict) -> str:
+    """Format the totals of :func:`run` for the terminal, so throughput and cost against budget read at a glance.
+
+    Parameters
+    ----------
+    totals : dict
+        As returned by :func:`run`.
+
+    Returns
+    -------
+    str
+        Queries scored, seconds, queries per second and processes; the mean
+        (realised or planned) cost per query against the budget; for logged
+        input the mean quality and models per query; the time per stage.
+    """
     budget = totals["budget"]
     what = "realised cost" if totals["logged"] else "planned ex-ante cost"
     processes = f"{totals['workers']} worker processes" if totals["workers"] > 1 else "one process"
@@ -330,10 +438,22 @@ def summary(totals: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Score a file; return the exit code (0 ok, 2 bad input, 1 an output cannot be written).
+    """Score a file as ``python -m training.score`` does, returning the exit code so it can be called from Python.
 
     Never raises :class:`SystemExit`: ``--help`` returns 0 and a usage
     error 2, after argparse has printed them.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 on success (with a ``warning:`` line on stderr when rows were
+        rejected), 2 on bad input (with a one-line ``error:``), 1 if an
+        output cannot be written.
     """
     return run_command(argv, parse_args, run, _print_summary)
 
