@@ -100,6 +100,10 @@ class CostEstimator(BaseEstimator):
         The predictors' regressors frozen for prediction (all models at once).
     offsets_, smearing_ : ndarray of shape (K,)
         Per model, the log offset and Duan's smearing factor.
+    priced_ : ndarray of intp
+        Columns of the models priced per token (mode ``"tokens"``).
+    token_prices_ : ndarray of shape (len(priced_), 2)
+        Their USD per 1M input and output tokens.
     """
 
     def __init__(self, prices: dict[str, tuple[float, float]] | None = None,
@@ -145,6 +149,8 @@ class CostEstimator(BaseEstimator):
         self.frozen_ = freeze_regressors([p.regressor for p in self.predictors_])
         self.offsets_ = np.array([p.offset for p in self.predictors_], dtype=np.float64)
         self.smearing_ = np.array([p.smearing for p in self.predictors_], dtype=np.float64)
+        self.priced_ = np.array([i for i, mode in enumerate(self.modes_) if mode == "tokens"], dtype=np.intp)
+        self.token_prices_ = np.array([prices[self.models_[i]] for i in self.priced_], dtype=np.float64).reshape(-1, 2)
         return self
 
     def predict_ante(self, prompt_features: NDArray[np.float64], input_tokens: NDArray[np.float64], *,
@@ -167,15 +173,17 @@ class CostEstimator(BaseEstimator):
         """
         estimate = np.maximum(np.exp(self.frozen_.predict(prompt_features, parallel)) * self.smearing_
                               - self.offsets_, 0.0)
-        for i, (model, mode) in enumerate(zip(self.models_, self.modes_)):
-            if mode == "tokens":
-                if np.isnan(input_tokens[:, i]).any():
-                    raise ValueError(
-                        f"input_tokens has NaN for model {model!r}, whose cost is priced per token; "
-                        "pass input_tokens or the prompts (their length / 4 is used)"
-                    )
-                price_in, price_out = self.prices[model]
-                estimate[:, i] = (input_tokens[:, i] * price_in + estimate[:, i] * price_out) / 1e6
+        if self.priced_.size:
+            tokens = input_tokens[:, self.priced_]
+            unknown = np.isnan(tokens).any(axis=0)
+            if unknown.any():
+                model = self.models_[self.priced_[np.flatnonzero(unknown)[0]]]
+                raise ValueError(
+                    f"input_tokens has NaN for model {model!r}, whose cost is priced per token; "
+                    "pass input_tokens or the prompts (their length / 4 is used)"
+                )
+            estimate[:, self.priced_] = (tokens * self.token_prices_[:, 0]
+                                         + estimate[:, self.priced_] * self.token_prices_[:, 1]) / 1e6
         return estimate
 
     def predict(self, prompt_features: NDArray[np.float64], input_tokens: NDArray[np.float64],

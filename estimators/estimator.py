@@ -448,7 +448,7 @@ class RouterEstimator:
         given, n = per_query_inputs(self.columns_, prompts, tasks, subtasks)
         features = self.frozen_featurizer_.transform({name: as_texts(given[name]) for name in self.columns_}, n,
                                                      parallel=parallel)
-        priced = "tokens" in self.cost_.modes_  # only prices per token read the input token counts
+        priced = self.cost_.priced_.size > 0  # only prices per token read the input token counts
         tokens = input_token_counts(given["prompt"] if priced else None, n, len(self.models_), input_tokens)
         return PreparedQueries(features, self.cost_.predict_ante(features, tokens, parallel=parallel),
                                self.quality_.prompt_share(features))
@@ -555,7 +555,8 @@ class RouterEstimator:
         prepared = self.prepare(prompts, tasks, subtasks, input_tokens=input_tokens)
         n = prepared.features.shape[0]
         run = check_run(run, n, self.models_)
-        return self.estimate(prepared, np.arange(n), run, responses=check_responses(responses, run),
+        return self.estimate(prepared, np.arange(n), run,
+                             responses=None if responses is None else check_responses(responses, run),
                              signals=check_signals(signals, self.signal_names_, run),
                              observed_cost=check_observed_cost(observed_cost, run))
 

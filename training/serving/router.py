@@ -126,12 +126,12 @@ class Router:
         """Turn ``observed`` into the run matrix and aligned per-model arrays."""
         k = len(self.models_)
         run = np.zeros((n, k), bool)
+        if observed is None:  # ex-ante: nothing ran, so there is nothing to pass on
+            return run, None, None, None
         responses = np.full((n, k), "", dtype=object)
         cost = np.zeros((n, k))
         names = list(self.estimator.signal_names_)
         signals = {name: np.full((n, k), np.nan) for name in names}
-        if observed is None:
-            return run, responses, cost, signals
         if len(observed) != n:
             raise ValueError(f"observed has {len(observed)} entries but there are {n} prompts")
         index = {name: i for i, name in enumerate(self.models_)}
