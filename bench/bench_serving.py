@@ -32,7 +32,11 @@ I/O, validation and conversions 18-20 s); peak RSS 670 MiB, against 630 MiB
 for a tenth of the traffic; query rows (no replay) 15,300-20,700 queries/s
 in one process. The same machine gave 9,600 (one process) and 11,500 (two
 workers) queries/s before the changes listed in ``docs/decisions.md`` item
-17, with identical decisions. (Peak RSS figures before 2026-12-01 came from
+17, with identical decisions. After the estimator's own ``predict`` became
+the frozen path (no serving twin), 300,000 queries, runs interleaved with
+the previous release: 26,500-28,100 against 27,400-29,500 queries/s with two
+workers, 23,200-25,400 against 24,400-25,300 in one process, identical
+output; decide p50 0.19-0.23 ms against 0.20-0.22 ms. (Peak RSS figures before 2026-12-01 came from
 ``ru_maxrss`` and included this pytest process's size; see :func:`_score`.)
 With other jobs on the machine wall time is up to 2x longer;
 ``cpu_seconds_total`` (about 85-95 s per million queries, load and warm-up
