@@ -169,6 +169,9 @@ class TextFeaturizer(_TextTransformer):
         self.svd_ = None
         if n_components >= 1:
             self.svd_ = TruncatedSVD(n_components, random_state=self.random_state).fit(self.tfidf_.transform(counts))
+            # Column-major, so that its transpose, the (features, components) projection that the frozen
+            # text pass reads row by row, is a C-contiguous view: one copy in memory and in the artifact.
+            self.svd_.components_ = np.asfortranarray(self.svd_.components_)
         return self
 
     def transform(self, X: ArrayLike) -> NDArray[np.float64]:
@@ -462,8 +465,17 @@ class _TextBlock:
         self.n_features = int(featurizer.n_features)
         self.n_components = int(featurizer.n_components)
         self.idf = np.ascontiguousarray(featurizer.tfidf_.idf_, dtype=np.float64)
-        svd = featurizer.svd_
-        self.projection = None if svd is None else np.ascontiguousarray(svd.components_.T, dtype=np.float64)
+
+    @property
+    def projection(self) -> np.ndarray | None:
+        """The SVD projection ``(features, components)``: a view of the fitted components, never a copy.
+
+        Held by the featurizer only (a stored view would be pickled as a
+        second 16 MB array); :meth:`TextFeaturizer.fit` keeps the
+        components column-major so that the view is C-contiguous.
+        """
+        svd = self.featurizer.svd_
+        return None if svd is None else np.ascontiguousarray(svd.components_.T, dtype=np.float64)
 
     @staticmethod
     def supports(featurizer: object) -> bool:
@@ -475,16 +487,17 @@ class _TextBlock:
 
     def __call__(self, columns: _EncodedColumns, n: int, parallel: bool) -> np.ndarray:
         out = np.zeros((n, self.n_components))
-        if self.projection is None:
+        projection = self.projection
+        if projection is None:
             return out
-        width = self.projection.shape[1]
+        width = projection.shape[1]
         text, offsets, plain = columns.encoded(self.column)
         rows = np.flatnonzero(plain)
         if rows.size:
             block = np.empty((rows.size, width))
             (ascii_text_features_parallel if parallel else ascii_text_features)(
                 text, offsets, rows, self.word_chars, self.char_chars, self.n_features, np.array(CHAR_NGRAMS),
-                self.idf, self.projection, block)
+                self.idf, projection, block)
             out[rows, :width] = block
         others = np.flatnonzero(~plain)
         if others.size:
@@ -495,7 +508,7 @@ class _TextBlock:
             for j, r in enumerate(others):
                 cells = slice(counts.indptr[j], counts.indptr[j + 1])
                 project_counts(counts.indices[cells].astype(np.int64), counts.data[cells].astype(np.float64),
-                               self.idf, self.projection, row)
+                               self.idf, projection, row)
                 out[r, :width] = row
         return out
 
