@@ -9,22 +9,35 @@ output cannot be written; ``--quiet`` hides the progress bars.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["BAD_INPUT", "CANNOT_WRITE", "OutputError", "fail", "parse_or_exit_code", "run_command", "writing"]
+__all__ = ["BAD_INPUT", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "Interrupted", "OutputError", "fail",
+           "parse_or_exit_code", "run_command", "writing"]
 
 #: Exit code of a run whose input cannot be used.
 BAD_INPUT = 2
 #: Exit code of a run whose output cannot be written.
 CANNOT_WRITE = 1
+#: Exit codes after Ctrl-C (SIGINT) and SIGTERM: 128 + the signal number, as shells report them.
+INTERRUPTED, TERMINATED = 130, 143
 
 
 class OutputError(OSError):
     """An output file cannot be written (exit code 1)."""
+
+
+class Interrupted(Exception):
+    """SIGTERM arrived: unwind like Ctrl-C (``finally`` blocks clean up), then exit 143."""
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
 
 
 @contextmanager
@@ -108,7 +121,8 @@ def fail(message: str, *, code: int = BAD_INPUT) -> int:
 
 
 def run_command(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | None], argparse.Namespace],
-                job: Callable[[argparse.Namespace], Any], finish: Callable[[Any], int]) -> int:
+                job: Callable[[argparse.Namespace], Any], finish: Callable[[Any], int], *,
+                on_interrupt: str = "") -> int:
     """Parse, run ``job``, and map its failures to the exit codes of the contract.
 
     Parameters
@@ -122,19 +136,33 @@ def run_command(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | Non
         written, ``ValueError``/``FileNotFoundError`` on bad input.
     finish : callable
         Prints the job's result and returns the exit code.
+    on_interrupt : str, optional
+        Added to the message when Ctrl-C or SIGTERM stops the job (what was kept, how to go on).
 
     Returns
     -------
     int
-        0 ok, 2 bad input, 1 an output could not be written (or what ``finish`` returns).
+        0 ok, 2 bad input, 1 an output could not be written, 130 after
+        Ctrl-C, 143 after SIGTERM (or what ``finish`` returns).
     """
     args = parse_or_exit_code(parse, argv)
     if isinstance(args, int):
         return args
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if in_main_thread else None
     try:
         result = job(args)
     except OutputError as error:
         return fail(str(error), code=CANNOT_WRITE)
     except (ValueError, FileNotFoundError) as error:  # bad data, bad artifact, a budget no policy fits
         return fail(str(error))
+    except KeyboardInterrupt:
+        return fail(f"interrupted (Ctrl-C); {on_interrupt or 'nothing was written under the output names'}",
+                    code=INTERRUPTED)
+    except Interrupted:
+        return fail(f"terminated (SIGTERM); {on_interrupt or 'nothing was written under the output names'}",
+                    code=TERMINATED)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return finish(result)

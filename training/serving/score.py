@@ -48,8 +48,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
-from ..cli import run_command, writing
+from ..cli import run_command
 from .logged import ScoreError, check_columns, required_columns
+from .outputs import RunOutputs, check_paths
 from .replay import STATUS_OK, output_schema, rejects_schema, score_batch
 from .router import Router, load_router
 
@@ -59,7 +60,9 @@ __all__ = ["AUTO_WORKERS_FROM_ROWS", "EXIT_CODES", "MAX_AUTO_WORKERS", "auto_wor
 #: Exit codes of :func:`main`, listed in ``--help``.
 EXIT_CODES = ("exit status: 0 on success (with a 'warning:' line on stderr when rows were rejected); "
               "2 on bad input (bad argument, missing or unreadable file, missing columns, a budget below "
-              "every fitted policy), with a one-line 'error:' on stderr; 1 if an output cannot be written.")
+              "every fitted policy, an output that is the input, an interrupted run without --resume), with a one-line 'error:' on "
+              "stderr; 1 if an output cannot be written; 130 after Ctrl-C and 143 after SIGTERM (completed batches "
+              "are kept for --resume).")
 
 
 # --------------------------------------------------------------------------- #
@@ -151,9 +154,37 @@ def iter_frames(path: Path, columns: list[str], batch_size: int, logged: bool) -
 _WORKER_ROUTER: Router | None = None
 
 
-def _init_worker(artifact: str) -> None:
+def _end_with_parent(parent: int) -> None:
+    """Make this worker end when the scoring process ends, however it ends (SIGKILL included).
+
+    On Linux the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``);
+    everywhere a daemon thread also checks every half second that the parent
+    is still the one that started it.
+    """
+    import ctypes
+    import signal
+    import threading
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (AttributeError, OSError):  # not Linux: the watchdog alone
+        pass
+    if os.getppid() != parent:  # the parent died before the call above
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
+
+
+def _init_worker(artifact: str, parent: int) -> None:
     """Load and warm the router once per worker process; kernels single-threaded (one batch per core)."""
     global _WORKER_ROUTER
+    _end_with_parent(parent)
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     import numba
     numba.set_num_threads(1)
     threadpool_limits(1, user_api="blas")  # for the life of the worker
@@ -176,46 +207,15 @@ def _start_workers(artifact: Path, n_workers: int):
     """A spawn-started process pool whose workers have loaded the router (before the clock starts).
 
     ``spawn``, not ``fork``: the parent may already run OpenMP threads
-    (numba's threading layer), which do not survive a fork.
+    (numba's threading layer), which do not survive a fork. A
+    ``multiprocessing.Pool`` because it can be terminated at once when the
+    run stops; its workers also end by themselves if this process dies.
     """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(str(artifact),))
-    list(pool.map(_warm_worker, range(n_workers)))
+    pool = multiprocessing.get_context("spawn").Pool(n_workers, initializer=_init_worker,
+                                                     initargs=(str(artifact), os.getpid()))
+    pool.map(_warm_worker, range(n_workers), chunksize=1)
     return pool
-
-
-class _Writer:
-    """Parquet writer that opens lazily and takes DataFrames in a fixed schema.
-
-    ``flag`` names the command-line option of the file, for the message of
-    the :class:`OutputError` raised when it cannot be written.
-    """
-
-    def __init__(self, path: Path, schema, flag: str) -> None:
-        self.path, self.schema, self.flag, self.writer = path, schema, flag, None
-        self.rows = 0
-
-    def write(self, frame: pd.DataFrame) -> None:
-        with self._writing():
-            if self.writer is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
-            data = frame.reindex(columns=self.schema.names)
-            self.writer.write_table(pa.Table.from_pandas(data, schema=self.schema, preserve_index=False))
-        self.rows += len(frame)
-
-    def close(self) -> None:
-        with self._writing():
-            if self.writer is None:  # still write an empty file with the schema
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                pq.write_table(self.schema.empty_table(), self.path)
-            else:
-                self.writer.close()
-
-    def _writing(self):
-        return writing(self.flag, self.path)
 
 
 #: ``--workers`` default: from this many input rows, one process per core (the ~3 s to start
@@ -283,6 +283,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              f"default: one process per core (up to {MAX_AUTO_WORKERS}) from "
                              f"{AUTO_WORKERS_FROM_ROWS:,} input rows, below that this process with "
                              "single-threaded kernels")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run recorded in OUTPUT.partial/ from its last completed "
+                             "batch (same input, artifact, budget and batch size); the result is the rows of an "
+                             "uninterrupted run")
     parser.add_argument("--quiet", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -325,6 +329,9 @@ def run(args: argparse.Namespace) -> dict:
         raise ScoreError(f"--input {args.input} does not exist")
     if not args.artifact.exists():
         raise ScoreError(f"--artifact {args.artifact} does not exist")
+    rejects_path = args.rejects or args.output.with_name(args.output.name.removesuffix(".parquet") + ".rejects.parquet")
+    rejects_flag = "--rejects" if args.rejects else "the rejects file"
+    check_paths(args.input, args.output, rejects_path, rejects_flag)
     try:
         parquet = pq.ParquetFile(args.input)
     except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a bad file
@@ -336,10 +343,14 @@ def run(args: argparse.Namespace) -> dict:
     columns = [c for c in required_columns(router, logged) if c in names]
     if logged and "response" in names and "response" not in columns:
         columns.append("response")
-    rejects_path = args.rejects or args.output.with_name(args.output.name.removesuffix(".parquet") + ".rejects.parquet")
-    writer = _Writer(args.output, output_schema(router, logged), "--output")
-    rejects = _Writer(rejects_path, rejects_schema(), "--rejects" if args.rejects else "the rejects file")
+    stat = args.input.stat()
+    run_key = {"input": str(args.input.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+               "artifact": str(args.artifact.resolve()), "budget": policy.budget, "batch_size": args.batch_size}
+    outputs = RunOutputs(args.output, rejects_path, (output_schema(router, logged), rejects_schema()), run_key,
+                         resume=args.resume, rejects_flag=rejects_flag)
     totals = {"queries": 0, "rejected_rows": 0, "cost": 0.0, "quality": 0.0, "models": 0.0}
+    totals.update({key: outputs.totals[key] for key in totals if key in outputs.totals})  # --resume
+    resumed = outputs.done
     timings: dict = {}
     workers = args.workers or auto_workers(parquet.metadata.num_rows)
     parallel = args.workers == 1  # asked for one process: use its cores through multi-threaded kernels
@@ -356,9 +367,6 @@ def run(args: argparse.Namespace) -> dict:
             timings[key] = timings.get(key, 0.0) + value
         ok = result["status"] == STATUS_OK
         scored, rejected = result[ok], result[~ok]
-        writer.write(scored)
-        if len(rejected):
-            rejects.write(rejected)
         totals["queries"] += len(scored)
         totals["rejected_rows"] += len(rejected)
         if logged and len(scored):
@@ -367,36 +375,40 @@ def run(args: argparse.Namespace) -> dict:
             totals["models"] += float(scored["n_run"].sum())
         elif len(scored):
             totals["cost"] += float(scored["plan_cost"].sum())
+        outputs.write_batch(outputs.done, scored, rejected, totals)
         progress.update(n_rows)
 
     # BLAS threads only ever wait here: the products are small (a batch times a few hundred columns)
     # and, beside numba's threads or other workers, OpenBLAS's spinning threads made them 10x slower.
     blas = threadpool_limits(1, user_api="blas")
     try:
+        batches = iter_tables(args.input, columns, args.batch_size, logged)
+        for _ in range(resumed):  # --resume: batches an earlier run completed
+            progress.update(next(batches).num_rows)
         if pool is None:
-            for frame in iter_frames(args.input, columns, args.batch_size, logged):
+            for table in batches:
+                frame = table.to_pandas()
                 batch_timings: dict = {}
                 consume(score_batch(router, frame, args.budget, parallel=parallel, timings=batch_timings),
                         batch_timings, len(frame))
         else:
             pending: deque = deque()
-            for table in iter_tables(args.input, columns, args.batch_size, logged):
-                pending.append((pool.submit(_score_in_worker, table, args.budget), table.num_rows))
+            for table in batches:
+                pending.append((pool.apply_async(_score_in_worker, (table, args.budget)), table.num_rows))
                 if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays bounded
                     future, n_rows = pending.popleft()
-                    consume(*future.result(), n_rows)
+                    consume(*future.get(), n_rows)
             while pending:
                 future, n_rows = pending.popleft()
-                consume(*future.result(), n_rows)
+                consume(*future.get(), n_rows)
+        outputs.finish()
     finally:
         blas.restore_original_limits()
         progress.close()
         if pool is not None:
-            pool.shutdown(cancel_futures=True)
-        try:
-            writer.close()
-        finally:
-            rejects.close()
+            pool.terminate()  # workers hold nothing worth waiting for once the parent stops
+            pool.join()
+        outputs.discard_unfinished()
     seconds = time.perf_counter() - started
     n = max(totals["queries"], 1)
     return {"logged": logged, "queries": totals["queries"], "rejected_rows": totals["rejected_rows"],
@@ -404,7 +416,7 @@ def run(args: argparse.Namespace) -> dict:
             "models_per_query": totals["models"] / n if logged else None, "budget": policy.budget,
             "seconds": seconds, "queries_per_second": totals["queries"] / seconds if seconds > 0 else None,
             "timings": timings, "warm_up_seconds": warm_up_seconds, "workers": workers, "output": str(args.output),
-            "rejects": str(rejects_path)}
+            "rejects": str(rejects_path), "resumed_batches": resumed}
 
 
 def summary(totals: dict) -> str:
@@ -455,7 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rejected), 2 on bad input (with a one-line ``error:``), 1 if an
         output cannot be written.
     """
-    return run_command(argv, parse_args, run, _print_summary)
+    return run_command(argv, parse_args, run, _print_summary,
+                       on_interrupt="completed batches are kept in OUTPUT.partial/ (nothing under the output "
+                                    "names): rerun with --resume to continue")
 
 
 def _print_summary(totals: dict) -> int:
