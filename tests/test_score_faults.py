@@ -179,3 +179,19 @@ def test_sigterm_in_process_exits_143_through_the_command_contract(artifact, log
     monkeypatch.setattr(score, "run", job)
     assert score.main(_score(artifact, logged, tmp_path / "out.parquet")) == 143
     assert "terminated (SIGTERM)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_csv_input_scores_like_parquet(artifact, logged, tmp_path, suffix):
+    frame = pd.read_parquet(logged).iloc[: 8 * 300]
+    frame.to_parquet(tmp_path / "t.parquet")
+    frame.to_csv(tmp_path / f"t{suffix}", index=False)  # pandas defaults; prompts span several lines
+    results = []
+    for source in (tmp_path / "t.parquet", tmp_path / f"t{suffix}"):
+        out = tmp_path / f"{source.name}.out.parquet"
+        assert main(_score(artifact, source, out, "--batch-size", "250")) == 0
+        result = pd.read_parquet(out)
+        result["models_run"] = result["models_run"].map(tuple)
+        results.append(result)
+    assert len(results[0]) == 300
+    pd.testing.assert_frame_equal(results[1], results[0])

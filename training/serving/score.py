@@ -70,6 +70,65 @@ EXIT_CODES = ("exit status: 0 on success (with a 'warning:' line on stderr when 
 # --------------------------------------------------------------------------- #
 
 
+#: Per-(query, model) columns read as text from CSV (empty fields are '', as ``training.data`` reads them).
+_TEXT_COLUMNS = ("query_id", "prompt", "task", "subtask", "model", "response")
+
+
+def _csv_parse_options():
+    import pyarrow.csv as pacsv
+    return pacsv.ParseOptions(newlines_in_values=True)  # prompts and responses span lines
+
+
+def is_csv(path: Path) -> bool:
+    """Whether ``path`` is read as CSV (``.csv``, ``.csv.gz``) rather than Parquet."""
+    return path.name.lower().endswith((".csv", ".csv.gz"))
+
+
+def input_columns(path: Path) -> tuple[list[str], int | None]:
+    """Column names of the input and its number of rows (``None`` for CSV, which would need a full read).
+
+    Raises
+    ------
+    ScoreError
+        If the file cannot be read as Parquet or CSV.
+    """
+    import pyarrow.csv as pacsv
+    try:
+        if is_csv(path):
+            with pacsv.open_csv(path, parse_options=_csv_parse_options()) as reader:
+                return list(reader.schema.names), None
+        parquet = pq.ParquetFile(path)
+        return list(parquet.schema_arrow.names), parquet.metadata.num_rows
+    except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        kind = "CSV" if is_csv(path) else "Parquet"
+        raise ScoreError(f"--input {path} is not a readable {kind} file ({error})") from error
+
+
+def _record_batches(path: Path, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """The input's ``columns`` in record batches of ``batch_size`` rows (the last one shorter)."""
+    if not is_csv(path):
+        # pre_buffer (pyarrow's default) keeps every column chunk read so far until the file is closed:
+        # memory would grow with the input instead of staying bounded by the batch.
+        yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_size, columns=columns)
+        return
+    import pyarrow.csv as pacsv
+    convert = pacsv.ConvertOptions(include_columns=columns, strings_can_be_null=False,
+                                   column_types={c: pa.string() for c in columns if c in _TEXT_COLUMNS})
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    with pacsv.open_csv(path, parse_options=_csv_parse_options(), convert_options=convert) as reader:  # block by block
+        for block in reader:
+            pending.append(block)
+            held += block.num_rows
+            while held >= batch_size:
+                table = pa.Table.from_batches(pending)
+                yield from table.slice(0, batch_size).combine_chunks().to_batches()
+                rest = table.slice(batch_size)
+                pending, held = rest.combine_chunks().to_batches(), rest.num_rows
+    if held:
+        yield from pa.Table.from_batches(pending).combine_chunks().to_batches()
+
+
 def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -> Iterator[pa.Table]:
     """Batches of the input as Arrow tables with a ``row`` column; logged queries never split.
 
@@ -83,7 +142,7 @@ def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -
     Parameters
     ----------
     path : Path
-        The Parquet input file.
+        The input file: Parquet, or CSV / CSV.gz (streamed with ``pyarrow.csv.open_csv``).
     columns : list of str
         Columns to read (``query_id`` among them when ``logged``).
     batch_size : int
@@ -99,12 +158,9 @@ def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -
         The ``columns`` of consecutive input rows, plus ``row`` (int64, the
         input row number from 0).
     """
-    # pre_buffer (pyarrow's default) keeps every column chunk read so far until the file is closed:
-    # memory would grow with the input instead of staying bounded by the batch.
-    reader = pq.ParquetFile(path, pre_buffer=False)
     offset = 0
     carry = None
-    for batch in reader.iter_batches(batch_size=batch_size, columns=columns):
+    for batch in _record_batches(path, columns, batch_size):
         table = pa.Table.from_batches([batch]).append_column(
             "row", pa.array(np.arange(offset, offset + batch.num_rows, dtype=np.int64)))
         offset += batch.num_rows
@@ -270,7 +326,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         epilog=EXIT_CODES, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--artifact", type=Path, required=True, help="router.joblib written by training.fit")
     parser.add_argument("--input", type=Path, required=True,
-                        help="Parquet file: one row per query, or the long format with logged outcomes")
+                        help="Parquet or CSV (.csv, .csv.gz) file: one row per query, or the long format with "
+                             "logged outcomes (the rows of a query contiguous: memory stays bounded by the batch)")
     parser.add_argument("--output", type=Path, required=True, help="Parquet file for the decisions")
     parser.add_argument("--budget", type=float, default=None,
                         help="pick the fitted policy for this budget; default: the largest fitted budget")
@@ -332,11 +389,7 @@ def run(args: argparse.Namespace) -> dict:
     rejects_path = args.rejects or args.output.with_name(args.output.name.removesuffix(".parquet") + ".rejects.parquet")
     rejects_flag = "--rejects" if args.rejects else "the rejects file"
     check_paths(args.input, args.output, rejects_path, rejects_flag)
-    try:
-        parquet = pq.ParquetFile(args.input)
-    except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a bad file
-        raise ScoreError(f"--input {args.input} is not a readable Parquet file ({error})") from error
-    names = parquet.schema_arrow.names
+    names, n_rows = input_columns(args.input)
     router = load_router(args.artifact)
     logged = check_columns(router, names)
     policy = router.policy(args.budget)
@@ -352,7 +405,8 @@ def run(args: argparse.Namespace) -> dict:
     totals.update({key: outputs.totals[key] for key in totals if key in outputs.totals})  # --resume
     resumed = outputs.done
     timings: dict = {}
-    workers = args.workers or auto_workers(parquet.metadata.num_rows)
+    # CSV has no row count up front: about 2 kB per logged row decides the default
+    workers = args.workers or auto_workers(n_rows if n_rows is not None else args.input.stat().st_size // 2048)
     parallel = args.workers == 1  # asked for one process: use its cores through multi-threaded kernels
     warming = time.perf_counter()
     pool = _start_workers(args.artifact, workers) if workers > 1 else None
@@ -360,7 +414,7 @@ def run(args: argparse.Namespace) -> dict:
         router.warm_up(parallel=True)  # row-parallel kernels are compiled per process, not cached
     warm_up_seconds = time.perf_counter() - warming
     started = time.perf_counter()
-    progress = tqdm(total=parquet.metadata.num_rows, unit="row", desc="training.score", disable=args.quiet)
+    progress = tqdm(total=n_rows, unit="row", desc="training.score", disable=args.quiet)
 
     def consume(result: pd.DataFrame, batch_timings: dict, n_rows: int) -> None:
         for key, value in batch_timings.items():
