@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -71,15 +71,37 @@ def uncertainty_keywords(sigma: ArrayLike | None, cov: ArrayLike | None, scale: 
 EstimateStep = Callable[[np.ndarray, np.ndarray, bool], Estimates]
 
 
+@overload
+def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options: dict[str, Any], *,
+                  u: NDArray[np.float64], sigma_scale: float = ..., parallel: bool = ...,
+                  timings: dict[str, float] | None = ..., available: None = ...
+                  ) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]: ...
+
+
+@overload
+def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options: dict[str, Any], *,
+                  u: NDArray[np.float64], sigma_scale: float = ..., parallel: bool = ...,
+                  timings: dict[str, float] | None = ..., available: ArrayLike
+                  ) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]: ...
+
+
 def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options: dict[str, Any], *,
                   u: NDArray[np.float64], sigma_scale: float = 1.0, parallel: bool = True,
-                  timings: dict[str, float] | None = None
-                  ) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]:
+                  timings: dict[str, float] | None = None, available: ArrayLike | None = None
+                  ) -> (tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]
+                        | tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]):
     """Decide, run, re-estimate, decide again, until every query stops; then select the answers.
 
     Each step asks ``estimate`` for the queries still going, with the run
     sets they have reached, and the kernel for their next model; "running"
     it is up to ``estimate`` (the logged outcome stands in for the call).
+
+    With ``available`` (partial logs: only some models' outcomes are known
+    per query), a query whose next model is not available stops right there,
+    before that model is run: its ``order`` and ``run`` hold what was run up
+    to that point, that model is reported in ``needed``, and no answer is
+    selected for it (``answer`` is ``-1``). The other queries play exactly as
+    without ``available``.
 
     Parameters
     ----------
@@ -99,6 +121,9 @@ def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options
         Multi-threaded kernel (same decisions).
     timings : dict, optional
         Seconds spent in the kernel are added under ``"kernel"``.
+    available : array-like of bool, shape (n_queries, n_models), optional
+        Which models' outcomes are known per query. Default: all of them
+        (and the result has no ``needed``).
 
     Returns
     -------
@@ -107,8 +132,24 @@ def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options
     run : ndarray of bool, shape (n_queries, n_models)
         Final run sets.
     answer : ndarray of int64, shape (n_queries,)
-        Selected model (best post-hoc quality estimate among those run).
+        Selected model (best post-hoc quality estimate among those run);
+        ``-1`` for a query stopped by ``available``.
+    needed : ndarray of int64, shape (n_queries,)
+        Only when ``available`` is given: the model a query needed and that
+        was not available, ``-1`` for the queries that played to the end.
+
+    Raises
+    ------
+    ValueError
+        If ``available`` does not have shape ``(n_queries, n_models)``.
     """
+    needed = None
+    if available is not None:
+        available = np.asarray(available, dtype=bool)
+        if available.shape != (n_queries, n_models):
+            raise ValueError(f"available must have shape (n_queries, n_models) = {(n_queries, n_models)}, "
+                             f"got {available.shape}")
+        needed = np.full(n_queries, kernel.STOP, dtype=np.int64)
     depth = int(options.get("max_depth") or n_models)
     run = np.zeros((n_queries, n_models), dtype=bool)
     order = np.full((n_queries, depth), kernel.STOP, dtype=np.int64)
@@ -123,15 +164,30 @@ def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options
                                **uncertainty_keywords(found.sigma, found.cov, sigma_scale), **options)
         kernel_seconds += time.perf_counter() - began
         going = chosen != kernel.STOP
+        if needed is not None:  # a model without a logged outcome cannot be run: the query stops before it
+            lacking = going & ~available[active, np.maximum(chosen, 0)]
+            needed[active[lacking]] = chosen[lacking]
+            going &= ~lacking
         active, chosen = active[going], chosen[going]
         order[active, step] = chosen
         run[active, chosen] = True
-    final = estimate(np.arange(n_queries), run, False)
-    began = time.perf_counter()
-    answer = kernel.select_answer(final.quality, run)
+    if needed is None:
+        final = estimate(np.arange(n_queries), run, False)
+        began = time.perf_counter()
+        answer = kernel.select_answer(final.quality, run)
+    else:  # select only for the queries that played to the end
+        finished = np.flatnonzero(needed == kernel.STOP)
+        answer = np.full(n_queries, kernel.STOP, dtype=np.int64)
+        began = time.perf_counter()
+        if finished.size:
+            final = estimate(finished, run[finished], False)
+            began = time.perf_counter()
+            answer[finished] = kernel.select_answer(final.quality, run[finished])
     if timings is not None:
         timings["kernel"] = timings.get("kernel", 0.0) + kernel_seconds + time.perf_counter() - began
-    return order, run, answer
+    if needed is None:
+        return order, run, answer
+    return order, run, answer, needed
 
 
 @dataclass(frozen=True)

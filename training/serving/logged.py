@@ -2,11 +2,13 @@
 
 Logged input is the long format of ``../shared/data/README.md``: one row per
 query and model with ``quality``, ``cost_usd`` and ``response``, the rows of
-a query contiguous. :func:`validate_logged` checks every row, rejects whole
-queries (never single rows: a cascade cannot be replayed with a model
-missing), and lays the queries that pass out as ``(queries, models)`` grids
-in the router's model order; :mod:`training.serving.replay` plays the policy
-on them.
+a query contiguous (streaming in bounded memory holds one batch of rows at a
+time, so a query's rows must come together). Logs may be partial: a query
+needs rows only for the models that were called (``LoggedBatch.available``).
+:func:`validate_logged` checks every row, rejects whole queries (never single
+rows: a cascade cannot be replayed with a logged outcome that is wrong), and
+lays the queries that pass out as ``(queries, models)`` grids in the router's
+model order; :mod:`training.serving.replay` plays the policy on them.
 
 The column checks (:func:`required_columns`, :func:`check_columns`) cover
 query input (one row per query) as well, and the text helpers are shared
@@ -37,7 +39,9 @@ class LoggedBatch(NamedTuple):
     """A validated logged batch: the queries that can be replayed, in input order, and the rejected rows.
 
     ``Q`` is the number of accepted queries, ``K`` the number of router
-    models; grid columns follow ``router.models_``.
+    models; grid columns follow ``router.models_``. A cell whose model has no
+    row for the query (partial logs) is ``False`` in ``available`` and holds
+    cost 0, quality NaN, response '' and signals NaN.
     """
 
     #: Input row number (the ``row`` column, else the index) of each accepted query's first row, int64 ``(Q,)``.
@@ -54,6 +58,8 @@ class LoggedBatch(NamedTuple):
     responses: NDArray[np.object_]
     #: Logged signals the estimator uses, each float64 ``(Q, K)``.
     signals: dict[str, NDArray[np.float64]]
+    #: Whether each model has a logged row for each query, bool ``(Q, K)`` (all ``True`` for full logs).
+    available: NDArray[np.bool_]
     #: Every input row of every rejected query: ``row``, ``query_id``, ``reason``, ``model``
     #: (empty frame when nothing is rejected).
     rejected: pd.DataFrame
@@ -192,9 +198,15 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
 
     A malformed row (missing query id, model or prompt, unknown model,
     NaN/negative/infinite cost, NaN quality, non-finite signal) rejects its
-    query, as do a duplicate or missing model for a query and rows of a query
-    that are not contiguous; every input row of a rejected query is in
-    ``rejected`` with a reason (its own, or the one that rejected its query).
+    query, as do a duplicate model for a query and rows of a query that are
+    not contiguous (streaming holds one batch of rows at a time, so bounded
+    memory needs each query's rows together; this function sees only
+    ``frame``, so a query continued in another frame is flagged by the
+    reader in an optional boolean ``scattered`` column);
+    every input row of a rejected query is in ``rejected`` with a reason (its
+    own, or the one that rejected its query). A model with no row for a query
+    is not malformed (partial logs: only the models called were logged): the
+    query is accepted with that model not ``available``.
 
     Parameters
     ----------
@@ -241,27 +253,27 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     query_of_row = np.repeat(np.arange(starts.size), ends - starts)
     first_keys = key[starts]
     repeated = pd.Series(first_keys).duplicated(keep=False).to_numpy()
-    flag(repeated[query_of_row] & ~frame["query_id"].isna().to_numpy(),
-         lambda r: f"rows of query {key[r]!r} are not contiguous; sort the input by query_id")
+    # ``scattered``: set by the file reader for queries whose rows are split over the file (see
+    # training.serving.score.scattered_queries), which no single frame can see
+    scattered = (frame["scattered"].to_numpy(dtype=bool) if "scattered" in frame.columns
+                 else np.zeros(n_rows, dtype=bool))
+    flag((repeated[query_of_row] | scattered) & ~frame["query_id"].isna().to_numpy(),
+         lambda r: f"rows of query {key[r]!r} are not contiguous (scoring in bounded memory needs each query's "
+                   f"rows together); sort or group the input by query_id")
     # one row per router model
     slot = query_of_row * k + np.where(model_codes >= 0, model_codes, 0)
     valid_model = model_codes >= 0
     counts = np.bincount(slot[valid_model], minlength=starts.size * k).reshape(starts.size, k)
     flag(valid_model & (counts.reshape(-1)[slot] > 1),
          lambda r: f"query {key[r]!r} has more than one row for model {models[model_codes[r]]!r}")
-    lacking = counts == 0
     query_bad = np.zeros(starts.size, dtype=bool)
     np.logical_or.at(query_bad, query_of_row, row_reason != "")
-    query_bad |= lacking.any(axis=1)
     bad_rows = query_bad[query_of_row]
     own_reason = row_reason != ""  # before the rows that are only collateral get theirs
     for r in np.flatnonzero(bad_rows & ~own_reason):
         q = query_of_row[r]
-        if lacking[q].any():
-            row_reason[r] = f"query {key[r]!r} has no row for model(s) {[models[j] for j in np.flatnonzero(lacking[q])]}"
-        else:
-            culprit = starts[q] + int(np.flatnonzero(own_reason[starts[q]:ends[q]])[0])
-            row_reason[r] = f"query rejected because of row {_row_numbers(frame)[culprit]}"
+        culprit = starts[q] + int(np.flatnonzero(own_reason[starts[q]:ends[q]])[0])
+        row_reason[r] = f"query rejected because of row {_row_numbers(frame)[culprit]}"
     rejected = _reject_frame(frame, np.flatnonzero(bad_rows), list(row_reason[bad_rows]))
 
     good = np.flatnonzero(~query_bad)
@@ -271,9 +283,10 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     remap = np.full(starts.size, -1, np.int64)
     remap[good] = np.arange(good.size)
     cell = (remap[cell[0]], cell[1])
-    grid_cost = np.empty((good.size, k))
+    available = counts[good] > 0  # exactly one row where True: duplicates rejected the query
+    grid_cost = np.zeros((good.size, k))  # 0 where not logged: a replay never runs such a model
     grid_cost[cell] = cost[rows_good]
-    grid_quality = np.empty((good.size, k))
+    grid_quality = np.full((good.size, k), np.nan)
     grid_quality[cell] = quality[rows_good]
     responses = np.full((good.size, k), "", dtype=object)
     if "response" in frame.columns and router.estimator.uses_responses_:
@@ -285,4 +298,4 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     values = {c: _text_column(frame[c], first_rows) for c in per_query}
     return LoggedBatch(first_rows=_row_numbers(frame)[first_rows], query_ids=first_keys[good], values=values,
                        cost=grid_cost, quality=grid_quality, responses=responses, signals=signals,
-                       rejected=rejected)
+                       available=available, rejected=rejected)

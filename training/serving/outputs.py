@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from ..cli import writing
 from .logged import ScoreError
 
-__all__ = ["RunOutputs", "check_paths"]
+__all__ = ["PROGRESS", "RunOutputs", "check_paths"]
 
 #: File in the partial folder that records what is done.
 PROGRESS = "progress.json"
@@ -49,6 +49,13 @@ def _same(a: Path, b: Path) -> bool:
 
 def check_paths(input_path: Path, output: Path, rejects: Path, rejects_flag: str) -> None:
     """Refuse outputs that would overwrite the input or each other, or that are directories.
+
+    Parameters
+    ----------
+    input_path, output, rejects : Path
+        The input and the two output paths.
+    rejects_flag : str
+        How the rejects path was given (for the message).
 
     Raises
     ------
@@ -116,6 +123,7 @@ class RunOutputs:
                     raise ScoreError(f"--resume: {self.partial} belongs to another run (input, artifact, budget or "
                                      "batch size differ); delete it to start again")
                 self.done, self.totals = int(recorded["done"]), dict(recorded["totals"])
+                self.discard_unfinished()  # a run killed mid-write (SIGKILL) leaves temporary parts
             else:
                 self.partial.mkdir(parents=True)
                 self._record(run_key, 0, {})  # proves the folder is writable before any work

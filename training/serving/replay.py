@@ -10,12 +10,16 @@ Spark's ``mapInPandas`` or Dask's ``map_partitions`` can run it unchanged
   :mod:`training.serving.logged`): :func:`replay` plays the whole cascade
   per query, the logged responses and costs standing in for the calls, and
   per query the models run, the realised cost and the quality of the
-  selected answer are written.
+  selected answer are written. Logs may be partial (rows only for the
+  models that were called): a query whose cascade reaches a model without a
+  logged outcome stops there (``status == "unreplayable"``, the model in
+  ``needed_model``).
 
-Its result has one ``status == "ok"`` row per scored query and one
-``status == "rejected"`` row per input row of a rejected query
-(:func:`output_schema`, :func:`rejects_schema`). Streaming files through it
-is :mod:`training.serving.score` (``python -m training.score``).
+Its result has one ``status == "ok"`` (or ``"unreplayable"``) row per scored
+query and one ``status == "rejected"`` row per input row of a rejected query,
+in the columns and types of :func:`output_schema` followed by ``reason`` and
+``model`` (:func:`rejects_schema`), whatever the batch holds. Streaming files
+through it is :mod:`training.serving.score` (``python -m training.score``).
 """
 
 from __future__ import annotations
@@ -36,10 +40,13 @@ from ..policy import Policy
 from .logged import _missing, _per_query_columns, _reject_frame, _row_numbers, _text, check_columns, validate_logged
 from .router import Router, prompt_uniforms
 
-__all__ = ["STATUS_OK", "STATUS_REJECTED", "output_schema", "rejects_schema", "replay", "score_batch"]
+__all__ = ["STATUS_OK", "STATUS_REJECTED", "STATUS_UNREPLAYABLE", "output_schema", "rejects_schema", "replay",
+           "score_batch"]
 
-#: ``status`` of a scored query's row in :func:`score_batch` results.
+#: ``status`` of a scored query's row in :func:`score_batch` results (for logged input: replayed to the end).
 STATUS_OK = "ok"
+#: ``status`` of a logged query whose cascade reached a model with no logged outcome (``needed_model``).
+STATUS_UNREPLAYABLE = "unreplayable"
 #: ``status`` of a rejected input row in :func:`score_batch` results.
 STATUS_REJECTED = "rejected"
 
@@ -52,8 +59,10 @@ STATUS_REJECTED = "rejected"
 def replay(router: Router, policy: Policy, prompts: NDArray[np.object_] | None, tasks: NDArray[np.object_] | None,
            subtasks: NDArray[np.object_] | None, cost: NDArray[np.float64], responses: NDArray[np.object_],
            signals: dict[str, NDArray[np.float64]], *, parallel: bool = True,
-           timings: dict | None = None) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]:
-    """Play ``policy`` on queries whose every model outcome is logged.
+           timings: dict | None = None, available: NDArray[np.bool_] | None = None
+           ) -> (tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]
+                 | tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]):
+    """Play ``policy`` on logged queries, each up to the end or to the first model it needs that was not logged.
 
     The episode loop of policy evaluation (:func:`~training.episodes.play_cascades`),
     with the logged responses, signals and costs revealed as models "run".
@@ -70,7 +79,7 @@ def replay(router: Router, policy: Policy, prompts: NDArray[np.object_] | None, 
     prompts, tasks, subtasks : ndarray of str, shape (N,), or None
         The per-query inputs the estimator reads.
     cost : ndarray of float64, shape (N, K)
-        Logged cost of every model on every query.
+        Logged cost of every model on every query (read only where a model runs).
     responses : ndarray of object, shape (N, K)
         Logged responses (``''`` when the estimator reads none).
     signals : dict of str to ndarray of float64, shape (N, K)
@@ -80,6 +89,8 @@ def replay(router: Router, policy: Policy, prompts: NDArray[np.object_] | None, 
     timings : dict, optional
         Seconds spent in ``prepare`` (featurization and ex-ante costs),
         ``estimate`` and ``kernel`` are added to it.
+    available : ndarray of bool, shape (N, K), optional
+        Which models are logged per query (partial logs); default all.
 
     Returns
     -------
@@ -88,7 +99,11 @@ def replay(router: Router, policy: Policy, prompts: NDArray[np.object_] | None, 
     run : ndarray of bool, shape (N, K)
         Final run sets.
     answer : ndarray of int64, shape (N,)
-        Selected model per query (as :func:`~training.episodes.play_cascades`).
+        Selected model per query (as :func:`~training.episodes.play_cascades`;
+        ``-1`` for a query stopped on a model not logged).
+    needed : ndarray of int64, shape (N,)
+        Only with ``available``: the model a query needed and that was not
+        logged, ``-1`` for the queries replayed to the end.
     """
     timings = {} if timings is None else timings
     estimator = router.estimator
@@ -110,7 +125,7 @@ def replay(router: Router, policy: Policy, prompts: NDArray[np.object_] | None, 
         return found
 
     return play_cascades(estimate, n, k, policy.kernel_options(), u=u, sigma_scale=policy.sigma_scale,
-                         parallel=parallel, timings=timings)
+                         parallel=parallel, timings=timings, available=available)
 
 
 def _add(timings: dict, key: str, started: float) -> None:
@@ -133,8 +148,14 @@ def score_batch(router: Router, frame: pd.DataFrame, budget: float | None = None
         kernels then compile on first use).
     frame : pandas.DataFrame
         Query rows, or logged rows (a ``model`` column) with every row of a
-        query in this frame and contiguous. An optional ``row`` column holds
-        input row numbers for the reject report (default: the frame's index).
+        query in this frame and contiguous: rows of a query that are not
+        contiguous reject it (bounded memory needs contiguity: a stream is
+        scored one batch of rows at a time, so a query's rows must come
+        together), and a query whose rows continue in another frame is seen
+        as two queries, each part scored or rejected on its own (this
+        function sees one frame). A query may lack rows for some models
+        (partial logs). An optional ``row`` column holds input row numbers
+        for the reject report (default: the frame's index).
     budget : float, optional
         Selects the fitted policy (:meth:`Router.policy`).
     parallel : bool, default=True
@@ -148,9 +169,24 @@ def score_batch(router: Router, frame: pd.DataFrame, budget: float | None = None
     Returns
     -------
     pandas.DataFrame
-        One row per scored query (``status == "ok"``) and one row per input
-        row of every rejected query (``status == "rejected"``, with
-        ``row``, ``reason``); columns as :func:`output_schema`.
+        One row per scored query, then one row per input row of every
+        rejected query (``status == "rejected"``, with ``row``, ``reason``,
+        ``model``). Columns: those of :func:`output_schema` in its order and
+        types (string columns ``str``/object with missing values, the list
+        column an Arrow list, ``n_run`` nullable ``Int64``), then ``reason``
+        and ``model`` (null on scored rows), whatever the batch holds (no
+        accepted query, only rejects, no rows), so every subset converts to
+        the declared schema.
+
+        A logged query replayed to the end has ``status == "ok"``. A logged
+        query whose cascade reached a model with no row for it (partial
+        logs) has ``status == "unreplayable"``: ``needed_model`` is that
+        model (null on every other row); ``models_run``, ``n_run`` and
+        ``cost`` cover the models run before it (empty, 0 and 0.0 when it
+        was the first); ``first_model`` is the policy's first model all the
+        same (``needed_model`` itself when nothing ran); ``answer_model`` and
+        ``quality`` are null (the cascade did not finish, so no answer was
+        selected).
 
     Raises
     ------
@@ -164,12 +200,67 @@ def score_batch(router: Router, frame: pd.DataFrame, budget: float | None = None
     return _score_queries(router, policy, frame, parallel, timings)
 
 
-def _with_rejected(out: pd.DataFrame, rejected: pd.DataFrame) -> pd.DataFrame:
-    """Scored rows, then the rejected input rows (``status`` first, like the scored rows)."""
-    if not len(rejected):
-        return out
-    return pd.concat([out, rejected.assign(status=STATUS_REJECTED)[["status", *rejected.columns]]],
-                     ignore_index=True)
+def _result(schema: pa.Schema, scored: dict, n: int, rejected: pd.DataFrame) -> pd.DataFrame:
+    """The ``n`` scored rows (``scored``: column name -> values), then the rejected input rows.
+
+    Columns: every field of ``schema`` in its order, then ``reason`` and
+    ``model``, each built at its full length with a type that converts to
+    the schema's (missing values where a part has none) and that does not
+    depend on what the batch holds, so an empty part never leaves a column
+    typed by accident (a float column of NaN, which Arrow cannot write as a
+    string list).
+    """
+    m = len(rejected)
+    total = n + m
+    data: dict = {}
+    for field in schema:
+        name, kind = field.name, field.type
+        value = scored.get(name) if n else None
+        below = rejected[name].to_numpy() if m and name in rejected.columns else None
+        if name == "status":
+            column = np.empty(total, dtype=object)
+            column[:n] = scored["status"] if n else STATUS_OK
+            column[n:] = STATUS_REJECTED
+        elif pa.types.is_list(kind):
+            top = value if value is not None else pa.array([], kind)
+            column = pd.arrays.ArrowExtensionArray(pa.concat_arrays([top.cast(kind), pa.nulls(m, kind)]))
+        elif pa.types.is_string(kind):
+            column = np.full(total, None, dtype=object)
+            if value is not None:
+                column[:n] = value
+            if below is not None:
+                column[n:] = below
+        elif pa.types.is_floating(kind):
+            column = np.full(total, np.nan)
+            if value is not None:
+                column[:n] = value
+        elif name == "row":
+            column = np.empty(total, dtype=np.int64)
+            column[:n] = value if value is not None else 0
+            column[n:] = below if below is not None else 0
+        else:  # other integer columns: nullable, null on the rejected rows
+            column = pd.array(np.zeros(total, dtype=np.int64), dtype="Int64")
+            if value is not None:
+                column[:n] = np.asarray(value, dtype=np.int64)
+            column[n:] = pd.NA
+        data[name] = column
+    for name in ("reason", "model"):
+        column = np.full(total, None, dtype=object)
+        if m and name in rejected.columns:
+            column[n:] = rejected[name].to_numpy()
+        data[name] = column
+    result = pd.DataFrame(data)
+    text = pd.Series(["a"]).dtype  # what pandas makes of strings (object, or str with pandas 3's string inference)
+    for name in [f.name for f in schema if pa.types.is_string(f.type)] + ["reason", "model"]:
+        if result[name].dtype != text:  # a column of nulls only: the same type as when it holds strings
+            result[name] = result[name].astype(text)
+    return result
+
+
+def _names(index: np.ndarray, models: Sequence[str]) -> np.ndarray:
+    """Model names of ``index`` (object array), ``None`` where it is negative."""
+    names = np.array(list(models), dtype=object)
+    return np.where(index >= 0, names[np.maximum(index, 0)], None)
 
 
 def _score_queries(router: Router, policy, frame: pd.DataFrame, parallel: bool, timings) -> pd.DataFrame:
@@ -186,7 +277,8 @@ def _score_queries(router: Router, policy, frame: pd.DataFrame, parallel: bool, 
     good = np.flatnonzero(~bad)
     rejected = _reject_frame(frame, np.flatnonzero(bad), ["; ".join(r) for r in reasons if r])
     values = {c: _text(frame[c].to_numpy(dtype=object)[good]) for c in per_query}
-    out = pd.DataFrame({"status": STATUS_OK, "row": _row_numbers(frame)[good], "query_id": _text(ids[good])})
+    out: dict = {"status": np.full(good.size, STATUS_OK, dtype=object), "row": _row_numbers(frame)[good],
+                 "query_id": _text(ids[good])}
     if good.size:
         started = time.perf_counter()
         prompts = list(values.get("prompt", [""] * good.size))
@@ -197,38 +289,39 @@ def _score_queries(router: Router, policy, frame: pd.DataFrame, parallel: bool, 
             _add(timings, "plan", started)
         k = len(router.models_)
         planned = (masks[:, None] >> np.arange(k)) & 1 == 1
-        names = np.array(router.models_, dtype=object)
-        out["next_model"] = np.where(next_model >= 0, names[np.maximum(next_model, 0)], None)
+        out["next_model"] = _names(next_model, router.models_)
         out["plan"] = _model_lists(np.where(planned, np.arange(k), -1), router.models_)
         out["plan_cost"] = np.where(planned, estimates.cost, 0.0).sum(axis=1)
         for name in ("quality", "sigma", "cost"):
             matrix = getattr(estimates, name)
             for j, model in enumerate(router.models_):
                 out[f"{name}[{model}]"] = matrix[:, j]
-    return _with_rejected(out, rejected)
+    return _result(output_schema(router, logged=False), out, good.size, rejected)
 
 
 def _score_logged(router: Router, policy, frame: pd.DataFrame, parallel: bool, timings) -> pd.DataFrame:
     batch = validate_logged(router, frame)
-    out = pd.DataFrame({"status": STATUS_OK, "row": batch.first_rows, "query_id": batch.query_ids})
     n = len(batch.query_ids)
+    out: dict = {"row": batch.first_rows, "query_id": batch.query_ids}
     if n:
         models = router.models_
         values = batch.values
-        order, run, answer = replay(router, policy, values.get("prompt"), values.get("task"), values.get("subtask"),
-                                    batch.cost, batch.responses, batch.signals, parallel=parallel, timings=timings)
-        names = np.array(models, dtype=object)
-        out["first_model"] = np.where(order[:, 0] >= 0, names[np.maximum(order[:, 0], 0)], None)
+        order, run, answer, needed = replay(router, policy, values.get("prompt"), values.get("task"),
+                                            values.get("subtask"), batch.cost, batch.responses, batch.signals,
+                                            parallel=parallel, timings=timings, available=batch.available)
+        out["status"] = np.where(needed >= 0, STATUS_UNREPLAYABLE, STATUS_OK).astype(object)
+        out["first_model"] = _names(np.where(order[:, 0] >= 0, order[:, 0], needed), models)
         out["models_run"] = _model_lists(order, models)
         out["n_run"] = run.sum(axis=1)
-        out["answer_model"] = names[answer]
-        out["cost"] = (batch.cost * run).sum(axis=1)
-        out["quality"] = batch.quality[np.arange(n), answer]
-    return _with_rejected(out, batch.rejected)
+        out["answer_model"] = _names(answer, models)
+        out["cost"] = (batch.cost * run).sum(axis=1)  # 0 in cells not logged, never run
+        out["quality"] = np.where(answer >= 0, batch.quality[np.arange(n), np.maximum(answer, 0)], np.nan)
+        out["needed_model"] = _names(needed, models)
+    return _result(output_schema(router, logged=True), out, n, batch.rejected)
 
 
-def _model_lists(order: np.ndarray, models: Sequence[str]) -> pd.Series:
-    """Per row, the model names of ``order``'s non-negative entries (in their order), as an Arrow list column.
+def _model_lists(order: np.ndarray, models: Sequence[str]) -> pa.ListArray:
+    """Per row, the model names of ``order``'s non-negative entries (in their order), as an Arrow list array.
 
     Built from flat arrays (offsets + indices into a dictionary), not one
     Python list per query, which cost as much as the kernel.
@@ -237,7 +330,7 @@ def _model_lists(order: np.ndarray, models: Sequence[str]) -> pd.Series:
     offsets = np.zeros(len(order) + 1, np.int32)
     np.cumsum(taken.sum(axis=1), out=offsets[1:])
     names = pa.array(list(models), pa.string()).take(pa.array(order[taken], pa.int64()))
-    return pd.Series(pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(pa.array(offsets), names)))
+    return pa.ListArray.from_arrays(pa.array(offsets), names)
 
 
 def output_schema(router: Router, logged: bool) -> pa.Schema:
@@ -255,13 +348,17 @@ def output_schema(router: Router, logged: bool) -> pa.Schema:
     pyarrow.Schema
         ``status``, ``row``, ``query_id``, then for logged input
         ``first_model``, ``models_run``, ``n_run``, ``answer_model``,
-        ``cost``, ``quality``; for query input ``next_model``, ``plan``,
+        ``cost``, ``quality``, ``needed_model`` (see :func:`score_batch` for
+        ``unreplayable`` rows); for query input ``next_model``, ``plan``,
         ``plan_cost`` and ``quality[m]``, ``sigma[m]``, ``cost[m]`` per model.
+        :func:`score_batch` results have these columns followed by
+        ``reason`` and ``model`` for the rejected rows.
     """
     fields = [("status", pa.string()), ("row", pa.int64()), ("query_id", pa.string())]
     if logged:
         fields += [("first_model", pa.string()), ("models_run", pa.list_(pa.string())), ("n_run", pa.int64()),
-                   ("answer_model", pa.string()), ("cost", pa.float64()), ("quality", pa.float64())]
+                   ("answer_model", pa.string()), ("cost", pa.float64()), ("quality", pa.float64()),
+                   ("needed_model", pa.string())]
     else:
         fields += [("next_model", pa.string()), ("plan", pa.list_(pa.string())), ("plan_cost", pa.float64())]
         fields += [(f"{name}[{m}]", pa.float64()) for name in ("quality", "sigma", "cost") for m in router.models_]

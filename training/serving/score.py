@@ -21,9 +21,12 @@ size. Checking logged rows is :mod:`training.serving.logged`; the per-batch
 scoring and the replay are :mod:`training.serving.replay`.
 
 Nothing is dropped silently: a malformed row (unknown model, missing
-prompt, NaN or negative cost, NaN quality, a query missing a model or
-split into two runs) rejects its query, and *every* input row of a rejected
-query is written to the rejects file with its row number and a reason.
+prompt, NaN or negative cost, NaN quality, a duplicate model, a query whose
+rows are split over the file: :func:`scattered_queries` finds those in a
+first pass over ``query_id``) rejects its query, and *every* input row of a
+rejected query is written to the rejects file with its row number and a
+reason. A query without rows for some models is not malformed: it is
+replayed until the policy needs one of them (status ``unreplayable``).
 Exit codes: 0 (with a ``warning:`` line when there are rejects), 2 with a
 one-line ``error:`` on unusable input (bad arguments, missing file, missing
 columns, unreadable Parquet, a budget below every fitted policy), 1 when an
@@ -51,11 +54,11 @@ from threadpoolctl import threadpool_limits
 from ..cli import run_command
 from .logged import ScoreError, check_columns, required_columns
 from .outputs import RunOutputs, check_paths
-from .replay import STATUS_OK, output_schema, rejects_schema, score_batch
+from .replay import STATUS_OK, STATUS_REJECTED, output_schema, rejects_schema, score_batch
 from .router import Router, load_router
 
-__all__ = ["AUTO_WORKERS_FROM_ROWS", "EXIT_CODES", "MAX_AUTO_WORKERS", "auto_workers", "iter_frames", "iter_tables",
-           "main", "parse_args", "run", "summary"]
+__all__ = ["AUTO_WORKERS_FROM_ROWS", "EXIT_CODES", "MAX_AUTO_WORKERS", "auto_workers", "input_columns", "is_csv",
+           "iter_frames", "iter_tables", "main", "parse_args", "run", "scattered_queries", "summary"]
 
 #: Exit codes of :func:`main`, listed in ``--help``.
 EXIT_CODES = ("exit status: 0 on success (with a 'warning:' line on stderr when rows were rejected); "
@@ -80,12 +83,30 @@ def _csv_parse_options():
 
 
 def is_csv(path: Path) -> bool:
-    """Whether ``path`` is read as CSV (``.csv``, ``.csv.gz``) rather than Parquet."""
+    """Whether ``path`` is read as CSV (``.csv``, ``.csv.gz``) rather than Parquet.
+
+    Parameters
+    ----------
+    path : Path
+
+    Returns
+    -------
+    bool
+    """
     return path.name.lower().endswith((".csv", ".csv.gz"))
 
 
 def input_columns(path: Path) -> tuple[list[str], int | None]:
     """Column names of the input and its number of rows (``None`` for CSV, which would need a full read).
+
+    Parameters
+    ----------
+    path : Path
+        The input file.
+
+    Returns
+    -------
+    (list of str, int or None)
 
     Raises
     ------
@@ -127,6 +148,58 @@ def _record_batches(path: Path, columns: list[str], batch_size: int) -> Iterator
                 pending, held = rest.combine_chunks().to_batches(), rest.num_rows
     if held:
         yield from pa.Table.from_batches(pending).combine_chunks().to_batches()
+
+
+def _query_hashes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """64-bit hashes of query ids (``None`` hashes like any other value, the same everywhere)."""
+    return pd.util.hash_array(np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object))
+
+
+def scattered_queries(path: Path, batch_size: int) -> np.ndarray:
+    """Hashes of the query ids whose rows do not stand together in the file, sorted (a pass over ``query_id``).
+
+    Scoring streams the file one batch at a time, so a query whose rows are
+    split over the file would be scored in parts; this pass over the
+    ``query_id`` column alone (8 bytes per query kept) finds them first, so
+    that all their rows are rejected instead.
+
+    Parameters
+    ----------
+    path : Path
+        The logged input file.
+    batch_size : int
+        Rows read at a time.
+
+    Returns
+    -------
+    ndarray of uint64
+        Sorted hashes (``pandas.util.hash_array``) of the scattered query ids.
+    """
+    heads: list[np.ndarray] = []
+    last = None
+    for batch in _record_batches(path, ["query_id"], batch_size):
+        ids = batch.column(0)
+        if not len(ids):
+            continue
+        hashes = _query_hashes(ids)
+        starts = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]])
+        if last is not None and hashes[0] == last:  # the run continues from the previous batch
+            starts = starts[1:]
+        heads.append(hashes[starts])
+        last = hashes[-1]
+    if not heads:
+        return np.zeros(0, np.uint64)
+    values, counts = np.unique(np.concatenate(heads), return_counts=True)
+    return values[counts > 1]
+
+
+def _mark_scattered(tables: Iterator[pa.Table], scattered: np.ndarray) -> Iterator[pa.Table]:
+    """Add the ``scattered`` column (rows of a query split over the file) that :func:`score_batch` rejects."""
+    for table in tables:
+        if scattered.size:
+            marked = np.isin(_query_hashes(table.column("query_id")), scattered)
+            table = table.append_column("scattered", pa.array(marked))
+        yield table
 
 
 def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -> Iterator[pa.Table]:
@@ -401,7 +474,7 @@ def run(args: argparse.Namespace) -> dict:
                "artifact": str(args.artifact.resolve()), "budget": policy.budget, "batch_size": args.batch_size}
     outputs = RunOutputs(args.output, rejects_path, (output_schema(router, logged), rejects_schema()), run_key,
                          resume=args.resume, rejects_flag=rejects_flag)
-    totals = {"queries": 0, "rejected_rows": 0, "cost": 0.0, "quality": 0.0, "models": 0.0}
+    totals = {"queries": 0, "unreplayable": 0, "rejected_rows": 0, "cost": 0.0, "quality": 0.0, "models": 0.0}
     totals.update({key: outputs.totals[key] for key in totals if key in outputs.totals})  # --resume
     resumed = outputs.done
     timings: dict = {}
@@ -419,16 +492,19 @@ def run(args: argparse.Namespace) -> dict:
     def consume(result: pd.DataFrame, batch_timings: dict, n_rows: int) -> None:
         for key, value in batch_timings.items():
             timings[key] = timings.get(key, 0.0) + value
-        ok = result["status"] == STATUS_OK
-        scored, rejected = result[ok], result[~ok]
-        totals["queries"] += len(scored)
+        status = result["status"].to_numpy()
+        is_rejected = status == STATUS_REJECTED
+        scored, rejected = result[~is_rejected], result[is_rejected]  # unreplayable rows are scored rows
+        replayed = scored[status[~is_rejected] == STATUS_OK]  # the totals cover these only
+        totals["queries"] += len(replayed)
+        totals["unreplayable"] += len(scored) - len(replayed)
         totals["rejected_rows"] += len(rejected)
-        if logged and len(scored):
-            totals["cost"] += float(scored["cost"].sum())
-            totals["quality"] += float(scored["quality"].sum())
-            totals["models"] += float(scored["n_run"].sum())
-        elif len(scored):
-            totals["cost"] += float(scored["plan_cost"].sum())
+        if logged and len(replayed):
+            totals["cost"] += float(replayed["cost"].sum())
+            totals["quality"] += float(replayed["quality"].sum())
+            totals["models"] += float(replayed["n_run"].sum())
+        elif len(replayed):
+            totals["cost"] += float(replayed["plan_cost"].sum())
         outputs.write_batch(outputs.done, scored, rejected, totals)
         progress.update(n_rows)
 
@@ -437,6 +513,8 @@ def run(args: argparse.Namespace) -> dict:
     blas = threadpool_limits(1, user_api="blas")
     try:
         batches = iter_tables(args.input, columns, args.batch_size, logged)
+        if logged:
+            batches = _mark_scattered(batches, scattered_queries(args.input, args.batch_size))
         for _ in range(resumed):  # --resume: batches an earlier run completed
             progress.update(next(batches).num_rows)
         if pool is None:
@@ -470,7 +548,7 @@ def run(args: argparse.Namespace) -> dict:
             "models_per_query": totals["models"] / n if logged else None, "budget": policy.budget,
             "seconds": seconds, "queries_per_second": totals["queries"] / seconds if seconds > 0 else None,
             "timings": timings, "warm_up_seconds": warm_up_seconds, "workers": workers, "output": str(args.output),
-            "rejects": str(rejects_path), "resumed_batches": resumed}
+            "rejects": str(rejects_path), "resumed_batches": resumed, "unreplayable": totals["unreplayable"]}
 
 
 def summary(totals: dict) -> str:
@@ -479,28 +557,50 @@ def summary(totals: dict) -> str:
     Parameters
     ----------
     totals : dict
-        As returned by :func:`run`.
+        As returned by :func:`run` (``unreplayable`` taken as 0 when absent).
 
     Returns
     -------
     str
-        Queries scored, seconds, queries per second and processes; the mean
-        (realised or planned) cost per query against the budget; for logged
-        input the mean quality and models per query; the time per stage.
+        Queries scored, seconds, queries per second and processes; for
+        logged input how many queries were replayed, how many could not be
+        (``unreplayable``) and how many input rows were rejected, and that
+        the totals cover only the replayed queries; the mean (realised or
+        planned) cost per query against the budget; for logged input the
+        mean quality and models per query; the time per stage.
     """
     budget = totals["budget"]
-    what = "realised cost" if totals["logged"] else "planned ex-ante cost"
+    logged = totals["logged"]
+    replayed, unreplayable = totals["queries"], totals.get("unreplayable", 0)
+    rejected = totals["rejected_rows"]
+    scored = replayed + unreplayable
+    seconds = totals["seconds"]
+    what = "realised cost" if logged else "planned ex-ante cost"
+    per = "per replayed query" if logged else "per query"
     processes = f"{totals['workers']} worker processes" if totals["workers"] > 1 else "one process"
-    lines = [f"{totals['queries']} queries scored in {totals['seconds']:.1f} s "
-             f"({totals['queries_per_second'] or 0:,.0f} queries/s, {processes}); decisions: {totals['output']}",
-             f"mean {what} per query {totals['mean_cost']:.6g} vs budget {budget:.6g} "
-             f"({totals['mean_cost'] / budget:.1%} of it)" if budget > 0 else ""]
-    if totals["logged"]:
-        lines.append(f"mean quality {totals['mean_quality']:.4f}, {totals['models_per_query']:.2f} models per query")
+    lines = [f"{scored} queries scored in {seconds:.1f} s ({scored / seconds if seconds > 0 else 0:,.0f} queries/s, "
+             f"{processes}); decisions: {totals['output']}"]
+    if logged:
+        lines.append(f"{replayed} queries replayed, {unreplayable} could not be replayed (status 'unreplayable': "
+                     f"their cascade needed a model with no logged outcome, see needed_model), {rejected} input "
+                     f"row(s) rejected")
+        if unreplayable or rejected:
+            lines.append(f"the totals below cover only the {replayed} replayed queries")
+    elif rejected:
+        lines.append(f"{rejected} input row(s) rejected")
+    if replayed:
+        if budget > 0:
+            lines.append(f"mean {what} {per} {totals['mean_cost']:.6g} vs budget {budget:.6g} "
+                         f"({totals['mean_cost'] / budget:.1%} of it)")
+        if logged:
+            lines.append(f"mean quality {totals['mean_quality']:.4f}, {totals['models_per_query']:.2f} models "
+                         f"{per}")
+    else:
+        lines.append("no query was " + ("replayed" if logged else "scored") + ": no totals")
     split = ", ".join(f"{k} {v:.1f} s" for k, v in totals["timings"].items())
     if split:
         lines.append(f"time: {split}")
-    return "\n".join(line for line in lines if line)
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
