@@ -181,12 +181,17 @@ def scattered_queries(path: Path, batch_size: int) -> np.ndarray:
         ids = batch.column(0)
         if not len(ids):
             continue
-        hashes = _query_hashes(ids)
-        starts = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]])
+        # run starts found in Arrow, so only one id per run (per query) becomes a Python object
+        changed = pc.fill_null(pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)), True)
+        nulls = pc.is_null(ids).to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(np.r_[True, changed.to_numpy(zero_copy_only=False)
+                                      | (nulls[1:] != nulls[:-1])])
+        hashes = _query_hashes(ids.take(pa.array(starts)))
         if last is not None and hashes[0] == last:  # the run continues from the previous batch
-            starts = starts[1:]
-        heads.append(hashes[starts])
-        last = hashes[-1]
+            hashes = hashes[1:]
+        if hashes.size:
+            heads.append(hashes)
+        last = _query_hashes(ids.slice(len(ids) - 1))[0]
     if not heads:
         return np.zeros(0, np.uint64)
     values, counts = np.unique(np.concatenate(heads), return_counts=True)
