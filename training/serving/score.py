@@ -330,6 +330,23 @@ def _warm_worker(_: int) -> int:
     return os.getpid()
 
 
+#: Columns repeated on every logged row of a query: shipped to workers once per distinct value.
+_REPEATED = ("query_id", "prompt", "task", "subtask", "model")
+
+
+def _compact(table: pa.Table) -> pa.Table:
+    """``table`` with its repeated text columns dictionary-encoded, so each prompt is shipped once, not per model row.
+
+    The worker's ``to_pandas`` turns them into categoricals, which the
+    scoring converts once per distinct value; the values are the same.
+    """
+    for name in _REPEATED:
+        index = table.schema.get_field_index(name)
+        if index >= 0 and pa.types.is_string(table.schema.field(index).type):
+            table = table.set_column(index, name, pc.dictionary_encode(table.column(index)))
+    return table
+
+
 def _score_in_worker(table, budget: float | None) -> tuple[pd.DataFrame, dict]:
     """Score one Arrow batch (pickled as Arrow buffers, far cheaper to ship than a DataFrame)."""
     batch_timings: dict = {}
@@ -531,7 +548,7 @@ def run(args: argparse.Namespace) -> dict:
         else:
             pending: deque = deque()
             for table in batches:
-                pending.append((pool.apply_async(_score_in_worker, (table, args.budget)), table.num_rows))
+                pending.append((pool.apply_async(_score_in_worker, (_compact(table), args.budget)), table.num_rows))
                 if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays bounded
                     future, n_rows = pending.popleft()
                     consume(*future.get(), n_rows)
