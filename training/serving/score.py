@@ -58,7 +58,7 @@ from .replay import STATUS_OK, STATUS_REJECTED, output_schema, rejects_schema, s
 from .router import Router, load_router
 
 __all__ = ["AUTO_WORKERS_FROM_ROWS", "EXIT_CODES", "MAX_AUTO_WORKERS", "auto_workers", "input_columns", "is_csv",
-           "iter_frames", "iter_tables", "main", "parse_args", "run", "scattered_queries", "summary"]
+           "iter_tables", "main", "parse_args", "run", "scattered_queries", "summary"]
 
 #: Exit codes of :func:`main`, listed in ``--help``.
 EXIT_CODES = ("exit status: 0 on success (with a 'warning:' line on stderr when rows were rejected); "
@@ -262,29 +262,6 @@ def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -
         yield carry
 
 
-def iter_frames(path: Path, columns: list[str], batch_size: int, logged: bool) -> Iterator[pd.DataFrame]:
-    """:func:`iter_tables` as DataFrames, the form :func:`score_batch` takes when scoring in this process.
-
-    Parameters
-    ----------
-    path : Path
-        The Parquet input file.
-    columns : list of str
-        Columns to read.
-    batch_size : int
-        Rows read per Parquet batch.
-    logged : bool
-        Logged (long) input: never split a query across two frames.
-
-    Yields
-    ------
-    pandas.DataFrame
-        Each table of :func:`iter_tables`, converted with ``to_pandas``.
-    """
-    for table in iter_tables(path, columns, batch_size, logged):
-        yield table.to_pandas()
-
-
 _WORKER_ROUTER: Router | None = None
 
 
@@ -331,7 +308,7 @@ def _warm_worker(_: int) -> int:
 
 
 #: Columns repeated on every logged row of a query: shipped to workers once per distinct value.
-_REPEATED = ("query_id", "prompt", "task", "subtask", "model")
+_REPEATED = tuple(c for c in _TEXT_COLUMNS if c != "response")
 
 
 def _compact(table: pa.Table) -> pa.Table:
