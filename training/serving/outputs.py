@@ -24,7 +24,6 @@ import os
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -72,11 +71,14 @@ def check_paths(input_path: Path, output: Path, rejects: Path, rejects_flag: str
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write under a temporary name and rename: a kill leaves the old or the new file, never half of one.
+
+    Not fsynced: the parts are not either (that would cost a disk flush per
+    batch); after a power loss :meth:`RunOutputs.__init__` finds a damaged
+    part when resuming and says so. The joined output is fsynced.
+    """
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    temporary.write_bytes(data)
     os.replace(temporary, path)
 
 
@@ -124,6 +126,7 @@ class RunOutputs:
                                      "batch size differ); delete it to start again")
                 self.done, self.totals = int(recorded["done"]), dict(recorded["totals"])
                 self.discard_unfinished()  # a run killed mid-write (SIGKILL) leaves temporary parts
+                self._check_parts()
             else:
                 self.partial.mkdir(parents=True)
                 self._record(run_key, 0, {})  # proves the folder is writable before any work
@@ -134,6 +137,16 @@ class RunOutputs:
                     probe.touch()
                     probe.unlink()
         self.run_key = run_key
+
+    def _check_parts(self) -> None:
+        """Refuse to resume from parts that are missing or unreadable (a power loss, a hand-edited folder)."""
+        for index in range(self.done):
+            for which in (0, 1):
+                try:
+                    pq.read_metadata(self._part(index, which))
+                except (OSError, pa.ArrowException) as error:
+                    raise ScoreError(f"--resume: part {self._part(index, which).name} of {self.partial} is "
+                                     f"missing or damaged ({error}); delete the folder to start again") from error
 
     def _progress(self) -> dict:
         try:
@@ -149,25 +162,25 @@ class RunOutputs:
     def _part(self, index: int, which: int) -> Path:
         return self.partial / f"part-{index:06d}.{('output', 'rejects')[which]}.parquet"
 
-    def write_batch(self, index: int, scored: pd.DataFrame, rejected: pd.DataFrame, totals: dict) -> None:
+    def write_batch(self, index: int, scored: pa.Table, rejected: pa.Table, totals: dict) -> None:
         """Store batch ``index`` (scored rows, rejected rows) and the totals after it, each file atomically.
 
         Parameters
         ----------
         index : int
             Position of the batch in the input (0-based); batches arrive in order.
-        scored, rejected : pandas.DataFrame
-            Rows for the output and for the rejects file (either may be empty).
+        scored, rejected : pyarrow.Table
+            Rows for the output and for the rejects file (either may be
+            empty), in :attr:`schemas`.
         totals : dict
             Running totals after this batch (JSON-serialisable), kept for ``--resume``.
         """
-        for which, frame in enumerate((scored, rejected)):
-            schema, path = self.schemas[which], self._part(index, which)
+        for which, table in enumerate((scored, rejected)):
+            path = self._part(index, which)
             with writing(self.flags[which], path):
-                data = frame.reindex(columns=schema.names)
-                table = pa.Table.from_pandas(data, schema=schema, preserve_index=False)
                 temporary = path.with_name(f".{path.name}.tmp")
-                pq.write_table(table, temporary, compression="zstd")
+                # uncompressed: parts are read once, by finish(), which compresses the joined file
+                pq.write_table(table, temporary, compression="none")
                 os.replace(temporary, path)
         with writing("--output", self.partial):
             self._record(self.run_key, index + 1, totals)

@@ -125,29 +125,42 @@ def input_columns(path: Path) -> tuple[list[str], int | None]:
         raise ScoreError(f"--input {path} is not a readable {kind} file ({error})") from error
 
 
+#: Bytes of the selected columns decoded per Parquet read. pyarrow's reader holds several times the
+#: batch it decodes, so reads are sized in bytes: memory stays the same whatever the length of the
+#: prompts or the size of the file's row groups (pandas writes row groups of a million rows).
+READ_BYTES = 16 * 2**20
+
+
+def _read_rows(parquet: pq.ParquetFile, columns: list[str], batch_size: int) -> int:
+    """Rows per Parquet read: about :data:`READ_BYTES` of ``columns``, measured on the file's first rows."""
+    sample = next(parquet.iter_batches(batch_size=1024, columns=columns), None)
+    if sample is None or not sample.num_rows:
+        return batch_size
+    return int(np.clip(READ_BYTES * sample.num_rows // max(sample.nbytes, 1), 64, batch_size))
+
+
 def _record_batches(path: Path, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
-    """The input's ``columns`` in record batches of ``batch_size`` rows (the last one shorter)."""
+    """The input's ``columns`` in consecutive record batches of at most ``batch_size`` rows (CSV: a block each)."""
     if not is_csv(path):
         # pre_buffer (pyarrow's default) keeps every column chunk read so far until the file is closed:
         # memory would grow with the input instead of staying bounded by the batch.
-        yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_size, columns=columns)
+        parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=2**20)
+        yield from parquet.iter_batches(batch_size=_read_rows(parquet, columns, batch_size), columns=columns)
         return
     import pyarrow.csv as pacsv
     convert = pacsv.ConvertOptions(include_columns=columns, strings_can_be_null=False,
                                    column_types={c: pa.string() for c in columns if c in _TEXT_COLUMNS})
-    pending: list[pa.RecordBatch] = []
-    held = 0
-    with pacsv.open_csv(path, parse_options=_csv_parse_options(), convert_options=convert) as reader:  # block by block
-        for block in reader:
-            pending.append(block)
-            held += block.num_rows
-            while held >= batch_size:
-                table = pa.Table.from_batches(pending)
-                yield from table.slice(0, batch_size).combine_chunks().to_batches()
-                rest = table.slice(batch_size)
-                pending, held = rest.combine_chunks().to_batches(), rest.num_rows
-    if held:
-        yield from pa.Table.from_batches(pending).combine_chunks().to_batches()
+    with pacsv.open_csv(path, parse_options=_csv_parse_options(), convert_options=convert) as reader:
+        yield from reader  # blocks of about a megabyte
+
+
+def _run_starts(ids: pa.Array) -> np.ndarray:
+    """Positions where a run of equal query ids starts (a missing id is a value like any other)."""
+    if not len(ids):
+        return np.zeros(0, np.int64)
+    changed = pc.fill_null(pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)), True)
+    nulls = pc.is_null(ids).to_numpy(zero_copy_only=False)
+    return np.flatnonzero(np.r_[True, changed.to_numpy(zero_copy_only=False) | (nulls[1:] != nulls[:-1])])
 
 
 def _query_hashes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -182,11 +195,7 @@ def scattered_queries(path: Path, batch_size: int) -> np.ndarray:
         if not len(ids):
             continue
         # run starts found in Arrow, so only one id per run (per query) becomes a Python object
-        changed = pc.fill_null(pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)), True)
-        nulls = pc.is_null(ids).to_numpy(zero_copy_only=False)
-        starts = np.flatnonzero(np.r_[True, changed.to_numpy(zero_copy_only=False)
-                                      | (nulls[1:] != nulls[:-1])])
-        hashes = _query_hashes(ids.take(pa.array(starts)))
+        hashes = _query_hashes(ids.take(pa.array(_run_starts(ids))))
         if last is not None and hashes[0] == last:  # the run continues from the previous batch
             hashes = hashes[1:]
         if hashes.size:
@@ -210,11 +219,17 @@ def _mark_scattered(tables: Iterator[pa.Table], scattered: np.ndarray) -> Iterat
 def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -> Iterator[pa.Table]:
     """Batches of the input as Arrow tables with a ``row`` column; logged queries never split.
 
-    Reading batch by batch keeps memory bounded by ``batch_size`` however
-    large the file. The rows of the last query of a batch may continue in
-    the next one, so they are held back and prepended to it (and flushed at
-    the end). The split and the carry-over stay in Arrow (slices and chunk
-    lists, no copies), so the worker that scores a batch pays for its pandas
+    The file is read a few megabytes at a time (:data:`READ_BYTES`) and the
+    reads gathered into tables of about ``batch_size`` rows, so memory is
+    bounded whatever the file's row groups. The rows of the last query of a
+    table may continue in the next read, so they are held back and start the
+    next table (and are flushed at the end). For logged input the text
+    repeated on every row of a query (``query_id``, ``prompt``, ``task``,
+    ``subtask``) is kept once per query and ``model`` once per value, as
+    dictionary columns: a prompt is held and shipped once per query, not once
+    per model row, and ``to_pandas`` gives categoricals, which the scoring
+    converts once per distinct value. Everything stays in Arrow (no Python
+    objects), so the worker that scores a table pays for its pandas
     conversion, not the process that reads.
 
     Parameters
@@ -224,11 +239,11 @@ def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -
     columns : list of str
         Columns to read (``query_id`` among them when ``logged``).
     batch_size : int
-        Rows read per Parquet batch; a yielded table may hold more (a query
-        carried over) or fewer (a query held back).
+        Rows per yielded table; one may hold more (a query carried over) or
+        fewer (a query held back, or the end of the file).
     logged : bool
         Logged (long) input: never split a run of equal ``query_id`` across
-        two tables. Query input is yielded batch by batch as read.
+        two tables, and keep repeated text once. Query input is yielded as read.
 
     Yields
     ------
@@ -237,29 +252,36 @@ def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -
         input row number from 0).
     """
     offset = 0
-    carry = None
+    held: list[pa.Table] = []
+    n_held = 0
+    last_start = 0  # where the last query of ``held`` starts, counted from the first held row
+    last_id = None  # the query id of the row before this read
     for batch in _record_batches(path, columns, batch_size):
         table = pa.Table.from_batches([batch]).append_column(
             "row", pa.array(np.arange(offset, offset + batch.num_rows, dtype=np.int64)))
         offset += batch.num_rows
-        if carry is not None and carry.num_rows:
-            table = pa.concat_tables([carry, table])
-        if not logged or not table.num_rows:
-            carry = None
-            yield table
+        if not table.num_rows:
             continue
-        ids = table.column("query_id")
-        last = ids[-1]
-        same = pc.is_null(ids) if not last.is_valid else pc.fill_null(pc.equal(ids, last), False)
-        different = np.flatnonzero(~same.to_numpy())
-        tail = int(different[-1]) + 1 if different.size else 0
-        if tail == 0:  # the whole batch is one query: keep collecting
-            carry = table
+        if logged:
+            ids = table.column("query_id").chunk(0)  # one record batch: one chunk
+            starts = _run_starts(ids)
+            continues = last_id is not None and ids[0].equals(last_id)
+            if starts.size > 1 or not continues:
+                last_start = n_held + int(starts[-1])
+            last_id = ids[-1]
+            table = _compact(table, starts)
+        held.append(table)
+        n_held += table.num_rows
+        if n_held < batch_size:
             continue
-        carry = table.slice(tail)
-        yield table.slice(0, tail)
-    if carry is not None and carry.num_rows:
-        yield carry
+        joined = pa.concat_tables(held)
+        cut = last_start if logged else n_held
+        if cut == 0:  # the whole of it is one query: keep collecting
+            continue
+        yield joined.slice(0, cut)
+        held, n_held, last_start = [joined.slice(cut)], n_held - cut, 0
+    if n_held:
+        yield pa.concat_tables(held)
 
 
 _WORKER_ROUTER: Router | None = None
@@ -307,28 +329,62 @@ def _warm_worker(_: int) -> int:
     return os.getpid()
 
 
-#: Columns repeated on every logged row of a query: shipped to workers once per distinct value.
-_REPEATED = tuple(c for c in _TEXT_COLUMNS if c != "response")
+#: Text columns the same on every logged row of a query: kept once per query by :func:`_compact`.
+_PER_QUERY_TEXT = ("query_id", "prompt", "task", "subtask")
 
 
-def _compact(table: pa.Table) -> pa.Table:
-    """``table`` with its repeated text columns dictionary-encoded, so each prompt is shipped once, not per model row.
+def _compact(table: pa.Table, starts: np.ndarray) -> pa.Table:
+    """``table`` with its per-query text columns once per query and ``model`` once per value (dictionary columns).
 
-    The worker's ``to_pandas`` turns them into categoricals, which the
-    scoring converts once per distinct value; the values are the same.
+    ``starts`` are the queries' first rows. Within a query, each row keeps
+    its own missing-or-not state; a present value is the query's first
+    present value, the one scoring reads (it reads only a query's first row).
     """
-    for name in _REPEATED:
-        index = table.schema.get_field_index(name)
-        if index >= 0 and pa.types.is_string(table.schema.field(index).type):
-            table = table.set_column(index, name, pc.dictionary_encode(table.column(index)))
+    n = table.num_rows
+    for index, field in enumerate(table.schema):
+        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            continue
+        column = table.column(index)
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()  # one read: no copy
+        if field.name == "model":
+            table = table.set_column(index, field.name, pc.dictionary_encode(column))
+        elif field.name in _PER_QUERY_TEXT:
+            nulls = pc.is_null(column).to_numpy(zero_copy_only=False)
+            edges = np.union1d(starts, 1 + np.flatnonzero(nulls[1:] != nulls[:-1]))  # present-or-not runs too
+            first = pc.dictionary_encode(column.take(pa.array(edges)))
+            indices = first.indices.take(pa.array(np.repeat(np.arange(edges.size), np.diff(np.r_[edges, n]))))
+            table = table.set_column(index, field.name, pa.DictionaryArray.from_arrays(indices, first.dictionary))
     return table
 
 
-def _score_in_worker(table, budget: float | None) -> tuple[pd.DataFrame, dict]:
-    """Score one Arrow batch (pickled as Arrow buffers, far cheaper to ship than a DataFrame)."""
-    batch_timings: dict = {}
-    return score_batch(_WORKER_ROUTER, table.to_pandas(), budget, parallel=False,
-                       timings=batch_timings), batch_timings
+def _score_table(router: Router, table: pa.Table, budget: float | None, schemas: tuple[pa.Schema, pa.Schema],
+                 parallel: bool) -> tuple[pa.Table, pa.Table, dict, dict]:
+    """Score one batch into the output's and the rejects' Arrow tables, with the batch's totals and timings.
+
+    Done where the batch is scored (a worker, with ``--workers``), so that
+    the process that reads and writes only adds numbers and writes Arrow.
+    """
+    timings: dict = {}
+    result = score_batch(router, table.to_pandas(), budget, parallel=parallel, timings=timings)
+    status = result["status"].to_numpy()
+    is_rejected = status == STATUS_REJECTED
+    scored, rejected = result[~is_rejected], result[is_rejected]  # unreplayable rows are scored rows
+    replayed = scored[status[~is_rejected] == STATUS_OK]  # the totals cover these only
+    logged = "cost" in replayed.columns
+    totals = {"queries": len(replayed), "unreplayable": len(scored) - len(replayed), "rejected_rows": len(rejected),
+              "cost": float(replayed["cost" if logged else "plan_cost"].sum()) if len(replayed) else 0.0,
+              "quality": float(replayed["quality"].sum()) if logged and len(replayed) else 0.0,
+              "models": float(replayed["n_run"].sum()) if logged and len(replayed) else 0.0}
+    scored_table, rejected_table = (pa.Table.from_pandas(frame.reindex(columns=schema.names), schema=schema,
+                                                         preserve_index=False)
+                                    for frame, schema in zip((scored, rejected), schemas))
+    return scored_table, rejected_table, totals, timings
+
+
+def _score_in_worker(table: pa.Table, budget: float | None, schemas: tuple[pa.Schema, pa.Schema]
+                     ) -> tuple[pa.Table, pa.Table, dict, dict]:
+    """:func:`_score_table` with the worker's router (batches travel as Arrow buffers, cheap to pickle)."""
+    return _score_table(_WORKER_ROUTER, table, budget, schemas, parallel=False)
 
 
 def _start_workers(artifact: Path, n_workers: int):
@@ -488,22 +544,11 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     progress = tqdm(total=n_rows, unit="row", desc="training.score", disable=args.quiet)
 
-    def consume(result: pd.DataFrame, batch_timings: dict, n_rows: int) -> None:
+    def consume(scored: pa.Table, rejected: pa.Table, batch_totals: dict, batch_timings: dict, n_rows: int) -> None:
         for key, value in batch_timings.items():
             timings[key] = timings.get(key, 0.0) + value
-        status = result["status"].to_numpy()
-        is_rejected = status == STATUS_REJECTED
-        scored, rejected = result[~is_rejected], result[is_rejected]  # unreplayable rows are scored rows
-        replayed = scored[status[~is_rejected] == STATUS_OK]  # the totals cover these only
-        totals["queries"] += len(replayed)
-        totals["unreplayable"] += len(scored) - len(replayed)
-        totals["rejected_rows"] += len(rejected)
-        if logged and len(replayed):
-            totals["cost"] += float(replayed["cost"].sum())
-            totals["quality"] += float(replayed["quality"].sum())
-            totals["models"] += float(replayed["n_run"].sum())
-        elif len(replayed):
-            totals["cost"] += float(replayed["plan_cost"].sum())
+        for key, value in batch_totals.items():
+            totals[key] += value
         outputs.write_batch(outputs.done, scored, rejected, totals)
         progress.update(n_rows)
 
@@ -518,14 +563,12 @@ def run(args: argparse.Namespace) -> dict:
             progress.update(next(batches).num_rows)
         if pool is None:
             for table in batches:
-                frame = table.to_pandas()
-                batch_timings: dict = {}
-                consume(score_batch(router, frame, args.budget, parallel=parallel, timings=batch_timings),
-                        batch_timings, len(frame))
+                consume(*_score_table(router, table, args.budget, outputs.schemas, parallel), table.num_rows)
         else:
             pending: deque = deque()
             for table in batches:
-                pending.append((pool.apply_async(_score_in_worker, (_compact(table), args.budget)), table.num_rows))
+                pending.append((pool.apply_async(_score_in_worker, (table, args.budget, outputs.schemas)),
+                                table.num_rows))
                 if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays bounded
                     future, n_rows = pending.popleft()
                     consume(*future.get(), n_rows)
