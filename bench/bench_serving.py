@@ -126,6 +126,38 @@ def make_logged_traffic(source, path: Path, n_queries: int, *, seed: int = 0, ch
     return path
 
 
+def make_pandas_shaped_traffic(source_path: Path, path: Path, n_queries: int) -> Path:
+    """Tile the RouterBench table to ``n_queries`` logged queries, written as ``DataFrame.to_parquet`` writes.
+
+    Real logs as users write them: every copy of a query gets a new id
+    (``<id>#<copy>``), its rows stay together, and prompts (~1,500
+    characters) and responses are plain strings repeated on every model's
+    row. The file has pandas' layout: ``large_string`` columns (pandas 3's
+    string dtype), snappy, Parquet dictionary encoding left to fall back to
+    plain, row groups of 1,048,576 rows. It is written a row group at a time
+    (pandas would need the whole 11-million-row frame in memory, the same
+    bytes otherwise).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    frame = pd.read_parquet(source_path)
+    order = pd.Index(frame["query_id"].unique())  # rows of a query together, in the table's query order
+    frame = frame.iloc[np.argsort(order.get_indexer(frame["query_id"]), kind="stable")].reset_index(drop=True)
+    k = frame["model"].nunique()
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    rows = n_queries * k
+    separator = pa.scalar("#", table.schema.field("query_id").type)
+    with pq.ParquetWriter(path, table.schema) as writer:  # pandas' defaults: snappy, dictionary encoding tried
+        for start in range(0, rows, 1024 * 1024):  # pyarrow's default row group, what to_parquet writes
+            index = np.arange(start, min(start + 1024 * 1024, rows))
+            part = table.take(pa.array(index % len(frame)))
+            copies = pa.array((index // len(frame)).astype(str).astype(object), separator.type)
+            ids = pc.binary_join_element_wise(part["query_id"], copies, separator)
+            writer.write_table(part.set_column(part.column_names.index("query_id"), "query_id", ids))
+    return path
+
+
 @pytest.fixture(scope="module")
 def traffic(workdir, source):
     started = time.perf_counter()
@@ -279,3 +311,83 @@ def test_peak_memory_does_not_grow_with_the_input(artifact, source, traffic, wor
     print(f"\npeak RSS: {part['peak_rss_mib']:.0f} MiB for {part['queries']:,} queries, "
           f"{whole['peak_rss_mib']:.0f} MiB for {whole['queries']:,}")
     assert whole["peak_rss_mib"] <= 1.15 * part["peak_rss_mib"] + 64
+
+
+#: Queries of the pandas-shaped traffic (``SERVING_BENCH_PANDAS_QUERIES``, default the issue's million).
+N_PANDAS = int(os.environ.get("SERVING_BENCH_PANDAS_QUERIES", "1000000"))
+
+
+def _run_measured(command: list[str]) -> dict:
+    """Run ``command`` to its end; its wall time, CPU seconds and the peak of its process tree's summed RSS.
+
+    The tree (the scoring process and its workers) is sampled from
+    ``/proc`` every 20 ms, so the figure is what the machine had to hold at
+    once, not the largest single process.
+    """
+    import resource
+
+    def rss_kib(pid: int) -> int:
+        try:
+            return int(re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text()).group(1))
+        except (OSError, AttributeError):
+            return 0
+
+    def children(pid: int) -> list[int]:
+        try:
+            return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while child.poll() is None:
+        tree, total = [child.pid], 0
+        while tree:
+            pid = tree.pop()
+            total += rss_kib(pid)
+            tree += children(pid)
+        peak = max(peak, total)
+        time.sleep(0.02)
+    wall = time.perf_counter() - started
+    out, err = child.communicate()
+    assert child.returncode == 0, err
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall": wall, "cpu_seconds": cpu, "peak_sum_mib": peak / 1024, "stdout": out}
+
+
+@pytest.fixture(scope="module")
+def pandas_traffic(workdir, routerbench_subset):
+    """The issue's traffic: RouterBench tiled to ``N_PANDAS`` queries, as pandas writes it (skips without shared data)."""
+    started = time.perf_counter()
+    path = make_pandas_shaped_traffic(SHARED, workdir / "pandas_traffic.parquet", N_PANDAS)
+    print(f"\ngenerated {N_PANDAS:,} pandas-shaped logged queries in {time.perf_counter() - started:.1f} s "
+          f"({path.stat().st_size / 2**20:.0f} MiB)")
+    return path
+
+
+def test_pandas_shaped_traffic_end_to_end(benchmark, artifact, pandas_traffic, workdir):
+    """``python -m training.score --workers 2`` from process start to exit: >= 20,000 queries/s, <= 2 GiB together."""
+    output = workdir / "pandas_decisions.parquet"
+    command = [sys.executable, "-m", "training.score", "--artifact", str(artifact), "--input", str(pandas_traffic),
+               "--output", str(output), "--workers", "2", "--quiet"]
+    run = benchmark.pedantic(lambda: _run_measured(command), rounds=1, iterations=1)
+    scored = int(re.search(r"^(\d+) queries scored in ([\d.]+) s", run["stdout"], re.M).group(1))
+    scoring_seconds = float(re.search(r"queries scored in ([\d.]+) s", run["stdout"]).group(1))
+    split = dict((k, float(v)) for k, v in re.findall(r"(\w+) ([\d.]+) s", run["stdout"].split("time:")[-1]))
+    per_second = scored / run["wall"]
+    benchmark.group = "serving: batch scoring, pandas-shaped traffic"
+    benchmark.extra_info.update({
+        "queries": scored, "queries_per_second_end_to_end": round(per_second),
+        "wall_seconds": round(run["wall"], 2), "start_and_load_seconds": round(run["wall"] - scoring_seconds, 2),
+        "scoring_seconds": round(scoring_seconds, 2), "worker_time_split_seconds": split,
+        "peak_rss_all_processes_mib": round(run["peak_sum_mib"]), "cpu_seconds_total": round(run["cpu_seconds"], 1),
+        "cpu_count": os.cpu_count()})
+    print(f"\npandas-shaped traffic, {scored:,} queries x 11 models, two workers: {per_second:,.0f} queries/s end to "
+          f"end ({run['wall']:.1f} s wall, {run['wall'] - scoring_seconds:.1f} s of it start and load), peak RSS of "
+          f"all processes {run['peak_sum_mib']:.0f} MiB, CPU {run['cpu_seconds']:.1f} s, workers' split {split}")
+    assert scored == N_PANDAS
+    assert run["peak_sum_mib"] <= 2048
+    assert per_second >= 20_000

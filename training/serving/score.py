@@ -136,7 +136,10 @@ def _read_rows(parquet: pq.ParquetFile, columns: list[str], batch_size: int) -> 
     sample = next(parquet.iter_batches(batch_size=1024, columns=columns), None)
     if sample is None or not sample.num_rows:
         return batch_size
-    return int(np.clip(READ_BYTES * sample.num_rows // max(sample.nbytes, 1), 64, batch_size))
+    # a dictionary column's values are shared by the reads of a row group: count its indices only
+    sizes = [column.indices.nbytes if pa.types.is_dictionary(column.type) else column.nbytes
+             for column in sample.columns]
+    return int(np.clip(READ_BYTES * sample.num_rows // max(sum(sizes), 1), 64, batch_size))
 
 
 def _record_batches(path: Path, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
@@ -228,7 +231,9 @@ def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -
     ``subtask``) is kept once per query and ``model`` once per value, as
     dictionary columns: a prompt is held and shipped once per query, not once
     per model row, and ``to_pandas`` gives categoricals, which the scoring
-    converts once per distinct value. Everything stays in Arrow (no Python
+    converts once per distinct value. A dictionary column is one chunk per
+    table (its reads' dictionaries unified), so a dictionary is pickled once
+    per table, not once per read. Everything stays in Arrow (no Python
     objects), so the worker that scores a table pays for its pandas
     conversion, not the process that reads.
 
@@ -278,10 +283,23 @@ def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -
         cut = last_start if logged else n_held
         if cut == 0:  # the whole of it is one query: keep collecting
             continue
-        yield joined.slice(0, cut)
+        yield _one_dictionary(joined.slice(0, cut))
         held, n_held, last_start = [joined.slice(cut)], n_held - cut, 0
     if n_held:
-        yield pa.concat_tables(held)
+        yield _one_dictionary(pa.concat_tables(held))
+
+
+def _one_dictionary(table: pa.Table) -> pa.Table:
+    """``table`` with each dictionary column in one chunk (its reads' dictionaries unified), so it is pickled once.
+
+    Other columns keep their chunks: pickling them costs the same, and
+    joining them would copy every response once more.
+    """
+    for index, field in enumerate(table.schema):
+        column = table.column(index)
+        if pa.types.is_dictionary(field.type) and column.num_chunks > 1:
+            table = table.set_column(index, field, column.combine_chunks())
+    return table
 
 
 _WORKER_ROUTER: Router | None = None
@@ -312,10 +330,31 @@ def _end_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
 
 
+def _keep_freed_memory() -> None:
+    """Let glibc's ``malloc`` reuse freed blocks instead of returning them to the kernel after every batch.
+
+    A batch's arrays (tens of MB) are allocated and freed once per batch; by
+    default large blocks are ``mmap``-ed and unmapped each time, so every
+    batch page-faults its memory in afresh (a tenth of a worker's time went
+    to the kernel). Peak memory is unchanged: the blocks are reused, not kept
+    in addition. No effect where glibc is absent.
+    """
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's <malloc.h>
+    mallopt(m_mmap_threshold, 64 * 2**20)
+    mallopt(m_trim_threshold, 256 * 2**20)
+    mallopt(m_top_pad, 16 * 2**20)
+
+
 def _init_worker(artifact: str, parent: int) -> None:
     """Load and warm the router once per worker process; kernels single-threaded (one batch per core)."""
     global _WORKER_ROUTER
     _end_with_parent(parent)
+    _keep_freed_memory()
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     import numba
@@ -388,18 +427,23 @@ def _score_in_worker(table: pa.Table, budget: float | None, schemas: tuple[pa.Sc
 
 
 def _start_workers(artifact: Path, n_workers: int):
-    """A spawn-started process pool whose workers have loaded the router (before the clock starts).
+    """A spawn-started process pool whose workers load the router in the background (wait with :func:`_await_workers`).
 
     ``spawn``, not ``fork``: the parent may already run OpenMP threads
     (numba's threading layer), which do not survive a fork. A
     ``multiprocessing.Pool`` because it can be terminated at once when the
     run stops; its workers also end by themselves if this process dies.
+    Call it only with an artifact this process has loaded: a worker whose
+    start-up fails is replaced by another that fails the same way.
     """
     import multiprocessing
-    pool = multiprocessing.get_context("spawn").Pool(n_workers, initializer=_init_worker,
+    return multiprocessing.get_context("spawn").Pool(n_workers, initializer=_init_worker,
                                                      initargs=(str(artifact), os.getpid()))
+
+
+def _await_workers(pool, n_workers: int) -> None:
+    """Return once every worker has started and loaded the router (so the clock starts with all of them ready)."""
     pool.map(_warm_worker, range(n_workers), chunksize=1)
-    return pool
 
 
 #: ``--workers`` default: from this many input rows, one process per core (the ~3 s to start
@@ -536,14 +580,6 @@ def run(args: argparse.Namespace) -> dict:
     # CSV has no row count up front: about 2 kB per logged row decides the default
     workers = args.workers or auto_workers(n_rows if n_rows is not None else args.input.stat().st_size // 2048)
     parallel = args.workers == 1  # asked for one process: use its cores through multi-threaded kernels
-    warming = time.perf_counter()
-    pool = _start_workers(args.artifact, workers) if workers > 1 else None
-    if parallel:
-        router.warm_up(parallel=True)  # row-parallel kernels are compiled per process, not cached
-    warm_up_seconds = time.perf_counter() - warming
-    started = time.perf_counter()
-    progress = tqdm(total=n_rows, unit="row", desc="training.score", disable=args.quiet)
-
     def consume(scored: pa.Table, rejected: pa.Table, batch_totals: dict, batch_timings: dict, n_rows: int) -> None:
         for key, value in batch_timings.items():
             timings[key] = timings.get(key, 0.0) + value
@@ -552,13 +588,25 @@ def run(args: argparse.Namespace) -> dict:
         outputs.write_batch(outputs.done, scored, rejected, totals)
         progress.update(n_rows)
 
+    warming = time.perf_counter()
+    pool = progress = None
     # BLAS threads only ever wait here: the products are small (a batch times a few hundred columns)
     # and, beside numba's threads or other workers, OpenBLAS's spinning threads made them 10x slower.
     blas = threadpool_limits(1, user_api="blas")
     try:
+        pool = _start_workers(args.artifact, workers) if workers > 1 else None
+        # while the workers start: the contiguity pass over query_id
+        scattered = scattered_queries(args.input, args.batch_size) if logged else None
+        if pool is not None:
+            _await_workers(pool, workers)
+        if parallel:
+            router.warm_up(parallel=True)  # row-parallel kernels are compiled per process, not cached
+        warm_up_seconds = time.perf_counter() - warming
+        started = time.perf_counter()
+        progress = tqdm(total=n_rows, unit="row", desc="training.score", disable=args.quiet)
         batches = iter_tables(args.input, columns, args.batch_size, logged)
-        if logged:
-            batches = _mark_scattered(batches, scattered_queries(args.input, args.batch_size))
+        if scattered is not None:
+            batches = _mark_scattered(batches, scattered)
         for _ in range(resumed):  # --resume: batches an earlier run completed
             progress.update(next(batches).num_rows)
         if pool is None:
@@ -578,7 +626,8 @@ def run(args: argparse.Namespace) -> dict:
         outputs.finish()
     finally:
         blas.restore_original_limits()
-        progress.close()
+        if progress is not None:
+            progress.close()
         if pool is not None:
             pool.terminate()  # workers hold nothing worth waiting for once the parent stops
             pool.join()
