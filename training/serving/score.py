@@ -290,15 +290,23 @@ def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -
 
 
 def _one_dictionary(table: pa.Table) -> pa.Table:
-    """``table`` with each dictionary column in one chunk (its reads' dictionaries unified), so it is pickled once.
+    """``table`` with each dictionary column one chunk holding only the values its rows use, so it ships once.
 
-    Other columns keep their chunks: pickling them costs the same, and
-    joining them would copy every response once more.
+    The reads' dictionaries are unified, and a slice's dictionary (a query
+    carried over keeps the dictionary of the read it came from) is cut down
+    to what the rows use. Other columns keep their chunks: pickling them
+    costs the same, and joining them would copy every response once more.
     """
     for index, field in enumerate(table.schema):
         column = table.column(index)
-        if pa.types.is_dictionary(field.type) and column.num_chunks > 1:
-            table = table.set_column(index, field, column.combine_chunks())
+        if pa.types.is_dictionary(field.type) and column.num_chunks:
+            array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+            missing = array.is_null().to_numpy(zero_copy_only=False)
+            used, codes = np.unique(pc.fill_null(array.indices, 0).to_numpy()[~missing], return_inverse=True)
+            indices = np.zeros(len(array), np.int32)
+            indices[~missing] = codes
+            table = table.set_column(index, field.name, pa.DictionaryArray.from_arrays(
+                pa.array(indices, mask=missing), array.dictionary.take(pa.array(used, pa.int64()))))
     return table
 
 
