@@ -19,6 +19,16 @@ Run: ``python -m pytest bench/bench_serving.py --benchmark-json=serving.json``
   queries/s, peak RSS of the scoring process and the time split between
   featurization, estimators and kernel.
 
+* the issue-11 traffic (``test_pandas_shaped_traffic_end_to_end``): the
+  RouterBench table tiled to ``SERVING_BENCH_PANDAS_QUERIES`` queries
+  (default 1,000,000) x 11 models, prompts and responses as plain strings on
+  every row, written with pandas' layout (:func:`make_pandas_shaped_traffic`);
+  ``python -m training.score --workers 2`` timed from process start to exit
+  (start and artifact load included) against >= 20,000 queries/s, and the
+  RSS of the whole process tree sampled every 20 ms against <= 2 GiB
+  together. Measured 2026-12-01 (other jobs paused): 19,000-20,700
+  queries/s, 1.67-1.87 GiB, 79-93 CPU-s.
+
 Scoring runs in a child process (``python -m training.score``), so its peak
 RSS is its own and JIT compilation happens before the clock starts (the
 router warms up in ``load_router``; the time to load is reported apart).

@@ -13,8 +13,10 @@ Two kinds of input, told apart by the presence of a ``model`` column:
   run, the realised cost and the quality of the selected answer are written.
 
 This module streams files: it reads the input with
-``pyarrow.parquet.ParquetFile.iter_batches``, carries a query whose rows
-straddle a batch boundary over to the next batch, scores each batch with
+``pyarrow.parquet.ParquetFile.iter_batches`` a few megabytes at a time
+(:data:`READ_BYTES`, whatever the row groups), gathers the reads into
+batches of whole queries (a query whose rows straddle a boundary is carried
+over) with each query's repeated text kept once, scores each batch with
 :func:`training.serving.replay.score_batch` (in worker processes with
 ``--workers``) and writes as it goes, so memory stays bounded by the batch
 size. Checking logged rows is :mod:`training.serving.logged`; the per-batch
