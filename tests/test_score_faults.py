@@ -196,3 +196,15 @@ def test_csv_input_scores_like_parquet(artifact, logged, tmp_path, suffix):
         results.append(result)
     assert len(results[0]) == 300
     pd.testing.assert_frame_equal(results[1], results[0])
+
+
+def test_a_closed_stdout_ends_quietly_after_the_work_is_written(artifact, logged, tmp_path):
+    """``training.score ... | head -1``: the reader leaves before the summary; no traceback, outputs complete."""
+    output = tmp_path / "out.parquet"
+    child = subprocess.Popen([sys.executable, "-m", "training.score", *_score(artifact, logged, output)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child.stdout.close()  # before anything is printed
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert len(pd.read_parquet(output)) == 2000

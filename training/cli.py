@@ -9,6 +9,7 @@ output cannot be written; ``--quiet`` hides the progress bars.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -143,7 +144,8 @@ def run_command(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | Non
     -------
     int
         0 ok, 2 bad input, 1 an output could not be written, 130 after
-        Ctrl-C, 143 after SIGTERM (or what ``finish`` returns).
+        Ctrl-C, 143 after SIGTERM (or what ``finish`` returns; 0 when its
+        printing finds stdout closed, as under ``| head``: the job is done).
     """
     args = parse_or_exit_code(parse, argv)
     if isinstance(args, int):
@@ -165,4 +167,8 @@ def run_command(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | Non
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
-    return finish(result)
+    try:
+        return finish(result)
+    except BrokenPipeError:  # stdout's reader left (``| head``): the work is done and written, say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        return 0
