@@ -9,6 +9,7 @@ output cannot be written; ``--quiet`` hides the progress bars.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["BAD_INPUT", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "Interrupted", "OutputError",
-           "check_writable", "fail", "parse_or_exit_code", "run_command", "writing"]
+           "check_writable", "fail", "quality_range", "parse_or_exit_code", "run_command", "writing"]
 
 #: Exit code of a run whose input cannot be used.
 BAD_INPUT = 2
@@ -105,6 +106,32 @@ def check_writable(flag: str, path: str | Path, *, directory: bool = False) -> N
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {flag} {path}: {folder} is not a writable directory; "
                           "pick a path in a writable directory")
+
+
+def quality_range(text: str) -> tuple[float, float]:
+    """Parse ``--quality-range LO,HI`` (argparse ``type``), so a scale other than [0, 1] can be given on the command line.
+
+    Parameters
+    ----------
+    text : str
+        Two finite numbers separated by a comma, ``LO <= HI``.
+
+    Returns
+    -------
+    (float, float)
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        If ``text`` is not of that form.
+    """
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers, e.g. 0,100), got {text!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise argparse.ArgumentTypeError(f"expected finite LO <= HI, got {text!r}")
+    return low, high
 
 
 def parse_or_exit_code(parse: Callable[[Sequence[str] | None], argparse.Namespace],

@@ -32,12 +32,14 @@ import pandas as pd
 
 from estimators.table import RoutingTable
 
-__all__ = ["REQUIRED_COLUMNS", "fingerprint", "read_prices", "read_table"]
+__all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "fingerprint", "read_prices", "read_table"]
 
 PathLike = Union[str, os.PathLike]
 Prices = Mapping[str, tuple[float, float]]
 
 REQUIRED_COLUMNS = ("query_id", "model", "quality", "cost_usd")
+#: Optional columns of the long format (besides signal columns named by ``signal_columns``).
+OPTIONAL_COLUMNS = ("prompt", "task", "subtask", "split", "response", "input_tokens", "output_tokens")
 PRICE_COLUMNS = ("model", "input_price_per_mtok_usd", "output_price_per_mtok_usd")
 
 _QUERY_TEXT = {"prompt": "prompts", "task": "tasks", "subtask": "subtasks", "split": "splits"}

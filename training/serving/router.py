@@ -34,7 +34,7 @@ import kernel
 from estimators.estimator import Estimates, Estimator
 
 from ..artifact import load_artifact
-from ..episodes import uncertainty_keywords
+from ..episodes import plan_next, uncertainty_keywords
 from ..policy import Policy
 from .pacing import PaceController, PacingState
 
@@ -225,10 +225,9 @@ class Router:
         """
         estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks)
         chosen = policy if policy is not None else self.policy(budget)
-        next_model, masks = kernel.plan(estimates.quality, estimates.cost, run=run,
-                                        u=prompt_uniforms(prompts), parallel=parallel,
-                                        **uncertainty_keywords(estimates.sigma, estimates.cov, chosen.sigma_scale),
-                                        **chosen.kernel_options())
+        next_model, masks = plan_next(estimates.quality, estimates.cost, chosen.kernel_options(), run=run,
+                                      u=prompt_uniforms(prompts), parallel=parallel,
+                                      **uncertainty_keywords(estimates.sigma, estimates.cov, chosen.sigma_scale))
         return estimates, run, next_model, masks
 
     def decide(self, prompts: Sequence[str], observed: Observed | None = None,
