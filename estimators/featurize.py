@@ -567,7 +567,8 @@ class _OneHotBlock:
         out = np.empty((n, self.width))
         for i, column in enumerate(self.columns):
             table, unseen = self.tables[i], self.unseen[i]
-            out[:, self.slices[i]] = [table.get(v, unseen) for v in columns[column]] if n else unseen[:0]
+            if n:  # an empty batch has nothing to look up (and a list of no rows would not broadcast)
+                out[:, self.slices[i]] = [table.get(v, unseen) for v in columns[column]]
         return out
 
 
