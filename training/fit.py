@@ -391,6 +391,7 @@ def _write_report(report: dict, directory: Path) -> None:
     display = QualityCostDisplay.from_curves(
         {report["strategy"]: ([r["test_cost"] for r in curve], [r["test_quality"] for r in curve])},
         {s["model"]: (s["cost"], s["quality"]) for s in report["single_models"]}, log_cost=True,
+        fitted={f"budget {r['budget']:.3g}": (r["test_cost"], r["test_quality"]) for r in report["budgets"]},
         title=f"{report['strategy']} on {report['data']} (test split)")
     display.figure_.savefig(directory / "quality_cost.png", dpi=120, bbox_inches="tight")
 
