@@ -79,3 +79,24 @@ def test_an_empty_batch_gets_an_empty_result(router):
     assert router.select([], [], **empty) == []
     estimates, run = router.estimates([], **empty)
     assert estimates.quality.shape == (0, len(router.models_)) and run.shape == (0, len(router.models_))
+
+
+def test_score_and_evaluate_refuse_prompts_that_are_not_strings(artifact, tmp_path, capsys):
+    from training.evaluate import main as evaluate
+    from training.score import main as score
+    from training.synthetic import make_benchmark
+
+    queries = make_benchmark(20, seed=1).drop_duplicates("query_id")[["query_id", "prompt", "task", "subtask"]]
+    numbers = queries.assign(prompt=range(len(queries)))
+    numbers.to_parquet(tmp_path / "numbers.parquet")
+    assert score(["--artifact", str(artifact), "--input", str(tmp_path / "numbers.parquet"),
+                  "--output", str(tmp_path / "out.parquet"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "column 'prompt' holds int64, not text" in err and not (tmp_path / "out.parquet").exists()
+    logged = make_benchmark(20, seed=1)
+    logged["prompt"] = logged["prompt"].astype(object)
+    logged.loc[logged["query_id"] == logged["query_id"].iloc[0], "prompt"] = None
+    logged.to_parquet(tmp_path / "logged.parquet")
+    assert evaluate(["--data", str(tmp_path / "logged.parquet"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "prompt must be a string" in err and "row 0" in err

@@ -76,10 +76,11 @@ def plan_next(quality: ArrayLike, cost: ArrayLike, options: dict[str, Any], *, r
               cov: ArrayLike | None = None) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """:func:`kernel.plan` for a policy's kernel options, where a fixed-model policy needs no kernel.
 
-    A policy with :data:`FIXED_MODEL` in its options calls that model if it
-    has not run yet and stops otherwise (its plan: the run set plus that
-    model), so the best single model can compete with fitted policies and be
-    served by the same code.
+    A policy with :data:`FIXED_MODEL` in its options calls that model when
+    nothing has run yet and stops otherwise (one model per query, like its
+    ``max_depth`` of 1; its plan: that model, or the run set when stopping),
+    so the best single model can compete with fitted policies and be served
+    by the same code.
 
     Parameters
     ----------
@@ -99,8 +100,10 @@ def plan_next(quality: ArrayLike, cost: ArrayLike, options: dict[str, Any], *, r
         return kernel.plan(quality, cost, run=run, u=u, parallel=parallel, sigma=sigma, cov=cov, **options)
     model = int(options[FIXED_MODEL])
     run = np.asarray(run, dtype=bool)
+    stop = run.any(axis=1)
     masks = run.astype(np.int64) @ (np.int64(1) << np.arange(run.shape[1], dtype=np.int64))
-    return np.where(run[:, model], kernel.STOP, model).astype(np.int64), masks | (np.int64(1) << model)
+    return (np.where(stop, kernel.STOP, model).astype(np.int64),
+            np.where(stop, masks, np.int64(1) << model).astype(np.int64))
 
 
 #: ``estimate(rows, run, with_sigma)``: estimates of queries ``rows`` with run sets ``run``.
