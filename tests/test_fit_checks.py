@@ -79,9 +79,11 @@ def test_budget_above_what_the_router_can_use_is_said_in_words(tmp_path, capsys)
     out = capsys.readouterr().out
     assert code == 0
     row = json.loads(report_path.read_text())["budgets"][0]
-    assert row["calibration_status"] in ("above_max", "met")
-    if row["calibration_status"] == "above_max":
-        assert "above what the router can use" in out and "stays unspent" in out
+    assert row["calibration_status"] == "above_max"
+    assert "budget 1e+300: above what the router can use" in out and "stays unspent" in out
+    fitted = row["candidates"][0]  # the λ = 0 cascade_routing policy: the most the router finds worth spending
+    assert row["most_the_router_spends"] == fitted["calibration_cost"] < 1e300
+    assert f"costs {fitted['calibration_cost']:.4g} per query" in out
     # Whatever won, it is no worse on calibration than any candidate (all fit in 1e300).
     assert row["calibration_quality"] >= max(c["calibration_quality"] for c in row["candidates"])
 
@@ -119,6 +121,7 @@ def test_calibration_choice_is_the_best_of_fitted_single_and_routing(forced_loss
         if others:
             assert row["calibration_margin"] == pytest.approx(best - max(others))
     budget_row = report["budgets"][0]
+    assert budget_row["test_status"] == ("met" if budget_row["test_cost"] <= budget_row["budget"] else "over")
     mid = budget_row["candidates"][[c["name"] for c in budget_row["candidates"]].index("single model mid")]
     assert budget_row["calibration_quality"] >= mid["calibration_quality"]
 
@@ -133,6 +136,8 @@ def test_a_forced_test_loss_is_flagged_in_summary_and_report(forced_loss, tmp_pa
     text = summary(report)
     assert "[loses on test]" in text and "loses to cheap alone (1.000)" in text
     assert "legend:" in text and "[above_max]" in text and "calibration" in text
+    over = {**row, "test_cost": 2 * row["budget"], "test_status": "over"}
+    assert "[over on test]" in summary({**report, "budgets": [over]})
 
 
 def test_one_model_needs_at_least_two(tmp_path, capsys):

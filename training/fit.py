@@ -359,6 +359,7 @@ def _calibration_figures(policy: Policy, measured: list[Policy], models: Sequenc
     runner_up = max(rivals, key=lambda p: p.calibration_quality, default=None)
     return {"calibration_cost": policy.calibration_cost, "calibration_quality": policy.calibration_quality,
             "calibration_status": policy.budget_status, "chosen": _candidate_name(policy, models),
+            "most_the_router_spends": measured[0].calibration_cost if policy.budget_status == "above_max" else None,
             "calibration_margin": (None if runner_up is None
                                    else policy.calibration_quality - runner_up.calibration_quality),
             "candidates": [{"name": _candidate_name(p, models), "calibration_cost": p.calibration_cost,
@@ -450,8 +451,9 @@ def _budget_notes(row: dict) -> list[str]:
     notes = []
     if row["calibration_status"] == "above_max":
         notes.append(f"  budget {budget:.4g}: above what the router can use; calling every model it finds "
-                     f"useful costs {row['calibration_cost']:.4g} per query on calibration, so the policy is "
-                     "fitted to that and the rest of the budget stays unspent.")
+                     f"useful costs {row['most_the_router_spends']:.4g} per query on calibration, so the policy "
+                     f"is fitted to that (the chosen one spends {row['calibration_cost']:.4g}) and the rest of "
+                     "the budget stays unspent.")
     if row["calibration_status"] == "below_min":
         notes.append(f"  budget {budget:.4g}: below the cheapest policy; it spends {row['calibration_cost']:.4g} "
                      f"per query on calibration, {row['calibration_cost'] / budget - 1:.0%} over the budget.")

@@ -500,15 +500,16 @@ def choose_policy(episodes: Episodes, fitted: Policy, rivals: list[Policy]) -> t
     chosen : Policy
         ``fitted``, or the rival with the highest calibration quality among
         those whose calibration cost is within ``fitted.budget`` (its
-        ``budget_status`` set to ``"met"``).
+        ``budget_status`` is ``"above_max"`` when ``fitted``'s is, else ``"met"``).
     measured : list of Policy
         ``fitted`` then every rival with its calibration cost and quality, in the order given.
     """
     measured = [fitted]
+    status = "above_max" if fitted.budget_status == "above_max" else "met"  # a budget beyond use stays so
     for rival in rivals:
         outcome = rival.play(episodes)
         measured.append(replace(rival, budget=fitted.budget, calibration_cost=outcome.mean_cost,
-                                calibration_quality=outcome.mean_quality, budget_status="met"))
+                                calibration_quality=outcome.mean_quality, budget_status=status))
     within = [p for p in measured[1:] if p.calibration_cost <= fitted.budget]
     best = max(within, key=lambda p: p.calibration_quality, default=None)
     if best is None or best.calibration_quality <= fitted.calibration_quality:
