@@ -76,7 +76,8 @@ class Policy:
     Attributes
     ----------
     strategy : str
-        ``routing``, ``cascade``, ``cascade_routing`` or ``threshold``.
+        ``routing``, ``cascade``, ``cascade_routing`` or ``threshold``; ``single`` for a
+        :func:`single_model_policy` (see ``fixed_model``).
     lambdas : ndarray
         ``λ_t`` per step (unused by ``threshold``).
     thresholds : ndarray or None
