@@ -31,6 +31,7 @@ from .table import RoutingTable
 
 from .cost import CostEstimator, input_token_counts
 from .featurize import FrozenFeaturizer, as_texts, make_prompt_featurizer, prompt_frame
+from .prompts import read_prompts
 from .inputs import check_observed_cost, check_responses, check_run, check_signals, per_query_inputs
 from .posthoc import ResponseMemo, read_responses, run_responses
 from .quality import PosthocData, QualityEstimator, make_linear_regressor
@@ -334,6 +335,8 @@ class RouterEstimator:
         Model names, in column order (cheapest first).
     columns_ : list of str
         Per-query inputs the featurizer reads (``prompt``, ``task``, ``subtask``).
+    repaired_prompts_ : int
+        Training prompts whose lone surrogates were replaced (see :func:`~estimators.prompts.read_prompts`).
     signal_names_ : list of str
         Names of the post-hoc signals, in feature order.
     uses_responses_ : bool
@@ -393,7 +396,8 @@ class RouterEstimator:
         if not np.isfinite(table.quality).all() or not np.isfinite(table.cost).all():
             raise ValueError("table.quality and table.cost must be finite; drop or fill the missing cells first")
         self.models_ = tuple(table.models)
-        frame = prompt_frame(table.prompts, table.tasks, table.subtasks, n=table.n_queries)
+        prompts, self.repaired_prompts_ = (None, 0) if table.prompts is None else read_prompts(table.prompts)
+        frame = prompt_frame(prompts, table.tasks, table.subtasks, n=table.n_queries)
         self.columns_ = list(frame.columns)
         self.featurizer_ = make_prompt_featurizer(
             self.columns_, text=None if self.text is None else clone(self.text)
@@ -446,7 +450,8 @@ class RouterEstimator:
         """
         self._check_fitted()
         given, n = per_query_inputs(self.columns_, prompts, tasks, subtasks)
-        features = self.frozen_featurizer_.transform({name: as_texts(given[name]) for name in self.columns_}, n,
+        texts = {**given, "prompt": None if given["prompt"] is None else read_prompts(given["prompt"])[0]}
+        features = self.frozen_featurizer_.transform({name: as_texts(texts[name]) for name in self.columns_}, n,
                                                      parallel=parallel)
         priced = self.cost_.priced_.size > 0  # only prices per token read the input token counts
         tokens = input_token_counts(given["prompt"] if priced else None, n, len(self.models_), input_tokens)

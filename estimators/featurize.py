@@ -38,9 +38,10 @@ def _as_texts(X: np.ndarray) -> list[str]:
     Why: scikit-learn passes a one-column frame from ``ColumnTransformer`` and
     numeric arrays from its common checks; treating every row as "its cells
     joined by spaces" serves both with one rule. Missing cells (None, NaN)
-    read as empty text.
+    read as empty text. Through :func:`as_texts`, not ``astype(str)``: that would build a
+    fixed-width array as wide as the longest prompt for every row.
     """
-    cells = np.where(pd.isna(X), "", X).astype(str)
+    cells = as_texts(X).reshape(X.shape)
     if cells.shape[1] == 1:
         return cells[:, 0].tolist()
     return [" ".join(row) for row in cells]
@@ -566,7 +567,8 @@ class _OneHotBlock:
         out = np.empty((n, self.width))
         for i, column in enumerate(self.columns):
             table, unseen = self.tables[i], self.unseen[i]
-            out[:, self.slices[i]] = [table.get(v, unseen) for v in columns[column]] if n else unseen[:0]
+            if n:  # an empty batch has nothing to look up (and a list of no rows would not broadcast)
+                out[:, self.slices[i]] = [table.get(v, unseen) for v in columns[column]]
         return out
 
 

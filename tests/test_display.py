@@ -96,9 +96,32 @@ def test_missing_matplotlib_says_how_to_install_it(monkeypatch):
         ({"bad": ([0.1, 0.2], [0.5])}, None, r"curves\['bad'\] must be two 1-D arrays of equal length"),
         ({"bad": ([0.1, np.nan], [0.5, 0.6])}, None, r"curves\['bad'\] must be finite"),
         ({"bad": "not a pair"}, None, r"curves\['bad'\] must be a \(costs, qualities\) pair"),
-        (CURVES, {"m": 0.3}, r"single_models must map each model name to a \(cost, quality\) pair"),
+        (CURVES, {"m": 0.3}, r"single_models must map each name to a \(cost, quality\) pair"),
     ],
 )
 def test_bad_curves_are_rejected_with_their_name(curves, single, message):
     with pytest.raises(ValueError, match=message):
         QualityCostDisplay.from_curves(curves, single)
+
+
+def test_labels_and_legend_leave_every_marker_readable_and_fitted_budgets_are_marked():
+    crowded = {"a": (0.001, 0.60), "b": (0.00105, 0.601), "c": (0.0011, 0.602), "large": (0.004, 0.80),
+               "pricey": (0.005, 0.79)}
+    fitted = {"budget 0.001": (0.00102, 0.605), "budget 0.004": (0.0039, 0.81)}
+    display = QualityCostDisplay.from_curves(CURVES, crowded, fitted=fitted, log_cost=True)
+    ax = display.ax_
+    np.testing.assert_array_equal(display.fitted_.get_offsets(), list(fitted.values()))
+    assert "router at the fitted budgets" in [t.get_text() for t in ax.get_legend().get_texts()]
+    renderer = display.figure_.canvas.get_renderer()
+    display.figure_.canvas.draw()
+    markers = [ax.transData.transform(point) for point in [*crowded.values(), *fitted.values()]]
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not any(legend.contains(*m) for m in markers)
+    assert not legend.overlaps(ax.get_window_extent(renderer))
+    labels = display.labels_
+    assert sorted(label.get_text() for label in labels) == sorted([*crowded, *fitted])
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    for i, box in enumerate(boxes):
+        assert not box.overlaps(legend)
+        assert not any(box.contains(*m) for m in markers)
+        assert not any(box.overlaps(other) for other in boxes[i + 1:]), labels[i].get_text()

@@ -24,7 +24,7 @@ def test_fit_writes_report_plot_artifact_and_manifest(fitted):
     report = json.loads((report_dir / "report.json").read_text())
     assert [b["budget"] for b in report["budgets"]] == [0.0004, 0.001]
     for row in report["budgets"]:
-        assert row["calibration_cost"] <= row["budget"] or row["status"] != "met"
+        assert row["calibration_cost"] <= row["budget"] or row["calibration_status"] != "met"
         assert row["test_cost"] > 0 and 0 <= row["test_quality"] <= 1
         assert row["best_single_model"] in report["models"]
     assert set(report["auc"]) == {"cascade_routing", "linear"}

@@ -121,3 +121,16 @@ def test_empty_calibration_set_is_refused():
     empty = np.zeros((0, 2))
     with pytest.raises(ValueError, match="no queries"):
         TableEpisodes(empty, empty, empty, empty, empty, empty, empty, empty)
+
+
+def test_a_fixed_model_policy_calls_its_model_once_and_only_on_an_empty_run_set():
+    from training.episodes import plan_next
+    from training.policy import single_model_policy
+
+    policy = single_model_policy(2, 0.01)
+    run = np.array([[False, False, False], [False, True, False], [False, False, True]])
+    quality = np.full(run.shape, 0.5)
+    next_model, masks = plan_next(quality, quality, policy.kernel_options(), run=run, u=None, parallel=False)
+    assert next_model.tolist() == [2, -1, -1]
+    assert masks.tolist() == [0b100, 0b010, 0b100]
+    assert policy.decide(quality, quality, run=run).tolist() == [2, -1, -1]

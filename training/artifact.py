@@ -347,10 +347,16 @@ def load_artifact(path: PathLike, *, strict_versions: bool = True) -> tuple[obje
         _check_format_version(manifest, target)
     _check_fields(manifest, target)
     if manifest["artifact_file"] != path.name:
+        recorded = manifest["artifact_file"]
+        if (path.parent / str(recorded)).is_file():
+            raise ValueError(
+                f"manifest {target} describes artifact {recorded!r}, not {path.name!r}; two artifacts whose "
+                "names differ only in their last suffix share a manifest, rename one and re-save it")
         raise ValueError(
-            f"manifest {target} describes artifact {manifest['artifact_file']!r}, not {path.name!r}; "
-            "two artifacts whose names differ only in their last suffix share a manifest, rename one and re-save it"
-        )
+            f"manifest {target} was written for artifact {recorded!r}, which is not beside it: the artifact "
+            f"and its manifest were renamed (or copied under new names) after saving. Rename them back to "
+            f"{recorded!r} and {manifest_path(path.parent / str(recorded)).name!r}; the manifest records the "
+            "artifact's name with its sha256, so a renamed pair cannot be verified")
     if not path.is_file():
         raise FileNotFoundError(f"artifact {path} not found (its manifest {target} exists); re-save the artifact")
     payload = path.read_bytes()

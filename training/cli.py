@@ -9,6 +9,7 @@ output cannot be written; ``--quiet`` hides the progress bars.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -18,8 +19,8 @@ from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["BAD_INPUT", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "Interrupted", "OutputError", "fail",
-           "parse_or_exit_code", "run_command", "writing"]
+__all__ = ["BAD_INPUT", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "Interrupted", "OutputError",
+           "check_writable", "fail", "quality_range", "parse_or_exit_code", "run_command", "writing"]
 
 #: Exit code of a run whose input cannot be used.
 BAD_INPUT = 2
@@ -71,6 +72,66 @@ def writing(flag: str, path: str | Path) -> Iterator[None]:
         raise
     except OSError as error:
         raise OutputError(f"cannot write {flag} {path} ({error}); pick a path in a writable directory") from error
+
+
+def check_writable(flag: str, path: str | Path, *, directory: bool = False) -> None:
+    """Refuse an output that cannot be written, before any work is done, so that a long run does not fail at its end.
+
+    The path may not exist yet: its nearest existing ancestor must then be a
+    writable directory (the missing folders are created when writing).
+
+    Parameters
+    ----------
+    flag : str
+        The command-line flag the path came from (``--out``), named in the message.
+    path : str or Path
+        The output: a file, or with ``directory`` a folder that will hold files.
+    directory : bool, default=False
+        Whether ``path`` is a folder to write into rather than a file.
+
+    Raises
+    ------
+    OutputError
+        If ``path`` is a directory where a file is wanted (or a file where a
+        folder is), or it or the folder it would be created in is not writable.
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        kind = "a directory" if path.is_dir() else "a file"
+        raise OutputError(f"cannot write {flag} {path}: it is {kind}; give a {'folder' if directory else 'file'} path")
+    if directory and path.exists():
+        folder = path  # the files go in it
+    else:  # a file is written beside its name and renamed into place; missing folders are made in the first existing one
+        folder = next(parent for parent in path.absolute().parents if parent.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {flag} {path}: {folder} is not a writable directory; "
+                          "pick a path in a writable directory")
+
+
+def quality_range(text: str) -> tuple[float, float]:
+    """Parse ``--quality-range LO,HI`` (argparse ``type``), so a scale other than [0, 1] can be given on the command line.
+
+    Parameters
+    ----------
+    text : str
+        Two finite numbers separated by a comma, ``LO <= HI``.
+
+    Returns
+    -------
+    (float, float)
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        If ``text`` is not of that form.
+    """
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers, e.g. 0,100), got {text!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise argparse.ArgumentTypeError(f"expected finite LO <= HI, got {text!r}")
+    return low, high
 
 
 def parse_or_exit_code(parse: Callable[[Sequence[str] | None], argparse.Namespace],
@@ -134,7 +195,7 @@ def run_command(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | Non
         The command's argument parser (``parse_args``).
     job : callable
         Does the work; raises :class:`OutputError` when an output cannot be
-        written, ``ValueError``/``FileNotFoundError`` on bad input.
+        written, ``ValueError``/``TypeError``/``FileNotFoundError`` on bad input.
     finish : callable
         Prints the job's result and returns the exit code.
     on_interrupt : str, optional
@@ -156,7 +217,7 @@ def run_command(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | Non
         result = job(args)
     except OutputError as error:
         return fail(str(error), code=CANNOT_WRITE)
-    except (ValueError, FileNotFoundError) as error:  # bad data, bad artifact, a budget no policy fits
+    except (ValueError, TypeError, FileNotFoundError) as error:  # bad data or artifact, a budget no policy fits
         return fail(str(error))
     except KeyboardInterrupt:
         return fail(f"interrupted (Ctrl-C); {on_interrupt or 'nothing was written under the output names'}",

@@ -32,12 +32,14 @@ import pandas as pd
 
 from estimators.table import RoutingTable
 
-__all__ = ["REQUIRED_COLUMNS", "fingerprint", "read_prices", "read_table"]
+__all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "fingerprint", "read_prices", "read_table"]
 
 PathLike = Union[str, os.PathLike]
 Prices = Mapping[str, tuple[float, float]]
 
 REQUIRED_COLUMNS = ("query_id", "model", "quality", "cost_usd")
+#: Optional columns of the long format (besides signal columns named by ``signal_columns``).
+OPTIONAL_COLUMNS = ("prompt", "task", "subtask", "split", "response", "input_tokens", "output_tokens")
 PRICE_COLUMNS = ("model", "input_price_per_mtok_usd", "output_price_per_mtok_usd")
 
 _QUERY_TEXT = {"prompt": "prompts", "task": "tasks", "subtask": "subtasks", "split": "splits"}
@@ -104,6 +106,8 @@ def read_table(
     ------
     FileNotFoundError
         If ``source`` is a path that does not exist.
+    TypeError
+        If a ``prompt`` is not a string (``None``, a number), naming its rows.
     ValueError
         On an empty input; a missing required column; an unknown model name
         in ``models``; a missing or empty ``query_id``/``model``; a
@@ -415,6 +419,8 @@ def _build(
     def arrange(values: np.ndarray, fill: object) -> np.ndarray:
         return pivot(values, fill)[:, order]
 
+    if "prompt" in frame.columns:
+        _check_prompt_types(frame["prompt"].to_numpy(dtype=object), origin)
     per_query = {}
     for column, field_name in _QUERY_TEXT.items():
         if column in frame.columns:
@@ -473,6 +479,17 @@ def _grid(
             + ". Pass models=[...] to keep only models run on every query, or drop those queries"
         )
     return query_index, model_index, query_ids.astype(object), [str(m) for m in model_names]
+
+
+def _check_prompt_types(prompts: np.ndarray, origin: np.ndarray) -> None:
+    """Refuse a prompt that is not text: ``str(3)`` or ``str(None)`` featurized as a prompt would be learned from silently."""
+    bad = np.flatnonzero([not isinstance(value, str) for value in prompts])
+    if bad.size:
+        shown = "; ".join(f"row {int(origin[r])}: {type(prompts[r]).__name__} {repr(prompts[r])[:40]}"
+                          for r in bad[:_SHOWN])
+        raise TypeError(f"prompt must be a string on every row; {bad.size} row(s) are not: {shown}"
+                        + (" ..." if bad.size > _SHOWN else "")
+                        + ". Use '' for a query without a prompt")
 
 
 def _one_per_query(column: str, cells: np.ndarray, query_ids: np.ndarray) -> np.ndarray:

@@ -38,6 +38,9 @@ class QualityCostDisplay:
         Also draw the frontier of the single models (the "linear" baseline
         of the AUC: their upper hull, extended flat to the most expensive
         model). Ignored without ``single_models``.
+    fitted : dict of str to (cost, quality), optional
+        Points to mark and label on top of the curves, e.g. the router at
+        each budget it was fitted for (``"budget 0.001"``: its test cost and quality).
 
     Attributes
     ----------
@@ -51,6 +54,11 @@ class QualityCostDisplay:
         Markers of the single models.
     hull_line_ : matplotlib.lines.Line2D or None
         The single models' frontier.
+    fitted_ : matplotlib.collections.PathCollection or None
+        Markers of the ``fitted`` points.
+    labels_ : list of matplotlib.text.Annotation
+        The labels of the single models and fitted points, placed so that
+        none overlaps another (the legend sits outside the axes).
 
     Examples
     --------
@@ -71,10 +79,12 @@ class QualityCostDisplay:
         single_models: Mapping[str, tuple[float, float]] | None = None,
         *,
         hull: bool = True,
+        fitted: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         self.curves = curves
         self.single_models = single_models
         self.hull = hull
+        self.fitted = fitted
 
     @classmethod
     def from_curves(
@@ -83,6 +93,7 @@ class QualityCostDisplay:
         single_models: Mapping[str, tuple[float, float]] | None = None,
         *,
         hull: bool = True,
+        fitted: Mapping[str, tuple[float, float]] | None = None,
         ax: Axes | None = None,
         **plot_kwargs: Any,
     ) -> QualityCostDisplay:
@@ -90,7 +101,7 @@ class QualityCostDisplay:
 
         Parameters
         ----------
-        curves, single_models, hull
+        curves, single_models, hull, fitted
             See the class.
         ax : matplotlib.axes.Axes, optional
             Axes to draw on; a new figure by default.
@@ -102,7 +113,7 @@ class QualityCostDisplay:
         QualityCostDisplay
             The plotted display.
         """
-        return cls(curves, single_models, hull=hull).plot(ax=ax, **plot_kwargs)
+        return cls(curves, single_models, hull=hull, fitted=fitted).plot(ax=ax, **plot_kwargs)
 
     def plot(
         self,
@@ -157,24 +168,30 @@ class QualityCostDisplay:
             costs, qualities = _as_points(curve, f"curves[{name!r}]")
             order = np.argsort(costs, kind="stable")
             (self.lines_[name],) = ax.plot(costs[order], qualities[order], label=name, **style)
-        self.single_models_ = self.hull_line_ = None
+        self.single_models_ = self.hull_line_ = self.fitted_ = None
+        labelled: list[tuple[str, float, float]] = []
         if self.single_models:
             self._plot_single_models(ax)
+            labelled += zip(self.single_models, *_as_points(_transpose(self.single_models.values()), "single_models"))
+        if self.fitted:
+            costs, qualities = _as_points(_transpose(self.fitted.values(), "fitted"), "fitted")
+            self.fitted_ = ax.scatter(costs, qualities, marker="*", s=90, color="crimson", zorder=4,
+                                      label="router at the fitted budgets")
+            labelled += zip(self.fitted, costs, qualities)
         if log_cost:
             ax.set_xscale("log")
         ax.set(xlabel=xlabel, ylabel=ylabel)
         if title is not None:
             ax.set_title(title)
-        ax.legend(loc="lower right")
+        # Outside the axes: a legend inside would hide whatever point lies under it.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")
+        self.labels_ = _place_labels(ax, labelled)
         self.ax_, self.figure_ = ax, ax.figure
         return self
 
     def _plot_single_models(self, ax: Axes) -> None:
-        names = list(self.single_models)
         costs, qualities = _as_points(_transpose(self.single_models.values()), "single_models")
         self.single_models_ = ax.scatter(costs, qualities, marker="x", color="black", zorder=3, label="single models")
-        for name, cost, quality in zip(names, costs, qualities):
-            ax.annotate(name, (cost, quality), textcoords="offset points", xytext=(4, -10), fontsize="small")
         if self.hull:
             hull = upper_hull(costs, qualities)
             (self.hull_line_,) = ax.plot(
@@ -197,14 +214,48 @@ def _pyplot() -> Any:
     return plt
 
 
-def _transpose(pairs: Any) -> Curve:
+#: Offsets (points) tried in turn for a label, right of its point first, then further up and down.
+_LABEL_OFFSETS = tuple((dx, dy) for dy in (-10, 4, -22, 16, -34, 28, -46, 40) for dx in (5, -5))
+
+
+def _place_labels(ax: Axes, points: list[tuple[str, float, float]]) -> list[Any]:
+    """Annotate each point at the first offset whose text stays in the axes and overlaps no earlier label and no point.
+
+    Greedy, cheapest offsets first, points from left to right: enough for
+    the handful of models and budgets of a quality-cost plot. A label that
+    finds no free offset keeps the last one tried.
+    """
+    if not points:
+        return []
+    renderer = ax.figure.canvas.get_renderer()
+    ax.figure.canvas.draw()  # settle limits and scales, so that extents are final
+    markers = [ax.transData.transform((cost, quality)) for _, cost, quality in points]
+    inside = ax.get_window_extent(renderer)
+    placed, boxes = [], []
+    for name, cost, quality in sorted(points, key=lambda p: (p[1], -p[2])):
+        for dx, dy in _LABEL_OFFSETS:
+            label = ax.annotate(name, (cost, quality), textcoords="offset points", xytext=(dx, dy),
+                                fontsize="small", ha="left" if dx > 0 else "right")
+            box = label.get_window_extent(renderer).expanded(1.05, 1.1)
+            free = not any(box.overlaps(other) for other in boxes) and not any(box.contains(*m) for m in markers)
+            if free and inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1):
+                break
+            label.remove()
+        else:
+            ax.add_artist(label)
+        placed.append(label)
+        boxes.append(box)
+    return placed
+
+
+def _transpose(pairs: Any, name: str = "single_models") -> Curve:
     """``[(cost, quality), ...]`` to ``(costs, qualities)``, rejecting anything but pairs."""
     try:
         points = np.asarray(list(pairs), dtype=np.float64)
     except (TypeError, ValueError) as error:
-        raise ValueError("single_models must map each model name to a (cost, quality) pair") from error
+        raise ValueError(f"{name} must map each name to a (cost, quality) pair") from error
     if points.ndim != 2 or points.shape[1] != 2:
-        raise ValueError(f"single_models must map each model name to a (cost, quality) pair, got {points.shape}")
+        raise ValueError(f"{name} must map each name to a (cost, quality) pair, got {points.shape}")
     return points[:, 0], points[:, 1]
 
 

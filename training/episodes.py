@@ -27,8 +27,8 @@ from estimators.estimator import Estimates, Estimator
 if TYPE_CHECKING:
     from estimators.table import RoutingTable
 
-__all__ = ["Episodes", "EpisodeOutcome", "EstimateStep", "EstimatorEpisodes", "TableEpisodes", "play_cascades",
-           "uncertainty_keywords"]
+__all__ = ["FIXED_MODEL", "Episodes", "EpisodeOutcome", "EstimateStep", "EstimatorEpisodes", "TableEpisodes",
+           "plan_next", "play_cascades", "uncertainty_keywords"]
 
 
 def uncertainty_keywords(sigma: ArrayLike | None, cov: ArrayLike | None, scale: float) -> dict[str, Any]:
@@ -65,6 +65,45 @@ def uncertainty_keywords(sigma: ArrayLike | None, cov: ArrayLike | None, scale: 
     if cov is not None:
         return {"cov": cov if scale == 1.0 else np.asarray(cov) * scale**2}
     return {"sigma": sigma if scale == 1.0 or sigma is None else np.asarray(sigma) * scale}
+
+
+#: Kernel-options key of a policy that calls one model (by column index) and stops: the single-model candidate.
+FIXED_MODEL = "fixed_model"
+
+
+def plan_next(quality: ArrayLike, cost: ArrayLike, options: dict[str, Any], *, run: ArrayLike,
+              u: ArrayLike | None, parallel: bool, sigma: ArrayLike | None = None,
+              cov: ArrayLike | None = None) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """:func:`kernel.plan` for a policy's kernel options, where a fixed-model policy needs no kernel.
+
+    A policy with :data:`FIXED_MODEL` in its options calls that model when
+    nothing has run yet and stops otherwise (one model per query, like its
+    ``max_depth`` of 1; its plan: that model, or the run set when stopping),
+    so the best single model can compete with fitted policies and be served
+    by the same code.
+
+    Parameters
+    ----------
+    quality, cost : array-like of shape (N, K)
+        Current estimates.
+    options : dict
+        :meth:`~training.policy.Policy.kernel_options`.
+    run, u, parallel, sigma, cov
+        As in :func:`kernel.plan`.
+
+    Returns
+    -------
+    (ndarray of int64, ndarray of int64)
+        Next model per query (``kernel.STOP`` to stop) and the plan as a bit mask.
+    """
+    if FIXED_MODEL not in options:
+        return kernel.plan(quality, cost, run=run, u=u, parallel=parallel, sigma=sigma, cov=cov, **options)
+    model = int(options[FIXED_MODEL])
+    run = np.asarray(run, dtype=bool)
+    stop = run.any(axis=1)
+    masks = run.astype(np.int64) @ (np.int64(1) << np.arange(run.shape[1], dtype=np.int64))
+    return (np.where(stop, kernel.STOP, model).astype(np.int64),
+            np.where(stop, masks, np.int64(1) << model).astype(np.int64))
 
 
 #: ``estimate(rows, run, with_sigma)``: estimates of queries ``rows`` with run sets ``run``.
@@ -160,8 +199,8 @@ def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options
             break
         found = estimate(active, run[active], True)
         began = time.perf_counter()
-        chosen = kernel.decide(found.quality, found.cost, run=run[active], u=u[active], parallel=parallel,
-                               **uncertainty_keywords(found.sigma, found.cov, sigma_scale), **options)
+        chosen = plan_next(found.quality, found.cost, options, run=run[active], u=u[active], parallel=parallel,
+                           **uncertainty_keywords(found.sigma, found.cov, sigma_scale))[0]
         kernel_seconds += time.perf_counter() - began
         going = chosen != kernel.STOP
         if needed is not None:  # a model without a logged outcome cannot be run: the query stops before it

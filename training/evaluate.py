@@ -23,7 +23,7 @@ from typing import Sequence
 from estimators.estimator import ESTIMATOR_KINDS
 from estimators.simulated import NOISE_LEVELS
 
-from .cli import CANNOT_WRITE, OutputError, fail, parse_or_exit_code, writing
+from .cli import CANNOT_WRITE, OutputError, check_writable, fail, parse_or_exit_code, quality_range, writing
 from .data import read_table
 from .protocol import DEFAULT_STRATEGIES, EvaluationReport, evaluate_strategies
 
@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, type=Path, metavar="PATH",
                         help="benchmark table: long-format .parquet/.csv/.csv.gz (query_id, model, "
                              "quality, cost_usd) or a wide RouterBench .pkl/.csv (required)")
+    parser.add_argument("--quality-range", type=quality_range, default=(0.0, 1.0), metavar="LO,HI",
+                        help="inclusive range of the quality column (default 0,1; e.g. 0,100 for percent)")
     parser.add_argument("--models", type=_model_list, default=None, metavar="A,B,C",
                         help="comma-separated model pool (default: every model of the table, "
                              "sorted by mean cost)")
@@ -116,13 +118,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
         return fail('--plot needs matplotlib, which is not installed: pip install "cascade-router[plot]"')
     try:
-        table = read_table(args.data, models=args.models)
+        for flag, path in (("--json", args.json), ("--plot", args.plot)):
+            if path is not None:
+                check_writable(flag, path)
+    except OutputError as error:
+        return fail(str(error), code=CANNOT_WRITE)
+    try:
+        table = read_table(args.data, models=args.models, quality_range=args.quality_range)
+        if len(table.models) < 2:
+            raise ValueError(f"need at least two models to compare strategies; the table has only {list(table.models)}")
         report = evaluate_strategies(
             table, noise=args.noise, calibration_fraction=args.calibration_fraction,
             estimator=args.estimator, train_fraction=args.train_fraction,
             max_depth=args.max_depth, seed=args.seed, n_boot=args.bootstrap,
             per_step=args.per_step, strategies=DEFAULT_STRATEGIES, progress=not args.quiet)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError) as error:
         return fail(f"{args.data}: {error}")
     print(format_report(report, source=str(args.data)))
     for flag, path, write in (("--json", args.json, _save_json), ("--plot", args.plot, _save_plot)):

@@ -31,14 +31,15 @@ from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from estimators.estimator import ESTIMATOR_KINDS, make_router_estimator
+from estimators.prompts import PROMPT_CHARS
 from estimators.table import RoutingTable
 
-from .cli import run_command, writing
-from .artifact import save_artifact
-from .data import fingerprint, read_prices, read_table
+from .cli import check_writable, quality_range, run_command, writing
+from .artifact import manifest_path, save_artifact
+from .data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, fingerprint, read_prices, read_table
 from .episodes import EstimatorEpisodes
 from .metrics import auc, auc_bounds, budget_grid, linear_auc, single_model_points
-from .policy import fit_policy
+from .policy import BudgetError, Policy, choose_policy, fit_policy, single_model_policy
 from .protocol import LEARNED_SIGMA_SCALES
 from .serving.router import Router
 from .synthetic import default_table, synthetic_prices
@@ -80,7 +81,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m training.fit",
         description="Train estimators, fit routing/cascading policies to cost budgets, evaluate them "
-                    "on held-out queries and save a router artifact.",
+                    "on held-out queries and save a router artifact. --data is a long-format table with one "
+                    f"row per (query, model) and the columns {', '.join(REQUIRED_COLUMNS)} (optional: "
+                    f"{', '.join(OPTIONAL_COLUMNS)}; see the README's input schema), or RouterBench's wide "
+                    f"file. Only the last {PROMPT_CHARS:,} characters of each prompt are featurized.",
         epilog=EXIT_CODES, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", type=Path, default=None,
                         help="long-format table (.parquet/.csv/.csv.gz) or RouterBench wide file; "
@@ -93,6 +97,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, nargs="+", default=None,
                         help="mean cost per query to fit a policy for (several allowed); default: "
                              "three budgets spread over the single models' cost range")
+    parser.add_argument("--allow-over-budget", action="store_true",
+                        help="fit a budget below the cheapest policy's cost anyway (the cheapest policy, "
+                             "reported as over budget) instead of stopping with exit 2")
+    parser.add_argument("--quality-range", type=quality_range, default=(0.0, 1.0), metavar="LO,HI",
+                        help="inclusive range of the quality column (e.g. 0,100 for percent)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="cascade_routing",
                         help="decision strategy")
     parser.add_argument("--max-depth", type=int, default=3,
@@ -162,7 +171,10 @@ def load(args: argparse.Namespace) -> tuple[RoutingTable, dict[str, tuple[float,
     if not args.data.exists():
         raise ValueError(f"--data {args.data} does not exist")
     prices = read_prices(args.prices) if args.prices is not None else None
-    table = read_table(args.data, models=models, prices=prices)
+    table = read_table(args.data, models=models, prices=prices, quality_range=args.quality_range)
+    if len(table.models) < 2:
+        raise ValueError(f"need at least two models to route between; {args.data} has only {list(table.models)}"
+                         + (" after --models" if models is not None else ""))
     if prices is not None:
         prices = {m: prices[m] for m in table.models}
     return table, prices
@@ -242,6 +254,9 @@ def run(args: argparse.Namespace) -> dict:
         If the artifact, its manifest or the report cannot be written.
     """
     started = time.perf_counter()
+    check_writable("--out", args.out)
+    check_writable("--out (its manifest)", manifest_path(args.out))
+    check_writable("--report", args.report, directory=True)
     stages = tqdm(total=5, desc="training.fit", disable=args.quiet, unit="stage")
     stages.set_postfix_str("loading data")
     table, prices = load(args)
@@ -263,16 +278,13 @@ def run(args: argparse.Namespace) -> dict:
     rows = []
     policies = {}
     for budget in tqdm(budgets + curve_budgets, desc="budgets", disable=args.quiet, leave=False):
-        policy = fit_policy(calibration_episodes, float(budget), strategy=args.strategy,
-                            per_step=args.per_step, max_depth=args.max_depth, on_infeasible="clamp",
-                            sigma_scales=LEARNED_SIGMA_SCALES if args.strategy in SIGMA_STRATEGIES else None)
+        policy, measured = _fit_budget(args, calibration_episodes, float(budget), strict=budget in budgets)
         outcome = policy.play(test_episodes)
         policies[budget] = policy
         rows.append({"budget": float(budget), "requested": budget in budgets,
-                     "calibration_cost": policy.calibration_cost,
-                     "calibration_quality": policy.calibration_quality,
+                     **_calibration_figures(policy, measured, table.models),
                      "test_cost": outcome.mean_cost, "test_quality": outcome.mean_quality,
-                     "status": policy.budget_status, "sigma_scale": policy.sigma_scale,
+                     "sigma_scale": policy.sigma_scale,
                      "models_per_query": float((outcome.order >= 0).sum(1).mean())})
     stages.update()
     stages.set_postfix_str("writing report and artifact")
@@ -314,13 +326,55 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
+def _fit_budget(args: argparse.Namespace, episodes: EstimatorEpisodes, budget: float, *,
+                strict: bool) -> tuple[Policy, list[Policy]]:
+    """Fit ``--strategy`` to ``budget`` and keep it, or the best single model or routing if better on calibration.
+
+    ``strict`` (a requested budget, without ``--allow-over-budget``): a budget
+    below the cheapest policy is bad input, named with the cheapest cost.
+    """
+    infeasible = "raise" if strict and not args.allow_over_budget else "clamp"
+    try:
+        fitted = fit_policy(episodes, budget, strategy=args.strategy, per_step=args.per_step,
+                            max_depth=args.max_depth, on_infeasible=infeasible,
+                            sigma_scales=LEARNED_SIGMA_SCALES if args.strategy in SIGMA_STRATEGIES else None)
+    except BudgetError as error:
+        raise ValueError(f"--budget {budget:.6g} cannot be met: the cheapest {args.strategy} policy costs "
+                         f"{error.cheapest_cost:.6g} per query on the calibration queries; give a --budget of "
+                         "at least that, or pass --allow-over-budget to fit the cheapest policy anyway") from None
+    rivals = [single_model_policy(model, budget) for model in range(episodes.n_models)]
+    if args.strategy == "cascade_routing":
+        rivals.append(fit_policy(episodes, budget, strategy="routing", max_depth=args.max_depth,
+                                 on_infeasible="clamp"))
+    return choose_policy(episodes, fitted, rivals)
+
+
+def _candidate_name(policy: Policy, models: Sequence[str]) -> str:
+    return f"single model {models[policy.fixed_model]}" if policy.fixed_model is not None else policy.strategy
+
+
+def _calibration_figures(policy: Policy, measured: list[Policy], models: Sequence[str]) -> dict:
+    """The chosen policy's calibration cost, quality and budget status, which candidate won and by how much."""
+    rivals = [p for p in measured if p is not policy and p.calibration_cost <= policy.budget]
+    runner_up = max(rivals, key=lambda p: p.calibration_quality, default=None)
+    return {"calibration_cost": policy.calibration_cost, "calibration_quality": policy.calibration_quality,
+            "calibration_status": policy.budget_status, "chosen": _candidate_name(policy, models),
+            "most_the_router_spends": measured[0].calibration_cost if policy.budget_status == "above_max" else None,
+            "calibration_margin": (None if runner_up is None
+                                   else policy.calibration_quality - runner_up.calibration_quality),
+            "candidates": [{"name": _candidate_name(p, models), "calibration_cost": p.calibration_cost,
+                            "calibration_quality": p.calibration_quality} for p in measured]}
+
+
 def _with_best_single(row: dict, models, costs, qualities) -> dict:
-    """Add the best single model whose test cost fits the same budget, for comparison."""
+    """Add the best single model whose test cost fits the same budget, and whether the router lost to it on test."""
     fits = np.flatnonzero(costs <= row["budget"])
     best = int(fits[np.argmax(qualities[fits])]) if fits.size else int(np.argmin(costs))
     return {**{k: v for k, v in row.items() if k != "requested"},
+            "test_status": "met" if row["test_cost"] <= row["budget"] else "over",
             "best_single_model": models[best], "best_single_quality": float(qualities[best]),
-            "best_single_cost": float(costs[best])}
+            "best_single_cost": float(costs[best]),
+            "test_loss_to_best_single": bool(fits.size) and row["test_quality"] < float(qualities[best])}
 
 
 def _write_report(report: dict, directory: Path) -> None:
@@ -338,6 +392,7 @@ def _write_report(report: dict, directory: Path) -> None:
     display = QualityCostDisplay.from_curves(
         {report["strategy"]: ([r["test_cost"] for r in curve], [r["test_quality"] for r in curve])},
         {s["model"]: (s["cost"], s["quality"]) for s in report["single_models"]}, log_cost=True,
+        fitted={f"budget {r['budget']:.3g}": (r["test_cost"], r["test_quality"]) for r in report["budgets"]},
         title=f"{report['strategy']} on {report['data']} (test split)")
     display.figure_.savefig(directory / "quality_cost.png", dpi=120, bbox_inches="tight")
 
@@ -357,20 +412,56 @@ def summary(report: dict) -> str:
         budget, quality, calibration cost, models per query, best single
         model within budget), then the AUCs, the split sizes and the artifact.
     """
-    lines = [f"{'budget':>10} {'test cost':>10} {'cost/budget':>11} {'quality':>8} {'calib cost':>10} "
-             f"{'models/q':>8}  best single model within budget",
-             "-" * 100]
+    lines = [f"{'budget':>10} {'test cost':>10} {'test/budget':>11} {'test qual':>9} {'calib cost':>10} "
+             f"{'calib qual':>10} {'models/q':>8}  chosen on calibration; best single model within budget on test",
+             "-" * 130]
+    notes = []
     for r in report["budgets"]:
+        tags = [] if r["calibration_status"] == "met" else [r["calibration_status"]]
+        tags += ["over on test"] if r["test_status"] != "met" else []
+        tags += ["loses on test"] if r["test_loss_to_best_single"] else []
         lines.append(f"{r['budget']:>10.4g} {r['test_cost']:>10.4g} {r['test_cost'] / r['budget']:>11.1%} "
-                     f"{r['test_quality']:>8.3f} {r['calibration_cost']:>10.4g} {r['models_per_query']:>8.2f}  "
-                     f"{r['best_single_model']} ({r['best_single_quality']:.3f} at {r['best_single_cost']:.4g})"
-                     + ("" if r["status"] == "met" else f"  [{r['status']}]"))
+                     f"{r['test_quality']:>9.3f} {r['calibration_cost']:>10.4g} {r['calibration_quality']:>10.3f} "
+                     f"{r['models_per_query']:>8.2f}  {r['chosen']}; {r['best_single_model']} "
+                     f"({r['best_single_quality']:.3f} at {r['best_single_cost']:.4g})"
+                     + "".join(f"  [{tag}]" for tag in tags))
+        notes += _budget_notes(r)
     auc_line = ", ".join(f"{name} {value:.2f}" for name, value in report["auc"].items())
-    lines += ["", f"AUC x100 on test over the single-model cost range: {auc_line}",
+    lines += notes + ["", _LEGEND, "", f"AUC x100 on test over the single-model cost range: {auc_line}",
               f"{report['n_train']} train / {report['n_calibration']} calibration / {report['n_test']} test "
               f"queries, {len(report['models'])} models, {report['seconds']} s",
               f"artifact: {report['artifact']['path']} (manifest {report['artifact']['manifest']})"]
     return "\n".join(lines)
+
+
+_LEGEND = """\
+legend: 'test' columns are measured on the held-out test queries, 'calib' on the calibration queries the
+policy was fitted on. 'chosen' is the candidate kept on calibration: the fitted policy, or the best single
+model within the budget, or routing (cascade_routing only), whichever had the best calibration quality
+within the budget. Tags: [above_max] the budget is more than the router can spend, so the surplus stays
+unspent; [below_min] the budget is below the cheapest policy, fitted anyway (--allow-over-budget);
+[over on test] the test cost exceeds the budget (it was met on calibration); [loses on test] the best single
+model within the budget scores higher on test than the router.\
+"""
+
+
+def _budget_notes(row: dict) -> list[str]:
+    """Sentences for a budget the router cannot use as asked, or where it loses on test."""
+    budget = row["budget"]
+    notes = []
+    if row["calibration_status"] == "above_max":
+        notes.append(f"  budget {budget:.4g}: above what the router can use; calling every model it finds "
+                     f"useful costs {row['most_the_router_spends']:.4g} per query on calibration, so the policy "
+                     f"is fitted to that (the chosen one spends {row['calibration_cost']:.4g}) and the rest of "
+                     "the budget stays unspent.")
+    if row["calibration_status"] == "below_min":
+        notes.append(f"  budget {budget:.4g}: below the cheapest policy; it spends {row['calibration_cost']:.4g} "
+                     f"per query on calibration, {row['calibration_cost'] / budget - 1:.0%} over the budget.")
+    if row["test_loss_to_best_single"]:
+        notes.append(f"  budget {budget:.4g}: on test the router ({row['test_quality']:.3f}) loses to "
+                     f"{row['best_single_model']} alone ({row['best_single_quality']:.3f}) by "
+                     f"{row['best_single_quality'] - row['test_quality']:.3f}.")
+    return notes
 
 
 def main(argv: Sequence[str] | None = None) -> int:

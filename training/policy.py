@@ -36,9 +36,9 @@ from numpy.typing import ArrayLike, NDArray
 
 import kernel
 
-from .episodes import EpisodeOutcome, Episodes, uncertainty_keywords
+from .episodes import FIXED_MODEL, EpisodeOutcome, Episodes, plan_next, uncertainty_keywords
 
-__all__ = ["Policy", "fit_policy", "BudgetError", "SCALE_RTOL", "MAX_DOUBLINGS", "MAX_SCALE", "LAMBDA_MOVES",
+__all__ = ["Policy", "fit_policy", "single_model_policy", "choose_policy", "BudgetError", "SCALE_RTOL", "MAX_DOUBLINGS", "MAX_SCALE", "LAMBDA_MOVES",
            "THRESHOLD_MOVES"]
 
 #: Bisection stops when the feasible and infeasible scales are this close (relative).
@@ -54,7 +54,19 @@ THRESHOLD_MOVES = ((-0.2, 0.2), (-0.05, 0.05))
 
 
 class BudgetError(ValueError):
-    """The budget cannot be met: it is below the cheapest policy's cost."""
+    """The budget cannot be met: it is below the cheapest policy's cost.
+
+    Parameters
+    ----------
+    message : str
+        What happened and what to do.
+    cheapest_cost : float
+        Mean calibration cost of the cheapest policy: the smallest budget that can be met.
+    """
+
+    def __init__(self, message: str, cheapest_cost: float) -> None:
+        super().__init__(message)
+        self.cheapest_cost = cheapest_cost
 
 
 @dataclass(frozen=True)
@@ -64,7 +76,8 @@ class Policy:
     Attributes
     ----------
     strategy : str
-        ``routing``, ``cascade``, ``cascade_routing`` or ``threshold``.
+        ``routing``, ``cascade``, ``cascade_routing`` or ``threshold``; ``single`` for a
+        :func:`single_model_policy` (see ``fixed_model``).
     lambdas : ndarray
         ``λ_t`` per step (unused by ``threshold``).
     thresholds : ndarray or None
@@ -83,6 +96,10 @@ class Policy:
         ``E[max]`` can over-promise extra models whose estimates move
         together; fitting picks the factor that serves the calibration set
         best (see ``sigma_scales`` in :func:`fit_policy`).
+    fixed_model : int or None
+        Column of the one model this policy calls (then stops), for the
+        best-single-model candidate of :func:`choose_policy`; ``None`` for
+        a kernel policy.
     budget_status : str
         ``"met"``; ``"above_max"`` when the budget exceeds what the
         quality-maximising policy spends (the surplus stays unspent); or
@@ -103,6 +120,7 @@ class Policy:
     budget_status: str = "met"
     search_evaluations: int = field(default=0, compare=False)
     sigma_scale: float = 1.0
+    fixed_model: int | None = None
 
     def kernel_options(self) -> dict[str, Any]:
         """Keyword arguments for :func:`kernel.decide` / :func:`kernel.simulate`: the one translation of a policy.
@@ -113,6 +131,8 @@ class Policy:
             ``strategy``, ``max_depth``, ``force_order``, ``gamma``,
             ``n_samples``, and ``thresholds`` (threshold cascade) or ``lambdas``.
         """
+        if self.fixed_model is not None:
+            return {FIXED_MODEL: self.fixed_model, "max_depth": 1}
         options = dict(strategy=self.strategy, max_depth=self.max_depth, force_order=self.force_order,
                        gamma=self.gamma, n_samples=self.n_samples)
         if self.strategy == "threshold":
@@ -149,8 +169,10 @@ class Policy:
         ndarray of int64, shape (N,)
             See :func:`kernel.decide`.
         """
-        return kernel.decide(quality, cost, run=run, u=u, parallel=parallel,
-                             **uncertainty_keywords(sigma, cov, self.sigma_scale), **self.kernel_options())
+        quality = np.asarray(quality)
+        run = np.zeros(quality.shape, dtype=bool) if run is None else run
+        return plan_next(quality, cost, self.kernel_options(), run=run, u=u, parallel=parallel,
+                         **uncertainty_keywords(sigma, cov, self.sigma_scale))[0]
 
     def play(self, episodes: Episodes) -> EpisodeOutcome:
         """Play this policy over ``episodes`` (e.g. the test split), to measure it on queries it was not fitted on.
@@ -414,7 +436,7 @@ def fit_policy(episodes: Episodes, budget: float, *, strategy: str = "cascade_ro
         raise BudgetError(
             f"budget {budget:.6g} is below the cheapest {strategy} policy, which costs "
             f"{outcome.mean_cost:.6g} per query on the calibration set; raise the budget "
-            "or pass on_infeasible='clamp'")
+            "or pass on_infeasible='clamp'", outcome.mean_cost)
     if per_step and status == "met" and steps > 1:
         alpha, shape, outcome = _coordinate_search(search, family, alpha, shape, outcome, budget, steps)
     changes = family.changes(alpha, shape)
@@ -436,3 +458,61 @@ def _coordinate_search(search, family, alpha, shape, outcome, budget, steps):
                         and trial.mean_quality > outcome.mean_quality + 1e-12:
                     alpha, shape, outcome = trial_alpha, trial_shape, trial
     return alpha, shape, outcome
+
+
+def single_model_policy(model: int, budget: float) -> Policy:
+    """The policy that calls model ``model`` once and answers with it: the obvious rival of a fitted policy.
+
+    Parameters
+    ----------
+    model : int
+        Column of the model (cheapest first).
+    budget : float
+        The budget it stands for.
+
+    Returns
+    -------
+    Policy
+        With ``fixed_model=model``; calibration figures unset (:func:`choose_policy` measures them).
+    """
+    return Policy(strategy="single", lambdas=np.zeros(0), thresholds=None, gamma=0.0, max_depth=1,
+                  force_order=False, n_samples=64, budget=float(budget), fixed_model=int(model))
+
+
+def choose_policy(episodes: Episodes, fitted: Policy, rivals: list[Policy]) -> tuple[Policy, list[Policy]]:
+    """The best on calibration of ``fitted`` and the ``rivals`` that stay within its budget.
+
+    A fitted policy can lose to a simpler one (the best single model within
+    the budget, plain routing) when the estimators mislead it; measured on
+    the same calibration queries, the better one is kept, so the router is
+    never knowingly worse than the obvious choice. Ties keep ``fitted``.
+
+    Parameters
+    ----------
+    episodes : Episodes
+        The calibration queries ``fitted`` was fitted on.
+    fitted : Policy
+        From :func:`fit_policy`.
+    rivals : list of Policy
+        Other candidates for the same budget; their calibration figures are measured here.
+
+    Returns
+    -------
+    chosen : Policy
+        ``fitted``, or the rival with the highest calibration quality among
+        those whose calibration cost is within ``fitted.budget`` (its
+        ``budget_status`` is ``"above_max"`` when ``fitted``'s is, else ``"met"``).
+    measured : list of Policy
+        ``fitted`` then every rival with its calibration cost and quality, in the order given.
+    """
+    measured = [fitted]
+    status = "above_max" if fitted.budget_status == "above_max" else "met"  # a budget beyond use stays so
+    for rival in rivals:
+        outcome = rival.play(episodes)
+        measured.append(replace(rival, budget=fitted.budget, calibration_cost=outcome.mean_cost,
+                                calibration_quality=outcome.mean_quality, budget_status=status))
+    within = [p for p in measured[1:] if p.calibration_cost <= fitted.budget]
+    best = max(within, key=lambda p: p.calibration_quality, default=None)
+    if best is None or best.calibration_quality <= fitted.calibration_quality:
+        return fitted, measured
+    return best, measured

@@ -34,7 +34,7 @@ import kernel
 from estimators.estimator import Estimates, Estimator
 
 from ..artifact import load_artifact
-from ..episodes import uncertainty_keywords
+from ..episodes import plan_next, uncertainty_keywords
 from ..policy import Policy
 from .pacing import PaceController, PacingState
 
@@ -116,10 +116,13 @@ class Router:
         """
         if budget is None:
             return self.policies[-1]
+        if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, float, np.integer, np.floating)):
+            raise TypeError(f"budget must be a number (mean cost per query) or None, got "
+                            f"{type(budget).__name__} {budget!r}")
         fitting = [p for p in self.policies if p.budget <= budget]
         if not fitting:
-            raise ValueError(f"budget {budget!r} is below every fitted budget {self.budgets}; "
-                             "refit with a smaller --budget")
+            raise ValueError(f"budget {budget!r} is below every fitted budget {self.budgets}; pass one of "
+                             "those or more, or fit a policy to a smaller budget (training.fit)")
         return fitting[-1]
 
     def _inputs(self, observed: Observed | None, n: int):
@@ -132,16 +135,28 @@ class Router:
         cost = np.zeros((n, k))
         names = list(self.estimator.signal_names_)
         signals = {name: np.full((n, k), np.nan) for name in names}
+        if isinstance(observed, (str, bytes, Mapping)) or not isinstance(observed, Sequence):
+            raise TypeError(f"observed must be a list with one mapping per prompt, got {type(observed).__name__}")
         if len(observed) != n:
             raise ValueError(f"observed has {len(observed)} entries but there are {n} prompts")
         index = {name: i for i, name in enumerate(self.models_)}
         for row, by_model in enumerate(observed):
+            if not isinstance(by_model, Mapping):
+                raise TypeError(f"observed[{row}] must be a mapping {{model: {{'cost': ..., 'response': ...}}}}, "
+                                f"got {type(by_model).__name__}")
             for model, result in by_model.items():
                 if model not in index:
                     raise ValueError(f"observed[{row}] names unknown model {model!r}; "
                                      f"known models are {list(self.models_)}")
+                if not isinstance(result, Mapping):
+                    raise TypeError(f"observed[{row}][{model!r}] must be a mapping with 'cost' (and 'response'), "
+                                    f"got {type(result).__name__}")
                 if "cost" not in result:
                     raise ValueError(f"observed[{row}][{model!r}] has no 'cost': say what the call cost")
+                if isinstance(result["cost"], (bool, np.bool_)) or not isinstance(
+                        result["cost"], (int, float, np.integer, np.floating)):
+                    raise TypeError(f"observed[{row}][{model!r}]['cost'] must be a number (USD), "
+                                    f"got {type(result['cost']).__name__} {result['cost']!r}")
                 column = index[model]
                 run[row, column] = True
                 cost[row, column] = float(result["cost"])
@@ -225,10 +240,9 @@ class Router:
         """
         estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks)
         chosen = policy if policy is not None else self.policy(budget)
-        next_model, masks = kernel.plan(estimates.quality, estimates.cost, run=run,
-                                        u=prompt_uniforms(prompts), parallel=parallel,
-                                        **uncertainty_keywords(estimates.sigma, estimates.cov, chosen.sigma_scale),
-                                        **chosen.kernel_options())
+        next_model, masks = plan_next(estimates.quality, estimates.cost, chosen.kernel_options(), run=run,
+                                      u=prompt_uniforms(prompts), parallel=parallel,
+                                      **uncertainty_keywords(estimates.sigma, estimates.cov, chosen.sigma_scale))
         return estimates, run, next_model, masks
 
     def decide(self, prompts: Sequence[str], observed: Observed | None = None,
@@ -482,7 +496,7 @@ def prompt_uniforms(prompts: Sequence[str]) -> NDArray[np.float64]:
     -------
     ndarray of float64, shape (N,)
     """
-    return np.array([zlib.crc32(str(p).encode("utf-8")) / 2.0**32 for p in prompts])
+    return np.array([zlib.crc32(str(p).encode("utf-8", "surrogatepass")) / 2.0**32 for p in prompts])
 
 
 def load_router(path: str | Path, *, strict_versions: bool = True) -> Router:

@@ -113,7 +113,7 @@ def input_columns(path: Path) -> tuple[list[str], int | None]:
     Raises
     ------
     ScoreError
-        If the file cannot be read as Parquet or CSV.
+        If the file cannot be read as Parquet or CSV, or its ``prompt`` column is not text.
     """
     import pyarrow.csv as pacsv
     try:
@@ -121,10 +121,16 @@ def input_columns(path: Path) -> tuple[list[str], int | None]:
             with pacsv.open_csv(path, parse_options=_csv_parse_options()) as reader:
                 return list(reader.schema.names), None
         parquet = pq.ParquetFile(path)
-        return list(parquet.schema_arrow.names), parquet.metadata.num_rows
     except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a bad file
         kind = "CSV" if is_csv(path) else "Parquet"
         raise ScoreError(f"--input {path} is not a readable {kind} file ({error})") from error
+    schema = parquet.schema_arrow
+    if "prompt" in schema.names:  # a number read as a prompt would be featurized as its digits
+        kind = schema.field("prompt").type
+        text = pa.types.is_dictionary(kind) and kind.value_type or kind
+        if not (pa.types.is_string(text) or pa.types.is_large_string(text) or pa.types.is_null(text)):
+            raise ScoreError(f"--input {path}: column 'prompt' holds {kind}, not text; prompts must be strings")
+    return list(schema.names), parquet.metadata.num_rows
 
 
 #: Bytes of the selected columns decoded per Parquet read. pyarrow's reader holds several times the
