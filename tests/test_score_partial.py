@@ -361,3 +361,19 @@ def test_play_cascades_rejects_a_mask_of_the_wrong_shape(router):
     with pytest.raises(ValueError, match="available must have shape"):
         play_cascades(estimate, 4, len(router.models_), router.policy(None).kernel_options(),
                       u=kernel.default_uniforms(4), available=np.ones((4, 2), bool))
+
+
+@pytest.mark.parametrize("layout", ["logged", "query rows"])
+@pytest.mark.parametrize("value", [42, b"What is 2+2?", 3.5])
+def test_a_prompt_that_is_not_text_raises_a_type_error_naming_its_row(router, logged, layout, value):
+    """As every Router method: a number or bytes would be featurized as its str(), not as the logged prompt."""
+    frame = logged if layout == "logged" else logged.drop_duplicates("query_id").drop(columns=["model"])
+    frame = frame.reset_index(drop=True).astype({"prompt": object})
+    frame.loc[7, "prompt"] = value
+    with pytest.raises(TypeError, match=rf"prompt of row 7 is {type(value).__name__} .*not str"):
+        score_batch(router, frame)
+    as_category = frame.astype({"prompt": "category"})
+    with pytest.raises(TypeError, match=r"prompt of row 7 is"):
+        score_batch(router, as_category)
+    frame.loc[7, "prompt"] = None  # missing is not a type error: its query is rejected with a reason
+    assert (score_batch(router, frame)["status"] == "rejected").any()

@@ -25,7 +25,8 @@ from numpy.typing import NDArray
 
 from .router import Router
 
-__all__ = ["LOGGED_COLUMNS", "LoggedBatch", "ScoreError", "check_columns", "required_columns", "validate_logged"]
+__all__ = ["LOGGED_COLUMNS", "LoggedBatch", "ScoreError", "check_columns", "check_prompt_types", "required_columns",
+           "validate_logged"]
 
 #: Columns of the logged (long) format that replay needs besides the per-query ones.
 LOGGED_COLUMNS = ("query_id", "model", "quality", "cost_usd")
@@ -157,6 +158,42 @@ def _text(values: np.ndarray) -> np.ndarray:
     return np.array([v if isinstance(v, str) else "" if pd.isna(v) else str(v) for v in values], dtype=object)
 
 
+def check_prompt_types(frame: pd.DataFrame) -> None:
+    """Refuse a ``prompt`` that is neither text nor missing, as every ``Router`` method does.
+
+    A number or ``bytes`` would otherwise be featurized as its ``str()``
+    (its digits, ``"b'...'"``): not the prompt that was logged. Missing
+    prompts are not refused here: they reject their query with a reason.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        A batch with a ``prompt`` column (an optional ``row`` column gives the row numbers in messages).
+
+    Raises
+    ------
+    TypeError
+        Naming the first such row, its value and type.
+    """
+    prompts = frame["prompt"]
+    if isinstance(prompts.dtype, pd.CategoricalDtype):  # each category once
+        values = prompts.cat.categories.to_numpy(dtype=object)
+        positions = None
+    elif pd.api.types.is_string_dtype(prompts.dtype) and prompts.dtype != object:
+        return  # pandas' string dtypes hold str or missing only
+    else:
+        values = prompts.to_numpy(dtype=object)
+        positions = np.arange(len(values))
+    wrong = np.fromiter((not isinstance(v, str) and not pd.isna(v) for v in values), dtype=bool, count=len(values))
+    if not wrong.any():
+        return
+    first = int(np.flatnonzero(wrong)[0])
+    row = (int(np.flatnonzero(prompts.cat.codes.to_numpy() == first)[0]) if positions is None else first)
+    value = values[first]
+    raise TypeError(f"the prompt of row {_row_numbers(frame)[row]} is {type(value).__name__} {repr(value)[:40]}, "
+                    "not str; every prompt must be text (decode bytes, convert numbers, or leave it missing)")
+
+
 def _missing(values: np.ndarray) -> np.ndarray:
     return np.fromiter((not isinstance(v, str) and pd.isna(v) for v in values), dtype=bool, count=len(values))
 
@@ -240,6 +277,7 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     flag(~(np.isfinite(cost) & (cost >= 0)), lambda r: f"cost_usd must be a finite number >= 0, got {frame['cost_usd'].iloc[r]}")
     flag(np.isnan(quality), lambda r: f"quality must be a number, got {frame['quality'].iloc[r]}")
     if "prompt" in per_query:
+        check_prompt_types(frame)
         flag(frame["prompt"].isna().to_numpy(), "prompt is missing")
     signal_values = {}
     for name in router.estimator.signal_names_:

@@ -37,7 +37,8 @@ from estimators.posthoc import ResponseMemo
 
 from ..episodes import play_cascades
 from ..policy import Policy
-from .logged import _missing, _per_query_columns, _reject_frame, _row_numbers, _text, check_columns, validate_logged
+from .logged import (_missing, _per_query_columns, _reject_frame, _row_numbers, _text, check_columns,
+                     check_prompt_types, validate_logged)
 from .router import Router, prompt_uniforms
 
 __all__ = ["STATUS_OK", "STATUS_REJECTED", "STATUS_UNREPLAYABLE", "output_schema", "rejects_schema", "replay",
@@ -192,6 +193,9 @@ def score_batch(router: Router, frame: pd.DataFrame, budget: float | None = None
     ------
     training.serving.logged.ScoreError
         If required columns are missing.
+    TypeError
+        If a prompt is neither text nor missing (a number, ``bytes``):
+        :func:`~training.serving.logged.check_prompt_types` names its row.
     """
     logged = check_columns(router, list(frame.columns))
     policy = router.policy(budget)
@@ -271,6 +275,7 @@ def _score_queries(router: Router, policy, frame: pd.DataFrame, parallel: bool, 
     for r in np.flatnonzero(_missing(ids)):
         reasons[r].append("query_id is missing")
     if "prompt" in per_query:
+        check_prompt_types(frame)
         for r in np.flatnonzero(_missing(frame["prompt"].to_numpy(dtype=object))):
             reasons[r].append("prompt is missing")
     bad = np.array([bool(r) for r in reasons], dtype=bool)
