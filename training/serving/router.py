@@ -499,7 +499,7 @@ def prompt_uniforms(prompts: Sequence[str]) -> NDArray[np.float64]:
     return np.array([zlib.crc32(str(p).encode("utf-8", "surrogatepass")) / 2.0**32 for p in prompts])
 
 
-def load_router(path: str | Path, *, strict_versions: bool = True) -> Router:
+def load_router(path: str | Path, *, strict_versions: bool = True, warm_up: bool = True) -> Router:
     """Load a router artifact strictly and warm it up.
 
     Raises ``ValueError`` on a wrong format version, a sha256 mismatch, a
@@ -513,14 +513,20 @@ def load_router(path: str | Path, *, strict_versions: bool = True) -> Router:
         The artifact; its manifest sits beside it.
     strict_versions : bool, default=True
         Refuse an artifact written with other library versions.
+    warm_up : bool, default=True
+        Run every kernel once now (:meth:`Router.warm_up`), so that the first
+        request costs what the next does. ``False`` for a process that only
+        reads the router's models and policies (it saves the compiled code's
+        memory and load time); kernels then load on first use.
 
     Returns
     -------
     Router
-        Warmed up (:meth:`Router.warm_up`).
+        Warmed up unless ``warm_up=False``.
     """
     router, _ = load_artifact(path, strict_versions=strict_versions)
     if not isinstance(router, Router):
         raise ValueError(f"{path} holds a {type(router).__name__}, not a Router")
-    router.warm_up()
+    if warm_up:
+        router.warm_up()
     return router

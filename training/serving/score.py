@@ -578,7 +578,10 @@ def run(args: argparse.Namespace) -> dict:
     rejects_flag = "--rejects" if args.rejects else "the rejects file"
     check_paths(args.input, args.output, rejects_path, rejects_flag)
     names, n_rows = input_columns(args.input)
-    router = load_router(args.artifact)
+    # CSV has no row count up front: about 2 kB per logged row decides the default
+    workers = args.workers or auto_workers(n_rows if n_rows is not None else args.input.stat().st_size // 2048)
+    parallel = args.workers == 1  # asked for one process: use its cores through multi-threaded kernels
+    router = load_router(args.artifact, warm_up=workers == 1)  # with workers, this process only reads and writes
     logged = check_columns(router, names)
     policy = router.policy(args.budget)
     columns = [c for c in required_columns(router, logged) if c in names]
@@ -593,9 +596,7 @@ def run(args: argparse.Namespace) -> dict:
     totals.update({key: outputs.totals[key] for key in totals if key in outputs.totals})  # --resume
     resumed = outputs.done
     timings: dict = {}
-    # CSV has no row count up front: about 2 kB per logged row decides the default
-    workers = args.workers or auto_workers(n_rows if n_rows is not None else args.input.stat().st_size // 2048)
-    parallel = args.workers == 1  # asked for one process: use its cores through multi-threaded kernels
+
     def consume(scored: pa.Table, rejected: pa.Table, batch_totals: dict, batch_timings: dict, n_rows: int) -> None:
         for key, value in batch_timings.items():
             timings[key] = timings.get(key, 0.0) + value
