@@ -26,11 +26,11 @@ Run: ``python -m pytest bench/bench_serving.py --benchmark-json=serving.json``
   ``python -m training.score --workers 2`` timed from process start to exit
   (start and artifact load included) against >= 20,000 queries/s, and the
   RSS of the whole process tree sampled every 20 ms against <= 2 GiB
-  together. Measured 2026-12-01 (other jobs paused): 19,000-20,700
-  queries/s, 1.67-1.87 GiB, 79-93 CPU-s, with a cascade-routing artifact
-  (1.35 models per query); since ``fit`` keeps the best of the fitted
-  policy, single models and routing (issue 12), ``artifact`` routes at this
-  budget: 20,400 queries/s end to end, 1.72 GiB.
+  together. Measured 2026-12-01: 24,400 queries/s, 1.62 GiB, 76 CPU-s with
+  ``artifact`` (which routes at this budget: ``fit`` keeps the best of the
+  fitted policy, single models and routing); 20,000-20,900 queries/s,
+  1.64 GiB, 89-92 CPU-s with a cascade-routing artifact (1.35 models per
+  query).
 
 Scoring runs in a child process (``python -m training.score``), so its peak
 RSS is its own and JIT compilation happens before the clock starts (the
