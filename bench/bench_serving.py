@@ -375,7 +375,8 @@ def _run_measured(command: list[str]) -> dict:
 def pandas_traffic(workdir, routerbench_subset):
     """The issue's traffic: RouterBench tiled to ``N_PANDAS`` queries, as pandas writes it (skips without shared data)."""
     started = time.perf_counter()
-    path = make_pandas_shaped_traffic(SHARED, workdir / "pandas_traffic.parquet", N_PANDAS)
+    path = make_pandas_shaped_traffic(routerbench_subset / "routerbench_subset.parquet",
+                                      workdir / "pandas_traffic.parquet", N_PANDAS)
     print(f"\ngenerated {N_PANDAS:,} pandas-shaped logged queries in {time.perf_counter() - started:.1f} s "
           f"({path.stat().st_size / 2**20:.0f} MiB)")
     return path

@@ -256,7 +256,8 @@ def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -
         fewer (a query held back, or the end of the file).
     logged : bool
         Logged (long) input: never split a run of equal ``query_id`` across
-        two tables, and keep repeated text once. Query input is yielded as read.
+        two tables, and keep repeated text once. Query input is cut every
+        ``batch_size`` rows.
 
     Yields
     ------
@@ -519,7 +520,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, required=True, help="Parquet file for the decisions")
     parser.add_argument("--budget", type=float, default=None,
                         help="pick the fitted policy for this budget; default: the largest fitted budget")
-    parser.add_argument("--batch-size", type=int, default=65536, help="input rows read per batch")
+    parser.add_argument("--batch-size", type=int, default=65536, help="input rows scored per batch (the file itself is read a few MB at a time)")
     parser.add_argument("--rejects", type=Path, default=None,
                         help="Parquet file for rejected rows; default: OUTPUT with suffix .rejects.parquet")
     parser.add_argument("--workers", type=int, default=None,
