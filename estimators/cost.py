@@ -112,7 +112,8 @@ class CostEstimator(BaseEstimator):
         self.regressor = regressor
 
     def fit(self, models: Iterable[str], prompt_features: NDArray[np.float64], cost: NDArray[np.float64],
-            output_tokens: NDArray[np.float64] | None = None) -> CostEstimator:
+            output_tokens: NDArray[np.float64] | None = None, *,
+            logged: NDArray[np.bool_] | None = None) -> CostEstimator:
         """Fit on ``N`` queries of ``K`` models: per model, prices × predicted tokens or a log-cost regression.
 
         Parameters
@@ -121,10 +122,13 @@ class CostEstimator(BaseEstimator):
             The ``K`` model names, in column order (keys of ``prices``).
         prompt_features : ndarray of float64, shape (N, F)
         cost : ndarray of float64, shape (N, K)
-            Observed cost of every model on every query.
+            Observed cost (read only where ``logged``).
         output_tokens : ndarray of float64, shape (N, K), optional
-            Output token counts; a priced model whose column is all finite
-            is estimated in token mode.
+            Output token counts; a priced model whose logged cells are all
+            finite is estimated in token mode.
+        logged : ndarray of bool, shape (N, K), optional
+            Which outcomes the logs hold; each model learns from its own
+            logged queries. Default all.
 
         Returns
         -------
@@ -137,15 +141,18 @@ class CostEstimator(BaseEstimator):
             raise ValueError(f"prices names unknown model(s) {unknown}; known models are {list(self.models_)}")
         template = self.regressor if self.regressor is not None else _default_regressor()
         self.modes_, self.predictors_ = [], []
+        logged = np.ones(cost.shape, dtype=bool) if logged is None else logged
         for i, model in enumerate(self.models_):
-            tokens = None if output_tokens is None else output_tokens[:, i]
+            rows = logged[:, i]
+            features, spent = prompt_features[rows], cost[rows, i]
+            tokens = None if output_tokens is None else output_tokens[rows, i]
             if model in prices and tokens is not None and np.isfinite(tokens).all():
                 self.modes_.append("tokens")
-                self.predictors_.append(_LogTarget(clone(template), 1.0).fit(prompt_features, tokens))
+                self.predictors_.append(_LogTarget(clone(template), 1.0).fit(features, tokens))
             else:
                 self.modes_.append("log_cost")
-                offset = max(float(np.min(cost[:, i][cost[:, i] > 0], initial=1e-9)) * 1e-3, 1e-12)
-                self.predictors_.append(_LogTarget(clone(template), offset).fit(prompt_features, cost[:, i]))
+                offset = max(float(np.min(spent[spent > 0], initial=1e-9)) * 1e-3, 1e-12)
+                self.predictors_.append(_LogTarget(clone(template), offset).fit(features, spent))
         self.frozen_ = freeze_regressors([p.regressor for p in self.predictors_])
         self.offsets_ = np.array([p.offset for p in self.predictors_], dtype=np.float64)
         self.smearing_ = np.array([p.smearing for p in self.predictors_], dtype=np.float64)

@@ -36,8 +36,41 @@ from .inputs import check_observed_cost, check_responses, check_run, check_signa
 from .posthoc import ResponseMemo, read_responses, run_responses
 from .quality import PosthocData, QualityEstimator, make_linear_regressor
 
-__all__ = ["Estimates", "Estimator", "PreparedQueries", "RouterEstimator", "ESTIMATOR_KINDS",
-           "make_router_estimator"]
+__all__ = ["Estimates", "Estimator", "MIN_LOGGED_QUERIES", "PreparedQueries", "RouterEstimator", "ESTIMATOR_KINDS",
+           "check_logged", "make_router_estimator"]
+
+#: Fewest training queries a model must be logged on (unless on all of them): below it the per-model
+#: quality and cost regressors (LightGBM leaves need 20 rows each) and the
+#: cross-validated σ would be fitted on noise.
+MIN_LOGGED_QUERIES = 50
+
+
+def check_logged(models: Sequence[str], logged: NDArray[np.bool_]) -> None:
+    """Refuse to learn a model from fewer than :data:`MIN_LOGGED_QUERIES` logged training queries.
+
+    A model logged on every training query passes whatever their number (a
+    small benchmark matrix is the user's choice); the minimum is for a
+    model logged on only part of the traffic, such as one added last week.
+
+    Parameters
+    ----------
+    models : sequence of str
+        Model names, in column order.
+    logged : ndarray of bool, shape (N, K)
+        Which outcomes the training queries hold.
+
+    Raises
+    ------
+    ValueError
+        Naming every model below the minimum with its count.
+    """
+    counts = logged.sum(axis=0)
+    needed = min(MIN_LOGGED_QUERIES, logged.shape[0])
+    thin = [f"{model!r} ({int(count)})" for model, count in zip(models, counts) if count < needed]
+    if thin:
+        raise ValueError(f"model(s) {', '.join(thin)} are logged on fewer than {MIN_LOGGED_QUERIES} of the "
+                         f"{logged.shape[0]} training queries, too few to learn their quality from; log them on "
+                         "more queries, or leave them out (--models / select_models)")
 
 
 class Estimates(NamedTuple):
@@ -227,13 +260,14 @@ class Estimator(Protocol):
 def _residual_correlation(oof: dict, k: int) -> np.ndarray:
     """Correlation of out-of-fold errors across models, one ``(K, K)`` matrix per ``|R|``.
 
-    Sizes with too few rows (or constant errors) fall back to independence.
+    Sizes with too few fully labelled rows (or constant errors) fall back to independence.
     """
     residual = oof["target"] - oof["quality"]
     size = oof["run"].sum(axis=1)
+    complete = oof["labelled"].all(axis=1)  # a correlation needs every model's error on the same rows
     correlation = np.tile(np.eye(k), (k + 1, 1, 1))
     for t in range(k + 1):
-        rows = residual[size == t]
+        rows = residual[(size == t) & complete]
         if len(rows) > 2 * k:
             with np.errstate(invalid="ignore", divide="ignore"):
                 c = np.corrcoef(rows, rowvar=False)
@@ -243,7 +277,7 @@ def _residual_correlation(oof: dict, k: int) -> np.ndarray:
     return correlation
 
 
-def _reveal_sigma(quality, features: np.ndarray, posthoc: PosthocData, n_models: int, seed: int,
+def _reveal_sigma(quality, features: np.ndarray, posthoc: PosthocData, logged: np.ndarray, seed: int,
                   n_rows: int = 600) -> np.ndarray:
     """How far a model's quality estimate moves once it runs, per run-set size and model.
 
@@ -259,6 +293,13 @@ def _reveal_sigma(quality, features: np.ndarray, posthoc: PosthocData, n_models:
     fitting, so the estimates come from the regressors themselves
     (:meth:`~estimators.quality.QualityEstimator.fitted_quality`).
 
+    With partial logs (``logged``), run sets are drawn from each sampled
+    query's logged models and a move is measured only where the model is
+    logged too; a (size, model) cell no sampled query can measure (cascade
+    logs rarely hold many models per query) takes the largest σ measured at
+    that size, or the previous size's: too much σ makes a policy explore, too
+    little makes it never try the model.
+
     Returns
     -------
     ndarray of shape (K + 1, K)
@@ -266,14 +307,19 @@ def _reveal_sigma(quality, features: np.ndarray, posthoc: PosthocData, n_models:
         row, everything run, is 0).
     """
     rng = np.random.default_rng(seed)
-    n, k = features.shape[0], n_models
+    n, k = logged.shape
     rows = rng.choice(n, size=min(n, n_rows), replace=False)
     data = posthoc.take(rows)
-    sigma = np.zeros((k + 1, k))
+    logged = logged[rows]
+    spare = np.random.default_rng([seed, 1])  # only partial logs draw from it, so full ones keep their σ
+    sigma = np.full((k + 1, k), np.nan)
+    sigma[k] = 0.0
     for size in range(k):
         order = np.argsort(rng.random((rows.size, k)), axis=1)
+        order = np.take_along_axis(order, np.argsort(~np.take_along_axis(logged, order, 1), axis=1, kind="stable"), 1)
         run = np.zeros((rows.size, k), dtype=bool)
         np.put_along_axis(run, order[:, :size], True, axis=1)
+        run &= logged
         before = quality.fitted_quality(features[rows], run, data)
         for model in range(k):
             going = ~run[:, model]
@@ -284,9 +330,21 @@ def _reveal_sigma(quality, features: np.ndarray, posthoc: PosthocData, n_models:
                 # moves once another answer can agree with it, which is what a
                 # plan of two or more models buys at the first step.
                 other = (model + 1 + rng.integers(0, k - 1, size=after_run.shape[0])) % k
-                after_run[np.arange(after_run.shape[0]), other] = True
-            after = quality.fitted_quality(features[rows][going], after_run, data.take(np.flatnonzero(going)))
-            sigma[size, model] = np.sqrt(np.mean((after[:, model] - before[going, model]) ** 2))
+                others = logged[going].copy()
+                others[:, model] = False
+                unlogged = ~others[np.arange(other.size), other]
+                other[unlogged] = np.argmax(spare.random((int(unlogged.sum()), k)) * others[unlogged], axis=1)
+                paired = others[np.arange(other.size), other]
+                after_run[np.flatnonzero(paired), other[paired]] = True
+            measured = logged[going, model] & (run[going].sum(axis=1) == size)
+            if measured.any():
+                after = quality.fitted_quality(features[rows][going][measured], after_run[measured],
+                                               data.take(np.flatnonzero(going)[measured]))
+                moved = after[:, model] - before[going][measured, model]
+                sigma[size, model] = np.sqrt(np.mean(moved ** 2))
+        unmeasured = np.isnan(sigma[size])
+        if unmeasured.any():
+            sigma[size, unmeasured] = np.nanmax(sigma[size]) if not unmeasured.all() else sigma[size - 1, unmeasured]
     return sigma
 
 
@@ -381,20 +439,28 @@ class RouterEstimator:
         Parameters
         ----------
         table : RoutingTable
-            Training queries; quality and cost must be finite.
+            Training queries. With partial logs (``table.logged``), each
+            model's quality and cost models learn from the queries where it
+            was logged, and post-hoc run sets are drawn from the models
+            logged for each query; nothing is imputed as a label.
         rows : array-like of int or bool, optional
             Fit on ``table.subset(rows)`` only; default all queries.
 
         Returns
         -------
         self : RouterEstimator
+
+        Raises
+        ------
+        ValueError
+            If a model is logged on fewer than :data:`MIN_LOGGED_QUERIES` of
+            the training queries.
         """
         if not isinstance(table, RoutingTable):
             raise TypeError(f"table must be a RoutingTable; got {type(table).__name__}")
         if rows is not None:
             table = table.subset(rows)
-        if not np.isfinite(table.quality).all() or not np.isfinite(table.cost).all():
-            raise ValueError("table.quality and table.cost must be finite; drop or fill the missing cells first")
+        check_logged(table.models, table.logged)
         self.models_ = tuple(table.models)
         prompts, self.repaired_prompts_ = (None, 0) if table.prompts is None else read_prompts(table.prompts)
         frame = prompt_frame(prompts, table.tasks, table.subtasks, n=table.n_queries)
@@ -408,17 +474,17 @@ class RouterEstimator:
         self.uses_responses_ = bool(
             self.use_responses and table.responses is not None and (table.responses != "").any()
         )
-        run = np.ones(table.quality.shape, dtype=bool)
-        info = read_responses(check_responses(table.responses, run)) if self.uses_responses_ else None
-        posthoc = PosthocData(check_signals(table.signals, self.signal_names_, run), info)
+        logged = table.logged
+        info = read_responses(check_responses(table.responses, logged)) if self.uses_responses_ else None
+        posthoc = PosthocData(check_signals(table.signals, self.signal_names_, logged), info)
         if self.uncertainty not in ("reveal", "error"):
             raise ValueError(f"uncertainty must be 'reveal' or 'error', got {self.uncertainty!r}")
-        self.quality_ = clone(self.quality or QualityEstimator()).fit(features, table.quality, posthoc)
-        self.reveal_sigma_ = (_reveal_sigma(self.quality_, features, posthoc, len(self.models_),
-                                             self.random_state)
+        self.quality_ = clone(self.quality or QualityEstimator()).fit(features, table.quality, posthoc, logged)
+        self.reveal_sigma_ = (_reveal_sigma(self.quality_, features, posthoc, table.logged, self.random_state)
                               if self.uncertainty == "reveal" else None)
         self.correlation_ = _residual_correlation(self.quality_.oof_, len(self.models_)) if self.covariance else None
-        self.cost_ = clone(self.cost or CostEstimator()).fit(self.models_, features, table.cost, table.output_tokens)
+        self.cost_ = clone(self.cost or CostEstimator()).fit(self.models_, features, table.cost, table.output_tokens,
+                                                            logged=logged)
         self._cache = None
         return self
 

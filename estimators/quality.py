@@ -212,32 +212,39 @@ class QualityEstimator(BaseEstimator):
         self.max_rows = max_rows
         self.random_state = random_state
 
-    def _fit_regressors(self, X: np.ndarray, Y: np.ndarray) -> list[BaseEstimator]:
-        """One regressor per model, or a single one for all when it handles several targets.
+    def _fit_regressors(self, X: np.ndarray, Y: np.ndarray, labelled: np.ndarray) -> list[BaseEstimator]:
+        """One regressor per model on the rows where its outcome is labelled, or one for all when it can.
 
         The features are the same for every model, so a multi-output
-        regressor (ridge) shares its work (``XᵀX``) across the ``K`` targets.
+        regressor (ridge) shares its work (``XᵀX``) across the ``K`` targets;
+        that needs every target on every row, so with partial labels each
+        model gets its own clone, fitted on its own rows.
         """
         template = self.regressor if self.regressor is not None else make_lightgbm_regressor()
-        if get_tags(template).target_tags.multi_output:
+        if get_tags(template).target_tags.multi_output and labelled.all():
             return [clone(template).fit(X, Y)]
-        return [clone(template).fit(X, Y[:, i]) for i in range(Y.shape[1])]
+        return [clone(template).fit(X[labelled[:, i]], Y[labelled[:, i], i]) for i in range(Y.shape[1])]
 
     @staticmethod
     def _predict_regressors(regressors: list[BaseEstimator], X: np.ndarray) -> np.ndarray:
         return np.clip(np.column_stack([r.predict(X) for r in regressors]), 0.0, 1.0)
 
     def fit(self, prompt_features: NDArray[np.float64], quality: NDArray[np.float64],
-            posthoc: PosthocData) -> QualityEstimator:
+            posthoc: PosthocData, logged: NDArray[np.bool_] | None = None) -> QualityEstimator:
         """Fit the per-model regressors on sampled run sets, and σ on their out-of-fold residuals.
 
         Parameters
         ----------
         prompt_features : ndarray of float64, shape (N, F)
         quality : ndarray of float64, shape (N, K)
-            Observed quality of every model on every query.
+            Observed quality (read only where ``logged``).
         posthoc : PosthocData
-            Signals and responses of every model on every query.
+            Signals and responses (read only where ``logged``).
+        logged : ndarray of bool, shape (N, K), optional
+            Which outcomes the logs hold; default all. Run sets are drawn
+            from each query's logged models (a model can only count as run
+            where its answer is known), and model ``i`` learns from the rows
+            where it was logged: nothing is imputed as a label.
 
         Returns
         -------
@@ -248,15 +255,19 @@ class QualityEstimator(BaseEstimator):
             n, k, per_query=self.runs_per_query, all_subsets_up_to=self.all_subsets_up_to,
             random_state=self.random_state,
         )
+        labelled = np.ones((rows.size, k), dtype=bool) if logged is None else logged[rows]
+        run &= labelled
         X = _features(prompt_features[rows], run, posthoc.take(rows))
         Y = quality[rows]
         oof = np.empty_like(Y)
         for train, test in GroupKFold(self.n_folds).split(X, groups=rows):
-            oof[test] = self._predict_regressors(self._fit_regressors(X[train], Y[train]), X[test])
-        self.regressors_ = self._fit_regressors(X, Y)
-        self.oof_ = {"quality": oof, "run": run, "target": Y}
+            regressors = self._fit_regressors(X[train], Y[train], labelled[train])
+            oof[test] = self._predict_regressors(regressors, X[test])
+        self.regressors_ = self._fit_regressors(X, Y, labelled)
+        self.oof_ = {"quality": oof, "run": run, "target": Y, "labelled": labelled}
         flat_rows = np.repeat(rows, k)
-        keep = np.random.default_rng(self.random_state).permutation(len(flat_rows))[: self.max_rows]
+        keep = np.flatnonzero(labelled.ravel())
+        keep = keep[np.random.default_rng(self.random_state).permutation(keep.size)[: self.max_rows]]
         sigma = self.sigma if self.sigma is not None else SigmaRegressor(stratify=_RUN_SIZE)
         self.sigma_ = clone(sigma).fit(
             _sigma_features(oof, run)[keep], (Y - oof).ravel()[keep], groups=flat_rows[keep]

@@ -4,6 +4,11 @@ A :class:`RoutingTable` is the wide, array form of the long per-(query, model)
 tables described in ``../shared/data/README.md``: one row per query, one
 column per model, models sorted by mean cost (cheapest first) because the
 cascade strategies and ``force_order`` rely on that order.
+
+Traffic logs hold outcomes only for the models that were called, so a cell
+may be absent: :attr:`RoutingTable.logged` says which are there, and the
+per-cell values of an absent cell are NaN (``''`` for a response), so that
+code which forgets to look at ``logged`` produces NaN, not a plausible number.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = ["RoutingTable"]
 
 _PER_QUERY = ("query_ids", "prompts", "tasks", "subtasks", "splits")
-_PER_CELL = ("quality", "cost", "responses", "input_tokens", "output_tokens")
+_PER_CELL = ("quality", "cost", "logged", "responses", "input_tokens", "output_tokens")
 
 
 @dataclass(frozen=True)
@@ -31,9 +36,14 @@ class RoutingTable:
     query_ids : ndarray of object, shape (N,)
         Unique query identifiers.
     quality : ndarray of float64, shape (N, K)
-        Ground-truth quality of each model's answer.
+        Ground-truth quality of each model's answer; NaN where not logged.
     cost : ndarray of float64, shape (N, K)
-        Cost in USD of running each model on each query (>= 0).
+        Cost in USD of running each model on each query (>= 0); NaN where
+        not logged.
+    logged : ndarray of bool, shape (N, K), optional
+        Which (query, model) outcomes the source holds. Default: every cell
+        whose quality and cost are both finite (all of them for a benchmark
+        matrix).
     prompts, tasks, subtasks, splits : ndarray of object, shape (N,), optional
         Query text, benchmark name, finer category and the source's split;
         ``None`` when the source has none. Missing entries are ``''``.
@@ -52,6 +62,7 @@ class RoutingTable:
     query_ids: NDArray[np.object_]
     quality: NDArray[np.float64]
     cost: NDArray[np.float64]
+    logged: NDArray[np.bool_] | None = None
     prompts: NDArray[np.object_] | None = None
     tasks: NDArray[np.object_] | None = None
     subtasks: NDArray[np.object_] | None = None
@@ -63,6 +74,8 @@ class RoutingTable:
 
     def __post_init__(self) -> None:
         n, k = np.shape(self.quality)
+        if self.logged is None:  # frozen: set the derived default once, as if it had been passed
+            object.__setattr__(self, "logged", np.isfinite(self.quality) & np.isfinite(self.cost))
         if len(self.models) != k:
             raise ValueError(f"models has {len(self.models)} names but quality has {k} columns")
         for name in _PER_QUERY:
@@ -76,6 +89,13 @@ class RoutingTable:
         for name, value in self.signals.items():
             if np.shape(value) != (n, k):
                 raise ValueError(f"signal {name!r} has shape {np.shape(value)}, expected {(n, k)}")
+        if self.logged.dtype != np.bool_:
+            raise TypeError(f"logged must be a boolean array, got dtype {self.logged.dtype}")
+        unknown = self.logged & ~(np.isfinite(self.quality) & np.isfinite(self.cost))
+        if unknown.any():
+            q, m = np.argwhere(unknown)[0]
+            raise ValueError(f"{int(unknown.sum())} logged cell(s) lack a finite quality or cost, e.g. query "
+                             f"{self.query_ids[q]!r}, model {self.models[m]!r}; mark them as not logged")
 
     @property
     def n_queries(self) -> int:
@@ -86,6 +106,16 @@ class RoutingTable:
     def n_models(self) -> int:
         """Number of models ``K`` (columns)."""
         return int(self.quality.shape[1])
+
+    @property
+    def fully_logged(self) -> NDArray[np.bool_]:
+        """``(N,)`` mask of the queries logged for every model: the only ones a policy can be scored on exactly."""
+        return self.logged.all(axis=1)
+
+    @property
+    def is_partial(self) -> bool:
+        """Whether any (query, model) outcome is absent."""
+        return not bool(self.logged.all())
 
     def subset(self, rows: ArrayLike | Sequence[int]) -> RoutingTable:
         """Return the table restricted to ``rows`` (indices or a boolean mask), for train/calibration/test splits.

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.data import fingerprint, read_prices, read_table
+from training.data import coverage, fingerprint, read_prices, read_table
 from estimators.table import RoutingTable
 
 def long_frame() -> pd.DataFrame:
@@ -166,11 +166,21 @@ def test_duplicated_pair_names_query_model_and_rows():
         read_table(frame)
 
 
-def test_incomplete_query_names_query_and_missing_models():
+def test_pair_without_a_row_is_not_logged_and_nothing_else_moves():
     frame = long_frame()
-    frame = frame[~((frame.query_id == "q1") & frame.model.isin(["mid", "big"]))]
-    with pytest.raises(ValueError, match=r"query 'q1' has no row for \['big', 'mid'\]"):
-        read_table(frame)
+    full = read_table(frame)
+    table = read_table(frame[~((frame.query_id == "q1") & frame.model.isin(["mid", "big"]))])
+    q1 = list(table.query_ids).index("q1")
+    absent = [list(table.models).index(m) for m in ("mid", "big")]
+    expected = np.ones(full.quality.shape, dtype=bool)
+    expected[q1, absent] = False
+    assert table.models == full.models and list(table.query_ids) == list(full.query_ids)
+    np.testing.assert_array_equal(table.logged, expected)
+    assert np.isnan(table.quality[~expected]).all() and np.isnan(table.cost[~expected]).all()
+    np.testing.assert_array_equal(table.quality[expected], full.quality[expected])
+    np.testing.assert_array_equal(table.cost[expected], full.cost[expected])
+    assert table.is_partial and not table.fully_logged[q1] and table.fully_logged.sum() == table.n_queries - 1
+    assert [row["logged"] for row in coverage(table)] == [table.n_queries - (m in absent) for m in range(3)]
 
 
 @pytest.mark.parametrize("bad", [-0.3, np.nan, np.inf, "free"])

@@ -218,7 +218,7 @@ def test_training_table_with_nan_quality_is_rejected(table):
 
     quality = table.quality.copy()
     quality[0, 0] = np.nan
-    with pytest.raises(ValueError, match="must be finite"):
+    with pytest.raises(ValueError, match="lack a finite quality or cost"):
         RouterEstimator(quality=FAST).fit(replace(table, quality=quality))
 
 

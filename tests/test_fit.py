@@ -96,7 +96,7 @@ def _write(frame: pd.DataFrame, folder: Path) -> str:
 
 @pytest.mark.parametrize("corrupt, message", [
     (lambda f: f.drop(columns=["cost_usd"]), "cost_usd"),
-    (lambda f: f.iloc[1:], "has no row for"),
+    (lambda f: pd.concat([f, f.iloc[[0]]]), "occur more than once"),
     (lambda f: f.assign(cost_usd=np.where(np.arange(len(f)) == 3, -1.0, f["cost_usd"])), "row 3"),
 ])
 def test_bad_data_exits_2_with_one_line(tmp_path, capsys, corrupt, message):

@@ -14,7 +14,12 @@ Everything is validated before a table is built, and every problem raises a
 ``ValueError`` that names the offending rows (0-based positions among the
 data rows of the input; the header is not counted) and what to do about it.
 Nothing is dropped or repaired silently: a routing policy fitted on a table
-with a hole or a duplicate would be wrong without any visible symptom.
+with a duplicate would be wrong without any visible symptom.
+
+A (query, model) pair without a row is *not logged* (traffic logs hold
+outcomes only for the models that were called), which is not malformed: it
+is recorded in :attr:`RoutingTable.logged` (ALGORITHM.md §7), and
+:func:`coverage` counts it per model.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import pandas as pd
 
 from estimators.table import RoutingTable
 
-__all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "fingerprint", "read_prices", "read_table"]
+__all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "coverage", "fingerprint", "read_prices", "read_table"]
 
 PathLike = Union[str, os.PathLike]
 Prices = Mapping[str, tuple[float, float]]
@@ -77,7 +82,7 @@ def read_table(
         arbitrary code: load trusted files only.
     models : sequence of str, optional
         Keep only these models (rows of the other models are ignored, and
-        so are their values). Useful when a model was not run on every query.
+        so are their values).
     quality_range : (float, float), default (0.0, 1.0)
         Inclusive range every quality must lie in; a value outside usually
         means a different scale (percent, or a reward model's logit).
@@ -97,8 +102,10 @@ def read_table(
     Returns
     -------
     RoutingTable
-        Queries sorted by ``query_id`` (as text), models sorted by mean cost,
-        cheapest first (ties by name). Text columns absent from the source
+        Queries sorted by ``query_id`` (as text), models sorted by mean cost
+        over their logged queries, cheapest first (ties by name). A (query,
+        model) pair without a row is not logged: ``logged`` is False there
+        and its quality and cost are NaN. Text columns absent from the source
         are ``None``; present ones have ``''`` for missing entries. Token
         columns, when present, have NaN for unknown counts.
 
@@ -111,8 +118,7 @@ def read_table(
     ValueError
         On an empty input; a missing required column; an unknown model name
         in ``models``; a missing or empty ``query_id``/``model``; a
-        duplicated (query_id, model) pair; a query without a row for every
-        model; a cost that is not a finite number >= 0; a quality that is
+        duplicated (query_id, model) pair; a cost that is not a finite number >= 0; a quality that is
         NaN or outside ``quality_range``; a non-numeric token count or
         signal; a per-query text (prompt, task, ...) that differs between
         the rows of one query; a model without a price.
@@ -220,6 +226,26 @@ def read_prices(path: PathLike | pd.DataFrame) -> dict[str, tuple[float, float]]
         )
     keep = ~inp_nan
     return {str(n): (float(i), float(o)) for n, i, o in zip(names[keep], inp[keep], out[keep])}
+
+
+def coverage(table: RoutingTable, rows: np.ndarray | None = None) -> list[dict[str, object]]:
+    """Per model, how many queries (of ``rows``) have its outcome logged, so that thin coverage is seen before fitting.
+
+    Parameters
+    ----------
+    table : RoutingTable
+    rows : ndarray of int, optional
+        Queries to count over (a training split); default all.
+
+    Returns
+    -------
+    list of dict
+        One ``{"model", "logged", "share"}`` per model, in column order.
+    """
+    logged = table.logged if rows is None else table.logged[rows]
+    total = max(logged.shape[0], 1)
+    return [{"model": model, "logged": int(count), "share": float(count / total)}
+            for model, count in zip(table.models, logged.sum(axis=0))]
 
 
 def fingerprint(table: RoutingTable) -> str:
@@ -413,7 +439,8 @@ def _build(
         return out
 
     quality, cost = pivot(quality, np.nan), pivot(cost, np.nan)
-    order = np.lexsort((np.array(model_names, dtype=str), cost.mean(axis=0)))
+    logged = pivot(np.ones(len(qids), dtype=bool), False)
+    order = np.lexsort((np.array(model_names, dtype=str), np.nanmean(cost, axis=0)))
     model_names = tuple(model_names[i] for i in order)
 
     def arrange(values: np.ndarray, fill: object) -> np.ndarray:
@@ -424,7 +451,7 @@ def _build(
     per_query = {}
     for column, field_name in _QUERY_TEXT.items():
         if column in frame.columns:
-            values = _one_per_query(column, arrange(_text(frame[column])[0], ""), query_ids)
+            values = _one_per_query(column, arrange(_text(frame[column])[0], ""), logged[:, order], query_ids)
             # A column that is '' for every query carries nothing: treat it as absent,
             # so that estimators do not demand it from every later request.
             per_query[field_name] = values if (values != "").any() else None
@@ -433,6 +460,7 @@ def _build(
         query_ids=query_ids,
         quality=quality[:, order],
         cost=cost[:, order],
+        logged=logged[:, order],
         responses=arrange(_text(frame["response"])[0], "") if "response" in frame.columns else None,
         input_tokens=arrange(cells["input_tokens"], np.nan) if "input_tokens" in cells else None,
         output_tokens=arrange(cells["output_tokens"], np.nan) if "output_tokens" in cells else None,
@@ -444,11 +472,10 @@ def _build(
 def _grid(
     origin: np.ndarray, qids: np.ndarray, names: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Map rows to (query, model) cells; refuse duplicates and holes."""
+    """Map rows to (query, model) cells; refuse duplicates (a pair without a row is simply not logged)."""
     query_ids, query_index = np.unique(qids.astype(str), return_inverse=True)
     model_names, model_index = np.unique(names.astype(str), return_inverse=True)
-    n, k = len(query_ids), len(model_names)
-    cell = query_index * k + model_index
+    cell = query_index * len(model_names) + model_index
     repeated = pd.Series(cell).duplicated(keep=False).to_numpy()
     if repeated.any():
         groups: dict[int, list[int]] = {}
@@ -464,20 +491,6 @@ def _grid(
             + (" ..." if len(groups) > _SHOWN else "")
             + ". Keep one row per pair (average repeated runs before loading if that is what they are)"
         )
-    present = np.zeros((n, k), dtype=bool)
-    present[query_index, model_index] = True
-    incomplete = np.flatnonzero(~present.all(axis=1))
-    if incomplete.size:
-        details = [
-            f"query {str(query_ids[q])!r} has no row for {[str(model_names[m]) for m in np.flatnonzero(~present[q])]}"
-            for q in incomplete[:_SHOWN]
-        ]
-        raise ValueError(
-            f"every query needs a row for each of the {k} models; {incomplete.size} query(ies) do not: "
-            + "; ".join(details)
-            + (" ..." if incomplete.size > _SHOWN else "")
-            + ". Pass models=[...] to keep only models run on every query, or drop those queries"
-        )
     return query_index, model_index, query_ids.astype(object), [str(m) for m in model_names]
 
 
@@ -492,9 +505,10 @@ def _check_prompt_types(prompts: np.ndarray, origin: np.ndarray) -> None:
                         + ". Use '' for a query without a prompt")
 
 
-def _one_per_query(column: str, cells: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
-    """Collapse a per-query text repeated on every model's row, refusing disagreements."""
-    differs = np.flatnonzero((cells != cells[:, :1]).any(axis=1))
+def _one_per_query(column: str, cells: np.ndarray, logged: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
+    """Collapse a per-query text repeated on every logged model's row, refusing disagreements."""
+    first = cells[np.arange(len(cells)), np.argmax(logged, axis=1)]
+    differs = np.flatnonzero(((cells != first[:, None]) & logged).any(axis=1))
     if differs.size:
         shown = [repr(str(query_ids[q])) for q in differs[:_SHOWN]]
         raise ValueError(
@@ -502,7 +516,7 @@ def _one_per_query(column: str, cells: np.ndarray, query_ids: np.ndarray) -> np.
             f"models for {differs.size} query(ies): {', '.join(shown)}"
             + (" ..." if differs.size > _SHOWN else "")
         )
-    return cells[:, 0].copy()
+    return first
 
 
 # --------------------------------------------------------------------------- #

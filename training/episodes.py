@@ -27,8 +27,8 @@ from estimators.estimator import Estimates, Estimator
 if TYPE_CHECKING:
     from estimators.table import RoutingTable
 
-__all__ = ["FIXED_MODEL", "Episodes", "EpisodeOutcome", "EstimateStep", "EstimatorEpisodes", "TableEpisodes",
-           "plan_next", "play_cascades", "uncertainty_keywords"]
+__all__ = ["FIXED_MODEL", "MIN_FULLY_LOGGED", "Episodes", "EpisodeOutcome", "EstimateStep", "EstimatorEpisodes",
+           "TableEpisodes", "calibration_episodes", "plan_next", "play_cascades", "uncertainty_keywords"]
 
 
 def uncertainty_keywords(sigma: ArrayLike | None, cov: ArrayLike | None, scale: float) -> dict[str, Any]:
@@ -370,6 +370,16 @@ class EstimatorEpisodes:
     revisit the same run sets, so after the first few evaluations a play
     costs only kernel calls.
 
+    On a partially logged table the episodes use the **direct method**
+    (ALGORITHM.md §7): a model not logged on a query has as its outcome the
+    estimator's post-hoc quality and cost given every model that *was*
+    logged there, computed once. When a policy runs such a model, nothing
+    new is observed: the features see only the logged models it has run,
+    and that model's estimate is its direct-method outcome, with σ 0 (its
+    outcome is what the episode will count). The other models' σ follows
+    the number of logged models run, an approximation the fully logged
+    calibration avoids.
+
     Parameters
     ----------
     estimator : Estimator
@@ -377,6 +387,14 @@ class EstimatorEpisodes:
     table : RoutingTable
         Queries to play, with ground truth and the logged answers that stand
         in for running a model.
+
+    Attributes
+    ----------
+    quality, cost : ndarray of float64, shape (N, K)
+        The outcomes episodes are scored with: the table's where logged, the
+        direct method's elsewhere.
+    imputed_cells : int
+        (query, model) outcomes that come from the direct method.
     """
 
     def __init__(self, estimator: Estimator, table: RoutingTable) -> None:
@@ -387,6 +405,13 @@ class EstimatorEpisodes:
             raise ValueError("no queries to evaluate on: the calibration/test split is empty")
         self._bits = np.int64(1) << np.arange(self.n_models, dtype=np.int64)
         self._cache: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+        self.logged = table.logged
+        self.imputed_cells = int((~self.logged).sum())
+        self.quality, self.cost = table.quality, table.cost
+        if self.imputed_cells:
+            direct = estimator.predict_table(table, run=self.logged)
+            self.quality = np.where(self.logged, table.quality, direct.quality)
+            self.cost = np.where(self.logged, table.cost, direct.cost)
         ante = self.estimates(np.arange(self.n_queries), np.zeros(table.quality.shape, bool))
         self.quality_span = (float(ante.quality.min()), float(ante.quality.max()))
         self.cost_scale = float(ante.cost.mean())
@@ -413,7 +438,7 @@ class EstimatorEpisodes:
         masks = run.astype(np.int64) @ self._bits
         missing = [n for n, (row, mask) in enumerate(zip(rows, masks)) if (row, mask) not in self._cache]
         if missing:
-            found = self.estimator.predict_table(self.table, run[missing], rows=rows[missing])
+            found = self._estimate(rows[missing], run[missing])
             for j, n in enumerate(missing):
                 self._cache[(int(rows[n]), int(masks[n]))] = (
                     found.quality[j], found.sigma[j], found.cost[j], None if found.cov is None else found.cov[j])
@@ -421,6 +446,19 @@ class EstimatorEpisodes:
         quality, sigma, cost = (np.array([c[i] for c in cached]) for i in range(3))
         cov = np.array([c[3] for c in cached]) if cached and cached[0][3] is not None else None
         return Estimates(quality, sigma, cost, cov)
+
+    def _estimate(self, rows: NDArray[np.int64], run: NDArray[np.bool_]) -> Estimates:
+        """The estimator's estimates, with the direct method's outcome for run models that were not logged."""
+        observed = run & self.logged[rows]
+        found = self.estimator.predict_table(self.table, observed, rows=rows)
+        unseen = run & ~observed
+        if not unseen.any():
+            return found
+        cov = found.cov
+        if cov is not None:
+            cov = np.where(unseen[:, :, None] | unseen[:, None, :], 0.0, cov)
+        return Estimates(np.where(unseen, self.quality[rows], found.quality), np.where(unseen, 0.0, found.sigma),
+                         np.where(unseen, self.cost[rows], found.cost), cov)
 
     def play(self, options: dict[str, Any]) -> EpisodeOutcome:
         """Play the policy given by ``options`` step by step with the estimator (:func:`play_cascades`).
@@ -434,12 +472,54 @@ class EstimatorEpisodes:
         Returns
         -------
         EpisodeOutcome
-            Realised cost sums the logged cost of every model run.
+            Realised cost sums the cost of every model run (logged, or the
+            direct method's), quality is that of the selected answer.
         """
         options = dict(options)
         scale = options.pop("sigma_scale", 1.0)
         u = np.asarray(options.pop("u", kernel.default_uniforms(self.n_queries)))
         order, run, answer = play_cascades(self.estimates, self.n_queries, self.n_models, options, u=u,
                                            sigma_scale=scale)
-        cost = (self.table.cost * run).sum(axis=1)
-        return EpisodeOutcome(cost, self.table.quality[np.arange(self.n_queries), answer], order)
+        cost = (self.cost * run).sum(axis=1)
+        return EpisodeOutcome(cost, self.quality[np.arange(self.n_queries), answer], order)
+
+
+#: Fully logged calibration queries enough to fit policies on them alone
+#: (``--min-fully-logged``). At 200 the standard error of a policy's mean
+#: quality is at most 0.5/√200 ≈ 0.035, the size of the gaps between
+#: strategies; below it the direct method's estimator bias is the smaller risk.
+MIN_FULLY_LOGGED = 200
+
+
+def calibration_episodes(estimator: Estimator, table: RoutingTable, *,
+                         min_fully_logged: int = MIN_FULLY_LOGGED) -> tuple[EstimatorEpisodes, dict[str, Any]]:
+    """Episodes to fit policies on, chosen as ALGORITHM.md §7 orders: fully logged queries, else the direct method.
+
+    Parameters
+    ----------
+    estimator : Estimator
+        Fitted (on other queries).
+    table : RoutingTable
+        The calibration queries, partially logged or not.
+    min_fully_logged : int, default=MIN_FULLY_LOGGED
+        With at least this many queries logged for every model, policies
+        are fitted on those alone (real outcomes only); with fewer, on every
+        calibration query, the outcomes not logged coming from the estimator
+        (:class:`EstimatorEpisodes`).
+
+    Returns
+    -------
+    episodes : EstimatorEpisodes
+    used : dict
+        ``method`` (``"fully_logged"`` or ``"direct"``), ``n_queries`` (of
+        the calibration table), ``n_fully_logged``, ``n_used`` (queries
+        played), ``imputed_cells`` (outcomes predicted) and ``min_fully_logged``,
+        for the report.
+    """
+    fully = table.fully_logged
+    n_fully = int(fully.sum())
+    direct = n_fully < min(min_fully_logged, table.n_queries)
+    episodes = EstimatorEpisodes(estimator, table if direct else table.subset(np.flatnonzero(fully)))
+    return episodes, {"method": "direct" if direct else "fully_logged", "n_queries": table.n_queries,
+                      "n_fully_logged": n_fully, "n_used": episodes.n_queries,
+                      "imputed_cells": episodes.imputed_cells, "min_fully_logged": int(min_fully_logged)}

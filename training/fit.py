@@ -36,16 +36,17 @@ from estimators.table import RoutingTable
 
 from .cli import check_writable, quality_range, run_command, writing
 from .artifact import manifest_path, save_artifact
-from .data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, fingerprint, read_prices, read_table
-from .episodes import EstimatorEpisodes
+from .data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, coverage, fingerprint, read_prices, read_table
+from .episodes import MIN_FULLY_LOGGED, EstimatorEpisodes, calibration_episodes
 from .metrics import auc, auc_bounds, budget_grid, linear_auc, single_model_points
 from .policy import BudgetError, Policy, choose_policy, fit_policy, single_model_policy
 from .protocol import LEARNED_SIGMA_SCALES
 from .serving.router import Router
+from .splits import split
 from .synthetic import default_table, synthetic_prices
 
-__all__ = ["EXIT_CODES", "SIGMA_STRATEGIES", "STRATEGIES", "default_budgets", "load", "main", "parse_args", "run",
-           "split", "summary"]
+__all__ = ["EXIT_CODES", "SIGMA_STRATEGIES", "STRATEGIES", "default_budgets", "load", "logs_summary", "main",
+           "parse_args", "run", "split", "summary"]
 
 #: Decision strategies ``--strategy`` accepts (the first is the default).
 STRATEGIES = ("cascade_routing", "cascade", "routing", "threshold")
@@ -122,6 +123,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "calls a 10x dearer model is noisy on a few hundred queries)")
     parser.add_argument("--curve-points", type=int, default=4,
                         help="budgets per hull segment for the quality-cost curve and its AUC")
+    parser.add_argument("--min-fully-logged", type=int, default=MIN_FULLY_LOGGED, metavar="N",
+                        help="partial logs: fit policies on the calibration queries logged for every model "
+                             "when there are at least N of them, else on every calibration query with the "
+                             "estimator's prediction for each outcome not logged (the direct method)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split (and synthetic data)")
     parser.add_argument("--out", type=Path, default=Path("router.joblib"),
                         help="artifact path; the manifest is written beside it")
@@ -131,6 +136,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.max_depth < 1:
         parser.error(f"--max-depth must be >= 1, got {args.max_depth}")
+    if args.min_fully_logged < 1:
+        parser.error(f"--min-fully-logged must be >= 1, got {args.min_fully_logged}")
     if args.curve_points < 2:
         parser.error(f"--curve-points must be >= 2 (the hull segment's two ends), got {args.curve_points}")
     fractions = np.asarray(args.fractions)
@@ -180,39 +187,6 @@ def load(args: argparse.Namespace) -> tuple[RoutingTable, dict[str, tuple[float,
     return table, prices
 
 
-def split(n_queries: int, fractions: Sequence[float], seed: int) -> tuple[NDArray[np.int_], ...]:
-    """Seeded train / calibration / test query indices, so that estimators, policies and scores never share a query.
-
-    Parameters
-    ----------
-    n_queries : int
-        Number of queries of the table.
-    fractions : sequence of float
-        Share of each part (``--fractions``), summing to 1.
-    seed : int
-        Seed of the permutation.
-
-    Returns
-    -------
-    tuple of ndarray of int
-        One sorted array of query indices per part, in the order of
-        ``fractions``; each query lands in exactly one part.
-
-    Raises
-    ------
-    ValueError
-        If a part would have fewer than 20 queries.
-    """
-    order = np.random.default_rng(seed).permutation(n_queries)
-    ends = np.round(np.cumsum(fractions)[:-1] * n_queries).astype(int)
-    parts = tuple(np.sort(part) for part in np.split(order, ends))
-    small = [name for name, part in zip(("train", "calibration", "test"), parts) if len(part) < 20]
-    if small:
-        raise ValueError(f"{n_queries} queries are too few: the {', '.join(small)} split(s) would have "
-                         "fewer than 20 queries")
-    return parts
-
-
 def default_budgets(costs: NDArray[np.float64]) -> list[float]:
     """Three budgets spread over the single models' cost range, for a run without ``--budget``.
 
@@ -260,17 +234,18 @@ def run(args: argparse.Namespace) -> dict:
     stages = tqdm(total=5, desc="training.fit", disable=args.quiet, unit="stage")
     stages.set_postfix_str("loading data")
     table, prices = load(args)
-    train, calibration, test = split(table.n_queries, args.fractions, args.seed)
+    train, calibration, test = split(table.n_queries, args.fractions, args.seed, table.fully_logged)
     stages.update()
     stages.set_postfix_str(f"fitting estimators on {len(train)} queries")
     estimator = make_router_estimator(args.estimator, prices).fit(table, train)
     stages.update()
     stages.set_postfix_str("estimating calibration and test queries")
-    calibration_episodes = EstimatorEpisodes(estimator, table.subset(calibration))
+    fitting_episodes, calibration_used = calibration_episodes(estimator, table.subset(calibration),
+                                                              min_fully_logged=args.min_fully_logged)
     test_table = table.subset(test)
     test_episodes = EstimatorEpisodes(estimator, test_table)
     single_cost, single_quality = single_model_points(test_table.quality, test_table.cost)
-    calibration_costs = table.cost[calibration].mean(axis=0)
+    calibration_costs = fitting_episodes.cost.mean(axis=0)
     budgets = sorted(set(args.budget or default_budgets(calibration_costs)))
     curve_budgets = sorted(set(budget_grid(single_cost, single_quality, args.curve_points)) - set(budgets))
     stages.update()
@@ -278,7 +253,7 @@ def run(args: argparse.Namespace) -> dict:
     rows = []
     policies = {}
     for budget in tqdm(budgets + curve_budgets, desc="budgets", disable=args.quiet, leave=False):
-        policy, measured = _fit_budget(args, calibration_episodes, float(budget), strict=budget in budgets)
+        policy, measured = _fit_budget(args, fitting_episodes, float(budget), strict=budget in budgets)
         outcome = policy.play(test_episodes)
         policies[budget] = policy
         rows.append({"budget": float(budget), "requested": budget in budgets,
@@ -296,6 +271,8 @@ def run(args: argparse.Namespace) -> dict:
         "estimator": args.estimator,
         "max_depth": args.max_depth,
         "n_train": len(train), "n_calibration": len(calibration), "n_test": len(test),
+        "coverage": {"table": coverage(table), "train": coverage(table, train)},
+        "calibration": calibration_used,
         "budgets": [_with_best_single(r, table.models, single_cost, single_quality)
                     for r in curve if r["requested"]],
         "curve": curve,
@@ -430,8 +407,39 @@ def summary(report: dict) -> str:
     lines += notes + ["", _LEGEND, "", f"AUC x100 on test over the single-model cost range: {auc_line}",
               f"{report['n_train']} train / {report['n_calibration']} calibration / {report['n_test']} test "
               f"queries, {len(report['models'])} models, {report['seconds']} s",
+              *logs_summary(report["coverage"]["train"], report["calibration"]),
               f"artifact: {report['artifact']['path']} (manifest {report['artifact']['manifest']})"]
     return "\n".join(lines)
+
+
+def logs_summary(train_coverage: list[dict], used: dict) -> list[str]:
+    """Lines saying how much of the training traffic each model is logged on, and what the policies were fitted on.
+
+    Parameters
+    ----------
+    train_coverage : list of dict
+        :func:`training.data.coverage` of the training split.
+    used : dict
+        The calibration record of :func:`training.episodes.calibration_episodes`.
+
+    Returns
+    -------
+    list of str
+    """
+    partial = [row for row in train_coverage if row["share"] < 1.0]
+    if not partial and used["imputed_cells"] == 0:
+        return ["logs: every model logged on every query"]
+    lines = ["logs: training queries logged per model: " + ", ".join(
+        f"{row['model']} {row['logged']:,} ({row['share']:.0%})" for row in train_coverage)]
+    if used["method"] == "fully_logged":
+        lines.append(f"calibration: the {used['n_used']:,} of {used['n_queries']:,} calibration queries logged for "
+                     f"every model (at least --min-fully-logged {used['min_fully_logged']})")
+    else:
+        lines.append(f"calibration: direct method on all {used['n_used']:,} calibration queries "
+                     f"({used['n_fully_logged']:,} fully logged, fewer than --min-fully-logged "
+                     f"{used['min_fully_logged']}; {used['imputed_cells']:,} outcomes not logged were predicted by "
+                     "the estimator)")
+    return lines
 
 
 _LEGEND = """\
