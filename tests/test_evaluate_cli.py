@@ -104,7 +104,7 @@ def bad(frame: pd.DataFrame, tmp_path):
 
 @pytest.mark.parametrize(("spoil", "message"), [
     (lambda f: f.drop(columns="cost_usd"), "cost_usd"),
-    (lambda f: f.drop(index=4), "q0001"),
+    (lambda f: f.drop(index=4), "are not logged; use a learned estimator"),
     (lambda f: f.assign(cost_usd=f["cost_usd"].where(f.index != 7, -0.5)), "cost"),
     (lambda f: f.assign(cost_usd=f["cost_usd"].astype(object).where(f.index != 2, "cheap")), "cost"),
     (lambda f: f.assign(quality=f["quality"].where(f.index != 5, 7.0)), "quality"),

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["BAD_INPUT", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "Interrupted", "OutputError",
-           "check_writable", "fail", "quality_range", "parse_or_exit_code", "run_command", "writing"]
+           "check_writable", "fail", "logs_summary", "quality_range", "parse_or_exit_code", "run_command", "writing"]
 
 #: Exit code of a run whose input cannot be used.
 BAD_INPUT = 2
@@ -233,3 +233,33 @@ def run_command(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | Non
     except BrokenPipeError:  # stdout's reader left (``| head``): the work is done and written, say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
         return 0
+
+
+def logs_summary(train_coverage: list[dict], used: dict) -> list[str]:
+    """Lines saying how much of the training traffic each model is logged on, and what the policies were fitted on.
+
+    Parameters
+    ----------
+    train_coverage : list of dict
+        :func:`training.data.coverage` of the training split.
+    used : dict
+        The calibration record of :func:`training.episodes.calibration_episodes`.
+
+    Returns
+    -------
+    list of str
+    """
+    if all(row["share"] == 1.0 for row in train_coverage) and used["imputed_cells"] == 0:
+        return ["logs: every model logged on every query"]
+    width = max(len(row["model"]) for row in train_coverage)
+    lines = ["logs: training queries logged per model"]
+    lines += [f"  {row['model']:<{width}} {row['logged']:>9,} {row['share']:>6.1%}" for row in train_coverage]
+    if used["method"] == "fully_logged":
+        lines.append(f"calibration: the {used['n_used']:,} of {used['n_queries']:,} calibration queries logged for "
+                     f"every model (at least --min-fully-logged {used['min_fully_logged']})")
+    else:
+        lines.append(f"calibration: direct method on all {used['n_used']:,} calibration queries "
+                     f"({used['n_fully_logged']:,} fully logged, fewer than --min-fully-logged "
+                     f"{used['min_fully_logged']}; {used['imputed_cells']:,} outcomes not logged were predicted by "
+                     "the estimator)")
+    return lines

@@ -387,6 +387,9 @@ class EstimatorEpisodes:
     table : RoutingTable
         Queries to play, with ground truth and the logged answers that stand
         in for running a model.
+    direct_method : bool, default=True
+        Allow outcomes that are not logged, taken from the estimator. Test
+        episodes pass ``False``: a policy is scored on real outcomes only.
 
     Attributes
     ----------
@@ -397,7 +400,7 @@ class EstimatorEpisodes:
         (query, model) outcomes that come from the direct method.
     """
 
-    def __init__(self, estimator: Estimator, table: RoutingTable) -> None:
+    def __init__(self, estimator: Estimator, table: RoutingTable, *, direct_method: bool = True) -> None:
         self.estimator = estimator
         self.table = table
         self.n_queries, self.n_models = table.quality.shape
@@ -407,6 +410,9 @@ class EstimatorEpisodes:
         self._cache: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
         self.logged = table.logged
         self.imputed_cells = int((~self.logged).sum())
+        if self.imputed_cells and not direct_method:
+            raise ValueError(f"{int((~table.fully_logged).sum())} of these {self.n_queries} queries are not logged "
+                             "for every model, and scoring them would count predicted outcomes as real")
         self.quality, self.cost = table.quality, table.cost
         if self.imputed_cells:
             direct = estimator.predict_table(table, run=self.logged)

@@ -23,8 +23,9 @@ from typing import Sequence
 from estimators.estimator import ESTIMATOR_KINDS
 from estimators.simulated import NOISE_LEVELS
 
-from .cli import CANNOT_WRITE, OutputError, check_writable, fail, parse_or_exit_code, quality_range, writing
+from .cli import CANNOT_WRITE, OutputError, check_writable, fail, logs_summary, parse_or_exit_code, quality_range, writing
 from .data import read_table
+from .episodes import MIN_FULLY_LOGGED
 from .protocol import DEFAULT_STRATEGIES, EvaluationReport, evaluate_strategies
 
 __all__ = ["EXIT_CODES", "build_parser", "format_report", "main"]
@@ -80,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="most models run per query, for every strategy; 5 is the paper's protocol "
                              "(ALGORITHM.md §6), so that the AUCs compare with the paper's, where "
                              "python -m training.fit saves routers with 3 (default: %(default)s)")
+    parser.add_argument("--min-fully-logged", type=_positive_int, default=MIN_FULLY_LOGGED, metavar="N",
+                        help="partial logs (learned estimators): fit policies on the calibration queries logged "
+                             "for every model when there are at least N, else with the direct method; the test "
+                             "split always holds only fully logged queries (default: %(default)s)")
     parser.add_argument("--seed", type=_non_negative_int, default=0,
                         help="seed of the split, the estimate noise and the bootstrap "
                              "(default: %(default)s)")
@@ -131,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             table, noise=args.noise, calibration_fraction=args.calibration_fraction,
             estimator=args.estimator, train_fraction=args.train_fraction,
             max_depth=args.max_depth, seed=args.seed, n_boot=args.bootstrap,
-            per_step=args.per_step, strategies=DEFAULT_STRATEGIES, progress=not args.quiet)
+            per_step=args.per_step, strategies=DEFAULT_STRATEGIES, progress=not args.quiet,
+            min_fully_logged=args.min_fully_logged)
     except (ValueError, TypeError, FileNotFoundError) as error:
         return fail(f"{args.data}: {error}")
     print(format_report(report, source=str(args.data)))
@@ -181,6 +187,8 @@ def format_report(report: EvaluationReport, *, source: str = "") -> str:
                     f"{_gap(report, lead, name):<36}  {_statuses(report, name)}")
     rows += ["", "AUC x100 of test quality over [cheapest, dearest single-model cost]; "
              "intervals: paired bootstrap over test queries.", f"seconds: {report.seconds:.1f}"]
+    if report.calibration:
+        rows += logs_summary(report.coverage, report.calibration)
     return "\n".join(rows)
 
 

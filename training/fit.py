@@ -34,7 +34,7 @@ from estimators.estimator import ESTIMATOR_KINDS, make_router_estimator
 from estimators.prompts import PROMPT_CHARS
 from estimators.table import RoutingTable
 
-from .cli import check_writable, quality_range, run_command, writing
+from .cli import check_writable, logs_summary, quality_range, run_command, writing
 from .artifact import manifest_path, save_artifact
 from .data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, coverage, fingerprint, read_prices, read_table
 from .episodes import MIN_FULLY_LOGGED, EstimatorEpisodes, calibration_episodes
@@ -45,7 +45,7 @@ from .serving.router import Router
 from .splits import split
 from .synthetic import default_table, synthetic_prices
 
-__all__ = ["EXIT_CODES", "SIGMA_STRATEGIES", "STRATEGIES", "default_budgets", "load", "logs_summary", "main",
+__all__ = ["EXIT_CODES", "SIGMA_STRATEGIES", "STRATEGIES", "default_budgets", "load", "main",
            "parse_args", "run", "split", "summary"]
 
 #: Decision strategies ``--strategy`` accepts (the first is the default).
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> dict:
     fitting_episodes, calibration_used = calibration_episodes(estimator, table.subset(calibration),
                                                               min_fully_logged=args.min_fully_logged)
     test_table = table.subset(test)
-    test_episodes = EstimatorEpisodes(estimator, test_table)
+    test_episodes = EstimatorEpisodes(estimator, test_table, direct_method=False)
     single_cost, single_quality = single_model_points(test_table.quality, test_table.cost)
     calibration_costs = fitting_episodes.cost.mean(axis=0)
     budgets = sorted(set(args.budget or default_budgets(calibration_costs)))
@@ -410,36 +410,6 @@ def summary(report: dict) -> str:
               *logs_summary(report["coverage"]["train"], report["calibration"]),
               f"artifact: {report['artifact']['path']} (manifest {report['artifact']['manifest']})"]
     return "\n".join(lines)
-
-
-def logs_summary(train_coverage: list[dict], used: dict) -> list[str]:
-    """Lines saying how much of the training traffic each model is logged on, and what the policies were fitted on.
-
-    Parameters
-    ----------
-    train_coverage : list of dict
-        :func:`training.data.coverage` of the training split.
-    used : dict
-        The calibration record of :func:`training.episodes.calibration_episodes`.
-
-    Returns
-    -------
-    list of str
-    """
-    partial = [row for row in train_coverage if row["share"] < 1.0]
-    if not partial and used["imputed_cells"] == 0:
-        return ["logs: every model logged on every query"]
-    lines = ["logs: training queries logged per model: " + ", ".join(
-        f"{row['model']} {row['logged']:,} ({row['share']:.0%})" for row in train_coverage)]
-    if used["method"] == "fully_logged":
-        lines.append(f"calibration: the {used['n_used']:,} of {used['n_queries']:,} calibration queries logged for "
-                     f"every model (at least --min-fully-logged {used['min_fully_logged']})")
-    else:
-        lines.append(f"calibration: direct method on all {used['n_used']:,} calibration queries "
-                     f"({used['n_fully_logged']:,} fully logged, fewer than --min-fully-logged "
-                     f"{used['min_fully_logged']}; {used['imputed_cells']:,} outcomes not logged were predicted by "
-                     "the estimator)")
-    return lines
 
 
 _LEGEND = """\

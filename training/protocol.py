@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,7 +38,9 @@ from estimators.estimator import make_router_estimator
 from estimators.simulated import NOISE_LEVELS, simulate_estimates
 
 from . import metrics
-from .episodes import Episodes, EstimatorEpisodes, TableEpisodes
+from .data import coverage
+from .episodes import MIN_FULLY_LOGGED, Episodes, EstimatorEpisodes, TableEpisodes, calibration_episodes
+from .splits import split as split_logged
 from .policy import fit_policy
 from estimators.table import RoutingTable
 
@@ -113,6 +115,12 @@ class EvaluationReport:
         Wall time spent fitting and playing each strategy.
     seconds : float
         Wall time of the whole evaluation.
+    coverage : list of dict
+        Per model, training queries logged and their share
+        (:func:`training.data.coverage`); empty for simulated estimates.
+    calibration : dict
+        What the policies were fitted on (:func:`training.episodes.calibration_episodes`);
+        empty for simulated estimates.
     """
 
     auc: dict[str, float]
@@ -131,6 +139,8 @@ class EvaluationReport:
     n_boot: int
     fit_seconds: dict[str, float]
     seconds: float
+    coverage: list[dict[str, Any]] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
     def strategies(self) -> list[str]:
@@ -162,6 +172,8 @@ class EvaluationReport:
             "n_boot": self.n_boot,
             "fit_seconds": dict(self.fit_seconds),
             "seconds": self.seconds,
+            "coverage": [dict(row) for row in self.coverage],
+            "calibration": dict(self.calibration),
         }
 
     def plot(self, ax: Axes | None = None, **plot_kwargs: Any) -> QualityCostDisplay:
@@ -212,6 +224,7 @@ def evaluate_strategies(
     estimator: str = "simulated",
     train_fraction: float = 0.5,
     sigma_scales: tuple[float, ...] | None = None,
+    min_fully_logged: int = MIN_FULLY_LOGGED,
 ) -> EvaluationReport:
     """Fit and test every strategy at the protocol's budgets; AUCs with bootstrap intervals.
 
@@ -260,6 +273,11 @@ def evaluate_strategies(
         none for simulated estimates (their ``σ`` is exact by construction),
         ``(0, 0.5, 1)`` for learned ones, whose per-model ``σ`` ignores that
         estimates of models run together move together.
+    min_fully_logged : int, default=MIN_FULLY_LOGGED
+        Partial logs (learned estimators only): fit policies on the
+        calibration queries logged for every model when there are at least
+        this many, else with the direct method
+        (:func:`training.episodes.calibration_episodes`).
 
     Returns
     -------
@@ -299,14 +317,23 @@ def evaluate_strategies(
     depths = _resolve_depths(max_depth, order, table.n_models)
     _check_settings(noise, calibration_fraction, seed, n_boot)
     if estimator == "simulated":
+        if table.is_partial:
+            raise ValueError(f"simulated estimates perturb every model's true outcome, but {int((~table.logged).sum())} "
+                             "(query, model) outcomes are not logged; use a learned estimator ('learned' or 'linear'), "
+                             "which learns from what was logged")
         calibration, test = _split(table.n_queries, calibration_fraction, seed)
     else:
         if not 0 < train_fraction < 1 - calibration_fraction:
             raise ValueError(f"train_fraction must be in (0, 1 - calibration_fraction), got {train_fraction!r}")
-        train, rest = _split(table.n_queries, train_fraction, seed)
-        calibration, test = (rest[part] for part in _split(
-            rest.size, calibration_fraction / (1 - train_fraction), seed + 1))
-    columns = np.argsort(table.cost[calibration].mean(axis=0), kind="stable")
+        if table.is_partial:  # the test split holds only queries logged for every model
+            train, calibration, test = split_logged(
+                table.n_queries, (train_fraction, calibration_fraction, 1 - train_fraction - calibration_fraction),
+                seed, table.fully_logged)
+        else:  # the protocol's own split, which the published learned-estimator figures used
+            train, rest = _split(table.n_queries, train_fraction, seed)
+            calibration, test = (rest[part] for part in _split(
+                rest.size, calibration_fraction / (1 - train_fraction), seed + 1))
+    columns = np.argsort(np.nanmean(table.cost[calibration], axis=0), kind="stable")
     ordered = table.reorder_models(columns)
     models, quality, cost = ordered.models, ordered.quality, ordered.cost
 
@@ -314,12 +341,15 @@ def evaluate_strategies(
         sigma_scales = LEARNED_SIGMA_SCALES
     if estimator == "simulated":
         estimates = simulate_estimates(quality, cost, noise=noise, fit_rows=calibration, seed=seed)
-        calibration_episodes = TableEpisodes.from_estimates(estimates, quality, cost, calibration)
+        calibration_play = TableEpisodes.from_estimates(estimates, quality, cost, calibration)
         test_episodes = TableEpisodes.from_estimates(estimates, quality, cost, test)
+        logs = {}
     else:
         fitted = make_router_estimator(estimator).fit(ordered, train)
-        calibration_episodes = EstimatorEpisodes(fitted, ordered.subset(calibration))
-        test_episodes = EstimatorEpisodes(fitted, ordered.subset(test))
+        calibration_play, used = calibration_episodes(fitted, ordered.subset(calibration),
+                                                      min_fully_logged=min_fully_logged)
+        test_episodes = EstimatorEpisodes(fitted, ordered.subset(test), direct_method=False)
+        logs = {"coverage": coverage(ordered, train), "calibration": used}
 
     single_cost, single_quality = metrics.single_model_points(quality[test], cost[test])
     budgets = metrics.budget_grid(single_cost, single_quality, per_segment=BUDGETS_PER_SEGMENT)
@@ -330,7 +360,7 @@ def evaluate_strategies(
         name = REPORTED_NAMES[strategy]
         strategy_started = time.perf_counter()
         curves[name], per_query_quality[name], per_query_cost[name] = _trace_curve(
-            strategy, budgets, calibration_episodes, test_episodes,
+            strategy, budgets, calibration_play, test_episodes,
             depth=depths[name], per_step=per_step, progress=progress,
             sigma_scales=sigma_scales if strategy in ("cascade", "cascade_routing") else None)
         fit_seconds[name] = time.perf_counter() - strategy_started
@@ -360,6 +390,7 @@ def evaluate_strategies(
         n_boot=int(n_boot),
         fit_seconds=fit_seconds,
         seconds=time.perf_counter() - started,
+        **logs,
     )
 
 
