@@ -22,7 +22,10 @@ and every query keeps at least one row, so that fit draws the same split):
 * ``new_model``: ``gpt-4-1106-preview`` logged on a random 10 % of the
   queries only;
 * ``pool10``: the full table, fitted without ``gpt-4-1106-preview``
-  (``--models``).
+  (``--models``);
+* ``full4``: the full table on the four cheapest models, the cascade's
+  pool: the cascade's logs hold nothing of the other seven, so ``cascade``
+  is fitted on these four too and compared with ``full4``.
 
 Every fit gets the same ``--budget`` values (25, 50 and 75 % of the log cost
 range of the full table's calibration single models), and every AUC is taken
@@ -217,25 +220,44 @@ class Variant:
         The cells kept.
     target : str
         The target, for the table.
-    without : str or None
-        A model left out of the fit with ``--models`` (``pool10``).
+    pool : callable or None
+        ``pool(models)``: the models the fit uses (``--models``), from the
+        full table's models (cheapest first); ``None`` for all.
+    reference : str
+        The variant whose AUC this one is compared with (same pool).
     """
 
     name: str
     hiding: str
     rule: Hiding
     target: str
-    without: str | None = None
+    pool: Callable[[tuple[str, ...]], list[str]] | None = None
+    reference: str = "full"
+
+    def models(self, table: RoutingTable) -> list[str]:
+        """The models this variant's fit uses."""
+        return list(table.models) if self.pool is None else self.pool(table.models)
+
+
+def _without_new_model(models: tuple[str, ...]) -> list[str]:
+    return [m for m in models if m != NEW_MODEL]
+
+
+def _cascade_pool(models: tuple[str, ...]) -> list[str]:
+    return list(models[:CASCADE_DEPTH])
 
 
 VARIANTS = {variant.name: variant for variant in (
     Variant("full", "none", log_all, "reference"),
     Variant("mar50", f"each row dropped with p = {MAR_DROP}", missing_at_random,
             f"≥ full − {TOLERANCE['mar50']}"),
-    Variant("cascade", f"cheapest first until quality 1 or {CASCADE_DEPTH} models", cascade_logs, "report"),
+    Variant("cascade", f"cheapest first until quality 1 or {CASCADE_DEPTH} models (fitted on those {CASCADE_DEPTH})",
+            cascade_logs, "report", pool=_cascade_pool, reference="full4"),
     Variant("new_model", f"{NEW_MODEL} on {NEW_MODEL_SHARE:.0%} of the queries", new_model_logs,
             f"≥ full − {TOLERANCE['new_model']} and ≥ pool10"),
-    Variant("pool10", f"{NEW_MODEL} left out (`--models`, test too)", log_all, "reference", without=NEW_MODEL),
+    Variant("pool10", f"{NEW_MODEL} left out (`--models`, test too)", log_all, "reference", pool=_without_new_model),
+    Variant("full4", f"none; the {CASCADE_DEPTH} cheapest models only (`--models`)", log_all, "reference for cascade",
+            pool=_cascade_pool),
 )}
 
 
@@ -299,8 +321,8 @@ def fit_command(variant: Variant, data: Path, folder: Path, table: RoutingTable,
     command = [sys.executable, "-m", "training.fit", "--data", str(data), "--seed", str(seed),
                "--budget", *map(repr, budgets), "--out", str(folder / "router.joblib"),
                "--report", str(folder), "--quiet"]
-    if variant.without is not None:
-        command += ["--models", ",".join(m for m in table.models if m != variant.without)]
+    if variant.pool is not None:
+        command += ["--models", ",".join(variant.models(table))]
     return command
 
 
@@ -362,7 +384,7 @@ def measure(variant: Variant, logged: NDArray[np.bool_], table: RoutingTable, hi
         Hiding, logged shares (of the 11-model train+calibration grid, counting
         only the models the fit uses), both AUCs, seconds, calibration and coverage.
     """
-    used = np.array([m != variant.without for m in table.models])
+    used = np.isin(table.models, variant.models(table))
     cells = logged[hidden] & used
     lo, hi, left = bounds
     curve = report["curve"]
@@ -383,11 +405,13 @@ def measure(variant: Variant, logged: NDArray[np.bool_], table: RoutingTable, hi
 
 
 def compare(results: dict[str, dict[str, Any]]) -> None:
-    """Add to each result its AUC difference with ``full`` and whether its target is met."""
+    """Add to each result its AUC difference with its reference (same pool) and whether its target is met."""
     full = results["full"]["auc_common_range"]
     for name, result in results.items():
         value = result["auc_common_range"]
-        result["auc_vs_full"] = value - full
+        reference = VARIANTS[name].reference
+        result["reference"] = reference
+        result["auc_vs_reference"] = value - results[reference]["auc_common_range"]
         met = None
         if name in TOLERANCE:
             met = value >= full - TOLERANCE[name]
@@ -416,13 +440,13 @@ def table_text(results: dict[str, dict[str, Any]], payload: dict[str, Any]) -> s
         f"{STRATEGY} test AUC ×100 over the full table's test single-model range [{lo:.3g}, {hi:.3g}].",
         "",
         "| logs | hiding | train+calibration cells logged | calibration | cascade-routing test AUC "
-        "| vs full | target | met |",
+        "| vs reference | target | met |",
         "|---|---|---:|---|---:|---:|---|---|",
     ]
     for name, r in results.items():
         met = "—" if r["met"] is None else ("yes" if r["met"] else "**no**")
         rows.append(f"| {name} | {r['hiding']} | {r['logged_share']:.1%} | {_calibration_cell(r['calibration'])} "
-                    f"| {r['auc_common_range']:.2f} | {r['auc_vs_full']:+.2f} | {r['target']} | {met} |")
+                    f"| {r['auc_common_range']:.2f} | {r['auc_vs_reference']:+.2f} ({r['reference']}) | {r['target']} | {met} |")
     seconds = ", ".join(f"{name} {r['fit_seconds']:.0f} s" for name, r in results.items())
     rows += ["", f"Fit seconds: {seconds} ({payload['machine']['cpus']} CPUs, load average at start "
                  f"{payload['machine']['load_average_at_start'][0]:.1f})."]
@@ -497,6 +521,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--variants must include full: every AUC is compared with it")
     if "new_model" in chosen and "pool10" not in chosen:
         parser.error("--variants: new_model needs pool10 (its target is to beat it)")
+    if missing := sorted({VARIANTS[name].reference for name in chosen} - chosen):
+        parser.error(f"--variants: {', '.join(missing)} needed as the reference of a chosen variant")
     args.variants = [name for name in VARIANTS if name in chosen]
     return args
 

@@ -24,6 +24,7 @@ from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, clone
 
 from .evaluators import freeze_regressors
+from .quality import fit_weighted
 
 __all__ = ["CostEstimator", "input_token_counts"]
 
@@ -71,10 +72,10 @@ class _LogTarget:
         self.offset = offset
         self.regressor = regressor
 
-    def fit(self, X: np.ndarray, target: np.ndarray) -> "_LogTarget":
+    def fit(self, X: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None) -> "_LogTarget":
         log_target = np.log(target + self.offset)
-        self.regressor.fit(X, log_target)
-        self.smearing = float(np.mean(np.exp(log_target - self.regressor.predict(X))))
+        fit_weighted(self.regressor, X, log_target, weights)
+        self.smearing = float(np.average(np.exp(log_target - self.regressor.predict(X)), weights=weights))
         return self
 
 
@@ -113,7 +114,8 @@ class CostEstimator(BaseEstimator):
 
     def fit(self, models: Iterable[str], prompt_features: NDArray[np.float64], cost: NDArray[np.float64],
             output_tokens: NDArray[np.float64] | None = None, *,
-            logged: NDArray[np.bool_] | None = None) -> CostEstimator:
+            logged: NDArray[np.bool_] | None = None,
+            weights: NDArray[np.float64] | None = None) -> CostEstimator:
         """Fit on ``N`` queries of ``K`` models: per model, prices × predicted tokens or a log-cost regression.
 
         Parameters
@@ -129,6 +131,9 @@ class CostEstimator(BaseEstimator):
         logged : ndarray of bool, shape (N, K), optional
             Which outcomes the logs hold; each model learns from its own
             logged queries. Default all.
+        weights : ndarray of float64, shape (N, K), optional
+            Per-cell sample weights (inverse propensities, read where
+            ``logged``); default 1.
 
         Returns
         -------
@@ -145,14 +150,15 @@ class CostEstimator(BaseEstimator):
         for i, model in enumerate(self.models_):
             rows = logged[:, i]
             features, spent = prompt_features[rows], cost[rows, i]
+            weight = None if weights is None else weights[rows, i]
             tokens = None if output_tokens is None else output_tokens[rows, i]
             if model in prices and tokens is not None and np.isfinite(tokens).all():
                 self.modes_.append("tokens")
-                self.predictors_.append(_LogTarget(clone(template), 1.0).fit(features, tokens))
+                self.predictors_.append(_LogTarget(clone(template), 1.0).fit(features, tokens, weight))
             else:
                 self.modes_.append("log_cost")
                 offset = max(float(np.min(spent[spent > 0], initial=1e-9)) * 1e-3, 1e-12)
-                self.predictors_.append(_LogTarget(clone(template), offset).fit(features, spent))
+                self.predictors_.append(_LogTarget(clone(template), offset).fit(features, spent, weight))
         self.frozen_ = freeze_regressors([p.regressor for p in self.predictors_])
         self.offsets_ = np.array([p.offset for p in self.predictors_], dtype=np.float64)
         self.smearing_ = np.array([p.smearing for p in self.predictors_], dtype=np.float64)

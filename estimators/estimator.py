@@ -442,7 +442,10 @@ class RouterEstimator:
             Training queries. With partial logs (``table.logged``), each
             model's quality and cost models learn from the queries where it
             was logged, and post-hoc run sets are drawn from the models
-            logged for each query; nothing is imputed as a label.
+            logged for each query; nothing is imputed as a label. With
+            ``table.propensity``, the quality and cost regressors weight each
+            logged cell by its inverse propensity (σ and the reveal σ stay
+            unweighted).
         rows : array-like of int or bool, optional
             Fit on ``table.subset(rows)`` only; default all queries.
 
@@ -475,16 +478,17 @@ class RouterEstimator:
             self.use_responses and table.responses is not None and (table.responses != "").any()
         )
         logged = table.logged
+        weights = None if table.propensity is None else 1.0 / table.propensity
         info = read_responses(check_responses(table.responses, logged)) if self.uses_responses_ else None
         posthoc = PosthocData(check_signals(table.signals, self.signal_names_, logged), info)
         if self.uncertainty not in ("reveal", "error"):
             raise ValueError(f"uncertainty must be 'reveal' or 'error', got {self.uncertainty!r}")
-        self.quality_ = clone(self.quality or QualityEstimator()).fit(features, table.quality, posthoc, logged)
+        self.quality_ = clone(self.quality or QualityEstimator()).fit(features, table.quality, posthoc, logged, weights)
         self.reveal_sigma_ = (_reveal_sigma(self.quality_, features, posthoc, table.logged, self.random_state)
                               if self.uncertainty == "reveal" else None)
         self.correlation_ = _residual_correlation(self.quality_.oof_, len(self.models_)) if self.covariance else None
         self.cost_ = clone(self.cost or CostEstimator()).fit(self.models_, features, table.cost, table.output_tokens,
-                                                            logged=logged)
+                                                            logged=logged, weights=weights)
         self._cache = None
         return self
 

@@ -33,7 +33,7 @@ from .posthoc import ResponseInfo, posthoc_features
 from .runsets import sample_run_sets
 from .sigma import SigmaRegressor
 
-__all__ = ["PosthocData", "QualityEstimator", "make_lightgbm_regressor", "make_linear_regressor"]
+__all__ = ["PosthocData", "QualityEstimator", "fit_weighted", "make_lightgbm_regressor", "make_linear_regressor"]
 
 
 class PosthocData(NamedTuple):
@@ -125,6 +125,30 @@ def make_linear_regressor(alpha: float = 10.0) -> Pipeline:
     )
 
 
+def fit_weighted(regressor: BaseEstimator, X: np.ndarray, y: np.ndarray, weights: np.ndarray | None) -> BaseEstimator:
+    """``regressor.fit(X, y)`` with per-row ``weights`` given to it, or to a pipeline's last step.
+
+    Parameters
+    ----------
+    regressor : regressor or Pipeline
+        Unfitted; its final estimator must accept ``sample_weight``.
+    X, y : ndarray
+        Training rows and targets.
+    weights : ndarray of shape (len(y),), optional
+        Sample weights; ``None`` fits unweighted.
+
+    Returns
+    -------
+    regressor
+        Fitted (the same object).
+    """
+    if weights is None:
+        return regressor.fit(X, y)
+    if isinstance(regressor, Pipeline):
+        return regressor.fit(X, y, **{f"{regressor.steps[-1][0]}__sample_weight": weights})
+    return regressor.fit(X, y, sample_weight=weights)
+
+
 def _features(prompt_features: np.ndarray, run: np.ndarray, posthoc: PosthocData) -> np.ndarray:
     return np.hstack([prompt_features, posthoc_features(run, posthoc.signals, posthoc.responses)])
 
@@ -212,25 +236,30 @@ class QualityEstimator(BaseEstimator):
         self.max_rows = max_rows
         self.random_state = random_state
 
-    def _fit_regressors(self, X: np.ndarray, Y: np.ndarray, labelled: np.ndarray) -> list[BaseEstimator]:
+    def _fit_regressors(self, X: np.ndarray, Y: np.ndarray, labelled: np.ndarray,
+                        weights: np.ndarray | None) -> list[BaseEstimator]:
         """One regressor per model on the rows where its outcome is labelled, or one for all when it can.
 
         The features are the same for every model, so a multi-output
         regressor (ridge) shares its work (``XᵀX``) across the ``K`` targets;
-        that needs every target on every row, so with partial labels each
-        model gets its own clone, fitted on its own rows.
+        that needs every target on every row with the same weight, so with
+        partial labels or per-cell weights each model gets its own clone,
+        fitted on its own rows.
         """
         template = self.regressor if self.regressor is not None else make_lightgbm_regressor()
-        if get_tags(template).target_tags.multi_output and labelled.all():
+        if get_tags(template).target_tags.multi_output and labelled.all() and weights is None:
             return [clone(template).fit(X, Y)]
-        return [clone(template).fit(X[labelled[:, i]], Y[labelled[:, i], i]) for i in range(Y.shape[1])]
+        return [fit_weighted(clone(template), X[labelled[:, i]], Y[labelled[:, i], i],
+                             None if weights is None else weights[labelled[:, i], i])
+                for i in range(Y.shape[1])]
 
     @staticmethod
     def _predict_regressors(regressors: list[BaseEstimator], X: np.ndarray) -> np.ndarray:
         return np.clip(np.column_stack([r.predict(X) for r in regressors]), 0.0, 1.0)
 
     def fit(self, prompt_features: NDArray[np.float64], quality: NDArray[np.float64],
-            posthoc: PosthocData, logged: NDArray[np.bool_] | None = None) -> QualityEstimator:
+            posthoc: PosthocData, logged: NDArray[np.bool_] | None = None,
+            weights: NDArray[np.float64] | None = None) -> QualityEstimator:
         """Fit the per-model regressors on sampled run sets, and σ on their out-of-fold residuals.
 
         Parameters
@@ -245,6 +274,9 @@ class QualityEstimator(BaseEstimator):
             from each query's logged models (a model can only count as run
             where its answer is known), and model ``i`` learns from the rows
             where it was logged: nothing is imputed as a label.
+        weights : ndarray of float64, shape (N, K), optional
+            Per-cell sample weights of the regressors (inverse propensities,
+            read where ``logged``); σ is fitted unweighted. Default 1.
 
         Returns
         -------
@@ -257,13 +289,14 @@ class QualityEstimator(BaseEstimator):
         )
         labelled = np.ones((rows.size, k), dtype=bool) if logged is None else logged[rows]
         run &= labelled
+        W = None if weights is None else weights[rows]
         X = _features(prompt_features[rows], run, posthoc.take(rows))
         Y = quality[rows]
         oof = np.empty_like(Y)
         for train, test in GroupKFold(self.n_folds).split(X, groups=rows):
-            regressors = self._fit_regressors(X[train], Y[train], labelled[train])
+            regressors = self._fit_regressors(X[train], Y[train], labelled[train], None if W is None else W[train])
             oof[test] = self._predict_regressors(regressors, X[test])
-        self.regressors_ = self._fit_regressors(X, Y, labelled)
+        self.regressors_ = self._fit_regressors(X, Y, labelled, W)
         self.oof_ = {"quality": oof, "run": run, "target": Y, "labelled": labelled}
         flat_rows = np.repeat(rows, k)
         keep = np.flatnonzero(labelled.ravel())

@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = ["RoutingTable"]
 
 _PER_QUERY = ("query_ids", "prompts", "tasks", "subtasks", "splits")
-_PER_CELL = ("quality", "cost", "logged", "responses", "input_tokens", "output_tokens")
+_PER_CELL = ("quality", "cost", "logged", "responses", "input_tokens", "output_tokens", "propensity")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,14 @@ class RoutingTable:
     signals : dict of str to ndarray of float64, shape (N, K)
         Numeric post-hoc signals a user logs per (query, model), such as a
         log-probability or a verifier score.
+    propensity : ndarray of float64, shape (N, K), optional
+        Probability that the logging policy logged each cell, in (0, 1]
+        where logged. Cascade logs reach an expensive model only on the
+        queries the cheap ones failed, so its logged outcomes are the hard
+        queries; with some random exploration (every model logged on a
+        random share of the traffic) weighting each logged cell by
+        ``1 / propensity`` makes the training loss that of all queries
+        again. ``None``: every logged cell counts once.
     """
 
     models: tuple[str, ...]
@@ -71,6 +79,7 @@ class RoutingTable:
     input_tokens: NDArray[np.float64] | None = None
     output_tokens: NDArray[np.float64] | None = None
     signals: dict[str, NDArray[np.float64]] = field(default_factory=dict)
+    propensity: NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
         n, k = np.shape(self.quality)
@@ -89,6 +98,8 @@ class RoutingTable:
         for name, value in self.signals.items():
             if np.shape(value) != (n, k):
                 raise ValueError(f"signal {name!r} has shape {np.shape(value)}, expected {(n, k)}")
+        if self.propensity is not None and not ((self.propensity > 0) & (self.propensity <= 1))[self.logged].all():
+            raise ValueError("propensity must lie in (0, 1] on every logged cell")
         if self.logged.dtype != np.bool_:
             raise TypeError(f"logged must be a boolean array, got dtype {self.logged.dtype}")
         unknown = self.logged & ~(np.isfinite(self.quality) & np.isfinite(self.cost))

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from estimators.estimator import MIN_LOGGED_QUERIES, make_router_estimator
 from estimators.table import RoutingTable
+from numpy.typing import NDArray
 from training.data import read_table
 from training.episodes import EstimatorEpisodes, calibration_episodes
 from training.fit import main
@@ -251,3 +252,42 @@ def test_partial_tables_reject_malformed_rows_as_before(logs, spoil, message):
     partial = hide_outside_test(logs, 0.4).reset_index(drop=True)
     with pytest.raises(ValueError, match=message):
         read_table(spoil(partial))
+
+
+def _cascade_with_exploration(table: RoutingTable, explore_share: float, seed: int = 0
+                              ) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+    """Cheapest-first cascade logs (until quality 1) plus every model on a random share; per-cell propensities."""
+    solved = table.quality == 1
+    reached = np.arange(table.n_models) <= np.where(solved.any(axis=1), solved.argmax(axis=1), table.n_models)[:, None]
+    explored = np.random.default_rng(seed).random(table.n_queries) < explore_share
+    logged = reached | explored[:, None]
+    return logged, np.where(reached, 1.0, explore_share)
+
+
+def test_inverse_propensity_weights_undo_the_cascade_logs_bias(logs):
+    """Cascade logs show the dear model only on hard queries; weighting the explored rows brings its estimate back."""
+    table = read_table(logs)
+    logged, propensity = _cascade_with_exploration(table, 0.2)
+    partial = replace(table, logged=logged, quality=np.where(logged, table.quality, np.nan),
+                      cost=np.where(logged, table.cost, np.nan), propensity=np.where(logged, propensity, np.nan))
+    dear = table.n_models - 1
+    truth = table.quality[:, dear].mean()
+    errors = {}
+    for name, weighted in (("unweighted", replace(partial, propensity=None)), ("weighted", partial)):
+        estimator = make_router_estimator("learned").fit(weighted)
+        errors[name] = abs(estimator.predict_table(table).quality[:, dear].mean() - truth)
+    assert errors["weighted"] < 0.5 * errors["unweighted"], errors
+
+
+def test_propensity_column_is_read_and_checked(logs):
+    frame = logs.assign(propensity=np.where(np.arange(len(logs)) % 3 == 0, "", "0.25"))
+    table = read_table(frame)
+    assert set(np.unique(table.propensity)) == {0.25, 1.0}
+    for bad in ("0", "1.5", "-0.1", "often"):
+        spoiled = frame.assign(propensity=frame["propensity"].where(frame.index != 4, bad))
+        with pytest.raises(ValueError, match=r"propensity must be a probability in \(0, 1\].*row 4"):
+            read_table(spoiled)
+    uniform = make_router_estimator("linear").fit(replace(table, propensity=np.ones(table.logged.shape)))
+    plain = make_router_estimator("linear").fit(replace(table, propensity=None))
+    for found, again in zip(uniform.predict_table(table)[:3], plain.predict_table(table)[:3]):
+        np.testing.assert_allclose(found, again, rtol=1e-9, atol=1e-12)

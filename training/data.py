@@ -4,7 +4,8 @@ Two layouts are understood:
 
 * the **long** format of ``../shared/data/README.md``: one row per
   (query, model) with ``query_id, model, quality, cost_usd`` and optional
-  ``task, subtask, split, prompt, response, input_tokens, output_tokens``;
+  ``task, subtask, split, prompt, response, input_tokens, output_tokens,
+  propensity``;
 * the **wide RouterBench** format (``routerbench_0shot.pkl`` as downloaded,
   or a CSV of it): one row per prompt with ``sample_id, prompt, eval_name``
   and, per model ``M``, the columns ``M`` (quality), ``M|total_cost`` and
@@ -44,7 +45,7 @@ Prices = Mapping[str, tuple[float, float]]
 
 REQUIRED_COLUMNS = ("query_id", "model", "quality", "cost_usd")
 #: Optional columns of the long format (besides signal columns named by ``signal_columns``).
-OPTIONAL_COLUMNS = ("prompt", "task", "subtask", "split", "response", "input_tokens", "output_tokens")
+OPTIONAL_COLUMNS = ("prompt", "task", "subtask", "split", "response", "input_tokens", "output_tokens", "propensity")
 PRICE_COLUMNS = ("model", "input_price_per_mtok_usd", "output_price_per_mtok_usd")
 
 _QUERY_TEXT = {"prompt": "prompts", "task": "tasks", "subtask": "subtasks", "split": "splits"}
@@ -105,7 +106,10 @@ def read_table(
         Queries sorted by ``query_id`` (as text), models sorted by mean cost
         over their logged queries, cheapest first (ties by name). A (query,
         model) pair without a row is not logged: ``logged`` is False there
-        and its quality and cost are NaN. Text columns absent from the source
+        and its quality and cost are NaN. A ``propensity`` column (the
+        probability that the logging policy logged the row; empty for 1)
+        becomes :attr:`RoutingTable.propensity`, which estimators use as
+        inverse-propensity weights. Text columns absent from the source
         are ``None``; present ones have ``''`` for missing entries. Token
         columns, when present, have NaN for unknown counts.
 
@@ -409,6 +413,17 @@ def _build(
         **where,
     )
     cells: dict[str, np.ndarray] = {}
+    if "propensity" in frame.columns:
+        values, bad = _numbers(frame["propensity"])
+        values = np.where(np.isnan(values) & ~bad, 1.0, values)
+        _raise_if(
+            bad | ~(values > 0) | ~(values <= 1),
+            "propensity must be a probability in (0, 1] (how likely the logging policy was to log this row), "
+            "or empty for 1",
+            shown=frame["propensity"].to_numpy(dtype=object),
+            **where,
+        )
+        cells["propensity"] = values
     for name in _TOKENS:
         if name in frame.columns:
             values, bad = _numbers(frame[name])
@@ -464,6 +479,7 @@ def _build(
         responses=arrange(_text(frame["response"])[0], "") if "response" in frame.columns else None,
         input_tokens=arrange(cells["input_tokens"], np.nan) if "input_tokens" in cells else None,
         output_tokens=arrange(cells["output_tokens"], np.nan) if "output_tokens" in cells else None,
+        propensity=arrange(cells["propensity"], np.nan) if "propensity" in cells else None,
         signals={name: arrange(values, np.nan) for name, values in signals.items()},
         **per_query,
     )
