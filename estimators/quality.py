@@ -285,10 +285,9 @@ class QualityEstimator(BaseEstimator):
         n, k = quality.shape
         rows, run = sample_run_sets(
             n, k, per_query=self.runs_per_query, all_subsets_up_to=self.all_subsets_up_to,
-            random_state=self.random_state,
+            random_state=self.random_state, logged=logged,
         )
         labelled = np.ones((rows.size, k), dtype=bool) if logged is None else logged[rows]
-        run &= labelled
         W = None if weights is None else weights[rows]
         X = _features(prompt_features[rows], run, posthoc.take(rows))
         Y = quality[rows]

@@ -167,6 +167,27 @@ def test_run_sets_sampled_for_large_k_include_empty_and_prefixes():
     assert np.mean(sizes <= 3) > 0.5  # small sets favoured
 
 
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 60), k=st.integers(2, 11), share=st.floats(0.05, 1.0), seed=st.integers(0, 10**6))
+def test_run_sets_with_partial_logs_hold_only_logged_models(n, k, share, seed):
+    """Drawn from each query's logged models; a full log draws exactly the sets of a table without ``logged``."""
+    logged = np.random.default_rng(seed).random((n, k)) < share
+    rows, run = sample_run_sets(n, k, per_query=8, random_state=seed, logged=logged)
+    plain_rows, plain = sample_run_sets(n, k, per_query=8, random_state=seed)
+    np.testing.assert_array_equal(rows, plain_rows)
+    assert not (run & ~logged[rows]).any()
+    full_rows, full = sample_run_sets(n, k, per_query=8, random_state=seed, logged=np.ones((n, k), bool))
+    np.testing.assert_array_equal(full, plain)
+    if k > 4:  # prefixes: the first logged models in cost order, as many as the size drawn (or all logged)
+        prefixes = run.reshape(n, 8, k)[:, 1:4]
+        plain_size = plain.reshape(n, 8, k)[:, 1:4].sum(axis=2)
+        rank = np.cumsum(logged, axis=1)[:, None, :]
+        np.testing.assert_array_equal(prefixes, logged[:, None, :] & (rank <= plain_size[:, :, None]))
+        random_sets = run.reshape(n, 8, k)[:, 4:].sum(axis=2)
+        drawn = plain.reshape(n, 8, k)[:, 4:].sum(axis=2)
+        np.testing.assert_array_equal(random_sets, np.minimum(drawn, logged.sum(axis=1)[:, None]))
+
+
 _TEXT = st.text(alphabet=st.sampled_from(list("ab Cd_9\t\n\x0b\x1c.,'-xYZ?!()") + ["é", "東", "ß"]), max_size=150)
 
 
