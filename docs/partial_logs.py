@@ -16,6 +16,9 @@ queries keep all their rows, so every variant is scored on the same queries,
 and every query keeps at least one row, so that fit draws the same split):
 
 * ``full``: every row;
+* ``full_pooled``: every row, with the estimator partial logs get (one
+  LightGBM for all models, ``--estimator pooled``), to tell what the logs
+  cost from what the estimator changes;
 * ``mar50``: each row dropped independently with probability 0.5;
 * ``cascade``: models logged cheapest first until one has quality 1 or four
   were logged;
@@ -25,7 +28,15 @@ and every query keeps at least one row, so that fit draws the same split):
   (``--models``);
 * ``full4``: the full table on the four cheapest models, the cascade's
   pool: the cascade's logs hold nothing of the other seven, so ``cascade``
-  is fitted on these four too and compared with ``full4``.
+  is fitted on these four too and compared with ``full4``;
+* ``cascade_explore``: the cascade's logs plus every model on a random 10 %
+  of the queries (an exploration slice);
+* ``cascade_ipw``: the same with a ``propensity`` column (1 where the
+  cascade logs the row, 0.1 where only exploration does), so that the
+  estimators weight the explored rows by 1 / 0.1;
+* ``cascade_ipw_calibrated``: the same, with policies calibrated on the
+  fully logged calibration queries (``--min-fully-logged 100``) instead of
+  the direct method.
 
 Every fit gets the same ``--budget`` values (25, 50 and 75 % of the log cost
 range of the full table's calibration single models), and every AUC is taken
@@ -55,6 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +90,8 @@ STRATEGY = "cascade_routing"
 NEW_MODEL = "gpt-4-1106-preview"
 MAR_DROP = 0.5
 CASCADE_DEPTH = 4
+#: Share of train+calibration queries on which every model is logged (an exploration slice).
+EXPLORE_SHARE = 0.1
 NEW_MODEL_SHARE = 0.1
 #: Largest AUC loss against ``full`` that still meets a variant's target.
 TOLERANCE = {"mar50": 1.0, "new_model": 1.5}
@@ -177,6 +191,39 @@ def cascade_logs(table: RoutingTable, hidden: NDArray[np.int_], rng: np.random.G
     return logged
 
 
+def cascade_reached(table: RoutingTable, hidden: NDArray[np.int_]) -> NDArray[np.bool_]:
+    """The cells the cascade of :func:`cascade_logs` logs (every cell of the test queries)."""
+    return cascade_logs(table, hidden, np.random.default_rng(0))
+
+
+def explored_cascade_logs(table: RoutingTable, hidden: NDArray[np.int_],
+                          rng: np.random.Generator) -> NDArray[np.bool_]:
+    """The cascade's logs plus every model on a random :data:`EXPLORE_SHARE` of the ``hidden`` queries.
+
+    Parameters
+    ----------
+    table : RoutingTable
+        The full table, models sorted by mean cost.
+    hidden : ndarray of int
+        Queries whose rows may be dropped (train and calibration).
+    rng : numpy.random.Generator
+        Source of the explored queries.
+
+    Returns
+    -------
+    ndarray of bool, shape (N, K)
+        ``True`` where the (query, model) row is kept.
+    """
+    logged = cascade_reached(table, hidden)
+    logged[rng.choice(hidden, size=round(EXPLORE_SHARE * len(hidden)), replace=False)] = True
+    return logged
+
+
+def cascade_propensity(table: RoutingTable, hidden: NDArray[np.int_]) -> NDArray[np.float64]:
+    """Probability that the explored cascade logs each cell: 1 where the cascade reaches it, else the exploration share."""
+    return np.where(cascade_reached(table, hidden), 1.0, EXPLORE_SHARE)
+
+
 def new_model_logs(table: RoutingTable, hidden: NDArray[np.int_], rng: np.random.Generator) -> NDArray[np.bool_]:
     """Log :data:`NEW_MODEL` on a random :data:`NEW_MODEL_SHARE` of the ``hidden`` queries only (``new_model``).
 
@@ -225,6 +272,11 @@ class Variant:
         full table's models (cheapest first); ``None`` for all.
     reference : str
         The variant whose AUC this one is compared with (same pool).
+    propensity : callable or None
+        ``propensity(table, hidden)``: the probability of each cell being
+        logged, written as the ``propensity`` column; ``None`` for none.
+    fit_args : tuple of str
+        Extra ``training.fit`` arguments.
     """
 
     name: str
@@ -233,6 +285,8 @@ class Variant:
     target: str
     pool: Callable[[tuple[str, ...]], list[str]] | None = None
     reference: str = "full"
+    propensity: Callable[[RoutingTable, NDArray[np.int_]], NDArray[np.float64]] | None = None
+    fit_args: tuple[str, ...] = ()
 
     def models(self, table: RoutingTable) -> list[str]:
         """The models this variant's fit uses."""
@@ -249,6 +303,8 @@ def _cascade_pool(models: tuple[str, ...]) -> list[str]:
 
 VARIANTS = {variant.name: variant for variant in (
     Variant("full", "none", log_all, "reference"),
+    Variant("full_pooled", "none; one LightGBM for all models (`--estimator pooled`, what partial logs get)",
+            log_all, "reference", fit_args=("--estimator", "pooled")),
     Variant("mar50", f"each row dropped with p = {MAR_DROP}", missing_at_random,
             f"≥ full − {TOLERANCE['mar50']}"),
     Variant("cascade", f"cheapest first until quality 1 or {CASCADE_DEPTH} models (fitted on those {CASCADE_DEPTH})",
@@ -258,6 +314,13 @@ VARIANTS = {variant.name: variant for variant in (
     Variant("pool10", f"{NEW_MODEL} left out (`--models`, test too)", log_all, "reference", pool=_without_new_model),
     Variant("full4", f"none; the {CASCADE_DEPTH} cheapest models only (`--models`)", log_all, "reference for cascade",
             pool=_cascade_pool),
+    Variant("cascade_explore", f"cascade + every model on {EXPLORE_SHARE:.0%} of the queries", explored_cascade_logs,
+            "report", pool=_cascade_pool, reference="full4"),
+    Variant("cascade_ipw", "cascade_explore with a propensity column (inverse-propensity weights)",
+            explored_cascade_logs, "report", pool=_cascade_pool, reference="full4", propensity=cascade_propensity),
+    Variant("cascade_ipw_calibrated", "cascade_ipw, policies calibrated on the fully logged queries "
+            "(`--min-fully-logged 100`)", explored_cascade_logs, "report", pool=_cascade_pool, reference="full4",
+            propensity=cascade_propensity, fit_args=("--min-fully-logged", "100")),
 )}
 
 
@@ -273,7 +336,8 @@ def logged_cells(variant: Variant, table: RoutingTable, hidden: NDArray[np.int_]
     hidden : ndarray of int
         Train and calibration queries.
     seed : int
-        The run's seed; each variant draws from ``(seed, its position in VARIANTS)``.
+        The run's seed; each hiding rule draws from ``(seed, the CRC32 of its name)``, so that
+        variants sharing a rule (the explored cascades) hide the same rows.
 
     Returns
     -------
@@ -285,7 +349,7 @@ def logged_cells(variant: Variant, table: RoutingTable, hidden: NDArray[np.int_]
     RuntimeError
         If a query lost every row or a test query lost one (a bug in a rule).
     """
-    rng = np.random.default_rng((seed, list(VARIANTS).index(variant.name)))
+    rng = np.random.default_rng((seed, zlib.crc32(variant.rule.__name__.encode())))
     logged = variant.rule(table, hidden, rng)
     test = np.setdiff1d(np.arange(table.n_queries), hidden)
     if not logged.any(axis=1).all() or not logged[test].all():
@@ -293,7 +357,8 @@ def logged_cells(variant: Variant, table: RoutingTable, hidden: NDArray[np.int_]
     return logged
 
 
-def logged_rows(frame: pd.DataFrame, table: RoutingTable, logged: NDArray[np.bool_]) -> pd.DataFrame:
+def logged_rows(frame: pd.DataFrame, table: RoutingTable, logged: NDArray[np.bool_],
+                propensity: NDArray[np.float64] | None = None) -> pd.DataFrame:
     """The rows of the raw long table whose (query, model) cell is logged.
 
     Parameters
@@ -304,6 +369,8 @@ def logged_rows(frame: pd.DataFrame, table: RoutingTable, logged: NDArray[np.boo
         The same data as read by :func:`training.data.read_table`.
     logged : ndarray of bool, shape (N, K)
         Cells kept, in ``table`` order.
+    propensity : ndarray of float, shape (N, K), optional
+        Written as a ``propensity`` column when given.
 
     Returns
     -------
@@ -312,6 +379,8 @@ def logged_rows(frame: pd.DataFrame, table: RoutingTable, logged: NDArray[np.boo
     """
     query = pd.Index(table.query_ids).get_indexer(frame["query_id"].astype(str))
     model = pd.Index(table.models).get_indexer(frame["model"].astype(str))
+    if propensity is not None:
+        frame = frame.assign(propensity=propensity[query, model])
     return frame[logged[query, model]]
 
 
@@ -323,6 +392,7 @@ def fit_command(variant: Variant, data: Path, folder: Path, table: RoutingTable,
                "--report", str(folder), "--quiet"]
     if variant.pool is not None:
         command += ["--models", ",".join(variant.models(table))]
+    command += variant.fit_args
     return command
 
 
@@ -556,7 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             variant = VARIANTS[name]
             logged = logged_cells(variant, table, hidden, args.seed)
             data = work / f"{name}.parquet"
-            logged_rows(frame, table, logged).to_parquet(data)
+            propensity = None if variant.propensity is None else variant.propensity(table, hidden)
+            logged_rows(frame, table, logged, propensity).to_parquet(data)
             command = fit_command(variant, data, work / name, table, budgets, args.seed)
             try:
                 report, wall = run_fit(name, command)

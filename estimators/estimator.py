@@ -720,12 +720,16 @@ class RouterEstimator:
 
 
 #: Estimator families a user can pick by name (CLI ``--estimator``).
-ESTIMATOR_KINDS = ("learned", "linear")
+ESTIMATOR_KINDS = ("learned", "linear", "pooled")
 
 
 def make_router_estimator(kind: str = "learned", prices: dict[str, tuple[float, float]] | None = None
                           ) -> RouterEstimator:
-    """A :class:`RouterEstimator` of the named family: LightGBM (``learned``) or ridge (``linear``).
+    """A :class:`RouterEstimator` of the named family: LightGBM (``learned``, ``pooled``) or ridge (``linear``).
+
+    ``learned`` fits one LightGBM per model on a full table and one for all
+    models (:class:`~estimators.quality.QualityEstimator` ``pooled``) on
+    partial logs; ``pooled`` fits one for all models whatever the logs.
 
     The one mapping from the CLI's ``--estimator`` to an estimator.
 
@@ -743,5 +747,6 @@ def make_router_estimator(kind: str = "learned", prices: dict[str, tuple[float, 
     """
     if kind not in ESTIMATOR_KINDS:
         raise ValueError(f"unknown estimator {kind!r}; choose one of {list(ESTIMATOR_KINDS)}")
-    quality = QualityEstimator(regressor=make_linear_regressor()) if kind == "linear" else QualityEstimator()
+    quality = (QualityEstimator(regressor=make_linear_regressor()) if kind == "linear"
+               else QualityEstimator(pooled=True if kind == "pooled" else "auto"))
     return RouterEstimator(quality=quality, cost=CostEstimator(prices=prices))

@@ -197,12 +197,28 @@ class QualityEstimator(BaseEstimator):
         Cap on the (query, model) rows the σ model is trained on (subsampled).
     random_state : int, default=0
         Seed of the run-set sampling and the subsampling.
+    pooled : bool or "auto", default="auto"
+        Fit one regressor for every model instead of one per model: its row
+        for (query, model ``m``) is the features, ``m`` one-hot and ``m``'s
+        own post-hoc columns (whether it ran, its signals, its answer's
+        agreement), so the model-specific part sits at fixed positions.
+        With partial logs each per-model regressor sees only its model's
+        logged queries, while a pooled one learns what makes a query hard
+        from every model's outcomes: on RouterBench with half the cells
+        missing at random it recovers the full-log AUC
+        (``docs/partial_logs.md``). ``"auto"``: pooled when some outcome is
+        not logged and the regressor is single-output (LightGBM).
 
     Attributes
     ----------
     regressors_ : list of regressor
         One fitted regressor per model, in column order; a single one when
-        the regressor is multi-output (the linear family).
+        the regressor is multi-output (the linear family) or ``pooled_``.
+    pooled_ : bool
+        Whether one regressor serves every model (see ``pooled``).
+    self_columns_ : ndarray of int, shape (G, K)
+        Per model, its own columns of the feature matrix (prompt features,
+        then the post-hoc block), which a pooled regressor's rows repeat.
     sigma_ : SigmaRegressor
         Fitted σ model.
     oof_ : dict
@@ -227,7 +243,9 @@ class QualityEstimator(BaseEstimator):
         all_subsets_up_to: int = 4,
         max_rows: int = 200_000,
         random_state: int = 0,
+        pooled: bool | str = "auto",
     ) -> None:
+        self.pooled = pooled
         self.regressor = regressor
         self.sigma = sigma
         self.n_folds = n_folds
@@ -247,14 +265,28 @@ class QualityEstimator(BaseEstimator):
         fitted on its own rows.
         """
         template = self.regressor if self.regressor is not None else make_lightgbm_regressor()
+        if self.pooled_:
+            cells = [np.flatnonzero(labelled[:, i]) for i in range(Y.shape[1])]
+            stacked = np.vstack([self._model_rows(X[rows], i) for i, rows in enumerate(cells)])
+            target = np.concatenate([Y[rows, i] for i, rows in enumerate(cells)])
+            weight = None if weights is None else np.concatenate([weights[rows, i] for i, rows in enumerate(cells)])
+            return [fit_weighted(clone(template), stacked, target, weight)]
         if get_tags(template).target_tags.multi_output and labelled.all() and weights is None:
             return [clone(template).fit(X, Y)]
         return [fit_weighted(clone(template), X[labelled[:, i]], Y[labelled[:, i], i],
                              None if weights is None else weights[labelled[:, i], i])
                 for i in range(Y.shape[1])]
 
-    @staticmethod
-    def _predict_regressors(regressors: list[BaseEstimator], X: np.ndarray) -> np.ndarray:
+    def _model_rows(self, X: np.ndarray, model: int) -> np.ndarray:
+        """The pooled regressor's rows for estimating ``model``: the features, its one-hot id and its own post-hoc columns."""
+        onehot = np.zeros((X.shape[0], self.self_columns_.shape[1]))
+        onehot[:, model] = 1.0
+        return np.hstack([X, onehot, X[:, self.self_columns_[:, model]]])
+
+    def _predict_regressors(self, regressors: list[BaseEstimator], X: np.ndarray) -> np.ndarray:
+        if self.pooled_:
+            return np.clip(np.column_stack([regressors[0].predict(self._model_rows(X, i))
+                                            for i in range(self.self_columns_.shape[1])]), 0.0, 1.0)
         return np.clip(np.column_stack([r.predict(X) for r in regressors]), 0.0, 1.0)
 
     def fit(self, prompt_features: NDArray[np.float64], quality: NDArray[np.float64],
@@ -288,6 +320,11 @@ class QualityEstimator(BaseEstimator):
             random_state=self.random_state, logged=logged,
         )
         labelled = np.ones((rows.size, k), dtype=bool) if logged is None else logged[rows]
+        template = self.regressor if self.regressor is not None else make_lightgbm_regressor()
+        self.pooled_ = (bool(self.pooled) if self.pooled != "auto"
+                        else not labelled.all() and not get_tags(template).target_tags.multi_output)
+        groups = 1 + len(posthoc.signals) + (5 if posthoc.responses is not None else 0)
+        self.self_columns_ = prompt_features.shape[1] + np.arange(groups)[:, None] * k + np.arange(k)
         W = None if weights is None else weights[rows]
         X = _features(prompt_features[rows], run, posthoc.take(rows))
         Y = quality[rows]
@@ -353,7 +390,7 @@ class QualityEstimator(BaseEstimator):
             Prompt columns' contribution plus the bias, before clipping.
         """
         affine = self.frozen_.affine
-        return None if affine is None else affine.partial(prompt_features) + affine.bias
+        return None if affine is None or self.pooled_ else affine.partial(prompt_features) + affine.bias
 
     def predict_quality(self, prompt_features: NDArray[np.float64], run: NDArray[np.bool_], posthoc: PosthocData, *,
                         share: NDArray[np.float64] | None = None, parallel: bool = False) -> NDArray[np.float64]:
@@ -376,7 +413,11 @@ class QualityEstimator(BaseEstimator):
         """
         block = posthoc_features(run, posthoc.signals, posthoc.responses)
         share = self.prompt_share(prompt_features) if share is None else share
-        if share is None:
+        if self.pooled_:
+            X = np.hstack([prompt_features, block])
+            raw = np.column_stack([self.frozen_.predict(self._model_rows(X, i), parallel)[:, 0]
+                                   for i in range(self.self_columns_.shape[1])])
+        elif share is None:
             raw = self.frozen_.predict(np.hstack([prompt_features, block]), parallel)
         else:
             raw = share + self.frozen_.affine.partial(block, prompt_features.shape[1])

@@ -16,7 +16,9 @@ objects' own ``transform``/``predict`` and plain NumPy/Python.
   task/subtask ``OneHotEncoder``, an embedding featurizer): its own
   ``transform`` on a frame of its columns.
 * Quality: each fitted regressor's own ``predict`` on the prompt features
-  followed by the post-hoc block of the run set, clipped to [0, 1].
+  followed by the post-hoc block of the run set, clipped to [0, 1]; a pooled
+  regressor (partial logs) predicts model ``m`` on those features, ``m``
+  one-hot and the post-hoc columns named after ``m``.
 * σ: the σ model's fitted regressor on ``(q, ran, |R|, model index)`` per
   cell, ``σ = max(scale · sqrt(max(predicted, floor)) ** power, floor)`` with
   the ``(scale, power)`` of the cell's stratum when it has one; then the
@@ -43,7 +45,7 @@ import pandas as pd
 from estimators.estimator import Estimates
 from estimators.featurize import StructuralFeaturizer, TextFeaturizer, _counts, prompt_frame
 from estimators.inputs import check_observed_cost, check_responses, check_run, check_signals, per_query_inputs
-from estimators.posthoc import posthoc_features, read_responses
+from estimators.posthoc import posthoc_feature_names, posthoc_features, read_responses
 from estimators.sigma import SIGMA_FLOOR
 
 __all__ = ["reference_predict", "reference_prompt_features"]
@@ -92,9 +94,20 @@ def reference_prompt_features(featurizer, frame: pd.DataFrame) -> np.ndarray:
     return np.hstack(blocks)
 
 
-def _quality(quality_estimator, features: np.ndarray, run: np.ndarray, signals: dict, info) -> np.ndarray:
+def _quality(estimator, features: np.ndarray, run: np.ndarray, signals: dict, info) -> np.ndarray:
     X = np.hstack([features, posthoc_features(run, signals, info)])
-    return np.clip(np.column_stack([regressor.predict(X) for regressor in quality_estimator.regressors_]), 0.0, 1.0)
+    quality_estimator = estimator.quality_
+    if not quality_estimator.pooled_:
+        return np.clip(np.column_stack([r.predict(X) for r in quality_estimator.regressors_]), 0.0, 1.0)
+    # One regressor for every model: the row of (query, model m) is the query's features, then m one-hot,
+    # then the post-hoc columns named after m ("ran[m]", "agree[m]", ...), in the block's order.
+    names = posthoc_feature_names(estimator.models_, estimator.signal_names_, info is not None)
+    columns = []
+    for i, model in enumerate(estimator.models_):
+        own = [features.shape[1] + j for j, name in enumerate(names) if name.endswith(f"[{model}]")]
+        rows = np.hstack([X, np.eye(len(estimator.models_))[np.full(len(X), i)], X[:, own]])
+        columns.append(quality_estimator.regressors_[0].predict(rows))
+    return np.clip(np.column_stack(columns), 0.0, 1.0)
 
 
 def _model_sigma(sigma_regressor, quality: np.ndarray, run: np.ndarray) -> np.ndarray:
@@ -210,7 +223,7 @@ def reference_predict(
     signals = check_signals(signals, estimator.signal_names_, run)
     info = read_responses(check_responses(responses, run)) if estimator.uses_responses_ else None
     observed = check_observed_cost(observed_cost, run)
-    quality = _quality(estimator.quality_, features, run, signals, info)
+    quality = _quality(estimator, features, run, signals, info)
     sigma = _sigma(estimator, quality, run)
     cost = _cost(estimator.cost_, features, _input_tokens(input_tokens, frame, n, k), run, observed)
     cov = None

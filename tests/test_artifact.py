@@ -121,7 +121,7 @@ def test_manifest_has_every_field(saved):
         "data_fingerprint", "metrics", "extra", "artifact_file", "sha256",
     }  # fmt: skip
     assert manifest["format"] == FORMAT == "cascade-router-artifact"
-    assert manifest["format_version"] == FORMAT_VERSION == 2
+    assert manifest["format_version"] == FORMAT_VERSION == 3
     created = datetime.fromisoformat(manifest["created_at"])
     assert created.utcoffset() == timedelta(0)
     assert abs(datetime.now(timezone.utc) - created) < timedelta(minutes=5)

@@ -14,7 +14,8 @@ Each estimator configuration is fitted once per session on a small
 synthetic table (``_fitted``). Eight fits cover every pair of settings of
 the five options (quality family, ``uncertainty``, ``run_sigma``,
 ``covariance``, priced or learned cost); see ``CONFIGS`` and
-:func:`test_configurations_cover_every_pair_of_options`.
+:func:`test_configurations_cover_every_pair_of_options`. Two more fit one
+pooled LightGBM regressor for every model (``QualityEstimator(pooled=True)``).
 
 Hypothesis runs ``max_examples=40`` per property and configuration by
 default; ``HYPOTHESIS_PROFILE=thorough`` runs 1000.
@@ -84,18 +85,19 @@ class Config:
     covariance: bool
     priced: bool
     sparse_strata: bool = False
+    pooled: bool = False
 
     @property
     def id(self) -> str:
         return "-".join([self.family, self.uncertainty, f"run_sigma={self.run_sigma}",
                          "cov" if self.covariance else "nocov", "priced" if self.priced else "learned-cost"]
-                        + (["sparse-strata"] if self.sparse_strata else []))
+                        + (["sparse-strata"] if self.sparse_strata else []) + (["pooled"] if self.pooled else []))
 
     def build(self) -> RouterEstimator:
         regressor = make_lightgbm_regressor(n_estimators=30) if self.family == "lightgbm" else make_linear_regressor()
         sigma = SigmaRegressor(stratify=2, min_stratum=3000 if self.sparse_strata else 200)
         return RouterEstimator(
-            quality=QualityEstimator(regressor=regressor, sigma=sigma),
+            quality=QualityEstimator(regressor=regressor, sigma=sigma, pooled=self.pooled),
             cost=CostEstimator(prices=PRICES if self.priced else None),
             covariance=self.covariance, run_sigma=self.run_sigma, uncertainty=self.uncertainty,
         )
@@ -111,6 +113,9 @@ CONFIGS = (
     Config("ridge", "reveal", None, False, False),
     Config("ridge", "error", 0.0, False, True),
     Config("ridge", "error", None, True, False),
+    # one regressor for every model (what partial logs get by default), with and without post-hoc σ models
+    Config("lightgbm", "reveal", 0.0, True, False, pooled=True),
+    Config("lightgbm", "error", None, False, True, pooled=True),
 )
 
 
@@ -279,6 +284,8 @@ def test_configurations_cover_every_pair_of_options():
         fitted = _fitted(config)
         expected = LGBMRegressor if config.family == "lightgbm" else Pipeline
         assert all(isinstance(r, expected) for r in fitted.quality_.regressors_)
+        assert fitted.quality_.pooled_ == config.pooled
+        assert len(fitted.quality_.regressors_) == (1 if config.pooled or config.family == "ridge" else len(MODELS))
         assert (fitted.reveal_sigma_ is not None) == (config.uncertainty == "reveal")
         assert (fitted.correlation_ is not None) == config.covariance
         assert set(fitted.cost_.modes_) == ({"tokens", "log_cost"} if config.priced else {"log_cost"})

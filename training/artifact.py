@@ -100,7 +100,7 @@ PathLike = Union[str, os.PathLike]
 FORMAT = "cascade-router-artifact"
 """Value of the manifest's ``format`` field; anything else is not ours."""
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bumped whenever the layout or meaning of the manifest or payload changes.
 
 * 1: first release.
@@ -109,6 +109,9 @@ FORMAT_VERSION = 2
   ``training.serving.router``, ``training.table`` -> ``estimators.table``,
   ``training._forest`` -> ``estimators._forest``), so a version-1 payload
   cannot be unpickled by this release; it is refused before unpickling.
+* 3: estimators learned from partial logs (``RoutingTable.logged``,
+  ``RoutingTable.propensity``; ``QualityEstimator.pooled_``), which a
+  version-2 estimator lacks.
 """
 
 MANIFEST_SUFFIX = ".manifest.json"

@@ -1,0 +1,65 @@
+"""What a refit costs at production size, with full logs and with a new model logged on 10 % of the queries.
+
+Adding a model to the pool is a partial column: its rows are appended to
+the logs and ``python -m training.fit`` refits everything (README, "Learning
+from traffic logs"). This bench measures that refit end to end, as a user
+runs it, on the RouterBench subset (``../shared/data``; skipped without it)
+tiled to ``PARTIAL_BENCH_COPIES`` copies (default 10: 31,500 queries x 11
+models, 346,500 rows) with new query ids per copy, written with pandas'
+defaults; ``new_model`` keeps ``gpt-4-1106-preview`` on a random 10 % of the
+queries only. Both fits run in the same session, one after the other, so
+their wall times compare; ``extra_info`` holds wall and CPU seconds and the
+peak of the summed RSS of the fit's process tree.
+
+Run: ``python -m pytest bench/bench_partial.py -s``. Copies share prompts,
+so the AUCs of this run mean nothing; only the times do.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench_serving import _run_measured
+
+COPIES = int(os.environ.get("PARTIAL_BENCH_COPIES", "10"))
+NEW_MODEL = "gpt-4-1106-preview"
+NEW_MODEL_SHARE = 0.1
+
+
+@pytest.fixture(scope="module")
+def tiled_logs(routerbench_subset: Path, tmp_path_factory) -> dict[str, tuple[Path, int]]:
+    """``{"full" | "new_model": (parquet path, rows)}`` of the tiled RouterBench logs."""
+    frame = pd.read_parquet(routerbench_subset / "routerbench_subset.parquet")
+    full = pd.concat([frame.assign(query_id=frame["query_id"].astype(str) + f"#{copy}") for copy in range(COPIES)],
+                     ignore_index=True)
+    ids = full["query_id"].unique()
+    explored = np.random.default_rng(0).choice(ids, size=round(NEW_MODEL_SHARE * ids.size), replace=False)
+    new_model = full[(full["model"] != NEW_MODEL) | full["query_id"].isin(explored)]
+    folder = tmp_path_factory.mktemp("partial_bench")
+    paths = {}
+    for name, logs in (("full", full), ("new_model", new_model)):
+        paths[name] = (folder / f"{name}.parquet", len(logs))
+        logs.to_parquet(paths[name][0])
+    return paths
+
+
+@pytest.mark.parametrize("logs", ["full", "new_model"])
+def test_refit_at_production_size(benchmark, tiled_logs, logs, tmp_path):
+    path, rows = tiled_logs[logs]
+    command = [sys.executable, "-m", "training.fit", "--data", str(path), "--budget", "0.0006",
+               "--out", str(tmp_path / "router.joblib"), "--report", str(tmp_path / "report"), "--quiet"]
+    measured = benchmark.pedantic(_run_measured, args=(command,), rounds=1, iterations=1)
+    queries = rows // 11 if logs == "full" else None
+    benchmark.extra_info.update({"logs": logs, "rows": rows, "copies": COPIES, "wall_seconds": measured["wall"],
+                                 "cpu_seconds": measured["cpu_seconds"],
+                                 "peak_rss_mib_all_processes": measured["peak_sum_mib"]})
+    print(f"\n{logs}: {rows:,} rows ({COPIES} copies{f', {queries:,} queries' if queries else ''}): "
+          f"fit {measured['wall']:.0f} s wall, {measured['cpu_seconds']:.0f} CPU-s, "
+          f"peak RSS {measured['peak_sum_mib']:.0f} MiB")
+    assert (tmp_path / "router.joblib").is_file()
