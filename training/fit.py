@@ -271,6 +271,7 @@ def run(args: argparse.Namespace) -> dict:
         "models": list(table.models),
         "strategy": args.strategy,
         "estimator": args.estimator,
+        "pooled_quality_regressor": bool(estimator.quality_.pooled_),
         "max_depth": args.max_depth,
         "n_train": len(train), "n_calibration": len(calibration), "n_test": len(test),
         "coverage": {"table": coverage(table), "train": coverage(table, train)},
