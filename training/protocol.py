@@ -257,10 +257,11 @@ def evaluate_strategies(
         Kernel strategies to evaluate, any of :data:`DEFAULT_STRATEGIES`.
     progress : bool, default=True
         Show a tqdm bar per strategy.
-    estimator : {"simulated", "learned", "linear"}, default="simulated"
-        ``simulated``: the paper's noisy-oracle estimates at ``noise``.
-        ``learned`` / ``linear``: a :class:`~estimators.estimator.RouterEstimator`
-        (LightGBM / ridge) fitted on a training split of ``train_fraction`` of
+    estimator : {"simulated", "learned", "pooled", "linear"}, default="simulated"
+        ``simulated``: the paper's noisy-oracle estimates at ``noise`` (full
+        tables only). ``learned`` / ``pooled`` / ``linear``: a
+        :class:`~estimators.estimator.RouterEstimator` (:func:`~estimators.estimator.make_router_estimator`;
+        LightGBM / one LightGBM for all models / ridge) fitted on a training split of ``train_fraction`` of
         the queries; policies are fitted on the calibration split and played
         on the rest, re-estimating after every model run.
     train_fraction : float, default=0.5
