@@ -12,8 +12,9 @@ Run from the repository root (the shared data lives in ``../shared/data``)::
     python docs/partial_logs.py --variants full,pool10   # fully logged variants only
 
 Variants (rows are hidden only in train and calibration queries; the test
-queries keep all their rows, so every variant is scored on the same queries,
-and every query keeps at least one row, so that fit draws the same split):
+queries keep all their rows; every table carries fit's seeded split of the
+full table in its ``split`` column and is fitted with ``--split-column``, so
+every variant is trained, calibrated and scored on the same queries):
 
 * ``full``: every row;
 * ``full_pooled``: every row, with the estimator partial logs get (one
@@ -384,12 +385,20 @@ def logged_rows(frame: pd.DataFrame, table: RoutingTable, logged: NDArray[np.boo
     return frame[logged[query, model]]
 
 
+def with_split_column(frame: pd.DataFrame, table: RoutingTable, parts: Sequence[NDArray[np.int_]]) -> pd.DataFrame:
+    """``frame`` with its ``split`` column set to each query's part (train, calibration, test) of ``parts``."""
+    labels = np.empty(table.n_queries, dtype=object)
+    for name, part in zip(("train", "calibration", "test"), parts):
+        labels[part] = name
+    return frame.assign(split=labels[pd.Index(table.query_ids).get_indexer(frame["query_id"].astype(str))])
+
+
 def fit_command(variant: Variant, data: Path, folder: Path, table: RoutingTable, budgets: Sequence[float],
                 seed: int) -> list[str]:
     """The ``python -m training.fit`` command line of one variant."""
     command = [sys.executable, "-m", "training.fit", "--data", str(data), "--seed", str(seed),
                "--budget", *map(repr, budgets), "--out", str(folder / "router.joblib"),
-               "--report", str(folder), "--quiet"]
+               "--report", str(folder), "--quiet", "--split-column"]
     if variant.pool is not None:
         command += ["--models", ",".join(variant.models(table))]
     command += variant.fit_args
@@ -611,8 +620,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     load_average = list(os.getloadavg())
     table = read_table(args.data)
-    frame = pd.read_parquet(args.data)
     train, calibration, test = split(table.n_queries, FRACTIONS, args.seed)
+    frame = with_split_column(pd.read_parquet(args.data), table, (train, calibration, test))
     hidden = np.union1d(train, calibration)
     budgets = default_budgets(table.cost[calibration].mean(axis=0))
     results: dict[str, dict[str, Any]] = {}

@@ -24,7 +24,7 @@ from training.episodes import EstimatorEpisodes, calibration_episodes
 from training.fit import main
 from training.protocol import evaluate_strategies
 from training.serving.router import load_router
-from training.splits import MIN_SPLIT_QUERIES, split
+from training.splits import MIN_SPLIT_QUERIES, SPLIT_LABELS, split, split_from_labels
 from training.synthetic import make_benchmark
 
 FRACTIONS = (0.5, 0.25, 0.25)
@@ -82,10 +82,11 @@ def test_partial_table_round_trips_fit_artifact_decide(partial_fit, logs):
 
 def test_fit_test_figures_are_real_outcomes_of_the_test_queries(partial_fit, logs):
     """Replaying the saved policies on the *fully logged* table's test queries gives the report's test figures."""
-    report, out, _ = partial_fit
-    full = read_table(logs)
-    test = split(full.n_queries, FRACTIONS, 0)[2]
-    assert report["n_test"] == test.size
+    report, out, data = partial_fit
+    full, partial = read_table(logs), read_table(data)
+    test = split(partial.n_queries, FRACTIONS, 0, partial.fully_logged)[2]
+    assert report["n_test"] == test.size and partial.fully_logged[test].all()
+    assert list(partial.query_ids) == list(full.query_ids)
     router = load_router(out)
     ordered = full.reorder_models([full.models.index(m) for m in router.models_])
     episodes = EstimatorEpisodes(router.estimator, ordered.subset(test), direct_method=False)
@@ -111,28 +112,48 @@ def test_split_tests_only_fully_logged_queries(n, seed, logged_share, hidden_see
     try:
         train, calibration, test = split(n, FRACTIONS, seed, fully)
     except ValueError as error:
-        assert fully.sum() < MIN_SPLIT_QUERIES or "too few" in str(error)
+        n_fully = int(fully.sum())
+        assert n_fully - round(0.75 * n_fully) < MIN_SPLIT_QUERIES or "too few" in str(error), error
         return
     assert fully[test].all()
     assert np.array_equal(np.sort(np.concatenate([train, calibration, test])), np.arange(n))
+    # stratified: the fully logged queries are split by the fractions, the others only into train and calibration
+    n_fully = int(fully.sum())
+    assert test.size == n_fully - round(0.75 * n_fully)
+    assert fully[train].sum() == round(0.5 * n_fully)
+    assert (~fully[train]).sum() == round(0.5 / 0.75 * (~fully).sum())
     # the plain seeded split on a fully logged table (the reference: slices of one permutation)
     order = np.random.default_rng(seed).permutation(n)
     ends = np.round(np.cumsum(FRACTIONS)[:-1] * n).astype(int)
     reference = [np.sort(part) for part in np.split(order, ends)]
     for part, expected in zip(split(n, FRACTIONS, seed), reference):
         np.testing.assert_array_equal(part, expected)
-    # hiding outcomes of non-test queries leaves the split as it was
-    hidden = fully.copy()
-    hidden[np.concatenate([train, calibration])] &= rng.random(train.size + calibration.size) < 0.5
-    for part, before in zip(split(n, FRACTIONS, seed, hidden), (train, calibration, test)):
-        np.testing.assert_array_equal(part, before)
 
 
 def test_split_refuses_too_few_fully_logged_queries():
     fully = np.zeros(400, dtype=bool)
-    fully[:MIN_SPLIT_QUERIES - 1] = True
-    with pytest.raises(ValueError, match=f"only {MIN_SPLIT_QUERIES - 1} of the 400 queries are logged for every"):
+    fully[:77] = True  # 77 - round(0.75 * 77) = 19 test queries
+    with pytest.raises(ValueError, match="only 77 of the 400 queries are logged for every model, which gives the "
+                                         f"test split 19 queries; it needs at least {MIN_SPLIT_QUERIES}"):
         split(400, FRACTIONS, 0, fully)
+    fully[77] = True
+    assert split(400, FRACTIONS, 0, fully)[2].size == 20
+
+
+def test_split_column_sets_the_parts_and_refuses_a_partial_test_query(logs, tmp_path):
+    table = read_table(hide_outside_test(logs, 0.4))
+    parts = split(table.n_queries, FRACTIONS, 1, table.fully_logged)
+    labels = np.empty(table.n_queries, dtype=object)
+    for name, part in zip(SPLIT_LABELS, parts):
+        labels[part] = name
+    for got, expected in zip(split_from_labels(labels, table.fully_logged), parts):
+        np.testing.assert_array_equal(got, expected)
+    labels[np.flatnonzero(~table.fully_logged)[:3]] = "test"
+    with pytest.raises(ValueError, match="3 test queries of the split column are not logged for every model"):
+        split_from_labels(labels, table.fully_logged)
+    labels[0] = "holdout"
+    with pytest.raises(ValueError, match=r"must be one of \['train', 'calibration', 'test'\].*'holdout'"):
+        split_from_labels(labels, table.fully_logged)
 
 
 def _partial_calibration(logs: pd.DataFrame, n_fully: int) -> tuple[RoutingTable, object]:

@@ -42,7 +42,7 @@ from .metrics import auc, auc_bounds, budget_grid, linear_auc, single_model_poin
 from .policy import BudgetError, Policy, choose_policy, fit_policy, single_model_policy
 from .protocol import LEARNED_SIGMA_SCALES
 from .serving.router import Router
-from .splits import split
+from .splits import split, split_from_labels
 from .synthetic import default_table, synthetic_prices
 
 __all__ = ["EXIT_CODES", "SIGMA_STRATEGIES", "STRATEGIES", "default_budgets", "load", "main",
@@ -123,6 +123,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="split of the queries; the calibration share sets how precisely the "
                              "budget is met on new traffic (the mean cost of a policy that sometimes "
                              "calls a 10x dearer model is noisy on a few hundred queries)")
+    parser.add_argument("--split-column", action="store_true",
+                        help="take each query's part from the table's split column (train, calibration or "
+                             "test; test queries must be logged for every model) instead of the seeded, "
+                             "stratified split of --fractions")
     parser.add_argument("--curve-points", type=int, default=4,
                         help="budgets per hull segment for the quality-cost curve and its AUC")
     parser.add_argument("--min-fully-logged", type=int, default=MIN_FULLY_LOGGED, metavar="N",
@@ -189,6 +193,15 @@ def load(args: argparse.Namespace) -> tuple[RoutingTable, dict[str, tuple[float,
     return table, prices
 
 
+def _split(args: argparse.Namespace, table: RoutingTable) -> tuple[NDArray[np.int_], ...]:
+    """The table's split column with ``--split-column``, else the seeded split (test: fully logged queries only)."""
+    if not args.split_column:
+        return split(table.n_queries, args.fractions, args.seed, table.fully_logged)
+    if table.splits is None:
+        raise ValueError("--split-column: the table has no split column (or it is empty on every row)")
+    return split_from_labels(table.splits, table.fully_logged)
+
+
 def default_budgets(costs: NDArray[np.float64]) -> list[float]:
     """Three budgets spread over the single models' cost range, for a run without ``--budget``.
 
@@ -236,7 +249,7 @@ def run(args: argparse.Namespace) -> dict:
     stages = tqdm(total=5, desc="training.fit", disable=args.quiet, unit="stage")
     stages.set_postfix_str("loading data")
     table, prices = load(args)
-    train, calibration, test = split(table.n_queries, args.fractions, args.seed, table.fully_logged)
+    train, calibration, test = _split(args, table)
     stages.update()
     stages.set_postfix_str(f"fitting estimators on {len(train)} queries")
     estimator = make_router_estimator(args.estimator, prices).fit(table, train)
@@ -274,6 +287,7 @@ def run(args: argparse.Namespace) -> dict:
         "pooled_quality_regressor": bool(estimator.quality_.pooled_),
         "max_depth": args.max_depth,
         "n_train": len(train), "n_calibration": len(calibration), "n_test": len(test),
+        "split": "split column" if args.split_column else f"seeded (seed {args.seed}, fractions {list(args.fractions)})",
         "coverage": {"table": coverage(table), "train": coverage(table, train)},
         "calibration": calibration_used,
         "budgets": [_with_best_single(r, table.models, single_cost, single_quality)

@@ -1,14 +1,16 @@
-"""Seeded train / calibration / test splits whose test part holds only fully logged queries.
+"""Train / calibration / test splits whose test part holds only fully logged queries.
 
 A policy's test figures must come from real outcomes of every model it
 might call (ALGORITHM.md §7), so the test split is drawn from the queries
 logged for every model; estimators and policies learn from the rest, partial
-or not. On a fully logged table the split is the plain seeded one: the
-permutation's first share trains, the next calibrates, the last tests.
-
-The test part is the *last* fully logged queries of the permutation. Hiding
-outcomes of non-test queries therefore leaves the split unchanged, which is
-what lets a partial-log experiment test every variant on the same queries.
+or not. :func:`split` is seeded and stratified: the fully logged queries are
+split by the fractions (so training and calibration keep their share of
+them: a model logged on 10 % of the traffic still has training labels),
+the partially logged ones go to training and calibration only. On a fully
+logged table it is the plain seeded split: the permutation's first share
+trains, the next calibrates, the last tests. :func:`split_from_labels`
+takes the split from a ``split`` column instead (a fixed holdout, or the
+same test queries for several variants of a table).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from typing import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["MIN_SPLIT_QUERIES", "split"]
+__all__ = ["MIN_SPLIT_QUERIES", "SPLIT_LABELS", "split", "split_from_labels"]
 
 #: Fewest queries any part of a split may have.
 MIN_SPLIT_QUERIES = 20
+#: Values of a ``split`` column that :func:`split_from_labels` reads, in part order.
+SPLIT_LABELS = ("train", "calibration", "test")
 
 
 def split(n_queries: int, fractions: Sequence[float], seed: int,
@@ -38,8 +42,9 @@ def split(n_queries: int, fractions: Sequence[float], seed: int,
         Seed of the permutation.
     fully_logged : ndarray of bool, shape (n_queries,), optional
         Queries logged for every model (:attr:`RoutingTable.fully_logged`);
-        default all. The test part is drawn from these only: its share of
-        the table when there are enough, else all of them.
+        default all. They are split by ``fractions`` (in permutation order);
+        the others go to train and calibration in the ratio of their
+        fractions, never to test.
 
     Returns
     -------
@@ -54,19 +59,60 @@ def split(n_queries: int, fractions: Sequence[float], seed: int,
         naming the fully logged queries when those are what is missing.
     """
     order = np.random.default_rng(seed).permutation(n_queries)
-    train_end, test_start = np.round(np.cumsum(fractions)[:-1] * n_queries).astype(int)
-    wanted = n_queries - test_start
-    testable = order if fully_logged is None else order[np.asarray(fully_logged, dtype=bool)[order]]
-    test = testable[max(testable.size - wanted, 0):]
-    if test.size < min(MIN_SPLIT_QUERIES, wanted):
+    fully = np.ones(n_queries, dtype=bool) if fully_logged is None else np.asarray(fully_logged, dtype=bool)
+    complete, partial = order[fully[order]], order[~fully[order]]
+    train_end, test_start = np.round(np.cumsum(fractions)[:-1] * complete.size).astype(int)
+    partial_end = int(round(fractions[0] / (fractions[0] + fractions[1]) * partial.size))
+    parts = (np.sort(np.concatenate([complete[:train_end], partial[:partial_end]])),
+             np.sort(np.concatenate([complete[train_end:test_start], partial[partial_end:]])),
+             np.sort(complete[test_start:]))
+    if parts[2].size < MIN_SPLIT_QUERIES and complete.size < n_queries:
         raise ValueError(
-            f"only {testable.size} of the {n_queries} queries are logged for every model, and the test split "
-            f"needs at least {MIN_SPLIT_QUERIES}: policies are scored on real outcomes only. Log every model on "
-            "a random sample of queries (an exploration slice) and append those logs")
-    rest = order[~np.isin(order, test)]
-    parts = (np.sort(rest[:train_end]), np.sort(rest[train_end:]), np.sort(test))
-    small = [name for name, part in zip(("train", "calibration", "test"), parts) if len(part) < MIN_SPLIT_QUERIES]
-    if small:
-        raise ValueError(f"{n_queries} queries are too few: the {', '.join(small)} split(s) would have "
-                         f"fewer than {MIN_SPLIT_QUERIES} queries")
+            f"only {complete.size} of the {n_queries} queries are logged for every model, which gives the test "
+            f"split {parts[2].size} queries; it needs at least {MIN_SPLIT_QUERIES}: policies are scored on real "
+            "outcomes only. Log every model on a random sample of queries (an exploration slice) and append "
+            "those logs")
+    _check_sizes(parts, f"{n_queries} queries are too few")
     return parts
+
+
+def split_from_labels(labels: NDArray[np.object_], fully_logged: NDArray[np.bool_]) -> tuple[NDArray[np.int_], ...]:
+    """Train / calibration / test query indices read from a ``split`` column (``--split-column``).
+
+    Parameters
+    ----------
+    labels : ndarray of object, shape (N,)
+        Per query one of :data:`SPLIT_LABELS` (:attr:`RoutingTable.splits`).
+    fully_logged : ndarray of bool, shape (N,)
+        :attr:`RoutingTable.fully_logged`.
+
+    Returns
+    -------
+    tuple of ndarray of int
+        Sorted train, calibration and test query indices.
+
+    Raises
+    ------
+    ValueError
+        If a query's label is not one of :data:`SPLIT_LABELS`, a test query
+        is not logged for every model, or a part has fewer than
+        :data:`MIN_SPLIT_QUERIES` queries.
+    """
+    labels = np.asarray(labels, dtype=object)
+    unknown = sorted({str(v) for v in labels} - set(SPLIT_LABELS))
+    if unknown:
+        raise ValueError(f"the split column must be one of {list(SPLIT_LABELS)} on every query; found {unknown[:5]}")
+    parts = tuple(np.flatnonzero(labels == name) for name in SPLIT_LABELS)
+    partial = parts[2][~np.asarray(fully_logged, dtype=bool)[parts[2]]]
+    if partial.size:
+        raise ValueError(f"{partial.size} test queries of the split column are not logged for every model; "
+                         "policies are scored on real outcomes only: label them train or calibration")
+    _check_sizes(parts, "the split column is too uneven")
+    return parts
+
+
+def _check_sizes(parts: tuple[NDArray[np.int_], ...], problem: str) -> None:
+    small = [name for name, part in zip(SPLIT_LABELS, parts) if len(part) < MIN_SPLIT_QUERIES]
+    if small:
+        raise ValueError(f"{problem}: the {', '.join(small)} split(s) would have fewer than {MIN_SPLIT_QUERIES} "
+                         "queries")
