@@ -267,7 +267,14 @@ class QualityEstimator(BaseEstimator):
         template = self.regressor if self.regressor is not None else make_lightgbm_regressor()
         if self.pooled_:
             cells = [np.flatnonzero(labelled[:, i]) for i in range(Y.shape[1])]
-            stacked = np.vstack([self._model_rows(X[rows], i) for i, rows in enumerate(cells)])
+            # K times the rows of one model: filled in place as float32 (LightGBM bins float32 as it is), so
+            # the stacked matrix is held once, at half the size
+            groups, k = self.self_columns_.shape
+            stacked = np.empty((sum(rows.size for rows in cells), X.shape[1] + k + groups), np.float32)
+            start = 0
+            for i, rows in enumerate(cells):
+                stacked[start:start + rows.size] = self._model_rows(X[rows], i)
+                start += rows.size
             target = np.concatenate([Y[rows, i] for i, rows in enumerate(cells)])
             weight = None if weights is None else np.concatenate([weights[rows, i] for i, rows in enumerate(cells)])
             return [fit_weighted(clone(template), stacked, target, weight)]

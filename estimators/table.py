@@ -177,7 +177,7 @@ class RoutingTable:
         if not names:
             raise ValueError("model list is empty; name at least one model")
         columns = np.array([self.models.index(name) for name in names])
-        columns = columns[np.argsort(self.cost[:, columns].mean(axis=0), kind="stable")]
+        columns = columns[np.argsort(np.nanmean(self.cost[:, columns], axis=0), kind="stable")]
         return self.reorder_models(columns)
 
     def reorder_models(self, columns: Sequence[int] | NDArray[np.int64]) -> RoutingTable:
