@@ -533,8 +533,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="continue the interrupted run recorded in OUTPUT.partial/ from its last completed "
                              "batch (same input, artifact, budget and batch size); the result is the rows of an "
                              "uninterrupted run")
+    parser.add_argument("--engine", choices=("local", "spark"), default="local",
+                        help="'spark': read --input (a Parquet file or directory) and write --output and the "
+                             "rejects as Parquet datasets through Spark (pip install \"cascade-router[spark]\"); "
+                             "--batch-size, --workers and --resume are then Spark's business")
+    parser.add_argument("--master", default=None,
+                        help="Spark master with --engine spark (e.g. local[2]); default: what spark-submit or "
+                             "the Spark defaults say")
     parser.add_argument("--quiet", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
+    if args.engine == "spark" and (args.resume or args.workers is not None):
+        parser.error("--resume and --workers are for --engine local; Spark retries failed tasks and spreads the "
+                     "work itself")
+    if args.master is not None and args.engine != "spark":
+        parser.error("--master needs --engine spark")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 1:
@@ -570,6 +582,10 @@ def run(args: argparse.Namespace) -> dict:
     training.cli.OutputError
         If the output or the rejects file cannot be written.
     """
+    if args.engine == "spark":
+        from .spark import run_cli
+
+        return run_cli(args)
     from tqdm.auto import tqdm
     if not args.input.exists():
         raise ScoreError(f"--input {args.input} does not exist")

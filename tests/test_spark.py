@@ -1,0 +1,145 @@
+"""``score_spark`` in Spark local mode gives the rows ``training.score`` writes, rejects included.
+
+The traffic is the RouterBench subset (``../shared/data``) tiled to about
+20,000 queries with new ids, a few rows spoiled so that some are rejected.
+``training.score`` reads it sorted by query (its rows contiguous, as it
+requires); Spark gets the same rows shuffled, in small Arrow batches that are
+no multiple of the 11 models, so queries span partitions and batches before
+the adapter groups them. Skipped, with the reason, without pyspark or Java.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+pyspark = pytest.importorskip("pyspark", reason="pyspark is not installed (pip install \"cascade-router[spark]\")")
+if shutil.which("java") is None:
+    pytest.skip("Java is not installed: Spark needs a JVM (Java 17)", allow_module_level=True)
+
+from training.score import main as score_main  # noqa: E402
+from training.serving.spark import score_spark, split_rejects  # noqa: E402
+
+COPIES = 7  # 7 x 3,150 = 22,050 queries
+LIST_COLUMNS = ("models_run", "plan")
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from pyspark.sql import SparkSession
+
+    session = (SparkSession.builder.master("local[2]").appName("cascade-router-tests")
+               .config("spark.sql.shuffle.partitions", "4")
+               .config("spark.sql.execution.arrow.maxRecordsPerBatch", "997")
+               .config("spark.ui.enabled", "false")
+               .config("spark.pyspark.python", sys.executable)
+               .config("spark.executorEnv.OPENBLAS_NUM_THREADS", "1")
+               .getOrCreate())
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def artifact(routerbench_subset, tmp_path_factory):
+    from training.fit import main as fit_main
+
+    folder = tmp_path_factory.mktemp("spark_artifact")
+    out = folder / "router.joblib"
+    code = fit_main(["--data", str(routerbench_subset / "routerbench_subset.parquet"), "--estimator", "linear",
+                     "--budget", "0.0006", "--out", str(out), "--report", str(folder / "report"), "--quiet"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def traffic(routerbench_subset, tmp_path_factory):
+    """``(sorted logged file, sorted query-rows file, logged frame with 'row', query frame with 'row')``."""
+    frame = pd.read_parquet(routerbench_subset / "routerbench_subset.parquet",
+                            columns=["query_id", "task", "subtask", "prompt", "model", "quality", "cost_usd",
+                                     "response"])
+    logged = pd.concat([frame.assign(query_id=frame["query_id"].astype(str) + f"#{copy}") for copy in range(COPIES)],
+                       ignore_index=True).sort_values(["query_id", "model"], kind="stable", ignore_index=True)
+    rng = np.random.default_rng(0)
+    spoiled = rng.choice(len(logged), size=12, replace=False)
+    logged.loc[spoiled[:6], "cost_usd"] = -1.0           # a negative cost: the row is rejected
+    logged.loc[spoiled[6:9], "model"] = "not-a-model"    # an unknown model
+    logged.loc[spoiled[9:], "quality"] = np.nan          # a missing outcome
+    queries = logged.drop_duplicates("query_id")[["query_id", "task", "subtask", "prompt"]].reset_index(drop=True)
+    folder = tmp_path_factory.mktemp("spark_traffic")
+    paths = folder / "logged.parquet", folder / "queries.parquet"
+    logged.to_parquet(paths[0], index=False)
+    queries.to_parquet(paths[1], index=False)
+    with_rows = [table.assign(row=np.arange(len(table), dtype=np.int64)) for table in (logged, queries)]
+    shuffled = [table.sample(frac=1.0, random_state=1).reset_index(drop=True) for table in with_rows]
+    return (*paths, *shuffled)
+
+
+def _canonical(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    frame = frame.copy()
+    for column in LIST_COLUMNS:
+        if column in frame.columns:
+            frame[column] = [None if v is None else tuple(v) for v in frame[column]]
+    return frame.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("kind", ["logged", "queries"])
+def test_spark_output_equals_training_score_row_for_row(spark, artifact, traffic, kind, tmp_path):
+    path, frame = (traffic[0], traffic[2]) if kind == "logged" else (traffic[1], traffic[3])
+    out, rejects = tmp_path / "scored.parquet", tmp_path / "rejects.parquet"
+    code = score_main(["--artifact", str(artifact), "--input", str(path), "--output", str(out),
+                       "--rejects", str(rejects), "--workers", "1", "--quiet"])
+    assert code == 0
+    expected = pd.read_parquet(out), pd.read_parquet(rejects)
+    scored = score_spark(spark.createDataFrame(frame).repartition(3), artifact)
+    got = [part.toPandas() for part in split_rejects(scored)]
+    if kind == "logged":
+        assert len(expected[1]) >= 12 and set(expected[0]["status"]) >= {"ok"}
+    for mine, theirs, keys in zip(got, expected, (["query_id", "row"], ["row"])):
+        assert list(mine.columns) == list(theirs.columns)
+        pd.testing.assert_frame_equal(_canonical(mine, keys), _canonical(theirs, keys), check_dtype=False)
+
+
+def test_scoring_the_same_partition_twice_gives_identical_rows(spark, artifact, traffic):
+    """A retried or speculative task recomputes a partition: the rows must be the same, whatever the batches."""
+    from training.serving import spark as adapter
+
+    frame = traffic[2][traffic[2]["query_id"].str.endswith("#3")].sort_values(["query_id", "row"])
+    schema = adapter._result_schema(adapter._executor_router(str(artifact), False), True)
+    records = pa.Table.from_pandas(frame, preserve_index=False)
+
+    def once(batch_rows: int) -> pd.DataFrame:
+        parts = adapter._score_partition(iter(records.to_batches(max_chunksize=batch_rows)), artifact=str(artifact),
+                                         shipped=False, budget=None, logged=True, schema=schema)
+        return _canonical(pa.Table.from_batches(list(parts), schema=schema).to_pandas(), ["query_id", "row"])
+
+    first = once(997)
+    pd.testing.assert_frame_equal(first, once(997))
+    pd.testing.assert_frame_equal(first, once(4096))  # other batch cuts: the same rows
+    twice = [score_spark(spark.createDataFrame(frame), artifact).toPandas() for _ in range(2)]
+    pd.testing.assert_frame_equal(*(_canonical(t, ["status", "query_id", "row"]) for t in twice))
+
+
+def test_cli_engine_spark_writes_the_same_datasets(artifact, traffic, tmp_path):
+    path = traffic[0]
+    single = tmp_path / "single.parquet"
+    assert score_main(["--artifact", str(artifact), "--input", str(path), "--output", str(single), "--workers", "1",
+                       "--quiet"]) == 0
+    out = tmp_path / "spark_out"
+    done = subprocess.run([sys.executable, "-m", "training.score", "--engine", "spark", "--master", "local[2]",
+                           "--artifact", str(artifact), "--input", str(path), "--output", str(out), "--quiet"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for mine, theirs, keys in ((out, single, ["query_id", "row"]),
+                               (out.with_name(out.name + ".rejects"), single.with_name("single.rejects.parquet"),
+                                ["row"])):
+        pd.testing.assert_frame_equal(_canonical(pd.read_parquet(mine), keys), _canonical(pd.read_parquet(theirs), keys),
+                                      check_dtype=False)
+    again = subprocess.run([sys.executable, "-m", "training.score", "--engine", "spark", "--artifact", str(artifact),
+                            "--input", str(path), "--output", str(out), "--quiet"], capture_output=True, text=True)
+    assert again.returncode == 2 and "exists" in again.stderr  # nothing is overwritten

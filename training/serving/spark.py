@@ -1,0 +1,280 @@
+"""Score traffic on Spark: the rows ``training.score`` writes, for logs too large for one machine.
+
+:func:`score_spark` runs :func:`~training.serving.replay.score_batch` in
+``mapInArrow`` over a Spark DataFrame in either input layout (query rows,
+or logged long rows with a ``model`` column). What makes it safe to run on
+any cluster without tuning:
+
+* **whole queries**: logged input is repartitioned by ``query_id`` and
+  sorted within partitions, and the partition's iterator carries a query
+  whose rows reach the end of one Arrow batch over to the next, so no query
+  is ever split between two ``score_batch`` calls whatever
+  ``spark.sql.execution.arrow.maxRecordsPerBatch`` is;
+* **one artifact load per Python worker**: the artifact and its manifest
+  are shipped with ``SparkContext.addFile`` (or read from a path every
+  executor sees) and loaded by :func:`~training.serving.router.load_router`
+  with its strict checks the first time a worker needs them;
+* **deterministic rows**: a query's outcome depends on its own rows only,
+  so a retried or speculative task writes the same rows.
+
+Rejected input rows come back as ``status == "rejected"`` rows of the same
+DataFrame, with ``reason`` and ``model`` set (as ``score_batch`` returns
+them); :func:`split_rejects` separates them into the two tables
+``training.score`` writes. ``row`` numbers are taken from a ``row`` column
+when the input has one, else they are the rows' positions in the
+DataFrame's order (``zipWithIndex``; for one Parquet file, its row order,
+which is what ``training.score`` reports).
+
+Requires ``pyspark`` (``pip install "cascade-router[spark]"``) and Java 17.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import pyarrow as pa
+
+from ..artifact import manifest_path
+from .logged import check_columns, required_columns
+from .replay import STATUS_REJECTED, output_schema, rejects_schema, score_batch
+from .router import Router, load_router
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+__all__ = ["score_spark", "split_rejects"]
+
+#: Routers loaded in this Python worker, by artifact path: one load per worker, whatever the tasks.
+_ROUTERS: dict[str, Router] = {}
+
+
+def _result_schema(router: Router, logged: bool) -> pa.Schema:
+    """``score_batch``'s columns: the output schema, then ``reason`` and ``model`` (set on rejected rows)."""
+    schema = output_schema(router, logged)
+    return pa.schema([*schema, pa.field("reason", pa.string()), pa.field("model", pa.string())])
+
+
+def _executor_router(name: str, shipped: bool) -> Router:
+    """The router of artifact ``name`` in this worker, loaded (strictly) on first use."""
+    if name not in _ROUTERS:
+        from pyspark import SparkFiles
+
+        path = SparkFiles.get(name) if shipped else name
+        _ROUTERS[name] = load_router(path)
+    return _ROUTERS[name]
+
+
+def _score_partition(batches: Iterator[pa.RecordBatch], *, artifact: str, shipped: bool, budget: float | None,
+                     logged: bool, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """Score one partition's Arrow batches; for logged input, a query cut by a batch's end waits for the next one.
+
+    The partition is sorted by ``query_id``, so the rows of a query are
+    contiguous in it and only the last query of a batch can continue into
+    the next batch. Results are Arrow batches of ``schema``, as
+    ``training.score`` writes them.
+    """
+    from threadpoolctl import threadpool_limits
+
+    router = _executor_router(artifact, shipped)
+
+    def scored(frame: pd.DataFrame) -> pa.RecordBatch:
+        result = score_batch(router, frame, budget, parallel=False)
+        return pa.RecordBatch.from_pandas(result.reindex(columns=schema.names), schema=schema, preserve_index=False)
+
+    carry: pd.DataFrame | None = None
+    with threadpool_limits(1, user_api="blas"):  # as training.score: BLAS threads only wait beside the others
+        for record_batch in batches:
+            batch = record_batch.to_pandas()
+            if carry is not None:
+                batch = pd.concat([carry, batch], ignore_index=True)
+                carry = None
+            if logged and len(batch):
+                ids = batch["query_id"]
+                last = ids.iloc[-1]
+                tail = ids.isna().to_numpy() if pd.isna(last) else (ids == last).to_numpy()
+                carry, batch = batch[tail], batch[~tail]
+            if len(batch):
+                yield scored(batch)
+        if carry is not None and len(carry):
+            yield scored(carry)
+
+
+def _with_row_numbers(frame: DataFrame) -> DataFrame:
+    """``frame`` with a ``row`` column: each row's position in the DataFrame's order."""
+    from pyspark.sql.types import LongType, StructField, StructType
+
+    schema = StructType([*frame.schema.fields, StructField("row", LongType(), False)])
+    return frame.rdd.zipWithIndex().map(lambda pair: (*pair[0], pair[1])).toDF(schema)
+
+
+def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float | None = None,
+                logged: bool | None = None, ship: bool = True) -> DataFrame:
+    """Score a Spark DataFrame of traffic with a fitted router, as ``training.score`` scores a file.
+
+    Parameters
+    ----------
+    frame : pyspark.sql.DataFrame
+        Query rows, or logged long rows (a ``model`` column and the logged
+        outcomes), with the columns ``training.score`` reads; a ``row``
+        column, when present, numbers the rows for the results.
+    artifact : path
+        ``router.joblib`` written by ``training.fit``, its manifest beside it.
+        Loaded here (strict checks: a corrupted or mismatched artifact fails
+        before any task runs) and in each executor's Python workers.
+    budget : float, optional
+        Picks the fitted policy, as ``--budget``; default the largest.
+    logged : bool, optional
+        Force the input layout; default: logged when there is a ``model``
+        column (:func:`~training.serving.logged.check_columns`).
+    ship : bool, default=True
+        Send the artifact and its manifest to the executors with
+        ``SparkContext.addFile``. ``False``: every executor reads
+        ``artifact`` at the same path (a shared file system).
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        Lazily evaluated; the columns of :func:`~training.serving.replay.output_schema`,
+        then ``reason`` and ``model``: one row per scored query (``status``
+        ``ok`` or ``unreplayable``) and one per rejected input row
+        (``status`` ``rejected``). Same rows as ``training.score`` writes,
+        in no particular order.
+
+    Raises
+    ------
+    training.serving.logged.ScoreError
+        If the input lacks a column the router needs.
+    ValueError or FileNotFoundError
+        If the artifact cannot be loaded, or ``budget`` is below every
+        fitted policy.
+    """
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    path = Path(artifact)
+    router = load_router(path, warm_up=False)  # the driver only checks it and reads the schema
+    router.policy(budget)  # a budget below every fitted policy fails here, not in a task
+    names = list(frame.columns)
+    logged = check_columns(router, names) if logged is None else logged
+    needed = [c for c in required_columns(router, logged) if c in names]
+    if logged and "response" in names and "response" not in needed:
+        needed.append("response")
+    if "row" not in names:
+        frame = _with_row_numbers(frame)
+    frame = frame.select(*needed, "row")
+    if logged:
+        frame = frame.repartition("query_id").sortWithinPartitions("query_id", "row")
+    if ship:
+        context = frame.sparkSession.sparkContext
+        context.addFile(str(path.resolve()))
+        context.addFile(str(manifest_path(path).resolve()))
+    name = path.name if ship else str(path.resolve())
+    schema = _result_schema(router, logged)
+
+    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return _score_partition(batches, artifact=name, shipped=ship, budget=budget, logged=logged, schema=schema)
+
+    return frame.mapInArrow(score, schema=from_arrow_schema(schema))
+
+
+def split_rejects(scored: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """The two tables ``training.score`` writes: decisions (without ``reason``/``model``) and rejected rows.
+
+    Parameters
+    ----------
+    scored : pyspark.sql.DataFrame
+        :func:`score_spark`'s result.
+
+    Returns
+    -------
+    (pyspark.sql.DataFrame, pyspark.sql.DataFrame)
+        Rows with ``status`` other than ``rejected``, in the output
+        schema's columns; and the rejected rows in :func:`~training.serving.replay.rejects_schema`'s.
+    """
+    from pyspark.sql import functions as F
+
+    decisions = scored.filter(F.col("status") != STATUS_REJECTED).drop("reason", "model")
+    rejected = scored.filter(F.col("status") == STATUS_REJECTED).select(*rejects_schema().names)
+    return decisions, rejected
+
+
+def run_cli(args) -> dict:
+    """``python -m training.score --engine spark``: read the Parquet input with Spark, write two Parquet datasets.
+
+    The decisions go to ``--output`` and the rejected rows to ``--rejects``
+    (default ``OUTPUT.rejects``), each a directory written under a
+    temporary name beside it and renamed into place when complete; an
+    existing output is refused, never overwritten.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        :func:`training.serving.score.parse_args`'s options (``master`` may be ``None``:
+        then ``spark-submit`` or the Spark defaults decide).
+
+    Returns
+    -------
+    dict
+        The totals :func:`training.serving.score.summary` prints.
+
+    Raises
+    ------
+    training.serving.logged.ScoreError
+        On a missing input or artifact, a CSV input, an output that exists
+        or is the input, or missing columns.
+    """
+    import time
+    import uuid
+
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    from .logged import ScoreError
+
+    output = Path(args.output)
+    rejects = Path(args.rejects) if args.rejects else output.with_name(output.name + ".rejects")
+    for flag, path in (("--input", args.input), ("--artifact", args.artifact)):
+        if not Path(path).exists():
+            raise ScoreError(f"{flag} {path} does not exist")
+    if str(args.input).lower().endswith((".csv", ".csv.gz")):
+        raise ScoreError("--engine spark reads Parquet (a file or a directory of files); convert the CSV first "
+                         "or score it without --engine")
+    for flag, path in (("--output", output), ("--rejects", rejects)):
+        if path.exists():
+            raise ScoreError(f"{flag} {path} exists; remove it or choose another path (nothing is overwritten)")
+        if path.resolve() == Path(args.input).resolve():
+            raise ScoreError(f"{flag} {path} is the input; write the results to another path")
+    builder = SparkSession.builder.appName("training.score")
+    if args.master:
+        builder = builder.master(args.master)
+    spark = (builder.config("spark.executorEnv.OPENBLAS_NUM_THREADS", "1")
+             .config("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON", sys.executable))
+             .getOrCreate())
+    started = time.perf_counter()
+    scored = score_spark(spark.read.parquet(str(args.input)), args.artifact, budget=args.budget)
+    decisions, rejected = split_rejects(scored)
+    for frame, target in ((decisions, output), (rejected, rejects)):
+        staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        frame.write.parquet(str(staging))
+        os.replace(staging, target)
+    seconds = time.perf_counter() - started
+    written = spark.read.parquet(str(output))
+    logged = "cost" in written.columns
+    ok = written.filter(F.col("status") == "ok")
+    means = ok.agg(*(F.mean(c).alias(c) for c in (("cost", "quality", "n_run") if logged else ("plan_cost",)))).first()
+    queries = ok.count()
+    totals = {"logged": logged, "queries": queries, "unreplayable": written.count() - queries,
+              "rejected_rows": spark.read.parquet(str(rejects)).count(),
+              "mean_cost": (means["cost" if logged else "plan_cost"] or 0.0),
+              "mean_quality": means["quality"] if logged else None,
+              "models_per_query": means["n_run"] if logged else None,
+              "budget": load_router(args.artifact, warm_up=False).policy(args.budget).budget, "seconds": seconds,
+              "queries_per_second": queries / seconds if seconds > 0 else None, "timings": {},
+              "warm_up_seconds": 0.0, "workers": spark.sparkContext.defaultParallelism, "output": str(output),
+              "rejects": str(rejects)}
+    spark.stop()
+    return totals
