@@ -514,14 +514,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     "or (logged input with a 'model' column) a full cascade replay with realised cost and quality.",
         epilog=EXIT_CODES, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--artifact", type=Path, required=True, help="router.joblib written by training.fit")
-    parser.add_argument("--input", type=Path, required=True,
+    parser.add_argument("--input", required=True,
                         help="Parquet or CSV (.csv, .csv.gz) file: one row per query, or the long format with "
                              "logged outcomes (the rows of a query contiguous: memory stays bounded by the batch)")
-    parser.add_argument("--output", type=Path, required=True, help="Parquet file for the decisions")
+    parser.add_argument("--output", required=True,
+                        help="Parquet file for the decisions (with --engine spark: a dataset directory or URI)")
     parser.add_argument("--budget", type=float, default=None,
                         help="pick the fitted policy for this budget; default: the largest fitted budget")
     parser.add_argument("--batch-size", type=int, default=65536, help="input rows scored per batch (the file itself is read a few MB at a time)")
-    parser.add_argument("--rejects", type=Path, default=None,
+    parser.add_argument("--rejects", default=None,
                         help="Parquet file for rejected rows; default: OUTPUT with suffix .rejects.parquet")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes scoring batches in parallel, each loading the router; 1 = in this "
@@ -547,6 +548,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                      "work itself")
     if args.master is not None and args.engine != "spark":
         parser.error("--master needs --engine spark")
+    if args.engine == "local":  # Spark takes URIs (hdfs://, s3a://) as they are: Path would fold their '//'
+        args.input, args.output = Path(args.input), Path(args.output)
+        args.rejects = None if args.rejects is None else Path(args.rejects)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 1:

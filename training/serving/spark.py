@@ -21,9 +21,9 @@ Rejected input rows come back as ``status == "rejected"`` rows of the same
 DataFrame, with ``reason`` and ``model`` set (as ``score_batch`` returns
 them); :func:`split_rejects` separates them into the two tables
 ``training.score`` writes. ``row`` numbers are taken from a ``row`` column
-when the input has one, else they are the rows' positions in the
-DataFrame's order (``zipWithIndex``; for one Parquet file, its row order,
-which is what ``training.score`` reports).
+when the input has one, else they are unique and increasing in the
+DataFrame's order (not contiguous); the CLI numbers Parquet input by
+position (:func:`read_parquet_with_rows`), as ``training.score`` does.
 
 Requires ``pyspark`` (``pip install "cascade-router[spark]"``) and Java 17.
 """
@@ -47,7 +47,7 @@ from .router import Router, load_router
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-__all__ = ["score_spark", "split_rejects"]
+__all__ = ["read_parquet_with_rows", "run_cli", "score_spark", "split_rejects"]
 
 #: Routers loaded in this Python worker, by artifact path: one load per worker, whatever the tasks.
 _ROUTERS: dict[str, Router] = {}
@@ -104,12 +104,39 @@ def _score_partition(batches: Iterator[pa.RecordBatch], *, artifact: str, shippe
             yield scored(carry)
 
 
-def _with_row_numbers(frame: DataFrame) -> DataFrame:
-    """``frame`` with a ``row`` column: each row's position in the DataFrame's order."""
-    from pyspark.sql.types import LongType, StructField, StructType
+def read_parquet_with_rows(spark, path: str) -> DataFrame:
+    """A Parquet file or dataset with a ``row`` column: each row's position, files taken in name order.
 
-    schema = StructType([*frame.schema.fields, StructField("row", LongType(), False)])
-    return frame.rdd.zipWithIndex().map(lambda pair: (*pair[0], pair[1])).toDF(schema)
+    For one file these are the positions ``training.score`` reports. Built
+    from Parquet's own row index (``_metadata.row_index``) and one count per
+    file, so no row travels through Python to be numbered. An input that
+    has a ``row`` column keeps it.
+
+    Parameters
+    ----------
+    spark : pyspark.sql.SparkSession
+    path : str
+        File, directory or URI.
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+    """
+    from pyspark.sql import functions as F
+
+    frame = spark.read.parquet(path)
+    if "row" in frame.columns:
+        return frame
+    located = frame.select("*", F.col("_metadata.file_path").alias("_file"),
+                           F.col("_metadata.row_index").alias("_row_in_file"))
+    starts, offset = [], 0
+    for record in located.groupBy("_file").count().orderBy("_file").collect():
+        starts.append((record["_file"], offset))
+        offset += record["count"]
+    offsets = spark.createDataFrame(starts, "_file string, _offset long")
+    return (located.join(F.broadcast(offsets), "_file")
+            .withColumn("row", F.col("_offset") + F.col("_row_in_file"))
+            .drop("_file", "_row_in_file", "_offset"))
 
 
 def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float | None = None,
@@ -121,7 +148,8 @@ def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float 
     frame : pyspark.sql.DataFrame
         Query rows, or logged long rows (a ``model`` column and the logged
         outcomes), with the columns ``training.score`` reads; a ``row``
-        column, when present, numbers the rows for the results.
+        column, when present, numbers the rows for the results; without
+        one they get ``monotonically_increasing_id`` numbers.
     artifact : path
         ``router.joblib`` written by ``training.fit``, its manifest beside it.
         Loaded here (strict checks: a corrupted or mismatched artifact fails
@@ -163,8 +191,10 @@ def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float 
     needed = [c for c in required_columns(router, logged) if c in names]
     if logged and "response" in names and "response" not in needed:
         needed.append("response")
-    if "row" not in names:
-        frame = _with_row_numbers(frame)
+    if "row" not in names:  # unique and increasing in the frame's order (positions: read_parquet_with_rows)
+        from pyspark.sql import functions as F
+
+        frame = frame.withColumn("row", F.monotonically_increasing_id())
     frame = frame.select(*needed, "row")
     if logged:
         frame = frame.repartition("query_id").sortWithinPartitions("query_id", "row")
@@ -227,54 +257,103 @@ def run_cli(args) -> dict:
         On a missing input or artifact, a CSV input, an output that exists
         or is the input, or missing columns.
     """
-    import time
-    import uuid
-
     from pyspark.sql import SparkSession
-    from pyspark.sql import functions as F
 
     from .logged import ScoreError
 
-    output = Path(args.output)
-    rejects = Path(args.rejects) if args.rejects else output.with_name(output.name + ".rejects")
-    for flag, path in (("--input", args.input), ("--artifact", args.artifact)):
-        if not Path(path).exists():
-            raise ScoreError(f"{flag} {path} does not exist")
+    output = str(args.output).rstrip("/")
+    rejects = str(args.rejects) if args.rejects else output + ".rejects"
+    if not Path(args.artifact).exists():
+        raise ScoreError(f"--artifact {args.artifact} does not exist")
     if str(args.input).lower().endswith((".csv", ".csv.gz")):
         raise ScoreError("--engine spark reads Parquet (a file or a directory of files); convert the CSV first "
                          "or score it without --engine")
-    for flag, path in (("--output", output), ("--rejects", rejects)):
-        if path.exists():
-            raise ScoreError(f"{flag} {path} exists; remove it or choose another path (nothing is overwritten)")
-        if path.resolve() == Path(args.input).resolve():
-            raise ScoreError(f"{flag} {path} is the input; write the results to another path")
     builder = SparkSession.builder.appName("training.score")
     if args.master:
         builder = builder.master(args.master)
     spark = (builder.config("spark.executorEnv.OPENBLAS_NUM_THREADS", "1")
              .config("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON", sys.executable))
              .getOrCreate())
+    try:
+        return _score_to_datasets(spark, args, output, rejects)
+    finally:
+        spark.stop()
+
+
+def _score_to_datasets(spark, args, output: str, rejects: str) -> dict:
+    """Check the paths, score, write both datasets under temporary names, rename them, and sum up."""
+    import time
+    import uuid
+
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from .logged import ScoreError
+
+    files = _FileSystem(spark)
+    if not files.exists(str(args.input)):
+        raise ScoreError(f"--input {args.input} does not exist")
+    for flag, path in (("--output", output), ("--rejects", rejects)):
+        if files.exists(path):
+            raise ScoreError(f"{flag} {path} exists; remove it or choose another path (nothing is overwritten)")
+        if files.same(path, str(args.input)):
+            raise ScoreError(f"{flag} {path} is the input; write the results to another path")
     started = time.perf_counter()
-    scored = score_spark(spark.read.parquet(str(args.input)), args.artifact, budget=args.budget)
-    decisions, rejected = split_rejects(scored)
-    for frame, target in ((decisions, output), (rejected, rejects)):
-        staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        frame.write.parquet(str(staging))
-        os.replace(staging, target)
+    # both outputs filter one result: keep it, or Spark would score every query twice
+    scored = score_spark(read_parquet_with_rows(spark, str(args.input)), args.artifact, budget=args.budget)
+    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        for frame, target in zip(split_rejects(scored), (output, rejects)):
+            staging = f"{target}.{uuid.uuid4().hex}.tmp"
+            try:
+                frame.write.parquet(staging)
+                files.rename(staging, target)
+            finally:
+                files.delete(staging)  # a failed or killed write leaves nothing under the output's name
+    finally:
+        scored.unpersist()
     seconds = time.perf_counter() - started
-    written = spark.read.parquet(str(output))
+    written = spark.read.parquet(output)
     logged = "cost" in written.columns
     ok = written.filter(F.col("status") == "ok")
     means = ok.agg(*(F.mean(c).alias(c) for c in (("cost", "quality", "n_run") if logged else ("plan_cost",)))).first()
     queries = ok.count()
-    totals = {"logged": logged, "queries": queries, "unreplayable": written.count() - queries,
-              "rejected_rows": spark.read.parquet(str(rejects)).count(),
-              "mean_cost": (means["cost" if logged else "plan_cost"] or 0.0),
-              "mean_quality": means["quality"] if logged else None,
-              "models_per_query": means["n_run"] if logged else None,
-              "budget": load_router(args.artifact, warm_up=False).policy(args.budget).budget, "seconds": seconds,
-              "queries_per_second": queries / seconds if seconds > 0 else None, "timings": {},
-              "warm_up_seconds": 0.0, "workers": spark.sparkContext.defaultParallelism, "output": str(output),
-              "rejects": str(rejects)}
-    spark.stop()
-    return totals
+    return {"logged": logged, "queries": queries, "unreplayable": written.count() - queries,
+            "rejected_rows": spark.read.parquet(rejects).count(),
+            "mean_cost": (means["cost" if logged else "plan_cost"] or 0.0),
+            "mean_quality": means["quality"] if logged else None,
+            "models_per_query": means["n_run"] if logged else None,
+            "budget": load_router(args.artifact, warm_up=False).policy(args.budget).budget, "seconds": seconds,
+            "queries_per_second": queries / seconds if seconds > 0 else None, "timings": {},
+            "warm_up_seconds": 0.0, "workers": spark.sparkContext.defaultParallelism, "output": output,
+            "rejects": rejects}
+
+
+class _FileSystem:
+    """Existence, identity and rename of paths or URIs through Spark's Hadoop file systems (local, HDFS, S3)."""
+
+    def __init__(self, spark) -> None:
+        self._jvm = spark.sparkContext._jvm
+        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
+
+    def _path(self, path: str):
+        hadoop_path = self._jvm.org.apache.hadoop.fs.Path(path)
+        return hadoop_path, hadoop_path.getFileSystem(self._conf)
+
+    def exists(self, path: str) -> bool:
+        hadoop_path, fs = self._path(path)
+        return bool(fs.exists(hadoop_path))
+
+    def same(self, first: str, second: str) -> bool:
+        (a, fs_a), (b, fs_b) = self._path(first), self._path(second)
+        return fs_a.makeQualified(a).toString() == fs_b.makeQualified(b).toString()
+
+    def delete(self, path: str) -> None:
+        hadoop_path, fs = self._path(path)
+        if fs.exists(hadoop_path):
+            fs.delete(hadoop_path, True)
+
+    def rename(self, source: str, target: str) -> None:
+        hadoop_source, fs = self._path(source)
+        if not fs.rename(hadoop_source, self._jvm.org.apache.hadoop.fs.Path(target)):
+            raise OSError(f"could not rename {source} to {target}")

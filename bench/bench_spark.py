@@ -1,0 +1,65 @@
+"""Spark local mode against the single-machine scorer, on the same logged traffic in one run.
+
+The RouterBench subset (``../shared/data``; skipped without it, or without
+pyspark or Java) tiled to ``SPARK_BENCH_QUERIES`` queries (default 100,000)
+x 11 models with new ids, written as pandas writes Parquet
+(:func:`bench_serving.make_pandas_shaped_traffic`). Both runs are
+``python -m training.score`` children timed from process start to exit
+(start, artifact load and, for Spark, the JVM included):
+
+* ``local``: ``--workers 2``;
+* ``spark``: ``--engine spark --master local[2]``.
+
+``extra_info`` holds queries/s, wall and CPU seconds and the peak summed RSS
+of each process tree (the JVM and its Python workers included for Spark),
+and for Spark the overhead per query against the local run.
+
+Run: ``python -m pytest bench/bench_spark.py -s``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench_serving import _fit, _run_measured, make_pandas_shaped_traffic
+
+pytest.importorskip("pyspark", reason="pyspark is not installed")
+if shutil.which("java") is None:
+    pytest.skip("Java is not installed", allow_module_level=True)
+
+N_QUERIES = int(os.environ.get("SPARK_BENCH_QUERIES", "100000"))
+MEASURED: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="module")
+def setup(routerbench_subset: Path, tmp_path_factory) -> tuple[Path, Path, Path]:
+    folder = tmp_path_factory.mktemp("spark_bench")
+    source = routerbench_subset / "routerbench_subset.parquet"
+    return _fit(folder, source), make_pandas_shaped_traffic(source, folder / "traffic.parquet", N_QUERIES), folder
+
+
+@pytest.mark.parametrize("engine", ["local", "spark"])
+def test_scoring_throughput(benchmark, setup, engine):
+    artifact, traffic, folder = setup
+    output = folder / f"decisions_{engine}{'.parquet' if engine == 'local' else ''}"
+    command = [sys.executable, "-m", "training.score", "--artifact", str(artifact), "--input", str(traffic),
+               "--output", str(output), "--quiet"]
+    command += ["--workers", "2"] if engine == "local" else ["--engine", "spark", "--master", "local[2]"]
+    measured = benchmark.pedantic(_run_measured, args=(command,), rounds=1, iterations=1)
+    MEASURED[engine] = measured
+    info = {"engine": engine, "queries": N_QUERIES, "wall_seconds": measured["wall"],
+            "queries_per_second": N_QUERIES / measured["wall"], "cpu_seconds": measured["cpu_seconds"],
+            "peak_rss_mib_all_processes": measured["peak_sum_mib"]}
+    if engine == "spark" and "local" in MEASURED:
+        info["overhead_us_per_query"] = (measured["wall"] - MEASURED["local"]["wall"]) / N_QUERIES * 1e6
+    benchmark.extra_info.update(info)
+    print(f"\n{engine}: {N_QUERIES:,} queries in {measured['wall']:.1f} s ({info['queries_per_second']:,.0f} queries/s), "
+          f"{measured['cpu_seconds']:.0f} CPU-s, peak RSS {measured['peak_sum_mib']:.0f} MiB"
+          + (f", {info['overhead_us_per_query']:.0f} µs per query more than local" if "overhead_us_per_query" in info
+             else ""))
+    shutil.rmtree(output, ignore_errors=True) if output.is_dir() else output.unlink(missing_ok=True)
