@@ -197,7 +197,10 @@ def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float 
         frame = frame.withColumn("row", F.monotonically_increasing_id())
     frame = frame.select(*needed, "row")
     if logged:
-        frame = frame.repartition("query_id").sortWithinPartitions("query_id", "row")
+        # as many partitions as the input has splits (about one per 128 MiB) and at least one per core: the
+        # default 200 shuffle partitions make hundreds of Python tasks of a few hundred queries each
+        partitions = max(frame.sparkSession.sparkContext.defaultParallelism, frame.rdd.getNumPartitions())
+        frame = frame.repartition(partitions, "query_id").sortWithinPartitions("query_id", "row")
     if ship:
         context = frame.sparkSession.sparkContext
         context.addFile(str(path.resolve()))
