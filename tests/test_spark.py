@@ -143,3 +143,15 @@ def test_cli_engine_spark_writes_the_same_datasets(artifact, traffic, tmp_path):
     again = subprocess.run([sys.executable, "-m", "training.score", "--engine", "spark", "--artifact", str(artifact),
                             "--input", str(path), "--output", str(out), "--quiet"], capture_output=True, text=True)
     assert again.returncode == 2 and "exists" in again.stderr  # nothing is overwritten
+
+
+def test_a_corrupted_artifact_fails_on_the_driver_before_any_task(spark, artifact, traffic, tmp_path):
+    from training.artifact import manifest_path
+
+    copy = tmp_path / "router.joblib"
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    shutil.copy(manifest_path(artifact), manifest_path(copy))
+    with pytest.raises(ValueError, match="sha256"):
+        score_spark(spark.createDataFrame(traffic[3].head(50)), copy)
