@@ -107,15 +107,17 @@ def test_spark_output_equals_training_score_row_for_row(spark, artifact, traffic
 
 def test_scoring_the_same_partition_twice_gives_identical_rows(spark, artifact, traffic):
     """A retried or speculative task recomputes a partition: the rows must be the same, whatever the batches."""
+    from training.artifact import read_manifest
     from training.serving import spark as adapter
 
     frame = traffic[2][traffic[2]["query_id"].str.endswith("#3")].sort_values(["query_id", "row"])
-    schema = adapter._result_schema(adapter._executor_router(str(artifact), False), True)
+    sha256 = read_manifest(artifact)["sha256"]
+    schema = adapter._result_schema(adapter._executor_router(str(artifact), False, sha256), True)
     records = pa.Table.from_pandas(frame, preserve_index=False)
 
     def once(batch_rows: int) -> pd.DataFrame:
         parts = adapter._score_partition(iter(records.to_batches(max_chunksize=batch_rows)), artifact=str(artifact),
-                                         shipped=False, budget=None, logged=True, schema=schema)
+                                         shipped=False, sha256=sha256, budget=None, logged=True, schema=schema)
         return _canonical(pa.Table.from_batches(list(parts), schema=schema).to_pandas(), ["query_id", "row"])
 
     first = once(997)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pyarrow as pa
 
-from ..artifact import manifest_path
+from ..artifact import manifest_path, read_manifest
 from .logged import check_columns, required_columns
 from .replay import STATUS_REJECTED, output_schema, rejects_schema, score_batch
 from .router import Router, load_router
@@ -49,8 +49,8 @@ if TYPE_CHECKING:
 
 __all__ = ["read_parquet_with_rows", "run_cli", "score_spark", "split_rejects"]
 
-#: Routers loaded in this Python worker, by artifact path: one load per worker, whatever the tasks.
-_ROUTERS: dict[str, Router] = {}
+#: Routers loaded in this Python worker, by (artifact name, its sha256): one load per worker, whatever the tasks.
+_ROUTERS: dict[tuple[str, str], Router] = {}
 
 
 def _result_schema(router: Router, logged: bool) -> pa.Schema:
@@ -59,18 +59,22 @@ def _result_schema(router: Router, logged: bool) -> pa.Schema:
     return pa.schema([*schema, pa.field("reason", pa.string()), pa.field("model", pa.string())])
 
 
-def _executor_router(name: str, shipped: bool) -> Router:
-    """The router of artifact ``name`` in this worker, loaded (strictly) on first use."""
-    if name not in _ROUTERS:
+def _executor_router(name: str, shipped: bool, sha256: str) -> Router:
+    """The router of artifact ``name`` in this worker, loaded (strictly) on first use.
+
+    Keyed by the artifact's sha256 too, so that a worker reused by a later
+    job with another artifact of the same name does not serve the old one.
+    """
+    if (name, sha256) not in _ROUTERS:
         from pyspark import SparkFiles
 
         path = SparkFiles.get(name) if shipped else name
-        _ROUTERS[name] = load_router(path)
-    return _ROUTERS[name]
+        _ROUTERS[(name, sha256)] = load_router(path)
+    return _ROUTERS[(name, sha256)]
 
 
-def _score_partition(batches: Iterator[pa.RecordBatch], *, artifact: str, shipped: bool, budget: float | None,
-                     logged: bool, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+def _score_partition(batches: Iterator[pa.RecordBatch], *, artifact: str, shipped: bool, sha256: str,
+                     budget: float | None, logged: bool, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     """Score one partition's Arrow batches; for logged input, a query cut by a batch's end waits for the next one.
 
     The partition is sorted by ``query_id``, so the rows of a query are
@@ -80,7 +84,7 @@ def _score_partition(batches: Iterator[pa.RecordBatch], *, artifact: str, shippe
     """
     from threadpoolctl import threadpool_limits
 
-    router = _executor_router(artifact, shipped)
+    router = _executor_router(artifact, shipped, sha256)
 
     def scored(frame: pd.DataFrame) -> pa.RecordBatch:
         result = score_batch(router, frame, budget, parallel=False)
@@ -206,10 +210,12 @@ def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float 
         context.addFile(str(path.resolve()))
         context.addFile(str(manifest_path(path).resolve()))
     name = path.name if ship else str(path.resolve())
+    sha256 = read_manifest(path)["sha256"]
     schema = _result_schema(router, logged)
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        return _score_partition(batches, artifact=name, shipped=ship, budget=budget, logged=logged, schema=schema)
+        return _score_partition(batches, artifact=name, shipped=ship, sha256=sha256, budget=budget, logged=logged,
+                                schema=schema)
 
     return frame.mapInArrow(score, schema=from_arrow_schema(schema))
 
