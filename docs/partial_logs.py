@@ -561,7 +561,7 @@ def write_table(path: Path, generated: str) -> None:
         raise ValueError(f"{path} lacks the markers {BEGIN} and {END}; add them where the table goes")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{generated}\n{END}{tail}", encoding="utf-8")
+    _write_atomically(path, f"{head}{BEGIN}\n{generated}\n{END}{tail}")
 
 
 # --------------------------------------------------------------------------- #
@@ -661,7 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": load_average},
         "variants": results,
     }
-    (DOCS / "partial_logs.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    _write_atomically(DOCS / "partial_logs.json", json.dumps(payload, indent=1) + "\n")
     generated = table_text(results, payload)
     write_table(DOCS / "partial_logs.md", generated)
     print(generated)
@@ -670,6 +670,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if result[key] is not None:
                 print(f"{name} {key}: {json.dumps(result[key])}")
     return 0
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` beside ``path`` and rename it into place: a killed run leaves the old file, not half a new one."""
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text, encoding="utf-8")
+    os.replace(staging, path)
 
 
 def _shown(path: Path) -> str:

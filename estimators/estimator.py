@@ -484,7 +484,7 @@ class RouterEstimator:
         if self.uncertainty not in ("reveal", "error"):
             raise ValueError(f"uncertainty must be 'reveal' or 'error', got {self.uncertainty!r}")
         self.quality_ = clone(self.quality or QualityEstimator()).fit(features, table.quality, posthoc, logged, weights)
-        self.reveal_sigma_ = (_reveal_sigma(self.quality_, features, posthoc, table.logged, self.random_state)
+        self.reveal_sigma_ = (_reveal_sigma(self.quality_, features, posthoc, logged, self.random_state)
                               if self.uncertainty == "reveal" else None)
         self.correlation_ = _residual_correlation(self.quality_.oof_, len(self.models_)) if self.covariance else None
         self.cost_ = clone(self.cost or CostEstimator()).fit(self.models_, features, table.cost, table.output_tokens,

@@ -20,8 +20,8 @@ from kernel.config import JIT_OPTIONS
 
 from .answers import final_answers
 
-__all__ = ["ResponseInfo", "ResponseMemo", "parse_responses", "read_responses", "run_responses", "posthoc_features",
-           "posthoc_feature_names"]
+__all__ = ["ResponseInfo", "ResponseMemo", "parse_responses", "per_model_groups", "posthoc_features",
+           "posthoc_feature_names", "read_responses", "run_responses"]
 
 
 class ResponseInfo(NamedTuple):
@@ -205,6 +205,28 @@ def posthoc_feature_names(models: Sequence[str], signal_names: Sequence[str], wi
     return names
 
 
+def per_model_groups(n_signals: int, with_responses: bool) -> int:
+    """How many per-model column groups (``K`` columns each) open the block :func:`posthoc_features` builds.
+
+    Whether the model ran, then each signal, then with responses its log
+    length, answer kind, answered, agreement and majority columns; the
+    block's last columns are per query. A pooled quality regressor gathers
+    each model's own column of every group.
+
+    Parameters
+    ----------
+    n_signals : int
+        Number of signals.
+    with_responses : bool
+        Whether response columns are present.
+
+    Returns
+    -------
+    int
+    """
+    return 1 + n_signals + (5 if with_responses else 0)
+
+
 def posthoc_features(run: ArrayLike, signals: Mapping[str, NDArray[np.float64]],
                      info: ResponseInfo | None) -> NDArray[np.float64]:
     """Build the post-hoc block for queries with run sets ``run``.
@@ -230,7 +252,7 @@ def posthoc_features(run: ArrayLike, signals: Mapping[str, NDArray[np.float64]],
     """
     run = np.asarray(run, dtype=bool)
     n, k = run.shape
-    width = k * (1 + len(signals)) + (5 * k + 3 if info is not None else 0) + 1
+    width = k * per_model_groups(len(signals), info is not None) + (3 if info is not None else 0) + 1
     out = np.empty((n, width))
     out[:, :k] = run
     for i, name in enumerate(signals):

@@ -29,7 +29,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .evaluators import freeze_regressors
-from .posthoc import ResponseInfo, posthoc_features
+from .posthoc import ResponseInfo, per_model_groups, posthoc_features
 from .runsets import sample_run_sets
 from .sigma import SigmaRegressor
 
@@ -264,7 +264,7 @@ class QualityEstimator(BaseEstimator):
         partial labels or per-cell weights each model gets its own clone,
         fitted on its own rows.
         """
-        template = self.regressor if self.regressor is not None else make_lightgbm_regressor()
+        template = self._template()
         if self.pooled_:
             cells = [np.flatnonzero(labelled[:, i]) for i in range(Y.shape[1])]
             # K times the rows of one model: filled in place as float32 (LightGBM bins float32 as it is), so
@@ -283,6 +283,9 @@ class QualityEstimator(BaseEstimator):
         return [fit_weighted(clone(template), X[labelled[:, i]], Y[labelled[:, i], i],
                              None if weights is None else weights[labelled[:, i], i])
                 for i in range(Y.shape[1])]
+
+    def _template(self) -> BaseEstimator:
+        return self.regressor if self.regressor is not None else make_lightgbm_regressor()
 
     def _model_rows(self, X: np.ndarray, model: int) -> np.ndarray:
         """The pooled regressor's rows for estimating ``model``: the features, its one-hot id and its own post-hoc columns."""
@@ -327,10 +330,9 @@ class QualityEstimator(BaseEstimator):
             random_state=self.random_state, logged=logged,
         )
         labelled = np.ones((rows.size, k), dtype=bool) if logged is None else logged[rows]
-        template = self.regressor if self.regressor is not None else make_lightgbm_regressor()
         self.pooled_ = (bool(self.pooled) if self.pooled != "auto"
-                        else not labelled.all() and not get_tags(template).target_tags.multi_output)
-        groups = 1 + len(posthoc.signals) + (5 if posthoc.responses is not None else 0)
+                        else not labelled.all() and not get_tags(self._template()).target_tags.multi_output)
+        groups = per_model_groups(len(posthoc.signals), posthoc.responses is not None)
         self.self_columns_ = prompt_features.shape[1] + np.arange(groups)[:, None] * k + np.arange(k)
         W = None if weights is None else weights[rows]
         X = _features(prompt_features[rows], run, posthoc.take(rows))

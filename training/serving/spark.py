@@ -324,10 +324,12 @@ def _score_to_datasets(spark, args, output: str, rejects: str) -> dict:
     seconds = time.perf_counter() - started
     written = spark.read.parquet(output)
     logged = "cost" in written.columns
-    ok = written.filter(F.col("status") == "ok")
-    means = ok.agg(*(F.mean(c).alias(c) for c in (("cost", "quality", "n_run") if logged else ("plan_cost",)))).first()
-    queries = ok.count()
-    return {"logged": logged, "queries": queries, "unreplayable": written.count() - queries,
+    replayed = F.col("status") == "ok"  # one pass: counts, and means over the replayed queries only
+    means = written.agg(F.count(F.lit(1)).alias("scored"), F.sum(replayed.cast("long")).alias("replayed"),
+                        *(F.mean(F.when(replayed, F.col(c))).alias(c)
+                          for c in (("cost", "quality", "n_run") if logged else ("plan_cost",)))).first()
+    queries = means["replayed"] or 0
+    return {"logged": logged, "queries": queries, "unreplayable": means["scored"] - queries,
             "rejected_rows": spark.read.parquet(rejects).count(),
             "mean_cost": (means["cost" if logged else "plan_cost"] or 0.0),
             "mean_quality": means["quality"] if logged else None,
