@@ -78,6 +78,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from estimators.table import RoutingTable
+from generated import replace_block, write_atomically
 from training.data import read_table
 from training.fit import default_budgets, split
 from training.metrics import auc, auc_bounds
@@ -542,26 +543,8 @@ def _calibration_cell(calibration: object) -> str:
 
 
 def write_table(path: Path, generated: str) -> None:
-    """Replace the generated block of ``path``, creating the file from :data:`SKELETON` if needed.
-
-    Parameters
-    ----------
-    path : Path
-        The markdown file.
-    generated : str
-        What goes between the markers.
-
-    Raises
-    ------
-    ValueError
-        If the file exists without both markers.
-    """
-    text = path.read_text(encoding="utf-8") if path.exists() else SKELETON
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{path} lacks the markers {BEGIN} and {END}; add them where the table goes")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    _write_atomically(path, f"{head}{BEGIN}\n{generated}\n{END}{tail}")
+    """Replace the generated block of ``path``, creating the file from :data:`SKELETON` if needed."""
+    replace_block(path, generated, BEGIN, END, SKELETON)
 
 
 # --------------------------------------------------------------------------- #
@@ -661,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": load_average},
         "variants": results,
     }
-    _write_atomically(DOCS / "partial_logs.json", json.dumps(payload, indent=1) + "\n")
+    write_atomically(DOCS / "partial_logs.json", json.dumps(payload, indent=1) + "\n")
     generated = table_text(results, payload)
     write_table(DOCS / "partial_logs.md", generated)
     print(generated)
@@ -670,13 +653,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             if result[key] is not None:
                 print(f"{name} {key}: {json.dumps(result[key])}")
     return 0
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` beside ``path`` and rename it into place: a killed run leaves the old file, not half a new one."""
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, path)
 
 
 def _shown(path: Path) -> str:

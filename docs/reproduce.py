@@ -6,11 +6,12 @@ Run from the repository root (the shared data lives in ``../shared/data``)::
 
 It evaluates the paper's nine RouterBench settings (pools of 3, 5 and 11
 models × low, medium and high estimate noise) with
-:func:`training.protocol.evaluate_strategies`, then two ablations that
-explain departures from the paper (both cascades at full depth on the
-11-model pool, as in the authors' code; the paper's 5 % calibration split;
-other seeds for the closest call, routing against cascade routing at
-5 models and high noise). It writes
+:func:`training.protocol.evaluate_strategies`, then ablations that explain
+our choices and departures from the paper (σ as the estimates give it
+instead of the σ transform chosen on calibration; every strategy at depth 5
+on the 11-model pool, our earlier reading of ``max_depth``; the paper's 5 %
+calibration split; other seeds for the closest call, routing against
+cascade routing at 5 models and high noise). It writes
 
 * ``docs/reproduction.json``: every report, the paper's numbers, timings;
 * ``docs/figures/routerbench_*.png``: quality-cost curves;
@@ -37,7 +38,9 @@ from typing import Any, Sequence
 import numba
 import numpy as np
 
+from generated import replace_block, write_atomically
 from training.data import read_table
+from training.policy import SIGMA_TRANSFORMS
 from training.protocol import DEFAULT_STRATEGIES, EvaluationReport, evaluate_strategies
 from estimators.table import RoutingTable
 
@@ -57,9 +60,12 @@ NOISES = ("low", "medium", "high")
 #: fit K recalibration lines and a budget's λ; see reproduction.md.
 CALIBRATION_FRACTION = 0.3
 PAPER_CALIBRATION_FRACTION = 0.05
+#: Limits cascade routing only (ALGORITHM.md §6, the authors' code); both cascades run the whole pool.
 MAX_DEPTH = 5
-#: The authors' code limits only cascade routing's depth; both cascades run the whole pool.
-AUTHORS_DEPTHS = {"cascade_routing": MAX_DEPTH, "routing": MAX_DEPTH, "threshold": None, "cascade": None}
+#: Our earlier reading, for the ablation: every strategy at depth 5.
+UNIFORM_DEPTHS = {strategy: MAX_DEPTH for strategy in DEFAULT_STRATEGIES}
+#: σ as the estimates give it, for the ablation of the σ transform chosen on calibration.
+IDENTITY_SIGMA = ((1.0, 1.0),)
 SEED = 0
 #: Seeds of the robustness ablation (split, noise and bootstrap all change).
 OTHER_SEEDS = (1, 2, 3, 4, 5)
@@ -99,8 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     main_seconds = time.perf_counter() - started
     ablations: dict[str, dict[str, EvaluationReport]] = {}
     if not args.no_ablations:
-        ablations["authors_depths"] = {
-            f"11-{noise}": _run(table, f"11-{noise}", n_boot=args.bootstrap, max_depth=AUTHORS_DEPTHS)
+        ablations["identity_sigma"] = {
+            name: _run(table, name, n_boot=args.bootstrap, sigma_transforms=IDENTITY_SIGMA,
+                       strategies=("cascade", "cascade_routing"))
+            for name in SETTINGS}
+        ablations["uniform_depths"] = {
+            f"11-{noise}": _run(table, f"11-{noise}", n_boot=args.bootstrap, max_depth=UNIFORM_DEPTHS)
             for noise in NOISES}
         ablations["paper_calibration"] = {
             name: _run(table, name, n_boot=args.bootstrap, calibration_fraction=PAPER_CALIBRATION_FRACTION)
@@ -114,8 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload = {
         "data": str(args.data.relative_to(ROOT.parent)) if args.data.is_relative_to(ROOT.parent)
         else str(args.data),
-        "protocol": {"calibration_fraction": CALIBRATION_FRACTION, "max_depth": MAX_DEPTH, "seed": SEED,
-                     "n_boot": args.bootstrap, "per_step": False},
+        "protocol": {"calibration_fraction": CALIBRATION_FRACTION, "max_depth": MAX_DEPTH,
+                     "max_depth_limits": "cascade_routing", "sigma_transforms": [list(t) for t in SIGMA_TRANSFORMS],
+                     "seed": SEED, "n_boot": args.bootstrap, "per_step": False},
         "main_seconds": main_seconds,
         "total_seconds": total_seconds,
         "machine": machine,
@@ -124,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ablations": {kind: {name: report.to_dict() for name, report in reports.items()}
                       for kind, reports in ablations.items()},
     }
-    (DOCS / "reproduction.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    write_atomically(DOCS / "reproduction.json", json.dumps(payload, indent=1) + "\n")
     _figures(main_reports, DOCS / "figures")
     _write_tables(DOCS / "reproduction.md", _tables(main_reports, ablations, payload))
     print(f"9 settings: {main_seconds:.0f} s; with ablations: {total_seconds:.0f} s", file=sys.stderr)
@@ -145,14 +156,17 @@ def _parser() -> argparse.ArgumentParser:
 def _run(table: RoutingTable, setting: str, *, n_boot: int,
          calibration_fraction: float = CALIBRATION_FRACTION,
          max_depth: int | dict[str, int | None] = MAX_DEPTH, seed: int = SEED,
-         strategies: tuple[str, ...] = DEFAULT_STRATEGIES) -> EvaluationReport:
+         strategies: tuple[str, ...] = DEFAULT_STRATEGIES,
+         sigma_transforms: tuple[tuple[float, float], ...] = SIGMA_TRANSFORMS) -> EvaluationReport:
     """Evaluate one ``"<pool>-<noise>"`` setting, announcing it on stderr."""
     pool, noise = setting.split("-")
     names = POOLS[int(pool)]
     pool_table = table if names is None else table.select_models(names)
-    print(f"{setting} (calibration {calibration_fraction}, depth {max_depth}, seed {seed})", file=sys.stderr)
+    print(f"{setting} (calibration {calibration_fraction}, depth {max_depth}, seed {seed}, "
+          f"σ transforms {sigma_transforms})", file=sys.stderr)
     return evaluate_strategies(pool_table, noise=noise, calibration_fraction=calibration_fraction,
-                               max_depth=max_depth, seed=seed, n_boot=n_boot, strategies=strategies)
+                               max_depth=max_depth, seed=seed, n_boot=n_boot, strategies=strategies,
+                               sigma_transforms=sigma_transforms)
 
 
 def _machine() -> dict[str, Any]:
@@ -231,8 +245,10 @@ def _tables(reports: dict[str, EvaluationReport], ablations: dict[str, dict[str,
         "",
         f"Data: `{payload['data']}` ({first.n_calibration + first.n_test:,} queries). "
         f"Calibration fraction {CALIBRATION_FRACTION} → {first.n_calibration} calibration / "
-        f"{first.n_test} test queries; seed {SEED}; `max_depth` {MAX_DEPTH}; one λ for all steps "
-        f"(no per-step search); {payload['protocol']['n_boot']} paired bootstrap resamples.",
+        f"{first.n_test} test queries; seed {SEED}; `max_depth` {MAX_DEPTH} for cascade routing (the cascades "
+        f"may run every model); one λ for all steps (no per-step search); σ transform `(scale, power)` chosen "
+        f"per budget on calibration among {', '.join(str(t) for t in SIGMA_TRANSFORMS)}; "
+        f"{payload['protocol']['n_boot']} paired bootstrap resamples.",
         "",
         f"**Wall time: {payload['main_seconds']:.0f} s for the nine settings** "
         f"({payload['total_seconds']:.0f} s with the ablations) on {machine['cpus']} CPUs, "
@@ -262,14 +278,28 @@ def _tables(reports: dict[str, EvaluationReport], ablations: dict[str, dict[str,
         "",
         _status_table(reports, SETTINGS),
     ]
-    if "authors_depths" in ablations:
-        depth_reports = ablations["authors_depths"]
+    if "identity_sigma" in ablations:
         parts += [
             "",
-            "### Ablation: both cascades at full depth on the 11-model pool (the authors' code)",
+            "### Ablation: σ as the estimates give it, against the σ transform chosen on calibration",
             "",
-            "Same split, estimates and budgets as the main table; cascade routing keeps `max_depth` 5, "
-            "the threshold and optimal cascades may run all 11 models.",
+            "Same splits, estimates and budgets as the main table. Each cell: AUC with the chosen transform "
+            "(main table) / with σ unchanged, and their difference.",
+            "",
+            _transform_table(reports, ablations["identity_sigma"]),
+            "",
+            "Transforms chosen for cascade routing, over the budgets of each setting:",
+            "",
+            _chosen_transforms_table(reports),
+        ]
+    if "uniform_depths" in ablations:
+        depth_reports = ablations["uniform_depths"]
+        parts += [
+            "",
+            "### Ablation: every strategy at depth 5 on the 11-model pool (our earlier reading)",
+            "",
+            "Same split, estimates and budgets as the main table; the threshold and optimal cascades, too, "
+            "stop after 5 models, so they can never reach the dearest ones.",
             "",
             _auc_table(depth_reports, list(depth_reports)),
             "",
@@ -315,6 +345,25 @@ def _auc_table(reports: dict[str, EvaluationReport], settings: list[str]) -> str
             cells.append(f"{'**' + value + '**' if report.auc[name] == best else value} "
                          f"[{low:.2f}, {high:.2f}]")
         rows.append(f"| {STRATEGY_LABELS[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _transform_table(reports: dict[str, EvaluationReport], identity: dict[str, EvaluationReport]) -> str:
+    rows = [_header(SETTINGS)]
+    for name in ("cascade", "cascade_routing"):
+        cells = [f"{reports[s].auc[name]:.2f} / {identity[s].auc[name]:.2f} "
+                 f"({reports[s].auc[name] - identity[s].auc[name]:+.2f})" for s in SETTINGS]
+        rows.append(f"| {STRATEGY_LABELS[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _chosen_transforms_table(reports: dict[str, EvaluationReport]) -> str:
+    rows = [_header(SETTINGS)]
+    counts = {s: Counter(tuple(p["sigma_transform"]) for p in reports[s].curves["cascade_routing"])
+              for s in SETTINGS}
+    for transform in SIGMA_TRANSFORMS:
+        label = f"{transform[0]:g}·σ" + (f"^{transform[1]:g}" if transform[1] != 1 else "")
+        rows.append(f"| {label} | " + " | ".join(str(counts[s][transform]) for s in SETTINGS) + " |")
     return "\n".join(rows)
 
 
@@ -405,12 +454,7 @@ def _header(settings: list[str]) -> str:
 
 def _write_tables(path: Path, generated: str) -> None:
     """Replace the generated block of ``path`` (create the file around it if needed)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else f"# RouterBench reproduction\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{path} lacks the markers {BEGIN} and {END}; add them where the tables go")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{generated}\n{END}{tail}", encoding="utf-8")
+    replace_block(path, generated, BEGIN, END, f"# RouterBench reproduction\n\n{BEGIN}\n{END}\n")
 
 
 if __name__ == "__main__":

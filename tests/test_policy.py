@@ -134,3 +134,37 @@ def test_a_fixed_model_policy_calls_its_model_once_and_only_on_an_empty_run_set(
     assert next_model.tolist() == [2, -1, -1]
     assert masks.tolist() == [0b100, 0b010, 0b100]
     assert policy.decide(quality, quality, run=run).tolist() == [2, -1, -1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.0, 3.0), st.sampled_from([0.5, 1.0, 2.0]))
+def test_sigma_transform_keeps_correlations_and_transforms_the_diagonal_like_sigma(seed, scale, power):
+    from training.episodes import uncertainty_keywords
+    rng = np.random.default_rng(seed)
+    sigma = rng.uniform(0.0, 0.6, (4, 3))
+    sigma[0, 0] = 0.0  # a model already run
+    correlation = np.array([[1.0, 0.4, -0.2], [0.4, 1.0, 0.1], [-0.2, 0.1, 1.0]])
+    cov = sigma[:, :, None] * sigma[:, None, :] * correlation
+    transformed = uncertainty_keywords(sigma, None, (scale, power))["sigma"]
+    np.testing.assert_allclose(transformed, scale * sigma ** power)
+    expected_cov = transformed[:, :, None] * transformed[:, None, :] * correlation
+    np.testing.assert_allclose(uncertainty_keywords(None, cov, (scale, power))["cov"], expected_cov, atol=1e-15)
+
+
+@pytest.mark.parametrize("transform", [(-1.0, 1.0), (1.0, 0.0), (float("nan"), 1.0), (1.0, float("inf"))])
+def test_bad_sigma_transforms_are_refused(transform):
+    from training.episodes import uncertainty_keywords
+    with pytest.raises(ValueError, match="σ transform"):
+        uncertainty_keywords(np.ones((2, 2)), None, transform)
+
+
+def test_fitting_among_sigma_transforms_keeps_the_best_on_calibration():
+    from training.policy import SIGMA_TRANSFORMS
+    episodes = random_episodes(3, 200, 4)
+    budget = float(single_model_costs(episodes).mean())
+    each = [fit_policy(episodes, budget, sigma_transform=t) for t in SIGMA_TRANSFORMS]
+    best = fit_policy(episodes, budget, sigma_transforms=SIGMA_TRANSFORMS)
+    assert best.calibration_quality == max(p.calibration_quality for p in each)
+    first_best = next(p for p in each if p.calibration_quality == best.calibration_quality)
+    assert best.sigma_transform == first_best.sigma_transform  # ties keep the earlier transform
+    assert best.play(episodes).mean_quality == pytest.approx(best.calibration_quality, rel=1e-12)

@@ -72,7 +72,8 @@ def test_curves_hold_one_point_per_budget(synthetic_report):
     for points in synthetic_report.curves.values():
         np.testing.assert_allclose([p["budget"] for p in points], budgets)
         for point in points:
-            assert set(point) == {"budget", "cost", "quality", "calibration_cost", "calibration_quality", "status"}
+            assert set(point) == {"budget", "cost", "quality", "calibration_cost", "calibration_quality", "status",
+                          "sigma_transform"}
             assert point["status"] in STATUSES
 
 
@@ -123,6 +124,13 @@ def test_models_follow_calibration_cost_order():
                                  n_boot=20, strategies=("cascade",), progress=False)
     assert report.models == ("small", "medium", "large")
     assert [s["model"] for s in report.single_models] == list(report.models)
+
+
+def test_an_integer_depth_limits_cascade_routing_only():
+    """ALGORITHM.md §6: the threshold and optimal cascades may run every model."""
+    report = evaluate_strategies(synthetic_table(), calibration_fraction=0.5, n_boot=20, progress=False,
+                                 strategies=("threshold", "cascade", "cascade_routing"), max_depth=2)
+    assert report.max_depth == {"cascade_routing": 2, "cascade": 3, "threshold_cascade": 3}
 
 
 def test_strategy_subset_and_per_strategy_depth():

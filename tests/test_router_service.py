@@ -184,11 +184,11 @@ def test_bad_observations_are_refused(router):
         router.decide(["hi"], subtasks=[""])
 
 
-@pytest.mark.parametrize("sigma_scale", [1.0, 0.25, 3.0])
-def test_router_decides_as_its_policy_including_the_sigma_scale(router, table, sigma_scale):
+@pytest.mark.parametrize("sigma_scale, sigma_power", [(1.0, 1.0), (0.25, 1.0), (3.0, 1.0), (1.0, 2.0)])
+def test_router_decides_as_its_policy_including_the_sigma_transform(router, table, sigma_scale, sigma_power):
     from dataclasses import replace
     from training.serving.router import prompt_uniforms
-    policy = replace(router.policy(), sigma_scale=sigma_scale)
+    policy = replace(router.policy(), sigma_scale=sigma_scale, sigma_power=sigma_power)
     cases = _cases(table, router, n=30, seed=2)
     prompts, observed = [c[0] for c in cases], [c[3] for c in cases]
     per_query = {"tasks": [c[1] for c in cases], "subtasks": [c[2] for c in cases]}

@@ -31,40 +31,58 @@ __all__ = ["FIXED_MODEL", "MIN_FULLY_LOGGED", "Episodes", "EpisodeOutcome", "Est
            "TableEpisodes", "calibration_episodes", "plan_next", "play_cascades", "uncertainty_keywords"]
 
 
-def uncertainty_keywords(sigma: ArrayLike | None, cov: ArrayLike | None, scale: float) -> dict[str, Any]:
-    """The kernel's uncertainty keyword, ``sigma=σ·scale`` or (when given) ``cov=Σ·scale²``.
+def uncertainty_keywords(sigma: ArrayLike | None, cov: ArrayLike | None,
+                         transform: tuple[float, float] = (1.0, 1.0)) -> dict[str, Any]:
+    """The kernel's uncertainty keyword, ``sigma = a·σ^p`` or (when given) ``cov`` with that σ and the same correlations.
 
-    The one place where a policy's fitted ``sigma_scale`` meets the
-    estimates: learned σ is not calibrated to what a run reveals, so
-    fitting picks a factor per budget, and every decision made with the
-    policy (evaluation, serving, replay) must use the σ it was fitted with.
+    The one place where a policy's fitted σ transform ``(a, p)`` meets the
+    estimates: no estimator's σ is calibrated to what the decision rule's
+    ``E[max]`` needs (learned σ ignores that estimates of models run together
+    move together; even the paper's simulated σ, the spread of ex-ante minus
+    post-hoc estimates, scored below its square in the authors' code, which
+    multiplies the draws by the variance), so fitting picks ``(a, p)`` per
+    budget on calibration, and every decision made with the policy
+    (evaluation, serving, replay) must use the σ it was fitted with.
 
     Parameters
     ----------
     sigma : array-like of shape (N, K), or None
         Standard deviations of the quality estimates.
     cov : array-like of shape (N, K, K), or None
-        Error covariance; used instead of ``sigma`` when given.
-    scale : float
-        The policy's ``sigma_scale``, finite and ``>= 0``.
+        Error covariance; used instead of ``sigma`` when given: its diagonal
+        is transformed as ``sigma`` and its correlations are kept.
+    transform : (float, float), default=(1.0, 1.0)
+        The policy's ``(sigma_scale, sigma_power)``: finite, scale ``>= 0``, power ``> 0``.
 
     Returns
     -------
     dict
         ``{"cov": ...}`` or ``{"sigma": ...}``, to pass as ``**`` keywords to
         :func:`kernel.decide` / :func:`kernel.plan` / :func:`kernel.simulate`;
-        the input itself (not a copy) when ``scale`` is 1.
+        the input itself (not a copy) for the identity ``(1, 1)``.
 
     Raises
     ------
     ValueError
-        If ``scale`` is negative or not finite.
+        If the scale is negative, the power not positive, or either not finite.
     """
-    if scale < 0 or not np.isfinite(scale):
-        raise ValueError(f"sigma_scale must be a finite number >= 0, got {scale!r}")
+    scale, power = transform
+    if not (np.isfinite(scale) and scale >= 0 and np.isfinite(power) and power > 0):
+        raise ValueError(f"a σ transform needs a finite scale >= 0 and a finite power > 0, got {transform!r}")
+    identity = scale == 1.0 and power == 1.0
     if cov is not None:
-        return {"cov": cov if scale == 1.0 else np.asarray(cov) * scale**2}
-    return {"sigma": sigma if scale == 1.0 or sigma is None else np.asarray(sigma) * scale}
+        if identity:
+            return {"cov": cov}
+        cov = np.asarray(cov)
+        if power == 1.0:
+            return {"cov": cov * scale**2}
+        sigma = np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0))
+        factor = np.divide(scale * sigma**power, sigma, out=np.zeros_like(sigma), where=sigma > 0)
+        return {"cov": cov * factor[:, :, None] * factor[:, None, :]}
+    if identity or sigma is None:
+        return {"sigma": sigma}
+    sigma = np.asarray(sigma)
+    return {"sigma": scale * (sigma if power == 1.0 else sigma**power)}
 
 
 #: Kernel-options key of a policy that calls one model (by column index) and stops: the single-model candidate.
@@ -112,20 +130,20 @@ EstimateStep = Callable[[np.ndarray, np.ndarray, bool], Estimates]
 
 @overload
 def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options: dict[str, Any], *,
-                  u: NDArray[np.float64], sigma_scale: float = ..., parallel: bool = ...,
+                  u: NDArray[np.float64], sigma_transform: tuple[float, float] = ..., parallel: bool = ...,
                   timings: dict[str, float] | None = ..., available: None = ...
                   ) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]: ...
 
 
 @overload
 def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options: dict[str, Any], *,
-                  u: NDArray[np.float64], sigma_scale: float = ..., parallel: bool = ...,
+                  u: NDArray[np.float64], sigma_transform: tuple[float, float] = ..., parallel: bool = ...,
                   timings: dict[str, float] | None = ..., available: ArrayLike
                   ) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]: ...
 
 
 def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options: dict[str, Any], *,
-                  u: NDArray[np.float64], sigma_scale: float = 1.0, parallel: bool = True,
+                  u: NDArray[np.float64], sigma_transform: tuple[float, float] = (1.0, 1.0), parallel: bool = True,
                   timings: dict[str, float] | None = None, available: ArrayLike | None = None
                   ) -> (tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]
                         | tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]):
@@ -154,8 +172,8 @@ def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options
         Kernel options of the policy (:meth:`~training.policy.Policy.kernel_options`).
     u : ndarray of shape (n_queries,)
         Per-query tie-break uniforms.
-    sigma_scale : float, default=1.0
-        The policy's factor on σ (see :func:`uncertainty_keywords`).
+    sigma_transform : (float, float), default=(1.0, 1.0)
+        The policy's ``(sigma_scale, sigma_power)`` (see :func:`uncertainty_keywords`).
     parallel : bool, default=True
         Multi-threaded kernel (same decisions).
     timings : dict, optional
@@ -200,7 +218,7 @@ def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options
         found = estimate(active, run[active], True)
         began = time.perf_counter()
         chosen = plan_next(found.quality, found.cost, options, run=run[active], u=u[active], parallel=parallel,
-                           **uncertainty_keywords(found.sigma, found.cov, sigma_scale))[0]
+                           **uncertainty_keywords(found.sigma, found.cov, sigma_transform))[0]
         kernel_seconds += time.perf_counter() - began
         going = chosen != kernel.STOP
         if needed is not None:  # a model without a logged outcome cannot be run: the query stops before it
@@ -272,7 +290,7 @@ class Episodes(Protocol):
         Parameters
         ----------
         options : dict
-            Kernel options plus ``sigma_scale`` (:meth:`~training.policy.Policy.play_options`).
+            Kernel options plus ``sigma_transform`` (:meth:`~training.policy.Policy.play_options`).
 
         Returns
         -------
@@ -344,17 +362,17 @@ class TableEpisodes:
         Parameters
         ----------
         options : dict
-            Kernel options plus, optionally, ``sigma_scale`` (applied to both σ tables).
+            Kernel options plus, optionally, ``sigma_transform`` (applied to both σ tables).
 
         Returns
         -------
         EpisodeOutcome
         """
         options = dict(options)
-        scale = options.pop("sigma_scale", 1.0)
+        transform = options.pop("sigma_transform", (1.0, 1.0))
         tables = list(self.tables)
         for index in (1, 4):  # ante_sigma, post_sigma
-            tables[index] = uncertainty_keywords(tables[index], None, scale)["sigma"]
+            tables[index] = uncertainty_keywords(tables[index], None, transform)["sigma"]
         result = kernel.simulate(*tables, parallel=self.parallel, **options)
         return EpisodeOutcome(result.cost, result.quality, result.order)
 
@@ -472,7 +490,7 @@ class EstimatorEpisodes:
         Parameters
         ----------
         options : dict
-            Kernel options plus ``sigma_scale`` and, optionally, ``u`` (the
+            Kernel options plus ``sigma_transform`` and, optionally, ``u`` (the
             per-query tie-break uniforms; default :func:`kernel.default_uniforms`).
 
         Returns
@@ -482,10 +500,10 @@ class EstimatorEpisodes:
             direct method's), quality is that of the selected answer.
         """
         options = dict(options)
-        scale = options.pop("sigma_scale", 1.0)
+        transform = options.pop("sigma_transform", (1.0, 1.0))
         u = np.asarray(options.pop("u", kernel.default_uniforms(self.n_queries)))
         order, run, answer = play_cascades(self.estimates, self.n_queries, self.n_models, options, u=u,
-                                           sigma_scale=scale)
+                                           sigma_transform=transform)
         cost = (self.cost * run).sum(axis=1)
         return EpisodeOutcome(cost, self.quality[np.arange(self.n_queries), answer], order)
 

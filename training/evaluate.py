@@ -79,9 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "paper's 0.05 suits ~36k queries, use ~0.3 for a few thousand "
                              "(default: %(default)s)")
     parser.add_argument("--max-depth", type=_positive_int, default=5, metavar="D",
-                        help="most models run per query, for every strategy; 5 is the paper's protocol "
-                             "(ALGORITHM.md §6), so that the AUCs compare with the paper's, where "
-                             "python -m training.fit saves routers with 3 (default: %(default)s)")
+                        help="most models cascade routing runs per query (the threshold and optimal cascades "
+                             "may run every model); 5 is the paper's protocol (ALGORITHM.md §6), so that the "
+                             "AUCs compare with the paper's, where python -m training.fit saves routers with 3 "
+                             "(default: %(default)s)")
     parser.add_argument("--min-fully-logged", type=_positive_int, default=MIN_FULLY_LOGGED, metavar="N",
                         help="partial logs (learned estimators): fit policies on the calibration queries logged "
                              "for every model when there are at least N, else with the direct method; the test "

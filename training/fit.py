@@ -39,8 +39,7 @@ from .artifact import manifest_path, save_artifact
 from .data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, coverage, fingerprint, read_prices, read_table
 from .episodes import MIN_FULLY_LOGGED, EstimatorEpisodes, calibration_episodes
 from .metrics import auc, auc_bounds, budget_grid, linear_auc, single_model_points
-from .policy import BudgetError, Policy, choose_policy, fit_policy, single_model_policy
-from .protocol import LEARNED_SIGMA_SCALES
+from .policy import SIGMA_TRANSFORMS, BudgetError, Policy, choose_policy, fit_policy, single_model_policy
 from .serving.router import Router
 from .splits import split, split_from_labels
 from .synthetic import default_table, synthetic_prices
@@ -274,7 +273,7 @@ def run(args: argparse.Namespace) -> dict:
         rows.append({"budget": float(budget), "requested": budget in budgets,
                      **_calibration_figures(policy, measured, table.models),
                      "test_cost": outcome.mean_cost, "test_quality": outcome.mean_quality,
-                     "sigma_scale": policy.sigma_scale,
+                     "sigma_transform": list(policy.sigma_transform),
                      "models_per_query": float((outcome.order >= 0).sum(1).mean())})
     stages.update()
     stages.set_postfix_str("writing report and artifact")
@@ -331,7 +330,7 @@ def _fit_budget(args: argparse.Namespace, episodes: EstimatorEpisodes, budget: f
     try:
         fitted = fit_policy(episodes, budget, strategy=args.strategy, per_step=args.per_step,
                             max_depth=args.max_depth, on_infeasible=infeasible,
-                            sigma_scales=LEARNED_SIGMA_SCALES if args.strategy in SIGMA_STRATEGIES else None)
+                            sigma_transforms=SIGMA_TRANSFORMS if args.strategy in SIGMA_STRATEGIES else None)
     except BudgetError as error:
         raise ValueError(f"--budget {budget:.6g} cannot be met: the cheapest {args.strategy} policy costs "
                          f"{error.cheapest_cost:.6g} per query on the calibration queries; give a --budget of "

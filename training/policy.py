@@ -38,7 +38,7 @@ import kernel
 
 from .episodes import FIXED_MODEL, EpisodeOutcome, Episodes, plan_next, uncertainty_keywords
 
-__all__ = ["Policy", "fit_policy", "single_model_policy", "choose_policy", "BudgetError", "SCALE_RTOL", "MAX_DOUBLINGS", "MAX_SCALE", "LAMBDA_MOVES",
+__all__ = ["Policy", "SIGMA_TRANSFORMS", "fit_policy", "single_model_policy", "choose_policy", "BudgetError", "SCALE_RTOL", "MAX_DOUBLINGS", "MAX_SCALE", "LAMBDA_MOVES",
            "THRESHOLD_MOVES"]
 
 #: Bisection stops when the feasible and infeasible scales are this close (relative).
@@ -90,12 +90,16 @@ class Policy:
         The budget it was fitted to.
     calibration_cost, calibration_quality : float
         Realised mean cost and quality on the calibration set.
-    sigma_scale : float
-        Factor applied to the estimators' ``σ`` (``cov`` by its square)
-        before deciding. Learned estimators treat models as independent, so
-        ``E[max]`` can over-promise extra models whose estimates move
-        together; fitting picks the factor that serves the calibration set
-        best (see ``sigma_scales`` in :func:`fit_policy`).
+    sigma_scale, sigma_power : float
+        The σ transform ``σ → sigma_scale · σ^sigma_power`` applied to the
+        estimators' ``σ`` (``cov``: its diagonal, correlations kept) before
+        deciding (:func:`~training.episodes.uncertainty_keywords`). No
+        estimator's σ is the one ``E[max]`` needs: learned estimators treat
+        models as independent, so ``E[max]`` can over-promise extra models
+        whose estimates move together, and even the paper's simulated σ
+        served cascade routing better squared; fitting picks the transform
+        that serves the calibration set best (see ``sigma_transforms`` in
+        :func:`fit_policy`).
     fixed_model : int or None
         Column of the one model this policy calls (then stops), for the
         best-single-model candidate of :func:`choose_policy`; ``None`` for
@@ -120,7 +124,13 @@ class Policy:
     budget_status: str = "met"
     search_evaluations: int = field(default=0, compare=False)
     sigma_scale: float = 1.0
+    sigma_power: float = 1.0
     fixed_model: int | None = None
+
+    @property
+    def sigma_transform(self) -> tuple[float, float]:
+        """``(sigma_scale, sigma_power)``, as :func:`~training.episodes.uncertainty_keywords` takes it."""
+        return (self.sigma_scale, self.sigma_power)
 
     def kernel_options(self) -> dict[str, Any]:
         """Keyword arguments for :func:`kernel.decide` / :func:`kernel.simulate`: the one translation of a policy.
@@ -142,14 +152,14 @@ class Policy:
         return options
 
     def play_options(self) -> dict[str, Any]:
-        """What :meth:`Episodes.play` takes: the kernel options plus ``sigma_scale``.
+        """What :meth:`Episodes.play` takes: the kernel options plus the σ transform.
 
         Returns
         -------
         dict
-            :meth:`kernel_options` and ``sigma_scale``.
+            :meth:`kernel_options` and ``sigma_transform``.
         """
-        return {**self.kernel_options(), "sigma_scale": self.sigma_scale}
+        return {**self.kernel_options(), "sigma_transform": self.sigma_transform}
 
     def decide(self, quality: ArrayLike, cost: ArrayLike, *, sigma: ArrayLike | None = None,
                cov: ArrayLike | None = None, run: ArrayLike | None = None, u: ArrayLike | None = None,
@@ -161,8 +171,8 @@ class Policy:
         quality, cost : array-like of shape (N, K)
             Current estimates, models sorted by cost.
         sigma, cov, run, u, parallel
-            As in :func:`kernel.decide`; ``sigma``/``cov`` are scaled by
-            :attr:`sigma_scale` first.
+            As in :func:`kernel.decide`; ``sigma``/``cov`` go through
+            :attr:`sigma_transform` first.
 
         Returns
         -------
@@ -172,7 +182,7 @@ class Policy:
         quality = np.asarray(quality)
         run = np.zeros(quality.shape, dtype=bool) if run is None else run
         return plan_next(quality, cost, self.kernel_options(), run=run, u=u, parallel=parallel,
-                         **uncertainty_keywords(sigma, cov, self.sigma_scale))[0]
+                         **uncertainty_keywords(sigma, cov, self.sigma_transform))[0]
 
     def play(self, episodes: Episodes) -> EpisodeOutcome:
         """Play this policy over ``episodes`` (e.g. the test split), to measure it on queries it was not fitted on.
@@ -360,11 +370,19 @@ def _fit_gamma(search: _Search, changes: dict, outcome: EpisodeOutcome,
     return feasible, feasible_outcome
 
 
+#: σ transforms ``(scale, power)`` policy fitting chooses among on calibration, for every estimator kind:
+#: the identity first (kept on ties), no uncertainty (``E[max]`` then ranks supermodels by their best
+#: estimate alone), half and double the σ, and the square the authors' code uses (ALGORITHM.md §2 takes
+#: σ; their ``E[max]`` multiplies the draws by the variance and scored higher even on simulated estimates).
+SIGMA_TRANSFORMS = ((1.0, 1.0), (0.0, 1.0), (0.5, 1.0), (2.0, 1.0), (1.0, 2.0))
+
+
 def fit_policy(episodes: Episodes, budget: float, *, strategy: str = "cascade_routing",
                per_step: bool = False, max_depth: int | None = None,
                max_depths: tuple[int, ...] | None = None, force_order: bool = False,
                n_samples: int = 64, on_infeasible: str = "raise",
-               sigma_scales: tuple[float, ...] | None = None, sigma_scale: float = 1.0) -> Policy:
+               sigma_transforms: tuple[tuple[float, float], ...] | None = None,
+               sigma_transform: tuple[float, float] = (1.0, 1.0)) -> Policy:
     """Fit ``strategy`` to ``budget`` on calibration ``episodes``.
 
     Parameters
@@ -382,12 +400,12 @@ def fit_policy(episodes: Episodes, budget: float, *, strategy: str = "cascade_ro
         Most models run per query; default all.
     max_depths : tuple of int, optional
         Fit each of these depths and keep the best calibration quality.
-    sigma_scales : tuple of float, optional
-        Likewise for factors on the estimators' ``σ`` (with ``max_depths``:
-        every combination).
-    sigma_scale : float, default=1.0
-        The one factor on ``σ`` when neither ``max_depths`` nor
-        ``sigma_scales`` is given.
+    sigma_transforms : tuple of (float, float), optional
+        Likewise for σ transforms ``(scale, power)``, ``σ → scale · σ^power``
+        (with ``max_depths``: every combination); ties keep the first.
+    sigma_transform : (float, float), default=(1.0, 1.0)
+        The one σ transform when neither ``max_depths`` nor
+        ``sigma_transforms`` is given.
     force_order, n_samples
         Passed to the kernel.
     on_infeasible : {"raise", "clamp"}
@@ -407,12 +425,12 @@ def fit_policy(episodes: Episodes, budget: float, *, strategy: str = "cascade_ro
     kernel_strategies = kernel.STRATEGIES
     if strategy not in kernel_strategies:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(kernel_strategies)}")
-    if max_depths or sigma_scales:
-        variants = [(depth, scale) for depth in (max_depths or (max_depth,))
-                    for scale in (sigma_scales or (1.0,))]
+    if max_depths or sigma_transforms:
+        variants = [(depth, transform) for depth in (max_depths or (max_depth,))
+                    for transform in (sigma_transforms or (sigma_transform,))]
         fitted = [fit_policy(episodes, budget, strategy=strategy, per_step=per_step, max_depth=depth,
                              force_order=force_order, n_samples=n_samples, on_infeasible=on_infeasible,
-                             sigma_scale=scale) for depth, scale in variants]
+                             sigma_transform=transform) for depth, transform in variants]
         return max(fitted, key=lambda p: (p.budget_status != "below_min", p.calibration_quality))
     n_models = episodes.n_models
     depth = n_models if max_depth is None else int(min(max_depth, n_models))
@@ -427,7 +445,8 @@ def fit_policy(episodes: Episodes, budget: float, *, strategy: str = "cascade_ro
     template = Policy(strategy=strategy, lambdas=np.zeros(0 if strategy == "threshold" else depth),
                       thresholds=np.zeros(n_models - 1) if strategy == "threshold" else None,
                       gamma=0.0, max_depth=depth, force_order=bool(force_order), n_samples=n_samples,
-                      budget=float(budget), sigma_scale=float(sigma_scale))
+                      budget=float(budget), sigma_scale=float(sigma_transform[0]),
+                      sigma_power=float(sigma_transform[1]))
     search = _Search(episodes, template)
 
     shape = family.initial_shape

@@ -41,7 +41,7 @@ from . import metrics
 from .data import coverage
 from .episodes import MIN_FULLY_LOGGED, Episodes, EstimatorEpisodes, TableEpisodes, calibration_episodes
 from .splits import split as split_logged
-from .policy import fit_policy
+from .policy import SIGMA_TRANSFORMS, fit_policy
 from estimators.table import RoutingTable
 
 if TYPE_CHECKING:
@@ -206,10 +206,6 @@ class EvaluationReport:
         return QualityCostDisplay.from_curves(curves, singles, ax=ax, **plot_kwargs)
 
 
-#: σ factors policy fitting chooses among for learned estimators (see ``sigma_scales``).
-LEARNED_SIGMA_SCALES = (0.0, 0.5, 1.0)
-
-
 def evaluate_strategies(
     table: RoutingTable,
     *,
@@ -223,7 +219,7 @@ def evaluate_strategies(
     progress: bool = True,
     estimator: str = "simulated",
     train_fraction: float = 0.5,
-    sigma_scales: tuple[float, ...] | None = None,
+    sigma_transforms: tuple[tuple[float, float], ...] = SIGMA_TRANSFORMS,
     min_fully_logged: int = MIN_FULLY_LOGGED,
 ) -> EvaluationReport:
     """Fit and test every strategy at the protocol's budgets; AUCs with bootstrap intervals.
@@ -241,10 +237,12 @@ def evaluate_strategies(
         ~36k queries: on a few thousand, use more (our RouterBench
         reproduction uses 0.3), or the policies are fitted on noise.
     max_depth : int, None or mapping, default=5
-        Most models run per query (``None``: all). A mapping from kernel
-        strategy name to depth sets it per strategy, absent ones running up
-        to all models; the authors' code, for instance, limits only cascade
-        routing and lets both cascades run the whole pool.
+        Most models cascade routing runs per query (``None``: all); the
+        threshold and optimal cascades may run every model (ALGORITHM.md §6,
+        as in the authors' experiments: a depth-5 cascade over 11 models
+        sorted by cost could never reach the best one). A mapping from kernel
+        strategy name to depth sets it per strategy instead, absent ones
+        running up to all models (ablations).
     seed : int, default=0
         Seeds the split, the estimate noise and the bootstrap, so a report is
         reproducible bit for bit.
@@ -268,12 +266,13 @@ def evaluate_strategies(
         Share of queries the learned estimators train on (``estimator`` not
         ``simulated`` only); calibration takes ``calibration_fraction``, the
         test split the rest.
-    sigma_scales : tuple of float, optional
-        Factors on ``σ`` that policy fitting chooses among on calibration, for
-        the strategies that use ``σ`` (cascade, cascade routing). Default:
-        none for simulated estimates (their ``σ`` is exact by construction),
-        ``(0, 0.5, 1)`` for learned ones, whose per-model ``σ`` ignores that
-        estimates of models run together move together.
+    sigma_transforms : tuple of (float, float), default=SIGMA_TRANSFORMS
+        σ transforms ``(scale, power)`` that policy fitting chooses among on
+        calibration, per budget, for the strategies that use ``σ`` (cascade,
+        cascade routing), whatever the estimator: learned σ ignores that
+        estimates of models run together move together, and the simulated
+        σ served cascade routing better squared (the authors' code). Pass
+        ``((1.0, 1.0),)`` for σ as the estimator gives it.
     min_fully_logged : int, default=MIN_FULLY_LOGGED
         Partial logs (learned estimators only): fit policies on the
         calibration queries logged for every model when there are at least
@@ -338,8 +337,6 @@ def evaluate_strategies(
     ordered = table.reorder_models(columns)
     models, quality, cost = ordered.models, ordered.quality, ordered.cost
 
-    if sigma_scales is None and estimator != "simulated":
-        sigma_scales = LEARNED_SIGMA_SCALES
     if estimator == "simulated":
         estimates = simulate_estimates(quality, cost, noise=noise, fit_rows=calibration, seed=seed)
         calibration_play = TableEpisodes.from_estimates(estimates, quality, cost, calibration)
@@ -363,7 +360,7 @@ def evaluate_strategies(
         curves[name], per_query_quality[name], per_query_cost[name] = _trace_curve(
             strategy, budgets, calibration_play, test_episodes,
             depth=depths[name], per_step=per_step, progress=progress,
-            sigma_scales=sigma_scales if strategy in ("cascade", "cascade_routing") else None)
+            sigma_transforms=sigma_transforms if strategy in ("cascade", "cascade_routing") else None)
         fit_seconds[name] = time.perf_counter() - strategy_started
 
     hull = metrics.upper_hull(single_cost, single_quality)
@@ -396,8 +393,8 @@ def evaluate_strategies(
 
 
 def _trace_curve(strategy: str, budgets: np.ndarray, calibration: Episodes, test: Episodes,
-                 *, depth: int, per_step: bool, progress: bool, sigma_scales: tuple[float, ...] | None
-                 ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+                 *, depth: int, per_step: bool, progress: bool,
+                 sigma_transforms: tuple[tuple[float, float], ...] | None) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
     """Fit ``strategy`` at every budget on calibration and play it on test.
 
     Returns the curve points and the per-query test quality and cost, shaped
@@ -407,7 +404,7 @@ def _trace_curve(strategy: str, budgets: np.ndarray, calibration: Episodes, test
     for budget in tqdm(budgets, desc=f"{REPORTED_NAMES[strategy]:>17}", unit="budget",
                        disable=not progress, leave=False):
         policy = fit_policy(calibration, float(budget), strategy=strategy, per_step=per_step,
-                            max_depth=depth, on_infeasible="clamp", sigma_scales=sigma_scales)
+                            max_depth=depth, on_infeasible="clamp", sigma_transforms=sigma_transforms)
         outcome = policy.play(test)
         points.append({
             "budget": float(budget),
@@ -416,6 +413,7 @@ def _trace_curve(strategy: str, budgets: np.ndarray, calibration: Episodes, test
             "calibration_cost": float(policy.calibration_cost),
             "calibration_quality": float(policy.calibration_quality),
             "status": policy.budget_status,
+            "sigma_transform": list(policy.sigma_transform),
         })
         qualities.append(outcome.quality)
         costs.append(outcome.cost)
@@ -458,14 +456,16 @@ def _resolve_depths(max_depth: int | None | Mapping[str, int | None], strategies
         if unknown:
             raise ValueError(f"max_depth names unknown strategies {unknown}; use {list(DEFAULT_STRATEGIES)}")
         chosen = {s: max_depth.get(s) for s in strategies}
-    else:
-        chosen = {s: max_depth for s in strategies}
+    else:  # ALGORITHM.md §6: the depth limits cascade routing only
+        chosen = {s: max_depth if s == "cascade_routing" else None for s in strategies}
+        chosen["cascade_routing"] = max_depth  # checked even when cascade routing is not evaluated
     depths = {}
     for strategy, depth in chosen.items():
         if depth is not None and (isinstance(depth, bool) or not isinstance(depth, (int, np.integer))
                                   or depth < 1):
             raise ValueError(f"max_depth must be an integer >= 1 or None, got {depth!r} for {strategy!r}")
-        depths[REPORTED_NAMES[strategy]] = n_models if depth is None else int(min(depth, n_models))
+        if strategy in strategies:
+            depths[REPORTED_NAMES[strategy]] = n_models if depth is None else int(min(depth, n_models))
     return depths
 
 

@@ -125,7 +125,7 @@ def replay(router: Router, policy: Policy, prompts: NDArray[np.object_] | None, 
         _add(timings, "estimate", began)
         return found
 
-    return play_cascades(estimate, n, k, policy.kernel_options(), u=u, sigma_scale=policy.sigma_scale,
+    return play_cascades(estimate, n, k, policy.kernel_options(), u=u, sigma_transform=policy.sigma_transform,
                          parallel=parallel, timings=timings, available=available)
 
 

@@ -242,7 +242,7 @@ class Router:
         chosen = policy if policy is not None else self.policy(budget)
         next_model, masks = plan_next(estimates.quality, estimates.cost, chosen.kernel_options(), run=run,
                                       u=prompt_uniforms(prompts), parallel=parallel,
-                                      **uncertainty_keywords(estimates.sigma, estimates.cov, chosen.sigma_scale))
+                                      **uncertainty_keywords(estimates.sigma, estimates.cov, chosen.sigma_transform))
         return estimates, run, next_model, masks
 
     def decide(self, prompts: Sequence[str], observed: Observed | None = None,
