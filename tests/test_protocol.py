@@ -214,6 +214,10 @@ def test_learned_estimators_run_the_protocol_end_to_end():
     for point in report.curves["cascade_routing"]:
         assert point["status"] != "met" or point["calibration_cost"] <= point["budget"]
     assert set(report.auc) == {"linear", "routing", "cascade_routing"}
+    scores = report.estimate_scores  # the synthetic answers agree when right: running models must inform
+    assert scores["post_hoc"]["run_set_size"] == 3
+    assert 0 < scores["post_hoc"]["brier"] < scores["ex_ante"]["brier"] < 0.25
+    assert 0.5 < scores["ex_ante"]["auroc"] < scores["post_hoc"]["auroc"] <= 1
     with pytest.raises(ValueError, match="train_fraction"):
         evaluate_strategies(table, estimator="linear", calibration_fraction=0.5, train_fraction=0.6,
                             progress=False)

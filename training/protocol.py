@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from estimators.estimator import make_router_estimator
+from estimators.estimator import RouterEstimator, make_router_estimator
+from estimators.metrics import auroc, brier
 from estimators.simulated import NOISE_LEVELS, simulate_estimates
 
 from . import metrics
@@ -121,6 +122,13 @@ class EvaluationReport:
     calibration : dict
         What the policies were fitted on (:func:`training.episodes.calibration_episodes`);
         empty for simulated estimates.
+    estimate_scores : dict
+        How good the learned estimates were on the test split
+        (:func:`estimators.metrics.brier`, :func:`~estimators.metrics.auroc`):
+        ``ex_ante`` over every (query, model) before any model ran, and
+        ``post_hoc`` over the models of a random run set of
+        ``run_set_size`` = min(3, K) models per query, the estimates an answer
+        is selected on; empty for simulated estimates.
     """
 
     auc: dict[str, float]
@@ -141,6 +149,7 @@ class EvaluationReport:
     seconds: float
     coverage: list[dict[str, Any]] = field(default_factory=list)
     calibration: dict[str, Any] = field(default_factory=dict)
+    estimate_scores: dict[str, Any] = field(default_factory=dict)
 
     @property
     def strategies(self) -> list[str]:
@@ -174,6 +183,7 @@ class EvaluationReport:
             "seconds": self.seconds,
             "coverage": [dict(row) for row in self.coverage],
             "calibration": dict(self.calibration),
+            "estimate_scores": {name: dict(scores) for name, scores in self.estimate_scores.items()},
         }
 
     def plot(self, ax: Axes | None = None, **plot_kwargs: Any) -> QualityCostDisplay:
@@ -347,7 +357,8 @@ def evaluate_strategies(
         calibration_play, used = calibration_episodes(fitted, ordered.subset(calibration),
                                                       min_fully_logged=min_fully_logged)
         test_episodes = EstimatorEpisodes(fitted, ordered.subset(test), direct_method=False)
-        logs = {"coverage": coverage(ordered, train), "calibration": used}
+        logs = {"coverage": coverage(ordered, train), "calibration": used,
+                "estimate_scores": _estimate_scores(fitted, ordered.subset(test), seed)}
 
     single_cost, single_quality = metrics.single_model_points(quality[test], cost[test])
     budgets = metrics.budget_grid(single_cost, single_quality, per_segment=BUDGETS_PER_SEGMENT)
@@ -418,6 +429,23 @@ def _trace_curve(strategy: str, budgets: np.ndarray, calibration: Episodes, test
         qualities.append(outcome.quality)
         costs.append(outcome.cost)
     return points, np.array(qualities), np.array(costs)
+
+
+#: Models run per query for the post-hoc estimate scores (fewer when the pool is smaller).
+POST_HOC_RUN_SET_SIZE = 3
+
+
+def _estimate_scores(fitted: RouterEstimator, test: RoutingTable, seed: int) -> dict[str, dict[str, float]]:
+    """Brier score and AUROC of the test estimates, ex-ante and after a random run set (see :class:`EvaluationReport`)."""
+    truth = test.quality
+    ante = fitted.predict_table(test).quality
+    size = min(POST_HOC_RUN_SET_SIZE, test.n_models)
+    chosen = np.argsort(np.random.default_rng([seed, 3]).random(truth.shape), axis=1)[:, :size]
+    run = np.zeros(truth.shape, dtype=bool)
+    np.put_along_axis(run, chosen, True, axis=1)
+    post = fitted.predict_table(test, run=run).quality
+    return {"ex_ante": {"brier": brier(truth, ante), "auroc": auroc(truth, ante)},
+            "post_hoc": {"run_set_size": size, "brier": brier(truth, post, run), "auroc": auroc(truth, post, run)}}
 
 
 def _split(n_queries: int, calibration_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
