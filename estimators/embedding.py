@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["EmbeddingFeaturizer", "load_minilm"]
 
+#: Width of the MiniLM-L6 sentence embeddings.
+MINILM_DIM = 384
+
 
 @functools.lru_cache(maxsize=1)
 def load_minilm() -> SentenceTransformer:
@@ -125,3 +128,20 @@ class EmbeddingFeaturizer(_TextTransformer):
         if self.backend_ == "tfidf":
             return self.fallback_.transform(np.asarray(texts, dtype=object)[:, None])
         return np.asarray(load_minilm().encode(texts, batch_size=self.batch_size), dtype=np.float64)
+
+    def get_feature_names_out(self, input_features: ArrayLike | None = None) -> NDArray[np.object_]:
+        """Names of the output columns: ``minilm0`` … ``minilm383``, or the fallback's.
+
+        Parameters
+        ----------
+        input_features : array-like of str, optional
+            Ignored: the names do not depend on the input columns.
+
+        Returns
+        -------
+        ndarray of object
+        """
+        check_is_fitted(self, "backend_")
+        if self.backend_ == "tfidf":
+            return self.fallback_.get_feature_names_out()
+        return np.asarray([f"minilm{i}" for i in range(MINILM_DIM)], dtype=object)

@@ -33,6 +33,7 @@ from .cost import CostEstimator, input_token_counts
 from .featurize import FrozenFeaturizer, as_texts, make_prompt_featurizer, prompt_frame
 from .prompts import read_prompts
 from .inputs import check_observed_cost, check_responses, check_run, check_signals, per_query_inputs
+from .peers import PEER_REGRESSORS
 from .posthoc import ResponseMemo, read_responses, run_responses
 from .quality import PosthocData, QualityEstimator, make_linear_regressor
 
@@ -483,7 +484,8 @@ class RouterEstimator:
         posthoc = PosthocData(check_signals(table.signals, self.signal_names_, logged), info)
         if self.uncertainty not in ("reveal", "error"):
             raise ValueError(f"uncertainty must be 'reveal' or 'error', got {self.uncertainty!r}")
-        self.quality_ = clone(self.quality or QualityEstimator()).fit(features, table.quality, posthoc, logged, weights)
+        self.quality_ = clone(self.quality or QualityEstimator()).fit(
+            features, table.quality, posthoc, logged, weights, feature_names=self.featurizer_.get_feature_names_out())
         self.reveal_sigma_ = (_reveal_sigma(self.quality_, features, posthoc, logged, self.random_state)
                               if self.uncertainty == "reveal" else None)
         self.correlation_ = _residual_correlation(self.quality_.oof_, len(self.models_)) if self.covariance else None
@@ -719,23 +721,30 @@ class RouterEstimator:
         return state
 
 
-#: Estimator families a user can pick by name (CLI ``--estimator``).
-ESTIMATOR_KINDS = ("learned", "linear", "pooled")
+#: Estimator families a user can pick by name (CLI ``--estimator``): ours, then the peer routers of
+#: :mod:`estimators.peers` (:data:`~estimators.peers.PEER_REGRESSORS`).
+ESTIMATOR_KINDS = ("learned", "linear", "pooled", *PEER_REGRESSORS)
 
 
 def make_router_estimator(kind: str = "learned", prices: dict[str, tuple[float, float]] | None = None
                           ) -> RouterEstimator:
-    """A :class:`RouterEstimator` of the named family: LightGBM (``learned``, ``pooled``) or ridge (``linear``).
+    """A :class:`RouterEstimator` of the named family: ours (LightGBM, ridge) or a peer router's quality model.
 
     ``learned`` fits one LightGBM per model on a full table and one for all
     models (:class:`~estimators.quality.QualityEstimator` ``pooled``) on
-    partial logs; ``pooled`` fits one for all models whatever the logs.
+    partial logs; ``pooled`` fits one for all models whatever the logs;
+    ``linear`` is ridge. The peers put a published router's quality model
+    in place of ours, with the same σ, cost model and policies, so that a
+    comparison measures the quality model only: ``knn`` and ``mlp``
+    (RouterBench's kNN and MLP routers), ``task-mean`` (each model's mean
+    quality per task, the routing plateau) and ``mf`` (RouteLLM's matrix
+    factorisation); see :mod:`estimators.peers`.
 
     The one mapping from the CLI's ``--estimator`` to an estimator.
 
     Parameters
     ----------
-    kind : {"learned", "linear"}, default="learned"
+    kind : str, default="learned"
         One of :data:`ESTIMATOR_KINDS`.
     prices : dict of str to (float, float), optional
         USD per 1M input and output tokens per model, for the cost estimator.
@@ -747,6 +756,10 @@ def make_router_estimator(kind: str = "learned", prices: dict[str, tuple[float, 
     """
     if kind not in ESTIMATOR_KINDS:
         raise ValueError(f"unknown estimator {kind!r}; choose one of {list(ESTIMATOR_KINDS)}")
-    quality = (QualityEstimator(regressor=make_linear_regressor()) if kind == "linear"
-               else QualityEstimator(pooled=True if kind == "pooled" else "auto"))
+    if kind in PEER_REGRESSORS:
+        quality = QualityEstimator(regressor=PEER_REGRESSORS[kind]())
+    elif kind == "linear":
+        quality = QualityEstimator(regressor=make_linear_regressor())
+    else:
+        quality = QualityEstimator(pooled=True if kind == "pooled" else "auto")
     return RouterEstimator(quality=quality, cost=CostEstimator(prices=prices))

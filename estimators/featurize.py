@@ -196,6 +196,21 @@ class TextFeaturizer(_TextTransformer):
             out[:, : projected.shape[1]] = projected
         return out
 
+    def get_feature_names_out(self, input_features: ArrayLike | None = None) -> NDArray[np.object_]:
+        """Names of the output columns (``svd0`` …), so that the prompt featurizer can name all its columns.
+
+        Parameters
+        ----------
+        input_features : array-like of str, optional
+            Ignored: the names do not depend on the input columns.
+
+        Returns
+        -------
+        ndarray of object, shape (n_components,)
+        """
+        check_is_fitted(self, "tfidf_")
+        return np.asarray([f"svd{i}" for i in range(self.n_components)], dtype=object)
+
 
 _BYTE_CLASSES = {  # one translate + one count per class and text (ASCII; other bytes count as none)
     "words": b" \t",

@@ -15,7 +15,9 @@ NaN-native) and the embedding-based linear family (:func:`make_linear_regressor`
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import inspect
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from lightgbm import LGBMRegressor
@@ -29,11 +31,13 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .evaluators import freeze_regressors
-from .posthoc import ResponseInfo, per_model_groups, posthoc_features
+from .peers import PartialTargets
+from .posthoc import ResponseInfo, per_model_groups, posthoc_feature_names, posthoc_features
 from .runsets import sample_run_sets
 from .sigma import SigmaRegressor
 
-__all__ = ["PosthocData", "QualityEstimator", "fit_weighted", "make_lightgbm_regressor", "make_linear_regressor"]
+__all__ = ["PosthocData", "QualityEstimator", "accepted_fit_params", "fit_weighted", "make_lightgbm_regressor",
+           "make_linear_regressor"]
 
 
 class PosthocData(NamedTuple):
@@ -125,8 +129,34 @@ def make_linear_regressor(alpha: float = 10.0) -> Pipeline:
     )
 
 
-def fit_weighted(regressor: BaseEstimator, X: np.ndarray, y: np.ndarray, weights: np.ndarray | None) -> BaseEstimator:
-    """``regressor.fit(X, y)`` with per-row ``weights`` given to it, or to a pipeline's last step.
+def accepted_fit_params(regressor: BaseEstimator, **params: Any) -> dict[str, Any]:
+    """The entries of ``params`` that ``regressor.fit`` takes as keywords; ``None`` values are left out.
+
+    How a regressor template declares that it uses what only the quality
+    estimator knows (the query of each row, the names of the columns):
+    by naming it in the signature of its ``fit``, as the peers of
+    :mod:`estimators.peers` do; LightGBM and pipelines, which do not, are
+    fitted as before.
+
+    Parameters
+    ----------
+    regressor : regressor
+        Its ``fit`` signature is read.
+    **params
+        Candidate keyword arguments, e.g. ``groups=…, feature_names=…``.
+
+    Returns
+    -------
+    dict
+        Those ``fit`` accepts.
+    """
+    accepted = inspect.signature(regressor.fit).parameters
+    return {name: value for name, value in params.items() if value is not None and name in accepted}
+
+
+def fit_weighted(regressor: BaseEstimator, X: np.ndarray, y: np.ndarray, weights: np.ndarray | None,
+                 **fit_params: Any) -> BaseEstimator:
+    """``regressor.fit(X, y, **fit_params)`` with per-row ``weights`` given to it, or to a pipeline's last step.
 
     Parameters
     ----------
@@ -136,17 +166,27 @@ def fit_weighted(regressor: BaseEstimator, X: np.ndarray, y: np.ndarray, weights
         Training rows and targets.
     weights : ndarray of shape (len(y),), optional
         Sample weights; ``None`` fits unweighted.
+    **fit_params
+        Further keywords of ``regressor.fit`` (:func:`accepted_fit_params`).
 
     Returns
     -------
     regressor
         Fitted (the same object).
+
+    Raises
+    ------
+    TypeError
+        If ``weights`` are given and the regressor's ``fit`` takes no ``sample_weight``.
     """
     if weights is None:
-        return regressor.fit(X, y)
+        return regressor.fit(X, y, **fit_params)
     if isinstance(regressor, Pipeline):
-        return regressor.fit(X, y, **{f"{regressor.steps[-1][0]}__sample_weight": weights})
-    return regressor.fit(X, y, sample_weight=weights)
+        return regressor.fit(X, y, **{f"{regressor.steps[-1][0]}__sample_weight": weights}, **fit_params)
+    if "sample_weight" not in inspect.signature(regressor.fit).parameters:
+        raise TypeError(f"{type(regressor).__name__}.fit takes no sample_weight, so it cannot learn from weighted "
+                        "rows (inverse propensities); drop the propensity column or pick another estimator")
+    return regressor.fit(X, y, sample_weight=weights, **fit_params)
 
 
 def _features(prompt_features: np.ndarray, run: np.ndarray, posthoc: PosthocData) -> np.ndarray:
@@ -177,8 +217,14 @@ class QualityEstimator(BaseEstimator):
     Parameters
     ----------
     regressor : regressor, optional
-        Template cloned for every model; default
-        :func:`make_lightgbm_regressor`. Predictions are clipped to [0, 1].
+        Template cloned for every model (once for all when it is
+        multi-output and every outcome is labelled, or when it reads NaN
+        targets as not labelled, :class:`~estimators.peers.PartialTargets`);
+        default :func:`make_lightgbm_regressor`. Predictions are clipped to
+        [0, 1]. Regressors whose ``fit`` takes ``groups`` receive the query
+        of each row, so internal cross-validation is grouped by query;
+        those whose ``fit`` takes ``feature_names`` receive the names of the
+        columns (see :meth:`fit`); the peers of :mod:`estimators.peers` use both.
     sigma : SigmaRegressor, optional
         Template of the σ model; default ``SigmaRegressor(stratify=2)``:
         coverage matched separately for every run-set size ``|R|``, because
@@ -213,7 +259,9 @@ class QualityEstimator(BaseEstimator):
     ----------
     regressors_ : list of regressor
         One fitted regressor per model, in column order; a single one when
-        the regressor is multi-output (the linear family) or ``pooled_``.
+        the regressor is multi-output (the linear family, the peers) on a
+        full table, a :class:`~estimators.peers.PartialTargets` regressor,
+        or ``pooled_``.
     pooled_ : bool
         Whether one regressor serves every model (see ``pooled``).
     self_columns_ : ndarray of int, shape (G, K)
@@ -254,34 +302,45 @@ class QualityEstimator(BaseEstimator):
         self.max_rows = max_rows
         self.random_state = random_state
 
-    def _fit_regressors(self, X: np.ndarray, Y: np.ndarray, labelled: np.ndarray,
-                        weights: np.ndarray | None) -> list[BaseEstimator]:
+    def _fit_regressors(self, X: np.ndarray, Y: np.ndarray, labelled: np.ndarray, weights: np.ndarray | None,
+                        groups: np.ndarray, names: list[str]) -> list[BaseEstimator]:
         """One regressor per model on the rows where its outcome is labelled, or one for all when it can.
 
         The features are the same for every model, so a multi-output
         regressor (ridge) shares its work (``XᵀX``) across the ``K`` targets;
         that needs every target on every row with the same weight, so with
         partial labels or per-cell weights each model gets its own clone,
-        fitted on its own rows.
+        fitted on its own rows, unless the regressor reads NaN targets as
+        not labelled (:class:`~estimators.peers.PartialTargets`). ``groups``
+        (the query of each row) and ``names`` (of the columns of ``X``) go
+        to regressors whose ``fit`` takes them (:func:`accepted_fit_params`).
         """
         template = self._template()
         if self.pooled_:
             cells = [np.flatnonzero(labelled[:, i]) for i in range(Y.shape[1])]
             # K times the rows of one model: filled in place as float32 (LightGBM bins float32 as it is), so
             # the stacked matrix is held once, at half the size
-            groups, k = self.self_columns_.shape
-            stacked = np.empty((sum(rows.size for rows in cells), X.shape[1] + k + groups), np.float32)
+            n_groups, k = self.self_columns_.shape
+            stacked = np.empty((sum(rows.size for rows in cells), X.shape[1] + k + n_groups), np.float32)
             start = 0
             for i, rows in enumerate(cells):
                 stacked[start:start + rows.size] = self._model_rows(X[rows], i)
                 start += rows.size
             target = np.concatenate([Y[rows, i] for i, rows in enumerate(cells)])
             weight = None if weights is None else np.concatenate([weights[rows, i] for i, rows in enumerate(cells)])
-            return [fit_weighted(clone(template), stacked, target, weight)]
+            pooled_names = (names + [f"model[{i}]" for i in range(k)]
+                            + [f"own_{names[column]}" for column in self.self_columns_[:, 0]])
+            return [fit_weighted(clone(template), stacked, target, weight, **accepted_fit_params(
+                template, groups=np.concatenate([groups[rows] for rows in cells]), feature_names=pooled_names))]
+        params = accepted_fit_params(template, groups=groups, feature_names=names)
+        if isinstance(template, PartialTargets):
+            return [fit_weighted(clone(template), X, np.where(labelled, Y, np.nan),
+                                 None if weights is None else np.where(labelled, weights, 0.0), **params)]
         if get_tags(template).target_tags.multi_output and labelled.all() and weights is None:
-            return [clone(template).fit(X, Y)]
+            return [clone(template).fit(X, Y, **params)]
         return [fit_weighted(clone(template), X[labelled[:, i]], Y[labelled[:, i], i],
-                             None if weights is None else weights[labelled[:, i], i])
+                             None if weights is None else weights[labelled[:, i], i],
+                             **accepted_fit_params(template, groups=groups[labelled[:, i]], feature_names=names))
                 for i in range(Y.shape[1])]
 
     def _template(self) -> BaseEstimator:
@@ -301,7 +360,8 @@ class QualityEstimator(BaseEstimator):
 
     def fit(self, prompt_features: NDArray[np.float64], quality: NDArray[np.float64],
             posthoc: PosthocData, logged: NDArray[np.bool_] | None = None,
-            weights: NDArray[np.float64] | None = None) -> QualityEstimator:
+            weights: NDArray[np.float64] | None = None,
+            feature_names: Sequence[str] | None = None) -> QualityEstimator:
         """Fit the per-model regressors on sampled run sets, and σ on their out-of-fold residuals.
 
         Parameters
@@ -319,12 +379,30 @@ class QualityEstimator(BaseEstimator):
         weights : ndarray of float64, shape (N, K), optional
             Per-cell sample weights of the regressors (inverse propensities,
             read where ``logged``); σ is fitted unweighted. Default 1.
+        feature_names : sequence of str, shape (F,), optional
+            Names of the prompt feature columns (the featurizer's
+            ``get_feature_names_out()``); default positional names. Followed
+            by :func:`~estimators.posthoc.posthoc_feature_names` (models by
+            column index), they go to regressors whose ``fit`` takes
+            ``feature_names`` (the task-mean peer finds the task one-hot by them).
 
         Returns
         -------
         self : QualityEstimator
+
+        Raises
+        ------
+        ValueError
+            If ``feature_names`` does not name every prompt feature column.
         """
         n, k = quality.shape
+        if feature_names is None:
+            feature_names = [f"prompt{j}" for j in range(prompt_features.shape[1])]
+        if len(feature_names) != prompt_features.shape[1]:
+            raise ValueError(f"feature_names must name the {prompt_features.shape[1]} prompt feature columns; "
+                             f"got {len(feature_names)} names")
+        names = [str(name) for name in feature_names] + posthoc_feature_names(
+            [str(i) for i in range(k)], list(posthoc.signals), posthoc.responses is not None)
         rows, run = sample_run_sets(
             n, k, per_query=self.runs_per_query, all_subsets_up_to=self.all_subsets_up_to,
             random_state=self.random_state, logged=logged,
@@ -332,16 +410,17 @@ class QualityEstimator(BaseEstimator):
         labelled = np.ones((rows.size, k), dtype=bool) if logged is None else logged[rows]
         self.pooled_ = (bool(self.pooled) if self.pooled != "auto"
                         else not labelled.all() and not get_tags(self._template()).target_tags.multi_output)
-        groups = per_model_groups(len(posthoc.signals), posthoc.responses is not None)
-        self.self_columns_ = prompt_features.shape[1] + np.arange(groups)[:, None] * k + np.arange(k)
+        n_groups = per_model_groups(len(posthoc.signals), posthoc.responses is not None)
+        self.self_columns_ = prompt_features.shape[1] + np.arange(n_groups)[:, None] * k + np.arange(k)
         W = None if weights is None else weights[rows]
         X = _features(prompt_features[rows], run, posthoc.take(rows))
         Y = quality[rows]
         oof = np.empty_like(Y)
         for train, test in GroupKFold(self.n_folds).split(X, groups=rows):
-            regressors = self._fit_regressors(X[train], Y[train], labelled[train], None if W is None else W[train])
+            regressors = self._fit_regressors(X[train], Y[train], labelled[train], None if W is None else W[train],
+                                              rows[train], names)
             oof[test] = self._predict_regressors(regressors, X[test])
-        self.regressors_ = self._fit_regressors(X, Y, labelled, W)
+        self.regressors_ = self._fit_regressors(X, Y, labelled, W, rows, names)
         self.oof_ = {"quality": oof, "run": run, "target": Y, "labelled": labelled}
         flat_rows = np.repeat(rows, k)
         keep = np.flatnonzero(labelled.ravel())

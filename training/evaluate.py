@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: %(default)s)")
     parser.add_argument("--estimator", choices=["simulated", *ESTIMATOR_KINDS], default="simulated",
                         help="'simulated': the paper's noisy-oracle estimates at --noise; 'learned' "
-                             "(LightGBM), 'pooled' (one LightGBM for all models) or 'linear' (ridge): estimators "
-                             "fitted on a training split "
+                             "(LightGBM), 'pooled' (one LightGBM for all models), 'linear' (ridge), or the peer "
+                             "routers 'knn', 'mlp' (RouterBench), 'task-mean' (mean quality per task), 'mf' "
+                             "(RouteLLM's matrix factorisation): estimators fitted on a training split "
                              "(default: %(default)s)")
     parser.add_argument("--train-fraction", type=_fraction, default=0.5, metavar="F",
                         help="share of queries the learned estimators train on (default: %(default)s)")

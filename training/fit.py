@@ -113,8 +113,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="search a separate λ per step (slower, usually a little better)")
     parser.add_argument("--estimator", choices=ESTIMATOR_KINDS, default="learned",
                         help="quality estimator family: LightGBM ('learned': one regressor per model, or one "
-                             "for all models when the logs are partial; 'pooled': one for all models always) or "
-                             "ridge ('linear')")
+                             "for all models when the logs are partial; 'pooled': one for all models always), "
+                             "ridge ('linear'), or a peer router's quality model for comparison: 'knn' and 'mlp' "
+                             "(RouterBench), 'task-mean' (mean quality per task), 'mf' (RouteLLM's matrix "
+                             "factorisation); default: %(default)s")
     parser.add_argument("--n-queries", type=int, default=3000,
                         help="size of the synthetic benchmark (ignored with --data)")
     parser.add_argument("--fractions", type=float, nargs=3, default=(0.5, 0.25, 0.25),

@@ -265,11 +265,12 @@ def evaluate_strategies(
         Kernel strategies to evaluate, any of :data:`DEFAULT_STRATEGIES`.
     progress : bool, default=True
         Show a tqdm bar per strategy.
-    estimator : {"simulated", "learned", "pooled", "linear"}, default="simulated"
+    estimator : {"simulated", "learned", "pooled", "linear", "knn", "task-mean", "mlp", "mf"}, default="simulated"
         ``simulated``: the paper's noisy-oracle estimates at ``noise`` (full
-        tables only). ``learned`` / ``pooled`` / ``linear``: a
+        tables only). Any of :data:`~estimators.estimator.ESTIMATOR_KINDS`: a
         :class:`~estimators.estimator.RouterEstimator` (:func:`~estimators.estimator.make_router_estimator`;
-        LightGBM / one LightGBM for all models / ridge) fitted on a training split of ``train_fraction`` of
+        LightGBM / one LightGBM for all models / ridge, or a peer router's quality model,
+        :mod:`estimators.peers`) fitted on a training split of ``train_fraction`` of
         the queries; policies are fitted on the calibration split and played
         on the rest, re-estimating after every model run.
     train_fraction : float, default=0.5
