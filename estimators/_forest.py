@@ -72,9 +72,7 @@ del _bit
 def _walk_rows(X, feature, threshold, left, right, default_left, missing, leaf_value, roots, owner,
                transform, out):
     n_rows = X.shape[0]
-    for r in prange(n_rows):
-        for o in range(out.shape[1]):
-            out[r, o] = 0.0
+    for r in prange(n_rows):  # ``out`` arrives holding each row's starting score (0, or a prior's offset)
         for t in range(roots.size):
             node = roots[t]
             while node >= 0:
@@ -148,8 +146,7 @@ def _quickscore_block(block, X, group_feature, group_kind, group_start, threshol
                 while k < end and value > threshold[k]:  # the nodes that send ``value`` right
                     bitvectors[np.uint64(tree[k])] &= mask[k]
                     k += _ONE
-        for o in range(out.shape[1]):
-            out[r, o] = 0.0
+        # ``out`` arrives holding each row's starting score (0, or a prior's offset);
         # out[r, owner[t]] += exit leaf, in tree order as the walk adds them (so bit for bit the
         # same sums); each run of trees of one owner is summed in a register.
         t = np.uint64(0)
@@ -363,7 +360,7 @@ class Forest:
         """Whether :meth:`predict` uses QuickScorer (every tree has at most 64 leaves) rather than the walk."""
         return "qs_mask" in self.arrays
 
-    def predict(self, X: ArrayLike, parallel: bool = False) -> NDArray[np.float64]:
+    def predict(self, X: ArrayLike, parallel: bool = False, offset: ArrayLike | None = None) -> NDArray[np.float64]:
         """Predictions of every regressor on ``X``, equal to their own ``predict`` but in one compiled pass.
 
         Parameters
@@ -372,18 +369,23 @@ class Forest:
             Features (converted to C-contiguous float64), NaN allowed.
         parallel : bool, default=False
             Spread rows over threads (same numbers).
+        offset : array-like of shape (N, n_outputs), optional
+            Starting score of each row and output, added to the trees' sum
+            before the objective's transform: what LightGBM's ``init_score``
+            was in training (a boosted-from prior); default 0, which gives
+            the regressors' own ``predict`` bit for bit.
 
         Returns
         -------
         ndarray of float64, shape (N, n_outputs)
         """
         if not self.quickscorer:
-            return self.walk(X, parallel)
-        X, out = self._check(X)
+            return self.walk(X, parallel, offset)
+        X, out = self._check(X, offset)
         (_quickscore_parallel if parallel else _quickscore)(X, *_QUICKSCORER_ARRAYS(self.arrays), out)
         return out
 
-    def walk(self, X: ArrayLike, parallel: bool = False) -> NDArray[np.float64]:
+    def walk(self, X: ArrayLike, parallel: bool = False, offset: ArrayLike | None = None) -> NDArray[np.float64]:
         """:meth:`predict` by walking each tree node by node: the fallback, and the reference in tests.
 
         Parameters
@@ -392,22 +394,30 @@ class Forest:
             Features (converted to C-contiguous float64), NaN allowed.
         parallel : bool, default=False
             Spread rows over threads (same numbers).
+        offset : array-like of shape (N, n_outputs), optional
+            As in :meth:`predict`.
 
         Returns
         -------
         ndarray of float64, shape (N, n_outputs)
         """
-        X, out = self._check(X)
+        X, out = self._check(X, offset)
         a = self.arrays
         (_walk_parallel if parallel else _walk)(X, a["feature"], a["threshold"], a["left"], a["right"], a["default_left"], a["missing"],
               a["leaf_value"], a["roots"], a["owner"], a["transform"], out)
         return out
 
-    def _check(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _check(self, X: np.ndarray, offset: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``X`` as the kernels read it, and the output array filled with each row's starting score."""
         X = np.ascontiguousarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] < self.n_features:
             raise ValueError(f"X must have shape (N, >= {self.n_features}); got {X.shape}")
-        return X, np.empty((X.shape[0], self.n_outputs))
+        if offset is None:
+            return X, np.zeros((X.shape[0], self.n_outputs))
+        out = np.array(offset, dtype=np.float64, order="C")  # a copy: the kernels add into it
+        if out.shape != (X.shape[0], self.n_outputs):
+            raise ValueError(f"offset must have shape {(X.shape[0], self.n_outputs)}; got {out.shape}")
+        return X, out
 
 
 @njit(**JIT_OPTIONS)

@@ -196,7 +196,8 @@ class FrozenRegressors:
         """The single affine map when every regressor is one (its prompt share can be computed apart)."""
         return self.parts[0] if len(self.parts) == 1 and isinstance(self.parts[0], Affine) else None
 
-    def predict(self, X: NDArray[np.float64], parallel: bool = False) -> NDArray[np.float64]:
+    def predict(self, X: NDArray[np.float64], parallel: bool = False,
+                offset: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
         """Every regressor's prediction on ``X``, side by side in regressor order.
 
         Parameters
@@ -204,11 +205,23 @@ class FrozenRegressors:
         X : ndarray of float64, shape (N, F)
         parallel : bool, default=False
             Spread the forests' rows over threads (same numbers).
+        offset : ndarray of float64, shape (N, outputs), optional
+            Each row's starting raw score (regressors boosted from a prior's
+            ``init_score``); only when every regressor is in one forest.
 
         Returns
         -------
         ndarray of float64, shape (N, outputs)
+
+        Raises
+        ------
+        ValueError
+            If ``offset`` is given and the regressors are not one forest.
         """
+        if offset is not None:
+            if len(self.parts) != 1 or not isinstance(self.parts[0], Forest):
+                raise ValueError("a starting score (offset) needs every regressor frozen into one LightGBM forest")
+            return self.parts[0].predict(X, parallel, offset)
         if len(self.parts) == 1:
             return self.parts[0].predict(X, parallel)
         return np.hstack([part.predict(X, parallel) for part in self.parts])

@@ -31,12 +31,12 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .evaluators import freeze_regressors
-from .peers import PartialTargets
+from .peers import CATEGORY_PREFIX, PartialTargets, TaskMeanRegressor
 from .posthoc import ResponseInfo, per_model_groups, posthoc_feature_names, posthoc_features
 from .runsets import sample_run_sets
 from .sigma import SigmaRegressor
 
-__all__ = ["PosthocData", "QualityEstimator", "accepted_fit_params", "fit_weighted", "make_lightgbm_regressor",
+__all__ = ["PosthocData", "QualityEstimator", "TREE_COUNTS", "accepted_fit_params", "fit_weighted", "make_lightgbm_regressor",
            "make_linear_regressor"]
 
 
@@ -189,6 +189,23 @@ def fit_weighted(regressor: BaseEstimator, X: np.ndarray, y: np.ndarray, weights
     return regressor.fit(X, y, sample_weight=weights, **fit_params)
 
 
+#: Tree counts the per-model LightGBM regressors choose among on their out-of-fold rows (``tree_counts``),
+#: up to the regressor's own ``n_estimators``.
+TREE_COUNTS = (25, 50)
+#: Prior probabilities are kept this far from 0 and 1 before taking their logit.
+_PRIOR_EPS = 1e-4
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _PRIOR_EPS, 1.0 - _PRIOR_EPS)
+    return np.log(p / (1.0 - p))
+
+
+def _log_loss(y: np.ndarray, q: np.ndarray) -> float:
+    q = np.clip(q, 1e-12, 1.0 - 1e-12)
+    return float(-(y * np.log(q) + (1.0 - y) * np.log(1.0 - q)).sum())
+
+
 def _features(prompt_features: np.ndarray, run: np.ndarray, posthoc: PosthocData) -> np.ndarray:
     return np.hstack([prompt_features, posthoc_features(run, posthoc.signals, posthoc.responses)])
 
@@ -254,6 +271,25 @@ class QualityEstimator(BaseEstimator):
         missing at random it recovers the full-log AUC
         (``docs/partial_logs.md``). ``"auto"``: pooled when some outcome is
         not logged and the regressor is single-output (LightGBM).
+    boost_from : {"task", None}, default="task"
+        ``"task"``: the per-model LightGBM regressors boost from each model's
+        shrunk per-task mean (:class:`~estimators.peers.TaskMeanRegressor`,
+        out of fold on the training queries, as LightGBM's ``init_score``), so
+        their trees only model how a query departs from its task's average:
+        the post-hoc agreement departures are large and learned first, while
+        prompt-text departures that do not generalise are left out by a short
+        schedule. On RouterBench the per-task mean alone routed better than
+        the trees boosted from the global average (``docs/peers.md``). Used
+        when the regressor is LightGBM with the cross-entropy objective, not
+        pooled, the training table is fully logged and the prompt features
+        hold task or subtask columns; otherwise (and with ``None``) LightGBM
+        boosts from its average as usual.
+    tree_counts : tuple of int or None, default=TREE_COUNTS
+        With ``boost_from="task"``, the numbers of trees each model's regressor
+        chooses among, besides its own ``n_estimators`` (the most it may
+        keep), by its out-of-fold log loss (the folds σ needs anyway), so a
+        table whose prompts tell little keeps few trees; ``None`` keeps
+        ``n_estimators``.
 
     Attributes
     ----------
@@ -264,6 +300,11 @@ class QualityEstimator(BaseEstimator):
         or ``pooled_``.
     pooled_ : bool
         Whether one regressor serves every model (see ``pooled``).
+    prior_ : TaskMeanRegressor or None
+        The per-task means the regressors boosted from (``boost_from``),
+        fitted on every training query; ``None`` when not used.
+    n_trees_ : ndarray of int, shape (K,) or None
+        Trees each model's regressor kept (``tree_counts``).
     self_columns_ : ndarray of int, shape (G, K)
         Per model, its own columns of the feature matrix (prompt features,
         then the post-hoc block), which a pooled regressor's rows repeat.
@@ -292,8 +333,12 @@ class QualityEstimator(BaseEstimator):
         max_rows: int = 200_000,
         random_state: int = 0,
         pooled: bool | str = "auto",
+        boost_from: str | None = "task",
+        tree_counts: tuple[int, ...] | None = TREE_COUNTS,
     ) -> None:
         self.pooled = pooled
+        self.boost_from = boost_from
+        self.tree_counts = tree_counts
         self.regressor = regressor
         self.sigma = sigma
         self.n_folds = n_folds
@@ -303,7 +348,8 @@ class QualityEstimator(BaseEstimator):
         self.random_state = random_state
 
     def _fit_regressors(self, X: np.ndarray, Y: np.ndarray, labelled: np.ndarray, weights: np.ndarray | None,
-                        groups: np.ndarray, names: list[str]) -> list[BaseEstimator]:
+                        groups: np.ndarray, names: list[str], init: np.ndarray | None = None,
+                        n_trees: Sequence[int] | None = None) -> list[BaseEstimator]:
         """One regressor per model on the rows where its outcome is labelled, or one for all when it can.
 
         The features are the same for every model, so a multi-output
@@ -314,8 +360,14 @@ class QualityEstimator(BaseEstimator):
         not labelled (:class:`~estimators.peers.PartialTargets`). ``groups``
         (the query of each row) and ``names`` (of the columns of ``X``) go
         to regressors whose ``fit`` takes them (:func:`accepted_fit_params`).
+        ``init`` (logits, one column per model) is each LightGBM regressor's
+        ``init_score`` and ``n_trees`` its number of trees (``boost_from``).
         """
         template = self._template()
+        if init is not None:
+            return [fit_weighted(clone(template).set_params(n_estimators=int(n_trees[i])), X, Y[:, i], None,
+                                 init_score=np.ascontiguousarray(init[:, i]))
+                    for i in range(Y.shape[1])]
         if self.pooled_:
             cells = [np.flatnonzero(labelled[:, i]) for i in range(Y.shape[1])]
             # K times the rows of one model: filled in place as float32 (LightGBM bins float32 as it is), so
@@ -343,6 +395,51 @@ class QualityEstimator(BaseEstimator):
                              **accepted_fit_params(template, groups=groups[labelled[:, i]], feature_names=names))
                 for i in range(Y.shape[1])]
 
+    def _boosts_from_prior(self, names: list[str], labelled: np.ndarray, weights: np.ndarray | None) -> bool:
+        """Whether the regressors boost from the per-task prior (see ``boost_from``)."""
+        if self.boost_from not in ("task", None):
+            raise ValueError(f"boost_from must be 'task' or None, got {self.boost_from!r}")
+        template = self._template()
+        return (self.boost_from == "task" and type(template).__name__ == "LGBMRegressor"
+                and template.get_params()["objective"] == "cross_entropy" and not self.pooled_
+                and bool(labelled.all()) and weights is None and any(n.startswith(CATEGORY_PREFIX) for n in names))
+
+    def _boost_from_prior(self, prompt_features: np.ndarray, quality: np.ndarray, rows: np.ndarray, folds: list,
+                          X: np.ndarray, Y: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Fit the per-task prior, choose each model's tree count, and return the init logits and out-of-fold estimates.
+
+        The prior of a training row comes from the queries of the other
+        folds (out of fold, the folds of σ), so no row starts from a mean
+        that holds its own label; the fold regressors grow the largest tree
+        count, and each model keeps the count whose out-of-fold log loss is
+        lowest (:data:`TREE_COUNTS`), which also gives σ's residuals.
+        """
+        prompt_names = [names[j] for j in range(prompt_features.shape[1])]
+        query_fold = np.zeros(prompt_features.shape[0], dtype=np.int64)
+        for fold, (_, test) in enumerate(folds):
+            query_fold[rows[test]] = fold
+        prior = np.empty_like(quality)
+        for fold in range(len(folds)):
+            inside = query_fold == fold
+            prior[inside] = TaskMeanRegressor().fit(prompt_features[~inside], quality[~inside],
+                                                    feature_names=prompt_names).predict(prompt_features[inside])
+        self.prior_ = TaskMeanRegressor().fit(prompt_features, quality, feature_names=prompt_names)
+        init = _logit(prior)[rows]
+        k = Y.shape[1]
+        most = int(self._template().get_params()["n_estimators"])
+        counts = sorted({int(c) for c in (self.tree_counts or ()) if c < most} | {most})
+        raw = np.empty((len(counts),) + Y.shape)
+        for train, test in folds:
+            regressors = self._fit_regressors(X[train], Y[train], None, None, rows[train], names, init[train],
+                                              [counts[-1]] * k)
+            for c, count in enumerate(counts):
+                raw[c, test] = np.column_stack([r.predict(X[test], raw_score=True, num_iteration=count)
+                                                for r in regressors])
+        estimates = 1.0 / (1.0 + np.exp(-(raw + init)))
+        best = [int(np.argmin([_log_loss(Y[:, i], estimates[c, :, i]) for c in range(len(counts))])) for i in range(k)]
+        self.n_trees_ = np.array([counts[c] for c in best], dtype=np.int64)
+        return init, estimates[best, :, np.arange(k)].T
+
     def _template(self) -> BaseEstimator:
         return self.regressor if self.regressor is not None else make_lightgbm_regressor()
 
@@ -352,7 +449,11 @@ class QualityEstimator(BaseEstimator):
         onehot[:, model] = 1.0
         return np.hstack([X, onehot, X[:, self.self_columns_[:, model]]])
 
-    def _predict_regressors(self, regressors: list[BaseEstimator], X: np.ndarray) -> np.ndarray:
+    def _predict_regressors(self, regressors: list[BaseEstimator], X: np.ndarray,
+                            offset: np.ndarray | None = None) -> np.ndarray:
+        if offset is not None:  # boosted from a prior: the trees' raw score starts at its logit
+            raw = np.column_stack([r.predict(X, raw_score=True) for r in regressors]) + offset
+            return 1.0 / (1.0 + np.exp(-raw))
         if self.pooled_:
             return np.clip(np.column_stack([regressors[0].predict(self._model_rows(X, i))
                                             for i in range(self.self_columns_.shape[1])]), 0.0, 1.0)
@@ -415,12 +516,17 @@ class QualityEstimator(BaseEstimator):
         W = None if weights is None else weights[rows]
         X = _features(prompt_features[rows], run, posthoc.take(rows))
         Y = quality[rows]
-        oof = np.empty_like(Y)
-        for train, test in GroupKFold(self.n_folds).split(X, groups=rows):
-            regressors = self._fit_regressors(X[train], Y[train], labelled[train], None if W is None else W[train],
-                                              rows[train], names)
-            oof[test] = self._predict_regressors(regressors, X[test])
-        self.regressors_ = self._fit_regressors(X, Y, labelled, W, rows, names)
+        folds = list(GroupKFold(self.n_folds).split(X, groups=rows))
+        self.prior_, self.n_trees_, init = None, None, None
+        if self._boosts_from_prior(names, labelled, weights):
+            init, oof = self._boost_from_prior(prompt_features, quality, rows, folds, X, Y, names)
+        else:
+            oof = np.empty_like(Y)
+            for train, test in folds:
+                regressors = self._fit_regressors(X[train], Y[train], labelled[train],
+                                                  None if W is None else W[train], rows[train], names)
+                oof[test] = self._predict_regressors(regressors, X[test])
+        self.regressors_ = self._fit_regressors(X, Y, labelled, W, rows, names, init, self.n_trees_)
         self.oof_ = {"quality": oof, "run": run, "target": Y, "labelled": labelled}
         flat_rows = np.repeat(rows, k)
         keep = np.flatnonzero(labelled.ravel())
@@ -477,6 +583,8 @@ class QualityEstimator(BaseEstimator):
         ndarray of float64, shape (N, K), or None
             Prompt columns' contribution plus the bias, before clipping.
         """
+        if getattr(self, "prior_", None) is not None:
+            return _logit(self.prior_.predict(prompt_features))
         affine = self.frozen_.affine
         return None if affine is None or self.pooled_ else affine.partial(prompt_features) + affine.bias
 
@@ -505,6 +613,8 @@ class QualityEstimator(BaseEstimator):
             X = np.hstack([prompt_features, block])
             raw = np.column_stack([self.frozen_.predict(self._model_rows(X, i), parallel)[:, 0]
                                    for i in range(self.self_columns_.shape[1])])
+        elif getattr(self, "prior_", None) is not None:  # the forests start from the prior's logit
+            raw = self.frozen_.predict(np.hstack([prompt_features, block]), parallel, offset=share)
         elif share is None:
             raw = self.frozen_.predict(np.hstack([prompt_features, block]), parallel)
         else:

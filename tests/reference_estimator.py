@@ -16,7 +16,8 @@ objects' own ``transform``/``predict`` and plain NumPy/Python.
   task/subtask ``OneHotEncoder``, an embedding featurizer): its own
   ``transform`` on a frame of its columns.
 * Quality: each fitted regressor's own ``predict`` on the prompt features
-  followed by the post-hoc block of the run set, clipped to [0, 1]; a pooled
+  followed by the post-hoc block of the run set, clipped to [0, 1] (boosted from
+  the per-task prior: the regressors' raw score plus the prior's logit); a pooled
   regressor (partial logs) predicts model ``m`` on those features, ``m``
   one-hot and the post-hoc columns named after ``m``.
 * σ: the σ model's fitted regressor on ``(q, ran, |R|, model index)`` per
@@ -97,6 +98,11 @@ def reference_prompt_features(featurizer, frame: pd.DataFrame) -> np.ndarray:
 def _quality(estimator, features: np.ndarray, run: np.ndarray, signals: dict, info) -> np.ndarray:
     X = np.hstack([features, posthoc_features(run, signals, info)])
     quality_estimator = estimator.quality_
+    if quality_estimator.prior_ is not None:
+        # Boosted from the per-task prior: LightGBM's raw score plus the logit of the prior's own predict.
+        prior = np.clip(quality_estimator.prior_.predict(features), 1e-4, 1 - 1e-4)
+        raw = np.column_stack([r.predict(X, raw_score=True) for r in quality_estimator.regressors_])
+        return np.clip(1.0 / (1.0 + np.exp(-(raw + np.log(prior / (1 - prior))))), 0.0, 1.0)
     if not quality_estimator.pooled_:
         return np.clip(np.column_stack([r.predict(X) for r in quality_estimator.regressors_]), 0.0, 1.0)
     # One regressor for every model: the row of (query, model m) is the query's features, then m one-hot,

@@ -255,3 +255,36 @@ def test_reveal_sigma_is_how_far_an_estimate_moves_once_the_model_runs(table):
     assert 0.5 * moved <= sigma[1, 2] <= 2.0 * moved
     with pytest.raises(ValueError, match="uncertainty must be"):
         RouterEstimator(quality=FAST, uncertainty="guess").fit(table)
+
+
+def test_lightgbm_boosts_from_the_per_task_prior_and_keeps_its_out_of_fold_tree_count(table):
+    """``boost_from="task"`` (the default): estimates start from each model's shrunk per-task mean."""
+    from estimators.peers import TaskMeanRegressor
+    from estimators.quality import TREE_COUNTS
+
+    quality = QualityEstimator(regressor=make_lightgbm_regressor(n_estimators=60))
+    fitted = RouterEstimator(quality=quality).fit(table)
+    boosted = fitted.quality_
+    assert isinstance(boosted.prior_, TaskMeanRegressor)
+    assert set(boosted.n_trees_) <= {*TREE_COUNTS, 60}
+    assert [r.n_estimators for r in boosted.regressors_] == list(boosted.n_trees_)
+    features = fitted.prepare(**{f"{column}s": getattr(table, f"{column}s") for column in fitted.columns_}).features
+    prior = np.clip(boosted.prior_.predict(features), 1e-4, 1 - 1e-4)
+    raw = np.column_stack([r.predict(np.hstack([features, _empty_block(fitted, table)]), raw_score=True)
+                           for r in boosted.regressors_])
+    expected = 1 / (1 + np.exp(-(raw + np.log(prior / (1 - prior)))))
+    np.testing.assert_allclose(fitted.predict_table(table).quality, np.clip(expected, 0, 1), rtol=1e-9, atol=1e-12)
+    plain = RouterEstimator(quality=QualityEstimator(regressor=make_lightgbm_regressor(n_estimators=60),
+                                                     boost_from=None)).fit(table)
+    assert plain.quality_.prior_ is None and plain.quality_.n_trees_ is None
+    assert [r.n_estimators for r in plain.quality_.regressors_] == [60] * table.n_models
+    with pytest.raises(ValueError, match="boost_from must be"):
+        RouterEstimator(quality=QualityEstimator(boost_from="global")).fit(table)
+
+
+def _empty_block(fitted, table):
+    from estimators.posthoc import posthoc_features, read_responses
+    run = np.zeros((table.n_queries, table.n_models), bool)
+    info = read_responses(table.responses) if fitted.uses_responses_ else None
+    signals = {name: np.full(run.shape, np.nan) for name in fitted.signal_names_}
+    return posthoc_features(run, signals, info)

@@ -292,3 +292,25 @@ def test_tabulated_forest_equals_the_forest(zero_as_missing):
     rows = grid[groups].copy()
     rows[:, 0] = x
     assert np.array_equal(bits(table.predict(groups, x)), bits(forest.walk(rows)[:, 0]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.booleans())
+def test_a_starting_offset_is_added_before_the_logistic_as_lightgbm_init_score(seed, walk):
+    """Regressors boosted from a prior (``init_score``): LightGBM's raw score plus the offset, then the logistic."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(200, 4))
+    y = (rng.random(200) < 1 / (1 + np.exp(-X[:, 0]))).astype(float)
+    init = rng.normal(size=200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        regressors = [lightgbm.LGBMRegressor(objective="cross_entropy", n_estimators=5, num_leaves=4, verbose=-1,
+                                             random_state=seed).fit(X, y, init_score=init) for _ in range(2)]
+    forest = Forest.from_regressors(regressors)
+    offset = rng.normal(size=(50, 2))
+    got = (forest.walk if walk else forest.predict)(X[:50], offset=offset)
+    raw = np.column_stack([r.predict(X[:50], raw_score=True) for r in regressors]) + offset
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-raw)), rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(forest.predict(X[:50]), forest.predict(X[:50], offset=np.zeros((50, 2))))
+    with pytest.raises(ValueError, match="offset must have shape"):
+        forest.predict(X[:50], offset=offset[:10])
