@@ -45,6 +45,8 @@ __all__ = ["KNNQualityRegressor", "MLPQualityRegressor", "MatrixFactorizationReg
 #: Prefix ``ColumnTransformer.get_feature_names_out`` gives the task/subtask one-hot columns
 #: (the ``category`` step of :func:`~estimators.featurize.make_prompt_featurizer`).
 CATEGORY_PREFIX = "category__"
+#: Up to this many rows, :meth:`TaskMeanRegressor.predict_cells` looks each row up instead of its distinct rows.
+_FEW_ROWS = 64
 
 
 def _imputed_scaled() -> list:
@@ -216,6 +218,10 @@ class TaskMeanRegressor(_Peer):
         The distinct one-hot rows seen in training.
     cell_means_ : ndarray of shape (C, K)
         Shrunk mean quality of every model per cell.
+    cell_index_ : dict of bytes to int
+        Row of each cell (its one-hot row's bytes) in ``cell_means_``.
+    table_ : ndarray of shape (C + 1, K)
+        ``cell_means_`` and, last, the overall means for cells not seen in training.
     overall_ : ndarray of shape (K,)
         Each model's mean quality over every row; the estimate of a cell never seen.
     n_features_in_ : int
@@ -263,6 +269,8 @@ class TaskMeanRegressor(_Peer):
         np.add.at(total, cell, weight[:, None] * Y)
         count = np.bincount(cell, weights=weight, minlength=len(self.cells_))[:, None]
         self.cell_means_ = (total + self.prior_weight * self.overall_) / (count + self.prior_weight)
+        self.cell_index_ = {np.ascontiguousarray(c, dtype=np.float64).tobytes(): i for i, c in enumerate(self.cells_)}
+        self.table_ = np.vstack([self.cell_means_, self.overall_])
         return self
 
     def predict(self, X: ArrayLike) -> NDArray[np.float64]:
@@ -296,13 +304,16 @@ class TaskMeanRegressor(_Peer):
         -------
         ndarray of float64, shape (n, K)
         """
+        keys = np.ascontiguousarray(keys, dtype=np.float64)
         if keys.shape[1] == 0:
             return np.tile(self.overall_, (keys.shape[0], 1))
-        lookup = {cell.tobytes(): index for index, cell in enumerate(self.cells_)}
-        distinct, inverse = np.unique(np.ascontiguousarray(keys), axis=0, return_inverse=True)
-        table = np.vstack([self.cell_means_, self.overall_])  # last row: a cell not seen in training
-        found = np.array([lookup.get(cell.tobytes(), len(self.cells_)) for cell in distinct], dtype=np.int64)
-        return table[found[inverse.ravel()]]
+        unseen = len(self.cells_)  # the last row of the table: a cell not seen in training
+        if keys.shape[0] <= _FEW_ROWS:  # a service's request: np.unique would cost more than the look-ups
+            found = np.array([self.cell_index_.get(row.tobytes(), unseen) for row in keys], dtype=np.int64)
+            return self.table_[found]
+        distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
+        found = np.array([self.cell_index_.get(cell.tobytes(), unseen) for cell in distinct], dtype=np.int64)
+        return self.table_[found[inverse.ravel()]]
 
 
 class MLPQualityRegressor(_Peer):
