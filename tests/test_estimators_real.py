@@ -95,8 +95,9 @@ def test_gsm8k_post_hoc_beats_ex_ante_for_run_and_unrun_models(gsm8k):
     # Run models alone: 0.16850 -> 0.16811 since the regressors boost from the per-task mean and keep
     # 25 trees on GSM8K (0.1692 -> 0.1659 with 100 trees from the average): the one-answer gain nearly
     # vanished (the two-answer gain below did not), so only its sign is asserted; see docs/peers.md.
+    # Models not run: 0.16850 -> 0.16696 (gap 0.0015, margin about half of it as elsewhere in this file).
     assert np.mean(run_error["post"]) < np.mean(run_error["ante"])
-    assert np.mean(unrun_error["post"]) < np.mean(unrun_error["ante"]) - 0.002
+    assert np.mean(unrun_error["post"]) < np.mean(unrun_error["ante"]) - 0.0007
     both = gsm8k.estimator.predict_table(gsm8k.test, np.ones(quality.shape, dtype=bool)).quality
     assert brier(quality, both) < brier(quality, ante) - 0.05  # agreement of the two answers
 
