@@ -151,7 +151,8 @@ def _summary(report: EvaluationReport, seconds: float) -> dict[str, Any]:
         "auc_ci": {name: list(report.auc_ci[name]) for name in report.strategies},
         "cascade_routing-routing": list(difference),
         "estimate_scores": report.estimate_scores,
-        "n_train_calibration_test": [None, report.n_calibration, report.n_test],
+        "n_calibration": report.n_calibration,
+        "n_test": report.n_test,
         "curves": report.curves,
         "seconds": seconds,
     }

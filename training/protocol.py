@@ -485,9 +485,8 @@ def _resolve_depths(max_depth: int | None | Mapping[str, int | None], strategies
         if unknown:
             raise ValueError(f"max_depth names unknown strategies {unknown}; use {list(DEFAULT_STRATEGIES)}")
         chosen = {s: max_depth.get(s) for s in strategies}
-    else:  # ALGORITHM.md §6: the depth limits cascade routing only
-        chosen = {s: max_depth if s == "cascade_routing" else None for s in strategies}
-        chosen["cascade_routing"] = max_depth  # checked even when cascade routing is not evaluated
+    else:  # ALGORITHM.md §6: the depth limits cascade routing only (checked even when it is not evaluated)
+        chosen = {**{s: None for s in strategies}, "cascade_routing": max_depth}
     depths = {}
     for strategy, depth in chosen.items():
         if depth is not None and (isinstance(depth, bool) or not isinstance(depth, (int, np.integer))
