@@ -566,7 +566,8 @@ class QualityEstimator(BaseEstimator):
         ndarray of float64, shape (N, K)
             In [0, 1].
         """
-        return self._predict_regressors(self.regressors_, _features(prompt_features, run, posthoc))
+        offset = self.prompt_share(prompt_features) if self.prior_ is not None else None
+        return self._predict_regressors(self.regressors_, _features(prompt_features, run, posthoc), offset)
 
     def prompt_share(self, prompt_features: NDArray[np.float64]) -> NDArray[np.float64] | None:
         """The prompt's share of the raw quality estimates when the regressors are one affine map, else ``None``.

@@ -60,8 +60,11 @@ def test_predict_matches_predict_table(fitted, table):
     run[::2, 0] = True
     a = fitted.predict(table.prompts, **_inputs(table, run))
     b = fitted.predict_table(table, run)
-    for x, y in zip(a, b):
-        np.testing.assert_allclose(x, y)
+    for field, x, y in zip(a._fields, a, b):
+        if x is None or y is None:
+            assert x is None and y is None, field
+        else:
+            np.testing.assert_allclose(x, y)
 
 
 def test_predict_table_rows_estimates_a_subset(fitted, table):
@@ -280,6 +283,22 @@ def test_lightgbm_boosts_from_the_per_task_prior_and_keeps_its_out_of_fold_tree_
     assert [r.n_estimators for r in plain.quality_.regressors_] == [60] * table.n_models
     with pytest.raises(ValueError, match="boost_from must be"):
         RouterEstimator(quality=QualityEstimator(boost_from="global")).fit(table)
+
+
+@pytest.mark.parametrize("boost_from", ["task", None])
+def test_fitted_quality_is_what_the_frozen_estimator_predicts(table, boost_from):
+    """The reveal σ is measured with ``fitted_quality``: it must see the prior's offset as serving does."""
+    from estimators.posthoc import read_responses
+    from estimators.quality import PosthocData
+
+    fitted = RouterEstimator(quality=QualityEstimator(regressor=make_lightgbm_regressor(n_estimators=30),
+                                                      boost_from=boost_from)).fit(table)
+    features = fitted.prepare(**{f"{column}s": getattr(table, f"{column}s") for column in fitted.columns_}).features
+    posthoc = PosthocData({name: table.signals[name] for name in fitted.signal_names_},
+                          read_responses(table.responses) if fitted.uses_responses_ else None)
+    run = np.random.default_rng(3).random((table.n_queries, table.n_models)) < 0.4
+    np.testing.assert_allclose(fitted.quality_.fitted_quality(features, run, posthoc),
+                               fitted.quality_.predict_quality(features, run, posthoc), rtol=1e-9, atol=1e-12)
 
 
 def _empty_block(fitted, table):
