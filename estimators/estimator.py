@@ -32,7 +32,8 @@ from .table import RoutingTable
 from .cost import CostEstimator, input_token_counts
 from .featurize import FrozenFeaturizer, as_texts, make_prompt_featurizer, prompt_frame
 from .prompts import read_prompts
-from .inputs import check_observed_cost, check_responses, check_run, check_signals, per_query_inputs
+from .inputs import (check_observed_cost, check_observed_latency, check_responses, check_run, check_signals,
+                     per_query_inputs)
 from .peers import PEER_REGRESSORS
 from .posthoc import ResponseMemo, read_responses, run_responses
 from .quality import PosthocData, QualityEstimator, make_linear_regressor
@@ -91,12 +92,17 @@ class Estimates(NamedTuple):
     cov : ndarray of float64, shape (N, K, K) or None
         Error covariance across models when the estimator was fitted with
         ``covariance=True``; its diagonal is ``sigma**2``.
+    latency : ndarray of float64, shape (N, K) or None
+        ``ℓ̂_i(x | R)`` in seconds, the observed latency for models in ``R``
+        where it was reported; ``None`` when the estimator was fitted on a
+        table without latency.
     """
 
     quality: NDArray[np.float64]
     sigma: NDArray[np.float64] | None
     cost: NDArray[np.float64]
     cov: NDArray[np.float64] | None = None
+    latency: NDArray[np.float64] | None = None
 
 
 class PreparedQueries(NamedTuple):
@@ -111,11 +117,14 @@ class PreparedQueries(NamedTuple):
     quality_share : ndarray of float64, shape (N, K) or None
         The prompt's share of the quality estimates when the quality model is
         linear (see :meth:`~estimators.quality.QualityEstimator.prompt_share`).
+    ante_latency : ndarray of float64, shape (N, K) or None
+        Latency estimates before any model has run; ``None`` without a latency model.
     """
 
     features: NDArray[np.float64]
     ante_cost: NDArray[np.float64]
     quality_share: NDArray[np.float64] | None
+    ante_latency: NDArray[np.float64] | None = None
 
 
 class Estimator(Protocol):
@@ -152,6 +161,7 @@ class Estimator(Protocol):
         signals: Mapping[str, ArrayLike] | None = None,
         observed_cost: ArrayLike | None = None,
         input_tokens: ArrayLike | None = None,
+        observed_latency: ArrayLike | None = None,
     ) -> Estimates:
         """Estimates of every model on ``N`` queries, given what the run models returned (checked inputs).
 
@@ -171,6 +181,8 @@ class Estimator(Protocol):
             Cost of the run models (required when any model ran).
         input_tokens : (N, K) array-like of float, optional
             Input token counts for price-based cost.
+        observed_latency : (N, K) array-like of float, optional
+            Seconds the run models took (NaN where not measured).
 
         Returns
         -------
@@ -199,7 +211,8 @@ class Estimator(Protocol):
     def estimate(self, prepared: PreparedQueries, rows: NDArray[np.int64], run: NDArray[np.bool_], *,
                  responses: NDArray[np.object_] | None = None, signals: Mapping[str, NDArray[np.float64]],
                  observed_cost: NDArray[np.float64], memo: ResponseMemo | None = None,
-                 with_sigma: bool = True, parallel: bool = False) -> Estimates:
+                 with_sigma: bool = True, parallel: bool = False,
+                 observed_latency: NDArray[np.float64] | None = None) -> Estimates:
         """Estimates of queries ``rows`` of ``prepared`` with run sets ``run``: one step of a cascade.
 
         The inputs are taken as checked (see :meth:`RouterEstimator.estimate`).
@@ -224,6 +237,8 @@ class Estimator(Protocol):
             ``False`` returns quality and cost only (``sigma`` and ``cov`` ``None``).
         parallel : bool, default=False
             Spread the compiled passes over threads (same numbers).
+        observed_latency : ndarray of float64, shape (M, K), optional
+            Seconds the run models took (read only where ``run``; NaN keeps the estimate).
 
         Returns
         -------
@@ -401,6 +416,9 @@ class RouterEstimator:
     uses_responses_ : bool
         Whether response features are part of the quality model.
     featurizer_, quality_, cost_ : fitted components
+    latency_ : CostEstimator or None
+        Per-model log-latency regression on the prompt features (seconds),
+        when the training table has latency; ``None`` otherwise.
     frozen_featurizer_ : FrozenFeaturizer
         ``featurizer_`` frozen for prediction.
     reveal_sigma_ : ndarray of shape (K + 1, K) or None
@@ -491,6 +509,9 @@ class RouterEstimator:
         self.correlation_ = _residual_correlation(self.quality_.oof_, len(self.models_)) if self.covariance else None
         self.cost_ = clone(self.cost or CostEstimator()).fit(self.models_, features, table.cost, table.output_tokens,
                                                             logged=logged, weights=weights)
+        # Latency is heavy-tailed and positive like a cost without a price: the same log-scale regression.
+        self.latency_ = (None if table.latency is None else
+                         CostEstimator().fit(self.models_, features, table.latency, logged=logged, weights=weights))
         self._cache = None
         return self
 
@@ -527,13 +548,16 @@ class RouterEstimator:
                                                      parallel=parallel)
         priced = self.cost_.priced_.size > 0  # only prices per token read the input token counts
         tokens = input_token_counts(given["prompt"] if priced else None, n, len(self.models_), input_tokens)
+        latency = self.__dict__.get("latency_")  # artifacts fitted before latency existed have none
         return PreparedQueries(features, self.cost_.predict_ante(features, tokens, parallel=parallel),
-                               self.quality_.prompt_share(features))
+                               self.quality_.prompt_share(features),
+                               None if latency is None else latency.predict_ante(features, tokens, parallel=parallel))
 
     def estimate(self, prepared: PreparedQueries, rows: NDArray[np.int64], run: NDArray[np.bool_], *,
                  responses: NDArray[np.object_] | None = None, signals: Mapping[str, NDArray[np.float64]],
                  observed_cost: NDArray[np.float64], memo: ResponseMemo | None = None,
-                 with_sigma: bool = True, parallel: bool = False) -> Estimates:
+                 with_sigma: bool = True, parallel: bool = False,
+                 observed_latency: NDArray[np.float64] | None = None) -> Estimates:
         """Estimates of the queries ``rows`` of ``prepared`` with run sets ``run``.
 
         The inputs are taken as checked (:meth:`predict` checks them).
@@ -559,6 +583,8 @@ class RouterEstimator:
             ``sigma`` and ``cov`` are then ``None``.
         parallel : bool, default=False
             Spread the compiled passes over threads (same numbers).
+        observed_latency : (M, K) float array, optional
+            Seconds the run models took (read where ``run``; NaN keeps the estimate).
 
         Returns
         -------
@@ -573,13 +599,18 @@ class RouterEstimator:
         quality = self.quality_.predict_quality(prepared.features[rows], run, PosthocData(signals, info),
                                                 share=share, parallel=parallel)
         cost = np.where(run, observed_cost, prepared.ante_cost[rows])
+        latency = None
+        if prepared.ante_latency is not None:
+            latency = prepared.ante_latency[rows]
+            if observed_latency is not None:
+                latency = np.where(run & ~np.isnan(observed_latency), observed_latency, latency)
         if not with_sigma:
-            return Estimates(quality, None, cost, None)
+            return Estimates(quality, None, cost, None, latency)
         sigma = self._sigma(quality, run)
         cov = None
         if self.correlation_ is not None:
             cov = sigma[:, :, None] * sigma[:, None, :] * self.correlation_[run.sum(axis=1)]
-        return Estimates(quality, sigma, cost, cov)
+        return Estimates(quality, sigma, cost, cov, latency)
 
     def _sigma(self, quality: np.ndarray, run: np.ndarray) -> np.ndarray:
         """σ per cell: the reveal σ (or the σ model) for models not run, ``run_sigma`` (or the σ model) for run ones.
@@ -606,6 +637,7 @@ class RouterEstimator:
         signals: Mapping[str, ArrayLike] | None = None,
         observed_cost: ArrayLike | None = None,
         input_tokens: ArrayLike | None = None,
+        observed_latency: ArrayLike | None = None,
     ) -> Estimates:
         """Estimate every model on ``N`` new queries, given what the run models returned.
 
@@ -624,6 +656,8 @@ class RouterEstimator:
             Cost of the run models (required when any model ran).
         input_tokens : (N, K) float array, optional
             Input token counts for price-based cost; default ``ceil(len(prompt)/4)``.
+        observed_latency : (N, K) float array, optional
+            Seconds the run models took; NaN (or omitted) where not measured keeps the estimate.
 
         Returns
         -------
@@ -635,7 +669,8 @@ class RouterEstimator:
         return self.estimate(prepared, np.arange(n), run,
                              responses=None if responses is None else check_responses(responses, run),
                              signals=check_signals(signals, self.signal_names_, run),
-                             observed_cost=check_observed_cost(observed_cost, run))
+                             observed_cost=check_observed_cost(observed_cost, run),
+                             observed_latency=check_observed_latency(observed_latency, run))
 
     def predict_table(self, table: RoutingTable, run: ArrayLike | Sequence[str] | None = None,
                       rows: ArrayLike | None = None) -> Estimates:
@@ -680,7 +715,8 @@ class RouterEstimator:
             prepared, rows, run, responses=None if table.responses is None else table.responses[rows],
             signals=check_signals({name: value[rows] for name, value in table.signals.items()},
                                   self.signal_names_, run),
-            observed_cost=check_observed_cost(table.cost[rows], run), memo=memo)
+            observed_cost=check_observed_cost(table.cost[rows], run), memo=memo,
+            observed_latency=None if table.latency is None else check_observed_latency(table.latency[rows], run))
 
     def _table_inputs(self, table: RoutingTable) -> tuple[PreparedQueries, ResponseMemo]:
         cached = self.__dict__.get("_cache")

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["check_run", "check_signals", "check_responses", "check_observed_cost", "check_per_query",
+__all__ = ["check_run", "check_signals", "check_responses", "check_observed_cost", "check_observed_latency", "check_per_query",
            "per_query_inputs"]
 
 
@@ -205,6 +205,43 @@ def check_observed_cost(observed_cost: ArrayLike | None, run: NDArray[np.bool_])
             f"observed_cost must be finite and >= 0 for models that ran; row {row}, column {col} has {cost[row, col]}"
         )
     return cost
+
+
+def check_observed_latency(observed_latency: ArrayLike | None, run: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Return observed latencies as float64 ``(N, K)``; NaN where unknown, else finite and >= 0.
+
+    Unlike a cost, a latency a caller did not measure is not an error: the
+    seconds already spent do not change which model to call next (every
+    candidate plan includes them), so a run model without one keeps its
+    estimate.
+
+    Parameters
+    ----------
+    observed_latency : (N, K) array-like of float, or None
+        Seconds each run model took; NaN (or ``None`` for all) when not measured.
+    run : ndarray of bool, shape (N, K)
+
+    Returns
+    -------
+    ndarray of float64, shape (N, K)
+        All NaN when ``observed_latency`` is ``None``.
+
+    Raises
+    ------
+    ValueError
+        If it has a wrong shape, or is infinite or negative where a model ran.
+    """
+    if observed_latency is None:
+        return np.full(run.shape, np.nan)
+    latency = np.asarray(observed_latency, dtype=np.float64)
+    if latency.shape != run.shape:
+        raise ValueError(f"observed_latency must have shape {run.shape}; got {latency.shape}")
+    bad = np.argwhere(run & ~np.isnan(latency) & ~(np.isfinite(latency) & (latency >= 0)))
+    if len(bad):
+        row, col = bad[0]
+        raise ValueError(f"observed_latency must be finite and >= 0 seconds (or NaN when not measured) for models "
+                         f"that ran; row {row}, column {col} has {latency[row, col]}")
+    return latency
 
 
 def per_query_inputs(columns: Sequence[str], prompts: ArrayLike | None, tasks: ArrayLike | None,

@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = ["RoutingTable"]
 
 _PER_QUERY = ("query_ids", "prompts", "tasks", "subtasks", "splits")
-_PER_CELL = ("quality", "cost", "logged", "responses", "input_tokens", "output_tokens", "propensity")
+_PER_CELL = ("quality", "cost", "logged", "responses", "input_tokens", "output_tokens", "propensity", "latency")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,10 @@ class RoutingTable:
         random share of the traffic) weighting each logged cell by
         ``1 / propensity`` makes the training loss that of all queries
         again. ``None``: every logged cell counts once.
+    latency : ndarray of float64, shape (N, K), optional
+        Seconds each model took on each query (finite, >= 0 where logged;
+        NaN where not): the second budget of ALGORITHM.md §7. ``None`` when
+        the source has no latency, which refuses latency budgets.
     """
 
     models: tuple[str, ...]
@@ -80,6 +84,7 @@ class RoutingTable:
     output_tokens: NDArray[np.float64] | None = None
     signals: dict[str, NDArray[np.float64]] = field(default_factory=dict)
     propensity: NDArray[np.float64] | None = None
+    latency: NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
         n, k = np.shape(self.quality)
@@ -102,6 +107,8 @@ class RoutingTable:
             raise ValueError("propensity must lie in (0, 1] on every logged cell")
         if self.logged.dtype != np.bool_:
             raise TypeError(f"logged must be a boolean array, got dtype {self.logged.dtype}")
+        if self.latency is not None and not (np.isfinite(self.latency) & (self.latency >= 0))[self.logged].all():
+            raise ValueError("latency must be finite and >= 0 (seconds) on every logged cell")
         unknown = self.logged & ~(np.isfinite(self.quality) & np.isfinite(self.cost))
         if unknown.any():
             q, m = np.argwhere(unknown)[0]

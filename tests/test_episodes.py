@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
+from estimators.estimator import Estimates
 from training.episodes import EstimatorEpisodes, TableEpisodes
 from estimators.table import RoutingTable
 
@@ -21,7 +20,7 @@ class TableEstimator:
     def predict_table(self, table, run, rows):
         self.calls += 1
         picked = [np.where(run, p[rows], a[rows]) for a, p in zip(self.ante, self.post)]
-        return SimpleNamespace(quality=picked[0], sigma=picked[1], cost=picked[2], cov=None)
+        return Estimates(*picked)
 
 
 def tables(seed=0, n=300, k=5):

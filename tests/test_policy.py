@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from training.episodes import TableEpisodes
-from training.policy import BudgetError, Policy, _fit_gamma, _Search, fit_policy
+from training.policy import BudgetError, Policy, _Budgets, _fit_gamma, _Search, fit_policy
 
 STRATEGIES = ("routing", "cascade", "cascade_routing", "threshold")
 
@@ -90,7 +90,7 @@ def test_gamma_mixes_exact_ties_to_meet_the_budget():
     template = Policy("routing", np.ones(1), None, 0.0, 1, False, 64, budget=0.2)
     search = _Search(episodes, template)
     cheap = search.measure()
-    gamma, outcome = _fit_gamma(search, {"lambdas": np.ones(1)}, cheap, 0.2)
+    gamma, outcome = _fit_gamma(search, {"lambdas": np.ones(1)}, cheap, _Budgets(0.2))
     assert cheap.mean_cost == pytest.approx(0.1)
     assert 0.45 <= gamma <= 0.5
     assert 0.19 <= outcome.mean_cost <= 0.2

@@ -5,7 +5,7 @@ Two layouts are understood:
 * the **long** format of ``../shared/data/README.md``: one row per
   (query, model) with ``query_id, model, quality, cost_usd`` and optional
   ``task, subtask, split, prompt, response, input_tokens, output_tokens,
-  propensity``;
+  propensity, latency_s``;
 * the **wide RouterBench** format (``routerbench_0shot.pkl`` as downloaded,
   or a CSV of it): one row per prompt with ``sample_id, prompt, eval_name``
   and, per model ``M``, the columns ``M`` (quality), ``M|total_cost`` and
@@ -30,6 +30,7 @@ import hashlib
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Union
 
@@ -38,15 +39,20 @@ import pandas as pd
 
 from estimators.table import RoutingTable
 
-__all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "coverage", "fingerprint", "read_prices", "read_table"]
+__all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "THROUGHPUT_COLUMNS", "coverage", "derive_latency", "fingerprint",
+           "read_prices", "read_table", "read_throughput"]
 
 PathLike = Union[str, os.PathLike]
 Prices = Mapping[str, tuple[float, float]]
+Throughput = Mapping[str, tuple[float, float]]
 
 REQUIRED_COLUMNS = ("query_id", "model", "quality", "cost_usd")
 #: Optional columns of the long format (besides signal columns named by ``signal_columns``).
-OPTIONAL_COLUMNS = ("prompt", "task", "subtask", "split", "response", "input_tokens", "output_tokens", "propensity")
+OPTIONAL_COLUMNS = ("prompt", "task", "subtask", "split", "response", "input_tokens", "output_tokens", "propensity",
+                    "latency_s")
 PRICE_COLUMNS = ("model", "input_price_per_mtok_usd", "output_price_per_mtok_usd")
+#: Per-model serving speed of a ``models.csv``: seconds to the first token and output tokens per second.
+THROUGHPUT_COLUMNS = ("model", "ttft_s", "output_tokens_per_s")
 
 _QUERY_TEXT = {"prompt": "prompts", "task": "tasks", "subtask": "subtasks", "split": "splits"}
 _TOKENS = ("input_tokens", "output_tokens")
@@ -68,6 +74,7 @@ def read_table(
     quality_range: tuple[float, float] = (0.0, 1.0),
     signal_columns: Sequence[str] = (),
     prices: Prices | PathLike | None = None,
+    throughput: Throughput | PathLike | None = None,
 ) -> RoutingTable:
     """Load, validate and pivot a benchmark table into a :class:`RoutingTable`.
 
@@ -99,6 +106,14 @@ def read_table(
         so that a cost estimator fitted later cannot fail halfway. Prices are
         not stored in the table (it has no field for them); keep the mapping
         you passed, or call :func:`read_prices`.
+    throughput : mapping or path, optional
+        ``{model: (ttft_s, output_tokens_per_s)}`` or a ``models.csv``-style
+        file with :data:`THROUGHPUT_COLUMNS` (see :func:`read_throughput`).
+        When the source has no ``latency_s`` column, each logged cell's
+        latency is derived as ``ttft_s + output_tokens / output_tokens_per_s``
+        (a model generates its answer token by token after a fixed start-up),
+        so the source needs ``output_tokens`` on every logged row. Ignored
+        when ``latency_s`` is present: measured latency beats a derived one.
 
     Returns
     -------
@@ -111,7 +126,8 @@ def read_table(
         becomes :attr:`RoutingTable.propensity`, which estimators use as
         inverse-propensity weights. Text columns absent from the source
         are ``None``; present ones have ``''`` for missing entries. Token
-        columns, when present, have NaN for unknown counts.
+        columns, when present, have NaN for unknown counts. ``latency``
+        (seconds) comes from ``latency_s`` or ``throughput``, else is ``None``.
 
     Raises
     ------
@@ -122,10 +138,11 @@ def read_table(
     ValueError
         On an empty input; a missing required column; an unknown model name
         in ``models``; a missing or empty ``query_id``/``model``; a
-        duplicated (query_id, model) pair; a cost that is not a finite number >= 0; a quality that is
+        duplicated (query_id, model) pair; a cost or latency_s that is not a finite number >= 0; a quality that is
         NaN or outside ``quality_range``; a non-numeric token count or
         signal; a per-query text (prompt, task, ...) that differs between
-        the rows of one query; a model without a price.
+        the rows of one query; a model without a price; a ``throughput``
+        without a model of the table, or without the output token counts it needs.
 
     Examples
     --------
@@ -157,6 +174,8 @@ def read_table(
     table = _build(frame, origin, models, low, high, signal_columns)
     if prices is not None:
         _check_prices(prices, table.models)
+    if throughput is not None and table.latency is None:
+        table = replace(table, latency=derive_latency(table, throughput))
     return table
 
 
@@ -186,26 +205,7 @@ def read_prices(path: PathLike | pd.DataFrame) -> dict[str, tuple[float, float]]
         If a column is missing, a model is listed twice or has no name, only
         one of its two prices is given, or a price is not a number >= 0.
     """
-    if isinstance(path, pd.DataFrame):
-        frame = path
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no such price file: {str(path)!r}")
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    missing = [name for name in PRICE_COLUMNS if name not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"price table lacks column(s) {missing}; found {list(frame.columns)}. "
-            f"Expected {list(PRICE_COLUMNS)} with prices in USD per 1M tokens"
-        )
-    names, name_missing = _text(frame["model"])
-    _raise_if(name_missing, "price table has rows without a model name", names=names)
-    _raise_if(
-        pd.Series(names).duplicated(keep=False).to_numpy(),
-        "price table lists a model more than once; keep one row per model",
-        names=names,
-    )
+    frame, names = _per_model_rows(path, PRICE_COLUMNS, "price", "with prices in USD per 1M tokens")
     columns = [_numbers(frame[name]) for name in PRICE_COLUMNS[1:]]
     (inp, inp_bad), (out, out_bad) = columns
     for column, (values, bad) in zip(PRICE_COLUMNS[1:], columns):
@@ -230,6 +230,99 @@ def read_prices(path: PathLike | pd.DataFrame) -> dict[str, tuple[float, float]]
         )
     keep = ~inp_nan
     return {str(n): (float(i), float(o)) for n, i, o in zip(names[keep], inp[keep], out[keep])}
+
+
+def read_throughput(path: PathLike | pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """Read per-model serving speed from a ``models.csv``-style table, to derive latency from token counts.
+
+    Parameters
+    ----------
+    path : path or pandas.DataFrame
+        A CSV (optionally ``.gz``) or DataFrame with :data:`THROUGHPUT_COLUMNS`:
+        ``ttft_s`` (seconds to the first token, >= 0) and
+        ``output_tokens_per_s`` (> 0). Other columns are ignored, so the
+        price columns can sit in the same file.
+
+    Returns
+    -------
+    dict of str to (float, float)
+        ``{model: (ttft_s, output_tokens_per_s)}``.
+
+    Raises
+    ------
+    ValueError
+        If a column is missing, a model is listed twice or has no name, or a
+        figure is missing, not finite, a negative ``ttft_s`` or a
+        non-positive ``output_tokens_per_s``.
+    """
+    frame, names = _per_model_rows(path, THROUGHPUT_COLUMNS, "throughput",
+                                   "(seconds to the first token, output tokens per second)")
+    (ttft, ttft_bad), (speed, speed_bad) = (_numbers(frame[name]) for name in THROUGHPUT_COLUMNS[1:])
+    _raise_if(ttft_bad | ~np.isfinite(ttft) | ~(ttft >= 0), "ttft_s must be a finite number >= 0 (seconds)",
+              names=names, shown=frame["ttft_s"].to_numpy(dtype=object))
+    _raise_if(speed_bad | ~np.isfinite(speed) | ~(speed > 0),
+              "output_tokens_per_s must be a finite number > 0", names=names,
+              shown=frame["output_tokens_per_s"].to_numpy(dtype=object))
+    return {str(n): (float(t), float(v)) for n, t, v in zip(names, ttft, speed)}
+
+
+def derive_latency(table: RoutingTable, throughput: Throughput | PathLike) -> np.ndarray:
+    """Per-cell latency ``ttft_s + output_tokens / output_tokens_per_s`` for a table that logs tokens, not time.
+
+    Parameters
+    ----------
+    table : RoutingTable
+        With ``output_tokens`` on every logged cell.
+    throughput : mapping or path
+        See :func:`read_throughput`.
+
+    Returns
+    -------
+    ndarray of float64, shape (N, K)
+        Seconds; NaN where not logged.
+
+    Raises
+    ------
+    ValueError
+        If a model of the table has no throughput, or the table lacks output
+        token counts on a logged cell.
+    """
+    if not isinstance(throughput, Mapping):
+        throughput = read_throughput(throughput)
+    missing = [m for m in table.models if m not in throughput]
+    if missing:
+        raise ValueError(f"no throughput for model(s) {missing}; add rows with {list(THROUGHPUT_COLUMNS)} "
+                         "or log a latency_s column")
+    tokens = table.output_tokens
+    lacking = table.logged if tokens is None else table.logged & ~np.isfinite(tokens)
+    if lacking.any():
+        q, m = np.argwhere(lacking)[0]
+        raise ValueError(f"deriving latency from throughput needs output_tokens on every logged row; "
+                         f"{int(lacking.sum())} lack it, e.g. query {table.query_ids[q]!r}, model "
+                         f"{table.models[m]!r}. Log output_tokens or latency_s")
+    ttft, speed = (np.array([throughput[m][j] for m in table.models], dtype=np.float64) for j in (0, 1))
+    return np.where(table.logged, ttft + np.nan_to_num(tokens) / speed, np.nan)
+
+
+def _per_model_rows(path: PathLike | pd.DataFrame, columns: Sequence[str], what: str,
+                    unit: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """A ``models.csv``-style table read as text, with its model names checked: one named row per model."""
+    if isinstance(path, pd.DataFrame):
+        frame = path
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such {what} file: {str(path)!r}")
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    missing = [name for name in columns if name not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} table lacks column(s) {missing}; found {list(frame.columns)}. "
+                         f"Expected {list(columns)} {unit}")
+    names, name_missing = _text(frame["model"])
+    _raise_if(name_missing, f"{what} table has rows without a model name", names=names)
+    _raise_if(pd.Series(names).duplicated(keep=False).to_numpy(),
+              f"{what} table lists a model more than once; keep one row per model", names=names)
+    return frame, names
 
 
 def coverage(table: RoutingTable, rows: np.ndarray | None = None) -> list[dict[str, object]]:
@@ -258,8 +351,9 @@ def fingerprint(table: RoutingTable) -> str:
     Artifact manifests store it so that a policy is never evaluated, or
     silently reused, on data other than the data it was fitted on. It covers
     the model names and order, the query ids and order, and the exact bytes
-    of ``quality`` and ``cost`` (float64, C order); texts, tokens and signals
-    are not included.
+    of ``quality`` and ``cost`` (float64, C order), and of ``latency`` when
+    the table has one (so a table without latency keeps its digest); texts,
+    tokens and signals are not included.
 
     Parameters
     ----------
@@ -277,7 +371,7 @@ def fingerprint(table: RoutingTable) -> str:
             encoded = str(name).encode("utf-8")
             digest.update(len(encoded).to_bytes(8, "little"))
             digest.update(encoded)
-    for values in (table.quality, table.cost):
+    for values in (table.quality, table.cost) + (() if table.latency is None else (table.latency,)):
         array = np.ascontiguousarray(values, dtype="<f8")
         digest.update(np.asarray(array.shape, dtype="<i8").tobytes())
         digest.update(array.tobytes())
@@ -413,6 +507,15 @@ def _build(
         **where,
     )
     cells: dict[str, np.ndarray] = {}
+    if "latency_s" in frame.columns:
+        latency, bad = _numbers(frame["latency_s"])
+        _raise_if(
+            bad | ~np.isfinite(latency) | ~(latency >= 0),
+            "latency_s must be a finite number >= 0 (seconds this model took on this query)",
+            shown=frame["latency_s"].to_numpy(dtype=object),
+            **where,
+        )
+        cells["latency"] = latency
     if "propensity" in frame.columns:
         values, bad = _numbers(frame["propensity"])
         values = np.where(np.isnan(values) & ~bad, 1.0, values)
@@ -480,6 +583,7 @@ def _build(
         input_tokens=arrange(cells["input_tokens"], np.nan) if "input_tokens" in cells else None,
         output_tokens=arrange(cells["output_tokens"], np.nan) if "output_tokens" in cells else None,
         propensity=arrange(cells["propensity"], np.nan) if "propensity" in cells else None,
+        latency=arrange(cells["latency"], np.nan) if "latency" in cells else None,
         signals={name: arrange(values, np.nan) for name, values in signals.items()},
         **per_query,
     )

@@ -14,6 +14,7 @@ decisions by construction.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol, overload
@@ -27,8 +28,9 @@ from estimators.estimator import Estimates, Estimator
 if TYPE_CHECKING:
     from estimators.table import RoutingTable
 
-__all__ = ["FIXED_MODEL", "MIN_FULLY_LOGGED", "Episodes", "EpisodeOutcome", "EstimateStep", "EstimatorEpisodes",
-           "TableEpisodes", "calibration_episodes", "plan_next", "play_cascades", "uncertainty_keywords"]
+__all__ = ["FIXED_MODEL", "LATENCY_MULTIPLIER", "MIN_FULLY_LOGGED", "Episodes", "EpisodeOutcome", "EstimateStep",
+           "EstimatorEpisodes", "TableEpisodes", "calibration_episodes", "penalised_cost", "plan_next", "play_cascades",
+           "uncertainty_keywords"]
 
 
 def uncertainty_keywords(sigma: ArrayLike | None, cov: ArrayLike | None,
@@ -87,11 +89,62 @@ def uncertainty_keywords(sigma: ArrayLike | None, cov: ArrayLike | None,
 
 #: Kernel-options key of a policy that calls one model (by column index) and stops: the single-model candidate.
 FIXED_MODEL = "fixed_model"
+#: Kernel-options key of a policy's latency multiplier ``μ`` (ALGORITHM.md §7); present only when ``μ > 0``.
+LATENCY_MULTIPLIER = "latency_multiplier"
+
+
+def penalised_cost(cost: ArrayLike, latency: ArrayLike | None,
+                   options: dict[str, Any]) -> tuple[ArrayLike, dict[str, Any]]:
+    """The kernel's cost and options for a policy: ``λ·c + μ·ℓ`` with multiplier 1 when it weighs latency.
+
+    ALGORITHM.md §7 keeps the kernel unchanged: a policy with a latency
+    multiplier ``μ`` gives it the per-model penalty ``λ·c_i + μ·ℓ_i`` as
+    the cost and ``λ = 1``, so ``τ(M) = Q(M) − λ·C(M) − μ·L(M)``, and ties
+    and "cheapest next" use the penalty. Such a policy has one ``λ`` for
+    every step (fitting refuses a per-step ``λ`` with a latency budget).
+    Options without :data:`LATENCY_MULTIPLIER` pass through unchanged, so a
+    cost-only policy decides exactly as before latency existed.
+
+    Parameters
+    ----------
+    cost : array-like of shape (N, K)
+        Cost estimates (or true costs, for scoring).
+    latency : array-like of shape (N, K), or None
+        Latency estimates in seconds; needed when the options weigh latency.
+    options : dict
+        Kernel options (:meth:`~training.policy.Policy.kernel_options`).
+
+    Returns
+    -------
+    (array-like, dict)
+        The cost the kernel is given and the options without the latency key.
+
+    Raises
+    ------
+    ValueError
+        If the options weigh latency and ``latency`` is ``None``, or their
+        ``λ`` differs between steps.
+    """
+    mu = options.get(LATENCY_MULTIPLIER)
+    if mu is None:
+        return cost, options
+    if latency is None:
+        raise ValueError("this policy weighs latency (it was fitted to a latency budget) but the estimates have "
+                         "none: fit the estimator on a table with latency_s (or a throughput table)")
+    lambdas = np.asarray(options["lambdas"], dtype=np.float64)
+    if lambdas.size and np.ptp(lambdas) > 0:
+        raise ValueError("a policy that weighs latency has one λ for every step; got per-step λ "
+                         f"{lambdas.tolist()}")
+    options = {name: value for name, value in options.items() if name != LATENCY_MULTIPLIER}
+    options["lambdas"] = np.ones_like(lambdas)
+    lam = float(lambdas[0]) if lambdas.size else 0.0
+    return lam * np.asarray(cost, dtype=np.float64) + float(mu) * np.asarray(latency, dtype=np.float64), options
 
 
 def plan_next(quality: ArrayLike, cost: ArrayLike, options: dict[str, Any], *, run: ArrayLike,
               u: ArrayLike | None, parallel: bool, sigma: ArrayLike | None = None,
-              cov: ArrayLike | None = None) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+              cov: ArrayLike | None = None, latency: ArrayLike | None = None
+              ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """:func:`kernel.plan` for a policy's kernel options, where a fixed-model policy needs no kernel.
 
     A policy with :data:`FIXED_MODEL` in its options calls that model when
@@ -108,6 +161,8 @@ def plan_next(quality: ArrayLike, cost: ArrayLike, options: dict[str, Any], *, r
         :meth:`~training.policy.Policy.kernel_options`.
     run, u, parallel, sigma, cov
         As in :func:`kernel.plan`.
+    latency : array-like of shape (N, K), optional
+        Latency estimates, for a policy that weighs them (:func:`penalised_cost`).
 
     Returns
     -------
@@ -115,6 +170,7 @@ def plan_next(quality: ArrayLike, cost: ArrayLike, options: dict[str, Any], *, r
         Next model per query (``kernel.STOP`` to stop) and the plan as a bit mask.
     """
     if FIXED_MODEL not in options:
+        cost, options = penalised_cost(cost, latency, options)
         return kernel.plan(quality, cost, run=run, u=u, parallel=parallel, sigma=sigma, cov=cov, **options)
     model = int(options[FIXED_MODEL])
     run = np.asarray(run, dtype=bool)
@@ -218,7 +274,7 @@ def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options
         found = estimate(active, run[active], True)
         began = time.perf_counter()
         chosen = plan_next(found.quality, found.cost, options, run=run[active], u=u[active], parallel=parallel,
-                           **uncertainty_keywords(found.sigma, found.cov, sigma_transform))[0]
+                           latency=found.latency, **uncertainty_keywords(found.sigma, found.cov, sigma_transform))[0]
         kernel_seconds += time.perf_counter() - began
         going = chosen != kernel.STOP
         if needed is not None:  # a model without a logged outcome cannot be run: the query stops before it
@@ -257,16 +313,26 @@ class EpisodeOutcome:
         Realised cost (all models run) and true quality of the answer.
     order : ndarray of int64, shape (N, max_depth)
         Models run in order, ``-1`` padded.
+    latency : ndarray of shape (N,), or None
+        Realised latency: the run models' seconds added up, since a cascade
+        runs them one after another (ALGORITHM.md §7); ``None`` when the
+        episodes have no latency.
     """
 
     cost: NDArray[np.float64]
     quality: NDArray[np.float64]
     order: NDArray[np.int64]
+    latency: NDArray[np.float64] | None = None
 
     @property
     def mean_cost(self) -> float:
         """Realised mean cost per query: what a budget bounds."""
         return float(self.cost.mean())
+
+    @property
+    def mean_latency(self) -> float:
+        """Realised mean latency per query in seconds (what a latency budget bounds); NaN without latency."""
+        return math.nan if self.latency is None else float(self.latency.mean())
 
     @property
     def mean_quality(self) -> float:
@@ -283,6 +349,8 @@ class Episodes(Protocol):
     quality_span: tuple[float, float]
     #: Typical cost of one model run, which sets the scale of useful ``λ``.
     cost_scale: float
+    #: Typical latency of one model run in seconds (the scale of useful ``μ``); NaN without latency.
+    latency_scale: float
 
     def play(self, options: dict[str, Any]) -> EpisodeOutcome:
         """Play the policy given by ``kernel.simulate`` keyword ``options``.
@@ -309,26 +377,37 @@ class TableEpisodes:
         Ground truth used to score the episodes.
     parallel : bool
         Use the multi-threaded kernel.
+    latency : (array-like, array-like, array-like), optional
+        Ex-ante, post-hoc and true latency ``(N, K)`` in seconds, for
+        policies fitted to a latency budget; default none.
     """
 
     def __init__(self, ante_quality: ArrayLike, ante_sigma: ArrayLike, ante_cost: ArrayLike,
                  post_quality: ArrayLike, post_sigma: ArrayLike, post_cost: ArrayLike,
-                 true_quality: ArrayLike, true_cost: ArrayLike, *, parallel: bool = True) -> None:
+                 true_quality: ArrayLike, true_cost: ArrayLike, *, parallel: bool = True,
+                 latency: tuple[ArrayLike, ArrayLike, ArrayLike] | None = None) -> None:
         self.tables = tuple(np.ascontiguousarray(a, dtype=np.float64) for a in (
             ante_quality, ante_sigma, ante_cost, post_quality, post_sigma, post_cost,
             true_quality, true_cost))
+        self.latency = None if latency is None else tuple(np.ascontiguousarray(a, dtype=np.float64) for a in latency)
         self.parallel = parallel
         self.n_queries, self.n_models = self.tables[0].shape
         if self.n_queries == 0:
             raise ValueError("no queries to evaluate on: the calibration/test split is empty")
+        if self.latency is not None and (len(self.latency) != 3 or any(
+                a.shape != self.tables[0].shape or not (np.isfinite(a) & (a >= 0)).all() for a in self.latency)):
+            raise ValueError(f"latency must be three (ante, post, true) arrays of shape {self.tables[0].shape}, "
+                             "finite and >= 0 (seconds)")
         ante_quality, _, ante_cost, post_quality = self.tables[:4]
         self.quality_span = (float(min(ante_quality.min(), post_quality.min())),
                              float(max(ante_quality.max(), post_quality.max())))
         self.cost_scale = float(ante_cost.mean())
+        self.latency_scale = math.nan if self.latency is None else float(self.latency[0].mean())
 
     @classmethod
     def from_estimates(cls, estimates: object, true_quality: NDArray[np.float64], true_cost: NDArray[np.float64],
-                       rows: ArrayLike | None = None, *, parallel: bool = True) -> TableEpisodes:
+                       rows: ArrayLike | None = None, *, parallel: bool = True,
+                       latency: tuple[ArrayLike, ArrayLike, ArrayLike] | None = None) -> TableEpisodes:
         """Build from an object with ``ante_*``/``post_*`` attributes, optionally on ``rows``.
 
         The evaluation protocol's way to play simulated estimates on one split.
@@ -345,6 +424,8 @@ class TableEpisodes:
             Queries to keep (indexes every array); default all.
         parallel : bool, default=True
             Use the multi-threaded kernel.
+        latency : (array-like, array-like, array-like), optional
+            Ex-ante, post-hoc and true latency ``(N, K)``, indexed by ``rows`` like the rest.
 
         Returns
         -------
@@ -354,7 +435,8 @@ class TableEpisodes:
         arrays = [getattr(estimates, name) for name in names] + [true_quality, true_cost]
         if rows is not None:
             arrays = [a[rows] for a in arrays]
-        return cls(*arrays, parallel=parallel)
+            latency = None if latency is None else tuple(np.asarray(a)[rows] for a in latency)
+        return cls(*arrays, parallel=parallel, latency=latency)
 
     def play(self, options: dict[str, Any]) -> EpisodeOutcome:
         """Play the policy given by ``options`` in one compiled :func:`kernel.simulate` call.
@@ -367,14 +449,26 @@ class TableEpisodes:
         Returns
         -------
         EpisodeOutcome
+            With the realised latency when the episodes have latency.
         """
         options = dict(options)
         transform = options.pop("sigma_transform", (1.0, 1.0))
         tables = list(self.tables)
         for index in (1, 4):  # ante_sigma, post_sigma
             tables[index] = uncertainty_keywords(tables[index], None, transform)["sigma"]
+        weighs_latency = LATENCY_MULTIPLIER in options
+        if weighs_latency:  # the kernel sees penalties; what was spent is added up from the models run below
+            latency = (None,) * 3 if self.latency is None else self.latency
+            kernel_options = options
+            for index, seconds in zip((2, 5, 7), latency):
+                tables[index], kernel_options = penalised_cost(tables[index], seconds, options)
+            options = kernel_options
         result = kernel.simulate(*tables, parallel=self.parallel, **options)
-        return EpisodeOutcome(result.cost, result.quality, result.order)
+        if self.latency is None:
+            return EpisodeOutcome(result.cost, result.quality, result.order)
+        run = _run_mask(result.order, self.n_models)
+        cost = (self.tables[7] * run).sum(axis=1) if weighs_latency else result.cost
+        return EpisodeOutcome(cost, result.quality, result.order, (self.latency[2] * run).sum(axis=1))
 
 
 class EstimatorEpisodes:
@@ -414,6 +508,9 @@ class EstimatorEpisodes:
     quality, cost : ndarray of float64, shape (N, K)
         The outcomes episodes are scored with: the table's where logged, the
         direct method's elsewhere.
+    latency : ndarray of float64, shape (N, K), or None
+        Likewise for latency; ``None`` unless both the table and the
+        estimator have latency.
     imputed_cells : int
         (query, model) outcomes that come from the direct method.
     """
@@ -431,14 +528,19 @@ class EstimatorEpisodes:
         if self.imputed_cells and not direct_method:
             raise ValueError(f"{int((~table.fully_logged).sum())} of these {self.n_queries} queries are not logged "
                              "for every model, and scoring them would count predicted outcomes as real")
-        self.quality, self.cost = table.quality, table.cost
+        self.quality, self.cost, self.latency = table.quality, table.cost, table.latency
         if self.imputed_cells:
             direct = estimator.predict_table(table, run=self.logged)
             self.quality = np.where(self.logged, table.quality, direct.quality)
             self.cost = np.where(self.logged, table.cost, direct.cost)
+            if self.latency is not None and direct.latency is not None:
+                self.latency = np.where(self.logged, table.latency, direct.latency)
         ante = self.estimates(np.arange(self.n_queries), np.zeros(table.quality.shape, bool))
         self.quality_span = (float(ante.quality.min()), float(ante.quality.max()))
         self.cost_scale = float(ante.cost.mean())
+        if ante.latency is None:  # latency is scored only where the estimator can also weigh it
+            self.latency = None
+        self.latency_scale = math.nan if self.latency is None else float(ante.latency.mean())
 
     def estimates(self, rows: NDArray[np.int64], run: NDArray[np.bool_], with_sigma: bool = True) -> Estimates:
         """Estimates of queries ``rows`` with run sets ``run``, from the cache where they were seen before.
@@ -464,12 +566,11 @@ class EstimatorEpisodes:
         if missing:
             found = self._estimate(rows[missing], run[missing])
             for j, n in enumerate(missing):
-                self._cache[(int(rows[n]), int(masks[n]))] = (
-                    found.quality[j], found.sigma[j], found.cost[j], None if found.cov is None else found.cov[j])
+                self._cache[(int(rows[n]), int(masks[n]))] = tuple(
+                    None if value is None else value[j] for value in found)
         cached = [self._cache[(int(row), int(mask))] for row, mask in zip(rows, masks)]
-        quality, sigma, cost = (np.array([c[i] for c in cached]) for i in range(3))
-        cov = np.array([c[3] for c in cached]) if cached and cached[0][3] is not None else None
-        return Estimates(quality, sigma, cost, cov)
+        return Estimates(*(np.array([c[i] for c in cached]) if cached and cached[0][i] is not None else None
+                           for i in range(len(Estimates._fields))))
 
     def _estimate(self, rows: NDArray[np.int64], run: NDArray[np.bool_]) -> Estimates:
         """The estimator's estimates, with the direct method's outcome for run models that were not logged."""
@@ -481,8 +582,11 @@ class EstimatorEpisodes:
         cov = found.cov
         if cov is not None:
             cov = np.where(unseen[:, :, None] | unseen[:, None, :], 0.0, cov)
+        latency = found.latency
+        if latency is not None and self.latency is not None:
+            latency = np.where(unseen, self.latency[rows], latency)
         return Estimates(np.where(unseen, self.quality[rows], found.quality), np.where(unseen, 0.0, found.sigma),
-                         np.where(unseen, self.cost[rows], found.cost), cov)
+                         np.where(unseen, self.cost[rows], found.cost), cov, latency)
 
     def play(self, options: dict[str, Any]) -> EpisodeOutcome:
         """Play the policy given by ``options`` step by step with the estimator (:func:`play_cascades`).
@@ -496,8 +600,9 @@ class EstimatorEpisodes:
         Returns
         -------
         EpisodeOutcome
-            Realised cost sums the cost of every model run (logged, or the
-            direct method's), quality is that of the selected answer.
+            Realised cost (and latency, when the table and the estimator
+            have it) sums that of every model run (logged, or the direct
+            method's), quality is that of the selected answer.
         """
         options = dict(options)
         transform = options.pop("sigma_transform", (1.0, 1.0))
@@ -505,7 +610,16 @@ class EstimatorEpisodes:
         order, run, answer = play_cascades(self.estimates, self.n_queries, self.n_models, options, u=u,
                                            sigma_transform=transform)
         cost = (self.cost * run).sum(axis=1)
-        return EpisodeOutcome(cost, self.quality[np.arange(self.n_queries), answer], order)
+        latency = None if self.latency is None else (self.latency * run).sum(axis=1)
+        return EpisodeOutcome(cost, self.quality[np.arange(self.n_queries), answer], order, latency)
+
+
+def _run_mask(order: NDArray[np.int64], n_models: int) -> NDArray[np.bool_]:
+    """``(N, K)`` run sets from the ``-1``-padded order of the models run."""
+    run = np.zeros((order.shape[0], n_models), dtype=bool)
+    rows, steps = np.nonzero(order >= 0)
+    run[rows, order[rows, steps]] = True
+    return run
 
 
 #: Fully logged calibration queries enough to fit policies on them alone

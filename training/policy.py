@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 import kernel
 
-from .episodes import FIXED_MODEL, EpisodeOutcome, Episodes, plan_next, uncertainty_keywords
+from .episodes import FIXED_MODEL, LATENCY_MULTIPLIER, EpisodeOutcome, Episodes, plan_next, uncertainty_keywords
 
 __all__ = ["Policy", "SIGMA_TRANSFORMS", "fit_policy", "single_model_policy", "choose_policy", "BudgetError", "SCALE_RTOL", "MAX_DOUBLINGS", "MAX_SCALE", "LAMBDA_MOVES",
            "THRESHOLD_MOVES"]
@@ -62,11 +62,15 @@ class BudgetError(ValueError):
         What happened and what to do.
     cheapest_cost : float
         Mean calibration cost of the cheapest policy: the smallest budget that can be met.
+    fastest_latency : float, optional
+        With a latency budget: mean calibration latency of the fastest policy
+        tried, the smallest latency budget that can be met; else NaN.
     """
 
-    def __init__(self, message: str, cheapest_cost: float) -> None:
+    def __init__(self, message: str, cheapest_cost: float, fastest_latency: float = math.nan) -> None:
         super().__init__(message)
         self.cheapest_cost = cheapest_cost
+        self.fastest_latency = fastest_latency
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,14 @@ class Policy:
         Column of the one model this policy calls (then stops), for the
         best-single-model candidate of :func:`choose_policy`; ``None`` for
         a kernel policy.
+    latency_budget : float or None
+        The mean-latency budget (seconds) it was fitted to; ``None``: none.
+    mu : float
+        The latency multiplier ``μ`` (per second, in quality units) of
+        ``τ(M) = Q(M) − λ·C(M) − μ·L(M)`` (ALGORITHM.md §7); 0 for a
+        cost-only policy, which then decides exactly as before latency existed.
+    calibration_latency : float
+        Realised mean latency on the calibration set (NaN without latency).
     budget_status : str
         ``"met"``; ``"above_max"`` when the budget exceeds what the
         quality-maximising policy spends (the surplus stays unspent); or
@@ -126,6 +138,9 @@ class Policy:
     sigma_scale: float = 1.0
     sigma_power: float = 1.0
     fixed_model: int | None = None
+    latency_budget: float | None = None
+    mu: float = 0.0
+    calibration_latency: float = math.nan
 
     @property
     def sigma_transform(self) -> tuple[float, float]:
@@ -139,7 +154,10 @@ class Policy:
         -------
         dict
             ``strategy``, ``max_depth``, ``force_order``, ``gamma``,
-            ``n_samples``, and ``thresholds`` (threshold cascade) or ``lambdas``.
+            ``n_samples``, and ``thresholds`` (threshold cascade) or
+            ``lambdas``; with ``μ > 0`` also
+            :data:`~training.episodes.LATENCY_MULTIPLIER`, which
+            :func:`~training.episodes.penalised_cost` turns into the kernel's cost.
         """
         if self.fixed_model is not None:
             return {FIXED_MODEL: self.fixed_model, "max_depth": 1}
@@ -149,6 +167,8 @@ class Policy:
             options["thresholds"] = self.thresholds
         else:
             options["lambdas"] = self.lambdas
+        if self.mu > 0:
+            options[LATENCY_MULTIPLIER] = self.mu
         return options
 
     def play_options(self) -> dict[str, Any]:
@@ -163,7 +183,7 @@ class Policy:
 
     def decide(self, quality: ArrayLike, cost: ArrayLike, *, sigma: ArrayLike | None = None,
                cov: ArrayLike | None = None, run: ArrayLike | None = None, u: ArrayLike | None = None,
-               parallel: bool = True) -> NDArray[np.int64]:
+               parallel: bool = True, latency: ArrayLike | None = None) -> NDArray[np.int64]:
         """Next model per query under this policy (``-1`` = stop), with σ scaled as the policy was fitted.
 
         Parameters
@@ -173,6 +193,8 @@ class Policy:
         sigma, cov, run, u, parallel
             As in :func:`kernel.decide`; ``sigma``/``cov`` go through
             :attr:`sigma_transform` first.
+        latency : array-like of shape (N, K), optional
+            Latency estimates; required when the policy weighs latency (``μ > 0``).
 
         Returns
         -------
@@ -181,7 +203,7 @@ class Policy:
         """
         quality = np.asarray(quality)
         run = np.zeros(quality.shape, dtype=bool) if run is None else run
-        return plan_next(quality, cost, self.kernel_options(), run=run, u=u, parallel=parallel,
+        return plan_next(quality, cost, self.kernel_options(), run=run, u=u, parallel=parallel, latency=latency,
                          **uncertainty_keywords(sigma, cov, self.sigma_transform))[0]
 
     def play(self, episodes: Episodes) -> EpisodeOutcome:
@@ -289,14 +311,39 @@ class _ThresholdFamily:
         return moved
 
 
-def _solve_scale(search: _Search, family, shape: np.ndarray, budget: float,
-                 guess: float | None) -> tuple[float, EpisodeOutcome, str]:
-    """Smallest measured ``α`` (to ``SCALE_RTOL``) whose realised cost fits the budget.
+@dataclass(frozen=True)
+class _Budgets:
+    """The mean cost and mean latency a policy must stay within; ``None`` for a budget not set."""
 
-    Without a ``guess`` the most expensive setting is measured first, to
-    report a budget above it. With one (the per-step search passes the last
-    solution) the bracket is found by walking from it, which takes one or two
-    evaluations instead of a fresh doubling.
+    cost: float | None
+    latency: float | None = None
+
+    def allows(self, mean_cost: float, mean_latency: float) -> bool:
+        return ((self.cost is None or mean_cost <= self.cost)
+                and (self.latency is None or mean_latency <= self.latency))
+
+    def fits(self, outcome: EpisodeOutcome) -> bool:
+        return self.allows(outcome.mean_cost, outcome.mean_latency)
+
+    def share(self, low: EpisodeOutcome, high: EpisodeOutcome) -> float:
+        """How far from ``low`` towards ``high`` every budget allows, if both figures move linearly."""
+        share = 1.0
+        for limit, a, b in ((self.cost, low.mean_cost, high.mean_cost),
+                            (self.latency, low.mean_latency, high.mean_latency)):
+            if limit is not None and b > a:
+                share = min(share, (limit - a) / (b - a))
+        return float(np.clip(share, 0.0, 1.0))
+
+
+def _solve_scale(measure: Callable[[float], EpisodeOutcome], family, shape: np.ndarray,
+                 fits: Callable[[EpisodeOutcome], bool], guess: float | None) -> tuple[float, EpisodeOutcome, str]:
+    """Smallest measured ``α`` (to ``SCALE_RTOL``) whose realised outcome ``fits`` the budgets.
+
+    ``measure(α)`` plays the policy at scale ``α``. Without a ``guess`` the
+    most expensive setting is measured first, to report a budget above it.
+    With one (the per-step search passes the last solution) the bracket is
+    found by walking from it, which takes one or two evaluations instead of
+    a fresh doubling.
 
     Returns ``(alpha, outcome, status)`` with status ``met``, ``above_max``
     (even the most expensive setting fits) or ``below_min`` (nothing fits;
@@ -304,20 +351,20 @@ def _solve_scale(search: _Search, family, shape: np.ndarray, budget: float,
     """
     floor = family.most_expensive(shape)
     if guess is None:
-        outcome = search.measure(**family.changes(floor, shape))
-        if outcome.mean_cost <= budget:
+        outcome = measure(floor)
+        if fits(outcome):
             return floor, outcome, "above_max"
         guess = family.first_guess()
     high = max(guess, floor)
-    high_outcome = search.measure(**family.changes(high, shape))
+    high_outcome = measure(high)
     low = None
     for width in range(1, MAX_DOUBLINGS + 1):
-        if high_outcome.mean_cost > budget:
+        if not fits(high_outcome):
             wider = family.step(high, width)
             if not abs(wider) < MAX_SCALE:
                 break
             low, high = high, wider
-            high_outcome = search.measure(**family.changes(high, shape))
+            high_outcome = measure(high)
             continue
         if low is not None:
             break
@@ -325,19 +372,19 @@ def _solve_scale(search: _Search, family, shape: np.ndarray, budget: float,
         if candidate <= floor:
             low = floor
             break
-        candidate_outcome = search.measure(**family.changes(candidate, shape))
-        if candidate_outcome.mean_cost > budget:
+        candidate_outcome = measure(candidate)
+        if not fits(candidate_outcome):
             low = candidate
             break
         high, high_outcome = candidate, candidate_outcome
-    if high_outcome.mean_cost > budget:
+    if not fits(high_outcome):
         return high, high_outcome, "below_min"
     while not family.close(low, high):
         middle = family.midpoint(low, high)
         if not low < middle < high:
             break
-        middle_outcome = search.measure(**family.changes(middle, shape))
-        if middle_outcome.mean_cost <= budget:
+        middle_outcome = measure(middle)
+        if fits(middle_outcome):
             high, high_outcome = middle, middle_outcome
         else:
             low = middle
@@ -345,17 +392,16 @@ def _solve_scale(search: _Search, family, shape: np.ndarray, budget: float,
 
 
 def _fit_gamma(search: _Search, changes: dict, outcome: EpisodeOutcome,
-               budget: float) -> tuple[float, EpisodeOutcome]:
-    """Mix in the most-expensive tie-break as far as the budget allows."""
+               budgets: _Budgets) -> tuple[float, EpisodeOutcome]:
+    """Mix in the most-expensive tie-break as far as the budgets allow."""
     expensive = search.measure(gamma=1.0, **changes)
-    low_cost, high_cost = outcome.mean_cost, expensive.mean_cost
-    if high_cost <= low_cost:
+    if expensive.mean_cost <= outcome.mean_cost and not expensive.mean_latency > outcome.mean_latency:
         return 0.0, outcome
-    if high_cost <= budget:
+    if budgets.fits(expensive):
         return 1.0, expensive
-    gamma = float(np.clip((budget - low_cost) / (high_cost - low_cost), 0.0, 1.0))
+    gamma = budgets.share(outcome, expensive)
     trial = search.measure(gamma=gamma, **changes)
-    if trial.mean_cost <= budget:
+    if budgets.fits(trial):
         return gamma, trial
     # The realised share of queries with u < γ can exceed γ by a query or
     # two: bisect γ between the feasible 0 and the estimate.
@@ -363,7 +409,7 @@ def _fit_gamma(search: _Search, changes: dict, outcome: EpisodeOutcome,
     for _ in range(10):
         middle = 0.5 * (feasible + infeasible)
         trial = search.measure(gamma=middle, **changes)
-        if trial.mean_cost <= budget:
+        if budgets.fits(trial):
             feasible, feasible_outcome = middle, trial
         else:
             infeasible = middle
@@ -377,25 +423,28 @@ def _fit_gamma(search: _Search, changes: dict, outcome: EpisodeOutcome,
 SIGMA_TRANSFORMS = ((1.0, 1.0), (0.0, 1.0), (0.5, 1.0), (2.0, 1.0), (1.0, 2.0))
 
 
-def fit_policy(episodes: Episodes, budget: float, *, strategy: str = "cascade_routing",
+def fit_policy(episodes: Episodes, budget: float | None, *, strategy: str = "cascade_routing",
                per_step: bool = False, max_depth: int | None = None,
                max_depths: tuple[int, ...] | None = None, force_order: bool = False,
                n_samples: int = 64, on_infeasible: str = "raise",
                sigma_transforms: tuple[tuple[float, float], ...] | None = None,
-               sigma_transform: tuple[float, float] = (1.0, 1.0)) -> Policy:
-    """Fit ``strategy`` to ``budget`` on calibration ``episodes``.
+               sigma_transform: tuple[float, float] = (1.0, 1.0),
+               latency_budget: float | None = None) -> Policy:
+    """Fit ``strategy`` to ``budget`` (and ``latency_budget``) on calibration ``episodes``.
 
     Parameters
     ----------
     episodes : Episodes
         Calibration queries with estimates and ground truth, e.g.
         :class:`training.episodes.TableEpisodes`.
-    budget : float
-        Mean cost per query to stay within (same unit as the costs).
+    budget : float or None
+        Mean cost per query to stay within (same unit as the costs);
+        ``None`` for no cost budget (then ``latency_budget`` is required).
     strategy : str
         Any strategy of :func:`kernel.decide`.
     per_step : bool
-        Also search a per-step ``λ_t`` (or ``θ_j``) shape; slower, usually better.
+        Also search a per-step ``λ_t`` (or ``θ_j``) shape; slower, usually
+        better. Cost budgets only.
     max_depth : int, optional
         Most models run per query; default all.
     max_depths : tuple of int, optional
@@ -409,28 +458,63 @@ def fit_policy(episodes: Episodes, budget: float, *, strategy: str = "cascade_ro
     force_order, n_samples
         Passed to the kernel.
     on_infeasible : {"raise", "clamp"}
-        What to do when even the cheapest policy exceeds ``budget``: raise
-        :class:`BudgetError` naming the cheapest reachable cost, or return
-        that cheapest policy with ``budget_status="below_min"``.
+        What to do when even the cheapest (fastest) policy exceeds the
+        budgets: raise :class:`BudgetError` naming the cheapest reachable
+        cost (and fastest latency), or return that policy with
+        ``budget_status="below_min"``.
+    latency_budget : float, optional
+        Mean latency per query in seconds (ALGORITHM.md §7). The latency
+        multiplier ``μ`` is searched like ``λ``: the smallest ``μ`` whose
+        policy, with ``λ`` re-solved for ``budget`` at that ``μ``, meets
+        both budgets on calibration (each figure falls as its multiplier
+        grows; every point kept is measured, so monotonicity only guides the
+        search). Routing, cascades and cascade routing; not the threshold
+        cascade, which has no multiplier.
 
     Returns
     -------
     Policy
-        With ``calibration_cost <= budget`` unless clamped below.
+        With ``calibration_cost <= budget`` and ``calibration_latency <=
+        latency_budget`` unless clamped below. Without a cost budget its
+        ``budget`` is ``inf``.
+
+    Raises
+    ------
+    ValueError
+        On a budget that is not a finite number >= 0, no budget at all, a
+        latency budget for episodes without latency, with ``per_step`` or
+        for the threshold cascade.
+    BudgetError
+        If the budgets cannot be met and ``on_infeasible="raise"``.
     """
-    if not (isinstance(budget, (int, float, np.floating)) and math.isfinite(budget) and budget >= 0):
-        raise ValueError(f"budget must be a finite number >= 0, got {budget!r}")
+    for name, value in (("budget", budget), ("latency_budget", latency_budget)):
+        if value is not None and not (isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+                                      and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if budget is None and latency_budget is None:
+        raise ValueError("give a cost budget, a latency_budget, or both")
     if on_infeasible not in ("raise", "clamp"):
         raise ValueError(f"on_infeasible must be 'raise' or 'clamp', got {on_infeasible!r}")
     kernel_strategies = kernel.STRATEGIES
     if strategy not in kernel_strategies:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(kernel_strategies)}")
+    if latency_budget is not None:
+        if not math.isfinite(getattr(episodes, "latency_scale", math.nan)):
+            raise ValueError("a latency budget needs latency: these episodes have none. Give the table a "
+                             "latency_s column, or a throughput table (ttft_s, output_tokens_per_s) and "
+                             "output_tokens to derive it")
+        if strategy == "threshold":
+            raise ValueError("the threshold cascade has no multiplier to trade latency with; fit routing, "
+                             "cascade or cascade_routing to a latency budget")
+        if per_step:
+            raise ValueError("a per-step λ is fitted for a cost budget only; drop per_step or the latency budget")
     if max_depths or sigma_transforms:
         variants = [(depth, transform) for depth in (max_depths or (max_depth,))
                     for transform in (sigma_transforms or (sigma_transform,))]
         fitted = [fit_policy(episodes, budget, strategy=strategy, per_step=per_step, max_depth=depth,
                              force_order=force_order, n_samples=n_samples, on_infeasible=on_infeasible,
-                             sigma_transform=transform) for depth, transform in variants]
+                             sigma_transform=transform, latency_budget=latency_budget)
+                  for depth, transform in variants]
         return max(fitted, key=lambda p: (p.budget_status != "below_min", p.calibration_quality))
     n_models = episodes.n_models
     depth = n_models if max_depth is None else int(min(max_depth, n_models))
@@ -445,35 +529,84 @@ def fit_policy(episodes: Episodes, budget: float, *, strategy: str = "cascade_ro
     template = Policy(strategy=strategy, lambdas=np.zeros(0 if strategy == "threshold" else depth),
                       thresholds=np.zeros(n_models - 1) if strategy == "threshold" else None,
                       gamma=0.0, max_depth=depth, force_order=bool(force_order), n_samples=n_samples,
-                      budget=float(budget), sigma_scale=float(sigma_transform[0]),
-                      sigma_power=float(sigma_transform[1]))
+                      budget=math.inf if budget is None else float(budget), sigma_scale=float(sigma_transform[0]),
+                      sigma_power=float(sigma_transform[1]),
+                      latency_budget=None if latency_budget is None else float(latency_budget))
     search = _Search(episodes, template)
+    budgets = _Budgets(budget, latency_budget)
 
     shape = family.initial_shape
-    alpha, outcome, status = _solve_scale(search, family, shape, budget, None)
+    if latency_budget is None:
+        alpha, outcome, status = _solve_scale(lambda a: search.measure(**family.changes(a, shape)),
+                                              family, shape, budgets.fits, None)
+        mu = 0.0
+    else:
+        mu, alpha, outcome, status = _solve_multipliers(search, family, episodes.latency_scale, budgets)
     if status == "below_min" and on_infeasible == "raise":
-        raise BudgetError(
-            f"budget {budget:.6g} is below the cheapest {strategy} policy, which costs "
-            f"{outcome.mean_cost:.6g} per query on the calibration set; raise the budget "
-            "or pass on_infeasible='clamp'", outcome.mean_cost)
+        raise _infeasible(strategy, budgets, outcome)
     if per_step and status == "met" and steps > 1:
-        alpha, shape, outcome = _coordinate_search(search, family, alpha, shape, outcome, budget, steps)
-    changes = family.changes(alpha, shape)
-    gamma, outcome = (_fit_gamma(search, changes, outcome, budget) if status != "below_min"
+        alpha, shape, outcome = _coordinate_search(search, family, alpha, shape, outcome, budgets, steps)
+    changes = {**family.changes(alpha, shape), "mu": mu}
+    gamma, outcome = (_fit_gamma(search, changes, outcome, budgets) if status != "below_min"
                       else (0.0, outcome))
     return replace(template, **changes, gamma=gamma, calibration_cost=outcome.mean_cost,
-                   calibration_quality=outcome.mean_quality, budget_status=status,
-                   search_evaluations=search.evaluations)
+                   calibration_quality=outcome.mean_quality, calibration_latency=outcome.mean_latency,
+                   budget_status=status, search_evaluations=search.evaluations)
 
 
-def _coordinate_search(search, family, alpha, shape, outcome, budget, steps):
+def _solve_multipliers(search: _Search, family: _LambdaFamily, latency_scale: float,
+                       budgets: _Budgets) -> tuple[float, float, EpisodeOutcome, str]:
+    """``(μ, λ, outcome, status)``: the smallest ``μ`` that meets the latency budget, ``λ`` solved at each ``μ``.
+
+    Each ``μ`` tried is measured with its own ``λ``: the smallest that
+    meets the cost budget at that ``μ`` (0 without a cost budget, or when
+    the cost budget does not bind), so the outer search compares policies
+    that all meet the cost budget, as the per-step search does with shapes.
+    """
+    shape = family.initial_shape
+    solved: dict[float, float] = {}
+    cost_only = _Budgets(budgets.cost)
+
+    def measure_mu(mu: float) -> EpisodeOutcome:
+        def measure(alpha: float) -> EpisodeOutcome:
+            return search.measure(**family.changes(alpha, shape), mu=mu)
+        if budgets.cost is None:
+            solved[mu] = 0.0
+            return measure(0.0)
+        alpha, outcome, _ = _solve_scale(measure, family, shape, cost_only.fits, None)
+        solved[mu] = alpha
+        return outcome
+
+    mu_family = _LambdaFamily(1, latency_scale)
+    mu, outcome, status = _solve_scale(measure_mu, mu_family, mu_family.initial_shape, budgets.fits, None)
+    return mu, solved[mu], outcome, status
+
+
+def _infeasible(strategy: str, budgets: _Budgets, outcome: EpisodeOutcome) -> BudgetError:
+    """The error for budgets below what the cheapest (fastest) policy tried needs, naming what it reached."""
+    if budgets.latency is None:
+        return BudgetError(
+            f"budget {budgets.cost:.6g} is below the cheapest {strategy} policy, which costs "
+            f"{outcome.mean_cost:.6g} per query on the calibration set; raise the budget "
+            "or pass on_infeasible='clamp'", outcome.mean_cost)
+    cost = "" if budgets.cost is None else f" and cost budget {budgets.cost:.6g}"
+    return BudgetError(
+        f"latency budget {budgets.latency:.6g} s{cost} cannot be met: the fastest {strategy} policy tried takes "
+        f"{outcome.mean_latency:.6g} s and costs {outcome.mean_cost:.6g} per query on the calibration set; "
+        "raise the latency budget (or the cost budget) or pass on_infeasible='clamp'",
+        outcome.mean_cost, outcome.mean_latency)
+
+
+def _coordinate_search(search, family, alpha, shape, outcome, budgets, steps):
     """Improve the per-step shape one coordinate at a time, re-solving the scale each try."""
     for moves in family.moves:
         for t in range(steps):
             for move in moves:
                 trial_shape = family.move(shape, t, move)
-                trial_alpha, trial, status = _solve_scale(search, family, trial_shape, budget, alpha)
-                if status != "below_min" and trial.mean_cost <= budget \
+                trial_alpha, trial, status = _solve_scale(
+                    lambda a, w=trial_shape: search.measure(**family.changes(a, w)), family, trial_shape,
+                    budgets.fits, alpha)
+                if status != "below_min" and budgets.fits(trial) \
                         and trial.mean_quality > outcome.mean_quality + 1e-12:
                     alpha, shape, outcome = trial_alpha, trial_shape, trial
     return alpha, shape, outcome
@@ -519,18 +652,21 @@ def choose_policy(episodes: Episodes, fitted: Policy, rivals: list[Policy]) -> t
     -------
     chosen : Policy
         ``fitted``, or the rival with the highest calibration quality among
-        those whose calibration cost is within ``fitted.budget`` (its
-        ``budget_status`` is ``"above_max"`` when ``fitted``'s is, else ``"met"``).
+        those whose calibration cost is within ``fitted.budget`` (and
+        latency within ``fitted.latency_budget``; its ``budget_status`` is
+        ``"above_max"`` when ``fitted``'s is, else ``"met"``).
     measured : list of Policy
-        ``fitted`` then every rival with its calibration cost and quality, in the order given.
+        ``fitted`` then every rival with its calibration cost, latency and quality, in the order given.
     """
     measured = [fitted]
     status = "above_max" if fitted.budget_status == "above_max" else "met"  # a budget beyond use stays so
+    budgets = _Budgets(fitted.budget, fitted.latency_budget)
     for rival in rivals:
         outcome = rival.play(episodes)
-        measured.append(replace(rival, budget=fitted.budget, calibration_cost=outcome.mean_cost,
+        measured.append(replace(rival, budget=fitted.budget, latency_budget=fitted.latency_budget,
+                                calibration_cost=outcome.mean_cost, calibration_latency=outcome.mean_latency,
                                 calibration_quality=outcome.mean_quality, budget_status=status))
-    within = [p for p in measured[1:] if p.calibration_cost <= fitted.budget]
+    within = [p for p in measured[1:] if budgets.allows(p.calibration_cost, p.calibration_latency)]
     best = max(within, key=lambda p: p.calibration_quality, default=None)
     if best is None or best.calibration_quality <= fitted.calibration_quality:
         return fitted, measured

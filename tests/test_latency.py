@@ -1,0 +1,288 @@
+"""Latency as a second budget (ALGORITHM.md §7): data, estimates, the combined penalty and two-budget fitting."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from estimators.estimator import RouterEstimator
+from estimators.quality import QualityEstimator, make_lightgbm_regressor
+from estimators.table import RoutingTable
+from naive import candidates, q_of
+from training.data import derive_latency, read_table, read_throughput
+from training.episodes import LATENCY_MULTIPLIER, EstimatorEpisodes, TableEpisodes, plan_next
+from training.policy import BudgetError, fit_policy
+
+STRATEGIES = ("routing", "cascade", "cascade_routing")
+
+
+def latency_episodes(seed: int, n_queries: int = 300, n_models: int = 4, *, with_latency: bool = True):
+    """Cost rises with the model index, latency does not: the fastest model is not the cheapest."""
+    rng = np.random.default_rng(seed)
+    truth = (rng.random((n_queries, n_models)) < np.linspace(0.5, 0.9, n_models)).astype(float)
+    cost = np.geomspace(1e-4, 5e-3, n_models) * rng.lognormal(0, 0.3, (n_queries, n_models))
+    latency = rng.permutation(np.linspace(0.5, 4.0, n_models)) * rng.lognormal(0, 0.3, (n_queries, n_models))
+    ante = np.clip(truth * 0.4 + 0.3 + rng.normal(0, 0.2, truth.shape), 0, 1)
+    seconds = (np.tile(latency.mean(axis=0), (n_queries, 1)), latency, latency)
+    return TableEpisodes(ante, np.full_like(ante, 0.25), np.tile(cost.mean(axis=0), (n_queries, 1)),
+                         truth, np.zeros_like(truth), cost, truth, cost, parallel=False,
+                         latency=seconds if with_latency else None)
+
+
+# --------------------------------------------------------------------------- #
+# the combined penalty, against brute force over supermodels
+# --------------------------------------------------------------------------- #
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**31), st.integers(1, 4), st.sampled_from(STRATEGIES),
+       st.floats(0.0, 50.0), st.floats(0.01, 0.5), st.integers(0, 3))
+def test_the_kernel_under_the_combined_penalty_maximises_q_minus_lambda_c_minus_mu_l(seed, k, strategy, lam, mu,
+                                                                                     n_run):
+    rng = np.random.default_rng(seed)
+    quality, cost, latency = rng.random(k), rng.random(k) * 0.01, rng.random(k) * 3.0
+    run = np.zeros(k, dtype=bool)
+    if strategy == "cascade":
+        run[: min(n_run, k - 1)] = True  # a cascade's run set is a prefix
+    else:
+        run[rng.permutation(k)[: min(n_run, k - 1)]] = True
+    options = {"strategy": strategy, "lambdas": np.full(k, lam), "max_depth": k, "gamma": 0.0,
+               LATENCY_MULTIPLIER: mu}
+    _, mask = plan_next(quality[None], cost[None], options, run=run[None], u=None, parallel=False,
+                        sigma=np.zeros((1, k)), latency=latency[None])
+    run_set = tuple(int(i) for i in np.flatnonzero(run))
+    found = candidates(strategy, k, run_set, k, False)
+    draws = quality[None, :]
+    scored = {members: q_of(draws, members) - lam * sum(cost[i] for i in members)
+              - mu * sum(latency[i] for i in members) for members in found}
+    if not scored:  # routing after a model ran: nothing left to decide
+        return
+    best = max(scored, key=scored.get)
+    chosen = tuple(i for i in range(k) if mask[0] >> i & 1)
+    assert scored[chosen] == pytest.approx(scored[best], rel=1e-9, abs=1e-12)
+
+
+def test_a_policy_without_latency_multiplier_gives_the_kernel_its_costs_unchanged():
+    rng = np.random.default_rng(0)
+    quality, cost = rng.random((50, 3)), rng.random((50, 3)) * 1e-3
+    options = {"strategy": "cascade_routing", "lambdas": np.full(3, 200.0), "max_depth": 3}
+    plain = plan_next(quality, cost, options, run=np.zeros((50, 3), bool), u=None, parallel=False)
+    with_latency = plan_next(quality, cost, options, run=np.zeros((50, 3), bool), u=None, parallel=False,
+                             latency=rng.random((50, 3)))
+    for a, b in zip(plain, with_latency):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="weighs latency"):
+        plan_next(quality, cost, {**options, LATENCY_MULTIPLIER: 0.1}, run=np.zeros((50, 3), bool), u=None,
+                  parallel=False)
+
+
+# --------------------------------------------------------------------------- #
+# two budgets in fitting
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_without_a_latency_budget_the_fitted_policy_and_its_decisions_are_todays(strategy):
+    with_latency, without = latency_episodes(1), latency_episodes(1, with_latency=False)
+    budget = float(with_latency.tables[7].mean(axis=0)[1])
+    a = fit_policy(with_latency, budget, strategy=strategy, max_depth=3)
+    b = fit_policy(without, budget, strategy=strategy, max_depth=3)
+    assert a.mu == b.mu == 0.0 and a.latency_budget is None
+    np.testing.assert_array_equal(a.lambdas, b.lambdas)
+    assert (a.gamma, a.calibration_cost, a.calibration_quality) == (b.gamma, b.calibration_cost,
+                                                                     b.calibration_quality)
+    assert LATENCY_MULTIPLIER not in a.kernel_options()
+    quality, sigma, cost = (with_latency.tables[i] for i in (0, 1, 2))
+    np.testing.assert_array_equal(a.decide(quality, cost, sigma=sigma, parallel=False),
+                                  b.decide(quality, cost, sigma=sigma, parallel=False,
+                                           latency=with_latency.latency[0]))
+    assert math.isfinite(a.calibration_latency) and math.isnan(b.calibration_latency)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_with_only_a_latency_budget_the_policy_meets_it_on_calibration(strategy):
+    episodes = latency_episodes(2)
+    free = fit_policy(episodes, 1.0, strategy=strategy, max_depth=3)  # cost no object: the quality-maximiser
+    target = 0.6 * free.calibration_latency
+    policy = fit_policy(episodes, None, strategy=strategy, max_depth=3, latency_budget=target)
+    replayed = policy.play(episodes)
+    assert policy.mu > 0 and policy.budget == math.inf and policy.latency_budget == target
+    assert replayed.mean_latency == pytest.approx(policy.calibration_latency)
+    assert replayed.mean_latency <= target
+    assert replayed.mean_latency >= 0.8 * target  # the budget binds: the search does not stop far below it
+    assert policy.calibration_quality <= free.calibration_quality
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_both_budgets_are_met_and_each_binds_where_the_other_is_loose(strategy):
+    episodes = latency_episodes(3)
+    costs, free = episodes.tables[7].mean(axis=0), fit_policy(episodes, 1.0, strategy=strategy, max_depth=3)
+    budget = float(costs[1])
+    cost_only = fit_policy(episodes, budget, strategy=strategy, max_depth=3)
+    loose = fit_policy(episodes, budget, strategy=strategy, max_depth=3, latency_budget=2 * free.calibration_latency)
+    assert loose.mu == 0.0 and loose.calibration_quality == cost_only.calibration_quality
+    tight_latency = 0.7 * cost_only.calibration_latency
+    both = fit_policy(episodes, budget, strategy=strategy, max_depth=3, latency_budget=tight_latency)
+    assert both.calibration_cost <= budget and both.calibration_latency <= tight_latency
+    assert both.mu > 0 and both.calibration_quality <= cost_only.calibration_quality
+
+
+def test_a_latency_budget_below_the_fastest_policy_is_a_budget_error():
+    episodes = latency_episodes(4)
+    fastest_model = float(episodes.latency[2].mean(axis=0).min())
+    with pytest.raises(BudgetError, match=r"latency budget 0\.01 s cannot be met: the fastest") as caught:
+        fit_policy(episodes, None, strategy="routing", latency_budget=0.01)
+    assert caught.value.fastest_latency >= 0.9 * fastest_model
+    clamped = fit_policy(episodes, None, strategy="routing", latency_budget=0.01, on_infeasible="clamp")
+    assert clamped.budget_status == "below_min" and clamped.calibration_latency > 0.01
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"latency_budget": -1.0}, "latency_budget must be a finite number >= 0"),
+    ({"latency_budget": math.nan}, "latency_budget must be a finite number >= 0"),
+    ({"strategy": "threshold", "latency_budget": 1.0}, "threshold cascade has no multiplier"),
+    ({"per_step": True, "latency_budget": 1.0}, "per-step λ is fitted for a cost budget only"),
+])
+def test_bad_latency_budgets_are_refused(changes, message):
+    options = {"strategy": "cascade_routing", **changes}
+    with pytest.raises(ValueError, match=message):
+        fit_policy(latency_episodes(5), 0.001, **options)
+    with pytest.raises(ValueError, match="give a cost budget, a latency_budget, or both"):
+        fit_policy(latency_episodes(5), None)
+
+
+def test_a_latency_budget_without_latency_says_how_to_get_it():
+    with pytest.raises(ValueError, match="latency_s column, or a throughput table"):
+        fit_policy(latency_episodes(6, with_latency=False), 0.001, latency_budget=1.0)
+
+
+# --------------------------------------------------------------------------- #
+# data and estimates
+# --------------------------------------------------------------------------- #
+
+
+def long_frame(**extra):
+    frame = pd.DataFrame({"query_id": ["q1", "q1", "q2", "q2"], "model": ["big", "small"] * 2,
+                          "quality": [1.0, 0.0, 1.0, 1.0], "cost_usd": [0.01, 0.001, 0.02, 0.001],
+                          "output_tokens": [100, 40, 300, 10]})
+    for name, values in extra.items():
+        frame[name] = values
+    return frame
+
+
+def test_latency_s_is_read_per_cell_and_bad_values_are_refused_like_costs():
+    table = read_table(long_frame(latency_s=[2.0, 0.5, 3.0, 0.25]))
+    assert table.models == ("small", "big")
+    np.testing.assert_array_equal(table.latency, [[0.5, 2.0], [0.25, 3.0]])
+    for bad in ([2.0, -0.5, 3.0, 0.25], [2.0, np.nan, 3.0, 0.25], [2.0, "fast", 3.0, 0.25],
+                [2.0, np.inf, 3.0, 0.25]):
+        with pytest.raises(ValueError, match=r"latency_s must be a finite number >= 0.*row 1 \(query 'q1', model"):
+            read_table(long_frame(latency_s=bad))
+    assert read_table(long_frame()).latency is None
+
+
+def test_a_throughput_table_derives_latency_from_output_tokens():
+    speeds = pd.DataFrame({"model": ["small", "big"], "ttft_s": ["0.2", "0.5"], "output_tokens_per_s": ["100", "20"]})
+    table = read_table(long_frame(), throughput=speeds)
+    np.testing.assert_allclose(table.latency, [[0.2 + 40 / 100, 0.5 + 100 / 20], [0.2 + 10 / 100, 0.5 + 300 / 20]])
+    measured = read_table(long_frame(latency_s=[1.0, 1.0, 1.0, 1.0]), throughput=speeds)
+    np.testing.assert_array_equal(measured.latency, np.ones((2, 2)))  # measured beats derived
+    with pytest.raises(ValueError, match=r"no throughput for model\(s\) \['big'\]"):
+        read_table(long_frame(), throughput=speeds.iloc[:1])
+    with pytest.raises(ValueError, match="needs output_tokens on every logged row"):
+        read_table(long_frame().drop(columns="output_tokens"), throughput=speeds)
+    for column, value, message in (("ttft_s", "-1", "ttft_s must be a finite number >= 0"),
+                                   ("output_tokens_per_s", "0", "output_tokens_per_s must be a finite number > 0"),
+                                   ("output_tokens_per_s", "", "output_tokens_per_s must be a finite number > 0")):
+        broken = speeds.copy()
+        broken.loc[0, column] = value
+        with pytest.raises(ValueError, match=message):
+            read_throughput(broken)
+    with pytest.raises(ValueError, match=r"throughput table lacks column\(s\) \['ttft_s'\]"):
+        read_throughput(speeds.drop(columns="ttft_s"))
+
+
+def test_a_table_refuses_a_logged_cell_without_a_latency():
+    with pytest.raises(ValueError, match="latency must be finite and >= 0"):
+        RoutingTable(("a",), np.array(["q"], dtype=object), np.ones((1, 1)), np.ones((1, 1)),
+                     latency=np.full((1, 1), np.nan))
+
+
+@pytest.fixture(scope="module")
+def timed_table():
+    from test_estimators_tables import synthetic_table
+
+    table = synthetic_table()
+    rng = np.random.default_rng(7)
+    words = np.array([len(str(p).split()) for p in table.prompts], dtype=float)
+    latency = 0.3 + np.outer(words, [0.01, 0.05, 0.02]) * rng.lognormal(0, 0.1, table.quality.shape)
+    from dataclasses import replace
+    return replace(table, latency=latency)
+
+
+def test_the_estimator_learns_latency_from_the_prompt_and_uses_the_observed_one_once_run(timed_table):
+    fitted = RouterEstimator(quality=QualityEstimator(regressor=make_lightgbm_regressor(n_estimators=20))
+                             ).fit(timed_table)
+    ante = fitted.predict_table(timed_table).latency
+    spread = np.corrcoef(ante[:, 1], timed_table.latency[:, 1])[0, 1]
+    assert spread > 0.8  # longer prompts take longer, and the regression sees it
+    assert abs(ante.mean() / timed_table.latency.mean() - 1) < 0.1  # smearing keeps the mean
+    run = np.zeros(timed_table.quality.shape, bool)
+    run[:, 0] = True
+    post = fitted.predict_table(timed_table, run).latency
+    np.testing.assert_array_equal(post[:, 0], timed_table.latency[:, 0])
+    np.testing.assert_array_equal(post[:, 1:], ante[:, 1:])
+    unmeasured = fitted.predict(timed_table.prompts, run=run, observed_cost=timed_table.cost,
+                                observed_latency=np.where(run, np.nan, 0.0),
+                                **{f"{c}s": getattr(timed_table, f"{c}s") for c in fitted.columns_ if c != "prompt"},
+                                **_posthoc(fitted, timed_table, run))
+    np.testing.assert_allclose(unmeasured.latency, ante)  # not measured: the estimate stands
+    with pytest.raises(ValueError, match="observed_latency must be finite and >= 0"):
+        fitted.predict(timed_table.prompts, run=run, observed_cost=timed_table.cost,
+                       observed_latency=np.where(run, -1.0, 0.0),
+                       **{f"{c}s": getattr(timed_table, f"{c}s") for c in fitted.columns_ if c != "prompt"},
+                       **_posthoc(fitted, timed_table, run))
+    assert RouterEstimator(quality=QualityEstimator(regressor=make_lightgbm_regressor(n_estimators=5))).fit(
+        replace_latency(timed_table)).predict_table(timed_table).latency is None
+
+
+def replace_latency(table):
+    from dataclasses import replace
+    return replace(table, latency=None)
+
+
+def _posthoc(fitted, table, run):
+    out = {}
+    if fitted.uses_responses_:
+        out["responses"] = np.where(run, table.responses, "")
+    if fitted.signal_names_:
+        out["signals"] = {name: np.where(run, table.signals[name], np.nan) for name in fitted.signal_names_}
+    return out
+
+
+def test_estimator_episodes_score_realised_latency_and_fit_to_it(timed_table):
+    fitted = RouterEstimator(quality=QualityEstimator(regressor=make_lightgbm_regressor(n_estimators=20))
+                             ).fit(timed_table)
+    episodes = EstimatorEpisodes(fitted, timed_table)
+    free = fit_policy(episodes, 10.0, strategy="cascade_routing", max_depth=2)
+    target = 0.6 * free.calibration_latency
+    policy = fit_policy(episodes, 10.0, strategy="cascade_routing", max_depth=2, latency_budget=target)
+    outcome = policy.play(episodes)
+    run = np.zeros(timed_table.quality.shape, bool)
+    rows, steps = np.nonzero(outcome.order >= 0)
+    run[rows, outcome.order[rows, steps]] = True
+    np.testing.assert_allclose(outcome.latency, (timed_table.latency * run).sum(axis=1))
+    assert outcome.mean_latency == policy.calibration_latency <= target
+    assert policy.calibration_quality <= free.calibration_quality
+
+
+def test_derive_latency_leaves_unlogged_cells_nan():
+    table = RoutingTable(("a", "b"), np.array(["q1", "q2"], dtype=object), np.array([[1.0, np.nan], [0.0, 1.0]]),
+                         np.array([[0.1, np.nan], [0.1, 0.2]]), output_tokens=np.array([[10.0, np.nan], [20.0, 5.0]]))
+    latency = derive_latency(table, {"a": (0.1, 10.0), "b": (1.0, 5.0)})
+    np.testing.assert_allclose(latency, [[1.1, np.nan], [2.1, 2.0]])
