@@ -58,6 +58,12 @@ class PacingState(NamedTuple):
         Finished queries recorded.
     total_cost : float
         Their summed cost.
+    mu : float
+        Current latency multiplier (0 for a cost-only policy).
+    latency_factor : float
+        Current multiplier of the fitted ``μ`` (1 without latency pacing).
+    mean_latency : float
+        Exponentially weighted mean latency per query (NaN without latency pacing).
     """
 
     factor: float
@@ -66,6 +72,9 @@ class PacingState(NamedTuple):
     overspend: float
     n_queries: int
     total_cost: float
+    mu: float = 0.0
+    latency_factor: float = 1.0
+    mean_latency: float = math.nan
 
     @property
     def realised_mean(self) -> float:

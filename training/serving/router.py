@@ -42,8 +42,9 @@ __all__ = ["Router", "PacedRouter", "load_router", "Observed", "Plan", "prompt_u
 
 #: Per query: model name -> what that model returned. Each value is a
 #: mapping with ``"cost"`` (required: what the call cost), optionally
-#: ``"response"`` (the answer text) and any numeric post-hoc signal the
-#: estimator was trained with (e.g. ``"logprob"``).
+#: ``"response"`` (the answer text), ``"latency_s"`` (seconds the call took)
+#: and any numeric post-hoc signal the estimator was trained with (e.g.
+#: ``"logprob"``).
 Observed = Sequence[Mapping[str, Mapping[str, object]]]
 
 
@@ -74,7 +75,8 @@ class Router:
     estimator : Estimator
         Fitted (:class:`~estimators.estimator.RouterEstimator`).
     policies : tuple of Policy
-        One fitted policy per budget, sorted by budget.
+        One fitted policy per budget (or per (cost, latency) budget pair),
+        sorted by budget, then latency budget (none counts as the largest).
     models_ : tuple of str
         Model names in the order of the estimate columns (cheapest first).
     """
@@ -84,26 +86,37 @@ class Router:
     models_: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        self.policies = tuple(sorted(self.policies, key=lambda p: p.budget))
+        self.policies = tuple(sorted(self.policies, key=_budget_pair))
         if not self.policies:
             raise ValueError("a router needs at least one fitted policy")
 
     @property
     def budgets(self) -> list[float]:
-        """The fitted budgets, ascending."""
+        """The fitted cost budgets, ascending (one per policy)."""
         return [p.budget for p in self.policies]
 
-    def policy(self, budget: float | None = None) -> Policy:
-        """The policy for ``budget``: the largest fitted budget not above it.
+    @property
+    def latency_budgets(self) -> list[float | None]:
+        """The latency budget of each policy, in :attr:`budgets` order (``None``: fitted without one)."""
+        return [p.latency_budget for p in self.policies]
+
+    def policy(self, budget: float | None = None, latency_budget: float | None = None) -> Policy:
+        """The policy for ``budget`` (and ``latency_budget``): the largest fitted pair within both.
 
         Never overspending is the safe reading of "a budget": a request for
-        0.0012 with policies at 0.001 and 0.002 gets the 0.001 policy. Without
-        a budget, the largest fitted one is used.
+        0.0012 with policies at 0.001 and 0.002 gets the 0.001 policy. A
+        policy fitted without a latency budget counts as one with an
+        unbounded latency, so it serves only requests without a latency
+        budget; among the pairs within both, the largest cost budget wins,
+        then the largest latency budget. Without budgets, the largest fitted
+        pair is used.
 
         Parameters
         ----------
         budget : float, optional
             Mean cost per query the caller allows.
+        latency_budget : float, optional
+            Mean latency per query (seconds) the caller allows.
 
         Returns
         -------
@@ -112,17 +125,23 @@ class Router:
         Raises
         ------
         ValueError
-            If ``budget`` is below every fitted budget.
+            If no fitted pair is within both.
         """
-        if budget is None:
-            return self.policies[-1]
-        if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, float, np.integer, np.floating)):
-            raise TypeError(f"budget must be a number (mean cost per query) or None, got "
-                            f"{type(budget).__name__} {budget!r}")
-        fitting = [p for p in self.policies if p.budget <= budget]
-        if not fitting:
+        for name, value in (("budget", budget), ("latency_budget", latency_budget)):
+            if value is not None and (isinstance(value, (bool, np.bool_))
+                                      or not isinstance(value, (int, float, np.integer, np.floating))):
+                raise TypeError(f"{name} must be a number or None, got {type(value).__name__} {value!r}")
+        cost_limit = math.inf if budget is None else budget
+        latency_limit = math.inf if latency_budget is None else latency_budget
+        within_cost = [p for p in self.policies if p.budget <= cost_limit]
+        if not within_cost:
             raise ValueError(f"budget {budget!r} is below every fitted budget {self.budgets}; pass one of "
                              "those or more, or fit a policy to a smaller budget (training.fit)")
+        fitting = [p for p in within_cost if _budget_pair(p)[1] <= latency_limit]
+        if not fitting:
+            raise ValueError(f"latency budget {latency_budget!r} is below every latency budget fitted within "
+                             f"budget {budget!r}: {sorted({p.latency_budget for p in within_cost}, key=_none_last)}; "
+                             "pass one of those or more, or fit a policy to it (training.fit)")
         return fitting[-1]
 
     def _inputs(self, observed: Observed | None, n: int):
@@ -130,9 +149,10 @@ class Router:
         k = len(self.models_)
         run = np.zeros((n, k), bool)
         if observed is None:  # ex-ante: nothing ran, so there is nothing to pass on
-            return run, None, None, None
+            return run, None, None, None, None
         responses = np.full((n, k), "", dtype=object)
         cost = np.zeros((n, k))
+        latency = np.full((n, k), np.nan)
         names = list(self.estimator.signal_names_)
         signals = {name: np.full((n, k), np.nan) for name in names}
         if isinstance(observed, (str, bytes, Mapping)) or not isinstance(observed, Sequence):
@@ -160,11 +180,17 @@ class Router:
                 column = index[model]
                 run[row, column] = True
                 cost[row, column] = float(result["cost"])
+                if result.get("latency_s") is not None:
+                    if isinstance(result["latency_s"], (bool, np.bool_)) or not isinstance(
+                            result["latency_s"], (int, float, np.integer, np.floating)):
+                        raise TypeError(f"observed[{row}][{model!r}]['latency_s'] must be a number (seconds), "
+                                        f"got {type(result['latency_s']).__name__} {result['latency_s']!r}")
+                    latency[row, column] = float(result["latency_s"])
                 responses[row, column] = str(result.get("response", ""))
                 for name in names:
                     if name in result:
                         signals[name][row, column] = float(result[name])
-        return run, responses, cost, signals
+        return run, responses, cost, signals, latency
 
     def estimates(self, prompts: Sequence[str], observed: Observed | None = None, *,
                   tasks: Sequence[str] | None = None,
@@ -187,21 +213,23 @@ class Router:
             Estimates of shape ``(N, K)`` (columns in :attr:`models_` order)
             and the run matrix built from ``observed``.
         """
-        run, responses, cost, signals = self._inputs(observed, len(prompts))
+        run, responses, cost, signals, latency = self._inputs(observed, len(prompts))
         estimates = self.estimator.predict(prompts, tasks=tasks, subtasks=subtasks, run=run,
-                                              responses=responses, signals=signals, observed_cost=cost)
+                                           responses=responses, signals=signals, observed_cost=cost,
+                                           observed_latency=latency)
         return estimates, run
 
     def plan(self, prompts: Sequence[str], observed: Observed | None = None,
              budget: float | None = None, *, tasks: Sequence[str] | None = None,
-             subtasks: Sequence[str] | None = None, policy: Policy | None = None) -> list[Plan]:
+             subtasks: Sequence[str] | None = None, policy: Policy | None = None,
+             latency_budget: float | None = None) -> list[Plan]:
         """Next model and planned supermodel per query (see :class:`Plan`), for callers that show the plan.
 
         ``decide`` returns the ``next`` fields of this.
 
         Parameters
         ----------
-        prompts, observed, budget, tasks, subtasks, policy
+        prompts, observed, budget, tasks, subtasks, policy, latency_budget
             As in :meth:`decide`.
 
         Returns
@@ -210,7 +238,7 @@ class Router:
             One per query.
         """
         _, _, next_model, masks = self.plan_arrays(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
-                                                   policy=policy)
+                                                   policy=policy, latency_budget=latency_budget)
         names = self.models_
         bits = [1 << i for i in range(len(names))]
         return [Plan(None if c == kernel.STOP else names[c],
@@ -220,13 +248,13 @@ class Router:
     def plan_arrays(self, prompts: Sequence[str], observed: Observed | None = None,
                     budget: float | None = None, *, tasks: Sequence[str] | None = None,
                     subtasks: Sequence[str] | None = None, policy: Policy | None = None,
-                    parallel: bool = False
+                    parallel: bool = False, latency_budget: float | None = None
                     ) -> tuple[Estimates, NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]:
         """:meth:`plan` as arrays, with the estimates it used: for batch jobs.
 
         Parameters
         ----------
-        prompts, observed, budget, tasks, subtasks, policy
+        prompts, observed, budget, tasks, subtasks, policy, latency_budget
             As in :meth:`decide`.
         parallel : bool, default=False
             Spread the kernel over threads (decisions are the same).
@@ -239,15 +267,16 @@ class Router:
             supermodel as a bit mask over :attr:`models_`.
         """
         estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks)
-        chosen = policy if policy is not None else self.policy(budget)
+        chosen = policy if policy is not None else self.policy(budget, latency_budget)
         next_model, masks = plan_next(estimates.quality, estimates.cost, chosen.kernel_options(), run=run,
-                                      u=prompt_uniforms(prompts), parallel=parallel,
+                                      u=prompt_uniforms(prompts), parallel=parallel, latency=estimates.latency,
                                       **uncertainty_keywords(estimates.sigma, estimates.cov, chosen.sigma_transform))
         return estimates, run, next_model, masks
 
     def decide(self, prompts: Sequence[str], observed: Observed | None = None,
                budget: float | None = None, *, tasks: Sequence[str] | None = None,
-               subtasks: Sequence[str] | None = None, policy: Policy | None = None) -> list[str | None]:
+               subtasks: Sequence[str] | None = None, policy: Policy | None = None,
+               latency_budget: float | None = None) -> list[str | None]:
         """Next model to call per query, or ``None`` to stop and answer.
 
         Uses the serial kernel (deterministic, safe to call from many
@@ -267,7 +296,10 @@ class Router:
             Required when the estimator was fitted with them.
         policy : Policy, optional
             Use this policy instead of a fitted one (e.g. a paced ``λ``,
-            see :class:`PacedRouter`); ``budget`` is then ignored.
+            see :class:`PacedRouter`); the budgets are then ignored.
+        latency_budget : float, optional
+            Mean latency per query (seconds) the caller allows: with
+            ``budget``, picks the largest fitted pair within both (see :meth:`policy`).
 
         Returns
         -------
@@ -275,7 +307,7 @@ class Router:
             Per query, the model to call next, or ``None`` to stop.
         """
         return [p.next for p in self.plan(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
-                                          policy=policy)]
+                                          policy=policy, latency_budget=latency_budget)]
 
     def select(self, prompts: Sequence[str], observed: Observed, *,
                tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> list[str]:
@@ -315,8 +347,8 @@ class Router:
         budget : float
             Target mean cost per query.
         **options
-            Passed to :class:`PacedRouter` (``band``, ``half_life``, gains,
-            ``policy``).
+            Passed to :class:`PacedRouter` (``latency_budget``, ``band``,
+            ``half_life``, gains, ``policy``).
 
         Returns
         -------
@@ -357,13 +389,19 @@ class PacedRouter:
         Fitted router; its policies must be λ-based (not ``threshold``).
     budget : float
         Target mean cost per query, in the unit of the logged costs.
+    latency_budget : float, optional
+        Target mean latency per query (seconds). A second controller, of the
+        same kind, then paces the policy's latency multiplier ``μ`` from the
+        latencies :meth:`record` is given, while the first paces ``λ`` from
+        the costs.
     policy : Policy, optional
-        The policy whose ``λ`` is paced. Default: the fitted policy whose
-        budget is nearest to ``budget`` on a log scale, among those with a
-        positive ``λ`` (a ``λ = 0`` policy cannot be scaled).
+        The policy whose ``λ`` (and ``μ``) is paced. Default: the fitted
+        policy whose budget is nearest to ``budget`` on a log scale, among
+        those with a positive ``λ`` (a ``λ = 0`` policy cannot be scaled) and,
+        with ``latency_budget``, a positive ``μ``, nearest to it too.
     **controller
         ``band``, ``half_life``, ``gain``, ``integral_gain`` of
-        :class:`~training.serving.pacing.PaceController`.
+        :class:`~training.serving.pacing.PaceController` (both controllers).
 
     Notes
     -----
@@ -377,27 +415,39 @@ class PacedRouter:
     >>> paced.record(total_cost_of_the_finished_query)          # doctest: +SKIP
     """
 
-    def __init__(self, router: Router, budget: float, *, policy: Policy | None = None,
-                 **controller: float) -> None:
+    def __init__(self, router: Router, budget: float, *, latency_budget: float | None = None,
+                 policy: Policy | None = None, **controller: float) -> None:
         self.router = router
         self.controller = PaceController(budget, **controller)
-        self.base = policy if policy is not None else self._nearest_policy(router, float(budget))
+        self.latency_controller = None if latency_budget is None else PaceController(latency_budget, **controller)
+        self.base = policy if policy is not None else self._nearest_policy(router, float(budget), latency_budget)
         if self.base.strategy == "threshold":
             raise ValueError("pacing scales λ; a threshold cascade has none. Fit a λ strategy "
                              "(cascade_routing, cascade or routing)")
         if not np.any(np.asarray(self.base.lambdas) > 0):
             raise ValueError("the policy's λ is 0 everywhere, which no factor can move; "
                              "pass a policy fitted to a smaller budget")
+        if latency_budget is not None and not self.base.mu > 0:
+            raise ValueError("pacing latency scales μ, and this policy's μ is 0; pass a policy fitted to a "
+                             "latency budget that binds (training.fit --latency-budget)")
         self._lock = threading.Lock()
         self._policy = self.base
 
     @staticmethod
-    def _nearest_policy(router: Router, budget: float) -> Policy:
-        scalable = [p for p in router.policies if p.strategy != "threshold" and np.any(np.asarray(p.lambdas) > 0)]
+    def _nearest_policy(router: Router, budget: float, latency_budget: float | None) -> Policy:
+        scalable = [p for p in router.policies if p.strategy != "threshold" and np.any(np.asarray(p.lambdas) > 0)
+                    and (latency_budget is None or p.mu > 0)]
         if not scalable:
-            raise ValueError("no fitted policy has a positive λ to pace; refit with smaller budgets "
-                             f"(fitted: {router.budgets})")
-        return min(scalable, key=lambda p: abs(math.log(max(p.budget, 1e-300) / budget)))
+            wanted = "a positive λ" + ("" if latency_budget is None else " and a positive μ")
+            raise ValueError(f"no fitted policy has {wanted} to pace; refit with smaller budgets "
+                             f"(fitted: {list(zip(router.budgets, router.latency_budgets))})")
+
+        def distance(p: Policy) -> float:
+            far = abs(math.log(max(p.budget, 1e-300) / budget))
+            if latency_budget is not None:
+                far += abs(math.log(max(p.latency_budget or 0.0, 1e-300) / max(latency_budget, 1e-300)))
+            return far
+        return min(scalable, key=distance)
 
     @property
     def budget(self) -> float:
@@ -417,26 +467,54 @@ class PacedRouter:
         PacingState
         """
         with self._lock:
-            c = self.controller
+            c, t = self.controller, self.latency_controller
             return PacingState(c.factor, np.asarray(self._policy.lambdas).copy(), c.mean_cost,
-                               c.overspend, c.n_queries, c.total_cost)
+                               c.overspend, c.n_queries, c.total_cost, self._policy.mu,
+                               1.0 if t is None else t.factor, math.nan if t is None else t.mean_cost)
 
-    def record(self, cost: float | Sequence[float]) -> None:
-        """Report the realised total cost of one finished query (or of several, in order).
+    def record(self, cost: float | Sequence[float], latency: float | Sequence[float] | None = None) -> None:
+        """Report the realised total cost (and latency) of one finished query, or of several in order.
 
         Call it once per query, when its cascade has stopped, with the sum of
-        what every model called for it cost.
+        what every model called for it cost and, when pacing latency, the sum
+        of the seconds they took (a cascade runs them one after another).
+        Every value is checked before any is applied, so a bad one changes nothing.
 
         Parameters
         ----------
         cost : float or sequence of float
             Realised total cost per finished query, finite and ``>= 0``.
+        latency : float or sequence of float, optional
+            Realised total latency per finished query (seconds); required,
+            one per cost, when the router paces a latency budget.
+
+        Raises
+        ------
+        ValueError
+            If a value is negative or not finite, or latencies are missing
+            (or given without a latency budget) or not one per cost.
         """
         costs = np.atleast_1d(np.asarray(cost, dtype=np.float64))
+        seconds = None if latency is None else np.atleast_1d(np.asarray(latency, dtype=np.float64))
+        if (seconds is None) != (self.latency_controller is None):
+            raise ValueError("pass latency with every cost when pacing a latency budget, and only then"
+                             if self.latency_controller is not None else
+                             "this router paces cost only; drop latency, or pace with latency_budget=")
+        for name, values in (("cost", costs), ("latency", seconds)):
+            if values is not None and not (np.isfinite(values) & (values >= 0)).all():
+                raise ValueError(f"{name} must be finite numbers >= 0 (the finished queries' totals), "
+                                 f"got {values.tolist()}")
+        if seconds is not None and seconds.shape != costs.shape:
+            raise ValueError(f"give one latency per cost; got {seconds.size} latencies for {costs.size} costs")
         with self._lock:
             for value in costs:
                 self.controller.update(value)
-            self._policy = replace(self.base, lambdas=np.asarray(self.base.lambdas) * self.controller.factor)
+            changes = {"lambdas": np.asarray(self.base.lambdas) * self.controller.factor}
+            if seconds is not None:
+                for value in seconds:
+                    self.latency_controller.update(value)
+                changes["mu"] = self.base.mu * self.latency_controller.factor
+            self._policy = replace(self.base, **changes)
 
     def plan(self, prompts: Sequence[str], observed: Observed | None = None, *,
              tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> list[Plan]:
@@ -482,6 +560,15 @@ class PacedRouter:
         list of str
         """
         return self.router.select(prompts, observed, tasks=tasks, subtasks=subtasks)
+
+
+def _none_last(value: float | None) -> float:
+    return math.inf if value is None else value
+
+
+def _budget_pair(policy: Policy) -> tuple[float, float]:
+    """``(cost budget, latency budget)`` with no latency budget as ``inf``: the order policies are chosen in."""
+    return (policy.budget, _none_last(policy.latency_budget))
 
 
 def prompt_uniforms(prompts: Sequence[str]) -> NDArray[np.float64]:
