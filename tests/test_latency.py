@@ -286,3 +286,104 @@ def test_derive_latency_leaves_unlogged_cells_nan():
                          np.array([[0.1, np.nan], [0.1, 0.2]]), output_tokens=np.array([[10.0, np.nan], [20.0, 5.0]]))
     latency = derive_latency(table, {"a": (0.1, 10.0), "b": (1.0, 5.0)})
     np.testing.assert_allclose(latency, [[1.1, np.nan], [2.1, 2.0]])
+
+
+# --------------------------------------------------------------------------- #
+# training.fit, the artifact and the router
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(scope="module")
+def two_budget_fit(tmp_path_factory):
+    from training.fit import main
+
+    folder = tmp_path_factory.mktemp("latency-fit")
+    out, report = folder / "router.joblib", folder / "report"
+    code = main(["--n-queries", "700", "--estimator", "linear", "--budget", "0.0004", "0.001",
+                 "--latency-budget", "0.45", "0.6", "--out", str(out), "--report", str(report), "--quiet"])
+    assert code == 0
+    return out, report
+
+
+def test_fit_crosses_latency_budgets_with_budgets_into_the_artifact(two_budget_fit):
+    import json
+
+    from training.artifact import manifest_path
+    from training.serving.router import load_router
+
+    out, report_dir = two_budget_fit
+    report = json.loads((report_dir / "report.json").read_text())
+    pairs = [(row["budget"], row["latency_budget"]) for row in report["budgets"]]
+    assert pairs == [(0.0004, 0.45), (0.0004, 0.6), (0.001, 0.45), (0.001, 0.6)]
+    for row in report["budgets"]:
+        if row["calibration_status"] == "met":
+            assert row["calibration_cost"] <= row["budget"] and row["calibration_latency"] <= row["latency_budget"]
+        assert row["test_latency"] > 0
+    assert report["latency"] and all(s["latency"] > 0 for s in report["single_models"])
+    assert all(r["latency_budget"] is None for r in report["curve"])  # the AUC curve is cost-only, as before
+    manifest = json.loads(manifest_path(out).read_text())
+    assert manifest["extra"]["latency_budgets"] == [0.45, 0.6, 0.45, 0.6]
+    assert manifest["budgets"] == [0.0004, 0.0004, 0.001, 0.001]
+    router = load_router(out)
+    assert router.policy(0.001, 0.5).latency_budget == 0.45  # the largest pair within both
+    assert router.policy(0.0005, 0.7) .budget == 0.0004 and router.policy(0.0005, 0.7).latency_budget == 0.6
+    with pytest.raises(ValueError, match="latency budget 0.1 is below every latency budget fitted"):
+        router.policy(0.001, 0.1)
+    from training.synthetic import make_benchmark  # the decisions follow the chosen pair's policy
+    queries = make_benchmark(30, seed=3).drop_duplicates("query_id")
+    inputs = {"tasks": list(queries["task"]), "subtasks": list(queries["subtask"])}
+    prompts = list(queries["prompt"])
+    assert router.decide(prompts, budget=0.001, latency_budget=0.5, **inputs) == router.decide(
+        prompts, policy=router.policy(0.001, 0.45), **inputs)
+
+
+def test_fit_refuses_a_latency_budget_it_cannot_serve(tmp_path, capsys):
+    from training.fit import main
+
+    frame = make_benchmark_without_latency()
+    data = tmp_path / "logs.parquet"
+    frame.to_parquet(data)
+    common = ["--out", str(tmp_path / "r.joblib"), "--report", str(tmp_path / "rep"), "--quiet"]
+    assert main(["--data", str(data), "--latency-budget", "1.0", *common]) == 2
+    assert "--latency-budget needs latency" in capsys.readouterr().err
+    assert main(["--n-queries", "400", "--estimator", "linear", "--budget", "0.001", "--latency-budget", "0.01",
+                 *common]) == 2
+    err = capsys.readouterr().err
+    assert "--latency-budget 0.01 with --budget 0.001 cannot be met: the fastest" in err
+    assert not (tmp_path / "r.joblib").exists()
+    assert main(["--latency-budget", "0.5", "--per-step", *common]) == 2
+    assert "--per-step fits a per-step λ for a cost budget only" in capsys.readouterr().err
+
+
+def make_benchmark_without_latency():
+    from training.synthetic import make_benchmark
+    return make_benchmark(300, seed=1).drop(columns="latency_s")
+
+
+def test_a_paced_router_paces_latency_beside_cost(two_budget_fit):
+    from training.serving.router import load_router
+
+    from dataclasses import replace
+
+    from training.policy import Policy
+
+    router = load_router(two_budget_fit[0])  # on this small table single models win: pace a hand-made policy
+    policy = Policy("cascade_routing", np.full(3, 200.0), None, 0.0, 3, False, 64, budget=0.001,
+                    latency_budget=0.45, mu=0.2)
+    paced = router.paced(policy.budget, latency_budget=policy.latency_budget, policy=policy)
+    base = paced.policy
+    paced.record([policy.budget] * 20, latency=[2 * policy.latency_budget] * 20)  # on budget, twice too slow
+    state = paced.state()
+    assert state.latency_factor > 1.5 and state.factor == pytest.approx(1.0, abs=0.05)  # μ rises, λ stays
+    assert state.mu == pytest.approx(base.mu * state.latency_factor)
+    with pytest.raises(ValueError, match="pass latency with every cost"):
+        paced.record(0.001)
+    with pytest.raises(ValueError, match="latency must be finite numbers >= 0"):
+        paced.record([0.001, 0.001], latency=[0.5, -1.0])
+    np.testing.assert_equal(tuple(paced.state()), tuple(state))  # a refused record changes nothing
+    queries = make_benchmark_without_latency().drop_duplicates("query_id").head(20)
+    inputs = {"tasks": list(queries["task"]), "subtasks": list(queries["subtask"])}
+    assert paced.decide(list(queries["prompt"]), **inputs) == router.decide(list(queries["prompt"]),
+                                                                          policy=paced.policy, **inputs)
+    with pytest.raises(ValueError, match="paces cost only"):
+        router.paced(0.001, policy=replace(policy, mu=0.0, latency_budget=None)).record(0.001, latency=0.5)

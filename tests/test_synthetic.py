@@ -46,7 +46,7 @@ def test_same_seed_same_frame_other_seed_other_frame():
 
 
 def test_passes_validation_with_every_column(frame, table):
-    assert frame.shape == (4000 * len(SYNTHETIC_MODELS), 11)
+    assert frame.shape == (4000 * len(SYNTHETIC_MODELS), 12)
     assert table.quality.shape == (4000, len(SYNTHETIC_MODELS))
     assert table.models == tuple(m.name for m in SYNTHETIC_MODELS)  # listed cheapest first
     assert all(name.startswith("synthetic-") for name in table.models)
@@ -140,3 +140,15 @@ def test_default_table_and_bad_arguments():
             make_benchmark(bad)
     with pytest.raises(ValueError, match="seed"):
         make_benchmark(10, seed=-1)
+
+
+def test_latency_is_time_to_first_token_plus_generation_at_the_assumed_speed(table):
+    from training.synthetic import ASSUMED_THROUGHPUT
+
+    ttft, speed = np.array([ASSUMED_THROUGHPUT[m.imitates] for m in SYNTHETIC_MODELS]).T
+    expected = ttft + table.output_tokens / speed  # the noise-free latency
+    ratio = table.latency / expected
+    assert (table.latency > 0).all()
+    assert 0.85 < np.median(ratio) < 1.15  # the two noise terms are centred on the assumed figures
+    for model in range(table.n_models):  # longer answers take longer, model by model
+        assert np.corrcoef(table.output_tokens[:, model], table.latency[:, model])[0, 1] > 0.3

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -97,6 +98,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, nargs="+", default=None,
                         help="mean cost per query to fit a policy for (several allowed); default: "
                              "three budgets spread over the single models' cost range")
+    parser.add_argument("--latency-budget", type=float, nargs="+", default=None, metavar="SECONDS",
+                        help="mean latency per query (seconds) to fit policies for, crossed with --budget: one "
+                             "policy per (budget, latency budget) pair; needs latency in the data (a latency_s "
+                             "column, or --throughput); default: no latency budget")
+    parser.add_argument("--throughput", type=Path, default=None,
+                        help="models.csv-style table with ttft_s and output_tokens_per_s per model, to derive "
+                             "latency from output_tokens when the data has no latency_s column")
     parser.add_argument("--allow-over-budget", action="store_true",
                         help="fit a budget below the cheapest policy's cost anyway (the cheapest policy, "
                              "reported as over budget) instead of stopping with exit 2")
@@ -150,8 +158,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     fractions = np.asarray(args.fractions)
     if (fractions <= 0).any() or abs(fractions.sum() - 1.0) > 1e-9:
         parser.error(f"--fractions must be three positive numbers summing to 1, got {args.fractions}")
-    if args.budget is not None and any(not np.isfinite(b) or b <= 0 for b in args.budget):
-        parser.error(f"--budget values must be positive numbers, got {args.budget}")
+    for flag, values in (("--budget", args.budget), ("--latency-budget", args.latency_budget)):
+        if values is not None and any(not np.isfinite(b) or b <= 0 for b in values):
+            parser.error(f"{flag} values must be positive numbers, got {values}")
+    if args.latency_budget is not None and args.per_step:
+        parser.error("--per-step fits a per-step λ for a cost budget only; drop it or --latency-budget")
+    if args.latency_budget is not None and args.strategy == "threshold":
+        parser.error("--latency-budget: the threshold cascade has no multiplier to trade latency with; "
+                     "use --strategy cascade_routing, cascade or routing")
     return args
 
 
@@ -161,8 +175,8 @@ def load(args: argparse.Namespace) -> tuple[RoutingTable, dict[str, tuple[float,
     Parameters
     ----------
     args : argparse.Namespace
-        Options of :func:`parse_args`; ``data``, ``prices``, ``models``,
-        ``n_queries`` and ``seed`` are read.
+        Options of :func:`parse_args`; ``data``, ``prices``, ``throughput``,
+        ``models``, ``n_queries``, ``seed`` and ``latency_budget`` are read.
 
     Returns
     -------
@@ -177,7 +191,8 @@ def load(args: argparse.Namespace) -> tuple[RoutingTable, dict[str, tuple[float,
     Raises
     ------
     ValueError
-        If ``--data`` does not exist or the table is malformed.
+        If ``--data`` does not exist, the table is malformed, or a latency
+        budget is asked of a table without latency.
     """
     models = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
     if args.data is None:
@@ -185,7 +200,12 @@ def load(args: argparse.Namespace) -> tuple[RoutingTable, dict[str, tuple[float,
     if not args.data.exists():
         raise ValueError(f"--data {args.data} does not exist")
     prices = read_prices(args.prices) if args.prices is not None else None
-    table = read_table(args.data, models=models, prices=prices, quality_range=args.quality_range)
+    table = read_table(args.data, models=models, prices=prices, quality_range=args.quality_range,
+                       throughput=args.throughput)
+    if args.latency_budget is not None and table.latency is None:
+        raise ValueError(f"--latency-budget needs latency, and {args.data} has none: add a latency_s column "
+                         "(seconds per query and model), or pass --throughput with ttft_s and "
+                         "output_tokens_per_s per model to derive it from output_tokens")
     if len(table.models) < 2:
         raise ValueError(f"need at least two models to route between; {args.data} has only {list(table.models)}"
                          + (" after --models" if models is not None else ""))
@@ -263,24 +283,32 @@ def run(args: argparse.Namespace) -> dict:
     single_cost, single_quality = single_model_points(test_table.quality, test_table.cost)
     calibration_costs = fitting_episodes.cost.mean(axis=0)
     budgets = sorted(set(args.budget or default_budgets(calibration_costs)))
-    curve_budgets = sorted(set(budget_grid(single_cost, single_quality, args.curve_points)) - set(budgets))
+    latency_budgets = sorted(set(args.latency_budget)) if args.latency_budget else [None]
+    requested = [(budget, latency) for budget in budgets for latency in latency_budgets]
+    curve = [(budget, None) for budget in sorted(set(budget_grid(single_cost, single_quality, args.curve_points))
+                                                  - set(budgets if latency_budgets == [None] else []))]
     stages.update()
     stages.set_postfix_str("fitting policies")
     rows = []
-    policies = {}
-    for budget in tqdm(budgets + curve_budgets, desc="budgets", disable=args.quiet, leave=False):
-        policy, measured = _fit_budget(args, fitting_episodes, float(budget), strict=budget in budgets)
+    policies = []
+    for budget, latency in tqdm(requested + curve, desc="budgets", disable=args.quiet, leave=False):
+        policy, measured = _fit_budget(args, fitting_episodes, float(budget), latency,
+                                       strict=(budget, latency) in requested)
         outcome = policy.play(test_episodes)
-        policies[budget] = policy
-        rows.append({"budget": float(budget), "requested": budget in budgets,
+        if (budget, latency) in requested:
+            policies.append(policy)
+        rows.append({"budget": float(budget), "latency_budget": latency, "requested": (budget, latency) in requested,
                      **_calibration_figures(policy, measured, table.models),
                      "test_cost": outcome.mean_cost, "test_quality": outcome.mean_quality,
-                     "sigma_transform": list(policy.sigma_transform),
+                     "test_latency": None if outcome.latency is None else outcome.mean_latency,
+                     "sigma_transform": list(policy.sigma_transform), "mu": policy.mu,
                      "models_per_query": float((outcome.order >= 0).sum(1).mean())})
     stages.update()
     stages.set_postfix_str("writing report and artifact")
     lo, hi, left = auc_bounds(single_cost, single_quality)
-    curve = sorted(rows, key=lambda r: r["budget"])
+    curve = sorted((r for r in rows if r["latency_budget"] is None), key=lambda r: r["budget"])
+    single_latency = (None if test_episodes.latency is None
+                      else test_episodes.latency.mean(axis=0).tolist())
     report = {
         "models": list(table.models),
         "strategy": args.strategy,
@@ -291,27 +319,32 @@ def run(args: argparse.Namespace) -> dict:
         "split": "split column" if args.split_column else f"seeded (seed {args.seed}, fractions {list(args.fractions)})",
         "coverage": {"table": coverage(table), "train": coverage(table, train)},
         "calibration": calibration_used,
-        "budgets": [_with_best_single(r, table.models, single_cost, single_quality)
-                    for r in curve if r["requested"]],
+        "budgets": [_with_best_single(r, table.models, single_cost, single_quality, single_latency)
+                    for r in sorted(rows, key=lambda r: (r["budget"], r["latency_budget"] or np.inf))
+                    if r["requested"]],
         "curve": curve,
-        "single_models": [{"model": m, "cost": float(c), "quality": float(q)}
-                          for m, c, q in zip(table.models, single_cost, single_quality)],
+        "latency": single_latency is not None,
+        "single_models": [{"model": m, "cost": float(c), "quality": float(q),
+                           "latency": None if single_latency is None else single_latency[i]}
+                          for i, (m, c, q) in enumerate(zip(table.models, single_cost, single_quality))],
         "auc": {args.strategy: auc([r["test_cost"] for r in curve], [r["test_quality"] for r in curve],
                                    lo, hi, left_quality=left),
                 "linear": linear_auc(single_cost, single_quality)},
         "data": str(args.data) if args.data else f"synthetic(n_queries={args.n_queries}, seed={args.seed})",
         "data_fingerprint": fingerprint(table),
     }
-    router = Router(estimator, tuple(policies[b] for b in budgets), tuple(table.models))
+    router = Router(estimator, tuple(policies), tuple(table.models))
     with writing("--out", args.out):
         args.out.parent.mkdir(parents=True, exist_ok=True)
         manifest = save_artifact(
-            router, args.out, models=list(table.models), budgets=budgets,
+            router, args.out, models=list(table.models), budgets=router.budgets,
             feature_schema={"per_query": estimator.columns_, "signals": estimator.signal_names_,
-                            "uses_responses": estimator.uses_responses_},
+                            "uses_responses": estimator.uses_responses_,
+                            "latency": getattr(estimator, "latency_", None) is not None},
             data_fingerprint=report["data_fingerprint"],
             metrics={"auc": report["auc"], "budgets": report["budgets"]},
-            extra={"strategy": args.strategy, "max_depth": args.max_depth, "seed": args.seed})
+            extra={"strategy": args.strategy, "max_depth": args.max_depth, "seed": args.seed,
+                   "latency_budgets": router.latency_budgets})
     report["artifact"] = {"path": str(args.out), "manifest": str(manifest)}
     report["seconds"] = round(time.perf_counter() - started, 2)
     with writing("--report", args.report):
@@ -321,26 +354,31 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def _fit_budget(args: argparse.Namespace, episodes: EstimatorEpisodes, budget: float, *,
+def _fit_budget(args: argparse.Namespace, episodes: EstimatorEpisodes, budget: float, latency: float | None, *,
                 strict: bool) -> tuple[Policy, list[Policy]]:
-    """Fit ``--strategy`` to ``budget`` and keep it, or the best single model or routing if better on calibration.
+    """Fit ``--strategy`` to the budgets and keep it, or the best single model or routing if better on calibration.
 
-    ``strict`` (a requested budget, without ``--allow-over-budget``): a budget
-    below the cheapest policy is bad input, named with the cheapest cost.
+    ``strict`` (a requested budget, without ``--allow-over-budget``): budgets
+    below the cheapest (fastest) policy are bad input, named with what it needs.
     """
     infeasible = "raise" if strict and not args.allow_over_budget else "clamp"
     try:
         fitted = fit_policy(episodes, budget, strategy=args.strategy, per_step=args.per_step,
-                            max_depth=args.max_depth, on_infeasible=infeasible,
+                            max_depth=args.max_depth, on_infeasible=infeasible, latency_budget=latency,
                             sigma_transforms=SIGMA_TRANSFORMS if args.strategy in SIGMA_STRATEGIES else None)
     except BudgetError as error:
-        raise ValueError(f"--budget {budget:.6g} cannot be met: the cheapest {args.strategy} policy costs "
-                         f"{error.cheapest_cost:.6g} per query on the calibration queries; give a --budget of "
-                         "at least that, or pass --allow-over-budget to fit the cheapest policy anyway") from None
+        if latency is None:
+            raise ValueError(f"--budget {budget:.6g} cannot be met: the cheapest {args.strategy} policy costs "
+                             f"{error.cheapest_cost:.6g} per query on the calibration queries; give a --budget of "
+                             "at least that, or pass --allow-over-budget to fit the cheapest policy anyway") from None
+        raise ValueError(f"--latency-budget {latency:.6g} with --budget {budget:.6g} cannot be met: the fastest "
+                         f"{args.strategy} policy found takes {error.fastest_latency:.4g} s and costs "
+                         f"{error.cheapest_cost:.6g} per query on the calibration queries; give a larger "
+                         "--latency-budget (or --budget), or pass --allow-over-budget") from None
     rivals = [single_model_policy(model, budget) for model in range(episodes.n_models)]
     if args.strategy == "cascade_routing":
         rivals.append(fit_policy(episodes, budget, strategy="routing", max_depth=args.max_depth,
-                                 on_infeasible="clamp"))
+                                 on_infeasible="clamp", latency_budget=latency))
     return choose_policy(episodes, fitted, rivals)
 
 
@@ -350,10 +388,13 @@ def _candidate_name(policy: Policy, models: Sequence[str]) -> str:
 
 def _calibration_figures(policy: Policy, measured: list[Policy], models: Sequence[str]) -> dict:
     """The chosen policy's calibration cost, quality and budget status, which candidate won and by how much."""
-    rivals = [p for p in measured if p is not policy and p.calibration_cost <= policy.budget]
+    rivals = [p for p in measured if p is not policy and p.calibration_cost <= policy.budget
+              and not p.calibration_latency > (policy.latency_budget or np.inf)]
     runner_up = max(rivals, key=lambda p: p.calibration_quality, default=None)
     return {"calibration_cost": policy.calibration_cost, "calibration_quality": policy.calibration_quality,
             "calibration_status": policy.budget_status, "chosen": _candidate_name(policy, models),
+            "calibration_latency": (None if np.isnan(policy.calibration_latency)
+                                    else policy.calibration_latency),
             "most_the_router_spends": measured[0].calibration_cost if policy.budget_status == "above_max" else None,
             "calibration_margin": (None if runner_up is None
                                    else policy.calibration_quality - runner_up.calibration_quality),
@@ -361,12 +402,17 @@ def _calibration_figures(policy: Policy, measured: list[Policy], models: Sequenc
                             "calibration_quality": p.calibration_quality} for p in measured]}
 
 
-def _with_best_single(row: dict, models, costs, qualities) -> dict:
-    """Add the best single model whose test cost fits the same budget, and whether the router lost to it on test."""
-    fits = np.flatnonzero(costs <= row["budget"])
+def _with_best_single(row: dict, models, costs, qualities, latencies) -> dict:
+    """Add the best single model whose test cost (and latency) fits the same budgets, and whether the router lost to it."""
+    latency_budget = row["latency_budget"]
+    within = costs <= row["budget"]
+    if latency_budget is not None:
+        within &= np.asarray(latencies) <= latency_budget
+    fits = np.flatnonzero(within)
     best = int(fits[np.argmax(qualities[fits])]) if fits.size else int(np.argmin(costs))
+    met = row["test_cost"] <= row["budget"] and (latency_budget is None or row["test_latency"] <= latency_budget)
     return {**{k: v for k, v in row.items() if k != "requested"},
-            "test_status": "met" if row["test_cost"] <= row["budget"] else "over",
+            "test_status": "met" if met else "over",
             "best_single_model": models[best], "best_single_quality": float(qualities[best]),
             "best_single_cost": float(costs[best]),
             "test_loss_to_best_single": bool(fits.size) and row["test_quality"] < float(qualities[best])}
@@ -383,13 +429,41 @@ def _write_report(report: dict, directory: Path) -> None:
         print("note: matplotlib is not installed; skipping quality_cost.png "
               '(pip install "cascade-router[plot]")', file=sys.stderr)
         return
-    curve = report["curve"]
-    display = QualityCostDisplay.from_curves(
+    import matplotlib.pyplot as plt
+
+    curve, fitted = report["curve"], report["budgets"]
+    title = f"{report['strategy']} on {report['data']} (test split)"
+    figure, axes = plt.subplots(1, 2 if report["latency"] else 1, figsize=(13 if report["latency"] else 6.4, 4.8),
+                                squeeze=False)
+    QualityCostDisplay.from_curves(
         {report["strategy"]: ([r["test_cost"] for r in curve], [r["test_quality"] for r in curve])},
         {s["model"]: (s["cost"], s["quality"]) for s in report["single_models"]}, log_cost=True,
-        fitted={f"budget {r['budget']:.3g}": (r["test_cost"], r["test_quality"]) for r in report["budgets"]},
-        title=f"{report['strategy']} on {report['data']} (test split)")
-    display.figure_.savefig(directory / "quality_cost.png", dpi=120, bbox_inches="tight")
+        fitted={_budget_label(r): (r["test_cost"], r["test_quality"]) for r in fitted}, ax=axes[0, 0], title=title)
+    if report["latency"]:  # the same policies against what a caller waits for
+        QualityCostDisplay.from_curves(
+            {report["strategy"]: ([r["test_latency"] for r in curve], [r["test_quality"] for r in curve])},
+            {s["model"]: (s["latency"], s["quality"]) for s in report["single_models"]}, hull=False,
+            fitted={_budget_label(r): (r["test_latency"], r["test_quality"]) for r in fitted}, ax=axes[0, 1],
+            xlabel="Mean latency per query (s)", title="the same policies: quality vs mean latency")
+    try:
+        _save_figure(figure, directory / "quality_cost.png")
+    finally:
+        plt.close(figure)
+
+
+def _budget_label(row: dict) -> str:
+    latency = "" if row["latency_budget"] is None else f", {row['latency_budget']:.3g} s"
+    return f"budget {row['budget']:.3g}{latency}"
+
+
+def _save_figure(figure, path: Path) -> None:
+    """Write the figure to a temporary file beside ``path`` and rename it into place: never half a PNG."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        figure.savefig(partial, dpi=120, bbox_inches="tight", format="png")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def summary(report: dict) -> str:
@@ -407,15 +481,22 @@ def summary(report: dict) -> str:
         budget, quality, calibration cost, models per query, best single
         model within budget), then the AUCs, the split sizes and the artifact.
     """
-    lines = [f"{'budget':>10} {'test cost':>10} {'test/budget':>11} {'test qual':>9} {'calib cost':>10} "
+    timed = report.get("latency", False)
+    latency_head = f" {'lat budget':>10} {'test lat s':>10}" if timed else ""
+    lines = [f"{'budget':>10}{latency_head} {'test cost':>10} {'test/budget':>11} {'test qual':>9} {'calib cost':>10} "
              f"{'calib qual':>10} {'models/q':>8}  chosen on calibration; best single model within budget on test",
-             "-" * 130]
+             "-" * (130 + len(latency_head))]
     notes = []
     for r in report["budgets"]:
         tags = [] if r["calibration_status"] == "met" else [r["calibration_status"]]
         tags += ["over on test"] if r["test_status"] != "met" else []
         tags += ["loses on test"] if r["test_loss_to_best_single"] else []
-        lines.append(f"{r['budget']:>10.4g} {r['test_cost']:>10.4g} {r['test_cost'] / r['budget']:>11.1%} "
+        latency_cells = ""
+        if timed:
+            limit = "-" if r["latency_budget"] is None else f"{r['latency_budget']:.4g}"
+            latency_cells = f" {limit:>10} {r['test_latency']:>10.3f}"
+        lines.append(f"{r['budget']:>10.4g}{latency_cells} {r['test_cost']:>10.4g} "
+                     f"{r['test_cost'] / r['budget']:>11.1%} "
                      f"{r['test_quality']:>9.3f} {r['calibration_cost']:>10.4g} {r['calibration_quality']:>10.3f} "
                      f"{r['models_per_query']:>8.2f}  {r['chosen']}; {r['best_single_model']} "
                      f"({r['best_single_quality']:.3f} at {r['best_single_cost']:.4g})"
@@ -436,8 +517,10 @@ policy was fitted on. 'chosen' is the candidate kept on calibration: the fitted 
 model within the budget, or routing (cascade_routing only), whichever had the best calibration quality
 within the budget. Tags: [above_max] the budget is more than the router can spend, so the surplus stays
 unspent; [below_min] the budget is below the cheapest policy, fitted anyway (--allow-over-budget);
-[over on test] the test cost exceeds the budget (it was met on calibration); [loses on test] the best single
-model within the budget scores higher on test than the router.\
+[over on test] the test cost (or latency) exceeds its budget (it was met on calibration); [loses on test] the
+best single model within the budget scores higher on test than the router. 'lat budget' and 'test lat s':
+the mean-latency budget a policy was fitted to ('-': none) and its mean latency on test, in seconds (the
+models a query calls run one after another, so their latencies add up).\
 """
 
 

@@ -564,22 +564,25 @@ def _solve_multipliers(search: _Search, family: _LambdaFamily, latency_scale: fl
     that all meet the cost budget, as the per-step search does with shapes.
     """
     shape = family.initial_shape
-    solved: dict[float, float] = {}
+    solved: dict[float, tuple[float, str]] = {}
     cost_only = _Budgets(budgets.cost)
 
     def measure_mu(mu: float) -> EpisodeOutcome:
         def measure(alpha: float) -> EpisodeOutcome:
             return search.measure(**family.changes(alpha, shape), mu=mu)
         if budgets.cost is None:
-            solved[mu] = 0.0
+            solved[mu] = (0.0, "above_max")
             return measure(0.0)
-        alpha, outcome, _ = _solve_scale(measure, family, shape, cost_only.fits, None)
-        solved[mu] = alpha
+        alpha, outcome, status = _solve_scale(measure, family, shape, cost_only.fits, None)
+        solved[mu] = (alpha, status)
         return outcome
 
     mu_family = _LambdaFamily(1, latency_scale)
     mu, outcome, status = _solve_scale(measure_mu, mu_family, mu_family.initial_shape, budgets.fits, None)
-    return mu, solved[mu], outcome, status
+    alpha, cost_status = solved[mu]
+    if status == "above_max":  # latency does not bind (μ = 0): the status is the cost budget's
+        status = cost_status
+    return mu, alpha, outcome, status
 
 
 def _infeasible(strategy: str, budgets: _Budgets, outcome: EpisodeOutcome) -> BudgetError:

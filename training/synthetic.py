@@ -37,6 +37,11 @@ fresh machine, with enough structure for every part to show something:
   the targets (their output/input ratio follows the real list prices), and
   token counts of about one per four characters, with per-model tokenizer
   factors and noise.
+* **Latency.** ``latency_s = ttft_s + output_tokens / output_tokens_per_s``
+  with the serving speed :data:`ASSUMED_THROUGHPUT` gives the imitated
+  model, each term with its own noise (queueing before the first token,
+  load during generation), so latency grows with the answer's length, which
+  varies with the prompt (task, difficulty, the model's style).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from .data import read_table
 from estimators.table import RoutingTable
 
 __all__ = [
+    "ASSUMED_THROUGHPUT",
     "SYNTHETIC_MODELS",
     "TASKS",
     "TASK_SHARES",
@@ -91,6 +97,8 @@ class SyntheticModel:
         Tokens per (characters / 4): different models count differently.
     style : int
         How much a model writes around its math answer (0 terse, 2 chatty).
+
+    Its serving speed is :data:`ASSUMED_THROUGHPUT` of ``imitates``.
     """
 
     name: str
@@ -129,6 +137,27 @@ SYNTHETIC_MODELS: tuple[SyntheticModel, ...] = (
                    (0.954, 0.859, 0.92, 0.686), 19.9, 59.6, 0.95, 1),
 )
 
+#: Serving speed ``(ttft_s, output_tokens_per_s)`` we **assume** for each RouterBench model: seconds to
+#: the first token and output tokens per second. RouterBench logs tokens, not time, so latency is derived
+#: from these (``training.data.derive_latency``). They are not measurements: round figures in the range
+#: providers' public speed dashboards (e.g. artificialanalysis.ai) showed in 2024 for these models or
+#: models of their size class (small open models fast, 34B-70B dense ones slower, Claude 1/2 and GPT-4
+#: Turbo slowest to start and to generate). Latency budgets are relative to them, so a user with real
+#: timings should log ``latency_s`` instead.
+ASSUMED_THROUGHPUT: dict[str, tuple[float, float]] = {
+    "mistralai/mistral-7b-chat": (0.25, 110.0),
+    "WizardLM/WizardLM-13B-V1.2": (0.30, 75.0),
+    "mistralai/mixtral-8x7b-chat": (0.35, 90.0),
+    "meta/code-llama-instruct-34b-chat": (0.45, 45.0),
+    "zero-one-ai/Yi-34B-Chat": (0.45, 40.0),
+    "claude-instant-v1": (0.50, 95.0),
+    "meta/llama-2-70b-chat": (0.55, 35.0),
+    "gpt-3.5-turbo-1106": (0.40, 80.0),
+    "claude-v1": (0.90, 35.0),
+    "claude-v2": (1.00, 30.0),
+    "gpt-4-1106-preview": (0.70, 25.0),
+}
+
 _HIDDEN_SD = 1.2  # difficulty the prompt does not reveal
 _NOISE_SD = 0.7  # per (query, model) luck
 _SHARED_WRONG = (0.55, 1.0, 0.5, 0.5)  # P(a wrong answer is the attractive one), per task
@@ -154,7 +183,7 @@ def make_benchmark(n_queries: int = 4000, *, seed: int = 0) -> pd.DataFrame:
     -------
     pandas.DataFrame
         Columns ``query_id, task, subtask, split, prompt, model, quality,
-        cost_usd, input_tokens, output_tokens, response``; quality is 0/1,
+        cost_usd, input_tokens, output_tokens, latency_s, response``; quality is 0/1,
         ``split`` is ``''`` (split the queries yourself).
 
     Examples
@@ -172,7 +201,7 @@ def make_benchmark(n_queries: int = 4000, *, seed: int = 0) -> pd.DataFrame:
     n, k = int(n_queries), len(SYNTHETIC_MODELS)
     # Independent streams, so that changing how text is written never
     # changes which queries a model gets right.
-    latent, text, answers, tokens = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
+    latent, text, answers, tokens, timing = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
 
     task = latent.choice(len(TASKS), size=n, p=TASK_SHARES)
     visible = latent.normal(size=n)
@@ -193,6 +222,9 @@ def make_benchmark(n_queries: int = 4000, *, seed: int = 0) -> pd.DataFrame:
     output_tokens = np.maximum(1, np.rint(response_chars / 4 * tokens.lognormal(0, 0.15, (n, k))))
     price_in, price_out = (np.array([getattr(m, f) for m in SYNTHETIC_MODELS]) for f in ("input_price", "output_price"))
     cost = (input_tokens * price_in + output_tokens * price_out) / 1e6
+    ttft, speed = np.array([ASSUMED_THROUGHPUT[m.imitates] for m in SYNTHETIC_MODELS]).T
+    latency = np.round(ttft * timing.lognormal(0, 0.3, (n, k)) + output_tokens / speed * timing.lognormal(0, 0.1, (n, k)),
+                       4)
 
     width = max(5, len(str(n - 1)))
     return pd.DataFrame(
@@ -207,6 +239,7 @@ def make_benchmark(n_queries: int = 4000, *, seed: int = 0) -> pd.DataFrame:
             "cost_usd": cost.ravel(),
             "input_tokens": input_tokens.ravel(),
             "output_tokens": output_tokens.ravel(),
+            "latency_s": latency.ravel(),
             "response": responses.ravel(),
         }
     )

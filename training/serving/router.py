@@ -393,12 +393,14 @@ class PacedRouter:
         Target mean latency per query (seconds). A second controller, of the
         same kind, then paces the policy's latency multiplier ``μ`` from the
         latencies :meth:`record` is given, while the first paces ``λ`` from
-        the costs.
+        the costs. A policy whose latency budget bound and cost budget did
+        not has ``λ = 0``: the cost controller then only reports spend.
     policy : Policy, optional
         The policy whose ``λ`` (and ``μ``) is paced. Default: the fitted
         policy whose budget is nearest to ``budget`` on a log scale, among
-        those with a positive ``λ`` (a ``λ = 0`` policy cannot be scaled) and,
-        with ``latency_budget``, a positive ``μ``, nearest to it too.
+        those with a positive ``λ`` (a ``λ = 0`` policy cannot be scaled);
+        with ``latency_budget``, among those with a positive ``μ``, nearest
+        to both budgets.
     **controller
         ``band``, ``half_life``, ``gain``, ``integral_gain`` of
         :class:`~training.serving.pacing.PaceController` (both controllers).
@@ -424,7 +426,7 @@ class PacedRouter:
         if self.base.strategy == "threshold":
             raise ValueError("pacing scales λ; a threshold cascade has none. Fit a λ strategy "
                              "(cascade_routing, cascade or routing)")
-        if not np.any(np.asarray(self.base.lambdas) > 0):
+        if latency_budget is None and not np.any(np.asarray(self.base.lambdas) > 0):
             raise ValueError("the policy's λ is 0 everywhere, which no factor can move; "
                              "pass a policy fitted to a smaller budget")
         if latency_budget is not None and not self.base.mu > 0:
@@ -435,10 +437,10 @@ class PacedRouter:
 
     @staticmethod
     def _nearest_policy(router: Router, budget: float, latency_budget: float | None) -> Policy:
-        scalable = [p for p in router.policies if p.strategy != "threshold" and np.any(np.asarray(p.lambdas) > 0)
-                    and (latency_budget is None or p.mu > 0)]
+        scalable = [p for p in router.policies if p.strategy != "threshold"
+                    and (np.any(np.asarray(p.lambdas) > 0) if latency_budget is None else p.mu > 0)]
         if not scalable:
-            wanted = "a positive λ" + ("" if latency_budget is None else " and a positive μ")
+            wanted = "a positive λ" if latency_budget is None else "a positive μ"
             raise ValueError(f"no fitted policy has {wanted} to pace; refit with smaller budgets "
                              f"(fitted: {list(zip(router.budgets, router.latency_budgets))})")
 
