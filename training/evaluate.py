@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -96,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-step", action="store_true",
                         help="also search a per-step lambda (threshold) shape: slower, usually "
                              "slightly better (default: off, one lambda for all steps)")
+    parser.add_argument("--latency-budget", type=_positive_float, default=None, metavar="SECONDS",
+                        help="also fit every policy to this mean latency per query (needs latency_s in the data, "
+                             "or --throughput); the threshold cascade, which has no multiplier for it, is left "
+                             "out (default: off)")
+    parser.add_argument("--throughput", type=Path, default=None, metavar="MODELS.csv",
+                        help="per-model ttft_s and output_tokens_per_s, to derive latency from output_tokens "
+                             "when the data has no latency_s column (default: off)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json",
                         help="write the full report (AUCs, intervals, curves) as JSON (default: off)")
     parser.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
@@ -132,15 +140,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OutputError as error:
         return fail(str(error), code=CANNOT_WRITE)
     try:
-        table = read_table(args.data, models=args.models, quality_range=args.quality_range)
+        table = read_table(args.data, models=args.models, quality_range=args.quality_range,
+                           throughput=args.throughput)
         if len(table.models) < 2:
             raise ValueError(f"need at least two models to compare strategies; the table has only {list(table.models)}")
         report = evaluate_strategies(
             table, noise=args.noise, calibration_fraction=args.calibration_fraction,
             estimator=args.estimator, train_fraction=args.train_fraction,
             max_depth=args.max_depth, seed=args.seed, n_boot=args.bootstrap,
-            per_step=args.per_step, strategies=DEFAULT_STRATEGIES, progress=not args.quiet,
-            min_fully_logged=args.min_fully_logged)
+            per_step=args.per_step, progress=not args.quiet, min_fully_logged=args.min_fully_logged,
+            strategies=[s for s in DEFAULT_STRATEGIES if args.latency_budget is None or s != "threshold"],
+            latency_budget=args.latency_budget)
     except (ValueError, TypeError, FileNotFoundError) as error:
         return fail(f"{args.data}: {error}")
     print(format_report(report, source=str(args.data)))
@@ -189,10 +199,22 @@ def format_report(report: EvaluationReport, *, source: str = "") -> str:
         rows.append(f"{name:<18} {report.auc[name]:6.2f}  [{low:6.2f}, {high:6.2f}]  "
                     f"{_gap(report, lead, name):<36}  {_statuses(report, name)}")
     rows += ["", "AUC x100 of test quality over [cheapest, dearest single-model cost]; "
-             "intervals: paired bootstrap over test queries.", f"seconds: {report.seconds:.1f}"]
+             "intervals: paired bootstrap over test queries.", *_latency_lines(report),
+             f"seconds: {report.seconds:.1f}"]
     if report.calibration:
         rows += logs_summary(report.coverage, report.calibration)
     return "\n".join(rows)
+
+
+def _latency_lines(report: EvaluationReport) -> list[str]:
+    """Each strategy's range of mean test latency over its budgets, and the latency budget they were fitted to."""
+    timed = {name: [p["latency"] for p in points] for name, points in report.curves.items()
+             if points and "latency" in points[0]}
+    if not timed:
+        return []
+    limit = next(iter(report.curves.values()))[0].get("latency_budget")
+    head = "mean test latency per query" + ("" if limit is None else f" (latency budget {limit:.4g} s)")
+    return [f"{head}: " + ", ".join(f"{name} {min(v):.3g}-{max(v):.3g} s" for name, v in timed.items())]
 
 
 def _statuses(report: EvaluationReport, name: str) -> str:
@@ -244,6 +266,16 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 

@@ -231,6 +231,7 @@ def evaluate_strategies(
     train_fraction: float = 0.5,
     sigma_transforms: tuple[tuple[float, float], ...] = SIGMA_TRANSFORMS,
     min_fully_logged: int = MIN_FULLY_LOGGED,
+    latency_budget: float | None = None,
 ) -> EvaluationReport:
     """Fit and test every strategy at the protocol's budgets; AUCs with bootstrap intervals.
 
@@ -289,6 +290,13 @@ def evaluate_strategies(
         calibration queries logged for every model when there are at least
         this many, else with the direct method
         (:func:`training.episodes.calibration_episodes`).
+    latency_budget : float, optional
+        Mean latency per query (seconds) every policy is also fitted to
+        (ALGORITHM.md §7), so each curve is quality against cost at that
+        latency budget; every point reports its test latency. Needs
+        ``table.latency``; not with the threshold cascade (it has no
+        multiplier). Simulated estimates know each model's mean latency on
+        calibration ex-ante and its true latency once it ran.
 
     Returns
     -------
@@ -327,6 +335,13 @@ def evaluate_strategies(
     order = _check_strategies(strategies)
     depths = _resolve_depths(max_depth, order, table.n_models)
     _check_settings(noise, calibration_fraction, seed, n_boot)
+    if latency_budget is not None:
+        if table.latency is None:
+            raise ValueError("a latency budget needs latency: the table has no latency_s column (or a throughput "
+                             "table to derive it from output_tokens)")
+        if "threshold" in order:
+            raise ValueError("the threshold cascade has no multiplier to trade latency with; leave it out of "
+                             "strategies with a latency budget")
     if estimator == "simulated":
         if table.is_partial:
             raise ValueError(f"simulated estimates perturb every model's true outcome, but {int((~table.logged).sum())} "
@@ -350,8 +365,12 @@ def evaluate_strategies(
 
     if estimator == "simulated":
         estimates = simulate_estimates(quality, cost, noise=noise, fit_rows=calibration, seed=seed)
-        calibration_play = TableEpisodes.from_estimates(estimates, quality, cost, calibration)
-        test_episodes = TableEpisodes.from_estimates(estimates, quality, cost, test)
+        latency = None
+        if ordered.latency is not None:  # ex-ante: each model's mean on calibration; once run: the truth
+            latency = (np.tile(ordered.latency[calibration].mean(axis=0), (ordered.n_queries, 1)),
+                       ordered.latency, ordered.latency)
+        calibration_play = TableEpisodes.from_estimates(estimates, quality, cost, calibration, latency=latency)
+        test_episodes = TableEpisodes.from_estimates(estimates, quality, cost, test, latency=latency)
         logs = {}
     else:
         fitted = make_router_estimator(estimator).fit(ordered, train)
@@ -371,7 +390,7 @@ def evaluate_strategies(
         strategy_started = time.perf_counter()
         curves[name], per_query_quality[name], per_query_cost[name] = _trace_curve(
             strategy, budgets, calibration_play, test_episodes,
-            depth=depths[name], per_step=per_step, progress=progress,
+            depth=depths[name], per_step=per_step, progress=progress, latency_budget=latency_budget,
             sigma_transforms=sigma_transforms if strategy in ("cascade", "cascade_routing") else None)
         fit_seconds[name] = time.perf_counter() - strategy_started
 
@@ -387,8 +406,9 @@ def evaluate_strategies(
                 for name in [_LINEAR, *curves]},
         differences={f"{a}-{b}": tuple(boot["differences"][(a, b)]) for a, b in _pairs(names)},
         curves=curves,
-        single_models=[{"model": m, "cost": float(c), "quality": float(q)}
-                       for m, c, q in zip(models, single_cost, single_quality)],
+        single_models=[{"model": m, "cost": float(c), "quality": float(q),
+                        **({} if ordered.latency is None else {"latency": float(ordered.latency[test, i].mean())})}
+                       for i, (m, c, q) in enumerate(zip(models, single_cost, single_quality))],
         models=models,
         n_calibration=int(calibration.size),
         n_test=int(test.size),
@@ -406,7 +426,8 @@ def evaluate_strategies(
 
 def _trace_curve(strategy: str, budgets: np.ndarray, calibration: Episodes, test: Episodes,
                  *, depth: int, per_step: bool, progress: bool,
-                 sigma_transforms: tuple[tuple[float, float], ...] | None) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+                 sigma_transforms: tuple[tuple[float, float], ...] | None,
+                 latency_budget: float | None = None) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
     """Fit ``strategy`` at every budget on calibration and play it on test.
 
     Returns the curve points and the per-query test quality and cost, shaped
@@ -416,7 +437,8 @@ def _trace_curve(strategy: str, budgets: np.ndarray, calibration: Episodes, test
     for budget in tqdm(budgets, desc=f"{REPORTED_NAMES[strategy]:>17}", unit="budget",
                        disable=not progress, leave=False):
         policy = fit_policy(calibration, float(budget), strategy=strategy, per_step=per_step,
-                            max_depth=depth, on_infeasible="clamp", sigma_transforms=sigma_transforms)
+                            max_depth=depth, on_infeasible="clamp", sigma_transforms=sigma_transforms,
+                            latency_budget=latency_budget)
         outcome = policy.play(test)
         points.append({
             "budget": float(budget),
@@ -426,6 +448,9 @@ def _trace_curve(strategy: str, budgets: np.ndarray, calibration: Episodes, test
             "calibration_quality": float(policy.calibration_quality),
             "status": policy.budget_status,
             "sigma_transform": list(policy.sigma_transform),
+            **({} if outcome.latency is None else {
+                "latency": outcome.mean_latency, "calibration_latency": float(policy.calibration_latency),
+                "latency_budget": latency_budget, "mu": float(policy.mu)}),
         })
         qualities.append(outcome.quality)
         costs.append(outcome.cost)

@@ -64,6 +64,8 @@ class LoggedBatch(NamedTuple):
     #: Every input row of every rejected query: ``row``, ``query_id``, ``reason``, ``model``
     #: (empty frame when nothing is rejected).
     rejected: pd.DataFrame
+    #: Logged latency (seconds) of every model, float64 ``(Q, K)``, NaN where not logged; ``None`` without ``latency_s``.
+    latency: NDArray[np.float64] | None = None
 
 
 # --------------------------------------------------------------------------- #
@@ -234,7 +236,7 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     """Check a logged batch row by row and lay its valid queries out as per-query grids.
 
     A malformed row (missing query id, model or prompt, unknown model,
-    NaN/negative/infinite cost, NaN quality, non-finite signal) rejects its
+    NaN/negative/infinite cost or ``latency_s``, NaN quality, non-finite signal) rejects its
     query, as do a duplicate model for a query and rows of a query that are
     not contiguous (streaming holds one batch of rows at a time, so bounded
     memory needs each query's rows together; this function sees only
@@ -279,6 +281,10 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     if "prompt" in per_query:
         check_prompt_types(frame)
         flag(frame["prompt"].isna().to_numpy(), "prompt is missing")
+    latency = _numbers(frame["latency_s"]) if "latency_s" in frame.columns else None
+    if latency is not None:
+        flag(~(np.isfinite(latency) & (latency >= 0)),
+             lambda r: f"latency_s must be a finite number >= 0 (seconds), got {frame['latency_s'].iloc[r]}")
     signal_values = {}
     for name in router.estimator.signal_names_:
         signal_values[name] = _numbers(frame[name])
@@ -333,7 +339,11 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     for name, value in signal_values.items():
         signals[name] = np.full((good.size, k), np.nan)
         signals[name][cell] = value[rows_good]
+    grid_latency = None
+    if latency is not None:
+        grid_latency = np.full((good.size, k), np.nan)
+        grid_latency[cell] = latency[rows_good]
     values = {c: _text_column(frame[c], first_rows) for c in per_query}
     return LoggedBatch(first_rows=_row_numbers(frame)[first_rows], query_ids=first_keys[good], values=values,
                        cost=grid_cost, quality=grid_quality, responses=responses, signals=signals,
-                       available=available, rejected=rejected)
+                       available=available, rejected=rejected, latency=grid_latency)

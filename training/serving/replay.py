@@ -60,7 +60,8 @@ STATUS_REJECTED = "rejected"
 def replay(router: Router, policy: Policy, prompts: NDArray[np.object_] | None, tasks: NDArray[np.object_] | None,
            subtasks: NDArray[np.object_] | None, cost: NDArray[np.float64], responses: NDArray[np.object_],
            signals: dict[str, NDArray[np.float64]], *, parallel: bool = True,
-           timings: dict | None = None, available: NDArray[np.bool_] | None = None
+           timings: dict | None = None, available: NDArray[np.bool_] | None = None,
+           latency: NDArray[np.float64] | None = None
            ) -> (tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]
                  | tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]):
     """Play ``policy`` on logged queries, each up to the end or to the first model it needs that was not logged.
@@ -92,6 +93,9 @@ def replay(router: Router, policy: Policy, prompts: NDArray[np.object_] | None, 
         ``estimate`` and ``kernel`` are added to it.
     available : ndarray of bool, shape (N, K), optional
         Which models are logged per query (partial logs); default all.
+    latency : ndarray of float64, shape (N, K), optional
+        Logged latency (seconds) of every model, revealed like the cost once
+        a model runs; default none (the estimates stand).
 
     Returns
     -------
@@ -121,7 +125,8 @@ def replay(router: Router, policy: Policy, prompts: NDArray[np.object_] | None, 
         began = time.perf_counter()
         found = estimator.estimate(prepared, rows, run, responses=responses[rows],
                                    signals={name: value[rows] for name, value in signals.items()},
-                                   observed_cost=cost[rows], memo=memo, with_sigma=with_sigma, parallel=parallel)
+                                   observed_cost=cost[rows], memo=memo, with_sigma=with_sigma, parallel=parallel,
+                                   observed_latency=None if latency is None else latency[rows])
         _add(timings, "estimate", began)
         return found
 
@@ -139,7 +144,8 @@ def _add(timings: dict, key: str, started: float) -> None:
 
 
 def score_batch(router: Router, frame: pd.DataFrame, budget: float | None = None, *,
-                parallel: bool = True, timings: dict | None = None) -> pd.DataFrame:
+                parallel: bool = True, timings: dict | None = None,
+                latency_budget: float | None = None) -> pd.DataFrame:
     """Score one batch: a pure ``DataFrame -> DataFrame`` function.
 
     Parameters
@@ -158,7 +164,7 @@ def score_batch(router: Router, frame: pd.DataFrame, budget: float | None = None
         (partial logs). An optional ``row`` column holds input row numbers
         for the reject report (default: the frame's index).
     budget : float, optional
-        Selects the fitted policy (:meth:`Router.policy`).
+        Selects the fitted policy (:meth:`Router.policy`), with ``latency_budget``.
     parallel : bool, default=True
         Multi-threaded kernel. Pass ``False`` when the caller already runs
         one batch per core (Spark executors, ``--workers``).
@@ -166,6 +172,8 @@ def score_batch(router: Router, frame: pd.DataFrame, budget: float | None = None
         If given, seconds spent in ``featurize``, ``estimate`` and ``kernel``
         are added to it (instrumentation only; the result does not depend
         on it).
+    latency_budget : float, optional
+        With ``budget``, selects the fitted policy for both (:meth:`Router.policy`).
 
     Returns
     -------
@@ -189,6 +197,11 @@ def score_batch(router: Router, frame: pd.DataFrame, budget: float | None = None
         ``quality`` are null (the cascade did not finish, so no answer was
         selected).
 
+        When the router's estimator has latency, logged results also have
+        ``latency`` (seconds: the logged ``latency_s`` of the models run,
+        added up; NaN without that column) and query results
+        ``plan_latency`` and ``latency[m]`` per model (estimates).
+
     Raises
     ------
     training.serving.logged.ScoreError
@@ -198,7 +211,7 @@ def score_batch(router: Router, frame: pd.DataFrame, budget: float | None = None
         :func:`~training.serving.logged.check_prompt_types` names its row.
     """
     logged = check_columns(router, list(frame.columns))
-    policy = router.policy(budget)
+    policy = router.policy(budget, latency_budget)
     if logged:
         return _score_logged(router, policy, frame, parallel, timings)
     return _score_queries(router, policy, frame, parallel, timings)
@@ -297,7 +310,9 @@ def _score_queries(router: Router, policy, frame: pd.DataFrame, parallel: bool, 
         out["next_model"] = _names(next_model, router.models_)
         out["plan"] = _model_lists(np.where(planned, np.arange(k), -1), router.models_)
         out["plan_cost"] = np.where(planned, estimates.cost, 0.0).sum(axis=1)
-        for name in ("quality", "sigma", "cost"):
+        if estimates.latency is not None:
+            out["plan_latency"] = np.where(planned, estimates.latency, 0.0).sum(axis=1)
+        for name in _estimate_columns(router):
             matrix = getattr(estimates, name)
             for j, model in enumerate(router.models_):
                 out[f"{name}[{model}]"] = matrix[:, j]
@@ -313,13 +328,17 @@ def _score_logged(router: Router, policy, frame: pd.DataFrame, parallel: bool, t
         values = batch.values
         order, run, answer, needed = replay(router, policy, values.get("prompt"), values.get("task"),
                                             values.get("subtask"), batch.cost, batch.responses, batch.signals,
-                                            parallel=parallel, timings=timings, available=batch.available)
+                                            parallel=parallel, timings=timings, available=batch.available,
+                                            latency=batch.latency)
         out["status"] = np.where(needed >= 0, STATUS_UNREPLAYABLE, STATUS_OK).astype(object)
         out["first_model"] = _names(np.where(order[:, 0] >= 0, order[:, 0], needed), models)
         out["models_run"] = _model_lists(order, models)
         out["n_run"] = run.sum(axis=1)
         out["answer_model"] = _names(answer, models)
         out["cost"] = (batch.cost * run).sum(axis=1)  # 0 in cells not logged, never run
+        if _has_latency(router):  # the models of a cascade run one after another: their latencies add up
+            out["latency"] = (np.full(run.shape, np.nan) if batch.latency is None
+                              else np.where(run, batch.latency, 0.0)).sum(axis=1)
         out["quality"] = np.where(answer >= 0, batch.quality[np.arange(n), np.maximum(answer, 0)], np.nan)
         out["needed_model"] = _names(needed, models)
     return _result(output_schema(router, logged=True), out, n, batch.rejected)
@@ -364,10 +383,22 @@ def output_schema(router: Router, logged: bool) -> pa.Schema:
         fields += [("first_model", pa.string()), ("models_run", pa.list_(pa.string())), ("n_run", pa.int64()),
                    ("answer_model", pa.string()), ("cost", pa.float64()), ("quality", pa.float64()),
                    ("needed_model", pa.string())]
+        fields += [("latency", pa.float64())] if _has_latency(router) else []
     else:
         fields += [("next_model", pa.string()), ("plan", pa.list_(pa.string())), ("plan_cost", pa.float64())]
-        fields += [(f"{name}[{m}]", pa.float64()) for name in ("quality", "sigma", "cost") for m in router.models_]
+        fields += [("plan_latency", pa.float64())] if _has_latency(router) else []
+        fields += [(f"{name}[{m}]", pa.float64()) for name in _estimate_columns(router) for m in router.models_]
     return pa.schema(fields)
+
+
+def _has_latency(router: Router) -> bool:
+    """Whether the router's estimator predicts latency (fitted on a table with latency)."""
+    return getattr(router.estimator, "latency_", None) is not None
+
+
+def _estimate_columns(router: Router) -> tuple[str, ...]:
+    """The per-model estimates query results carry: quality, σ, cost, and latency when the router has it."""
+    return ("quality", "sigma", "cost", "latency") if _has_latency(router) else ("quality", "sigma", "cost")
 
 
 def rejects_schema() -> pa.Schema:

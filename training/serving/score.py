@@ -38,6 +38,7 @@ output cannot be written.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -413,15 +414,17 @@ def _compact(table: pa.Table, starts: np.ndarray) -> pa.Table:
     return table
 
 
-def _score_table(router: Router, table: pa.Table, budget: float | None, schemas: tuple[pa.Schema, pa.Schema],
-                 parallel: bool) -> tuple[pa.Table, pa.Table, dict, dict]:
+def _score_table(router: Router, table: pa.Table, budgets: tuple[float | None, float | None],
+                 schemas: tuple[pa.Schema, pa.Schema], parallel: bool) -> tuple[pa.Table, pa.Table, dict, dict]:
     """Score one batch into the output's and the rejects' Arrow tables, with the batch's totals and timings.
 
     Done where the batch is scored (a worker, with ``--workers``), so that
     the process that reads and writes only adds numbers and writes Arrow.
     """
     timings: dict = {}
-    result = score_batch(router, table.to_pandas(), budget, parallel=parallel, timings=timings)
+    budget, latency_budget = budgets
+    result = score_batch(router, table.to_pandas(), budget, parallel=parallel, timings=timings,
+                         latency_budget=latency_budget)
     status = result["status"].to_numpy()
     is_rejected = status == STATUS_REJECTED
     scored, rejected = result[~is_rejected], result[is_rejected]  # unreplayable rows are scored rows
@@ -431,16 +434,19 @@ def _score_table(router: Router, table: pa.Table, budget: float | None, schemas:
               "cost": float(replayed["cost" if logged else "plan_cost"].sum()) if len(replayed) else 0.0,
               "quality": float(replayed["quality"].sum()) if logged and len(replayed) else 0.0,
               "models": float(replayed["n_run"].sum()) if logged and len(replayed) else 0.0}
+    spent = "latency" if logged else "plan_latency"
+    if spent in replayed.columns:  # a router with latency: seconds added up like the cost
+        totals["latency"] = float(replayed[spent].sum()) if len(replayed) else 0.0
     scored_table, rejected_table = (pa.Table.from_pandas(frame.reindex(columns=schema.names), schema=schema,
                                                          preserve_index=False)
                                     for frame, schema in zip((scored, rejected), schemas))
     return scored_table, rejected_table, totals, timings
 
 
-def _score_in_worker(table: pa.Table, budget: float | None, schemas: tuple[pa.Schema, pa.Schema]
-                     ) -> tuple[pa.Table, pa.Table, dict, dict]:
+def _score_in_worker(table: pa.Table, budgets: tuple[float | None, float | None],
+                     schemas: tuple[pa.Schema, pa.Schema]) -> tuple[pa.Table, pa.Table, dict, dict]:
     """:func:`_score_table` with the worker's router (batches travel as Arrow buffers, cheap to pickle)."""
-    return _score_table(_WORKER_ROUTER, table, budget, schemas, parallel=False)
+    return _score_table(_WORKER_ROUTER, table, budgets, schemas, parallel=False)
 
 
 def _start_workers(artifact: Path, n_workers: int):
@@ -521,6 +527,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Parquet file for the decisions (with --engine spark: a dataset directory or URI)")
     parser.add_argument("--budget", type=float, default=None,
                         help="pick the fitted policy for this budget; default: the largest fitted budget")
+    parser.add_argument("--latency-budget", type=float, default=None, metavar="SECONDS",
+                        help="with --budget, pick the largest fitted (budget, latency budget) pair within both; "
+                             "default: a policy fitted without a latency budget")
     parser.add_argument("--batch-size", type=int, default=65536, help="input rows scored per batch (the file itself is read a few MB at a time)")
     parser.add_argument("--rejects", default=None,
                         help="Parquet file for rejected rows; default: OUTPUT with suffix .rejects.parquet")
@@ -604,16 +613,22 @@ def run(args: argparse.Namespace) -> dict:
     parallel = args.workers == 1  # asked for one process: use its cores through multi-threaded kernels
     router = load_router(args.artifact, warm_up=workers == 1)  # with workers, this process only reads and writes
     logged = check_columns(router, names)
-    policy = router.policy(args.budget)
+    policy = router.policy(args.budget, args.latency_budget)
+    budgets = (args.budget, args.latency_budget)
     columns = [c for c in required_columns(router, logged) if c in names]
     if logged and "response" in names and "response" not in columns:
         columns.append("response")
+    if logged and "latency_s" in names:
+        columns.append("latency_s")
     stat = args.input.stat()
     run_key = {"input": str(args.input.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-               "artifact": str(args.artifact.resolve()), "budget": policy.budget, "batch_size": args.batch_size}
+               "artifact": str(args.artifact.resolve()), "budget": policy.budget, "batch_size": args.batch_size,
+               **({} if policy.latency_budget is None else {"latency_budget": policy.latency_budget})}
     outputs = RunOutputs(args.output, rejects_path, (output_schema(router, logged), rejects_schema()), run_key,
                          resume=args.resume, rejects_flag=rejects_flag)
     totals = {"queries": 0, "unreplayable": 0, "rejected_rows": 0, "cost": 0.0, "quality": 0.0, "models": 0.0}
+    if "latency" in output_schema(router, logged).names or "plan_latency" in output_schema(router, logged).names:
+        totals["latency"] = 0.0
     totals.update({key: outputs.totals[key] for key in totals if key in outputs.totals})  # --resume
     resumed = outputs.done
     timings: dict = {}
@@ -649,11 +664,11 @@ def run(args: argparse.Namespace) -> dict:
             progress.update(next(batches).num_rows)
         if pool is None:
             for table in batches:
-                consume(*_score_table(router, table, args.budget, outputs.schemas, parallel), table.num_rows)
+                consume(*_score_table(router, table, budgets, outputs.schemas, parallel), table.num_rows)
         else:
             pending: deque = deque()
             for table in batches:
-                pending.append((pool.apply_async(_score_in_worker, (table, args.budget, outputs.schemas)),
+                pending.append((pool.apply_async(_score_in_worker, (table, budgets, outputs.schemas)),
                                 table.num_rows))
                 if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays bounded
                     future, n_rows = pending.popleft()
@@ -675,6 +690,8 @@ def run(args: argparse.Namespace) -> dict:
     return {"logged": logged, "queries": totals["queries"], "rejected_rows": totals["rejected_rows"],
             "mean_cost": totals["cost"] / n, "mean_quality": totals["quality"] / n if logged else None,
             "models_per_query": totals["models"] / n if logged else None, "budget": policy.budget,
+            "mean_latency": totals["latency"] / n if "latency" in totals else None,
+            "latency_budget": policy.latency_budget,
             "seconds": seconds, "queries_per_second": totals["queries"] / seconds if seconds > 0 else None,
             "timings": timings, "warm_up_seconds": warm_up_seconds, "workers": workers, "output": str(args.output),
             "rejects": str(rejects_path), "resumed_batches": resumed, "unreplayable": totals["unreplayable"]}
@@ -721,6 +738,12 @@ def summary(totals: dict) -> str:
         if budget > 0:
             lines.append(f"mean {what} {per} {totals['mean_cost']:.6g} vs budget {budget:.6g} "
                          f"({totals['mean_cost'] / budget:.1%} of it)")
+        if totals.get("mean_latency") is not None and not math.isnan(totals["mean_latency"]):
+            against = ("" if totals.get("latency_budget") is None else
+                       f" vs latency budget {totals['latency_budget']:.4g} s "
+                       f"({totals['mean_latency'] / totals['latency_budget']:.1%} of it)")
+            lines.append(f"mean {'realised' if logged else 'planned'} latency {per} {totals['mean_latency']:.4g} s"
+                         f"{against}")
         if logged:
             lines.append(f"mean quality {totals['mean_quality']:.4f}, {totals['models_per_query']:.2f} models "
                          f"{per}")

@@ -74,7 +74,8 @@ def _executor_router(name: str, shipped: bool, sha256: str) -> Router:
 
 
 def _score_partition(batches: Iterator[pa.RecordBatch], *, artifact: str, shipped: bool, sha256: str,
-                     budget: float | None, logged: bool, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+                     budget: float | None, logged: bool, schema: pa.Schema,
+                     latency_budget: float | None = None) -> Iterator[pa.RecordBatch]:
     """Score one partition's Arrow batches; for logged input, a query cut by a batch's end waits for the next one.
 
     The partition is sorted by ``query_id``, so the rows of a query are
@@ -87,7 +88,7 @@ def _score_partition(batches: Iterator[pa.RecordBatch], *, artifact: str, shippe
     router = _executor_router(artifact, shipped, sha256)
 
     def scored(frame: pd.DataFrame) -> pa.RecordBatch:
-        result = score_batch(router, frame, budget, parallel=False)
+        result = score_batch(router, frame, budget, parallel=False, latency_budget=latency_budget)
         return pa.RecordBatch.from_pandas(result.reindex(columns=schema.names), schema=schema, preserve_index=False)
 
     carry: pd.DataFrame | None = None
@@ -144,7 +145,7 @@ def read_parquet_with_rows(spark, path: str) -> DataFrame:
 
 
 def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float | None = None,
-                logged: bool | None = None, ship: bool = True) -> DataFrame:
+                logged: bool | None = None, ship: bool = True, latency_budget: float | None = None) -> DataFrame:
     """Score a Spark DataFrame of traffic with a fitted router, as ``training.score`` scores a file.
 
     Parameters
@@ -160,6 +161,8 @@ def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float 
         before any task runs) and in each executor's Python workers.
     budget : float, optional
         Picks the fitted policy, as ``--budget``; default the largest.
+    latency_budget : float, optional
+        With ``budget``, picks the fitted pair, as ``--latency-budget``.
     logged : bool, optional
         Force the input layout; default: logged when there is a ``model``
         column (:func:`~training.serving.logged.check_columns`).
@@ -189,7 +192,7 @@ def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float 
 
     path = Path(artifact)
     router = load_router(path, warm_up=False)  # the driver only checks it and reads the schema
-    router.policy(budget)  # a budget below every fitted policy fails here, not in a task
+    router.policy(budget, latency_budget)  # a budget below every fitted policy fails here, not in a task
     names = list(frame.columns)
     logged = check_columns(router, names) if logged is None else logged
     needed = [c for c in required_columns(router, logged) if c in names]
@@ -215,7 +218,7 @@ def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float 
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         return _score_partition(batches, artifact=name, shipped=ship, sha256=sha256, budget=budget, logged=logged,
-                                schema=schema)
+                                schema=schema, latency_budget=latency_budget)
 
     return frame.mapInArrow(score, schema=from_arrow_schema(schema))
 
@@ -309,7 +312,8 @@ def _score_to_datasets(spark, args, output: str, rejects: str) -> dict:
             raise ScoreError(f"{flag} {path} is the input; write the results to another path")
     started = time.perf_counter()
     # both outputs filter one result: keep it, or Spark would score every query twice
-    scored = score_spark(read_parquet_with_rows(spark, str(args.input)), args.artifact, budget=args.budget)
+    scored = score_spark(read_parquet_with_rows(spark, str(args.input)), args.artifact, budget=args.budget,
+                         latency_budget=args.latency_budget)
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         for frame, target in zip(split_rejects(scored), (output, rejects)):
@@ -324,17 +328,20 @@ def _score_to_datasets(spark, args, output: str, rejects: str) -> dict:
     seconds = time.perf_counter() - started
     written = spark.read.parquet(output)
     logged = "cost" in written.columns
+    spent = [c for c in ("latency", "plan_latency") if c in written.columns]
     replayed = F.col("status") == "ok"  # one pass: counts, and means over the replayed queries only
     means = written.agg(F.count(F.lit(1)).alias("scored"), F.sum(replayed.cast("long")).alias("replayed"),
                         *(F.mean(F.when(replayed, F.col(c))).alias(c)
-                          for c in (("cost", "quality", "n_run") if logged else ("plan_cost",)))).first()
+                          for c in (("cost", "quality", "n_run") if logged else ("plan_cost",)) + tuple(spent))).first()
+    policy = load_router(args.artifact, warm_up=False).policy(args.budget, args.latency_budget)
     queries = means["replayed"] or 0
     return {"logged": logged, "queries": queries, "unreplayable": means["scored"] - queries,
             "rejected_rows": spark.read.parquet(rejects).count(),
             "mean_cost": (means["cost" if logged else "plan_cost"] or 0.0),
             "mean_quality": means["quality"] if logged else None,
             "models_per_query": means["n_run"] if logged else None,
-            "budget": load_router(args.artifact, warm_up=False).policy(args.budget).budget, "seconds": seconds,
+            "budget": policy.budget, "latency_budget": policy.latency_budget,
+            "mean_latency": means[spent[0]] if spent else None, "seconds": seconds,
             "queries_per_second": queries / seconds if seconds > 0 else None, "timings": {},
             "warm_up_seconds": 0.0, "workers": spark.sparkContext.defaultParallelism, "output": output,
             "rejects": rejects}

@@ -1,0 +1,202 @@
+"""Quality at a grid of (cost, latency) budgets: ``docs/latency.json`` and the tables of ``docs/latency.md``.
+
+ALGORITHM.md §7 adds a mean-latency budget ``T`` beside the cost budget
+``B``. This script fits routing and cascade routing to every pair of a small
+grid, on two tables, with the default learned estimator, the way
+``python -m training.fit`` does (train 0.5 / calibration 0.25 / test 0.25,
+seed 0, cascade routing at most 3 models per query, σ transform chosen on
+calibration), and reports each policy's test quality, cost and latency, and
+whether test cost and test latency are within 10 % of the budgets that bind.
+
+* ``synthetic``: the built-in default benchmark (``training.synthetic``), whose
+  ``latency_s`` is the assumed time to first token plus output tokens at the
+  assumed tokens per second of the RouterBench model each synthetic model
+  imitates, with noise.
+* ``routerbench_subset`` (``../shared/data``): RouterBench logs neither time
+  nor tokens, so latency is derived: output tokens ``ceil(len(response)/4)``
+  (the toolkit's guess for unknown token counts), then
+  ``ttft_s + output_tokens / output_tokens_per_s`` with
+  :data:`training.synthetic.ASSUMED_THROUGHPUT` (assumed figures, not
+  measurements: see there).
+
+A budget *binds* when its multiplier is positive (``λ > 0`` for cost,
+``μ > 0`` for latency): the policy would spend more (or take longer) without
+it, so its calibration figure sits at the budget and the test figure should
+too.
+
+Run from the repository root::
+
+    python docs/latency.py            # both tables, about 10 minutes on 2 cores
+    python docs/latency.py --tables synthetic
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from estimators.estimator import make_router_estimator
+from estimators.table import RoutingTable
+from generated import replace_block, write_atomically
+from training.data import derive_latency, read_table
+from training.episodes import EstimatorEpisodes, calibration_episodes
+from training.fit import default_budgets
+from training.policy import SIGMA_TRANSFORMS, fit_policy
+from training.splits import split
+from training.synthetic import ASSUMED_THROUGHPUT, default_table, synthetic_prices
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+DATA = ROOT.parent / "shared" / "data"
+TABLES = ("synthetic", "routerbench_subset")
+STRATEGIES = ("routing", "cascade_routing")
+FRACTIONS = (0.5, 0.25, 0.25)
+SEED = 0
+MAX_DEPTH = 3
+#: Latency budgets as shares of the way from the fastest single model to the slowest cost-only policy.
+LATENCY_SHARES = (0.2, 0.5, 0.8)
+#: How close to a binding budget the test figure must come.
+TOLERANCE = 0.10
+
+BEGIN, END = "<!-- latency.py:begin -->", "<!-- latency.py:end -->"
+SKELETON = f"# Latency as a second budget\n\n{BEGIN}\n{END}\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Fit and test every (table, strategy, cost budget, latency budget); write the JSON and the tables.
+
+    Returns
+    -------
+    int
+        0 on success, 2 when a shared table is missing.
+    """
+    parser = argparse.ArgumentParser(prog="python docs/latency.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tables", default=",".join(TABLES), help="comma-separated, of " + ", ".join(TABLES))
+    parser.add_argument("--json", type=Path, default=DOCS / "latency.json")
+    args = parser.parse_args(argv)
+    names = [name for name in args.tables.split(",") if name]
+    unknown = sorted(set(names) - set(TABLES))
+    if unknown:
+        parser.error(f"unknown table(s) {unknown}; choose from {list(TABLES)}")
+    results = {}
+    for name in names:
+        started = time.perf_counter()
+        try:
+            table, prices = load(name)
+        except FileNotFoundError as error:
+            print(f"latency.py: error: {error}", file=sys.stderr)
+            return 2
+        results[name] = {**grid(table, prices), "seconds": round(time.perf_counter() - started, 1)}
+        print(f"{name}: {results[name]['seconds']} s", file=sys.stderr)
+    write_atomically(args.json, json.dumps(results, indent=1) + "\n")
+    generated = tables_text(results)
+    replace_block(DOCS / "latency.md", generated, BEGIN, END, SKELETON)
+    print(generated)
+    return 0
+
+
+def load(name: str) -> tuple[RoutingTable, dict[str, tuple[float, float]] | None]:
+    """The table with latency, and the token prices its cost estimator uses (``None``: learned cost)."""
+    if name == "synthetic":
+        return default_table(3000, seed=SEED), synthetic_prices()
+    path = DATA / name / f"{name}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"no table {path}")
+    table = read_table(path)
+    tokens = np.where(table.logged, np.ceil(np.vectorize(len, otypes=[float])(table.responses) / 4.0), np.nan)
+    table = replace(table, output_tokens=np.maximum(tokens, 1.0))
+    return replace(table, latency=derive_latency(table, ASSUMED_THROUGHPUT)), None
+
+
+def grid(table: RoutingTable, prices: dict[str, tuple[float, float]] | None) -> dict[str, Any]:
+    """Every strategy at every (cost budget, latency budget) pair, fitted on calibration and played on test."""
+    train, calibration, test = split(table.n_queries, FRACTIONS, SEED, table.fully_logged)
+    estimator = make_router_estimator("learned", prices).fit(table, train)
+    fitting, _ = calibration_episodes(estimator, table.subset(calibration))
+    testing = EstimatorEpisodes(estimator, table.subset(test), direct_method=False)
+    budgets = default_budgets(fitting.cost.mean(axis=0))
+    fastest = float(testing.latency.mean(axis=0).min())
+    cells: list[dict[str, Any]] = []
+    for strategy in STRATEGIES:
+        free = [_fit(fitting, testing, strategy, budget, None) for budget in budgets]
+        slowest = max(cell["calibration_latency"] for cell in free)
+        latency_budgets = [fastest + share * (slowest - fastest) for share in LATENCY_SHARES]
+        cells += free
+        cells += [_fit(fitting, testing, strategy, budget, limit) for budget in budgets for limit in latency_budgets]
+    single = {m: {"cost": float(c), "latency": float(l), "quality": float(q)} for m, c, l, q in zip(
+        table.models, testing.cost.mean(axis=0), testing.latency.mean(axis=0), testing.quality.mean(axis=0))}
+    return {"n_train": len(train), "n_calibration": len(calibration), "n_test": len(test),
+            "single_models": single, "cells": cells}
+
+
+def _fit(fitting, testing, strategy: str, budget: float, latency_budget: float | None) -> dict[str, Any]:
+    started = time.perf_counter()
+    policy = fit_policy(fitting, budget, strategy=strategy, max_depth=MAX_DEPTH, latency_budget=latency_budget,
+                        on_infeasible="clamp", sigma_transforms=SIGMA_TRANSFORMS if strategy != "routing" else None)
+    seconds = time.perf_counter() - started
+    outcome = policy.play(testing)
+    return {"strategy": strategy, "budget": budget, "latency_budget": latency_budget,
+            "status": policy.budget_status, "lambda": float(np.max(policy.lambdas)), "mu": policy.mu,
+            "calibration_cost": policy.calibration_cost, "calibration_latency": policy.calibration_latency,
+            "calibration_quality": policy.calibration_quality, "test_cost": outcome.mean_cost,
+            "test_latency": outcome.mean_latency, "test_quality": outcome.mean_quality,
+            "fit_seconds": round(seconds, 2)}
+
+
+def tables_text(results: dict[str, dict[str, Any]]) -> str:
+    """The generated part of latency.md: per table the single models, then the grid with the binding checks."""
+    parts = ["_Generated by `python docs/latency.py`; do not edit by hand._", ""]
+    for name, result in results.items():
+        parts += [f"### {name}", "",
+                  f"{result['n_train']} train / {result['n_calibration']} calibration / {result['n_test']} test "
+                  f"queries, default learned estimator, cascade routing at most {MAX_DEPTH} models; "
+                  f"{result['seconds']} s in all.", "",
+                  "| single model | test cost (mUSD) | test latency (s) | test quality |", "|---|---:|---:|---:|"]
+        parts += [f"| {m} | {v['cost'] * 1e3:.3f} | {v['latency']:.2f} | {v['quality']:.3f} |"
+                  for m, v in result["single_models"].items()]
+        parts += ["", "| strategy | budget (mUSD) | latency budget (s) | test quality | test cost / budget | "
+                      "test latency / budget | binds | within 10 % | fit (s) |", "|---|---:|---:|---:|---:|---:|---|---|---:|"]
+        checked = bound = 0
+        for cell in result["cells"]:
+            binds = _binding(cell)
+            ok = _within(cell, binds)
+            checked += bool(binds)
+            bound += bool(binds) and ok
+            latency_budget = cell["latency_budget"]
+            parts.append(
+                f"| {cell['strategy']} | {cell['budget'] * 1e3:.3f} | "
+                f"{'—' if latency_budget is None else f'{latency_budget:.2f}'} | {cell['test_quality']:.3f} | "
+                f"{cell['test_cost'] / cell['budget']:.1%} | "
+                f"{'—' if latency_budget is None else format(cell['test_latency'] / latency_budget, '.1%')} | "
+                f"{', '.join(binds) or 'neither'} | {'—' if not binds else ('yes' if ok else '**no**')} | "
+                f"{cell['fit_seconds']:.1f} |")
+        parts += ["", f"Binding budgets met on test within {TOLERANCE:.0%}: {bound} of the {checked} policies "
+                      "where a budget binds.", ""]
+    return "\n".join(parts).rstrip()
+
+
+def _binding(cell: dict[str, Any]) -> list[str]:
+    binds = []
+    if cell["lambda"] > 0 and cell["status"] == "met":
+        binds.append("cost")
+    if cell["mu"] > 0 and cell["status"] == "met":
+        binds.append("latency")
+    return binds
+
+
+def _within(cell: dict[str, Any], binds: list[str]) -> bool:
+    ratios = {"cost": cell["test_cost"] / cell["budget"]}
+    if cell["latency_budget"] is not None:
+        ratios["latency"] = cell["test_latency"] / cell["latency_budget"]
+    return all(abs(ratios[name] - 1.0) <= TOLERANCE for name in binds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
