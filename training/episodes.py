@@ -522,7 +522,8 @@ class EstimatorEpisodes:
         if self.n_queries == 0:
             raise ValueError("no queries to evaluate on: the calibration/test split is empty")
         self._bits = np.int64(1) << np.arange(self.n_models, dtype=np.int64)
-        self._cache: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+        self._slots: dict[tuple[int, int], int] = {}  # (query, run-set mask) -> row of the cache arrays
+        self._stored: tuple[np.ndarray | None, ...] | None = None  # per Estimates field, (slots, K[, K])
         self.logged = table.logged
         self.imputed_cells = int((~self.logged).sum())
         if self.imputed_cells and not direct_method:
@@ -561,16 +562,33 @@ class EstimatorEpisodes:
         Estimates
             Shape ``(M, K)``.
         """
-        masks = run.astype(np.int64) @ self._bits
-        missing = [n for n, (row, mask) in enumerate(zip(rows, masks)) if (row, mask) not in self._cache]
-        if missing:
+        keys = list(zip(np.asarray(rows).tolist(), (run.astype(np.int64) @ self._bits).tolist()))
+        slots = np.fromiter((self._slots.get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
+        missing = np.flatnonzero(slots < 0)
+        if missing.size:
             found = self._estimate(rows[missing], run[missing])
-            for j, n in enumerate(missing):
-                self._cache[(int(rows[n]), int(masks[n]))] = tuple(
-                    None if value is None else value[j] for value in found)
-        cached = [self._cache[(int(row), int(mask))] for row, mask in zip(rows, masks)]
-        return Estimates(*(np.array([c[i] for c in cached]) if cached and cached[0][i] is not None else None
-                           for i in range(len(Estimates._fields))))
+            for n in missing.tolist():  # a (query, run set) twice in one call gets one slot
+                slots[n] = self._slots.setdefault(keys[n], len(self._slots))
+            self._store(found, slots[missing])
+        if self._stored is None:  # no query asked yet, so nothing to look up
+            return self._estimate(rows, run)
+        return Estimates(*(None if stored is None else stored[slots] for stored in self._stored))
+
+    def _store(self, found: Estimates, slots: NDArray[np.int64]) -> None:
+        """Write ``found`` into the cache arrays at ``slots``, growing them by doubling."""
+        if self._stored is None:
+            self._stored = tuple(None if value is None else np.empty((0, *value.shape[1:])) for value in found)
+        needed = int(slots.max()) + 1
+        grown = []
+        for stored, value in zip(self._stored, found):
+            if stored is not None and stored.shape[0] < needed:
+                bigger = np.empty((max(needed, 2 * stored.shape[0]), *stored.shape[1:]))
+                bigger[: stored.shape[0]] = stored
+                stored = bigger
+            if stored is not None:
+                stored[slots] = value
+            grown.append(stored)
+        self._stored = tuple(grown)
 
     def _estimate(self, rows: NDArray[np.int64], run: NDArray[np.bool_]) -> Estimates:
         """The estimator's estimates, with the direct method's outcome for run models that were not logged."""

@@ -47,6 +47,10 @@ SCALE_RTOL = 2e-3
 MAX_DOUBLINGS = 40
 #: Scales beyond this are not tried: the policy is as cheap as it gets long before.
 MAX_SCALE = 1e200
+#: Tolerance of the nested (λ, μ) search of a latency budget: each μ tried solves its own λ, so the
+#: nested bisections stop ten times earlier than :data:`SCALE_RTOL`; the λ of the μ kept is then
+#: re-solved to ``SCALE_RTOL``.
+NESTED_RTOL = 2e-2
 #: Multiplicative moves tried per coordinate and sweep of the per-step search.
 LAMBDA_MOVES = ((0.25, 4.0), (0.5, 2.0))
 #: Additive moves (quality units) for per-step thresholds.
@@ -239,9 +243,10 @@ class _LambdaFamily:
 
     moves = LAMBDA_MOVES
 
-    def __init__(self, depth: int, cost_scale: float) -> None:
+    def __init__(self, depth: int, cost_scale: float, rtol: float = SCALE_RTOL) -> None:
         self.initial_shape = np.ones(depth)
         self.cost_scale = cost_scale
+        self.rtol = rtol
 
     @staticmethod
     def changes(alpha: float, shape: np.ndarray) -> dict:
@@ -264,9 +269,8 @@ class _LambdaFamily:
     def midpoint(low: float, high: float) -> float:
         return math.sqrt(max(low, 1e-300) * high) if low > 0 else high / 1024.0
 
-    @staticmethod
-    def close(low: float, high: float) -> bool:
-        return high - low <= SCALE_RTOL * high
+    def close(self, low: float, high: float) -> bool:
+        return high - low <= self.rtol * high
 
     @staticmethod
     def move(shape: np.ndarray, t: int, move: float) -> np.ndarray:
@@ -336,14 +340,19 @@ class _Budgets:
 
 
 def _solve_scale(measure: Callable[[float], EpisodeOutcome], family, shape: np.ndarray,
-                 fits: Callable[[EpisodeOutcome], bool], guess: float | None) -> tuple[float, EpisodeOutcome, str]:
-    """Smallest measured ``α`` (to ``SCALE_RTOL``) whose realised outcome ``fits`` the budgets.
+                 fits: Callable[[EpisodeOutcome], bool], guess: float | None,
+                 excess: Callable[[EpisodeOutcome], float] | None = None) -> tuple[float, EpisodeOutcome, str]:
+    """Smallest measured ``α`` (to the family's tolerance) whose realised outcome ``fits`` the budgets.
 
     ``measure(α)`` plays the policy at scale ``α``. Without a ``guess`` the
     most expensive setting is measured first, to report a budget above it.
     With one (the per-step search passes the last solution) the bracket is
     found by walking from it, which takes one or two evaluations instead of
-    a fresh doubling.
+    a fresh doubling. With ``excess`` (how far an outcome is over the budget
+    that binds, ``> 0`` when it does not fit) the bracket is cut where the
+    line through its ends' excesses crosses 0, in ``log α``, kept within the
+    middle 80 % so it always shrinks (the nested search of a latency budget,
+    where every step costs a search of its own).
 
     Returns ``(alpha, outcome, status)`` with status ``met``, ``above_max``
     (even the most expensive setting fits) or ``below_min`` (nothing fits;
@@ -357,13 +366,13 @@ def _solve_scale(measure: Callable[[float], EpisodeOutcome], family, shape: np.n
         guess = family.first_guess()
     high = max(guess, floor)
     high_outcome = measure(high)
-    low = None
+    low = low_outcome = None
     for width in range(1, MAX_DOUBLINGS + 1):
         if not fits(high_outcome):
             wider = family.step(high, width)
             if not abs(wider) < MAX_SCALE:
                 break
-            low, high = high, wider
+            low, low_outcome, high = high, high_outcome, wider
             high_outcome = measure(high)
             continue
         if low is not None:
@@ -374,20 +383,25 @@ def _solve_scale(measure: Callable[[float], EpisodeOutcome], family, shape: np.n
             break
         candidate_outcome = measure(candidate)
         if not fits(candidate_outcome):
-            low = candidate
+            low, low_outcome = candidate, candidate_outcome
             break
         high, high_outcome = candidate, candidate_outcome
     if not fits(high_outcome):
         return high, high_outcome, "below_min"
     while not family.close(low, high):
         middle = family.midpoint(low, high)
+        if excess is not None and low > 0 and low_outcome is not None:
+            over, under = excess(low_outcome), excess(high_outcome)
+            if over > under:
+                share = min(max(over / (over - under), 0.1), 0.9)
+                middle = math.exp(math.log(low) + share * (math.log(high) - math.log(low)))
         if not low < middle < high:
             break
         middle_outcome = measure(middle)
         if fits(middle_outcome):
             high, high_outcome = middle, middle_outcome
         else:
-            low = middle
+            low, low_outcome = middle, middle_outcome
     return high, high_outcome, "met"
 
 
@@ -566,22 +580,36 @@ def _solve_multipliers(search: _Search, family: _LambdaFamily, latency_scale: fl
     shape = family.initial_shape
     solved: dict[float, tuple[float, str]] = {}
     cost_only = _Budgets(budgets.cost)
+    nested = _LambdaFamily(len(shape), family.cost_scale, NESTED_RTOL)
+
+    def over_cost(outcome: EpisodeOutcome) -> float:
+        return outcome.mean_cost - budgets.cost
+
+    def measure_at(mu: float) -> Callable[[float], EpisodeOutcome]:
+        return lambda alpha: search.measure(**family.changes(alpha, shape), mu=mu)
 
     def measure_mu(mu: float) -> EpisodeOutcome:
-        def measure(alpha: float) -> EpisodeOutcome:
-            return search.measure(**family.changes(alpha, shape), mu=mu)
-        if budgets.cost is None:
+        free = measure_at(mu)(0.0)
+        if cost_only.fits(free):  # the cost budget does not bind at this μ (or there is none)
             solved[mu] = (0.0, "above_max")
-            return measure(0.0)
-        alpha, outcome, status = _solve_scale(measure, family, shape, cost_only.fits, None)
+            return free
+        # λ moves little between neighbouring μ: walking from the last solution brackets it in a step or two
+        last = [alpha for alpha, _ in solved.values() if alpha > 0]
+        alpha, outcome, status = _solve_scale(measure_at(mu), nested, shape, cost_only.fits,
+                                              last[-1] if last else None, over_cost)
         solved[mu] = (alpha, status)
         return outcome
 
-    mu_family = _LambdaFamily(1, latency_scale)
-    mu, outcome, status = _solve_scale(measure_mu, mu_family, mu_family.initial_shape, budgets.fits, None)
+    mu_family = _LambdaFamily(1, latency_scale, NESTED_RTOL)
+    mu, outcome, status = _solve_scale(measure_mu, mu_family, mu_family.initial_shape, budgets.fits, None,
+                                       lambda o: o.mean_latency - budgets.latency)
     alpha, cost_status = solved[mu]
     if status == "above_max":  # latency does not bind (μ = 0): the status is the cost budget's
         status = cost_status
+    if alpha > 0 and status != "below_min":  # the kept μ's λ, to the cost-only search's precision
+        finer, finer_outcome, _ = _solve_scale(measure_at(mu), family, shape, cost_only.fits, alpha, over_cost)
+        if budgets.fits(finer_outcome) and finer_outcome.mean_quality >= outcome.mean_quality:
+            alpha, outcome = finer, finer_outcome
     return mu, alpha, outcome, status
 
 
