@@ -387,3 +387,43 @@ def test_a_paced_router_paces_latency_beside_cost(two_budget_fit):
                                                                           policy=paced.policy, **inputs)
     with pytest.raises(ValueError, match="paces cost only"):
         router.paced(0.001, policy=replace(policy, mu=0.0, latency_budget=None)).record(0.001, latency=0.5)
+
+
+def test_batch_scoring_replays_logged_latency_and_adds_it_up(two_budget_fit):
+    from training.serving.replay import score_batch
+    from training.serving.router import load_router
+    from training.synthetic import make_benchmark
+
+    router = load_router(two_budget_fit[0])
+    frame = make_benchmark(40, seed=5)
+    frame.loc[3, "latency_s"] = -1.0  # one bad row rejects its query
+    scored = score_batch(router, frame, 0.001, latency_budget=0.6, parallel=False)
+    ok = scored[scored["status"] == "ok"]
+    assert len(ok) == 39
+    seconds = frame.set_index(["query_id", "model"])["latency_s"]
+    for _, row in ok.iterrows():
+        assert row["latency"] == pytest.approx(sum(seconds[(row["query_id"], m)] for m in row["models_run"]))
+    rejected = scored[scored["status"] == "rejected"]
+    assert rejected["reason"].str.contains("latency_s must be a finite number >= 0").any()
+    no_latency = score_batch(router, make_benchmark(10, seed=5).drop(columns="latency_s"), parallel=False)
+    assert no_latency["latency"].isna().all()  # nothing logged: not made up
+    queries = make_benchmark(10, seed=5).drop_duplicates("query_id").drop(columns=["model", "latency_s"])
+    planned = score_batch(router, queries[["query_id", "prompt", "task", "subtask"]], parallel=False)
+    per_model = planned[[f"latency[{m}]" for m in router.models_]].to_numpy()
+    chosen = [[router.models_.index(m) for m in plan] for plan in planned["plan"]]
+    np.testing.assert_allclose(planned["plan_latency"], [per_model[i, c].sum() for i, c in enumerate(chosen)])
+
+
+def test_the_score_cli_reports_realised_latency_against_the_latency_budget(two_budget_fit, tmp_path, capsys):
+    from training.serving.score import main
+    from training.synthetic import make_benchmark
+
+    data = tmp_path / "traffic.parquet"
+    make_benchmark(30, seed=2).to_parquet(data)
+    code = main(["--artifact", str(two_budget_fit[0]), "--input", str(data), "--output", str(tmp_path / "out.parquet"),
+                 "--budget", "0.001", "--latency-budget", "0.6", "--workers", "1", "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "mean realised latency per replayed query" in out and "vs latency budget 0.6 s" in out
+    written = pd.read_parquet(tmp_path / "out.parquet")
+    assert (written["latency"] > 0).all()
