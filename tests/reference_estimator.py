@@ -45,7 +45,8 @@ import pandas as pd
 
 from estimators.estimator import Estimates
 from estimators.featurize import StructuralFeaturizer, TextFeaturizer, _counts, prompt_frame
-from estimators.inputs import check_observed_cost, check_responses, check_run, check_signals, per_query_inputs
+from estimators.inputs import (check_observed_cost, check_observed_latency, check_responses, check_run, check_signals,
+                               per_query_inputs)
 from estimators.posthoc import posthoc_feature_names, posthoc_features, read_responses
 from estimators.sigma import SIGMA_FLOOR
 
@@ -190,6 +191,7 @@ def reference_predict(
     signals: dict[str, np.ndarray] | None = None,
     observed_cost: np.ndarray | None = None,
     input_tokens: np.ndarray | None = None,
+    observed_latency: np.ndarray | None = None,
 ) -> Estimates:
     """What ``estimator.predict(...)`` must return, computed from the definitions.
 
@@ -214,12 +216,16 @@ def reference_predict(
         Costs of the run models (required when any model ran).
     input_tokens : (N, K) float array, optional
         Input tokens for priced models; NaN cells default to ``ceil(len(prompt) / 4)``.
+    observed_latency : (N, K) float array, optional
+        Seconds the run models took; NaN where not measured (the estimate stands).
 
     Returns
     -------
     Estimates
-        ``quality``, ``sigma``, ``cost`` of shape (N, K) and ``cov`` of shape
-        (N, K, K) or ``None``.
+        ``quality``, ``sigma``, ``cost`` of shape (N, K), ``cov`` of shape
+        (N, K, K) or ``None``, and ``latency`` (N, K) when the estimator has a
+        latency model: its regression of log latency, the observed latency
+        where a model ran and it was measured.
     """
     given, n = per_query_inputs(estimator.columns_, prompts, tasks, subtasks)
     frame = prompt_frame(**{f"{name}s": given[name] for name in estimator.columns_})
@@ -231,10 +237,15 @@ def reference_predict(
     observed = check_observed_cost(observed_cost, run)
     quality = _quality(estimator, features, run, signals, info)
     sigma = _sigma(estimator, quality, run)
-    cost = _cost(estimator.cost_, features, _input_tokens(input_tokens, frame, n, k), run, observed)
+    tokens = _input_tokens(input_tokens, frame, n, k)
+    cost = _cost(estimator.cost_, features, tokens, run, observed)
+    latency = None
+    if estimator.latency_ is not None:
+        measured = check_observed_latency(observed_latency, run)
+        latency = _cost(estimator.latency_, features, tokens, run & ~np.isnan(measured), measured)
     cov = None
     if estimator.correlation_ is not None:
         size = run.sum(axis=1)
         cov = np.array([[[sigma[row, i] * sigma[row, j] * estimator.correlation_[size[row]][i, j]
                           for j in range(k)] for i in range(k)] for row in range(n)]).reshape(n, k, k)
-    return Estimates(quality, sigma, cost, cov)
+    return Estimates(quality, sigma, cost, cov, latency)

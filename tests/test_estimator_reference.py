@@ -222,7 +222,8 @@ def _logged(table: RoutingTable, rows: np.ndarray, run: np.ndarray) -> dict:
     """``predict`` inputs for table queries ``rows``, the run models' logged answers, signals and costs."""
     return dict(prompts=list(table.prompts[rows]), tasks=table.tasks[rows], subtasks=table.subtasks[rows], run=run,
                 responses=table.responses[rows], signals={name: v[rows] for name, v in table.signals.items()},
-                observed_cost=table.cost[rows])
+                observed_cost=table.cost[rows],
+                observed_latency=None if table.latency is None else table.latency[rows])
 
 
 # --------------------------------------------------------------------------- #
