@@ -4,9 +4,10 @@ ALGORITHM.md §7 adds a mean-latency budget ``T`` beside the cost budget
 ``B``. This script fits routing and cascade routing to every pair of a small
 grid, on two tables, with the default learned estimator, the way
 ``python -m training.fit`` does (train 0.5 / calibration 0.25 / test 0.25,
-seed 0, cascade routing at most 3 models per query, σ transform chosen on
-calibration), and reports each policy's test quality, cost and latency, and
-whether test cost and test latency are within 10 % of the budgets that bind.
+cascade routing at most 3 models per query, σ transform chosen on
+calibration), for seeds 0, 1 and 2, and reports each policy's test quality,
+cost and latency, and whether test cost and test latency are within 10 % of
+the budgets that bind (mean over the seeds where it binds).
 
 * ``synthetic``: the built-in default benchmark (``training.synthetic``), whose
   ``latency_s`` is the assumed time to first token plus output tokens at the
@@ -22,11 +23,14 @@ whether test cost and test latency are within 10 % of the budgets that bind.
 A budget *binds* when its multiplier is positive (``λ > 0`` for cost,
 ``μ > 0`` for latency): the policy would spend more (or take longer) without
 it, so its calibration figure sits at the budget and the test figure should
-too.
+too. The grid is the same per seed in shares, not in numbers: cost budgets
+at 25, 50 and 75 % of the single models' log cost range on calibration,
+latency budgets at 20, 50 and 80 % of the way from the fastest single model
+to the slowest cost-only policy (of either strategy: both share the grid).
 
 Run from the repository root::
 
-    python docs/latency.py            # both tables, about 10 minutes on 2 cores
+    python docs/latency.py            # both tables, three seeds: about 15 minutes on 2 cores
     python docs/latency.py --tables synthetic
 """
 
@@ -58,7 +62,7 @@ DATA = ROOT.parent / "shared" / "data"
 TABLES = ("synthetic", "routerbench_subset")
 STRATEGIES = ("routing", "cascade_routing")
 FRACTIONS = (0.5, 0.25, 0.25)
-SEED = 0
+SEEDS = (0, 1, 2)
 MAX_DEPTH = 3
 #: Latency budgets as shares of the way from the fastest single model to the slowest cost-only policy.
 LATENCY_SHARES = (0.2, 0.5, 0.8)
@@ -93,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except FileNotFoundError as error:
             print(f"latency.py: error: {error}", file=sys.stderr)
             return 2
-        results[name] = {**grid(table, prices), "seconds": round(time.perf_counter() - started, 1)}
+        runs = [grid(table, prices, seed) for seed in SEEDS]
+        results[name] = {"runs": runs, "seconds": round(time.perf_counter() - started, 1)}
         print(f"{name}: {results[name]['seconds']} s", file=sys.stderr)
     write_atomically(args.json, json.dumps(results, indent=1) + "\n")
     generated = tables_text(results)
@@ -105,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def load(name: str) -> tuple[RoutingTable, dict[str, tuple[float, float]] | None]:
     """The table with latency, and the token prices its cost estimator uses (``None``: learned cost)."""
     if name == "synthetic":
-        return default_table(3000, seed=SEED), synthetic_prices()
+        return default_table(3000, seed=0), synthetic_prices()
     path = DATA / name / f"{name}.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"no table {path}")
@@ -115,24 +120,23 @@ def load(name: str) -> tuple[RoutingTable, dict[str, tuple[float, float]] | None
     return replace(table, latency=derive_latency(table, ASSUMED_THROUGHPUT)), None
 
 
-def grid(table: RoutingTable, prices: dict[str, tuple[float, float]] | None) -> dict[str, Any]:
+def grid(table: RoutingTable, prices: dict[str, tuple[float, float]] | None, seed: int) -> dict[str, Any]:
     """Every strategy at every (cost budget, latency budget) pair, fitted on calibration and played on test."""
-    train, calibration, test = split(table.n_queries, FRACTIONS, SEED, table.fully_logged)
+    train, calibration, test = split(table.n_queries, FRACTIONS, seed, table.fully_logged)
     estimator = make_router_estimator("learned", prices).fit(table, train)
     fitting, _ = calibration_episodes(estimator, table.subset(calibration))
     testing = EstimatorEpisodes(estimator, table.subset(test), direct_method=False)
     budgets = default_budgets(fitting.cost.mean(axis=0))
     fastest = float(testing.latency.mean(axis=0).min())
-    cells: list[dict[str, Any]] = []
-    for strategy in STRATEGIES:
-        free = [_fit(fitting, testing, strategy, budget, None) for budget in budgets]
-        slowest = max(cell["calibration_latency"] for cell in free)
-        latency_budgets = [fastest + share * (slowest - fastest) for share in LATENCY_SHARES]
-        cells += free
-        cells += [_fit(fitting, testing, strategy, budget, limit) for budget in budgets for limit in latency_budgets]
+    cells = [{**_fit(fitting, testing, strategy, budget, None), "cost_index": i, "latency_index": None}
+             for strategy in STRATEGIES for i, budget in enumerate(budgets)]
+    slowest = max(cell["calibration_latency"] for cell in cells)  # one grid for both strategies: comparable
+    latency_budgets = [fastest + share * (slowest - fastest) for share in LATENCY_SHARES]
+    cells += [{**_fit(fitting, testing, strategy, budget, limit), "cost_index": i, "latency_index": j}
+              for strategy in STRATEGIES for i, budget in enumerate(budgets) for j, limit in enumerate(latency_budgets)]
     single = {m: {"cost": float(c), "latency": float(l), "quality": float(q)} for m, c, l, q in zip(
         table.models, testing.cost.mean(axis=0), testing.latency.mean(axis=0), testing.quality.mean(axis=0))}
-    return {"n_train": len(train), "n_calibration": len(calibration), "n_test": len(test),
+    return {"seed": seed, "n_train": len(train), "n_calibration": len(calibration), "n_test": len(test),
             "single_models": single, "cells": cells}
 
 
@@ -147,39 +151,62 @@ def _fit(fitting, testing, strategy: str, budget: float, latency_budget: float |
             "calibration_cost": policy.calibration_cost, "calibration_latency": policy.calibration_latency,
             "calibration_quality": policy.calibration_quality, "test_cost": outcome.mean_cost,
             "test_latency": outcome.mean_latency, "test_quality": outcome.mean_quality,
-            "fit_seconds": round(seconds, 2)}
+            "evaluations": policy.search_evaluations, "fit_seconds": round(seconds, 2)}
 
 
 def tables_text(results: dict[str, dict[str, Any]]) -> str:
-    """The generated part of latency.md: per table the single models, then the grid with the binding checks."""
+    """The generated part of latency.md: per table the single models, then the grid averaged over the seeds."""
     parts = ["_Generated by `python docs/latency.py`; do not edit by hand._", ""]
     for name, result in results.items():
+        runs = result["runs"]
+        first = runs[0]
         parts += [f"### {name}", "",
-                  f"{result['n_train']} train / {result['n_calibration']} calibration / {result['n_test']} test "
-                  f"queries, default learned estimator, cascade routing at most {MAX_DEPTH} models; "
-                  f"{result['seconds']} s in all.", "",
-                  "| single model | test cost (mUSD) | test latency (s) | test quality |", "|---|---:|---:|---:|"]
+                  f"{first['n_train']} train / {first['n_calibration']} calibration / {first['n_test']} test "
+                  f"queries per seed (seeds {', '.join(str(r['seed']) for r in runs)}), default learned estimator, "
+                  f"cascade routing at most {MAX_DEPTH} models; {result['seconds']} s in all.", "",
+                  "| single model (seed 0 test split) | cost (mUSD) | latency (s) | quality |", "|---|---:|---:|---:|"]
         parts += [f"| {m} | {v['cost'] * 1e3:.3f} | {v['latency']:.2f} | {v['quality']:.3f} |"
-                  for m, v in result["single_models"].items()]
-        parts += ["", "| strategy | budget (mUSD) | latency budget (s) | test quality | test cost / budget | "
-                      "test latency / budget | binds | within 10 % | fit (s) |", "|---|---:|---:|---:|---:|---:|---|---|---:|"]
-        checked = bound = 0
-        for cell in result["cells"]:
-            binds = _binding(cell)
-            ok = _within(cell, binds)
-            checked += bool(binds)
-            bound += bool(binds) and ok
-            latency_budget = cell["latency_budget"]
-            parts.append(
-                f"| {cell['strategy']} | {cell['budget'] * 1e3:.3f} | "
-                f"{'—' if latency_budget is None else f'{latency_budget:.2f}'} | {cell['test_quality']:.3f} | "
-                f"{cell['test_cost'] / cell['budget']:.1%} | "
-                f"{'—' if latency_budget is None else format(cell['test_latency'] / latency_budget, '.1%')} | "
-                f"{', '.join(binds) or 'neither'} | {'—' if not binds else ('yes' if ok else '**no**')} | "
-                f"{cell['fit_seconds']:.1f} |")
-        parts += ["", f"Binding budgets met on test within {TOLERANCE:.0%}: {bound} of the {checked} policies "
-                      "where a budget binds.", ""]
+                  for m, v in first["single_models"].items()]
+        parts += ["", "Mean over the seeds; test / budget as mean [lowest, highest seed]; *binds*: in how many "
+                      "seeds each budget's multiplier is positive; *within 10 %*: the mean test / budget of "
+                      "every budget that binds, over the seeds where it binds.", "",
+                  "| strategy | budget (mUSD) | latency budget (s) | test quality | test cost / budget | "
+                  "test latency / budget | binds | within 10 % | fit (s) |",
+                  "|---|---:|---:|---:|---:|---:|---|---|---:|"]
+        checked = met = 0
+        for key in dict.fromkeys((c["strategy"], c["cost_index"], c["latency_index"]) for c in first["cells"]):
+            cells = [next(c for c in run["cells"] if (c["strategy"], c["cost_index"], c["latency_index"]) == key)
+                     for run in runs]
+            row, verdict = _row(cells)
+            parts.append(row)
+            if verdict is not None:
+                checked += 1
+                met += verdict
+        seconds = [c["fit_seconds"] for run in runs for c in run["cells"] if c["latency_budget"] is not None]
+        parts += ["", f"Binding budgets met on test within {TOLERANCE:.0%} (mean over the seeds where they bind): "
+                      f"{met} of the {checked} grid cells where a budget binds. Two-budget fits (5 σ transforms "
+                      f"each): median {np.median(seconds):.1f} s, longest {max(seconds):.1f} s.", ""]
     return "\n".join(parts).rstrip()
+
+
+def _row(cells: list[dict[str, Any]]) -> tuple[str, bool | None]:
+    """One grid cell over the seeds, and whether its binding budgets were met (``None``: none binds)."""
+    cost = np.array([c["test_cost"] / c["budget"] for c in cells])
+    latency = (None if cells[0]["latency_budget"] is None
+               else np.array([c["test_latency"] / c["latency_budget"] for c in cells]))
+    binds = {name: np.array([name in _binding(c) for c in cells]) for name in ("cost", "latency")}
+    ratios = {"cost": cost, "latency": latency}
+    means = {name: float(ratios[name][mask].mean()) for name, mask in binds.items() if mask.any()}
+    verdict = None if not means else all(abs(value - 1.0) <= TOLERANCE for value in means.values())
+    spread = ("—" if latency is None else f"{latency.mean():.1%} [{latency.min():.0%}, {latency.max():.0%}]")
+    latency_budget = "—" if latency is None else f"{np.mean([c['latency_budget'] for c in cells]):.2f}"
+    bound = ", ".join(f"{name} {int(mask.sum())}/{len(cells)}" for name, mask in binds.items() if mask.any())
+    row = (f"| {cells[0]['strategy']} | {np.mean([c['budget'] for c in cells]) * 1e3:.3f} | {latency_budget} | "
+           f"{np.mean([c['test_quality'] for c in cells]):.3f} | "
+           f"{cost.mean():.1%} [{cost.min():.0%}, {cost.max():.0%}] | {spread} | {bound or 'neither'} | "
+           f"{'—' if verdict is None else ('yes' if verdict else '**no**')} | "
+           f"{np.mean([c['fit_seconds'] for c in cells]):.1f} |")
+    return row, verdict
 
 
 def _binding(cell: dict[str, Any]) -> list[str]:
@@ -189,13 +216,6 @@ def _binding(cell: dict[str, Any]) -> list[str]:
     if cell["mu"] > 0 and cell["status"] == "met":
         binds.append("latency")
     return binds
-
-
-def _within(cell: dict[str, Any], binds: list[str]) -> bool:
-    ratios = {"cost": cell["test_cost"] / cell["budget"]}
-    if cell["latency_budget"] is not None:
-        ratios["latency"] = cell["test_latency"] / cell["latency_budget"]
-    return all(abs(ratios[name] - 1.0) <= TOLERANCE for name in binds)
 
 
 if __name__ == "__main__":
