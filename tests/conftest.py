@@ -54,3 +54,20 @@ def router(artifact):
     from training.serving.router import load_router
 
     return load_router(artifact)
+
+
+@pytest.fixture(scope="session")
+def serve_artifact(tmp_path_factory):
+    """A router artifact whose hand-set cascade-routing policies call one to three of four models, for the
+    service tests (``tests/servekit.py``)."""
+    from servekit import build_router_artifact
+
+    return build_router_artifact(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="session")
+def serve_router(serve_artifact):
+    """The service tests' router, loaded strictly and warmed up."""
+    from training.serving.router import load_router
+
+    return load_router(serve_artifact)

@@ -73,7 +73,8 @@ class FakeUpstreams:
     then answers); ``timeout`` (sleeps ``hang`` s, longer than the backend's
     timeout); ``http500``; ``malformed`` (not JSON); ``no_usage``;
     ``flaky`` (HTTP 503 on every first attempt of a prompt, then ok). Every
-    attempt is recorded in ``calls`` as ``(model, prompt)``.
+    attempt is recorded in ``calls`` as ``(model, prompt)``, its body in
+    ``bodies`` and its ``Authorization`` header in ``keys``.
     """
 
     modes: dict[str, str] = field(default_factory=dict)
@@ -81,6 +82,7 @@ class FakeUpstreams:
     hang: float = 2.0
     calls: list[tuple[str, str]] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
+    bodies: list[dict] = field(default_factory=list)
 
     def app(self) -> Starlette:
         async def complete(request: Request) -> Response:
@@ -88,6 +90,7 @@ class FakeUpstreams:
             body = await request.json()
             prompt = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
             self.keys.append(request.headers.get("authorization", ""))
+            self.bodies.append(body)
             first = (model, prompt) not in self.calls
             self.calls.append((model, prompt))
             mode = self.modes.get(model, "ok")

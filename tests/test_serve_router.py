@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from servekit import build_router_artifact
-
 from estimators.estimator import Estimates
 from training.data import read_table
 from training.policy import Policy, single_model_policy
-from training.serving.router import Router, load_router
+from training.serving.router import Router
 from training.synthetic import make_benchmark
 
 
 @pytest.fixture(scope="module")
-def router(tmp_path_factory):
-    return load_router(build_router_artifact(tmp_path_factory.mktemp("excluded")))
+def router(serve_router):
+    return serve_router
 
 
 @pytest.fixture(scope="module")
