@@ -72,7 +72,8 @@ class FakeUpstreams:
     ``modes[model]`` sets what it does: ``ok``; ``slow`` (sleeps ``delay`` s,
     then answers); ``timeout`` (sleeps ``hang`` s, longer than the backend's
     timeout); ``http500``; ``malformed`` (not JSON); ``no_usage``;
-    ``flaky`` (HTTP 503 on every first attempt of a prompt, then ok). Every
+    ``flaky`` (HTTP 503 on every first attempt of a prompt, then ok). While
+    ``release`` is clear, every reply waits for it (requests held in flight). Every
     attempt is recorded in ``calls`` as ``(model, prompt)``, its body in
     ``bodies`` and its ``Authorization`` header in ``keys``.
     """
@@ -83,6 +84,10 @@ class FakeUpstreams:
     calls: list[tuple[str, str]] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     bodies: list[dict] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.release.set()
 
     def app(self) -> Starlette:
         async def complete(request: Request) -> Response:
@@ -94,6 +99,8 @@ class FakeUpstreams:
             first = (model, prompt) not in self.calls
             self.calls.append((model, prompt))
             mode = self.modes.get(model, "ok")
+            while not self.release.is_set():
+                await asyncio.sleep(0.005)
             if mode == "slow" or self.delay:
                 await asyncio.sleep(self.delay)
             if mode == "timeout":
