@@ -165,3 +165,10 @@ def backends_toml(upstream_url: str, models: tuple[str, ...], *, key_env: str | 
             lines.append(f'api_key_env = "{key_env}"')
         lines.append("")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # ``python tests/servekit.py PORT DELAY``: the fake upstreams in a process of their own
+    import sys
+
+    uvicorn.run(FakeUpstreams(delay=float(sys.argv[2])).app(), host="127.0.0.1", port=int(sys.argv[1]),
+                log_level="warning", access_log=False)

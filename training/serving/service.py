@@ -47,13 +47,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Mapping
 
-import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+from threadpoolctl import threadpool_limits
 
 from ..policy import Policy
 from .backends import Backend
@@ -156,8 +156,7 @@ class _Step:
 class _Service:
     """The state one app shares across requests: router, pacing, upstreams, metrics, thread pool."""
 
-    def __init__(self, router: Router, backends: Mapping[str, Backend], config: ServiceConfig,
-                 transport: httpx.AsyncBaseTransport | None) -> None:
+    def __init__(self, router: Router, backends: Mapping[str, Backend], config: ServiceConfig) -> None:
         if router.estimator.signal_names_:
             raise ValueError(f"this artifact's estimator reads post-hoc signals {router.estimator.signal_names_} "
                              "that an OpenAI reply does not carry; serve an artifact fitted without signal columns")
@@ -169,7 +168,6 @@ class _Service:
         self.paced = router.paced(config.budget if config.budget is not None else self.default_policy.budget
                                   ) if config.pace else None
         self.backends = dict(backends)
-        self.transport = transport
         self.upstreams: Upstreams | None = None
         self.metrics = _Metrics()
         self.executor: ThreadPoolExecutor | None = None
@@ -184,13 +182,17 @@ class _Service:
     # -- lifecycle -----------------------------------------------------------------------------------------
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        self.upstreams = Upstreams(self.backends, transport=self.transport)
+        self.upstreams = Upstreams(self.backends)
         self.executor = ThreadPoolExecutor(self.config.decision_threads, thread_name_prefix="router-decide")
+        # One query's products are tiny: BLAS threads would only spin beside the decision threads (as in
+        # training.score, where they made small products ten times slower).
+        blas = threadpool_limits(1, user_api="blas")
         try:
             yield
         finally:  # uvicorn has drained the in-flight requests by now
             await self.upstreams.aclose()
             self.executor.shutdown(wait=True)
+            blas.restore_original_limits()
 
     async def _off_loop(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
@@ -212,14 +214,21 @@ class _Service:
         values = {"task": parsed.task, "subtask": parsed.subtask}
         return {f"{name}s": [values[name]] for name in self.per_query}
 
-    def _next(self, parsed: ChatRequest, policy: Policy | None, observed: dict, excluded: set) -> str | None:
+    def _step(self, parsed: ChatRequest, policy: Policy | None, observed: dict, excluded: set
+              ) -> tuple[str | None, str | None]:
+        """The next model, or ``None`` and the selected answer's model (``None`` if nothing answered).
+
+        Deciding and, once the cascade stops, selecting happen in one trip to the decision threads.
+        """
         keywords = self._keywords(parsed)
         if policy is None:
-            return self.paced.decide([parsed.prompt], [observed], excluded=[excluded], **keywords)[0]
-        return self.router.decide([parsed.prompt], [observed], policy=policy, excluded=[excluded], **keywords)[0]
-
-    def _select(self, parsed: ChatRequest, observed: dict) -> str:
-        return self.router.select([parsed.prompt], [observed], **self._keywords(parsed))[0]
+            model = self.paced.decide([parsed.prompt], [observed], excluded=[excluded], **keywords)[0]
+        else:
+            model = self.router.decide([parsed.prompt], [observed], policy=policy, excluded=[excluded],
+                                       **keywords)[0]
+        if model is not None or not observed:
+            return model, None
+        return None, self.router.select([parsed.prompt], [observed], **keywords)[0]
 
     async def cascade(self, parsed: ChatRequest) -> tuple[str, list[_Step], dict[str, Any]]:
         """Run one query's cascade; the selected model, the steps, and the ``router`` account."""
@@ -227,7 +236,10 @@ class _Service:
         observed: dict[str, dict[str, Any]] = {}
         excluded: set[str] = set()
         steps: list[_Step] = []
-        while (model := await self._off_loop(self._next, parsed, policy, observed, excluded)) is not None:
+        while True:
+            model, selected = await self._off_loop(self._step, parsed, policy, observed, excluded)
+            if model is None:
+                break
             self.metrics.decisions.labels(model).inc()
             try:
                 reply = await self.upstreams.call(model, parsed.messages, parsed.forwarded)
@@ -247,7 +259,6 @@ class _Service:
         if not observed:
             failed = "; ".join(str(step.failure) for step in steps) or "the policy called no model"
             raise APIError(502, f"no upstream answered: {failed}", type="upstream_error", code="upstream_failed")
-        selected = await self._off_loop(self._select, parsed, observed)
         cost = sum(result["cost"] for result in observed.values())
         if policy is None:
             self.paced.record(cost)
@@ -424,8 +435,7 @@ class _Guard:
 _ENDPOINTS = ("/v1/chat/completions", "/v1/route", "/v1/models", "/healthz", "/metrics")
 
 
-def create_app(router: Router, backends: Mapping[str, Backend], config: ServiceConfig = ServiceConfig(), *,
-               transport: httpx.AsyncBaseTransport | None = None) -> ASGIApp:
+def create_app(router: Router, backends: Mapping[str, Backend], config: ServiceConfig = ServiceConfig()) -> ASGIApp:
     """The routing service as an ASGI application (see the module docstring).
 
     Parameters
@@ -435,8 +445,6 @@ def create_app(router: Router, backends: Mapping[str, Backend], config: ServiceC
     backends : mapping of str to Backend
         One per model of the router (:func:`~training.serving.backends.load_backends`).
     config : ServiceConfig, optional
-    transport : httpx.AsyncBaseTransport, optional
-        How upstreams are reached; default the network (tests pass an ASGI transport).
 
     Returns
     -------
@@ -450,7 +458,7 @@ def create_app(router: Router, backends: Mapping[str, Backend], config: ServiceC
         ``config.budget`` is below every fitted budget (or, with ``pace``,
         no policy can be paced).
     """
-    service = _Service(router, backends, config, transport)
+    service = _Service(router, backends, config)
 
     async def json_errors(request: Request, error: APIError) -> Response:
         return _error_response(error)

@@ -1,16 +1,19 @@
 """Calls to the OpenAI-compatible upstreams: pooled, bounded per upstream, retried once.
 
-One :class:`httpx.AsyncClient` serves every upstream (connection pooling
-per host); a semaphore per upstream bounds the calls in flight to it
-(``max_concurrency`` in ``backends.toml``; more wait their turn). An
-attempt fails on a timeout, a transport error, an HTTP 429 or 5xx, or a
-reply that is not a chat completion with text and ``usage``; such a failure
-is retried once, and a second failure is the model failing for this query
-(:class:`UpstreamFailure`). Another 4xx is not retried (the same request
-would be refused again) and fails the model at once. Failure messages name
-the upstream (URL credentials removed) and the status, never the reply's
-body or the key, so that nothing an upstream echoes reaches a caller, a log
-or a metric.
+Each upstream has its own :class:`aiohttp.ClientSession` whose connector
+keeps at most ``max_concurrency`` connections (``backends.toml``); more
+calls wait their turn. aiohttp rather than httpx: on the load test
+(``bench/bench_serve.py``) httpx's connection pool, which checks every
+pooled connection on each request, took most of the service's CPU (4.5 ms
+per request of two upstream calls, against the 2 ms the service may spend
+in all). An attempt fails on a timeout, a transport error, an HTTP 429 or
+5xx, or a reply that is not a chat completion with text and ``usage``;
+such a failure is retried once, and a second failure is the model failing
+for this query (:class:`UpstreamFailure`). Another 4xx is not retried (the
+same request would be refused again) and fails the model at once. Failure
+messages name the upstream (URL credentials removed) and the status, never
+the reply's body or the key, so that nothing an upstream echoes reaches a
+caller, a log or a metric.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import httpx
+import aiohttp
 
 from .backends import Backend
 
@@ -87,19 +90,18 @@ def _count(usage: Mapping[str, Any], key: str) -> int:
     return value
 
 
-def _read_reply(response: httpx.Response) -> tuple[str, str, int, int]:
+def _read_reply(status: int, content: bytes) -> tuple[str, str, int, int]:
     """Text, finish reason and token counts of a chat-completion reply, or :class:`_AttemptFailed`."""
-    status = response.status_code
     if status == 429 or status >= 500:
         raise _AttemptFailed("http_429" if status == 429 else "http_5xx", f"HTTP {status}", True)
     if status >= 400:
         raise _AttemptFailed("http_4xx", f"HTTP {status}", False)
     try:
-        body = json.loads(response.content)
+        body = json.loads(content)
         choice = body["choices"][0]
         text, finish = choice["message"]["content"], choice.get("finish_reason") or "stop"
         usage = body["usage"]
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise _AttemptFailed("malformed", "the reply is not a chat completion with choices and usage", True) from None
     if not isinstance(text, str) or not isinstance(finish, str) or not isinstance(usage, Mapping):
         raise _AttemptFailed("malformed", "the reply has no text answer or no usage", True)
@@ -107,26 +109,25 @@ def _read_reply(response: httpx.Response) -> tuple[str, str, int, int]:
 
 
 class Upstreams:
-    """The pooled client for every backend of a service.
+    """The pooled clients of every backend of a service; create and close it inside the event loop.
 
     Parameters
     ----------
     backends : mapping of str to Backend
         One per model.
-    transport : httpx.AsyncBaseTransport, optional
-        For tests; default the network.
     """
 
-    def __init__(self, backends: Mapping[str, Backend], *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, backends: Mapping[str, Backend]) -> None:
         self.backends = dict(backends)
-        total = sum(b.max_concurrency for b in self.backends.values())
-        self._client = httpx.AsyncClient(transport=transport, limits=httpx.Limits(
-            max_connections=total, max_keepalive_connections=total), follow_redirects=False)
-        self._slots = {name: asyncio.Semaphore(b.max_concurrency) for name, b in self.backends.items()}
+        self._sessions = {name: aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=b.max_concurrency, limit_per_host=b.max_concurrency),
+            timeout=aiohttp.ClientTimeout(total=b.timeout_s), raise_for_status=False, trust_env=False)
+            for name, b in self.backends.items()}
 
     async def aclose(self) -> None:
         """Close the pooled connections (after the last request has drained)."""
-        await self._client.aclose()
+        for session in self._sessions.values():
+            await session.close()
 
     async def call(self, model: str, messages: list[dict[str, Any]], forwarded: Mapping[str, Any]) -> Reply:
         """One model's answer to ``messages``, retried once on a retryable failure.
@@ -150,19 +151,21 @@ class Upstreams:
             When the model failed for this query.
         """
         backend = self.backends[model]
-        payload = {**forwarded, "model": backend.model, "messages": messages, "stream": False}
-        headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
+        payload = json.dumps({**forwarded, "model": backend.model, "messages": messages, "stream": False})
+        headers = {"Content-Type": "application/json"}
+        if backend.api_key:
+            headers["Authorization"] = f"Bearer {backend.api_key}"
         began, attempt = time.perf_counter(), 0
         while True:
             attempt += 1
             try:
-                async with self._slots[model]:
-                    response = await self._client.post(backend.url, json=payload, headers=headers,
-                                                       timeout=backend.timeout_s)
-                text, finish, prompt_tokens, completion_tokens = _read_reply(response)
-            except httpx.TimeoutException:
+                async with self._sessions[model].post(backend.url, data=payload, headers=headers,
+                                                      allow_redirects=False) as response:
+                    status, content = response.status, await response.read()
+                text, finish, prompt_tokens, completion_tokens = _read_reply(status, content)
+            except asyncio.TimeoutError:
                 failure = _AttemptFailed("timeout", f"no reply within {backend.timeout_s:g} s", True)
-            except httpx.TransportError as error:
+            except aiohttp.ClientError as error:
                 failure = _AttemptFailed("unreachable", f"transport error {type(error).__name__}", True)
             except _AttemptFailed as error:
                 failure = error
