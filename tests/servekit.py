@@ -57,7 +57,7 @@ def build_router_artifact(folder: Path, n_models: int = 4, prices: bool = True) 
 
 def answer_of(model: str, prompt: str) -> str:
     """The fake upstream's deterministic answer."""
-    return "ABCD"[zlib.crc32(f"{model}|{prompt}".encode()) % 4]
+    return "ABCD"[zlib.crc32(f"{model}|{prompt}".encode("utf-8", "surrogatepass")) % 4]
 
 
 def usage_of(model: str, prompt: str) -> tuple[int, int]:

@@ -129,7 +129,7 @@ def parse_json(raw: bytes) -> Any:
         The decoded JSON value.
     """
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is a ValueError
         raise _invalid(f"the request body is not valid UTF-8 JSON ({type(error).__name__}: "
                        f"{str(error)[:200]})", code="invalid_json") from None
@@ -139,6 +139,15 @@ def parse_json(raw: bytes) -> Any:
 
 def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; one too large for a float (``1e999``) is refused, not read as infinity
+    (which would be forwarded upstream as the non-JSON ``Infinity``)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:50]} is out of range")
+    return value
 
 
 def parse_budget_model(model: object) -> float | None:
@@ -187,6 +196,23 @@ def _message_text(content: object, where: str) -> str:
             texts.append(part["text"])
         return "\n".join(texts)
     raise _invalid(f"{where}.content must be a string or a list of text parts", where)
+
+
+def _forwarded(key: str, value: object) -> object:
+    """A sampling parameter checked for its type, so that a bad one is the caller's 400, not every upstream's."""
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if key in ("max_tokens", "max_completion_tokens", "seed"):
+        ok = number and isinstance(value, int) and (key == "seed" or value >= 1)
+    elif key == "stop":
+        ok = isinstance(value, str) or (isinstance(value, list) and len(value) <= 4
+                                        and all(isinstance(item, str) for item in value))
+    elif key == "user":
+        ok = isinstance(value, str)
+    else:  # temperature, top_p, presence_penalty, frequency_penalty
+        ok = number
+    if not ok:
+        raise _invalid(f"{key} has the wrong type or range (see the OpenAI chat-completions reference)", key)
+    return value
 
 
 def _metadata_text(metadata: Mapping[str, Any], key: str) -> str:
@@ -264,7 +290,7 @@ def parse_chat_request(body: object, *, max_prompt_chars: int, needs_task: bool)
     options = body.get("stream_options") or {}
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
         raise _invalid("stream_options must be an object with a boolean include_usage", "stream_options")
-    forwarded = {key: body[key] for key in FORWARDED if key in body and body[key] is not None}
+    forwarded = {key: _forwarded(key, body[key]) for key in sorted(FORWARDED) if body.get(key) is not None}
     return ChatRequest(prompt=prompt, messages=checked, task=task, subtask=subtask, budget=budget,
                        stream=stream, include_usage=bool(options.get("include_usage", False)), model=body["model"],
                        forwarded=forwarded)
