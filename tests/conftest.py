@@ -71,3 +71,19 @@ def serve_router(serve_artifact):
     from training.serving.router import load_router
 
     return load_router(serve_artifact)
+
+
+@pytest.fixture(scope="module")
+def upstream_server():
+    """Fake OpenAI-compatible upstreams on a loopback thread (``servekit.FakeUpstreams``), one per test module."""
+    from servekit import running_upstreams
+
+    with running_upstreams(hang=1.0) as fake:
+        yield fake
+
+
+@pytest.fixture
+def upstreams(upstream_server):
+    """The module's fake upstreams, reset: no calls recorded, every model answering."""
+    upstream_server.reset()
+    return upstream_server

@@ -122,6 +122,14 @@ class FakeUpstreams:
 
         return Starlette(routes=[Route("/{model}/v1/chat/completions", complete, methods=["POST"])])
 
+    def reset(self) -> None:
+        """Forget the calls and answer every model normally again (between tests)."""
+        for record in (self.calls, self.keys, self.bodies):
+            record.clear()
+        self.modes.clear()
+        self.delay = 0.0
+        self.release.set()
+
     def attempts(self) -> list[str]:
         """The models called, in order, every attempt counted."""
         return [model for model, _ in self.calls]
@@ -150,6 +158,15 @@ def serving(app, **config) -> Iterator[tuple[str, uvicorn.Server]]:
         server.should_exit = True
         thread.join(30)
         listening.close()
+
+
+@contextmanager
+def running_upstreams(**options) -> Iterator[FakeUpstreams]:
+    """:class:`FakeUpstreams` (``options``) served on a loopback thread; its base URL is ``.url``."""
+    fake = FakeUpstreams(**options)
+    with serving(fake.app()) as (url, _):
+        fake.url = url
+        yield fake
 
 
 def backends_toml(upstream_url: str, models: tuple[str, ...], *, key_env: str | None = None,

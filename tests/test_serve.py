@@ -10,7 +10,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from servekit import FakeUpstreams, answer_of, backends_toml, serving, usage_of
+from servekit import answer_of, backends_toml, serving, usage_of
 
 from training.data import read_table
 from training.serving.backends import load_backends
@@ -18,25 +18,13 @@ from training.serving.service import ServiceConfig, create_app
 from training.synthetic import make_benchmark
 
 
-@pytest.fixture(scope="module")
-def upstreams():
-    fake = FakeUpstreams()
-    with serving(fake.app()) as (url, _):
-        fake.url = url
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def fresh(upstreams):
-    upstreams.calls.clear()
-    upstreams.modes.clear()
-    upstreams.bodies.clear()
+pytestmark = pytest.mark.usefixtures("upstreams")  # every test starts with the fake upstreams reset
 
 
 @pytest.fixture(scope="module")
-def backends_file(tmp_path_factory, upstreams, serve_router):
+def backends_file(tmp_path_factory, upstream_server, serve_router):
     path = tmp_path_factory.mktemp("backends") / "backends.toml"
-    path.write_text(backends_toml(upstreams.url, serve_router.models_))
+    path.write_text(backends_toml(upstream_server.url, serve_router.models_))
     return path
 
 
@@ -103,7 +91,6 @@ def test_upstream_calls_follow_router_decide_and_the_answer_is_router_select(
 
 def test_the_upstream_receives_the_conversation_and_forwarded_parameters(service, upstreams, queries):
     prompt, task, subtask = queries[0]
-    upstreams.bodies.clear()
     reply = httpx.post(f"{service[0]}/v1/chat/completions", json={
         "model": "router", "messages": _messages(prompt), "metadata": {"task": task, "subtask": subtask},
         "temperature": 0.0, "max_tokens": 5, "user": "u1"})

@@ -17,7 +17,7 @@ from dataclasses import replace
 import httpx
 import openai
 import pytest
-from servekit import UPSTREAM_KEY, FakeUpstreams, answer_of, backends_toml, serving, usage_of
+from servekit import UPSTREAM_KEY, answer_of, backends_toml, serving, usage_of
 
 from training.data import read_table
 from training.serve import main as serve_main
@@ -30,6 +30,9 @@ KEY_ENV = "SERVE_TEST_UPSTREAM_KEY"
 CALLER_KEY = "caller-key-0b7d"
 
 
+pytestmark = pytest.mark.usefixtures("upstreams")  # every test starts with the fake upstreams reset
+
+
 @pytest.fixture(scope="module")
 def emitted():
     """Everything the service emitted during this module's fault tests, for the leak test at the end."""
@@ -37,25 +40,9 @@ def emitted():
 
 
 @pytest.fixture(scope="module")
-def upstreams():
-    fake = FakeUpstreams(hang=1.0)
-    with serving(fake.app()) as (url, _):
-        fake.url = url
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def fresh(upstreams):
-    upstreams.calls.clear()
-    upstreams.modes.clear()
-    upstreams.delay = 0.0
-    upstreams.release.set()
-
-
-@pytest.fixture(scope="module")
-def backends(tmp_path_factory, upstreams, serve_router):
+def backends(tmp_path_factory, upstream_server, serve_router):
     path = tmp_path_factory.mktemp("faults") / "backends.toml"
-    path.write_text(backends_toml(upstreams.url, serve_router.models_, key_env=KEY_ENV, timeout_s=0.25))
+    path.write_text(backends_toml(upstream_server.url, serve_router.models_, key_env=KEY_ENV, timeout_s=0.25))
     mp = pytest.MonkeyPatch()
     mp.setenv(KEY_ENV, UPSTREAM_KEY)
     try:
@@ -309,8 +296,10 @@ def test_a_client_over_its_concurrency_gets_429(guarded, upstreams):
     assert httpx.post(f"{guarded}/v1/chat/completions", json=_chat(), headers=headers).status_code == 200
 
 
-def test_no_upstream_key_appears_in_anything_the_service_emitted(emitted, upstreams):
-    assert any(key == f"Bearer {UPSTREAM_KEY}" for key in upstreams.keys), "the upstreams did receive the key"
+def test_no_upstream_key_appears_in_anything_the_service_emitted(service, upstreams, queries, logs, emitted):
+    prompt, task, subtask = queries[6]
+    assert _post(service, prompt, task, subtask, emitted).status_code == 200
+    assert upstreams.keys and set(upstreams.keys) == {f"Bearer {UPSTREAM_KEY}"}, "the upstreams receive the key"
     assert len(emitted) >= 10
     for text in emitted:
         assert UPSTREAM_KEY not in text

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servekit import FakeUpstreams, backends_toml, serving
+from servekit import backends_toml, serving
 
 from training.serving.backends import load_backends
 from training.serving.openai_api import (APIError, ChatRequest, parse_chat_request, parse_json,
@@ -95,16 +95,17 @@ def test_any_json_parses_to_a_request_or_a_400(body):
 
 # -- the same through the HTTP service ---------------------------------------------------------------------------
 
+pytestmark = pytest.mark.usefixtures("upstreams")  # every test starts with the fake upstreams reset
+
+
 @pytest.fixture(scope="module")
-def service(serve_router, tmp_path_factory):
-    fake = FakeUpstreams()
-    with serving(fake.app()) as (upstream_url, _):
-        path = tmp_path_factory.mktemp("fuzz") / "backends.toml"
-        path.write_text(backends_toml(upstream_url, serve_router.models_))
-        backends = load_backends(path, serve_router.models_, {})
-        with serving(create_app(serve_router, backends, ServiceConfig(max_prompt_chars=LIMIT))) as (url, _):
-            with httpx.Client(base_url=url, timeout=30) as client:
-                yield client
+def service(serve_router, upstream_server, tmp_path_factory):
+    path = tmp_path_factory.mktemp("fuzz") / "backends.toml"
+    path.write_text(backends_toml(upstream_server.url, serve_router.models_))
+    backends = load_backends(path, serve_router.models_, {})
+    with serving(create_app(serve_router, backends, ServiceConfig(max_prompt_chars=LIMIT))) as (url, _):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            yield client
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
