@@ -11,6 +11,7 @@ a fuzzer stuck on the first check shows.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 
@@ -45,6 +46,7 @@ def _bytes(raw):
 @given(REQUESTS | JSON)
 def _json(body):
     counts["json"] += 1
+    counts["json accepted"] += _accepted(json.dumps(body).encode("utf-8", "surrogatepass"))
     check_decoded_body(body)
 
 
@@ -53,6 +55,8 @@ def test_fuzz_request_parsing():
     _json()
     print(f"\n  inputs: {dict(counts)}")
     assert counts["bytes"] >= N and counts["json"] >= N
+    assert counts["bytes accepted"] >= N // 20 and counts["json accepted"] >= N // 20, "the fuzzer should reach "
+    "past the first checks"
 
 
 @pytest.mark.parametrize("n", [max(N // 10, 1)])

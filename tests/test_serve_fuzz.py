@@ -33,16 +33,26 @@ MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "ass
                                  "content": TEXT | st.lists(st.fixed_dictionaries(
                                      {"type": st.sampled_from(["text", "image_url"]), "text": TEXT}), max_size=3)
                                  | JSON})
-#: Bodies close to a valid request, so that fuzzing reaches past the first checks.
-REQUESTS = st.fixed_dictionaries(
-    {"model": st.sampled_from(["router", "router@0.001", "router@0", "router@-1", "router@1e999", "router@nan",
-                               "router@ 0.001", "gpt-4"]) | TEXT,
-     "messages": st.lists(MESSAGE, max_size=4) | JSON},
-    optional={"metadata": st.dictionaries(st.sampled_from(["task", "subtask"]) | TEXT, TEXT | JSON, max_size=3),
-              "stream": st.booleans() | JSON, "stream_options": st.dictionaries(st.just("include_usage"), JSON),
-              "temperature": JSON, "max_tokens": JSON, "stop": JSON, "n": JSON, "user": JSON,
-              "observed": st.dictionaries(TEXT, st.dictionaries(st.sampled_from(["cost", "response"]), JSON)) | JSON,
-              "excluded": st.lists(TEXT) | JSON, "extra": JSON})
+#: Messages the router accepts, ending with a user message (the query).
+VALID_MESSAGES = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]),
+                                                 "content": TEXT}), max_size=3).map(
+    lambda messages: messages + [{"role": "user", "content": "What is 2 + 2?"}])
+#: Valid requests, with every optional parameter the router forwards.
+GOOD = st.fixed_dictionaries(
+    {"model": st.sampled_from(["router", "router@0.001", "router@0.0005"]), "messages": VALID_MESSAGES,
+     "metadata": st.fixed_dictionaries({"task": st.sampled_from(["math-word", "t"])}, optional={"subtask": TEXT})},
+    optional={"stream": st.booleans(), "temperature": st.floats(0, 2), "max_tokens": st.integers(1, 100),
+              "stop": TEXT | st.lists(TEXT, max_size=4), "user": TEXT, "seed": st.integers(),
+              "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()})})
+#: Bodies near a valid request: one key replaced by anything, or every part drawn loosely.
+REQUESTS = GOOD | st.tuples(GOOD, KEYS, JSON).map(lambda t: {**t[0], t[1]: t[2]}) | st.fixed_dictionaries(
+    {"model": st.sampled_from(["router", "router@0", "router@-1", "router@1e999", "router@nan", "router@ 0.001",
+                               "gpt-4"]) | TEXT,
+     "messages": VALID_MESSAGES | st.lists(MESSAGE, max_size=4) | JSON,
+     "metadata": st.dictionaries(st.sampled_from(["task", "subtask"]) | TEXT, TEXT | JSON, max_size=3) | JSON},
+    optional={"stream": JSON, "stream_options": JSON, "temperature": JSON, "max_tokens": JSON, "stop": JSON,
+              "n": JSON, "user": JSON, "excluded": st.lists(TEXT) | JSON, "extra": JSON,
+              "observed": st.dictionaries(TEXT, st.dictionaries(st.sampled_from(["cost", "response"]), JSON)) | JSON})
 
 
 def _check_error(error: APIError) -> None:
