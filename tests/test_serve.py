@@ -7,6 +7,8 @@ the answer, ``usage × prices`` the cost.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import httpx
 import openai
 import pytest
@@ -214,3 +216,26 @@ def test_prices_come_from_the_artifact_when_backends_toml_has_none(tmp_path, ser
                    for m in called)
     assert float(reply.headers["x-router-cost-usd"]) == pytest.approx(expected, rel=1e-12)
     assert reply.json()["router"]["budget"] == 0.0005
+
+
+def test_pacing_is_shared_across_requests_and_records_each_querys_cost(serve_router, service, queries):
+    app = create_app(serve_router, service[1], ServiceConfig(budget=0.001, pace=True))
+    paced = app.app.state.service.paced
+    costs = []
+    with serving(app) as (url, _):
+        for prompt, task, subtask in queries[:6]:
+            state = paced.state()
+            reply = httpx.post(f"{url}/v1/chat/completions", json={
+                "model": "router", "messages": _messages(prompt), "metadata": {"task": task, "subtask": subtask}})
+            assert reply.json()["router"]["paced"] is True and reply.json()["router"]["budget"] == 0.001
+            costs.append(float(reply.headers["x-router-cost-usd"]))
+            expected = paced.router.plan([prompt], tasks=[task], subtasks=[subtask],
+                                         policy=replace(paced.base, lambdas=state.lambdas))[0].next
+            assert reply.headers["x-router-models"].split(",")[0] == expected
+        unpaced = httpx.post(f"{url}/v1/chat/completions", json={
+            "model": "router@0.001", "messages": _messages(prompt), "metadata": {"task": task, "subtask": subtask}})
+        assert unpaced.json()["router"]["paced"] is False
+        metrics = httpx.get(f"{url}/metrics").text
+    state = paced.state()
+    assert state.n_queries == 6 and state.total_cost == pytest.approx(sum(costs), rel=1e-12)
+    assert f"router_pacing_factor {state.factor!r}" in metrics
