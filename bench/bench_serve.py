@@ -8,7 +8,8 @@ settings: two decision threads, the router of ``tests/servekit.py`` whose
 hand-set cascade-routing policy calls one to three of four models), and the
 load generator (this process: ``SERVE_BENCH_CONCURRENCY`` = 32 asyncio
 workers with one pooled aiohttp client, ``SERVE_BENCH_REQUESTS`` = 2,000
-requests after 100 for warm-up). All of them share the machine's cores.
+requests after 100 for warm-up; ``SERVE_BENCH_SERVICE_ARGS`` adds service
+flags). All of them share the machine's cores.
 The run stops by itself: every request has a 30 s timeout, and the child
 processes are stopped at the end whatever happens.
 
@@ -54,6 +55,8 @@ N_REQUESTS = int(os.environ.get("SERVE_BENCH_REQUESTS", "2000"))
 CONCURRENCY = int(os.environ.get("SERVE_BENCH_CONCURRENCY", "32"))
 UPSTREAM_MS = float(os.environ.get("SERVE_BENCH_UPSTREAM_MS", "20"))
 WARM_UP = 100
+#: More ``python -m training.serve`` flags, e.g. ``--decision-threads 4``.
+SERVICE_ARGS = os.environ.get("SERVE_BENCH_SERVICE_ARGS", "").split()
 
 
 def _free_port() -> int:
@@ -130,7 +133,7 @@ def test_service_overhead_under_load(benchmark, tmp_path):
                                           str(UPSTREAM_MS / 1e3)], env=env))
         children.append(subprocess.Popen([sys.executable, "-m", "training.serve", "--artifact", str(artifact),
                                           "--backends", str(tmp_path / "backends.toml"), "--port", str(service_port),
-                                          "--log-level", "warning"], env=env, cwd=ROOT))
+                                          "--log-level", "warning", *SERVICE_ARGS], env=env, cwd=ROOT))
         service_url = f"http://127.0.0.1:{service_port}"
         _wait_healthy(f"{upstream_url}/", children[0])
         _wait_healthy(f"{service_url}/healthz", children[1])

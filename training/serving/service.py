@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import math
 import time
@@ -57,9 +56,9 @@ from threadpoolctl import threadpool_limits
 
 from ..policy import Policy
 from .backends import Backend
-from .openai_api import (ROUTER_MODEL, APIError, ChatRequest, chat_response, error_body, parse_chat_request,
-                         parse_json, parse_route_request, sse_chunks)
-from .router import PacedRouter, Router
+from .openai_api import (ROUTER_MODEL, APIError, ChatRequest, chat_response, parse_chat_request, parse_json,
+                         parse_route_request, sse_chunks)
+from .router import Router
 from .upstream import Reply, UpstreamFailure, Upstreams
 
 __all__ = ["ServiceConfig", "create_app"]
