@@ -296,6 +296,26 @@ def test_a_client_over_its_concurrency_gets_429(guarded, upstreams):
     assert httpx.post(f"{guarded}/v1/chat/completions", json=_chat(), headers=headers).status_code == 200
 
 
+def test_calls_beyond_an_upstreams_max_concurrency_wait_their_turn(serve_router, backends, upstreams, queries):
+    prompt, task, subtask = queries[7]
+    one_at_a_time = {name: replace(b, max_concurrency=1) for name, b in _patient(backends).items()}
+    results = []
+    upstreams.release.clear()
+    with serving(create_app(serve_router, one_at_a_time)) as (url, _):
+        threads = [threading.Thread(target=lambda: results.append(_post(url, prompt, task, subtask, [])))
+                   for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        _wait_for(lambda: upstreams.calls)
+        time.sleep(0.3)  # time for the second request to reach the same first model
+        assert len(upstreams.calls) == 1, "the second call waits for the first"
+        upstreams.release.set()
+        for thread in threads:
+            thread.join(20)
+    assert [r.status_code for r in results] == [200, 200]
+    assert results[0].headers["x-router-models"] == results[1].headers["x-router-models"]
+
+
 def test_no_upstream_key_appears_in_anything_the_service_emitted(service, upstreams, serve_router, queries, logs,
                                                                  emitted):
     """Every fault once more (so the test stands alone), then a grep of all this module's tests emitted."""

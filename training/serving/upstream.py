@@ -1,8 +1,8 @@
 """Calls to the OpenAI-compatible upstreams: pooled, bounded per upstream, retried once.
 
-Each upstream has its own :class:`aiohttp.ClientSession` whose connector
-keeps at most ``max_concurrency`` connections (``backends.toml``); more
-calls wait their turn. aiohttp rather than httpx: on the load test
+Each upstream has its own :class:`aiohttp.ClientSession` and a semaphore
+of ``max_concurrency`` calls in flight (``backends.toml``); more calls wait
+their turn, and the timeout starts when a call goes out. aiohttp rather than httpx: on the load test
 (``bench/bench_serve.py``) httpx's connection pool, which checks every
 pooled connection on each request, took most of the service's CPU (4.5 ms
 per request of two upstream calls, against the 2 ms the service may spend
@@ -45,7 +45,7 @@ class Reply:
     cost : float
         USD, ``usage × prices``.
     seconds : float
-        Time spent on the upstream, both attempts included.
+        Time spent on the upstream: both attempts, and any wait for its ``max_concurrency``.
     attempts : int
         1, or 2 after a retry.
     """
@@ -123,6 +123,7 @@ class Upstreams:
             connector=aiohttp.TCPConnector(limit=b.max_concurrency, limit_per_host=b.max_concurrency),
             timeout=aiohttp.ClientTimeout(total=b.timeout_s), raise_for_status=False, trust_env=False)
             for name, b in self.backends.items()}
+        self._slots = {name: asyncio.Semaphore(b.max_concurrency) for name, b in self.backends.items()}
 
     async def aclose(self) -> None:
         """Close the pooled connections (after the last request has drained)."""
@@ -159,8 +160,8 @@ class Upstreams:
         while True:
             attempt += 1
             try:
-                async with self._sessions[model].post(backend.url, data=payload, headers=headers,
-                                                      allow_redirects=False) as response:
+                async with self._slots[model], self._sessions[model].post(
+                        backend.url, data=payload, headers=headers, allow_redirects=False) as response:
                     status, content = response.status, await response.read()
                 text, finish, prompt_tokens, completion_tokens = _read_reply(status, content)
             except asyncio.TimeoutError:
