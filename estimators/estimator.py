@@ -150,6 +150,10 @@ class Estimator(Protocol):
     signal_names_: list[str]
     uses_responses_: bool
 
+    @property
+    def token_prices(self) -> dict[str, tuple[float, float]]:
+        """USD per 1M input and output tokens, per model, as given at fit time (empty when cost was learned)."""
+
     def predict(
         self,
         prompts: ArrayLike | None = None,
@@ -750,6 +754,17 @@ class RouterEstimator:
             self.estimate(prepared, np.arange(n), step_run, responses=np.full((n, k), "B", dtype=object),
                           signals={name: np.where(step_run, 0.0, np.nan) for name in self.signal_names_},
                           observed_cost=np.where(step_run, 0.0, np.nan), memo=ResponseMemo(), parallel=parallel)
+
+    @property
+    def token_prices(self) -> dict[str, tuple[float, float]]:
+        """USD per 1M input and output tokens, per model, as the cost estimator was given them.
+
+        Empty when cost was learned from logged costs alone. A service that
+        prices its upstream calls from ``usage`` falls back on these.
+        """
+        self._check_fitted()
+        return {name: (float(price_in), float(price_out))
+                for name, (price_in, price_out) in (self.cost_.prices or {}).items()}
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

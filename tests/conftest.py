@@ -54,3 +54,36 @@ def router(artifact):
     from training.serving.router import load_router
 
     return load_router(artifact)
+
+
+@pytest.fixture(scope="session")
+def serve_artifact(tmp_path_factory):
+    """A router artifact whose hand-set cascade-routing policies call one to three of four models, for the
+    service tests (``tests/servekit.py``)."""
+    from servekit import build_router_artifact
+
+    return build_router_artifact(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="session")
+def serve_router(serve_artifact):
+    """The service tests' router, loaded strictly and warmed up."""
+    from training.serving.router import load_router
+
+    return load_router(serve_artifact)
+
+
+@pytest.fixture(scope="module")
+def upstream_server():
+    """Fake OpenAI-compatible upstreams on a loopback thread (``servekit.FakeUpstreams``), one per test module."""
+    from servekit import running_upstreams
+
+    with running_upstreams(hang=1.0) as fake:
+        yield fake
+
+
+@pytest.fixture
+def upstreams(upstream_server):
+    """The module's fake upstreams, reset: no calls recorded, every model answering."""
+    upstream_server.reset()
+    return upstream_server

@@ -25,7 +25,7 @@ import threading
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import AbstractSet, Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,11 +34,11 @@ import kernel
 from estimators.estimator import Estimates, Estimator
 
 from ..artifact import load_artifact
-from ..episodes import plan_next, uncertainty_keywords
+from ..episodes import FIXED_MODEL, plan_next, uncertainty_keywords
 from ..policy import Policy
 from .pacing import PaceController, PacingState
 
-__all__ = ["Router", "PacedRouter", "load_router", "Observed", "Plan", "prompt_uniforms"]
+__all__ = ["Router", "PacedRouter", "load_router", "Excluded", "Observed", "Plan", "prompt_uniforms"]
 
 #: Per query: model name -> what that model returned. Each value is a
 #: mapping with ``"cost"`` (required: what the call cost), optionally
@@ -46,6 +46,10 @@ __all__ = ["Router", "PacedRouter", "load_router", "Observed", "Plan", "prompt_u
 #: and any numeric post-hoc signal the estimator was trained with (e.g.
 #: ``"logprob"``).
 Observed = Sequence[Mapping[str, Mapping[str, object]]]
+
+#: Per query: the models that may not be called for it (an upstream that
+#: failed on it, say). They have no answer, so they are never in ``observed``.
+Excluded = Sequence[AbstractSet[str]]
 
 
 class Plan(NamedTuple):
@@ -222,14 +226,14 @@ class Router:
     def plan(self, prompts: Sequence[str], observed: Observed | None = None,
              budget: float | None = None, *, tasks: Sequence[str] | None = None,
              subtasks: Sequence[str] | None = None, policy: Policy | None = None,
-             latency_budget: float | None = None) -> list[Plan]:
+             excluded: Excluded | None = None, latency_budget: float | None = None) -> list[Plan]:
         """Next model and planned supermodel per query (see :class:`Plan`), for callers that show the plan.
 
         ``decide`` returns the ``next`` fields of this.
 
         Parameters
         ----------
-        prompts, observed, budget, tasks, subtasks, policy, latency_budget
+        prompts, observed, budget, tasks, subtasks, policy, excluded, latency_budget
             As in :meth:`decide`.
 
         Returns
@@ -238,7 +242,7 @@ class Router:
             One per query.
         """
         _, _, next_model, masks = self.plan_arrays(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
-                                                   policy=policy, latency_budget=latency_budget)
+                                                   policy=policy, excluded=excluded, latency_budget=latency_budget)
         names = self.models_
         bits = [1 << i for i in range(len(names))]
         return [Plan(None if c == kernel.STOP else names[c],
@@ -248,13 +252,14 @@ class Router:
     def plan_arrays(self, prompts: Sequence[str], observed: Observed | None = None,
                     budget: float | None = None, *, tasks: Sequence[str] | None = None,
                     subtasks: Sequence[str] | None = None, policy: Policy | None = None,
-                    parallel: bool = False, latency_budget: float | None = None
+                    parallel: bool = False, excluded: Excluded | None = None,
+                    latency_budget: float | None = None
                     ) -> tuple[Estimates, NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]:
         """:meth:`plan` as arrays, with the estimates it used: for batch jobs.
 
         Parameters
         ----------
-        prompts, observed, budget, tasks, subtasks, policy, latency_budget
+        prompts, observed, budget, tasks, subtasks, policy, excluded, latency_budget
             As in :meth:`decide`.
         parallel : bool, default=False
             Spread the kernel over threads (decisions are the same).
@@ -268,15 +273,43 @@ class Router:
         """
         estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks)
         chosen = policy if policy is not None else self.policy(budget, latency_budget)
-        next_model, masks = plan_next(estimates.quality, estimates.cost, chosen.kernel_options(), run=run,
-                                      u=prompt_uniforms(prompts), parallel=parallel, latency=estimates.latency,
-                                      **uncertainty_keywords(estimates.sigma, estimates.cov, chosen.sigma_transform))
+        arguments = dict(run=run, u=prompt_uniforms(prompts), parallel=parallel, latency=estimates.latency,
+                         **uncertainty_keywords(estimates.sigma, estimates.cov, chosen.sigma_transform))
+        banned = None if excluded is None else self._excluded_matrix(excluded, run)
+        if banned is None or not banned.any():
+            next_model, masks = plan_next(estimates.quality, estimates.cost, chosen.kernel_options(), **arguments)
+        else:
+            next_model, masks = _plan_excluding(banned, estimates.quality, estimates.cost, chosen.kernel_options(),
+                                                **arguments)
         return estimates, run, next_model, masks
+
+    def _excluded_matrix(self, excluded: Excluded, run: NDArray[np.bool_]) -> NDArray[np.bool_]:
+        """``excluded`` as an ``(N, K)`` bool matrix, checked against the models and the run sets."""
+        n, k = run.shape
+        if isinstance(excluded, (str, bytes, Mapping)) or not isinstance(excluded, Sequence):
+            raise TypeError(f"excluded must be a list with one set of model names per prompt, "
+                            f"got {type(excluded).__name__}")
+        if len(excluded) != n:
+            raise ValueError(f"excluded has {len(excluded)} entries but there are {n} prompts")
+        index = {name: i for i, name in enumerate(self.models_)}
+        banned = np.zeros((n, k), bool)
+        for row, names in enumerate(excluded):
+            if isinstance(names, (str, bytes)) or not isinstance(names, (AbstractSet, Sequence)):
+                raise TypeError(f"excluded[{row}] must be a set of model names, got {type(names).__name__}")
+            for name in names:
+                if name not in index:
+                    raise ValueError(f"excluded[{row}] names unknown model {name!r}; "
+                                     f"known models are {list(self.models_)}")
+                if run[row, index[name]]:
+                    raise ValueError(f"excluded[{row}] names {name!r}, which observed[{row}] says has run: "
+                                     "a model that answered cannot be excluded")
+                banned[row, index[name]] = True
+        return banned
 
     def decide(self, prompts: Sequence[str], observed: Observed | None = None,
                budget: float | None = None, *, tasks: Sequence[str] | None = None,
                subtasks: Sequence[str] | None = None, policy: Policy | None = None,
-               latency_budget: float | None = None) -> list[str | None]:
+               excluded: Excluded | None = None, latency_budget: float | None = None) -> list[str | None]:
         """Next model to call per query, or ``None`` to stop and answer.
 
         Uses the serial kernel (deterministic, safe to call from many
@@ -300,6 +333,14 @@ class Router:
         latency_budget : float, optional
             Mean latency per query (seconds) the caller allows: with
             ``budget``, picks the largest fitted pair within both (see :meth:`policy`).
+        excluded : list of sets of str, optional
+            Per query, models that may not be called (see :data:`Excluded`),
+            e.g. an upstream that failed on it. The decision is the policy's
+            over the models that remain: the same kernel on the other columns,
+            with what ran so far (a failed call reveals nothing, so it is not
+            part of the run set). A query whose models all ran or are
+            excluded stops. A single-model policy whose model is excluded
+            stops: it has no other model to offer.
 
         Returns
         -------
@@ -307,7 +348,7 @@ class Router:
             Per query, the model to call next, or ``None`` to stop.
         """
         return [p.next for p in self.plan(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
-                                          policy=policy, latency_budget=latency_budget)]
+                                          policy=policy, excluded=excluded, latency_budget=latency_budget)]
 
     def select(self, prompts: Sequence[str], observed: Observed, *,
                tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> list[str]:
@@ -519,34 +560,38 @@ class PacedRouter:
             self._policy = replace(self.base, **changes)
 
     def plan(self, prompts: Sequence[str], observed: Observed | None = None, *,
-             tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> list[Plan]:
+             tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None,
+             excluded: Excluded | None = None) -> list[Plan]:
         """:meth:`Router.plan` with the current paced policy.
 
         Parameters
         ----------
-        prompts, observed, tasks, subtasks
+        prompts, observed, tasks, subtasks, excluded
             As in :meth:`Router.decide`.
 
         Returns
         -------
         list of Plan
         """
-        return self.router.plan(prompts, observed, tasks=tasks, subtasks=subtasks, policy=self._policy)
+        return self.router.plan(prompts, observed, tasks=tasks, subtasks=subtasks, policy=self._policy,
+                                excluded=excluded)
 
     def decide(self, prompts: Sequence[str], observed: Observed | None = None, *,
-               tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> list[str | None]:
+               tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None,
+               excluded: Excluded | None = None) -> list[str | None]:
         """:meth:`Router.decide` with the current paced policy.
 
         Parameters
         ----------
-        prompts, observed, tasks, subtasks
+        prompts, observed, tasks, subtasks, excluded
             As in :meth:`Router.decide`.
 
         Returns
         -------
         list of (str or None)
         """
-        return self.router.decide(prompts, observed, tasks=tasks, subtasks=subtasks, policy=self._policy)
+        return self.router.decide(prompts, observed, tasks=tasks, subtasks=subtasks, policy=self._policy,
+                                  excluded=excluded)
 
     def select(self, prompts: Sequence[str], observed: Observed, *, tasks: Sequence[str] | None = None,
                subtasks: Sequence[str] | None = None) -> list[str]:
@@ -571,6 +616,51 @@ def _none_last(value: float | None) -> float:
 def _budget_pair(policy: Policy) -> tuple[float, float]:
     """``(cost budget, latency budget)`` with no latency budget as ``inf``: the order policies are chosen in."""
     return (policy.budget, _none_last(policy.latency_budget))
+
+
+def _plan_excluding(banned: NDArray[np.bool_], quality: NDArray[np.float64], cost: NDArray[np.float64],
+                    options: dict[str, Any], *, run: NDArray[np.bool_], u: NDArray[np.float64], parallel: bool,
+                    **per_model: NDArray[np.float64] | None) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """:func:`~training.episodes.plan_next` over the models each query may still call.
+
+    Queries are grouped by their excluded set; each group is planned by the
+    unchanged kernel on the columns that remain, and the chosen index and
+    plan bits are mapped back to all ``K`` columns. Per-model keyword arrays
+    (``sigma`` ``(N, K)``, ``cov`` ``(N, K, K)``, ...) lose the same columns;
+    a threshold cascade keeps the ``θ_j`` of the models that remain (``θ_j``
+    is read after model ``j`` answers, whichever model comes next).
+    """
+    n, k = run.shape
+    next_model = np.full(n, kernel.STOP, dtype=np.int64)
+    bits = np.int64(1) << np.arange(k, dtype=np.int64)
+    masks = run.astype(np.int64) @ bits  # a query with nothing left to call stops with what ran
+    patterns, group = np.unique(banned, axis=0, return_inverse=True)
+    for g, pattern in enumerate(patterns):
+        rows = np.flatnonzero(group.ravel() == g)
+        keep = np.flatnonzero(~pattern)
+        sub = dict(options)
+        if FIXED_MODEL in options:
+            if pattern[int(options[FIXED_MODEL])]:
+                continue  # its one model is excluded: nothing else to offer
+            sub[FIXED_MODEL] = int(np.searchsorted(keep, int(options[FIXED_MODEL])))
+        if keep.size == 0:
+            continue
+        if options.get("thresholds") is not None:
+            sub["thresholds"] = np.asarray(options["thresholds"])[keep[:-1]]
+        columns = {name: None if value is None else _keep_columns(np.asarray(value)[rows], keep)
+                   for name, value in per_model.items()}
+        chosen, plan = plan_next(quality[np.ix_(rows, keep)], cost[np.ix_(rows, keep)], sub,
+                                 run=run[np.ix_(rows, keep)], u=u[rows], parallel=parallel, **columns)
+        going = chosen != kernel.STOP
+        next_model[rows[going]] = keep[chosen[going]]
+        masks[rows] = ((plan[:, None] >> np.arange(keep.size, dtype=np.int64)) & 1).astype(bool) @ bits[keep]
+    return next_model, masks
+
+
+def _keep_columns(value: np.ndarray, keep: NDArray[np.intp]) -> np.ndarray:
+    """The model columns ``keep`` of a per-model array: the last axis, and the last two of a covariance."""
+    value = value[..., keep]
+    return value[:, keep, :] if value.ndim == 3 else value
 
 
 def prompt_uniforms(prompts: Sequence[str]) -> NDArray[np.float64]:

@@ -1,0 +1,178 @@
+"""Load test of the routing service (``python -m training.serve``): its own overhead per request.
+
+Run: ``python -m pytest bench/bench_serve.py -s`` (about 30 s). Three
+processes on loopback: the fake upstreams (``tests/servekit.py``, one
+uvicorn process answering every model after ``SERVE_BENCH_UPSTREAM_MS``,
+default 20 ms), the service (``python -m training.serve``, default
+settings: two decision threads, the router of ``tests/servekit.py`` whose
+hand-set cascade-routing policy calls one to three of four models), and the
+load generator (this process: ``SERVE_BENCH_CONCURRENCY`` = 32 asyncio
+workers with one pooled aiohttp client, ``SERVE_BENCH_REQUESTS`` = 2,000
+requests after 100 for warm-up; ``SERVE_BENCH_SERVICE_ARGS`` adds service
+flags). All of them share the machine's cores.
+The run stops by itself: every request has a 30 s timeout, and the child
+processes are stopped at the end whatever happens.
+
+Overhead per request, three ways (p50 and p99 in ``extra_info``):
+
+* ``service``: the service's own figure (``x-router-overhead-ms``): from the
+  handler's start to the response, minus the time spent waiting on
+  upstreams (``x-router-upstream-ms``, the sum of the per-step latencies).
+* ``client``: the time this process (an aiohttp client) measured for the request, minus
+  ``x-router-upstream-ms``: adds the HTTP parsing and writing on both ends
+  of the loopback and this process's own scheduling under load.
+* ``strict``: the client's time minus 20 ms per upstream call: adds the
+  upstream calls' own HTTP work (the service's httpx client and the fake
+  upstreams' server) too.
+
+Target on 2 cores (issue 17): no error, overhead p50 <= 2 ms and p99 <=
+10 ms. The results are printed and kept in ``extra_info`` (``meets_target``
+for the ``service`` figure); the assertion is on errors only, because the
+overhead under this closed loop is mostly queueing for the CPU (see the
+README's measured figures and why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+httpx = pytest.importorskip("httpx")
+from servekit import backends_toml, build_router_artifact  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+N_REQUESTS = int(os.environ.get("SERVE_BENCH_REQUESTS", "2000"))
+CONCURRENCY = int(os.environ.get("SERVE_BENCH_CONCURRENCY", "32"))
+UPSTREAM_MS = float(os.environ.get("SERVE_BENCH_UPSTREAM_MS", "20"))
+WARM_UP = 100
+#: More ``python -m training.serve`` flags, e.g. ``--decision-threads 4``.
+SERVICE_ARGS = os.environ.get("SERVE_BENCH_SERVICE_ARGS", "").split()
+
+
+def _free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return probe.getsockname()[1]
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _load(url: str, queries: list[tuple[str, str, str]], n: int, concurrency: int) -> list[dict]:
+    """``n`` chat requests from ``concurrency`` workers; per request its time and the service's headers."""
+    results: list[dict] = []
+    order = iter(range(n))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as client:
+        async def worker() -> None:
+            for i in order:
+                prompt, task, subtask = queries[i % len(queries)]
+                began = time.perf_counter()
+                try:
+                    async with client.post("/v1/chat/completions", json={
+                            "model": "router", "messages": [{"role": "user", "content": prompt}],
+                            "metadata": {"task": task, "subtask": subtask}}) as reply:
+                        text = await reply.text()
+                except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+                    results.append({"error": repr(error)})
+                    continue
+                seconds = time.perf_counter() - began
+                if reply.status != 200:
+                    results.append({"error": f"HTTP {reply.status}: {text[:200]}"})
+                    continue
+                h = reply.headers
+                results.append({"seconds": seconds, "calls": len(h["x-router-models"].split(",")),
+                                "upstream_ms": float(h["x-router-upstream-ms"]),
+                                "service_ms": float(h["x-router-overhead-ms"])})
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results
+
+
+def test_service_overhead_under_load(benchmark, tmp_path):
+    from training.data import read_table
+    from training.synthetic import make_benchmark
+
+    artifact = build_router_artifact(tmp_path)
+    from training.serving.router import load_router
+    models = load_router(artifact, warm_up=False).models_
+    table = read_table(make_benchmark(400, seed=7)).select_models(list(models))
+    queries = list(zip(table.prompts, table.tasks, table.subtasks))
+    random.Random(0).shuffle(queries)
+    upstream_port, service_port = _free_port(), _free_port()
+    upstream_url = f"http://127.0.0.1:{upstream_port}"
+    (tmp_path / "backends.toml").write_text(backends_toml(upstream_url, models, timeout_s=10))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    children = []
+    try:
+        children.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "servekit.py"), str(upstream_port),
+                                          str(UPSTREAM_MS / 1e3)], env=env))
+        children.append(subprocess.Popen([sys.executable, "-m", "training.serve", "--artifact", str(artifact),
+                                          "--backends", str(tmp_path / "backends.toml"), "--port", str(service_port),
+                                          "--log-level", "warning", *SERVICE_ARGS], env=env, cwd=ROOT))
+        service_url = f"http://127.0.0.1:{service_port}"
+        _wait_healthy(f"{upstream_url}/", children[0])
+        _wait_healthy(f"{service_url}/healthz", children[1])
+        asyncio.run(_load(service_url, queries, WARM_UP, CONCURRENCY))
+        cpu = [_cpu_seconds(child.pid) for child in children]
+        began = time.perf_counter()
+        results = benchmark.pedantic(lambda: asyncio.run(_load(service_url, queries, N_REQUESTS, CONCURRENCY)),
+                                     rounds=1, iterations=1)
+        wall = time.perf_counter() - began
+        cpu = [_cpu_seconds(child.pid) - before for child, before in zip(children, cpu)]
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    errors = [r["error"] for r in results if "error" in r]
+    ok = [r for r in results if "error" not in r]
+    seconds = np.array([r["seconds"] for r in ok])
+    upstream = np.array([r["upstream_ms"] for r in ok]) / 1e3
+    calls = np.array([r["calls"] for r in ok])
+    overhead = {"service": np.array([r["service_ms"] for r in ok]) / 1e3, "client": seconds - upstream,
+                "strict": seconds - calls * UPSTREAM_MS / 1e3}
+    summary = {"requests": len(results), "errors": len(errors), "concurrency": CONCURRENCY,
+               "requests_per_s": round(len(ok) / wall, 1), "calls_per_request": round(float(calls.mean()), 3),
+               "upstream_ms": UPSTREAM_MS, "cores": os.cpu_count(),
+               "service_cpu_ms_per_request": round(cpu[1] / len(results) * 1e3, 3),
+               "upstreams_cpu_ms_per_request": round(cpu[0] / len(results) * 1e3, 3),
+               "end_to_end_ms_p50": round(float(np.percentile(seconds, 50)) * 1e3, 3)}
+    for name, values in overhead.items():
+        summary[f"{name}_overhead_ms_p50"] = round(float(np.percentile(values, 50)) * 1e3, 3)
+        summary[f"{name}_overhead_ms_p99"] = round(float(np.percentile(values, 99)) * 1e3, 3)
+    benchmark.group = "serving: HTTP service under load"
+    benchmark.extra_info.update(summary)
+    print("\n" + "\n".join(f"  {key}: {value}" for key, value in summary.items()))
+    summary["meets_target"] = bool(summary["service_overhead_ms_p50"] <= 2.0
+                                   and summary["service_overhead_ms_p99"] <= 10.0)
+    benchmark.extra_info["meets_target"] = summary["meets_target"]
+    print(f"  target p50 <= 2 ms, p99 <= 10 ms (service figure): {'met' if summary['meets_target'] else 'NOT met'}")
+    assert not errors, errors[:5]

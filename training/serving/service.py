@@ -1,0 +1,475 @@
+"""The routing service: a fitted router behind an OpenAI-compatible HTTP endpoint.
+
+:func:`create_app` builds the Starlette (ASGI) application that
+``python -m training.serve`` runs with uvicorn:
+
+* ``POST /v1/chat/completions`` runs the cascade for the last user message
+  (``metadata.task`` / ``metadata.subtask`` as the task inputs): decide ->
+  call that model's upstream -> feed back its answer and cost -> ... ->
+  select, and answers with the selected text in the OpenAI schema. Headers
+  ``x-router-models`` (every model called, in call order),
+  ``x-router-failed``, ``x-router-cost-usd``, ``x-router-latency-ms`` (per
+  step, in call order), ``x-router-upstream-ms`` and
+  ``x-router-overhead-ms`` (the service's own time: its time minus the
+  upstream time) say what happened; the extra ``router`` field of the body
+  says it too. ``stream: true`` sends the selected answer as server-sent
+  events once it is chosen: the cascade has run by then, so this is not
+  token streaming through the cascade.
+* ``POST /v1/route``: the decision only, for callers that call models themselves.
+* ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus).
+
+A failed upstream (:mod:`training.serving.upstream`: timeout, 5xx, malformed
+reply, retried once) is that model failing for this query: the next
+decision excludes it (``Router.decide(excluded=...)``), and when no answer
+was obtained from any model the reply is a 502 naming each upstream that
+failed. Decisions run on a small thread pool, off the event loop (the
+router is thread-safe); upstream calls are async and pooled. With a paced
+router one controller is shared by every request.
+
+Who may call (issue 18): the caller's key (``api_key``) is compared in
+constant time; bodies above ``max_body_bytes`` get 413 while they are read;
+messages above ``max_prompt_chars`` get 400; one client (by address) may
+have ``max_client_concurrency`` requests in flight, more get 429. Upstream
+keys live only in the request headers sent upstream: no response, log line,
+metric or exception message carries them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Mapping
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+from threadpoolctl import threadpool_limits
+
+from ..policy import Policy
+from .backends import Backend
+from .openai_api import (ROUTER_MODEL, APIError, ChatRequest, chat_response, parse_chat_request, parse_json,
+                         parse_route_request, sse_chunks)
+from .router import Router
+from .upstream import Reply, UpstreamFailure, Upstreams
+
+__all__ = ["ServiceConfig", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """How the service serves.
+
+    Attributes
+    ----------
+    budget : float, optional
+        The budget ``model: "router"`` means (its fitted policy, see
+        :meth:`Router.policy`); default the largest fitted budget.
+    pace : bool, default=False
+        Pace ``λ`` to ``budget`` (:class:`PacedRouter`), one controller shared by all requests.
+    api_key : str, optional
+        The key callers must send as ``Authorization: Bearer <key>``; ``None`` lets anyone call.
+    max_body_bytes : int, default=1 MiB
+        Larger request bodies get 413.
+    max_prompt_chars : int, default=100,000
+        Most characters the messages of one request may hold together (400 above).
+    max_client_concurrency : int, default=32
+        Requests one client address may have in flight (429 above).
+    decision_threads : int, default=2
+        Threads that run decisions (featurization, estimators, kernel).
+    """
+
+    budget: float | None = None
+    pace: bool = False
+    api_key: str | None = None
+    max_body_bytes: int = 1 << 20
+    max_prompt_chars: int = 100_000
+    max_client_concurrency: int = 32
+    decision_threads: int = 2
+
+
+class _Metrics:
+    """The service's Prometheus metrics, in a registry of its own (so several apps can live in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("router_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"],
+                                registry=r)
+        self.decisions = Counter("router_decisions", "Upstream calls the router decided, per model.", ["model"],
+                                 registry=r)
+        self.selected = Counter("router_selected", "Answers returned, per model that wrote them.", ["model"],
+                                registry=r)
+        self.upstream_errors = Counter("router_upstream_errors", "Upstream models that failed for a query "
+                                       "(after the retry), by kind.", ["model", "kind"], registry=r)
+        self.retries = Counter("router_upstream_retries", "Upstream attempts retried.", ["model"], registry=r)
+        self.spend = Counter("router_spend_usd", "USD spent on upstream calls (usage x prices).", ["model"],
+                             registry=r)
+        self.budget = Gauge("router_budget_usd", "Target mean cost per query of the policy serving a budget.",
+                            ["budget"], registry=r)
+        self.query_cost = Histogram("router_query_cost_usd", "Realised cost per answered query, per budget served "
+                                    "(sum/count against router_budget_usd: realised vs budget).", ["budget"],
+                                    buckets=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, math.inf),
+                                    registry=r)
+        self.pacing_factor = Gauge("router_pacing_factor", "Current λ factor of the paced policy.", registry=r)
+        self.request_seconds = Histogram("router_request_seconds", "Time to answer a request.", ["endpoint"],
+                                         registry=r)
+        self.upstream_seconds = Histogram("router_upstream_seconds", "Time of one upstream call (retry included).",
+                                          ["model"], registry=r)
+        self.overhead_seconds = Histogram("router_overhead_seconds", "The service's own time per chat request "
+                                          "(its time minus upstream time).",
+                                          buckets=(2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 0.1, math.inf),
+                                          registry=r)
+        self.in_flight = Gauge("router_in_flight", "Requests being served.", registry=r)
+
+
+@dataclass
+class _Step:
+    model: str
+    reply: Reply | None
+    failure: UpstreamFailure | None
+
+    @property
+    def seconds(self) -> float:
+        return self.reply.seconds if self.reply is not None else self.failure.seconds
+
+    def record(self) -> dict[str, Any]:
+        entry = {"model": self.model, "ok": self.reply is not None, "latency_ms": round(self.seconds * 1e3, 3)}
+        if self.reply is not None:
+            entry.update(cost_usd=self.reply.cost, attempts=self.reply.attempts)
+        else:
+            entry.update(cost_usd=0.0, attempts=self.failure.attempts, error=self.failure.kind)
+        return entry
+
+
+class _Service:
+    """The state one app shares across requests: router, pacing, upstreams, metrics, thread pool."""
+
+    def __init__(self, router: Router, backends: Mapping[str, Backend], config: ServiceConfig) -> None:
+        if router.estimator.signal_names_:
+            raise ValueError(f"this artifact's estimator reads post-hoc signals {router.estimator.signal_names_} "
+                             "that an OpenAI reply does not carry; serve an artifact fitted without signal columns")
+        missing = [name for name in router.models_ if name not in backends]
+        if missing:
+            raise ValueError(f"no backend for model(s) {missing} of the artifact")
+        self.router, self.config = router, config
+        self.default_policy = router.policy(config.budget)  # a budget below every fitted one stops here
+        self.paced = router.paced(config.budget if config.budget is not None else self.default_policy.budget
+                                  ) if config.pace else None
+        self.backends = dict(backends)
+        self.upstreams: Upstreams | None = None
+        self.metrics = _Metrics()
+        self.executor: ThreadPoolExecutor | None = None
+        self.per_query = [name for name in ("task", "subtask") if name in router.estimator.columns_]
+        self.in_flight_by_client: dict[str, int] = {}
+        for policy in router.policies:
+            self.metrics.budget.labels(_label(policy.budget)).set(policy.budget)
+        if self.paced is not None:
+            self.metrics.budget.labels("paced").set(self.paced.budget)
+            self.metrics.pacing_factor.set(self.paced.state().factor)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.upstreams = Upstreams(self.backends)
+        self.executor = ThreadPoolExecutor(self.config.decision_threads, thread_name_prefix="router-decide")
+        # One query's products are tiny: BLAS threads would only spin beside the decision threads (as in
+        # training.score, where they made small products ten times slower).
+        blas = threadpool_limits(1, user_api="blas")
+        try:
+            yield
+        finally:  # uvicorn has drained the in-flight requests by now
+            await self.upstreams.aclose()
+            self.executor.shutdown(wait=True)
+            blas.restore_original_limits()
+
+    async def _off_loop(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
+    # -- the cascade ---------------------------------------------------------------------------------------
+    def _policy_for(self, request_budget: float | None) -> tuple[Policy | None, str]:
+        """The policy a request names (``None``: the paced one) and the metrics label of its budget."""
+        if request_budget is None:
+            if self.paced is not None:
+                return None, "paced"
+            return self.default_policy, _label(self.default_policy.budget)
+        try:
+            policy = self.router.policy(request_budget)
+        except ValueError as error:
+            raise APIError(400, str(error), param="model", code="model_not_found") from None
+        return policy, _label(policy.budget)
+
+    def _keywords(self, parsed: ChatRequest) -> dict[str, list[str]]:
+        values = {"task": parsed.task, "subtask": parsed.subtask}
+        return {f"{name}s": [values[name]] for name in self.per_query}
+
+    def _step(self, parsed: ChatRequest, policy: Policy | None, observed: dict, excluded: set
+              ) -> tuple[str | None, str | None]:
+        """The next model, or ``None`` and the selected answer's model (``None`` if nothing answered).
+
+        Deciding and, once the cascade stops, selecting happen in one trip to the decision threads.
+        """
+        keywords = self._keywords(parsed)
+        if policy is None:
+            model = self.paced.decide([parsed.prompt], [observed], excluded=[excluded], **keywords)[0]
+        else:
+            model = self.router.decide([parsed.prompt], [observed], policy=policy, excluded=[excluded],
+                                       **keywords)[0]
+        if model is not None or not observed:
+            return model, None
+        return None, self.router.select([parsed.prompt], [observed], **keywords)[0]
+
+    async def cascade(self, parsed: ChatRequest) -> tuple[str, list[_Step], dict[str, Any]]:
+        """Run one query's cascade; the selected model, the steps, and the ``router`` account."""
+        policy, label = self._policy_for(parsed.budget)
+        observed: dict[str, dict[str, Any]] = {}
+        excluded: set[str] = set()
+        steps: list[_Step] = []
+        while True:
+            model, selected = await self._off_loop(self._step, parsed, policy, observed, excluded)
+            if model is None:
+                break
+            self.metrics.decisions.labels(model).inc()
+            try:
+                reply = await self.upstreams.call(model, parsed.messages, parsed.forwarded)
+            except UpstreamFailure as failure:
+                log.warning("%s; the router excludes it for this query", failure)
+                self.metrics.upstream_errors.labels(model, failure.kind).inc()
+                self.metrics.retries.labels(model).inc(failure.attempts - 1)
+                self.metrics.upstream_seconds.labels(model).observe(failure.seconds)
+                excluded.add(model)
+                steps.append(_Step(model, None, failure))
+                continue
+            self.metrics.retries.labels(model).inc(reply.attempts - 1)
+            self.metrics.upstream_seconds.labels(model).observe(reply.seconds)
+            self.metrics.spend.labels(model).inc(reply.cost)
+            observed[model] = {"cost": reply.cost, "response": reply.text}
+            steps.append(_Step(model, reply, None))
+        if not observed:
+            failed = "; ".join(str(step.failure) for step in steps) or "the policy called no model"
+            raise APIError(502, f"no upstream answered: {failed}", type="upstream_error", code="upstream_failed")
+        cost = sum(result["cost"] for result in observed.values())
+        if policy is None:
+            self.paced.record(cost)
+            self.metrics.pacing_factor.set(self.paced.state().factor)
+        self.metrics.query_cost.labels(label).observe(cost)
+        self.metrics.selected.labels(selected).inc()
+        account = {"models": [step.model for step in steps], "failed": sorted(excluded), "selected": selected,
+                   "cost_usd": cost, "budget": self.paced.budget if policy is None else policy.budget,
+                   "paced": policy is None, "steps": [step.record() for step in steps]}
+        return selected, steps, account
+
+    # -- handlers ------------------------------------------------------------------------------------------
+    async def chat(self, request: Request) -> Response:
+        began = time.perf_counter()
+        parsed = parse_chat_request(parse_json(await _read_body(request, self.config.max_body_bytes)),
+                                    max_prompt_chars=self.config.max_prompt_chars, needs_task="task" in self.per_query)
+        selected, steps, account = await self.cascade(parsed)
+        chosen = next(step.reply for step in steps if step.model == selected and step.reply is not None)
+        replies = [step.reply for step in steps if step.reply is not None]
+        prompt_tokens = sum(r.prompt_tokens for r in replies)
+        completion_tokens = sum(r.completion_tokens for r in replies)
+        upstream = sum(step.seconds for step in steps)
+        overhead = time.perf_counter() - began - upstream
+        account["upstream_ms"], account["overhead_ms"] = round(upstream * 1e3, 3), round(overhead * 1e3, 3)
+        self.metrics.overhead_seconds.observe(overhead)
+        body = chat_response(chosen.text, model=selected, finish_reason=chosen.finish_reason,
+                             usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                    "total_tokens": prompt_tokens + completion_tokens}, router=account)
+        headers = {"x-router-models": ",".join(account["models"]), "x-router-failed": ",".join(account["failed"]),
+                   "x-router-selected": selected, "x-router-cost-usd": repr(account["cost_usd"]),
+                   "x-router-latency-ms": ",".join(f"{step.seconds * 1e3:.3f}" for step in steps),
+                   "x-router-upstream-ms": f"{upstream * 1e3:.3f}", "x-router-overhead-ms": f"{overhead * 1e3:.3f}"}
+        if parsed.stream:
+            return StreamingResponse(sse_chunks(body, include_usage=parsed.include_usage),
+                                     media_type="text/event-stream", headers=headers)
+        return JSONResponse(body, headers=headers)
+
+    async def route(self, request: Request) -> Response:
+        parsed, observed, excluded = parse_route_request(
+            parse_json(await _read_body(request, self.config.max_body_bytes)),
+            max_prompt_chars=self.config.max_prompt_chars, needs_task="task" in self.per_query)
+        policy, _ = self._policy_for(parsed.budget)
+        keywords = self._keywords(parsed)
+
+        def decide() -> dict[str, Any]:
+            try:
+                if policy is None:
+                    plan = self.paced.plan([parsed.prompt], [observed], excluded=[excluded], **keywords)[0]
+                else:
+                    plan = self.router.plan([parsed.prompt], [observed], policy=policy, excluded=[excluded],
+                                            **keywords)[0]
+                select = self.router.select([parsed.prompt], [observed], **keywords)[0] if observed else None
+            except (ValueError, TypeError) as error:  # the router names what is wrong with observed/excluded
+                raise APIError(400, str(error), param="observed") from None
+            return {"next": plan.next, "models": list(plan.models), "select": select,
+                    "budget": self.paced.budget if policy is None else policy.budget}
+
+        return JSONResponse(await self._off_loop(decide))
+
+    async def models(self, request: Request) -> Response:
+        names = [ROUTER_MODEL] + [f"{ROUTER_MODEL}@{_label(p.budget)}" for p in self.router.policies]
+        return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": 0,
+                                                          "owned_by": "cascade-router"} for name in names]})
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "models": list(self.router.models_)})
+
+    async def prometheus(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _label(budget: float) -> str:
+    return f"{budget:.10g}"
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes (declared or read so far)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise APIError(413 if declared.isdigit() else 400,
+                       f"the request body exceeds the service's limit of {limit:,} bytes (--max-body-bytes)"
+                       if declared.isdigit() else "Content-Length is not a number", code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, f"the request body exceeds the service's limit of {limit:,} bytes "
+                                "(--max-body-bytes)", code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+_INTERNAL = APIError(500, "the router failed on this request; the service logged the error", type="server_error",
+                     code="internal_error")
+
+
+class _Guard:
+    """ASGI middleware: the caller's key, per-client concurrency, metrics and error bodies for every request.
+
+    A refused or failed request gets OpenAI's error body; an exception a
+    handler did not expect becomes a 500 with a generic message (logged
+    with its traceback), so the server never goes down with a request.
+    """
+
+    def __init__(self, app: ASGIApp, service: _Service) -> None:
+        self.app, self.service = app, service
+        key = service.config.api_key
+        self.expected = None if key is None else f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, metrics = scope["path"], self.service.metrics
+        endpoint = path if path in _ENDPOINTS else "other"
+        began, status = time.perf_counter(), [500]
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        client = scope.get("client")
+        host = client[0] if client else "unknown"
+        counts = self.service.in_flight_by_client
+        try:
+            if self.expected is not None and path != "/healthz" and not self._authorised(scope):
+                raise APIError(401, "missing or wrong API key: send Authorization: Bearer <key>",
+                               type="invalid_request_error", code="invalid_api_key")
+            if counts.get(host, 0) >= self.service.config.max_client_concurrency:
+                raise APIError(429, f"this client already has {self.service.config.max_client_concurrency} requests "
+                                    "in flight, the service's limit (--max-client-concurrency); retry when one ends",
+                               type="rate_limit_error", code="rate_limit_exceeded")
+            counts[host] = counts.get(host, 0) + 1
+            metrics.in_flight.inc()
+            try:
+                await self._serve(scope, receive, sending)
+            finally:
+                metrics.in_flight.dec()
+                counts[host] -= 1
+                if not counts[host]:
+                    del counts[host]
+        except APIError as error:
+            await _error_response(error)(scope, receive, sending)
+        finally:
+            metrics.requests.labels(endpoint, str(status[0])).inc()
+            metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - began)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = [False]
+
+        async def sending(message: dict) -> None:
+            started[0] = started[0] or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:  # Starlette has answered with _internal_error's body; it re-raises for the log
+            log.exception("unexpected error serving %s", scope["path"])
+            if not started[0]:
+                await _error_response(_INTERNAL)(scope, receive, send)
+
+    def _authorised(self, scope: Scope) -> bool:
+        given = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                given = value
+        return hmac.compare_digest(given, self.expected)
+
+
+_ENDPOINTS = ("/v1/chat/completions", "/v1/route", "/v1/models", "/healthz", "/metrics")
+
+
+def create_app(router: Router, backends: Mapping[str, Backend], config: ServiceConfig = ServiceConfig()) -> ASGIApp:
+    """The routing service as an ASGI application (see the module docstring).
+
+    Parameters
+    ----------
+    router : Router
+        Loaded with :func:`~training.serving.router.load_router` (warmed up).
+    backends : mapping of str to Backend
+        One per model of the router (:func:`~training.serving.backends.load_backends`).
+    config : ServiceConfig, optional
+
+    Returns
+    -------
+    ASGI application
+        Run it with uvicorn; its lifespan opens and closes the upstream connections.
+
+    Raises
+    ------
+    ValueError
+        If a model has no backend, the artifact reads post-hoc signals, or
+        ``config.budget`` is below every fitted budget (or, with ``pace``,
+        no policy can be paced).
+    """
+    service = _Service(router, backends, config)
+
+    async def json_errors(request: Request, error: APIError) -> Response:
+        return _error_response(error)
+
+    async def internal_error(request: Request, error: Exception) -> Response:
+        return _error_response(_INTERNAL)
+
+    app = Starlette(routes=[Route("/v1/chat/completions", service.chat, methods=["POST"]),
+                            Route("/v1/route", service.route, methods=["POST"]),
+                            Route("/v1/models", service.models, methods=["GET"]),
+                            Route("/healthz", service.healthz, methods=["GET"]),
+                            Route("/metrics", service.prometheus, methods=["GET"])],
+                    exception_handlers={APIError: json_errors, Exception: internal_error}, lifespan=service.lifespan)
+    app.state.service = service
+    return _Guard(app, service)
