@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -31,6 +32,10 @@ BAD_INPUT = 2
 CANNOT_WRITE = 1
 #: Exit codes after Ctrl-C (SIGINT) and SIGTERM: 128 + the signal number, as shells report them.
 INTERRUPTED, TERMINATED = 130, 143
+
+
+#: What :func:`key_from_env` accepts as a variable name (POSIX's portable names).
+_ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class OutputError(OSError):
@@ -137,6 +142,9 @@ def key_from_env(flag: str, name: str | None) -> bytes | None:
     """
     if name is None:
         return None
+    if not _ENVIRONMENT_NAME.fullmatch(name):  # not echoed: it may be the key itself, given by mistake
+        raise ValueError(f"{flag} takes the name of an environment variable (letters, digits and '_'), and what "
+                         "was given is not one; put the key in a variable (export NAME=...) and pass NAME")
     value = os.environ.get(name, "")
     if not value:
         state = "empty" if name in os.environ else "unset"
