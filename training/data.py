@@ -29,12 +29,14 @@ import ast
 import hashlib
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from estimators.table import RoutingTable
 
@@ -120,7 +122,9 @@ def read_table(
     TypeError
         If a ``prompt`` is not a string (``None``, a number), naming its rows.
     ValueError
-        On an empty input; a missing required column; an unknown model name
+        On a file that cannot be parsed as its suffix says (empty,
+        truncated, corrupted, not UTF-8 CSV); an empty input; a missing
+        required column; an unknown model name
         in ``models``; a missing or empty ``query_id``/``model``; a
         duplicated (query_id, model) pair; a cost that is not a finite number >= 0; a quality that is
         NaN or outside ``quality_range``; a non-numeric token count or
@@ -182,9 +186,12 @@ def read_prices(path: PathLike | pd.DataFrame) -> dict[str, tuple[float, float]]
 
     Raises
     ------
+    FileNotFoundError
+        If ``path`` does not exist.
     ValueError
-        If a column is missing, a model is listed twice or has no name, only
-        one of its two prices is given, or a price is not a number >= 0.
+        If the file cannot be parsed as CSV, a column is missing, a model is
+        listed twice or has no name, only one of its two prices is given, or
+        a price is not a number >= 0.
     """
     if isinstance(path, pd.DataFrame):
         frame = path
@@ -192,7 +199,7 @@ def read_prices(path: PathLike | pd.DataFrame) -> dict[str, tuple[float, float]]
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no such price file: {str(path)!r}")
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        frame = _read_csv(path)
     missing = [name for name in PRICE_COLUMNS if name not in frame.columns]
     if missing:
         raise ValueError(
@@ -299,17 +306,45 @@ def _load(source: PathLike | pd.DataFrame) -> pd.DataFrame:
         raise FileNotFoundError(f"no such file: {str(path)!r}")
     name = path.name.lower()
     if name.endswith(".parquet"):
-        return pd.read_parquet(path)
+        return _parse(path, "Parquet", pd.read_parquet)
     if name.endswith((".csv", ".csv.gz")):
-        # All text, '' kept as '' (see ../shared/data/README.md); numbers are
-        # parsed later so that a bad value is reported with its row.
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        return _read_csv(path)
     if name.endswith((".pkl", ".pickle", ".pkl.gz")):
         frame = pd.read_pickle(path)
         if not isinstance(frame, pd.DataFrame):
             raise ValueError(f"{path.name!r} holds a {type(frame).__name__}, not a pandas DataFrame")
         return frame
     raise ValueError(f"cannot read {path.name!r}: expected a .parquet, .csv, .csv.gz or .pkl file")
+
+
+#: What the Parquet and CSV readers raise on a file that is not what its name says (truncated, corrupted, not
+#: UTF-8, ragged rows, a broken gzip stream): pyarrow's errors, pandas' (ValueError subclasses), gzip's and zlib's.
+_UNREADABLE = (OSError, ValueError, EOFError, zlib.error, pa.ArrowException)
+
+
+def _parse(path: Path, kind: str, reader: Callable[[Path], pd.DataFrame]) -> pd.DataFrame:
+    """``reader(path)``, with a file it cannot parse reported as one ``ValueError`` naming the file and the fix.
+
+    Without this, a corrupted Parquet file ends the CLIs with pyarrow's
+    ``OSError`` (a traceback, not exit code 2) and an empty CSV with
+    pandas' "No columns to parse from file", which names no file.
+    """
+    try:
+        return reader(path)
+    except _UNREADABLE as error:
+        raise ValueError(
+            f"cannot read {path.name!r} as {kind} ({type(error).__name__}: {' '.join(str(error).split())}); "
+            f"the file is empty, truncated, corrupted or not {kind}: re-export it"
+        ) from error
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV (or CSV.gz) file all as text, ``''`` kept as ``''`` (see ../shared/data/README.md).
+
+    Numbers are parsed later, so that a bad value is reported with its row.
+    """
+    return _parse(path, "UTF-8 CSV", lambda source: pd.read_csv(source, dtype=str, keep_default_na=False,
+                                                               na_filter=False))
 
 
 def _is_wide(frame: pd.DataFrame) -> bool:
