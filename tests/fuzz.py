@@ -114,7 +114,9 @@ def random_tables(draw) -> pd.DataFrame:
     """A table with a random schema: columns drawn from the known names (duplicates possible), random rows."""
     n = draw(st.integers(0, 10))
     names = draw(st.lists(st.sampled_from(COLUMN_NAMES), min_size=0, max_size=10))
-    frame = pd.DataFrame({i: draw(column_values(name, n)) for i, name in enumerate(names)}, index=range(n))
+    # object columns: pandas 3 would infer its string dtype, which cannot hold lone surrogates
+    frame = pd.DataFrame({i: pd.Series(draw(column_values(name, n)), index=range(n), dtype=object)
+                          for i, name in enumerate(names)}, index=range(n))
     frame.columns = names
     return frame
 

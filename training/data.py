@@ -123,7 +123,8 @@ def read_table(
         If a ``prompt`` is not a string (``None``, a number), naming its rows.
     ValueError
         On a file that cannot be parsed as its suffix says (empty,
-        truncated, corrupted, not UTF-8 CSV); an empty input; a missing
+        truncated, corrupted, not UTF-8 CSV); a column name that occurs
+        twice; an empty input; a missing
         required column; an unknown model name
         in ``models``; a missing or empty ``query_id``/``model``; a
         duplicated (query_id, model) pair; a cost that is not a finite number >= 0; a quality that is
@@ -149,6 +150,7 @@ def read_table(
     low, high = _check_range(quality_range)
     signal_columns = _check_signal_names(signal_columns)
     frame = _load(source)
+    _check_unique_columns(frame, "the input")
     if len(frame) == 0:
         raise ValueError(
             "the input has no rows; expected one row per (query, model) pair "
@@ -189,7 +191,7 @@ def read_prices(path: PathLike | pd.DataFrame) -> dict[str, tuple[float, float]]
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the file cannot be parsed as CSV, a column is missing, a model is
+        If the file cannot be parsed as CSV, a column is missing or occurs twice, a model is
         listed twice or has no name, only one of its two prices is given, or
         a price is not a number >= 0.
     """
@@ -200,6 +202,7 @@ def read_prices(path: PathLike | pd.DataFrame) -> dict[str, tuple[float, float]]
         if not path.is_file():
             raise FileNotFoundError(f"no such price file: {str(path)!r}")
         frame = _read_csv(path)
+    _check_unique_columns(frame, "the price table")
     missing = [name for name in PRICE_COLUMNS if name not in frame.columns]
     if missing:
         raise ValueError(
@@ -573,6 +576,18 @@ def _one_per_query(column: str, cells: np.ndarray, logged: np.ndarray, query_ids
 # --------------------------------------------------------------------------- #
 # small helpers
 # --------------------------------------------------------------------------- #
+
+
+def _check_unique_columns(frame: pd.DataFrame, what: str) -> None:
+    """Refuse repeated column names: which of two ``quality`` columns holds the label is anybody's guess.
+
+    (A CSV cannot have them: pandas renames the second ``quality.1``; a
+    DataFrame can.)
+    """
+    names = [str(name) for name in frame.columns]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{what} has the column(s) {repeated} more than once; keep one column of each name")
 
 
 def _check_range(quality_range: tuple[float, float]) -> tuple[float, float]:
