@@ -333,15 +333,21 @@ JSON_VALUES = st.recursive(
 
 @st.composite
 def manifest_edits(draw, original: bytes) -> bytes:
-    """A manifest with fields replaced by random JSON values, deleted or added (NaN allowed, as Python writes it)."""
+    """A manifest with fields replaced by random JSON values, deleted, added or nested deeply (NaN allowed, as
+    Python writes it)."""
     manifest = json.loads(original)
-    for _ in range(draw(st.integers(1, 3))):
+    for _ in range(draw(st.sampled_from([1, 1, 2, 3]))):
         field = draw(st.sampled_from(sorted(manifest) + ["signature", "new"]))
-        if draw(st.integers(0, 3)) == 0:
+        action = draw(st.sampled_from(["replace", "replace", "replace", "delete", "nest"]))
+        if action == "delete":
             manifest.pop(field, None)
-        else:
+        elif action == "replace":
             manifest[field] = draw(JSON_VALUES)
-    return json.dumps(manifest, allow_nan=True).encode()
+        else:  # written by hand below: json.dumps itself recurses
+            manifest[field] = "@NESTED@"
+    text = json.dumps(manifest, allow_nan=True)
+    depth = draw(st.sampled_from([10, 1000, 100_000]))
+    return text.replace('"@NESTED@"', "[" * depth + "]" * depth).encode()
 
 
 @st.composite
@@ -349,12 +355,12 @@ def artifact_files(draw, seed: ArtifactSeed) -> tuple[str, bytes, bytes, str | N
     """(which seed, payload bytes, manifest bytes, key): one of the seeds with its files changed."""
     which = draw(st.sampled_from(["signed", "plain"]))
     payload, manifest = getattr(seed, which)
-    payload_kind = draw(st.sampled_from(["same", "same", "mutated", "random"]))
+    payload_kind = draw(st.sampled_from(["same", "same", "same", "mutated", "random"]))
     if payload_kind == "mutated":
         payload = draw(mutated(payload))
     elif payload_kind == "random":
         payload = draw(st.binary(max_size=256))
-    manifest_kind = draw(st.sampled_from(["same", "bytes", "fields", "random", "resha"]))
+    manifest_kind = draw(st.sampled_from(["same", "bytes", "fields", "fields", "fields", "random", "resha"]))
     if manifest_kind == "bytes":
         manifest = draw(mutated(manifest))
     elif manifest_kind == "fields":

@@ -122,6 +122,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST_SUFFIX",
+    "MAX_MANIFEST_BYTES",
     "MIN_KEY_BYTES",
     "SIGNATURE_ALGORITHM",
     "ArtifactSignatureError",
@@ -155,6 +156,11 @@ FORMAT_VERSION = 3
 
 MANIFEST_SUFFIX = ".manifest.json"
 """Replaces the artifact's last suffix to name its manifest."""
+
+MAX_MANIFEST_BYTES = 16 * 2**20
+"""A larger manifest is refused unread: real ones hold a few kilobytes of
+metadata, and parsing a file of any size would let a bad one exhaust memory
+before anything is checked."""
 
 SIGNATURE_ALGORITHM = "hmac-sha256"
 """The ``algorithm`` of a manifest's ``signature``; the only one accepted."""
@@ -364,7 +370,9 @@ def read_manifest(path: PathLike) -> dict:
     FileNotFoundError
         If the manifest does not exist.
     ValueError
-        If it is not valid JSON, not an object, or of another ``format``.
+        If it is larger than :data:`MAX_MANIFEST_BYTES`, not valid UTF-8
+        JSON (nested too deeply to parse, or with a number too long to
+        convert, included), not an object, or of another ``format``.
     """
     target = manifest_path(path)
     if not target.is_file():
@@ -372,10 +380,17 @@ def read_manifest(path: PathLike) -> dict:
             f"manifest {target} for artifact {path} not found; artifacts are written by "
             "training.artifact.save_artifact together with their manifest, keep the two files together"
         )
+    with open(target, "rb") as handle:
+        raw = handle.read(MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"manifest {target} is larger than {MAX_MANIFEST_BYTES:,} bytes, which no manifest "
+                         "save_artifact writes is; the file is not a manifest or was replaced, re-save the artifact")
     try:
-        manifest = json.loads(target.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"manifest {target} is not valid JSON ({exc}); the file is corrupted, re-save the artifact") from exc
+        manifest = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        problem = "nested too deeply to parse" if isinstance(exc, RecursionError) else str(exc)
+        raise ValueError(f"manifest {target} is not valid JSON ({problem}); the file is corrupted, "
+                         "re-save the artifact") from exc
     if not isinstance(manifest, dict):
         raise ValueError(f"manifest {target} must hold a JSON object, got {type(manifest).__name__}")
     if manifest.get("format") != FORMAT:
@@ -733,10 +748,25 @@ def _refuse_foreign_manifest(path: Path, target: Path) -> None:
 
 
 def _check_fields(manifest: Mapping[str, Any], target: Path) -> None:
-    """Name every required field that the manifest lacks."""
+    """Name every required field that the manifest lacks, and refuse the two whose type the loader relies on.
+
+    ``artifact_file`` becomes a path and ``models`` is compared with the
+    loaded object's, so a damaged value would fail deep inside the loader
+    (an over-long file name is an ``OSError``, a number is not iterable)
+    instead of here, with the file named.
+    """
     missing = [field for field in _REQUIRED_FIELDS if field not in manifest]
     if missing:
         raise ValueError(f"manifest {target} lacks the fields {missing}; the file is damaged, re-save the artifact")
+    name = manifest["artifact_file"]
+    if not (isinstance(name, str) and name and len(name.encode("utf-8", "surrogatepass")) <= 255
+            and Path(name).name == name and "\x00" not in name):
+        raise ValueError(f"manifest {target} has artifact_file {str(name)[:80]!r}, which is not a file name; the file "
+                         "is damaged, re-save the artifact")
+    models = manifest["models"]
+    if not (isinstance(models, list) and all(isinstance(model, str) for model in models)):
+        raise ValueError(f"manifest {target} has models {str(models)[:80]!r}, not a list of model names; the file is "
+                         "damaged, re-save the artifact")
 
 
 def _check_format_version(manifest: Mapping[str, Any], target: Path) -> None:
