@@ -70,8 +70,8 @@ signed artifact is still a pickle, so it runs the code of whoever signed
 it; an older artifact signed with the same key verifies too (replay),
 unless the caller pins the payload with ``expected_sha256=``. Without a
 key, a signed artifact loads like an unsigned one (its signature is not
-checked), and loading warns once per process and path
-(:class:`UnsignedArtifactWarning`) that nothing vouched for it. The
+checked), and unless the payload is pinned, loading warns once per process
+and path (:class:`UnsignedArtifactWarning`) that nothing vouched for it. The
 ``signature`` field is optional and changes nothing else in the layout,
 so it did not change :data:`FORMAT_VERSION`: unsigned artifacts of this
 version load as before, and a release without signatures loads a signed
@@ -181,7 +181,7 @@ class ArtifactSignatureError(ValueError):
 
 
 class UnsignedArtifactWarning(UserWarning):
-    """An artifact was loaded without verifying a signature (no key given).
+    """An artifact was loaded with nothing vouching for it: no key, and no pinned sha256.
 
     Emitted once per process and artifact path.
     """

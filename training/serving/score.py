@@ -53,7 +53,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
-from ..artifact import UnsignedArtifactWarning
 from ..cli import key_from_env, run_command
 from .logged import ScoreError, check_columns, required_columns
 from .outputs import RunOutputs, check_paths
@@ -373,16 +372,14 @@ def _init_worker(artifact: str, sha256: str, parent: int) -> None:
 
     The payload must have the digest the parent verified (with the key, if
     one was given): workers never see the key, and a file replaced after
-    the parent's check is refused. The parent has already warned if the
-    artifact is unverified.
+    the parent's check is refused. (So no unsigned-artifact warning here:
+    the parent gave it if it had no key.)
     """
     global _WORKER_ROUTER
     _end_with_parent(parent)
     _keep_freed_memory()
     import signal
-    import warnings
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-    warnings.simplefilter("ignore", UnsignedArtifactWarning)
     import numba
     numba.set_num_threads(1)
     threadpool_limits(1, user_api="blas")  # for the life of the worker
@@ -596,7 +593,9 @@ def run(args: argparse.Namespace) -> dict:
         Parquet or lacks columns.
     ValueError or FileNotFoundError
         If the artifact cannot be loaded (no manifest, another format or
-        library version) or ``--budget`` is below every fitted policy.
+        library version; with ``--verify-key-env``, an unset variable or a
+        missing or wrong signature) or ``--budget`` is below every fitted
+        policy.
     training.cli.OutputError
         If the output or the rejects file cannot be written.
     """

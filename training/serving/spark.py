@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pyarrow as pa
 
-from ..artifact import UnsignedArtifactWarning, manifest_path
+from ..artifact import manifest_path
 from .logged import check_columns, required_columns
 from .replay import STATUS_REJECTED, output_schema, rejects_schema, score_batch
 from .router import Router, load_router, load_router_with_sha256
@@ -66,18 +66,14 @@ def _executor_router(name: str, shipped: bool, sha256: str) -> Router:
 
     Keyed by the artifact's sha256 too, so that a worker reused by a later
     job with another artifact of the same name does not serve the old one;
-    the payload must have that sha256, the one the driver verified (the
-    driver has warned if it had no key).
+    the payload must have that sha256, the one the driver verified (so no
+    unsigned-artifact warning here: the driver gave it if it had no key).
     """
     if (name, sha256) not in _ROUTERS:
-        import warnings
-
         from pyspark import SparkFiles
 
         path = SparkFiles.get(name) if shipped else name
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UnsignedArtifactWarning)
-            _ROUTERS[(name, sha256)] = load_router(path, expected_sha256=sha256)
+        _ROUTERS[(name, sha256)] = load_router(path, expected_sha256=sha256)
     return _ROUTERS[(name, sha256)]
 
 
