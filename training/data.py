@@ -37,6 +37,7 @@ from typing import Union
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from estimators.table import RoutingTable
 
@@ -309,7 +310,7 @@ def _load(source: PathLike | pd.DataFrame) -> pd.DataFrame:
         raise FileNotFoundError(f"no such file: {str(path)!r}")
     name = path.name.lower()
     if name.endswith(".parquet"):
-        return _parse(path, "Parquet", pd.read_parquet)
+        return _parse(path, "Parquet", _read_parquet)
     if name.endswith((".csv", ".csv.gz")):
         return _read_csv(path)
     if name.endswith((".pkl", ".pickle", ".pkl.gz")):
@@ -339,6 +340,18 @@ def _parse(path: Path, kind: str, reader: Callable[[Path], pd.DataFrame]) -> pd.
             f"cannot read {path.name!r} as {kind} ({type(error).__name__}: {' '.join(str(error).split())}); "
             f"the file is empty, truncated, corrupted or not {kind}: re-export it"
         ) from error
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet file as ``pandas.read_parquet`` reads it, its text checked to be UTF-8 first.
+
+    Parquet does not check that a string column is valid UTF-8 when it is
+    read; pandas' Arrow-backed strings would fail only when a value is
+    first used, deep in validation, with pyarrow's "Wrapping ... failed".
+    """
+    table = pq.read_table(path)
+    table.validate(full=True)
+    return table.to_pandas()
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
