@@ -201,3 +201,27 @@ def test_oversized_manifest_is_refused_unread(tmp_path):
         handle.truncate(MAX_MANIFEST_BYTES + 1)  # sparse: no disk or memory spent
     with pytest.raises(ValueError, match="is larger than 16,777,216 bytes"):
         read_manifest(tmp_path / "router.joblib")
+
+
+def test_found_nesting_just_below_the_recursion_limit_is_refused(seed):
+    """Found by probing the depths the campaign's nesting edit skips: a manifest nested 990 deep parsed, and then
+    the signature's canonical JSON raised RecursionError. Every depth near the limit is now a clear refusal."""
+    import json
+    import sys
+
+    from training.artifact import read_manifest
+
+    payload, manifest = seed.signed
+    fields = json.loads(manifest)
+    limit = sys.getrecursionlimit()
+    for depth in range(limit - 60, limit + 2):
+        text = json.dumps({**fields, "extra": "@NESTED@"}).replace('"@NESTED@"', "[" * depth + "]" * depth)
+        fuzz.artifact_target(seed, "signed", payload, text.encode(), fuzz.KEY)
+    path = seed.folder / "deep" / "router.joblib"
+    path.parent.mkdir()
+    path.with_suffix(".manifest.json").write_text(json.dumps({**fields, "extra": [[[[]]]] * 2}))
+    assert read_manifest(path)["extra"] == [[[[]]]] * 2  # a few levels are fine
+    deep = json.dumps({**fields, "extra": "@N@"}).replace('"@N@"', "[" * 65 + "]" * 65)
+    path.with_suffix(".manifest.json").write_text(deep)
+    with pytest.raises(ValueError, match="nests lists and objects more than 64 deep"):
+        read_manifest(path)

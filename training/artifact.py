@@ -123,6 +123,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_SUFFIX",
     "MAX_MANIFEST_BYTES",
+    "MAX_MANIFEST_DEPTH",
     "MIN_KEY_BYTES",
     "SIGNATURE_ALGORITHM",
     "ArtifactSignatureError",
@@ -161,6 +162,12 @@ MAX_MANIFEST_BYTES = 16 * 2**20
 """A larger manifest is refused unread: real ones hold a few kilobytes of
 metadata, and parsing a file of any size would let a bad one exhaust memory
 before anything is checked."""
+
+MAX_MANIFEST_DEPTH = 64
+"""Deepest nesting of lists and objects a manifest may have. Real ones nest a
+few levels (``metrics`` -> ``budgets`` -> a row); a file that parses only
+just below Python's recursion limit would make every later recursive step
+(the signature's canonical JSON) fail with a ``RecursionError``."""
 
 SIGNATURE_ALGORITHM = "hmac-sha256"
 """The ``algorithm`` of a manifest's ``signature``; the only one accepted."""
@@ -372,7 +379,8 @@ def read_manifest(path: PathLike) -> dict:
     ValueError
         If it is larger than :data:`MAX_MANIFEST_BYTES`, not valid UTF-8
         JSON (nested too deeply to parse, or with a number too long to
-        convert, included), not an object, or of another ``format``.
+        convert, included), not an object, nested deeper than
+        :data:`MAX_MANIFEST_DEPTH`, or of another ``format``.
     """
     target = manifest_path(path)
     if not target.is_file():
@@ -393,6 +401,9 @@ def read_manifest(path: PathLike) -> dict:
                          "re-save the artifact") from exc
     if not isinstance(manifest, dict):
         raise ValueError(f"manifest {target} must hold a JSON object, got {type(manifest).__name__}")
+    if _nesting(manifest) > MAX_MANIFEST_DEPTH:
+        raise ValueError(f"manifest {target} nests lists and objects more than {MAX_MANIFEST_DEPTH} deep, which no "
+                         "manifest save_artifact writes does; the file is damaged, re-save the artifact")
     if manifest.get("format") != FORMAT:
         raise ValueError(
             f"manifest {target} has format {manifest.get('format')!r}, expected {FORMAT!r}; "
@@ -745,6 +756,18 @@ def _refuse_foreign_manifest(path: Path, target: Path) -> None:
             f"cannot write artifact {path}: its manifest path {target} already belongs to artifact "
             f"{path.parent / other}; names that differ only in their last suffix share a manifest, choose another name"
         )
+
+
+def _nesting(value: Any) -> int:
+    """Depth of nested lists and dicts in a parsed JSON value, found without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _check_fields(manifest: Mapping[str, Any], target: Path) -> None:
