@@ -97,7 +97,11 @@ def test_score_batch_on_spoiled_batches(router, data):
 
 @pytest.fixture(scope="module")
 def seed():
-    return fuzz.ArtifactSeed()
+    import shutil
+
+    made = fuzz.ArtifactSeed()
+    yield made
+    shutil.rmtree(made.folder)
 
 
 @_examples(300)
