@@ -34,14 +34,18 @@ Its fields are ``format``, ``format_version``, ``created_at`` (UTC, ISO
 8601), ``versions`` (package name -> version string, ``None`` when the
 package is not installed), ``models``, ``budgets``, ``feature_schema``,
 ``data_fingerprint``, ``metrics``, ``extra``, ``artifact_file`` (base name
-of the payload) and ``sha256`` (hex digest of the payload bytes).
+of the payload), ``sha256`` (hex digest of the payload bytes) and, for a
+signed artifact only, ``signature`` (see *Signatures*).
 
 Why the loader is strict
 ------------------------
 A router that loads but behaves slightly differently is worse than one that
 refuses to load: nobody notices. :func:`load_artifact` therefore refuses,
-with an error that names the file and what to do, an unknown ``format``, a
-different ``format_version``, payload bytes whose sha256 differs from the
+with an error that names the file and what to do, a manifest that is not
+small, shallow JSON (:data:`MAX_MANIFEST_BYTES`, :data:`MAX_MANIFEST_DEPTH`)
+or lacks a field or has a damaged ``artifact_file`` or ``models``, an
+unknown ``format``, a different ``format_version``, a missing or wrong
+signature when a key is given, payload bytes whose sha256 differs from the
 manifest, a different major.minor version of scikit-learn, LightGBM, NumPy
 or cascade-router (pickled estimators and boosters are not portable across
 those), a payload that cannot be unpickled, and an object whose ``models_``
