@@ -132,7 +132,7 @@ def test_a_forced_test_loss_is_flagged_in_summary_and_report(forced_loss, tmp_pa
     assert row["best_single_model"] == "cheap" and row["best_single_quality"] == 1.0
     assert row["test_quality"] < 1.0 and row["test_loss_to_best_single"] is True
     from training.fit import summary
-    report["artifact"], report["seconds"] = {"path": "r", "manifest": "m"}, 0
+    report["artifact"], report["seconds"] = {"path": "r", "manifest": "m", "signed": False}, 0
     text = summary(report)
     assert "[loses on test]" in text and "loses to cheap alone (1.000)" in text
     assert "legend:" in text and "[above_max]" in text and "calibration" in text

@@ -8,8 +8,9 @@
    channel you trust. The ``sha256`` in the manifest detects *corruption*
    (a truncated copy, a flipped bit, the wrong file put in place); it does
    **not** detect *tampering*, because whoever can replace the artifact can
-   also rewrite the manifest beside it. If you need that guarantee, sign the
-   manifest or pin its sha256 in a place the attacker cannot write.
+   also rewrite the manifest beside it. For that, sign the artifact (see
+   *Signatures* below) or pin its sha256 (``expected_sha256=``) in a place
+   the attacker cannot write.
 
 Layout
 ------
@@ -33,18 +34,52 @@ Its fields are ``format``, ``format_version``, ``created_at`` (UTC, ISO
 8601), ``versions`` (package name -> version string, ``None`` when the
 package is not installed), ``models``, ``budgets``, ``feature_schema``,
 ``data_fingerprint``, ``metrics``, ``extra``, ``artifact_file`` (base name
-of the payload) and ``sha256`` (hex digest of the payload bytes).
+of the payload), ``sha256`` (hex digest of the payload bytes) and, for a
+signed artifact only, ``signature`` (see *Signatures*).
 
 Why the loader is strict
 ------------------------
 A router that loads but behaves slightly differently is worse than one that
 refuses to load: nobody notices. :func:`load_artifact` therefore refuses,
-with an error that names the file and what to do, an unknown ``format``, a
-different ``format_version``, payload bytes whose sha256 differs from the
+with an error that names the file and what to do, a manifest that is not
+small, shallow JSON (:data:`MAX_MANIFEST_BYTES`, :data:`MAX_MANIFEST_DEPTH`)
+or lacks a field or has a damaged ``artifact_file`` or ``models``, an
+unknown ``format``, a different ``format_version``, a missing or wrong
+signature when a key is given, payload bytes whose sha256 differs from the
 manifest, a different major.minor version of scikit-learn, LightGBM, NumPy
 or cascade-router (pickled estimators and boosters are not portable across
 those), a payload that cannot be unpickled, and an object whose ``models_``
 differ from the manifest's ``models``.
+
+Signatures
+----------
+``save_artifact(..., key=KEY)`` adds a ``signature`` field to the manifest:
+``{"algorithm": "hmac-sha256", "mac": HEX}``, the HMAC-SHA256 under ``KEY``
+of the manifest's canonical JSON without that field (keys sorted, no
+whitespace, ASCII; :func:`signed_bytes`). The manifest holds the payload's
+sha256 and ``artifact_file`` name, so the one MAC covers both files.
+``load_artifact(..., key=KEY)`` checks it before it looks at the payload,
+then checks the payload bytes against the (now authenticated) sha256, and
+only then unpickles: a changed manifest, a changed payload, a manifest
+taken from another signed artifact, a missing signature and a signature
+made with another key are all refused without running any of the payload's
+code. A wrong signature raises :class:`ArtifactSignatureError`, a
+``ValueError``. The key is at least :data:`MIN_KEY_BYTES` bytes; the CLIs
+read it from an environment variable (``--sign-key-env``,
+``--verify-key-env``), never from the command line or the artifact's
+directory.
+
+What it does not protect: whoever holds the key can sign anything; a
+signed artifact is still a pickle, so it runs the code of whoever signed
+it; an older artifact signed with the same key verifies too (replay),
+unless the caller pins the payload with ``expected_sha256=``. Without a
+key, a signed artifact loads like an unsigned one (its signature is not
+checked), and unless the payload is pinned, loading warns once per process
+and path (:class:`UnsignedArtifactWarning`) that nothing vouched for it. The
+``signature`` field is optional and changes nothing else in the layout,
+so it did not change :data:`FORMAT_VERSION`: unsigned artifacts of this
+version load as before, and a release without signatures loads a signed
+artifact without checking it.
 
 Writes are atomic: each file is written to a temporary file in the target
 directory, flushed to disk and moved into place with :func:`os.replace`, so
@@ -67,6 +102,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import importlib.metadata
 import io
 import json
@@ -76,6 +112,7 @@ import pickle
 import platform
 import re
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -89,10 +126,18 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST_SUFFIX",
+    "MAX_MANIFEST_BYTES",
+    "MAX_MANIFEST_DEPTH",
+    "MIN_KEY_BYTES",
+    "SIGNATURE_ALGORITHM",
+    "ArtifactSignatureError",
+    "UnsignedArtifactWarning",
     "load_artifact",
     "manifest_path",
     "read_manifest",
     "save_artifact",
+    "signed_bytes",
+    "signing_key",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -117,6 +162,41 @@ FORMAT_VERSION = 3
 MANIFEST_SUFFIX = ".manifest.json"
 """Replaces the artifact's last suffix to name its manifest."""
 
+MAX_MANIFEST_BYTES = 16 * 2**20
+"""A larger manifest is refused unread: real ones hold a few kilobytes of
+metadata, and parsing a file of any size would let a bad one exhaust memory
+before anything is checked."""
+
+MAX_MANIFEST_DEPTH = 64
+"""Deepest nesting of lists and objects a manifest may have. Real ones nest a
+few levels (``metrics`` -> ``budgets`` -> a row); a file that parses only
+just below Python's recursion limit would make every later recursive step
+(the signature's canonical JSON) fail with a ``RecursionError``."""
+
+SIGNATURE_ALGORITHM = "hmac-sha256"
+"""The ``algorithm`` of a manifest's ``signature``; the only one accepted."""
+
+MIN_KEY_BYTES = 32
+"""Shortest signing key accepted: a MAC is only as strong as its key, and a
+short or memorable one can be found by trying candidates against any signed
+manifest. ``python -c "import secrets; print(secrets.token_hex(32))"``
+makes a good one."""
+
+
+class ArtifactSignatureError(ValueError):
+    """The artifact's signature is missing, malformed, or not made with the given key.
+
+    Raised before the payload is unpickled. A ``ValueError``, so the CLIs
+    report it like any other bad input (exit code 2).
+    """
+
+
+class UnsignedArtifactWarning(UserWarning):
+    """An artifact was loaded with nothing vouching for it: no key, and no pinned sha256.
+
+    Emitted once per process and artifact path.
+    """
+
 COMPRESS = 3
 """joblib/zlib level: a good size/speed trade-off for arrays of floats."""
 
@@ -134,6 +214,10 @@ _RECORDED = {
 _CHECKED = ("cascade-router", "numpy", "scikit-learn", "lightgbm")
 _REQUIRED_FIELDS = ("format", "format_version", "artifact_file", "sha256", "versions", "models")
 _CHUNK = 1 << 20
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")  # a sha256 or an HMAC-SHA256, as written
+#: (resolved artifact path, what was not verified) already warned about in this process.
+_WARNED: set[tuple[str, str]] = set()
+_WARNED_LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------- #
@@ -174,6 +258,7 @@ def save_artifact(
     data_fingerprint: str | None = None,
     metrics: dict | None = None,
     extra: dict | None = None,
+    key: bytes | str | None = None,
 ) -> Path:
     """Write ``obj`` to ``path`` with joblib and its manifest beside it.
 
@@ -203,6 +288,13 @@ def save_artifact(
         Evaluation results to show without loading the router.
     extra : dict, optional
         Anything else worth recording (hyper-parameters, git commit, ...).
+    key : bytes or str, optional
+        Sign the artifact with HMAC-SHA256 under this key (a ``str`` is
+        encoded as UTF-8; at least :data:`MIN_KEY_BYTES` bytes), so that
+        :func:`load_artifact` with the same key can refuse a changed or
+        swapped artifact before unpickling it (see the module docstring).
+        Read it from a secret store or an environment variable, never from
+        a file beside the artifact.
 
     Returns
     -------
@@ -213,9 +305,10 @@ def save_artifact(
     ------
     ValueError
         If an argument is invalid, a metadata dict cannot be written as
-        strict JSON, or the manifest path belongs to another artifact.
+        strict JSON, the manifest path belongs to another artifact, or the
+        key is shorter than :data:`MIN_KEY_BYTES`.
     TypeError
-        If ``obj`` cannot be pickled.
+        If ``obj`` cannot be pickled, or ``key`` is neither bytes nor str.
     """
     path = Path(path)
     target = manifest_path(path)
@@ -230,6 +323,7 @@ def save_artifact(
     budgets = _check_budgets(budgets)
     if data_fingerprint is not None and not isinstance(data_fingerprint, str):
         raise ValueError(f"data_fingerprint must be a str or None, got {type(data_fingerprint).__name__}")
+    secret = None if key is None else signing_key(key)
     _refuse_foreign_manifest(path, target)
 
     manifest = {
@@ -252,6 +346,8 @@ def save_artifact(
     tmp_manifest = None
     try:
         manifest["sha256"] = _sha256_file(tmp_payload)
+        if secret is not None:  # the MAC of what a reader will parse, not of the in-memory dict (NumPy values)
+            manifest["signature"] = _signature(json.loads(_to_json(manifest)), secret)
         text = _to_json(manifest).encode("utf-8")
         tmp_manifest = _write_temp(target, lambda handle: handle.write(text))
         os.replace(tmp_payload, path)  # payload first: see the module docstring
@@ -285,7 +381,10 @@ def read_manifest(path: PathLike) -> dict:
     FileNotFoundError
         If the manifest does not exist.
     ValueError
-        If it is not valid JSON, not an object, or of another ``format``.
+        If it is larger than :data:`MAX_MANIFEST_BYTES`, not valid UTF-8
+        JSON (nested too deeply to parse, or with a number too long to
+        convert, included), not an object, nested deeper than
+        :data:`MAX_MANIFEST_DEPTH`, or of another ``format``.
     """
     target = manifest_path(path)
     if not target.is_file():
@@ -293,12 +392,22 @@ def read_manifest(path: PathLike) -> dict:
             f"manifest {target} for artifact {path} not found; artifacts are written by "
             "training.artifact.save_artifact together with their manifest, keep the two files together"
         )
+    with open(target, "rb") as handle:
+        raw = handle.read(MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"manifest {target} is larger than {MAX_MANIFEST_BYTES:,} bytes, which no manifest "
+                         "save_artifact writes is; the file is not a manifest or was replaced, re-save the artifact")
     try:
-        manifest = json.loads(target.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"manifest {target} is not valid JSON ({exc}); the file is corrupted, re-save the artifact") from exc
+        manifest = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        problem = "nested too deeply to parse" if isinstance(exc, RecursionError) else str(exc)
+        raise ValueError(f"manifest {target} is not valid JSON ({problem}); the file is corrupted, "
+                         "re-save the artifact") from exc
     if not isinstance(manifest, dict):
         raise ValueError(f"manifest {target} must hold a JSON object, got {type(manifest).__name__}")
+    if _nesting(manifest) > MAX_MANIFEST_DEPTH:
+        raise ValueError(f"manifest {target} nests lists and objects more than {MAX_MANIFEST_DEPTH} deep, which no "
+                         "manifest save_artifact writes does; the file is damaged, re-save the artifact")
     if manifest.get("format") != FORMAT:
         raise ValueError(
             f"manifest {target} has format {manifest.get('format')!r}, expected {FORMAT!r}; "
@@ -307,15 +416,22 @@ def read_manifest(path: PathLike) -> dict:
     return manifest
 
 
-def load_artifact(path: PathLike, *, strict_versions: bool = True) -> tuple[object, dict]:
+def load_artifact(
+    path: PathLike,
+    *,
+    strict_versions: bool = True,
+    key: bytes | str | None = None,
+    expected_sha256: str | None = None,
+) -> tuple[object, dict]:
     """Verify and load an artifact written by :func:`save_artifact`.
 
     **This unpickles the file, which executes code: load trusted artifacts
     only** (see the module docstring). The checks run in this order and the
     first failure raises: manifest present and of this ``format`` and
-    ``format_version``; manifest describes this file; sha256 of the payload
-    bytes; library versions; unpickling; ``models_`` of the loaded object.
-    The payload is read into memory once, and exactly the bytes that were
+    ``format_version``; its signature (with ``key``); manifest describes
+    this file; sha256 of the payload bytes (and ``expected_sha256``);
+    library versions; unpickling; ``models_`` of the loaded object. The
+    payload is read into memory once, and exactly the bytes that were
     hashed are unpickled, so the file cannot be swapped between the check
     and the load.
 
@@ -328,6 +444,18 @@ def load_artifact(path: PathLike, *, strict_versions: bool = True) -> tuple[obje
         versions of scikit-learn, LightGBM, NumPy or cascade-router raises.
         If False it only emits a :class:`UserWarning`; the object may then
         fail or, worse, behave differently.
+    key : bytes or str, optional
+        The signing key (as given to :func:`save_artifact`). With it, an
+        artifact that is unsigned, or whose signature does not match this
+        key and the manifest's bytes, is refused before its payload is read.
+        Without it (and without ``expected_sha256``), nothing vouches for
+        the artifact: it loads as before, signed or not, and an
+        :class:`UnsignedArtifactWarning` says so once per process and path.
+    expected_sha256 : str, optional
+        Hex sha256 the payload must have, from a place the artifact's
+        writer cannot change (a deployment config, or the manifest a parent
+        process verified with the key). Refuses a swapped payload, and an
+        older artifact validly signed with the same key (replay).
 
     Returns
     -------
@@ -340,15 +468,25 @@ def load_artifact(path: PathLike, *, strict_versions: bool = True) -> tuple[obje
     ------
     FileNotFoundError
         If the artifact or its manifest is missing.
+    ArtifactSignatureError
+        With ``key``: the signature is missing, malformed or does not match.
     ValueError
-        If any check fails; the message names the file and what to do.
+        If any other check fails; the message names the file and what to do.
+    TypeError
+        If ``key`` is neither bytes nor str, or ``expected_sha256`` not a str.
     """
     path = Path(path)
+    secret = None if key is None else signing_key(key)
+    pinned = None if expected_sha256 is None else _check_pin(expected_sha256)
     manifest = read_manifest(path)
     target = manifest_path(path)
     if "format_version" in manifest:  # first: another version may have other fields
         _check_format_version(manifest, target)
     _check_fields(manifest, target)
+    if secret is not None:
+        _check_signature(manifest, secret, target)
+    elif pinned is None:
+        _warn_unverified(path, signed="signature" in manifest)
     if manifest["artifact_file"] != path.name:
         recorded = manifest["artifact_file"]
         if (path.parent / str(recorded)).is_file():
@@ -364,10 +502,131 @@ def load_artifact(path: PathLike, *, strict_versions: bool = True) -> tuple[obje
         raise FileNotFoundError(f"artifact {path} not found (its manifest {target} exists); re-save the artifact")
     payload = path.read_bytes()
     _check_sha256(payload, manifest["sha256"], path)
+    if pinned is not None and manifest["sha256"].lower() != pinned:  # the payload's digest, as just checked
+        raise ValueError(f"artifact {path} is not the one expected: its sha256 is {manifest['sha256']}, "
+                         f"expected_sha256 is {pinned}; it was replaced since that digest was recorded, "
+                         "deploy the expected artifact or update the pin")
     _check_versions(manifest["versions"], path, strict=strict_versions)
     obj = _unpickle(payload, path)
     _check_loaded_models(obj, manifest["models"], path)
     return obj, manifest
+
+
+def signed_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """The bytes a manifest's signature is the MAC of: its canonical JSON without ``signature``.
+
+    Canonical (keys sorted, no whitespace, ASCII escapes) so that the MAC
+    does not depend on how the file was indented or its keys ordered, and
+    any tool that parses the manifest can recompute it. Prefixed with the
+    format name, so that a MAC made with the same key for another purpose
+    cannot pass as an artifact signature.
+
+    Parameters
+    ----------
+    manifest : mapping
+        A manifest as parsed from its JSON file.
+
+    Returns
+    -------
+    bytes
+    """
+    fields = {name: value for name, value in manifest.items() if name != "signature"}
+    # allow_nan: a parsed file may hold NaN; a signed one never does (save_artifact writes strict JSON), so
+    # such a manifest simply fails verification
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    return f"{FORMAT} signature v1\n".encode("ascii") + text.encode("ascii")
+
+
+# --------------------------------------------------------------------------- #
+# signatures
+# --------------------------------------------------------------------------- #
+
+
+def signing_key(key: bytes | str) -> bytes:
+    """Check a signing key and return it as bytes, so that a bad key fails before hours of training, not at the save.
+
+    Parameters
+    ----------
+    key : bytes or str
+        A ``str`` is encoded as UTF-8.
+
+    Returns
+    -------
+    bytes
+
+    Raises
+    ------
+    TypeError
+        If ``key`` is neither bytes nor str.
+    ValueError
+        If it is shorter than :data:`MIN_KEY_BYTES` (the message gives its
+        length, never the key).
+    """
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    elif isinstance(key, (bytes, bytearray, memoryview)):
+        key = bytes(key)
+    else:
+        raise TypeError(f"key must be bytes or str, got {type(key).__name__}")
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(
+            f"signing key has {len(key)} bytes, fewer than {MIN_KEY_BYTES}: a short key can be guessed from any "
+            'signed manifest; make one with python -c "import secrets; print(secrets.token_hex(32))"')
+    return key
+
+
+def _signature(manifest: Mapping[str, Any], secret: bytes) -> dict[str, str]:
+    """The ``signature`` field for a parsed manifest."""
+    mac = hmac.new(secret, signed_bytes(manifest), hashlib.sha256).hexdigest()
+    return {"algorithm": SIGNATURE_ALGORITHM, "mac": mac}
+
+
+def _check_signature(manifest: Mapping[str, Any], secret: bytes, target: Path) -> None:
+    """Refuse a manifest whose signature is missing, malformed or made with another key (or over other bytes)."""
+    signature = manifest.get("signature")
+    if signature is None:
+        raise ArtifactSignatureError(
+            f"manifest {target} is not signed, but a key was given to verify it; refusing to unpickle an "
+            "artifact nothing vouches for. Re-save it with the key (training.fit --sign-key-env NAME), or load it "
+            "without a key if unsigned artifacts are acceptable here")
+    if not (isinstance(signature, Mapping) and signature.get("algorithm") == SIGNATURE_ALGORITHM
+            and isinstance(signature.get("mac"), str) and _HEX_DIGEST.fullmatch(signature["mac"])):
+        raise ArtifactSignatureError(
+            f"manifest {target} has a malformed signature (expected {{'algorithm': {SIGNATURE_ALGORITHM!r}, "
+            "'mac': 64 lowercase hex digits}); the manifest was changed after signing, re-save the artifact")
+    expected = _signature(manifest, secret)["mac"]
+    if not hmac.compare_digest(expected, signature["mac"]):
+        raise ArtifactSignatureError(
+            f"signature of manifest {target} does not match the key: the manifest (or the payload digest it "
+            "records) was changed after signing, or it was signed with another key; refusing to unpickle it. "
+            "Use the key it was signed with, or re-save the artifact from a trusted source")
+
+
+def _check_pin(expected_sha256: str) -> str:
+    """A pinned payload digest as lowercase hex."""
+    if not isinstance(expected_sha256, str):
+        raise TypeError(f"expected_sha256 must be a str, got {type(expected_sha256).__name__}")
+    pinned = expected_sha256.strip().lower()
+    if not _HEX_DIGEST.fullmatch(pinned):
+        raise ValueError(f"expected_sha256 must be 64 hex digits, got {expected_sha256!r}")
+    return pinned
+
+
+def _warn_unverified(path: Path, *, signed: bool) -> None:
+    """Say once per process and path that nothing verified this artifact."""
+    kind = "signed" if signed else "unsigned"
+    with _WARNED_LOCK:
+        seen = (str(path.resolve()), kind)
+        if seen in _WARNED:
+            return
+        _WARNED.add(seen)
+    if signed:
+        message = (f"artifact {path} is signed, but no key was given, so its signature was not checked; "
+                   "pass key= (CLIs: --verify-key-env NAME) to refuse a tampered artifact")
+    else:
+        message = (f"artifact {path} is unsigned: nothing shows it was not replaced; sign it "
+                   "(training.fit --sign-key-env NAME) and verify it (key=, --verify-key-env NAME)")
+    warnings.warn(message, UnsignedArtifactWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------- #
@@ -503,11 +762,38 @@ def _refuse_foreign_manifest(path: Path, target: Path) -> None:
         )
 
 
+def _nesting(value: Any) -> int:
+    """Depth of nested lists and dicts in a parsed JSON value, found without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def _check_fields(manifest: Mapping[str, Any], target: Path) -> None:
-    """Name every required field that the manifest lacks."""
+    """Name every required field that the manifest lacks, and refuse the two whose type the loader relies on.
+
+    ``artifact_file`` becomes a path and ``models`` is compared with the
+    loaded object's, so a damaged value would fail deep inside the loader
+    (an over-long file name is an ``OSError``, a number is not iterable)
+    instead of here, with the file named.
+    """
     missing = [field for field in _REQUIRED_FIELDS if field not in manifest]
     if missing:
         raise ValueError(f"manifest {target} lacks the fields {missing}; the file is damaged, re-save the artifact")
+    name = manifest["artifact_file"]
+    if not (isinstance(name, str) and name and len(name.encode("utf-8", "surrogatepass")) <= 255
+            and Path(name).name == name and "\x00" not in name):
+        raise ValueError(f"manifest {target} has artifact_file {str(name)[:80]!r}, which is not a file name; the file "
+                         "is damaged, re-save the artifact")
+    models = manifest["models"]
+    if not (isinstance(models, list) and all(isinstance(model, str) for model in models)):
+        raise ValueError(f"manifest {target} has models {str(models)[:80]!r}, not a list of model names; the file is "
+                         "damaged, re-save the artifact")
 
 
 def _check_format_version(manifest: Mapping[str, Any], target: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -19,8 +20,11 @@ from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
+from .artifact import signing_key
+
 __all__ = ["BAD_INPUT", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "Interrupted", "OutputError",
-           "check_writable", "fail", "logs_summary", "quality_range", "parse_or_exit_code", "run_command", "writing"]
+           "check_writable", "fail", "key_from_env", "logs_summary", "quality_range", "parse_or_exit_code",
+           "run_command", "writing"]
 
 #: Exit code of a run whose input cannot be used.
 BAD_INPUT = 2
@@ -28,6 +32,10 @@ BAD_INPUT = 2
 CANNOT_WRITE = 1
 #: Exit codes after Ctrl-C (SIGINT) and SIGTERM: 128 + the signal number, as shells report them.
 INTERRUPTED, TERMINATED = 130, 143
+
+
+#: What :func:`key_from_env` accepts as a variable name (POSIX's portable names).
+_ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class OutputError(OSError):
@@ -106,6 +114,46 @@ def check_writable(flag: str, path: str | Path, *, directory: bool = False) -> N
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {flag} {path}: {folder} is not a writable directory; "
                           "pick a path in a writable directory")
+
+
+def key_from_env(flag: str, name: str | None) -> bytes | None:
+    """The artifact signing key held by environment variable ``name`` (``None`` when the flag was not given).
+
+    Keys come from the environment only: on the command line they would be
+    readable by every user (``ps``) and kept in shell histories, and a file
+    beside the artifact is writable by whoever can replace the artifact.
+
+    Parameters
+    ----------
+    flag : str
+        The flag that named the variable (``--sign-key-env``), for the message.
+    name : str or None
+        The variable's name.
+
+    Returns
+    -------
+    bytes or None
+
+    Raises
+    ------
+    ValueError
+        If the variable is unset or empty, or the key is too short
+        (:func:`training.artifact.signing_key`); the message never shows the key.
+    """
+    if name is None:
+        return None
+    if not _ENVIRONMENT_NAME.fullmatch(name):  # not echoed: it may be the key itself, given by mistake
+        raise ValueError(f"{flag} takes the name of an environment variable (letters, digits and '_'), and what "
+                         "was given is not one; put the key in a variable (export NAME=...) and pass NAME")
+    value = os.environ.get(name, "")
+    if not value:
+        state = "empty" if name in os.environ else "unset"
+        raise ValueError(f"{flag} {name}: the environment variable {name} is {state}; "
+                         f"export {name} with the artifact signing key, or leave out {flag}")
+    try:
+        return signing_key(value)
+    except ValueError as error:
+        raise ValueError(f"{flag} {name}: {error}") from None
 
 
 def quality_range(text: str) -> tuple[float, float]:

@@ -29,13 +29,16 @@ import ast
 import hashlib
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from estimators.table import RoutingTable
 
@@ -136,7 +139,10 @@ def read_table(
     TypeError
         If a ``prompt`` is not a string (``None``, a number), naming its rows.
     ValueError
-        On an empty input; a missing required column; an unknown model name
+        On a file that cannot be parsed as its suffix says (empty,
+        truncated, corrupted, not UTF-8 CSV); a column name that occurs
+        twice; an empty input; a missing
+        required column; an unknown model name
         in ``models``; a missing or empty ``query_id``/``model``; a
         duplicated (query_id, model) pair; a cost or latency_s that is not a finite number >= 0; a quality that is
         NaN or outside ``quality_range``; a non-numeric token count or
@@ -162,6 +168,7 @@ def read_table(
     low, high = _check_range(quality_range)
     signal_columns = _check_signal_names(signal_columns)
     frame = _load(source)
+    _check_unique_columns(frame, "the input")
     if len(frame) == 0:
         raise ValueError(
             "the input has no rows; expected one row per (query, model) pair "
@@ -201,9 +208,12 @@ def read_prices(path: PathLike | pd.DataFrame) -> dict[str, tuple[float, float]]
 
     Raises
     ------
+    FileNotFoundError
+        If ``path`` does not exist.
     ValueError
-        If a column is missing, a model is listed twice or has no name, only
-        one of its two prices is given, or a price is not a number >= 0.
+        If the file cannot be parsed as CSV, a column is missing or occurs twice, a model is
+        listed twice or has no name, only one of its two prices is given, or
+        a price is not a number >= 0.
     """
     frame, names = _per_model_rows(path, PRICE_COLUMNS, "price", "with prices in USD per 1M tokens")
     columns = [_numbers(frame[name]) for name in PRICE_COLUMNS[1:]]
@@ -313,7 +323,8 @@ def _per_model_rows(path: PathLike | pd.DataFrame, columns: Sequence[str], what:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no such {what} file: {str(path)!r}")
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        frame = _read_csv(path)
+    _check_unique_columns(frame, f"the {what} table")
     missing = [name for name in columns if name not in frame.columns]
     if missing:
         raise ValueError(f"{what} table lacks column(s) {missing}; found {list(frame.columns)}. "
@@ -393,17 +404,57 @@ def _load(source: PathLike | pd.DataFrame) -> pd.DataFrame:
         raise FileNotFoundError(f"no such file: {str(path)!r}")
     name = path.name.lower()
     if name.endswith(".parquet"):
-        return pd.read_parquet(path)
+        return _parse(path, "Parquet", _read_parquet)
     if name.endswith((".csv", ".csv.gz")):
-        # All text, '' kept as '' (see ../shared/data/README.md); numbers are
-        # parsed later so that a bad value is reported with its row.
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        return _read_csv(path)
     if name.endswith((".pkl", ".pickle", ".pkl.gz")):
         frame = pd.read_pickle(path)
         if not isinstance(frame, pd.DataFrame):
             raise ValueError(f"{path.name!r} holds a {type(frame).__name__}, not a pandas DataFrame")
         return frame
     raise ValueError(f"cannot read {path.name!r}: expected a .parquet, .csv, .csv.gz or .pkl file")
+
+
+#: What the Parquet and CSV readers raise on a file that is not what its name says (truncated, corrupted, not
+#: UTF-8, ragged rows, a broken gzip stream): pyarrow's errors, pandas' (ValueError subclasses), gzip's and zlib's.
+_UNREADABLE = (OSError, ValueError, EOFError, zlib.error, pa.ArrowException)
+
+
+def _parse(path: Path, kind: str, reader: Callable[[Path], pd.DataFrame]) -> pd.DataFrame:
+    """``reader(path)``, with a file it cannot parse reported as one ``ValueError`` naming the file and the fix.
+
+    Without this, a corrupted Parquet file ends the CLIs with pyarrow's
+    ``OSError`` (a traceback, not exit code 2) and an empty CSV with
+    pandas' "No columns to parse from file", which names no file.
+    """
+    try:
+        return reader(path)
+    except _UNREADABLE as error:
+        raise ValueError(
+            f"cannot read {path.name!r} as {kind} ({type(error).__name__}: {' '.join(str(error).split())}); "
+            f"the file is empty, truncated, corrupted or not {kind}: re-export it"
+        ) from error
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet file as ``pandas.read_parquet`` reads it, its text checked to be UTF-8 first.
+
+    Parquet does not check that a string column is valid UTF-8 when it is
+    read; pandas' Arrow-backed strings would fail only when a value is
+    first used, deep in validation, with pyarrow's "Wrapping ... failed".
+    """
+    table = pq.read_table(path)
+    table.validate(full=True)
+    return table.to_pandas()
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV (or CSV.gz) file all as text, ``''`` kept as ``''`` (see ../shared/data/README.md).
+
+    Numbers are parsed later, so that a bad value is reported with its row.
+    """
+    return _parse(path, "UTF-8 CSV", lambda source: pd.read_csv(source, dtype=str, keep_default_na=False,
+                                                               na_filter=False))
 
 
 def _is_wide(frame: pd.DataFrame) -> bool:
@@ -642,6 +693,18 @@ def _one_per_query(column: str, cells: np.ndarray, logged: np.ndarray, query_ids
 # --------------------------------------------------------------------------- #
 # small helpers
 # --------------------------------------------------------------------------- #
+
+
+def _check_unique_columns(frame: pd.DataFrame, what: str) -> None:
+    """Refuse repeated column names: which of two ``quality`` columns holds the label is anybody's guess.
+
+    (A CSV cannot have them: pandas renames the second ``quality.1``; a
+    DataFrame can.)
+    """
+    names = [str(name) for name in frame.columns]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{what} has the column(s) {repeated} more than once; keep one column of each name")
 
 
 def _check_range(quality_range: tuple[float, float]) -> tuple[float, float]:

@@ -35,7 +35,7 @@ from estimators.estimator import ESTIMATOR_KINDS, make_router_estimator
 from estimators.prompts import PROMPT_CHARS
 from estimators.table import RoutingTable
 
-from .cli import check_writable, logs_summary, quality_range, run_command, writing
+from .cli import check_writable, key_from_env, logs_summary, quality_range, run_command, writing
 from .artifact import manifest_path, save_artifact
 from .data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, coverage, fingerprint, read_prices, read_table
 from .episodes import MIN_FULLY_LOGGED, EstimatorEpisodes, calibration_episodes
@@ -147,6 +147,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="artifact path; the manifest is written beside it")
     parser.add_argument("--report", type=Path, default=Path("report"),
                         help="directory for report.json and quality_cost.png")
+    parser.add_argument("--sign-key-env", default=None, metavar="NAME",
+                        help="sign the artifact (HMAC-SHA256 over its manifest, which holds the payload's sha256) "
+                             "with the key in environment variable NAME, so that loaders given the key refuse a "
+                             "changed or swapped artifact before unpickling it (at least 32 bytes; never on the "
+                             "command line); default: unsigned")
     parser.add_argument("--quiet", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
     if args.max_depth < 1:
@@ -264,6 +269,7 @@ def run(args: argparse.Namespace) -> dict:
         If the artifact, its manifest or the report cannot be written.
     """
     started = time.perf_counter()
+    key = key_from_env("--sign-key-env", args.sign_key_env)  # before any work: a missing key fails in a second
     check_writable("--out", args.out)
     check_writable("--out (its manifest)", manifest_path(args.out))
     check_writable("--report", args.report, directory=True)
@@ -344,8 +350,8 @@ def run(args: argparse.Namespace) -> dict:
             data_fingerprint=report["data_fingerprint"],
             metrics={"auc": report["auc"], "budgets": report["budgets"]},
             extra={"strategy": args.strategy, "max_depth": args.max_depth, "seed": args.seed,
-                   "latency_budgets": router.latency_budgets})
-    report["artifact"] = {"path": str(args.out), "manifest": str(manifest)}
+                   "latency_budgets": router.latency_budgets}, key=key)
+    report["artifact"] = {"path": str(args.out), "manifest": str(manifest), "signed": key is not None}
     report["seconds"] = round(time.perf_counter() - started, 2)
     with writing("--report", args.report):
         _write_report(report, args.report)
@@ -507,7 +513,8 @@ def summary(report: dict) -> str:
               f"{report['n_train']} train / {report['n_calibration']} calibration / {report['n_test']} test "
               f"queries, {len(report['models'])} models, {report['seconds']} s",
               *logs_summary(report["coverage"]["train"], report["calibration"]),
-              f"artifact: {report['artifact']['path']} (manifest {report['artifact']['manifest']})"]
+              f"artifact: {report['artifact']['path']} (manifest {report['artifact']['manifest']}; "
+              f"{'signed' if report['artifact']['signed'] else 'unsigned'})"]
     return "\n".join(lines)
 
 

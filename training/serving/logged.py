@@ -202,15 +202,46 @@ def _missing(values: np.ndarray) -> np.ndarray:
 
 def _codes_of(series: pd.Series, names: Sequence[str]) -> np.ndarray:
     """Position of each value in ``names``, ``-1`` when absent (missing values included)."""
-    known = pd.Index(list(names))
+    known = pd.Index(list(names), dtype=object)  # object: a value may be a str that is not valid Unicode
     if isinstance(series.dtype, pd.CategoricalDtype):  # look up each category once
         found = np.append(known.get_indexer(series.cat.categories), -1)
         return found[series.cat.codes.to_numpy()].astype(np.int64)
-    return known.get_indexer(series.to_numpy(dtype=object)).astype(np.int64)
+    return known.get_indexer(pd.Index(series.to_numpy(dtype=object), dtype=object)).astype(np.int64)
 
 
 def _numbers(series: pd.Series) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _lone_surrogates(series: pd.Series) -> np.ndarray:
+    """Which values are ``str`` holding a lone surrogate (half of a UTF-16 pair), row by row.
+
+    Such a string is not valid Unicode: pandas' string dtype, Arrow and
+    Parquet cannot hold it, so an id with one can be neither grouped nor
+    written to the rejects file. Only Python ``str`` in an object or
+    categorical column can hold one (a file read through Arrow cannot).
+    """
+    if isinstance(series.dtype, pd.CategoricalDtype):  # each category once
+        found = np.append(_lone_surrogates(pd.Series(series.cat.categories, dtype=object)), False)
+        return found[series.cat.codes.to_numpy()]
+    if series.dtype != object:
+        return np.zeros(len(series), dtype=bool)
+    return np.fromiter((isinstance(v, str) and not v.isascii() and not _encodes(v) for v in series.to_numpy()),
+                       dtype=bool, count=len(series))
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(values: np.ndarray) -> np.ndarray:
+    """Text as written to the rejects: a lone surrogate as its escape (``\\ud800``), so the row can be written."""
+    return np.array([v if _encodes(v) else v.encode("utf-8", "backslashreplace").decode("utf-8") for v in values],
+                    dtype=object)
 
 
 def _reject_frame(frame: pd.DataFrame, rows: np.ndarray, reasons: list[str]) -> pd.DataFrame:
@@ -219,11 +250,11 @@ def _reject_frame(frame: pd.DataFrame, rows: np.ndarray, reasons: list[str]) -> 
         return pd.DataFrame()
     out = pd.DataFrame({
         "row": _row_numbers(frame)[rows],
-        "query_id": _text(frame["query_id"].to_numpy(dtype=object)[rows]),
+        "query_id": _shown(_text(frame["query_id"].to_numpy(dtype=object)[rows])),
         "reason": reasons,
     })
     if "model" in frame.columns:
-        out["model"] = _text(frame["model"].to_numpy(dtype=object)[rows])
+        out["model"] = _shown(_text(frame["model"].to_numpy(dtype=object)[rows]))
     return out
 
 
@@ -235,7 +266,8 @@ def _reject_frame(frame: pd.DataFrame, rows: np.ndarray, reasons: list[str]) -> 
 def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     """Check a logged batch row by row and lay its valid queries out as per-query grids.
 
-    A malformed row (missing query id, model or prompt, unknown model,
+    A malformed row (missing query id, model or prompt, an id or model
+    name with a lone surrogate, unknown model,
     NaN/negative/infinite cost or ``latency_s``, NaN quality, non-finite signal) rejects its
     query, as do a duplicate model for a query and rows of a query that are
     not contiguous (streaming holds one batch of rows at a time, so bounded
@@ -275,9 +307,12 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
 
     flag(frame["query_id"].isna().to_numpy(), "query_id is missing")
     flag(frame["model"].isna().to_numpy(), "model is missing")
+    for column in ("query_id", "model"):
+        flag(_lone_surrogates(frame[column]), f"{column} is not valid Unicode text (it holds a lone surrogate, half of "
+                                              "a UTF-16 pair); repair it where the logs are decoded")
     flag(model_codes < 0, lambda r: f"unknown model {frame['model'].iloc[r]!r}; the router knows {list(models)}")
-    flag(~(np.isfinite(cost) & (cost >= 0)), lambda r: f"cost_usd must be a finite number >= 0, got {frame['cost_usd'].iloc[r]}")
-    flag(np.isnan(quality), lambda r: f"quality must be a number, got {frame['quality'].iloc[r]}")
+    flag(~(np.isfinite(cost) & (cost >= 0)), lambda r: f"cost_usd must be a finite number >= 0, got {frame['cost_usd'].iloc[r]!r}")
+    flag(np.isnan(quality), lambda r: f"quality must be a number, got {frame['quality'].iloc[r]!r}")
     if "prompt" in per_query:
         check_prompt_types(frame)
         flag(frame["prompt"].isna().to_numpy(), "prompt is missing")
@@ -296,7 +331,7 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     ends = np.r_[starts[1:], n_rows]
     query_of_row = np.repeat(np.arange(starts.size), ends - starts)
     first_keys = key[starts]
-    repeated = pd.Series(first_keys).duplicated(keep=False).to_numpy()
+    repeated = pd.Series(first_keys, dtype=object).duplicated(keep=False).to_numpy()  # object: ids may not be UTF-8
     # ``scattered``: set by the file reader for queries whose rows are split over the file (see
     # training.serving.score.scattered_queries), which no single frame can see
     scattered = (frame["scattered"].to_numpy(dtype=bool) if "scattered" in frame.columns

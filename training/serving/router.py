@@ -1,9 +1,9 @@
 """The fitted router that services load: estimator + one policy per budget.
 
-:func:`load_router` is the strict loader (format, sha256, library versions:
-see :mod:`training.artifact`) and warms the router up, so the first request
-does not pay for JIT compilation. Artifacts are pickles: load only files
-you trust.
+:func:`load_router` is the strict loader (format, sha256, library versions,
+the signature with ``key=``: see :mod:`training.artifact`) and warms the
+router up, so the first request does not pay for JIT compilation.
+Artifacts are pickles: load only files you trust.
 
 Serving. :meth:`Router.decide`, :meth:`Router.plan`, :meth:`Router.select`
 and :meth:`Router.estimates` are safe to call from many threads at once:
@@ -38,7 +38,8 @@ from ..episodes import FIXED_MODEL, plan_next, uncertainty_keywords
 from ..policy import Policy
 from .pacing import PaceController, PacingState
 
-__all__ = ["Router", "PacedRouter", "load_router", "Excluded", "Observed", "Plan", "prompt_uniforms"]
+__all__ = ["Router", "PacedRouter", "load_router", "load_router_with_sha256", "Excluded", "Observed", "Plan",
+           "prompt_uniforms"]
 
 #: Per query: model name -> what that model returned. Each value is a
 #: mapping with ``"cost"`` (required: what the call cost), optionally
@@ -678,13 +679,17 @@ def prompt_uniforms(prompts: Sequence[str]) -> NDArray[np.float64]:
     return np.array([zlib.crc32(str(p).encode("utf-8", "surrogatepass")) / 2.0**32 for p in prompts])
 
 
-def load_router(path: str | Path, *, strict_versions: bool = True, warm_up: bool = True) -> Router:
+def load_router(path: str | Path, *, strict_versions: bool = True, warm_up: bool = True,
+                key: bytes | str | None = None, expected_sha256: str | None = None) -> Router:
     """Load a router artifact strictly and warm it up.
 
     Raises ``ValueError`` on a wrong format version, a sha256 mismatch, a
-    library-version mismatch (unless ``strict_versions=False``) or a file
-    that does not hold a :class:`Router`. joblib is pickle: **only load
-    files you trust**.
+    library-version mismatch (unless ``strict_versions=False``), a missing
+    or wrong signature when ``key`` is given
+    (:class:`~training.artifact.ArtifactSignatureError`, before anything is
+    unpickled) or a file that does not hold a :class:`Router`. joblib is
+    pickle: **only load files you trust**; ``key`` is how a service makes
+    sure it loads only what was signed with its key.
 
     Parameters
     ----------
@@ -692,6 +697,13 @@ def load_router(path: str | Path, *, strict_versions: bool = True, warm_up: bool
         The artifact; its manifest sits beside it.
     strict_versions : bool, default=True
         Refuse an artifact written with other library versions.
+    key : bytes or str, optional
+        Verify the artifact's HMAC-SHA256 signature with this key
+        (:func:`training.artifact.load_artifact`). Without it the artifact
+        loads unverified, with a warning once per process and path.
+    expected_sha256 : str, optional
+        The payload's sha256 must be this (pins one artifact: refuses a
+        replaced or older one).
     warm_up : bool, default=True
         Run every kernel once now (:meth:`Router.warm_up`), so that the first
         request costs what the next does. ``False`` for a process that only
@@ -703,9 +715,34 @@ def load_router(path: str | Path, *, strict_versions: bool = True, warm_up: bool
     Router
         Warmed up unless ``warm_up=False``.
     """
-    router, _ = load_artifact(path, strict_versions=strict_versions)
+    return load_router_with_sha256(path, strict_versions=strict_versions, warm_up=warm_up, key=key,
+                                   expected_sha256=expected_sha256)[0]
+
+
+def load_router_with_sha256(path: str | Path, *, strict_versions: bool = True, warm_up: bool = True,
+                            key: bytes | str | None = None, expected_sha256: str | None = None
+                            ) -> tuple[Router, str]:
+    """:func:`load_router`, and the sha256 of the payload it verified and loaded.
+
+    For a process that has other processes load the same file (``training.score``'s
+    workers, Spark executors): they pass the digest as ``expected_sha256``,
+    so they load exactly what this process verified, with the key or not,
+    without being given the key. Reading the digest from the manifest
+    after loading would not do: the manifest may have been replaced since.
+
+    Parameters
+    ----------
+    path, strict_versions, warm_up, key, expected_sha256
+        As for :func:`load_router`.
+
+    Returns
+    -------
+    (Router, str)
+        The router and its payload's hex sha256.
+    """
+    router, manifest = load_artifact(path, strict_versions=strict_versions, key=key, expected_sha256=expected_sha256)
     if not isinstance(router, Router):
         raise ValueError(f"{path} holds a {type(router).__name__}, not a Router")
     if warm_up:
         router.warm_up()
-    return router
+    return router, manifest["sha256"].lower()

@@ -54,11 +54,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
-from ..cli import run_command
+from ..cli import key_from_env, run_command
 from .logged import ScoreError, check_columns, required_columns
 from .outputs import RunOutputs, check_paths
 from .replay import STATUS_OK, STATUS_REJECTED, output_schema, rejects_schema, score_batch
-from .router import Router, load_router
+from .router import Router, load_router, load_router_with_sha256
 
 __all__ = ["AUTO_WORKERS_FROM_ROWS", "EXIT_CODES", "MAX_AUTO_WORKERS", "auto_workers", "input_columns", "is_csv",
            "iter_tables", "main", "parse_args", "run", "scattered_queries", "summary"]
@@ -368,8 +368,14 @@ def _keep_freed_memory() -> None:
     mallopt(m_top_pad, 16 * 2**20)
 
 
-def _init_worker(artifact: str, parent: int) -> None:
-    """Load and warm the router once per worker process; kernels single-threaded (one batch per core)."""
+def _init_worker(artifact: str, sha256: str, parent: int) -> None:
+    """Load and warm the router once per worker process; kernels single-threaded (one batch per core).
+
+    The payload must have the digest the parent verified (with the key, if
+    one was given): workers never see the key, and a file replaced after
+    the parent's check is refused. (So no unsigned-artifact warning here:
+    the parent gave it if it had no key.)
+    """
     global _WORKER_ROUTER
     _end_with_parent(parent)
     _keep_freed_memory()
@@ -378,7 +384,7 @@ def _init_worker(artifact: str, parent: int) -> None:
     import numba
     numba.set_num_threads(1)
     threadpool_limits(1, user_api="blas")  # for the life of the worker
-    _WORKER_ROUTER = load_router(artifact)
+    _WORKER_ROUTER = load_router(artifact, expected_sha256=sha256)
 
 
 def _warm_worker(_: int) -> int:
@@ -449,19 +455,20 @@ def _score_in_worker(table: pa.Table, budgets: tuple[float | None, float | None]
     return _score_table(_WORKER_ROUTER, table, budgets, schemas, parallel=False)
 
 
-def _start_workers(artifact: Path, n_workers: int):
+def _start_workers(artifact: Path, sha256: str, n_workers: int):
     """A spawn-started process pool whose workers load the router in the background (wait with :func:`_await_workers`).
 
     ``spawn``, not ``fork``: the parent may already run OpenMP threads
     (numba's threading layer), which do not survive a fork. A
     ``multiprocessing.Pool`` because it can be terminated at once when the
     run stops; its workers also end by themselves if this process dies.
-    Call it only with an artifact this process has loaded: a worker whose
-    start-up fails is replaced by another that fails the same way.
+    Call it only with an artifact this process has loaded, and the sha256
+    of the payload it loaded: a worker whose start-up fails is replaced by
+    another that fails the same way.
     """
     import multiprocessing
     return multiprocessing.get_context("spawn").Pool(n_workers, initializer=_init_worker,
-                                                     initargs=(str(artifact), os.getpid()))
+                                                     initargs=(str(artifact), sha256, os.getpid()))
 
 
 def _await_workers(pool, n_workers: int) -> None:
@@ -550,6 +557,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--master", default=None,
                         help="Spark master with --engine spark (e.g. local[2]); default: what spark-submit or "
                              "the Spark defaults say")
+    parser.add_argument("--verify-key-env", default=None, metavar="NAME",
+                        help="refuse, before unpickling it, an artifact that is unsigned or not signed with the key "
+                             "in environment variable NAME (the one training.fit --sign-key-env signed it with); "
+                             "default: load it unverified, with a warning")
     parser.add_argument("--quiet", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     if args.engine == "spark" and (args.resume or args.workers is not None):
@@ -591,14 +602,17 @@ def run(args: argparse.Namespace) -> dict:
         Parquet or lacks columns.
     ValueError or FileNotFoundError
         If the artifact cannot be loaded (no manifest, another format or
-        library version) or ``--budget`` is below every fitted policy.
+        library version; with ``--verify-key-env``, an unset variable or a
+        missing or wrong signature) or ``--budget`` is below every fitted
+        policy.
     training.cli.OutputError
         If the output or the rejects file cannot be written.
     """
+    key = key_from_env("--verify-key-env", args.verify_key_env)
     if args.engine == "spark":
         from .spark import run_cli
 
-        return run_cli(args)
+        return run_cli(args, key)
     from tqdm.auto import tqdm
     if not args.input.exists():
         raise ScoreError(f"--input {args.input} does not exist")
@@ -611,7 +625,8 @@ def run(args: argparse.Namespace) -> dict:
     # CSV has no row count up front: about 2 kB per logged row decides the default
     workers = args.workers or auto_workers(n_rows if n_rows is not None else args.input.stat().st_size // 2048)
     parallel = args.workers == 1  # asked for one process: use its cores through multi-threaded kernels
-    router = load_router(args.artifact, warm_up=workers == 1)  # with workers, this process only reads and writes
+    # with workers, this process only reads and writes; they load the payload it verified (sha256)
+    router, sha256 = load_router_with_sha256(args.artifact, warm_up=workers == 1, key=key)
     logged = check_columns(router, names)
     policy = router.policy(args.budget, args.latency_budget)
     budgets = (args.budget, args.latency_budget)
@@ -647,7 +662,7 @@ def run(args: argparse.Namespace) -> dict:
     # and, beside numba's threads or other workers, OpenBLAS's spinning threads made them 10x slower.
     blas = threadpool_limits(1, user_api="blas")
     try:
-        pool = _start_workers(args.artifact, workers) if workers > 1 else None
+        pool = _start_workers(args.artifact, sha256, workers) if workers > 1 else None
         # while the workers start: the contiguity pass over query_id
         scattered = scattered_queries(args.input, args.batch_size) if logged else None
         if pool is not None:

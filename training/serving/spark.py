@@ -13,7 +13,9 @@ any cluster without tuning:
 * **one artifact load per Python worker**: the artifact and its manifest
   are shipped with ``SparkContext.addFile`` (or read from a path every
   executor sees) and loaded by :func:`~training.serving.router.load_router`
-  with its strict checks the first time a worker needs them;
+  with its strict checks the first time a worker needs them, pinned to the
+  payload sha256 the driver verified (with the signing key, if given: the
+  key itself never leaves the driver);
 * **deterministic rows**: a query's outcome depends on its own rows only,
   so a retried or speculative task writes the same rows.
 
@@ -39,10 +41,10 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pyarrow as pa
 
-from ..artifact import manifest_path, read_manifest
+from ..artifact import manifest_path
 from .logged import check_columns, required_columns
 from .replay import STATUS_REJECTED, output_schema, rejects_schema, score_batch
-from .router import Router, load_router
+from .router import Router, load_router, load_router_with_sha256
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -63,13 +65,15 @@ def _executor_router(name: str, shipped: bool, sha256: str) -> Router:
     """The router of artifact ``name`` in this worker, loaded (strictly) on first use.
 
     Keyed by the artifact's sha256 too, so that a worker reused by a later
-    job with another artifact of the same name does not serve the old one.
+    job with another artifact of the same name does not serve the old one;
+    the payload must have that sha256, the one the driver verified (so no
+    unsigned-artifact warning here: the driver gave it if it had no key).
     """
     if (name, sha256) not in _ROUTERS:
         from pyspark import SparkFiles
 
         path = SparkFiles.get(name) if shipped else name
-        _ROUTERS[(name, sha256)] = load_router(path)
+        _ROUTERS[(name, sha256)] = load_router(path, expected_sha256=sha256)
     return _ROUTERS[(name, sha256)]
 
 
@@ -145,7 +149,8 @@ def read_parquet_with_rows(spark, path: str) -> DataFrame:
 
 
 def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float | None = None,
-                logged: bool | None = None, ship: bool = True, latency_budget: float | None = None) -> DataFrame:
+                logged: bool | None = None, ship: bool = True, latency_budget: float | None = None,
+                key: bytes | str | None = None) -> DataFrame:
     """Score a Spark DataFrame of traffic with a fitted router, as ``training.score`` scores a file.
 
     Parameters
@@ -170,6 +175,10 @@ def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float 
         Send the artifact and its manifest to the executors with
         ``SparkContext.addFile``. ``False``: every executor reads
         ``artifact`` at the same path (a shared file system).
+    key : bytes or str, optional
+        Verify the artifact's signature with this key on the driver
+        (:func:`~training.serving.router.load_router`); executors then load
+        only a payload with the verified sha256.
 
     Returns
     -------
@@ -191,7 +200,7 @@ def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float 
     from pyspark.sql.pandas.types import from_arrow_schema
 
     path = Path(artifact)
-    router = load_router(path, warm_up=False)  # the driver only checks it and reads the schema
+    router, sha256 = load_router_with_sha256(path, warm_up=False, key=key)  # the driver checks it, reads the schema
     router.policy(budget, latency_budget)  # a budget below every fitted policy fails here, not in a task
     names = list(frame.columns)
     logged = check_columns(router, names) if logged is None else logged
@@ -213,7 +222,6 @@ def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float 
         context.addFile(str(path.resolve()))
         context.addFile(str(manifest_path(path).resolve()))
     name = path.name if ship else str(path.resolve())
-    sha256 = read_manifest(path)["sha256"]
     schema = _result_schema(router, logged)
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -244,7 +252,7 @@ def split_rejects(scored: DataFrame) -> tuple[DataFrame, DataFrame]:
     return decisions, rejected
 
 
-def run_cli(args) -> dict:
+def run_cli(args, key: bytes | None = None) -> dict:
     """``python -m training.score --engine spark``: read the Parquet input with Spark, write two Parquet datasets.
 
     The decisions go to ``--output`` and the rejected rows to ``--rejects``
@@ -257,6 +265,8 @@ def run_cli(args) -> dict:
     args : argparse.Namespace
         :func:`training.serving.score.parse_args`'s options (``master`` may be ``None``:
         then ``spark-submit`` or the Spark defaults decide).
+    key : bytes, optional
+        The ``--verify-key-env`` key the artifact's signature is checked with.
 
     Returns
     -------
@@ -287,12 +297,12 @@ def run_cli(args) -> dict:
              .config("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON", sys.executable))
              .getOrCreate())
     try:
-        return _score_to_datasets(spark, args, output, rejects)
+        return _score_to_datasets(spark, args, output, rejects, key)
     finally:
         spark.stop()
 
 
-def _score_to_datasets(spark, args, output: str, rejects: str) -> dict:
+def _score_to_datasets(spark, args, output: str, rejects: str, key: bytes | None) -> dict:
     """Check the paths, score, write both datasets under temporary names, rename them, and sum up."""
     import time
     import uuid
@@ -313,7 +323,7 @@ def _score_to_datasets(spark, args, output: str, rejects: str) -> dict:
     started = time.perf_counter()
     # both outputs filter one result: keep it, or Spark would score every query twice
     scored = score_spark(read_parquet_with_rows(spark, str(args.input)), args.artifact, budget=args.budget,
-                         latency_budget=args.latency_budget)
+                         latency_budget=args.latency_budget, key=key)
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         for frame, target in zip(split_rejects(scored), (output, rejects)):
@@ -333,7 +343,7 @@ def _score_to_datasets(spark, args, output: str, rejects: str) -> dict:
     means = written.agg(F.count(F.lit(1)).alias("scored"), F.sum(replayed.cast("long")).alias("replayed"),
                         *(F.mean(F.when(replayed, F.col(c))).alias(c)
                           for c in (("cost", "quality", "n_run") if logged else ("plan_cost",)) + tuple(spent))).first()
-    policy = load_router(args.artifact, warm_up=False).policy(args.budget, args.latency_budget)
+    policy = load_router(args.artifact, warm_up=False, key=key).policy(args.budget, args.latency_budget)
     queries = means["replayed"] or 0
     return {"logged": logged, "queries": queries, "unreplayable": means["scored"] - queries,
             "rejected_rows": spark.read.parquet(rejects).count(),
