@@ -383,6 +383,20 @@ def test_the_cli_refuses_a_budget_below_every_fitted_one_and_a_missing_artifact(
     assert "SERVE_TEST_UNSET (--api-key-env) is not set" in capsys.readouterr().err
 
 
+def test_the_cli_refuses_an_unsigned_artifact_when_told_to_verify(serve_artifact, tmp_path, capsys, monkeypatch,
+                                                                  serve_router, upstreams):
+    backends = tmp_path / "backends.toml"
+    backends.write_text(backends_toml(upstreams.url, serve_router.models_))
+    monkeypatch.setenv("SERVE_TEST_SIGNING_KEY", "k" * 40)
+    code = serve_main(["--artifact", str(serve_artifact), "--backends", str(backends), "--port", "0",
+                       "--verify-key-env", "SERVE_TEST_SIGNING_KEY"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is not signed" in err[0] and "k" * 40 not in err[0]
+    assert serve_main(["--artifact", str(serve_artifact), "--backends", str(backends),
+                       "--verify-key-env", "SERVE_TEST_UNSET"]) == 2
+    assert "SERVE_TEST_UNSET" in capsys.readouterr().err
+
+
 # -- shutdown ------------------------------------------------------------------------------------------------
 
 def test_graceful_shutdown_drains_requests_in_flight(serve_router, backends, upstreams, queries):

@@ -70,6 +70,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="threads running decisions, off the event loop")
     parser.add_argument("--graceful-timeout", type=float, default=30.0,
                         help="seconds requests in flight may take to finish after SIGTERM or Ctrl-C")
+    parser.add_argument("--verify-key-env", default=None, metavar="NAME",
+                        help="refuse, before unpickling it, an artifact that is unsigned or not signed with the key "
+                             "in environment variable NAME (the one training.fit --sign-key-env signed it with); "
+                             "default: load it unverified, with a warning")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
 
@@ -96,6 +100,7 @@ def _build(args: argparse.Namespace):
     except ImportError as error:
         raise ValueError(f"the service needs the serve extra ({error.name} is missing): "
                          "pip install 'cascade-router[serve]'") from None
+    from .cli import key_from_env
     from .serving.backends import load_backends
     from .serving.router import load_router
 
@@ -106,7 +111,7 @@ def _build(args: argparse.Namespace):
             raise ValueError(f"environment variable {args.api_key_env} (--api-key-env) is not set or empty")
     if not args.artifact.exists():
         raise FileNotFoundError(f"--artifact {args.artifact} does not exist; train one with python -m training.fit")
-    router = load_router(args.artifact, warm_up=False)
+    router = load_router(args.artifact, warm_up=False, key=key_from_env("--verify-key-env", args.verify_key_env))
     backends = load_backends(args.backends, router.models_, router.estimator.token_prices)
     config = ServiceConfig(budget=args.budget, pace=args.pace, api_key=api_key, max_body_bytes=args.max_body_bytes,
                            max_prompt_chars=args.max_prompt_chars,
