@@ -40,13 +40,15 @@ class _WithoutModel:
         return full
 
     def predict(self, prompts, *, tasks=None, subtasks=None, run=None, responses=None, signals=None,
-                observed_cost=None, input_tokens=None):
+                observed_cost=None, input_tokens=None, observed_latency=None):
         found = self.inner.predict(prompts, tasks=tasks, subtasks=subtasks, run=self._widen(run, False),
                                    responses=self._widen(responses, ""), signals=signals,
-                                   observed_cost=self._widen(observed_cost, 0.0))
+                                   observed_cost=self._widen(observed_cost, 0.0),
+                                   observed_latency=self._widen(observed_latency, np.nan))
         keep = self.keep
         cov = None if found.cov is None else found.cov[:, keep][:, :, keep]
-        return Estimates(found.quality[:, keep], found.sigma[:, keep], found.cost[:, keep], cov)
+        latency = None if found.latency is None else found.latency[:, keep]
+        return Estimates(found.quality[:, keep], found.sigma[:, keep], found.cost[:, keep], cov, latency)
 
 
 def _cases(router, table, n=40, seed=0):
