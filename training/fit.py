@@ -20,8 +20,8 @@ artifact, its manifest or the report) cannot be written.
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +41,7 @@ from .data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, coverage, fingerprint, rea
 from .episodes import MIN_FULLY_LOGGED, EstimatorEpisodes, calibration_episodes
 from .metrics import auc, auc_bounds, budget_grid, linear_auc, single_model_points
 from .policy import SIGMA_TRANSFORMS, BudgetError, Policy, choose_policy, fit_policy, single_model_policy
+from .serving.outputs import write_bytes_atomically
 from .serving.router import Router
 from .splits import split, split_from_labels
 from .synthetic import default_table, synthetic_prices
@@ -426,7 +427,7 @@ def _with_best_single(row: dict, models, costs, qualities, latencies) -> dict:
 
 def _write_report(report: dict, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "report.json").write_text(json.dumps(report, indent=2))
+    write_bytes_atomically(directory / "report.json", json.dumps(report, indent=2).encode("utf-8"))
     try:
         from .display import QualityCostDisplay
         import matplotlib
@@ -463,13 +464,10 @@ def _budget_label(row: dict) -> str:
 
 
 def _save_figure(figure, path: Path) -> None:
-    """Write the figure to a temporary file beside ``path`` and rename it into place: never half a PNG."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        figure.savefig(partial, dpi=120, bbox_inches="tight", format="png")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    """Render the figure in memory and rename it into place: never half a PNG."""
+    png = io.BytesIO()
+    figure.savefig(png, dpi=120, bbox_inches="tight", format="png")
+    write_bytes_atomically(path, png.getvalue())
 
 
 def summary(report: dict) -> str:

@@ -70,7 +70,7 @@ def check_paths(input_path: Path, output: Path, rejects: Path, rejects_flag: str
         raise ScoreError(f"--output and {rejects_flag} are the same file {output}; give them different paths")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def write_bytes_atomically(path: Path, data: bytes) -> None:
     """Write under a temporary name and rename: a kill leaves the old or the new file, never half of one.
 
     Not fsynced: the parts are not either (that would cost a disk flush per
@@ -156,7 +156,7 @@ class RunOutputs:
                              "again") from error
 
     def _record(self, run_key: dict, done: int, totals: dict) -> None:
-        _atomic_write_bytes(self.partial / PROGRESS,
+        write_bytes_atomically(self.partial / PROGRESS,
                             json.dumps({"run": run_key, "done": done, "totals": totals}).encode())
 
     def _part(self, index: int, which: int) -> Path:

@@ -178,19 +178,11 @@ class Router:
                                     f"got {type(result).__name__}")
                 if "cost" not in result:
                     raise ValueError(f"observed[{row}][{model!r}] has no 'cost': say what the call cost")
-                if isinstance(result["cost"], (bool, np.bool_)) or not isinstance(
-                        result["cost"], (int, float, np.integer, np.floating)):
-                    raise TypeError(f"observed[{row}][{model!r}]['cost'] must be a number (USD), "
-                                    f"got {type(result['cost']).__name__} {result['cost']!r}")
                 column = index[model]
                 run[row, column] = True
-                cost[row, column] = float(result["cost"])
+                cost[row, column] = _observed_number(result, "cost", "USD", row, model)
                 if result.get("latency_s") is not None:
-                    if isinstance(result["latency_s"], (bool, np.bool_)) or not isinstance(
-                            result["latency_s"], (int, float, np.integer, np.floating)):
-                        raise TypeError(f"observed[{row}][{model!r}]['latency_s'] must be a number (seconds), "
-                                        f"got {type(result['latency_s']).__name__} {result['latency_s']!r}")
-                    latency[row, column] = float(result["latency_s"])
+                    latency[row, column] = _observed_number(result, "latency_s", "seconds", row, model)
                 responses[row, column] = str(result.get("response", ""))
                 for name in names:
                     if name in result:
@@ -608,6 +600,15 @@ class PacedRouter:
         list of str
         """
         return self.router.select(prompts, observed, tasks=tasks, subtasks=subtasks)
+
+
+def _observed_number(result: Mapping[str, object], key: str, unit: str, row: int, model: str) -> float:
+    """``result[key]`` as a float, or ``TypeError`` naming the query, the model and the unit."""
+    value = result[key]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"observed[{row}][{model!r}][{key!r}] must be a number ({unit}), "
+                        f"got {type(value).__name__} {value!r}")
+    return float(value)
 
 
 def _none_last(value: float | None) -> float:
