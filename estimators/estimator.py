@@ -166,6 +166,7 @@ class Estimator(Protocol):
         observed_cost: ArrayLike | None = None,
         input_tokens: ArrayLike | None = None,
         observed_latency: ArrayLike | None = None,
+        prepared: PreparedQueries | None = None,
     ) -> Estimates:
         """Estimates of every model on ``N`` queries, given what the run models returned (checked inputs).
 
@@ -187,6 +188,9 @@ class Estimator(Protocol):
             Input token counts for price-based cost.
         observed_latency : (N, K) array-like of float, optional
             Seconds the run models took (NaN where not measured).
+        prepared : PreparedQueries, optional
+            :meth:`prepare` of these queries, when the caller estimates them
+            at several steps; the per-query inputs are then not read.
 
         Returns
         -------
@@ -557,6 +561,19 @@ class RouterEstimator:
                                self.quality_.prompt_share(features),
                                None if latency is None else latency.predict_ante(features, tokens, parallel=parallel))
 
+    def _check_prepared(self, prepared: PreparedQueries) -> None:
+        """Refuse what this estimator's :meth:`prepare` cannot have made (the cheap checks: it runs per step)."""
+        self._check_fitted()
+        if not isinstance(prepared, PreparedQueries):
+            raise TypeError(f"prepared must be the PreparedQueries of this estimator's prepare(), "
+                            f"got {type(prepared).__name__}")
+        features, ante_cost = prepared.features, prepared.ante_cost
+        if (not isinstance(features, np.ndarray) or features.ndim != 2 or not isinstance(ante_cost, np.ndarray)
+                or ante_cost.shape != (features.shape[0], len(self.models_))):
+            raise ValueError(f"prepared holds features {np.shape(features)} and costs {np.shape(ante_cost)}; "
+                             f"this estimator makes (N, F) and (N, {len(self.models_)}): pass what its "
+                             "prepare() returned")
+
     def estimate(self, prepared: PreparedQueries, rows: NDArray[np.int64], run: NDArray[np.bool_], *,
                  responses: NDArray[np.object_] | None = None, signals: Mapping[str, NDArray[np.float64]],
                  observed_cost: NDArray[np.float64], memo: ResponseMemo | None = None,
@@ -642,6 +659,7 @@ class RouterEstimator:
         observed_cost: ArrayLike | None = None,
         input_tokens: ArrayLike | None = None,
         observed_latency: ArrayLike | None = None,
+        prepared: PreparedQueries | None = None,
     ) -> Estimates:
         """Estimate every model on ``N`` new queries, given what the run models returned.
 
@@ -662,13 +680,24 @@ class RouterEstimator:
             Input token counts for price-based cost; default ``ceil(len(prompt)/4)``.
         observed_latency : (N, K) float array, optional
             Seconds the run models took; NaN (or omitted) where not measured keeps the estimate.
+        prepared : PreparedQueries, optional
+            :meth:`prepare` of the same queries: a cascade estimates one query
+            at every step, and featurizing its prompt is most of the cost of a
+            step. ``tasks``, ``subtasks`` and ``input_tokens`` are then not
+            read, and ``prompts``, if given, only counted.
 
         Returns
         -------
         Estimates
         """
-        prepared = self.prepare(prompts, tasks, subtasks, input_tokens=input_tokens)
+        if prepared is None:
+            prepared = self.prepare(prompts, tasks, subtasks, input_tokens=input_tokens)
+        else:
+            self._check_prepared(prepared)
         n = prepared.features.shape[0]
+        if prompts is not None and len(prompts) != n:
+            raise ValueError(f"prepared holds {n} queries but there are {len(prompts)} prompts: "
+                             "pass prepare() of the same prompts")
         run = check_run(run, n, self.models_)
         return self.estimate(prepared, np.arange(n), run,
                              responses=None if responses is None else check_responses(responses, run),

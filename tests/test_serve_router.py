@@ -39,12 +39,15 @@ class _WithoutModel:
         full[:, self.keep] = value
         return full
 
+    def prepare(self, prompts, tasks=None, subtasks=None, **options):
+        return self.inner.prepare(prompts, tasks, subtasks, **options)  # opaque to the router: passed back as is
+
     def predict(self, prompts, *, tasks=None, subtasks=None, run=None, responses=None, signals=None,
-                observed_cost=None, input_tokens=None, observed_latency=None):
+                observed_cost=None, input_tokens=None, observed_latency=None, prepared=None):
         found = self.inner.predict(prompts, tasks=tasks, subtasks=subtasks, run=self._widen(run, False),
                                    responses=self._widen(responses, ""), signals=signals,
                                    observed_cost=self._widen(observed_cost, 0.0),
-                                   observed_latency=self._widen(observed_latency, np.nan))
+                                   observed_latency=self._widen(observed_latency, np.nan), prepared=prepared)
         keep = self.keep
         cov = None if found.cov is None else found.cov[:, keep][:, :, keep]
         latency = None if found.latency is None else found.latency[:, keep]

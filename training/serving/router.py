@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 import kernel
-from estimators.estimator import Estimates, Estimator
+from estimators.estimator import Estimates, Estimator, PreparedQueries
 
 from ..artifact import load_artifact
 from ..episodes import FIXED_MODEL, plan_next, uncertainty_keywords
@@ -189,9 +189,29 @@ class Router:
                         signals[name][row, column] = float(result[name])
         return run, responses, cost, signals, latency
 
+    def prepare(self, prompts: Sequence[str], *, tasks: Sequence[str] | None = None,
+                subtasks: Sequence[str] | None = None) -> PreparedQueries:
+        """Featurize the queries once, for a caller that decides them at several steps.
+
+        A cascade decides one query up to once per model and selects at the
+        end; featurizing the prompt is most of each step's cost, and it does
+        not change between steps. Pass the result as ``prepared=`` to
+        :meth:`decide`, :meth:`plan`, :meth:`select` (with the same prompts).
+
+        Parameters
+        ----------
+        prompts, tasks, subtasks
+            As in :meth:`decide`.
+
+        Returns
+        -------
+        PreparedQueries
+        """
+        return self.estimator.prepare(prompts, tasks, subtasks)
+
     def estimates(self, prompts: Sequence[str], observed: Observed | None = None, *,
-                  tasks: Sequence[str] | None = None,
-                  subtasks: Sequence[str] | None = None) -> tuple[Estimates, NDArray[np.bool_]]:
+                  tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None,
+                  prepared: PreparedQueries | None = None) -> tuple[Estimates, NDArray[np.bool_]]:
         """The estimator's ``quality``, ``sigma``, ``cost`` (and ``cov``) for inspection.
 
         Parameters
@@ -203,6 +223,8 @@ class Router:
             :data:`Observed`); default nothing run.
         tasks, subtasks : sequence of str, optional
             Required when the estimator was fitted with them.
+        prepared : PreparedQueries, optional
+            :meth:`prepare` of the same prompts; ``tasks`` and ``subtasks`` are then not read.
 
         Returns
         -------
@@ -213,20 +235,21 @@ class Router:
         run, responses, cost, signals, latency = self._inputs(observed, len(prompts))
         estimates = self.estimator.predict(prompts, tasks=tasks, subtasks=subtasks, run=run,
                                            responses=responses, signals=signals, observed_cost=cost,
-                                           observed_latency=latency)
+                                           observed_latency=latency, prepared=prepared)
         return estimates, run
 
     def plan(self, prompts: Sequence[str], observed: Observed | None = None,
              budget: float | None = None, *, tasks: Sequence[str] | None = None,
              subtasks: Sequence[str] | None = None, policy: Policy | None = None,
-             excluded: Excluded | None = None, latency_budget: float | None = None) -> list[Plan]:
+             excluded: Excluded | None = None, latency_budget: float | None = None,
+             prepared: PreparedQueries | None = None) -> list[Plan]:
         """Next model and planned supermodel per query (see :class:`Plan`), for callers that show the plan.
 
         ``decide`` returns the ``next`` fields of this.
 
         Parameters
         ----------
-        prompts, observed, budget, tasks, subtasks, policy, excluded, latency_budget
+        prompts, observed, budget, tasks, subtasks, policy, excluded, latency_budget, prepared
             As in :meth:`decide`.
 
         Returns
@@ -235,7 +258,8 @@ class Router:
             One per query.
         """
         _, _, next_model, masks = self.plan_arrays(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
-                                                   policy=policy, excluded=excluded, latency_budget=latency_budget)
+                                                   policy=policy, excluded=excluded, latency_budget=latency_budget,
+                                                   prepared=prepared)
         names = self.models_
         bits = [1 << i for i in range(len(names))]
         return [Plan(None if c == kernel.STOP else names[c],
@@ -246,13 +270,13 @@ class Router:
                     budget: float | None = None, *, tasks: Sequence[str] | None = None,
                     subtasks: Sequence[str] | None = None, policy: Policy | None = None,
                     parallel: bool = False, excluded: Excluded | None = None,
-                    latency_budget: float | None = None
+                    latency_budget: float | None = None, prepared: PreparedQueries | None = None
                     ) -> tuple[Estimates, NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]:
         """:meth:`plan` as arrays, with the estimates it used: for batch jobs.
 
         Parameters
         ----------
-        prompts, observed, budget, tasks, subtasks, policy, excluded, latency_budget
+        prompts, observed, budget, tasks, subtasks, policy, excluded, latency_budget, prepared
             As in :meth:`decide`.
         parallel : bool, default=False
             Spread the kernel over threads (decisions are the same).
@@ -264,7 +288,7 @@ class Router:
             model index per query (``kernel.STOP`` to stop) and the planned
             supermodel as a bit mask over :attr:`models_`.
         """
-        estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks)
+        estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks, prepared=prepared)
         chosen = policy if policy is not None else self.policy(budget, latency_budget)
         arguments = dict(run=run, u=prompt_uniforms(prompts), parallel=parallel, latency=estimates.latency,
                          **uncertainty_keywords(estimates.sigma, estimates.cov, chosen.sigma_transform))
@@ -302,7 +326,8 @@ class Router:
     def decide(self, prompts: Sequence[str], observed: Observed | None = None,
                budget: float | None = None, *, tasks: Sequence[str] | None = None,
                subtasks: Sequence[str] | None = None, policy: Policy | None = None,
-               excluded: Excluded | None = None, latency_budget: float | None = None) -> list[str | None]:
+               excluded: Excluded | None = None, latency_budget: float | None = None,
+               prepared: PreparedQueries | None = None) -> list[str | None]:
         """Next model to call per query, or ``None`` to stop and answer.
 
         Uses the serial kernel (deterministic, safe to call from many
@@ -334,6 +359,10 @@ class Router:
             part of the run set). A query whose models all ran or are
             excluded stops. A single-model policy whose model is excluded
             stops: it has no other model to offer.
+        prepared : PreparedQueries, optional
+            :meth:`prepare` of the same prompts, reused across a cascade's
+            steps (same decisions, without featurizing again); ``tasks`` and
+            ``subtasks`` are then not read.
 
         Returns
         -------
@@ -341,10 +370,12 @@ class Router:
             Per query, the model to call next, or ``None`` to stop.
         """
         return [p.next for p in self.plan(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
-                                          policy=policy, excluded=excluded, latency_budget=latency_budget)]
+                                          policy=policy, excluded=excluded, latency_budget=latency_budget,
+                                          prepared=prepared)]
 
     def select(self, prompts: Sequence[str], observed: Observed, *,
-               tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None) -> list[str]:
+               tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None,
+               prepared: PreparedQueries | None = None) -> list[str]:
         """Which run model's answer to return: the best by post-hoc quality estimate.
 
         Parameters
@@ -356,6 +387,8 @@ class Router:
             at least one model per query.
         tasks, subtasks : sequence of str, optional
             Required when the estimator was fitted with them.
+        prepared : PreparedQueries, optional
+            As in :meth:`decide`.
 
         Returns
         -------
@@ -367,7 +400,7 @@ class Router:
         ValueError
             If no model has run for some query.
         """
-        estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks)
+        estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks, prepared=prepared)
         empty = np.flatnonzero(~run.any(axis=1))
         if empty.size:
             raise ValueError(f"no model has run for prompt(s) {empty.tolist()}: nothing to select")
@@ -554,12 +587,12 @@ class PacedRouter:
 
     def plan(self, prompts: Sequence[str], observed: Observed | None = None, *,
              tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None,
-             excluded: Excluded | None = None) -> list[Plan]:
+             excluded: Excluded | None = None, prepared: PreparedQueries | None = None) -> list[Plan]:
         """:meth:`Router.plan` with the current paced policy.
 
         Parameters
         ----------
-        prompts, observed, tasks, subtasks, excluded
+        prompts, observed, tasks, subtasks, excluded, prepared
             As in :meth:`Router.decide`.
 
         Returns
@@ -567,16 +600,16 @@ class PacedRouter:
         list of Plan
         """
         return self.router.plan(prompts, observed, tasks=tasks, subtasks=subtasks, policy=self._policy,
-                                excluded=excluded)
+                                excluded=excluded, prepared=prepared)
 
     def decide(self, prompts: Sequence[str], observed: Observed | None = None, *,
                tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None,
-               excluded: Excluded | None = None) -> list[str | None]:
+               excluded: Excluded | None = None, prepared: PreparedQueries | None = None) -> list[str | None]:
         """:meth:`Router.decide` with the current paced policy.
 
         Parameters
         ----------
-        prompts, observed, tasks, subtasks, excluded
+        prompts, observed, tasks, subtasks, excluded, prepared
             As in :meth:`Router.decide`.
 
         Returns
@@ -584,22 +617,22 @@ class PacedRouter:
         list of (str or None)
         """
         return self.router.decide(prompts, observed, tasks=tasks, subtasks=subtasks, policy=self._policy,
-                                  excluded=excluded)
+                                  excluded=excluded, prepared=prepared)
 
     def select(self, prompts: Sequence[str], observed: Observed, *, tasks: Sequence[str] | None = None,
-               subtasks: Sequence[str] | None = None) -> list[str]:
+               subtasks: Sequence[str] | None = None, prepared: PreparedQueries | None = None) -> list[str]:
         """:meth:`Router.select` (pacing does not change which answer is best).
 
         Parameters
         ----------
-        prompts, observed, tasks, subtasks
+        prompts, observed, tasks, subtasks, prepared
             As in :meth:`Router.select`.
 
         Returns
         -------
         list of str
         """
-        return self.router.select(prompts, observed, tasks=tasks, subtasks=subtasks)
+        return self.router.select(prompts, observed, tasks=tasks, subtasks=subtasks, prepared=prepared)
 
 
 def _observed_number(result: Mapping[str, object], key: str, unit: str, row: int, model: str) -> float:

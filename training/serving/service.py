@@ -54,6 +54,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
+from estimators.estimator import PreparedQueries
+
 from ..policy import Policy
 from .backends import Backend
 from .openai_api import (ROUTER_MODEL, APIError, ChatRequest, chat_response, parse_chat_request, parse_json,
@@ -213,21 +215,23 @@ class _Service:
         values = {"task": parsed.task, "subtask": parsed.subtask}
         return {f"{name}s": [values[name]] for name in self.per_query}
 
-    def _step(self, parsed: ChatRequest, policy: Policy | None, observed: dict, excluded: set
-              ) -> tuple[str | None, str | None]:
+    def _step(self, parsed: ChatRequest, policy: Policy | None, observed: dict, excluded: set,
+              prepared: PreparedQueries | None) -> tuple[str | None, str | None, PreparedQueries]:
         """The next model, or ``None`` and the selected answer's model (``None`` if nothing answered).
 
-        Deciding and, once the cascade stops, selecting happen in one trip to the decision threads.
+        Deciding and, once the cascade stops, selecting happen in one trip to the decision threads. The
+        prompt is featurized at the first step and the result passed back, so later steps only re-estimate.
         """
-        keywords = self._keywords(parsed)
+        if prepared is None:
+            prepared = self.router.prepare([parsed.prompt], **self._keywords(parsed))
         if policy is None:
-            model = self.paced.decide([parsed.prompt], [observed], excluded=[excluded], **keywords)[0]
+            model = self.paced.decide([parsed.prompt], [observed], excluded=[excluded], prepared=prepared)[0]
         else:
             model = self.router.decide([parsed.prompt], [observed], policy=policy, excluded=[excluded],
-                                       **keywords)[0]
+                                       prepared=prepared)[0]
         if model is not None or not observed:
-            return model, None
-        return None, self.router.select([parsed.prompt], [observed], **keywords)[0]
+            return model, None, prepared
+        return None, self.router.select([parsed.prompt], [observed], prepared=prepared)[0], prepared
 
     async def cascade(self, parsed: ChatRequest) -> tuple[str, list[_Step], dict[str, Any]]:
         """Run one query's cascade; the selected model, the steps, and the ``router`` account."""
@@ -235,8 +239,10 @@ class _Service:
         observed: dict[str, dict[str, Any]] = {}
         excluded: set[str] = set()
         steps: list[_Step] = []
+        prepared = None
         while True:
-            model, selected = await self._off_loop(self._step, parsed, policy, observed, excluded)
+            model, selected, prepared = await self._off_loop(self._step, parsed, policy, observed, excluded,
+                                                             prepared)
             if model is None:
                 break
             self.metrics.decisions.labels(model).inc()
@@ -304,12 +310,13 @@ class _Service:
 
         def decide() -> dict[str, Any]:
             try:
+                prepared = self.router.prepare([parsed.prompt], **keywords)
                 if policy is None:
-                    plan = self.paced.plan([parsed.prompt], [observed], excluded=[excluded], **keywords)[0]
+                    plan = self.paced.plan([parsed.prompt], [observed], excluded=[excluded], prepared=prepared)[0]
                 else:
                     plan = self.router.plan([parsed.prompt], [observed], policy=policy, excluded=[excluded],
-                                            **keywords)[0]
-                select = self.router.select([parsed.prompt], [observed], **keywords)[0] if observed else None
+                                            prepared=prepared)[0]
+                select = self.router.select([parsed.prompt], [observed], prepared=prepared)[0] if observed else None
             except (ValueError, TypeError) as error:  # the router names what is wrong with observed/excluded
                 raise APIError(400, str(error), param="observed") from None
             return {"next": plan.next, "models": list(plan.models), "select": select,
