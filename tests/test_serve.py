@@ -7,6 +7,7 @@ the answer, ``usage × prices`` the cost.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import httpx
@@ -239,3 +240,38 @@ def test_pacing_is_shared_across_requests_and_records_each_querys_cost(serve_rou
     state = paced.state()
     assert state.n_queries == 6 and state.total_cost == pytest.approx(sum(costs), rel=1e-12)
     assert f"router_pacing_factor {state.factor!r}" in metrics
+
+
+@pytest.mark.parametrize("limit", ["below the prompt", "above the prompt", "zero"])
+def test_a_step_runs_on_a_decision_thread_only_when_its_new_text_is_over_the_limit(serve_router, service, queries,
+                                                                                   monkeypatch, limit):
+    prompt, task, subtask = max(queries[:20], key=lambda query: len(query[0]))
+    inline = {"below the prompt": len(prompt) - 1, "above the prompt": len(prompt), "zero": 0}[limit]
+    app = create_app(serve_router, service[1], ServiceConfig(inline_decision_chars=inline))
+    state = app.app.state.service
+    threads = []
+
+    def recording(step):
+        def wrapped(*args, **kwargs):
+            threads.append(threading.current_thread().name)
+            return step(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(state, "_step", recording(state._step))
+    monkeypatch.setattr(state.router, "prepare", recording(state.router.prepare))  # /v1/route prepares once
+    metadata = {"task": task, "subtask": subtask}
+    with serving(app) as (url, _):
+        reply = httpx.post(f"{url}/v1/chat/completions", json={
+            "model": "router", "messages": _messages(prompt), "metadata": metadata})
+        called = reply.headers["x-router-models"].split(",")
+        steps = threads[:]  # every _step prepares only at the first step, so: step, prepare, step, step...
+        threads.clear()
+        routed = httpx.post(f"{url}/v1/route", json={"model": "router", "messages": _messages(prompt),
+                                                     "metadata": metadata})
+    assert reply.status_code == 200 and routed.status_code == 200
+    on_thread = [name.startswith("router-decide") for name in steps]
+    assert len(on_thread) == len(called) + 2  # one step per call, one that stops, one prepare inside the first
+    # The first step reads the prompt; every later one reads a one-letter answer from the fake upstreams.
+    expected_first = limit != "above the prompt"
+    assert on_thread[:2] == [expected_first] * 2 and on_thread[2:] == [limit == "zero"] * (len(on_thread) - 2)
+    assert [name.startswith("router-decide") for name in threads] == [expected_first]

@@ -370,6 +370,17 @@ def test_the_cli_stops_with_one_line_and_exit_2(serve_artifact, tmp_path, capsys
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--inline-decision-chars", "-1", "expected a number >= 0, got -1"),
+    ("--decision-threads", "0", "expected a number >= 1, got 0"),
+    ("--inline-decision-chars", "2k", "expected a whole number, got '2k'"),
+])
+def test_the_cli_refuses_thread_settings_out_of_range(serve_artifact, tmp_path, capsys, flag, value, message):
+    code = serve_main(["--artifact", str(serve_artifact), "--backends", str(tmp_path / "b.toml"), flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and flag in err and message in err
+
+
 def test_the_cli_refuses_a_budget_below_every_fitted_one_and_a_missing_artifact(serve_artifact, tmp_path, capsys,
                                                                               serve_router, upstreams):
     backends = tmp_path / "backends.toml"

@@ -27,14 +27,20 @@ __all__ = ["main"]
 log = logging.getLogger("training.serve")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
+def _whole_number(minimum: int):
+    """An argparse type: a whole number of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+_positive_int, _non_negative_int = _whole_number(1), _whole_number(0)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -67,7 +73,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-client-concurrency", type=_positive_int, default=32,
                         help="requests one client address may have in flight (429 above)")
     parser.add_argument("--decision-threads", type=_positive_int, default=2,
-                        help="threads running decisions, off the event loop")
+                        help="threads running the decision steps too long for the event loop")
+    parser.add_argument("--inline-decision-chars", type=_non_negative_int, default=32_000,
+                        help="a decision step reading at most this many new characters (prompt, or the newest "
+                             "response) runs on the event loop, a longer one on a decision thread; 0: all on threads")
     parser.add_argument("--graceful-timeout", type=float, default=30.0,
                         help="seconds requests in flight may take to finish after SIGTERM or Ctrl-C")
     parser.add_argument("--verify-key-env", default=None, metavar="NAME",
@@ -116,7 +125,8 @@ def _build(args: argparse.Namespace):
     config = ServiceConfig(budget=args.budget, pace=args.pace, api_key=api_key, max_body_bytes=args.max_body_bytes,
                            max_prompt_chars=args.max_prompt_chars,
                            max_client_concurrency=args.max_client_concurrency,
-                           decision_threads=args.decision_threads)
+                           decision_threads=args.decision_threads,
+                           inline_decision_chars=args.inline_decision_chars)
     app = create_app(router, backends, config)
     router.warm_up()
     return app, _listen(args.host, args.port), config

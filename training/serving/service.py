@@ -22,8 +22,10 @@ A failed upstream (:mod:`training.serving.upstream`: timeout, 5xx, malformed
 reply, retried once) is that model failing for this query: the next
 decision excludes it (``Router.decide(excluded=...)``), and when no answer
 was obtained from any model the reply is a 502 naming each upstream that
-failed. Decisions run on a small thread pool, off the event loop (the
-router is thread-safe); upstream calls are async and pooled. With a paced
+failed. A decision step reading little new text runs on the event loop
+(cheaper than the trip to a thread), a long one on a small thread pool (the
+router is thread-safe; :class:`ServiceConfig` ``inline_decision_chars``);
+upstream calls are async and pooled. With a paced
 router one controller is shared by every request.
 
 Who may call (issue 18): the caller's key (``api_key``) is compared in
@@ -88,7 +90,15 @@ class ServiceConfig:
     max_client_concurrency : int, default=32
         Requests one client address may have in flight (429 above).
     decision_threads : int, default=2
-        Threads that run decisions (featurization, estimators, kernel).
+        Threads that run the decision steps too long to run on the event loop.
+    inline_decision_chars : int, default=32,000
+        A decision step whose new text (the prompt at the first step, the
+        newest response after it; for ``/v1/route`` all of them) is at most
+        this long runs on the event loop: measured at 0.1–0.7 ms, it is
+        cheaper than the trip to a thread (about 0.3 ms of CPU, and under load
+        tens of milliseconds waiting for the GIL; ``docs/decisions.md`` item 32).
+        Longer ones go to the decision threads, so one huge response cannot
+        stall every request. 0 sends every step to the threads.
     """
 
     budget: float | None = None
@@ -98,6 +108,7 @@ class ServiceConfig:
     max_prompt_chars: int = 100_000
     max_client_concurrency: int = 32
     decision_threads: int = 2
+    inline_decision_chars: int = 32_000
 
 
 class _Metrics:
@@ -195,7 +206,10 @@ class _Service:
             self.executor.shutdown(wait=True)
             blas.restore_original_limits()
 
-    async def _off_loop(self, function, *args):
+    async def _run_decision(self, chars: int, function, *args):
+        """``function(*args)``: here if it reads at most ``inline_decision_chars`` of new text, else on a thread."""
+        if chars <= self.config.inline_decision_chars:
+            return function(*args)
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
 
     # -- the cascade ---------------------------------------------------------------------------------------
@@ -219,8 +233,9 @@ class _Service:
               prepared: PreparedQueries | None) -> tuple[str | None, str | None, PreparedQueries]:
         """The next model, or ``None`` and the selected answer's model (``None`` if nothing answered).
 
-        Deciding and, once the cascade stops, selecting happen in one trip to the decision threads. The
-        prompt is featurized at the first step and the result passed back, so later steps only re-estimate.
+        Deciding and, once the cascade stops, selecting happen in one call (one trip to a decision thread
+        when it goes there). The prompt is featurized at the first step and the result passed back, so later
+        steps only re-estimate.
         """
         if prepared is None:
             prepared = self.router.prepare([parsed.prompt], **self._keywords(parsed))
@@ -239,10 +254,10 @@ class _Service:
         observed: dict[str, dict[str, Any]] = {}
         excluded: set[str] = set()
         steps: list[_Step] = []
-        prepared = None
+        prepared, new_text = None, len(parsed.prompt)
         while True:
-            model, selected, prepared = await self._off_loop(self._step, parsed, policy, observed, excluded,
-                                                             prepared)
+            model, selected, prepared = await self._run_decision(new_text, self._step, parsed, policy, observed,
+                                                                 excluded, prepared)
             if model is None:
                 break
             self.metrics.decisions.labels(model).inc()
@@ -260,6 +275,7 @@ class _Service:
             self.metrics.upstream_seconds.labels(model).observe(reply.seconds)
             self.metrics.spend.labels(model).inc(reply.cost)
             observed[model] = {"cost": reply.cost, "response": reply.text}
+            new_text = len(reply.text)
             steps.append(_Step(model, reply, None))
         if not observed:
             failed = "; ".join(str(step.failure) for step in steps) or "the policy called no model"
@@ -322,7 +338,8 @@ class _Service:
             return {"next": plan.next, "models": list(plan.models), "select": select,
                     "budget": self.paced.budget if policy is None else policy.budget}
 
-        return JSONResponse(await self._off_loop(decide))
+        new_text = len(parsed.prompt) + sum(len(str(result.get("response", ""))) for result in observed.values())
+        return JSONResponse(await self._run_decision(new_text, decide))
 
     async def models(self, request: Request) -> Response:
         names = [ROUTER_MODEL] + [f"{ROUTER_MODEL}@{_label(p.budget)}" for p in self.router.policies]
