@@ -192,6 +192,8 @@ def fit_weighted(regressor: BaseEstimator, X: np.ndarray, y: np.ndarray, weights
 #: Tree counts the per-model LightGBM regressors choose among on their out-of-fold rows (``tree_counts``),
 #: up to the regressor's own ``n_estimators``.
 TREE_COUNTS = (25, 50)
+#: Fewest out-of-fold cells (a model not run, at one run-set size) that choose between trees and prior there.
+_MIN_CELLS = 100
 #: Prior probabilities are kept this far from 0 and 1 before taking their logit.
 _PRIOR_EPS = 1e-4
 
@@ -286,6 +288,14 @@ class QualityEstimator(BaseEstimator):
         boosts from its average as usual. (Pooled regressors boosted from the
         prior were tried: best Brier scores, but no better AUC than per-model
         ones on RouterBench and llmrouter, so the simpler rule stays.)
+        A model not yet run is estimated by the prior alone at the run-set
+        sizes ``|R|`` where its trees do not beat the prior in out-of-fold
+        log loss on those cells (``unrun_trees_``): a prompt-text departure
+        that does not generalise then moves no decision, and the trees come
+        in where the answers of the models run tell something, and always
+        once the model itself ran. Per size, so that an estimate does not
+        jump from prior to trees when a model runs that tells nothing about
+        it, which a cascade would read as a reveal (``docs/peers.md``).
     tree_counts : tuple of int or None, default=TREE_COUNTS
         With ``boost_from="task"``, the numbers of trees each model's regressor
         chooses among, besides its own ``n_estimators`` (the most it may
@@ -307,6 +317,12 @@ class QualityEstimator(BaseEstimator):
         fitted on every training query; ``None`` when not used.
     n_trees_ : ndarray of int, shape (K,) or None
         Trees each model's regressor kept (``tree_counts``).
+    unrun_trees_ : ndarray of bool, shape (K + 1, K) or None
+        Row ``|R|``, column ``i``: whether model ``i``'s trees estimate it
+        while it has not run and ``|R|`` models have; ``False``: the prior
+        alone does (``boost_from``). Sizes with fewer than 100 out-of-fold
+        cells take the choice of the size below. ``None`` when not boosted
+        from the prior.
     self_columns_ : ndarray of int, shape (G, K)
         Per model, its own columns of the feature matrix (prompt features,
         then the post-hoc block), which a pooled regressor's rows repeat.
@@ -406,15 +422,19 @@ class QualityEstimator(BaseEstimator):
                 and template.get_params()["objective"] == "cross_entropy" and not self.pooled_
                 and bool(labelled.all()) and weights is None and any(n.startswith(CATEGORY_PREFIX) for n in names))
 
-    def _boost_from_prior(self, prompt_features: np.ndarray, quality: np.ndarray, rows: np.ndarray, folds: list,
-                          X: np.ndarray, Y: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _boost_from_prior(self, prompt_features: np.ndarray, quality: np.ndarray, rows: np.ndarray, run: np.ndarray,
+                          folds: list, X: np.ndarray, Y: np.ndarray,
+                          names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Fit the per-task prior, choose each model's tree count, and return the init logits and out-of-fold estimates.
 
         The prior of a training row comes from the queries of the other
         folds (out of fold, the folds of σ), so no row starts from a mean
         that holds its own label; the fold regressors grow the largest tree
         count, and each model keeps the count whose out-of-fold log loss is
-        lowest (:data:`TREE_COUNTS`), which also gives σ's residuals.
+        lowest (:data:`TREE_COUNTS`), which also gives σ's residuals. The
+        same out-of-fold log loss decides, per run-set size, whether the
+        trees or the prior alone estimate each model not yet run
+        (``unrun_trees_``).
         """
         prompt_names = [names[j] for j in range(prompt_features.shape[1])]
         query_fold = np.zeros(prompt_features.shape[0], dtype=np.int64)
@@ -440,7 +460,30 @@ class QualityEstimator(BaseEstimator):
         estimates = 1.0 / (1.0 + np.exp(-(raw + init)))
         best = [int(np.argmin([_log_loss(Y[:, i], estimates[c, :, i]) for c in range(len(counts))])) for i in range(k)]
         self.n_trees_ = np.array([counts[c] for c in best], dtype=np.int64)
-        return init, estimates[best, :, np.arange(k)].T
+        oof = estimates[best, :, np.arange(k)].T
+        prior_alone = 1.0 / (1.0 + np.exp(-init))
+        size, unrun = run.sum(axis=1), ~run
+        self.unrun_trees_ = np.ones((k + 1, k), dtype=bool)
+        for s in range(k + 1):
+            for i in range(k):
+                cells = unrun[:, i] & (size == s)
+                if np.count_nonzero(cells) < _MIN_CELLS:  # too few rows to choose: as at the size below
+                    self.unrun_trees_[s, i] = self.unrun_trees_[s - 1, i] if s else True
+                else:
+                    self.unrun_trees_[s, i] = (_log_loss(Y[cells, i], oof[cells, i])
+                                               < _log_loss(Y[cells, i], prior_alone[cells, i]))
+        return init, self._prior_where_unrun(oof, init, run)
+
+    def _prior_where_unrun(self, quality: np.ndarray, offset: np.ndarray, run: np.ndarray) -> np.ndarray:
+        """``quality`` with the prior alone (logits ``offset``) in the not-run cells ``unrun_trees_`` gives to it."""
+        trees = getattr(self, "unrun_trees_", None)  # absent from estimators fitted before it existed
+        if trees is None or trees.all():
+            return quality
+        run = np.asarray(run, dtype=bool)
+        cells = ~run & ~trees[run.sum(axis=1)]
+        if not cells.any():
+            return quality
+        return np.where(cells, 1.0 / (1.0 + np.exp(-offset)), quality)
 
     def _template(self) -> BaseEstimator:
         return self.regressor if self.regressor is not None else make_lightgbm_regressor()
@@ -519,9 +562,9 @@ class QualityEstimator(BaseEstimator):
         X = _features(prompt_features[rows], run, posthoc.take(rows))
         Y = quality[rows]
         folds = list(GroupKFold(self.n_folds).split(X, groups=rows))
-        self.prior_, self.n_trees_, init = None, None, None
+        self.prior_, self.n_trees_, self.unrun_trees_, init = None, None, None, None
         if self._boosts_from_prior(names, labelled, weights):
-            init, oof = self._boost_from_prior(prompt_features, quality, rows, folds, X, Y, names)
+            init, oof = self._boost_from_prior(prompt_features, quality, rows, run, folds, X, Y, names)
         else:
             oof = np.empty_like(Y)
             for train, test in folds:
@@ -566,8 +609,11 @@ class QualityEstimator(BaseEstimator):
         ndarray of float64, shape (N, K)
             In [0, 1].
         """
-        offset = self.prompt_share(prompt_features) if self.prior_ is not None else None
-        return self._predict_regressors(self.regressors_, _features(prompt_features, run, posthoc), offset)
+        if self.prior_ is None:
+            return self._predict_regressors(self.regressors_, _features(prompt_features, run, posthoc))
+        offset = self.prompt_share(prompt_features)
+        return self._prior_where_unrun(
+            self._predict_regressors(self.regressors_, _features(prompt_features, run, posthoc), offset), offset, run)
 
     def prompt_share(self, prompt_features: NDArray[np.float64]) -> NDArray[np.float64] | None:
         """The prompt's share of the raw quality estimates when the regressors are one affine map, else ``None``.
@@ -617,7 +663,8 @@ class QualityEstimator(BaseEstimator):
             raw = np.column_stack([self.frozen_.predict(self._model_rows(X, i), parallel)[:, 0]
                                    for i in range(self.self_columns_.shape[1])])
         elif getattr(self, "prior_", None) is not None:  # the forests start from the prior's logit
-            raw = self.frozen_.predict(np.hstack([prompt_features, block]), parallel, offset=share)
+            raw = self._prior_where_unrun(self.frozen_.predict(np.hstack([prompt_features, block]), parallel,
+                                                                 offset=share), share, run)
         elif share is None:
             raw = self.frozen_.predict(np.hstack([prompt_features, block]), parallel)
         else:

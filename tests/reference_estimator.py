@@ -17,7 +17,9 @@ objects' own ``transform``/``predict`` and plain NumPy/Python.
   ``transform`` on a frame of its columns.
 * Quality: each fitted regressor's own ``predict`` on the prompt features
   followed by the post-hoc block of the run set, clipped to [0, 1] (boosted from
-  the per-task prior: the regressors' raw score plus the prior's logit); a pooled
+  the per-task prior: the regressors' raw score plus the prior's logit, or the
+  prior alone for a model not run at a run-set size where ``unrun_trees_`` is
+  ``False``); a pooled
   regressor (partial logs) predicts model ``m`` on those features, ``m``
   one-hot and the post-hoc columns named after ``m``.
 * σ: the σ model's fitted regressor on ``(q, ran, |R|, model index)`` per
@@ -103,6 +105,11 @@ def _quality(estimator, features: np.ndarray, run: np.ndarray, signals: dict, in
         # Boosted from the per-task prior: LightGBM's raw score plus the logit of the prior's own predict.
         prior = np.clip(quality_estimator.prior_.predict(features), 1e-4, 1 - 1e-4)
         raw = np.column_stack([r.predict(X, raw_score=True) for r in quality_estimator.regressors_])
+        # A model not run is its prior alone at the run-set sizes where unrun_trees_ says so.
+        for row in range(run.shape[0]):
+            for i in range(run.shape[1]):
+                if not run[row, i] and not quality_estimator.unrun_trees_[run[row].sum(), i]:
+                    raw[row, i] = 0.0
         return np.clip(1.0 / (1.0 + np.exp(-(raw + np.log(prior / (1 - prior))))), 0.0, 1.0)
     if not quality_estimator.pooled_:
         return np.clip(np.column_stack([r.predict(X) for r in quality_estimator.regressors_]), 0.0, 1.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import joblib
 import numpy as np
 import pytest
@@ -51,8 +53,14 @@ def test_run_models_get_observed_cost_and_post_hoc_quality(fitted, table):
     assert np.all(post.sigma[run] == 0.0)  # run_sigma=0 by default
     # Models not run get the "reveal" σ of their run-set size (here 2 models run).
     np.testing.assert_array_equal(post.sigma[:, 2], fitted.reveal_sigma_[2, 2])
-    error = RouterEstimator(quality=FAST, run_sigma=None, uncertainty="error").fit(table)
-    assert error.predict_table(table, run).sigma[run].mean() < error.predict_table(table).sigma[run].mean()
+    # With σ from the estimates' own errors, a model that ran is less uncertain, where its run tells something
+    # beyond the task (here's signal only restates the task's skill, and out of fold neither it nor agreement
+    # beats the per-task prior, so the table gets a signal that reads the outcome).
+    rng = np.random.default_rng(5)
+    outcome = 0.1 + 0.8 * table.quality + rng.normal(0, 0.1, table.quality.shape)
+    told = replace(table, signals={"logprob": np.log(np.clip(outcome, 0.01, 1.0))})
+    error = RouterEstimator(quality=FAST, run_sigma=None, uncertainty="error").fit(told)
+    assert error.predict_table(told, run).sigma[run].mean() < error.predict_table(told).sigma[run].mean()
 
 
 def test_predict_matches_predict_table(fitted, table):
@@ -121,7 +129,6 @@ def test_fit_on_rows_uses_only_those_queries(table):
 
 def test_table_without_prompts_uses_tasks_only():
     table = synthetic_table(n=200, k=2)
-    from dataclasses import replace
 
     bare = replace(table, prompts=None, responses=None, signals={})
     est = RouterEstimator(quality=FAST).fit(bare)
@@ -131,7 +138,6 @@ def test_table_without_prompts_uses_tasks_only():
 
 def test_price_based_cost_uses_tokens():
     table = synthetic_table(n=200, k=2)
-    from dataclasses import replace
 
     tokens = np.full((200, 2), 100.0)
     priced = replace(table, input_tokens=tokens, output_tokens=tokens * np.array([1.0, 2.0]))
@@ -217,7 +223,6 @@ def test_observed_cost_required_for_run_models(fitted, table):
 
 
 def test_training_table_with_nan_quality_is_rejected(table):
-    from dataclasses import replace
 
     quality = table.quality.copy()
     quality[0, 0] = np.nan
@@ -226,7 +231,6 @@ def test_training_table_with_nan_quality_is_rejected(table):
 
 
 def test_price_based_cost_needs_input_tokens_or_prompts():
-    from dataclasses import replace
 
     table = synthetic_table(n=200, k=2)
     tokens = np.full((200, 2), 100.0)
@@ -275,7 +279,15 @@ def test_lightgbm_boosts_from_the_per_task_prior_and_keeps_its_out_of_fold_tree_
     prior = np.clip(boosted.prior_.predict(features), 1e-4, 1 - 1e-4)
     raw = np.column_stack([r.predict(np.hstack([features, _empty_block(fitted, table)]), raw_score=True)
                            for r in boosted.regressors_])
+    # This table's quality depends on the task alone, so out of fold no model's trees beat the prior before any
+    # model ran: the ex-ante estimates are the prior's, and a model's trees come in once it ran.
+    assert boosted.unrun_trees_.shape == (table.n_models + 1, table.n_models) and not boosted.unrun_trees_[0].any()
+    np.testing.assert_allclose(fitted.predict_table(table).quality, prior, rtol=1e-9, atol=1e-12)
+    run = np.zeros((table.n_queries, table.n_models), dtype=bool)
+    run[:, 0] = True
     expected = 1 / (1 + np.exp(-(raw + np.log(prior / (1 - prior)))))
+    assert not np.allclose(fitted.predict_table(table, run).quality[:, 0], prior[:, 0])
+    boosted.unrun_trees_ = np.ones_like(boosted.unrun_trees_)  # as if the trees had won everywhere: prior + trees
     np.testing.assert_allclose(fitted.predict_table(table).quality, np.clip(expected, 0, 1), rtol=1e-9, atol=1e-12)
     plain = RouterEstimator(quality=QualityEstimator(regressor=make_lightgbm_regressor(n_estimators=60),
                                                      boost_from=None)).fit(table)
@@ -283,6 +295,20 @@ def test_lightgbm_boosts_from_the_per_task_prior_and_keeps_its_out_of_fold_tree_
     assert [r.n_estimators for r in plain.quality_.regressors_] == [60] * table.n_models
     with pytest.raises(ValueError, match="boost_from must be"):
         RouterEstimator(quality=QualityEstimator(boost_from="global")).fit(table)
+
+
+def test_unrun_trees_are_kept_ex_ante_where_the_prompt_tells_more_than_its_task(table):
+    """Within each task, a word of the prompt decides quality: out of fold the trees beat the prior ex-ante."""
+    rng = np.random.default_rng(1)
+    hard = rng.random(table.n_queries) < 0.5
+    prompts = np.array([f"{prompt} {'hard tricky puzzle' if h else 'easy simple sum'}"
+                        for prompt, h in zip(table.prompts, hard)], dtype=object)
+    quality = (rng.random(table.quality.shape) < np.where(hard, 0.1, 0.9)[:, None]).astype(np.float64)
+    worded = replace(table, prompts=prompts, quality=quality)
+    fitted = RouterEstimator(quality=QualityEstimator(regressor=make_lightgbm_regressor(n_estimators=60))).fit(worded)
+    assert fitted.quality_.unrun_trees_[0].all()
+    estimates = fitted.predict_table(worded).quality
+    assert estimates[hard].mean() < 0.3 < 0.7 < estimates[~hard].mean()  # the prior alone would give ~0.5 to both
 
 
 @pytest.mark.parametrize("boost_from", ["task", None])
