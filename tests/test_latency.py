@@ -132,6 +132,47 @@ def test_both_budgets_are_met_and_each_binds_where_the_other_is_loose(strategy):
     assert both.mu > 0 and both.calibration_quality <= cost_only.calibration_quality
 
 
+def steep_episodes(seed: int, n_queries: int = 2000, n_models: int = 4) -> TableEpisodes:
+    """Estimates that are one number per task and model, costs and latencies nearly equal across queries.
+
+    The shape the per-task prior gives (``QualityEstimator.unrun_trees_``): a whole task switches model at
+    nearly one multiplier, so cost and latency are steep, almost step, functions of ``λ`` and ``μ``.
+    """
+    rng = np.random.default_rng(seed)
+    task = rng.integers(0, 3, n_queries)
+    skill = rng.uniform(0.4, 0.9, (3, n_models))
+    truth = (rng.random((n_queries, n_models)) < skill[task]).astype(float)
+    cost = np.geomspace(1e-4, 5e-3, n_models) * rng.lognormal(0, 0.02, (n_queries, n_models))
+    latency = rng.permutation(np.linspace(0.5, 4.0, n_models)) * rng.lognormal(0, 0.02, (n_queries, n_models))
+    ante = skill[task]
+    return TableEpisodes(ante, np.full_like(ante, 0.25), cost, truth, np.zeros_like(truth), cost, truth, cost,
+                         parallel=False, latency=(latency, latency, latency))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("strategy", ["routing", "cascade_routing"])
+def test_a_budget_that_binds_is_met_at_its_figure_even_where_the_outcome_is_steep(seed, strategy):
+    """A positive multiplier means its budget is what stops the policy: calibration sits at the budget.
+
+    Before the two-budget search narrowed its brackets by outcome (``BRACKET_SPREAD``), a λ inside the
+    nested tolerance could land a tenth of the budget under it here (and μ = 0 pass by that overshoot).
+    """
+    episodes = steep_episodes(seed)
+    free = fit_policy(episodes, 1.0, strategy=strategy, max_depth=3)
+    budget = 2 * float(np.sort(episodes.tables[7].mean(axis=0))[1])
+    for share in (0.5, 0.8):
+        latency_budget = share * free.calibration_latency
+        policy = fit_policy(episodes, budget, strategy=strategy, max_depth=3, latency_budget=latency_budget,
+                            on_infeasible="clamp")
+        if policy.budget_status != "met":
+            continue
+        assert policy.calibration_cost <= budget and policy.calibration_latency <= latency_budget
+        if np.max(policy.lambdas) > 0:
+            assert policy.calibration_cost >= 0.97 * budget
+        if policy.mu > 0:
+            assert policy.calibration_latency >= 0.97 * latency_budget
+
+
 def test_a_latency_budget_below_the_fastest_policy_is_a_budget_error():
     episodes = latency_episodes(4)
     fastest_model = float(episodes.latency[2].mean(axis=0).min())

@@ -51,6 +51,14 @@ MAX_SCALE = 1e200
 #: nested bisections stop ten times earlier than :data:`SCALE_RTOL`; the λ of the μ kept is then
 #: re-solved to ``SCALE_RTOL``.
 NESTED_RTOL = 2e-2
+#: The two-budget search's bisections go on past their tolerance while the feasible end of the bracket is
+#: more than this share of the budget under the infeasible one: where cost or latency is steep in the
+#: multiplier (estimates that tie whole tasks), a bracket within :data:`NESTED_RTOL` can span a tenth of
+#: the budget, and a λ over the cost-only one by that much can meet a latency budget by luck (μ = 0 kept,
+#: the cost budget it "binds" left 20 % unspent).
+BRACKET_SPREAD = 0.01
+#: ... but they stop at this relative width of the bracket (outcomes are steps: one query can move more).
+MIN_RTOL = 1e-4
 #: Multiplicative moves tried per coordinate and sweep of the per-step search.
 LAMBDA_MOVES = ((0.25, 4.0), (0.5, 2.0))
 #: Additive moves (quality units) for per-step thresholds.
@@ -349,10 +357,13 @@ def _solve_scale(measure: Callable[[float], EpisodeOutcome], family, shape: np.n
     With one (the per-step search passes the last solution) the bracket is
     found by walking from it, which takes one or two evaluations instead of
     a fresh doubling. With ``excess`` (how far an outcome is over the budget
-    that binds, ``> 0`` when it does not fit) the bracket is cut where the
-    line through its ends' excesses crosses 0, in ``log α``, kept within the
-    middle 80 % so it always shrinks (the nested search of a latency budget,
-    where every step costs a search of its own).
+    that binds, as a share of it, ``> 0`` when it does not fit) the bracket
+    is cut where the line through its ends' excesses crosses 0, in ``log α``,
+    kept within the middle 80 % so it always shrinks (the nested search of a
+    latency budget, where every step costs a search of its own), and it is
+    narrowed past the family's tolerance until its ends' excesses are within
+    :data:`BRACKET_SPREAD` of each other (or it is :data:`MIN_RTOL` wide), so
+    the outcome kept sits at the budget even where it is steep in ``α``.
 
     Returns ``(alpha, outcome, status)`` with status ``met``, ``above_max``
     (even the most expensive setting fits) or ``below_min`` (nothing fits;
@@ -388,7 +399,9 @@ def _solve_scale(measure: Callable[[float], EpisodeOutcome], family, shape: np.n
         high, high_outcome = candidate, candidate_outcome
     if not fits(high_outcome):
         return high, high_outcome, "below_min"
-    while not family.close(low, high):
+    while not family.close(low, high) or (
+            excess is not None and low_outcome is not None and high - low > MIN_RTOL * abs(high)
+            and excess(low_outcome) - excess(high_outcome) > BRACKET_SPREAD):
         middle = family.midpoint(low, high)
         if excess is not None and low > 0 and low_outcome is not None:
             over, under = excess(low_outcome), excess(high_outcome)
@@ -583,7 +596,7 @@ def _solve_multipliers(search: _Search, family: _LambdaFamily, latency_scale: fl
     nested = _LambdaFamily(len(shape), family.cost_scale, NESTED_RTOL)
 
     def over_cost(outcome: EpisodeOutcome) -> float:
-        return outcome.mean_cost - budgets.cost
+        return outcome.mean_cost / budgets.cost - 1.0
 
     def measure_at(mu: float) -> Callable[[float], EpisodeOutcome]:
         return lambda alpha: search.measure(**family.changes(alpha, shape), mu=mu)
@@ -602,7 +615,7 @@ def _solve_multipliers(search: _Search, family: _LambdaFamily, latency_scale: fl
 
     mu_family = _LambdaFamily(1, latency_scale, NESTED_RTOL)
     mu, outcome, status = _solve_scale(measure_mu, mu_family, mu_family.initial_shape, budgets.fits, None,
-                                       lambda o: o.mean_latency - budgets.latency)
+                                       lambda o: o.mean_latency / budgets.latency - 1.0)
     alpha, cost_status = solved[mu]
     if status == "above_max":  # latency does not bind (μ = 0): the status is the cost budget's
         status = cost_status
