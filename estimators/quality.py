@@ -198,6 +198,10 @@ _MIN_CELLS = 100
 _PRIOR_EPS = 1e-4
 
 
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, _PRIOR_EPS, 1.0 - _PRIOR_EPS)
     return np.log(p / (1.0 - p))
@@ -457,11 +461,11 @@ class QualityEstimator(BaseEstimator):
             for c, count in enumerate(counts):
                 raw[c, test] = np.column_stack([r.predict(X[test], raw_score=True, num_iteration=count)
                                                 for r in regressors])
-        estimates = 1.0 / (1.0 + np.exp(-(raw + init)))
+        estimates = _sigmoid(raw + init)
         best = [int(np.argmin([_log_loss(Y[:, i], estimates[c, :, i]) for c in range(len(counts))])) for i in range(k)]
         self.n_trees_ = np.array([counts[c] for c in best], dtype=np.int64)
         oof = estimates[best, :, np.arange(k)].T
-        prior_alone = 1.0 / (1.0 + np.exp(-init))
+        prior_alone = _sigmoid(init)
         size, unrun = run.sum(axis=1), ~run
         self.unrun_trees_ = np.ones((k + 1, k), dtype=bool)
         for s in range(k + 1):
@@ -483,7 +487,7 @@ class QualityEstimator(BaseEstimator):
         cells = ~run & ~trees[run.sum(axis=1)]
         if not cells.any():
             return quality
-        return np.where(cells, 1.0 / (1.0 + np.exp(-offset)), quality)
+        return np.where(cells, _sigmoid(offset), quality)
 
     def _template(self) -> BaseEstimator:
         return self.regressor if self.regressor is not None else make_lightgbm_regressor()
@@ -498,7 +502,7 @@ class QualityEstimator(BaseEstimator):
                             offset: np.ndarray | None = None) -> np.ndarray:
         if offset is not None:  # boosted from a prior: the trees' raw score starts at its logit
             raw = np.column_stack([r.predict(X, raw_score=True) for r in regressors]) + offset
-            return 1.0 / (1.0 + np.exp(-raw))
+            return _sigmoid(raw)
         if self.pooled_:
             return np.clip(np.column_stack([regressors[0].predict(self._model_rows(X, i))
                                             for i in range(self.self_columns_.shape[1])]), 0.0, 1.0)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .artifact import signing_key
 
-__all__ = ["BAD_INPUT", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "Interrupted", "OutputError",
+__all__ = ["BAD_INPUT", "positive_int", "non_negative_int", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "Interrupted", "OutputError",
            "check_writable", "fail", "key_from_env", "logs_summary", "quality_range", "parse_or_exit_code",
            "run_command", "writing"]
 
@@ -180,6 +180,23 @@ def quality_range(text: str) -> tuple[float, float]:
     if not (math.isfinite(low) and math.isfinite(high) and low <= high):
         raise argparse.ArgumentTypeError(f"expected finite LO <= HI, got {text!r}")
     return low, high
+
+
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number of at least ``minimum``, else a usage error naming both."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+#: argparse ``type``s for counts (>= 1) and seeds or limits that may be 0.
+positive_int, non_negative_int = _whole_number(1), _whole_number(0)
 
 
 def parse_or_exit_code(parse: Callable[[Sequence[str] | None], argparse.Namespace],

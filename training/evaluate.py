@@ -24,7 +24,8 @@ from typing import Sequence
 from estimators.estimator import ESTIMATOR_KINDS
 from estimators.simulated import NOISE_LEVELS
 
-from .cli import CANNOT_WRITE, OutputError, check_writable, fail, logs_summary, parse_or_exit_code, quality_range, writing
+from .cli import (CANNOT_WRITE, OutputError, check_writable, fail, logs_summary, non_negative_int, parse_or_exit_code,
+                  positive_int, quality_range, writing)
 from .data import read_table
 from .episodes import MIN_FULLY_LOGGED
 from .protocol import DEFAULT_STRATEGIES, EvaluationReport, evaluate_strategies
@@ -80,19 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of queries, in (0, 1), used to fit estimates and policies; the "
                              "paper's 0.05 suits ~36k queries, use ~0.3 for a few thousand "
                              "(default: %(default)s)")
-    parser.add_argument("--max-depth", type=_positive_int, default=5, metavar="D",
+    parser.add_argument("--max-depth", type=positive_int, default=5, metavar="D",
                         help="most models cascade routing runs per query (the threshold and optimal cascades "
                              "may run every model); 5 is the paper's protocol (ALGORITHM.md §6), so that the "
                              "AUCs compare with the paper's, where python -m training.fit saves routers with 3 "
                              "(default: %(default)s)")
-    parser.add_argument("--min-fully-logged", type=_positive_int, default=MIN_FULLY_LOGGED, metavar="N",
+    parser.add_argument("--min-fully-logged", type=positive_int, default=MIN_FULLY_LOGGED, metavar="N",
                         help="partial logs (learned estimators): fit policies on the calibration queries logged "
                              "for every model when there are at least N, else with the direct method; the test "
                              "split always holds only fully logged queries (default: %(default)s)")
-    parser.add_argument("--seed", type=_non_negative_int, default=0,
+    parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed of the split, the estimate noise and the bootstrap "
                              "(default: %(default)s)")
-    parser.add_argument("--bootstrap", type=_positive_int, default=500, metavar="N",
+    parser.add_argument("--bootstrap", type=positive_int, default=500, metavar="N",
                         help="bootstrap resamples of the test queries (default: %(default)s)")
     parser.add_argument("--per-step", action="store_true",
                         help="also search a per-step lambda (threshold) shape: slower, usually "
@@ -276,24 +277,6 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _integer(text, minimum=1)
-
-
-def _non_negative_int(text: str) -> int:
-    return _integer(text, minimum=0)
-
-
-def _integer(text: str, *, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
 
 

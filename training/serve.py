@@ -20,27 +20,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli import BAD_INPUT, fail, parse_or_exit_code
+from .cli import BAD_INPUT, fail, non_negative_int, parse_or_exit_code, positive_int
 
 __all__ = ["main"]
 
 log = logging.getLogger("training.serve")
-
-
-def _whole_number(minimum: int):
-    """An argparse type: a whole number of at least ``minimum``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-_positive_int, _non_negative_int = _whole_number(1), _whole_number(0)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -66,15 +50,15 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         "controller shared by all requests to model 'router'")
     parser.add_argument("--api-key-env", metavar="NAME", default=None, help="environment variable holding the "
                         "key callers must send as 'Authorization: Bearer <key>'; default: no key needed")
-    parser.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20,
+    parser.add_argument("--max-body-bytes", type=positive_int, default=1 << 20,
                         help="larger request bodies get 413")
-    parser.add_argument("--max-prompt-chars", type=_positive_int, default=100_000,
+    parser.add_argument("--max-prompt-chars", type=positive_int, default=100_000,
                         help="most characters the messages of one request may hold together (400 above)")
-    parser.add_argument("--max-client-concurrency", type=_positive_int, default=32,
+    parser.add_argument("--max-client-concurrency", type=positive_int, default=32,
                         help="requests one client address may have in flight (429 above)")
-    parser.add_argument("--decision-threads", type=_positive_int, default=2,
+    parser.add_argument("--decision-threads", type=positive_int, default=2,
                         help="threads running the decision steps too long for the event loop")
-    parser.add_argument("--inline-decision-chars", type=_non_negative_int, default=32_000,
+    parser.add_argument("--inline-decision-chars", type=non_negative_int, default=32_000,
                         help="a decision step reading at most this many new characters (prompt, or the newest "
                              "response) runs on the event loop, a longer one on a decision thread; 0: all on threads")
     parser.add_argument("--graceful-timeout", type=float, default=30.0,
