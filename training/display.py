@@ -58,7 +58,9 @@ class QualityCostDisplay:
         Markers of the ``fitted`` points.
     labels_ : list of matplotlib.text.Annotation
         The labels of the single models and fitted points, placed so that
-        none overlaps another (the legend sits outside the axes).
+        none overlaps another label, a marker or a drawn line (the legend sits
+        outside the axes). :meth:`place_labels` places them again after the
+        figure's layout changed.
 
     Examples
     --------
@@ -169,15 +171,16 @@ class QualityCostDisplay:
             order = np.argsort(costs, kind="stable")
             (self.lines_[name],) = ax.plot(costs[order], qualities[order], label=name, **style)
         self.single_models_ = self.hull_line_ = self.fitted_ = None
-        labelled: list[tuple[str, float, float]] = []
+        self._labelled: list[tuple[str, float, float]] = []
         if self.single_models:
             self._plot_single_models(ax)
-            labelled += zip(self.single_models, *_as_points(_transpose(self.single_models.values()), "single_models"))
+            self._labelled += zip(self.single_models,
+                                  *_as_points(_transpose(self.single_models.values()), "single_models"))
         if self.fitted:
             costs, qualities = _as_points(_transpose(self.fitted.values(), "fitted"), "fitted")
             self.fitted_ = ax.scatter(costs, qualities, marker="*", s=90, color="crimson", zorder=4,
                                       label="router at the fitted budgets")
-            labelled += zip(self.fitted, costs, qualities)
+            self._labelled += zip(self.fitted, costs, qualities)
         if log_cost:
             ax.set_xscale("log")
         ax.set(xlabel=xlabel, ylabel=ylabel)
@@ -185,8 +188,25 @@ class QualityCostDisplay:
             ax.set_title(title)
         # Outside the axes: a legend inside would hide whatever point lies under it.
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")
-        self.labels_ = _place_labels(ax, labelled)
-        self.ax_, self.figure_ = ax, ax.figure
+        self.ax_, self.figure_, self.labels_ = ax, ax.figure, []
+        return self.place_labels()
+
+    def place_labels(self) -> QualityCostDisplay:
+        """Label the single models and fitted points where nothing else is drawn.
+
+        :meth:`plot` calls it; call it again once the figure's layout is final
+        (for example after plotting on the other axes of a figure with a
+        layout engine, which moves and resizes this one), since the places
+        are chosen from on-screen extents.
+
+        Returns
+        -------
+        QualityCostDisplay
+            ``self``, with ``labels_`` replaced.
+        """
+        for label in self.labels_:
+            label.remove()
+        self.labels_ = _place_labels(self.ax_, self._labelled)
         return self
 
     def _plot_single_models(self, ax: Axes) -> None:
@@ -215,36 +235,55 @@ def _pyplot() -> Any:
 
 
 #: Offsets (points) tried in turn for a label, right of its point first, then further up and down.
-_LABEL_OFFSETS = tuple((dx, dy) for dy in (-10, 4, -22, 16, -34, 28, -46, 40) for dx in (5, -5))
+_LABEL_OFFSETS = tuple((dx, dy) for dy in (-10, 4, -22, 16, -34, 28, -46, 40, -58, 52) for dx in (5, -5))
+#: Vertical offsets (points) up to which a label reads as its point's without a leader line.
+_NEAR_OFFSET = 10
+#: Weight of hiding a label or a point against crossing one line, when no place is free.
+_HIDES = 100
 
 
 def _place_labels(ax: Axes, points: list[tuple[str, float, float]]) -> list[Any]:
-    """Annotate each point at the first offset whose text stays in the axes and overlaps no earlier label and no point.
+    """Annotate each point at the first offset whose text stays in the axes and covers no label, point or line.
 
     Greedy, cheapest offsets first, points from left to right: enough for
     the handful of models and budgets of a quality-cost plot. A label that
-    finds no free offset keeps the last one tried.
+    finds no free offset takes the one hiding the fewest labels and points,
+    then crossing the fewest lines.
+    Labels are left out of the layout (they sit inside the axes), so that
+    placing them does not move the axes they were placed on.
     """
     if not points:
         return []
     renderer = ax.figure.canvas.get_renderer()
-    ax.figure.canvas.draw()  # settle limits and scales, so that extents are final
+    ax.figure.canvas.draw()  # settle limits, scales and layout, so that extents are final
     markers = [ax.transData.transform((cost, quality)) for _, cost, quality in points]
+    lines = [line.get_transform().transform_path(line.get_path()) for line in ax.get_lines()]
     inside = ax.get_window_extent(renderer)
     placed, boxes = [], []
     for name, cost, quality in sorted(points, key=lambda p: (p[1], -p[2])):
+        best = None
         for dx, dy in _LABEL_OFFSETS:
             label = ax.annotate(name, (cost, quality), textcoords="offset points", xytext=(dx, dy),
-                                fontsize="small", ha="left" if dx > 0 else "right")
+                                fontsize="small", ha="left" if dx > 0 else "right", in_layout=False)
             box = label.get_window_extent(renderer).expanded(1.05, 1.1)
-            free = not any(box.overlaps(other) for other in boxes) and not any(box.contains(*m) for m in markers)
-            if free and inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1):
-                break
             label.remove()
-        else:
-            ax.add_artist(label)
+            if not (inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)):
+                continue
+            # Hiding a label or a point loses information; crossing a line only makes it harder to read.
+            covered = (_HIDES * (sum(box.overlaps(other) for other in boxes) + sum(box.contains(*m) for m in markers))
+                       + sum(path.intersects_bbox(box, filled=False) for path in lines))
+            if best is None or covered < best[0]:
+                best = (covered, dx, dy, box)
+            if covered == 0:
+                break
+        _, dx, dy, box = best if best is not None else (0, *_LABEL_OFFSETS[0], None)
+        # A label pushed away from its point gets a thin leader, so it cannot be read as another point's.
+        leader = {"arrowprops": {"arrowstyle": "-", "color": "grey", "linewidth": 0.6, "shrinkA": 0,
+                                 "shrinkB": 3}} if abs(dy) > _NEAR_OFFSET else {}
+        label = ax.annotate(name, (cost, quality), textcoords="offset points", xytext=(dx, dy),
+                            fontsize="small", ha="left" if dx > 0 else "right", in_layout=False, **leader)
         placed.append(label)
-        boxes.append(box)
+        boxes.append(box if box is not None else label.get_window_extent(renderer))
     return placed
 
 
@@ -272,3 +311,50 @@ def _as_points(curve: Curve, name: str) -> tuple[np.ndarray, np.ndarray]:
     if not (np.isfinite(costs).all() and np.isfinite(qualities).all()):
         raise ValueError(f"{name} must be finite")
     return costs, qualities
+
+
+def report_figure(report: Mapping[str, Any]) -> Any:
+    """Draw a ``training.fit`` report: quality against cost, and against latency when the data has it.
+
+    The panels share one figure with a constrained layout, which makes room
+    for each panel's legend beside it; the labels are placed once that
+    layout is final, so that no label, legend or tick label lands on
+    another.
+
+    Parameters
+    ----------
+    report : mapping
+        The report ``training.fit`` writes (``report.json``): ``strategy``,
+        ``data``, ``curve``, ``budgets``, ``single_models`` and ``latency``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure; the caller saves and closes it.
+    """
+    plt = _pyplot()
+    curve, fitted, singles = report["curve"], report["budgets"], report["single_models"]
+    panels = 2 if report["latency"] else 1
+    figure, axes = plt.subplots(1, panels, figsize=(6.8 * panels, 4.8), squeeze=False, layout="constrained")
+    strategy = report["strategy"]
+    displays = [QualityCostDisplay.from_curves(
+        {strategy: ([r["test_cost"] for r in curve], [r["test_quality"] for r in curve])},
+        {s["model"]: (s["cost"], s["quality"]) for s in singles}, log_cost=True,
+        fitted={_budget_label(r): (r["test_cost"], r["test_quality"]) for r in fitted}, ax=axes[0, 0],
+        title=f"{strategy}, test split\n{report['data']}")]
+    if report["latency"]:  # the same policies against what a caller waits for
+        displays.append(QualityCostDisplay.from_curves(
+            {strategy: ([r["test_latency"] for r in curve], [r["test_quality"] for r in curve])},
+            {s["model"]: (s["latency"], s["quality"]) for s in singles}, hull=False,
+            fitted={_budget_label(r): (r["test_latency"], r["test_quality"]) for r in fitted}, ax=axes[0, 1],
+            xlabel="Mean latency per query (s)", title="the same policies\nquality vs mean latency"))
+    figure.canvas.draw()
+    figure.set_layout_engine("none")  # freeze the layout the labels are placed in
+    for display in displays:
+        display.place_labels()
+    return figure
+
+
+def _budget_label(row: Mapping[str, Any]) -> str:
+    latency = "" if row["latency_budget"] is None else f", {row['latency_budget']:.3g} s"
+    return f"budget {row['budget']:.3g}{latency}"

@@ -429,38 +429,20 @@ def _write_report(report: dict, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     write_bytes_atomically(directory / "report.json", json.dumps(report, indent=2).encode("utf-8"))
     try:
-        from .display import QualityCostDisplay
         import matplotlib
         matplotlib.use("Agg")
+        import matplotlib.pyplot
+
+        from .display import report_figure
     except ImportError:
         print("note: matplotlib is not installed; skipping quality_cost.png "
               '(pip install "cascade-router[plot]")', file=sys.stderr)
         return
-    import matplotlib.pyplot as plt
-
-    curve, fitted = report["curve"], report["budgets"]
-    title = f"{report['strategy']} on {report['data']} (test split)"
-    figure, axes = plt.subplots(1, 2 if report["latency"] else 1, figsize=(13 if report["latency"] else 6.4, 4.8),
-                                squeeze=False)
-    QualityCostDisplay.from_curves(
-        {report["strategy"]: ([r["test_cost"] for r in curve], [r["test_quality"] for r in curve])},
-        {s["model"]: (s["cost"], s["quality"]) for s in report["single_models"]}, log_cost=True,
-        fitted={_budget_label(r): (r["test_cost"], r["test_quality"]) for r in fitted}, ax=axes[0, 0], title=title)
-    if report["latency"]:  # the same policies against what a caller waits for
-        QualityCostDisplay.from_curves(
-            {report["strategy"]: ([r["test_latency"] for r in curve], [r["test_quality"] for r in curve])},
-            {s["model"]: (s["latency"], s["quality"]) for s in report["single_models"]}, hull=False,
-            fitted={_budget_label(r): (r["test_latency"], r["test_quality"]) for r in fitted}, ax=axes[0, 1],
-            xlabel="Mean latency per query (s)", title="the same policies: quality vs mean latency")
+    figure = report_figure(report)
     try:
         _save_figure(figure, directory / "quality_cost.png")
     finally:
-        plt.close(figure)
-
-
-def _budget_label(row: dict) -> str:
-    latency = "" if row["latency_budget"] is None else f", {row['latency_budget']:.3g} s"
-    return f"budget {row['budget']:.3g}{latency}"
+        matplotlib.pyplot.close(figure)
 
 
 def _save_figure(figure, path: Path) -> None:

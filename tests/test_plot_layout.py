@@ -1,0 +1,101 @@
+"""The fit report's figure as a person sees it: no text drawn over another, nothing cut off.
+
+Read from the rendered artists' extents (Agg): every legend, tick label, axis
+label, title and point label of the figure ``training.fit`` saves. Checked on
+the fit shared by the suite, on the README's default run and on a RouterBench
+fit (those two are slow).
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from training.display import report_figure  # noqa: E402
+from training.fit import main  # noqa: E402
+
+
+def _texts(figure) -> list[tuple[str, object]]:
+    """Every piece of text a reader must be able to read, with its on-screen box."""
+    renderer = figure.canvas.get_renderer()
+    found = []
+    for index, ax in enumerate(figure.axes):
+        legend = ax.get_legend()
+        if legend is not None:
+            found.append((f"axes {index} legend", legend.get_window_extent(renderer)))
+        for name, text in (("title", ax.title), ("x label", ax.xaxis.label), ("y label", ax.yaxis.label)):
+            if text.get_text():
+                found.append((f"axes {index} {name}", text.get_window_extent(renderer)))
+        for axis_name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            shown = [tick for tick in axis.get_ticklabels(which="both") if tick.get_visible() and tick.get_text()]
+            low, high = sorted(axis.get_view_interval())
+            for tick in shown:  # labels of ticks outside the view are not drawn
+                position = tick.get_position()[0 if axis_name == "x" else 1]
+                if low <= position <= high:
+                    found.append((f"axes {index} {axis_name} tick {tick.get_text()!r}",
+                                  tick.get_window_extent(renderer)))
+        for text in ax.texts:  # the words only: a leader line may cross things, as leaders do
+            found.append((f"axes {index} label {text.get_text()!r}", Text.get_window_extent(text, renderer)))
+    return found
+
+
+def _layout_problems(figure) -> list[str]:
+    figure.canvas.draw()
+    texts = _texts(figure)
+    frame = figure.bbox
+    problems = [f"{name} leaves the figure" for name, box in texts
+                if not (frame.x0 - 0.5 <= box.x0 and box.x1 <= frame.x1 + 0.5
+                        and frame.y0 - 0.5 <= box.y0 and box.y1 <= frame.y1 + 0.5)]
+    problems += [f"{a} overlaps {b}" for (a, box_a), (b, box_b) in combinations(texts, 2)
+                 if box_a.overlaps(box_b) and box_a.intersection(box_a, box_b).width > 0.5
+                 and box_a.intersection(box_a, box_b).height > 0.5]
+    return problems
+
+
+def _check_report(report_dir: Path) -> None:
+    report = json.loads((report_dir / "report.json").read_text())
+    figure = report_figure(report)
+    try:
+        assert len(figure.axes) == (2 if report["latency"] else 1)
+        assert _layout_problems(figure) == []
+    finally:
+        plt.close(figure)
+
+
+def test_the_checker_finds_a_legend_drawn_over_the_next_panel():
+    """The layout ``training.fit`` drew before: per-panel legends outside the axes of a plain two-panel figure."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(8, 4))
+    left.plot([0, 1], [0, 1], label="a curve with a rather long legend entry")
+    left.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    right.plot([0, 1], [0, 1])
+    try:
+        assert any("legend overlaps" in problem for problem in _layout_problems(figure))
+    finally:
+        plt.close(figure)
+
+
+def test_the_shared_fit_figure_has_no_overlaps(fitted_artifact):
+    _check_report(fitted_artifact[1])
+
+
+@pytest.mark.slow
+def test_the_default_run_figure_has_no_overlaps(tmp_path):
+    """The README's main job exactly (``python -m training.fit``, defaults), with its two panels."""
+    assert main(["--out", str(tmp_path / "router.joblib"), "--report", str(tmp_path / "report"), "--quiet"]) == 0
+    _check_report(tmp_path / "report")
+
+
+@pytest.mark.slow
+def test_a_routerbench_fit_figure_has_no_overlaps(routerbench_subset, tmp_path):
+    data = routerbench_subset / "routerbench_subset.parquet"
+    assert main(["--data", str(data), "--estimator", "linear", "--budget", "0.0002", "0.001",
+                 "--out", str(tmp_path / "router.joblib"), "--report", str(tmp_path / "report"), "--quiet"]) == 0
+    _check_report(tmp_path / "report")
