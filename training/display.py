@@ -9,6 +9,7 @@ an optional extra, imported only when drawing.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
@@ -341,7 +342,7 @@ def report_figure(report: Mapping[str, Any]) -> Any:
         {strategy: ([r["test_cost"] for r in curve], [r["test_quality"] for r in curve])},
         {s["model"]: (s["cost"], s["quality"]) for s in singles}, log_cost=True,
         fitted={_budget_label(r): (r["test_cost"], r["test_quality"]) for r in fitted}, ax=axes[0, 0],
-        title=f"{strategy}, test split\n{report['data']}")]
+        title=f"{strategy}, test split\n{Path(report['data']).name}")]  # a file's folders would not fit
     if report["latency"]:  # the same policies against what a caller waits for
         displays.append(QualityCostDisplay.from_curves(
             {strategy: ([r["test_latency"] for r in curve], [r["test_quality"] for r in curve])},
