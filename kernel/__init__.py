@@ -1,6 +1,6 @@
 """Compiled decision core: routing, cascades and cascade routing (ALGORITHM.md).
 
-Public API: :func:`decide`, :func:`plan`, :func:`simulate`,
+Public API: :func:`decide`, :func:`plan`, :class:`Decider`, :func:`simulate`,
 :func:`select_answer`, :func:`expected_max` and :func:`normal_samples`.
 """
 
@@ -9,11 +9,12 @@ from ._cache import invalidate_stale_cache
 invalidate_stale_cache()
 
 # The kernels are imported after the cache check, on purpose.
-from .api import SimulationResult, decide, expected_max, plan, select_answer, simulate  # noqa: E402
+from .api import Decider, SimulationResult, decide, expected_max, plan, select_answer, simulate  # noqa: E402
 from .config import MAX_MODELS, STOP, STRATEGIES  # noqa: E402
 from .samples import default_uniforms, normal_samples  # noqa: E402
 
 __all__ = [
+    "Decider",
     "MAX_MODELS",
     "STOP",
     "STRATEGIES",

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .config import BLOCK_SIZE, JIT_OPTIONS, STOP
-from ._search import new_scratch, plan_query, select_best_run
+from ._search import new_scratch, plan_query, plan_without_draws, select_best_run
+from .config import BLOCK_SIZE, CASCADE, JIT_OPTIONS, STOP, THRESHOLD
 
 
 @njit(**JIT_OPTIONS)
@@ -132,3 +132,67 @@ def simulate_all_parallel(*args):
     """
     for block in prange(_n_blocks(args[0].shape[0])):
         _simulate_block(block, *args)
+
+
+@njit(**JIT_OPTIONS)
+def _row_is_valid(quality, sigma, cost, run, u, strategy):
+    """Whether one query's inputs pass every check :mod:`kernel._validate` makes on a batch row.
+
+    The single-query path checks here, compiled, instead of in NumPy; on
+    ``False`` the caller re-runs the batch path, whose checks raise the
+    error that names the problem.
+    """
+    n_models = quality.shape[0]
+    for i in range(n_models):
+        if not (np.isfinite(quality[i]) and np.isfinite(cost[i]) and np.isfinite(sigma[i])):
+            return False
+        if cost[i] < 0.0 or sigma[i] < 0.0:
+            return False
+    if not 0.0 <= u <= 1.0:
+        return False
+    if strategy == CASCADE or strategy == THRESHOLD:
+        n_run = 0
+        for i in range(n_models):
+            n_run += run[i]
+        for i in range(n_models):
+            if run[i] != (i < n_run):
+                return False
+    return True
+
+
+@njit(**JIT_OPTIONS)
+def plan_one(quality, sigma, cost, run, u, lambdas, strategy, thresholds, max_depth, force_order, gamma, z,
+             prune):
+    """Check and plan one query: ``(valid, next_model, plan_mask)``, as one row of :func:`plan_all_serial`.
+
+    The same :func:`~kernel._search.plan_query` on the same values as the
+    batch drivers, so the decision is the batch path's, bit for bit; only
+    the checks (:func:`_row_is_valid`) and the call overhead differ.
+
+    Parameters
+    ----------
+    quality, sigma, cost : ndarray of float64, shape (K,)
+        The query's estimates (``sigma`` zeros when exact).
+    run : ndarray of bool, shape (K,)
+        Models already run.
+    u : float
+        The query's uniform, compared with ``gamma``.
+    lambdas, strategy, thresholds, max_depth, force_order, gamma, z, prune
+        Validated policy arguments, as the batch drivers take them.
+
+    Returns
+    -------
+    (bool, int, int64)
+        Whether the inputs are valid (else the other two are meaningless),
+        the next model (``STOP`` to stop) and the plan's bit mask.
+    """
+    if not _row_is_valid(quality, sigma, cost, run, u, strategy):
+        return False, STOP, np.int64(0)
+    decided, chosen, plan, _, _ = plan_without_draws(quality, cost, run, lambdas, strategy, thresholds, max_depth,
+                                                     u < gamma)
+    if decided:
+        return True, chosen, plan
+    scratch = new_scratch(z.shape[0], quality.shape[0], max_depth)
+    chosen, plan = plan_query(quality, sigma, np.zeros((1, 1)), False, cost, run, lambdas, strategy, thresholds,
+                              max_depth, force_order, u < gamma, z, prune, scratch)
+    return True, chosen, plan

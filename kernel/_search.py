@@ -435,6 +435,51 @@ def new_scratch(n_samples, n_models, max_depth):
 
 
 @njit(**JIT_OPTIONS)
+def plan_without_draws(quality, cost, run, lambdas, strategy, thresholds, max_depth, expensive):
+    """The decisions that need no draws: the threshold cascade, routing, and stopping at the depth or ``λ`` limit.
+
+    Split from :func:`plan_query` so that the single-query path can skip
+    allocating the scratch space when the decision needs none.
+
+    Parameters
+    ----------
+    quality, cost, run, lambdas, strategy, thresholds, max_depth, expensive
+        As in :func:`plan_query`.
+
+    Returns
+    -------
+    decided : bool
+        Whether the decision is made (else the draws are needed).
+    next_model : int
+        Model to run next, or ``STOP``; meaningful only when ``decided``.
+    plan_mask : int64
+        Bit mask of ``M*``; the run set when not ``decided``.
+    n_run, highest : int
+        Models run, and the highest index among them (-1 for none).
+    """
+    n_models = quality.shape[0]
+    n_run, run_mask, highest = _run_state(run)
+    if strategy == THRESHOLD:
+        if n_run == 0:
+            return True, 0, np.int64(1), n_run, highest
+        if n_run >= max_depth or n_run >= n_models:
+            return True, STOP, run_mask, n_run, highest
+        last = n_run - 1
+        go_on = quality[last] <= thresholds[last] if expensive else quality[last] < thresholds[last]
+        if go_on:
+            return True, n_run, run_mask | (np.int64(1) << n_run), n_run, highest
+        return True, STOP, run_mask, n_run, highest
+    if n_run >= lambdas.shape[0] or n_run >= max_depth:
+        return True, STOP, run_mask, n_run, highest
+    if strategy == ROUTING and n_run > 0:
+        return True, STOP, run_mask, n_run, highest
+    if strategy == ROUTING:
+        chosen = _route(quality, cost, lambdas[n_run], expensive)
+        return True, chosen, np.int64(1) << chosen, n_run, highest
+    return False, STOP, run_mask, n_run, highest
+
+
+@njit(**JIT_OPTIONS)
 def plan_query(quality, sigma, chol, use_cov, cost, run, lambdas, strategy, thresholds,
                max_depth, force_order, expensive, z, prune, scratch):
     """Plan one query: return ``(next_model, plan_mask)``; ``next_model == STOP`` stops.
@@ -482,25 +527,11 @@ def plan_query(quality, sigma, chol, use_cov, cost, run, lambdas, strategy, thre
     (draws, taus, costs, sizes, masks, base, cand, n_cand, pos, node_q, node_cost, node_mask,
      child_q, child_gain, child_max, order, n_alive, best, winner) = scratch
     n_models = quality.shape[0]
-    n_run, run_mask, highest = _run_state(run)
-    if strategy == THRESHOLD:
-        if n_run == 0:
-            return 0, np.int64(1)
-        if n_run >= max_depth or n_run >= n_models:
-            return STOP, run_mask
-        last = n_run - 1
-        go_on = quality[last] <= thresholds[last] if expensive else quality[last] < thresholds[last]
-        if go_on:
-            return n_run, run_mask | (np.int64(1) << n_run)
-        return STOP, run_mask
-    if n_run >= lambdas.shape[0] or n_run >= max_depth:
-        return STOP, run_mask
-    if strategy == ROUTING and n_run > 0:
-        return STOP, run_mask
+    decided, chosen, plan, n_run, highest = plan_without_draws(quality, cost, run, lambdas, strategy, thresholds,
+                                                               max_depth, expensive)
+    if decided:
+        return chosen, plan
     lam = lambdas[n_run]
-    if strategy == ROUTING:
-        chosen = _route(quality, cost, lam, expensive)
-        return chosen, np.int64(1) << chosen
     fill_draws(quality, sigma, chol, use_cov, z, draws)
     if strategy == CASCADE:
         n = _list_cascade(draws, cost, n_run, lam, max_depth, base, taus, costs, sizes, masks)

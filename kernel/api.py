@@ -7,17 +7,28 @@ driver and returns plain arrays. See ALGORITHM.md for the rules.
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _validate as check
-from ._drivers import plan_all_parallel, plan_all_serial, simulate_all_parallel, simulate_all_serial
-from .config import CASCADE, STOP, THRESHOLD
+from ._drivers import (
+    plan_all_parallel,
+    plan_all_serial,
+    plan_one,
+    simulate_all_parallel,
+    simulate_all_serial,
+)
+from .config import BLOCK_SIZE, CASCADE, MAX_MODELS, STOP, THRESHOLD
 from .samples import normal_samples
 
-__all__ = ["decide", "plan", "select_answer", "simulate", "expected_max", "SimulationResult"]
+_FLOAT64 = np.dtype(np.float64)
+_BOOL = np.dtype(np.bool_)
+
+__all__ = ["Decider", "decide", "plan", "select_answer", "simulate", "expected_max", "SimulationResult"]
 
 
 def _policy_arguments(strategy, lambdas, thresholds, max_depth, gamma, u, n_samples, shape):
@@ -74,7 +85,8 @@ def plan(quality: ArrayLike, cost: ArrayLike, *, sigma: ArrayLike | None = None,
         check.check_prefix_runs(run, strategy)
     next_model = np.empty(shape[0], dtype=np.int64)
     plan_mask = np.empty(shape[0], dtype=np.int64)
-    driver = plan_all_parallel if parallel else plan_all_serial
+    # One block is the same work either way; the serial driver skips the thread pool's start-up.
+    driver = plan_all_parallel if parallel and shape[0] > BLOCK_SIZE else plan_all_serial
     driver(quality, sigma, chol, use_cov, cost, run, lambda_values, code, threshold_values,
            depth, bool(force_order), gamma, u, z, bool(prune), next_model, plan_mask)
     return next_model, plan_mask
@@ -146,6 +158,156 @@ def decide(quality: ArrayLike, cost: ArrayLike, *, sigma: ArrayLike | None = Non
     return plan(quality, cost, sigma=sigma, cov=cov, run=run, lambdas=lambdas, strategy=strategy,
                 thresholds=thresholds, max_depth=max_depth, force_order=force_order, gamma=gamma,
                 u=u, n_samples=n_samples, prune=prune, parallel=parallel)[0]
+
+
+class Decider:
+    """One policy's kernel options, validated once, for deciding one query per call.
+
+    A service decides one query at a time with the same policy; :func:`plan`
+    would check ``λ``, the thresholds and the options and convert every
+    argument to a batch on each call, which costs ten times the compiled
+    work. A ``Decider`` checks the options once, checks each query's
+    estimates inside the compiled call and calls that compiled function
+    directly (numba's entry point, resolved once: no dispatch on argument
+    types per call). Its decisions are those of :func:`plan` on the same
+    query as a one-row batch, bit for bit: the same compiled search runs on
+    the same values.
+
+    Immutable once built, so one instance serves many threads (the compiled
+    call releases the GIL and allocates its own scratch space).
+
+    Parameters
+    ----------
+    n_models : int
+        ``K``, the length of every per-query vector.
+    lambdas, strategy, thresholds, max_depth, force_order, gamma, n_samples, prune
+        As in :func:`decide`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kernel import Decider
+    >>> decider = Decider(2, lambdas=0.1, strategy="routing")
+    >>> decider.decide(np.array([0.6, 0.9]), np.array([0.1, 1.0]))
+    1
+    """
+
+    def __init__(self, n_models: int, *, lambdas: ArrayLike | None = None, strategy: str = "cascade_routing",
+                 thresholds: ArrayLike | None = None, max_depth: int | None = None, force_order: bool = False,
+                 gamma: float = 0.0, n_samples: int = 64, prune: bool = True) -> None:
+        if isinstance(n_models, bool) or not isinstance(n_models, numbers.Integral) or not 1 <= n_models <= MAX_MODELS:
+            raise ValueError(f"n_models must be an integer in [1, {MAX_MODELS}], got {n_models!r}")
+        self.n_models = int(n_models)
+        self.options = dict(lambdas=lambdas, strategy=strategy, thresholds=thresholds, max_depth=max_depth,
+                            force_order=force_order, gamma=gamma, n_samples=n_samples, prune=prune)
+        code, lambda_values, threshold_values, depth, gamma, _, z = _policy_arguments(
+            strategy, lambdas, thresholds, max_depth, gamma, None, n_samples, (1, self.n_models))
+        self._code = code
+        self._policy = (lambda_values, code, threshold_values, depth, bool(force_order), gamma, z, bool(prune))
+        self._shape = (self.n_models,)
+        self._zeros = np.zeros(self.n_models)
+        self._zeros.setflags(write=False)
+        self._no_run = np.zeros(self.n_models, dtype=np.bool_)
+        self._no_run.setflags(write=False)
+        arguments = (self._zeros, self._zeros, self._zeros, self._no_run, 0.5, *self._policy)
+        plan_one(*arguments)  # compiles, or loads the cached machine code, once per process
+        signature = tuple(numba.typeof(value) for value in arguments)
+        # The entry point takes exactly these types and trusts them: plan() passes only arrays of them.
+        self._entry = plan_one.overloads[signature].entry_point
+
+    def __reduce__(self):
+        """Pickle the options, not the compiled entry point (rebuilt on load)."""
+        return _rebuild_decider, (self.n_models, self.options)
+
+    def _vector(self, value: ArrayLike) -> NDArray[np.float64] | None:
+        """``value`` as the compiled call's float64 C-contiguous ``(K,)`` array, or ``None`` to take the batch path."""
+        if not (type(value) is np.ndarray and value.dtype is _FLOAT64 and value.flags.c_contiguous):
+            try:
+                value = np.ascontiguousarray(value, dtype=np.float64)
+            except (TypeError, ValueError):
+                return None
+        return value if value.shape == self._shape else None
+
+    def plan(self, quality: ArrayLike, cost: ArrayLike, *, sigma: ArrayLike | None = None,
+             run: ArrayLike | None = None, u: float | None = None) -> tuple[int, int]:
+        """Next model and planned supermodel of one query: :func:`plan` of the one-row batch.
+
+        Inputs already in the compiled layout (float64 and C-contiguous
+        ``(K,)`` arrays, ``run`` a bool array, ``u`` a float) go straight
+        to the compiled call; others are converted first, or take the batch
+        path, which decides alike.
+
+        Parameters
+        ----------
+        quality, cost : array-like of shape (K,)
+            The query's estimates.
+        sigma : array-like of shape (K,), optional
+            Standard deviations of the quality estimates (independent errors).
+        run : bool array-like of shape (K,), optional
+            Models already run; default none.
+        u : float in [0, 1], optional
+            The query's uniform for ``gamma``; default that of a one-query
+            batch (:func:`default_uniforms`), 0.5.
+
+        Returns
+        -------
+        (int, int)
+            Next model (``STOP`` = -1 to stop) and the plan's bit mask.
+
+        Raises
+        ------
+        ValueError, TypeError
+            As :func:`plan` raises them for the one-row batch.
+        """
+        quality_row = self._vector(quality)
+        cost_row = self._vector(cost)
+        sigma_row = self._zeros if sigma is None else self._vector(sigma)
+        if run is None:
+            run_row = self._no_run
+        elif type(run) is np.ndarray and run.dtype is _BOOL and run.shape == self._shape:
+            run_row = run if run.flags.c_contiguous else np.ascontiguousarray(run)
+        else:
+            run_row = None
+        uniform = 0.5 if u is None else u
+        if (quality_row is not None and cost_row is not None and sigma_row is not None and run_row is not None
+                and isinstance(uniform, float)):
+            valid, next_model, plan_mask = self._entry(quality_row, sigma_row, cost_row, run_row, float(uniform),
+                                                       *self._policy)
+            if valid:
+                return next_model, plan_mask
+        return self._batch(quality, cost, sigma, run, u)
+
+    def decide(self, quality: ArrayLike, cost: ArrayLike, *, sigma: ArrayLike | None = None,
+               run: ArrayLike | None = None, u: float | None = None) -> int:
+        """Next model of one query (``STOP`` = -1 to stop): :func:`decide` of the one-row batch.
+
+        Parameters
+        ----------
+        quality, cost, sigma, run, u
+            As in :meth:`plan`.
+
+        Returns
+        -------
+        int
+        """
+        return self.plan(quality, cost, sigma=sigma, run=run, u=u)[0]
+
+    def _batch(self, quality, cost, sigma, run, u) -> tuple[int, int]:
+        """:func:`plan` on the one-row batch: for inputs the compiled call does not take, and to raise the errors."""
+        for name, value in (("quality", quality), ("cost", cost), ("sigma", sigma), ("run", run)):
+            if value is not None and np.ndim(value) != 1:
+                raise ValueError(f"{name} must be one query's 1-dimensional vector of {self.n_models} values, "
+                                 f"got shape {np.shape(value)}")
+        if u is not None and (isinstance(u, bool) or not isinstance(u, numbers.Real)):
+            raise TypeError(f"u must be a number in [0, 1], got {type(u).__name__} {u!r}")
+        next_model, plan_mask = plan(
+            [quality], [cost], sigma=None if sigma is None else [sigma], run=None if run is None else [run],
+            u=None if u is None else [u], parallel=False, **self.options)
+        return int(next_model[0]), int(plan_mask[0])
+
+
+def _rebuild_decider(n_models: int, options: dict) -> Decider:
+    return Decider(n_models, **options)
 
 
 def select_answer(quality: ArrayLike, run: ArrayLike) -> NDArray[np.int64]:

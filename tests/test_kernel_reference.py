@@ -20,9 +20,9 @@ N_SAMPLES = 16
 
 
 @st.composite
-def problems(draw, strategies=("routing", "cascade", "cascade_routing", "threshold"), use_cov=False):
+def problems(draw, strategies=("routing", "cascade", "cascade_routing", "threshold"), use_cov=False, max_models=7):
     """A batch of queries, one policy, and per-query run sets that suit the strategy."""
-    n_models = draw(st.integers(1, 7))
+    n_models = draw(st.integers(1, max_models))
     n_queries = draw(st.integers(1, 4))
     strategy = draw(st.sampled_from(strategies))
     cell = st.sampled_from(GRID)
