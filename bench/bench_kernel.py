@@ -84,12 +84,48 @@ def test_cascade_routing_after_two_models(benchmark):
         quality, cost, sigma=sigma, run=run, lambdas=LAMBDA, max_depth=MAX_DEPTH, parallel=False), n_queries)
 
 
-def test_single_query_call(benchmark):
-    """One query per call: what a service pays, Python validation included."""
-    benchmark.group = "single query per call, K=11"
-    quality, cost, sigma = estimates(1, 11)
-    run_pedantic(benchmark, lambda: kernel.decide(
-        quality, cost, sigma=sigma, lambdas=LAMBDA, max_depth=MAX_DEPTH, parallel=False), 1, rounds=2000)
+SINGLE_QUERIES = 2_000
+
+
+def _policy(strategy, n_models):
+    if strategy == "threshold":
+        return {"strategy": strategy, "thresholds": np.full(n_models - 1, 0.7), "max_depth": MAX_DEPTH}
+    return {"strategy": strategy, "lambdas": LAMBDA, "max_depth": MAX_DEPTH, "n_samples": N_SAMPLES}
+
+
+@pytest.mark.parametrize("n_models", [3, 5, 11])
+@pytest.mark.parametrize("strategy", ["routing", "threshold", "cascade", "cascade_routing"])
+@pytest.mark.parametrize("path", ["batch", "Decider", "one-row decide"])
+def test_one_query_per_call(benchmark, strategy, n_models, path):
+    """One query per call (what a service pays) against the same queries as one batch, in the same run.
+
+    ``batch``: one serial :func:`kernel.decide` over all the queries;
+    ``Decider``: :class:`kernel.Decider` called once per query
+    (the single-call fast path); ``one-row decide``: :func:`kernel.decide`
+    on a one-row batch per query (validation and dispatch every call). The
+    target (issue 33): the Decider within 3 µs of the batch's time per query.
+    """
+    benchmark.group = f"one query per call vs batch: {strategy} K={n_models}"
+    quality, cost, sigma = estimates(SINGLE_QUERIES, n_models)
+    policy = _policy(strategy, n_models)
+    u = kernel.default_uniforms(SINGLE_QUERIES)
+    if path == "batch":
+        def work():
+            return kernel.decide(quality, cost, sigma=sigma, u=u, parallel=False, **policy)
+    elif path == "Decider":
+        decider = kernel.Decider(n_models, **policy)
+        rows = [(quality[n], cost[n], sigma[n], float(u[n])) for n in range(SINGLE_QUERIES)]
+
+        def work():
+            return [decider.decide(q, c, sigma=s, u=v) for q, c, s, v in rows]
+    else:
+        rows = [(quality[n:n + 1], cost[n:n + 1], sigma[n:n + 1], u[n:n + 1]) for n in range(SINGLE_QUERIES)]
+
+        def work():
+            return [kernel.decide(q, c, sigma=s, u=v, parallel=False, **policy)[0] for q, c, s, v in rows]
+    decisions = run_pedantic(benchmark, work, SINGLE_QUERIES, rounds=5)
+    np.testing.assert_array_equal(np.asarray(decisions), kernel.decide(quality, cost, sigma=sigma, u=u,
+                                                                        parallel=False, **policy))
 
 
 @pytest.mark.parametrize("parallel", [False, True])

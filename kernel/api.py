@@ -223,9 +223,11 @@ class Decider:
         """``value`` as the compiled call's float64 C-contiguous ``(K,)`` array, or ``None`` to take the batch path."""
         if not (type(value) is np.ndarray and value.dtype is _FLOAT64 and value.flags.c_contiguous):
             try:
-                value = np.ascontiguousarray(value, dtype=np.float64)
+                value = np.asarray(value, dtype=np.float64)
             except (TypeError, ValueError):
                 return None
+            if value.shape == self._shape and not value.flags.c_contiguous:
+                value = np.ascontiguousarray(value)
         return value if value.shape == self._shape else None
 
     def plan(self, quality: ArrayLike, cost: ArrayLike, *, sigma: ArrayLike | None = None,
@@ -259,23 +261,7 @@ class Decider:
         ValueError, TypeError
             As :func:`plan` raises them for the one-row batch.
         """
-        quality_row = self._vector(quality)
-        cost_row = self._vector(cost)
-        sigma_row = self._zeros if sigma is None else self._vector(sigma)
-        if run is None:
-            run_row = self._no_run
-        elif type(run) is np.ndarray and run.dtype is _BOOL and run.shape == self._shape:
-            run_row = run if run.flags.c_contiguous else np.ascontiguousarray(run)
-        else:
-            run_row = None
-        uniform = 0.5 if u is None else u
-        if (quality_row is not None and cost_row is not None and sigma_row is not None and run_row is not None
-                and isinstance(uniform, float)):
-            valid, next_model, plan_mask = self._entry(quality_row, sigma_row, cost_row, run_row, float(uniform),
-                                                       *self._policy)
-            if valid:
-                return next_model, plan_mask
-        return self._batch(quality, cost, sigma, run, u)
+        return self._plan(quality, cost, sigma, run, u)
 
     def decide(self, quality: ArrayLike, cost: ArrayLike, *, sigma: ArrayLike | None = None,
                run: ArrayLike | None = None, u: float | None = None) -> int:
@@ -290,7 +276,32 @@ class Decider:
         -------
         int
         """
-        return self.plan(quality, cost, sigma=sigma, run=run, u=u)[0]
+        return self._plan(quality, cost, sigma, run, u)[0]
+
+    def _plan(self, quality, cost, sigma, run, u) -> tuple[int, int]:
+        """:meth:`plan` with positional arguments: the compiled call when the layouts allow, else the batch path."""
+        shape = self._shape  # the common case, arrays already in the compiled layout, is checked inline
+        quality_row = (quality if type(quality) is np.ndarray and quality.dtype is _FLOAT64
+                       and quality.shape == shape and quality.flags.c_contiguous else self._vector(quality))
+        cost_row = (cost if type(cost) is np.ndarray and cost.dtype is _FLOAT64
+                    and cost.shape == shape and cost.flags.c_contiguous else self._vector(cost))
+        sigma_row = (self._zeros if sigma is None else sigma if type(sigma) is np.ndarray
+                     and sigma.dtype is _FLOAT64 and sigma.shape == shape and sigma.flags.c_contiguous
+                     else self._vector(sigma))
+        if run is None:
+            run_row = self._no_run
+        elif type(run) is np.ndarray and run.dtype is _BOOL and run.shape == self._shape:
+            run_row = run if run.flags.c_contiguous else np.ascontiguousarray(run)
+        else:
+            run_row = None
+        uniform = 0.5 if u is None else u
+        if (quality_row is not None and cost_row is not None and sigma_row is not None and run_row is not None
+                and isinstance(uniform, float)):
+            valid, next_model, plan_mask = self._entry(quality_row, sigma_row, cost_row, run_row, float(uniform),
+                                                       *self._policy)
+            if valid:
+                return next_model, plan_mask
+        return self._batch(quality, cost, sigma, run, u)
 
     def _batch(self, quality, cost, sigma, run, u) -> tuple[int, int]:
         """:func:`plan` on the one-row batch: for inputs the compiled call does not take, and to raise the errors."""
