@@ -198,12 +198,15 @@ class Decider:
         if isinstance(n_models, bool) or not isinstance(n_models, numbers.Integral) or not 1 <= n_models <= MAX_MODELS:
             raise ValueError(f"n_models must be an integer in [1, {MAX_MODELS}], got {n_models!r}")
         self.n_models = int(n_models)
-        self.options = dict(lambdas=lambdas, strategy=strategy, thresholds=thresholds, max_depth=max_depth,
-                            force_order=force_order, gamma=gamma, n_samples=n_samples, prune=prune)
         code, lambda_values, threshold_values, depth, gamma, _, z = _policy_arguments(
             strategy, lambdas, thresholds, max_depth, gamma, None, n_samples, (1, self.n_models))
-        self._code = code
-        self._policy = (lambda_values, code, threshold_values, depth, bool(force_order), gamma, z, bool(prune))
+        self.options = dict(lambdas=None if lambdas is None else lambda_values.copy(), strategy=strategy,
+                            thresholds=None if thresholds is None else np.array(thresholds, dtype=np.float64),
+                            max_depth=max_depth, force_order=force_order, gamma=gamma, n_samples=n_samples,
+                            prune=prune)
+        # Copies: a caller's later change to its λ array must not change this policy.
+        self._policy = (lambda_values.copy(), code, threshold_values.copy(), depth, bool(force_order), gamma, z,
+                        bool(prune))
         self._shape = (self.n_models,)
         self._zeros = np.zeros(self.n_models)
         self._zeros.setflags(write=False)

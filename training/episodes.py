@@ -14,6 +14,7 @@ decisions by construction.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -171,6 +172,12 @@ def plan_next(quality: ArrayLike, cost: ArrayLike, options: dict[str, Any], *, r
     """
     if FIXED_MODEL not in options:
         cost, options = penalised_cost(cost, latency, options)
+        if cov is None and np.shape(quality)[0] == 1:  # one query: a service's call, on the single-query path
+            decider = _decider(np.shape(quality)[1], options)
+            row = decider.plan(np.asarray(quality)[0], np.asarray(cost)[0], run=np.asarray(run)[0],
+                               sigma=None if sigma is None else np.asarray(sigma)[0],
+                               u=None if u is None else float(np.asarray(u)[0]))
+            return np.array([row[0]], dtype=np.int64), np.array([row[1]], dtype=np.int64)
         return kernel.plan(quality, cost, run=run, u=u, parallel=parallel, sigma=sigma, cov=cov, **options)
     model = int(options[FIXED_MODEL])
     run = np.asarray(run, dtype=bool)
@@ -178,6 +185,33 @@ def plan_next(quality: ArrayLike, cost: ArrayLike, options: dict[str, Any], *, r
     masks = run.astype(np.int64) @ (np.int64(1) << np.arange(run.shape[1], dtype=np.int64))
     return (np.where(stop, kernel.STOP, model).astype(np.int64),
             np.where(stop, masks, np.int64(1) << model).astype(np.int64))
+
+
+def _decider(n_models: int, options: dict[str, Any]) -> kernel.Decider:
+    """The :class:`kernel.Decider` of a policy's kernel options, built once per process and options.
+
+    A service decides one query per call with a handful of policies (one
+    per budget, and the paced ``λ`` of a :class:`~training.serving.router.PacedRouter`,
+    which changes slowly); checking them once each is what makes the
+    single-query path cheap. The options are keyed by value.
+    """
+    key = tuple(sorted((name, _hashable(value)) for name, value in options.items()))
+    return _cached_decider(int(n_models), key)
+
+
+def _hashable(value: Any) -> Any:
+    """Option values as a cache key: arrays as their float64 bytes, shape and dtype kept."""
+    if isinstance(value, (np.ndarray, list, tuple)):
+        array = np.asarray(value, dtype=np.float64)
+        return ("array", array.shape, array.tobytes())
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_decider(n_models: int, key: tuple) -> kernel.Decider:
+    options = {name: (np.frombuffer(value[2]).reshape(value[1]).copy()
+                      if isinstance(value, tuple) and value[:1] == ("array",) else value) for name, value in key}
+    return kernel.Decider(n_models, **options)
 
 
 #: ``estimate(rows, run, with_sigma)``: estimates of queries ``rows`` with run sets ``run``.
