@@ -157,3 +157,54 @@ def test_a_corrupted_artifact_fails_on_the_driver_before_any_task(spark, artifac
     shutil.copy(manifest_path(artifact), manifest_path(copy))
     with pytest.raises(ValueError, match="sha256"):
         score_spark(spark.createDataFrame(traffic[3].head(50)), copy)
+
+
+def test_check_grouped_finds_a_query_apart_within_and_across_batches():
+    from training.serving.spark import _check_grouped
+
+    state: dict = {}
+    _check_grouped(pd.Series(["a", "a", "b", None, "c"]), state)
+    _check_grouped(pd.Series(["c", "c", "d"]), state)  # c continues from the last batch: together
+    _check_grouped(pd.Series([None, "e"]), state)
+    for later in (["d"], ["e", "a"]):
+        with pytest.raises(ValueError, match="not together"):
+            _check_grouped(pd.Series(later), dict(state, finished=set(state["finished"])))
+    with pytest.raises(ValueError, match="'x' are not together"):
+        _check_grouped(pd.Series(["x", "y", "x"]), {})
+    with pytest.raises(ValueError, match="'x' are not together"):
+        _check_grouped(pd.Series(["x", None, "x"]), {})
+
+
+@pytest.fixture(scope="module")
+def grouped_file(traffic, tmp_path_factory):
+    """The sorted logged traffic in row groups of 1,000 rows (no multiple of 11): splits cut queries."""
+    import pyarrow.parquet as pq
+
+    path = tmp_path_factory.mktemp("grouped") / "logged.parquet"
+    pq.write_table(pa.Table.from_pandas(pd.read_parquet(traffic[0]), preserve_index=False), path,
+                   row_group_size=1000)
+    return path
+
+
+def test_grouped_and_shuffled_paths_give_identical_rows(spark, artifact, grouped_file):
+    from training.serving.spark import _edge_queries, read_parquet_with_rows
+
+    previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(256 * 1024))  # many splits, each a few row groups
+    try:
+        frame = read_parquet_with_rows(spark, str(grouped_file))
+        assert frame.rdd.getNumPartitions() > 4 and _edge_queries(frame)
+        results = [[_canonical(part.toPandas(), keys) for part, keys in
+                    zip(split_rejects(score_spark(frame, artifact, grouped=grouped)), (["query_id", "row"], ["row"]))]
+                   for grouped in (False, True)]
+    finally:
+        spark.conf.set("spark.sql.files.maxPartitionBytes", previous)
+    assert len(results[0][0]) > 20_000 and len(results[0][1]) >= 12
+    for shuffled, in_place in zip(*results):
+        pd.testing.assert_frame_equal(in_place, shuffled)
+
+
+def test_grouped_refuses_input_whose_queries_are_apart(spark, artifact, traffic):
+    shuffled = spark.createDataFrame(traffic[2]).repartition(2)
+    with pytest.raises(Exception, match="not together"):
+        score_spark(shuffled, artifact, grouped=True).count()

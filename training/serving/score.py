@@ -554,6 +554,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="'spark': read --input (a Parquet file or directory) and write --output and the "
                              "rejects as Parquet datasets through Spark (pip install \"cascade-router[spark]\"); "
                              "--batch-size, --workers and --resume are then Spark's business")
+    parser.add_argument("--grouped", action="store_true",
+                        help="with --engine spark: the rows of each query stand together in the input (as "
+                             "--engine local requires), so Spark scores each split where it is read, without "
+                             "shuffling every row by query_id; only the queries at the splits' edges are "
+                             "regrouped. A task that finds a query's rows apart fails, naming it; drop --grouped "
+                             "then (default: shuffle)")
     parser.add_argument("--master", default=None,
                         help="Spark master with --engine spark (e.g. local[2]); default: what spark-submit or "
                              "the Spark defaults say")
@@ -568,6 +574,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                      "work itself")
     if args.master is not None and args.engine != "spark":
         parser.error("--master needs --engine spark")
+    if args.grouped and args.engine != "spark":
+        parser.error("--grouped is for --engine spark (--engine local always reads each query's rows together)")
     if args.engine == "local":  # Spark takes URIs (hdfs://, s3a://) as they are: Path would fold their '//'
         args.input, args.output = Path(args.input), Path(args.output)
         args.rejects = None if args.rejects is None else Path(args.rejects)

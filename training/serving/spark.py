@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 __all__ = ["read_parquet_with_rows", "run_cli", "score_spark", "split_rejects"]
+
+#: Stands for a missing query id in :func:`_check_grouped`.
+_NO_ID = object()
 
 #: Routers loaded in this Python worker, by (artifact name, its sha256): one load per worker, whatever the tasks.
 _ROUTERS: dict[tuple[str, str], Router] = {}
@@ -77,15 +81,45 @@ def _executor_router(name: str, shipped: bool, sha256: str) -> Router:
     return _ROUTERS[(name, sha256)]
 
 
+def _check_grouped(ids: pd.Series, state: dict) -> None:
+    """Raise unless each query id of ``ids`` forms one run with the partition's earlier batches.
+
+    What ``grouped=True`` asserts, checked where it is used: within one
+    partition, a query's rows come together. A partition is read in order,
+    so one pass over its ids checks it, keeping (in ``state``) the ids whose
+    run has ended and the id of the run still open at the last batch's end.
+    """
+    finished, open_id = state.setdefault("finished", set()), state.get("open")
+    values = ids.to_numpy(dtype=object).copy()
+    if not values.size:
+        return
+    values[pd.isna(values)] = _NO_ID  # rows without an id part runs (each is rejected alone), belong to none
+    if open_id is not None and values[0] != open_id:
+        finished.add(open_id)
+    runs = values[np.flatnonzero(np.r_[True, values[1:] != values[:-1]])]
+    runs = runs[runs != _NO_ID].tolist()
+    again = [value for value in runs if value in finished]
+    if not again and len(set(runs)) < len(runs):
+        counts = pd.Series(runs).value_counts()
+        again = counts[counts > 1].index.tolist()
+    if again:
+        raise ValueError(f"grouped input expected, but the rows of query {again[0]!r} are not together in its "
+                         "split (--grouped / grouped=True asserts they are); drop it to regroup every query "
+                         "by shuffling")
+    state["open"] = None if values[-1] is _NO_ID else values[-1]
+    finished.update(runs if state["open"] is None else runs[:-1])
+
+
 def _score_partition(batches: Iterator[pa.RecordBatch], *, artifact: str, shipped: bool, sha256: str,
                      budget: float | None, logged: bool, schema: pa.Schema,
-                     latency_budget: float | None = None) -> Iterator[pa.RecordBatch]:
+                     latency_budget: float | None = None, grouped: bool = False) -> Iterator[pa.RecordBatch]:
     """Score one partition's Arrow batches; for logged input, a query cut by a batch's end waits for the next one.
 
-    The partition is sorted by ``query_id``, so the rows of a query are
-    contiguous in it and only the last query of a batch can continue into
-    the next batch. Results are Arrow batches of ``schema``, as
-    ``training.score`` writes them.
+    The partition is sorted by ``query_id``, or (``grouped``) read in the
+    input's order with each query's rows together, which is checked
+    (:func:`_check_grouped`); either way only the last query of a batch
+    can continue into the next batch. Results are Arrow batches of
+    ``schema``, as ``training.score`` writes them.
     """
     from threadpoolctl import threadpool_limits
 
@@ -96,9 +130,12 @@ def _score_partition(batches: Iterator[pa.RecordBatch], *, artifact: str, shippe
         return pa.RecordBatch.from_pandas(result.reindex(columns=schema.names), schema=schema, preserve_index=False)
 
     carry: pd.DataFrame | None = None
+    grouping: dict = {}
     with threadpool_limits(1, user_api="blas"):  # as training.score: BLAS threads only wait beside the others
         for record_batch in batches:
             batch = record_batch.to_pandas()
+            if grouped and logged:
+                _check_grouped(batch["query_id"], grouping)
             if carry is not None:
                 batch = pd.concat([carry, batch], ignore_index=True)
                 carry = None
@@ -150,7 +187,7 @@ def read_parquet_with_rows(spark, path: str) -> DataFrame:
 
 def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float | None = None,
                 logged: bool | None = None, ship: bool = True, latency_budget: float | None = None,
-                key: bytes | str | None = None) -> DataFrame:
+                key: bytes | str | None = None, grouped: bool = False) -> DataFrame:
     """Score a Spark DataFrame of traffic with a fitted router, as ``training.score`` scores a file.
 
     Parameters
@@ -179,6 +216,14 @@ def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float 
         Verify the artifact's signature with this key on the driver
         (:func:`~training.serving.router.load_router`); executors then load
         only a payload with the verified sha256.
+    grouped : bool, default=False
+        Logged input only: the caller asserts that each query's rows stand
+        together in ``frame``'s order (as ``training.score`` reads files).
+        Each partition is then scored where it is, without the shuffle that
+        regroups every row by ``query_id``; only the queries at partitions'
+        edges, which a split may cut, are shuffled (:func:`_edge_queries`).
+        A task that finds a query's rows apart within its partition fails,
+        naming the query. Same rows as without it.
 
     Returns
     -------
@@ -212,7 +257,16 @@ def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float 
 
         frame = frame.withColumn("row", F.monotonically_increasing_id())
     frame = frame.select(*needed, "row")
-    if logged:
+    edges = None
+    if logged and grouped:
+        from pyspark.sql import functions as F
+
+        cut = _edge_queries(frame)
+        inside = F.col("query_id").isNull() | ~F.col("query_id").isin(cut)
+        frame, edges = frame.filter(inside), frame.filter(~inside)
+        edges = edges.repartition(max(1, min(len(cut), frame.sparkSession.sparkContext.defaultParallelism)),
+                                  "query_id").sortWithinPartitions("query_id", "row")
+    elif logged:
         # as many partitions as the input has splits (about one per 128 MiB) and at least one per core: the
         # default 200 shuffle partitions make hundreds of Python tasks of a few hundred queries each
         partitions = max(frame.sparkSession.sparkContext.defaultParallelism, frame.rdd.getNumPartitions())
@@ -228,7 +282,33 @@ def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float 
         return _score_partition(batches, artifact=name, shipped=ship, sha256=sha256, budget=budget, logged=logged,
                                 schema=schema, latency_budget=latency_budget)
 
-    return frame.mapInArrow(score, schema=from_arrow_schema(schema))
+    def score_in_place(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return _score_partition(batches, artifact=name, shipped=ship, sha256=sha256, budget=budget, logged=logged,
+                                schema=schema, latency_budget=latency_budget, grouped=True)
+
+    spark_schema = from_arrow_schema(schema)
+    if edges is None:
+        return frame.mapInArrow(score, schema=spark_schema)
+    return frame.mapInArrow(score_in_place, schema=spark_schema).unionByName(edges.mapInArrow(score, schema=spark_schema))
+
+
+def _edge_queries(frame: DataFrame) -> list:
+    """The query ids first or last in some partition of ``frame``: the only ones a split can cut.
+
+    With each query's rows together in the input, a query can span two
+    partitions only where one ends and the next begins. One pass over the
+    ``query_id`` column (Parquet reads that column alone) finds each
+    partition's first and last id; the aggregation moves one row per
+    partition, not the data.
+    """
+    from pyspark.sql import functions as F
+
+    position = F.monotonically_increasing_id()  # increasing within a partition, in its order
+    ends = (frame.select(F.spark_partition_id().alias("_partition"), "query_id", position.alias("_position"))
+            .filter(F.col("query_id").isNotNull()).groupBy("_partition")
+            .agg(F.min_by("query_id", "_position").alias("first"), F.max_by("query_id", "_position").alias("last"))
+            .collect())
+    return sorted({value for record in ends for value in (record["first"], record["last"]) if value is not None})
 
 
 def split_rejects(scored: DataFrame) -> tuple[DataFrame, DataFrame]:
@@ -323,7 +403,7 @@ def _score_to_datasets(spark, args, output: str, rejects: str, key: bytes | None
     started = time.perf_counter()
     # both outputs filter one result: keep it, or Spark would score every query twice
     scored = score_spark(read_parquet_with_rows(spark, str(args.input)), args.artifact, budget=args.budget,
-                         latency_budget=args.latency_budget, key=key)
+                         latency_budget=args.latency_budget, key=key, grouped=getattr(args, "grouped", False))
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         for frame, target in zip(split_rejects(scored), (output, rejects)):
