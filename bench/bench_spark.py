@@ -8,7 +8,10 @@ x 11 models with new ids, written as pandas writes Parquet
 (start, artifact load and, for Spark, the JVM included):
 
 * ``local``: ``--workers 2``;
-* ``spark``: ``--engine spark --master local[2]``.
+* ``spark``: ``--engine spark --master local[2]``;
+* ``spark-grouped``: the same with ``--grouped`` (the file has each query's
+  rows together): no shuffle, only the queries at splits' edges regrouped.
+  Its output is compared with the local run's, row for row.
 
 ``extra_info`` holds queries/s, wall and CPU seconds and the peak summed RSS
 of each process tree (the JVM and its Python workers included for Spark),
@@ -51,23 +54,46 @@ def setup(routerbench_subset: Path, tmp_path_factory) -> tuple[Path, Path, Path]
     return _fit(folder, source), make_pandas_shaped_traffic(source, folder / "traffic.parquet", N_QUERIES), folder
 
 
-@pytest.mark.parametrize("engine", ["local", "spark"])
+@pytest.mark.parametrize("engine", ["local", "spark", "spark-grouped"])
 def test_scoring_throughput(benchmark, setup, engine):
     artifact, traffic, folder = setup
     output = folder / f"decisions_{engine}{'.parquet' if engine == 'local' else ''}"
     command = [sys.executable, "-m", "training.score", "--artifact", str(artifact), "--input", str(traffic),
                "--output", str(output), "--quiet"]
     command += ["--workers", "2"] if engine == "local" else ["--engine", "spark", "--master", "local[2]"]
+    command += ["--grouped"] if engine == "spark-grouped" else []
     measured = benchmark.pedantic(_run_measured, args=(command,), rounds=1, iterations=1)
     MEASURED[engine] = measured
     info = {"engine": engine, "queries": N_QUERIES, "wall_seconds": measured["wall"],
             "queries_per_second": N_QUERIES / measured["wall"], "cpu_seconds": measured["cpu_seconds"],
             "peak_rss_mib_all_processes": measured["peak_sum_mib"]}
-    if engine == "spark" and "local" in MEASURED:
+    if engine != "local" and "local" in MEASURED:
         info["overhead_us_per_query"] = (measured["wall"] - MEASURED["local"]["wall"]) / N_QUERIES * 1e6
+        info["share_of_local_throughput"] = MEASURED["local"]["wall"] / measured["wall"]
+        info["same_rows_as_local"] = _same_rows(output, folder / "decisions_local.parquet")
     benchmark.extra_info.update(info)
     print(f"\n{engine}: {N_QUERIES:,} queries in {measured['wall']:.1f} s ({info['queries_per_second']:,.0f} queries/s), "
           f"{measured['cpu_seconds']:.0f} CPU-s, peak RSS {measured['peak_sum_mib']:.0f} MiB"
           + (f", {info['overhead_us_per_query']:.0f} µs per query more than local" if "overhead_us_per_query" in info
              else ""))
-    shutil.rmtree(output, ignore_errors=True) if output.is_dir() else output.unlink(missing_ok=True)
+    if engine != "local":
+        shutil.rmtree(output, ignore_errors=True)
+        assert info.get("same_rows_as_local", True)
+
+
+def _same_rows(spark_output: Path, local_output: Path) -> bool:
+    """Whether a Spark output dataset holds the rows of the local run's file (in any order)."""
+    import pandas as pd
+
+    frames = []
+    for path in (spark_output, local_output):
+        frame = pd.read_parquet(path)
+        for column in ("models_run", "plan"):
+            if column in frame.columns:
+                frame[column] = [None if v is None else tuple(v) for v in frame[column]]
+        frames.append(frame.sort_values(["query_id", "row"], kind="stable").reset_index(drop=True))
+    try:
+        pd.testing.assert_frame_equal(*frames, check_dtype=False)
+    except AssertionError:
+        return False
+    return True
