@@ -153,6 +153,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "with the key in environment variable NAME, so that loaders given the key refuse a "
                              "changed or swapped artifact before unpickling it (at least 32 bytes; never on the "
                              "command line); default: unsigned")
+    parser.add_argument("--skip-memory-check", action="store_true",
+                        help="fit even when the data's estimated peak memory exceeds the memory available now "
+                             "(see 'Fitting memory' in the README); default: stop with advice before fitting")
     parser.add_argument("--quiet", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
     if args.max_depth < 1:
@@ -229,6 +232,61 @@ def _split(args: argparse.Namespace, table: RoutingTable) -> tuple[NDArray[np.in
     return split_from_labels(table.splits, table.fully_logged)
 
 
+#: Peak resident memory of ``training.fit`` per logged (query, model) row: ``bench/bench_partial.py`` at 10
+#: copies (346,500 rows), 2026-12-02, measured 2.0 GiB with full logs and 4.1 GiB with the pooled quality
+#: regressor that partial logs use. The estimate is linear in rows, as those runs were (issue 33).
+FIT_BYTES_PER_ROW = {"full": 2.0 * 2**30 / 346_500, "pooled": 4.1 * 2**30 / 346_500}
+
+
+def available_memory_bytes() -> int | None:
+    """Memory available to a new allocation now (Linux ``MemAvailable``), or ``None`` where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process and of its finished children (``getrusage``), in bytes."""
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in KiB on Linux, bytes on macOS
+    return scale * max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                       resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+
+
+def check_fit_memory(n_rows: int, *, pooled: bool, available: int | None = None) -> None:
+    """Stop before fitting when the rows would not fit in memory, rather than be killed half-way.
+
+    Parameters
+    ----------
+    n_rows : int
+        Logged (query, model) rows of the table.
+    pooled : bool
+        Partial logs (the pooled quality regressor, about twice the memory per row).
+    available : int, optional
+        Bytes available; default :func:`available_memory_bytes` (no check where unknown).
+
+    Raises
+    ------
+    ValueError
+        If the estimate exceeds what is available, with what to do.
+    """
+    available = available_memory_bytes() if available is None else available
+    need = n_rows * FIT_BYTES_PER_ROW["pooled" if pooled else "full"]
+    if available is None or need <= available:
+        return
+    fits = int(available / FIT_BYTES_PER_ROW["pooled" if pooled else "full"])
+    raise ValueError(f"fitting {n_rows:,} logged rows needs about {need / 2**30:.1f} GiB and {available / 2**30:.1f} "
+                     f"GiB is available: sample the queries down to about {fits:,} rows (whole queries; "
+                     "docs/sampling.md measures what a sample loses), or fit on a machine with more memory; "
+                     "--skip-memory-check fits anyway")
+
+
 def default_budgets(costs: NDArray[np.float64]) -> list[float]:
     """Three budgets spread over the single models' cost range, for a run without ``--budget``.
 
@@ -277,6 +335,8 @@ def run(args: argparse.Namespace) -> dict:
     stages = tqdm(total=5, desc="training.fit", disable=args.quiet, unit="stage")
     stages.set_postfix_str("loading data")
     table, prices = load(args)
+    if not args.skip_memory_check:
+        check_fit_memory(int(table.logged.sum()), pooled=not bool(table.fully_logged.all()))
     train, calibration, test = _split(args, table)
     stages.update()
     stages.set_postfix_str(f"fitting estimators on {len(train)} queries")
@@ -339,6 +399,7 @@ def run(args: argparse.Namespace) -> dict:
                 "linear": linear_auc(single_cost, single_quality)},
         "data": str(args.data) if args.data else f"synthetic(n_queries={args.n_queries}, seed={args.seed})",
         "data_fingerprint": fingerprint(table),
+        "peak_rss_gib": peak_rss_bytes() / 2**30,
     }
     router = Router(estimator, tuple(policies), tuple(table.models))
     with writing("--out", args.out):
@@ -491,7 +552,8 @@ def summary(report: dict) -> str:
     auc_line = ", ".join(f"{name} {value:.2f}" for name, value in report["auc"].items())
     lines += notes + ["", _LEGEND, "", f"AUC x100 on test over the single-model cost range: {auc_line}",
               f"{report['n_train']} train / {report['n_calibration']} calibration / {report['n_test']} test "
-              f"queries, {len(report['models'])} models, {report['seconds']} s",
+              f"queries, {len(report['models'])} models, {report['seconds']} s"
+              + (f", peak memory {report['peak_rss_gib']:.2f} GiB" if "peak_rss_gib" in report else ""),
               *logs_summary(report["coverage"]["train"], report["calibration"]),
               f"artifact: {report['artifact']['path']} (manifest {report['artifact']['manifest']}; "
               f"{'signed' if report['artifact']['signed'] else 'unsigned'})"]
