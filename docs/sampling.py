@@ -85,12 +85,14 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Measure the tables named in ``argv`` (default all three), writing ``sampling.json`` after each."""
+    """Measure the tables named in ``argv`` (default all three), updating ``sampling.json`` after each."""
     names = [n for n in (argv or TABLES) if (SHARED / n / f"{n}.parquet").exists()]
-    rows: list[dict] = []
+    path = ROOT / "docs" / "sampling.json"
+    kept = json.loads(path.read_text()) if path.exists() else []  # other tables' rows stay
+    rows = [row for row in kept if row["table"] not in names]
     for name in names:
         rows += measure(name)
-        (ROOT / "docs" / "sampling.json").write_text(json.dumps(rows, indent=1) + "\n")
+        path.write_text(json.dumps(rows, indent=1) + "\n")
     print(markdown(rows))
     return 0
 
