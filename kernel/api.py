@@ -8,7 +8,7 @@ driver and returns plain arrays. See ALGORITHM.md for the rules.
 from __future__ import annotations
 
 import numbers
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -192,6 +192,14 @@ class Decider:
     1
     """
 
+    n_models: int
+    options: dict[str, Any]
+    _policy: tuple[Any, ...]
+    _shape: tuple[int]
+    _zeros: NDArray[np.float64]
+    _no_run: NDArray[np.bool_]
+    _entry: Any
+
     def __init__(self, n_models: int, *, lambdas: ArrayLike | None = None, strategy: str = "cascade_routing",
                  thresholds: ArrayLike | None = None, max_depth: int | None = None, force_order: bool = False,
                  gamma: float = 0.0, n_samples: int = 64, prune: bool = True) -> None:
@@ -316,7 +324,7 @@ class Decider:
             raise TypeError(f"u must be a number in [0, 1], got {type(u).__name__} {u!r}")
         next_model, plan_mask = plan(
             [quality], [cost], sigma=None if sigma is None else [sigma], run=None if run is None else [run],
-            u=None if u is None else [u], parallel=False, **self.options)
+            u=None if u is None else [float(u)], parallel=False, **self.options)
         return int(next_model[0]), int(plan_mask[0])
 
 
