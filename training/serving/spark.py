@@ -403,7 +403,7 @@ def _score_to_datasets(spark, args, output: str, rejects: str, key: bytes | None
     started = time.perf_counter()
     # both outputs filter one result: keep it, or Spark would score every query twice
     scored = score_spark(read_parquet_with_rows(spark, str(args.input)), args.artifact, budget=args.budget,
-                         latency_budget=args.latency_budget, key=key, grouped=getattr(args, "grouped", False))
+                         latency_budget=args.latency_budget, key=key, grouped=args.grouped)
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         for frame, target in zip(split_rejects(scored), (output, rejects)):
