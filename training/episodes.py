@@ -29,8 +29,8 @@ from estimators.estimator import Estimates, Estimator
 if TYPE_CHECKING:
     from estimators.table import RoutingTable
 
-__all__ = ["FIXED_MODEL", "LATENCY_MULTIPLIER", "MIN_FULLY_LOGGED", "Episodes", "EpisodeOutcome", "EstimateStep",
-           "EstimatorEpisodes", "TableEpisodes", "calibration_episodes", "penalised_cost", "plan_next", "play_cascades",
+__all__ = ["CONSTANT_ESTIMATES", "FIXED_MODEL", "LATENCY_MULTIPLIER", "MIN_FULLY_LOGGED", "Episodes", "EpisodeOutcome", "EstimateStep",
+           "EstimatorEpisodes", "TableEpisodes", "calibration_episodes", "constant_tables", "penalised_cost", "plan_next", "play_cascades",
            "uncertainty_keywords"]
 
 
@@ -90,6 +90,9 @@ def uncertainty_keywords(sigma: ArrayLike | None, cov: ArrayLike | None,
 
 #: Kernel-options key of a policy that calls one model (by column index) and stops: the single-model candidate.
 FIXED_MODEL = "fixed_model"
+#: Kernel-options key of a policy that routes on constant estimates, a ``(2, K)`` array of each model's mean
+#: quality and cost (the constant-estimate hull, :func:`training.policy.hull_policy`).
+CONSTANT_ESTIMATES = "constant_estimates"
 #: Kernel-options key of a policy's latency multiplier ``μ`` (ALGORITHM.md §7); present only when ``μ > 0``.
 LATENCY_MULTIPLIER = "latency_multiplier"
 
@@ -152,7 +155,10 @@ def plan_next(quality: ArrayLike, cost: ArrayLike, options: dict[str, Any], *, r
     nothing has run yet and stops otherwise (one model per query, like its
     ``max_depth`` of 1; its plan: that model, or the run set when stopping),
     so the best single model can compete with fitted policies and be served
-    by the same code.
+    by the same code. A policy with :data:`CONSTANT_ESTIMATES` decides with
+    those per-model constants as every query's quality and cost (σ 0)
+    instead of the estimates given: the kernel unchanged, so a hull mix of
+    two models is the kernel's own γ tie-break (:func:`constant_tables`).
 
     Parameters
     ----------
@@ -170,6 +176,10 @@ def plan_next(quality: ArrayLike, cost: ArrayLike, options: dict[str, Any], *, r
     (ndarray of int64, ndarray of int64)
         Next model per query (``kernel.STOP`` to stop) and the plan as a bit mask.
     """
+    if CONSTANT_ESTIMATES in options:
+        options = dict(options)
+        quality, cost = constant_tables(options.pop(CONSTANT_ESTIMATES), np.shape(quality)[0])
+        sigma = cov = None
     if FIXED_MODEL not in options:
         cost, options = penalised_cost(cost, latency, options)
         if cov is None and np.shape(quality)[0] == 1:  # one query: a service's call, on the single-query path
@@ -212,6 +222,25 @@ def _cached_decider(n_models: int, key: tuple) -> kernel.Decider:
     options = {name: (np.frombuffer(value[2]).reshape(value[1]).copy()
                       if isinstance(value, tuple) and value[:1] == ("array",) else value) for name, value in key}
     return kernel.Decider(n_models, **options)
+
+
+def constant_tables(constants: ArrayLike, n_queries: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Every query's quality and cost estimates under a constant-estimate policy: the ``(2, K)`` constants, tiled.
+
+    Parameters
+    ----------
+    constants : array-like of shape (2, K)
+        Mean quality (row 0) and cost (row 1) per model.
+    n_queries : int
+        Rows to tile to.
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        Quality and cost, each ``(n_queries, K)``, C-contiguous.
+    """
+    constants = np.asarray(constants, dtype=np.float64)
+    return (np.tile(constants[0], (n_queries, 1)), np.tile(constants[1], (n_queries, 1)))
 
 
 #: ``estimate(rows, run, with_sigma)``: estimates of queries ``rows`` with run sets ``run``.
@@ -490,6 +519,9 @@ class TableEpisodes:
         tables = list(self.tables)
         for index in (1, 4):  # ante_sigma, post_sigma
             tables[index] = uncertainty_keywords(tables[index], None, transform)["sigma"]
+        if CONSTANT_ESTIMATES in options:  # the same constants before and after a model ran, σ 0
+            quality, cost = constant_tables(options.pop(CONSTANT_ESTIMATES), self.n_queries)
+            tables[:6] = [quality, np.zeros_like(quality), cost, quality, np.zeros_like(quality), cost]
         weighs_latency = LATENCY_MULTIPLIER in options
         if weighs_latency:  # the kernel sees penalties; what was spent is added up from the models run below
             latency = (None,) * 3 if self.latency is None else self.latency

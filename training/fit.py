@@ -40,7 +40,8 @@ from .artifact import manifest_path, save_artifact
 from .data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, coverage, fingerprint, read_prices, read_table
 from .episodes import MIN_FULLY_LOGGED, EstimatorEpisodes, calibration_episodes
 from .metrics import auc, auc_bounds, budget_grid, linear_auc, single_model_points
-from .policy import SIGMA_TRANSFORMS, BudgetError, Policy, choose_policy, fit_policy, single_model_policy
+from .policy import (SIGMA_TRANSFORMS, TIE_STANDARD_ERRORS, BudgetError, Choice, choose_policy, describe,
+                     fit_candidates, single_outcomes)
 from .serving.outputs import write_bytes_atomically
 from .serving.router import Router
 from .splits import split, split_from_labels
@@ -358,14 +359,16 @@ def run(args: argparse.Namespace) -> dict:
     stages.set_postfix_str("fitting policies")
     rows = []
     policies = []
+    singles = single_outcomes(fitting_episodes)  # the calibration hull's points, shared by every budget
     for budget, latency in tqdm(requested + curve, desc="budgets", disable=args.quiet, leave=False):
-        policy, measured = _fit_budget(args, fitting_episodes, float(budget), latency,
-                                       strict=(budget, latency) in requested)
+        choice = _fit_budget(args, fitting_episodes, float(budget), latency,
+                             strict=(budget, latency) in requested, singles=singles)
+        policy = choice.policy
         outcome = policy.play(test_episodes)
         if (budget, latency) in requested:
             policies.append(policy)
         rows.append({"budget": float(budget), "latency_budget": latency, "requested": (budget, latency) in requested,
-                     **_calibration_figures(policy, measured, table.models),
+                     **_calibration_figures(choice, table.models),
                      "test_cost": outcome.mean_cost, "test_quality": outcome.mean_quality,
                      "test_latency": None if outcome.latency is None else outcome.mean_latency,
                      "sigma_transform": list(policy.sigma_transform), "mu": policy.mu,
@@ -423,17 +426,18 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _fit_budget(args: argparse.Namespace, episodes: EstimatorEpisodes, budget: float, latency: float | None, *,
-                strict: bool) -> tuple[Policy, list[Policy]]:
-    """Fit ``--strategy`` to the budgets and keep it, or the best single model or routing if better on calibration.
+                strict: bool, singles: list) -> Choice:
+    """Fit every candidate for the budgets (:func:`~training.policy.fit_candidates`) and keep one on calibration.
 
     ``strict`` (a requested budget, without ``--allow-over-budget``): budgets
     below the cheapest (fastest) policy are bad input, named with what it needs.
     """
     infeasible = "raise" if strict and not args.allow_over_budget else "clamp"
     try:
-        fitted = fit_policy(episodes, budget, strategy=args.strategy, per_step=args.per_step,
-                            max_depth=args.max_depth, on_infeasible=infeasible, latency_budget=latency,
-                            sigma_transforms=SIGMA_TRANSFORMS if args.strategy in SIGMA_STRATEGIES else None)
+        candidates = fit_candidates(episodes, budget, strategy=args.strategy, per_step=args.per_step,
+                                    max_depth=args.max_depth, on_infeasible=infeasible, latency_budget=latency,
+                                    sigma_transforms=SIGMA_TRANSFORMS if args.strategy in SIGMA_STRATEGIES else None,
+                                    singles=singles)
     except BudgetError as error:
         if latency is None:
             raise ValueError(f"--budget {budget:.6g} cannot be met: the cheapest {args.strategy} policy costs "
@@ -443,31 +447,29 @@ def _fit_budget(args: argparse.Namespace, episodes: EstimatorEpisodes, budget: f
                          f"{args.strategy} policy found takes {error.fastest_latency:.4g} s and costs "
                          f"{error.cheapest_cost:.6g} per query on the calibration queries; give a larger "
                          "--latency-budget (or --budget), or pass --allow-over-budget") from None
-    rivals = [single_model_policy(model, budget) for model in range(episodes.n_models)]
-    if args.strategy == "cascade_routing":
-        rivals.append(fit_policy(episodes, budget, strategy="routing", max_depth=args.max_depth,
-                                 on_infeasible="clamp", latency_budget=latency))
-    return choose_policy(episodes, fitted, rivals)
+    return choose_policy(episodes, candidates)
 
 
-def _candidate_name(policy: Policy, models: Sequence[str]) -> str:
-    return f"single model {models[policy.fixed_model]}" if policy.fixed_model is not None else policy.strategy
-
-
-def _calibration_figures(policy: Policy, measured: list[Policy], models: Sequence[str]) -> dict:
-    """The chosen policy's calibration cost, quality and budget status, which candidate won and by how much."""
-    rivals = [p for p in measured if p is not policy and p.calibration_cost <= policy.budget
-              and not p.calibration_latency > (policy.latency_budget or np.inf)]
-    runner_up = max(rivals, key=lambda p: p.calibration_quality, default=None)
+def _calibration_figures(choice: Choice, models: Sequence[str]) -> dict:
+    """The kept candidate's calibration cost, quality and budget status, which candidate it is and by how much it won."""
+    policy = choice.policy
+    spends = [p.calibration_cost for p in choice.candidates if p.budget_status == "above_max"]
     return {"calibration_cost": policy.calibration_cost, "calibration_quality": policy.calibration_quality,
-            "calibration_status": policy.budget_status, "chosen": _candidate_name(policy, models),
+            "calibration_status": policy.budget_status, "chosen": describe(policy, models),
+            "chosen_depth": policy.max_depth, "chosen_gamma": policy.gamma,
             "calibration_latency": (None if np.isnan(policy.calibration_latency)
                                     else policy.calibration_latency),
-            "most_the_router_spends": measured[0].calibration_cost if policy.budget_status == "above_max" else None,
-            "calibration_margin": (None if runner_up is None
-                                   else policy.calibration_quality - runner_up.calibration_quality),
-            "candidates": [{"name": _candidate_name(p, models), "calibration_cost": p.calibration_cost,
-                            "calibration_quality": p.calibration_quality} for p in measured]}
+            "most_the_router_spends": max(spends) if policy.budget_status == "above_max" and spends else None,
+            "calibration_margin": choice.margin,
+            "tie_rule": f"simplest candidate within {TIE_STANDARD_ERRORS:g} standard error of the best (paired, "
+                        "calibration queries)",
+            "candidates": [{"name": describe(p, models), "calibration_cost": p.calibration_cost,
+                            "calibration_quality": p.calibration_quality, "within_budget": within,
+                            "gap_to_best": None if np.isnan(gap) else gap,
+                            "standard_error": None if np.isnan(error) else error,
+                            "best": i == choice.best, "kept": i == choice.kept}
+                           for i, (p, within, gap, error) in enumerate(zip(choice.candidates, choice.within,
+                                                                           choice.gaps, choice.standard_errors))]}
 
 
 def _with_best_single(row: dict, models, costs, qualities, latencies) -> dict:
@@ -545,7 +547,7 @@ def summary(report: dict) -> str:
         lines.append(f"{r['budget']:>10.4g}{latency_cells} {r['test_cost']:>10.4g} "
                      f"{r['test_cost'] / r['budget']:>11.1%} "
                      f"{r['test_quality']:>9.3f} {r['calibration_cost']:>10.4g} {r['calibration_quality']:>10.3f} "
-                     f"{r['models_per_query']:>8.2f}  {r['chosen']}; {r['best_single_model']} "
+                     f"{r['models_per_query']:>8.2f}  {r['chosen']}{_margin(r)}; {r['best_single_model']} "
                      f"({r['best_single_quality']:.3f} at {r['best_single_cost']:.4g})"
                      + "".join(f"  [{tag}]" for tag in tags))
         notes += _budget_notes(r)
@@ -560,11 +562,18 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _margin(row: dict) -> str:
+    margin = row["calibration_margin"]
+    return "" if margin is None else f" ({margin:+.3f})"
+
+
 _LEGEND = """\
 legend: 'test' columns are measured on the held-out test queries, 'calib' on the calibration queries the
-policy was fitted on. 'chosen' is the candidate kept on calibration: the fitted policy, or the best single
-model within the budget, or routing (cascade_routing only), whichever had the best calibration quality
-within the budget. Tags: [above_max] the budget is more than the router can spend, so the surplus stays
+policy was fitted on. 'chosen' is the candidate kept on calibration among the constant-estimate hull (the
+best fixed mix of single models: 'hull mix: a + b (γ to b)') and the fitted policy (cascade_routing: at each
+depth 1..--max-depth, depth 1 being routing): the best calibration quality within the budget, or the simplest
+candidate within one standard error of it (paired over the calibration queries); in brackets its calibration
+quality minus the best other candidate's (negative: a simpler one kept inside the noise). Tags: [above_max] the budget is more than the router can spend, so the surplus stays
 unspent; [below_min] the budget is below the cheapest policy, fitted anyway (--allow-over-budget);
 [over on test] the test cost (or latency) exceeds its budget (it was met on calibration); [loses on test] the
 best single model within the budget scores higher on test than the router. 'lat budget' and 'test lat s':

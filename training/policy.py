@@ -36,10 +36,13 @@ from numpy.typing import ArrayLike, NDArray
 
 import kernel
 
-from .episodes import FIXED_MODEL, LATENCY_MULTIPLIER, EpisodeOutcome, Episodes, plan_next, uncertainty_keywords
+from .episodes import (CONSTANT_ESTIMATES, FIXED_MODEL, LATENCY_MULTIPLIER, EpisodeOutcome, Episodes, plan_next,
+                       uncertainty_keywords)
+from .metrics import upper_hull
 
-__all__ = ["Policy", "SIGMA_TRANSFORMS", "fit_policy", "single_model_policy", "choose_policy", "BudgetError", "SCALE_RTOL", "MAX_DOUBLINGS", "MAX_SCALE", "LAMBDA_MOVES",
-           "THRESHOLD_MOVES"]
+__all__ = ["Policy", "SIGMA_TRANSFORMS", "fit_policy", "single_model_policy", "hull_policy", "single_outcomes", "fit_candidates",
+           "choose_policy", "describe", "Choice", "BudgetError", "SCALE_RTOL", "MAX_DOUBLINGS", "MAX_SCALE",
+           "LAMBDA_MOVES", "THRESHOLD_MOVES", "TIE_STANDARD_ERRORS"]
 
 #: Bisection stops when the feasible and infeasible scales are this close (relative).
 SCALE_RTOL = 2e-3
@@ -117,9 +120,17 @@ class Policy:
         that serves the calibration set best (see ``sigma_transforms`` in
         :func:`fit_policy`).
     fixed_model : int or None
-        Column of the one model this policy calls (then stops), for the
-        best-single-model candidate of :func:`choose_policy`; ``None`` for
-        a kernel policy.
+        Column of the one model this policy calls (then stops): the
+        single-model candidate fitting offered before the constant-estimate
+        hull (:func:`hull_policy`) replaced it; still served, for artifacts
+        that hold one. ``None`` for a kernel policy.
+    constant_estimates : ndarray of shape (2, K), or None
+        Each model's calibration mean quality (row 0) and cost (row 1): the
+        estimates a :func:`hull_policy` routes on in place of the
+        estimator's, for every query (σ 0). Routing on them at the critical
+        ``λ`` between two neighbouring hull models ties exactly those two,
+        so ``γ`` mixes them per query like any tie (ALGORITHM.md §4 point
+        4). ``None``: the estimator's estimates.
     latency_budget : float or None
         The mean-latency budget (seconds) it was fitted to; ``None``: none.
     mu : float
@@ -153,6 +164,7 @@ class Policy:
     latency_budget: float | None = None
     mu: float = 0.0
     calibration_latency: float = math.nan
+    constant_estimates: NDArray[np.float64] | None = None
 
     @property
     def sigma_transform(self) -> tuple[float, float]:
@@ -181,6 +193,8 @@ class Policy:
             options["lambdas"] = self.lambdas
         if self.mu > 0:
             options[LATENCY_MULTIPLIER] = self.mu
+        if self.constant_estimates is not None:
+            options[CONSTANT_ESTIMATES] = self.constant_estimates
         return options
 
     def play_options(self) -> dict[str, Any]:
@@ -675,43 +689,284 @@ def single_model_policy(model: int, budget: float) -> Policy:
                   force_order=False, n_samples=64, budget=float(budget), fixed_model=int(model))
 
 
-def choose_policy(episodes: Episodes, fitted: Policy, rivals: list[Policy]) -> tuple[Policy, list[Policy]]:
-    """The best on calibration of ``fitted`` and the ``rivals`` that stay within its budget.
+#: A simpler candidate is kept when the best one beats it on calibration by at most this many standard errors
+#: of the paired per-query difference (the one-standard-error rule of model selection; docs/decisions.md).
+TIE_STANDARD_ERRORS = 1.0
 
-    A fitted policy can lose to a simpler one (the best single model within
-    the budget, plain routing) when the estimators mislead it; measured on
-    the same calibration queries, the better one is kept, so the router is
-    never knowingly worse than the obvious choice. Ties keep ``fitted``.
+
+def single_outcomes(episodes: Episodes) -> list[EpisodeOutcome]:
+    """Each model's outcome on ``episodes`` when it alone answers every query: the points of the calibration hull.
 
     Parameters
     ----------
     episodes : Episodes
-        The calibration queries ``fitted`` was fitted on.
-    fitted : Policy
-        From :func:`fit_policy`.
-    rivals : list of Policy
-        Other candidates for the same budget; their calibration figures are measured here.
+        Calibration queries.
 
     Returns
     -------
-    chosen : Policy
-        ``fitted``, or the rival with the highest calibration quality among
-        those whose calibration cost is within ``fitted.budget`` (and
-        latency within ``fitted.latency_budget``; its ``budget_status`` is
-        ``"above_max"`` when ``fitted``'s is, else ``"met"``).
-    measured : list of Policy
-        ``fitted`` then every rival with its calibration cost, latency and quality, in the order given.
+    list of EpisodeOutcome
+        One per model column, played as a constant-estimate policy that
+        calls that model (so any :class:`~training.episodes.Episodes` will do).
     """
-    measured = [fitted]
-    status = "above_max" if fitted.budget_status == "above_max" else "met"  # a budget beyond use stays so
-    budgets = _Budgets(fitted.budget, fitted.latency_budget)
-    for rival in rivals:
-        outcome = rival.play(episodes)
-        measured.append(replace(rival, budget=fitted.budget, latency_budget=fitted.latency_budget,
-                                calibration_cost=outcome.mean_cost, calibration_latency=outcome.mean_latency,
-                                calibration_quality=outcome.mean_quality, budget_status=status))
-    within = [p for p in measured[1:] if budgets.allows(p.calibration_cost, p.calibration_latency)]
-    best = max(within, key=lambda p: p.calibration_quality, default=None)
-    if best is None or best.calibration_quality <= fitted.calibration_quality:
-        return fitted, measured
-    return best, measured
+    outcomes = []
+    for model in range(episodes.n_models):
+        constants = np.zeros((2, episodes.n_models))
+        constants[0, model] = 1.0
+        outcomes.append(episodes.play(_constant_policy(constants, 0.0, math.inf, None).play_options()))
+    return outcomes
+
+
+def _constant_policy(constants: NDArray[np.float64], lam: float, budget: float, latency_budget: float | None,
+                     n_samples: int = 64) -> Policy:
+    """Routing on ``constants`` at ``λ = lam``: the template of the hull's candidates."""
+    return Policy(strategy="routing", lambdas=np.array([float(lam)]), thresholds=None, gamma=0.0, max_depth=1,
+                  force_order=False, n_samples=n_samples, budget=float(budget), latency_budget=latency_budget,
+                  constant_estimates=constants)
+
+
+def hull_policy(episodes: Episodes, budget: float | None, *, latency_budget: float | None = None,
+                singles: list[EpisodeOutcome] | None = None) -> Policy | None:
+    """The best fixed mix of single models within the budgets, as measured on calibration (ALGORITHM.md §4 point 4).
+
+    Each model's calibration mean quality and cost are its constant
+    estimates; the upper hull of those points (:func:`~training.metrics.upper_hull`)
+    is what mixing single models per query can reach. Routing on the
+    constants at the critical ``λ* = (q_b − q_a)/(c_b − c_a)`` of two
+    neighbouring hull models ties exactly those two (every other model lies
+    below their line), so ``γ`` mixes them per query through the kernel's
+    own tie-break, fitted like any policy's ``γ`` (the realised share of
+    ``u < γ`` measured, and lowered if it overshoots). Beyond the last hull
+    model, ``λ = 0`` calls the best model alone. With a cost budget only,
+    the segment around the budget is the best mix; with a latency budget,
+    every hull segment whose cheaper end meets both budgets is fitted and
+    the best kept (mixes along the cost hull's edges, not the whole
+    two-constraint optimum).
+
+    Parameters
+    ----------
+    episodes : Episodes
+        Calibration queries.
+    budget : float or None
+        Mean cost per query; ``None``: no cost budget.
+    latency_budget : float, optional
+        Mean latency per query (seconds).
+    singles : list of EpisodeOutcome, optional
+        :func:`single_outcomes` of ``episodes``, when the caller has them (one per fit otherwise).
+
+    Returns
+    -------
+    Policy or None
+        A routing policy with ``constant_estimates`` and its calibration
+        figures, or ``None`` when even the cheapest hull model exceeds the budgets.
+    """
+    singles = single_outcomes(episodes) if singles is None else singles
+    cost = np.array([o.mean_cost for o in singles])
+    quality = np.array([o.mean_quality for o in singles])
+    latency = np.array([o.mean_latency for o in singles])
+    constants = np.vstack([quality, cost])
+    hull = upper_hull(cost, quality).tolist()
+    budgets = _Budgets(budget, latency_budget)
+    segments = [(a, b) for a, b in zip(hull, hull[1:] + [None]) if budgets.allows(cost[a], latency[a])]
+    if latency_budget is None:
+        segments = segments[-1:]  # the hull is concave: the segment around the budget mixes best
+    best = None
+    for a, b in segments:
+        lam = 0.0 if b is None else (quality[b] - quality[a]) / (cost[b] - cost[a])
+        search = _Search(episodes, _constant_policy(constants, lam, budgets.cost if budgets.cost is not None
+                                                    else math.inf, latency_budget))
+        changes = {"lambdas": np.array([lam])}
+        outcome = search.measure(**changes)  # the cheapest-tie rule: model a alone
+        gamma = 0.0
+        if b is not None and budgets.fits(outcome):
+            gamma, outcome = _fit_gamma(search, changes, outcome, budgets)
+        if not budgets.fits(outcome):
+            continue
+        status = "above_max" if b is None and (budgets.cost is None or outcome.mean_cost < budgets.cost) else "met"
+        policy = replace(search.template, gamma=gamma, calibration_cost=outcome.mean_cost,
+                         calibration_quality=outcome.mean_quality, calibration_latency=outcome.mean_latency,
+                         budget_status=status, search_evaluations=search.evaluations)
+        if best is None or policy.calibration_quality > best.calibration_quality:
+            best = policy
+    return best
+
+
+def fit_candidates(episodes: Episodes, budget: float | None, *, strategy: str = "cascade_routing",
+                   max_depth: int | None = None, per_step: bool = False,
+                   sigma_transforms: tuple[tuple[float, float], ...] | None = None,
+                   latency_budget: float | None = None, on_infeasible: str = "clamp", n_samples: int = 64,
+                   singles: list[EpisodeOutcome] | None = None) -> list[Policy]:
+    """Every candidate for one budget, simplest first, each fitted on calibration (ALGORITHM.md §4 point 4).
+
+    The constant-estimate hull (:func:`hull_policy`, when some mix of single
+    models fits the budgets), then for ``cascade_routing`` cascade routing
+    at each depth ``1 … max_depth`` (depth 1 is routing; deeper ones choose
+    their σ transform among ``sigma_transforms`` and, with ``per_step``, a
+    per-step ``λ`` shape), or for another strategy that strategy as asked.
+    :func:`choose_policy` picks among them.
+
+    Parameters
+    ----------
+    episodes : Episodes
+        Calibration queries.
+    budget, latency_budget, per_step, n_samples, on_infeasible
+        As in :func:`fit_policy`; ``on_infeasible="raise"`` raises
+        :class:`BudgetError` when the strategy's cheapest policy exceeds the budgets.
+    strategy : str
+        The kernel strategy asked for.
+    max_depth : int, optional
+        Most models per query; default all.
+    sigma_transforms : tuple of (float, float), optional
+        σ transforms the strategies that use σ choose among.
+    singles : list of EpisodeOutcome, optional
+        :func:`single_outcomes` of ``episodes``, computed once by a caller that fits many budgets.
+
+    Returns
+    -------
+    list of Policy
+        Simplest first: the hull (if any), then by depth.
+    """
+    depth = episodes.n_models if max_depth is None else int(min(max_depth, episodes.n_models))
+    options = dict(per_step=per_step, on_infeasible=on_infeasible, latency_budget=latency_budget, n_samples=n_samples)
+    if strategy == "cascade_routing":
+        fitted = [fit_policy(episodes, budget, strategy="routing", max_depth=1, **options)]
+        fitted += [fit_policy(episodes, budget, strategy=strategy, max_depth=d, sigma_transforms=sigma_transforms,
+                              **options) for d in range(2, depth + 1)]
+    else:
+        fitted = [fit_policy(episodes, budget, strategy=strategy, max_depth=depth,
+                             sigma_transforms=sigma_transforms if strategy == "cascade" else None, **options)]
+    hull = hull_policy(episodes, budget, latency_budget=latency_budget, singles=singles)
+    return ([] if hull is None else [replace(hull, n_samples=n_samples)]) + fitted
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What :func:`choose_policy` measured and kept.
+
+    Attributes
+    ----------
+    policy : Policy
+        The candidate kept.
+    candidates : tuple of Policy
+        Every candidate, simplest first, with its calibration figures measured.
+    within : tuple of bool
+        Whether each met the budgets on calibration.
+    best : int
+        Index of the highest calibration quality within the budgets (``-1``: none was within).
+    kept : int
+        Index of :attr:`policy`.
+    gaps : tuple of float
+        Mean paired calibration quality of the best minus each candidate (NaN where not within).
+    standard_errors : tuple of float
+        Standard error of that paired mean (NaN where not within).
+    margin : float or None
+        The kept candidate's calibration quality minus the best other
+        candidate's within the budgets (negative when a simpler candidate was
+        kept inside the noise); ``None`` with no other candidate within.
+    """
+
+    policy: Policy
+    candidates: tuple[Policy, ...]
+    within: tuple[bool, ...]
+    best: int
+    kept: int
+    gaps: tuple[float, ...]
+    standard_errors: tuple[float, ...]
+    margin: float | None
+
+
+def choose_policy(episodes: Episodes, candidates: list[Policy]) -> Choice:
+    """Keep the best calibration quality within the budgets, or a simpler candidate inside its noise.
+
+    Every candidate is played on the same calibration queries. Let ``b`` be
+    the one with the highest mean quality among those within the budgets
+    (cost, and latency when set; a budget above what a candidate can spend
+    counts as within). A candidate ``c`` is tied with ``b`` when the mean of
+    the paired per-query differences ``q_b − q_c`` is at most
+    :data:`TIE_STANDARD_ERRORS` times its standard error
+    (``sd(q_b − q_c) / √n``, what a paired bootstrap of the mean estimates,
+    in closed form); the first tied candidate in the given order (simplest
+    first, :func:`fit_candidates`) that no simpler candidate within the
+    budgets beats is kept. The kept candidate is therefore never below the
+    constant-estimate hull (the simplest) on calibration. So a quality tie keeps the
+    simpler, cheaper candidate, and a fitted policy must beat the
+    constant-estimate hull by more than the noise of the calibration set to
+    be served. With no candidate within the budgets (a clamped, infeasible
+    budget) the cheapest on calibration is kept.
+
+    Parameters
+    ----------
+    episodes : Episodes
+        The calibration queries the candidates were fitted on.
+    candidates : list of Policy
+        Simplest first (at least one).
+
+    Returns
+    -------
+    Choice
+    """
+    if not candidates:
+        raise ValueError("choose_policy needs at least one candidate")
+    measured, qualities, within = [], [], []
+    for candidate in candidates:
+        outcome = candidate.play(episodes)
+        measured.append(replace(candidate, calibration_cost=outcome.mean_cost,
+                                calibration_quality=outcome.mean_quality, calibration_latency=outcome.mean_latency))
+        qualities.append(outcome.quality)
+        budgets = _Budgets(None if math.isinf(candidate.budget) else candidate.budget, candidate.latency_budget)
+        within.append(candidate.budget_status != "below_min" and budgets.fits(outcome))
+    inside = [i for i, ok in enumerate(within) if ok]
+    nan = math.nan
+    if not inside:
+        kept = min(range(len(measured)), key=lambda i: measured[i].calibration_cost)
+        return Choice(measured[kept], tuple(measured), tuple(within), -1, kept, (nan,) * len(measured),
+                      (nan,) * len(measured), None)
+    best = max(inside, key=lambda i: measured[i].calibration_quality)
+    gaps, errors = [nan] * len(measured), [nan] * len(measured)
+    for i in inside:
+        difference = qualities[best] - qualities[i]
+        gaps[i] = float(difference.mean())
+        errors[i] = float(difference.std(ddof=1) / math.sqrt(difference.size)) if difference.size > 1 else 0.0
+    simpler_best = -math.inf  # a candidate is kept only if no simpler one within the budgets beats it
+    for i in inside:
+        if gaps[i] <= TIE_STANDARD_ERRORS * errors[i] + 1e-12 and measured[i].calibration_quality >= simpler_best:
+            kept = i
+            break
+        simpler_best = max(simpler_best, measured[i].calibration_quality)
+    others = [measured[i].calibration_quality for i in inside if i != kept]
+    margin = measured[kept].calibration_quality - max(others) if others else None
+    return Choice(measured[kept], tuple(measured), tuple(within), best, kept, tuple(gaps), tuple(errors), margin)
+
+
+def describe(policy: Policy, models: tuple[str, ...] | list[str]) -> str:
+    """A candidate's name in reports: its depth, or which single models the hull mixes with which ``γ``.
+
+    Parameters
+    ----------
+    policy : Policy
+        A fitted candidate.
+    models : sequence of str
+        Model names by column.
+
+    Returns
+    -------
+    str
+        ``"routing"``, ``"cascade_routing depth 3"`` (``", per-step λ"``
+        when the steps' ``λ`` differ), ``"hull: single model m"``,
+        ``"hull mix: a + b (γ 0.37 to b)"``, ``"single model m"``, or the strategy.
+    """
+    if policy.fixed_model is not None:
+        return f"single model {models[policy.fixed_model]}"
+    if policy.constant_estimates is not None:
+        quality, cost = np.asarray(policy.constant_estimates)
+        tau = quality - float(policy.lambdas[0]) * cost
+        tied = np.flatnonzero(tau >= tau.max() - 1e-9 * max(1.0, abs(tau.max())))
+        cheap, dear = tied[np.argmin(cost[tied])], tied[np.argmax(cost[tied])]
+        if cheap == dear or policy.gamma <= 0:
+            return f"hull: single model {models[cheap]}"
+        if policy.gamma >= 1:
+            return f"hull: single model {models[dear]}"
+        return f"hull mix: {models[cheap]} + {models[dear]} (γ {policy.gamma:.3g} to {models[dear]})"
+    if policy.strategy == "cascade_routing":
+        shape = "" if np.ptp(policy.lambdas) == 0 else ", per-step λ"
+        return f"cascade_routing depth {policy.max_depth}{shape}"
+    return policy.strategy

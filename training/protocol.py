@@ -42,7 +42,7 @@ from . import metrics
 from .data import coverage
 from .episodes import MIN_FULLY_LOGGED, Episodes, EstimatorEpisodes, TableEpisodes, calibration_episodes
 from .splits import split as split_logged
-from .policy import SIGMA_TRANSFORMS, fit_policy
+from .policy import SIGMA_TRANSFORMS, choose_policy, describe, fit_candidates, fit_policy, single_outcomes
 from estimators.table import RoutingTable
 
 if TYPE_CHECKING:
@@ -385,13 +385,17 @@ def evaluate_strategies(
     lo, hi, left_quality = metrics.auc_bounds(single_cost, single_quality)
 
     curves, per_query_quality, per_query_cost, fit_seconds = {}, {}, {}, {}
+    # Learned estimators: every point is the candidate kept on calibration (ALGORITHM.md §4 point 4); the
+    # paper's simulated protocol fits each strategy as it is (docs/decisions.md, issue 35)
+    singles = None if estimator == "simulated" else single_outcomes(calibration_play)
     for strategy in order:
         name = REPORTED_NAMES[strategy]
         strategy_started = time.perf_counter()
         curves[name], per_query_quality[name], per_query_cost[name] = _trace_curve(
             strategy, budgets, calibration_play, test_episodes,
             depth=depths[name], per_step=per_step, progress=progress, latency_budget=latency_budget,
-            sigma_transforms=sigma_transforms if strategy in ("cascade", "cascade_routing") else None)
+            sigma_transforms=sigma_transforms if strategy in ("cascade", "cascade_routing") else None,
+            singles=singles, models=models)
         fit_seconds[name] = time.perf_counter() - strategy_started
 
     hull = metrics.upper_hull(single_cost, single_quality)
@@ -427,8 +431,15 @@ def evaluate_strategies(
 def _trace_curve(strategy: str, budgets: np.ndarray, calibration: Episodes, test: Episodes,
                  *, depth: int, per_step: bool, progress: bool,
                  sigma_transforms: tuple[tuple[float, float], ...] | None,
-                 latency_budget: float | None = None) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+                 latency_budget: float | None = None, singles: list | None = None,
+                 models: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
     """Fit ``strategy`` at every budget on calibration and play it on test.
+
+    With ``singles`` (the calibration hull's points, :func:`~training.policy.single_outcomes`)
+    each point is the candidate :func:`~training.policy.choose_policy` keeps among
+    :func:`~training.policy.fit_candidates` (the constant-estimate hull, and for
+    cascade routing every depth up to ``depth``), named in the point's ``chosen``;
+    without, the strategy fitted at ``depth``.
 
     Returns the curve points and the per-query test quality and cost, shaped
     ``(n_budgets, n_test)`` for the paired bootstrap.
@@ -436,9 +447,17 @@ def _trace_curve(strategy: str, budgets: np.ndarray, calibration: Episodes, test
     points, qualities, costs = [], [], []
     for budget in tqdm(budgets, desc=f"{REPORTED_NAMES[strategy]:>17}", unit="budget",
                        disable=not progress, leave=False):
-        policy = fit_policy(calibration, float(budget), strategy=strategy, per_step=per_step,
-                            max_depth=depth, on_infeasible="clamp", sigma_transforms=sigma_transforms,
-                            latency_budget=latency_budget)
+        chosen = {}
+        if singles is None:
+            policy = fit_policy(calibration, float(budget), strategy=strategy, per_step=per_step,
+                                max_depth=depth, on_infeasible="clamp", sigma_transforms=sigma_transforms,
+                                latency_budget=latency_budget)
+        else:
+            choice = choose_policy(calibration, fit_candidates(
+                calibration, float(budget), strategy=strategy, max_depth=depth, per_step=per_step,
+                sigma_transforms=sigma_transforms, latency_budget=latency_budget, singles=singles))
+            policy = choice.policy
+            chosen = {"chosen": describe(policy, models), "calibration_margin": choice.margin}
         outcome = policy.play(test)
         points.append({
             "budget": float(budget),
@@ -448,6 +467,7 @@ def _trace_curve(strategy: str, budgets: np.ndarray, calibration: Episodes, test
             "calibration_quality": float(policy.calibration_quality),
             "status": policy.budget_status,
             "sigma_transform": list(policy.sigma_transform),
+            **chosen,
             **({} if outcome.latency is None else {
                 "latency": outcome.mean_latency, "calibration_latency": float(policy.calibration_latency),
                 "latency_budget": latency_budget, "mu": float(policy.mu)}),

@@ -34,7 +34,7 @@ import kernel
 from estimators.estimator import Estimates, Estimator, PreparedQueries
 
 from ..artifact import load_artifact
-from ..episodes import FIXED_MODEL, plan_next, uncertainty_keywords
+from ..episodes import CONSTANT_ESTIMATES, FIXED_MODEL, plan_next, uncertainty_keywords
 from ..policy import Policy
 from .pacing import PaceController, PacingState
 
@@ -682,6 +682,8 @@ def _plan_excluding(banned: NDArray[np.bool_], quality: NDArray[np.float64], cos
             continue
         if options.get("thresholds") is not None:
             sub["thresholds"] = np.asarray(options["thresholds"])[keep[:-1]]
+        if CONSTANT_ESTIMATES in options:  # a hull mix routes on the constants of the models that remain
+            sub[CONSTANT_ESTIMATES] = np.asarray(options[CONSTANT_ESTIMATES])[:, keep]
         columns = {name: None if value is None else _keep_columns(np.asarray(value)[rows], keep)
                    for name, value in per_model.items()}
         chosen, plan = plan_next(quality[np.ix_(rows, keep)], cost[np.ix_(rows, keep)], sub,
