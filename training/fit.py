@@ -464,7 +464,8 @@ def _calibration_figures(choice: Choice, models: Sequence[str]) -> dict:
             "tie_rule": f"simplest candidate within {TIE_STANDARD_ERRORS:g} standard error of the best (paired, "
                         "calibration queries)",
             "candidates": [{"name": describe(p, models), "calibration_cost": p.calibration_cost,
-                            "calibration_quality": p.calibration_quality, "within_budget": within,
+                            "calibration_quality": p.calibration_quality, "calibration_status": p.budget_status,
+                            "within_budget": within,
                             "gap_to_best": None if np.isnan(gap) else gap,
                             "standard_error": None if np.isnan(error) else error,
                             "best": i == choice.best, "kept": i == choice.kept}
