@@ -671,7 +671,11 @@ def _coordinate_search(search, family, alpha, shape, outcome, budgets, steps):
 
 
 def single_model_policy(model: int, budget: float) -> Policy:
-    """The policy that calls model ``model`` once and answers with it: the obvious rival of a fitted policy.
+    """The policy that calls model ``model`` once and answers with it (``fixed_model``).
+
+    Fitting no longer offers it (the constant-estimate hull, :func:`hull_policy`,
+    holds every single model and every mix of two); artifacts fitted before
+    that hold such policies, and the router and the episodes still serve them.
 
     Parameters
     ----------
@@ -683,7 +687,7 @@ def single_model_policy(model: int, budget: float) -> Policy:
     Returns
     -------
     Policy
-        With ``fixed_model=model``; calibration figures unset (:func:`choose_policy` measures them).
+        With ``fixed_model=model``; calibration figures unset.
     """
     return Policy(strategy="single", lambdas=np.zeros(0), thresholds=None, gamma=0.0, max_depth=1,
                   force_order=False, n_samples=64, budget=float(budget), fixed_model=int(model))

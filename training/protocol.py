@@ -122,6 +122,12 @@ class EvaluationReport:
     calibration : dict
         What the policies were fitted on (:func:`training.episodes.calibration_episodes`);
         empty for simulated estimates.
+    budget_differences : dict of str to list of dict
+        ``"cascade_routing-routing"`` (when both are evaluated) → per
+        budget: ``budget``, the mean test quality ``difference`` of cascade
+        routing minus routing and its paired bootstrap interval ``low``,
+        ``high`` (:func:`training.metrics.paired_budget_differences`), so a
+        reader sees at which budgets cascading pays.
     estimate_scores : dict
         How good the learned estimates were on the test split
         (:func:`estimators.metrics.brier`, :func:`~estimators.metrics.auroc`):
@@ -150,6 +156,7 @@ class EvaluationReport:
     coverage: list[dict[str, Any]] = field(default_factory=list)
     calibration: dict[str, Any] = field(default_factory=dict)
     estimate_scores: dict[str, Any] = field(default_factory=dict)
+    budget_differences: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
     @property
     def strategies(self) -> list[str]:
@@ -184,6 +191,7 @@ class EvaluationReport:
             "coverage": [dict(row) for row in self.coverage],
             "calibration": dict(self.calibration),
             "estimate_scores": {name: dict(scores) for name, scores in self.estimate_scores.items()},
+            "budget_differences": {name: [dict(row) for row in rows] for name, rows in self.budget_differences.items()},
         }
 
     def plot(self, ax: Axes | None = None, **plot_kwargs: Any) -> QualityCostDisplay:
@@ -404,6 +412,12 @@ def evaluate_strategies(
     boot = metrics.bootstrap_auc(per_query_quality, per_query_cost, lo, hi, left_quality,
                                  n_boot=n_boot, seed=seed)
     names = [*curves, _LINEAR]
+    budget_differences = {}
+    if "cascade_routing" in curves and "routing" in curves:
+        budget_differences["cascade_routing-routing"] = [
+            {"budget": float(budget), "difference": d.estimate, "low": d.low, "high": d.high}
+            for budget, d in zip(budgets, metrics.paired_budget_differences(
+                per_query_quality["cascade_routing"], per_query_quality["routing"], n_boot=n_boot, seed=seed))]
     return EvaluationReport(
         auc={name: boot["strategies"][name].estimate for name in [_LINEAR, *curves]},
         auc_ci={name: (boot["strategies"][name].low, boot["strategies"][name].high)
@@ -424,6 +438,7 @@ def evaluate_strategies(
         n_boot=int(n_boot),
         fit_seconds=fit_seconds,
         seconds=time.perf_counter() - started,
+        budget_differences=budget_differences,
         **logs,
     )
 
