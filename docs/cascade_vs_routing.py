@@ -31,10 +31,21 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-
 from generated import replace_block, write_atomically
-from peers import DATA, DEFAULT_ESTIMATOR, DOCS, MAX_DEPTH, PROTOCOL, SEEDS, STRATEGIES, TABLES, _load, _names, \
-    _table_path
+from peers import (
+    DATA,
+    DEFAULT_ESTIMATOR,
+    DOCS,
+    MAX_DEPTH,
+    PROTOCOL,
+    SEEDS,
+    STRATEGIES,
+    TABLES,
+    _load,
+    _names,
+    _table_path,
+)
+
 from training.data import read_table
 from training.protocol import EvaluationReport, evaluate_strategies
 

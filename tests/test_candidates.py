@@ -18,8 +18,15 @@ from hypothesis import strategies as st
 import kernel
 from training.episodes import TableEpisodes, plan_next
 from training.metrics import upper_hull
-from training.policy import (TIE_STANDARD_ERRORS, Policy, choose_policy, describe, fit_candidates, hull_policy,
-                             single_outcomes)
+from training.policy import (
+    TIE_STANDARD_ERRORS,
+    Policy,
+    choose_policy,
+    describe,
+    fit_candidates,
+    hull_policy,
+    single_outcomes,
+)
 
 MODELS = ("cheap", "mid", "dear")
 
@@ -85,7 +92,7 @@ def test_a_deeper_cascade_is_kept_where_routing_loses_on_calibration():
 
 
 def test_the_hull_is_kept_where_the_learned_policy_loses_on_calibration_and_not_where_it_wins():
-    misled, truth, cost = two_models(400, ante="inverted")
+    misled, _, cost = two_models(400, ante="inverted")
     choice = choose(misled, 5.0)
     assert choice.policy.constant_estimates is not None
     gamma = (5.0 - cost[:, 0].mean()) / (cost[:, 1].mean() - cost[:, 0].mean())
@@ -249,3 +256,35 @@ def test_fit_keeps_the_cheapest_model_on_a_table_where_every_model_ties(tmp_path
         assert row["models_per_query"] == 1.0 and row["test_cost"] == pytest.approx(1e-4)
         assert any(c["name"].startswith("cascade_routing depth") for c in row["candidates"])
     assert "hull: single model cheap" in out
+
+
+def test_paired_budget_differences_equal_a_plain_resampling_loop():
+    from training.metrics import paired_budget_differences
+    rng = np.random.default_rng(4)
+    a, b = rng.random((3, 50)), rng.random((3, 50))
+    found = paired_budget_differences(a, b, n_boot=300, seed=7)
+    draws = np.random.default_rng(7).integers(0, 50, size=(300, 50))  # the same resamples, drawn the same way
+    for j, interval in enumerate(found):
+        means = [float(np.mean(a[j, rows] - b[j, rows])) for rows in draws]
+        assert interval.estimate == pytest.approx(float(np.mean(a[j] - b[j])), abs=1e-15)
+        assert (interval.low, interval.high) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), abs=1e-12)
+    same = paired_budget_differences(a, a, n_boot=20)
+    assert all(i == (0.0, 0.0, 0.0) for i in same)
+    with pytest.raises(ValueError, match="same shape"):
+        paired_budget_differences(a, b[:, :10])
+
+
+def test_the_protocol_reports_per_budget_differences_and_the_candidate_kept():
+    from training.protocol import evaluate_strategies
+    from training.synthetic import default_table
+    report = evaluate_strategies(default_table(400, seed=3), estimator="linear", calibration_fraction=0.25,
+                                 train_fraction=0.5, n_boot=50, strategies=("routing", "cascade_routing"),
+                                 max_depth=2, progress=False)
+    rows = report.to_dict()["budget_differences"]["cascade_routing-routing"]
+    cascade, routing = report.curves["cascade_routing"], report.curves["routing"]
+    assert [r["budget"] for r in rows] == [p["budget"] for p in cascade]
+    for row, c, r in zip(rows, cascade, routing):
+        assert row["difference"] == pytest.approx(c["quality"] - r["quality"], abs=1e-12)
+        assert row["low"] <= row["difference"] <= row["high"]
+        assert c["chosen"].startswith(("hull", "routing", "cascade_routing depth"))
+        assert r["chosen"].startswith(("hull", "routing"))

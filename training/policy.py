@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -941,7 +941,7 @@ def choose_policy(episodes: Episodes, candidates: list[Policy]) -> Choice:
     return Choice(measured[kept], tuple(measured), tuple(within), best, kept, tuple(gaps), tuple(errors), margin)
 
 
-def describe(policy: Policy, models: tuple[str, ...] | list[str]) -> str:
+def describe(policy: Policy, models: Sequence[str]) -> str:
     """A candidate's name in reports: its depth, or which single models the hull mixes with which ``γ``.
 
     Parameters
