@@ -193,6 +193,13 @@ def test_a_served_hull_mix_through_the_router_and_its_exclusions(fitted_artifact
     rest = [m for m in range(k) if m != b]
     best = rest[int(np.argmax(quality[rest] - lam * cost[rest]))]
     assert set(excluded) == {router.models_[best]}
+    # Batch scoring replays logged traffic through the same policy: each query runs the model decide chose.
+    from training.serving.replay import score_batch
+    logged = make_benchmark(200, seed=12)
+    scored = score_batch(served, logged, parallel=False).set_index("query_id")
+    queries = logged.drop_duplicates("query_id")
+    live = served.decide(list(queries["prompt"]), tasks=list(queries["task"]), subtasks=list(queries["subtask"]))
+    assert [list(scored.loc[q, "models_run"]) for q in queries["query_id"]] == [[m] for m in live]
 
 
 @settings(max_examples=25, deadline=None)
