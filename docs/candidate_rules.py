@@ -1,4 +1,4 @@
-"""What the tie rule of the candidate choice costs or buys on test (docs/decisions.md item 35).
+"""What the tie rule of the candidate choice costs or buys on test (docs/decisions.md item 38).
 
 For one shared table and seed, with the protocol of ``docs/peers.py`` and
 the default estimator, every candidate of :func:`training.policy.fit_candidates`
@@ -16,7 +16,7 @@ Run from the repository root::
     python docs/candidate_rules.py routerbench_subset 0
 
 It prints one JSON line of AUCs ×100. Not part of any generated page: the
-figures are quoted, with the command, in docs/decisions.md item 35.
+figures are quoted, with the command, in docs/decisions.md item 38.
 """
 
 from __future__ import annotations

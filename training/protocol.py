@@ -394,7 +394,7 @@ def evaluate_strategies(
 
     curves, per_query_quality, per_query_cost, fit_seconds = {}, {}, {}, {}
     # Learned estimators: every point is the candidate kept on calibration (ALGORITHM.md §4 point 4); the
-    # paper's simulated protocol fits each strategy as it is (docs/decisions.md, issue 35)
+    # paper's simulated protocol fits each strategy as it is (docs/decisions.md item 40)
     singles = None if estimator == "simulated" else single_outcomes(calibration_play)
     for strategy in order:
         name = REPORTED_NAMES[strategy]
