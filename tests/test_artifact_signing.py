@@ -2,7 +2,10 @@
 
 The refusals are proved with a payload whose unpickling creates a file: a
 refused load must leave no file behind. The same payload loaded with the
-right key does create it, so the proof is not vacuous.
+right key does create it, so the proof is not vacuous. Artifacts are
+signed with an Ed25519 private key and verified with its public key
+(issue 30); the deprecated HMAC signatures of earlier releases are tested
+at the end.
 """
 
 from __future__ import annotations
@@ -15,20 +18,25 @@ from pathlib import Path
 
 import pytest
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from training import artifact
 from training.artifact import (
     MIN_KEY_BYTES,
     ArtifactSignatureError,
+    HMACSignatureWarning,
     UnsignedArtifactWarning,
     load_artifact,
     manifest_path,
+    new_key_pair,
     read_manifest,
     save_artifact,
     signed_bytes,
 )
 
-KEY = "k3y-" + "0123456789abcdef" * 3  # 52 bytes
-OTHER_KEY = "other-" + "fedcba9876543210" * 3
+KEY, PUBLIC = (text.decode() for text in new_key_pair())  # sign with KEY, verify with PUBLIC
+OTHER_KEY, OTHER_PUBLIC = (text.decode() for text in new_key_pair())
+SECRET = "k3y-" + "0123456789abcdef" * 3  # a (deprecated) shared HMAC secret, 52 bytes
 MODELS = ["small", "large"]
 #: The manifest fields of format version 3 before signatures existed.
 UNSIGNED_FIELDS = {"format", "format_version", "created_at", "versions", "models", "budgets", "feature_schema",
@@ -94,31 +102,31 @@ def _refused(path: Path, marker: Path, match: str, **kwargs) -> ValueError:
 def test_signed_artifact_loads_with_its_key_and_the_witness_works(bomb, marker):
     manifest = read_manifest(bomb)
     assert set(manifest) == UNSIGNED_FIELDS | {"signature"}
-    assert manifest["signature"]["algorithm"] == "hmac-sha256"
-    assert len(manifest["signature"]["mac"]) == 64
+    assert manifest["signature"]["algorithm"] == "ed25519"
+    assert len(manifest["signature"]["signature"]) == 128
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a verified load says nothing
-        load_artifact(bomb, key=KEY)
+        load_artifact(bomb, key=PUBLIC)
     assert marker.exists(), "the witness payload must create its file when it is unpickled"
 
 
 def test_key_as_bytes_or_str_is_the_same_key(benign):
-    assert load_artifact(benign, key=KEY.encode())[0] == {"weights": [1.0, 2.0]}
+    assert load_artifact(benign, key=PUBLIC.encode())[0] == {"weights": [1.0, 2.0]}
 
 
-def test_signature_is_the_hmac_of_the_canonical_manifest(benign):
-    import hmac
+def test_signature_is_the_ed25519_signature_of_the_canonical_manifest(benign):
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     manifest = read_manifest(benign)
-    expected = hmac.new(KEY.encode(), signed_bytes(manifest), hashlib.sha256).hexdigest()
-    assert manifest["signature"]["mac"] == expected
+    load_pem_public_key(PUBLIC.encode()).verify(bytes.fromhex(manifest["signature"]["signature"]),
+                                                signed_bytes(manifest))  # raises if it does not verify
     assert b'"signature"' not in signed_bytes(manifest) and b'"mac"' not in signed_bytes(manifest)
     assert signed_bytes(manifest) == signed_bytes(dict(reversed(list(manifest.items()))))  # key order is irrelevant
 
 
 def test_reindented_manifest_still_verifies(benign):
     manifest_path(benign).write_text(json.dumps(_manifest(benign), indent=7, sort_keys=True))
-    assert load_artifact(benign, key=KEY)[0] == {"weights": [1.0, 2.0]}
+    assert load_artifact(benign, key=PUBLIC)[0] == {"weights": [1.0, 2.0]}
 
 
 def test_unsigned_artifact_loads_without_key_and_warns_once(tmp_path):
@@ -143,7 +151,7 @@ def test_signed_artifact_without_key_loads_and_says_it_was_not_checked(benign):
 def test_old_unsigned_artifact_is_refused_with_a_key(tmp_path, marker):
     path = tmp_path / "old.joblib"
     save_artifact(Bomb(marker), path, models=MODELS, budgets=[0.001])  # as every release before signatures wrote it
-    error = _refused(path, marker, "is not signed, but a key was given", key=KEY)
+    error = _refused(path, marker, "is not signed, but a key was given", key=PUBLIC)
     assert isinstance(error, ArtifactSignatureError)
     assert "--sign-key-env" in str(error)
 
@@ -159,7 +167,7 @@ def test_every_flipped_payload_byte_is_refused(bomb, marker):
         flipped = bytearray(payload)
         flipped[position] ^= 0x01
         bomb.write_bytes(bytes(flipped))
-        _refused(bomb, marker, "sha256 mismatch", key=KEY)
+        _refused(bomb, marker, "sha256 mismatch", key=PUBLIC)
 
 
 def test_every_flipped_manifest_byte_is_refused(bomb, marker):
@@ -169,7 +177,7 @@ def test_every_flipped_manifest_byte_is_refused(bomb, marker):
         flipped[position] ^= 0x01
         manifest_path(bomb).write_bytes(bytes(flipped))
         with pytest.raises((ValueError, FileNotFoundError)):
-            load_artifact(bomb, key=KEY)
+            load_artifact(bomb, key=PUBLIC)
         assert not marker.exists(), f"flipping manifest byte {position} let the payload be unpickled"
 
 
@@ -179,41 +187,42 @@ def test_payload_replaced_with_a_consistent_sha256_is_refused(bomb, benign, mark
     manifest = _manifest(benign)
     manifest["sha256"] = hashlib.sha256(bomb.read_bytes()).hexdigest()
     _write_manifest(benign, manifest)
-    error = _refused(benign, marker, "does not match the key", key=KEY)
+    error = _refused(benign, marker, "does not match the key", key=PUBLIC)
     assert isinstance(error, ArtifactSignatureError)
 
 
 def test_manifest_swapped_in_from_another_signed_artifact_is_refused(bomb, benign, marker):
     manifest_path(bomb).write_bytes(manifest_path(benign).read_bytes())  # valid signature, same key and file name
-    _refused(bomb, marker, "sha256 mismatch", key=KEY)
+    _refused(bomb, marker, "sha256 mismatch", key=PUBLIC)
 
 
 def test_missing_signature_with_a_key_is_refused(bomb, marker):
     manifest = _manifest(bomb)
     del manifest["signature"]
     _write_manifest(bomb, manifest)
-    _refused(bomb, marker, "is not signed, but a key was given", key=KEY)
+    _refused(bomb, marker, "is not signed, but a key was given", key=PUBLIC)
 
 
 def test_wrong_key_is_refused(bomb, marker):
-    error = _refused(bomb, marker, "does not match the key", key=OTHER_KEY)
+    error = _refused(bomb, marker, "does not match the key", key=OTHER_PUBLIC)
     assert isinstance(error, ArtifactSignatureError)
-    assert OTHER_KEY not in str(error) and KEY not in str(error), "errors never show a key"
+    assert "BEGIN" not in str(error), "errors never show a key"
 
 
 def test_artifact_signed_with_another_key_is_refused(tmp_path, marker):
     path = tmp_path / "router.joblib"
     save_artifact(Bomb(marker), path, models=MODELS, budgets=[0.001], key=OTHER_KEY)
-    _refused(path, marker, "does not match the key", key=KEY)
+    _refused(path, marker, "does not match the key", key=PUBLIC)
 
 
 @pytest.mark.parametrize("signature", [
     None,
     "deadbeef",
-    {"algorithm": "none", "mac": "0" * 64},
-    {"algorithm": "hmac-sha256"},
-    {"algorithm": "hmac-sha256", "mac": 7},
-    {"algorithm": "hmac-sha256", "mac": "0" * 63},
+    {"algorithm": "none", "signature": "0" * 128},
+    {"algorithm": "ed25519"},
+    {"algorithm": "ed25519", "signature": 7},
+    {"algorithm": "ed25519", "signature": "0" * 127},
+    {"algorithm": "ed25519", "mac": "0" * 128},
     [1, 2],
 ])
 def test_malformed_signature_is_refused(bomb, marker, signature):
@@ -221,29 +230,29 @@ def test_malformed_signature_is_refused(bomb, marker, signature):
     manifest["signature"] = signature
     _write_manifest(bomb, manifest)
     expected = "is not signed" if signature is None else "malformed signature"
-    error = _refused(bomb, marker, expected, key=KEY)
+    error = _refused(bomb, marker, expected, key=PUBLIC)
     assert isinstance(error, ArtifactSignatureError)
 
 
-def test_uppercase_mac_is_malformed_not_a_second_spelling(bomb, marker):
+def test_uppercase_signature_is_malformed_not_a_second_spelling(bomb, marker):
     manifest = _manifest(bomb)
-    manifest["signature"]["mac"] = manifest["signature"]["mac"].upper()
+    manifest["signature"]["signature"] = manifest["signature"]["signature"].upper()
     _write_manifest(bomb, manifest)
-    _refused(bomb, marker, "malformed signature", key=KEY)
+    _refused(bomb, marker, "malformed signature", key=PUBLIC)
 
 
 def test_signed_field_change_is_refused(bomb, marker):
     manifest = _manifest(bomb)
     manifest["models"] = list(reversed(manifest["models"]))
     _write_manifest(bomb, manifest)
-    _refused(bomb, marker, "does not match the key", key=KEY)
+    _refused(bomb, marker, "does not match the key", key=PUBLIC)
 
 
 def test_format_version_stays_strict_on_signed_manifests(bomb, marker):
     manifest = _manifest(bomb)
     manifest["format_version"] = artifact.FORMAT_VERSION + 1
     _write_manifest(bomb, manifest)
-    _refused(bomb, marker, f"has format_version {artifact.FORMAT_VERSION + 1}", key=KEY)
+    _refused(bomb, marker, f"has format_version {artifact.FORMAT_VERSION + 1}", key=PUBLIC)
 
 
 def test_replayed_older_artifact_is_refused_only_when_pinned(tmp_path, bomb, benign, marker):
@@ -251,7 +260,7 @@ def test_replayed_older_artifact_is_refused_only_when_pinned(tmp_path, bomb, ben
     pinned = read_manifest(benign)["sha256"]
     for name in ("router.joblib", "router.manifest.json"):  # the old signed pair put back in place
         (benign.parent / name).write_bytes((bomb.parent / name).read_bytes())
-    error = _refused(benign, marker, "is not the one expected", key=KEY, expected_sha256=pinned)
+    error = _refused(benign, marker, "is not the one expected", key=PUBLIC, expected_sha256=pinned)
     assert pinned in str(error)
 
 
@@ -269,7 +278,7 @@ def test_pin_is_checked_without_a_key_too(benign, marker, bomb):
 
 
 def test_short_key_is_refused_before_anything_is_written(tmp_path):
-    with pytest.raises(ValueError, match=f"fewer than {MIN_KEY_BYTES}.*secrets.token_hex"):
+    with pytest.raises(ValueError, match=f"fewer than {MIN_KEY_BYTES}.*training.keygen"):
         save_artifact({}, tmp_path / "a.joblib", models=["m"], budgets=[], key="short")
     assert list(tmp_path.iterdir()) == []
 
@@ -307,28 +316,29 @@ def signed_router(router, tmp_path_factory) -> Path:
 def test_load_router_verifies_with_key(signed_router, router):
     from training.serving.router import load_router, load_router_with_sha256
 
-    loaded, sha256 = load_router_with_sha256(signed_router, key=KEY, warm_up=False)
+    loaded, sha256 = load_router_with_sha256(signed_router, key=PUBLIC, warm_up=False)
     assert loaded.models_ == router.models_
     assert sha256 == hashlib.sha256(signed_router.read_bytes()).hexdigest()
     with pytest.raises(ArtifactSignatureError, match="does not match the key"):
-        load_router(signed_router, key=OTHER_KEY, warm_up=False)
+        load_router(signed_router, key=OTHER_PUBLIC, warm_up=False)
 
 
 def test_fit_signs_with_the_key_from_the_environment(tmp_path, monkeypatch, capsys):
     from training.fit import main
     from training.serving.router import load_router
 
-    monkeypatch.setenv("ROUTER_SIGNING_KEY", KEY)
+    monkeypatch.setenv("ROUTER_SIGNING_KEY", KEY)  # the private key's PEM
     out = tmp_path / "router.joblib"
     code = main(["--n-queries", "400", "--estimator", "linear", "--budget", "0.001", "--out", str(out),
                  "--report", str(tmp_path / "report"), "--quiet", "--sign-key-env", "ROUTER_SIGNING_KEY"])
     assert code == 0
     assert "signed)" in capsys.readouterr().out
     assert json.loads((tmp_path / "report" / "report.json").read_text())["artifact"]["signed"] is True
-    assert KEY not in manifest_path(out).read_text() and KEY not in (tmp_path / "report" / "report.json").read_text()
-    assert load_router(out, key=KEY, warm_up=False).models_ == tuple(read_manifest(out)["models"])
+    assert "PRIVATE" not in manifest_path(out).read_text() + (tmp_path / "report" / "report.json").read_text()
+    assert read_manifest(out)["signature"]["algorithm"] == "ed25519"
+    assert load_router(out, key=PUBLIC, warm_up=False).models_ == tuple(read_manifest(out)["models"])
     with pytest.raises(ArtifactSignatureError):
-        load_router(out, key=OTHER_KEY, warm_up=False)
+        load_router(out, key=OTHER_PUBLIC, warm_up=False)
 
 
 @pytest.mark.parametrize("value", [None, ""])
@@ -354,15 +364,16 @@ def test_fit_with_a_short_key_is_a_one_line_error(tmp_path, monkeypatch, capsys)
     code = main(["--out", str(tmp_path / "router.joblib"), "--quiet", "--sign-key-env", "SHORT_KEY"])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and "fewer than 32" in error[0] and "hunter2" not in error[0]
+    assert "training.keygen" in error[0]
 
 
 def test_a_key_given_as_the_variable_name_is_refused_without_being_echoed(tmp_path, capsys):
     from training.fit import main
 
-    assert main(["--out", str(tmp_path / "router.joblib"), "--quiet", "--sign-key-env", KEY]) == 2
+    assert main(["--out", str(tmp_path / "router.joblib"), "--quiet", "--sign-key-env", SECRET]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "takes the name of an environment variable" in error[0]
-    assert KEY not in error[0]
+    assert SECRET not in error[0]
 
 
 def _score(artifact_path: Path, tmp_path: Path, *extra: str) -> tuple[int, list[str]]:
@@ -377,22 +388,44 @@ def _score(artifact_path: Path, tmp_path: Path, *extra: str) -> tuple[int, list[
     return code, output
 
 
+def _public_file(folder: Path, text: str = PUBLIC) -> Path:
+    path = folder / f"public-{hashlib.sha256(text.encode()).hexdigest()[:8]}.pem"
+    path.write_text(text)
+    return path
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_score_verifies_with_the_key_from_the_environment(signed_router, tmp_path, monkeypatch, workers):
-    monkeypatch.setenv("ROUTER_SIGNING_KEY", KEY)
-    code, output = _score(signed_router, tmp_path, "--verify-key-env", "ROUTER_SIGNING_KEY", "--workers", workers)
+def test_score_verifies_with_the_public_key_file(signed_router, tmp_path, workers):
+    keys = tmp_path.parent / f"{tmp_path.name}-keys"
+    keys.mkdir()
+    code, output = _score(signed_router, tmp_path, "--verify-key", str(_public_file(keys)), "--workers", workers)
     assert code == 0 and output.is_file()
 
 
 def test_score_with_the_wrong_key_or_an_unsigned_artifact_is_a_one_line_error(signed_router, artifact, tmp_path,
-                                                                               monkeypatch, capsys):
-    monkeypatch.setenv("WRONG_KEY", OTHER_KEY)
-    code, output = _score(signed_router, tmp_path, "--verify-key-env", "WRONG_KEY")
+                                                                               tmp_path_factory, capsys):
+    wrong = _public_file(tmp_path_factory.mktemp("keys"), OTHER_PUBLIC)
+    code, output = _score(signed_router, tmp_path, "--verify-key", str(wrong))
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and "does not match the key" in error[0] and not output.exists()
-    code, _ = _score(artifact, tmp_path, "--verify-key-env", "WRONG_KEY")  # the shared artifact is unsigned
+    code, _ = _score(artifact, tmp_path, "--verify-key", str(wrong))  # the shared artifact is unsigned
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and "is not signed, but a key was given" in error[0]
+
+
+def test_score_require_signed_without_a_key_is_a_one_line_error(signed_router, tmp_path, capsys):
+    code, output = _score(signed_router, tmp_path, "--require-signed")
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and "--require-signed" in error[0] and "--verify-key" in error[0]
+    assert not output.exists()
+
+
+def test_score_refuses_a_private_key_as_the_verification_key(signed_router, tmp_path, tmp_path_factory, capsys):
+    private = tmp_path_factory.mktemp("keys") / "private.pem"
+    private.write_text(KEY)
+    code, _ = _score(signed_router, tmp_path, "--verify-key", str(private))
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and "public key" in error[0] and "BEGIN" not in error[0]
 
 
 def test_workers_load_only_the_payload_the_parent_verified(signed_router, router):
@@ -400,3 +433,122 @@ def test_workers_load_only_the_payload_the_parent_verified(signed_router, router
 
     with pytest.raises(ValueError, match="is not the one expected"):
         load_router(signed_router, expected_sha256="0" * 64, warm_up=False)
+
+
+# --------------------------------------------------------------------------- #
+# a verifier cannot sign (issue 30)
+# --------------------------------------------------------------------------- #
+
+
+def test_a_public_key_cannot_sign(tmp_path):
+    for key in (PUBLIC, PUBLIC.encode(), Ed25519PrivateKey.generate().public_key()):
+        with pytest.raises(TypeError, match="public key verifies artifacts but cannot sign"):
+            save_artifact({}, tmp_path / "a.joblib", models=["m"], budgets=[], key=key)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_what_a_public_key_holder_can_forge_is_refused(bomb, marker):
+    """Everything one holding only the public key can write: an HMAC under the public key's bytes (algorithm
+    confusion), a signature by a key of their own, and the genuine signature moved onto a changed manifest."""
+    import hmac
+
+    genuine = _manifest(bomb)
+    forged = dict(genuine, models=list(reversed(genuine["models"])))
+    for name, signature in [
+        ("hmac keyed with the public key", {"algorithm": "hmac-sha256", "mac": hmac.new(
+            PUBLIC.encode(), signed_bytes(forged), hashlib.sha256).hexdigest()}),
+        ("own key", {"algorithm": "ed25519",
+                     "signature": Ed25519PrivateKey.generate().sign(signed_bytes(forged)).hex()}),
+        ("genuine signature", genuine["signature"]),
+    ]:
+        _write_manifest(bomb, {**forged, "signature": signature})
+        with pytest.raises(ArtifactSignatureError):
+            load_artifact(bomb, key=PUBLIC)
+        assert not marker.exists(), name
+
+
+def test_keys_may_be_objects(tmp_path):
+    private = Ed25519PrivateKey.generate()
+    path = tmp_path / "router.joblib"
+    save_artifact({"a": 1}, path, models=["m"], budgets=[], key=private)
+    public = private.public_key()
+    assert isinstance(public, Ed25519PublicKey)
+    assert load_artifact(path, key=public)[0] == {"a": 1}
+
+
+@pytest.mark.parametrize("text", ["-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n",
+                                  "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"])
+def test_damaged_pem_is_a_one_line_value_error_without_the_key(benign, text):
+    with pytest.raises(ValueError, match="not an unencrypted Ed25519 key") as raised:
+        load_artifact(benign, key=text)
+    assert "AAAA" not in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_keygen_writes_a_pair_that_signs_and_verifies_and_never_overwrites(tmp_path, capsys):
+    import stat
+
+    from training.keygen import main
+
+    private, public = tmp_path / "signing.pem", tmp_path / "verify.pem"
+    assert main([str(private), str(public)]) == 0
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    path = tmp_path / "router.joblib"
+    save_artifact({"a": 1}, path, models=["m"], budgets=[], key=private.read_text())
+    assert load_artifact(path, key=public.read_bytes())[0] == {"a": 1}
+    before = private.read_bytes()
+    assert main([str(private), str(tmp_path / "other.pem")]) == 2
+    assert "never overwritten" in capsys.readouterr().err
+    assert private.read_bytes() == before and not (tmp_path / "other.pem").exists()
+
+
+# --------------------------------------------------------------------------- #
+# migration: HMAC signatures of earlier releases (deprecated)
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture
+def legacy(tmp_path, marker) -> Path:
+    """An artifact signed with a shared HMAC secret, as earlier releases wrote it."""
+    path = tmp_path / "legacy" / "router.joblib"
+    path.parent.mkdir()
+    with pytest.warns(HMACSignatureWarning, match="deprecated"):
+        save_artifact(Bomb(marker), path, models=MODELS, budgets=[0.001], key=SECRET)
+    return path
+
+
+def test_hmac_signed_artifact_still_verifies_with_its_secret_and_a_warning(legacy, marker):
+    import hmac
+
+    manifest = read_manifest(legacy)
+    assert manifest["signature"] == {"algorithm": "hmac-sha256", "mac": hmac.new(
+        SECRET.encode(), signed_bytes(manifest), hashlib.sha256).hexdigest()}
+    with pytest.warns(HMACSignatureWarning, match="--verify-key"):
+        load_artifact(legacy, key=SECRET)
+    assert marker.exists()
+
+
+def test_hmac_signed_artifact_with_another_secret_or_a_flipped_byte_is_refused(legacy, marker):
+    with pytest.warns(HMACSignatureWarning):
+        _refused(legacy, marker, "does not match the key", key="x" * 40)
+    manifest = _manifest(legacy)
+    manifest["models"] = list(reversed(manifest["models"]))
+    _write_manifest(legacy, manifest)
+    with pytest.warns(HMACSignatureWarning):
+        _refused(legacy, marker, "does not match the key", key=SECRET)
+
+
+def test_algorithms_never_cross(legacy, bomb, marker):
+    """The key the caller holds picks the algorithm: a public key refuses HMAC, a secret refuses Ed25519."""
+    _refused(legacy, marker, "HMAC signature .deprecated., which a public key does not accept", key=PUBLIC)
+    _refused(bomb, marker, "signed with Ed25519, but the key given is a shared HMAC secret", key=SECRET)
+
+
+def test_fit_with_a_legacy_secret_still_signs_with_a_warning(tmp_path, monkeypatch):
+    from training.fit import main
+
+    monkeypatch.setenv("LEGACY_KEY", SECRET)
+    out = tmp_path / "router.joblib"
+    with pytest.warns(HMACSignatureWarning):
+        assert main(["--n-queries", "400", "--estimator", "linear", "--budget", "0.001", "--out", str(out),
+                     "--report", str(tmp_path / "report"), "--quiet", "--sign-key-env", "LEGACY_KEY"]) == 0
+    assert read_manifest(out)["signature"]["algorithm"] == "hmac-sha256"

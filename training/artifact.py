@@ -53,33 +53,49 @@ differ from the manifest's ``models``.
 
 Signatures
 ----------
-``save_artifact(..., key=KEY)`` adds a ``signature`` field to the manifest:
-``{"algorithm": "hmac-sha256", "mac": HEX}``, the HMAC-SHA256 under ``KEY``
-of the manifest's canonical JSON without that field (keys sorted, no
-whitespace, ASCII; :func:`signed_bytes`). The manifest holds the payload's
-sha256 and ``artifact_file`` name, so the one MAC covers both files.
-``load_artifact(..., key=KEY)`` checks it before it looks at the payload,
-then checks the payload bytes against the (now authenticated) sha256, and
-only then unpickles: a changed manifest, a changed payload, a manifest
-taken from another signed artifact, a missing signature and a signature
-made with another key are all refused without running any of the payload's
-code. A wrong signature raises :class:`ArtifactSignatureError`, a
-``ValueError``. The key is at least :data:`MIN_KEY_BYTES` bytes; the CLIs
-read it from an environment variable (``--sign-key-env``,
-``--verify-key-env``), never from the command line or the artifact's
-directory.
+``save_artifact(..., key=PRIVATE)`` with an Ed25519 private key (a
+``cryptography`` ``Ed25519PrivateKey``, or its PKCS#8 PEM text) adds a
+``signature`` field to the manifest: ``{"algorithm": "ed25519",
+"signature": HEX}``, the Ed25519 signature of the manifest's canonical JSON
+without that field (keys sorted, no whitespace, ASCII;
+:func:`signed_bytes`). The manifest holds the payload's sha256 and
+``artifact_file`` name, so the one signature covers both files.
+``load_artifact(..., key=PUBLIC)`` with the matching public key (an
+``Ed25519PublicKey`` or its PEM text) checks it before it looks at the
+payload, then checks the payload bytes against the (now authenticated)
+sha256, and only then unpickles: a changed manifest, a changed payload, a
+manifest taken from another signed artifact, a missing signature and a
+signature made with another key are all refused without running any of
+the payload's code. A wrong signature raises
+:class:`ArtifactSignatureError`, a ``ValueError``. The public key only
+verifies: whoever holds it (every service and scorer) cannot produce a
+signature it accepts, so a verifier's configuration leaking, or being
+turned into an exfiltration channel, does not let anyone forge an artifact
+(issue 30). ``python -m training.keygen`` makes a key pair; ``training.fit
+--sign-key-env NAME`` reads the private key's PEM from a variable, the
+loaders' ``--verify-key FILE`` the public key's PEM from a file.
 
-What it does not protect: whoever holds the key can sign anything; a
-signed artifact is still a pickle, so it runs the code of whoever signed
-it; an older artifact signed with the same key verifies too (replay),
-unless the caller pins the payload with ``expected_sha256=``. Without a
-key, a signed artifact loads like an unsigned one (its signature is not
-checked), and unless the payload is pinned, loading warns once per process
-and path (:class:`UnsignedArtifactWarning`) that nothing vouched for it. The
-``signature`` field is optional and changes nothing else in the layout,
-so it did not change :data:`FORMAT_VERSION`: unsigned artifacts of this
-version load as before, and a release without signatures loads a signed
-artifact without checking it.
+Migration: artifacts signed by earlier releases carry ``{"algorithm":
+"hmac-sha256", "mac": HEX}``, an HMAC under a shared secret, which signs as
+well as it verifies. Such an artifact still loads when ``key`` is that
+secret (bytes, or a str that is not PEM; at least :data:`MIN_KEY_BYTES`
+bytes; CLIs: ``--verify-key-env NAME``), with a
+:class:`HMACSignatureWarning`; so does signing with such a secret. A
+public key never accepts an HMAC signature (nor a secret an Ed25519 one):
+the algorithm is chosen by the key the caller holds, never by the
+manifest, so a manifest cannot downgrade its own check. Re-sign with
+Ed25519 by re-running ``training.fit --sign-key-env``.
+
+What it does not protect: whoever holds the private key can sign
+anything; a signed artifact is still a pickle, so it runs the code of
+whoever signed it; an older artifact signed with the same key verifies too
+(replay), unless the caller pins the payload with ``expected_sha256=``.
+Without a key, a signed artifact loads like an unsigned one (its signature
+is not checked), and unless the payload is pinned, loading warns once per
+process and path (:class:`UnsignedArtifactWarning`) that nothing vouched
+for it; ``--require-signed`` makes the CLIs refuse to run without a key.
+The ``signature`` field is optional and changes nothing else in the
+layout, so it did not change :data:`FORMAT_VERSION`.
 
 Writes are atomic: each file is written to a temporary file in the target
 directory, flushed to disk and moved into place with :func:`os.replace`, so
@@ -121,6 +137,9 @@ from typing import Any, Union
 
 import joblib
 import numpy as np
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 __all__ = [
     "FORMAT",
@@ -129,9 +148,12 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "MAX_MANIFEST_DEPTH",
     "MIN_KEY_BYTES",
+    "HMAC_ALGORITHM",
     "SIGNATURE_ALGORITHM",
     "ArtifactSignatureError",
+    "HMACSignatureWarning",
     "UnsignedArtifactWarning",
+    "new_key_pair",
     "load_artifact",
     "manifest_path",
     "read_manifest",
@@ -173,14 +195,16 @@ few levels (``metrics`` -> ``budgets`` -> a row); a file that parses only
 just below Python's recursion limit would make every later recursive step
 (the signature's canonical JSON) fail with a ``RecursionError``."""
 
-SIGNATURE_ALGORITHM = "hmac-sha256"
-"""The ``algorithm`` of a manifest's ``signature``; the only one accepted."""
+SIGNATURE_ALGORITHM = "ed25519"
+"""The ``algorithm`` of a manifest's ``signature`` written with an Ed25519 private key."""
+
+HMAC_ALGORITHM = "hmac-sha256"
+"""The ``algorithm`` of signatures written by earlier releases with a shared secret (deprecated)."""
 
 MIN_KEY_BYTES = 32
-"""Shortest signing key accepted: a MAC is only as strong as its key, and a
-short or memorable one can be found by trying candidates against any signed
-manifest. ``python -c "import secrets; print(secrets.token_hex(32))"``
-makes a good one."""
+"""Shortest (deprecated) HMAC secret accepted: a MAC is only as strong as its
+key, and a short or memorable one can be found by trying candidates against
+any signed manifest."""
 
 
 class ArtifactSignatureError(ValueError):
@@ -188,6 +212,15 @@ class ArtifactSignatureError(ValueError):
 
     Raised before the payload is unpickled. A ``ValueError``, so the CLIs
     report it like any other bad input (exit code 2).
+    """
+
+
+class HMACSignatureWarning(FutureWarning):
+    """An artifact was signed or verified with a shared HMAC secret, which every verifier could also sign with.
+
+    Shown by default (a ``FutureWarning``): re-sign with an Ed25519 private
+    key (``python -m training.keygen``, ``training.fit --sign-key-env``) and
+    verify with its public key (``--verify-key``).
     """
 
 
@@ -215,6 +248,7 @@ _CHECKED = ("cascade-router", "numpy", "scikit-learn", "lightgbm")
 _REQUIRED_FIELDS = ("format", "format_version", "artifact_file", "sha256", "versions", "models")
 _CHUNK = 1 << 20
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")  # a sha256 or an HMAC-SHA256, as written
+_HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}")  # an Ed25519 signature, as written
 #: (resolved artifact path, what was not verified) already warned about in this process.
 _WARNED: set[tuple[str, str]] = set()
 _WARNED_LOCK = threading.Lock()
@@ -258,7 +292,7 @@ def save_artifact(
     data_fingerprint: str | None = None,
     metrics: dict | None = None,
     extra: dict | None = None,
-    key: bytes | str | None = None,
+    key: Any = None,
 ) -> Path:
     """Write ``obj`` to ``path`` with joblib and its manifest beside it.
 
@@ -288,13 +322,13 @@ def save_artifact(
         Evaluation results to show without loading the router.
     extra : dict, optional
         Anything else worth recording (hyper-parameters, git commit, ...).
-    key : bytes or str, optional
-        Sign the artifact with HMAC-SHA256 under this key (a ``str`` is
-        encoded as UTF-8; at least :data:`MIN_KEY_BYTES` bytes), so that
-        :func:`load_artifact` with the same key can refuse a changed or
-        swapped artifact before unpickling it (see the module docstring).
-        Read it from a secret store or an environment variable, never from
-        a file beside the artifact.
+    key : Ed25519PrivateKey, or its PEM as str or bytes, optional
+        Sign the artifact, so that :func:`load_artifact` with the public
+        key can refuse a changed or swapped artifact before unpickling it
+        (see the module docstring). Read it from a secret store or an
+        environment variable, never from a file beside the artifact. Any
+        other bytes or str is a deprecated HMAC secret
+        (:class:`HMACSignatureWarning`).
 
     Returns
     -------
@@ -306,9 +340,10 @@ def save_artifact(
     ValueError
         If an argument is invalid, a metadata dict cannot be written as
         strict JSON, the manifest path belongs to another artifact, or the
-        key is shorter than :data:`MIN_KEY_BYTES`.
+        key is not a usable key (see :func:`signing_key`).
     TypeError
-        If ``obj`` cannot be pickled, or ``key`` is neither bytes nor str.
+        If ``obj`` cannot be pickled, ``key`` is not a key, or it is a
+        public key (which verifies but cannot sign).
     """
     path = Path(path)
     target = manifest_path(path)
@@ -324,6 +359,11 @@ def save_artifact(
     if data_fingerprint is not None and not isinstance(data_fingerprint, str):
         raise ValueError(f"data_fingerprint must be a str or None, got {type(data_fingerprint).__name__}")
     secret = None if key is None else signing_key(key)
+    if isinstance(secret, Ed25519PublicKey):
+        raise TypeError("a public key verifies artifacts but cannot sign them; sign with the private key "
+                        "(training.fit --sign-key-env NAME holding its PEM)")
+    if isinstance(secret, bytes):
+        _warn_hmac("signing", 3)
     _refuse_foreign_manifest(path, target)
 
     manifest = {
@@ -420,7 +460,7 @@ def load_artifact(
     path: PathLike,
     *,
     strict_versions: bool = True,
-    key: bytes | str | None = None,
+    key: Any = None,
     expected_sha256: str | None = None,
 ) -> tuple[object, dict]:
     """Verify and load an artifact written by :func:`save_artifact`.
@@ -444,10 +484,12 @@ def load_artifact(
         versions of scikit-learn, LightGBM, NumPy or cascade-router raises.
         If False it only emits a :class:`UserWarning`; the object may then
         fail or, worse, behave differently.
-    key : bytes or str, optional
-        The signing key (as given to :func:`save_artifact`). With it, an
-        artifact that is unsigned, or whose signature does not match this
-        key and the manifest's bytes, is refused before its payload is read.
+    key : Ed25519PublicKey, or its PEM as str or bytes, optional
+        The public key of the private key the artifact was signed with.
+        With it, an artifact that is unsigned, or whose signature does not
+        match this key and the manifest's bytes, is refused before its
+        payload is read. A deprecated HMAC secret (any other bytes or str)
+        verifies an HMAC-signed artifact, with an :class:`HMACSignatureWarning`.
         Without it (and without ``expected_sha256``), nothing vouches for
         the artifact: it loads as before, signed or not, and an
         :class:`UnsignedArtifactWarning` says so once per process and path.
@@ -473,7 +515,7 @@ def load_artifact(
     ValueError
         If any other check fails; the message names the file and what to do.
     TypeError
-        If ``key`` is neither bytes nor str, or ``expected_sha256`` not a str.
+        If ``key`` is not a key, or ``expected_sha256`` not a str.
     """
     path = Path(path)
     secret = None if key is None else signing_key(key)
@@ -542,60 +584,137 @@ def signed_bytes(manifest: Mapping[str, Any]) -> bytes:
 # --------------------------------------------------------------------------- #
 
 
-def signing_key(key: bytes | str) -> bytes:
-    """Check a signing key and return it as bytes, so that a bad key fails before hours of training, not at the save.
+def signing_key(key: Any) -> Ed25519PrivateKey | Ed25519PublicKey | bytes:
+    """Check a key and return it in the form the signature functions take, so that a bad key fails before hours of
+    training, not at the save.
 
     Parameters
     ----------
-    key : bytes or str
-        A ``str`` is encoded as UTF-8.
+    key : Ed25519PrivateKey, Ed25519PublicKey, str or bytes
+        A key object; PEM text of an Ed25519 private (PKCS#8, unencrypted)
+        or public (SubjectPublicKeyInfo) key; or any other str (encoded as
+        UTF-8) or bytes, a deprecated HMAC secret.
 
     Returns
     -------
-    bytes
+    Ed25519PrivateKey, Ed25519PublicKey or bytes
 
     Raises
     ------
     TypeError
-        If ``key`` is neither bytes nor str.
+        If ``key`` is none of these.
     ValueError
-        If it is shorter than :data:`MIN_KEY_BYTES` (the message gives its
-        length, never the key).
+        If PEM text is not an unencrypted Ed25519 key, or an HMAC secret is
+        shorter than :data:`MIN_KEY_BYTES` (messages never show the key).
     """
+    if isinstance(key, (Ed25519PrivateKey, Ed25519PublicKey)):
+        return key
     if isinstance(key, str):
         key = key.encode("utf-8")
     elif isinstance(key, (bytes, bytearray, memoryview)):
         key = bytes(key)
     else:
-        raise TypeError(f"key must be bytes or str, got {type(key).__name__}")
+        raise TypeError(f"key must be an Ed25519 key, its PEM text, or bytes or str, got {type(key).__name__}")
+    if key.lstrip().startswith(b"-----BEGIN"):
+        return _pem_key(key)
     if len(key) < MIN_KEY_BYTES:
         raise ValueError(
-            f"signing key has {len(key)} bytes, fewer than {MIN_KEY_BYTES}: a short key can be guessed from any "
-            'signed manifest; make one with python -c "import secrets; print(secrets.token_hex(32))"')
+            f"signing key has {len(key)} bytes, fewer than {MIN_KEY_BYTES}, and is not an Ed25519 key in PEM; "
+            "make a key pair with python -m training.keygen")
     return key
 
 
-def _signature(manifest: Mapping[str, Any], secret: bytes) -> dict[str, str]:
+def new_key_pair() -> tuple[bytes, bytes]:
+    """A new Ed25519 key pair as PEM: the private key signs artifacts, the public key verifies them.
+
+    Returns
+    -------
+    private_pem, public_pem : bytes
+        PKCS#8 (unencrypted) and SubjectPublicKeyInfo PEM.
+    """
+    private = Ed25519PrivateKey.generate()
+    return (private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()),
+            private.public_key().public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def _pem_key(pem: bytes) -> Ed25519PrivateKey | Ed25519PublicKey:
+    """An Ed25519 key from PEM text, or one ValueError that does not quote it."""
+    try:
+        if b"PRIVATE KEY" in pem.split(b"\n", 1)[0]:
+            loaded: Any = serialization.load_pem_private_key(pem, password=None)
+        else:
+            loaded = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        raise ValueError(f"the key is PEM text but not an unencrypted Ed25519 key ({type(error).__name__}); make a "
+                         "key pair with python -m training.keygen") from None
+    if not isinstance(loaded, (Ed25519PrivateKey, Ed25519PublicKey)):
+        raise ValueError(f"the key is a {type(loaded).__name__}, not an Ed25519 key; make a key pair with "
+                         "python -m training.keygen")
+    return loaded
+
+
+def _warn_hmac(action: str, stacklevel: int) -> None:
+    warnings.warn(f"{action} an artifact with a shared HMAC secret is deprecated: every verifier holding it can also "
+                  "sign. Make an Ed25519 key pair (python -m training.keygen), sign with the private key "
+                  "(training.fit --sign-key-env) and verify with the public one (--verify-key)",
+                  HMACSignatureWarning, stacklevel=stacklevel)
+
+
+def _signature(manifest: Mapping[str, Any], secret: Ed25519PrivateKey | bytes) -> dict[str, str]:
     """The ``signature`` field for a parsed manifest."""
+    if isinstance(secret, Ed25519PrivateKey):
+        return {"algorithm": SIGNATURE_ALGORITHM, "signature": secret.sign(signed_bytes(manifest)).hex()}
     mac = hmac.new(secret, signed_bytes(manifest), hashlib.sha256).hexdigest()
-    return {"algorithm": SIGNATURE_ALGORITHM, "mac": mac}
+    return {"algorithm": HMAC_ALGORITHM, "mac": mac}
 
 
-def _check_signature(manifest: Mapping[str, Any], secret: bytes, target: Path) -> None:
-    """Refuse a manifest whose signature is missing, malformed or made with another key (or over other bytes)."""
+def _check_signature(manifest: Mapping[str, Any], secret: Ed25519PrivateKey | Ed25519PublicKey | bytes,
+                     target: Path) -> None:
+    """Refuse a manifest whose signature is missing, malformed or made with another key (or over other bytes).
+
+    The algorithm comes from the key the caller holds: a public key accepts
+    Ed25519 signatures only, a (deprecated) HMAC secret HMAC ones only.
+    """
     signature = manifest.get("signature")
     if signature is None:
         raise ArtifactSignatureError(
             f"manifest {target} is not signed, but a key was given to verify it; refusing to unpickle an "
-            "artifact nothing vouches for. Re-save it with the key (training.fit --sign-key-env NAME), or load it "
+            "artifact nothing vouches for. Re-save it signed (training.fit --sign-key-env NAME), or load it "
             "without a key if unsigned artifacts are acceptable here")
-    if not (isinstance(signature, Mapping) and signature.get("algorithm") == SIGNATURE_ALGORITHM
-            and isinstance(signature.get("mac"), str) and _HEX_DIGEST.fullmatch(signature["mac"])):
-        raise ArtifactSignatureError(
-            f"manifest {target} has a malformed signature (expected {{'algorithm': {SIGNATURE_ALGORITHM!r}, "
-            "'mac': 64 lowercase hex digits}); the manifest was changed after signing, re-save the artifact")
-    expected = _signature(manifest, secret)["mac"]
-    if not hmac.compare_digest(expected, signature["mac"]):
+    found = signature.get("algorithm") if isinstance(signature, Mapping) else None
+    if isinstance(secret, bytes):
+        if found == SIGNATURE_ALGORITHM:
+            raise ArtifactSignatureError(
+                f"manifest {target} is signed with Ed25519, but the key given is a shared HMAC secret; verify it "
+                "with the signer's public key (--verify-key FILE)")
+        if not (found == HMAC_ALGORITHM and isinstance(signature.get("mac"), str)
+                and _HEX_DIGEST.fullmatch(signature["mac"])):
+            raise ArtifactSignatureError(
+                f"manifest {target} has a malformed signature (expected {{'algorithm': {HMAC_ALGORITHM!r}, "
+                "'mac': 64 lowercase hex digits}); the manifest was changed after signing, re-save the artifact")
+        _warn_hmac("verifying", 4)
+        good = hmac.compare_digest(_signature(manifest, secret)["mac"], signature["mac"])
+    else:
+        if found == HMAC_ALGORITHM:
+            raise ArtifactSignatureError(
+                f"manifest {target} carries a shared-secret HMAC signature (deprecated), which a public key does "
+                "not accept; re-sign it with an Ed25519 private key (training.fit --sign-key-env), or verify it "
+                "with the HMAC secret (--verify-key-env) until then")
+        if not (found == SIGNATURE_ALGORITHM and isinstance(signature.get("signature"), str)
+                and _HEX_SIGNATURE.fullmatch(signature["signature"])):
+            raise ArtifactSignatureError(
+                f"manifest {target} has a malformed signature (expected {{'algorithm': {SIGNATURE_ALGORITHM!r}, "
+                "'signature': 128 lowercase hex digits}); the manifest was changed after signing, re-save the "
+                "artifact")
+        public = secret.public_key() if isinstance(secret, Ed25519PrivateKey) else secret
+        try:
+            public.verify(bytes.fromhex(signature["signature"]), signed_bytes(manifest))
+            good = True
+        except InvalidSignature:
+            good = False
+    if not good:
         raise ArtifactSignatureError(
             f"signature of manifest {target} does not match the key: the manifest (or the payload digest it "
             "records) was changed after signing, or it was signed with another key; refusing to unpickle it. "
@@ -622,10 +741,10 @@ def _warn_unverified(path: Path, *, signed: bool) -> None:
         _WARNED.add(seen)
     if signed:
         message = (f"artifact {path} is signed, but no key was given, so its signature was not checked; "
-                   "pass key= (CLIs: --verify-key-env NAME) to refuse a tampered artifact")
+                   "pass key= (CLIs: --verify-key FILE) to refuse a tampered artifact")
     else:
         message = (f"artifact {path} is unsigned: nothing shows it was not replaced; sign it "
-                   "(training.fit --sign-key-env NAME) and verify it (key=, --verify-key-env NAME)")
+                   "(training.fit --sign-key-env NAME) and verify it (key=, --verify-key FILE)")
     warnings.warn(message, UnsignedArtifactWarning, stacklevel=3)
 
 

@@ -20,11 +20,13 @@ from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from .artifact import signing_key
 
 __all__ = ["BAD_INPUT", "positive_int", "non_negative_int", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "Interrupted", "OutputError",
-           "check_writable", "fail", "key_from_env", "logs_summary", "quality_range", "parse_or_exit_code",
-           "run_command", "writing"]
+           "add_verify_arguments", "check_writable", "fail", "key_from_env", "logs_summary", "quality_range", "parse_or_exit_code",
+           "run_command", "verification_key", "writing"]
 
 #: Exit code of a run whose input cannot be used.
 BAD_INPUT = 2
@@ -116,12 +118,14 @@ def check_writable(flag: str, path: str | Path, *, directory: bool = False) -> N
                           "pick a path in a writable directory")
 
 
-def key_from_env(flag: str, name: str | None) -> bytes | None:
-    """The artifact signing key held by environment variable ``name`` (``None`` when the flag was not given).
+def key_from_env(flag: str, name: str | None) -> Any:
+    """The artifact key held by environment variable ``name`` (``None`` when the flag was not given).
 
     Keys come from the environment only: on the command line they would be
     readable by every user (``ps``) and kept in shell histories, and a file
     beside the artifact is writable by whoever can replace the artifact.
+    The variable holds an Ed25519 key's PEM text (the private key for
+    ``--sign-key-env``), or a deprecated shared HMAC secret.
 
     Parameters
     ----------
@@ -132,12 +136,13 @@ def key_from_env(flag: str, name: str | None) -> bytes | None:
 
     Returns
     -------
-    bytes or None
+    Ed25519PrivateKey, Ed25519PublicKey, bytes or None
+        As :func:`training.artifact.signing_key` returns it.
 
     Raises
     ------
     ValueError
-        If the variable is unset or empty, or the key is too short
+        If the variable is unset or empty, or the key unusable
         (:func:`training.artifact.signing_key`); the message never shows the key.
     """
     if name is None:
@@ -149,11 +154,74 @@ def key_from_env(flag: str, name: str | None) -> bytes | None:
     if not value:
         state = "empty" if name in os.environ else "unset"
         raise ValueError(f"{flag} {name}: the environment variable {name} is {state}; "
-                         f"export {name} with the artifact signing key, or leave out {flag}")
+                         f"export {name} with the artifact key, or leave out {flag}")
     try:
-        return signing_key(value)
+        key = signing_key(value)
     except ValueError as error:
         raise ValueError(f"{flag} {name}: {error}") from None
+    if flag == "--sign-key-env" and isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{flag} {name}: the variable holds a public key, which verifies but cannot sign; "
+                         "put the private key's PEM in it (python -m training.keygen makes a pair)")
+    return key
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--verify-key``, ``--verify-key-env`` and ``--require-signed``, the same for every command that loads an artifact.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    """
+    parser.add_argument("--verify-key", type=Path, default=None, metavar="FILE",
+                        help="refuse, before unpickling it, an artifact that is unsigned or not signed by the private "
+                             "key whose Ed25519 public key (PEM) is in FILE (python -m training.keygen makes the "
+                             "pair); default: load it unverified, with a warning")
+    parser.add_argument("--verify-key-env", default=None, metavar="NAME",
+                        help="deprecated: verify an artifact signed with a shared HMAC secret held by environment "
+                             "variable NAME (a secret that verifies can also sign: move to --verify-key)")
+    parser.add_argument("--require-signed", action="store_true",
+                        help="refuse to start without --verify-key (or --verify-key-env), so that a deployment "
+                             "that lost its key flag fails instead of loading unverified artifacts")
+
+
+def verification_key(args: argparse.Namespace) -> Any:
+    """The key of :func:`add_verify_arguments`' flags, read and checked before any work (``None``: none given).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+
+    Returns
+    -------
+    Ed25519PublicKey, Ed25519PrivateKey, bytes or None
+
+    Raises
+    ------
+    ValueError
+        If both flags are given, ``--require-signed`` without either, or
+        the key cannot be read or used.
+    """
+    if args.verify_key is not None and args.verify_key_env is not None:
+        raise ValueError("give --verify-key (an Ed25519 public key) or the deprecated --verify-key-env, not both")
+    if args.verify_key is not None:
+        try:
+            pem = Path(args.verify_key).read_bytes()[:1 << 16]
+        except OSError as error:
+            raise ValueError(f"--verify-key {args.verify_key}: cannot read it ({error.strerror}); give the public "
+                             "key file python -m training.keygen wrote") from None
+        try:
+            key = signing_key(pem)
+        except ValueError as error:
+            raise ValueError(f"--verify-key {args.verify_key}: {error}") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError(f"--verify-key {args.verify_key}: the file does not hold an Ed25519 public key in PEM "
+                             "(a private key must not be given to verifiers); give the public key file")
+        return key
+    key = key_from_env("--verify-key-env", args.verify_key_env)
+    if key is None and getattr(args, "require_signed", False):
+        raise ValueError("--require-signed: no key to verify the artifact with; give --verify-key FILE (the "
+                         "signer's Ed25519 public key)")
+    return key
 
 
 def quality_range(text: str) -> tuple[float, float]:

@@ -150,10 +150,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report", type=Path, default=Path("report"),
                         help="directory for report.json and quality_cost.png")
     parser.add_argument("--sign-key-env", default=None, metavar="NAME",
-                        help="sign the artifact (HMAC-SHA256 over its manifest, which holds the payload's sha256) "
-                             "with the key in environment variable NAME, so that loaders given the key refuse a "
-                             "changed or swapped artifact before unpickling it (at least 32 bytes; never on the "
-                             "command line); default: unsigned")
+                        help="sign the artifact (Ed25519 over its manifest, which holds the payload's sha256) with "
+                             "the private key whose PEM is in environment variable NAME (python -m training.keygen "
+                             "makes a pair), so that loaders given the public key (--verify-key) refuse a changed "
+                             "artifact before unpickling it; a non-PEM secret signs with the deprecated HMAC; "
+                             "default: unsigned")
     parser.add_argument("--skip-memory-check", action="store_true",
                         help="fit even when the data's estimated peak memory exceeds the memory available now "
                              "(see 'Fitting memory' in the README); default: stop with advice before fitting")

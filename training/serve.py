@@ -7,6 +7,13 @@ command with a one-line ``error:`` and exit code 2. Needs the ``serve``
 extra (``pip install 'cascade-router[serve]'``). SIGTERM or Ctrl-C stops
 accepting connections and lets the requests in flight finish (up to
 ``--graceful-timeout`` seconds) before the process exits.
+
+Secrets (issue 30): the callers' key, the (deprecated) HMAC artifact key
+and every upstream key are read once at start-up and then removed from
+``os.environ``, so that nothing later started or inspected in the process
+finds them there; ``backends.toml`` may only name upstream keys that start
+with ``--upstream-key-prefix``. The edge limits are
+:mod:`training.serving.edge`'s.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli import BAD_INPUT, fail, non_negative_int, parse_or_exit_code, positive_int
+from .cli import (BAD_INPUT, add_verify_arguments, fail, non_negative_int, parse_or_exit_code, positive_int,
+                  verification_key)
 
 __all__ = ["main"]
 
@@ -39,7 +47,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         "(its manifest beside it); it is a pickle: serve only artifacts you trust")
     parser.add_argument("--backends", type=Path, required=True, help="backends.toml: one [models.\"NAME\"] table "
                         "per model (base_url, model, optional api_key_env, price_in, price_out, timeout_s, "
-                        "max_concurrency)")
+                        "connect_timeout_s, max_concurrency)")
+    parser.add_argument("--upstream-key-prefix", default="UPSTREAM_", metavar="PREFIX",
+                        help="every api_key_env in backends.toml must start with PREFIX (and may not be the "
+                             "service's own key variables), so the file cannot send another secret to an upstream")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; loopback unless you say "
                         "otherwise (use --api-key-env when it is not)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
@@ -49,13 +60,40 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pace", action="store_true", help="pace λ to --budget from the realised spend, one "
                         "controller shared by all requests to model 'router'")
     parser.add_argument("--api-key-env", metavar="NAME", default=None, help="environment variable holding the "
-                        "key callers must send as 'Authorization: Bearer <key>'; default: no key needed")
+                        "key (at least 32 characters) callers must send as 'Authorization: Bearer <key>'; default: "
+                        "no key needed")
     parser.add_argument("--max-body-bytes", type=positive_int, default=1 << 20,
                         help="larger request bodies get 413")
     parser.add_argument("--max-prompt-chars", type=positive_int, default=100_000,
                         help="most characters the messages of one request may hold together (400 above)")
+    parser.add_argument("--max-messages", type=positive_int, default=256,
+                        help="most messages one request may hold (400 above)")
     parser.add_argument("--max-client-concurrency", type=positive_int, default=32,
                         help="requests one client address may have in flight (429 above)")
+    parser.add_argument("--request-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="deadline of one request's whole cascade: each upstream call gets what is left of it "
+                             "(and at most its timeout_s); the caller gets a 502 once no model answered in time")
+    parser.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="seconds a request body may take to arrive (408 after)")
+    parser.add_argument("--max-reply-bytes", type=positive_int, default=8 << 20,
+                        help="largest upstream reply read; a larger one fails that model for the query")
+    parser.add_argument("--max-header-bytes", type=positive_int, default=32 << 10,
+                        help="request line and headers of one request (431 and the connection closed above)")
+    parser.add_argument("--max-headers", type=positive_int, default=100, help="header fields of one request")
+    parser.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="seconds a request's headers may take to arrive, from the connection opening or the "
+                             "previous response; the connection is closed after")
+    parser.add_argument("--keep-alive-timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="seconds an idle keep-alive connection is kept")
+    parser.add_argument("--max-connections", type=positive_int, default=1000,
+                        help="open connections; a new one beyond closes the one that has waited longest for its "
+                             "request headers")
+    parser.add_argument("--allowed-hosts", default=None, metavar="NAMES",
+                        help="comma-separated host names a request's Host header may give (421 otherwise); "
+                             "default: the loopback names for a loopback --host, any name otherwise")
+    parser.add_argument("--trusted-proxies", default="", metavar="ADDRESSES",
+                        help="comma-separated proxy addresses whose X-Forwarded-For names the client (for "
+                             "--max-client-concurrency); default: none, the peer address is the client")
     parser.add_argument("--decision-threads", type=positive_int, default=2,
                         help="threads running the decision steps too long for the event loop")
     parser.add_argument("--inline-decision-chars", type=non_negative_int, default=32_000,
@@ -63,10 +101,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                              "response) runs on the event loop, a longer one on a decision thread; 0: all on threads")
     parser.add_argument("--graceful-timeout", type=float, default=30.0,
                         help="seconds requests in flight may take to finish after SIGTERM or Ctrl-C")
-    parser.add_argument("--verify-key-env", default=None, metavar="NAME",
-                        help="refuse, before unpickling it, an artifact that is unsigned or not signed with the key "
-                             "in environment variable NAME (the one training.fit --sign-key-env signed it with); "
-                             "default: load it unverified, with a warning")
+    add_verify_arguments(parser)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
 
@@ -93,8 +128,8 @@ def _build(args: argparse.Namespace):
     except ImportError as error:
         raise ValueError(f"the service needs the serve extra ({error.name} is missing): "
                          "pip install 'cascade-router[serve]'") from None
-    from .cli import key_from_env
     from .serving.backends import load_backends
+    from .serving.edge import EdgeLimits, raise_descriptor_limit
     from .serving.router import load_router
 
     api_key = None
@@ -104,16 +139,41 @@ def _build(args: argparse.Namespace):
             raise ValueError(f"environment variable {args.api_key_env} (--api-key-env) is not set or empty")
     if not args.artifact.exists():
         raise FileNotFoundError(f"--artifact {args.artifact} does not exist; train one with python -m training.fit")
-    router = load_router(args.artifact, warm_up=False, key=key_from_env("--verify-key-env", args.verify_key_env))
-    backends = load_backends(args.backends, router.models_, router.estimator.token_prices)
+    for flag in ("request_timeout", "body_timeout", "header_timeout", "keep_alive_timeout"):
+        if not 0 < getattr(args, flag) < float("inf"):
+            raise ValueError(f"--{flag.replace('_', '-')} must be a number of seconds > 0, got {getattr(args, flag)}")
+    router = load_router(args.artifact, warm_up=False, key=verification_key(args))
+    own = [name for name in (args.api_key_env, args.verify_key_env) if name is not None]
+    backends = load_backends(args.backends, router.models_, router.estimator.token_prices,
+                             key_prefix=args.upstream_key_prefix, reserved=own)
+    for name in own + [b.api_key_env for b in backends.values() if b.api_key_env]:  # read: nothing later needs them
+        os.environ.pop(name, None)
+    try:
+        host = ipaddress.ip_address(args.host)
+        loopback = host.is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if args.allowed_hosts is not None:
+        allowed = tuple(name.strip() for name in args.allowed_hosts.split(",") if name.strip())
+    else:
+        allowed = ("127.0.0.1", "localhost", "::1") if loopback else None
     config = ServiceConfig(budget=args.budget, pace=args.pace, api_key=api_key, max_body_bytes=args.max_body_bytes,
-                           max_prompt_chars=args.max_prompt_chars,
+                           max_prompt_chars=args.max_prompt_chars, max_messages=args.max_messages,
                            max_client_concurrency=args.max_client_concurrency,
                            decision_threads=args.decision_threads,
-                           inline_decision_chars=args.inline_decision_chars)
+                           inline_decision_chars=args.inline_decision_chars,
+                           request_timeout_s=args.request_timeout, body_timeout_s=args.body_timeout,
+                           allowed_hosts=allowed, max_reply_bytes=args.max_reply_bytes)
+    limits = EdgeLimits(max_header_bytes=args.max_header_bytes, max_headers=args.max_headers,
+                        header_timeout_s=args.header_timeout, keep_alive_s=args.keep_alive_timeout,
+                        max_connections=args.max_connections,
+                        trusted_proxies=tuple(a.strip() for a in args.trusted_proxies.split(",") if a.strip()))
+    # a connection per caller, two per upstream call in flight, and room for files and the loop
+    raise_descriptor_limit(limits.max_connections + sum(2 * b.max_concurrency for b in backends.values()) + 256)
     app = create_app(router, backends, config)
     router.warm_up()
-    return app, _listen(args.host, args.port), config
+    return app, _listen(args.host, args.port), config, limits
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,10 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        app, listening, config = _build(args)
+        app, listening, config, limits = _build(args)
     except (ValueError, TypeError, FileNotFoundError) as error:
         return fail(str(error), code=BAD_INPUT)
     import uvicorn
+
+    from .serving.edge import uvicorn_config
 
     host, port = listening.getsockname()[:2]
     if config.api_key is None and not ipaddress.ip_address(host).is_loopback:
@@ -145,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "upstreams", host)
     print(f"serving {args.artifact} on http://{host}:{port}/v1 (model 'router'; Ctrl-C to stop)", file=sys.stderr,
           flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="on",
+    server = uvicorn.Server(uvicorn_config(app, limits, log_level=args.log_level, access_log=False, lifespan="on",
                                            timeout_graceful_shutdown=args.graceful_timeout))
     with listening:
         server.run(sockets=[listening])

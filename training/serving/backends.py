@@ -8,7 +8,8 @@ One table per model, keyed by the artifact's model name::
     api_key_env = "UPSTREAM_KEY"                # optional: environment variable holding the key
     price_in = 10.0                             # optional: USD per 1M input tokens
     price_out = 30.0                            # optional: USD per 1M output tokens
-    timeout_s = 60                              # optional
+    timeout_s = 30                              # optional: seconds one attempt may take
+    connect_timeout_s = 3                       # optional: seconds to open the connection
     max_concurrency = 64                        # optional: calls in flight to this upstream
 
 Everything is checked when the service starts, so that a typo stops it
@@ -19,6 +20,21 @@ estimator was fitted with) because the cost of a call is
 ``usage × prices``; an ``api_key_env`` must name a set variable. Keys are
 read from the environment only, never from the file, and no message here
 quotes one.
+
+An ``api_key_env`` must start with the operator's prefix (``--upstream-key-prefix``,
+default :data:`KEY_PREFIX`) and may not be one of the service's own secret
+variables (the callers' key, the artifact key): whoever can write the
+artifact's directory can usually write ``backends.toml`` beside it, and
+without this rule ``api_key_env = "ROUTER_SIGNING_KEY"`` with a
+``base_url`` of their own would send that secret to them as a bearer token
+(issue 30).
+
+Timeouts (issue 29): an attempt may take ``timeout_s`` (default
+:data:`DEFAULT_TIMEOUT_S`), of which opening the connection at most
+``connect_timeout_s`` (:data:`DEFAULT_CONNECT_TIMEOUT_S`). An attempt that
+timed out is not retried: the next model is the caller's faster way to an
+answer. The service's per-request deadline (``--request-timeout``) bounds
+the whole cascade on top of these.
 """
 
 from __future__ import annotations
@@ -28,7 +44,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 if sys.version_info >= (3, 11):
@@ -36,9 +52,21 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["Backend", "load_backends", "parse_backends", "redact_url"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "DEFAULT_TIMEOUT_S", "KEY_PREFIX", "Backend", "load_backends",
+           "parse_backends", "redact_url"]
 
-_KEYS = {"base_url", "model", "api_key_env", "price_in", "price_out", "timeout_s", "max_concurrency"}
+_KEYS = {"base_url", "model", "api_key_env", "price_in", "price_out", "timeout_s", "connect_timeout_s",
+         "max_concurrency"}
+
+KEY_PREFIX = "UPSTREAM_"
+"""Default prefix every ``api_key_env`` must start with."""
+
+DEFAULT_TIMEOUT_S = 30.0
+"""Seconds one upstream attempt may take by default: long enough for a long answer from a slow model, short
+enough that an interactive caller reaches the next model instead of waiting a minute."""
+
+DEFAULT_CONNECT_TIMEOUT_S = 3.0
+"""Seconds to open a connection to an upstream by default: a reachable host answers in milliseconds."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +84,16 @@ class Backend:
     price_in, price_out : float
         USD per 1M input and output tokens.
     timeout_s : float
-        Seconds one attempt may take.
+        Seconds one attempt may take (connecting, sending, reading the reply).
+    connect_timeout_s : float
+        Seconds opening the connection may take, within ``timeout_s``.
     max_concurrency : int
         Calls in flight to this upstream at once; more wait their turn.
     api_key : str or None
         The key read from ``api_key_env``; kept out of ``repr`` so that it
         cannot reach a log line or a traceback through this object.
+    api_key_env : str or None
+        The variable it was read from (``training.serve`` removes it from the environment).
     """
 
     name: str
@@ -69,9 +101,11 @@ class Backend:
     model: str
     price_in: float
     price_out: float
-    timeout_s: float = 60.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     max_concurrency: int = 64
     api_key: str | None = field(default=None, repr=False)
+    api_key_env: str | None = None
 
     @property
     def url(self) -> str:
@@ -127,7 +161,8 @@ def _number(where: str, key: str, value: object, *, positive: bool) -> float:
 
 def parse_backends(document: Mapping[str, Any], models: tuple[str, ...],
                    artifact_prices: Mapping[str, tuple[float, float]], *, source: str = "backends.toml",
-                   environ: Mapping[str, str] | None = None) -> dict[str, Backend]:
+                   environ: Mapping[str, str] | None = None, key_prefix: str = KEY_PREFIX,
+                   reserved: Collection[str] = ()) -> dict[str, Backend]:
     """Check a parsed ``backends.toml`` against the artifact's models and build one :class:`Backend` per model.
 
     Parameters
@@ -143,6 +178,10 @@ def parse_backends(document: Mapping[str, Any], models: tuple[str, ...],
         How messages name the file.
     environ : mapping, optional
         Where ``api_key_env`` is looked up; default ``os.environ``.
+    key_prefix : str, default=:data:`KEY_PREFIX`
+        Every ``api_key_env`` must start with it.
+    reserved : collection of str
+        Variables no ``api_key_env`` may name (the service's own secrets), whatever their prefix.
 
     Returns
     -------
@@ -153,8 +192,11 @@ def parse_backends(document: Mapping[str, Any], models: tuple[str, ...],
     ------
     ValueError
         On a missing or unknown model, an unknown key, a bad value, missing
-        prices or an unset key variable, naming the model and what to change.
+        prices, an unset key variable or one outside ``key_prefix``, naming the model and what to change.
     """
+    if not isinstance(key_prefix, str) or not key_prefix:
+        raise ValueError("the upstream key prefix (--upstream-key-prefix) must be a non-empty string, e.g. "
+                         f"{KEY_PREFIX!r}")
     environ = os.environ if environ is None else environ
     tables = document.get("models")
     if not isinstance(tables, Mapping) or not tables:
@@ -194,11 +236,17 @@ def parse_backends(document: Mapping[str, Any], models: tuple[str, ...],
         else:
             raise ValueError(f"{where}: no prices, and the artifact has none for this model (its cost was "
                              "learned): add price_in and price_out (USD per 1M tokens)")
-        key = None
+        key = variable = None
         if "api_key_env" in table:
             variable = table["api_key_env"]
             if not isinstance(variable, str) or not variable:
                 raise ValueError(f"{where}: api_key_env must name an environment variable")
+            if variable in reserved or not variable.startswith(key_prefix):
+                raise ValueError(f"{where}: api_key_env {variable[:100]!r} "
+                                 + ("is one of the service's own secret variables" if variable in reserved else
+                                    f"does not start with {key_prefix!r} (--upstream-key-prefix)")
+                                 + f"; only variables named {key_prefix}... may be sent to an upstream, put that "
+                                   "upstream's key in one")
             key = environ.get(variable)
             if not key:
                 raise ValueError(f"{where}: environment variable {variable} (api_key_env) is not set or empty")
@@ -207,13 +255,17 @@ def parse_backends(document: Mapping[str, Any], models: tuple[str, ...],
             raise ValueError(f"{where}: max_concurrency must be an integer >= 1, got {concurrency!r}")
         backends[name] = Backend(name=name, base_url=table["base_url"], model=table["model"],
                                  price_in=prices[0], price_out=prices[1],
-                                 timeout_s=_number(where, "timeout_s", table.get("timeout_s", 60.0), positive=True),
-                                 max_concurrency=concurrency, api_key=key)
+                                 timeout_s=_number(where, "timeout_s", table.get("timeout_s", DEFAULT_TIMEOUT_S),
+                                                   positive=True),
+                                 connect_timeout_s=_number(where, "connect_timeout_s",
+                                                           table.get("connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S),
+                                                           positive=True),
+                                 max_concurrency=concurrency, api_key=key, api_key_env=variable)
     return backends
 
 
-def load_backends(path: str | Path, models: tuple[str, ...],
-                  artifact_prices: Mapping[str, tuple[float, float]]) -> dict[str, Backend]:
+def load_backends(path: str | Path, models: tuple[str, ...], artifact_prices: Mapping[str, tuple[float, float]],
+                  *, key_prefix: str = KEY_PREFIX, reserved: Collection[str] = ()) -> dict[str, Backend]:
     """Read and check ``backends.toml`` (see :func:`parse_backends`).
 
     Parameters
@@ -223,6 +275,8 @@ def load_backends(path: str | Path, models: tuple[str, ...],
         The artifact's model names.
     artifact_prices : mapping of str to (float, float)
         The artifact's own prices, the fallback.
+    key_prefix, reserved
+        As in :func:`parse_backends`.
 
     Returns
     -------
@@ -242,4 +296,5 @@ def load_backends(path: str | Path, models: tuple[str, ...],
         raise FileNotFoundError(f"--backends {path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"--backends {path} is not valid TOML: {error}") from None
-    return parse_backends(document, models, artifact_prices, source=str(path))
+    return parse_backends(document, models, artifact_prices, source=str(path), key_prefix=key_prefix,
+                          reserved=reserved)

@@ -29,6 +29,11 @@ OWN = frozenset({"model", "messages", "stream", "stream_options", "metadata"})
 UNSUPPORTED = frozenset({"n", "tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs",
                          "response_format", "audio", "modalities", "prediction", "parallel_tool_calls"})
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+#: Message fields forwarded upstream. Any other field with a value is refused (400) rather than sent on
+#: verbatim; fields the OpenAI SDK echoes back empty (``"tool_calls": None``, ``"annotations": []``) are dropped.
+MESSAGE_FIELDS = frozenset({"role", "content", "name"})
+#: Default most messages one request may hold.
+MAX_MESSAGES = 256
 #: The name of the router in ``model``: ``router`` or ``router@BUDGET``.
 ROUTER_MODEL = "router"
 
@@ -222,7 +227,8 @@ def _metadata_text(metadata: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def parse_chat_request(body: object, *, max_prompt_chars: int, needs_task: bool) -> ChatRequest:
+def parse_chat_request(body: object, *, max_prompt_chars: int, needs_task: bool,
+                       max_messages: int = MAX_MESSAGES) -> ChatRequest:
     """Check a decoded ``/v1/chat/completions`` body.
 
     Parameters
@@ -233,6 +239,8 @@ def parse_chat_request(body: object, *, max_prompt_chars: int, needs_task: bool)
         Most characters the messages may hold together (what is sent upstream).
     needs_task : bool
         Whether the router's estimator reads ``task`` (then ``metadata.task`` is required).
+    max_messages : int, default=:data:`MAX_MESSAGES`
+        Most messages the request may hold.
 
     Returns
     -------
@@ -256,11 +264,21 @@ def parse_chat_request(body: object, *, max_prompt_chars: int, needs_task: bool)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _invalid("messages must be a non-empty list of {'role', 'content'} objects", "messages")
+    if len(messages) > max_messages:
+        raise _invalid(f"messages holds {len(messages):,} messages, more than the service's limit of "
+                       f"{max_messages:,} (--max-messages)", "messages", "too_many_messages")
     checked, prompt, total = [], None, 0
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise _invalid(f"{where} must be an object with role and content", where)
+        extra = sorted(str(key)[:100] for key, value in message.items()
+                       if key not in MESSAGE_FIELDS and value not in (None, [], {}, ""))
+        if extra:
+            raise _invalid(f"{where} has the field {extra[0]!r}, which the router does not forward; send "
+                           f"{sorted(MESSAGE_FIELDS)} only", where, "unknown_parameter")
+        if "name" in message and message["name"] is not None and not isinstance(message["name"], str):
+            raise _invalid(f"{where}.name must be a string", f"{where}.name")
         role = message.get("role")
         if role not in ROLES:
             raise _invalid(f"{where}.role must be one of {sorted(ROLES)}", f"{where}.role")
@@ -271,7 +289,7 @@ def parse_chat_request(body: object, *, max_prompt_chars: int, needs_task: bool)
                            "(--max-prompt-chars)", "messages", "prompt_too_long")
         if role == "user":
             prompt = text
-        checked.append(message)
+        checked.append({key: message[key] for key in ("role", "content", "name") if message.get(key) is not None})
     if prompt is None:
         raise _invalid("messages has no user message: the last one is the query the router decides on", "messages")
     metadata = body.get("metadata", {})
@@ -296,7 +314,7 @@ def parse_chat_request(body: object, *, max_prompt_chars: int, needs_task: bool)
                        forwarded=forwarded)
 
 
-def parse_route_request(body: object, *, max_prompt_chars: int, needs_task: bool
+def parse_route_request(body: object, *, max_prompt_chars: int, needs_task: bool, max_messages: int = MAX_MESSAGES
                         ) -> tuple[ChatRequest, dict[str, dict[str, Any]], set[str]]:
     """Check a ``/v1/route`` body: a chat request plus what the caller's own calls returned.
 
@@ -308,7 +326,7 @@ def parse_route_request(body: object, *, max_prompt_chars: int, needs_task: bool
     ----------
     body : object
         The decoded JSON.
-    max_prompt_chars, needs_task
+    max_prompt_chars, needs_task, max_messages
         As in :func:`parse_chat_request`.
 
     Returns
@@ -323,7 +341,8 @@ def parse_route_request(body: object, *, max_prompt_chars: int, needs_task: bool
     if not isinstance(body, dict):
         raise _invalid("the request body must be a JSON object", code="invalid_json")
     rest = {key: value for key, value in body.items() if key not in ("observed", "excluded")}
-    parsed = parse_chat_request(rest, max_prompt_chars=max_prompt_chars, needs_task=needs_task)
+    parsed = parse_chat_request(rest, max_prompt_chars=max_prompt_chars, needs_task=needs_task,
+                                max_messages=max_messages)
     observed = body.get("observed") or {}
     if not isinstance(observed, dict):
         raise _invalid("observed must be an object {model: {'cost': USD, 'response': text}}", "observed")

@@ -54,7 +54,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
-from ..cli import key_from_env, run_command
+from ..cli import add_verify_arguments, run_command, verification_key
 from .logged import ScoreError, check_columns, required_columns
 from .outputs import RunOutputs, check_paths
 from .replay import STATUS_OK, STATUS_REJECTED, output_schema, rejects_schema, score_batch
@@ -563,10 +563,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--master", default=None,
                         help="Spark master with --engine spark (e.g. local[2]); default: what spark-submit or "
                              "the Spark defaults say")
-    parser.add_argument("--verify-key-env", default=None, metavar="NAME",
-                        help="refuse, before unpickling it, an artifact that is unsigned or not signed with the key "
-                             "in environment variable NAME (the one training.fit --sign-key-env signed it with); "
-                             "default: load it unverified, with a warning")
+    add_verify_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     if args.engine == "spark" and (args.resume or args.workers is not None):
@@ -616,7 +613,7 @@ def run(args: argparse.Namespace) -> dict:
     training.cli.OutputError
         If the output or the rejects file cannot be written.
     """
-    key = key_from_env("--verify-key-env", args.verify_key_env)
+    key = verification_key(args)
     if args.engine == "spark":
         from .spark import run_cli
 

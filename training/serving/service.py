@@ -28,12 +28,26 @@ router is thread-safe; :class:`ServiceConfig` ``inline_decision_chars``);
 upstream calls are async and pooled. With a paced
 router one controller is shared by every request.
 
-Who may call (issue 18): the caller's key (``api_key``) is compared in
-constant time; bodies above ``max_body_bytes`` get 413 while they are read;
-messages above ``max_prompt_chars`` get 400; one client (by address) may
-have ``max_client_concurrency`` requests in flight, more get 429. Upstream
-keys live only in the request headers sent upstream: no response, log line,
+Who may call (issue 18): the caller's key (``api_key``, at least
+:data:`MIN_API_KEY_CHARS` characters) is compared in constant time; bodies
+above ``max_body_bytes`` get 413 while they are read, and a body not read
+within ``body_timeout_s`` 408; messages above ``max_prompt_chars`` or
+``max_messages`` get 400; one client (by address) may have
+``max_client_concurrency`` requests in flight, more get 429. Upstream keys
+live only in the request headers sent upstream: no response, log line,
 metric or exception message carries them.
+
+The edge (issue 30): a POST whose ``Content-Type`` is not
+``application/json`` gets 415, so that a web page cannot make a browser
+send one without a CORS preflight (``text/plain`` needs none); a request
+whose ``Host`` is not in ``allowed_hosts`` gets 421, so that a DNS-rebound
+name cannot reach a loopback service; the client address is the peer's
+(``X-Forwarded-For`` is read by uvicorn only from ``--trusted-proxies``,
+:mod:`training.serving.edge`). A body larger than
+``inline_decision_chars`` is parsed on a decision thread, not on the event
+loop. The whole cascade of one request has ``request_timeout_s`` (each
+upstream call gets what is left of it), and a 502 names the models that
+failed, never their upstream URLs.
 """
 
 from __future__ import annotations
@@ -63,9 +77,12 @@ from .backends import Backend
 from .openai_api import (ROUTER_MODEL, APIError, ChatRequest, chat_response, parse_chat_request, parse_json,
                          parse_route_request, sse_chunks)
 from .router import Router
-from .upstream import Reply, UpstreamFailure, Upstreams
+from .upstream import MAX_REPLY_BYTES, Reply, UpstreamFailure, Upstreams
 
-__all__ = ["ServiceConfig", "create_app"]
+__all__ = ["MIN_API_KEY_CHARS", "ServiceConfig", "create_app"]
+
+MIN_API_KEY_CHARS = 32
+"""Shortest caller key accepted: a short one can be found by trying (``secrets.token_urlsafe(32)`` makes one)."""
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +115,21 @@ class ServiceConfig:
         cheaper than the trip to a thread (about 0.3 ms of CPU, and under load
         tens of milliseconds waiting for the GIL; ``docs/decisions.md`` item 32).
         Longer ones go to the decision threads, so one huge response cannot
-        stall every request. 0 sends every step to the threads.
+        stall every request. 0 sends every step to the threads. A request
+        body longer than this is parsed on a decision thread too.
+    max_messages : int, default=256
+        Most messages one request may hold (400 above).
+    request_timeout_s : float, default=60
+        Deadline of one request's whole cascade; an upstream call gets what
+        is left of it (and at most its ``timeout_s``).
+    body_timeout_s : float, default=30
+        Seconds the request body may take to arrive (408 after).
+    allowed_hosts : tuple of str, optional
+        Host names (without port) a request's ``Host`` header may give;
+        others get 421. ``None`` accepts any (``training.serve`` sets the
+        loopback names for a loopback bind).
+    max_reply_bytes : int, default=8 MiB
+        Largest upstream reply read; a larger one fails that model.
     """
 
     budget: float | None = None
@@ -109,6 +140,19 @@ class ServiceConfig:
     max_client_concurrency: int = 32
     decision_threads: int = 2
     inline_decision_chars: int = 32_000
+    max_messages: int = 256
+    request_timeout_s: float = 60.0
+    body_timeout_s: float = 30.0
+    allowed_hosts: tuple[str, ...] | None = None
+    max_reply_bytes: int = MAX_REPLY_BYTES
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and len(self.api_key) < MIN_API_KEY_CHARS:
+            raise ValueError(f"the callers' key has {len(self.api_key)} characters, fewer than {MIN_API_KEY_CHARS}: "
+                             "a short key can be found by trying; make one with python -c \"import secrets; "
+                             "print(secrets.token_urlsafe(32))\"")
+        if self.allowed_hosts is not None:
+            object.__setattr__(self, "allowed_hosts", tuple(host.lower() for host in self.allowed_hosts))
 
 
 class _Metrics:
@@ -194,7 +238,7 @@ class _Service:
     # -- lifecycle -----------------------------------------------------------------------------------------
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        self.upstreams = Upstreams(self.backends)
+        self.upstreams = Upstreams(self.backends, self.config.max_reply_bytes)
         self.executor = ThreadPoolExecutor(self.config.decision_threads, thread_name_prefix="router-decide")
         # One query's products are tiny: BLAS threads would only spin beside the decision threads (as in
         # training.score, where they made small products ten times slower).
@@ -255,6 +299,7 @@ class _Service:
         excluded: set[str] = set()
         steps: list[_Step] = []
         prepared, new_text = None, len(parsed.prompt)
+        deadline = time.monotonic() + self.config.request_timeout_s
         while True:
             model, selected, prepared = await self._run_decision(new_text, self._step, parsed, policy, observed,
                                                                  excluded, prepared)
@@ -262,7 +307,7 @@ class _Service:
                 break
             self.metrics.decisions.labels(model).inc()
             try:
-                reply = await self.upstreams.call(model, parsed.messages, parsed.forwarded)
+                reply = await self.upstreams.call(model, parsed.messages, parsed.forwarded, deadline)
             except UpstreamFailure as failure:
                 log.warning("%s; the router excludes it for this query", failure)
                 self.metrics.upstream_errors.labels(model, failure.kind).inc()
@@ -278,7 +323,7 @@ class _Service:
             new_text = len(reply.text)
             steps.append(_Step(model, reply, None))
         if not observed:
-            failed = "; ".join(str(step.failure) for step in steps) or "the policy called no model"
+            failed = "; ".join(step.failure.public for step in steps) or "the policy called no model"
             raise APIError(502, f"no upstream answered: {failed}", type="upstream_error", code="upstream_failed")
         cost = sum(result["cost"] for result in observed.values())
         if policy is None:
@@ -292,10 +337,21 @@ class _Service:
         return selected, steps, account
 
     # -- handlers ------------------------------------------------------------------------------------------
+    async def _body(self, request: Request, parse):
+        """``parse(decoded JSON body, ...)``: on a decision thread when the body is long (issue 30)."""
+        _require_json(request)
+        try:
+            raw = await asyncio.wait_for(_read_body(request, self.config.max_body_bytes), self.config.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise APIError(408, f"the request body did not arrive within {self.config.body_timeout_s:g} s",
+                           code="request_timeout") from None
+        limits = {"max_prompt_chars": self.config.max_prompt_chars, "max_messages": self.config.max_messages,
+                  "needs_task": "task" in self.per_query}
+        return await self._run_decision(len(raw), lambda: parse(parse_json(raw), **limits))
+
     async def chat(self, request: Request) -> Response:
         began = time.perf_counter()
-        parsed = parse_chat_request(parse_json(await _read_body(request, self.config.max_body_bytes)),
-                                    max_prompt_chars=self.config.max_prompt_chars, needs_task="task" in self.per_query)
+        parsed = await self._body(request, parse_chat_request)
         selected, steps, account = await self.cascade(parsed)
         chosen = next(step.reply for step in steps if step.model == selected and step.reply is not None)
         replies = [step.reply for step in steps if step.reply is not None]
@@ -318,9 +374,7 @@ class _Service:
         return JSONResponse(body, headers=headers)
 
     async def route(self, request: Request) -> Response:
-        parsed, observed, excluded = parse_route_request(
-            parse_json(await _read_body(request, self.config.max_body_bytes)),
-            max_prompt_chars=self.config.max_prompt_chars, needs_task="task" in self.per_query)
+        parsed, observed, excluded = await self._body(request, parse_route_request)
         policy, _ = self._policy_for(parsed.budget)
         keywords = self._keywords(parsed)
 
@@ -355,6 +409,15 @@ class _Service:
 
 def _label(budget: float) -> str:
     return f"{budget:.10g}"
+
+
+def _require_json(request: Request) -> None:
+    """415 unless the body is declared JSON: the content types a web page may send without a CORS preflight
+    (``text/plain``, forms) never reach the cascade."""
+    declared = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if declared != "application/json":
+        raise APIError(415, "send the body as JSON with Content-Type: application/json",
+                       code="unsupported_media_type")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -394,6 +457,8 @@ class _Guard:
         self.app, self.service = app, service
         key = service.config.api_key
         self.expected = None if key is None else f"Bearer {key}".encode()
+        hosts = service.config.allowed_hosts
+        self.allowed = None if hosts is None else frozenset(hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -411,6 +476,9 @@ class _Guard:
         host = client[0] if client else "unknown"
         counts = self.service.in_flight_by_client
         try:
+            if self.allowed is not None and _host(scope) not in self.allowed:
+                raise APIError(421, "this service does not answer for that Host (a DNS-rebound name?); call it by "
+                                    "an allowed name (--allowed-hosts)", code="misdirected_request")
             if self.expected is not None and path != "/healthz" and not self._authorised(scope):
                 raise APIError(401, "missing or wrong API key: send Authorization: Bearer <key>",
                                type="invalid_request_error", code="invalid_api_key")
@@ -453,6 +521,17 @@ class _Guard:
             if name == b"authorization":
                 given = value
         return hmac.compare_digest(given, self.expected)
+
+
+def _host(scope: Scope) -> str:
+    """The request's ``Host`` without its port, lower case (``[::1]:8000`` -> ``::1``)."""
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value.decode("latin-1").strip().lower()
+            if host.startswith("["):
+                return host[1:].partition("]")[0]
+            return host.rpartition(":")[0] if host.count(":") == 1 else host
+    return ""
 
 
 _ENDPOINTS = ("/v1/chat/completions", "/v1/route", "/v1/models", "/healthz", "/metrics")

@@ -10,10 +10,15 @@ in all). An attempt fails on a timeout, a transport error, an HTTP 429 or
 5xx, or a reply that is not a chat completion with text and ``usage``;
 such a failure is retried once, and a second failure is the model failing
 for this query (:class:`UpstreamFailure`). Another 4xx is not retried (the
-same request would be refused again) and fails the model at once. Failure
-messages name the upstream (URL credentials removed) and the status, never
-the reply's body or the key, so that nothing an upstream echoes reaches a
-caller, a log or a metric.
+same request would be refused again) and fails the model at once; so do a
+timeout (issue 29: a retry would double the wait, and the next model is
+the faster way to an answer), a reply larger than ``max_reply_bytes``
+(read no further than that) and the caller's deadline passing. A reply
+nested too deeply to parse is malformed, like any other unreadable reply.
+Failure messages name the upstream (URL credentials removed) and the
+status, never the reply's body or the key, so that nothing an upstream
+echoes reaches a caller, a log or a metric; :attr:`UpstreamFailure.public`
+names only the model, for the 502 a caller sees.
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ import aiohttp
 
 from .backends import Backend
 
-__all__ = ["Reply", "UpstreamFailure", "Upstreams"]
+__all__ = ["MAX_REPLY_BYTES", "Reply", "UpstreamFailure", "Upstreams"]
+
+MAX_REPLY_BYTES = 8 << 20
+"""Largest upstream reply read by default: a chat completion of the longest context is a few hundred
+kilobytes; a larger one is an upstream gone wrong, and reading it whole would take the service's memory."""
 
 
 @dataclass(frozen=True)
@@ -66,15 +75,19 @@ class UpstreamFailure(Exception):
     ----------
     model : str
     kind : str
-        ``timeout``, ``unreachable``, ``http_5xx``, ``http_429``, ``http_4xx`` or ``malformed``: the metric label.
+        ``timeout``, ``deadline``, ``unreachable``, ``http_5xx``, ``http_429``, ``http_4xx``, ``too_large`` or
+        ``malformed``: the metric label.
     seconds : float
         Time spent on the upstream.
     attempts : int
+    public : str
+        The failure as a caller may see it: the model, not the upstream's URL.
     """
 
     def __init__(self, backend: Backend, kind: str, detail: str, seconds: float, attempts: int) -> None:
         super().__init__(f"upstream {backend.label} failed ({detail}) after {attempts} attempt(s)")
         self.model, self.kind, self.seconds, self.attempts = backend.name, kind, seconds, attempts
+        self.public = f"model {backend.name} failed ({detail}) after {attempts} attempt(s)"
 
 
 class _AttemptFailed(Exception):
@@ -101,7 +114,7 @@ def _read_reply(status: int, content: bytes) -> tuple[str, str, int, int]:
         choice = body["choices"][0]
         text, finish = choice["message"]["content"], choice.get("finish_reason") or "stop"
         usage = body["usage"]
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
         raise _AttemptFailed("malformed", "the reply is not a chat completion with choices and usage", True) from None
     if not isinstance(text, str) or not isinstance(finish, str) or not isinstance(usage, Mapping):
         raise _AttemptFailed("malformed", "the reply has no text answer or no usage", True)
@@ -115,13 +128,16 @@ class Upstreams:
     ----------
     backends : mapping of str to Backend
         One per model.
+    max_reply_bytes : int, default=:data:`MAX_REPLY_BYTES`
+        A longer reply fails that attempt (``too_large``, not retried) after reading this much.
     """
 
-    def __init__(self, backends: Mapping[str, Backend]) -> None:
+    def __init__(self, backends: Mapping[str, Backend], max_reply_bytes: int = MAX_REPLY_BYTES) -> None:
         self.backends = dict(backends)
+        self.max_reply_bytes = max_reply_bytes
         self._sessions = {name: aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=b.max_concurrency, limit_per_host=b.max_concurrency),
-            timeout=aiohttp.ClientTimeout(total=b.timeout_s), raise_for_status=False, trust_env=False)
+            raise_for_status=False, trust_env=False)
             for name, b in self.backends.items()}
         self._slots = {name: asyncio.Semaphore(b.max_concurrency) for name, b in self.backends.items()}
 
@@ -130,7 +146,22 @@ class Upstreams:
         for session in self._sessions.values():
             await session.close()
 
-    async def call(self, model: str, messages: list[dict[str, Any]], forwarded: Mapping[str, Any]) -> Reply:
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The reply's body, or ``too_large`` as soon as it is known to exceed ``max_reply_bytes``."""
+        limit = self.max_reply_bytes
+        if response.content_length is not None and response.content_length > limit:
+            raise _AttemptFailed("too_large", f"reply of {response.content_length:,} bytes, over the "
+                                 f"{limit:,}-byte limit", False)
+        chunks, size = [], 0
+        async for chunk in response.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise _AttemptFailed("too_large", f"reply over the {limit:,}-byte limit", False)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def call(self, model: str, messages: list[dict[str, Any]], forwarded: Mapping[str, Any],
+                   deadline: float | None = None) -> Reply:
         """One model's answer to ``messages``, retried once on a retryable failure.
 
         Parameters
@@ -141,6 +172,9 @@ class Upstreams:
             The conversation.
         forwarded : mapping
             Sampling parameters sent unchanged.
+        deadline : float, optional
+            :func:`time.monotonic` time by which the call must be over, whatever ``timeout_s`` allows;
+            once it has passed the model fails (``deadline``) without being called.
 
         Returns
         -------
@@ -158,14 +192,23 @@ class Upstreams:
             headers["Authorization"] = f"Bearer {backend.api_key}"
         began, attempt = time.perf_counter(), 0
         while True:
+            seconds = backend.timeout_s if deadline is None else min(backend.timeout_s, deadline - time.monotonic())
+            if seconds <= 0:
+                raise UpstreamFailure(backend, "deadline", "the request's deadline passed (--request-timeout)",
+                                      time.perf_counter() - began, attempt)
             attempt += 1
+            timeout = aiohttp.ClientTimeout(total=seconds, sock_connect=min(seconds, backend.connect_timeout_s))
             try:
                 async with self._slots[model], self._sessions[model].post(
-                        backend.url, data=payload, headers=headers, allow_redirects=False) as response:
-                    status, content = response.status, await response.read()
+                        backend.url, data=payload, headers=headers, allow_redirects=False,
+                        timeout=timeout) as response:
+                    status, content = response.status, await self._read(response)
                 text, finish, prompt_tokens, completion_tokens = _read_reply(status, content)
             except asyncio.TimeoutError:
-                failure = _AttemptFailed("timeout", f"no reply within {backend.timeout_s:g} s", True)
+                limited = seconds < backend.timeout_s
+                failure = _AttemptFailed("deadline" if limited else "timeout",
+                                         "the request's deadline passed (--request-timeout)" if limited else
+                                         f"no reply within {backend.timeout_s:g} s", False)
             except aiohttp.ClientError as error:
                 failure = _AttemptFailed("unreachable", f"transport error {type(error).__name__}", True)
             except _AttemptFailed as error:
