@@ -17,7 +17,7 @@ import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 #: The key the fake upstreams expect; the tests grep everything the service emits for it.
@@ -72,7 +72,9 @@ class FakeUpstreams:
     ``modes[model]`` sets what it does: ``ok``; ``slow`` (sleeps ``delay`` s,
     then answers); ``timeout`` (sleeps ``hang`` s, longer than the backend's
     timeout); ``http500``; ``malformed`` (not JSON); ``no_usage``;
-    ``flaky`` (HTTP 503 on every first attempt of a prompt, then ok). While
+    ``flaky`` (HTTP 503 on every first attempt of a prompt, then ok);
+    ``huge`` (a reply of ``huge_bytes`` streamed without a length, made as
+    it is sent); ``deep`` (JSON nested 100,000 levels deep). While
     ``release`` is clear, every reply waits for it (requests held in flight). Every
     attempt is recorded in ``calls`` as ``(model, prompt)``, its body in
     ``bodies`` and its ``Authorization`` header in ``keys``.
@@ -81,6 +83,7 @@ class FakeUpstreams:
     modes: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     hang: float = 2.0
+    huge_bytes: int = 300 << 20
     calls: list[tuple[str, str]] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     bodies: list[dict] = field(default_factory=list)
@@ -110,6 +113,11 @@ class FakeUpstreams:
                                          mode == "http500" else 503)
             if mode == "malformed":
                 return PlainTextResponse(f"<html>not json {UPSTREAM_KEY}</html>")
+            if mode == "huge":
+                block, blocks = b" " * (1 << 20), self.huge_bytes >> 20
+                return StreamingResponse((block for _ in range(blocks)), media_type="application/json")
+            if mode == "deep":
+                return Response(b"[" * 100_000 + b"]" * 100_000, media_type="application/json")
             prompt_tokens, completion_tokens = usage_of(model, prompt)
             usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                      "total_tokens": prompt_tokens + completion_tokens}
@@ -128,6 +136,7 @@ class FakeUpstreams:
             record.clear()
         self.modes.clear()
         self.delay = 0.0
+        self.huge_bytes = 300 << 20
         self.release.set()
 
     def attempts(self) -> list[str]:
@@ -141,10 +150,20 @@ def free_socket() -> socket.socket:
 
 
 @contextmanager
-def serving(app, **config) -> Iterator[tuple[str, uvicorn.Server]]:
-    """Run ``app`` with uvicorn on a loopback thread; yields ``(base URL, server)`` and stops it on exit."""
+def serving(app, limits=None, **config) -> Iterator[tuple[str, uvicorn.Server]]:
+    """Run ``app`` with uvicorn on a loopback thread; yields ``(base URL, server)`` and stops it on exit.
+
+    With ``limits`` (an :class:`~training.serving.edge.EdgeLimits`), the server is configured as
+    ``training.serve`` configures it (:func:`~training.serving.edge.uvicorn_config`).
+    """
     listening = free_socket()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", **config))
+    options = dict(log_level="warning", access_log=False, lifespan="on", **config)
+    if limits is None:
+        server = uvicorn.Server(uvicorn.Config(app, **options))
+    else:
+        from training.serving.edge import uvicorn_config
+
+        server = uvicorn.Server(uvicorn_config(app, limits, **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

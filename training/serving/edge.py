@@ -71,7 +71,7 @@ class EdgeLimits:
 
 
 class _HeadTooLarge(Exception):
-    """Raised from a parser callback; httptools re-raises it from ``feed_data``."""
+    """Raised from a parser callback to stop httptools parsing (it then raises its own parser error)."""
 
 
 def _protocol(limits: EdgeLimits) -> type:
@@ -123,11 +123,7 @@ def _protocol(limits: EdgeLimits) -> type:
         def data_received(self, data: bytes) -> None:
             if self._awaiting:
                 self._head_bytes += len(data)
-            try:
-                super().data_received(data)
-            except _HeadTooLarge:
-                self._close(_REFUSAL)
-                return
+            super().data_received(data)  # a head found too large in a callback ends in send_400_response
             # still no complete head: httptools buffers a partial header line whole, so count the raw bytes
             if self._awaiting and self._head_bytes > limits.max_header_bytes:
                 self._close(_REFUSAL)
@@ -144,7 +140,14 @@ def _protocol(limits: EdgeLimits) -> type:
             self._head_fields += fields
             self._parsed += size
             if self._parsed > limits.max_header_bytes or self._head_fields > limits.max_headers:
-                raise _HeadTooLarge
+                self._too_large = True
+                raise _HeadTooLarge  # httptools stops parsing and raises a parser error from feed_data
+
+        def send_400_response(self, msg: str) -> None:
+            if getattr(self, "_too_large", False):
+                self._close(_REFUSAL)
+            else:
+                super().send_400_response(msg)
 
         def on_message_begin(self) -> None:
             self._parsed = 0

@@ -311,7 +311,7 @@ class _Service:
             except UpstreamFailure as failure:
                 log.warning("%s; the router excludes it for this query", failure)
                 self.metrics.upstream_errors.labels(model, failure.kind).inc()
-                self.metrics.retries.labels(model).inc(failure.attempts - 1)
+                self.metrics.retries.labels(model).inc(max(failure.attempts - 1, 0))  # 0 attempts: deadline
                 self.metrics.upstream_seconds.labels(model).observe(failure.seconds)
                 excluded.add(model)
                 steps.append(_Step(model, None, failure))
