@@ -208,3 +208,41 @@ def test_grouped_refuses_input_whose_queries_are_apart(spark, artifact, traffic)
     shuffled = spark.createDataFrame(traffic[2]).repartition(2)
     with pytest.raises(Exception, match="not together"):
         score_spark(shuffled, artifact, grouped=True).count()
+
+
+def test_a_local_session_stays_on_loopback_and_runs_this_python(monkeypatch):
+    """Issue 30: no UI (it can kill jobs, unauthenticated) and the driver on 127.0.0.1 for a local master;
+    issue 29: the workers run this interpreter. A cluster master keeps its own settings."""
+    from training.serving.spark import session_settings
+
+    monkeypatch.delenv("PYSPARK_PYTHON", raising=False)
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    for master in ("local[2]", "local", None):
+        settings = session_settings(master)
+        assert settings["spark.ui.enabled"] == "false" and settings["spark.ui.killEnabled"] == "false"
+        assert settings["spark.driver.bindAddress"] == settings["spark.driver.host"] == "127.0.0.1"
+        assert settings["spark.pyspark.python"] == sys.executable
+    cluster = session_settings("spark://cluster:7077")
+    assert cluster["spark.ui.killEnabled"] == "false"
+    assert not {"spark.ui.enabled", "spark.driver.bindAddress", "spark.pyspark.python"} & set(cluster)
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1234")  # under spark-submit without --master: not assumed local
+    assert "spark.driver.bindAddress" not in session_settings(None)
+    monkeypatch.setenv("PYSPARK_PYTHON", "/opt/python")
+    assert session_settings("local[1]")["spark.pyspark.python"] == "/opt/python"
+
+
+def test_cli_engine_spark_from_an_unactivated_virtualenv(artifact, traffic, tmp_path):
+    """Issue 29: the virtualenv's Python run by its path, with a PATH whose python3 lacks the project's packages
+    (no PYSPARK_PYTHON): the workers must still run this interpreter."""
+    import os
+
+    small = tmp_path / "small.parquet"
+    pd.read_parquet(traffic[0]).head(60).to_parquet(small, index=False)
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV")}
+    environment["PATH"] = "/usr/bin:/bin"
+    done = subprocess.run([sys.executable, "-m", "training.score", "--engine", "spark", "--master", "local[1]",
+                           "--artifact", str(artifact), "--input", str(small), "--output", str(tmp_path / "out"),
+                           "--quiet"], capture_output=True, text=True, env=environment, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(pd.read_parquet(tmp_path / "out")) > 0

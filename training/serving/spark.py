@@ -332,6 +332,41 @@ def split_rejects(scored: DataFrame) -> tuple[DataFrame, DataFrame]:
     return decisions, rejected
 
 
+def session_settings(master: str | None) -> dict[str, str]:
+    """The Spark settings ``training.score --engine spark`` starts its session with.
+
+    For a local master (``local``, ``local[N]``, ``local[*]``, or none given
+    outside ``spark-submit``, which Spark runs locally) everything stays on
+    this machine (issue 30): the web UI, which can kill jobs and has no
+    authentication, is off, and the driver binds and advertises 127.0.0.1
+    only, so its RPC and block-manager ports are not on every interface.
+    Its Python workers run this interpreter (issue 29): a virtualenv's
+    Python started without activating the environment would otherwise give
+    the workers the system ``python3``, without the project's packages.
+    ``PYSPARK_PYTHON``, where set, still wins. A cluster master gets
+    neither (its own settings decide), only the UI's kill links turned off.
+
+    Parameters
+    ----------
+    master : str or None
+        ``--master``.
+
+    Returns
+    -------
+    dict of str to str
+    """
+    settings = {"spark.executorEnv.OPENBLAS_NUM_THREADS": "1", "spark.ui.killEnabled": "false"}
+    if master is None:  # under spark-submit (which sets PYSPARK_GATEWAY_PORT) its --master decides: not assumed local
+        local = "PYSPARK_GATEWAY_PORT" not in os.environ
+    else:
+        local = master.startswith("local")
+    if local:
+        settings.update({"spark.ui.enabled": "false", "spark.driver.bindAddress": "127.0.0.1",
+                         "spark.driver.host": "127.0.0.1",
+                         "spark.pyspark.python": os.environ.get("PYSPARK_PYTHON", sys.executable)})
+    return settings
+
+
 def run_cli(args, key: bytes | None = None) -> dict:
     """``python -m training.score --engine spark``: read the Parquet input with Spark, write two Parquet datasets.
 
@@ -373,9 +408,20 @@ def run_cli(args, key: bytes | None = None) -> dict:
     builder = SparkSession.builder.appName("training.score")
     if args.master:
         builder = builder.master(args.master)
-    spark = (builder.config("spark.executorEnv.OPENBLAS_NUM_THREADS", "1")
-             .config("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON", sys.executable))
-             .getOrCreate())
+    settings = session_settings(args.master)
+    for name, value in settings.items():
+        builder = builder.config(name, value)
+    # PySpark starts its Python workers with $PYSPARK_PYTHON (else "python3" on the PATH), whatever
+    # spark.pyspark.python says: set it for a local master while the context starts, then put it back
+    python = settings.get("spark.pyspark.python")
+    unset = python is not None and "PYSPARK_PYTHON" not in os.environ
+    if unset:
+        os.environ["PYSPARK_PYTHON"] = python
+    try:
+        spark = builder.getOrCreate()
+    finally:
+        if unset:
+            os.environ.pop("PYSPARK_PYTHON", None)
     try:
         return _score_to_datasets(spark, args, output, rejects, key)
     finally:
