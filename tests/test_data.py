@@ -306,7 +306,53 @@ def test_wide_csv_and_pickle(tmp_path):
     frame.to_pickle(tmp_path / "wide.pkl")
     expected = read_table(frame)
     assert_same(read_table(tmp_path / "wide.csv"), expected)
-    assert_same(read_table(tmp_path / "wide.pkl"), expected)
+    assert_same(read_table(tmp_path / "wide.pkl", allow_pickle=True), expected)
+
+
+class _Bomb:
+    """Unpickling it creates the file ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (self.marker,)
+
+
+def test_a_pickle_is_refused_unless_allowed_and_never_opened(tmp_path, capsys):
+    """Issue 30: --data x.pkl used to unpickle (run code) without a word."""
+    import pickle
+
+    from training.evaluate import main
+
+    marker = tmp_path / "code-ran"
+    (tmp_path / "x.pkl").write_bytes(pickle.dumps(_Bomb(marker)))
+    with pytest.raises(ValueError, match="is a pickle, and reading it runs any code.*allow_pickle=True"):
+        read_table(tmp_path / "x.pkl")
+    assert main(["--data", str(tmp_path / "x.pkl")]) == 2
+    assert "--allow-pickle" in capsys.readouterr().err
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="not a pandas DataFrame"):
+        read_table(tmp_path / "x.pkl", allow_pickle=True)
+    assert marker.exists(), "the witness works: allowed, the pickle is unpickled"
+
+
+def test_a_huge_wide_cell_is_kept_as_text_not_parsed(monkeypatch):
+    """Issue 30: a 10 MB list literal went through ast.literal_eval (8.5 CPU-s, +2.4 GiB); cells are capped."""
+    import ast
+
+    from training import data
+
+    calls = []
+    monkeypatch.setattr(ast, "literal_eval", lambda text: calls.append(len(text)) or [])
+    frame = wide_frame()
+    huge = repr(["x" * data.MAX_LISTED_CHARS])
+    frame.loc[0, "cheap|model_response"] = huge
+    read_table(frame)
+    assert calls and max(calls) <= data.MAX_LISTED_CHARS
+    assert len(huge) > data.MAX_LISTED_CHARS
 
 
 def test_wide_errors_name_the_prompt_row():

@@ -78,6 +78,7 @@ def read_table(
     signal_columns: Sequence[str] = (),
     prices: Prices | PathLike | None = None,
     throughput: Throughput | PathLike | None = None,
+    allow_pickle: bool = False,
 ) -> RoutingTable:
     """Load, validate and pivot a benchmark table into a :class:`RoutingTable`.
 
@@ -90,7 +91,8 @@ def read_table(
         would otherwise turn an empty ``response`` into NaN); numeric columns
         are parsed afterwards so that a bad value is reported with its row.
         Pickles are loaded with :func:`pandas.read_pickle`, which can run
-        arbitrary code: load trusted files only.
+        arbitrary code, so only with ``allow_pickle=True`` (issue 30): load
+        trusted files only.
     models : sequence of str, optional
         Keep only these models (rows of the other models are ignored, and
         so are their values).
@@ -117,6 +119,9 @@ def read_table(
         (a model generates its answer token by token after a fixed start-up),
         so the source needs ``output_tokens`` on every logged row. Ignored
         when ``latency_s`` is present: measured latency beats a derived one.
+    allow_pickle : bool, default False
+        Read a ``.pkl``/``.pickle`` source (unpickling runs the file's code);
+        without it such a file is refused before it is opened.
 
     Returns
     -------
@@ -167,7 +172,7 @@ def read_table(
     """
     low, high = _check_range(quality_range)
     signal_columns = _check_signal_names(signal_columns)
-    frame = _load(source)
+    frame = _load(source, allow_pickle)
     _check_unique_columns(frame, "the input")
     if len(frame) == 0:
         raise ValueError(
@@ -394,7 +399,7 @@ def fingerprint(table: RoutingTable) -> str:
 # --------------------------------------------------------------------------- #
 
 
-def _load(source: PathLike | pd.DataFrame) -> pd.DataFrame:
+def _load(source: PathLike | pd.DataFrame, allow_pickle: bool = False) -> pd.DataFrame:
     if isinstance(source, pd.DataFrame):
         return source
     if not isinstance(source, (str, os.PathLike)):
@@ -408,6 +413,9 @@ def _load(source: PathLike | pd.DataFrame) -> pd.DataFrame:
     if name.endswith((".csv", ".csv.gz")):
         return _read_csv(path)
     if name.endswith((".pkl", ".pickle", ".pkl.gz")):
+        if not allow_pickle:
+            raise ValueError(f"{path.name!r} is a pickle, and reading it runs any code it holds; convert it to "
+                             "Parquet, or pass allow_pickle=True (CLIs: --allow-pickle) if you trust its source")
         frame = pd.read_pickle(path)
         if not isinstance(frame, pd.DataFrame):
             raise ValueError(f"{path.name!r} holds a {type(frame).__name__}, not a pandas DataFrame")
@@ -494,12 +502,20 @@ def _wide_to_long(frame: pd.DataFrame, signal_columns: tuple[str, ...]) -> tuple
     return pd.DataFrame(columns), np.repeat(np.arange(n), k)
 
 
+#: Longest wide-format cell parsed as a list literal: :func:`ast.literal_eval` builds a syntax tree first, about
+#: about 240 bytes and 0.85 microseconds per source byte (a 10 MB cell took 8.5 CPU-s and 2.4 GiB, issue 30), so
+#: this cap bounds one cell at about 60 MB and 0.2 s; the longest response in the shared RouterBench subset has
+#: 4,000 characters. A longer cell is kept as the text it is.
+MAX_LISTED_CHARS = 1 << 18
+
+
 def _join_listed(value: object) -> str:
-    """Undo RouterBench's habit of storing a text as the repr of a list of strings."""
+    """Undo RouterBench's habit of storing a text as the repr of a list of strings (cells up to
+    :data:`MAX_LISTED_CHARS`)."""
     if not isinstance(value, str):
         return "" if _is_missing(value) else str(value)
     stripped = value.strip()
-    if len(stripped) >= 2 and stripped[0] == "[" and stripped[-1] == "]":
+    if 2 <= len(stripped) <= MAX_LISTED_CHARS and stripped[0] == "[" and stripped[-1] == "]":
         try:
             parsed = ast.literal_eval(stripped)
         except (ValueError, SyntaxError, MemoryError, RecursionError):

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, type=Path, metavar="PATH",
                         help="benchmark table: long-format .parquet/.csv/.csv.gz (query_id, model, "
                              "quality, cost_usd) or a wide RouterBench .pkl/.csv (required)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read a .pkl --data file (unpickling runs any code it holds: trusted files only)")
     parser.add_argument("--quality-range", type=quality_range, default=(0.0, 1.0), metavar="LO,HI",
                         help="inclusive range of the quality column (default 0,1; e.g. 0,100 for percent)")
     parser.add_argument("--models", type=_model_list, default=None, metavar="A,B,C",
@@ -142,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(error), code=CANNOT_WRITE)
     try:
         table = read_table(args.data, models=args.models, quality_range=args.quality_range,
-                           throughput=args.throughput)
+                           throughput=args.throughput, allow_pickle=args.allow_pickle)
         if len(table.models) < 2:
             raise ValueError(f"need at least two models to compare strategies; the table has only {list(table.models)}")
         report = evaluate_strategies(

@@ -92,6 +92,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=None,
                         help="long-format table (.parquet/.csv/.csv.gz) or RouterBench wide file; "
                              "default: the built-in synthetic benchmark")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read a .pkl --data file (unpickling runs any code it holds: trusted files only)")
     parser.add_argument("--prices", type=Path, default=None,
                         help="models.csv-style price table (USD per 1M input/output tokens) for the "
                              "cost estimator; default: learn cost from prompts")
@@ -212,7 +214,7 @@ def load(args: argparse.Namespace) -> tuple[RoutingTable, dict[str, tuple[float,
         raise ValueError(f"--data {args.data} does not exist")
     prices = read_prices(args.prices) if args.prices is not None else None
     table = read_table(args.data, models=models, prices=prices, quality_range=args.quality_range,
-                       throughput=args.throughput)
+                       throughput=args.throughput, allow_pickle=args.allow_pickle)
     if args.latency_budget is not None and table.latency is None:
         raise ValueError(f"--latency-budget needs latency, and {args.data} has none: add a latency_s column "
                          "(seconds per query and model), or pass --throughput with ttft_s and "
