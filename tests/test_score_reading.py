@@ -92,3 +92,22 @@ def test_a_pandas_written_file_scores_like_plain_strings_in_small_row_groups(art
         results.append((pq.read_table(output), pq.read_table(rejects)))
     assert results[0][0].num_rows == 149 and results[0][1].num_rows == logged["model"].nunique()
     assert results[0][0].equals(results[1][0]) and results[0][1].equals(results[1][1])
+
+
+@pytest.mark.parametrize("logged", [False, True])
+def test_scored_tables_are_bounded_in_bytes_whatever_the_prompt_length(tmp_path, monkeypatch, logged):
+    """Issue 30: batches were counted in rows only, so memory grew with prompt length (8,000 rows of
+    100,000-character prompts: 3.1 GiB). Each table now stops at BATCH_BYTES (plus the read that crossed it),
+    however many rows --batch-size allows, and the rows still come out whole and in order."""
+    monkeypatch.setattr(score, "READ_BYTES", 2**18)
+    monkeypatch.setattr(score, "BATCH_BYTES", 2**20)
+    frame = _long_prompt_log(400, 2 if logged else 1, 20_000, seed=2)  # 8 (or 16) MB of prompts
+    path = tmp_path / "long.parquet"
+    frame.to_parquet(path)
+    seen, sizes = 0, []
+    for table in iter_tables(path, ["query_id", "prompt", "model"], 65536, logged=logged):
+        sizes.append(table.nbytes)
+        assert table.column("row").to_pylist() == list(range(seen, seen + table.num_rows))
+        seen += table.num_rows
+    assert seen == len(frame) and len(sizes) > 4
+    assert max(sizes) <= 2**20 + 2 * 2**18, f"a table held {max(sizes):,} bytes"

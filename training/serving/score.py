@@ -139,6 +139,11 @@ def input_columns(path: Path) -> tuple[list[str], int | None]:
 #: prompts or the size of the file's row groups (pandas writes row groups of a million rows).
 READ_BYTES = 16 * 2**20
 
+#: Most bytes of input gathered into one scored table (besides ``--batch-size`` rows): a table is held by the
+#: reader, shipped to a worker and converted to pandas there, so counting rows alone let memory grow with
+#: the prompts' length (8,000 rows of 100,000-character prompts took 3.1 GiB, issue 30).
+BATCH_BYTES = 64 * 2**20
+
 
 def _read_rows(parquet: pq.ParquetFile, columns: list[str], batch_size: int) -> int:
     """Rows per Parquet read: about :data:`READ_BYTES` of ``columns``, measured on the file's first rows."""
@@ -232,8 +237,9 @@ def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -
     """Batches of the input as Arrow tables with a ``row`` column; logged queries never split.
 
     The file is read a few megabytes at a time (:data:`READ_BYTES`) and the
-    reads gathered into tables of about ``batch_size`` rows, so memory is
-    bounded whatever the file's row groups. The rows of the last query of a
+    reads gathered into tables of about ``batch_size`` rows or
+    :data:`BATCH_BYTES` bytes, whichever comes first, so memory is bounded
+    whatever the file's row groups and the prompts' length. The rows of the last query of a
     table may continue in the next read, so they are held back and start the
     next table (and are flushed at the end). For logged input the text
     repeated on every row of a query (``query_id``, ``prompt``, ``task``,
@@ -268,7 +274,7 @@ def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -
     """
     offset = 0
     held: list[pa.Table] = []
-    n_held = 0
+    n_held = held_bytes = 0
     last_start = 0  # where the last query of ``held`` starts, counted from the first held row
     last_id = None  # the query id of the row before this read
     for batch in _record_batches(path, columns, batch_size):
@@ -287,7 +293,8 @@ def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -
             table = _compact(table, starts)
         held.append(table)
         n_held += table.num_rows
-        if n_held < batch_size:
+        held_bytes += table.nbytes
+        if n_held < batch_size and held_bytes < BATCH_BYTES:
             continue
         joined = pa.concat_tables(held)
         cut = last_start if logged else n_held
@@ -295,6 +302,7 @@ def iter_tables(path: Path, columns: list[str], batch_size: int, logged: bool) -
             continue
         yield _one_dictionary(joined.slice(0, cut))
         held, n_held, last_start = [joined.slice(cut)], n_held - cut, 0
+        held_bytes = held[0].nbytes
     if n_held:
         yield _one_dictionary(pa.concat_tables(held))
 
