@@ -32,11 +32,21 @@ for the ``service`` figure); the assertion is on errors only, because
 timings depend on the machine and its other load (the closed loop keeps the
 CPU saturated, so the client-side figures are mostly queueing; see the
 README's measured figures).
+
+``test_healthz_under_a_message_flood`` (issue 30): ``SERVE_BENCH_FLOODERS`` = 32
+clients each post bodies of about 1 MB holding 30,000 messages, over and over
+for ``SERVE_BENCH_FLOOD_S`` = 10 s, while one other client asks ``/healthz``
+one request after another; its p50 and p99 are printed beside the same
+client's figures with no flood, measured in the same run. Target: p99 <=
+50 ms. The assertion is that every flood request was refused (400) and every
+``/healthz`` answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import random
 import socket
@@ -115,12 +125,15 @@ async def _load(url: str, queries: list[tuple[str, str, str]], n: int, concurren
     return results
 
 
-def test_service_overhead_under_load(benchmark, tmp_path):
+@contextlib.contextmanager
+def _running(tmp_path: Path):
+    """The fake upstreams and ``python -m training.serve`` as child processes; yields (service URL, children,
+    queries) and stops both whatever happens."""
     from training.data import read_table
+    from training.serving.router import load_router
     from training.synthetic import make_benchmark
 
     artifact = build_router_artifact(tmp_path)
-    from training.serving.router import load_router
     models = load_router(artifact, warm_up=False).models_
     table = read_table(make_benchmark(400, seed=7)).select_models(list(models))
     queries = list(zip(table.prompts, table.tasks, table.subtasks))
@@ -139,13 +152,7 @@ def test_service_overhead_under_load(benchmark, tmp_path):
         service_url = f"http://127.0.0.1:{service_port}"
         _wait_healthy(f"{upstream_url}/", children[0])
         _wait_healthy(f"{service_url}/healthz", children[1])
-        asyncio.run(_load(service_url, queries, WARM_UP, CONCURRENCY))
-        cpu = [_cpu_seconds(child.pid) for child in children]
-        began = time.perf_counter()
-        results = benchmark.pedantic(lambda: asyncio.run(_load(service_url, queries, N_REQUESTS, CONCURRENCY)),
-                                     rounds=1, iterations=1)
-        wall = time.perf_counter() - began
-        cpu = [_cpu_seconds(child.pid) - before for child, before in zip(children, cpu)]
+        yield service_url, children, queries
     finally:
         for child in children:
             child.terminate()
@@ -154,6 +161,17 @@ def test_service_overhead_under_load(benchmark, tmp_path):
                 child.wait(30)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def test_service_overhead_under_load(benchmark, tmp_path):
+    with _running(tmp_path) as (service_url, children, queries):
+        asyncio.run(_load(service_url, queries, WARM_UP, CONCURRENCY))
+        cpu = [_cpu_seconds(child.pid) for child in children]
+        began = time.perf_counter()
+        results = benchmark.pedantic(lambda: asyncio.run(_load(service_url, queries, N_REQUESTS, CONCURRENCY)),
+                                     rounds=1, iterations=1)
+        wall = time.perf_counter() - began
+        cpu = [_cpu_seconds(child.pid) - before for child, before in zip(children, cpu)]
     errors = [r["error"] for r in results if "error" in r]
     ok = [r for r in results if "error" not in r]
     seconds = np.array([r["seconds"] for r in ok])
@@ -178,3 +196,57 @@ def test_service_overhead_under_load(benchmark, tmp_path):
     benchmark.extra_info["meets_target"] = summary["meets_target"]
     print(f"  target p50 <= 2 ms, p99 <= 10 ms (service figure): {'met' if summary['meets_target'] else 'NOT met'}")
     assert not errors, errors[:5]
+
+
+FLOODERS = int(os.environ.get("SERVE_BENCH_FLOODERS", "32"))
+FLOOD_S = float(os.environ.get("SERVE_BENCH_FLOOD_S", "10"))
+
+
+async def _healthz_latencies(url: str, seconds: float) -> list[float]:
+    """``/healthz`` one request after another for ``seconds``; each request's time (a failure raises)."""
+    times: list[float] = []
+    async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=30)) as client:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            began = time.perf_counter()
+            async with client.get("/healthz") as reply:
+                await reply.read()
+                assert reply.status == 200
+            times.append(time.perf_counter() - began)
+            await asyncio.sleep(0.01)
+    return times
+
+
+async def _flood(url: str, seconds: float, flooders: int) -> tuple[list[float], list[int]]:
+    """``flooders`` clients posting ~1 MB bodies of 30,000 messages for ``seconds``, beside one /healthz client."""
+    body = json.dumps({"model": "router", "metadata": {"task": "math"},
+                       "messages": [{"role": "user", "content": "x" * 20}] * 30_000}).encode()
+    statuses: list[int] = []
+    end = time.monotonic() + seconds
+    async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=60)) as client:
+        async def flooder() -> None:
+            while time.monotonic() < end:
+                async with client.post("/v1/chat/completions", data=body,
+                                       headers={"content-type": "application/json"}) as reply:
+                    await reply.read()
+                    statuses.append(reply.status)
+
+        results = await asyncio.gather(_healthz_latencies(url, seconds), *(flooder() for _ in range(flooders)))
+    return results[0], statuses
+
+
+def test_healthz_under_a_message_flood(benchmark, tmp_path):
+    with _running(tmp_path) as (service_url, _, _):
+        quiet = asyncio.run(_healthz_latencies(service_url, min(FLOOD_S, 5.0)))
+        flooded, statuses = benchmark.pedantic(lambda: asyncio.run(_flood(service_url, FLOOD_S, FLOODERS)),
+                                               rounds=1, iterations=1)
+    summary = {"flooders": FLOODERS, "flood_requests": len(statuses), "flood_statuses": sorted(set(statuses)),
+               "healthz_requests": len(flooded)}
+    for name, values in (("quiet", quiet), ("flooded", flooded)):
+        summary[f"healthz_{name}_ms_p50"] = round(float(np.percentile(values, 50)) * 1e3, 3)
+        summary[f"healthz_{name}_ms_p99"] = round(float(np.percentile(values, 99)) * 1e3, 3)
+    summary["meets_target"] = bool(summary["healthz_flooded_ms_p99"] <= 50.0)
+    benchmark.group = "serving: HTTP service under a message flood"
+    benchmark.extra_info.update(summary)
+    print("\n" + "\n".join(f"  {key}: {value}" for key, value in summary.items()))
+    assert set(statuses) == {400}, "every flood request is refused by its message count"
