@@ -17,8 +17,10 @@ import warnings
 from pathlib import Path
 
 import pytest
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from training import artifact
 from training.artifact import (

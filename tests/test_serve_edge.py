@@ -22,7 +22,11 @@ from servekit import UPSTREAM_KEY, backends_toml, serving
 
 from training.serve import _build, _parse
 from training.serve import main as serve_main
-from training.serving.backends import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_TIMEOUT_S, load_backends
+from training.serving.backends import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    load_backends,
+)
 from training.serving.edge import EdgeLimits
 from training.serving.service import ServiceConfig, create_app
 

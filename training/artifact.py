@@ -139,23 +139,26 @@ import joblib
 import numpy as np
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "HMAC_ALGORITHM",
     "MANIFEST_SUFFIX",
     "MAX_MANIFEST_BYTES",
     "MAX_MANIFEST_DEPTH",
     "MIN_KEY_BYTES",
-    "HMAC_ALGORITHM",
     "SIGNATURE_ALGORITHM",
     "ArtifactSignatureError",
     "HMACSignatureWarning",
     "UnsignedArtifactWarning",
-    "new_key_pair",
     "load_artifact",
     "manifest_path",
+    "new_key_pair",
     "read_manifest",
     "save_artifact",
     "signed_bytes",

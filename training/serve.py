@@ -27,8 +27,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli import (BAD_INPUT, add_verify_arguments, fail, non_negative_int, parse_or_exit_code, positive_int,
-                  verification_key)
+from .cli import (
+    BAD_INPUT,
+    add_verify_arguments,
+    fail,
+    non_negative_int,
+    parse_or_exit_code,
+    positive_int,
+    verification_key,
+)
 
 __all__ = ["main"]
 
