@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="benchmark table: long-format .parquet/.csv/.csv.gz (query_id, model, "
                              "quality, cost_usd) or a wide RouterBench .pkl/.csv (required)")
     parser.add_argument("--allow-pickle", action="store_true",
-                        help="read a .pkl --data file (unpickling runs any code it holds: trusted files only)")
+                        help="read a .pkl --data file (unpickling runs any code it holds: trusted files "
+                             "only); default: refuse it")
     parser.add_argument("--quality-range", type=quality_range, default=(0.0, 1.0), metavar="LO,HI",
                         help="inclusive range of the quality column (default 0,1; e.g. 0,100 for percent)")
     parser.add_argument("--models", type=_model_list, default=None, metavar="A,B,C",

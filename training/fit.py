@@ -93,7 +93,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="long-format table (.parquet/.csv/.csv.gz) or RouterBench wide file; "
                              "default: the built-in synthetic benchmark")
     parser.add_argument("--allow-pickle", action="store_true",
-                        help="read a .pkl --data file (unpickling runs any code it holds: trusted files only)")
+                        help="read a .pkl --data file (unpickling runs any code it holds: trusted files "
+                             "only); default: refuse it")
     parser.add_argument("--prices", type=Path, default=None,
                         help="models.csv-style price table (USD per 1M input/output tokens) for the "
                              "cost estimator; default: learn cost from prompts")

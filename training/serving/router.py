@@ -716,7 +716,7 @@ def prompt_uniforms(prompts: Sequence[str]) -> NDArray[np.float64]:
 
 
 def load_router(path: str | Path, *, strict_versions: bool = True, warm_up: bool = True,
-                key: bytes | str | None = None, expected_sha256: str | None = None) -> Router:
+                key: Any = None, expected_sha256: str | None = None) -> Router:
     """Load a router artifact strictly and warm it up.
 
     Raises ``ValueError`` on a wrong format version, a sha256 mismatch, a
@@ -733,8 +733,8 @@ def load_router(path: str | Path, *, strict_versions: bool = True, warm_up: bool
         The artifact; its manifest sits beside it.
     strict_versions : bool, default=True
         Refuse an artifact written with other library versions.
-    key : bytes or str, optional
-        Verify the artifact's HMAC-SHA256 signature with this key
+    key : Ed25519PublicKey, its PEM, or a (deprecated) HMAC secret, optional
+        Verify the artifact's signature with this key
         (:func:`training.artifact.load_artifact`). Without it the artifact
         loads unverified, with a warning once per process and path.
     expected_sha256 : str, optional
@@ -756,7 +756,7 @@ def load_router(path: str | Path, *, strict_versions: bool = True, warm_up: bool
 
 
 def load_router_with_sha256(path: str | Path, *, strict_versions: bool = True, warm_up: bool = True,
-                            key: bytes | str | None = None, expected_sha256: str | None = None
+                            key: Any = None, expected_sha256: str | None = None
                             ) -> tuple[Router, str]:
     """:func:`load_router`, and the sha256 of the payload it verified and loaded.
 

@@ -187,7 +187,7 @@ def read_parquet_with_rows(spark, path: str) -> DataFrame:
 
 def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float | None = None,
                 logged: bool | None = None, ship: bool = True, latency_budget: float | None = None,
-                key: bytes | str | None = None, grouped: bool = False) -> DataFrame:
+                key: object = None, grouped: bool = False) -> DataFrame:
     """Score a Spark DataFrame of traffic with a fitted router, as ``training.score`` scores a file.
 
     Parameters
@@ -212,8 +212,8 @@ def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float 
         Send the artifact and its manifest to the executors with
         ``SparkContext.addFile``. ``False``: every executor reads
         ``artifact`` at the same path (a shared file system).
-    key : bytes or str, optional
-        Verify the artifact's signature with this key on the driver
+    key : Ed25519PublicKey or its PEM, optional
+        Verify the artifact's signature with this public key (or a deprecated HMAC secret) on the driver
         (:func:`~training.serving.router.load_router`); executors then load
         only a payload with the verified sha256.
     grouped : bool, default=False
@@ -367,7 +367,7 @@ def session_settings(master: str | None) -> dict[str, str]:
     return settings
 
 
-def run_cli(args, key: bytes | None = None) -> dict:
+def run_cli(args, key: object = None) -> dict:
     """``python -m training.score --engine spark``: read the Parquet input with Spark, write two Parquet datasets.
 
     The decisions go to ``--output`` and the rejected rows to ``--rejects``
@@ -380,8 +380,9 @@ def run_cli(args, key: bytes | None = None) -> dict:
     args : argparse.Namespace
         :func:`training.serving.score.parse_args`'s options (``master`` may be ``None``:
         then ``spark-submit`` or the Spark defaults decide).
-    key : bytes, optional
-        The ``--verify-key-env`` key the artifact's signature is checked with.
+    key : Ed25519PublicKey or bytes, optional
+        The key the artifact's signature is checked with on the driver (``--verify-key``, or the deprecated
+        ``--verify-key-env`` secret); ``--require-signed`` was checked before.
 
     Returns
     -------
@@ -428,7 +429,7 @@ def run_cli(args, key: bytes | None = None) -> dict:
         spark.stop()
 
 
-def _score_to_datasets(spark, args, output: str, rejects: str, key: bytes | None) -> dict:
+def _score_to_datasets(spark, args, output: str, rejects: str, key: object) -> dict:
     """Check the paths, score, write both datasets under temporary names, rename them, and sum up."""
     import time
     import uuid
