@@ -64,7 +64,7 @@ def edge(serve_router, backends):
     """The service as training.serve runs it on a loopback address, with short head timeouts for the tests."""
     config = ServiceConfig(allowed_hosts=("127.0.0.1", "localhost", "::1"), max_client_concurrency=2,
                            max_messages=64)
-    limits = EdgeLimits(header_timeout_s=2.0, keep_alive_s=2.0)
+    limits = EdgeLimits(header_timeout_s=2.0, keep_alive_s=2.0, body_timeout_s=2.0)
     with serving(create_app(serve_router, backends, config), limits) as (url, _):
         yield url
 
@@ -191,6 +191,15 @@ def test_a_silent_or_half_sent_connection_is_closed_after_the_header_timeout(edg
             socket.create_connection(_address(edge), timeout=20) as half:
         half.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-")
         assert silent.recv(1) == b"" and half.recv(1) == b"", "the server closes both (header timeout 2 s)"
+
+
+def test_a_body_that_stops_arriving_is_dropped_after_the_body_timeout(edge, upstreams):
+    with socket.create_connection(_address(edge), timeout=20) as slow:
+        slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"model\": ")
+        assert slow.recv(1) == b"", "the server closes it (body timeout 2 s)"
+    assert upstreams.calls == []
+    assert httpx.get(f"{edge}/healthz").status_code == 200
 
 
 def test_2000_idle_connections_do_not_stop_a_legitimate_request(serve_router, backends):

@@ -81,7 +81,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="deadline of one request's whole cascade: each upstream call gets what is left of it "
                              "(and at most its timeout_s); the caller gets a 502 once no model answered in time")
     parser.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="seconds a request body may take to arrive (408 after)")
+                        help="seconds a request body may take to arrive after its headers (the connection is "
+                             "closed after)")
     parser.add_argument("--max-reply-bytes", type=positive_int, default=8 << 20,
                         help="largest upstream reply read; a larger one fails that model for the query")
     parser.add_argument("--max-header-bytes", type=positive_int, default=32 << 10,
@@ -169,10 +170,11 @@ def _build(args: argparse.Namespace):
                            max_client_concurrency=args.max_client_concurrency,
                            decision_threads=args.decision_threads,
                            inline_decision_chars=args.inline_decision_chars,
-                           request_timeout_s=args.request_timeout, body_timeout_s=args.body_timeout,
+                           request_timeout_s=args.request_timeout,
                            allowed_hosts=allowed, max_reply_bytes=args.max_reply_bytes)
     limits = EdgeLimits(max_header_bytes=args.max_header_bytes, max_headers=args.max_headers,
                         header_timeout_s=args.header_timeout, keep_alive_s=args.keep_alive_timeout,
+                        body_timeout_s=args.body_timeout,
                         max_connections=args.max_connections,
                         trusted_proxies=tuple(a.strip() for a in args.trusted_proxies.split(",") if a.strip()))
     # a connection per caller, two per upstream call in flight, and room for files and the loop

@@ -13,7 +13,9 @@ kept for ever, until the process ran out of file descriptors. The
 * they must arrive within ``header_timeout_s`` of the connection opening
   or of the previous response (the connection is closed otherwise), so a
   connection that sends nothing, or a request a byte at a time, is dropped;
-  an idle keep-alive connection is closed after ``keep_alive_s``;
+  an idle keep-alive connection is closed after ``keep_alive_s``, and a
+  request whose body has not arrived ``body_timeout_s`` after its headers
+  is dropped with its connection;
 * at most ``max_connections`` connections: a new one beyond it closes the
   connection that has waited longest for its request headers (an idle or
   half-sent one), and is itself closed only when every connection has a
@@ -56,6 +58,8 @@ class EdgeLimits:
         Seconds a request's head may take to arrive, from the connection opening or the previous response.
     keep_alive_s : float, default=5
         Seconds an idle keep-alive connection is kept.
+    body_timeout_s : float, default=30
+        Seconds a request's body may take to arrive after its headers.
     max_connections : int, default=1000
         Open connections; see the module docstring for what happens beyond.
     trusted_proxies : tuple of str, default=()
@@ -66,6 +70,7 @@ class EdgeLimits:
     max_headers: int = 100
     header_timeout_s: float = 10.0
     keep_alive_s: float = 5.0
+    body_timeout_s: float = 30.0
     max_connections: int = 1000
     trusted_proxies: tuple[str, ...] = ()
 
@@ -118,6 +123,7 @@ def _protocol(limits: EdgeLimits) -> type:
 
         def connection_lost(self, exc) -> None:
             self._head_done()
+            self._stop_body_timer()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -157,6 +163,16 @@ def _protocol(limits: EdgeLimits) -> type:
         def on_headers_complete(self) -> None:
             self._head_done()
             super().on_headers_complete()
+            self._body_timer = self.loop.call_later(limits.body_timeout_s, self._close, None)
+
+        def on_message_complete(self) -> None:
+            self._stop_body_timer()
+            super().on_message_complete()
+
+        def _stop_body_timer(self) -> None:
+            if getattr(self, "_body_timer", None) is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

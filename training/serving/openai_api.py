@@ -34,6 +34,8 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MESSAGE_FIELDS = frozenset({"role", "content", "name"})
 #: Default most messages one request may hold.
 MAX_MESSAGES = 256
+#: JSON objects a body may hold per message allowed: a message, its text parts, and the request's own objects.
+OBJECTS_PER_MESSAGE = 4
 #: The name of the router in ``model``: ``router`` or ``router@BUDGET``.
 ROUTER_MODEL = "router"
 
@@ -121,25 +123,53 @@ def _invalid(message: str, param: str | None = None, code: str | None = "invalid
     return APIError(400, message, param=param, code=code)
 
 
-def parse_json(raw: bytes) -> Any:
+def parse_json(raw: bytes, max_objects: int | None = None) -> Any:
     """Decode a request body: UTF-8 JSON, or :class:`APIError` 400.
 
     Parameters
     ----------
     raw : bytes
+    max_objects : int, optional
+        Most JSON objects the body may hold. Decoding stops at the next one,
+        so a body of 30,000 tiny messages costs as much as one of
+        ``max_objects`` (issue 30: ``json.loads`` holds the GIL for the
+        whole body, even on a decision thread, and stalled every request).
 
     Returns
     -------
     object
         The decoded JSON value.
     """
+    hook = None if max_objects is None else _counting_objects(max_objects)
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
+        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float,
+                          object_pairs_hook=hook)
+    except _TooManyObjects:
+        raise _invalid(f"the request body holds more than {max_objects:,} JSON objects, more than "
+                       f"--max-messages allows", "messages", "too_many_messages") from None
     except (UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is a ValueError
         raise _invalid(f"the request body is not valid UTF-8 JSON ({type(error).__name__}: "
                        f"{str(error)[:200]})", code="invalid_json") from None
     except RecursionError:
         raise _invalid("the request body nests too deeply", code="invalid_json") from None
+
+
+class _TooManyObjects(Exception):
+    """Raised by :func:`_counting_objects`' hook; not a ValueError, so the decoder does not wrap it."""
+
+
+def _counting_objects(limit: int):
+    """An ``object_pairs_hook`` building dicts that raises once more than ``limit`` were built."""
+    count = 0
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal count
+        count += 1
+        if count > limit:
+            raise _TooManyObjects
+        return dict(pairs)
+
+    return hook
 
 
 def _refuse_constant(name: str) -> float:

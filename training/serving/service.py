@@ -30,8 +30,8 @@ router one controller is shared by every request.
 
 Who may call (issue 18): the caller's key (``api_key``, at least
 :data:`MIN_API_KEY_CHARS` characters) is compared in constant time; bodies
-above ``max_body_bytes`` get 413 while they are read, and a body not read
-within ``body_timeout_s`` 408; messages above ``max_prompt_chars`` or
+above ``max_body_bytes`` get 413 while they are read (a body that does not
+arrive in time is the edge's: :mod:`training.serving.edge`); messages above ``max_prompt_chars`` or
 ``max_messages`` get 400; one client (by address) may have
 ``max_client_concurrency`` requests in flight, more get 429. Upstream keys
 live only in the request headers sent upstream: no response, log line,
@@ -64,7 +64,7 @@ from typing import Any, AsyncIterator, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -74,7 +74,7 @@ from estimators.estimator import PreparedQueries
 
 from ..policy import Policy
 from .backends import Backend
-from .openai_api import (ROUTER_MODEL, APIError, ChatRequest, chat_response, parse_chat_request, parse_json,
+from .openai_api import (OBJECTS_PER_MESSAGE, ROUTER_MODEL, APIError, ChatRequest, chat_response, parse_chat_request, parse_json,
                          parse_route_request, sse_chunks)
 from .router import Router
 from .upstream import MAX_REPLY_BYTES, Reply, UpstreamFailure, Upstreams
@@ -122,8 +122,6 @@ class ServiceConfig:
     request_timeout_s : float, default=60
         Deadline of one request's whole cascade; an upstream call gets what
         is left of it (and at most its ``timeout_s``).
-    body_timeout_s : float, default=30
-        Seconds the request body may take to arrive (408 after).
     allowed_hosts : tuple of str, optional
         Host names (without port) a request's ``Host`` header may give;
         others get 421. ``None`` accepts any (``training.serve`` sets the
@@ -142,7 +140,6 @@ class ServiceConfig:
     inline_decision_chars: int = 32_000
     max_messages: int = 256
     request_timeout_s: float = 60.0
-    body_timeout_s: float = 30.0
     allowed_hosts: tuple[str, ...] | None = None
     max_reply_bytes: int = MAX_REPLY_BYTES
 
@@ -340,14 +337,11 @@ class _Service:
     async def _body(self, request: Request, parse):
         """``parse(decoded JSON body, ...)``: on a decision thread when the body is long (issue 30)."""
         _require_json(request)
-        try:
-            raw = await asyncio.wait_for(_read_body(request, self.config.max_body_bytes), self.config.body_timeout_s)
-        except asyncio.TimeoutError:
-            raise APIError(408, f"the request body did not arrive within {self.config.body_timeout_s:g} s",
-                           code="request_timeout") from None
+        raw = await _read_body(request, self.config.max_body_bytes)  # its deadline is the edge's (body_timeout_s)
         limits = {"max_prompt_chars": self.config.max_prompt_chars, "max_messages": self.config.max_messages,
                   "needs_task": "task" in self.per_query}
-        return await self._run_decision(len(raw), lambda: parse(parse_json(raw), **limits))
+        objects = OBJECTS_PER_MESSAGE * self.config.max_messages + 16
+        return await self._run_decision(len(raw), lambda: parse(parse_json(raw, objects), **limits))
 
     async def chat(self, request: Request) -> Response:
         began = time.perf_counter()
@@ -428,12 +422,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
                        f"the request body exceeds the service's limit of {limit:,} bytes (--max-body-bytes)"
                        if declared.isdigit() else "Content-Length is not a number", code="request_too_large")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, f"the request body exceeds the service's limit of {limit:,} bytes "
-                                "(--max-body-bytes)", code="request_too_large")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(413, f"the request body exceeds the service's limit of {limit:,} bytes "
+                                    "(--max-body-bytes)", code="request_too_large")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went, or the edge closed a body too slow (nobody reads a reply)
+        raise APIError(400, "the client disconnected before the body was complete", code="client_disconnected"
+                       ) from None
     return b"".join(chunks)
 
 
