@@ -140,7 +140,8 @@ def parse_json(raw: bytes, max_objects: int | None = None) -> Any:
     object
         The decoded JSON value.
     """
-    hook = None if max_objects is None else _counting_objects(max_objects)
+    # every object starts with "{" (strings may hold more): few braces need no counting, and json's C path stays
+    hook = None if max_objects is None or raw.count(b"{") <= max_objects else _counting_objects(max_objects)
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float,
                           object_pairs_hook=hook)
