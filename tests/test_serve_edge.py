@@ -413,3 +413,18 @@ def test_uvicorn_is_told_to_ignore_forwarded_headers_unless_proxies_are_trusted(
     assert uvicorn_config(app).proxy_headers is False
     trusted = uvicorn_config(app, EdgeLimits(trusted_proxies=("10.1.2.3",)))
     assert trusted.proxy_headers is True and trusted.forwarded_allow_ips == ["10.1.2.3"]
+
+
+def test_the_object_bound_stops_decoding_early_and_spares_ordinary_bodies():
+    """parse_json's bound: a body over it is refused before it is decoded whole (the hook raises at object
+    limit + 1), one at the limit decodes exactly as json.loads, and braces inside strings do not count."""
+    import json
+
+    from training.serving.openai_api import APIError, parse_json
+
+    flood = json.dumps({"messages": [{"role": "user", "content": "x"}] * 30_000}).encode()
+    with pytest.raises(APIError, match="more than 1,040 JSON objects") as raised:
+        parse_json(flood, 1_040)
+    assert raised.value.code == "too_many_messages"
+    at_limit = {"messages": [{"role": "user", "content": "{" * 5_000}] * 1_039}  # 1,040 objects, many braces
+    assert parse_json(json.dumps(at_limit).encode(), 1_040) == at_limit
