@@ -34,13 +34,12 @@ LIST_COLUMNS = ("models_run", "plan")
 def spark():
     from pyspark.sql import SparkSession
 
-    session = (SparkSession.builder.master("local[2]").appName("cascade-router-tests")
-               .config("spark.sql.shuffle.partitions", "4")
-               .config("spark.sql.execution.arrow.maxRecordsPerBatch", "997")
-               .config("spark.ui.enabled", "false")
-               .config("spark.pyspark.python", sys.executable)
-               .config("spark.executorEnv.OPENBLAS_NUM_THREADS", "1")
-               .getOrCreate())
+    from training.serving.spark import start_session
+
+    # as training.score --engine spark starts it: loopback only, workers on this interpreter (issues 29, 30)
+    session = start_session(SparkSession.builder.appName("cascade-router-tests")
+                            .config("spark.sql.shuffle.partitions", "4")
+                            .config("spark.sql.execution.arrow.maxRecordsPerBatch", "997"), "local[2]")
     yield session
     session.stop()
 

@@ -50,7 +50,7 @@ from .router import Router, load_router, load_router_with_sha256
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-__all__ = ["read_parquet_with_rows", "run_cli", "score_spark", "split_rejects"]
+__all__ = ["read_parquet_with_rows", "run_cli", "score_spark", "session_settings", "split_rejects", "start_session"]
 
 #: Stands for a missing query id in :func:`_check_grouped`.
 _NO_ID = object()
@@ -367,6 +367,40 @@ def session_settings(master: str | None) -> dict[str, str]:
     return settings
 
 
+def start_session(builder, master: str | None):
+    """``builder.getOrCreate()`` with ``master`` and :func:`session_settings`.
+
+    PySpark starts its Python workers with ``$PYSPARK_PYTHON`` (else
+    ``python3`` from the ``PATH``), whatever ``spark.pyspark.python`` says,
+    so for a local master the variable is set to that setting while the
+    context starts, then put back.
+
+    Parameters
+    ----------
+    builder : pyspark.sql.SparkSession.Builder
+        With the caller's own settings (app name, ...).
+    master : str or None
+
+    Returns
+    -------
+    pyspark.sql.SparkSession
+    """
+    if master:
+        builder = builder.master(master)
+    settings = session_settings(master)
+    for name, value in settings.items():
+        builder = builder.config(name, value)
+    python = settings.get("spark.pyspark.python")
+    unset = python is not None and "PYSPARK_PYTHON" not in os.environ
+    if unset:
+        os.environ["PYSPARK_PYTHON"] = python
+    try:
+        return builder.getOrCreate()
+    finally:
+        if unset:
+            os.environ.pop("PYSPARK_PYTHON", None)
+
+
 def run_cli(args, key: object = None) -> dict:
     """``python -m training.score --engine spark``: read the Parquet input with Spark, write two Parquet datasets.
 
@@ -406,23 +440,7 @@ def run_cli(args, key: object = None) -> dict:
     if str(args.input).lower().endswith((".csv", ".csv.gz")):
         raise ScoreError("--engine spark reads Parquet (a file or a directory of files); convert the CSV first "
                          "or score it without --engine")
-    builder = SparkSession.builder.appName("training.score")
-    if args.master:
-        builder = builder.master(args.master)
-    settings = session_settings(args.master)
-    for name, value in settings.items():
-        builder = builder.config(name, value)
-    # PySpark starts its Python workers with $PYSPARK_PYTHON (else "python3" on the PATH), whatever
-    # spark.pyspark.python says: set it for a local master while the context starts, then put it back
-    python = settings.get("spark.pyspark.python")
-    unset = python is not None and "PYSPARK_PYTHON" not in os.environ
-    if unset:
-        os.environ["PYSPARK_PYTHON"] = python
-    try:
-        spark = builder.getOrCreate()
-    finally:
-        if unset:
-            os.environ.pop("PYSPARK_PYTHON", None)
+    spark = start_session(SparkSession.builder.appName("training.score"), args.master)
     try:
         return _score_to_datasets(spark, args, output, rejects, key)
     finally:
