@@ -14,8 +14,9 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 from .artifact import signing_key
 
 __all__ = ["BAD_INPUT", "positive_int", "non_negative_int", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "Interrupted", "OutputError",
-           "check_writable", "fail", "key_from_env", "logs_summary", "quality_range", "parse_or_exit_code",
+           "check_writable", "fail", "refuse_inputs_as_outputs", "same_file", "key_from_env", "logs_summary", "quality_range", "parse_or_exit_code",
            "run_command", "writing"]
 
 #: Exit code of a run whose input cannot be used.
@@ -114,6 +115,70 @@ def check_writable(flag: str, path: str | Path, *, directory: bool = False) -> N
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {flag} {path}: {folder} is not a writable directory; "
                           "pick a path in a writable directory")
+    # os.access trusts the mode bits, which root passes and some mounts (FUSE, overlay, /proc) ignore:
+    # creating and removing a file is the only test that the write at the end of the run will work
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        raise OutputError(f"cannot write {flag} {path}: no file can be created in {folder} ({error}); "
+                          "pick a path in a writable directory") from error
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name the same file: equal once links and ``..`` are resolved, or the same inode.
+
+    Parameters
+    ----------
+    a, b : str or Path
+
+    Returns
+    -------
+    bool
+        ``True`` for a symbolic link and its target, and for two hard links
+        to one file (``os.path.samefile``, when both exist).
+    """
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_inputs_as_outputs(outputs: Iterable[tuple[str, str | Path]],
+                             inputs: Iterable[tuple[str, str | Path | None]]) -> None:
+    """Refuse, before any work, an output path that is one of the command's inputs or lies inside an input folder.
+
+    Every command compares every path it writes with every path it reads,
+    so that a slip (``--out logs.parquet``) cannot replace the data the run
+    was given.
+
+    Parameters
+    ----------
+    outputs : iterable of (str, str or Path)
+        ``(flag, path)`` of every file or folder the command writes.
+    inputs : iterable of (str, str or Path or None)
+        ``(flag, path)`` of every file or folder it reads (``None``: not given).
+
+    Raises
+    ------
+    ValueError
+        Naming the output flag, the input flag and the path (exit code 2 in
+        the command lines).
+    """
+    inputs = [(flag, Path(path)) for flag, path in inputs if path is not None]
+    for out_flag, out in outputs:
+        out = Path(out)
+        for in_flag, source in inputs:
+            if same_file(out, source):
+                raise ValueError(f"{out_flag} {out} is {in_flag} {source}: the run would overwrite its own input; "
+                                 f"give {out_flag} another path")
+            if source.is_dir() and out.resolve().is_relative_to(source.resolve()):
+                raise ValueError(f"{out_flag} {out} is inside the {in_flag} folder {source}: it would become part "
+                                 f"of that input; give {out_flag} a path outside it")
 
 
 def key_from_env(flag: str, name: str | None) -> bytes | None:

@@ -35,7 +35,8 @@ from estimators.estimator import ESTIMATOR_KINDS, make_router_estimator
 from estimators.prompts import PROMPT_CHARS
 from estimators.table import RoutingTable
 
-from .cli import check_writable, key_from_env, logs_summary, quality_range, run_command, writing
+from .cli import (check_writable, key_from_env, logs_summary, quality_range, refuse_inputs_as_outputs, run_command,
+                  writing)
 from .artifact import manifest_path, save_artifact
 from .data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, coverage, fingerprint, read_prices, read_table
 from .episodes import MIN_FULLY_LOGGED, EstimatorEpisodes, calibration_episodes
@@ -55,6 +56,8 @@ STRATEGIES = ("cascade_routing", "cascade", "routing", "threshold")
 #: Exit codes of :func:`main`, listed in ``--help``.
 EXIT_CODES = ("exit status: 0 on success; 2 on bad input (bad argument, missing or malformed data), with a "
               "one-line 'error:' on stderr; 1 if an output (artifact, manifest, report) cannot be written.")
+#: The files written into ``--report``.
+REPORT_FILES = ("report.json", "quality_cost.png")
 #: Strategies whose decisions use σ, so that fitting also picks a σ scale.
 SIGMA_STRATEGIES = ("cascade_routing", "cascade")
 
@@ -330,6 +333,10 @@ def run(args: argparse.Namespace) -> dict:
     """
     started = time.perf_counter()
     key = key_from_env("--sign-key-env", args.sign_key_env)  # before any work: a missing key fails in a second
+    refuse_inputs_as_outputs(
+        [("--out", args.out), ("--out (its manifest)", manifest_path(args.out)), ("--report", args.report),
+         *((f"--report ({name})", args.report / name) for name in REPORT_FILES)],
+        [("--data", args.data), ("--prices", args.prices), ("--throughput", args.throughput)])
     check_writable("--out", args.out)
     check_writable("--out (its manifest)", manifest_path(args.out))
     check_writable("--report", args.report, directory=True)
@@ -491,7 +498,7 @@ def _with_best_single(row: dict, models, costs, qualities, latencies) -> dict:
 
 def _write_report(report: dict, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomically(directory / "report.json", json.dumps(report, indent=2).encode("utf-8"))
+    write_bytes_atomically(directory / REPORT_FILES[0], json.dumps(report, indent=2).encode("utf-8"))
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -504,7 +511,7 @@ def _write_report(report: dict, directory: Path) -> None:
         return
     figure = report_figure(report)
     try:
-        _save_figure(figure, directory / "quality_cost.png")
+        _save_figure(figure, directory / REPORT_FILES[1])
     finally:
         matplotlib.pyplot.close(figure)
 

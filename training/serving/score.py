@@ -54,7 +54,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
-from ..cli import key_from_env, run_command
+from ..artifact import manifest_path
+from ..cli import key_from_env, refuse_inputs_as_outputs, run_command
 from .logged import ScoreError, check_columns, required_columns
 from .outputs import RunOutputs, check_paths
 from .replay import STATUS_OK, STATUS_REJECTED, output_schema, rejects_schema, score_batch
@@ -567,8 +568,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="refuse, before unpickling it, an artifact that is unsigned or not signed with the key "
                              "in environment variable NAME (the one training.fit --sign-key-env signed it with); "
                              "default: load it unverified, with a warning")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output and rejects file (each replaced only when the run has "
+                             "completed); without it an existing one is refused (exit 2), never overwritten")
     parser.add_argument("--quiet", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
+    if args.overwrite and args.engine == "spark":
+        parser.error("--overwrite is for --engine local: Spark writes each dataset under a temporary name and "
+                     "renames it, which an existing one would block; remove the old datasets first")
     if args.engine == "spark" and (args.resume or args.workers is not None):
         parser.error("--resume and --workers are for --engine local; Spark retries failed tasks and spreads the "
                      "work itself")
@@ -620,6 +627,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.engine == "spark":
         from .spark import run_cli
 
+        outputs = [("--output", args.output), ("--rejects", args.rejects or str(args.output).rstrip("/") + ".rejects")]
+        refuse_inputs_as_outputs([(flag, path) for flag, path in outputs if "://" not in str(path)],
+                                 [("--artifact", args.artifact), ("--artifact's manifest", manifest_path(args.artifact))])
         return run_cli(args, key)
     from tqdm.auto import tqdm
     if not args.input.exists():
@@ -629,6 +639,14 @@ def run(args: argparse.Namespace) -> dict:
     rejects_path = args.rejects or args.output.with_name(args.output.name.removesuffix(".parquet") + ".rejects.parquet")
     rejects_flag = "--rejects" if args.rejects else "the rejects file"
     check_paths(args.input, args.output, rejects_path, rejects_flag)
+    outputs = [("--output", args.output), (rejects_flag, rejects_path),
+               ("--output (its partial folder)", args.output.with_name(args.output.name + ".partial"))]
+    refuse_inputs_as_outputs(outputs, [("--artifact", args.artifact),
+                                       ("--artifact's manifest", manifest_path(args.artifact))])
+    for flag, path in outputs[:2]:
+        if not args.overwrite and path.exists():
+            raise ScoreError(f"{flag} {path} exists (an earlier run's results?); pass --overwrite to replace it "
+                             "when this run completes, or choose another path")
     names, n_rows = input_columns(args.input)
     # CSV has no row count up front: about 2 kB per logged row decides the default
     workers = args.workers or auto_workers(n_rows if n_rows is not None else args.input.stat().st_size // 2048)
