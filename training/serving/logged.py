@@ -25,11 +25,17 @@ from numpy.typing import NDArray
 
 from .router import Router
 
-__all__ = ["LOGGED_COLUMNS", "LoggedBatch", "ScoreError", "check_columns", "check_prompt_types", "required_columns",
+__all__ = ["DISAGREES_ON", "LOGGED_COLUMNS", "PER_QUERY_TEXT", "LoggedBatch", "ScoreError", "check_columns", "check_prompt_types", "required_columns",
            "validate_logged"]
 
 #: Columns of the logged (long) format that replay needs besides the per-query ones.
 LOGGED_COLUMNS = ("query_id", "model", "quality", "cost_usd")
+#: Text columns that must be the same on every logged row of a query (scoring reads a query's first row).
+PER_QUERY_TEXT = ("query_id", "prompt", "task", "subtask")
+#: Optional int8 column a reader that keeps per-query text once (``training.serving.score``) adds: per
+#: row, 1 + the position in :data:`PER_QUERY_TEXT` of a column on which the row differs from the row
+#: before it in its query (0: none), found before that text was folded to one value per query.
+DISAGREES_ON = "disagrees_on"
 
 
 class ScoreError(ValueError):
@@ -196,6 +202,19 @@ def check_prompt_types(frame: pd.DataFrame) -> None:
                     "not str; every prompt must be text (decode bytes, convert numbers, or leave it missing)")
 
 
+def _differs_from_previous(series: pd.Series) -> np.ndarray:
+    """Per row, whether its value differs from the previous row's (missing equals missing only); row 0 ``False``."""
+    if not len(series):
+        return np.zeros(0, dtype=bool)
+    if isinstance(series.dtype, pd.CategoricalDtype):  # codes: -1 for missing
+        codes = series.cat.codes.to_numpy()
+        return np.r_[False, codes[1:] != codes[:-1]]
+    values = series.to_numpy(dtype=object)
+    missing = _missing(values)
+    unequal = np.fromiter((a != b for a, b in zip(values[1:], values[:-1])), dtype=bool, count=len(values) - 1)
+    return np.r_[False, np.where(missing[1:] | missing[:-1], missing[1:] != missing[:-1], unequal)]
+
+
 def _missing(values: np.ndarray) -> np.ndarray:
     return np.fromiter((not isinstance(v, str) and pd.isna(v) for v in values), dtype=bool, count=len(values))
 
@@ -269,7 +288,9 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     A malformed row (missing query id, model or prompt, an id or model
     name with a lone surrogate, unknown model,
     NaN/negative/infinite cost or ``latency_s``, NaN quality, non-finite signal) rejects its
-    query, as do a duplicate model for a query and rows of a query that are
+    query, as do rows of a query that disagree on its prompt, task or subtask
+    (a reader that folded that text to one value per query says so in a
+    :data:`DISAGREES_ON` column), a duplicate model for a query and rows of a query that are
     not contiguous (streaming holds one batch of rows at a time, so bounded
     memory needs each query's rows together; this function sees only
     ``frame``, so a query continued in another frame is flagged by the
@@ -339,6 +360,19 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     flag((repeated[query_of_row] | scattered) & ~frame["query_id"].isna().to_numpy(),
          lambda r: f"rows of query {key[r]!r} are not contiguous (scoring in bounded memory needs each query's "
                    f"rows together); sort or group the input by query_id")
+    # one value of the per-query text per query: scoring reads the first row, so a row that says otherwise
+    # would be scored with another row's prompt (or task)
+    continues = np.r_[False, query_of_row[1:] == query_of_row[:-1]] if n_rows else np.zeros(0, dtype=bool)
+    folded = (frame[DISAGREES_ON].to_numpy(dtype=np.int64) if DISAGREES_ON in frame.columns
+              else np.zeros(n_rows, np.int64))
+    for position, column in enumerate(PER_QUERY_TEXT):
+        if column == "query_id" or column not in per_query:
+            continue
+        differs = (folded == position + 1) | (continues & _differs_from_previous(frame[column]))
+        flag(differs & ~frame["query_id"].isna().to_numpy(),
+             lambda r, column=column: f"rows of query {key[r]!r} disagree on the {column} (row "
+                                      f"{_row_numbers(frame)[r]} differs from the row before it); every row of a "
+                                      f"query must carry the same {column}")
     # one row per router model
     slot = query_of_row * k + np.where(model_codes >= 0, model_codes, 0)
     valid_model = model_codes >= 0

@@ -56,7 +56,7 @@ from threadpoolctl import threadpool_limits
 
 from ..artifact import manifest_path
 from ..cli import key_from_env, refuse_inputs_as_outputs, run_command
-from .logged import ScoreError, check_columns, required_columns
+from .logged import DISAGREES_ON, PER_QUERY_TEXT, ScoreError, check_columns, required_columns
 from .outputs import RunOutputs, check_paths
 from .replay import STATUS_OK, STATUS_REJECTED, output_schema, rejects_schema, score_batch
 from .router import Router, load_router, load_router_with_sha256
@@ -393,18 +393,20 @@ def _warm_worker(_: int) -> int:
     return os.getpid()
 
 
-#: Text columns the same on every logged row of a query: kept once per query by :func:`_compact`.
-_PER_QUERY_TEXT = ("query_id", "prompt", "task", "subtask")
-
-
 def _compact(table: pa.Table, starts: np.ndarray) -> pa.Table:
     """``table`` with its per-query text columns once per query and ``model`` once per value (dictionary columns).
 
     ``starts`` are the queries' first rows. Within a query, each row keeps
     its own missing-or-not state; a present value is the query's first
     present value, the one scoring reads (it reads only a query's first row).
+    A row whose value differed from the row before it in its query is marked
+    in the :data:`~training.serving.logged.DISAGREES_ON` column, so that
+    validation rejects the query instead of scoring it with one row's text.
     """
     n = table.num_rows
+    continues = np.ones(n, dtype=bool)
+    continues[starts] = False
+    disagrees = np.zeros(n, np.int8)
     for index, field in enumerate(table.schema):
         if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
             continue
@@ -412,13 +414,17 @@ def _compact(table: pa.Table, starts: np.ndarray) -> pa.Table:
         column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()  # one read: no copy
         if field.name == "model":
             table = table.set_column(index, field.name, pc.dictionary_encode(column))
-        elif field.name in _PER_QUERY_TEXT:
+        elif field.name in PER_QUERY_TEXT:
             nulls = pc.is_null(column).to_numpy(zero_copy_only=False)
+            if n > 1 and field.name != "query_id":  # what validation can no longer see once the query's first value stands for all rows
+                unequal = pc.fill_null(pc.not_equal(column.slice(1), column.slice(0, n - 1)), False)
+                differs = np.r_[False, unequal.to_numpy(zero_copy_only=False) | (nulls[1:] != nulls[:-1])]
+                disagrees[(disagrees == 0) & continues & differs] = PER_QUERY_TEXT.index(field.name) + 1
             edges = np.union1d(starts, 1 + np.flatnonzero(nulls[1:] != nulls[:-1]))  # present-or-not runs too
             first = pc.dictionary_encode(column.take(pa.array(edges)))
             indices = first.indices.take(pa.array(np.repeat(np.arange(edges.size), np.diff(np.r_[edges, n]))))
             table = table.set_column(index, field.name, pa.DictionaryArray.from_arrays(indices, first.dictionary))
-    return table
+    return table.append_column(DISAGREES_ON, pa.array(disagrees))
 
 
 def _score_table(router: Router, table: pa.Table, budgets: tuple[float | None, float | None],
