@@ -3,7 +3,8 @@
 One contract for all of them: ``main(argv) -> int`` never lets
 :class:`SystemExit` escape; exit code 0 on success, 2 on bad input (with a
 one-line ``error:`` on stderr naming the problem and the fix), 1 when an
-output cannot be written; ``--quiet`` hides the progress bars.
+output cannot be written or the run fails for another reason than its input
+(a worker process died); ``--quiet`` hides the progress bars.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from .artifact import signing_key
 
-__all__ = ["BAD_INPUT", "positive_int", "non_negative_int", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "Interrupted", "OutputError",
+__all__ = ["BAD_INPUT", "positive_int", "non_negative_int", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "Interrupted", "OutputError", "RunFailed",
            "check_writable", "fail", "refuse_inputs_as_outputs", "same_file", "key_from_env", "logs_summary", "quality_range", "parse_or_exit_code",
            "run_command", "writing"]
 
@@ -41,6 +42,10 @@ _ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 class OutputError(OSError):
     """An output file cannot be written (exit code 1)."""
+
+
+class RunFailed(RuntimeError):
+    """The run could not complete for a reason other than its input, e.g. a worker process died (exit code 1)."""
 
 
 class Interrupted(Exception):
@@ -325,7 +330,8 @@ def run_command(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | Non
         The command's argument parser (``parse_args``).
     job : callable
         Does the work; raises :class:`OutputError` when an output cannot be
-        written, ``ValueError``/``TypeError``/``FileNotFoundError`` on bad input.
+        written, :class:`RunFailed` when the run fails otherwise (a worker
+        died), ``ValueError``/``TypeError``/``FileNotFoundError`` on bad input.
     finish : callable
         Prints the job's result and returns the exit code.
     on_interrupt : str, optional
@@ -334,7 +340,7 @@ def run_command(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | Non
     Returns
     -------
     int
-        0 ok, 2 bad input, 1 an output could not be written, 130 after
+        0 ok, 2 bad input, 1 an output could not be written or the run failed, 130 after
         Ctrl-C, 143 after SIGTERM (or what ``finish`` returns; 0 when its
         printing finds stdout closed, as under ``| head``: the job is done).
     """
@@ -345,7 +351,7 @@ def run_command(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | Non
     previous = signal.signal(signal.SIGTERM, _raise_interrupted) if in_main_thread else None
     try:
         result = job(args)
-    except OutputError as error:
+    except (OutputError, RunFailed) as error:
         return fail(str(error), code=CANNOT_WRITE)
     except (ValueError, TypeError, FileNotFoundError) as error:  # bad data or artifact, a budget no policy fits
         return fail(str(error))
