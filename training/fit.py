@@ -45,7 +45,7 @@ from .policy import (SIGMA_TRANSFORMS, TIE_STANDARD_ERRORS, BudgetError, Choice,
                      fit_candidates, single_outcomes)
 from .serving.outputs import write_bytes_atomically
 from .serving.router import Router
-from .splits import split, split_from_labels
+from .splits import prompt_groups, shared_groups, split, split_from_labels
 from .synthetic import default_table, synthetic_prices
 
 __all__ = ["EXIT_CODES", "SIGMA_STRATEGIES", "STRATEGIES", "default_budgets", "load", "main",
@@ -228,9 +228,11 @@ def load(args: argparse.Namespace) -> tuple[RoutingTable, dict[str, tuple[float,
 
 
 def _split(args: argparse.Namespace, table: RoutingTable) -> tuple[NDArray[np.int_], ...]:
-    """The table's split column with ``--split-column``, else the seeded split (test: fully logged queries only)."""
+    """The table's split column with ``--split-column``, else the seeded split (test: fully logged queries only;
+    queries with one prompt text in one part)."""
     if not args.split_column:
-        return split(table.n_queries, args.fractions, args.seed, table.fully_logged)
+        return split(table.n_queries, args.fractions, args.seed, table.fully_logged,
+                     groups=prompt_groups(table.prompts))
     if table.splits is None:
         raise ValueError("--split-column: the table has no split column (or it is empty on every row)")
     return split_from_labels(table.splits, table.fully_logged)
@@ -394,6 +396,7 @@ def run(args: argparse.Namespace) -> dict:
         "max_depth": args.max_depth,
         "n_train": len(train), "n_calibration": len(calibration), "n_test": len(test),
         "split": "split column" if args.split_column else f"seeded (seed {args.seed}, fractions {list(args.fractions)})",
+        "prompts_in_several_parts": shared_groups((train, calibration, test), prompt_groups(table.prompts)),
         "coverage": {"table": coverage(table), "train": coverage(table, train)},
         "calibration": calibration_used,
         "budgets": [_with_best_single(r, table.models, single_cost, single_quality, single_latency)
@@ -565,6 +568,9 @@ def summary(report: dict) -> str:
               f"queries, {len(report['models'])} models, {report['seconds']} s"
               + (f", peak memory {report['peak_rss_gib']:.2f} GiB" if "peak_rss_gib" in report else ""),
               *logs_summary(report["coverage"]["train"], report["calibration"]),
+              *([f"warning: {report['prompts_in_several_parts']} prompt(s) appear under several query ids in more "
+                 "than one of train, calibration and test (the split column's choice): test figures of estimators "
+                 "that remember prompts (kNN) are optimistic"] if report.get("prompts_in_several_parts") else []),
               f"artifact: {report['artifact']['path']} (manifest {report['artifact']['manifest']}; "
               f"{'signed' if report['artifact']['signed'] else 'unsigned'})"]
     return "\n".join(lines)
