@@ -767,11 +767,11 @@ def run(args: argparse.Namespace) -> dict:
         raise ScoreError(f"--artifact {args.artifact} does not exist")
     rejects_path = args.rejects or args.output.with_name(args.output.name.removesuffix(".parquet") + ".rejects.parquet")
     rejects_flag = "--rejects" if args.rejects else "the rejects file"
-    check_paths(args.input, args.output, rejects_path, rejects_flag)
     outputs = [("--output", args.output), (rejects_flag, rejects_path),
                ("--output (its partial folder)", args.output.with_name(args.output.name + ".partial"))]
     refuse_inputs_as_outputs(outputs, [("--artifact", args.artifact),
                                        ("--artifact's manifest", manifest_path(args.artifact))])
+    check_paths(args.input, args.output, rejects_path, rejects_flag)
     for flag, path in outputs[:2]:
         if not args.overwrite and path.exists():
             raise ScoreError(f"{flag} {path} exists (an earlier run's results?); pass --overwrite to replace it "
