@@ -463,3 +463,16 @@ def test_a_killed_worker_ends_the_run_and_resume_completes_it(artifact, logged, 
     clean = tmp_path / "clean.parquet"
     assert score_main(_score(artifact, source, clean, "--workers", "1", "--batch-size", "400")) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(clean))
+
+
+def test_a_bytes_column_of_text_is_refused_not_read_as_its_repr(artifact, logged, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(logged, preserve_index=False)
+    responses = pa.array([text.encode() for text in logged["response"]], pa.binary())
+    table = table.set_column(table.schema.get_field_index("response"), "response", responses)
+    source = tmp_path / "bytes.parquet"
+    pq.write_table(table, source)
+    assert score_main(_score(artifact, source, tmp_path / "d.parquet")) == 2
+    assert "column 'response' holds binary (bytes), not text" in _one_line_error(capsys)

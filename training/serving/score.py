@@ -130,10 +130,18 @@ def input_columns(path: Path) -> tuple[list[str], int | None]:
         kind = "CSV" if is_csv(path) else "Parquet"
         raise ScoreError(f"--input {path} is not a readable {kind} file ({error})") from error
     schema = parquet.schema_arrow
-    if "prompt" in schema.names:  # a number read as a prompt would be featurized as its digits
-        kind = schema.field("prompt").type
-        text = pa.types.is_dictionary(kind) and kind.value_type or kind
-        if not (pa.types.is_string(text) or pa.types.is_large_string(text) or pa.types.is_null(text)):
+    for name in _TEXT_COLUMNS:
+        if name not in schema.names:
+            continue
+        kind = schema.field(name).type
+        value = pa.types.is_dictionary(kind) and kind.value_type or kind
+        if pa.types.is_binary(value) or pa.types.is_large_binary(value) or pa.types.is_fixed_size_binary(value):
+            # bytes would be read as their repr ("b'...'"), not as the text they hold
+            raise ScoreError(f"--input {path}: column {name!r} holds {kind} (bytes), not text; write it as "
+                             "UTF-8 strings")
+        if name == "prompt" and not (pa.types.is_string(value) or pa.types.is_large_string(value)
+                                     or pa.types.is_null(value)):
+            # a number read as a prompt would be featurized as its digits
             raise ScoreError(f"--input {path}: column 'prompt' holds {kind}, not text; prompts must be strings")
     return list(schema.names), parquet.metadata.num_rows
 
