@@ -174,10 +174,10 @@ def refuse_inputs_as_outputs(outputs: Iterable[tuple[str, str | Path]],
         Naming the output flag, the input flag and the path (exit code 2 in
         the command lines).
     """
-    inputs = [(flag, Path(path)) for flag, path in inputs if path is not None]
-    for out_flag, out in outputs:
-        out = Path(out)
-        for in_flag, source in inputs:
+    given = [(flag, Path(path)) for flag, path in inputs if path is not None]
+    for out_flag, out_path in outputs:
+        out = Path(out_path)
+        for in_flag, source in given:
             if same_file(out, source):
                 raise ValueError(f"{out_flag} {out} is {in_flag} {source}: the run would overwrite its own input; "
                                  f"give {out_flag} another path")

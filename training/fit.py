@@ -35,9 +35,9 @@ from estimators.estimator import ESTIMATOR_KINDS, make_router_estimator
 from estimators.prompts import PROMPT_CHARS
 from estimators.table import RoutingTable
 
+from .artifact import manifest_path, save_artifact
 from .cli import (check_writable, key_from_env, logs_summary, quality_range, refuse_inputs_as_outputs, run_command,
                   writing)
-from .artifact import manifest_path, save_artifact
 from .data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, coverage, fingerprint, read_prices, read_table
 from .episodes import MIN_FULLY_LOGGED, EstimatorEpisodes, calibration_episodes
 from .metrics import auc, auc_bounds, budget_grid, linear_auc, single_model_points
@@ -568,9 +568,10 @@ def summary(report: dict) -> str:
               f"queries, {len(report['models'])} models, {report['seconds']} s"
               + (f", peak memory {report['peak_rss_gib']:.2f} GiB" if "peak_rss_gib" in report else ""),
               *logs_summary(report["coverage"]["train"], report["calibration"]),
-              *([f"warning: {report['prompts_in_several_parts']} prompt(s) appear under several query ids in more "
-                 "than one of train, calibration and test (the split column's choice): test figures of estimators "
-                 "that remember prompts (kNN) are optimistic"] if report.get("prompts_in_several_parts") else []),
+              *([(f"warning: {report['prompts_in_several_parts']} prompt(s) appear under several query ids in "
+                  "more than one of train, calibration and test (the split column's choice): test figures of "
+                  "estimators that remember prompts (kNN) are optimistic")]
+                if report.get("prompts_in_several_parts") else []),
               f"artifact: {report['artifact']['path']} (manifest {report['artifact']['manifest']}; "
               f"{'signed' if report['artifact']['signed'] else 'unsigned'})"]
     return "\n".join(lines)

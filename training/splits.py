@@ -141,7 +141,7 @@ def split(n_queries: int, fractions: Sequence[float], seed: int,
     complete, partial = order[fully[order]], order[~fully[order]]
     train_end, test_start = np.round(np.cumsum(fractions)[:-1] * complete.size).astype(int)
     partial_end = int(round(fractions[0] / (fractions[0] + fractions[1]) * partial.size))
-    parts = (np.sort(np.concatenate([complete[:train_end], partial[:partial_end]])),
+    parts: tuple[NDArray[np.int_], ...] = (np.sort(np.concatenate([complete[:train_end], partial[:partial_end]])),
              np.sort(np.concatenate([complete[train_end:test_start], partial[partial_end:]])),
              np.sort(complete[test_start:]))
     if groups is not None:

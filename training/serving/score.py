@@ -46,7 +46,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -761,8 +761,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.engine == "spark":
         from .spark import run_cli
 
-        outputs = [("--output", args.output), ("--rejects", args.rejects or str(args.output).rstrip("/") + ".rejects")]
-        refuse_inputs_as_outputs([(flag, path) for flag, path in outputs if "://" not in str(path)],
+        datasets = [("--output", args.output), ("--rejects", args.rejects or str(args.output).rstrip("/") + ".rejects")]
+        refuse_inputs_as_outputs([(flag, path) for flag, path in datasets if "://" not in str(path)],
                                  [("--artifact", args.artifact), ("--artifact's manifest", manifest_path(args.artifact))])
         return run_cli(args, key)
     from tqdm.auto import tqdm
@@ -775,12 +775,12 @@ def run(args: argparse.Namespace) -> dict:
         raise ScoreError(f"--artifact {args.artifact} does not exist")
     rejects_path = args.rejects or args.output.with_name(args.output.name.removesuffix(".parquet") + ".rejects.parquet")
     rejects_flag = "--rejects" if args.rejects else "the rejects file"
-    outputs = [("--output", args.output), (rejects_flag, rejects_path),
+    written = [("--output", args.output), (rejects_flag, rejects_path),
                ("--output (its partial folder)", args.output.with_name(args.output.name + ".partial"))]
-    refuse_inputs_as_outputs(outputs, [("--artifact", args.artifact),
+    refuse_inputs_as_outputs(written, [("--artifact", args.artifact),
                                        ("--artifact's manifest", manifest_path(args.artifact))])
     check_paths(args.input, args.output, rejects_path, rejects_flag)
-    for flag, path in outputs[:2]:
+    for flag, path in written[:2]:
         if not args.overwrite and path.exists():
             raise ScoreError(f"{flag} {path} exists (an earlier run's results?); pass --overwrite to replace it "
                              "when this run completes, or choose another path")
@@ -804,7 +804,7 @@ def run(args: argparse.Namespace) -> dict:
                **({} if policy.latency_budget is None else {"latency_budget": policy.latency_budget})}
     outputs = RunOutputs(args.output, rejects_path, (output_schema(router, logged), rejects_schema()), run_key,
                          resume=args.resume, rejects_flag=rejects_flag)
-    totals = {"rows": 0, "reasons": {}, "queries": 0, "unreplayable": 0, "rejected_rows": 0, "cost": 0.0,
+    totals: dict[str, Any] = {"rows": 0, "reasons": {}, "queries": 0, "unreplayable": 0, "rejected_rows": 0, "cost": 0.0,
               "quality": 0.0, "models": 0.0}
     if "latency" in output_schema(router, logged).names or "plan_latency" in output_schema(router, logged).names:
         totals["latency"] = 0.0
