@@ -62,7 +62,7 @@ def test_budget_below_the_cheapest_policy_exits_2_naming_its_cost(tmp_path, caps
     # No policy spends less than calling the cheapest model on every calibration query.
     table = read_table(three_models())
     calibration = split(table.n_queries, FRACTIONS, 0, groups=prompt_groups(table.prompts))[1]
-    assert cheapest >= table.cost[calibration].mean(axis=0).min() * (1 - 1e-6)
+    assert cheapest >= table.cost[calibration].mean(axis=0).min() * (1 - 1e-5)  # printed with 6 significant digits
     assert not (tmp_path / "r.joblib").exists()
 
 
