@@ -518,6 +518,8 @@ def _score_in_worker(table: pa.Table, budgets: tuple[float | None, float | None]
 
 #: Seconds between checks that every worker process is alive while a result is awaited.
 WORKER_CHECK_SECONDS = 0.5
+#: Seconds ``Pool.terminate`` is given before the workers are killed directly.
+POOL_TERMINATE_SECONDS = 10.0
 
 
 class _Workers:
@@ -530,8 +532,8 @@ class _Workers:
     one is not (the completed batches stay in the partial folder).
     """
 
-    def __init__(self, pool, processes: list) -> None:
-        self.pool, self.processes = pool, processes
+    def __init__(self, pool, processes: list, others: set) -> None:
+        self.pool, self.processes, self.others = pool, processes, others
 
     def result(self, future, what: str):
         """``future.get()``, or :class:`~training.cli.RunFailed` naming the dead worker and ``what`` was lost."""
@@ -550,6 +552,19 @@ class _Workers:
                                     "fewer --workers or a smaller --batch-size if memory ran out)") from None
 
     def close(self) -> None:
+        """Terminate the pool, with a deadline: a worker killed while waiting for a task dies holding the task
+        queue's lock, which ``Pool.terminate`` then waits for forever; its workers are killed instead."""
+        import multiprocessing
+        import threading
+        closing = threading.Thread(target=self._terminate, daemon=True, name="pool-terminate")
+        closing.start()
+        closing.join(timeout=POOL_TERMINATE_SECONDS)
+        if closing.is_alive():  # left behind: a daemon thread, blocked on a lock nobody will release
+            for process in multiprocessing.active_children():
+                if process not in self.others:
+                    process.kill()
+
+    def _terminate(self) -> None:
         self.pool.terminate()  # workers hold nothing worth waiting for once the parent stops
         self.pool.join()
 
@@ -577,7 +592,7 @@ def _start_workers(artifact: Path, sha256: str, n_workers: int) -> _Workers:
     before = set(multiprocessing.active_children())
     pool = multiprocessing.get_context("spawn").Pool(n_workers, initializer=_init_worker,
                                                      initargs=(str(artifact), sha256, os.getpid()))
-    return _Workers(pool, [p for p in multiprocessing.active_children() if p not in before])  # the pool starts them
+    return _Workers(pool, [p for p in multiprocessing.active_children() if p not in before], before)  # started
 
 
 def _await_workers(workers: _Workers, n_workers: int) -> None:
