@@ -456,7 +456,7 @@ def test_a_killed_worker_ends_the_run_and_resume_completes_it(artifact, logged, 
     except subprocess.TimeoutExpired:
         process.kill()
         raise AssertionError("the run waits forever for the dead worker's batch") from None
-    assert process.returncode == 1, err
+    assert process.returncode == 1, (process.returncode, err[-800:])
     assert f"worker process {workers[0]} died (killed by SIGKILL" in err and "--resume" in err
     assert not out.exists() and progress.exists()
     assert score_main(_score(artifact, source, out, "--workers", "2", "--batch-size", "400", "--resume")) == 0
