@@ -197,6 +197,23 @@ class Estimator(Protocol):
         Estimates
         """
 
+    def known_categories(self) -> dict[str, list[str]]:
+        """The tasks and subtasks seen in training, sorted, by column (those the estimator reads)."""
+
+    def unseen_categories(self, tasks: ArrayLike | None = None,
+                          subtasks: ArrayLike | None = None) -> dict[str, NDArray[np.bool_]]:
+        """Which tasks and subtasks were never seen in training (they are estimated as an unseen category).
+
+        Parameters
+        ----------
+        tasks, subtasks : array-like of str, shape (N,), optional
+
+        Returns
+        -------
+        dict of str to ndarray of bool
+            ``task`` and ``subtask`` (those given and read by the estimator).
+        """
+
     def prepare(self, prompts: ArrayLike | None = None, tasks: ArrayLike | None = None,
                 subtasks: ArrayLike | None = None, *, input_tokens: ArrayLike | None = None,
                 parallel: bool = False) -> PreparedQueries:
@@ -560,6 +577,33 @@ class RouterEstimator:
         return PreparedQueries(features, self.cost_.predict_ante(features, tokens, parallel=parallel),
                                self.quality_.prompt_share(features),
                                None if latency is None else latency.predict_ante(features, tokens, parallel=parallel))
+
+    def known_categories(self) -> dict[str, list[str]]:
+        """The tasks and subtasks seen in training, sorted, by column (those the estimator reads).
+
+        Returns
+        -------
+        dict of str to list of str
+        """
+        self._check_fitted()
+        return {name: self.frozen_featurizer_.categories(name) for name in self.columns_ if name != "prompt"}
+
+    def unseen_categories(self, tasks: ArrayLike | None = None,
+                          subtasks: ArrayLike | None = None) -> dict[str, NDArray[np.bool_]]:
+        """Which tasks and subtasks were never seen in training (see :meth:`Estimator.unseen_categories`).
+
+        Parameters
+        ----------
+        tasks, subtasks : array-like of str, shape (N,), optional
+
+        Returns
+        -------
+        dict of str to ndarray of bool
+        """
+        self._check_fitted()
+        return {name: self.frozen_featurizer_.unseen(name, np.asarray(values, dtype=object).ravel())
+                for name, values in (("task", tasks), ("subtask", subtasks))
+                if values is not None and name in self.columns_}
 
     def _check_prepared(self, prepared: PreparedQueries) -> None:
         """Refuse what this estimator's :meth:`prepare` cannot have made (the cheap checks: it runs per step)."""

@@ -645,6 +645,49 @@ class FrozenFeaturizer:
             else:
                 self.blocks.append(_CalledBlock(transformer, columns))
 
+    def categories(self, column: str) -> list[str]:
+        """The categories of a one-hot column seen in training, sorted (empty when it is not one-hot encoded).
+
+        Parameters
+        ----------
+        column : str
+
+        Returns
+        -------
+        list of str
+        """
+        table = self._one_hot_table(column)
+        return [] if table is None else sorted(table)
+
+    def _one_hot_table(self, column: str) -> dict[str, np.ndarray] | None:
+        for block in self.blocks:
+            if isinstance(block, _OneHotBlock) and column in block.columns:
+                return block.tables[block.columns.index(column)]
+        return None
+
+    def unseen(self, column: str, values: NDArray[np.object_]) -> NDArray[np.bool_]:
+        """Which ``values`` of a one-hot column (``task``, ``subtask``) are no category seen in training.
+
+        Such a value is encoded like every other unseen one (a typo and a
+        new benchmark alike), which callers are told about. ``''`` (none
+        given) is never counted: it is no name that could be misspelt.
+
+        Parameters
+        ----------
+        column : str
+            A per-query input.
+        values : ndarray of str, shape (N,)
+
+        Returns
+        -------
+        ndarray of bool, shape (N,)
+            All ``False`` when ``column`` is not one-hot encoded.
+        """
+        table = self._one_hot_table(column)
+        if table is None:
+            return np.zeros(len(values), dtype=bool)
+        return np.fromiter((value != "" and value not in table for value in values), dtype=bool, count=len(values))
+
     def transform(self, values: dict[str, NDArray[np.object_]], n: int, *,
                   parallel: bool = False) -> NDArray[np.float64]:
         """Prompt features ``(n, F)``, equal to the fitted featurizer's ``transform`` of the same columns.

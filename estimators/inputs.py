@@ -271,11 +271,19 @@ def per_query_inputs(columns: Sequence[str], prompts: ArrayLike | None, tasks: A
     ValueError
         If a column in ``columns`` is not given, none is given, or lengths differ.
     TypeError
-        If one of them is a single string.
+        If one of them is a single string, or a task or subtask is not a
+        ``str`` (``None`` would otherwise become ``''`` and a number its digits).
     """
     given = {"prompt": prompts, "task": tasks, "subtask": subtasks}
     n = next((len(v) for v in given.values() if v is not None and not isinstance(v, str)), None)
     given = {name: check_per_query(f"{name}s", value, n) for name, value in given.items()}
+    for name in ("task", "subtask"):  # prompts are checked where they are read (estimators.prompts.read_prompts)
+        values = given[name]
+        wrong = [] if values is None else [row for row, value in enumerate(values) if not isinstance(value, str)]
+        if wrong:
+            value = values[wrong[0]]
+            raise TypeError(f"{name}s[{wrong[0]}] is {type(value).__name__} {repr(value)[:40]}, not str; every "
+                            f"{name} must be text (use '' for a query without one)")
     missing = [name for name in columns if given[name] is None]
     if missing:
         raise ValueError(

@@ -24,7 +24,7 @@ from training.episodes import EstimatorEpisodes, calibration_episodes
 from training.fit import main
 from training.protocol import evaluate_strategies
 from training.serving.router import load_router
-from training.splits import MIN_SPLIT_QUERIES, SPLIT_LABELS, split, split_from_labels
+from training.splits import MIN_SPLIT_QUERIES, SPLIT_LABELS, prompt_groups, split, split_from_labels
 from training.synthetic import make_benchmark
 
 FRACTIONS = (0.5, 0.25, 0.25)
@@ -33,7 +33,7 @@ FRACTIONS = (0.5, 0.25, 0.25)
 def hide_outside_test(frame: pd.DataFrame, share: float, seed: int = 0) -> pd.DataFrame:
     """Drop ``share`` of the rows of the non-test queries (the full table's split), keeping a row per query."""
     table = read_table(frame)
-    test_ids = set(table.query_ids[split(table.n_queries, FRACTIONS, 0)[2]])
+    test_ids = set(table.query_ids[split(table.n_queries, FRACTIONS, 0, groups=prompt_groups(table.prompts))[2]])
     rng = np.random.default_rng(seed)
     hidden = ~frame["query_id"].isin(test_ids).to_numpy() & (rng.random(len(frame)) < share)
     first_row = ~frame["query_id"].duplicated().to_numpy()
@@ -84,7 +84,7 @@ def test_fit_test_figures_are_real_outcomes_of_the_test_queries(partial_fit, log
     """Replaying the saved policies on the *fully logged* table's test queries gives the report's test figures."""
     report, out, data = partial_fit
     full, partial = read_table(logs), read_table(data)
-    test = split(partial.n_queries, FRACTIONS, 0, partial.fully_logged)[2]
+    test = split(partial.n_queries, FRACTIONS, 0, partial.fully_logged, groups=prompt_groups(partial.prompts))[2]
     assert report["n_test"] == test.size and partial.fully_logged[test].all()
     assert list(partial.query_ids) == list(full.query_ids)
     router = load_router(out)

@@ -122,13 +122,14 @@ def test_batch_size_1_with_one_bad_prompt_exits_0_with_its_rejects(artifact, log
     assert "5 queries replayed, 0 could not be replayed" in captured.out and "8 input row(s) rejected" in captured.out
 
 
-def test_an_input_where_every_query_is_rejected_exits_0_with_an_empty_output(router, artifact, logged, tmp_path,
-                                                                              capsys):
+def test_an_input_where_every_query_is_rejected_exits_2_after_writing_an_empty_output(router, artifact, logged,
+                                                                                       tmp_path, capsys):
     bad = logged.iloc[: 8 * 4].copy()
     bad["quality"] = np.nan
     code, output, rejects = _run(artifact, bad, tmp_path, "--batch-size", "8", name="all_bad")
     captured = capsys.readouterr()
-    assert code == 0 and "warning: 32 input row(s) rejected" in captured.err
+    assert code == 2 and "nothing was scored: all 32 input row(s) were rejected" in captured.err  # issue 29
+    assert "top reasons: 32 x quality must be a number" in captured.err
     assert pd.read_parquet(rejects)["row"].tolist() == list(range(32))
     scored = pq.read_table(output)
     assert scored.num_rows == 0 and scored.schema.equals(output_schema(router, True))
@@ -159,7 +160,7 @@ def test_shuffled_rows_are_rejected_as_not_contiguous(router, logged):
 def test_shuffled_input_is_rejected_by_the_cli_without_crashing(artifact, logged, tmp_path, capsys, batch_size):
     shuffled = logged.iloc[: 8 * 10].sample(frac=1.0, random_state=0).reset_index(drop=True)
     code, output, rejects = _run(artifact, shuffled, tmp_path, "--batch-size", batch_size, name="shuffled")
-    assert code == 0 and "warning:" in capsys.readouterr().err
+    assert code == 2 and "nothing was scored" in capsys.readouterr().err  # every query is scattered
     rejected = pd.read_parquet(rejects)
     assert rejected["reason"].str.contains("not contiguous|query rejected because").all()
     assert rejected["reason"].str.contains("not contiguous").any()
@@ -170,7 +171,7 @@ def test_shuffled_input_is_rejected_by_the_cli_without_crashing(artifact, logged
 def test_shuffled_input_never_scores_a_part_of_a_query(artifact, logged, tmp_path, batch_size):
     shuffled = logged.iloc[: 8 * 10].sample(frac=1.0, random_state=0).reset_index(drop=True)
     code, output, rejects = _run(artifact, shuffled, tmp_path, "--batch-size", batch_size, name="shuffled")
-    assert code == 0
+    assert code == 2  # nothing scored (issue 29): the files are written all the same
     scored, rejected = pd.read_parquet(output), pd.read_parquet(rejects)
     assert scored["query_id"].is_unique and not set(scored["query_id"]) & set(rejected["query_id"])
 

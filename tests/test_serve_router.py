@@ -42,6 +42,12 @@ class _WithoutModel:
     def prepare(self, prompts, tasks=None, subtasks=None, **options):
         return self.inner.prepare(prompts, tasks, subtasks, **options)  # opaque to the router: passed back as is
 
+    def known_categories(self):
+        return self.inner.known_categories()
+
+    def unseen_categories(self, tasks=None, subtasks=None):
+        return self.inner.unseen_categories(tasks, subtasks)
+
     def predict(self, prompts, *, tasks=None, subtasks=None, run=None, responses=None, signals=None,
                 observed_cost=None, input_tokens=None, observed_latency=None, prepared=None):
         found = self.inner.predict(prompts, tasks=tasks, subtasks=subtasks, run=self._widen(run, False),

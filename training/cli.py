@@ -3,7 +3,8 @@
 One contract for all of them: ``main(argv) -> int`` never lets
 :class:`SystemExit` escape; exit code 0 on success, 2 on bad input (with a
 one-line ``error:`` on stderr naming the problem and the fix), 1 when an
-output cannot be written; ``--quiet`` hides the progress bars.
+output cannot be written or the run fails for another reason than its input
+(a worker process died); ``--quiet`` hides the progress bars.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,8 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .artifact import signing_key
 
 __all__ = ["BAD_INPUT", "positive_int", "non_negative_int", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "Interrupted", "OutputError",
-           "add_verify_arguments", "check_writable", "fail", "key_from_env", "logs_summary", "quality_range", "parse_or_exit_code",
-           "run_command", "verification_key", "writing"]
+           "RunFailed", "add_verify_arguments", "check_writable", "fail", "refuse_inputs_as_outputs", "same_file", "key_from_env",
+           "logs_summary", "quality_range", "parse_or_exit_code", "run_command", "verification_key", "writing"]
 
 #: Exit code of a run whose input cannot be used.
 BAD_INPUT = 2
@@ -42,6 +44,10 @@ _ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 class OutputError(OSError):
     """An output file cannot be written (exit code 1)."""
+
+
+class RunFailed(RuntimeError):
+    """The run could not complete for a reason other than its input, e.g. a worker process died (exit code 1)."""
 
 
 class Interrupted(Exception):
@@ -116,6 +122,70 @@ def check_writable(flag: str, path: str | Path, *, directory: bool = False) -> N
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {flag} {path}: {folder} is not a writable directory; "
                           "pick a path in a writable directory")
+    # os.access trusts the mode bits, which root passes and some mounts (FUSE, overlay, /proc) ignore:
+    # creating and removing a file is the only test that the write at the end of the run will work
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        raise OutputError(f"cannot write {flag} {path}: no file can be created in {folder} ({error}); "
+                          "pick a path in a writable directory") from error
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name the same file: equal once links and ``..`` are resolved, or the same inode.
+
+    Parameters
+    ----------
+    a, b : str or Path
+
+    Returns
+    -------
+    bool
+        ``True`` for a symbolic link and its target, and for two hard links
+        to one file (``os.path.samefile``, when both exist).
+    """
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_inputs_as_outputs(outputs: Iterable[tuple[str, str | Path]],
+                             inputs: Iterable[tuple[str, str | Path | None]]) -> None:
+    """Refuse, before any work, an output path that is one of the command's inputs or lies inside an input folder.
+
+    Every command compares every path it writes with every path it reads,
+    so that a slip (``--out logs.parquet``) cannot replace the data the run
+    was given.
+
+    Parameters
+    ----------
+    outputs : iterable of (str, str or Path)
+        ``(flag, path)`` of every file or folder the command writes.
+    inputs : iterable of (str, str or Path or None)
+        ``(flag, path)`` of every file or folder it reads (``None``: not given).
+
+    Raises
+    ------
+    ValueError
+        Naming the output flag, the input flag and the path (exit code 2 in
+        the command lines).
+    """
+    given = [(flag, Path(path)) for flag, path in inputs if path is not None]
+    for out_flag, out_path in outputs:
+        out = Path(out_path)
+        for in_flag, source in given:
+            if same_file(out, source):
+                raise ValueError(f"{out_flag} {out} is {in_flag} {source}: the run would overwrite its own input; "
+                                 f"give {out_flag} another path")
+            if source.is_dir() and out.resolve().is_relative_to(source.resolve()):
+                raise ValueError(f"{out_flag} {out} is inside the {in_flag} folder {source}: it would become part "
+                                 f"of that input; give {out_flag} a path outside it")
 
 
 def key_from_env(flag: str, name: str | None) -> Any:
@@ -328,7 +398,8 @@ def run_command(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | Non
         The command's argument parser (``parse_args``).
     job : callable
         Does the work; raises :class:`OutputError` when an output cannot be
-        written, ``ValueError``/``TypeError``/``FileNotFoundError`` on bad input.
+        written, :class:`RunFailed` when the run fails otherwise (a worker
+        died), ``ValueError``/``TypeError``/``FileNotFoundError`` on bad input.
     finish : callable
         Prints the job's result and returns the exit code.
     on_interrupt : str, optional
@@ -337,7 +408,7 @@ def run_command(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | Non
     Returns
     -------
     int
-        0 ok, 2 bad input, 1 an output could not be written, 130 after
+        0 ok, 2 bad input, 1 an output could not be written or the run failed, 130 after
         Ctrl-C, 143 after SIGTERM (or what ``finish`` returns; 0 when its
         printing finds stdout closed, as under ``| head``: the job is done).
     """
@@ -348,7 +419,7 @@ def run_command(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | Non
     previous = signal.signal(signal.SIGTERM, _raise_interrupted) if in_main_thread else None
     try:
         result = job(args)
-    except OutputError as error:
+    except (OutputError, RunFailed) as error:
         return fail(str(error), code=CANNOT_WRITE)
     except (ValueError, TypeError, FileNotFoundError) as error:  # bad data or artifact, a budget no policy fits
         return fail(str(error))

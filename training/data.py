@@ -85,7 +85,8 @@ def read_table(
     Parameters
     ----------
     source : path or pandas.DataFrame
-        A ``.parquet``, ``.csv`` or ``.csv.gz`` file in the long format, a
+        A ``.parquet``, ``.csv`` or ``.csv.gz`` file in the long format (or
+        a folder of Parquet files, as Spark and pandas write a dataset), a
         wide RouterBench ``.pkl``/``.csv``, or a DataFrame in either layout.
         CSV files are read as text with empty fields kept as ``''`` (pandas
         would otherwise turn an empty ``response`` into NaN); numeric columns
@@ -405,6 +406,8 @@ def _load(source: PathLike | pd.DataFrame, allow_pickle: bool = False) -> pd.Dat
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"source must be a path or a pandas DataFrame, got {type(source).__name__}")
     path = Path(source)
+    if path.is_dir():  # a Parquet dataset, as Spark and pandas (partition_cols) write one
+        return _parse(path, "a Parquet dataset folder", _read_parquet)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {str(path)!r}")
     name = path.name.lower()
@@ -445,7 +448,7 @@ def _parse(path: Path, kind: str, reader: Callable[[Path], pd.DataFrame]) -> pd.
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
-    """A Parquet file as ``pandas.read_parquet`` reads it, its text checked to be UTF-8 first.
+    """A Parquet file (or a dataset folder of them) as ``pandas.read_parquet`` reads it, its text checked to be UTF-8 first.
 
     Parquet does not check that a string column is valid UTF-8 when it is
     read; pandas' Arrow-backed strings would fail only when a value is
@@ -554,6 +557,7 @@ def _build(
     _raise_if(qid_missing, "query_id is empty", origin=origin)
     _raise_if(name_missing, "model is empty", origin=origin, qids=qids)
 
+    _check_spellings(names)
     if models is not None:
         keep = np.isin(names, _check_model_subset(models, names))
         frame, origin, qids, names = frame.iloc[np.flatnonzero(keep)], origin[keep], qids[keep], names[keep]
@@ -746,6 +750,23 @@ def _check_signal_names(signal_columns: Sequence[str]) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"signal_columns {list(names)} names a column twice")
     return names
+
+
+def _check_spellings(names: np.ndarray) -> None:
+    """Refuse model names that differ only in case or spaces: one model spelt two ways, not two models.
+
+    Taken as two models, each would lack the other's queries, and the error
+    would be about coverage ("only 0 of the 600 queries are logged for every
+    model"), naming neither spelling.
+    """
+    spelt: dict[str, set[str]] = {}
+    for name in pd.unique(names):
+        spelt.setdefault(" ".join(str(name).split()).casefold(), set()).add(name)
+    clashes = [sorted(group) for group in spelt.values() if len(group) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(repr(name) for name in group) for group in clashes[:3])
+        raise ValueError(f"model names that differ only in case or spaces: {shown}; one model spelt two ways "
+                         "(rename the rows to one spelling), or two models that need names that differ in more")
 
 
 def _check_model_subset(models: Sequence[str], names: np.ndarray) -> list[str]:

@@ -25,7 +25,7 @@ from estimators.estimator import ESTIMATOR_KINDS
 from estimators.simulated import NOISE_LEVELS
 
 from .cli import (CANNOT_WRITE, OutputError, check_writable, fail, logs_summary, non_negative_int, parse_or_exit_code,
-                  positive_int, quality_range, writing)
+                  positive_int, quality_range, refuse_inputs_as_outputs, writing)
 from .data import read_table
 from .episodes import MIN_FULLY_LOGGED
 from .protocol import DEFAULT_STRATEGIES, EvaluationReport, evaluate_strategies
@@ -137,10 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
         return fail('--plot needs matplotlib, which is not installed: pip install "cascade-router[plot]"')
+    outputs = [(flag, path) for flag, path in (("--json", args.json), ("--plot", args.plot)) if path is not None]
     try:
-        for flag, path in (("--json", args.json), ("--plot", args.plot)):
-            if path is not None:
-                check_writable(flag, path)
+        refuse_inputs_as_outputs(outputs, [("--data", args.data), ("--throughput", args.throughput)])
+    except ValueError as error:
+        return fail(str(error))
+    try:
+        for flag, path in outputs:
+            check_writable(flag, path)
     except OutputError as error:
         return fail(str(error), code=CANNOT_WRITE)
     try:

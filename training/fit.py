@@ -35,8 +35,9 @@ from estimators.estimator import ESTIMATOR_KINDS, make_router_estimator
 from estimators.prompts import PROMPT_CHARS
 from estimators.table import RoutingTable
 
-from .cli import check_writable, key_from_env, logs_summary, quality_range, run_command, writing
 from .artifact import manifest_path, save_artifact
+from .cli import (check_writable, key_from_env, logs_summary, quality_range, refuse_inputs_as_outputs, run_command,
+                  writing)
 from .data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, coverage, fingerprint, read_prices, read_table
 from .episodes import MIN_FULLY_LOGGED, EstimatorEpisodes, calibration_episodes
 from .metrics import auc, auc_bounds, budget_grid, linear_auc, single_model_points
@@ -44,7 +45,7 @@ from .policy import (SIGMA_TRANSFORMS, TIE_STANDARD_ERRORS, BudgetError, Choice,
                      fit_candidates, single_outcomes)
 from .serving.outputs import write_bytes_atomically
 from .serving.router import Router
-from .splits import split, split_from_labels
+from .splits import prompt_groups, shared_groups, split, split_from_labels
 from .synthetic import default_table, synthetic_prices
 
 __all__ = ["EXIT_CODES", "SIGMA_STRATEGIES", "STRATEGIES", "default_budgets", "load", "main",
@@ -55,6 +56,8 @@ STRATEGIES = ("cascade_routing", "cascade", "routing", "threshold")
 #: Exit codes of :func:`main`, listed in ``--help``.
 EXIT_CODES = ("exit status: 0 on success; 2 on bad input (bad argument, missing or malformed data), with a "
               "one-line 'error:' on stderr; 1 if an output (artifact, manifest, report) cannot be written.")
+#: The files written into ``--report``.
+REPORT_FILES = ("report.json", "quality_cost.png")
 #: Strategies whose decisions use σ, so that fitting also picks a σ scale.
 SIGMA_STRATEGIES = ("cascade_routing", "cascade")
 
@@ -229,9 +232,11 @@ def load(args: argparse.Namespace) -> tuple[RoutingTable, dict[str, tuple[float,
 
 
 def _split(args: argparse.Namespace, table: RoutingTable) -> tuple[NDArray[np.int_], ...]:
-    """The table's split column with ``--split-column``, else the seeded split (test: fully logged queries only)."""
+    """The table's split column with ``--split-column``, else the seeded split (test: fully logged queries only;
+    queries with one prompt text in one part)."""
     if not args.split_column:
-        return split(table.n_queries, args.fractions, args.seed, table.fully_logged)
+        return split(table.n_queries, args.fractions, args.seed, table.fully_logged,
+                     groups=prompt_groups(table.prompts))
     if table.splits is None:
         raise ValueError("--split-column: the table has no split column (or it is empty on every row)")
     return split_from_labels(table.splits, table.fully_logged)
@@ -334,6 +339,10 @@ def run(args: argparse.Namespace) -> dict:
     """
     started = time.perf_counter()
     key = key_from_env("--sign-key-env", args.sign_key_env)  # before any work: a missing key fails in a second
+    refuse_inputs_as_outputs(
+        [("--out", args.out), ("--out (its manifest)", manifest_path(args.out)), ("--report", args.report),
+         *((f"--report ({name})", args.report / name) for name in REPORT_FILES)],
+        [("--data", args.data), ("--prices", args.prices), ("--throughput", args.throughput)])
     check_writable("--out", args.out)
     check_writable("--out (its manifest)", manifest_path(args.out))
     check_writable("--report", args.report, directory=True)
@@ -391,6 +400,7 @@ def run(args: argparse.Namespace) -> dict:
         "max_depth": args.max_depth,
         "n_train": len(train), "n_calibration": len(calibration), "n_test": len(test),
         "split": "split column" if args.split_column else f"seeded (seed {args.seed}, fractions {list(args.fractions)})",
+        "prompts_in_several_parts": shared_groups((train, calibration, test), prompt_groups(table.prompts)),
         "coverage": {"table": coverage(table), "train": coverage(table, train)},
         "calibration": calibration_used,
         "budgets": [_with_best_single(r, table.models, single_cost, single_quality, single_latency)
@@ -495,7 +505,7 @@ def _with_best_single(row: dict, models, costs, qualities, latencies) -> dict:
 
 def _write_report(report: dict, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomically(directory / "report.json", json.dumps(report, indent=2).encode("utf-8"))
+    write_bytes_atomically(directory / REPORT_FILES[0], json.dumps(report, indent=2).encode("utf-8"))
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -508,7 +518,7 @@ def _write_report(report: dict, directory: Path) -> None:
         return
     figure = report_figure(report)
     try:
-        _save_figure(figure, directory / "quality_cost.png")
+        _save_figure(figure, directory / REPORT_FILES[1])
     finally:
         matplotlib.pyplot.close(figure)
 
@@ -562,6 +572,10 @@ def summary(report: dict) -> str:
               f"queries, {len(report['models'])} models, {report['seconds']} s"
               + (f", peak memory {report['peak_rss_gib']:.2f} GiB" if "peak_rss_gib" in report else ""),
               *logs_summary(report["coverage"]["train"], report["calibration"]),
+              *([(f"warning: {report['prompts_in_several_parts']} prompt(s) appear under several query ids in "
+                  "more than one of train, calibration and test (the split column's choice): test figures of "
+                  "estimators that remember prompts (kNN) are optimistic")]
+                if report.get("prompts_in_several_parts") else []),
               f"artifact: {report['artifact']['path']} (manifest {report['artifact']['manifest']}; "
               f"{'signed' if report['artifact']['signed'] else 'unsigned'})"]
     return "\n".join(lines)

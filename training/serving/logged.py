@@ -5,8 +5,10 @@ query and model with ``quality``, ``cost_usd`` and ``response``, the rows of
 a query contiguous (streaming in bounded memory holds one batch of rows at a
 time, so a query's rows must come together). Logs may be partial: a query
 needs rows only for the models that were called (``LoggedBatch.available``).
-:func:`validate_logged` checks every row, rejects whole queries (never single
-rows: a cascade cannot be replayed with a logged outcome that is wrong), and
+:func:`validate_logged` checks every row, rejects whole queries (a cascade
+cannot be replayed with a logged outcome that is wrong; the one exception is
+a row of a model the router does not know, left out on its own since the
+query replays without it like a partial log), and
 lays the queries that pass out as ``(queries, models)`` grids in the router's
 model order; :mod:`training.serving.replay` plays the policy on them.
 
@@ -25,11 +27,17 @@ from numpy.typing import NDArray
 
 from .router import Router
 
-__all__ = ["LOGGED_COLUMNS", "LoggedBatch", "ScoreError", "check_columns", "check_prompt_types", "required_columns",
+__all__ = ["DISAGREES_ON", "LOGGED_COLUMNS", "PER_QUERY_TEXT", "LoggedBatch", "ScoreError", "check_columns", "check_prompt_types", "required_columns",
            "validate_logged"]
 
 #: Columns of the logged (long) format that replay needs besides the per-query ones.
 LOGGED_COLUMNS = ("query_id", "model", "quality", "cost_usd")
+#: Text columns that must be the same on every logged row of a query (scoring reads a query's first row).
+PER_QUERY_TEXT = ("query_id", "prompt", "task", "subtask")
+#: Optional int8 column a reader that keeps per-query text once (``training.serving.score``) adds: per
+#: row, 1 + the position in :data:`PER_QUERY_TEXT` of a column on which the row differs from the row
+#: before it in its query (0: none), found before that text was folded to one value per query.
+DISAGREES_ON = "disagrees_on"
 
 
 class ScoreError(ValueError):
@@ -196,6 +204,27 @@ def check_prompt_types(frame: pd.DataFrame) -> None:
                     "not str; every prompt must be text (decode bytes, convert numbers, or leave it missing)")
 
 
+def _unknown_model(name: object, models: Sequence[str]) -> str:
+    """The reason for a row of a model the router does not know, naming a known one spelt alike (case, spaces)."""
+    alike = [m for m in models if isinstance(name, str) and " ".join(m.split()).casefold() == " ".join(name.split()).casefold()]
+    hint = (f"it is {alike[0]!r} spelt differently (case or spaces): rename it in the logs" if alike
+            else f"the router knows {list(models)}")
+    return f"unknown model {name!r}, left out (its query is replayed without it); {hint}"
+
+
+def _differs_from_previous(series: pd.Series) -> np.ndarray:
+    """Per row, whether its value differs from the previous row's (missing equals missing only); row 0 ``False``."""
+    if not len(series):
+        return np.zeros(0, dtype=bool)
+    if isinstance(series.dtype, pd.CategoricalDtype):  # codes: -1 for missing
+        codes = series.cat.codes.to_numpy()
+        return np.r_[False, codes[1:] != codes[:-1]]
+    values = series.to_numpy(dtype=object)
+    missing = _missing(values)
+    unequal = np.fromiter((a != b for a, b in zip(values[1:], values[:-1])), dtype=bool, count=len(values) - 1)
+    return np.r_[False, np.where(missing[1:] | missing[:-1], missing[1:] != missing[:-1], unequal)]
+
+
 def _missing(values: np.ndarray) -> np.ndarray:
     return np.fromiter((not isinstance(v, str) and pd.isna(v) for v in values), dtype=bool, count=len(values))
 
@@ -269,13 +298,18 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     A malformed row (missing query id, model or prompt, an id or model
     name with a lone surrogate, unknown model,
     NaN/negative/infinite cost or ``latency_s``, NaN quality, non-finite signal) rejects its
-    query, as do a duplicate model for a query and rows of a query that are
+    query, as do rows of a query that disagree on its prompt, task or subtask
+    (a reader that folded that text to one value per query says so in a
+    :data:`DISAGREES_ON` column), a duplicate model for a query and rows of a query that are
     not contiguous (streaming holds one batch of rows at a time, so bounded
     memory needs each query's rows together; this function sees only
     ``frame``, so a query continued in another frame is flagged by the
     reader in an optional boolean ``scattered`` column);
     every input row of a rejected query is in ``rejected`` with a reason (its
-    own, or the one that rejected its query). A model with no row for a query
+    own, or the one that rejected its query). A row of a model the router
+    does not know is in ``rejected`` too, but rejects its query only when the
+    query has no row of a known model: otherwise the query is replayed
+    without it, as partial logs are. A model with no row for a query
     is not malformed (partial logs: only the models called were logged): the
     query is accepted with that model not ``available``.
 
@@ -310,7 +344,10 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     for column in ("query_id", "model"):
         flag(_lone_surrogates(frame[column]), f"{column} is not valid Unicode text (it holds a lone surrogate, half of "
                                               "a UTF-16 pair); repair it where the logs are decoded")
-    flag(model_codes < 0, lambda r: f"unknown model {frame['model'].iloc[r]!r}; the router knows {list(models)}")
+    # a row of a model the router does not know is left out on its own: the query is replayed without it
+    # (as partial logs are), unless it has no row of a known model left
+    left_out = (model_codes < 0) & (row_reason == "")
+    flag(left_out, lambda r: _unknown_model(frame["model"].iloc[r], models))
     flag(~(np.isfinite(cost) & (cost >= 0)), lambda r: f"cost_usd must be a finite number >= 0, got {frame['cost_usd'].iloc[r]!r}")
     flag(np.isnan(quality), lambda r: f"quality must be a number, got {frame['quality'].iloc[r]!r}")
     if "prompt" in per_query:
@@ -339,6 +376,19 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     flag((repeated[query_of_row] | scattered) & ~frame["query_id"].isna().to_numpy(),
          lambda r: f"rows of query {key[r]!r} are not contiguous (scoring in bounded memory needs each query's "
                    f"rows together); sort or group the input by query_id")
+    # one value of the per-query text per query: scoring reads the first row, so a row that says otherwise
+    # would be scored with another row's prompt (or task)
+    continues = np.r_[False, query_of_row[1:] == query_of_row[:-1]] if n_rows else np.zeros(0, dtype=bool)
+    folded = (frame[DISAGREES_ON].to_numpy(dtype=np.int64) if DISAGREES_ON in frame.columns
+              else np.zeros(n_rows, np.int64))
+    for position, column in enumerate(PER_QUERY_TEXT):
+        if column == "query_id" or column not in per_query:
+            continue
+        differs = (folded == position + 1) | (continues & _differs_from_previous(frame[column]))
+        flag(differs & ~frame["query_id"].isna().to_numpy(),
+             lambda r, column=column: f"rows of query {key[r]!r} disagree on the {column} (row "
+                                      f"{_row_numbers(frame)[r]} differs from the row before it); every row of a "
+                                      f"query must carry the same {column}")
     # one row per router model
     slot = query_of_row * k + np.where(model_codes >= 0, model_codes, 0)
     valid_model = model_codes >= 0
@@ -346,18 +396,20 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     flag(valid_model & (counts.reshape(-1)[slot] > 1),
          lambda r: f"query {key[r]!r} has more than one row for model {models[model_codes[r]]!r}")
     query_bad = np.zeros(starts.size, dtype=bool)
-    np.logical_or.at(query_bad, query_of_row, row_reason != "")
+    np.logical_or.at(query_bad, query_of_row, (row_reason != "") & ~left_out)
+    query_bad |= np.bincount(query_of_row[~left_out], minlength=starts.size) == 0  # nothing known to replay
     bad_rows = query_bad[query_of_row]
     own_reason = row_reason != ""  # before the rows that are only collateral get theirs
     for r in np.flatnonzero(bad_rows & ~own_reason):
         q = query_of_row[r]
         culprit = starts[q] + int(np.flatnonzero(own_reason[starts[q]:ends[q]])[0])
         row_reason[r] = f"query rejected because of row {_row_numbers(frame)[culprit]}"
-    rejected = _reject_frame(frame, np.flatnonzero(bad_rows), list(row_reason[bad_rows]))
+    out = bad_rows | left_out
+    rejected = _reject_frame(frame, np.flatnonzero(out), list(row_reason[out]))
 
     good = np.flatnonzero(~query_bad)
     first_rows = starts[good]
-    rows_good = ~bad_rows
+    rows_good = ~out
     cell = (query_of_row[rows_good], model_codes[rows_good])
     remap = np.full(starts.size, -1, np.int64)
     remap[good] = np.arange(good.size)

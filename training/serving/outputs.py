@@ -14,7 +14,8 @@ real name; the partial folder is then removed. So:
 * ``--resume`` continues from the last completed batch, and the joined
   output holds exactly the rows (and row groups) of an uninterrupted run;
 * an output or rejects path equal to the input, or to each other, a
-  directory, or a place that cannot be written is refused before any work.
+  directory, a name of another format (``.csv``), or a place that cannot
+  be written is refused before any work.
 """
 
 from __future__ import annotations
@@ -27,23 +28,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..cli import writing
+from ..cli import same_file, writing
 from .logged import ScoreError
 
-__all__ = ["PROGRESS", "RunOutputs", "check_paths"]
+__all__ = ["OTHER_FORMATS", "PROGRESS", "RunOutputs", "check_paths"]
+
+#: Name endings of other formats, refused for the Parquet outputs (a reader would take them for what they say).
+OTHER_FORMATS = (".csv", ".csv.gz", ".tsv", ".txt", ".json", ".jsonl", ".ndjson", ".xlsx", ".feather", ".arrow",
+                 ".orc", ".avro", ".pkl", ".joblib")
 
 #: File in the partial folder that records what is done.
 PROGRESS = "progress.json"
-
-
-def _same(a: Path, b: Path) -> bool:
-    """Whether two paths name the same file (resolved paths, or the same inode when both exist)."""
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def check_paths(input_path: Path, output: Path, rejects: Path, rejects_flag: str) -> None:
@@ -62,11 +57,15 @@ def check_paths(input_path: Path, output: Path, rejects: Path, rejects_flag: str
         Naming the two flags that clash, or the directory.
     """
     for path, flag in ((output, "--output"), (rejects, rejects_flag)):
-        if _same(path, input_path):
+        if same_file(path, input_path):
             raise ScoreError(f"{flag} {path} is the input file; write the results to another path")
         if path.is_dir():
             raise ScoreError(f"{flag} {path} is a directory; name a Parquet file to write")
-    if _same(output, rejects):
+        other = next((suffix for suffix in OTHER_FORMATS if path.name.lower().endswith(suffix)), None)
+        if other is not None:
+            raise ScoreError(f"{flag} {path}: the results are written as Parquet, and a '{other}' name would hide "
+                             "that; name it .parquet (read it with pandas.read_parquet, or convert it)")
+    if same_file(output, rejects):
         raise ScoreError(f"--output and {rejects_flag} are the same file {output}; give them different paths")
 
 

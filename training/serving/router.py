@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import AbstractSet, Any, Mapping, NamedTuple, Sequence
@@ -39,11 +41,12 @@ from ..policy import Policy
 from .pacing import PaceController, PacingState
 
 __all__ = ["Router", "PacedRouter", "load_router", "load_router_with_sha256", "Excluded", "Observed", "Plan",
-           "prompt_uniforms"]
+           "UnseenCategoryWarning", "prompt_uniforms"]
 
 #: Per query: model name -> what that model returned. Each value is a
 #: mapping with ``"cost"`` (required: what the call cost), optionally
-#: ``"response"`` (the answer text), ``"latency_s"`` (seconds the call took)
+#: ``"response"`` (the answer text as ``str``; ``None``, as an SDK gives for an
+#: answer without content, is no text), ``"latency_s"`` (seconds the call took)
 #: and any numeric post-hoc signal the estimator was trained with (e.g.
 #: ``"logprob"``).
 Observed = Sequence[Mapping[str, Mapping[str, object]]]
@@ -51,6 +54,15 @@ Observed = Sequence[Mapping[str, Mapping[str, object]]]
 #: Per query: the models that may not be called for it (an upstream that
 #: failed on it, say). They have no answer, so they are never in ``observed``.
 Excluded = Sequence[AbstractSet[str]]
+
+
+class UnseenCategoryWarning(UserWarning):
+    """Some queries name a task or subtask the router was never trained on (a typo, or a new benchmark).
+
+    They are estimated as an unseen category, which is right for a new
+    benchmark and wrong for a typo. ``warnings.simplefilter("error",
+    UnseenCategoryWarning)`` makes it an error (a strict mode).
+    """
 
 
 class Plan(NamedTuple):
@@ -183,7 +195,7 @@ class Router:
                 cost[row, column] = _observed_number(result, "cost", "USD", row, model)
                 if result.get("latency_s") is not None:
                     latency[row, column] = _observed_number(result, "latency_s", "seconds", row, model)
-                responses[row, column] = str(result.get("response", ""))
+                responses[row, column] = _observed_text(result, row, model)
                 for name in names:
                     if name in result:
                         signals[name][row, column] = float(result[name])
@@ -207,7 +219,45 @@ class Router:
         -------
         PreparedQueries
         """
-        return self.estimator.prepare(prompts, tasks, subtasks)
+        self._check_queries(prompts, tasks, subtasks)
+        prepared = self.estimator.prepare(prompts, tasks, subtasks)
+        self._warn_unseen(tasks, subtasks)
+        return prepared
+
+    def _check_queries(self, prompts: Sequence[str], tasks: Sequence[str] | None,
+                       subtasks: Sequence[str] | None) -> None:
+        """Refuse per-query inputs that are not lists (the entries are checked by the estimator: each a ``str``).
+
+        A generator has no length and would be consumed by the first look.
+        """
+        for name, values in (("prompts", prompts), ("tasks", tasks), ("subtasks", subtasks)):
+            if values is not None and (isinstance(values, Iterator) or not hasattr(values, "__len__")):
+                raise TypeError(f"{name} must be a list (or array) with one entry per query, got "
+                                f"{type(values).__name__}; pass list({name})")
+
+    def _warn_unseen(self, tasks: Sequence[str] | None, subtasks: Sequence[str] | None) -> None:
+        """Warn, with the count, of checked tasks and subtasks never seen in training (:class:`UnseenCategoryWarning`).
+
+        The message holds counts only, not the names: Python keeps one
+        registry entry per distinct message, and a service's callers could
+        otherwise grow it without bound.
+        """
+        for name, unseen in self.estimator.unseen_categories(tasks, subtasks).items():
+            count = int(np.count_nonzero(unseen))
+            if count:
+                warnings.warn(f"{count} of {unseen.size} queries name a {name} the router was never trained on "
+                              f"(a typo?); they are estimated as an unseen {name}. Router.known_categories() lists "
+                              "the trained ones", UnseenCategoryWarning, stacklevel=2)
+
+    def known_categories(self) -> dict[str, list[str]]:
+        """The tasks and subtasks the router was trained on, so a caller can check its own names against them.
+
+        Returns
+        -------
+        dict of str to list of str
+            ``task`` and ``subtask`` (those the estimator reads), sorted.
+        """
+        return self.estimator.known_categories()
 
     def estimates(self, prompts: Sequence[str], observed: Observed | None = None, *,
                   tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None,
@@ -232,10 +282,13 @@ class Router:
             Estimates of shape ``(N, K)`` (columns in :attr:`models_` order)
             and the run matrix built from ``observed``.
         """
+        self._check_queries(prompts, *((None, None) if prepared is not None else (tasks, subtasks)))
         run, responses, cost, signals, latency = self._inputs(observed, len(prompts))
         estimates = self.estimator.predict(prompts, tasks=tasks, subtasks=subtasks, run=run,
                                            responses=responses, signals=signals, observed_cost=cost,
                                            observed_latency=latency, prepared=prepared)
+        if prepared is None:
+            self._warn_unseen(tasks, subtasks)
         return estimates, run
 
     def plan(self, prompts: Sequence[str], observed: Observed | None = None,
@@ -437,7 +490,9 @@ class Router:
             Also compile the row-parallel variants.
         """
         self.estimator.warm_up(parallel)
-        per_query = {f"{name}s": ["warm-up"] for name in self.estimator.columns_ if name != "prompt"}
+        known = self.known_categories()  # a trained category, so that warming up warns of nothing
+        per_query = {f"{name}s": [(known.get(name) or ["warm-up"])[0]] for name in self.estimator.columns_
+                     if name != "prompt"}
         first = self.decide(["warm-up"], **per_query)[0] or self.models_[0]
         signals = {name: 0.0 for name in self.estimator.signal_names_}
         observed = [{first: {"cost": 0.0, "response": "A", **signals}}]
@@ -642,6 +697,21 @@ def _observed_number(result: Mapping[str, object], key: str, unit: str, row: int
         raise TypeError(f"observed[{row}][{model!r}][{key!r}] must be a number ({unit}), "
                         f"got {type(value).__name__} {value!r}")
     return float(value)
+
+
+def _observed_text(result: Mapping[str, object], row: int, model: str) -> str:
+    """``result["response"]`` as text: ``''`` when absent or ``None``; anything but ``str`` refused.
+
+    ``str()`` of ``None`` or ``bytes`` would be the text ``'None'`` or
+    ``"b'...'"``, which the post-hoc estimates would read as an answer.
+    """
+    value = result.get("response")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"observed[{row}][{model!r}]['response'] is {type(value).__name__} {repr(value)[:40]}, "
+                        "not str; pass the answer's text (decode bytes first; None means no text)")
+    return value
 
 
 def _none_last(value: float | None) -> float:

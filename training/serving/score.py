@@ -40,12 +40,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -54,8 +55,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
-from ..cli import add_verify_arguments, run_command, verification_key
-from .logged import ScoreError, check_columns, required_columns
+from ..artifact import manifest_path
+from ..cli import RunFailed, add_verify_arguments, fail, refuse_inputs_as_outputs, run_command, verification_key
+from .logged import DISAGREES_ON, PER_QUERY_TEXT, ScoreError, check_columns, required_columns
 from .outputs import RunOutputs, check_paths
 from .replay import STATUS_OK, STATUS_REJECTED, output_schema, rejects_schema, score_batch
 from .router import Router, load_router, load_router_with_sha256
@@ -64,11 +66,13 @@ __all__ = ["AUTO_WORKERS_FROM_ROWS", "EXIT_CODES", "MAX_AUTO_WORKERS", "auto_wor
            "iter_tables", "main", "parse_args", "run", "scattered_queries", "summary"]
 
 #: Exit codes of :func:`main`, listed in ``--help``.
-EXIT_CODES = ("exit status: 0 on success (with a 'warning:' line on stderr when rows were rejected); "
-              "2 on bad input (bad argument, missing or unreadable file, missing columns, a budget below "
-              "every fitted policy, an output that is the input, an interrupted run without --resume), with a one-line 'error:' on "
-              "stderr; 1 if an output cannot be written; 130 after Ctrl-C and 143 after SIGTERM (completed batches "
-              "are kept for --resume).")
+EXIT_CODES = ("exit status: 0 on success (with a 'warning:' line on stderr, naming the top reasons, when rows were "
+              "rejected); 2 on bad input (bad argument, missing or unreadable file, missing columns, a budget below "
+              "every fitted policy, an output that is an input or exists without --overwrite, an interrupted run "
+              "without --resume, an input changed while it was read), with a one-line 'error:' on stderr; 2 also "
+              "when rows were rejected and none scored, or more than --max-reject-share (the results and the rejects "
+              "are written first); 1 if an output cannot be written or a worker process died; 130 after Ctrl-C and "
+              "143 after SIGTERM (completed batches are kept for --resume).")
 
 
 # --------------------------------------------------------------------------- #
@@ -126,10 +130,18 @@ def input_columns(path: Path) -> tuple[list[str], int | None]:
         kind = "CSV" if is_csv(path) else "Parquet"
         raise ScoreError(f"--input {path} is not a readable {kind} file ({error})") from error
     schema = parquet.schema_arrow
-    if "prompt" in schema.names:  # a number read as a prompt would be featurized as its digits
-        kind = schema.field("prompt").type
-        text = pa.types.is_dictionary(kind) and kind.value_type or kind
-        if not (pa.types.is_string(text) or pa.types.is_large_string(text) or pa.types.is_null(text)):
+    for name in _TEXT_COLUMNS:
+        if name not in schema.names:
+            continue
+        kind = schema.field(name).type
+        value = pa.types.is_dictionary(kind) and kind.value_type or kind
+        if pa.types.is_binary(value) or pa.types.is_large_binary(value) or pa.types.is_fixed_size_binary(value):
+            # bytes would be read as their repr ("b'...'"), not as the text they hold
+            raise ScoreError(f"--input {path}: column {name!r} holds {kind} (bytes), not text; write it as "
+                             "UTF-8 strings")
+        if name == "prompt" and not (pa.types.is_string(value) or pa.types.is_large_string(value)
+                                     or pa.types.is_null(value)):
+            # a number read as a prompt would be featurized as its digits
             raise ScoreError(f"--input {path}: column 'prompt' holds {kind}, not text; prompts must be strings")
     return list(schema.names), parquet.metadata.num_rows
 
@@ -400,18 +412,20 @@ def _warm_worker(_: int) -> int:
     return os.getpid()
 
 
-#: Text columns the same on every logged row of a query: kept once per query by :func:`_compact`.
-_PER_QUERY_TEXT = ("query_id", "prompt", "task", "subtask")
-
-
 def _compact(table: pa.Table, starts: np.ndarray) -> pa.Table:
     """``table`` with its per-query text columns once per query and ``model`` once per value (dictionary columns).
 
     ``starts`` are the queries' first rows. Within a query, each row keeps
     its own missing-or-not state; a present value is the query's first
     present value, the one scoring reads (it reads only a query's first row).
+    A row whose value differed from the row before it in its query is marked
+    in the :data:`~training.serving.logged.DISAGREES_ON` column, so that
+    validation rejects the query instead of scoring it with one row's text.
     """
     n = table.num_rows
+    continues = np.ones(n, dtype=bool)
+    continues[starts] = False
+    disagrees = np.zeros(n, np.int8)
     for index, field in enumerate(table.schema):
         if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
             continue
@@ -419,13 +433,17 @@ def _compact(table: pa.Table, starts: np.ndarray) -> pa.Table:
         column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()  # one read: no copy
         if field.name == "model":
             table = table.set_column(index, field.name, pc.dictionary_encode(column))
-        elif field.name in _PER_QUERY_TEXT:
+        elif field.name in PER_QUERY_TEXT:
             nulls = pc.is_null(column).to_numpy(zero_copy_only=False)
+            if n > 1 and field.name != "query_id":  # what validation can no longer see once the query's first value stands for all rows
+                unequal = pc.fill_null(pc.not_equal(column.slice(1), column.slice(0, n - 1)), False)
+                differs = np.r_[False, unequal.to_numpy(zero_copy_only=False) | (nulls[1:] != nulls[:-1])]
+                disagrees[(disagrees == 0) & continues & differs] = PER_QUERY_TEXT.index(field.name) + 1
             edges = np.union1d(starts, 1 + np.flatnonzero(nulls[1:] != nulls[:-1]))  # present-or-not runs too
             first = pc.dictionary_encode(column.take(pa.array(edges)))
             indices = first.indices.take(pa.array(np.repeat(np.arange(edges.size), np.diff(np.r_[edges, n]))))
             table = table.set_column(index, field.name, pa.DictionaryArray.from_arrays(indices, first.dictionary))
-    return table
+    return table.append_column(DISAGREES_ON, pa.array(disagrees))
 
 
 def _score_table(router: Router, table: pa.Table, budgets: tuple[float | None, float | None],
@@ -444,7 +462,8 @@ def _score_table(router: Router, table: pa.Table, budgets: tuple[float | None, f
     scored, rejected = result[~is_rejected], result[is_rejected]  # unreplayable rows are scored rows
     replayed = scored[status[~is_rejected] == STATUS_OK]  # the totals cover these only
     logged = "cost" in replayed.columns
-    totals = {"queries": len(replayed), "unreplayable": len(scored) - len(replayed), "rejected_rows": len(rejected),
+    totals = {"rows": table.num_rows, "reasons": reason_counts(rejected),
+              "queries": len(replayed), "unreplayable": len(scored) - len(replayed), "rejected_rows": len(rejected),
               "cost": float(replayed["cost" if logged else "plan_cost"].sum()) if len(replayed) else 0.0,
               "quality": float(replayed["quality"].sum()) if logged and len(replayed) else 0.0,
               "models": float(replayed["n_run"].sum()) if logged and len(replayed) else 0.0}
@@ -457,13 +476,116 @@ def _score_table(router: Router, table: pa.Table, budgets: tuple[float | None, f
     return scored_table, rejected_table, totals, timings
 
 
+#: Distinct rejection reasons kept in the running totals (the most frequent; the rest are counted as "other").
+MAX_REASONS = 50
+_ROW_NUMBER = re.compile(r"\brow \d+")
+
+
+def reason_counts(rejected: pd.DataFrame) -> dict[str, int]:
+    """Rejected rows per kind of reason: the reason with its query id and row numbers taken out.
+
+    So that a run whose rows are all rejected can say why in one line,
+    without the rejects file (which holds each row's own reason).
+
+    Parameters
+    ----------
+    rejected : pandas.DataFrame
+        Rejected rows with ``reason`` and ``query_id``.
+
+    Returns
+    -------
+    dict of str to int
+    """
+    counts: dict[str, int] = {}
+    if not len(rejected):
+        return counts
+    for reason, query in zip(rejected["reason"].to_numpy(dtype=object), rejected["query_id"].to_numpy(dtype=object)):
+        kind = _ROW_NUMBER.sub("row N", str(reason).replace(repr(query), "Q") if isinstance(query, str) else str(reason))
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _add_reasons(total: dict[str, int], batch: dict[str, int]) -> dict[str, int]:
+    """``total`` plus ``batch``, cut to the :data:`MAX_REASONS` most frequent (hostile input stays bounded)."""
+    merged = dict(total)
+    for kind, count in batch.items():
+        merged[kind] = merged.get(kind, 0) + count
+    if len(merged) <= MAX_REASONS:
+        return merged
+    ranked = sorted(merged.items(), key=lambda item: (-item[1], item[0]))
+    kept = dict(ranked[:MAX_REASONS - 1])
+    kept["other reasons"] = sum(count for _, count in ranked[MAX_REASONS - 1:])
+    return kept
+
+
 def _score_in_worker(table: pa.Table, budgets: tuple[float | None, float | None],
                      schemas: tuple[pa.Schema, pa.Schema]) -> tuple[pa.Table, pa.Table, dict, dict]:
     """:func:`_score_table` with the worker's router (batches travel as Arrow buffers, cheap to pickle)."""
     return _score_table(_WORKER_ROUTER, table, budgets, schemas, parallel=False)
 
 
-def _start_workers(artifact: Path, sha256: str, n_workers: int):
+#: Seconds between checks that every worker process is alive while a result is awaited.
+WORKER_CHECK_SECONDS = 0.5
+#: Seconds ``Pool.terminate`` is given before the workers are killed directly.
+POOL_TERMINATE_SECONDS = 10.0
+
+
+class _Workers:
+    """A spawn-started process pool and its worker processes, so that a wait ends when one of them dies.
+
+    ``multiprocessing.Pool`` replaces a dead worker but loses the batch it
+    held: waiting for that batch would never end. Every wait here checks,
+    every :data:`WORKER_CHECK_SECONDS`, that the processes the pool started
+    are alive, and ends the run with :class:`~training.cli.RunFailed` when
+    one is not (the completed batches stay in the partial folder).
+    """
+
+    def __init__(self, pool, processes: list, others: set) -> None:
+        self.pool, self.processes, self.others = pool, processes, others
+
+    def result(self, future, what: str):
+        """``future.get()``, or :class:`~training.cli.RunFailed` naming the dead worker and ``what`` was lost."""
+        import multiprocessing
+        while True:
+            try:
+                return future.get(timeout=WORKER_CHECK_SECONDS)
+            except multiprocessing.TimeoutError:
+                dead = [process for process in self.processes if process.exitcode is not None]
+                if dead:
+                    code = dead[0].exitcode
+                    how = (f"killed by {_signal_name(-code)}" if code < 0 else f"exit code {code}")
+                    raise RunFailed(f"scoring worker process {dead[0].pid} died ({how}"
+                                    f"{', as the out-of-memory killer does' if code == -9 else ''}) {what}; "
+                                    "completed batches are kept in OUTPUT.partial/: rerun with --resume (with "
+                                    "fewer --workers or a smaller --batch-size if memory ran out)") from None
+
+    def close(self) -> None:
+        """Terminate the pool, with a deadline: a worker killed while waiting for a task dies holding the task
+        queue's lock, which ``Pool.terminate`` then waits for forever; its workers are killed instead."""
+        import multiprocessing
+        import threading
+        closing = threading.Thread(target=self._terminate, daemon=True, name="pool-terminate")
+        closing.start()
+        closing.join(timeout=POOL_TERMINATE_SECONDS)
+        if closing.is_alive():  # left behind: a daemon thread, blocked on a lock nobody will release
+            for process in multiprocessing.active_children():
+                if process not in self.others:
+                    process.kill()
+
+    def _terminate(self) -> None:
+        self.pool.terminate()  # workers hold nothing worth waiting for once the parent stops
+        self.pool.join()
+
+
+def _signal_name(number: int) -> str:
+    import signal
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _start_workers(artifact: Path, sha256: str, n_workers: int) -> _Workers:
     """A spawn-started process pool whose workers load the router in the background (wait with :func:`_await_workers`).
 
     ``spawn``, not ``fork``: the parent may already run OpenMP threads
@@ -475,13 +597,15 @@ def _start_workers(artifact: Path, sha256: str, n_workers: int):
     another that fails the same way.
     """
     import multiprocessing
-    return multiprocessing.get_context("spawn").Pool(n_workers, initializer=_init_worker,
+    before = set(multiprocessing.active_children())
+    pool = multiprocessing.get_context("spawn").Pool(n_workers, initializer=_init_worker,
                                                      initargs=(str(artifact), sha256, os.getpid()))
+    return _Workers(pool, [p for p in multiprocessing.active_children() if p not in before], before)  # started
 
 
-def _await_workers(pool, n_workers: int) -> None:
+def _await_workers(workers: _Workers, n_workers: int) -> None:
     """Return once every worker has started and loaded the router (so the clock starts with all of them ready)."""
-    pool.map(_warm_worker, range(n_workers), chunksize=1)
+    workers.result(workers.pool.map_async(_warm_worker, range(n_workers), chunksize=1), "while loading the router")
 
 
 #: ``--workers`` default: from this many input rows, one process per core (the ~3 s to start
@@ -508,6 +632,23 @@ def auto_workers(n_rows: int) -> int:
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return min(cores, MAX_AUTO_WORKERS) if n_rows >= AUTO_WORKERS_FROM_ROWS else 1
+
+
+def _check_unchanged(path: Path, stat: os.stat_result, rows_read: int | None = None) -> None:
+    """Refuse an input that changed since the run started (its passes would disagree), before the outputs are written.
+
+    The contiguity pass and the scoring pass read the file separately, and a
+    file appended to in between (a log still being written) gives them
+    different rows: a query complete in the finished file could come out
+    unreplayable, or its rows be taken for scattered ones.
+    """
+    now = path.stat()
+    before = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if (now.st_size, now.st_mtime_ns, now.st_ino) != before:
+        raise ScoreError(f"--input {path} changed while it was being scored ({stat.st_size:,} bytes at the start, "
+                         f"{now.st_size:,} now{'' if rows_read is None else f'; {rows_read:,} rows read'}): score "
+                         f"a finished file (copy it first, or wait for its writer); delete "
+                         "OUTPUT.partial/ before scoring again")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -572,8 +713,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Spark master with --engine spark (e.g. local[2]); default: what spark-submit or "
                              "the Spark defaults say")
     add_verify_arguments(parser)
+    parser.add_argument("--max-reject-share", type=float, default=None, metavar="SHARE",
+                        help="exit 2 (after writing the results and the rejects) when more than this share of the "
+                             "input rows is rejected, e.g. 0.01; whatever it is, a run that rejects rows and scores "
+                             "nothing exits 2; default: no limit")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output and rejects file (each replaced only when the run has "
+                             "completed); without it an existing one is refused (exit 2), never overwritten")
     parser.add_argument("--quiet", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
+    if args.max_reject_share is not None and not 0 <= args.max_reject_share < 1:
+        parser.error(f"--max-reject-share must be at least 0 and below 1, got {args.max_reject_share}")
+    if args.max_reject_share is not None and args.engine == "spark":
+        parser.error("--max-reject-share is for --engine local (Spark's totals do not count the input rows); a Spark "
+                     "run that rejects rows and scores nothing still exits 2")
+    if args.overwrite and args.engine == "spark":
+        parser.error("--overwrite is for --engine local: Spark writes each dataset under a temporary name and "
+                     "renames it, which an existing one would block; remove the old datasets first")
     if args.engine == "spark" and (args.resume or args.workers is not None):
         parser.error("--resume and --workers are for --engine local; Spark retries failed tasks and spreads the "
                      "work itself")
@@ -625,15 +781,29 @@ def run(args: argparse.Namespace) -> dict:
     if args.engine == "spark":
         from .spark import run_cli
 
+        datasets = [("--output", args.output), ("--rejects", args.rejects or str(args.output).rstrip("/") + ".rejects")]
+        refuse_inputs_as_outputs([(flag, path) for flag, path in datasets if "://" not in str(path)],
+                                 [("--artifact", args.artifact), ("--artifact's manifest", manifest_path(args.artifact))])
         return run_cli(args, key)
     from tqdm.auto import tqdm
     if not args.input.exists():
         raise ScoreError(f"--input {args.input} does not exist")
+    if args.input.is_dir():
+        raise ScoreError(f"--input {args.input} is a folder: this engine streams one Parquet or CSV file; score each "
+                         "file of the dataset, or the whole folder with --engine spark")
     if not args.artifact.exists():
         raise ScoreError(f"--artifact {args.artifact} does not exist")
     rejects_path = args.rejects or args.output.with_name(args.output.name.removesuffix(".parquet") + ".rejects.parquet")
     rejects_flag = "--rejects" if args.rejects else "the rejects file"
+    written = [("--output", args.output), (rejects_flag, rejects_path),
+               ("--output (its partial folder)", args.output.with_name(args.output.name + ".partial"))]
+    refuse_inputs_as_outputs(written, [("--artifact", args.artifact),
+                                       ("--artifact's manifest", manifest_path(args.artifact))])
     check_paths(args.input, args.output, rejects_path, rejects_flag)
+    for flag, path in written[:2]:
+        if not args.overwrite and path.exists():
+            raise ScoreError(f"{flag} {path} exists (an earlier run's results?); pass --overwrite to replace it "
+                             "when this run completes, or choose another path")
     names, n_rows = input_columns(args.input)
     # CSV has no row count up front: about 2 kB per logged row decides the default
     workers = args.workers or auto_workers(n_rows if n_rows is not None else args.input.stat().st_size // 2048)
@@ -654,7 +824,8 @@ def run(args: argparse.Namespace) -> dict:
                **({} if policy.latency_budget is None else {"latency_budget": policy.latency_budget})}
     outputs = RunOutputs(args.output, rejects_path, (output_schema(router, logged), rejects_schema()), run_key,
                          resume=args.resume, rejects_flag=rejects_flag)
-    totals = {"queries": 0, "unreplayable": 0, "rejected_rows": 0, "cost": 0.0, "quality": 0.0, "models": 0.0}
+    totals: dict[str, Any] = {"rows": 0, "reasons": {}, "queries": 0, "unreplayable": 0, "rejected_rows": 0, "cost": 0.0,
+              "quality": 0.0, "models": 0.0}
     if "latency" in output_schema(router, logged).names or "plan_latency" in output_schema(router, logged).names:
         totals["latency"] = 0.0
     totals.update({key: outputs.totals[key] for key in totals if key in outputs.totals})  # --resume
@@ -665,7 +836,7 @@ def run(args: argparse.Namespace) -> dict:
         for key, value in batch_timings.items():
             timings[key] = timings.get(key, 0.0) + value
         for key, value in batch_totals.items():
-            totals[key] += value
+            totals[key] = _add_reasons(totals[key], value) if key == "reasons" else totals[key] + value
         outputs.write_batch(outputs.done, scored, rejected, totals)
         progress.update(n_rows)
 
@@ -678,6 +849,7 @@ def run(args: argparse.Namespace) -> dict:
         pool = _start_workers(args.artifact, sha256, workers) if workers > 1 else None
         # while the workers start: the contiguity pass over query_id
         scattered = scattered_queries(args.input, args.batch_size) if logged else None
+        _check_unchanged(args.input, stat)
         if pool is not None:
             _await_workers(pool, workers)
         if parallel:
@@ -688,30 +860,34 @@ def run(args: argparse.Namespace) -> dict:
         batches = iter_tables(args.input, columns, args.batch_size, logged)
         if scattered is not None:
             batches = _mark_scattered(batches, scattered)
-        for _ in range(resumed):  # --resume: batches an earlier run completed
-            progress.update(next(batches).num_rows)
-        if pool is None:
-            for table in batches:
-                consume(*_score_table(router, table, budgets, outputs.schemas, parallel), table.num_rows)
-        else:
-            pending: deque = deque()
-            for table in batches:
-                pending.append((pool.apply_async(_score_in_worker, (table, budgets, outputs.schemas)),
-                                table.num_rows))
-                if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays bounded
+        try:
+            for _ in range(resumed):  # --resume: batches an earlier run completed
+                progress.update(next(batches).num_rows)
+            if pool is None:
+                for table in batches:
+                    consume(*_score_table(router, table, budgets, outputs.schemas, parallel), table.num_rows)
+            else:
+                pending: deque = deque()
+                for table in batches:
+                    pending.append((pool.pool.apply_async(_score_in_worker, (table, budgets, outputs.schemas)),
+                                    table.num_rows))
+                    if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays bounded
+                        future, n_rows = pending.popleft()
+                        consume(*pool.result(future, f"while scoring batch {outputs.done + 1}"), n_rows)
+                while pending:
                     future, n_rows = pending.popleft()
-                    consume(*future.get(), n_rows)
-            while pending:
-                future, n_rows = pending.popleft()
-                consume(*future.get(), n_rows)
+                    consume(*pool.result(future, f"while scoring batch {outputs.done + 1}"), n_rows)
+        except ValueError:  # a file still being written may end in half a row: say that, not the parser's error
+            _check_unchanged(args.input, stat, totals["rows"])
+            raise
+        _check_unchanged(args.input, stat, totals["rows"])
         outputs.finish()
     finally:
         blas.restore_original_limits()
         if progress is not None:
             progress.close()
         if pool is not None:
-            pool.terminate()  # workers hold nothing worth waiting for once the parent stops
-            pool.join()
+            pool.close()
         outputs.discard_unfinished()
     seconds = time.perf_counter() - started
     n = max(totals["queries"], 1)
@@ -722,7 +898,8 @@ def run(args: argparse.Namespace) -> dict:
             "latency_budget": policy.latency_budget,
             "seconds": seconds, "queries_per_second": totals["queries"] / seconds if seconds > 0 else None,
             "timings": timings, "warm_up_seconds": warm_up_seconds, "workers": workers, "output": str(args.output),
-            "rejects": str(rejects_path), "resumed_batches": resumed, "unreplayable": totals["unreplayable"]}
+            "rejects": str(rejects_path), "resumed_batches": resumed, "unreplayable": totals["unreplayable"],
+            "rows": totals["rows"], "reasons": totals["reasons"], "max_reject_share": args.max_reject_share}
 
 
 def summary(totals: dict) -> str:
@@ -807,11 +984,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _print_summary(totals: dict) -> int:
+    """Print the summary; exit 2 when rows were rejected and none scored, or more than ``--max-reject-share``."""
     print(summary(totals))
-    if totals["rejected_rows"]:
-        print(f"warning: {totals['rejected_rows']} input row(s) rejected (malformed, or in a query with a "
-              f"malformed row); see {totals['rejects']}", file=sys.stderr)
+    rejected = totals["rejected_rows"]
+    if not rejected:
+        return 0
+    why = rejection_reasons(totals.get("reasons", {}))
+    scored = totals["queries"] + totals.get("unreplayable", 0)
+    share = rejected / totals["rows"] if totals.get("rows") else None
+    limit = totals.get("max_reject_share")
+    if not scored:
+        return fail(f"nothing was scored: all {rejected} input row(s) were rejected{why}; every row and its reason "
+                    f"are in {totals['rejects']}")
+    if limit is not None and share is not None and share > limit:
+        return fail(f"{rejected} of {totals['rows']} input rows ({share:.1%}) were rejected, more than "
+                    f"--max-reject-share {limit:g}{why}; the results and the rejects ({totals['rejects']}) are written")
+    print(f"warning: {rejected} input row(s) rejected (malformed, or in a query with a malformed row){why}; "
+          f"see {totals['rejects']}", file=sys.stderr)
     return 0
+
+
+#: Reasons shown on the command line (the rejects file has every row's).
+SHOWN_REASONS = 3
+_COLLATERAL = "query rejected because of row N"
+
+
+def rejection_reasons(reasons: dict[str, int]) -> str:
+    """``"; top reasons: ..."``: the most frequent kinds of rejection with their counts ('' when none are known).
+
+    Rows rejected only because another row of their query was are counted
+    apart, so the reasons shown are the rows' own.
+
+    Parameters
+    ----------
+    reasons : dict of str to int
+        From :func:`reason_counts`, summed over the batches.
+
+    Returns
+    -------
+    str
+    """
+    own = sorted(((count, kind) for kind, count in reasons.items() if kind != _COLLATERAL), key=lambda x: (-x[0], x[1]))
+    if not own:
+        return ""
+    shown = "; ".join(f"{count} x {kind}" for count, kind in own[:SHOWN_REASONS])
+    more = f"; {len(own) - SHOWN_REASONS} more kind(s)" if len(own) > SHOWN_REASONS else ""
+    collateral = reasons.get(_COLLATERAL, 0)
+    return (f" (top reasons: {shown}{more}"
+            + (f"; {collateral} more row(s) rejected with their query" if collateral else "") + ")")
 
 
 if __name__ == "__main__":
