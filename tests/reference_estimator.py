@@ -103,7 +103,8 @@ def _prior_keys(cells, features: np.ndarray) -> np.ndarray:
     keys = [features[:, cells.columns]]
     if cells.clusters is not None:
         kmeans = cells.clusters.kmeans
-        keys.append(np.eye(kmeans.n_clusters)[kmeans.predict(features[:, cells.clusters.columns])])
+        space = (features[:, cells.clusters.columns] - cells.clusters.offset) * cells.clusters.scale
+        keys.append(np.eye(kmeans.n_clusters)[kmeans.predict(space)])
     keys = np.hstack(keys)
     return keys if keys.shape[1] else np.ones((len(features), 1))  # neither: one cell, the overall mean
 

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.cluster import KMeans
 
-from estimators.clusters import PRIOR_WEIGHTS, CellPrior, PromptClusters, choose_prior
+from estimators.clusters import PRIOR_WEIGHTS, CellPrior, PromptClusters, choose_prior, cluster_space
 from estimators.estimator import RouterEstimator
 from estimators.featurize import make_prompt_featurizer, prompt_frame
 from estimators.peers import TaskMeanRegressor
@@ -50,12 +50,14 @@ def test_frozen_clusters_equal_kmeans_predict_on_real_prompts(shared_data):
     frame = prompt_frame(table.prompts)
     featurizer = make_prompt_featurizer(frame.columns).fit(frame.iloc[::2])
     features = featurizer.transform(frame)
-    text = np.flatnonzero([name.startswith("text__") for name in featurizer.get_feature_names_out()])
+    columns, offset, scale = cluster_space(features[::2], featurizer.get_feature_names_out())
+    assert columns.size == features.shape[1] and scale[-1] != 1.0  # the text block and the structural counts
+    space = (features[:, columns] - offset) * scale
     for count in (4, 32):
-        kmeans = KMeans(n_clusters=count, n_init=1, random_state=0).fit(features[::2, text])
-        clusters = PromptClusters(kmeans, text)
+        kmeans = KMeans(n_clusters=count, n_init=1, random_state=0).fit(space[::2])
+        clusters = PromptClusters(kmeans, columns, offset, scale)
         labels = clusters.predict(features)
-        np.testing.assert_array_equal(labels, kmeans.predict(features[:, text]))
+        np.testing.assert_array_equal(labels, kmeans.predict(space))
         assert len(np.unique(labels)) == count
         np.testing.assert_array_equal(clusters.one_hot(features[:3]), np.eye(count)[labels[:3]])
 
