@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
@@ -74,8 +74,8 @@ class PromptClusters:
         Their squared norms.
     """
 
-    def __init__(self, kmeans: KMeans, columns: Sequence[int], offset: Sequence[float] | None = None,
-                 scale: Sequence[float] | None = None) -> None:
+    def __init__(self, kmeans: KMeans, columns: ArrayLike, offset: ArrayLike | None = None,
+                 scale: ArrayLike | None = None) -> None:
         self.kmeans = kmeans
         self.columns = np.asarray(columns, dtype=np.int64)
         self.offset = np.zeros(self.columns.size) if offset is None else np.asarray(offset, dtype=np.float64)

@@ -19,15 +19,21 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference_estimator import reference_predict
 from sklearn.cluster import KMeans
+from test_estimator_reference import _table, assert_same_estimates
 
-from estimators.clusters import PRIOR_WEIGHTS, CellPrior, PromptClusters, choose_prior, cluster_space
+from estimators.clusters import (
+    PRIOR_WEIGHTS,
+    CellPrior,
+    PromptClusters,
+    choose_prior,
+    cluster_space,
+)
 from estimators.estimator import RouterEstimator
 from estimators.featurize import make_prompt_featurizer, prompt_frame
 from estimators.peers import TaskMeanRegressor
 from estimators.quality import QualityEstimator, make_lightgbm_regressor
-from reference_estimator import reference_predict
-from test_estimator_reference import _table, assert_same_estimates
 from training.data import read_table
 from training.evaluate import main as evaluate_main
 from training.fit import main as fit_main
@@ -97,8 +103,8 @@ def test_unlabelled_estimator_equals_the_reference(unlabelled):
     estimator, table = unlabelled
     rows = np.arange(0, 60, 7)
     run = np.random.default_rng(2).random((rows.size, table.n_models)) < 0.5
-    inputs = dict(prompts=[*table.prompts[rows[:-1]], "never seen 東京"], run=run, responses=table.responses[rows],
-                  signals={name: v[rows] for name, v in table.signals.items()}, observed_cost=table.cost[rows])
+    inputs = {"prompts": [*table.prompts[rows[:-1]], "never seen 東京"], "run": run, "responses": table.responses[rows],
+              "signals": {name: v[rows] for name, v in table.signals.items()}, "observed_cost": table.cost[rows]}
     assert_same_estimates(estimator.predict(**inputs), reference_predict(estimator, **inputs))
 
 
