@@ -31,7 +31,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .evaluators import freeze_regressors
-from .clusters import TEXT_PREFIX, choose_prior
+from .clusters import CLUSTER_COUNTS, TEXT_PREFIX, choose_prior
 from .peers import CATEGORY_PREFIX, PartialTargets
 from .posthoc import ResponseInfo, per_model_groups, posthoc_feature_names, posthoc_features
 from .runsets import sample_run_sets
@@ -314,6 +314,11 @@ class QualityEstimator(BaseEstimator):
         keep), by its out-of-fold log loss (the folds σ needs anyway), so a
         table whose prompts tell little keeps few trees; ``None`` keeps
         ``n_estimators``.
+    prior_clusters : tuple of int, default=CLUSTER_COUNTS
+        With ``boost_from="task"``, the numbers of prompt clusters the
+        prior's cells may add to the task labels (or stand for without
+        them), chosen out of fold (:func:`~estimators.clusters.choose_prior`);
+        ``()`` keys the prior on the labels alone.
 
     Attributes
     ----------
@@ -370,8 +375,10 @@ class QualityEstimator(BaseEstimator):
         pooled: bool | str = "auto",
         boost_from: str | None = "task",
         tree_counts: tuple[int, ...] | None = TREE_COUNTS,
+        prior_clusters: tuple[int, ...] = CLUSTER_COUNTS,
     ) -> None:
         self.pooled = pooled
+        self.prior_clusters = prior_clusters
         self.boost_from = boost_from
         self.tree_counts = tree_counts
         self.regressor = regressor
@@ -458,7 +465,7 @@ class QualityEstimator(BaseEstimator):
         for fold, (_, test) in enumerate(folds):
             query_fold[rows[test]] = fold
         self.cells_ = choose_prior(prompt_features, quality, names[:prompt_features.shape[1]], query_fold,
-                                   self.random_state)
+                                   self.random_state, cluster_counts=self.prior_clusters)
         keys = self.cells_.keys(prompt_features)
         prior = np.empty_like(quality)
         for fold in range(len(folds)):
