@@ -14,6 +14,7 @@ Run from the repository root (the shared data lives in ``../shared/data``)::
     python docs/peers.py                                  # everything (~1 hour on 2 cores)
     python docs/peers.py --tables routerbench_subset --estimators learned,knn --seeds 0
     python docs/peers.py --resume                         # keep what docs/peers.json already holds
+    python docs/peers.py --unlabelled --resume            # the same tables with task and subtask blanked
 
 It writes, after every (table, estimator, seed), ``docs/peers.json`` (or
 ``--json``; so a killed run keeps what it measured and ``--resume`` carries
@@ -45,6 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 DATA = ROOT.parent / "shared" / "data"
 TABLES = ("routerbench_subset", "llmrouter_9models", "routellm_gpt4_mixtral")
+#: Suffix of a table read without its ``task`` and ``subtask`` columns (``--unlabelled``): users' traffic logs
+#: rarely carry a clean task label, so the default must earn its place there too.
+UNLABELLED = "-unlabelled"
 SEEDS = (0, 1, 2)
 #: The estimator ``python -m training.fit`` uses unless told otherwise.
 DEFAULT_ESTIMATOR = "learned"
@@ -84,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload["machine"] = {"cpus": os.cpu_count(), "load_average_at_start": list(os.getloadavg())}
     for name in args.tables:
         table = read_table(_table_path(args.data, name))
+        if args.unlabelled:
+            table, name = table.without(["task", "subtask"]), name + UNLABELLED
         for kind in args.estimators:
             for seed in args.seeds:
                 key = f"{name}/{kind}/{seed}"
@@ -112,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma-separated estimator kinds (default: all)")
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=list(SEEDS),
                         help="comma-separated seeds (default: 0,1,2)")
+    parser.add_argument("--unlabelled", action="store_true",
+                        help=f"read the tables without their task and subtask columns; runs are kept as "
+                             f"'<table>{UNLABELLED}' (default: off)")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default: %(default)s)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs --json already holds for the same protocol (default: off)")
@@ -176,7 +185,7 @@ def tables_text(runs: dict[str, dict[str, Any]]) -> str:
     str
         Markdown.
     """
-    tables = [t for t in TABLES if any(key.startswith(f"{t}/") for key in runs)]
+    tables = [t for name in TABLES for t in (name, name + UNLABELLED) if any(key.startswith(f"{t}/") for key in runs)]
     kinds = [k for k in ESTIMATOR_KINDS if any(f"/{k}/" in key for key in runs)]
     mean = {(t, k): _mean_over_seeds(runs, t, k) for t in tables for k in kinds}
     parts = [
@@ -185,7 +194,8 @@ def tables_text(runs: dict[str, dict[str, Any]]) -> str:
         f"Protocol: `training.protocol.evaluate_strategies`, train fraction {PROTOCOL['train_fraction']}, "
         f"calibration fraction {PROTOCOL['calibration_fraction']}, the rest test; `max_depth` {MAX_DEPTH} for "
         "cascade routing; σ transform chosen per budget on calibration; AUC ×100 over the test single models' "
-        f"cost range. Default estimator: `{DEFAULT_ESTIMATOR}`.",
+        f"cost range. Default estimator: `{DEFAULT_ESTIMATOR}`. `<table>{UNLABELLED}`: the same table read without "
+        "its `task` and `subtask` columns (`--unlabelled`).",
         "",
         "### AUC ×100, mean over the seeds: routing / cascade routing (cascade routing − routing)",
         "",

@@ -31,7 +31,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .evaluators import freeze_regressors
-from .peers import CATEGORY_PREFIX, PartialTargets, TaskMeanRegressor
+from .clusters import CLUSTER_COUNTS, TEXT_PREFIX, choose_prior
+from .peers import CATEGORY_PREFIX, PartialTargets
 from .posthoc import ResponseInfo, per_model_groups, posthoc_feature_names, posthoc_features
 from .runsets import sample_run_sets
 from .sigma import SigmaRegressor
@@ -288,8 +289,15 @@ class QualityEstimator(BaseEstimator):
         the trees boosted from the global average (``docs/peers.md``). Used
         when the regressor is LightGBM with the cross-entropy objective, not
         pooled, the training table is fully logged and the prompt features
-        hold task or subtask columns; otherwise (and with ``None``) LightGBM
-        boosts from its average as usual. (Pooled regressors boosted from the
+        hold task or subtask columns or prompt-text columns; otherwise (and
+        with ``None``) LightGBM boosts from its average as usual. A "task"
+        is a cell of :func:`~estimators.clusters.choose_prior`: the task and
+        subtask labels, k-means clusters of the prompt-text features, or
+        both (without labels the clusters stand in for them; users' logs
+        rarely carry one), with the number of clusters and the shrinkage
+        toward the model's overall mean chosen by out-of-fold log loss, so
+        that a log of a few hundred queries boosts from little more than the
+        per-model mean. (Pooled regressors boosted from the
         prior were tried: best Brier scores, but no better AUC than per-model
         ones on RouterBench and llmrouter, so the simpler rule stays.)
         A model not yet run is estimated by the prior alone at the run-set
@@ -306,6 +314,11 @@ class QualityEstimator(BaseEstimator):
         keep), by its out-of-fold log loss (the folds σ needs anyway), so a
         table whose prompts tell little keeps few trees; ``None`` keeps
         ``n_estimators``.
+    prior_clusters : tuple of int, default=CLUSTER_COUNTS
+        With ``boost_from="task"``, the numbers of prompt clusters the
+        prior's cells may add to the task labels (or stand for without
+        them), chosen out of fold (:func:`~estimators.clusters.choose_prior`);
+        ``()`` keys the prior on the labels alone.
 
     Attributes
     ----------
@@ -317,8 +330,13 @@ class QualityEstimator(BaseEstimator):
     pooled_ : bool
         Whether one regressor serves every model (see ``pooled``).
     prior_ : TaskMeanRegressor or None
-        The per-task means the regressors boosted from (``boost_from``),
-        fitted on every training query; ``None`` when not used.
+        The per-cell means the regressors boosted from (``boost_from``),
+        fitted on every training query over the keys of ``cells_``; ``None``
+        when not used.
+    cells_ : CellPrior or None
+        Which labels and prompt clusters key the prior's cells, and its
+        shrinkage (:func:`~estimators.clusters.choose_prior`); ``None`` when
+        not boosted from a prior.
     n_trees_ : ndarray of int, shape (K,) or None
         Trees each model's regressor kept (``tree_counts``).
     unrun_trees_ : ndarray of bool, shape (K + 1, K) or None
@@ -357,8 +375,10 @@ class QualityEstimator(BaseEstimator):
         pooled: bool | str = "auto",
         boost_from: str | None = "task",
         tree_counts: tuple[int, ...] | None = TREE_COUNTS,
+        prior_clusters: tuple[int, ...] = CLUSTER_COUNTS,
     ) -> None:
         self.pooled = pooled
+        self.prior_clusters = prior_clusters
         self.boost_from = boost_from
         self.tree_counts = tree_counts
         self.regressor = regressor
@@ -424,7 +444,8 @@ class QualityEstimator(BaseEstimator):
         template = self._template()
         return (self.boost_from == "task" and type(template).__name__ == "LGBMRegressor"
                 and template.get_params()["objective"] == "cross_entropy" and not self.pooled_
-                and bool(labelled.all()) and weights is None and any(n.startswith(CATEGORY_PREFIX) for n in names))
+                and bool(labelled.all()) and weights is None
+                and any(n.startswith((CATEGORY_PREFIX, TEXT_PREFIX)) for n in names))
 
     def _boost_from_prior(self, prompt_features: np.ndarray, quality: np.ndarray, rows: np.ndarray, run: np.ndarray,
                           folds: list, X: np.ndarray, Y: np.ndarray,
@@ -440,16 +461,17 @@ class QualityEstimator(BaseEstimator):
         trees or the prior alone estimate each model not yet run
         (``unrun_trees_``).
         """
-        prompt_names = [names[j] for j in range(prompt_features.shape[1])]
         query_fold = np.zeros(prompt_features.shape[0], dtype=np.int64)
         for fold, (_, test) in enumerate(folds):
             query_fold[rows[test]] = fold
+        self.cells_ = choose_prior(prompt_features, quality, names[:prompt_features.shape[1]], query_fold,
+                                   self.random_state, cluster_counts=self.prior_clusters)
+        keys = self.cells_.keys(prompt_features)
         prior = np.empty_like(quality)
         for fold in range(len(folds)):
             inside = query_fold == fold
-            prior[inside] = TaskMeanRegressor().fit(prompt_features[~inside], quality[~inside],
-                                                    feature_names=prompt_names).predict(prompt_features[inside])
-        self.prior_ = TaskMeanRegressor().fit(prompt_features, quality, feature_names=prompt_names)
+            prior[inside] = self.cells_.fit(prompt_features[~inside], quality[~inside]).predict_cells(keys[inside])
+        self.prior_ = self.cells_.fit(prompt_features, quality)
         init = _logit(prior)[rows]
         k = Y.shape[1]
         most = int(self._template().get_params()["n_estimators"])
@@ -566,7 +588,7 @@ class QualityEstimator(BaseEstimator):
         X = _features(prompt_features[rows], run, posthoc.take(rows))
         Y = quality[rows]
         folds = list(GroupKFold(self.n_folds).split(X, groups=rows))
-        self.prior_, self.n_trees_, self.unrun_trees_, init = None, None, None, None
+        self.prior_, self.cells_, self.n_trees_, self.unrun_trees_, init = None, None, None, None, None
         if self._boosts_from_prior(names, labelled, weights):
             init, oof = self._boost_from_prior(prompt_features, quality, rows, run, folds, X, Y, names)
         else:
@@ -636,8 +658,11 @@ class QualityEstimator(BaseEstimator):
         ndarray of float64, shape (N, K), or None
             Prompt columns' contribution plus the bias, before clipping.
         """
-        if getattr(self, "prior_", None) is not None:  # the prior reads only the task columns of our own features
-            return _logit(self.prior_.predict_cells(prompt_features[:, self.prior_.category_columns_]))
+        if getattr(self, "prior_", None) is not None:  # the prior reads only its cells' keys of our own features
+            cells = getattr(self, "cells_", None)  # absent from estimators fitted before clusters: task columns
+            keys = (prompt_features[:, self.prior_.category_columns_] if cells is None
+                    else cells.keys(prompt_features))
+            return _logit(self.prior_.predict_cells(keys))
         affine = self.frozen_.affine
         return None if affine is None or self.pooled_ else affine.partial(prompt_features) + affine.bias
 

@@ -19,9 +19,11 @@ from typing import Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["RoutingTable"]
+__all__ = ["IGNORABLE_COLUMNS", "RoutingTable"]
 
 _PER_QUERY = ("query_ids", "prompts", "tasks", "subtasks", "splits")
+#: Per-query inputs a table can be read without (:meth:`RoutingTable.without`), by their long-format column names.
+IGNORABLE_COLUMNS = {"prompt": "prompts", "task": "tasks", "subtask": "subtasks"}
 _PER_CELL = ("quality", "cost", "logged", "responses", "input_tokens", "output_tokens", "propensity", "latency")
 
 
@@ -156,6 +158,36 @@ class RoutingTable:
                 changes[name] = value[rows]
         changes["signals"] = {name: value[rows] for name, value in self.signals.items()}
         return replace(self, **changes)
+
+    def without(self, columns: Sequence[str]) -> RoutingTable:
+        """Return the table as if its source had no ``columns`` (any of ``prompt``, ``task``, ``subtask``).
+
+        Why: users' traffic logs rarely carry a clean task label, and an
+        estimator fitted on a column must be sent it at serving time; fitting
+        and evaluating without it measures, and serves, what unlabelled
+        traffic gets (the estimator then derives prompt clusters in its
+        place, :mod:`estimators.clusters`).
+
+        Parameters
+        ----------
+        columns : sequence of str
+            Long-format column names, each one of :data:`IGNORABLE_COLUMNS`.
+
+        Returns
+        -------
+        RoutingTable
+            The same table with those per-query inputs set to ``None``.
+
+        Raises
+        ------
+        ValueError
+            If a name is not one of :data:`IGNORABLE_COLUMNS`.
+        """
+        unknown = [name for name in columns if name not in IGNORABLE_COLUMNS]
+        if unknown:
+            raise ValueError(f"cannot ignore column(s) {unknown}; the per-query inputs that can be ignored are "
+                             f"{sorted(IGNORABLE_COLUMNS)}")
+        return replace(self, **{IGNORABLE_COLUMNS[name]: None for name in columns})
 
     def select_models(self, names: Sequence[str]) -> RoutingTable:
         """Return the table with only ``names``, re-sorted by mean cost (the order the cascades rely on).

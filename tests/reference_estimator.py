@@ -17,7 +17,8 @@ objects' own ``transform``/``predict`` and plain NumPy/Python.
   ``transform`` on a frame of its columns.
 * Quality: each fitted regressor's own ``predict`` on the prompt features
   followed by the post-hoc block of the run set, clipped to [0, 1] (boosted from
-  the per-task prior: the regressors' raw score plus the prior's logit, or the
+  the per-cell prior, keyed on the task one-hot and ``KMeans.predict`` of the
+  prompt-text columns: the regressors' raw score plus the prior's logit, or the
   prior alone for a model not run at a run-set size where ``unrun_trees_`` is
   ``False``); a pooled
   regressor (partial logs) predicts model ``m`` on those features, ``m``
@@ -98,12 +99,24 @@ def reference_prompt_features(featurizer, frame: pd.DataFrame) -> np.ndarray:
     return np.hstack(blocks)
 
 
+def _prior_keys(cells, features: np.ndarray) -> np.ndarray:
+    keys = [features[:, cells.columns]]
+    if cells.clusters is not None:
+        kmeans = cells.clusters.kmeans
+        space = (features[:, cells.clusters.columns] - cells.clusters.offset) * cells.clusters.scale
+        keys.append(np.eye(kmeans.n_clusters)[kmeans.predict(space)])
+    keys = np.hstack(keys)
+    return keys if keys.shape[1] else np.ones((len(features), 1))  # neither: one cell, the overall mean
+
+
 def _quality(estimator, features: np.ndarray, run: np.ndarray, signals: dict, info) -> np.ndarray:
     X = np.hstack([features, posthoc_features(run, signals, info)])
     quality_estimator = estimator.quality_
     if quality_estimator.prior_ is not None:
-        # Boosted from the per-task prior: LightGBM's raw score plus the logit of the prior's own predict.
-        prior = np.clip(quality_estimator.prior_.predict(features), 1e-4, 1 - 1e-4)
+        # Boosted from the per-cell prior: LightGBM's raw score plus the logit of the prior's own predict of the
+        # cell keys, the task/subtask one-hot columns then the one-hot of the k-means cluster (KMeans's own predict).
+        prior = np.clip(quality_estimator.prior_.predict(_prior_keys(quality_estimator.cells_, features)),
+                        1e-4, 1 - 1e-4)
         raw = np.column_stack([r.predict(X, raw_score=True) for r in quality_estimator.regressors_])
         # A model not run is its prior alone at the run-set sizes where unrun_trees_ says so.
         for row in range(run.shape[0]):

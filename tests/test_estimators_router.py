@@ -265,7 +265,7 @@ def test_reveal_sigma_is_how_far_an_estimate_moves_once_the_model_runs(table):
 
 
 def test_lightgbm_boosts_from_the_per_task_prior_and_keeps_its_out_of_fold_tree_count(table):
-    """``boost_from="task"`` (the default): estimates start from each model's shrunk per-task mean."""
+    """``boost_from="task"`` (the default): estimates start from each model's shrunk per-cell (here per-task) mean."""
     from estimators.peers import TaskMeanRegressor
     from estimators.quality import TREE_COUNTS
 
@@ -276,7 +276,7 @@ def test_lightgbm_boosts_from_the_per_task_prior_and_keeps_its_out_of_fold_tree_
     assert set(boosted.n_trees_) <= {*TREE_COUNTS, 60}
     assert [r.n_estimators for r in boosted.regressors_] == list(boosted.n_trees_)
     features = fitted.prepare(**{f"{column}s": getattr(table, f"{column}s") for column in fitted.columns_}).features
-    prior = np.clip(boosted.prior_.predict(features), 1e-4, 1 - 1e-4)
+    prior = np.clip(boosted.prior_.predict(boosted.cells_.keys(features)), 1e-4, 1 - 1e-4)
     raw = np.column_stack([r.predict(np.hstack([features, _empty_block(fitted, table)]), raw_score=True)
                            for r in boosted.regressors_])
     # This table's quality depends on the task alone, so out of fold no model's trees beat the prior before any
@@ -305,10 +305,16 @@ def test_unrun_trees_are_kept_ex_ante_where_the_prompt_tells_more_than_its_task(
                         for prompt, h in zip(table.prompts, hard)], dtype=object)
     quality = (rng.random(table.quality.shape) < np.where(hard, 0.1, 0.9)[:, None]).astype(np.float64)
     worded = replace(table, prompts=prompts, quality=quality)
-    fitted = RouterEstimator(quality=QualityEstimator(regressor=make_lightgbm_regressor(n_estimators=60))).fit(worded)
-    assert fitted.quality_.unrun_trees_[0].all()
+    # Keyed on the task labels alone (no prompt clusters), the prior cannot see the word: the trees must.
+    labels_only = QualityEstimator(regressor=make_lightgbm_regressor(n_estimators=60), prior_clusters=())
+    fitted = RouterEstimator(quality=labels_only).fit(worded)
+    assert fitted.quality_.cells_.clusters is None and fitted.quality_.unrun_trees_[0].all()
     estimates = fitted.predict_table(worded).quality
     assert estimates[hard].mean() < 0.3 < 0.7 < estimates[~hard].mean()  # the prior alone would give ~0.5 to both
+    # By default the prompt clusters may see it first: either way the estimates separate the two.
+    default = RouterEstimator(quality=QualityEstimator(regressor=make_lightgbm_regressor(n_estimators=60))).fit(worded)
+    estimates = default.predict_table(worded).quality
+    assert estimates[hard].mean() < 0.3 < 0.7 < estimates[~hard].mean()
 
 
 @pytest.mark.parametrize("boost_from", ["task", None])

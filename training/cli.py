@@ -24,11 +24,14 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from estimators.table import IGNORABLE_COLUMNS
+
 from .artifact import signing_key
 
-__all__ = ["BAD_INPUT", "positive_int", "non_negative_int", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "Interrupted", "OutputError",
-           "RunFailed", "add_verify_arguments", "check_writable", "fail", "refuse_inputs_as_outputs", "same_file", "key_from_env",
-           "logs_summary", "quality_range", "parse_or_exit_code", "run_command", "verification_key", "writing"]
+__all__ = ["BAD_INPUT", "ignored_columns", "positive_int", "non_negative_int", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED",
+           "Interrupted", "OutputError", "RunFailed", "add_verify_arguments", "check_writable", "fail", "refuse_inputs_as_outputs",
+           "same_file", "key_from_env", "logs_summary", "quality_range", "parse_or_exit_code", "run_command", "verification_key",
+           "writing"]
 
 #: Exit code of a run whose input cannot be used.
 BAD_INPUT = 2
@@ -318,6 +321,32 @@ def quality_range(text: str) -> tuple[float, float]:
     if not (math.isfinite(low) and math.isfinite(high) and low <= high):
         raise argparse.ArgumentTypeError(f"expected finite LO <= HI, got {text!r}")
     return low, high
+
+
+def ignored_columns(text: str) -> list[str]:
+    """Parse ``--ignore-columns task,subtask`` (argparse ``type``): per-query inputs to read the table without.
+
+    Parameters
+    ----------
+    text : str
+        Comma-separated names, each one of ``prompt``, ``task``, ``subtask``.
+
+    Returns
+    -------
+    list of str
+        The names, once each.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        If a name is not one of those, or none is given.
+    """
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in IGNORABLE_COLUMNS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names among {sorted(IGNORABLE_COLUMNS)}, "
+                                         f"got {text!r}")
+    return names
 
 
 def _whole_number(minimum: int) -> Callable[[str], int]:

@@ -24,8 +24,8 @@ from typing import Sequence
 from estimators.estimator import ESTIMATOR_KINDS
 from estimators.simulated import NOISE_LEVELS
 
-from .cli import (CANNOT_WRITE, OutputError, check_writable, fail, logs_summary, non_negative_int, parse_or_exit_code,
-                  positive_int, quality_range, refuse_inputs_as_outputs, writing)
+from .cli import (CANNOT_WRITE, OutputError, check_writable, fail, ignored_columns, logs_summary, non_negative_int,
+                  parse_or_exit_code, positive_int, quality_range, refuse_inputs_as_outputs, writing)
 from .data import read_table
 from .episodes import MIN_FULLY_LOGGED
 from .protocol import DEFAULT_STRATEGIES, EvaluationReport, evaluate_strategies
@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "routers 'knn', 'mlp' (RouterBench), 'task-mean' (mean quality per task), 'mf' "
                              "(RouteLLM's matrix factorisation): estimators fitted on a training split "
                              "(default: %(default)s)")
+    parser.add_argument("--ignore-columns", type=ignored_columns, default=[], metavar="A,B",
+                        help="read the table without these per-query columns (comma-separated among prompt, task, "
+                             "subtask), as traffic logs without task labels; a router fitted without a column "
+                             "is served without it (the estimator derives prompt clusters in place of tasks)")
     parser.add_argument("--train-fraction", type=_fraction, default=0.5, metavar="F",
                         help="share of queries the learned estimators train on (default: %(default)s)")
     parser.add_argument("--calibration-fraction", type=_fraction, default=0.05, metavar="F",
@@ -149,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(error), code=CANNOT_WRITE)
     try:
         table = read_table(args.data, models=args.models, quality_range=args.quality_range,
-                           throughput=args.throughput, allow_pickle=args.allow_pickle)
+                           throughput=args.throughput, allow_pickle=args.allow_pickle).without(args.ignore_columns)
         if len(table.models) < 2:
             raise ValueError(f"need at least two models to compare strategies; the table has only {list(table.models)}")
         report = evaluate_strategies(

@@ -36,8 +36,8 @@ from estimators.prompts import PROMPT_CHARS
 from estimators.table import RoutingTable
 
 from .artifact import manifest_path, save_artifact
-from .cli import (check_writable, key_from_env, logs_summary, quality_range, refuse_inputs_as_outputs, run_command,
-                  writing)
+from .cli import (check_writable, ignored_columns, key_from_env, logs_summary, quality_range, refuse_inputs_as_outputs,
+                  run_command, writing)
 from .data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, coverage, fingerprint, read_prices, read_table
 from .episodes import MIN_FULLY_LOGGED, EstimatorEpisodes, calibration_episodes
 from .metrics import auc, auc_bounds, budget_grid, linear_auc, single_model_points
@@ -133,6 +133,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "ridge ('linear'), or a peer router's quality model for comparison: 'knn' and 'mlp' "
                              "(RouterBench), 'task-mean' (mean quality per task), 'mf' (RouteLLM's matrix "
                              "factorisation); default: %(default)s")
+    parser.add_argument("--ignore-columns", type=ignored_columns, default=[], metavar="A,B",
+                        help="read the table without these per-query columns (comma-separated among prompt, task, "
+                             "subtask), as traffic logs without task labels; a router fitted without a column "
+                             "is served without it (the estimator derives prompt clusters in place of tasks)")
     parser.add_argument("--n-queries", type=int, default=3000,
                         help="size of the synthetic benchmark (ignored with --data)")
     parser.add_argument("--fractions", type=float, nargs=3, default=(0.5, 0.25, 0.25),
@@ -213,12 +217,13 @@ def load(args: argparse.Namespace) -> tuple[RoutingTable, dict[str, tuple[float,
     """
     models = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
     if args.data is None:
-        return default_table(args.n_queries, seed=args.seed, models=models), synthetic_prices()
+        return default_table(args.n_queries, seed=args.seed, models=models).without(args.ignore_columns), \
+            synthetic_prices()
     if not args.data.exists():
         raise ValueError(f"--data {args.data} does not exist")
     prices = read_prices(args.prices) if args.prices is not None else None
     table = read_table(args.data, models=models, prices=prices, quality_range=args.quality_range,
-                       throughput=args.throughput, allow_pickle=args.allow_pickle)
+                       throughput=args.throughput, allow_pickle=args.allow_pickle).without(args.ignore_columns)
     if args.latency_budget is not None and table.latency is None:
         raise ValueError(f"--latency-budget needs latency, and {args.data} has none: add a latency_s column "
                          "(seconds per query and model), or pass --throughput with ttft_s and "
