@@ -41,9 +41,10 @@ SKELETON = f"# Post-hoc signal from the responses\n\n{BEGIN}\n{END}\n"
 def scores(table: Any, seed: int, variant: str) -> dict[str, Any]:
     """Post-hoc and ex-ante scores of the learned estimator with the checks of ``variant``."""
     all_checks = dict(zip(posthoc.CHECKS, posthoc._CHECKS))
-    chosen = {"none": [], "all": list(all_checks)}.get(variant, [variant])
-    saved = posthoc.CHECKS, posthoc._CHECKS
+    chosen = {"none": [], "all": list(all_checks), "pairs": [], "all+pairs": list(all_checks)}.get(variant, [variant])
+    saved = posthoc.CHECKS, posthoc._CHECKS, posthoc.PAIRS
     posthoc.CHECKS, posthoc._CHECKS = tuple(chosen), tuple(all_checks[c] for c in chosen)
+    posthoc.PAIRS = variant.endswith("pairs")
     try:
         train, rest = _split(table.n_queries, PROTOCOL["train_fraction"], seed)
         calibration, test = (rest[part] for part in _split(
@@ -52,7 +53,7 @@ def scores(table: Any, seed: int, variant: str) -> dict[str, Any]:
         fitted = make_router_estimator("learned").fit(ordered, train)
         return _estimate_scores(fitted, ordered.subset(test), seed)
     finally:
-        posthoc.CHECKS, posthoc._CHECKS = saved
+        posthoc.CHECKS, posthoc._CHECKS, posthoc.PAIRS = saved
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,12 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[0, 1, 2])
     parser.add_argument("--variants", default="none,all",
-                        help=f"comma-separated: none, all, or one of {list(posthoc.CHECKS)}")
+                        help=f"comma-separated: none, all, pairs, all+pairs, or one of {list(posthoc.CHECKS)}")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--json", type=Path, default=DOCS / "posthoc_signal.json")
     args = parser.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
-    unknown = [v for v in variants if v not in ("none", "all", *posthoc.CHECKS)]
+    unknown = [v for v in variants if v not in ("none", "all", "pairs", "all+pairs", *posthoc.CHECKS)]
     if unknown:
         print(f"posthoc_signal.py: error: unknown variants {unknown}", file=sys.stderr)
         return 2

@@ -115,14 +115,15 @@ def final_answers(responses: ArrayLike) -> NDArray[np.object_]:
 
 
 def _code(text: str) -> str | None:
-    """The code of a response: its ``[PYTHON]`` block, else its longest fenced block, else from the first line
-    starting a definition or import; ``None`` when it has none of these."""
+    """The code of a response: its ``[PYTHON]`` block, else its longest fenced block holding a ``def`` (else its
+    longest), else from the first line starting a definition or import; ``None`` when it has none of these."""
     match = _TAGGED.search(text)
     if match:
         return match.group(1)
     blocks = _FENCE.findall(text)
     if blocks:
-        return max(blocks, key=len)
+        defining = [b for b in blocks if "def " in b]
+        return max(defining or blocks, key=len)
     match = _CODE_START.search(text)
     return text[match.start():] if match else None
 
@@ -134,8 +135,10 @@ def code_parses(response: str) -> float:
     does not even parse fails its tests. The response looks like code by the
     same rule under which :func:`final_answer` gives it no answer (a fence,
     ``def``, ``import``, ``return``, ``[PYTHON]``); its code is the
-    ``[PYTHON]`` block, else the longest fenced block (an unclosed fence runs
-    to the end), else the text from the first line starting with ``def``,
+    ``[PYTHON]`` block, else the longest fenced block holding a ``def``
+    (usage examples such as ``>>> f(5)`` are not Python), else the longest
+    fenced block (an unclosed fence runs to the end), else the text from the
+    first line starting with ``def``,
     ``class``, ``import``, ``from`` or ``@``. The code is only parsed with
     :func:`ast.parse`, never run.
 
@@ -169,7 +172,11 @@ def code_parses(response: str) -> float:
 
 
 def hedges(response: str) -> float:
-    """1.0 if the response's first 2,000 characters refuse or hedge ("I'm not sure", "cannot", "sorry"), else 0.0.
+    """1.0 if the response's prose refuses or hedges ("I'm not sure", "cannot", "sorry"), else 0.0.
+
+    Its prose is what comes before the first code fence or ``[PYTHON]``
+    tag (code comments say "cannot" about the data, not the answer), at most
+    its first 2,000 characters.
 
     Parameters
     ----------
@@ -180,7 +187,8 @@ def hedges(response: str) -> float:
     -------
     float
     """
-    return 1.0 if _HEDGE.search(response, 0, _HEDGE_CHARS) else 0.0
+    end = min([_HEDGE_CHARS, *(at for at in (response.find("```"), response.find("[PYTHON]")) if at >= 0)])
+    return 1.0 if _HEDGE.search(response, 0, end) else 0.0
 
 
 def truncated(response: str) -> float:

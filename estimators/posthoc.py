@@ -53,6 +53,14 @@ class ResponseInfo(NamedTuple):
 #: Names of the per-response checks of :attr:`ResponseInfo.checks`, in order (one feature column group each).
 CHECKS = ("code_parses", "hedges", "truncated")
 _CHECKS = (code_parses, hedges, truncated)
+#: Whether the block has one column per pair of models saying whether their answers agree (NaN unless both
+#: ran and answered): the per-model regressors can then weigh agreement with a strong model above agreement
+#: with a weak one, which the pooled agreement shares cannot.
+PAIRS = True
+
+
+def _pairs(k: int) -> list[tuple[int, int]]:
+    return [(a, b) for a in range(k) for b in range(a + 1, k)]
 
 
 def _answer_kind(answer: str) -> float:
@@ -221,6 +229,8 @@ def posthoc_feature_names(models: Sequence[str], signal_names: Sequence[str], wi
         for block in ("log_length", "answer_kind", "answered", "agree", "with_majority", *CHECKS):
             names += [f"{block}[{m}]" for m in models]
         names += ["majority_share", "pair_agreement", "n_distinct_answers"]
+        if PAIRS:
+            names += [f"agree[{models[a]}|{models[b]}]" for a, b in _pairs(len(models))]
     names.append("n_run")
     return names
 
@@ -269,11 +279,13 @@ def posthoc_features(run: ArrayLike, signals: Mapping[str, NDArray[np.float64]],
         agreeing with it, whether it is in the largest answer cluster, and
         its :data:`CHECKS`.
         Then the largest cluster's share of the answering run models, the
-        share of agreeing pairs, the number of distinct answers, and ``|R|``.
+        share of agreeing pairs, the number of distinct answers, with
+        :data:`PAIRS` whether each pair of models agrees, and ``|R|``.
     """
     run = np.asarray(run, dtype=bool)
     n, k = run.shape
-    width = k * per_model_groups(len(signals), info is not None) + (3 if info is not None else 0) + 1
+    pairs = _pairs(k) if PAIRS and info is not None else []
+    width = k * per_model_groups(len(signals), info is not None) + (3 if info is not None else 0) + len(pairs) + 1
     out = np.empty((n, width))
     out[:, :k] = run
     for i, name in enumerate(signals):
@@ -286,6 +298,10 @@ def posthoc_features(run: ArrayLike, signals: Mapping[str, NDArray[np.float64]],
         start = k * (6 + len(signals))
         for c in range(len(CHECKS)):
             out[:, start + k * c: start + k * (c + 1)] = np.where(run, info.checks[:, :, c], np.nan)
+        valid = run & (info.codes > 0)
+        for i, (a, b) in enumerate(pairs):
+            out[:, width - 1 - len(pairs) + i] = np.where(valid[:, a] & valid[:, b],
+                                                          info.codes[:, a] == info.codes[:, b], np.nan)
     out[:, -1] = run.sum(axis=1)
     return out
 
