@@ -294,22 +294,18 @@ def posthoc_features(run: ArrayLike, signals: Mapping[str, NDArray[np.float64]],
         _agreement(run, np.ascontiguousarray(info.codes, dtype=np.int64),
                    np.ascontiguousarray(info.log_length, dtype=np.float64),
                    np.ascontiguousarray(info.kind, dtype=np.float64), out, k * (1 + len(signals)),
-                   k * (1 + len(signals) + 5 + len(CHECKS)))
+                   k * (1 + len(signals) + 5 + len(CHECKS)), bool(pairs))
         start = k * (6 + len(signals))
         for c in range(len(CHECKS)):
             out[:, start + k * c: start + k * (c + 1)] = np.where(run, info.checks[:, :, c], np.nan)
-        valid = run & (info.codes > 0)
-        for i, (a, b) in enumerate(pairs):
-            out[:, width - 1 - len(pairs) + i] = np.where(valid[:, a] & valid[:, b],
-                                                          info.codes[:, a] == info.codes[:, b], np.nan)
     out[:, -1] = run.sum(axis=1)
     return out
 
 
 @njit(**JIT_OPTIONS)
-def _agreement(run, codes, log_length, kind, out, start, tail):
+def _agreement(run, codes, log_length, kind, out, start, tail, with_pairs):
     """Write the per-model response columns of each query into ``out[:, start:start + 5K]``, the per-query ones
-    into ``out[:, tail:tail + 3]``.
+    into ``out[:, tail:tail + 3]`` and, with ``with_pairs``, each pair's agreement into the ``K (K - 1) / 2`` after.
 
     Compiled: per query it compares the K answers pairwise, which as
     broadcast NumPy arrays cost more than every other step of a batch
@@ -353,3 +349,10 @@ def _agreement(run, codes, log_length, kind, out, start, tail):
         out[q, tail] = largest / n_valid if n_valid > 0 else np.nan
         out[q, tail + 1] = (total - n_valid) / pairs if pairs > 0 else np.nan
         out[q, tail + 2] = distinct
+        if with_pairs:
+            i = tail + 3
+            for a in range(k):
+                for b in range(a + 1, k):
+                    both = run[q, a] and run[q, b] and codes[q, a] > 0 and codes[q, b] > 0
+                    out[q, i] = (1.0 if codes[q, a] == codes[q, b] else 0.0) if both else np.nan
+                    i += 1

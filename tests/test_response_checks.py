@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from estimators.answers import CODE_CHECK_CHARS, code_parses, hedges, truncated
+from estimators.answers import CODE_CHECK_CHARS, code_parses, final_answer, hedges, truncated
 from estimators.posthoc import CHECKS, posthoc_feature_names, posthoc_features, read_responses
 
 HEDGE_PHRASES = ("i'm not sure", "im not sure", "i am not sure", "i'm not certain", "im not certain",
@@ -167,3 +167,22 @@ def test_checks_are_feature_columns_of_the_run_models_only():
 def test_code_longer_than_the_bound_is_not_parsed():
     text = "```python\n" + "x = 1\n" * (CODE_CHECK_CHARS // 6 + 1) + "```"
     assert math.isnan(code_parses(text))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pair_agreement_columns_match_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(2, 7))
+    texts = rng.choice(np.array(["A", "B", "(B)", "", "I do", "def f(): return 1"], dtype=object), (40, k))
+    run = rng.random((40, k)) < 0.6
+    info = read_responses(texts)
+    models = [f"m{j}" for j in range(k)]
+    names = posthoc_feature_names(models, [], True)
+    features = posthoc_features(run, {}, info)
+    assert features.shape[1] == len(names)
+    answers = [[final_answer(t) for t in row] for row in texts]
+    for a in range(k):
+        for b in range(a + 1, k):
+            want = [float(answers[q][a] == answers[q][b]) if run[q, a] and run[q, b] and answers[q][a] and answers[q][b]
+                    else math.nan for q in range(40)]
+            np.testing.assert_array_equal(features[:, names.index(f"agree[m{a}|m{b}]")], want)
