@@ -18,9 +18,9 @@ from numpy.typing import ArrayLike, NDArray
 
 from kernel.config import JIT_OPTIONS
 
-from .answers import final_answers
+from .answers import code_parses, final_answers, hedges, truncated
 
-__all__ = ["ResponseInfo", "ResponseMemo", "parse_responses", "per_model_groups", "posthoc_features",
+__all__ = ["CHECKS", "ResponseInfo", "ResponseMemo", "parse_responses", "per_model_groups", "posthoc_features",
            "posthoc_feature_names", "read_responses", "run_responses"]
 
 
@@ -38,11 +38,29 @@ class ResponseInfo(NamedTuple):
         Kind of final answer: 0 none, 1 option letter, 2 integer, 3 other
         number, 4 short text. Informative on its own when only one model
         ran (a GSM8K answer that is not an integer is usually wrong).
+    checks : ndarray of float64, shape (N, K, 3)
+        Per response, the checks of :data:`CHECKS`: whether its code parses
+        (NaN when not code), whether it hedges or refuses, whether it was
+        cut off (:mod:`estimators.answers`).
     """
 
     codes: NDArray[np.int64]
     log_length: NDArray[np.float64]
     kind: NDArray[np.float64]
+    checks: NDArray[np.float64]
+
+
+#: Names of the per-response checks of :attr:`ResponseInfo.checks`, in order (one feature column group each).
+CHECKS = ("code_parses", "hedges", "truncated")
+_CHECKS = (code_parses, hedges, truncated)
+#: Whether the block has one column per pair of models saying whether their answers agree (NaN unless both
+#: ran and answered): the per-model regressors can then weigh agreement with a strong model above agreement
+#: with a weak one, which the pooled agreement shares cannot.
+PAIRS = True
+
+
+def _pairs(k: int) -> list[tuple[int, int]]:
+    return [(a, b) for a in range(k) for b in range(a + 1, k)]
 
 
 def _answer_kind(answer: str) -> float:
@@ -57,9 +75,9 @@ def _answer_kind(answer: str) -> float:
     return 2.0 if value.is_integer() else 3.0
 
 
-def parse_responses(texts: ArrayLike
-                    ) -> tuple[NDArray[np.object_], NDArray[np.float64], NDArray[np.float64]]:
-    """Per response text (any shape, non-strings as empty): final answer, ``log1p`` length and answer kind.
+def parse_responses(texts: ArrayLike) -> tuple[NDArray[np.object_], NDArray[np.float64], NDArray[np.float64],
+                                               NDArray[np.float64]]:
+    """Per response text (any shape, non-strings as empty): final answer, ``log1p`` length, answer kind and checks.
 
     The per-text half of :func:`read_responses`, for callers that parse
     each text once and compare answers later (the batch replay).
@@ -78,12 +96,17 @@ def parse_responses(texts: ArrayLike
     kind : ndarray of float64
         Kind of each answer, as :attr:`ResponseInfo.kind`.
         All three have the shape of ``texts``.
+    checks : ndarray of float64
+        Shape of ``texts`` plus one axis of :data:`CHECKS`.
     """
     texts = np.asarray(texts, dtype=object)
     answers = final_answers(texts)
-    lengths = np.array([len(r) if isinstance(r, str) else 0 for r in texts.ravel()], dtype=np.float64)
+    flat = [r if isinstance(r, str) else "" for r in texts.ravel()]
+    lengths = np.array([len(r) for r in flat], dtype=np.float64)
     kind = np.array([_answer_kind(a) for a in answers.ravel()], dtype=np.float64)
-    return answers, np.log1p(lengths).reshape(texts.shape), kind.reshape(texts.shape)
+    checks = np.array([[check(r) for check in _CHECKS] for r in flat], dtype=np.float64).reshape(
+        (*texts.shape, len(CHECKS)))
+    return answers, np.log1p(lengths).reshape(texts.shape), kind.reshape(texts.shape), checks
 
 
 def read_responses(responses: ArrayLike) -> ResponseInfo:
@@ -99,11 +122,11 @@ def read_responses(responses: ArrayLike) -> ResponseInfo:
     ResponseInfo
         Answer ids numbered over the whole array.
     """
-    answers, log_length, kind = parse_responses(responses)
+    answers, log_length, kind, checks = parse_responses(responses)
     codes, _ = pd.factorize(answers.ravel(), use_na_sentinel=False)
     codes = codes.reshape(answers.shape).astype(np.int64) + 1
     codes[answers == ""] = 0
-    return ResponseInfo(codes, log_length, kind)
+    return ResponseInfo(codes, log_length, kind, checks)
 
 
 class ResponseMemo:
@@ -117,12 +140,12 @@ class ResponseMemo:
     """
 
     def __init__(self) -> None:
-        self.parsed: dict[str, tuple[int, float, float]] = {}
+        self.parsed: dict[str, tuple[int, float, float, NDArray[np.float64]]] = {}
         self.answer_ids: dict[str, int] = {"": 0}
 
-    def lookup(self, texts: NDArray[np.object_]
-               ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
-        """``(answer id, log1p length, answer kind)`` per text, parsing only texts not seen before.
+    def lookup(self, texts: NDArray[np.object_]) -> tuple[NDArray[np.int64], NDArray[np.float64],
+                                                          NDArray[np.float64], NDArray[np.float64]]:
+        """``(answer id, log1p length, answer kind, checks)`` per text, parsing only texts not seen before.
 
         Parameters
         ----------
@@ -135,16 +158,19 @@ class ResponseMemo:
             Equal exactly for equal final answers, 0 for none.
         log_length : ndarray of float64, shape (M,)
         kind : ndarray of float64, shape (M,)
+        checks : ndarray of float64, shape (M, len(CHECKS))
         """
         inverse, unique = pd.factorize(texts)
         new = [t for t in unique if t not in self.parsed]
         if new:  # each distinct text once: short answers ("A", "B") repeat a lot
-            answers, log_length, kind = parse_responses(np.array(new, dtype=object))
-            for text, answer, length, answer_kind in zip(new, answers, log_length, kind):
-                self.parsed[text] = (self.answer_ids.setdefault(answer, len(self.answer_ids)), length, answer_kind)
+            answers, log_length, kind, checks = parse_responses(np.array(new, dtype=object))
+            for text, answer, length, answer_kind, check in zip(new, answers, log_length, kind, checks):
+                self.parsed[text] = (self.answer_ids.setdefault(answer, len(self.answer_ids)), length, answer_kind,
+                                     check)
         found = [self.parsed[t] for t in unique]
         return (np.array([f[0] for f in found], np.int64)[inverse], np.array([f[1] for f in found])[inverse],
-                np.array([f[2] for f in found])[inverse])
+                np.array([f[2] for f in found])[inverse],
+                np.array([f[3] for f in found]).reshape(len(found), len(CHECKS))[inverse])
 
 
 def run_responses(responses: NDArray[np.object_], run: NDArray[np.bool_],
@@ -173,10 +199,12 @@ def run_responses(responses: NDArray[np.object_], run: NDArray[np.bool_],
     codes = np.zeros(run.size, np.int64)
     log_length = np.zeros(run.size)
     kind = np.zeros(run.size)
+    checks = np.zeros((run.size, len(CHECKS)))
     if cells.size:
         texts = np.array([t if isinstance(t, str) else "" for t in responses.ravel()[cells]], dtype=object)
-        codes[cells], log_length[cells], kind[cells] = (memo or ResponseMemo()).lookup(texts)
-    return ResponseInfo(codes.reshape(run.shape), log_length.reshape(run.shape), kind.reshape(run.shape))
+        codes[cells], log_length[cells], kind[cells], checks[cells] = (memo or ResponseMemo()).lookup(texts)
+    return ResponseInfo(codes.reshape(run.shape), log_length.reshape(run.shape), kind.reshape(run.shape),
+                        checks.reshape((*run.shape, len(CHECKS))))
 
 
 def posthoc_feature_names(models: Sequence[str], signal_names: Sequence[str], with_responses: bool) -> list[str]:
@@ -198,9 +226,11 @@ def posthoc_feature_names(models: Sequence[str], signal_names: Sequence[str], wi
     names = [f"ran[{m}]" for m in models]
     names += [f"{s}[{m}]" for s in signal_names for m in models]
     if with_responses:
-        for block in ("log_length", "answer_kind", "answered", "agree", "with_majority"):
+        for block in ("log_length", "answer_kind", "answered", "agree", "with_majority", *CHECKS):
             names += [f"{block}[{m}]" for m in models]
         names += ["majority_share", "pair_agreement", "n_distinct_answers"]
+        if PAIRS:
+            names += [f"agree[{models[a]}|{models[b]}]" for a, b in _pairs(len(models))]
     names.append("n_run")
     return names
 
@@ -209,7 +239,7 @@ def per_model_groups(n_signals: int, with_responses: bool) -> int:
     """How many per-model column groups (``K`` columns each) open the block :func:`posthoc_features` builds.
 
     Whether the model ran, then each signal, then with responses its log
-    length, answer kind, answered, agreement and majority columns; the
+    length, answer kind, answered, agreement, majority and check columns; the
     block's last columns are per query. A pooled quality regressor gathers
     each model's own column of every group.
 
@@ -224,7 +254,7 @@ def per_model_groups(n_signals: int, with_responses: bool) -> int:
     -------
     int
     """
-    return 1 + n_signals + (5 if with_responses else 0)
+    return 1 + n_signals + (5 + len(CHECKS) if with_responses else 0)
 
 
 def posthoc_features(run: ArrayLike, signals: Mapping[str, NDArray[np.float64]],
@@ -246,13 +276,16 @@ def posthoc_features(run: ArrayLike, signals: Mapping[str, NDArray[np.float64]],
         Columns as named by :func:`posthoc_feature_names`. Per model ``j``:
         whether it ran; each signal; and with responses its log length,
         the kind of its final answer, whether it gave a comparable answer, the share of the other run models
-        agreeing with it and whether it is in the largest answer cluster.
+        agreeing with it, whether it is in the largest answer cluster, and
+        its :data:`CHECKS`.
         Then the largest cluster's share of the answering run models, the
-        share of agreeing pairs, the number of distinct answers, and ``|R|``.
+        share of agreeing pairs, the number of distinct answers, with
+        :data:`PAIRS` whether each pair of models agrees, and ``|R|``.
     """
     run = np.asarray(run, dtype=bool)
     n, k = run.shape
-    width = k * per_model_groups(len(signals), info is not None) + (3 if info is not None else 0) + 1
+    pairs = _pairs(k) if PAIRS and info is not None else []
+    width = k * per_model_groups(len(signals), info is not None) + (3 if info is not None else 0) + len(pairs) + 1
     out = np.empty((n, width))
     out[:, :k] = run
     for i, name in enumerate(signals):
@@ -260,14 +293,19 @@ def posthoc_features(run: ArrayLike, signals: Mapping[str, NDArray[np.float64]],
     if info is not None:
         _agreement(run, np.ascontiguousarray(info.codes, dtype=np.int64),
                    np.ascontiguousarray(info.log_length, dtype=np.float64),
-                   np.ascontiguousarray(info.kind, dtype=np.float64), out, k * (1 + len(signals)))
+                   np.ascontiguousarray(info.kind, dtype=np.float64), out, k * (1 + len(signals)),
+                   k * (1 + len(signals) + 5 + len(CHECKS)), bool(pairs))
+        start = k * (6 + len(signals))
+        for c in range(len(CHECKS)):
+            out[:, start + k * c: start + k * (c + 1)] = np.where(run, info.checks[:, :, c], np.nan)
     out[:, -1] = run.sum(axis=1)
     return out
 
 
 @njit(**JIT_OPTIONS)
-def _agreement(run, codes, log_length, kind, out, start):
-    """Write the response columns of each query into ``out[:, start:start + 5K + 3]``.
+def _agreement(run, codes, log_length, kind, out, start, tail, with_pairs):
+    """Write the per-model response columns of each query into ``out[:, start:start + 5K]``, the per-query ones
+    into ``out[:, tail:tail + 3]`` and, with ``with_pairs``, each pair's agreement into the ``K (K - 1) / 2`` after.
 
     Compiled: per query it compares the K answers pairwise, which as
     broadcast NumPy arrays cost more than every other step of a batch
@@ -308,6 +346,13 @@ def _agreement(run, codes, log_length, kind, out, start):
             out[q, start + 2 * k + j] = (1.0 if valid else 0.0) if ran else np.nan
             out[q, start + 3 * k + j] = (cluster[j] - 1.0) / others if valid and others > 0 else np.nan
             out[q, start + 4 * k + j] = (1.0 if cluster[j] == largest else 0.0) if valid else np.nan
-        out[q, start + 5 * k] = largest / n_valid if n_valid > 0 else np.nan
-        out[q, start + 5 * k + 1] = (total - n_valid) / pairs if pairs > 0 else np.nan
-        out[q, start + 5 * k + 2] = distinct
+        out[q, tail] = largest / n_valid if n_valid > 0 else np.nan
+        out[q, tail + 1] = (total - n_valid) / pairs if pairs > 0 else np.nan
+        out[q, tail + 2] = distinct
+        if with_pairs:
+            i = tail + 3
+            for a in range(k):
+                for b in range(a + 1, k):
+                    both = run[q, a] and run[q, b] and codes[q, a] > 0 and codes[q, b] > 0
+                    out[q, i] = (1.0 if codes[q, a] == codes[q, b] else 0.0) if both else np.nan
+                    i += 1
