@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ignore-columns", type=ignored_columns, default=[], metavar="A,B",
                         help="read the table without these per-query columns (comma-separated among prompt, task, "
                              "subtask), as traffic logs without task labels; a router fitted without a column "
-                             "is served without it (the estimator derives prompt clusters in place of tasks)")
+                             "is served without it (the estimator derives prompt clusters in place of tasks); default: none, "
+                             "every column is read")
     parser.add_argument("--train-fraction", type=_fraction, default=0.5, metavar="F",
                         help="share of queries the learned estimators train on (default: %(default)s)")
     parser.add_argument("--calibration-fraction", type=_fraction, default=0.05, metavar="F",

@@ -136,7 +136,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ignore-columns", type=ignored_columns, default=[], metavar="A,B",
                         help="read the table without these per-query columns (comma-separated among prompt, task, "
                              "subtask), as traffic logs without task labels; a router fitted without a column "
-                             "is served without it (the estimator derives prompt clusters in place of tasks)")
+                             "is served without it (the estimator derives prompt clusters in place of tasks); default: none, "
+                             "every column is read")
     parser.add_argument("--n-queries", type=int, default=3000,
                         help="size of the synthetic benchmark (ignored with --data)")
     parser.add_argument("--fractions", type=float, nargs=3, default=(0.5, 0.25, 0.25),

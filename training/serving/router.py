@@ -502,6 +502,24 @@ class Router:
             self.plan_arrays(["warm-up"], observed, **per_query, parallel=True)
 
 
+def _paced_gamma(base: Policy, factor: float) -> float:
+    """The share of the dearer hull model that spends ``1 / factor`` of what the hull mix ``base`` spends.
+
+    A hull mix is routing on constant estimates whose ``λ`` ties its two
+    models, so scaling ``λ`` would switch all traffic to one of them; its
+    spend is linear in ``γ`` (``c_a + γ (c_b − c_a)``), which is what pacing
+    moves instead.
+    """
+    quality, cost = base.constant_estimates
+    score = quality - float(np.asarray(base.lambdas)[0]) * cost
+    tied = np.flatnonzero(score >= score.max() - 1e-12 * max(1.0, abs(score.max())))
+    cheap, dear = cost[tied].min(), cost[tied].max()
+    if dear <= cheap:
+        return base.gamma
+    spend = (cheap + base.gamma * (dear - cheap)) / factor
+    return float(np.clip((spend - cheap) / (dear - cheap), 0.0, 1.0))
+
+
 class PacedRouter:
     """A :class:`Router` whose ``λ`` is paced to a budget by a :class:`~training.serving.pacing.PaceController`.
 
@@ -633,7 +651,9 @@ class PacedRouter:
         with self._lock:
             for value in costs:
                 self.controller.update(value)
-            changes = {"lambdas": np.asarray(self.base.lambdas) * self.controller.factor}
+            changes = ({"gamma": _paced_gamma(self.base, self.controller.factor)}
+                       if self.base.constant_estimates is not None and seconds is None else
+                       {"lambdas": np.asarray(self.base.lambdas) * self.controller.factor})
             if seconds is not None:
                 for value in seconds:
                     self.latency_controller.update(value)
