@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from training import metrics
@@ -221,3 +222,28 @@ def test_learned_estimators_run_the_protocol_end_to_end():
     with pytest.raises(ValueError, match="train_fraction"):
         evaluate_strategies(table, estimator="linear", calibration_fraction=0.5, train_fraction=0.6,
                             progress=False)
+
+
+def test_prompts_logged_under_several_ids_are_counted_in_a_warning():
+    """Retries: every prompt logged twice under two query ids. The protocol keeps its split by id (published
+    figures stay reproducible) and says how many prompts straddle its parts."""
+    import warnings
+
+    from training.data import read_table
+    from training.protocol import SharedPromptWarning
+    from training.synthetic import make_benchmark
+
+    frame = make_benchmark(150, seed=4)
+    frame = frame[frame["query_id"].isin(frame.drop_duplicates("prompt")["query_id"])]  # one query per prompt
+    retried = frame.assign(query_id=frame["query_id"].astype(str) + "-retry")
+    kwargs = dict(estimator="linear", calibration_fraction=0.25, train_fraction=0.5, n_boot=10,
+                  strategies=("routing",), progress=False)
+    with pytest.warns(SharedPromptWarning) as caught:
+        evaluate_strategies(read_table(pd.concat([frame, retried], ignore_index=True)), **kwargs)
+    counted = int(str(caught[0].message).split()[0])
+    # Two ids drawn into parts of shares 1/2, 1/4, 1/4 share one with probability 3/8: 5/8 of the prompts straddle.
+    n_prompts = frame["prompt"].nunique()
+    assert 0.4 * n_prompts <= counted <= 0.85 * n_prompts, (counted, n_prompts)
+    with warnings.catch_warnings():  # one query per prompt: nothing to say
+        warnings.simplefilter("error", SharedPromptWarning)
+        evaluate_strategies(read_table(frame), **kwargs)

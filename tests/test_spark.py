@@ -143,7 +143,17 @@ def test_cli_engine_spark_writes_the_same_datasets(artifact, traffic, tmp_path):
                                       check_dtype=False)
     again = subprocess.run([sys.executable, "-m", "training.score", "--engine", "spark", "--artifact", str(artifact),
                             "--input", str(path), "--output", str(out), "--quiet"], capture_output=True, text=True)
-    assert again.returncode == 2 and "exists" in again.stderr  # nothing is overwritten
+    assert again.returncode == 2 and "exists" in again.stderr and "--overwrite" in again.stderr
+    # the same rule as the local engine: --overwrite replaces both datasets once the run completes
+    (out / "stale-part.parquet").write_bytes(b"an earlier run's file")
+    replaced = subprocess.run([sys.executable, "-m", "training.score", "--engine", "spark", "--master", "local[2]",
+                               "--artifact", str(artifact), "--input", str(path), "--output", str(out), "--overwrite",
+                               "--quiet"], capture_output=True, text=True)
+    assert replaced.returncode == 0, replaced.stderr
+    assert not (out / "stale-part.parquet").exists()
+    pd.testing.assert_frame_equal(_canonical(pd.read_parquet(out), ["query_id", "row"]),
+                                  _canonical(pd.read_parquet(single), ["query_id", "row"]), check_dtype=False)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".old", ".tmp"))]
 
 
 def test_a_corrupted_artifact_fails_on_the_driver_before_any_task(spark, artifact, traffic, tmp_path):

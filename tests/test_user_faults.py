@@ -161,9 +161,7 @@ def test_rescoring_into_an_existing_output_needs_overwrite(artifact, traffic, tm
     assert score_main(_score(artifact, traffic, out, "--overwrite")) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out), first)
     assert rejects.exists()
-    # one behaviour for both engines: Spark refuses an existing output, and --overwrite is refused for it
-    assert score_main(_score(artifact, traffic, tmp_path / "spark-out", "--engine", "spark", "--overwrite")) == 2
-    assert "--overwrite is for --engine local" in capsys.readouterr().err
+    # Spark: the same rule (tests/test_spark.py::test_cli_engine_spark_writes_the_same_datasets)
 
 
 def test_an_output_named_for_another_format_is_refused(artifact, traffic, tmp_path, capsys):

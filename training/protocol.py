@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ from estimators.simulated import NOISE_LEVELS, simulate_estimates
 from . import metrics
 from .data import coverage
 from .episodes import MIN_FULLY_LOGGED, Episodes, EstimatorEpisodes, TableEpisodes, calibration_episodes
+from .splits import prompt_groups, shared_groups
 from .splits import split as split_logged
 from .policy import SIGMA_TRANSFORMS, choose_policy, describe, fit_candidates, fit_policy, single_outcomes
 from estimators.table import RoutingTable
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
 
     from .display import QualityCostDisplay
 
-__all__ = ["DEFAULT_STRATEGIES", "REPORTED_NAMES", "EvaluationReport", "evaluate_strategies"]
+__all__ = ["DEFAULT_STRATEGIES", "REPORTED_NAMES", "EvaluationReport", "SharedPromptWarning", "evaluate_strategies"]
 
 DEFAULT_STRATEGIES = ("routing", "threshold", "cascade", "cascade_routing")
 
@@ -367,6 +369,7 @@ def evaluate_strategies(
             train, rest = _split(table.n_queries, train_fraction, seed)
             calibration, test = (rest[part] for part in _split(
                 rest.size, calibration_fraction / (1 - train_fraction), seed + 1))
+        _warn_of_shared_prompts((train, calibration, test), table.prompts)
     columns = np.argsort(np.nanmean(table.cost[calibration], axis=0), kind="stable")
     ordered = table.reorder_models(columns)
     models, quality, cost = ordered.models, ordered.quality, ordered.cost
@@ -507,6 +510,27 @@ def _estimate_scores(fitted: RouterEstimator, test: RoutingTable, seed: int) -> 
     post = fitted.predict_table(test, run=run).quality
     return {"ex_ante": {"brier": brier(truth, ante), "auroc": auroc(truth, ante)},
             "post_hoc": {"run_set_size": size, "brier": brier(truth, post, run), "auroc": auroc(truth, post, run)}}
+
+
+class SharedPromptWarning(UserWarning):
+    """One prompt text stands in more than one part of a protocol split, so test figures may be optimistic."""
+
+
+def _warn_of_shared_prompts(parts: tuple[np.ndarray, ...], prompts: np.ndarray | None) -> None:
+    """Say how many prompts the learned estimator may have seen in training before being tested on them.
+
+    The protocol splits by query id, as the published figures did (so they
+    stay reproducible); retries logged under new ids repeat a prompt across
+    parts, where a kNN estimator finds its own answer. ``training.fit``
+    keeps such queries together (:func:`training.splits.split`); here the
+    count is reported instead, so a reader knows to deduplicate.
+    """
+    shared = shared_groups(parts, prompt_groups(prompts))
+    if shared:
+        warnings.warn(f"{shared} distinct prompt texts appear in more than one of the train / calibration / test "
+                      "parts (one prompt logged under several query ids, e.g. retries), so the learned estimators' "
+                      "test figures may be optimistic; keep one query per prompt to measure without that leak",
+                      SharedPromptWarning, stacklevel=3)
 
 
 def _split(n_queries: int, calibration_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -727,9 +727,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.max_reject_share is not None and args.engine == "spark":
         parser.error("--max-reject-share is for --engine local (Spark's totals do not count the input rows); a Spark "
                      "run that rejects rows and scores nothing still exits 2")
-    if args.overwrite and args.engine == "spark":
-        parser.error("--overwrite is for --engine local: Spark writes each dataset under a temporary name and "
-                     "renames it, which an existing one would block; remove the old datasets first")
     if args.engine == "spark" and (args.resume or args.workers is not None):
         parser.error("--resume and --workers are for --engine local; Spark retries failed tasks and spreads the "
                      "work itself")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -461,8 +462,9 @@ def _score_to_datasets(spark, args, output: str, rejects: str, key: object) -> d
     if not files.exists(str(args.input)):
         raise ScoreError(f"--input {args.input} does not exist")
     for flag, path in (("--output", output), ("--rejects", rejects)):
-        if files.exists(path):
-            raise ScoreError(f"{flag} {path} exists; remove it or choose another path (nothing is overwritten)")
+        if files.exists(path) and not args.overwrite:
+            raise ScoreError(f"{flag} {path} exists (an earlier run's results?); pass --overwrite to replace it "
+                             "when this run completes, or choose another path")
         if files.same(path, str(args.input)):
             raise ScoreError(f"{flag} {path} is the input; write the results to another path")
     started = time.perf_counter()
@@ -475,7 +477,7 @@ def _score_to_datasets(spark, args, output: str, rejects: str, key: object) -> d
             staging = f"{target}.{uuid.uuid4().hex}.tmp"
             try:
                 frame.write.parquet(staging)
-                files.rename(staging, target)
+                files.replace(staging, target)
             finally:
                 files.delete(staging)  # a failed or killed write leaves nothing under the output's name
     finally:
@@ -530,3 +532,18 @@ class _FileSystem:
         hadoop_source, fs = self._path(source)
         if not fs.rename(hadoop_source, self._jvm.org.apache.hadoop.fs.Path(target)):
             raise OSError(f"could not rename {source} to {target}")
+
+    def replace(self, source: str, target: str) -> None:
+        """Rename ``source`` to ``target``; an existing ``target`` (``--overwrite``) is moved aside first and
+        removed only once the new one is in place, or put back if that fails."""
+        if not self.exists(target):
+            self.rename(source, target)
+            return
+        aside = f"{target}.{uuid.uuid4().hex}.old"
+        self.rename(target, aside)
+        try:
+            self.rename(source, target)
+        except BaseException:
+            self.rename(aside, target)
+            raise
+        self.delete(aside)
