@@ -188,6 +188,20 @@ def running_upstreams(**options) -> Iterator[FakeUpstreams]:
         yield fake
 
 
+def keyed_backends(folder: Path, upstream_url: str, models: tuple[str, ...], *, key_env: str,
+                   timeout_s: float) -> dict:
+    """Load a ``backends.toml`` for the fake upstreams whose key is read from ``key_env`` (set only while loading)."""
+    import pytest
+
+    from training.serving.backends import load_backends
+
+    path = folder / "backends.toml"
+    path.write_text(backends_toml(upstream_url, models, key_env=key_env, timeout_s=timeout_s))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(key_env, UPSTREAM_KEY)
+        return load_backends(path, models, {})
+
+
 def backends_toml(upstream_url: str, models: tuple[str, ...], *, key_env: str | None = None,
                   timeout_s: float = 1.0, prices: bool = True) -> str:
     """A ``backends.toml`` pointing every model at the fake upstreams."""

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import httpx
 import pytest
-from servekit import UPSTREAM_KEY, backends_toml, serving
+from servekit import UPSTREAM_KEY, backends_toml, keyed_backends, serving
 
 from training.serve import _build, _parse
 from training.serve import main as serve_main
@@ -49,14 +49,8 @@ def _rss() -> int:
 
 @pytest.fixture(scope="module")
 def backends(tmp_path_factory, upstream_server, serve_router):
-    path = tmp_path_factory.mktemp("edge") / "backends.toml"
-    path.write_text(backends_toml(upstream_server.url, serve_router.models_, key_env=KEY_ENV, timeout_s=5.0))
-    mp = pytest.MonkeyPatch()
-    mp.setenv(KEY_ENV, UPSTREAM_KEY)
-    try:
-        return load_backends(path, serve_router.models_, {})
-    finally:
-        mp.undo()
+    return keyed_backends(tmp_path_factory.mktemp("edge"), upstream_server.url, serve_router.models_,
+                          key_env=KEY_ENV, timeout_s=5.0)
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ from dataclasses import replace
 import httpx
 import openai
 import pytest
-from servekit import UPSTREAM_KEY, answer_of, backends_toml, serving, usage_of
+from servekit import UPSTREAM_KEY, answer_of, backends_toml, keyed_backends, serving, usage_of
 
 from training.data import read_table
 from training.serve import main as serve_main
-from training.serving.backends import load_backends, parse_backends
+from training.serving.backends import parse_backends
 from training.serving.service import ServiceConfig, create_app
 from training.serving.upstream import UpstreamFailure
 from training.synthetic import make_benchmark
@@ -41,14 +41,8 @@ def emitted():
 
 @pytest.fixture(scope="module")
 def backends(tmp_path_factory, upstream_server, serve_router):
-    path = tmp_path_factory.mktemp("faults") / "backends.toml"
-    path.write_text(backends_toml(upstream_server.url, serve_router.models_, key_env=KEY_ENV, timeout_s=0.25))
-    mp = pytest.MonkeyPatch()
-    mp.setenv(KEY_ENV, UPSTREAM_KEY)
-    try:
-        return load_backends(path, serve_router.models_, {})
-    finally:
-        mp.undo()
+    return keyed_backends(tmp_path_factory.mktemp("faults"), upstream_server.url, serve_router.models_,
+                          key_env=KEY_ENV, timeout_s=0.25)
 
 
 @pytest.fixture(scope="module")
