@@ -406,6 +406,10 @@ def _load(source: PathLike | pd.DataFrame, allow_pickle: bool = False) -> pd.Dat
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"source must be a path or a pandas DataFrame, got {type(source).__name__}")
     path = Path(source)
+    from .traffic_log import is_log_dir, read_logs  # here: training.traffic_log is above this module
+
+    if is_log_dir(path):  # training.serve --log-dir: its labelled rows, labels joined (issue 34)
+        return read_logs(path)
     if path.is_dir():  # a Parquet dataset, as Spark and pandas (partition_cols) write one
         return _parse(path, "a Parquet dataset folder", _read_parquet)
     if not path.is_file():

@@ -56,7 +56,10 @@ import asyncio
 import hmac
 import logging
 import math
+import random
 import time
+import uuid
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -73,7 +76,9 @@ from threadpoolctl import threadpool_limits
 from estimators.estimator import PreparedQueries
 
 from ..policy import Policy
+from . import traffic
 from .backends import Backend
+from .explore import Exploration
 from .openai_api import (OBJECTS_PER_MESSAGE, ROUTER_MODEL, APIError, ChatRequest, chat_response, parse_chat_request, parse_json,
                          parse_route_request, sse_chunks)
 from .router import Router
@@ -128,6 +133,15 @@ class ServiceConfig:
         loopback names for a loopback bind).
     max_reply_bytes : int, default=8 MiB
         Largest upstream reply read; a larger one fails that model.
+    log : LogConfig, optional
+        Log every answered request (:mod:`training.serving.traffic`) and
+        accept labels at ``/v1/feedback`` (issue 34); ``None`` logs nothing.
+    explore : float, default=0
+        Probability that a request served by the paced policy also calls one
+        uniformly drawn model (:mod:`training.serving.explore`); needs
+        ``pace`` and ``log``.
+    feedback_ids : int, default=100,000
+        Most recent request ids kept for ``/v1/feedback`` (older ids get 404).
     """
 
     budget: float | None = None
@@ -142,8 +156,15 @@ class ServiceConfig:
     request_timeout_s: float = 60.0
     allowed_hosts: tuple[str, ...] | None = None
     max_reply_bytes: int = MAX_REPLY_BYTES
+    log: traffic.LogConfig | None = None
+    explore: float = 0.0
+    feedback_ids: int = 100_000
 
     def __post_init__(self) -> None:
+        Exploration(self.explore)  # checks the probability
+        if self.explore and not (self.pace and self.log is not None):
+            raise ValueError("exploring spends beyond the policy's budget unless paced, and is useless unlogged; "
+                             "add --pace and --log-dir, or drop --explore")
         if self.api_key is not None and len(self.api_key) < MIN_API_KEY_CHARS:
             raise ValueError(f"the callers' key has {len(self.api_key)} characters, fewer than {MIN_API_KEY_CHARS}: "
                              "a short key can be found by trying; make one with python -c \"import secrets; "
@@ -185,6 +206,11 @@ class _Metrics:
                                           buckets=(2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 0.1, math.inf),
                                           registry=r)
         self.in_flight = Gauge("router_in_flight", "Requests being served.", registry=r)
+        self.explored = Counter("router_explored", "Exploration calls (models the policy did not call).",
+                                ["model"], registry=r)
+        self.log_rows = Gauge("router_log_rows", "Traffic log rows since start: written, dropped (queue full) "
+                              "or refused (disk limit, write error).", ["state"], registry=r)
+        self.feedback = Counter("router_feedback", "Labels received at /v1/feedback.", registry=r)
 
 
 @dataclass
@@ -226,6 +252,11 @@ class _Service:
         self.executor: ThreadPoolExecutor | None = None
         self.per_query = [name for name in ("task", "subtask") if name in router.estimator.columns_]
         self.in_flight_by_client: dict[str, int] = {}
+        self.exploration = Exploration(config.explore)
+        self.random = random.Random()
+        self.traffic: traffic.TrafficLog | None = None
+        self.served: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # request id -> selected, other answers
+        self.exploring: set[asyncio.Task] = set()
         for policy in router.policies:
             self.metrics.budget.labels(_label(policy.budget)).set(policy.budget)
         if self.paced is not None:
@@ -240,9 +271,14 @@ class _Service:
         # One query's products are tiny: BLAS threads would only spin beside the decision threads (as in
         # training.score, where they made small products ten times slower).
         blas = threadpool_limits(1, user_api="blas")
+        if self.config.log is not None:
+            self.traffic = self.config.log.open()
         try:
             yield
         finally:  # uvicorn has drained the in-flight requests by now
+            await asyncio.gather(*self.exploring, return_exceptions=True)
+            if self.traffic is not None:
+                self.traffic.close()
             await self.upstreams.aclose()
             self.executor.shutdown(wait=True)
             blas.restore_original_limits()
@@ -289,8 +325,11 @@ class _Service:
             return model, None, prepared
         return None, self.router.select([parsed.prompt], [observed], prepared=prepared)[0], prepared
 
-    async def cascade(self, parsed: ChatRequest) -> tuple[str, list[_Step], dict[str, Any]]:
-        """Run one query's cascade; the selected model, the steps, and the ``router`` account."""
+    async def cascade(self, parsed: ChatRequest, pace: bool = True) -> tuple[str, list[_Step], dict[str, Any]]:
+        """Run one query's cascade; the selected model, the steps, and the ``router`` account.
+
+        ``pace=False`` leaves recording a paced request's cost to the caller (exploration adds to it).
+        """
         policy, label = self._policy_for(parsed.budget)
         observed: dict[str, dict[str, Any]] = {}
         excluded: set[str] = set()
@@ -323,7 +362,7 @@ class _Service:
             failed = "; ".join(step.failure.public for step in steps) or "the policy called no model"
             raise APIError(502, f"no upstream answered: {failed}", type="upstream_error", code="upstream_failed")
         cost = sum(result["cost"] for result in observed.values())
-        if policy is None:
+        if policy is None and pace:
             self.paced.record(cost)
             self.metrics.pacing_factor.set(self.paced.state().factor)
         self.metrics.query_cost.labels(label).observe(cost)
@@ -346,7 +385,13 @@ class _Service:
     async def chat(self, request: Request) -> Response:
         began = time.perf_counter()
         parsed = await self._body(request, parse_chat_request)
-        selected, steps, account = await self.cascade(parsed)
+        request_id = f"req-{uuid.uuid4().hex}"
+        explore = (self.exploration.draw(self.random, self.router.models_)
+                   if parsed.budget is None and self.paced is not None else None)
+        selected, steps, account = await self.cascade(parsed, pace=explore is None)
+        account["request_id"] = request_id
+        if self.traffic is not None:
+            self._log(request_id, parsed, steps, selected, account, explore)
         chosen = next(step.reply for step in steps if step.model == selected and step.reply is not None)
         replies = [step.reply for step in steps if step.reply is not None]
         prompt_tokens = sum(r.prompt_tokens for r in replies)
@@ -361,11 +406,95 @@ class _Service:
         headers = {"x-router-models": ",".join(account["models"]), "x-router-failed": ",".join(account["failed"]),
                    "x-router-selected": selected, "x-router-cost-usd": repr(account["cost_usd"]),
                    "x-router-latency-ms": ",".join(f"{step.seconds * 1e3:.3f}" for step in steps),
-                   "x-router-upstream-ms": f"{upstream * 1e3:.3f}", "x-router-overhead-ms": f"{overhead * 1e3:.3f}"}
+                   "x-router-upstream-ms": f"{upstream * 1e3:.3f}", "x-router-overhead-ms": f"{overhead * 1e3:.3f}",
+                   "x-router-request-id": request_id}
         if parsed.stream:
             return StreamingResponse(sse_chunks(body, include_usage=parsed.include_usage),
                                      media_type="text/event-stream", headers=headers)
         return JSONResponse(body, headers=headers)
+
+    # -- the traffic log (issue 34) ------------------------------------------------------------------------
+    def _log(self, request_id: str, parsed: ChatRequest, steps: list[_Step], selected: str, account: dict,
+             explore: str | None) -> None:
+        """Queue the request's rows; with an exploration draw the cascade skipped, call it first, off the request."""
+        self.served[request_id] = (selected, *(s.model for s in steps if s.reply is not None and s.model != selected))
+        while len(self.served) > self.config.feedback_ids:
+            self.served.popitem(last=False)
+        if explore is not None and explore not in account["models"]:
+            task = asyncio.get_running_loop().create_task(self._explore(explore, request_id, parsed, steps,
+                                                                        selected, account))
+            self.exploring.add(task)
+            task.add_done_callback(self.exploring.discard)
+            return
+        if explore is not None:  # drawn, but the cascade called it: the cascade's cost is the request's
+            self._record_paced(account["cost_usd"])
+        self._submit(request_id, parsed, steps, selected, account, None)
+
+    async def _explore(self, model: str, request_id: str, parsed: ChatRequest, steps: list[_Step], selected: str,
+                       account: dict) -> None:
+        assert self.upstreams is not None  # the lifespan has opened them
+        self.metrics.explored.labels(model).inc()
+        try:
+            reply = await self.upstreams.call(model, parsed.messages, parsed.forwarded,
+                                              time.monotonic() + self.config.request_timeout_s)
+            step = _Step(model, reply, None)
+            self.metrics.spend.labels(model).inc(reply.cost)
+        except UpstreamFailure as failure:
+            log.warning("%s (exploration call)", failure)
+            step = _Step(model, None, failure)
+        cost = account["cost_usd"] + (step.reply.cost if step.reply is not None else 0.0)
+        self._record_paced(cost)
+        self._submit(request_id, parsed, [*steps, step], selected, {**account, "cost_usd": cost}, model)
+        if step.reply is not None:
+            self.served[request_id] = (*self.served.get(request_id, ()), model)
+
+    def _record_paced(self, cost: float) -> None:
+        assert self.paced is not None  # only paced requests explore
+        self.paced.record(cost)
+        self.metrics.pacing_factor.set(self.paced.state().factor)
+
+    def _submit(self, request_id: str, parsed: ChatRequest, steps: list[_Step], selected: str, account: dict,
+                explored: str | None) -> None:
+        assert self.traffic is not None
+        policy = self.paced.policy if self.paced is not None and account["paced"] else \
+            self.router.policy(account["budget"])
+        rows = traffic.request_rows(request_id, parsed.prompt, parsed.task, parsed.subtask, steps, selected,
+                                    budget=account["budget"], lambdas=list(policy.lambdas), paced=account["paced"],
+                                    cost=account["cost_usd"], explored=explored,
+                                    propensity=self.exploration.propensity(len(self.router.models_)))
+        self.traffic.submit(rows)
+
+    async def feedback(self, request: Request) -> Response:
+        """``POST /v1/feedback {"id", "quality", "model"?}``: a label for a served request's answer (202)."""
+        _require_json(request)
+        raw = await _read_body(request, min(self.config.max_body_bytes, 4096))
+        if self.traffic is None:
+            raise APIError(404, "this service keeps no traffic log, so it takes no feedback; start it with "
+                                "--log-dir", code="feedback_disabled")
+        body = parse_json(raw, 16)
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            raise APIError(400, "send {\"id\": the request's x-router-request-id, \"quality\": a number}",
+                           param="id")
+        quality = body.get("quality")
+        if isinstance(quality, bool) or not isinstance(quality, (int, float)) or not math.isfinite(quality):
+            raise APIError(400, "quality must be a finite number (the label's scale is the one training.fit reads, "
+                                "0 to 1 by default)", param="quality")
+        answered = self.served.get(body["id"])
+        if answered is None:
+            raise APIError(404, f"no recent request has the id {body['id'][:64]!r}: give the x-router-request-id "
+                                f"of one of the last {self.config.feedback_ids:,} requests this process served",
+                           param="id", code="unknown_request")
+        model = body.get("model", answered[0])  # the selected answer's, unless the label names another
+        if model not in answered:
+            raise APIError(400, f"that request got no answer from {str(model)[:64]!r}; name one of {list(answered)}",
+                           param="model")
+        if not self.traffic.submit([traffic.feedback_row(body["id"], model, float(quality))],
+                                   kind=traffic.FEEDBACK_PREFIX):
+            raise APIError(503, "the traffic log is behind; retry the label later", type="server_error",
+                           code="log_full")
+        self.metrics.feedback.inc()
+        return JSONResponse({"id": body["id"], "model": model, "quality": float(quality), "status": "accepted"},
+                            status_code=202, headers={"x-router-request-id": body["id"]})
 
     async def route(self, request: Request) -> Response:
         parsed, observed, excluded = await self._body(request, parse_route_request)
@@ -398,6 +527,9 @@ class _Service:
         return JSONResponse({"status": "ok", "models": list(self.router.models_)})
 
     async def prometheus(self, request: Request) -> Response:
+        if self.traffic is not None:
+            for state in ("written", "dropped", "refused"):
+                self.metrics.log_rows.labels(state).set(getattr(self.traffic, f"{state}_rows"))
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -532,7 +664,7 @@ def _host(scope: Scope) -> str:
     return ""
 
 
-_ENDPOINTS = ("/v1/chat/completions", "/v1/route", "/v1/models", "/healthz", "/metrics")
+_ENDPOINTS = ("/v1/chat/completions", "/v1/route", "/v1/feedback", "/v1/models", "/healthz", "/metrics")
 
 
 def create_app(router: Router, backends: Mapping[str, Backend], config: ServiceConfig = ServiceConfig()) -> ASGIApp:
@@ -568,6 +700,7 @@ def create_app(router: Router, backends: Mapping[str, Backend], config: ServiceC
 
     app = Starlette(routes=[Route("/v1/chat/completions", service.chat, methods=["POST"]),
                             Route("/v1/route", service.route, methods=["POST"]),
+                            Route("/v1/feedback", service.feedback, methods=["POST"]),
                             Route("/v1/models", service.models, methods=["GET"]),
                             Route("/healthz", service.healthz, methods=["GET"]),
                             Route("/metrics", service.prometheus, methods=["GET"])],

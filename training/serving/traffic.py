@@ -1,0 +1,222 @@
+"""The traffic log writer: rows in, Parquet files out, on a thread of its own (issue 34).
+
+Why a thread and a bounded queue: a request must never wait on the disk.
+The handler hands its rows to :meth:`TrafficLog.submit`, which only puts
+them on a queue (``put_nowait``: it never blocks); when the queue is full
+(the disk is slower than the traffic for longer than the queue lasts) the
+request's rows are dropped and counted (``router_log_dropped_rows``), the
+request itself is served as usual. A writer thread takes the rows, and
+writes a file when it holds ``max_rows`` rows or its oldest row is
+``max_seconds`` old, and on shutdown.
+
+Each file is written under a temporary name starting with ``.`` (which
+readers skip) and renamed once complete and fsynced, so a reader never sees
+half a file and a SIGKILL leaves every completed file readable and nothing
+half-written under a final name (a leftover temporary file is removed when
+the next log opens the folder).
+
+Disk use is bounded by ``max_bytes`` (the final files of the folder, at
+most one file over): once they hold that much, new rows are not written but counted
+(``router_log_refused_rows``), with one warning; the log never deletes a
+file (they are the user's training data). Moving files out of the folder
+(e.g. after a refit has read them) makes room, and logging resumes.
+
+Keys never reach the log: rows are built from the router's view of a
+request (prompt, task, the answers, costs, the decision), never from its
+headers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..traffic_log import FEEDBACK_PREFIX, FEEDBACK_SCHEMA, TRAFFIC_PREFIX, TRAFFIC_SCHEMA
+
+__all__ = ["LogConfig", "TrafficLog", "feedback_row", "request_rows"]
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+_SCHEMAS = {TRAFFIC_PREFIX: TRAFFIC_SCHEMA, FEEDBACK_PREFIX: FEEDBACK_SCHEMA}
+
+
+class TrafficLog:
+    """Appends rows to Parquet files in ``directory`` without blocking the caller (see the module docstring).
+
+    Parameters
+    ----------
+    directory : path
+        Created if missing; files of an earlier run are kept (and count towards ``max_bytes``).
+    max_rows : int, default=10,000
+        Rows per file (a larger file compresses better; a smaller one is readable sooner).
+    max_seconds : float, default=60
+        Age of the oldest unwritten row at which a file is written anyway.
+    max_bytes : int, default=10 GiB
+        Disk use of the folder's log files past which rows are refused (counted, never written).
+    queue_requests : int, default=10,000
+        Requests whose rows may wait for the writer; beyond, rows are dropped and counted.
+
+    Attributes
+    ----------
+    dropped_rows, refused_rows, written_rows, written_files : int
+        Counts since the log opened (read them from any thread; the writer updates them).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, max_rows: int = 10_000, max_seconds: float = 60.0,
+                 max_bytes: int = 10 << 30, queue_requests: int = 10_000) -> None:
+        if max_rows < 1 or max_seconds <= 0 or max_bytes < 1 or queue_requests < 1:
+            raise ValueError("the traffic log needs max_rows, max_seconds, max_bytes and queue_requests > 0")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.glob(".*.parquet.tmp"):  # a killed writer's half file: never a final name
+            stale.unlink(missing_ok=True)
+        self.max_rows, self.max_seconds, self.max_bytes = max_rows, max_seconds, max_bytes
+        self.dropped_rows = self.refused_rows = self.written_rows = self.written_files = 0
+        self._queue: queue.Queue[Any] = queue.Queue(queue_requests)
+        self._sequence = itertools.count()
+        self._used = self._disk_use()
+        self._full_warned = False
+        self._thread = threading.Thread(target=self._run, name="router-traffic-log", daemon=True)
+        self._thread.start()
+
+    # -- the request side ----------------------------------------------------------------------------------
+    def submit(self, rows: Sequence[dict[str, Any]], kind: str = TRAFFIC_PREFIX) -> bool:
+        """Queue one request's rows (or labels, ``kind=FEEDBACK_PREFIX``); ``False`` if dropped (queue full)."""
+        try:
+            self._queue.put_nowait((kind, rows))
+        except queue.Full:
+            self.dropped_rows += len(rows)
+            return False
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued and stop the writer (waits at most ``timeout`` seconds)."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP, timeout=timeout)
+            self._thread.join(timeout)
+
+    # -- the writer thread ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        buffers: dict[str, list[dict[str, Any]]] = {kind: [] for kind in _SCHEMAS}
+        oldest: dict[str, float] = {}
+        while True:
+            due = min(oldest.values(), default=None)
+            wait = None if due is None else max(due + self.max_seconds - time.monotonic(), 0.0)
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                for kind, rows in buffers.items():
+                    self._flush(kind, rows)
+                return
+            if item is not None:
+                kind, rows = item
+                buffers[kind].extend(rows)
+                oldest.setdefault(kind, time.monotonic())
+            now = time.monotonic()
+            for kind, rows in buffers.items():
+                if rows and (len(rows) >= self.max_rows or now - oldest[kind] >= self.max_seconds):
+                    self._flush(kind, rows)
+                    buffers[kind] = []
+                    del oldest[kind]
+
+    def _flush(self, kind: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        try:
+            self._write(kind, rows)
+        except Exception:  # the writer must outlive a bad disk moment: count the rows and go on
+            log.exception("the traffic log could not write %d rows to %s", len(rows), self.directory)
+            self.refused_rows += len(rows)
+
+    def _write(self, kind: str, rows: list[dict[str, Any]]) -> None:
+        if self._used >= self.max_bytes:
+            self._used = self._disk_use()  # files moved away free room
+            if self._used >= self.max_bytes:
+                if not self._full_warned:
+                    log.warning("the traffic log %s holds %d bytes, its limit (--log-max-bytes): new rows are "
+                                "counted, not written, until files are moved out", self.directory, self._used)
+                    self._full_warned = True
+                self.refused_rows += len(rows)
+                return
+            self._full_warned = False
+        table = pa.Table.from_pylist(rows, schema=_SCHEMAS[kind])
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        name = f"{kind}{stamp}-{os.getpid()}-{next(self._sequence):06d}.parquet"
+        final = self.directory / name
+        temporary = self.directory / f".{name}.tmp"
+        with open(temporary, "wb") as sink:
+            pq.write_table(table, sink, compression="zstd")
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(temporary, final)
+        self._used += final.stat().st_size
+        self.written_rows += len(rows)
+        self.written_files += 1
+
+    def _disk_use(self) -> int:
+        return sum(path.stat().st_size for kind in _SCHEMAS for path in self.directory.glob(f"{kind}*.parquet"))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Where and how ``training.serve --log-dir`` logs (the arguments of :class:`TrafficLog`)."""
+
+    directory: Path
+    max_rows: int = 10_000
+    max_seconds: float = 60.0
+    max_bytes: int = 10 << 30
+    queue_requests: int = 10_000
+
+    def open(self) -> TrafficLog:
+        """The log, its writer thread started."""
+        return TrafficLog(self.directory, max_rows=self.max_rows, max_seconds=self.max_seconds,
+                          max_bytes=self.max_bytes, queue_requests=self.queue_requests)
+
+
+def request_rows(request_id: str, prompt: str, task: str, subtask: str, steps: Sequence[Any], selected: str, *,
+                 budget: float, lambdas: Sequence[float], paced: bool, cost: float, explored: str | None,
+                 propensity: float) -> list[dict[str, Any]]:
+    """One request's rows of :data:`~training.traffic_log.TRAFFIC_SCHEMA`, one per model called.
+
+    ``steps`` are the service's calls in order (``model``, ``reply`` or
+    ``None``, ``failure`` or ``None``, ``seconds``); the last is the
+    exploration call when ``explored`` names its model, logged with
+    ``propensity``; the policy's own calls have propensity 1. Nothing from
+    the request's headers is read, so no key can reach a row.
+    """
+    now = datetime.now(timezone.utc)
+    rows = []
+    for index, step in enumerate(steps):
+        reply, failure = step.reply, step.failure
+        extra = explored is not None and index == len(steps) - 1
+        rows.append({
+            "query_id": request_id, "prompt": prompt, "task": task or None, "subtask": subtask or None,
+            "model": step.model, "response": None if reply is None else reply.text,
+            "cost_usd": 0.0 if reply is None else reply.cost, "latency_s": step.seconds,
+            "input_tokens": None if reply is None else float(reply.prompt_tokens),
+            "output_tokens": None if reply is None else float(reply.completion_tokens),
+            "propensity": propensity if extra else 1.0, "quality": None, "step": index, "explored": extra,
+            "selected": step.model == selected and not extra, "error": None if failure is None else failure.kind,
+            "budget": budget, "lambdas": [float(v) for v in lambdas], "paced": paced, "request_cost_usd": cost,
+            "received_at": now})
+    return rows
+
+
+def feedback_row(request_id: str, model: str, quality: float) -> dict[str, Any]:
+    """One label of :data:`~training.traffic_log.FEEDBACK_SCHEMA`."""
+    return {"query_id": request_id, "model": model, "quality": quality, "received_at": datetime.now(timezone.utc)}
