@@ -126,9 +126,9 @@ async def _load(url: str, queries: list[tuple[str, str, str]], n: int, concurren
 
 
 @contextlib.contextmanager
-def _running(tmp_path: Path):
-    """The fake upstreams and ``python -m training.serve`` as child processes; yields (service URL, children,
-    queries) and stops both whatever happens."""
+def _running(tmp_path: Path, args: tuple[str, ...] = ()):
+    """The fake upstreams and ``python -m training.serve`` (``args`` added) as child processes; yields (service
+    URL, children, queries) and stops both whatever happens."""
     from training.data import read_table
     from training.serving.router import load_router
     from training.synthetic import make_benchmark
@@ -148,7 +148,7 @@ def _running(tmp_path: Path):
                                           str(UPSTREAM_MS / 1e3)], env=env))
         children.append(subprocess.Popen([sys.executable, "-m", "training.serve", "--artifact", str(artifact),
                                           "--backends", str(tmp_path / "backends.toml"), "--port", str(service_port),
-                                          "--log-level", "warning", *SERVICE_ARGS], env=env, cwd=ROOT))
+                                          "--log-level", "warning", *SERVICE_ARGS, *args], env=env, cwd=ROOT))
         service_url = f"http://127.0.0.1:{service_port}"
         _wait_healthy(f"{upstream_url}/", children[0])
         _wait_healthy(f"{service_url}/healthz", children[1])
@@ -271,3 +271,67 @@ def test_healthz_under_a_message_flood(benchmark, tmp_path):
     benchmark.extra_info.update(summary)
     print("\n" + "\n".join(f"  {key}: {value}" for key, value in summary.items()))
     assert set(statuses) == {400}, "every flood request is refused by its message count"
+
+
+LOG_ROUNDS = int(os.environ.get("SERVE_BENCH_LOG_ROUNDS", "2"))
+
+
+def test_traffic_log_overhead_and_sigkill(benchmark, tmp_path):
+    """Issue 34: the service's overhead with ``--log-dir`` against without, measured in the same run.
+
+    Two services side by side (the same fake upstreams), loaded in turns
+    (off, on, off, on: ``SERVE_BENCH_LOG_ROUNDS`` rounds of
+    ``SERVE_BENCH_REQUESTS`` / 2 requests each), so that the machine's other
+    load weighs on both alike. The logging service writes a file every 500
+    rows. Then it is SIGKILLed under load: every file under a final name
+    must be complete and readable (by ``read_logs``, then ``read_table``).
+    Target: the logging service's overhead p50 <= 2 ms, p99 <= 10 ms.
+    """
+    from training.data import read_table
+    from training.traffic_log import read_logs
+
+    folder = tmp_path / "log"
+    (tmp_path / "off").mkdir()
+    (tmp_path / "on").mkdir()
+    n = max(N_REQUESTS // 2, 100)
+    with _running(tmp_path / "off") as (off_url, _, queries), \
+            _running(tmp_path / "on", ("--log-dir", str(folder), "--log-file-rows", "500")) as (on_url, on, _):
+        for url in (off_url, on_url):
+            asyncio.run(_load(url, queries, WARM_UP, CONCURRENCY))
+        results: dict[str, list[dict]] = {"off": [], "on": []}
+
+        def rounds() -> None:
+            for _ in range(LOG_ROUNDS):
+                for name, url in (("off", off_url), ("on", on_url)):
+                    results[name] += asyncio.run(_load(url, queries, n, CONCURRENCY))
+
+        benchmark.pedantic(rounds, rounds=1, iterations=1)
+
+        async def killed_under_load() -> list[dict]:
+            load = asyncio.ensure_future(_load(on_url, queries, 4 * n, CONCURRENCY))
+            await asyncio.sleep(3.0)
+            on[1].kill()  # SIGKILL: no shutdown, no flush
+            return await load
+
+        asyncio.run(killed_under_load())
+        on[1].wait(30)
+    summary: dict[str, object] = {"requests_per_round": n, "rounds": LOG_ROUNDS, "concurrency": CONCURRENCY}
+    for name, batch in results.items():
+        errors = [r["error"] for r in batch if "error" in r]
+        assert not errors, errors[:5]
+        service = np.array([r["service_ms"] for r in batch])
+        summary[f"log_{name}_overhead_ms_p50"] = round(float(np.percentile(service, 50)), 3)
+        summary[f"log_{name}_overhead_ms_p99"] = round(float(np.percentile(service, 99)), 3)
+    finals = sorted(folder.glob("traffic-*.parquet"))
+    rows = read_logs(folder, keep_unlabelled=True)
+    summary.update(log_files=len(finals), log_rows=len(rows),
+                   leftover_temporary_files=len([p for p in folder.iterdir() if p.name.startswith(".")]))
+    labels = rows.drop_duplicates("query_id")[["query_id"]].assign(quality=1.0)
+    table = read_table(read_logs(folder, labels))
+    summary["meets_target"] = bool(summary["log_on_overhead_ms_p50"] <= 2.0
+                                   and summary["log_on_overhead_ms_p99"] <= 10.0)
+    benchmark.group = "serving: traffic log overhead"
+    benchmark.extra_info.update(summary)
+    print("\n" + "\n".join(f"  {key}: {value}" for key, value in summary.items()))
+    assert finals and len(table.query_ids) == len(labels)
+    assert all(p.name.startswith(("traffic-", ".")) for p in folder.iterdir())

@@ -93,9 +93,10 @@ def test_logged_rows_read_back_with_their_answers_costs_and_labels(serve_router,
     assert np.all(table.propensity[table.logged] == 1.0)
 
 
-def test_exploration_logs_its_propensity_and_its_spend_is_paced(serve_router, backends, prompts, tmp_path):
+@pytest.mark.parametrize("draws", [1, 2])
+def test_exploration_logs_its_propensity_and_its_spend_is_paced(serve_router, backends, prompts, tmp_path, draws):
     folder, epsilon = tmp_path / "log", 0.6
-    app = _app(serve_router, backends, folder, pace=True, explore=epsilon)
+    app = _app(serve_router, backends, folder, pace=True, explore=epsilon, explore_models=draws)
     service = app.app.state.service
     with serving(app) as (url, _), _client(url) as client:
         for prompt, task, subtask in prompts:
@@ -105,7 +106,8 @@ def test_exploration_logs_its_propensity_and_its_spend_is_paced(serve_router, ba
     rows = read_logs(folder, keep_unlabelled=True)
     extra = rows[rows["explored"]]
     assert len(extra) > 0
-    assert np.allclose(extra["propensity"], epsilon / len(serve_router.models_))
+    assert np.allclose(extra["propensity"], epsilon * draws / len(serve_router.models_))
+    assert extra.groupby("query_id").size().max() <= draws
     for request_id, mine in extra.groupby("query_id"):  # an exploration call is one the cascade did not make
         cascade = rows[(rows["query_id"] == request_id) & ~rows["explored"]]
         assert not set(mine["model"]) & set(cascade["model"])
@@ -204,7 +206,7 @@ def _row(query_id):
         model, reply, failure, seconds = "m", Reply(), None, 0.01
 
     return request_rows(query_id, "p", "", "", [Step()], "m", budget=1.0, lambdas=[1.0], paced=False, cost=0.001,
-                        explored=None, propensity=1.0)[0]
+                        explored=0, propensity=1.0)[0]
 
 
 def test_sigkill_mid_run_leaves_only_complete_files(tmp_path):
@@ -237,3 +239,28 @@ def test_sigkill_mid_run_leaves_only_complete_files(tmp_path):
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
     labelled = pd.DataFrame({"query_id": rows["query_id"][:50], "quality": 1.0})
     assert len(read_table(read_logs(folder, labelled)).query_ids) == 50
+
+
+@pytest.mark.parametrize("k, m", [(4, 1), (4, 2), (5, 3), (3, 3)])
+def test_exploration_probabilities_are_those_of_the_draw(k, m):
+    """Exact enumeration of every draw: a row's propensity and a path's probability of being wholly logged."""
+    import itertools
+    from math import comb
+
+    from training.serving.explore import Exploration
+
+    epsilon, models = 0.3, [f"m{i}" for i in range(k)]
+    exploration = Exploration(epsilon, m)
+    draws = list(itertools.combinations(models, m))
+    assert len(draws) == comb(k, m)
+    cascade = {"m0"}
+    for outside in range(k):
+        path = set(models[1:outside + 1])  # `outside` models the cascade did not call
+        seen = sum(path <= cascade | set(draw) for draw in draws) / len(draws)
+        expected = 1.0 if not path else epsilon * seen
+        assert exploration.path_probability(len(path), k) == pytest.approx(expected)
+    assert exploration.propensity(k) == pytest.approx(epsilon * sum("m1" in d for d in draws) / len(draws))
+    rng = __import__("random").Random(0)
+    picked = [exploration.draw(rng, models) for _ in range(2000)]
+    assert all(len(p) in (0, m) and len(set(p)) == len(p) for p in picked)
+    assert abs(np.mean([bool(p) for p in picked]) - epsilon) < 0.05

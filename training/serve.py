@@ -110,6 +110,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--graceful-timeout", type=float, default=30.0,
                         help="seconds requests in flight may take to finish after SIGTERM or Ctrl-C")
     add_verify_arguments(parser)
+    from .serving.traffic import add_log_arguments
+
+    add_log_arguments(parser)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
 
@@ -139,6 +142,7 @@ def _build(args: argparse.Namespace):
     from .serving.backends import load_backends
     from .serving.edge import EdgeLimits, raise_descriptor_limit
     from .serving.router import load_router
+    from .serving.traffic import log_config
 
     api_key = None
     if args.api_key_env is not None:
@@ -171,7 +175,9 @@ def _build(args: argparse.Namespace):
                            decision_threads=args.decision_threads,
                            inline_decision_chars=args.inline_decision_chars,
                            request_timeout_s=args.request_timeout,
-                           allowed_hosts=allowed, max_reply_bytes=args.max_reply_bytes)
+                           allowed_hosts=allowed, max_reply_bytes=args.max_reply_bytes,
+                           log=log_config(args), explore=args.explore,
+                           explore_models=args.explore_models)
     limits = EdgeLimits(max_header_bytes=args.max_header_bytes, max_headers=args.max_headers,
                         header_timeout_s=args.header_timeout, keep_alive_s=args.keep_alive_timeout,
                         body_timeout_s=args.body_timeout,

@@ -137,9 +137,11 @@ class ServiceConfig:
         Log every answered request (:mod:`training.serving.traffic`) and
         accept labels at ``/v1/feedback`` (issue 34); ``None`` logs nothing.
     explore : float, default=0
-        Probability that a request served by the paced policy also calls one
-        uniformly drawn model (:mod:`training.serving.explore`); needs
-        ``pace`` and ``log``.
+        Probability that a request served by the paced policy also calls
+        ``explore_models`` uniformly drawn models (:mod:`training.serving.explore`);
+        needs ``pace`` and ``log``.
+    explore_models : int, default=1
+        Models an exploring request draws.
     feedback_ids : int, default=100,000
         Most recent request ids kept for ``/v1/feedback`` (older ids get 404).
     """
@@ -158,10 +160,11 @@ class ServiceConfig:
     max_reply_bytes: int = MAX_REPLY_BYTES
     log: traffic.LogConfig | None = None
     explore: float = 0.0
+    explore_models: int = 1
     feedback_ids: int = 100_000
 
     def __post_init__(self) -> None:
-        Exploration(self.explore)  # checks the probability
+        Exploration(self.explore, self.explore_models)  # checks them
         if self.explore and not (self.pace and self.log is not None):
             raise ValueError("exploring spends beyond the policy's budget unless paced, and is useless unlogged; "
                              "add --pace and --log-dir, or drop --explore")
@@ -252,7 +255,7 @@ class _Service:
         self.executor: ThreadPoolExecutor | None = None
         self.per_query = [name for name in ("task", "subtask") if name in router.estimator.columns_]
         self.in_flight_by_client: dict[str, int] = {}
-        self.exploration = Exploration(config.explore)
+        self.exploration = Exploration(config.explore, config.explore_models)
         self.random = random.Random()
         self.traffic: traffic.TrafficLog | None = None
         self.served: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # request id -> selected, other answers
@@ -387,8 +390,8 @@ class _Service:
         parsed = await self._body(request, parse_chat_request)
         request_id = f"req-{uuid.uuid4().hex}"
         explore = (self.exploration.draw(self.random, self.router.models_)
-                   if parsed.budget is None and self.paced is not None else None)
-        selected, steps, account = await self.cascade(parsed, pace=explore is None)
+                   if parsed.budget is None and self.paced is not None else ())
+        selected, steps, account = await self.cascade(parsed, pace=not explore)
         account["request_id"] = request_id
         if self.traffic is not None:
             self._log(request_id, parsed, steps, selected, account, explore)
@@ -415,38 +418,44 @@ class _Service:
 
     # -- the traffic log (issue 34) ------------------------------------------------------------------------
     def _log(self, request_id: str, parsed: ChatRequest, steps: list[_Step], selected: str, account: dict,
-             explore: str | None) -> None:
-        """Queue the request's rows; with an exploration draw the cascade skipped, call it first, off the request."""
+             explore: tuple[str, ...]) -> None:
+        """Queue the request's rows; with exploration draws the cascade skipped, call them first, off the request."""
         self.served[request_id] = (selected, *(s.model for s in steps if s.reply is not None and s.model != selected))
         while len(self.served) > self.config.feedback_ids:
             self.served.popitem(last=False)
-        if explore is not None and explore not in account["models"]:
-            task = asyncio.get_running_loop().create_task(self._explore(explore, request_id, parsed, steps,
+        extra = [model for model in explore if model not in account["models"]]
+        if extra:
+            task = asyncio.get_running_loop().create_task(self._explore(extra, request_id, parsed, steps,
                                                                         selected, account))
             self.exploring.add(task)
             task.add_done_callback(self.exploring.discard)
             return
-        if explore is not None:  # drawn, but the cascade called it: the cascade's cost is the request's
+        if explore:  # drawn, but the cascade called them all: the cascade's cost is the request's
             self._record_paced(account["cost_usd"])
-        self._submit(request_id, parsed, steps, selected, account, None)
+        self._submit(request_id, parsed, steps, selected, account, 0)
 
-    async def _explore(self, model: str, request_id: str, parsed: ChatRequest, steps: list[_Step], selected: str,
-                       account: dict) -> None:
+    async def _explore(self, models: list[str], request_id: str, parsed: ChatRequest, steps: list[_Step],
+                       selected: str, account: dict) -> None:
         assert self.upstreams is not None  # the lifespan has opened them
-        self.metrics.explored.labels(model).inc()
-        try:
-            reply = await self.upstreams.call(model, parsed.messages, parsed.forwarded,
-                                              time.monotonic() + self.config.request_timeout_s)
-            step = _Step(model, reply, None)
+        deadline = time.monotonic() + self.config.request_timeout_s
+
+        async def call(model: str) -> _Step:
+            self.metrics.explored.labels(model).inc()
+            try:
+                reply = await self.upstreams.call(model, parsed.messages, parsed.forwarded, deadline)
+            except UpstreamFailure as failure:
+                log.warning("%s (exploration call)", failure)
+                return _Step(model, None, failure)
             self.metrics.spend.labels(model).inc(reply.cost)
-        except UpstreamFailure as failure:
-            log.warning("%s (exploration call)", failure)
-            step = _Step(model, None, failure)
-        cost = account["cost_usd"] + (step.reply.cost if step.reply is not None else 0.0)
+            return _Step(model, reply, None)
+
+        extra = await asyncio.gather(*(call(model) for model in models))
+        cost = account["cost_usd"] + sum(step.reply.cost for step in extra if step.reply is not None)
         self._record_paced(cost)
-        self._submit(request_id, parsed, [*steps, step], selected, {**account, "cost_usd": cost}, model)
-        if step.reply is not None:
-            self.served[request_id] = (*self.served.get(request_id, ()), model)
+        self._submit(request_id, parsed, [*steps, *extra], selected, {**account, "cost_usd": cost}, len(extra))
+        answered = tuple(step.model for step in extra if step.reply is not None)
+        if request_id in self.served:
+            self.served[request_id] = (*self.served[request_id], *answered)
 
     def _record_paced(self, cost: float) -> None:
         assert self.paced is not None  # only paced requests explore
@@ -454,7 +463,7 @@ class _Service:
         self.metrics.pacing_factor.set(self.paced.state().factor)
 
     def _submit(self, request_id: str, parsed: ChatRequest, steps: list[_Step], selected: str, account: dict,
-                explored: str | None) -> None:
+                explored: int) -> None:
         assert self.traffic is not None
         policy = self.paced.policy if self.paced is not None and account["paced"] else \
             self.router.policy(account["budget"])

@@ -28,6 +28,7 @@ headers.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import logging
 import os
@@ -45,7 +46,7 @@ import pyarrow.parquet as pq
 
 from ..traffic_log import FEEDBACK_PREFIX, FEEDBACK_SCHEMA, TRAFFIC_PREFIX, TRAFFIC_SCHEMA
 
-__all__ = ["LogConfig", "TrafficLog", "feedback_row", "request_rows"]
+__all__ = ["LogConfig", "TrafficLog", "add_log_arguments", "feedback_row", "log_config", "request_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -189,21 +190,21 @@ class LogConfig:
 
 
 def request_rows(request_id: str, prompt: str, task: str, subtask: str, steps: Sequence[Any], selected: str, *,
-                 budget: float, lambdas: Sequence[float], paced: bool, cost: float, explored: str | None,
+                 budget: float, lambdas: Sequence[float], paced: bool, cost: float, explored: int,
                  propensity: float) -> list[dict[str, Any]]:
     """One request's rows of :data:`~training.traffic_log.TRAFFIC_SCHEMA`, one per model called.
 
     ``steps`` are the service's calls in order (``model``, ``reply`` or
-    ``None``, ``failure`` or ``None``, ``seconds``); the last is the
-    exploration call when ``explored`` names its model, logged with
-    ``propensity``; the policy's own calls have propensity 1. Nothing from
+    ``None``, ``failure`` or ``None``, ``seconds``); the last ``explored``
+    are exploration calls, logged with ``propensity``; the policy's own
+    calls have propensity 1. Nothing from
     the request's headers is read, so no key can reach a row.
     """
     now = datetime.now(timezone.utc)
     rows = []
     for index, step in enumerate(steps):
         reply, failure = step.reply, step.failure
-        extra = explored is not None and index == len(steps) - 1
+        extra = index >= len(steps) - explored
         rows.append({
             "query_id": request_id, "prompt": prompt, "task": task or None, "subtask": subtask or None,
             "model": step.model, "response": None if reply is None else reply.text,
@@ -220,3 +221,40 @@ def request_rows(request_id: str, prompt: str, task: str, subtask: str, steps: S
 def feedback_row(request_id: str, model: str, quality: float) -> dict[str, Any]:
     """One label of :data:`~training.traffic_log.FEEDBACK_SCHEMA`."""
     return {"query_id": request_id, "model": model, "quality": quality, "received_at": datetime.now(timezone.utc)}
+
+
+def add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """``training.serve``'s options of the traffic log and exploration."""
+    from ..cli import positive_int
+
+    group = parser.add_argument_group("traffic log and exploration (issue 34)")
+    group.add_argument("--log-dir", type=Path, default=None, metavar="DIR",
+                       help="log every answered request, one row per model called, in the long format training.fit "
+                            "reads (Parquet files, written atomically off the request path), and accept labels at "
+                            "POST /v1/feedback")
+    group.add_argument("--log-max-bytes", type=positive_int, default=10 << 30, metavar="BYTES",
+                       help="disk use of the log files past which new rows are counted (router_log_rows), not "
+                            "written; nothing is ever deleted")
+    group.add_argument("--log-file-rows", type=positive_int, default=10_000, metavar="ROWS",
+                       help="rows per log file")
+    group.add_argument("--log-file-seconds", type=float, default=60.0, metavar="SECONDS",
+                       help="a log file is written once its oldest row is this old")
+    group.add_argument("--explore", type=float, default=0.0, metavar="EPSILON",
+                       help="probability that a paced request also calls uniformly drawn models the policy did "
+                            "not call (after answering), logged with its propensity; needs --pace and --log-dir "
+                            "(0: never)")
+    group.add_argument("--explore-models", type=positive_int, default=1, metavar="M",
+                       help="models an exploring request draws; off-line evaluation of a candidate sees every "
+                            "path that leaves the logging cascade at up to M models (the cascade depth: all)")
+
+
+def log_config(args: argparse.Namespace) -> LogConfig | None:
+    """The :class:`LogConfig` of ``add_log_arguments``' options (``None`` without ``--log-dir``)."""
+    if not 0 < args.log_file_seconds < float("inf"):
+        raise ValueError(f"--log-file-seconds must be a number of seconds > 0, got {args.log_file_seconds}")
+    if args.log_dir is None:
+        return None
+    if args.log_dir.exists() and not args.log_dir.is_dir():
+        raise ValueError(f"--log-dir {args.log_dir} is a file; name a folder (it is created if missing)")
+    return LogConfig(args.log_dir, max_rows=args.log_file_rows, max_seconds=args.log_file_seconds,
+                     max_bytes=args.log_max_bytes)
