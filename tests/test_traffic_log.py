@@ -16,6 +16,7 @@ import pytest
 from servekit import UPSTREAM_KEY, answer_of, keyed_backends, serving
 
 from training.data import read_table
+from training.serving.explore import Exploration
 from training.serving.service import ServiceConfig, create_app
 from training.serving.traffic import LogConfig, TrafficLog, request_rows
 from training.synthetic import make_benchmark
@@ -206,7 +207,7 @@ def _row(query_id):
         model, reply, failure, seconds = "m", Reply(), None, 0.01
 
     return request_rows(query_id, "p", "", "", [Step()], "m", budget=1.0, lambdas=[1.0], paced=False, cost=0.001,
-                        explored=0, propensity=1.0)[0]
+                        explored=0, exploration=Exploration(0.0), n_models=1)[0]
 
 
 def test_sigkill_mid_run_leaves_only_complete_files(tmp_path):

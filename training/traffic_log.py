@@ -56,6 +56,9 @@ TRAFFIC_SCHEMA = pa.schema([
     ("lambdas", pa.list_(pa.float64())),  # the policy's λ per step when the request was logged
     ("paced", pa.bool_()),
     ("request_cost_usd", pa.float64()),   # the whole request's realised cost, exploration included
+    ("explore_epsilon", pa.float64()),    # the exploration draw's probability (0: none) ...
+    ("explore_models", pa.int32()),       # ... its number of models ...
+    ("n_models", pa.int32()),             # ... among this many (training.offpolicy needs all three)
     ("received_at", pa.timestamp("ms", tz="UTC")),
 ])
 

@@ -470,7 +470,8 @@ class _Service:
         rows = traffic.request_rows(request_id, parsed.prompt, parsed.task, parsed.subtask, steps, selected,
                                     budget=account["budget"], lambdas=list(policy.lambdas), paced=account["paced"],
                                     cost=account["cost_usd"], explored=explored,
-                                    propensity=self.exploration.propensity(len(self.router.models_)))
+                                    exploration=self.exploration if account["paced"] else Exploration(0.0),
+                                    n_models=len(self.router.models_))
         self.traffic.submit(rows)
 
     async def feedback(self, request: Request) -> Response:

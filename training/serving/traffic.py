@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..traffic_log import FEEDBACK_PREFIX, FEEDBACK_SCHEMA, TRAFFIC_PREFIX, TRAFFIC_SCHEMA
+from .explore import Exploration
 
 __all__ = ["LogConfig", "TrafficLog", "add_log_arguments", "feedback_row", "log_config", "request_rows"]
 
@@ -191,13 +192,14 @@ class LogConfig:
 
 def request_rows(request_id: str, prompt: str, task: str, subtask: str, steps: Sequence[Any], selected: str, *,
                  budget: float, lambdas: Sequence[float], paced: bool, cost: float, explored: int,
-                 propensity: float) -> list[dict[str, Any]]:
+                 exploration: Exploration, n_models: int) -> list[dict[str, Any]]:
     """One request's rows of :data:`~training.traffic_log.TRAFFIC_SCHEMA`, one per model called.
 
     ``steps`` are the service's calls in order (``model``, ``reply`` or
     ``None``, ``failure`` or ``None``, ``seconds``); the last ``explored``
     are exploration calls, logged with ``propensity``; the policy's own
-    calls have propensity 1. Nothing from
+    calls have propensity 1. ``exploration`` is the service's (its ``epsilon`` 0 when the request
+    could not explore), ``n_models`` the artifact's number of models. Nothing from
     the request's headers is read, so no key can reach a row.
     """
     now = datetime.now(timezone.utc)
@@ -211,9 +213,11 @@ def request_rows(request_id: str, prompt: str, task: str, subtask: str, steps: S
             "cost_usd": 0.0 if reply is None else reply.cost, "latency_s": step.seconds,
             "input_tokens": None if reply is None else float(reply.prompt_tokens),
             "output_tokens": None if reply is None else float(reply.completion_tokens),
-            "propensity": propensity if extra else 1.0, "quality": None, "step": index, "explored": extra,
+            "propensity": exploration.propensity(n_models) if extra else 1.0, "quality": None, "step": index,
+            "explored": extra,
             "selected": step.model == selected and not extra, "error": None if failure is None else failure.kind,
             "budget": budget, "lambdas": [float(v) for v in lambdas], "paced": paced, "request_cost_usd": cost,
+            "explore_epsilon": exploration.epsilon, "explore_models": exploration.models, "n_models": n_models,
             "received_at": now})
     return rows
 
