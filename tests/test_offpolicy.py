@@ -98,3 +98,22 @@ def test_estimate_refuses_empty_or_foreign_rows(serve_router):
         estimate(serve_router, pd.DataFrame())
     with pytest.raises(ValueError, match="read_logs"):
         estimate(serve_router, pd.DataFrame({"query_id": ["q"], "model": ["m"], "quality": [1.0]}))
+
+
+def test_evaluate_logged_cli(serve_router, serve_artifact, table, tmp_path, capsys):
+    import json
+
+    from training.evaluate import main
+
+    logger = _full_replay(serve_router, table, LOGGER_BUDGET)
+    rows = _logs(tmp_path / "log", table, logger, Exploration(0.3, 2), tuple(table.models[:2]))
+    rows[["query_id", "model", "quality"]].to_csv(tmp_path / "labels.csv", index=False)
+    out = tmp_path / "estimates.json"
+    code = main(["--logged", str(tmp_path / "log"), "--artifact", str(serve_artifact), "--budget",
+                 str(LOGGER_BUDGET), "--labels", str(tmp_path / "labels.csv"), "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    written = json.loads(out.read_text())
+    assert written["n_requests"] == table.n_queries
+    assert written["dr_quality"]["value"] == pytest.approx(logger.quality.mean())
+    assert "dr_quality" in capsys.readouterr().out
+    assert main(["--logged", str(tmp_path / "nothing"), "--artifact", str(serve_artifact)]) == 2

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: off)")
     parser.add_argument("--quiet", action="store_true",
                         help="hide the progress bars (default: off, bars on stderr)")
+    parser.add_argument("--logged", metavar="DIR", default=None,
+                        help="instead of all the above: off-policy estimates of --artifact on a training.serve "
+                             "--log-dir (python -m training.evaluate --logged DIR --help) (default: off)")
     return parser
 
 
@@ -137,6 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 2 on a bad argument or bad data, 1 if an output file
         cannot be written.
     """
+    given = sys.argv[1:] if argv is None else list(argv)
+    if any(arg == "--logged" or arg.startswith("--logged=") for arg in given):  # off-policy (issue 34)
+        from .offpolicy import main as logged_main
+
+        return logged_main(given)
     args = parse_or_exit_code(build_parser().parse_args, argv)
     if isinstance(args, int):
         return args

@@ -214,3 +214,61 @@ def _prior(router: Router, prompts: Sequence[str], budget: float | None,
                      for i, plan in enumerate(plans)])
     spend = np.array([sum(cost[i, index[m]] for m in plan.models) for i, plan in enumerate(plans)])
     return np.nan_to_num(best), np.nan_to_num(spend)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.evaluate --logged DIR --artifact A``: the estimates of A on a service's logs.
+
+    Returns
+    -------
+    int
+        0 on success, 2 on a bad argument or unreadable logs, 1 if ``--json`` cannot be written.
+    """
+    import argparse
+    import json
+    from pathlib import Path
+
+    from .cli import CANNOT_WRITE, OutputError, fail, parse_or_exit_code, writing
+    from .serving.router import load_router
+    from .traffic_log import read_logs
+
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate --logged",
+        description="Off-policy estimates (IPS and doubly robust, with intervals) of a candidate artifact's mean "
+                    "quality and cost on the traffic a training.serve --log-dir logged, from the logs alone.")
+    parser.add_argument("--logged", type=Path, required=True, metavar="DIR", help="the service's --log-dir")
+    parser.add_argument("--artifact", type=Path, required=True, help="the candidate router (training.fit --out)")
+    parser.add_argument("--budget", type=float, default=None, help="the candidate's budget (default its largest)")
+    parser.add_argument("--labels", type=Path, default=None, metavar="FILE",
+                        help="your labels (.parquet or .csv: query_id = the request id, quality, optionally "
+                             "model); joined over the /v1/feedback labels (default: those only)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the estimates here (default: no)")
+    args = parse_or_exit_code(parser.parse_args, argv)
+    if isinstance(args, int):
+        return args
+    try:
+        labels = None
+        if args.labels is not None:
+            labels = (pd.read_csv(args.labels) if args.labels.suffix.lower() == ".csv"
+                      else pd.read_parquet(args.labels))
+        rows = read_logs(args.logged, labels)
+        candidate = load_router(args.artifact)
+        result = estimate(candidate, rows, budget=args.budget)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as error:
+        return fail(f"{args.logged}: {error}")
+    print(f"{result.n_requests} labelled requests; the candidate's whole path was logged on {result.observed}, "
+          f"differs from the logging cascade on {100 * result.differs:.1f} %, lacks support on "
+          f"{result.unsupported} (its path leaves the cascade at more models than exploration draws)")
+    for name in ("ips_quality", "dr_quality", "ips_cost", "dr_cost"):
+        interval = getattr(result, name)
+        print(f"  {name:12s} {interval.value:.6g}  [{interval.low:.6g}, {interval.high:.6g}]")
+    if args.json is not None:
+        try:
+            with writing("--json", args.json):
+                text = json.dumps(result.as_dict(), indent=1)
+                temporary = args.json.with_name(f".{args.json.name}.tmp")
+                temporary.write_text(text + "\n")
+                temporary.replace(args.json)
+        except OutputError as error:
+            return fail(str(error), code=CANNOT_WRITE)
+    return 0
