@@ -183,7 +183,7 @@ def main(argv=None) -> int:
         truth = replay(candidate, list(table.prompts[test]), outcome_of(table, test), budget=budget, **keywords)
         logger = replay(router0, list(table.prompts[test]), outcome_of(table, test), budget=budget, **keywords)
         true_quality, true_cost = float(truth.quality.mean()), float(truth.cost.mean())
-        prior = _prior(candidate, list(table.prompts[test]), budget, keywords)
+        prior = _prior(candidate, list(table.prompts[test]), budget, keywords.get("tasks"), keywords.get("subtasks"))
         cascades = [set(p) for p in logger.paths]
         outside = np.array([len(set(p) - c) for p, c in zip(truth.paths, cascades, strict=True)])
         p = np.array([exploration.path_probability(j, len(table.models)) for j in outside])

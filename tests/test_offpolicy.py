@@ -84,8 +84,7 @@ def test_ips_and_dr_are_unbiased_over_every_draw(serve_router, table, tmp_path, 
     outside = np.array([len(set(p) - set(c)) for p, c in zip(truth.paths, logger.paths, strict=True)])
     supported = outside <= m
     assert (outside > 0).any(), "the candidate must leave the logging cascade somewhere for this to test anything"
-    prior = _prior(serve_router, list(table.prompts), CANDIDATE_BUDGET,
-                   {"tasks": list(table.tasks), "subtasks": list(table.subtasks)})
+    prior = _prior(serve_router, list(table.prompts), CANDIDATE_BUDGET, list(table.tasks), list(table.subtasks))
     for name, value, direct in (("quality", truth.quality, prior[0]), ("cost", truth.cost, prior[1])):
         assert expected[f"ips_{name}"] == pytest.approx(np.mean(np.where(supported, value, 0.0)), rel=1e-9)
         assert expected[f"dr_{name}"] == pytest.approx(np.mean(np.where(supported, value, direct)), rel=1e-9)

@@ -66,17 +66,20 @@ def replay(router: Router, prompts: Sequence[str], outcome: Outcome, *, tasks: S
     not have (unobserved).
     """
     n = len(prompts)
-    keywords = {name: value for name, value in (("tasks", tasks), ("subtasks", subtasks)) if value is not None}
+
+    def pick(values: Sequence[str] | None, rows: Sequence[int]) -> list[str] | None:
+        return None if values is None else [values[i] for i in rows]
+
     policy = router.policy(budget)
     observed: list[dict[str, dict[str, Any]]] = [{} for _ in range(n)]
     paths: list[list[str]] = [[] for _ in range(n)]
     ok = np.ones(n, dtype=bool)
-    active = np.arange(n)
-    while active.size:
+    active = list(range(n))
+    while active:
         models = router.decide([prompts[i] for i in active], [observed[i] for i in active], policy=policy,
-                               **{k: [v[i] for i in active] for k, v in keywords.items()})
+                               tasks=pick(tasks, active), subtasks=pick(subtasks, active))
         still = []
-        for i, model in zip(active.tolist(), models, strict=True):
+        for i, model in zip(active, models, strict=True):
             if model is None:
                 continue
             paths[i].append(model)
@@ -86,15 +89,15 @@ def replay(router: Router, prompts: Sequence[str], outcome: Outcome, *, tasks: S
                 continue
             observed[i][model] = {"cost": float(result["cost"]), "response": result["response"]}
             still.append(i)
-        active = np.array(still, dtype=int)
+        active = still
     quality = np.full(n, np.nan)
     cost = np.full(n, np.nan)
     selected: list[str | None] = [None] * n
-    answered = np.flatnonzero(ok & np.array([bool(o) for o in observed]))
-    if answered.size:
+    answered = [i for i in range(n) if ok[i] and observed[i]]
+    if answered:
         chosen = router.select([prompts[i] for i in answered], [observed[i] for i in answered],
-                               **{k: [v[i] for i in answered] for k, v in keywords.items()})
-        for i, model in zip(answered.tolist(), chosen, strict=True):
+                               tasks=pick(tasks, answered), subtasks=pick(subtasks, answered))
+        for i, model in zip(answered, chosen, strict=True):
             selected[i] = model
             result = outcome(i, model)
             assert result is not None
@@ -177,18 +180,17 @@ def estimate(candidate: Router, rows: pd.DataFrame, *, budget: float | None = No
     orders = [tuple(group.loc[~group["explored"].astype(bool)].sort_values("step")["model"]) for _, group in groups]
     cascades = [set(order) for order in orders]
     prompts = [str(row["prompt"]) for row in first]
-    keywords: dict[str, list[str]] = {}
-    for column, name in (("task", "tasks"), ("subtask", "subtasks")):
-        if column in candidate.estimator.columns_:
-            keywords[name] = [str(row[column] or "") for row in first]
-    result = replay(candidate, prompts, lambda i, m: outcomes[i].get(m), budget=budget, **keywords)
+    tasks, subtasks = ([str(row[column] or "") for row in first] if column in candidate.estimator.columns_ else None
+                       for column in ("task", "subtask"))
+    result = replay(candidate, prompts, lambda i, m: outcomes[i].get(m), budget=budget, tasks=tasks,
+                    subtasks=subtasks)
     p = np.array([Exploration(float(row["explore_epsilon"]), max(int(row["explore_models"]), 1)).path_probability(
         len(set(path) - cascade), int(row["n_models"]))
         for row, path, cascade in zip(first, result.paths, cascades, strict=True)])
     # A path is observed only if the candidate stayed where the logs are, and then p > 0.
     seen = result.observed & (p > 0)
     weight = np.where(seen, 1.0 / np.where(p > 0, p, 1.0), 0.0)
-    prior = _prior(candidate, prompts, budget, keywords)
+    prior = _prior(candidate, prompts, budget, tasks, subtasks)
     terms = {}
     for name, value, direct in (("quality", result.quality, prior[0]), ("cost", result.cost, prior[1])):
         y = np.where(seen, value, 0.0)
@@ -201,12 +203,12 @@ def estimate(candidate: Router, rows: pd.DataFrame, *, budget: float | None = No
                              observed=int(seen.sum()), unsupported=unsupported, differs=float(differs))
 
 
-def _prior(router: Router, prompts: Sequence[str], budget: float | None,
-           keywords: Mapping[str, Sequence[str]]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _prior(router: Router, prompts: Sequence[str], budget: float | None, tasks: Sequence[str] | None,
+           subtasks: Sequence[str] | None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """The router's prior value of each query: the best estimated quality and summed estimated cost of its plan."""
     policy = router.policy(budget)
-    estimates, _ = router.estimates(list(prompts), **keywords)
-    plans = router.plan(list(prompts), policy=policy, **keywords)
+    estimates, _ = router.estimates(list(prompts), tasks=tasks, subtasks=subtasks)
+    plans = router.plan(list(prompts), policy=policy, tasks=tasks, subtasks=subtasks)
     index = {name: j for j, name in enumerate(router.models_)}
     quality = np.asarray(estimates.quality, dtype=float)
     cost = np.asarray(estimates.cost, dtype=float)
