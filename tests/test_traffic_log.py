@@ -75,6 +75,7 @@ def test_logged_rows_read_back_with_their_answers_costs_and_labels(serve_router,
             label = client.post("/v1/feedback", json={"id": request_id,
                                                       "quality": float(answer_of(account["selected"], prompt) == "A")})
             assert label.status_code == 202, label.text
+        metrics_text = client.get("/metrics").text
     assert len(list(folder.glob("traffic-*.parquet"))) > 1  # rolled by rows (7 per file)
     rows = read_logs(folder, keep_unlabelled=True)
     assert sorted(set(rows["query_id"])) == sorted(served)
@@ -88,6 +89,15 @@ def test_logged_rows_read_back_with_their_answers_costs_and_labels(serve_router,
         assert list(picked["model"]) == [account["selected"]]
         assert list(picked["quality"]) == [float(answer_of(account["selected"], prompt) == "A")]
         assert mine[~mine["selected"]]["quality"].isna().all()  # only the labelled answer has a quality
+    baseline = max(backends, key=lambda m: (backends[m].price_out, backends[m].price_in))
+    for request_id, (_, account) in served.items():  # savings against the dearest model at these tokens
+        mine = rows[rows["query_id"] == request_id]
+        tokens = mine["input_tokens"].max(), round(mine["output_tokens"].mean())
+        assert account["baseline_model"] == baseline and set(mine["baseline_model"]) == {baseline}
+        assert account["baseline_cost_usd"] == pytest.approx(backends[baseline].cost(*map(int, tokens)))
+        assert account["saving_usd"] == pytest.approx(account["baseline_cost_usd"] - account["cost_usd"])
+    saved = sum(account["saving_usd"] for _, account in served.values())
+    assert float(metrics_text.split("\nrouter_saving_usd ")[1].split()[0]) == pytest.approx(saved, rel=1e-9)
     table = read_table(folder)  # the folder itself, as training.fit --data reads it: the labelled rows
     assert sorted(table.query_ids) == sorted(served)
     assert int(table.logged.sum()) == len(served)

@@ -144,6 +144,9 @@ class ServiceConfig:
         Models an exploring request draws.
     feedback_ids : int, default=100,000
         Most recent request ids kept for ``/v1/feedback`` (older ids get 404).
+    baseline_model : str, optional
+        The all-frontier baseline savings are counted against (issue 34);
+        default the model with the highest prices (output, then input).
     """
 
     budget: float | None = None
@@ -162,6 +165,7 @@ class ServiceConfig:
     explore: float = 0.0
     explore_models: int = 1
     feedback_ids: int = 100_000
+    baseline_model: str | None = None
 
     def __post_init__(self) -> None:
         Exploration(self.explore, self.explore_models)  # checks them
@@ -214,6 +218,10 @@ class _Metrics:
         self.log_rows = Gauge("router_log_rows", "Traffic log rows since start: written, dropped (queue full) "
                               "or refused (disk limit, write error).", ["state"], registry=r)
         self.feedback = Counter("router_feedback", "Labels received at /v1/feedback.", registry=r)
+        self.baseline = Counter("router_baseline_cost_usd", "What the answered chat requests would have cost "
+                                "on the baseline model alone (its prices x each request's tokens).", registry=r)
+        self.saving = Gauge("router_saving_usd", "Baseline cost minus the cascades' realised cost, summed over "
+                            "the answered chat requests (exploration spend not included).", registry=r)
 
 
 @dataclass
@@ -260,6 +268,11 @@ class _Service:
         self.traffic: traffic.TrafficLog | None = None
         self.served: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # request id -> selected, other answers
         self.exploring: set[asyncio.Task] = set()
+        if config.baseline_model is not None and config.baseline_model not in self.backends:
+            raise ValueError(f"the baseline model {config.baseline_model!r} is not a model of the artifact; name one "
+                             f"of {list(router.models_)}")
+        self.baseline = config.baseline_model or max(
+            router.models_, key=lambda m: (self.backends[m].price_out, self.backends[m].price_in, m))
         for policy in router.policies:
             self.metrics.budget.labels(_label(policy.budget)).set(policy.budget)
         if self.paced is not None:
@@ -393,6 +406,7 @@ class _Service:
                    if parsed.budget is None and self.paced is not None else ())
         selected, steps, account = await self.cascade(parsed, pace=not explore)
         account["request_id"] = request_id
+        self._savings(steps, account)
         if self.traffic is not None:
             self._log(request_id, parsed, steps, selected, account, explore)
         chosen = next(step.reply for step in steps if step.model == selected and step.reply is not None)
@@ -417,6 +431,18 @@ class _Service:
         return JSONResponse(body, headers=headers)
 
     # -- the traffic log (issue 34) ------------------------------------------------------------------------
+    def _savings(self, steps: list[_Step], account: dict) -> None:
+        """The baseline's cost on this request and the saving, in the account and the metrics.
+
+        The baseline never ran, so its cost is its prices times this request's tokens: the prompt tokens
+        an upstream counted, and the mean completion tokens of the answers obtained.
+        """
+        replies = [step.reply for step in steps if step.reply is not None]
+        completion = sum(r.completion_tokens for r in replies) / len(replies)
+        cost = self.backends[self.baseline].cost(max(r.prompt_tokens for r in replies), round(completion))
+        account.update(baseline_model=self.baseline, baseline_cost_usd=cost, saving_usd=cost - account["cost_usd"])
+        self.metrics.baseline.inc(cost)
+        self.metrics.saving.inc(cost - account["cost_usd"])
     def _log(self, request_id: str, parsed: ChatRequest, steps: list[_Step], selected: str, account: dict,
              explore: tuple[str, ...]) -> None:
         """Queue the request's rows; with exploration draws the cascade skipped, call them first, off the request."""
@@ -436,13 +462,14 @@ class _Service:
 
     async def _explore(self, models: list[str], request_id: str, parsed: ChatRequest, steps: list[_Step],
                        selected: str, account: dict) -> None:
-        assert self.upstreams is not None  # the lifespan has opened them
+        upstreams = self.upstreams
+        assert upstreams is not None  # the lifespan has opened them
         deadline = time.monotonic() + self.config.request_timeout_s
 
         async def call(model: str) -> _Step:
             self.metrics.explored.labels(model).inc()
             try:
-                reply = await self.upstreams.call(model, parsed.messages, parsed.forwarded, deadline)
+                reply = await upstreams.call(model, parsed.messages, parsed.forwarded, deadline)
             except UpstreamFailure as failure:
                 log.warning("%s (exploration call)", failure)
                 return _Step(model, None, failure)
@@ -471,7 +498,8 @@ class _Service:
                                     budget=account["budget"], lambdas=list(policy.lambdas), paced=account["paced"],
                                     cost=account["cost_usd"], explored=explored,
                                     exploration=self.exploration if account["paced"] else Exploration(0.0),
-                                    n_models=len(self.router.models_))
+                                    n_models=len(self.router.models_),
+                                    baseline=(account["baseline_model"], account["baseline_cost_usd"]))
         self.traffic.submit(rows)
 
     async def feedback(self, request: Request) -> Response:

@@ -192,14 +192,16 @@ class LogConfig:
 
 def request_rows(request_id: str, prompt: str, task: str, subtask: str, steps: Sequence[Any], selected: str, *,
                  budget: float, lambdas: Sequence[float], paced: bool, cost: float, explored: int,
-                 exploration: Exploration, n_models: int) -> list[dict[str, Any]]:
+                 exploration: Exploration, n_models: int, baseline: tuple[str | None, float | None] = (None, None)
+                 ) -> list[dict[str, Any]]:
     """One request's rows of :data:`~training.traffic_log.TRAFFIC_SCHEMA`, one per model called.
 
     ``steps`` are the service's calls in order (``model``, ``reply`` or
     ``None``, ``failure`` or ``None``, ``seconds``); the last ``explored``
     are exploration calls, logged with ``propensity``; the policy's own
     calls have propensity 1. ``exploration`` is the service's (its ``epsilon`` 0 when the request
-    could not explore), ``n_models`` the artifact's number of models. Nothing from
+    could not explore), ``n_models`` the artifact's number of models, ``baseline`` the all-frontier
+    baseline's model and estimated cost on this request. Nothing from
     the request's headers is read, so no key can reach a row.
     """
     now = datetime.now(timezone.utc)
@@ -217,6 +219,7 @@ def request_rows(request_id: str, prompt: str, task: str, subtask: str, steps: S
             "explored": extra,
             "selected": step.model == selected and not extra, "error": None if failure is None else failure.kind,
             "budget": budget, "lambdas": [float(v) for v in lambdas], "paced": paced, "request_cost_usd": cost,
+            "baseline_model": baseline[0], "baseline_cost_usd": baseline[1],
             "explore_epsilon": exploration.epsilon, "explore_models": exploration.models, "n_models": n_models,
             "received_at": now})
     return rows
