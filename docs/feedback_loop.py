@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         lo, hi, left = auc_bounds([s["cost"] for s in single], [s["quality"] for s in single])
         for name, report in reports.items():
             curve = report["curve"]
-            results[name] = {"auc": 100 * auc([r["test_cost"] for r in curve], [r["test_quality"] for r in curve],
+            results[name] = {"auc": auc([r["test_cost"] for r in curve], [r["test_quality"] for r in curve],
                                               lo, hi, left_quality=left),
                              "n_train": report["n_train"], "n_calibration": report["n_calibration"],
                              "n_test": report["n_test"], "calibration": report.get("calibration")}
