@@ -177,7 +177,7 @@ def _build(args: argparse.Namespace):
                            request_timeout_s=args.request_timeout,
                            allowed_hosts=allowed, max_reply_bytes=args.max_reply_bytes,
                            log=log_config(args), explore=args.explore,
-                           explore_models=args.explore_models)
+                           explore_models=args.explore_models, baseline_model=args.baseline_model)
     limits = EdgeLimits(max_header_bytes=args.max_header_bytes, max_headers=args.max_headers,
                         header_timeout_s=args.header_timeout, keep_alive_s=args.keep_alive_timeout,
                         body_timeout_s=args.body_timeout,

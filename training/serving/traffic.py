@@ -250,6 +250,9 @@ def add_log_arguments(parser: argparse.ArgumentParser) -> None:
                        help="probability that a paced request also calls uniformly drawn models the policy did "
                             "not call (after answering), logged with its propensity; needs --pace and --log-dir "
                             "(0: never)")
+    group.add_argument("--baseline-model", default=None, metavar="NAME",
+                       help="the all-frontier baseline whose cost per request (its prices at the request's tokens) "
+                            "and the saving go to /metrics and the log; default the model with the highest prices")
     group.add_argument("--explore-models", type=positive_int, default=1, metavar="M",
                        help="models an exploring request draws; off-line evaluation of a candidate sees every "
                             "path that leaves the logging cascade at up to M models (the cascade depth: all)")
