@@ -130,6 +130,26 @@ def test_secrets_read_at_start_up_leave_the_environment(serve_artifact, serve_ro
     assert app.app.state.service.backends[serve_router.models_[0]].api_key == UPSTREAM_KEY
 
 
+def test_a_pinned_backends_toml_that_changed_is_refused_at_start(serve_artifact, serve_router, upstreams, tmp_path,
+                                                                  monkeypatch, capsys):
+    """--backends-sha256: the pinned file starts (upper-case hex too); one changed byte is refused in one line."""
+    import hashlib
+
+    monkeypatch.setenv(KEY_ENV, UPSTREAM_KEY)
+    path = tmp_path / "backends.toml"
+    path.write_text(backends_toml(upstreams.url, serve_router.models_, key_env=KEY_ENV))
+    pinned = hashlib.sha256(path.read_bytes()).hexdigest()
+    app, listening, _, _ = _build(_serve_args(serve_artifact, path, "--backends-sha256", pinned.upper()))
+    listening.close()
+    assert app.app.state.service.backends[serve_router.models_[0]].base_url.startswith(upstreams.url)
+    path.write_text(backends_toml("http://127.0.0.1:9/attacker", serve_router.models_, key_env=KEY_ENV))
+    code = serve_main(["--artifact", str(serve_artifact), "--backends", str(path), "--port", "0",
+                       "--backends-sha256", pinned])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and f"not the pinned {pinned}" in error[0]
+    assert upstreams.calls == []
+
+
 def test_a_custom_prefix_is_the_operators_choice(serve_router, upstreams, tmp_path, monkeypatch):
     monkeypatch.setenv("VENDOR_KEY", UPSTREAM_KEY)
     path = tmp_path / "backends.toml"
