@@ -34,7 +34,8 @@ CPU saturated, so the client-side figures are mostly queueing; see the
 README's measured figures).
 
 ``test_healthz_under_a_message_flood`` (issue 30): ``SERVE_BENCH_FLOODERS`` = 32
-clients (in a process of their own) each post bodies of 0.93 MB holding 30,000 messages, over and over
+clients (in a process of their own) each post bodies of 0.93 MB holding 30,000 messages (or 256 messages of
+3,600 characters: decoded whole), over and over
 for ``SERVE_BENCH_FLOOD_S`` = 10 s, while one other client asks ``/healthz``
 one request after another; its p50 and p99 are printed beside the same
 client's figures with no flood, measured in the same run. Target: p99 <=
@@ -136,7 +137,7 @@ def _running(tmp_path: Path, args: tuple[str, ...] = ()):
     artifact = build_router_artifact(tmp_path)
     models = load_router(artifact, warm_up=False).models_
     table = read_table(make_benchmark(400, seed=7)).select_models(list(models))
-    queries = list(zip(table.prompts, table.tasks, table.subtasks))
+    queries = list(zip(table.prompts, table.tasks, table.subtasks, strict=True))
     random.Random(0).shuffle(queries)
     upstream_port, service_port = _free_port(), _free_port()
     upstream_url = f"http://127.0.0.1:{upstream_port}"
@@ -171,7 +172,7 @@ def test_service_overhead_under_load(benchmark, tmp_path):
         results = benchmark.pedantic(lambda: asyncio.run(_load(service_url, queries, N_REQUESTS, CONCURRENCY)),
                                      rounds=1, iterations=1)
         wall = time.perf_counter() - began
-        cpu = [_cpu_seconds(child.pid) - before for child, before in zip(children, cpu)]
+        cpu = [_cpu_seconds(child.pid) - before for child, before in zip(children, cpu, strict=True)]
     errors = [r["error"] for r in results if "error" in r]
     ok = [r for r in results if "error" not in r]
     seconds = np.array([r["seconds"] for r in ok])
@@ -219,11 +220,17 @@ async def _healthz_latencies(url: str, seconds: float) -> list[float]:
     return times
 
 
-async def _flood(url: str, seconds: float, flooders: int) -> list[int]:
-    """``flooders`` clients posting 0.93 MB bodies of 30,000 messages for ``seconds``; their statuses."""
-    body = json.dumps({"model": "router", "metadata": {"task": "math"},
-                       "messages": [{"role": "user", "content": "xx"}] * 30_000}, separators=(",", ":")).encode()
-    assert len(body) < 2**20, "under the default --max-body-bytes, so that it is parsed"
+#: The flood's bodies, each about 0.93 MB: many tiny messages (refused by their count while decoding), or as many
+#: messages as --max-messages allows, each 3,600 characters long (decoded whole, then refused by --max-prompt-chars).
+FLOOD_BODIES = {"30000_messages": [{"role": "user", "content": "xx"}] * 30_000,
+                "256_messages": [{"role": "user", "content": "x" * 3_600}] * 256}
+
+
+async def _flood(url: str, seconds: float, flooders: int, shape: str) -> list[int]:
+    """``flooders`` clients posting the ``shape`` body of :data:`FLOOD_BODIES` for ``seconds``; their statuses."""
+    body = json.dumps({"model": "router", "metadata": {"task": "math"}, "messages": FLOOD_BODIES[shape]},
+                      separators=(",", ":")).encode()
+    assert 0.8 * 2**20 < len(body) < 2**20, "under the default --max-body-bytes, so that it is parsed"
     statuses: list[int] = []
     end = time.monotonic() + seconds
     async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=60)) as client:
@@ -238,19 +245,20 @@ async def _flood(url: str, seconds: float, flooders: int) -> list[int]:
     return statuses
 
 
-def _flood_process(url: str, seconds: float, flooders: int, results) -> None:
+def _flood_process(url: str, seconds: float, flooders: int, shape: str, results) -> None:
     """The flood in a process of its own, so that the /healthz client's figures are not this process's queue."""
-    results.put(asyncio.run(_flood(url, seconds, flooders)))
+    results.put(asyncio.run(_flood(url, seconds, flooders, shape)))
 
 
-def test_healthz_under_a_message_flood(benchmark, tmp_path):
+@pytest.mark.parametrize("shape", list(FLOOD_BODIES))
+def test_healthz_under_a_message_flood(benchmark, tmp_path, shape):
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     with _running(tmp_path) as (service_url, _, _):
         quiet = asyncio.run(_healthz_latencies(service_url, min(FLOOD_S, 5.0)))
         results = context.Queue()
-        flood = context.Process(target=_flood_process, args=(service_url, FLOOD_S, FLOODERS, results))
+        flood = context.Process(target=_flood_process, args=(service_url, FLOOD_S, FLOODERS, shape, results))
         flood.start()
         try:
             time.sleep(1.0)  # the flood under way
@@ -261,8 +269,8 @@ def test_healthz_under_a_message_flood(benchmark, tmp_path):
             flood.join(30)
             if flood.is_alive():
                 flood.kill()
-    summary = {"flooders": FLOODERS, "flood_requests": len(statuses), "flood_statuses": sorted(set(statuses)),
-               "healthz_requests": len(flooded)}
+    summary = {"shape": shape, "flooders": FLOODERS, "flood_requests": len(statuses),
+               "flood_statuses": sorted(set(statuses)), "healthz_requests": len(flooded)}
     for name, values in (("quiet", quiet), ("flooded", flooded)):
         summary[f"healthz_{name}_ms_p50"] = round(float(np.percentile(values, 50)) * 1e3, 3)
         summary[f"healthz_{name}_ms_p99"] = round(float(np.percentile(values, 99)) * 1e3, 3)
@@ -270,7 +278,7 @@ def test_healthz_under_a_message_flood(benchmark, tmp_path):
     benchmark.group = "serving: HTTP service under a message flood"
     benchmark.extra_info.update(summary)
     print("\n" + "\n".join(f"  {key}: {value}" for key, value in summary.items()))
-    assert set(statuses) == {400}, "every flood request is refused by its message count"
+    assert set(statuses) == {400}, "every flood request is refused (message count or prompt length)"
 
 
 LOG_ROUNDS = int(os.environ.get("SERVE_BENCH_LOG_ROUNDS", "2"))

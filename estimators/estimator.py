@@ -27,16 +27,21 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, clone
 
-from .table import RoutingTable
-
 from .cost import CostEstimator, input_token_counts
 from .featurize import FrozenFeaturizer, as_texts, make_prompt_featurizer, prompt_frame
-from .prompts import read_prompts
-from .inputs import (check_observed_cost, check_observed_latency, check_responses, check_run, check_signals,
-                     per_query_inputs)
+from .inputs import (
+    check_observed_cost,
+    check_observed_latency,
+    check_responses,
+    check_run,
+    check_signals,
+    per_query_inputs,
+)
 from .peers import PEER_REGRESSORS
 from .posthoc import ResponseMemo, read_responses, run_responses
+from .prompts import read_prompts
 from .quality import PosthocData, QualityEstimator, make_linear_regressor
+from .table import RoutingTable
 
 __all__ = ["Estimates", "Estimator", "MIN_LOGGED_QUERIES", "PreparedQueries", "RouterEstimator", "ESTIMATOR_KINDS",
            "check_logged", "make_router_estimator"]
@@ -68,7 +73,7 @@ def check_logged(models: Sequence[str], logged: NDArray[np.bool_]) -> None:
     """
     counts = logged.sum(axis=0)
     needed = min(MIN_LOGGED_QUERIES, logged.shape[0])
-    thin = [f"{model!r} ({int(count)})" for model, count in zip(models, counts) if count < needed]
+    thin = [f"{model!r} ({int(count)})" for model, count in zip(models, counts, strict=True) if count < needed]
     if thin:
         raise ValueError(f"model(s) {', '.join(thin)} are logged on fewer than {MIN_LOGGED_QUERIES} of the "
                          f"{logged.shape[0]} training queries, too few to learn their quality from; log them on "
@@ -119,12 +124,19 @@ class PreparedQueries(NamedTuple):
         linear (see :meth:`~estimators.quality.QualityEstimator.prompt_share`).
     ante_latency : ndarray of float64, shape (N, K) or None
         Latency estimates before any model has run; ``None`` without a latency model.
+    responses : ResponseMemo or None
+        The run models' responses parsed so far, for :meth:`RouterEstimator.estimate`
+        calls that pass no memo of their own: a cascade's steps on one
+        preparation parse each response once, not once per later step
+        (the features are those of a fresh parse). Like the memo, a
+        preparation serves one caller at a time, as a cascade's steps do.
     """
 
     features: NDArray[np.float64]
     ante_cost: NDArray[np.float64]
     quality_share: NDArray[np.float64] | None
     ante_latency: NDArray[np.float64] | None = None
+    responses: ResponseMemo | None = None
 
 
 class Estimator(Protocol):
@@ -576,7 +588,8 @@ class RouterEstimator:
         latency = self.__dict__.get("latency_")  # artifacts fitted before latency existed have none
         return PreparedQueries(features, self.cost_.predict_ante(features, tokens, parallel=parallel),
                                self.quality_.prompt_share(features),
-                               None if latency is None else latency.predict_ante(features, tokens, parallel=parallel))
+                               None if latency is None else latency.predict_ante(features, tokens, parallel=parallel),
+                               ResponseMemo())
 
     def known_categories(self) -> dict[str, list[str]]:
         """The tasks and subtasks seen in training, sorted, by column (those the estimator reads).
@@ -642,7 +655,8 @@ class RouterEstimator:
         observed_cost : (M, K) float array
             Cost of the run models (read only where ``run``).
         memo : ResponseMemo, optional
-            Shared by the calls of one job, so each response is parsed once.
+            Shared by the calls of one job, so each response is parsed once;
+            default the one ``prepared`` holds.
         with_sigma : bool, default=True
             ``False`` skips σ (selecting an answer needs quality only);
             ``sigma`` and ``cov`` are then ``None``.
@@ -659,7 +673,7 @@ class RouterEstimator:
         info = None
         if self.uses_responses_:
             texts = np.full(run.shape, "", dtype=object) if responses is None else responses
-            info = run_responses(texts, run, memo)
+            info = run_responses(texts, run, memo if memo is not None else prepared.responses)
         share = None if prepared.quality_share is None else prepared.quality_share[rows]
         quality = self.quality_.predict_quality(prepared.features[rows], run, PosthocData(signals, info),
                                                 share=share, parallel=parallel)

@@ -14,22 +14,29 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
+from scipy import sparse
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 from sklearn.preprocessing import OneHotEncoder
 from sklearn.utils.validation import check_is_fitted, validate_data
-from scipy import sparse
 
-from ._textkernels import (ascii_ngram_counts, ascii_text_features, ascii_text_features_parallel, encode_texts,
-                           project_counts, structure_counts)
+from ._textkernels import (
+    ascii_ngram_counts,
+    ascii_text_features,
+    ascii_text_features_parallel,
+    encode_texts,
+    project_counts,
+    structure_counts,
+)
 
 __all__ = ["TextFeaturizer", "StructuralFeaturizer", "FrozenFeaturizer", "make_prompt_featurizer", "prompt_frame",
            "as_texts", "structure_counts_of", "CHAR_NGRAMS"]
 
 #: Character n-gram lengths of :class:`TextFeaturizer` (word n-grams are 1 and 2).
 CHAR_NGRAMS = (3, 4)
+_CHAR_RANGE = np.array(CHAR_NGRAMS)  # the compiled passes' copy, made once
 
 
 def _as_texts(X: np.ndarray) -> list[str]:
@@ -508,12 +515,16 @@ class _TextBlock:
             return out
         width = projection.shape[1]
         text, offsets, plain = columns.encoded(self.column)
+        kernel = ascii_text_features_parallel if parallel else ascii_text_features
+        if width == self.n_components and plain.all():  # every text ASCII: one compiled pass straight into out
+            kernel(text, offsets, np.arange(n), self.word_chars, self.char_chars, self.n_features, _CHAR_RANGE,
+                   self.idf, projection, out)
+            return out
         rows = np.flatnonzero(plain)
         if rows.size:
             block = np.empty((rows.size, width))
-            (ascii_text_features_parallel if parallel else ascii_text_features)(
-                text, offsets, rows, self.word_chars, self.char_chars, self.n_features, np.array(CHAR_NGRAMS),
-                self.idf, projection, block)
+            kernel(text, offsets, rows, self.word_chars, self.char_chars, self.n_features, _CHAR_RANGE, self.idf,
+                   projection, block)
             out[rows, :width] = block
         others = np.flatnonzero(~plain)
         if others.size:
@@ -558,10 +569,10 @@ class _OneHotBlock:
         # infrequent_categories_ exists only when pooling is enabled, with None for a column without rare values
         infrequent = getattr(encoder, "infrequent_categories_", None) or [None] * len(encoder.categories_)
         widths = [len(categories) - (0 if rare is None or not len(rare) else len(rare) - 1)
-                  for categories, rare in zip(encoder.categories_, infrequent)]
+                  for categories, rare in zip(encoder.categories_, infrequent, strict=True)]
         starts = np.concatenate([[0], np.cumsum(widths)]).astype(int)
         self.width = int(starts[-1])
-        self.slices = [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+        self.slices = [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
         self.tables: list[dict[str, np.ndarray]] = []
         self.unseen: list[np.ndarray] = []
         for i, categories in enumerate(encoder.categories_):

@@ -9,6 +9,7 @@ values natively; the linear family imputes them with an indicator).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import NamedTuple
 
 import numpy as np
@@ -59,8 +60,9 @@ _CHECKS = (code_parses, hedges, truncated)
 PAIRS = True
 
 
-def _pairs(k: int) -> list[tuple[int, int]]:
-    return [(a, b) for a in range(k) for b in range(a + 1, k)]
+@cache
+def _pairs(k: int) -> tuple[tuple[int, int], ...]:
+    return tuple((a, b) for a in range(k) for b in range(a + 1, k))
 
 
 def _answer_kind(answer: str) -> float:
@@ -164,7 +166,7 @@ class ResponseMemo:
         new = [t for t in unique if t not in self.parsed]
         if new:  # each distinct text once: short answers ("A", "B") repeat a lot
             answers, log_length, kind, checks = parse_responses(np.array(new, dtype=object))
-            for text, answer, length, answer_kind, check in zip(new, answers, log_length, kind, checks):
+            for text, answer, length, answer_kind, check in zip(new, answers, log_length, kind, checks, strict=True):
                 self.parsed[text] = (self.answer_ids.setdefault(answer, len(self.answer_ids)), length, answer_kind,
                                      check)
         found = [self.parsed[t] for t in unique]
@@ -283,8 +285,28 @@ def posthoc_features(run: ArrayLike, signals: Mapping[str, NDArray[np.float64]],
         :data:`PAIRS` whether each pair of models agrees, and ``|R|``.
     """
     run = np.asarray(run, dtype=bool)
+    if not run.any():  # ex-ante, every query's first decision: no value is read, the block is one constant row
+        return np.tile(_unrun_row(run.shape[1], len(signals), info is not None), (run.shape[0], 1))
+    return _posthoc_block(run, signals, info)
+
+
+@cache
+def _unrun_row(k: int, n_signals: int, with_responses: bool) -> NDArray[np.float64]:
+    """:func:`_posthoc_block` of one query that ran no model (read-only): it reads no signal or response value."""
+    info = None
+    if with_responses:
+        info = ResponseInfo(np.zeros((1, k), np.int64), np.zeros((1, k)), np.zeros((1, k)),
+                            np.zeros((1, k, len(CHECKS))))
+    row = _posthoc_block(np.zeros((1, k), bool), {f"signal{i}": np.zeros((1, k)) for i in range(n_signals)}, info)
+    row.setflags(write=False)
+    return row
+
+
+def _posthoc_block(run: NDArray[np.bool_], signals: Mapping[str, NDArray[np.float64]],
+                   info: ResponseInfo | None) -> NDArray[np.float64]:
+    """:func:`posthoc_features` of ``run`` (a bool array), computed."""
     n, k = run.shape
-    pairs = _pairs(k) if PAIRS and info is not None else []
+    pairs = _pairs(k) if PAIRS and info is not None else ()
     width = k * per_model_groups(len(signals), info is not None) + (3 if info is not None else 0) + len(pairs) + 1
     out = np.empty((n, width))
     out[:, :k] = run

@@ -141,6 +141,24 @@ def test_agreement_features_match_brute_force(seed):
                                   np.where(run, info.kind, np.nan))
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 5), st.integers(1, 11), st.integers(0, 2), st.booleans(), st.integers(0, 2**32 - 1))
+def test_posthoc_features_of_queries_that_ran_nothing_are_the_computed_block(n, k, n_signals, with_responses,
+                                                                                seed):
+    """The ex-ante fast path (one cached row, tiled) equals the block computed from the inputs, whatever signal
+    and response values the unrun cells hold (they must not be read)."""
+    from estimators.posthoc import _posthoc_block
+
+    rng = np.random.default_rng(seed)
+    run = np.zeros((n, k), bool)
+    signals = {f"s{i}": rng.normal(size=(n, k)) for i in range(n_signals)}
+    responses = rng.choice(np.array(["A", "B", "42", "", "def f(): return 1"], dtype=object), (n, k))
+    info = read_responses(responses) if with_responses else None
+    fast = posthoc_features(run, signals, info)
+    np.testing.assert_array_equal(fast, _posthoc_block(run, signals, info))
+    assert fast.flags.writeable and fast.shape[0] == n
+
+
 def test_posthoc_features_hide_signals_of_models_not_run():
     run = np.array([[True, False], [False, False]])
     signal = np.array([[0.5, 0.7], [0.1, 0.2]])

@@ -32,13 +32,15 @@ def featurizer():
 @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40))
 def test_compiled_murmurhash_equals_sklearn(text):
     from sklearn.utils import murmurhash3_32
+
     from estimators._textkernels import murmurhash3_32 as compiled
     data = np.frombuffer(text.encode("ascii") or b"\0", np.uint8)
     assert compiled(data, 0, len(text)) == murmurhash3_32(text, seed=0)
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.text(alphabet=st.sampled_from(list("ab Cd_9\t\n.,'-x\x1cé東")), max_size=700), min_size=1, max_size=4),
+@given(st.lists(st.text(alphabet=st.sampled_from(list("ab Cd_9\t\n.,'-x\x1cé東")), max_size=700), min_size=1,
+                max_size=4),
        st.lists(st.sampled_from(["math", "code", "science", "rare", "never seen", ""]), min_size=4, max_size=4))
 def test_frozen_featurizer_equals_the_column_transformer(featurizer, texts, tasks):
     tasks = np.array(tasks[: len(texts)], dtype=object)
@@ -52,6 +54,9 @@ def test_frozen_featurizer_equals_the_column_transformer(featurizer, texts, task
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(frozen.transform({c: frame[c].to_numpy(dtype=object) for c in frozen.columns},
                                                 len(texts), parallel=True), got, rtol=0, atol=0)
+    for i in range(len(texts)):  # one text alone (all-ASCII: the direct pass) == its row of a mixed batch, bit for bit
+        alone = frozen.transform({c: frame[c].to_numpy(dtype=object)[i:i + 1] for c in frozen.columns}, 1)
+        np.testing.assert_array_equal(alone[0], got[i])
 
 
 @settings(max_examples=150, deadline=None)

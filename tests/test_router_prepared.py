@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from training.data import read_table
 from training.synthetic import make_benchmark
 
@@ -35,13 +36,15 @@ def test_prepared_queries_give_the_same_estimates_plans_and_selections(router, t
     budget = data.draw(st.sampled_from(router.budgets), label="budget")
     prompts = [table.prompts[q] for q in rows]
     keywords = {"tasks": [table.tasks[q] for q in rows], "subtasks": [table.subtasks[q] for q in rows]}
-    observed = [_observed(router, table, q, r) for q, r in zip(rows, ran)]
+    observed = [_observed(router, table, q, r) for q, r in zip(rows, ran, strict=True)]
     prepared = router.prepare(prompts, **keywords)
 
     plain, _ = router.estimates(prompts, observed, **keywords)
     reused, _ = router.estimates(prompts, observed, prepared=prepared)
+    again, _ = router.estimates(prompts, observed, prepared=prepared)  # the responses now from its memo
     for name in ("quality", "sigma", "cost", "latency"):
         np.testing.assert_array_equal(getattr(reused, name), getattr(plain, name), err_msg=name)
+        np.testing.assert_array_equal(getattr(again, name), getattr(plain, name), err_msg=name)
     assert (router.plan(prompts, observed, budget, excluded=excluded, prepared=prepared)
             == router.plan(prompts, observed, budget, excluded=excluded, **keywords))
     if all(ran):

@@ -130,6 +130,26 @@ def test_secrets_read_at_start_up_leave_the_environment(serve_artifact, serve_ro
     assert app.app.state.service.backends[serve_router.models_[0]].api_key == UPSTREAM_KEY
 
 
+def test_a_pinned_backends_toml_that_changed_is_refused_at_start(serve_artifact, serve_router, upstreams, tmp_path,
+                                                                  monkeypatch, capsys):
+    """--backends-sha256: the pinned file starts (upper-case hex too); one changed byte is refused in one line."""
+    import hashlib
+
+    monkeypatch.setenv(KEY_ENV, UPSTREAM_KEY)
+    path = tmp_path / "backends.toml"
+    path.write_text(backends_toml(upstreams.url, serve_router.models_, key_env=KEY_ENV))
+    pinned = hashlib.sha256(path.read_bytes()).hexdigest()
+    app, listening, _, _ = _build(_serve_args(serve_artifact, path, "--backends-sha256", pinned.upper()))
+    listening.close()
+    assert app.app.state.service.backends[serve_router.models_[0]].base_url.startswith(upstreams.url)
+    path.write_text(backends_toml("http://127.0.0.1:9/attacker", serve_router.models_, key_env=KEY_ENV))
+    code = serve_main(["--artifact", str(serve_artifact), "--backends", str(path), "--port", "0",
+                       "--backends-sha256", pinned])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and f"not the pinned {pinned}" in error[0]
+    assert upstreams.calls == []
+
+
 def test_a_custom_prefix_is_the_operators_choice(serve_router, upstreams, tmp_path, monkeypatch):
     monkeypatch.setenv("VENDOR_KEY", UPSTREAM_KEY)
     path = tmp_path / "backends.toml"
@@ -309,6 +329,58 @@ def test_a_long_body_is_parsed_off_the_event_loop(serve_router, backends, monkey
         assert httpx.post(f"{url}/v1/chat/completions", json=_chat("short")).status_code == 200
         assert httpx.post(f"{url}/v1/chat/completions", json=_chat("long " * 400), timeout=30).status_code == 200
     assert not threads[0].startswith("router-decide") and threads[1].startswith("router-decide")
+
+
+def test_long_bodies_wait_unread_for_a_decision_thread_and_the_loop_stays_free(serve_router, backends, monkeypatch):
+    """Finding 6's mechanism (its p99 is bench/bench_serve.py's): with both decision threads stuck parsing, further
+    long bodies are not read at all (they wait in their sockets), while /healthz and a short request are answered."""
+    from training.serving import service as module
+
+    threads = 2
+    release, lock = threading.Event(), threading.Lock()
+    state = {"parsing": 0, "most": 0, "read": 0}
+    parse, read = module.parse_chat_request, module._read_body
+
+    def stuck(*args, **kwargs):
+        if threading.current_thread().name.startswith("router-decide"):
+            with lock:
+                state["parsing"] += 1
+                state["most"] = max(state["most"], state["parsing"])
+            release.wait(30)
+            with lock:
+                state["parsing"] -= 1
+        return parse(*args, **kwargs)
+
+    async def counted(request, limit):
+        state["read"] += 1  # on the event loop: no lock needed
+        return await read(request, limit)
+
+    monkeypatch.setattr(module, "parse_chat_request", stuck)
+    monkeypatch.setattr(module, "_read_body", counted)
+    config = ServiceConfig(inline_decision_chars=1_000, decision_threads=threads)
+    statuses: list[int] = []
+    with serving(create_app(serve_router, backends, config)) as (url, _):
+        def post() -> None:
+            statuses.append(httpx.post(f"{url}/v1/chat/completions", json=_chat("long " * 2_000),
+                                       timeout=60).status_code)
+
+        posters = [threading.Thread(target=post) for _ in range(3 * threads)]
+        for poster in posters:
+            poster.start()
+        deadline = time.monotonic() + 30
+        while state["parsing"] < threads and time.monotonic() < deadline:
+            time.sleep(0.01)
+        try:
+            assert state["parsing"] == threads, "the long bodies reached the decision threads"
+            time.sleep(0.2)  # give the waiting bodies every chance to be read (they must not be)
+            assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+            assert httpx.post(f"{url}/v1/chat/completions", json=_chat("short"), timeout=10).status_code == 200
+            assert state["read"] == threads + 1, "only the bodies being parsed (and the short one) were read"
+        finally:
+            release.set()
+            for poster in posters:
+                poster.join(60)
+    assert statuses == [200] * 3 * threads and state["most"] == threads
 
 
 @pytest.mark.parametrize("field", ["tool_calls", "function_call", "audio", "x_secret"])

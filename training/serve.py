@@ -55,6 +55,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--backends", type=Path, required=True, help="backends.toml: one [models.\"NAME\"] table "
                         "per model (base_url, model, optional api_key_env, price_in, price_out, timeout_s, "
                         "connect_timeout_s, max_concurrency)")
+    parser.add_argument("--backends-sha256", metavar="HEX", default=None, help="refuse to start unless "
+                        "backends.toml has this SHA-256 (sha256sum backends.toml), so that whoever can write the "
+                        "file cannot point an upstream (and its key) elsewhere unnoticed")
     parser.add_argument("--upstream-key-prefix", default="UPSTREAM_", metavar="PREFIX",
                         help="every api_key_env in backends.toml must start with PREFIX (and may not be the "
                              "service's own key variables), so the file cannot send another secret to an upstream")
@@ -157,7 +160,8 @@ def _build(args: argparse.Namespace):
     router = load_router(args.artifact, warm_up=False, key=verification_key(args))
     own = [name for name in (args.api_key_env, args.verify_key_env) if name is not None]
     backends = load_backends(args.backends, router.models_, router.estimator.token_prices,
-                             key_prefix=args.upstream_key_prefix, reserved=own)
+                             key_prefix=args.upstream_key_prefix, reserved=own,
+                             expected_sha256=args.backends_sha256)
     for name in own + [b.api_key_env for b in backends.values() if b.api_key_env]:  # read: nothing later needs them
         os.environ.pop(name, None)
     try:

@@ -39,12 +39,15 @@ the whole cascade on top of these.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import os
 import sys
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 if sys.version_info >= (3, 11):
@@ -265,7 +268,8 @@ def parse_backends(document: Mapping[str, Any], models: tuple[str, ...],
 
 
 def load_backends(path: str | Path, models: tuple[str, ...], artifact_prices: Mapping[str, tuple[float, float]],
-                  *, key_prefix: str = KEY_PREFIX, reserved: Collection[str] = ()) -> dict[str, Backend]:
+                  *, key_prefix: str = KEY_PREFIX, reserved: Collection[str] = (),
+                  expected_sha256: str | None = None) -> dict[str, Backend]:
     """Read and check ``backends.toml`` (see :func:`parse_backends`).
 
     Parameters
@@ -277,6 +281,11 @@ def load_backends(path: str | Path, models: tuple[str, ...], artifact_prices: Ma
         The artifact's own prices, the fallback.
     key_prefix, reserved
         As in :func:`parse_backends`.
+    expected_sha256 : str, optional
+        The file's SHA-256 (hex) as the operator recorded it: a file that
+        differs is refused before it is parsed. The bytes hashed are the
+        bytes parsed (read once), so a swap between check and use changes
+        nothing.
 
     Returns
     -------
@@ -287,13 +296,21 @@ def load_backends(path: str | Path, models: tuple[str, ...], artifact_prices: Ma
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If it is not valid TOML or fails a check of :func:`parse_backends`.
+        If it is not valid TOML, fails a check of :func:`parse_backends`,
+        or its SHA-256 is not ``expected_sha256``.
     """
     path = Path(path)
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"--backends {path} does not exist") from None
+    if expected_sha256 is not None:
+        digest = hashlib.sha256(raw).hexdigest()
+        if not hmac.compare_digest(digest, expected_sha256.strip().lower()):
+            raise ValueError(f"--backends {path} has sha256 {digest}, not the pinned {expected_sha256.strip()} "
+                             "(--backends-sha256): the file was changed; check it, then pin its new hash")
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"--backends {path} is not valid TOML: {error}") from None
     return parse_backends(document, models, artifact_prices, source=str(path), key_prefix=key_prefix,

@@ -44,9 +44,10 @@ whose ``Host`` is not in ``allowed_hosts`` gets 421, so that a DNS-rebound
 name cannot reach a loopback service; the client address is the peer's
 (``X-Forwarded-For`` is read by uvicorn only from ``--trusted-proxies``,
 :mod:`training.serving.edge`). A body larger than
-``inline_decision_chars`` is parsed on a decision thread, not on the event
-loop. The whole cascade of one request has ``request_timeout_s`` (each
-upstream call gets what is left of it), and a 502 names the models that
+``inline_decision_chars`` waits unread for one of ``decision_threads`` slots
+and is parsed on a decision thread, not on the event loop. The whole
+cascade of one request has ``request_timeout_s`` (each upstream call gets
+what is left of it), and a 502 names the models that
 failed, never their upstream URLs.
 """
 
@@ -60,10 +61,11 @@ import random
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Mapping
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
@@ -79,8 +81,17 @@ from ..policy import Policy
 from . import traffic
 from .backends import Backend
 from .explore import Exploration
-from .openai_api import (OBJECTS_PER_MESSAGE, ROUTER_MODEL, APIError, ChatRequest, chat_response, parse_chat_request, parse_json,
-                         parse_route_request, sse_chunks)
+from .openai_api import (
+    OBJECTS_PER_MESSAGE,
+    ROUTER_MODEL,
+    APIError,
+    ChatRequest,
+    chat_response,
+    parse_chat_request,
+    parse_json,
+    parse_route_request,
+    sse_chunks,
+)
 from .router import Router
 from .upstream import MAX_REPLY_BYTES, Reply, UpstreamFailure, Upstreams
 
@@ -121,7 +132,9 @@ class ServiceConfig:
         tens of milliseconds waiting for the GIL; ``docs/decisions.md`` item 32).
         Longer ones go to the decision threads, so one huge response cannot
         stall every request. 0 sends every step to the threads. A request
-        body longer than this is parsed on a decision thread too.
+        body longer than this is parsed on a decision thread too, and at most
+        ``decision_threads`` such bodies are read at once (the others wait
+        unread in their sockets).
     max_messages : int, default=256
         Most messages one request may hold (400 above).
     request_timeout_s : float, default=60
@@ -273,6 +286,10 @@ class _Service:
                              f"of {list(router.models_)}")
         self.baseline = config.baseline_model or max(
             router.models_, key=lambda m: (self.backends[m].price_out, self.backends[m].price_in, m))
+        self.long_bodies = asyncio.Semaphore(max(config.decision_threads, 1))
+        self.body_limits = {"max_prompt_chars": config.max_prompt_chars, "max_messages": config.max_messages,
+                            "needs_task": "task" in self.per_query}
+        self.body_objects = OBJECTS_PER_MESSAGE * config.max_messages + 16
         for policy in router.policies:
             self.metrics.budget.labels(_label(policy.budget)).set(policy.budget)
         if self.paced is not None:
@@ -390,13 +407,27 @@ class _Service:
 
     # -- handlers ------------------------------------------------------------------------------------------
     async def _body(self, request: Request, parse):
-        """``parse(decoded JSON body, ...)``: on a decision thread when the body is long (issue 30)."""
+        """``parse(decoded JSON body, ...)``; a long body is read and parsed under :attr:`long_bodies` (issue 30).
+
+        A body declared longer than ``inline_decision_chars`` (or of unknown
+        length) waits for one of ``decision_threads`` slots *before* it is
+        read, and is parsed on a decision thread. While it waits, its bytes
+        stay in the socket (uvicorn pauses reading a connection whose body
+        nobody consumes), so 32 clients posting 1 MB bodies cost the event
+        loop the reading of two at a time, not of 32 interleaved, and the
+        loop stays free for everyone else (``docs/decisions.md``).
+        """
         _require_json(request)
-        raw = await _read_body(request, self.config.max_body_bytes)  # its deadline is the edge's (body_timeout_s)
-        limits = {"max_prompt_chars": self.config.max_prompt_chars, "max_messages": self.config.max_messages,
-                  "needs_task": "task" in self.per_query}
-        objects = OBJECTS_PER_MESSAGE * self.config.max_messages + 16
-        return await self._run_decision(len(raw), lambda: parse(parse_json(raw, objects), **limits))
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) <= self.config.inline_decision_chars:
+            raw = await _read_body(request, self.config.max_body_bytes)  # deadline: the edge's body_timeout_s
+            return self._parse_body(raw, parse)
+        async with self.long_bodies:
+            raw = await _read_body(request, self.config.max_body_bytes)
+            return await self._run_decision(len(raw), self._parse_body, raw, parse)
+
+    def _parse_body(self, raw: bytes, parse):
+        return parse(parse_json(raw, self.body_objects), **self.body_limits)
 
     async def chat(self, request: Request) -> Response:
         began = time.perf_counter()
