@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -40,10 +41,14 @@ from numpy.typing import NDArray
 from .serving.explore import Exploration
 from .serving.router import Router
 
-__all__ = ["Interval", "OffPolicyEstimate", "Replay", "estimate", "replay"]
+__all__ = ["FAILED", "Interval", "OffPolicyEstimate", "Replay", "estimate", "replay"]
 
 #: One query's outcome for a model: {"cost", "response", "quality"}, or None when not available.
 Outcome = Callable[[int, str], Mapping[str, Any] | None]
+
+#: The outcome of a model that was called and failed: the cascade excludes it and goes on, as the service
+#: does (``Router.decide(excluded=...)``); the call stays on the path.
+FAILED: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,8 @@ def replay(router: Router, prompts: Sequence[str], outcome: Outcome, *, tasks: S
 
     The same ``Router.decide`` / ``Router.select`` calls the service makes,
     one batch per step. A query stops at the first model ``outcome`` does
-    not have (unobserved).
+    not have (unobserved); a model whose outcome is :data:`FAILED` is
+    excluded for that query and its cascade goes on.
     """
     n = len(prompts)
 
@@ -72,12 +78,14 @@ def replay(router: Router, prompts: Sequence[str], outcome: Outcome, *, tasks: S
 
     policy = router.policy(budget)
     observed: list[dict[str, dict[str, Any]]] = [{} for _ in range(n)]
+    excluded: list[set[str]] = [set() for _ in range(n)]
     paths: list[list[str]] = [[] for _ in range(n)]
     ok = np.ones(n, dtype=bool)
     active = list(range(n))
     while active:
         models = router.decide([prompts[i] for i in active], [observed[i] for i in active], policy=policy,
-                               tasks=pick(tasks, active), subtasks=pick(subtasks, active))
+                               tasks=pick(tasks, active), subtasks=pick(subtasks, active),
+                               excluded=[excluded[i] for i in active])
         still = []
         for i, model in zip(active, models, strict=True):
             if model is None:
@@ -86,6 +94,10 @@ def replay(router: Router, prompts: Sequence[str], outcome: Outcome, *, tasks: S
             result = outcome(i, model)
             if result is None:
                 ok[i] = False
+                continue
+            if result is FAILED:
+                excluded[i].add(model)
+                still.append(i)
                 continue
             observed[i][model] = {"cost": float(result["cost"]), "response": result["response"]}
             still.append(i)

@@ -116,6 +116,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     from .serving.traffic import add_log_arguments
 
     add_log_arguments(parser)
+    from .serving.shadow import add_shadow_arguments
+
+    add_shadow_arguments(parser)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
 
@@ -157,7 +160,16 @@ def _build(args: argparse.Namespace):
     for flag in ("request_timeout", "body_timeout", "header_timeout", "keep_alive_timeout"):
         if not 0 < getattr(args, flag) < float("inf"):
             raise ValueError(f"--{flag.replace('_', '-')} must be a number of seconds > 0, got {getattr(args, flag)}")
-    router = load_router(args.artifact, warm_up=False, key=verification_key(args))
+    if args.shadow_budget is not None and args.shadow is None:
+        raise ValueError("--shadow-budget sets the shadow router's budget; add --shadow ARTIFACT or drop it")
+    key = verification_key(args)
+    router = load_router(args.artifact, warm_up=False, key=key)
+    shadow = None
+    if args.shadow is not None:  # verified as the served artifact is
+        if not args.shadow.exists():
+            raise FileNotFoundError(f"--shadow {args.shadow} does not exist; give a router artifact from "
+                                    "python -m training.fit")
+        shadow = load_router(args.shadow, warm_up=False, key=key)
     own = [name for name in (args.api_key_env, args.verify_key_env) if name is not None]
     backends = load_backends(args.backends, router.models_, router.estimator.token_prices,
                              key_prefix=args.upstream_key_prefix, reserved=own,
@@ -181,7 +193,8 @@ def _build(args: argparse.Namespace):
                            request_timeout_s=args.request_timeout,
                            allowed_hosts=allowed, max_reply_bytes=args.max_reply_bytes,
                            log=log_config(args), explore=args.explore,
-                           explore_models=args.explore_models, baseline_model=args.baseline_model)
+                           explore_models=args.explore_models, baseline_model=args.baseline_model,
+                           shadow_budget=args.shadow_budget)
     limits = EdgeLimits(max_header_bytes=args.max_header_bytes, max_headers=args.max_headers,
                         header_timeout_s=args.header_timeout, keep_alive_s=args.keep_alive_timeout,
                         body_timeout_s=args.body_timeout,
@@ -189,8 +202,10 @@ def _build(args: argparse.Namespace):
                         trusted_proxies=tuple(a.strip() for a in args.trusted_proxies.split(",") if a.strip()))
     # a connection per caller, two per upstream call in flight, and room for files and the loop
     raise_descriptor_limit(limits.max_connections + sum(2 * b.max_concurrency for b in backends.values()) + 256)
-    app = create_app(router, backends, config)
+    app = create_app(router, backends, config, shadow=shadow)
     router.warm_up()
+    if shadow is not None:
+        shadow.warm_up()
     return app, _listen(args.host, args.port), config, limits
 
 

@@ -93,6 +93,7 @@ from .openai_api import (
     sse_chunks,
 )
 from .router import Router
+from .shadow import Shadow, check_shadow
 from .upstream import MAX_REPLY_BYTES, Reply, UpstreamFailure, Upstreams
 
 __all__ = ["MIN_API_KEY_CHARS", "ServiceConfig", "create_app"]
@@ -160,6 +161,8 @@ class ServiceConfig:
     baseline_model : str, optional
         The all-frontier baseline savings are counted against (issue 34);
         default the model with the highest prices (output, then input).
+    shadow_budget : float, optional
+        The shadow router's budget (``create_app(shadow=...)``); default each request's served budget.
     """
 
     budget: float | None = None
@@ -179,6 +182,7 @@ class ServiceConfig:
     explore_models: int = 1
     feedback_ids: int = 100_000
     baseline_model: str | None = None
+    shadow_budget: float | None = None
 
     def __post_init__(self) -> None:
         Exploration(self.explore, self.explore_models)  # checks them
@@ -259,7 +263,8 @@ class _Step:
 class _Service:
     """The state one app shares across requests: router, pacing, upstreams, metrics, thread pool."""
 
-    def __init__(self, router: Router, backends: Mapping[str, Backend], config: ServiceConfig) -> None:
+    def __init__(self, router: Router, backends: Mapping[str, Backend], config: ServiceConfig,
+                 shadow: Router | None = None) -> None:
         if router.estimator.signal_names_:
             raise ValueError(f"this artifact's estimator reads post-hoc signals {router.estimator.signal_names_} "
                              "that an OpenAI reply does not carry; serve an artifact fitted without signal columns")
@@ -295,6 +300,11 @@ class _Service:
         if self.paced is not None:
             self.metrics.budget.labels("paced").set(self.paced.budget)
             self.metrics.pacing_factor.set(self.paced.state().factor)
+        self.shadow: Shadow | None = None
+        if shadow is not None:
+            served = self.paced.budget if self.paced is not None else self.default_policy.budget
+            check_shadow(shadow, router, config.shadow_budget if config.shadow_budget is not None else served)
+            self.shadow = Shadow(shadow, self.metrics.registry, budget=config.shadow_budget)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     @asynccontextmanager
@@ -310,6 +320,8 @@ class _Service:
             yield
         finally:  # uvicorn has drained the in-flight requests by now
             await asyncio.gather(*self.exploring, return_exceptions=True)
+            if self.shadow is not None:
+                await self.shadow.drain()
             if self.traffic is not None:
                 self.traffic.close()
             await self.upstreams.aclose()
@@ -438,6 +450,9 @@ class _Service:
         selected, steps, account = await self.cascade(parsed, pace=not explore)
         account["request_id"] = request_id
         self._savings(steps, account)
+        if self.shadow is not None:  # off the request path: it never delays or fails the answer
+            self.shadow.start(request_id, parsed.prompt, parsed.task, parsed.subtask, steps, selected,
+                              account["budget"], logged=self.traffic is not None)
         if self.traffic is not None:
             self._log(request_id, parsed, steps, selected, account, explore)
         chosen = next(step.reply for step in steps if step.model == selected and step.reply is not None)
@@ -531,7 +546,10 @@ class _Service:
                                     exploration=self.exploration if account["paced"] else Exploration(0.0),
                                     n_models=len(self.router.models_),
                                     baseline=(account["baseline_model"], account["baseline_cost_usd"]))
-        self.traffic.submit(rows)
+        if self.shadow is not None:
+            self.shadow.submit(request_id, rows, self.traffic.submit)
+        else:
+            self.traffic.submit(rows)
 
     async def feedback(self, request: Request) -> Response:
         """``POST /v1/feedback {"id", "quality", "model"?}``: a label for a served request's answer (202)."""
@@ -736,7 +754,8 @@ def _host(scope: Scope) -> str:
 _ENDPOINTS = ("/v1/chat/completions", "/v1/route", "/v1/feedback", "/v1/models", "/healthz", "/metrics")
 
 
-def create_app(router: Router, backends: Mapping[str, Backend], config: ServiceConfig = ServiceConfig()) -> ASGIApp:
+def create_app(router: Router, backends: Mapping[str, Backend], config: ServiceConfig = ServiceConfig(),
+               shadow: Router | None = None) -> ASGIApp:
     """The routing service as an ASGI application (see the module docstring).
 
     Parameters
@@ -746,6 +765,9 @@ def create_app(router: Router, backends: Mapping[str, Backend], config: ServiceC
     backends : mapping of str to Backend
         One per model of the router (:func:`~training.serving.backends.load_backends`).
     config : ServiceConfig, optional
+    shadow : Router, optional
+        A second router whose decisions are compared with the served ones,
+        never calling a model for it (:mod:`training.serving.shadow`).
 
     Returns
     -------
@@ -757,9 +779,9 @@ def create_app(router: Router, backends: Mapping[str, Backend], config: ServiceC
     ValueError
         If a model has no backend, the artifact reads post-hoc signals, or
         ``config.budget`` is below every fitted budget (or, with ``pace``,
-        no policy can be paced).
+        no policy can be paced), or ``shadow`` has other models (or no policy within the budget).
     """
-    service = _Service(router, backends, config)
+    service = _Service(router, backends, config, shadow)
 
     async def json_errors(request: Request, error: APIError) -> Response:
         return _error_response(error)
