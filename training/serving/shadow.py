@@ -233,17 +233,18 @@ class Shadow:
     async def _run(self, pending: _Pending, prompt: str, task: str, subtask: str, steps: list[Any], selected: str,
                    budget: float) -> None:
         began = time.perf_counter()
+        comparison: Comparison | None = None
         try:
-            comparison = await asyncio.get_running_loop().run_in_executor(
+            done = await asyncio.get_running_loop().run_in_executor(
                 self.executor, lambda: compare(self.router, prompt, steps, selected, budget=budget, task=task,
                                                subtask=subtask))
         except Exception:  # a shadow never fails a request: count it, log it
             log.exception("the shadow router failed on a request; the served answer is unaffected")
             self.errors.labels("error").inc()
-            comparison = None
         else:
             self.seconds.observe(time.perf_counter() - began)
-            self._count(comparison, steps, selected)
+            self._count(done, steps, selected)
+            comparison = done
         pending.comparison, pending.done = comparison, True
         if pending.rows is not None and pending.submit is not None:
             pending.submit(self._fill(pending.rows, comparison))
