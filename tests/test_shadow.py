@@ -209,3 +209,20 @@ def test_the_shadow_is_verified_like_the_served_artifact(serve_artifact, serve_r
                        "--verify-key-env", "SHADOW_TEST_SIGNING_KEY", "--shadow", str(serve_artifact)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "is not signed" in err[0] and secret not in err[0]
+
+
+def test_a_shadow_beside_a_paced_exploring_router_fills_every_logged_row(serve_router, shadow_router, backends,
+                                                                        prompts, tmp_path):
+    accounts, samples = _run(serve_router, backends, shadow_router, prompts, tmp_path / "log", pace=True,
+                             explore=0.5, explore_models=2)
+    compared = sum(_count(samples, "router_shadow_agreement_total", level="path", agree=a) for a in ("yes", "no"))
+    assert compared == len(accounts)
+    rows = read_logs(tmp_path / "log", keep_unlabelled=True)
+    assert rows["explored"].any()  # exploration rows were logged after the answer, with the shadow's columns
+    assert sorted(set(rows["query_id"])) == sorted(accounts) and rows["shadow_agrees"].notna().all()
+    for request_id, (*_, account) in accounts.items():
+        mine = rows[rows["query_id"] == request_id]
+        paths = {tuple(path) for path in mine["shadow_path"]}
+        assert len(paths) == 1  # one comparison per request, on every row of it
+        assert set(mine["shadow_agrees"]) == {paths.pop() == tuple(account["models"])
+                                              and set(mine["shadow_selected"]) == {account["selected"]}}
