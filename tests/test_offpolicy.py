@@ -116,3 +116,22 @@ def test_evaluate_logged_cli(serve_router, serve_artifact, table, tmp_path, caps
     assert written["dr_quality"]["value"] == pytest.approx(logger.quality.mean())
     assert "dr_quality" in capsys.readouterr().out
     assert main(["--logged", str(tmp_path / "nothing"), "--artifact", str(serve_artifact)]) == 2
+
+
+def test_evaluate_logged_verifies_the_candidate_like_every_loader(serve_artifact, tmp_path, capsys):
+    """A candidate is unpickled only after the same checks serving applies (an unsigned one is refused with a key)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from training.evaluate import main
+
+    public = tmp_path / "public.pem"
+    public.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.PEM,
+                                                                               PublicFormat.SubjectPublicKeyInfo))
+    (tmp_path / "log").mkdir()
+    capsys.readouterr()
+    assert main(["--logged", str(tmp_path / "log"), "--artifact", str(serve_artifact), "--require-signed"]) == 2
+    assert "--require-signed" in capsys.readouterr().err
+    assert main(["--logged", str(tmp_path / "log"), "--artifact", str(serve_artifact),
+                 "--verify-key", str(public)]) == 2
+    assert "sign" in capsys.readouterr().err.lower()

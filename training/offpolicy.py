@@ -242,7 +242,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     import json
     from pathlib import Path
 
-    from .cli import CANNOT_WRITE, OutputError, fail, parse_or_exit_code, writing
+    from .cli import (
+        CANNOT_WRITE,
+        OutputError,
+        add_verify_arguments,
+        fail,
+        parse_or_exit_code,
+        verification_key,
+        writing,
+    )
     from .serving.router import load_router
     from .traffic_log import read_logs
 
@@ -257,16 +265,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="your labels (.parquet or .csv: query_id = the request id, quality, optionally "
                              "model); joined over the /v1/feedback labels (default: those only)")
     parser.add_argument("--json", type=Path, default=None, help="also write the estimates here (default: no)")
+    add_verify_arguments(parser)
     args = parse_or_exit_code(parser.parse_args, argv)
     if isinstance(args, int):
         return args
     try:
+        key = verification_key(args)
         labels = None
         if args.labels is not None:
             labels = (pd.read_csv(args.labels) if args.labels.suffix.lower() == ".csv"
                       else pd.read_parquet(args.labels))
+        candidate = load_router(args.artifact, key=key)
         rows = read_logs(args.logged, labels)
-        candidate = load_router(args.artifact)
         result = estimate(candidate, rows, budget=args.budget)
     except (ValueError, TypeError, FileNotFoundError, OSError) as error:
         return fail(f"{args.logged}: {error}")
