@@ -362,6 +362,28 @@ def _whole_number(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def model_names(text: str) -> list[str]:
+    """Parse ``--models A,B,C`` (argparse ``type``): model names, comma-separated, each once.
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        If no name is given.
+    """
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated model names, got {text!r}")
+    return names
+
+
 #: argparse ``type``s for counts (>= 1) and seeds or limits that may be 0.
 positive_int, non_negative_int = _whole_number(1), _whole_number(0)
 

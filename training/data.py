@@ -25,6 +25,7 @@ is recorded in :attr:`RoutingTable.logged` (ALGORITHM.md §7), and
 
 from __future__ import annotations
 
+import argparse
 import ast
 import hashlib
 import os
@@ -879,3 +880,185 @@ def _raise_if(
         parts.append(label)
     more = f" and {rows.size - _SHOWN} more" if rows.size > _SHOWN else ""
     raise ValueError(f"{problem}; {rows.size} row(s) fail: {'; '.join(parts)}{more}")
+
+
+# --------------------------------------------------------------------------- #
+# writing and appending tables (python -m training.data append)
+# --------------------------------------------------------------------------- #
+
+#: File names :func:`write_table` writes, by suffix (the formats :func:`read_table` reads back).
+TABLE_SUFFIXES = (".parquet", ".csv", ".csv.gz")
+#: Long-format columns that hold numbers (CSV holds them as text; Parquet output stores them as numbers).
+_NUMERIC_COLUMNS = ("quality", "cost_usd", "input_tokens", "output_tokens", "propensity", "latency_s")
+
+
+def write_table(frame: pd.DataFrame, path: PathLike, *, overwrite: bool = False) -> None:
+    """Write a long-format table as Parquet, CSV or CSV.gz (by the name's suffix), atomically.
+
+    The bytes are written under a temporary name beside ``path`` and renamed
+    into place, so a killed run leaves no half-written table; an existing
+    file is refused unless ``overwrite``, so that nothing a user owns is
+    replaced by mistake.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The rows to write.
+    path : str or os.PathLike
+        Ends in ``.parquet``, ``.csv`` or ``.csv.gz``.
+    overwrite : bool, default False
+        Replace an existing file.
+
+    Raises
+    ------
+    ValueError
+        If the suffix is none of those, or ``path`` exists and ``overwrite`` is not set.
+    OSError
+        If the file cannot be written.
+    """
+    import gzip
+    import io
+
+    from .serving.outputs import write_bytes_atomically
+
+    path = Path(path)
+    name = path.name.lower()
+    if not name.endswith(TABLE_SUFFIXES):
+        raise ValueError(f"cannot write {str(path)!r}: name it .parquet, .csv or .csv.gz (the format follows the name)")
+    if path.is_dir() or (path.exists() and not overwrite):
+        raise ValueError(f"{str(path)!r} exists; give a new file name (existing files are not overwritten)")
+    if name.endswith(".parquet"):
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        data = buffer.getvalue()
+    else:
+        data = frame.to_csv(index=False).encode("utf-8")
+        if name.endswith(".gz"):
+            data = gzip.compress(data, mtime=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomically(path, data)
+
+
+def append_tables(sources: Sequence[PathLike | pd.DataFrame], *, quality_range: tuple[float, float] = (0.0, 1.0),
+                  allow_pickle: bool = False) -> pd.DataFrame:
+    """Append long-format tables (e.g. a new model's rows to the logs), checked as one table.
+
+    Each source is read as :func:`read_table` reads it (a CSV's header is its
+    header, never a data row), the column sets must agree, and the result is
+    validated whole by :func:`read_table`, so that a (query, model) pair
+    logged in two sources, or a query whose prompt differs between them, is
+    refused with its rows before anything is written.
+
+    Parameters
+    ----------
+    sources : sequence of path or pandas.DataFrame
+        Two or more long-format tables (Parquet, CSV, CSV.gz or a Parquet folder).
+    quality_range : (float, float), default (0.0, 1.0)
+        Inclusive range of the quality column, as in :func:`read_table`.
+    allow_pickle : bool, default False
+        Accept ``.pkl`` sources (unpickling runs code; trusted files only).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of every source in order, the first source's column order;
+        numeric columns as numbers when any source stored them as numbers.
+
+    Raises
+    ------
+    ValueError
+        If fewer than two sources, a source is RouterBench's wide layout, the
+        column sets differ (naming the columns), or the appended table is not
+        a valid routing table (:func:`read_table`'s message, rows counted
+        across the sources in order).
+    """
+    if len(sources) < 2:
+        raise ValueError(f"append needs at least two tables, got {len(sources)}")
+    frames, names = [], []
+    for source in sources:
+        frame = _load(source, allow_pickle)
+        name = "a DataFrame" if isinstance(source, pd.DataFrame) else repr(str(source))
+        if _is_wide(frame):
+            raise ValueError(f"{name} is RouterBench's wide layout; append reads long tables (one row per query "
+                             "and model): convert it first with read_table")
+        _check_unique_columns(frame, name)
+        frames.append(frame)
+        names.append(name)
+    first = list(frames[0].columns)
+    for frame, name in zip(frames[1:], names[1:], strict=True):
+        missing, extra = sorted(set(first) - set(frame.columns)), sorted(set(frame.columns) - set(first))
+        if missing or extra:
+            raise ValueError(f"{name} has other columns than {names[0]} (missing {missing}, extra {extra}); "
+                             "give every table the same columns")
+    aligned = [frame[first] for frame in frames]
+    appended = pd.concat(aligned, ignore_index=True)
+    read_table(appended, quality_range=quality_range)  # the checks of one table, before anything is written
+    for column in first:  # CSV text next to Parquet numbers: store numbers ('' = unknown), as Parquet wants one type
+        kinds = {pd.api.types.is_numeric_dtype(frame[column]) for frame in aligned}
+        if column in _NUMERIC_COLUMNS and kinds == {True, False}:
+            text = appended[column].astype(object)
+            try:
+                appended[column] = pd.to_numeric(text.where(text != "", np.nan))
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"column {column!r} holds numbers in one table and text in another that does not "
+                                 f"convert ({error}); write the tables in one format first") from None
+    return appended
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.data append A B ... --out C``: append long-format tables safely.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 on success, 2 on bad input (one ``error:`` line), 1 if ``--out`` cannot be written.
+    """
+    from .cli import quality_range, refuse_inputs_as_outputs, run_command, writing
+
+    def parse(arguments: Sequence[str] | None) -> argparse.Namespace:
+        parser = argparse.ArgumentParser(
+            prog="python -m training.data",
+            description="Tables in the long format (one row per query and model). 'append' adds the rows of "
+                        "the later tables to the first (e.g. a new model's rows to the logs) and writes a new "
+                        "file: same columns required, a CSV header read as a header, the result validated as "
+                        "one table (no (query, model) pair twice), inputs never overwritten, the output written "
+                        "atomically.",
+            epilog="exit status: 0 on success; 2 on bad input (bad argument, missing or malformed table), with a "
+                   "one-line 'error:' on stderr; 1 if --out cannot be written.")
+        commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+        append = commands.add_parser("append", help="append tables into a new file",
+                                     description="Append long-format tables into a new file (--out).")
+        append.add_argument("tables", type=Path, nargs="+", metavar="PATH",
+                            help="two or more tables (.parquet/.csv/.csv.gz or a Parquet folder), in order")
+        append.add_argument("--out", type=Path, required=True, metavar="PATH",
+                            help="the appended table; .parquet, .csv or .csv.gz by its name")
+        append.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+        append.add_argument("--quality-range", type=quality_range, default=(0.0, 1.0), metavar="LO,HI",
+                            help="inclusive range of the quality column (default 0,1; e.g. 0,100 for percent)")
+        append.add_argument("--allow-pickle", action="store_true",
+                            help="read .pkl tables (unpickling runs any code they hold: trusted files only)")
+        return parser.parse_args(arguments)
+
+    def job(args: argparse.Namespace) -> tuple[int, Path]:
+        refuse_inputs_as_outputs([("--out", args.out)], [("PATH", path) for path in args.tables])
+        appended = append_tables(args.tables, quality_range=args.quality_range, allow_pickle=args.allow_pickle)
+        with writing("--out", args.out):
+            write_table(appended, args.out, overwrite=args.overwrite)
+        return len(appended), args.out
+
+    def finish(result: tuple[int, Path]) -> int:
+        print(f"wrote {result[0]:,} rows to {result[1]}")
+        return 0
+
+    return run_command(argv, parse, job, finish)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -641,3 +641,75 @@ def _answer(problems: list[_Problem], task: np.ndarray, correct: np.ndarray, r: 
                 line = choice == 0 or r.random() >= _NO_ANSWER_LINE
                 out[i, j] = problem.render(choice, styles[j], line)
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.synthetic --out logs.parquet``: write the synthetic benchmark as a long table.
+
+    So that the README's examples (and a user trying the tools) have a log
+    with every column the toolkit reads (prompts, responses, tokens,
+    latency) without downloading anything. **Synthetic**: see the module
+    docstring.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 on success, 2 on bad input (one ``error:`` line; an existing
+        ``--out`` without ``--overwrite``), 1 if ``--out`` cannot be written.
+    """
+    import argparse
+    from pathlib import Path
+
+    from .cli import model_names, non_negative_int, positive_int, run_command, writing
+    from .data import write_table
+
+    def parse(arguments: Sequence[str] | None) -> argparse.Namespace:
+        parser = argparse.ArgumentParser(
+            prog="python -m training.synthetic",
+            description="Write the built-in synthetic benchmark (the default data of python -m training.fit) as a "
+                        "long-format table: one row per query and model with query_id, task, subtask, split, "
+                        "prompt, model, quality, cost_usd, input_tokens, output_tokens, latency_s, response. "
+                        "Made up: never report results on it as results about real models.",
+            epilog="exit status: 0 on success; 2 on bad input (bad argument, --out exists), with a one-line "
+                   "'error:' on stderr; 1 if --out cannot be written.")
+        parser.add_argument("--out", type=Path, required=True, metavar="PATH",
+                            help="the table to write; .parquet, .csv or .csv.gz by its name")
+        parser.add_argument("--n-queries", type=positive_int, default=4000, metavar="N",
+                            help="number of queries, each with a row per model (default: 4000)")
+        parser.add_argument("--seed", type=non_negative_int, default=0, metavar="SEED",
+                            help="seed of every random choice; another seed gives other queries (default: 0)")
+        names = ", ".join(m.name for m in SYNTHETIC_MODELS)
+        parser.add_argument("--models", type=model_names, default=None, metavar="A,B,C",
+                            help="comma-separated models to keep, e.g. all but one to play a new model's arrival "
+                                 f"(default: all {len(SYNTHETIC_MODELS)}: {names})")
+        parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+        return parser.parse_args(arguments)
+
+    def job(args: argparse.Namespace) -> tuple[int, Path]:
+        frame = make_benchmark(args.n_queries, seed=args.seed)
+        if args.models is not None:
+            known = {m.name for m in SYNTHETIC_MODELS}
+            unknown = [name for name in args.models if name not in known]
+            if unknown:
+                raise ValueError(f"--models: {unknown} are not synthetic models; choose among {sorted(known)}")
+            frame = frame[frame["model"].isin(args.models)].reset_index(drop=True)
+        with writing("--out", args.out):
+            write_table(frame, args.out, overwrite=args.overwrite)
+        return args.n_queries, args.out
+
+    def finish(result: tuple[int, Path]) -> int:
+        print(f"wrote {result[0]:,} synthetic queries to {result[1]}")
+        return 0
+
+    return run_command(argv, parse, job, finish)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
