@@ -37,6 +37,7 @@ from .inputs import (
     check_signals,
     per_query_inputs,
 )
+from .kinds import ESTIMATOR_KINDS  # re-exported: estimator families by name (CLI --estimator)
 from .peers import PEER_REGRESSORS
 from .posthoc import ResponseMemo, read_responses, run_responses
 from .prompts import read_prompts
@@ -858,10 +859,6 @@ class RouterEstimator:
         state.pop("_cache", None)  # a weak reference to the last table: neither picklable nor worth keeping
         return state
 
-
-#: Estimator families a user can pick by name (CLI ``--estimator``): ours, then the peer routers of
-#: :mod:`estimators.peers` (:data:`~estimators.peers.PEER_REGRESSORS`).
-ESTIMATOR_KINDS = ("learned", "linear", "pooled", *PEER_REGRESSORS)
 
 
 def make_router_estimator(kind: str = "learned", prices: dict[str, tuple[float, float]] | None = None

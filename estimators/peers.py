@@ -39,6 +39,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_array
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from .kinds import PEER_KINDS
+
 __all__ = ["KNNQualityRegressor", "MLPQualityRegressor", "MatrixFactorizationRegressor", "PEER_REGRESSORS",
            "PartialTargets", "TaskMeanRegressor"]
 
@@ -558,7 +560,5 @@ class MatrixFactorizationRegressor(PartialTargets, _Peer):
 
 
 #: The peer kinds of ``--estimator`` and their regressor classes (default parameters).
-PEER_REGRESSORS: dict[str, type[_Peer]] = {
-    "knn": KNNQualityRegressor, "task-mean": TaskMeanRegressor, "mlp": MLPQualityRegressor,
-    "mf": MatrixFactorizationRegressor,
-}
+PEER_REGRESSORS: dict[str, type[_Peer]] = dict(zip(
+    PEER_KINDS, (KNNQualityRegressor, TaskMeanRegressor, MLPQualityRegressor, MatrixFactorizationRegressor), strict=True))

@@ -52,7 +52,7 @@ for line in sys.stdin:
         traceback.print_exc()
         status = 1
     sys.stderr.flush()
-    print("{DONE}", status, flush=True)
+    print("\\n{DONE}", status, flush=True)  # on a line of its own, whatever the block printed last
 """
 
 
@@ -120,7 +120,7 @@ def fresh_copy(destination: Path) -> None:
         shutil.copy2(source, target)  # keeps the modification time Numba's cache index is keyed on
     for cache in ROOT.glob("*/**/__pycache__"):
         if (destination / cache.relative_to(ROOT).parent).is_dir():
-            for entry in cache.glob("*.nb[ic]"):
+            for entry in [*cache.glob("*.nb[ic]"), *cache.glob("*.sha256")]:  # the kernels and their sources' stamp
                 target = destination / entry.relative_to(ROOT)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(entry, target)
@@ -175,7 +175,8 @@ def test_readme_runs_top_to_bottom(sessions: tuple[Path, Session, Session, list[
         assert lang in ("bash", "python"), f"README block {index} is ```{lang}, which this test cannot run"
         script = work / f".readme-block-{index}.{'sh' if lang == 'bash' else 'py'}"
         script.write_text(code, encoding="utf-8")
-        command = f"source {script} < /dev/null; echo {DONE} $?" if lang == "bash" else str(script)
+        command = (f"source {script} < /dev/null; printf '\\n%s %s\\n' {DONE} $?" if lang == "bash"
+                   else str(script))  # the marker on a line of its own, whatever the block printed last
         log.append(f"--- block {index} ({lang}) ---\n")
         deadline = min(time.monotonic() + BLOCK_TIMEOUT, start + TOTAL_TIMEOUT)
         status = (shell if lang == "bash" else python).run(command, deadline)

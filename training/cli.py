@@ -17,21 +17,26 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from estimators.kinds import ESTIMATOR_KINDS
 
-from estimators.table import IGNORABLE_COLUMNS
+from .defaults import FIT_STRATEGIES, MIN_FULLY_LOGGED, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 
-from .artifact import signing_key
+# Light on purpose: the command lines' parsers are built from this module, so ``--help`` and usage errors are
+# answered without importing pandas, Numba or LightGBM (tests/test_cli_vocabulary.py checks it). The key
+# handling imports cryptography and training.artifact when it is used.
 
-__all__ = ["BAD_INPUT", "ignored_columns", "positive_int", "non_negative_int", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED",
-           "Interrupted", "OutputError", "RunFailed", "add_verify_arguments", "check_writable", "fail", "refuse_inputs_as_outputs",
-           "same_file", "key_from_env", "logs_summary", "quality_range", "parse_or_exit_code", "run_command", "verification_key",
-           "writing"]
+__all__ = ["BAD_INPUT", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "HelpFormatter", "Interrupted", "OutputError",
+           "add_artifact_argument", "add_budget_arguments", "add_quiet_argument",
+           "RunFailed", "add_verify_arguments", "check_writable", "evaluate_parser", "exit_status", "fail",
+           "fit_parser", "fraction", "ignored_columns", "key_from_env", "logs_summary", "model_names",
+           "non_negative_int", "one_line_warnings", "parse_or_exit_code", "positive_float", "positive_int", "quality_range",
+           "refuse_inputs_as_outputs", "run_command", "same_file", "verification_key", "writing"]
 
 #: Exit code of a run whose input cannot be used.
 BAD_INPUT = 2
@@ -220,6 +225,10 @@ def key_from_env(flag: str, name: str | None) -> Any:
     """
     if name is None:
         return None
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from .artifact import signing_key
+
     if not _ENVIRONMENT_NAME.fullmatch(name):  # not echoed: it may be the key itself, given by mistake
         raise ValueError(f"{flag} takes the name of an environment variable (letters, digits and '_'), and what "
                          "was given is not one; put the key in a variable (export NAME=...) and pass NAME")
@@ -245,9 +254,9 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     ----------
     parser : argparse.ArgumentParser
     """
-    parser.add_argument("--verify-key", type=Path, default=None, metavar="FILE",
+    parser.add_argument("--verify-key", type=Path, default=None, metavar="PATH",
                         help="refuse, before unpickling it, an artifact that is unsigned or not signed by the private "
-                             "key whose Ed25519 public key (PEM) is in FILE (python -m training.keygen makes the "
+                             "key whose Ed25519 public key (PEM) is in PATH (python -m training.keygen makes the "
                              "pair); default: load it unverified, with a warning")
     parser.add_argument("--verify-key-env", default=None, metavar="NAME",
                         help="deprecated: verify an artifact signed with a shared HMAC secret held by environment "
@@ -274,6 +283,10 @@ def verification_key(args: argparse.Namespace) -> Any:
         If both flags are given, ``--require-signed`` without either, or
         the key cannot be read or used.
     """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from .artifact import signing_key
+
     if args.verify_key is not None and args.verify_key_env is not None:
         raise ValueError("give --verify-key (an Ed25519 public key) or the deprecated --verify-key-env, not both")
     if args.verify_key is not None:
@@ -341,6 +354,8 @@ def ignored_columns(text: str) -> list[str]:
     argparse.ArgumentTypeError
         If a name is not one of those, or none is given.
     """
+    from estimators.table import IGNORABLE_COLUMNS
+
     names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
     unknown = [name for name in names if name not in IGNORABLE_COLUMNS]
     if unknown or not names:
@@ -436,6 +451,28 @@ def fail(message: str, *, code: int = BAD_INPUT) -> int:
     return code
 
 
+@contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Show warnings as one ``warning: message`` line on stderr, without the Python source line.
+
+    A command line's user did not write the line that warned (``warnings.warn(...)`` deep in the library):
+    the default format quotes it, which reads as a crash. Filters are unchanged, so a warning still shows
+    once where Python shows it once (the unsigned-artifact warning: once per process and artifact), and
+    ``pytest.warns`` or ``-W error`` still see it.
+    """
+    previous = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def run_command(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | None], argparse.Namespace],
                 job: Callable[[argparse.Namespace], Any], finish: Callable[[Any], int], *,
                 on_interrupt: str = "") -> int:
@@ -469,7 +506,8 @@ def run_command(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | Non
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupted) if in_main_thread else None
     try:
-        result = job(args)
+        with one_line_warnings():
+            result = job(args)
     except (OutputError, RunFailed) as error:
         return fail(str(error), code=CANNOT_WRITE)
     except (ValueError, TypeError, FileNotFoundError) as error:  # bad data or artifact, a budget no policy fits
@@ -518,3 +556,299 @@ def logs_summary(train_coverage: list[dict], used: dict) -> list[str]:
                      f"{used['min_fully_logged']}; {used['imputed_cells']:,} outcomes not logged were predicted by "
                      "the estimator)")
     return lines
+
+
+# --------------------------------------------------------------------------- #
+# the argument vocabulary: one definition per concept, used by every command line that has it
+# --------------------------------------------------------------------------- #
+
+
+def exit_status(bad_input: str, cannot_write: str) -> str:
+    """The exit-status epilog every command's ``--help`` ends with, in one wording.
+
+    Parameters
+    ----------
+    bad_input : str
+        What counts as bad input for this command (exit 2).
+    cannot_write : str
+        What exits 1 (an output that cannot be written, ...).
+
+    Returns
+    -------
+    str
+    """
+    return (f"exit status: 0 on success; 2 on bad input ({bad_input}), with a one-line 'error:' on stderr; "
+            f"1 {cannot_write}.")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to a flag's help only where it says something.
+
+    Not to a required flag, a flag without a default (``None``) or a switch
+    (``False``), and not when the help already names its default in words
+    (``default: the largest fitted budget``), so that no help contradicts
+    itself (issue 32).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (not action.option_strings or action.required or "default" in text
+                or any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def positive_float(text: str) -> float:
+    """Parse a finite number > 0 (argparse ``type``): budgets, seconds.
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        If ``text`` is not such a number.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """Parse a share strictly between 0 and 1 (argparse ``type``): the split's parts.
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        If ``text`` is not a number in (0, 1).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return value
+
+
+def _new_parser(program: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=program, description=description, epilog=epilog,
+                                   formatter_class=HelpFormatter)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """``--data``, ``--allow-pickle``, ``--quality-range``, ``--models``, ``--ignore-columns``, ``--throughput``."""
+    parser.add_argument("--data", type=Path, required=required, default=None, metavar="PATH",
+                        help="long-format table (.parquet/.csv/.csv.gz or a Parquet folder; one row per query and "
+                             "model) or RouterBench's wide file"
+                             + ("" if required else "; default: the built-in synthetic benchmark"))
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read a .pkl --data file (unpickling runs any code it holds: trusted files only); "
+                             "default: refuse it")
+    parser.add_argument("--quality-range", type=quality_range, default=(0.0, 1.0), metavar="LO,HI",
+                        help="inclusive range of the quality column (default 0,1; e.g. 0,100 for percent)")
+    parser.add_argument("--models", type=model_names, default=None, metavar="A,B,C",
+                        help="comma-separated model pool; default: every model of the table, sorted by mean cost")
+    parser.add_argument("--ignore-columns", type=ignored_columns, default=[], metavar="A,B",
+                        help="read the table without these per-query columns (comma-separated among prompt, task, "
+                             "subtask), as traffic logs without task labels; a router fitted without a column is "
+                             "served without it (the estimator derives prompt clusters in place of tasks); "
+                             "default: none, every column is read")
+    parser.add_argument("--throughput", type=Path, default=None, metavar="PATH",
+                        help="models.csv-style table with ttft_s and output_tokens_per_s per model, to derive latency "
+                             "from output_tokens when the data has no latency_s column; default: none")
+
+
+def add_estimator_argument(parser: argparse.ArgumentParser, *, default: str, why: str) -> None:
+    """``--estimator``: the learned families everywhere, and ``simulated`` where the protocol allows it."""
+    kinds = ESTIMATOR_KINDS if default != "simulated" else ("simulated", *ESTIMATOR_KINDS)
+    simulated = "'simulated': the paper's noisy-oracle estimates (--noise), for comparison only; " \
+        if "simulated" in kinds else ""
+    parser.add_argument("--estimator", choices=kinds, default=default, metavar="KIND",
+                        help=f"quality estimator family, one of {', '.join(kinds)}: {simulated}'learned' (LightGBM; "
+                             "one regressor for all models when the logs are partial), 'pooled' (one LightGBM for "
+                             "all models), 'linear' (ridge), or a peer router's quality model: 'knn' and 'mlp' "
+                             "(RouterBench), 'task-mean' (mean quality per task), 'mf' (RouteLLM's matrix "
+                             f"factorisation); default: {default} ({why})")
+
+
+def add_split_arguments(parser: argparse.ArgumentParser, *, calibration: float, why: str) -> None:
+    """``--train-fraction``, ``--calibration-fraction`` (the test part is the rest) and ``--seed``."""
+    parser.add_argument("--train-fraction", type=fraction, default=0.5, metavar="F",
+                        help="share of the queries the learned estimators train on")
+    parser.add_argument("--calibration-fraction", type=fraction, default=calibration, metavar="F",
+                        help=f"share of the queries the policies are fitted on (the test part is the rest); {why}")
+    parser.add_argument("--seed", type=non_negative_int, default=0, metavar="SEED",
+                        help="seed of the split (and of the synthetic data, the estimate noise, the bootstrap)")
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser, *, max_depth: int, why: str) -> None:
+    """``--max-depth``, ``--per-step``, ``--min-fully-logged``: how policies are fitted, in both fitting commands."""
+    parser.add_argument("--max-depth", type=positive_int, default=max_depth, metavar="D",
+                        help=f"most models cascade routing runs per query; {why}")
+    parser.add_argument("--per-step", action="store_true",
+                        help="also search a separate λ per step (slower, usually a little better); default: one λ")
+    parser.add_argument("--min-fully-logged", type=positive_int, default=MIN_FULLY_LOGGED, metavar="N",
+                        help="partial logs: fit policies on the calibration queries logged for every model when "
+                             "there are at least N of them, else on every calibration query with the estimator's "
+                             "prediction for each outcome not logged (the direct method)")
+
+
+def add_budget_arguments(parser: argparse.ArgumentParser, *, fitting: bool, latency: bool = True) -> None:
+    """``--budget`` and (with ``latency``) ``--latency-budget``: the budgets to fit (several), or the fitted policy to use."""
+    if fitting:
+        parser.add_argument("--budget", type=positive_float, nargs="+", default=None, metavar="USD",
+                            help="mean cost per query to fit a policy for (several allowed); default: three budgets "
+                                 "spread over the single models' cost range")
+        parser.add_argument("--latency-budget", type=positive_float, nargs="+", default=None, metavar="SECONDS",
+                            help="mean latency per query to fit policies for, crossed with --budget: one policy per "
+                                 "(budget, latency budget) pair; needs latency in the data (a latency_s column, or "
+                                 "--throughput); default: none")
+    else:
+        parser.add_argument("--budget", type=positive_float, default=None, metavar="USD",
+                            help="use the fitted policy with the largest budget not above USD (mean cost per "
+                                 "query); default: the largest fitted budget")
+        if not latency:
+            return
+        parser.add_argument("--latency-budget", type=positive_float, default=None, metavar="SECONDS",
+                            help="with --budget, use the largest fitted (budget, latency budget) pair within both; "
+                                 "the artifact must have been fitted with latency budgets; default: a policy "
+                                 "fitted without one")
+
+
+def add_artifact_argument(parser: argparse.ArgumentParser) -> None:
+    """``--artifact``: the router a command loads (a pickle: trusted artifacts only)."""
+    parser.add_argument("--artifact", type=Path, required=True, metavar="PATH",
+                        help="router.joblib written by python -m training.fit (its manifest beside it); a pickle: "
+                             "load only artifacts you trust (--verify-key)")
+
+
+def add_quiet_argument(parser: argparse.ArgumentParser, what: str = "hide the progress bars") -> None:
+    """``--quiet``, in every command."""
+    parser.add_argument("--quiet", action="store_true", help=what)
+
+
+#: Exit codes of ``python -m training.fit``, listed in its ``--help``.
+FIT_EXIT_STATUS = exit_status("bad argument, missing or malformed data, a budget below the cheapest policy",
+                              "if an output (--out, --report) cannot be written")
+#: Exit codes of ``python -m training.evaluate``, listed in its ``--help``.
+EVALUATE_EXIT_STATUS = exit_status("bad argument, missing or malformed data",
+                                   "if an output (--json, --plot) cannot be written")
+
+
+def fit_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m training.fit`` (built without heavy imports, so ``--help`` is fast).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    from estimators.prompts import PROMPT_CHARS  # numpy only
+
+    parser = _new_parser(
+        "python -m training.fit",
+        "Train estimators, fit routing/cascading policies to cost budgets, evaluate them on held-out queries "
+        "and save a router artifact. --data is a long-format table with one row per (query, model) and the "
+        f"columns {', '.join(REQUIRED_COLUMNS)} (optional: {', '.join(OPTIONAL_COLUMNS)}; see the README's "
+        "input schema), or RouterBench's wide file. Only the last "
+        f"{PROMPT_CHARS:,} characters of each prompt are featurized.", FIT_EXIT_STATUS)
+    add_data_arguments(parser, required=False)
+    parser.add_argument("--n-queries", type=positive_int, default=3000, metavar="N",
+                        help="size of the synthetic benchmark when there is no --data")
+    parser.add_argument("--prices", type=Path, default=None, metavar="PATH",
+                        help="models.csv-style price table (USD per 1M input/output tokens) for the cost estimator; "
+                             "default: learn cost from prompts")
+    add_budget_arguments(parser, fitting=True)
+    parser.add_argument("--allow-over-budget", action="store_true",
+                        help="fit a budget below the cheapest policy's cost anyway (the cheapest policy, reported as "
+                             "over budget) instead of stopping with exit 2")
+    parser.add_argument("--strategy", choices=FIT_STRATEGIES, default="cascade_routing", help="decision strategy")
+    add_policy_arguments(parser, max_depth=3, why="3 bounds a served query's latency and spend at three calls; "
+                                                  "python -m training.evaluate defaults to 5, the paper's protocol")
+    add_estimator_argument(parser, default="learned", why="a saved router needs estimators it can run on new "
+                                                          "queries; the simulated ones read the true outcomes")
+    add_split_arguments(parser, calibration=0.25,
+                        why="it sets how precisely the budget is met on new traffic (the mean cost of a policy that "
+                            "sometimes calls a 10x dearer model is noisy on a few hundred queries)")
+    parser.add_argument("--fractions", type=float, nargs=3, default=None, metavar=("TRAIN", "CALIBRATION", "TEST"),
+                        help=argparse.SUPPRESS)  # deprecated alias of --train-fraction/--calibration-fraction
+    parser.add_argument("--split-column", action="store_true",
+                        help="take each query's part from the table's split column (train, calibration or test; test "
+                             "queries must be logged for every model) instead of the seeded, stratified split")
+    parser.add_argument("--curve-points", type=positive_int, default=4, metavar="N",
+                        help="budgets per hull segment for the quality-cost curve and its AUC")
+    parser.add_argument("--out", type=Path, default=Path("router.joblib"), metavar="PATH",
+                        help="artifact path; the manifest is written beside it")
+    parser.add_argument("--report", type=Path, default=Path("report"), metavar="DIR",
+                        help="directory for report.json and quality_cost.png")
+    parser.add_argument("--sign-key-env", default=None, metavar="NAME",
+                        help="sign the artifact (Ed25519 over its manifest, which holds the payload's sha256) with the "
+                             "private key whose PEM is in environment variable NAME (python -m training.keygen makes "
+                             "a pair), so that loaders given the public key (--verify-key) refuse a changed artifact "
+                             "before unpickling it; a non-PEM secret signs with the deprecated HMAC; default: unsigned")
+    parser.add_argument("--skip-memory-check", action="store_true",
+                        help="fit even when the data's estimated peak memory exceeds the memory available now (see "
+                             "'Fitting memory' in the README); default: stop with advice before fitting")
+    add_quiet_argument(parser)
+    return parser
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m training.evaluate`` (built without heavy imports).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    parser = _new_parser(
+        "python -m training.evaluate",
+        "Compare routing, the threshold cascade, the optimal cascade and cascade routing on a benchmark table "
+        "with the paper's protocol: a seeded calibration/test split, simulated estimates recalibrated on the "
+        "calibration split only, budgets along the single models' hull, AUC x100 on the test split with paired "
+        "bootstrap intervals.", EVALUATE_EXIT_STATUS)
+    add_data_arguments(parser, required=True)
+    from estimators.simulated import NOISE_LEVELS  # numpy only
+
+    parser.add_argument("--noise", choices=tuple(NOISE_LEVELS), default="low",
+                        help="noise level of the simulated quality and cost estimates")
+    add_estimator_argument(parser, default="simulated", why="the paper's protocol, so that its AUCs compare with "
+                                                            "the paper's; python -m training.fit defaults to learned")
+    add_split_arguments(parser, calibration=0.05,
+                        why="the paper's 0.05 suits ~36k queries; use ~0.3 for a few thousand, and with learned "
+                            "estimators (python -m training.fit uses 0.25)")
+    add_policy_arguments(parser, max_depth=5, why="5 is the paper's protocol (ALGORITHM.md §6), so that the AUCs "
+                                                  "compare with the paper's, where python -m training.fit saves "
+                                                  "routers with 3; the threshold and optimal cascades may run every "
+                                                  "model")
+    parser.add_argument("--latency-budget", type=positive_float, default=None, metavar="SECONDS",
+                        help="also fit every policy to this mean latency per query (needs latency in the data, or "
+                             "--throughput); the threshold cascade, which has no multiplier for it, is left out; "
+                             "default: none")
+    parser.add_argument("--bootstrap", type=positive_int, default=500, metavar="N",
+                        help="bootstrap resamples of the test queries")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                        help="write the full report (AUCs, intervals, curves) as JSON; default: none")
+    parser.add_argument("--plot", type=Path, default=None, metavar="PATH",
+                        help="draw the quality-cost curves and the single models (needs matplotlib); default: none")
+    add_quiet_argument(parser)
+    parser.add_argument("--logged", metavar="DIR", default=None,
+                        help="instead of all the above: off-policy estimates of --artifact on a training.serve "
+                             "--log-dir (python -m training.evaluate --logged DIR --help); default: none")
+    return parser

@@ -43,6 +43,8 @@ import pyarrow.parquet as pq
 
 from estimators.table import RoutingTable
 
+from .defaults import OPTIONAL_COLUMNS, REQUIRED_COLUMNS  # re-exported: the long format's columns
+
 __all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "THROUGHPUT_COLUMNS", "coverage", "derive_latency", "fingerprint",
            "read_prices", "read_table", "read_throughput"]
 
@@ -50,10 +52,6 @@ PathLike = Union[str, os.PathLike]
 Prices = Mapping[str, tuple[float, float]]
 Throughput = Mapping[str, tuple[float, float]]
 
-REQUIRED_COLUMNS = ("query_id", "model", "quality", "cost_usd")
-#: Optional columns of the long format (besides signal columns named by ``signal_columns``).
-OPTIONAL_COLUMNS = ("prompt", "task", "subtask", "split", "response", "input_tokens", "output_tokens", "propensity",
-                    "latency_s")
 PRICE_COLUMNS = ("model", "input_price_per_mtok_usd", "output_price_per_mtok_usd")
 #: Per-model serving speed of a ``models.csv``: seconds to the first token and output tokens per second.
 THROUGHPUT_COLUMNS = ("model", "ttft_s", "output_tokens_per_s")

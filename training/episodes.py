@@ -26,6 +26,8 @@ from numpy.typing import ArrayLike, NDArray
 import kernel
 from estimators.estimator import Estimates, Estimator
 
+from .defaults import MIN_FULLY_LOGGED  # re-exported: the --min-fully-logged default
+
 if TYPE_CHECKING:
     from estimators.table import RoutingTable
 
@@ -704,13 +706,6 @@ def _run_mask(order: NDArray[np.int64], n_models: int) -> NDArray[np.bool_]:
     rows, steps = np.nonzero(order >= 0)
     run[rows, order[rows, steps]] = True
     return run
-
-
-#: Fully logged calibration queries enough to fit policies on them alone
-#: (``--min-fully-logged``). At 200 the standard error of a policy's mean
-#: quality is at most 0.5/√200 ≈ 0.035, the size of the gaps between
-#: strategies; below it the direct method's estimator bias is the smaller risk.
-MIN_FULLY_LOGGED = 200
 
 
 def calibration_episodes(estimator: Estimator, table: RoutingTable, *,

@@ -12,30 +12,38 @@ cannot be written.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # parse before the heavy imports below, so that --help and usage errors answer at once
+    import sys
+
+    from training.cli import evaluate_parser, parse_or_exit_code
+
+    given = sys.argv[1:]
+    logged = any(arg == "--logged" or arg.startswith("--logged=") for arg in given)  # its own parser (issue 34)
+    if not logged and isinstance(code := parse_or_exit_code(evaluate_parser().parse_args, given), int):
+        sys.exit(code)
+    from importlib import import_module
+
+    # run the importable module (parsed again): one copy of it, the one tests import
+    sys.exit(import_module("training.evaluate").main())
+
 import argparse
 import importlib.util
 import json
-import math
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from estimators.estimator import ESTIMATOR_KINDS
-from estimators.simulated import NOISE_LEVELS
-
-from .cli import (CANNOT_WRITE, OutputError, check_writable, fail, ignored_columns, logs_summary, non_negative_int,
-                  parse_or_exit_code, positive_int, quality_range, refuse_inputs_as_outputs, writing)
+from .cli import (CANNOT_WRITE, EVALUATE_EXIT_STATUS, OutputError, check_writable, evaluate_parser, fail, logs_summary,
+                  one_line_warnings, parse_or_exit_code, refuse_inputs_as_outputs, writing)
 from .data import read_table
-from .episodes import MIN_FULLY_LOGGED
+from .metrics import auc_label
 from .protocol import DEFAULT_STRATEGIES, EvaluationReport, evaluate_strategies
 
 __all__ = ["EXIT_CODES", "build_parser", "format_report", "main"]
 
-_PROGRAM = "python -m training.evaluate"
 #: Exit codes of :func:`main`, listed in ``--help``.
-EXIT_CODES = ("exit status: 0 on success; 2 on bad input (bad argument, missing or malformed data), with a "
-              "one-line 'error:' on stderr; 1 if an output (--json, --plot) cannot be written.")
+EXIT_CODES = EVALUATE_EXIT_STATUS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,83 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     argparse.ArgumentParser
         A new parser for ``python -m training.evaluate``.
     """
-    parser = argparse.ArgumentParser(
-        prog=_PROGRAM,
-        description=(
-            "Compare routing, the threshold cascade, the optimal cascade and cascade routing on a "
-            "benchmark table with the paper's protocol: a seeded calibration/test split, simulated "
-            "estimates recalibrated on the calibration split only, budgets along the single models' "
-            "hull, AUC x100 on the test split with paired bootstrap intervals."),
-        epilog=EXIT_CODES,
-    )
-    parser.add_argument("--data", required=True, type=Path, metavar="PATH",
-                        help="benchmark table: long-format .parquet/.csv/.csv.gz (query_id, model, "
-                             "quality, cost_usd) or a wide RouterBench .pkl/.csv (required)")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="read a .pkl --data file (unpickling runs any code it holds: trusted files "
-                             "only); default: refuse it")
-    parser.add_argument("--quality-range", type=quality_range, default=(0.0, 1.0), metavar="LO,HI",
-                        help="inclusive range of the quality column (default 0,1; e.g. 0,100 for percent)")
-    parser.add_argument("--models", type=_model_list, default=None, metavar="A,B,C",
-                        help="comma-separated model pool (default: every model of the table, "
-                             "sorted by mean cost)")
-    parser.add_argument("--noise", choices=list(NOISE_LEVELS), default="low",
-                        help="noise level of the simulated quality and cost estimates "
-                             "(default: %(default)s)")
-    parser.add_argument("--estimator", choices=["simulated", *ESTIMATOR_KINDS], default="simulated",
-                        help="'simulated': the paper's noisy-oracle estimates at --noise; 'learned' "
-                             "(LightGBM), 'pooled' (one LightGBM for all models), 'linear' (ridge), or the peer "
-                             "routers 'knn', 'mlp' (RouterBench), 'task-mean' (mean quality per task), 'mf' "
-                             "(RouteLLM's matrix factorisation): estimators fitted on a training split "
-                             "(default: %(default)s)")
-    parser.add_argument("--ignore-columns", type=ignored_columns, default=[], metavar="A,B",
-                        help="read the table without these per-query columns (comma-separated among prompt, task, "
-                             "subtask), as traffic logs without task labels; a router fitted without a column "
-                             "is served without it (the estimator derives prompt clusters in place of tasks); default: none, "
-                             "every column is read")
-    parser.add_argument("--train-fraction", type=_fraction, default=0.5, metavar="F",
-                        help="share of queries the learned estimators train on (default: %(default)s)")
-    parser.add_argument("--calibration-fraction", type=_fraction, default=0.05, metavar="F",
-                        help="share of queries, in (0, 1), used to fit estimates and policies; the "
-                             "paper's 0.05 suits ~36k queries, use ~0.3 for a few thousand "
-                             "(default: %(default)s)")
-    parser.add_argument("--max-depth", type=positive_int, default=5, metavar="D",
-                        help="most models cascade routing runs per query (the threshold and optimal cascades "
-                             "may run every model); 5 is the paper's protocol (ALGORITHM.md §6), so that the "
-                             "AUCs compare with the paper's, where python -m training.fit saves routers with 3 "
-                             "(default: %(default)s)")
-    parser.add_argument("--min-fully-logged", type=positive_int, default=MIN_FULLY_LOGGED, metavar="N",
-                        help="partial logs (learned estimators): fit policies on the calibration queries logged "
-                             "for every model when there are at least N, else with the direct method; the test "
-                             "split always holds only fully logged queries (default: %(default)s)")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="seed of the split, the estimate noise and the bootstrap "
-                             "(default: %(default)s)")
-    parser.add_argument("--bootstrap", type=positive_int, default=500, metavar="N",
-                        help="bootstrap resamples of the test queries (default: %(default)s)")
-    parser.add_argument("--per-step", action="store_true",
-                        help="also search a per-step lambda (threshold) shape: slower, usually "
-                             "slightly better (default: off, one lambda for all steps)")
-    parser.add_argument("--latency-budget", type=_positive_float, default=None, metavar="SECONDS",
-                        help="also fit every policy to this mean latency per query (needs latency_s in the data, "
-                             "or --throughput); the threshold cascade, which has no multiplier for it, is left "
-                             "out (default: off)")
-    parser.add_argument("--throughput", type=Path, default=None, metavar="MODELS.csv",
-                        help="per-model ttft_s and output_tokens_per_s, to derive latency from output_tokens "
-                             "when the data has no latency_s column (default: off)")
-    parser.add_argument("--json", type=Path, default=None, metavar="OUT.json",
-                        help="write the full report (AUCs, intervals, curves) as JSON (default: off)")
-    parser.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
-                        help="draw the quality-cost curves and the single models; needs matplotlib "
-                             "(default: off)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="hide the progress bars (default: off, bars on stderr)")
-    parser.add_argument("--logged", metavar="DIR", default=None,
-                        help="instead of all the above: off-policy estimates of --artifact on a training.serve "
-                             "--log-dir (python -m training.evaluate --logged DIR --help) (default: off)")
-    return parser
+    return evaluate_parser()
 
 
+@one_line_warnings()
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation; return the process exit code.
 
@@ -217,10 +152,11 @@ def format_report(report: EvaluationReport, *, source: str = "") -> str:
     ]
     for name in [*report.strategies, "linear"]:
         low, high = report.auc_ci[name]
-        rows.append(f"{name:<18} {report.auc[name]:6.2f}  [{low:6.2f}, {high:6.2f}]  "
+        rows.append(f"{auc_label(name):<18} {report.auc[name]:6.2f}  [{low:6.2f}, {high:6.2f}]  "
                     f"{_gap(report, lead, name):<36}  {_statuses(report, name)}")
     rows += ["", "AUC x100 of test quality over [cheapest, dearest single-model cost]; "
-             "intervals: paired bootstrap over test queries.", *_latency_lines(report),
+             "'hull': the single models' hull (the best fixed mix of two models); intervals: paired bootstrap "
+             "over test queries.", *_latency_lines(report),
              f"seconds: {report.seconds:.1f}"]
     if report.calibration:
         rows += logs_summary(report.coverage, report.calibration)
@@ -272,33 +208,3 @@ def _save_plot(report: EvaluationReport, path: Path) -> None:
     finally:
         plt.close(figure)
 
-
-def _model_list(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",")]
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"empty model name in {text!r}; separate names with single commas")
-    return names
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-if __name__ == "__main__":
-    sys.exit(main())

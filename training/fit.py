@@ -19,6 +19,17 @@ artifact, its manifest or the report) cannot be written.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # parse before the heavy imports below, so that --help and usage errors answer at once
+    import sys
+
+    from training.cli import fit_parser, parse_or_exit_code
+
+    if isinstance(code := parse_or_exit_code(fit_parser().parse_args, sys.argv[1:]), int):
+        sys.exit(code)
+    from training.fit import main  # the importable module, parsed again: one copy of it, as tests import it
+
+    sys.exit(main())
+
 import argparse
 import io
 import json
@@ -31,16 +42,16 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from estimators.estimator import ESTIMATOR_KINDS, make_router_estimator
-from estimators.prompts import PROMPT_CHARS
+from estimators.estimator import make_router_estimator
 from estimators.table import RoutingTable
 
 from .artifact import manifest_path, save_artifact
-from .cli import (check_writable, ignored_columns, key_from_env, logs_summary, quality_range, refuse_inputs_as_outputs,
+from .cli import (FIT_EXIT_STATUS, check_writable, fit_parser, key_from_env, logs_summary, refuse_inputs_as_outputs,
                   run_command, writing)
-from .data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, coverage, fingerprint, read_prices, read_table
-from .episodes import MIN_FULLY_LOGGED, EstimatorEpisodes, calibration_episodes
-from .metrics import auc, auc_bounds, budget_grid, linear_auc, single_model_points
+from .data import coverage, fingerprint, read_prices, read_table
+from .defaults import FIT_STRATEGIES
+from .episodes import EstimatorEpisodes, calibration_episodes
+from .metrics import auc, auc_bounds, auc_label, budget_grid, linear_auc, single_model_points
 from .policy import (SIGMA_TRANSFORMS, TIE_STANDARD_ERRORS, BudgetError, Choice, choose_policy, describe,
                      fit_candidates, single_outcomes)
 from .serving.outputs import write_bytes_atomically
@@ -52,10 +63,9 @@ __all__ = ["EXIT_CODES", "SIGMA_STRATEGIES", "STRATEGIES", "default_budgets", "l
            "parse_args", "run", "split", "summary"]
 
 #: Decision strategies ``--strategy`` accepts (the first is the default).
-STRATEGIES = ("cascade_routing", "cascade", "routing", "threshold")
+STRATEGIES = FIT_STRATEGIES
 #: Exit codes of :func:`main`, listed in ``--help``.
-EXIT_CODES = ("exit status: 0 on success; 2 on bad input (bad argument, missing or malformed data), with a "
-              "one-line 'error:' on stderr; 1 if an output (artifact, manifest, report) cannot be written.")
+EXIT_CODES = FIT_EXIT_STATUS
 #: The files written into ``--report``.
 REPORT_FILES = ("report.json", "quality_cost.png")
 #: Strategies whose decisions use σ, so that fitting also picks a σ scale.
@@ -84,105 +94,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     SystemExit
         After argparse has printed the help (code 0) or a usage error (code 2).
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m training.fit",
-        description="Train estimators, fit routing/cascading policies to cost budgets, evaluate them "
-                    "on held-out queries and save a router artifact. --data is a long-format table with one "
-                    f"row per (query, model) and the columns {', '.join(REQUIRED_COLUMNS)} (optional: "
-                    f"{', '.join(OPTIONAL_COLUMNS)}; see the README's input schema), or RouterBench's wide "
-                    f"file. Only the last {PROMPT_CHARS:,} characters of each prompt are featurized.",
-        epilog=EXIT_CODES, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", type=Path, default=None,
-                        help="long-format table (.parquet/.csv/.csv.gz) or RouterBench wide file; "
-                             "default: the built-in synthetic benchmark")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="read a .pkl --data file (unpickling runs any code it holds: trusted files "
-                             "only); default: refuse it")
-    parser.add_argument("--prices", type=Path, default=None,
-                        help="models.csv-style price table (USD per 1M input/output tokens) for the "
-                             "cost estimator; default: learn cost from prompts")
-    parser.add_argument("--models", default=None,
-                        help="comma-separated model names to use; default: all, sorted by mean cost")
-    parser.add_argument("--budget", type=float, nargs="+", default=None,
-                        help="mean cost per query to fit a policy for (several allowed); default: "
-                             "three budgets spread over the single models' cost range")
-    parser.add_argument("--latency-budget", type=float, nargs="+", default=None, metavar="SECONDS",
-                        help="mean latency per query (seconds) to fit policies for, crossed with --budget: one "
-                             "policy per (budget, latency budget) pair; needs latency in the data (a latency_s "
-                             "column, or --throughput); default: no latency budget")
-    parser.add_argument("--throughput", type=Path, default=None,
-                        help="models.csv-style table with ttft_s and output_tokens_per_s per model, to derive "
-                             "latency from output_tokens when the data has no latency_s column")
-    parser.add_argument("--allow-over-budget", action="store_true",
-                        help="fit a budget below the cheapest policy's cost anyway (the cheapest policy, "
-                             "reported as over budget) instead of stopping with exit 2")
-    parser.add_argument("--quality-range", type=quality_range, default=(0.0, 1.0), metavar="LO,HI",
-                        help="inclusive range of the quality column (e.g. 0,100 for percent)")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="cascade_routing",
-                        help="decision strategy")
-    parser.add_argument("--max-depth", type=int, default=3,
-                        help="most models run per query by the saved router: 3 bounds a served query's "
-                             "latency and spend at three calls, and is what the serving measurements use; "
-                             "python -m training.evaluate defaults to 5, the paper's protocol "
-                             "(ALGORITHM.md §6), so that its AUCs compare with the paper's")
-    parser.add_argument("--per-step", action="store_true",
-                        help="search a separate λ per step (slower, usually a little better)")
-    parser.add_argument("--estimator", choices=ESTIMATOR_KINDS, default="learned",
-                        help="quality estimator family: LightGBM ('learned': one regressor per model, or one "
-                             "for all models when the logs are partial; 'pooled': one for all models always), "
-                             "ridge ('linear'), or a peer router's quality model for comparison: 'knn' and 'mlp' "
-                             "(RouterBench), 'task-mean' (mean quality per task), 'mf' (RouteLLM's matrix "
-                             "factorisation); default: %(default)s")
-    parser.add_argument("--ignore-columns", type=ignored_columns, default=[], metavar="A,B",
-                        help="read the table without these per-query columns (comma-separated among prompt, task, "
-                             "subtask), as traffic logs without task labels; a router fitted without a column "
-                             "is served without it (the estimator derives prompt clusters in place of tasks); default: none, "
-                             "every column is read")
-    parser.add_argument("--n-queries", type=int, default=3000,
-                        help="size of the synthetic benchmark (ignored with --data)")
-    parser.add_argument("--fractions", type=float, nargs=3, default=(0.5, 0.25, 0.25),
-                        metavar=("TRAIN", "CALIBRATION", "TEST"),
-                        help="split of the queries; the calibration share sets how precisely the "
-                             "budget is met on new traffic (the mean cost of a policy that sometimes "
-                             "calls a 10x dearer model is noisy on a few hundred queries)")
-    parser.add_argument("--split-column", action="store_true",
-                        help="take each query's part from the table's split column (train, calibration or "
-                             "test; test queries must be logged for every model) instead of the seeded, "
-                             "stratified split of --fractions")
-    parser.add_argument("--curve-points", type=int, default=4,
-                        help="budgets per hull segment for the quality-cost curve and its AUC")
-    parser.add_argument("--min-fully-logged", type=int, default=MIN_FULLY_LOGGED, metavar="N",
-                        help="partial logs: fit policies on the calibration queries logged for every model "
-                             "when there are at least N of them, else on every calibration query with the "
-                             "estimator's prediction for each outcome not logged (the direct method)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split (and synthetic data)")
-    parser.add_argument("--out", type=Path, default=Path("router.joblib"),
-                        help="artifact path; the manifest is written beside it")
-    parser.add_argument("--report", type=Path, default=Path("report"),
-                        help="directory for report.json and quality_cost.png")
-    parser.add_argument("--sign-key-env", default=None, metavar="NAME",
-                        help="sign the artifact (Ed25519 over its manifest, which holds the payload's sha256) with "
-                             "the private key whose PEM is in environment variable NAME (python -m training.keygen "
-                             "makes a pair), so that loaders given the public key (--verify-key) refuse a changed "
-                             "artifact before unpickling it; a non-PEM secret signs with the deprecated HMAC; "
-                             "default: unsigned")
-    parser.add_argument("--skip-memory-check", action="store_true",
-                        help="fit even when the data's estimated peak memory exceeds the memory available now "
-                             "(see 'Fitting memory' in the README); default: stop with advice before fitting")
-    parser.add_argument("--quiet", action="store_true", help="hide the progress bars")
+    parser = fit_parser()
     args = parser.parse_args(argv)
-    if args.max_depth < 1:
-        parser.error(f"--max-depth must be >= 1, got {args.max_depth}")
-    if args.min_fully_logged < 1:
-        parser.error(f"--min-fully-logged must be >= 1, got {args.min_fully_logged}")
     if args.curve_points < 2:
         parser.error(f"--curve-points must be >= 2 (the hull segment's two ends), got {args.curve_points}")
-    fractions = np.asarray(args.fractions)
-    if (fractions <= 0).any() or abs(fractions.sum() - 1.0) > 1e-9:
-        parser.error(f"--fractions must be three positive numbers summing to 1, got {args.fractions}")
-    for flag, values in (("--budget", args.budget), ("--latency-budget", args.latency_budget)):
-        if values is not None and any(not np.isfinite(b) or b <= 0 for b in values):
-            parser.error(f"{flag} values must be positive numbers, got {values}")
+    if args.fractions is not None:  # the deprecated spelling of the split
+        words = [word.split("=")[0] for word in (sys.argv[1:] if argv is None else argv)]
+        given = [flag for flag in ("--train-fraction", "--calibration-fraction") if flag in words]
+        if given:
+            parser.error(f"give the split as --train-fraction and --calibration-fraction, not also as the "
+                         f"deprecated --fractions (with {', '.join(given)})")
+        fractions = np.asarray(args.fractions)
+        if (fractions <= 0).any() or abs(fractions.sum() - 1.0) > 1e-9:
+            parser.error(f"--fractions must be three positive numbers summing to 1, got {args.fractions}")
+        args.train_fraction, args.calibration_fraction = args.fractions[:2]
+        args.fractions = tuple(args.fractions)
+    else:
+        test_fraction = 1.0 - args.train_fraction - args.calibration_fraction
+        if test_fraction <= 1e-9:
+            parser.error(f"--train-fraction {args.train_fraction} and --calibration-fraction "
+                         f"{args.calibration_fraction} leave no queries to test on; make them sum to less than 1")
+        args.fractions = (args.train_fraction, args.calibration_fraction, test_fraction)
     if args.latency_budget is not None and args.per_step:
         parser.error("--per-step fits a per-step λ for a cost budget only; drop it or --latency-budget")
     if args.latency_budget is not None and args.strategy == "threshold":
@@ -216,7 +148,7 @@ def load(args: argparse.Namespace) -> tuple[RoutingTable, dict[str, tuple[float,
         If ``--data`` does not exist, the table is malformed, or a latency
         budget is asked of a table without latency.
     """
-    models = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
+    models = args.models
     if args.data is None:
         return default_table(args.n_queries, seed=args.seed, models=models).without(args.ignore_columns), \
             synthetic_prices()
@@ -572,8 +504,8 @@ def summary(report: dict) -> str:
                      f"({r['best_single_quality']:.3f} at {r['best_single_cost']:.4g})"
                      + "".join(f"  [{tag}]" for tag in tags))
         notes += _budget_notes(r)
-    auc_line = ", ".join(f"{name} {value:.2f}" for name, value in report["auc"].items())
-    lines += notes + ["", _LEGEND, "", f"AUC x100 on test over the single-model cost range: {auc_line}",
+    auc_line = ", ".join(f"{auc_label(name)} {value:.2f}" for name, value in report["auc"].items())
+    lines += notes + ["", _LEGEND, "", f"AUC x100 on test over the single-model cost range ('hull': the single models' hull): {auc_line}",
               f"{report['n_train']} train / {report['n_calibration']} calibration / {report['n_test']} test "
               f"queries, {len(report['models'])} models, {report['seconds']} s"
               + (f", peak memory {report['peak_rss_gib']:.2f} GiB" if "peak_rss_gib" in report else ""),
@@ -594,16 +526,17 @@ def _margin(row: dict) -> str:
 
 _LEGEND = """\
 legend: 'test' columns are measured on the held-out test queries, 'calib' on the calibration queries the
-policy was fitted on. 'chosen' is the candidate kept on calibration among the constant-estimate hull (the
-best fixed mix of single models: 'hull mix: a + b (γ to b)') and the fitted policy (cascade_routing: at each
-depth 1..--max-depth, depth 1 being routing): the best calibration quality within the budget, or the simplest
+policy was fitted on. 'chosen' is the candidate kept on calibration among the constant-estimate hull (the best
+fixed mix of single models: 'hull mix: a + b (γ to b)') and the fitted policy (cascade_routing: at each depth
+1..--max-depth, depth 1 being routing): the best calibration quality within the budget, or the simplest
 candidate within one standard error of it (paired over the calibration queries); in brackets its calibration
-quality minus the best other candidate's (negative: a simpler one kept inside the noise). Tags: [above_max] the budget is more than the router can spend, so the surplus stays
-unspent; [below_min] the budget is below the cheapest policy, fitted anyway (--allow-over-budget);
-[over on test] the test cost (or latency) exceeds its budget (it was met on calibration); [loses on test] the
-best single model within the budget scores higher on test than the router. 'lat budget' and 'test lat s':
-the mean-latency budget a policy was fitted to ('-': none) and its mean latency on test, in seconds (the
-models a query calls run one after another, so their latencies add up).\
+quality minus the best other candidate's (negative: a simpler one kept inside the noise). Tags: [above_max]
+the budget is more than the router can spend, so the surplus stays unspent; [below_min] the budget is below
+the cheapest policy, fitted anyway (--allow-over-budget); [over on test] the test cost (or latency) exceeds
+its budget (it was met on calibration); [loses on test] the best single model within the budget scores higher
+on test than the router. 'lat budget' and 'test lat s': the mean-latency budget a policy was fitted to ('-':
+none) and its mean latency on test, in seconds (the models a query calls run one after another, so their
+latencies add up).\
 """
 
 
@@ -650,6 +583,3 @@ def _print_summary(report: dict) -> int:
     print(summary(report))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,6 +25,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "AUC_LABELS",
+    "auc_label",
     "AucInterval",
     "BootstrapResult",
     "auc",
@@ -221,6 +223,26 @@ def auc(
     curve_costs, curve_qualities = _points(curve_costs, curve_qualities, "curve_costs", "curve_qualities")
     lo, hi, left_quality = _range(lo, hi, left_quality)
     return float(_auc_rows(curve_costs[None, :], curve_qualities[None, :], lo, hi, left_quality)[0])
+
+
+#: How a printed table names an AUC: the reports' key ``linear`` is the single models' hull (their linear
+#: interpolation), not the ridge estimator of ``--estimator linear``, so it is printed ``hull``.
+AUC_LABELS = {"linear": "hull"}
+
+
+def auc_label(name: str) -> str:
+    """The name an AUC row or entry is printed under (:data:`AUC_LABELS`; a strategy keeps its own name).
+
+    Parameters
+    ----------
+    name : str
+        A key of a report's ``auc``.
+
+    Returns
+    -------
+    str
+    """
+    return AUC_LABELS.get(name, name)
 
 
 def linear_auc(

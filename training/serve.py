@@ -29,7 +29,13 @@ from pathlib import Path
 
 from .cli import (
     BAD_INPUT,
+    HelpFormatter,
+    add_artifact_argument,
+    add_budget_arguments,
+    add_quiet_argument,
     add_verify_arguments,
+    exit_status,
+    one_line_warnings,
     fail,
     non_negative_int,
     parse_or_exit_code,
@@ -37,22 +43,33 @@ from .cli import (
     verification_key,
 )
 
-__all__ = ["main"]
+__all__ = ["EXIT_STATUS", "build_parser", "main"]
+
+#: Exit codes of :func:`main`, listed in ``--help``.
+EXIT_STATUS = exit_status("bad argument, artifact or backends.toml, a model without a backend or prices, an unset key "
+                          "variable, a port in use: all checked before the port opens",
+                          "if the server stops on an error; 0 also after SIGTERM or Ctrl-C once the requests in "
+                          "flight have finished")
 
 log = logging.getLogger("training.serve")
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m training.serve`` (docs and tests read its flags).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
     parser = argparse.ArgumentParser(
-        prog="python -m training.serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m training.serve", formatter_class=HelpFormatter, epilog=EXIT_STATUS,
         description="Serve a router artifact as an OpenAI-compatible endpoint: POST /v1/chat/completions runs the "
                     "cascade (decide, call the model's upstream, feed back its answer and cost, ..., select) and "
                     "answers with the selected text; POST /v1/route gives the decision only; GET /metrics is "
                     "Prometheus. backends.toml names one OpenAI-compatible upstream per model of the artifact "
                     "(see the README).")
-    parser.add_argument("--artifact", type=Path, required=True, help="router artifact from training.fit "
-                        "(its manifest beside it); it is a pickle: serve only artifacts you trust")
-    parser.add_argument("--backends", type=Path, required=True, help="backends.toml: one [models.\"NAME\"] table "
+    add_artifact_argument(parser)
+    parser.add_argument("--backends", type=Path, required=True, metavar="PATH", help="backends.toml: one [models.\"NAME\"] table "
                         "per model (base_url, model, optional api_key_env, price_in, price_out, timeout_s, "
                         "connect_timeout_s, max_concurrency)")
     parser.add_argument("--backends-sha256", metavar="HEX", default=None, help="refuse to start unless "
@@ -61,24 +78,22 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--upstream-key-prefix", default="UPSTREAM_", metavar="PREFIX",
                         help="every api_key_env in backends.toml must start with PREFIX (and may not be the "
                              "service's own key variables), so the file cannot send another secret to an upstream")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; loopback unless you say "
+    parser.add_argument("--host", default="127.0.0.1", metavar="ADDRESS", help="address to listen on; loopback unless you say "
                         "otherwise (use --api-key-env when it is not)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
-    parser.add_argument("--budget", type=float, default=None, help="mean cost per query (USD) that model "
-                        "'router' serves: the largest fitted budget not above it; default the largest fitted "
-                        "budget ('router@B' in a request picks another)")
+    parser.add_argument("--port", type=non_negative_int, default=8000, metavar="PORT", help="port to listen on (0: any free port)")
+    add_budget_arguments(parser, fitting=False, latency=False)  # model 'router'; 'router@B' in a request picks another
     parser.add_argument("--pace", action="store_true", help="pace λ to --budget from the realised spend, one "
                         "controller shared by all requests to model 'router'")
     parser.add_argument("--api-key-env", metavar="NAME", default=None, help="environment variable holding the "
                         "key (at least 32 characters) callers must send as 'Authorization: Bearer <key>'; default: "
                         "no key needed")
-    parser.add_argument("--max-body-bytes", type=positive_int, default=1 << 20,
+    parser.add_argument("--max-body-bytes", type=positive_int, metavar="BYTES", default=1 << 20,
                         help="larger request bodies get 413")
-    parser.add_argument("--max-prompt-chars", type=positive_int, default=100_000,
+    parser.add_argument("--max-prompt-chars", type=positive_int, metavar="CHARS", default=100_000,
                         help="most characters the messages of one request may hold together (400 above)")
-    parser.add_argument("--max-messages", type=positive_int, default=256,
+    parser.add_argument("--max-messages", type=positive_int, metavar="N", default=256,
                         help="most messages one request may hold (400 above)")
-    parser.add_argument("--max-client-concurrency", type=positive_int, default=32,
+    parser.add_argument("--max-client-concurrency", type=positive_int, metavar="N", default=32,
                         help="requests one client address may have in flight (429 above)")
     parser.add_argument("--request-timeout", type=float, default=60.0, metavar="SECONDS",
                         help="deadline of one request's whole cascade: each upstream call gets what is left of it "
@@ -86,17 +101,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="seconds a request body may take to arrive after its headers (the connection is "
                              "closed after)")
-    parser.add_argument("--max-reply-bytes", type=positive_int, default=8 << 20,
+    parser.add_argument("--max-reply-bytes", type=positive_int, metavar="BYTES", default=8 << 20,
                         help="largest upstream reply read; a larger one fails that model for the query")
-    parser.add_argument("--max-header-bytes", type=positive_int, default=32 << 10,
+    parser.add_argument("--max-header-bytes", type=positive_int, metavar="BYTES", default=32 << 10,
                         help="request line and headers of one request (431 and the connection closed above)")
-    parser.add_argument("--max-headers", type=positive_int, default=100, help="header fields of one request")
+    parser.add_argument("--max-headers", type=positive_int, metavar="N", default=100, help="header fields of one request")
     parser.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="seconds a request's headers may take to arrive, from the connection opening or the "
                              "previous response; the connection is closed after")
     parser.add_argument("--keep-alive-timeout", type=float, default=5.0, metavar="SECONDS",
                         help="seconds an idle keep-alive connection is kept")
-    parser.add_argument("--max-connections", type=positive_int, default=1000,
+    parser.add_argument("--max-connections", type=positive_int, metavar="N", default=1000,
                         help="open connections; a new one beyond closes the one that has waited longest for its "
                              "request headers")
     parser.add_argument("--allowed-hosts", default=None, metavar="NAMES",
@@ -105,12 +120,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--trusted-proxies", default="", metavar="ADDRESSES",
                         help="comma-separated proxy addresses whose X-Forwarded-For names the client (for "
                              "--max-client-concurrency); default: none, the peer address is the client")
-    parser.add_argument("--decision-threads", type=positive_int, default=2,
+    parser.add_argument("--decision-threads", type=positive_int, metavar="N", default=2,
                         help="threads running the decision steps too long for the event loop")
-    parser.add_argument("--inline-decision-chars", type=non_negative_int, default=32_000,
+    parser.add_argument("--inline-decision-chars", type=non_negative_int, metavar="CHARS", default=32_000,
                         help="a decision step reading at most this many new characters (prompt, or the newest "
                              "response) runs on the event loop, a longer one on a decision thread; 0: all on threads")
-    parser.add_argument("--graceful-timeout", type=float, default=30.0,
+    parser.add_argument("--graceful-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="seconds requests in flight may take to finish after SIGTERM or Ctrl-C")
     add_verify_arguments(parser)
     from .serving.traffic import add_log_arguments
@@ -119,8 +134,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     from .serving.shadow import add_shadow_arguments
 
     add_shadow_arguments(parser)
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    return parser.parse_args(argv)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="least severe log records written to stderr (requests are not logged one by one)")
+    add_quiet_argument(parser, "log warnings and errors only (as --log-level warning)")
+    return parser
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.quiet:
+        args.log_level = "warning"
+    return args
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -210,6 +234,7 @@ def _build(args: argparse.Namespace):
 
 
 
+@one_line_warnings()
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the service until SIGTERM or Ctrl-C.
 

@@ -81,6 +81,11 @@ class LoggedBatch(NamedTuple):
 # --------------------------------------------------------------------------- #
 
 
+def _shown(value: object) -> str:
+    """A cell as a reason quotes it: ``-1.0``, not numpy 2's ``np.float64(-1.0)``."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def _per_query_columns(router: Router) -> list[str]:
     return list(router.estimator.columns_)
 
@@ -348,8 +353,9 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     # (as partial logs are), unless it has no row of a known model left
     left_out = (model_codes < 0) & (row_reason == "")
     flag(left_out, lambda r: _unknown_model(frame["model"].iloc[r], models))
-    flag(~(np.isfinite(cost) & (cost >= 0)), lambda r: f"cost_usd must be a finite number >= 0, got {frame['cost_usd'].iloc[r]!r}")
-    flag(np.isnan(quality), lambda r: f"quality must be a number, got {frame['quality'].iloc[r]!r}")
+    flag(~(np.isfinite(cost) & (cost >= 0)),
+         lambda r: f"cost_usd must be a finite number >= 0, got {_shown(frame['cost_usd'].iloc[r])}")
+    flag(np.isnan(quality), lambda r: f"quality must be a number, got {_shown(frame['quality'].iloc[r])}")
     if "prompt" in per_query:
         check_prompt_types(frame)
         flag(frame["prompt"].isna().to_numpy(), "prompt is missing")

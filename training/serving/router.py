@@ -155,6 +155,10 @@ class Router:
             raise ValueError(f"budget {budget!r} is below every fitted budget {self.budgets}; pass one of "
                              "those or more, or fit a policy to a smaller budget (training.fit)")
         fitting = [p for p in within_cost if _budget_pair(p)[1] <= latency_limit]
+        if not fitting and all(p.latency_budget is None for p in self.policies):
+            raise ValueError(f"latency budget {latency_budget!r}: this router has no policy fitted to a latency "
+                             "budget (it was fitted without one); leave the latency budget out, or fit one with "
+                             "python -m training.fit --latency-budget")
         if not fitting:
             raise ValueError(f"latency budget {latency_budget!r} is below every latency budget fitted within "
                              f"budget {budget!r}: {sorted({p.latency_budget for p in within_cost}, key=_none_last)}; "

@@ -56,7 +56,8 @@ import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
 from ..artifact import manifest_path
-from ..cli import RunFailed, add_verify_arguments, fail, refuse_inputs_as_outputs, run_command, verification_key
+from ..cli import (HelpFormatter, RunFailed, add_artifact_argument, add_budget_arguments, add_quiet_argument,
+                   add_verify_arguments, fail, positive_int, refuse_inputs_as_outputs, run_command, verification_key)
 from .logged import DISAGREES_ON, PER_QUERY_TEXT, ScoreError, check_columns, required_columns
 from .outputs import RunOutputs, check_paths
 from .replay import STATUS_OK, STATUS_REJECTED, output_schema, rejects_schema, score_batch
@@ -651,45 +652,30 @@ def _check_unchanged(path: Path, stat: os.stat_result, rows_read: int | None = N
                          "OUTPUT.partial/ before scoring again")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and check the command line, so that a bad flag fails before the artifact or the input is opened.
-
-    Parameters
-    ----------
-    argv : sequence of str, optional
-        Arguments without the program name; default ``sys.argv[1:]``.
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m training.score``, apart from :func:`parse_args` so docs and tests can read its flags.
 
     Returns
     -------
-    argparse.Namespace
-        The options, one attribute per flag (``args.batch_size``, ...).
-
-    Raises
-    ------
-    SystemExit
-        After argparse has printed the help (code 0) or a usage error (code
-        2, also for ``--batch-size`` or ``--workers`` below 1).
+    argparse.ArgumentParser
     """
     parser = argparse.ArgumentParser(
         prog="python -m training.score",
         description="Score traffic with a fitted router: first model, plan and ex-ante estimates per query, "
                     "or (logged input with a 'model' column) a full cascade replay with realised cost and quality.",
-        epilog=EXIT_CODES, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--artifact", type=Path, required=True, help="router.joblib written by training.fit")
-    parser.add_argument("--input", required=True,
+        epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    add_artifact_argument(parser)
+    parser.add_argument("--input", required=True, metavar="PATH",
                         help="Parquet or CSV (.csv, .csv.gz) file: one row per query, or the long format with "
                              "logged outcomes (the rows of a query contiguous: memory stays bounded by the batch)")
-    parser.add_argument("--output", required=True,
+    parser.add_argument("--output", required=True, metavar="PATH",
                         help="Parquet file for the decisions (with --engine spark: a dataset directory or URI)")
-    parser.add_argument("--budget", type=float, default=None,
-                        help="pick the fitted policy for this budget; default: the largest fitted budget")
-    parser.add_argument("--latency-budget", type=float, default=None, metavar="SECONDS",
-                        help="with --budget, pick the largest fitted (budget, latency budget) pair within both; "
-                             "default: a policy fitted without a latency budget")
-    parser.add_argument("--batch-size", type=int, default=65536, help="input rows scored per batch (the file itself is read a few MB at a time)")
-    parser.add_argument("--rejects", default=None,
+    add_budget_arguments(parser, fitting=False)
+    parser.add_argument("--batch-size", type=positive_int, default=65536, metavar="ROWS",
+                        help="input rows scored per batch (the file itself is read a few MB at a time)")
+    parser.add_argument("--rejects", default=None, metavar="PATH",
                         help="Parquet file for rejected rows; default: OUTPUT with suffix .rejects.parquet")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
                         help="processes scoring batches in parallel, each loading the router; 1 = in this "
                              "process with multi-threaded kernels (compiled at start, a few seconds); "
                              f"default: one process per core (up to {MAX_AUTO_WORKERS}) from "
@@ -709,7 +695,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "shuffling every row by query_id; only the queries at the splits' edges are "
                              "regrouped. A task that finds a query's rows apart fails, naming it; drop --grouped "
                              "then (default: shuffle)")
-    parser.add_argument("--master", default=None,
+    parser.add_argument("--master", default=None, metavar="URL",
                         help="Spark master with --engine spark (e.g. local[2]); default: what spark-submit or "
                              "the Spark defaults say")
     add_verify_arguments(parser)
@@ -720,7 +706,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --output and rejects file (each replaced only when the run has "
                              "completed); without it an existing one is refused (exit 2), never overwritten")
-    parser.add_argument("--quiet", action="store_true", help="hide the progress bar")
+    add_quiet_argument(parser)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line, so that a bad flag fails before the artifact or the input is opened.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    argparse.Namespace
+        The options, one attribute per flag (``args.batch_size``, ...).
+
+    Raises
+    ------
+    SystemExit
+        After argparse has printed the help (code 0) or a usage error (code
+        2, also for ``--batch-size`` or ``--workers`` below 1).
+    """
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.max_reject_share is not None and not 0 <= args.max_reject_share < 1:
         parser.error(f"--max-reject-share must be at least 0 and below 1, got {args.max_reject_share}")
@@ -737,10 +746,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.engine == "local":  # Spark takes URIs (hdfs://, s3a://) as they are: Path would fold their '//'
         args.input, args.output = Path(args.input), Path(args.output)
         args.rejects = None if args.rejects is None else Path(args.rejects)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.workers is not None and args.workers < 1:
-        parser.error(f"--workers must be >= 1, got {args.workers}")
     return args
 
 

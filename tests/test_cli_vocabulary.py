@@ -1,0 +1,108 @@
+"""The four command lines share one argument vocabulary, state their exit status, and answer --help at once."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("cli_flags", ROOT / "docs" / "cli_flags.py")
+assert _spec is not None and _spec.loader is not None
+cli_flags = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cli_flags)
+
+#: What answering ``--help`` must not load (seconds of imports: the issue measured 1.8 CPU-s before).
+HEAVY = ("numba", "lightgbm", "pandas", "sklearn", "pyarrow", "kernel")
+
+
+def _described(action: argparse.Action) -> tuple:
+    """What a user sees of a flag: metavar, nargs, type, choices, default, required."""
+    return (action.metavar, action.nargs, getattr(action.type, "__name__", action.type), repr(action.choices),
+            repr(action.default), action.required)
+
+
+def test_the_committed_table_is_what_the_parsers_say() -> None:
+    assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == cli_flags.render(), \
+        "docs/cli.md is stale: run python docs/cli_flags.py"
+
+
+def test_a_flag_shared_by_several_commands_is_defined_alike_unless_the_table_says_why() -> None:
+    table = {name: cli_flags.flags(parser) for name, parser in cli_flags.parsers().items()}
+    shared = {flag for options in table.values() for flag in options
+              if sum(flag in other for other in table.values()) > 1}
+    assert {"--quiet", "--budget", "--data", "--models", "--seed", "--artifact", "--verify-key"} <= shared
+    for flag in sorted(shared):
+        seen = {_described(options[flag]) for options in table.values() if flag in options}
+        helps = {" ".join(options[flag].help.split()) for options in table.values() if flag in options}
+        if flag in cli_flags.DIFFERENCES:
+            continue
+        assert len(seen) == 1, f"{flag} differs between commands: {seen}"
+        assert len(helps) == 1, f"{flag} has different help texts: {helps}"
+    assert set(cli_flags.DIFFERENCES) <= shared, "a documented difference names a flag that is not shared"
+
+
+@pytest.mark.parametrize("command", ["fit", "evaluate", "score", "serve"])
+def test_help_states_exit_status_and_no_contradictory_default(command: str) -> None:
+    parser = cli_flags.parsers()[command]
+    text = parser.format_help()
+    assert parser.epilog and parser.epilog.startswith("exit status: 0 on success") and "2 on bad input" in parser.epilog
+    assert "(default: None)" not in text and "(default: False)" not in text
+    for action in parser._actions:
+        shown = parser._get_formatter()._expand_help(action) if action.help else ""
+        assert shown.count("default:") <= 1, f"{command} {action.option_strings}: two defaults in {shown!r}"
+        if action.required:
+            assert "default:" not in shown, f"{command} {action.option_strings}: a required flag with a default"
+        if action.option_strings and action.help is not argparse.SUPPRESS:
+            assert action.help, f"{command} {action.option_strings} has no help"
+
+
+def test_the_hull_is_printed_as_hull_not_linear() -> None:
+    from training.metrics import auc_label
+
+    assert auc_label("linear") == "hull" and auc_label("cascade_routing") == "cascade_routing"
+
+
+def test_fit_split_flags_and_the_deprecated_alias() -> None:
+    from training.fit import parse_args
+
+    assert parse_args([]).fractions == (0.5, 0.25, 0.25)
+    args = parse_args(["--train-fraction", "0.6", "--calibration-fraction", "0.3"])
+    assert args.fractions == pytest.approx((0.6, 0.3, 0.1))
+    assert parse_args(["--fractions", "0.4", "0.4", "0.2"]).fractions == (0.4, 0.4, 0.2)
+    for argv in (["--fractions", "0.4", "0.4", "0.2", "--train-fraction", "0.5"],
+                 ["--train-fraction", "0.6", "--calibration-fraction", "0.4"]):
+        with pytest.raises(SystemExit) as stop:
+            parse_args(argv)
+        assert stop.value.code == 2
+
+
+@pytest.mark.parametrize("module", ["training.fit", "training.evaluate"])
+def test_help_loads_no_heavy_module(module: str) -> None:
+    """``python -m training.fit --help`` parses before importing the library (checked in a fresh interpreter)."""
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['{module}', '--help']\n"
+             "try:\n"
+             f"    runpy.run_module('{module}', run_name='__main__')\n"
+             "except SystemExit as stop:\n"
+             "    assert stop.code == 0, stop.code\n"
+             f"heavy = sorted(name for name in sys.modules if name.split('.')[0] in {HEAVY!r})\n"
+             "print('HEAVY', heavy)\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert result.returncode == 0, result.stderr
+    assert "usage: python -m" in result.stdout and "exit status:" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "HEAVY []"
+
+
+def test_the_parser_module_imports_nothing_heavy() -> None:
+    probe = ("import sys\nfrom training.cli import evaluate_parser, fit_parser\nfit_parser(); evaluate_parser()\n"
+             f"print(sorted(name for name in sys.modules if name.split('.')[0] in {HEAVY!r}))\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
