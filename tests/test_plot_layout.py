@@ -86,11 +86,29 @@ def test_the_shared_fit_figure_has_no_overlaps(fitted_artifact):
     _check_report(fitted_artifact[1])
 
 
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """The README's main job exactly (``python -m training.fit``, defaults): its report folder."""
+    folder = tmp_path_factory.mktemp("default_run")
+    assert main(["--out", str(folder / "router.joblib"), "--report", str(folder / "report"), "--quiet"]) == 0
+    return folder / "report"
+
+
 @pytest.mark.slow
-def test_the_default_run_figure_has_no_overlaps(tmp_path):
-    """The README's main job exactly (``python -m training.fit``, defaults), with its two panels."""
-    assert main(["--out", str(tmp_path / "router.joblib"), "--report", str(tmp_path / "report"), "--quiet"]) == 0
-    _check_report(tmp_path / "report")
+def test_the_default_run_figure_has_no_overlaps(default_run):
+    """The default run's figure, with its two panels."""
+    _check_report(default_run)
+
+
+@pytest.mark.slow
+def test_the_default_run_keeps_cascade_routing_at_most_budgets(default_run):
+    """The quick start shows what the product is for (issue 32): at most of its budgets the fit keeps cascade
+    routing deeper than one model (depth 1 is routing), over routing, the hull and single models."""
+    report = json.loads((default_run / "report.json").read_text())
+    chosen = [row["chosen"] for row in report["budgets"]]
+    deep = [name for name in chosen if name.startswith("cascade_routing depth ") and int(name.split()[-1]) >= 2]
+    assert len(deep) > len(chosen) / 2, chosen
+    assert report["auc"]["cascade_routing"] > report["auc"]["linear"], report["auc"]
 
 
 @pytest.mark.slow

@@ -31,8 +31,17 @@ def table(frame):
     return read_table(frame)
 
 
+DOUBT = ("I'm not sure, but the answer is ", "I'm not sure, but: ")
+
+
+def without_doubt(response: str) -> str:
+    """The answer without the doubt some responses voice first."""
+    return next((response[len(p):] for p in DOUBT if response.startswith(p)), response)
+
+
 def final_answer(response: str) -> str:
     """What an agreement estimator would compare: the '#### ' value, else the stripped text."""
+    response = without_doubt(response)
     found = re.search(r"^#### (.+)$", response, flags=re.MULTILINE)
     return found.group(1).strip() if found else response.strip()
 
@@ -103,12 +112,26 @@ def test_agreement_is_informative(table, pair):
 def test_answer_formats(table):
     letters = {"science-mc": set("ABCD"), "commonsense-2way": set("AB")}
     for task, allowed in letters.items():
-        assert set(table.responses[table.tasks == task].ravel()) <= allowed
-    math = table.responses[table.tasks == "math-word"].ravel()
+        assert {without_doubt(r) for r in table.responses[table.tasks == task].ravel()} <= allowed
+    math = np.array([without_doubt(r) for r in table.responses[table.tasks == "math-word"].ravel()])
     with_line = np.array(["\n#### " in r or r.startswith("#### ") for r in math])
     assert 0.85 < with_line.mean() < 1.0  # a few wrong answers lack the answer line
     code = table.responses[table.tasks == "code-python"].ravel()
-    assert all(r.startswith("```python\ndef ") for r in code)
+    assert all(without_doubt(r).startswith("```python\ndef ") for r in code)
+
+
+def test_doubt_is_voiced_mostly_by_wrong_answers_and_read_by_the_response_check(table):
+    """Cheap models' answers carry a post-hoc signal (issue 32): the hedge check the estimators read fires far
+    more often on a wrong answer than on a right one, for every model, most for the cheapest."""
+    from estimators.answers import hedges
+
+    flagged = np.vectorize(hedges, otypes=[float])(table.responses) == 1.0
+    right = table.quality == 1.0
+    wrong_rate = [flagged[~right[:, j], j].mean() for j in range(len(table.models))]
+    right_rate = [flagged[right[:, j], j].mean() for j in range(len(table.models))]
+    for model, low, high in zip(table.models, right_rate, wrong_rate, strict=True):
+        assert high > 4 * low and high > 0.2, (model, low, high)
+    assert wrong_rate[0] > wrong_rate[-1]  # sorted by cost: the cheapest doubts its errors most
 
 
 def test_prompt_predicts_correctness_beyond_task(table):

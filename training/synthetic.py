@@ -162,6 +162,11 @@ _HIDDEN_SD = 1.2  # difficulty the prompt does not reveal
 _NOISE_SD = 0.7  # per (query, model) luck
 _SHARED_WRONG = (0.55, 1.0, 0.5, 0.5)  # P(a wrong answer is the attractive one), per task
 _NO_ANSWER_LINE = 0.15  # P(a wrong math answer has no '#### ' line)
+#: P(an answer says it is unsure) when it is wrong and when it is right, per model (cheapest first): verbalised
+#: doubt, which small models voice more often and which tracks their errors (so reading a cheap model's answer
+#: tells whether to escalate, as response checks do on real logs; docs/posthoc_signal.md).
+_HEDGE_WRONG = (0.55, 0.55, 0.45, 0.45, 0.40, 0.35, 0.30, 0.25)
+_HEDGE_RIGHT = (0.06, 0.06, 0.05, 0.05, 0.04, 0.04, 0.03, 0.03)
 
 
 def make_benchmark(n_queries: int = 4000, *, seed: int = 0) -> pd.DataFrame:
@@ -201,7 +206,9 @@ def make_benchmark(n_queries: int = 4000, *, seed: int = 0) -> pd.DataFrame:
     n, k = int(n_queries), len(SYNTHETIC_MODELS)
     # Independent streams, so that changing how text is written never
     # changes which queries a model gets right.
-    latent, text, answers, tokens, timing = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
+    # (a sixth stream was added for hedges: the first five, and so everything they drew, are unchanged)
+    latent, text, answers, tokens, timing, doubt = (np.random.default_rng(s)
+                                                    for s in np.random.SeedSequence(seed).spawn(6))
 
     task = latent.choice(len(TASKS), size=n, p=TASK_SHARES)
     visible = latent.normal(size=n)
@@ -214,6 +221,7 @@ def make_benchmark(n_queries: int = 4000, *, seed: int = 0) -> pd.DataFrame:
     problems = [_WRITERS[t](writer, float(v)) for t, v in zip(task, visible)]
     prompts = np.array([_preamble(t) + p.prompt for t, p in zip(task.tolist(), problems)], dtype=object)
     responses = _answer(problems, task, correct, random.Random(int(answers.integers(2**63))))
+    responses = _hedge(responses, correct, doubt)
 
     prompt_chars = np.array([len(p) for p in prompts], dtype=float)
     response_chars = np.vectorize(len, otypes=[float])(responses)
@@ -640,6 +648,20 @@ def _answer(problems: list[_Problem], task: np.ndarray, correct: np.ndarray, r: 
             else:
                 line = choice == 0 or r.random() >= _NO_ANSWER_LINE
                 out[i, j] = problem.render(choice, styles[j], line)
+    return out
+
+
+def _hedge(responses: np.ndarray, correct: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Prefix "I'm not sure" to some answers, wrong ones far more often (:data:`_HEDGE_WRONG`, :data:`_HEDGE_RIGHT`).
+
+    A bare option letter becomes "I'm not sure, but the answer is B", so that its answer is still read.
+    """
+    rate = np.where(correct, np.array(_HEDGE_RIGHT), np.array(_HEDGE_WRONG))
+    doubt = rng.random(correct.shape) < rate
+    out = responses.copy()
+    for i, j in zip(*np.nonzero(doubt), strict=True):
+        text = responses[i, j]
+        out[i, j] = f"I'm not sure, but the answer is {text}" if len(text) <= 2 else f"I'm not sure, but: {text}"
     return out
 
 
