@@ -391,12 +391,12 @@ def model_names(text: str) -> list[str]:
     Raises
     ------
     argparse.ArgumentTypeError
-        If no name is given.
+        If a name is empty (``a,,b``, a trailing comma).
     """
-    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated model names, got {text!r}")
-    return names
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"empty model name in {text!r}; separate names with single commas")
+    return list(dict.fromkeys(names))
 
 
 #: argparse ``type``s for counts (>= 1) and seeds or limits that may be 0.
