@@ -106,3 +106,30 @@ def test_the_parser_module_imports_nothing_heavy() -> None:
                             env={"PYTHONPATH": str(ROOT), "PATH": ""})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_latency_budget_on_a_router_without_latency_policies_says_so(router, artifact, tmp_path, capsys):
+    """Not 'below every latency budget fitted ...: [None]' (issue 32): one line saying what is missing."""
+    with pytest.raises(ValueError, match="no policy fitted to a latency budget"):
+        router.policy(0.001, 0.6)
+    from training.serving.score import main as score
+    from training.synthetic import make_benchmark
+
+    traffic = tmp_path / "traffic.parquet"
+    make_benchmark(20, seed=4).to_parquet(traffic)
+    code = score(["--artifact", str(artifact), "--input", str(traffic), "--output", str(tmp_path / "o.parquet"),
+                  "--budget", "0.001", "--latency-budget", "0.6", "--quiet"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and "no policy fitted to a latency budget" in error[0], error
+
+
+def test_a_reject_reason_quotes_numbers_as_python_does(router):
+    from training.serving.replay import score_batch
+    from training.synthetic import make_benchmark
+
+    frame = make_benchmark(3, seed=5)
+    frame = frame[frame["model"].isin(router.models_)].reset_index(drop=True)
+    frame.loc[0, "cost_usd"] = -1.0
+    scored = score_batch(router, frame, parallel=False)
+    reasons = scored.loc[scored["status"] == "rejected", "reason"].tolist()
+    assert any("got -1.0" in reason for reason in reasons) and not any("np.float64" in r for r in reasons), reasons

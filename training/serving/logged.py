@@ -81,7 +81,7 @@ class LoggedBatch(NamedTuple):
 # --------------------------------------------------------------------------- #
 
 
-def _shown(value: object) -> str:
+def _quoted(value: object) -> str:
     """A cell as a reason quotes it: ``-1.0``, not numpy 2's ``np.float64(-1.0)``."""
     return repr(value.item() if isinstance(value, np.generic) else value)
 
@@ -354,8 +354,8 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     left_out = (model_codes < 0) & (row_reason == "")
     flag(left_out, lambda r: _unknown_model(frame["model"].iloc[r], models))
     flag(~(np.isfinite(cost) & (cost >= 0)),
-         lambda r: f"cost_usd must be a finite number >= 0, got {_shown(frame['cost_usd'].iloc[r])}")
-    flag(np.isnan(quality), lambda r: f"quality must be a number, got {_shown(frame['quality'].iloc[r])}")
+         lambda r: f"cost_usd must be a finite number >= 0, got {_quoted(frame['cost_usd'].iloc[r])}")
+    flag(np.isnan(quality), lambda r: f"quality must be a number, got {_quoted(frame['quality'].iloc[r])}")
     if "prompt" in per_query:
         check_prompt_types(frame)
         flag(frame["prompt"].isna().to_numpy(), "prompt is missing")
