@@ -34,8 +34,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from .cli import (CANNOT_WRITE, EVALUATE_EXIT_STATUS, OutputError, check_writable, evaluate_parser, fail, logs_summary,
-                  one_line_warnings, parse_or_exit_code, refuse_inputs_as_outputs, writing)
+from .cli import (
+    CANNOT_WRITE,
+    EVALUATE_EXIT_STATUS,
+    OutputError,
+    check_writable,
+    evaluate_parser,
+    fail,
+    logs_summary,
+    one_line_warnings,
+    parse_or_exit_code,
+    refuse_inputs_as_outputs,
+    writing,
+)
 from .data import read_table
 from .metrics import auc_label
 from .protocol import DEFAULT_STRATEGIES, EvaluationReport, evaluate_strategies

@@ -26,9 +26,10 @@ if __name__ == "__main__":  # parse before the heavy imports below, so that --he
 
     if isinstance(code := parse_or_exit_code(fit_parser().parse_args, sys.argv[1:]), int):
         sys.exit(code)
-    from training.fit import main  # the importable module, parsed again: one copy of it, as tests import it
+    from importlib import import_module
 
-    sys.exit(main())
+    # run the importable module (parsed again): one copy of it, the one tests import
+    sys.exit(import_module("training.fit").main())
 
 import argparse
 import io
