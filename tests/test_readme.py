@@ -36,7 +36,7 @@ BLOCK = re.compile(r"(?:<!-- readme-test: skip: (?P<skip>[^>]*?) -->\n)?^```(?P<
                    re.S | re.M)
 DONE = "__README_BLOCK_DONE__"
 #: Seconds one block may take (the slowest fits on a loaded 2-core machine), and the whole README.
-BLOCK_TIMEOUT, TOTAL_TIMEOUT = 600.0, 1800.0
+BLOCK_TIMEOUT, TOTAL_TIMEOUT = 1500.0, 3000.0  # ~5 min in all on 2 idle cores; a loaded machine is 3-5x slower
 PORTS = (8000, 9000)
 
 #: The interpreter the Python blocks run in: one namespace, one block per line of stdin (a file to run).
