@@ -55,7 +55,7 @@ def test_end_to_end_writes_json_and_plot(csv_path, tmp_path, capsys):
     assert report["seed"] == 3 and report["noise"] == "low"
     assert set(report["auc"]) == {"linear", "routing", "threshold_cascade", "cascade", "cascade_routing"}
     assert out_png.read_bytes()[:8] == PNG_MAGIC
-    for name in ("linear", "routing", "threshold_cascade", "cascade", "cascade_routing"):
+    for name in ("hull", "routing", "threshold_cascade", "cascade", "cascade_routing"):  # the hull: key 'linear'
         assert f"{name} " in captured.out
     assert f"{report['auc']['cascade_routing']:.2f}" in captured.out
     assert "seconds:" in captured.out
