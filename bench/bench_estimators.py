@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from estimators.estimator import RouterEstimator
 from reference_estimator import reference_predict
 from test_estimators_tables import load_table
+
+from estimators.estimator import RouterEstimator
 
 N_QUERIES = 10_000
 

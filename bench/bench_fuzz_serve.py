@@ -17,7 +17,6 @@ from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-
 from test_serve_fuzz import BYTES, JSON, REQUESTS, check_decoded_body, check_raw_body, service  # noqa: F401
 
 from training.serving.openai_api import APIError, parse_chat_request, parse_json

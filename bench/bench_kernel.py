@@ -8,12 +8,12 @@ from ``tests/naive.py``, so every run yields a speed-up ratio.
 
 from __future__ import annotations
 
+import naive
 import numba
 import numpy as np
 import pytest
 
 import kernel
-import naive
 
 #: Mean per-query cost of the 11 RouterBench models (USD), cheapest first.
 ROUTERBENCH_COSTS = np.array([8.1e-5, 1.2e-4, 2.5e-4, 3.1e-4, 3.3e-4, 3.7e-4, 3.8e-4, 4.2e-4,

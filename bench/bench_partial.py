@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from bench_serving import _run_measured
 
 COPIES = int(os.environ.get("PARTIAL_BENCH_COPIES", "10"))

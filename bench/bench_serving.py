@@ -184,7 +184,7 @@ def test_single_query_decide_latency(benchmark, artifact, source):
     from training.serving.router import load_router
     router = load_router(artifact)  # strict load + warm-up: compile time excluded
     queries = source.drop_duplicates("query_id").sample(n=N_LATENCY, replace=True, random_state=0)
-    cases = list(zip(queries["prompt"], queries["task"], queries["subtask"]))
+    cases = list(zip(queries["prompt"], queries["task"], queries["subtask"], strict=True))
     samples: list[float] = []
     position = iter(range(10**9))
 
@@ -387,7 +387,10 @@ def _run_measured(command: list[str]) -> dict:
 
 @pytest.fixture(scope="module")
 def pandas_traffic(workdir, routerbench_subset):
-    """The issue's traffic: RouterBench tiled to ``N_PANDAS`` queries, as pandas writes it (skips without shared data)."""
+    """The issue's traffic: RouterBench tiled to ``N_PANDAS`` queries, as pandas writes it.
+
+    Skips without the shared data.
+    """
     started = time.perf_counter()
     path = make_pandas_shaped_traffic(routerbench_subset / "routerbench_subset.parquet",
                                       workdir / "pandas_traffic.parquet", N_PANDAS)

@@ -36,7 +36,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from bench_serving import _fit, _run_measured, make_pandas_shaped_traffic
 
 pytest.importorskip("pyspark", reason="pyspark is not installed")
@@ -72,7 +71,8 @@ def test_scoring_throughput(benchmark, setup, engine):
         info["share_of_local_throughput"] = MEASURED["local"]["wall"] / measured["wall"]
         info["same_rows_as_local"] = _same_rows(output, folder / "decisions_local.parquet")
     benchmark.extra_info.update(info)
-    print(f"\n{engine}: {N_QUERIES:,} queries in {measured['wall']:.1f} s ({info['queries_per_second']:,.0f} queries/s), "
+    print(f"\n{engine}: {N_QUERIES:,} queries in {measured['wall']:.1f} s "
+          f"({info['queries_per_second']:,.0f} queries/s), "
           f"{measured['cpu_seconds']:.0f} CPU-s, peak RSS {measured['peak_sum_mib']:.0f} MiB"
           + (f", {info['overhead_us_per_query']:.0f} µs per query more than local" if "overhead_us_per_query" in info
              else ""))

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 with atheris.instrument_imports(include=["training.artifact", "json"]):
     import fuzz
+
     import training.artifact  # noqa: F401  (instrumented for coverage feedback)
 
 SEED = fuzz.ArtifactSeed()

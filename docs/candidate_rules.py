@@ -25,10 +25,10 @@ import json
 import sys
 
 import numpy as np
+from peers import DATA, DEFAULT_ESTIMATOR, MAX_DEPTH, PROTOCOL, _table_path
 
 import training.policy as policy_module
 from estimators.estimator import make_router_estimator
-from peers import DATA, DEFAULT_ESTIMATOR, MAX_DEPTH, PROTOCOL, _table_path
 from training import metrics
 from training.data import read_table
 from training.episodes import EstimatorEpisodes, calibration_episodes

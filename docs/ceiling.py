@@ -36,17 +36,18 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+from generated import replace_block, write_atomically
+from peers import DATA, MAX_DEPTH, PROTOCOL, STRATEGIES, TABLES, _load, _table_path
 
 import training.protocol as protocol
 from estimators.estimator import Estimates, make_router_estimator
 from estimators.simulated import simulate_estimates
 from estimators.table import RoutingTable
-from generated import replace_block, write_atomically
-from peers import DATA, MAX_DEPTH, PROTOCOL, STRATEGIES, TABLES, _load, _table_path
 from training.data import read_table
 
 ROOT = Path(__file__).resolve().parents[1]

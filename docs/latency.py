@@ -40,15 +40,16 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+from generated import replace_block, write_atomically
 
 from estimators.estimator import make_router_estimator
 from estimators.table import RoutingTable
-from generated import replace_block, write_atomically
 from training.data import derive_latency, read_table
 from training.episodes import EstimatorEpisodes, calibration_episodes
 from training.fit import default_budgets
@@ -139,8 +140,9 @@ def grid(table: RoutingTable, prices: dict[str, tuple[float, float]] | None, see
     latency_budgets = [fastest + share * (slowest - fastest) for share in LATENCY_SHARES]
     cells += [{**_fit(fitting, testing, strategy, budget, limit), "cost_index": i, "latency_index": j}
               for strategy in STRATEGIES for i, budget in enumerate(budgets) for j, limit in enumerate(latency_budgets)]
-    single = {m: {"cost": float(c), "latency": float(l), "quality": float(q)} for m, c, l, q in zip(
-        table.models, testing.cost.mean(axis=0), testing.latency.mean(axis=0), testing.quality.mean(axis=0))}
+    single = {m: {"cost": float(c), "latency": float(lat), "quality": float(q)} for m, c, lat, q in zip(
+        table.models, testing.cost.mean(axis=0), testing.latency.mean(axis=0), testing.quality.mean(axis=0),
+        strict=True)}
     return {"seed": seed, "n_train": len(train), "n_calibration": len(calibration), "n_test": len(test),
             "single_models": single, "cells": cells}
 

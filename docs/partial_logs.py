@@ -75,10 +75,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from generated import replace_block, write_atomically
 from numpy.typing import NDArray
 
 from estimators.table import RoutingTable
-from generated import replace_block, write_atomically
 from training.data import read_table
 from training.fit import default_budgets, split
 from training.metrics import auc, auc_bounds
@@ -222,7 +222,10 @@ def explored_cascade_logs(table: RoutingTable, hidden: NDArray[np.int_],
 
 
 def cascade_propensity(table: RoutingTable, hidden: NDArray[np.int_]) -> NDArray[np.float64]:
-    """Probability that the explored cascade logs each cell: 1 where the cascade reaches it, else the exploration share."""
+    """Probability that the explored cascade logs each cell.
+
+    1 where the cascade reaches it, else the exploration share.
+    """
     return np.where(cascade_reached(table, hidden), 1.0, EXPLORE_SHARE)
 
 
@@ -389,7 +392,7 @@ def logged_rows(frame: pd.DataFrame, table: RoutingTable, logged: NDArray[np.boo
 def with_split_column(frame: pd.DataFrame, table: RoutingTable, parts: Sequence[NDArray[np.int_]]) -> pd.DataFrame:
     """``frame`` with its ``split`` column set to each query's part (train, calibration, test) of ``parts``."""
     labels = np.empty(table.n_queries, dtype=object)
-    for name, part in zip(("train", "calibration", "test"), parts):
+    for name, part in zip(("train", "calibration", "test"), parts, strict=True):
         labels[part] = name
     return frame.assign(split=labels[pd.Index(table.query_ids).get_indexer(frame["query_id"].astype(str))])
 
@@ -473,7 +476,7 @@ def measure(variant: Variant, logged: NDArray[np.bool_], table: RoutingTable, hi
         "models": report["models"],
         "rows_written": int(logged.sum()),
         "logged_share": float(cells.mean()),
-        "logged_share_by_model": dict(zip(table.models, cells.mean(axis=0).tolist())),
+        "logged_share_by_model": dict(zip(table.models, cells.mean(axis=0).tolist(), strict=True)),
         "auc_common_range": auc([r["test_cost"] for r in curve], [r["test_quality"] for r in curve],
                                 lo, hi, left_quality=left),
         "auc_reported": report["auc"][STRATEGY],
@@ -526,7 +529,8 @@ def table_text(results: dict[str, dict[str, Any]], payload: dict[str, Any]) -> s
     for name, r in results.items():
         met = "—" if r["met"] is None else ("yes" if r["met"] else "**no**")
         rows.append(f"| {name} | {r['hiding']} | {r['logged_share']:.1%} | {_calibration_cell(r['calibration'])} "
-                    f"| {r['auc_common_range']:.2f} | {r['auc_vs_reference']:+.2f} ({r['reference']}) | {r['target']} | {met} |")
+                    f"| {r['auc_common_range']:.2f} | {r['auc_vs_reference']:+.2f} ({r['reference']}) "
+                    f"| {r['target']} | {met} |")
     seconds = ", ".join(f"{name} {r['fit_seconds']:.0f} s" for name, r in results.items())
     rows += ["", f"Fit seconds: {seconds} ({payload['machine']['cpus']} CPUs, load average at start "
                  f"{payload['machine']['load_average_at_start'][0]:.1f})."]
@@ -640,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models": list(table.models),
         "split": {"train": len(train), "calibration": len(calibration), "test": len(test)},
         "budgets": budgets,
-        "auc_range": dict(zip(("lo", "hi", "left_quality"), bounds)),
+        "auc_range": dict(zip(("lo", "hi", "left_quality"), bounds, strict=True)),
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": load_average},
         "variants": results,
     }

@@ -32,13 +32,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+from generated import replace_block, write_atomically
 
 from estimators.estimator import ESTIMATOR_KINDS
-from generated import replace_block, write_atomically
 from training.data import read_table
 from training.protocol import EvaluationReport, evaluate_strategies
 

@@ -20,15 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+from generated import replace_block, write_atomically
+from peers import DATA, PROTOCOL, _load, _table_path
 
 import estimators.posthoc as posthoc
 from estimators.estimator import make_router_estimator
-from generated import replace_block, write_atomically
-from peers import DATA, PROTOCOL, _load, _table_path
 from training.data import read_table
 from training.protocol import _estimate_scores, _split
 
@@ -40,7 +41,7 @@ SKELETON = f"# Post-hoc signal from the responses\n\n{BEGIN}\n{END}\n"
 
 def scores(table: Any, seed: int, variant: str) -> dict[str, Any]:
     """Post-hoc and ex-ante scores of the learned estimator with the checks of ``variant``."""
-    all_checks = dict(zip(posthoc.CHECKS, posthoc._CHECKS))
+    all_checks = dict(zip(posthoc.CHECKS, posthoc._CHECKS, strict=True))
     chosen = {"none": [], "all": list(all_checks), "pairs": [], "all+pairs": list(all_checks)}.get(variant, [variant])
     saved = posthoc.CHECKS, posthoc._CHECKS, posthoc.PAIRS
     posthoc.CHECKS, posthoc._CHECKS = tuple(chosen), tuple(all_checks[c] for c in chosen)
@@ -89,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def table_text(runs: dict[str, dict[str, Any]]) -> str:
     """Post-hoc Brier / AUROC per variant (mean over the seeds it ran), and its change from ``none`` on those seeds."""
     lines = [f"{TABLE}, learned estimator, test split, post-hoc estimates of a random run set of three models "
-             "per query.", "", "| checks | seeds | post-hoc Brier | post-hoc AUROC | Δ Brier vs none | Δ AUROC vs none |",
+             "per query.", "",
+             "| checks | seeds | post-hoc Brier | post-hoc AUROC | Δ Brier vs none | Δ AUROC vs none |",
              "|---|---|---|---|---|---|"]
     variants = sorted({key.split("/")[1] for key in runs}, key=lambda v: (v != "none", v != "all", v))
     for variant in variants:

@@ -32,17 +32,18 @@ import platform
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numba
 import numpy as np
-
 from generated import replace_block, write_atomically
+
+from estimators.table import RoutingTable
 from training.data import read_table
 from training.policy import SIGMA_TRANSFORMS
 from training.protocol import DEFAULT_STRATEGIES, EvaluationReport, evaluate_strategies
-from estimators.table import RoutingTable
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "main_seconds": main_seconds,
         "total_seconds": total_seconds,
         "machine": machine,
-        "paper": {name: dict(zip(SETTINGS, values)) for name, values in PAPER.items()},
+        "paper": {name: dict(zip(SETTINGS, values, strict=True)) for name, values in PAPER.items()},
         "settings": {name: report.to_dict() for name, report in main_reports.items()},
         "ablations": {kind: {name: report.to_dict() for name, report in reports.items()}
                       for kind, reports in ablations.items()},
@@ -197,7 +198,7 @@ def _figures(reports: dict[str, EvaluationReport], folder: Path) -> None:
     for pool in POOLS:
         report = reports[f"{pool}-low"]
         figure, axes = plt.subplots(1, 2, figsize=(13, 6), layout="constrained")
-        for ax, log_cost in zip(axes, (False, True)):
+        for ax, log_cost in zip(axes, (False, True), strict=True):
             report.plot(ax=ax, log_cost=log_cost,
                         title=f"RouterBench subset, {pool} models, low noise"
                               f"{' (log cost)' if log_cost else ''}")

@@ -12,14 +12,23 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .cost import CostEstimator
-    from .embedding import EmbeddingFeaturizer
-    from .estimator import (ESTIMATOR_KINDS, Estimates, Estimator, PreparedQueries, RouterEstimator,
-                            make_router_estimator)
-    from .featurize import FrozenFeaturizer, StructuralFeaturizer, TextFeaturizer, make_prompt_featurizer
-    from .quality import QualityEstimator, make_lightgbm_regressor, make_linear_regressor
-    from .sigma import SigmaRegressor
-    from .table import RoutingTable
+    from .cost import CostEstimator as CostEstimator
+    from .embedding import EmbeddingFeaturizer as EmbeddingFeaturizer
+    from .estimator import ESTIMATOR_KINDS as ESTIMATOR_KINDS
+    from .estimator import Estimates as Estimates
+    from .estimator import Estimator as Estimator
+    from .estimator import PreparedQueries as PreparedQueries
+    from .estimator import RouterEstimator as RouterEstimator
+    from .estimator import make_router_estimator as make_router_estimator
+    from .featurize import FrozenFeaturizer as FrozenFeaturizer
+    from .featurize import StructuralFeaturizer as StructuralFeaturizer
+    from .featurize import TextFeaturizer as TextFeaturizer
+    from .featurize import make_prompt_featurizer as make_prompt_featurizer
+    from .quality import QualityEstimator as QualityEstimator
+    from .quality import make_lightgbm_regressor as make_lightgbm_regressor
+    from .quality import make_linear_regressor as make_linear_regressor
+    from .sigma import SigmaRegressor as SigmaRegressor
+    from .table import RoutingTable as RoutingTable
 
 #: Public name -> module that defines it.
 _EXPORTS = {

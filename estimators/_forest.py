@@ -403,8 +403,9 @@ class Forest:
         """
         X, out = self._check(X, offset)
         a = self.arrays
-        (_walk_parallel if parallel else _walk)(X, a["feature"], a["threshold"], a["left"], a["right"], a["default_left"], a["missing"],
-              a["leaf_value"], a["roots"], a["owner"], a["transform"], out)
+        (_walk_parallel if parallel else _walk)(X, a["feature"], a["threshold"], a["left"], a["right"],
+                                                a["default_left"], a["missing"], a["leaf_value"], a["roots"],
+                                                a["owner"], a["transform"], out)
         return out
 
     def _check(self, X: np.ndarray, offset: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:

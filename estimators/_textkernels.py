@@ -29,8 +29,8 @@ from numpy.typing import NDArray
 
 from kernel.config import JIT_OPTIONS
 
-__all__ = ["encode_texts", "murmurhash3_32", "ascii_ngram_counts", "ascii_text_features", "ascii_text_features_parallel",
-           "project_counts", "structure_counts"]
+__all__ = ["encode_texts", "murmurhash3_32", "ascii_ngram_counts", "ascii_text_features",
+           "ascii_text_features_parallel", "project_counts", "structure_counts"]
 
 _MASK = np.uint64(0xFFFFFFFF)
 _C1 = np.uint64(0xCC9E2D51)

@@ -16,7 +16,7 @@ estimate is of the *mean* cost the budget is about, not the median.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 from lightgbm import LGBMRegressor
@@ -72,7 +72,7 @@ class _LogTarget:
         self.offset = offset
         self.regressor = regressor
 
-    def fit(self, X: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None) -> "_LogTarget":
+    def fit(self, X: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None) -> _LogTarget:
         log_target = np.log(target + self.offset)
         fit_weighted(self.regressor, X, log_target, weights)
         self.smearing = float(np.average(np.exp(log_target - self.regressor.predict(X)), weights=weights))

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["check_run", "check_signals", "check_responses", "check_observed_cost", "check_observed_latency", "check_per_query",
-           "per_query_inputs"]
+__all__ = ["check_run", "check_signals", "check_responses", "check_observed_cost", "check_observed_latency",
+           "check_per_query", "per_query_inputs"]
 
 
 def check_run(run: ArrayLike | Sequence[str] | None, n: int, models: Sequence[str]) -> NDArray[np.bool_]:
@@ -125,7 +125,8 @@ def check_signals(signals: Mapping[str, ArrayLike] | None, names: Sequence[str],
     if extra:
         raise ValueError(f"signals has unknown name(s) {extra}; the estimator was fitted with {list(names)}")
     if missing and run.any():
-        raise ValueError(f"signals is missing {missing}, which the estimator was fitted with; pass them for the run models")
+        raise ValueError(f"signals is missing {missing}, which the estimator was fitted with; "
+                         "pass them for the run models")
     checked = {}
     for name in names:
         if name not in signals:

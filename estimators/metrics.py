@@ -14,7 +14,9 @@ __all__ = ["brier", "auroc", "coverage"]
 
 
 def brier(quality: ArrayLike, estimate: ArrayLike, mask: NDArray[np.bool_] | None = None) -> float:
-    """Mean squared error of ``estimate`` against observed ``quality`` (over ``mask``): how close, not only how well ranked.
+    """Mean squared error of ``estimate`` against observed ``quality`` (over ``mask``).
+
+    How close, not only how well ranked.
 
     Parameters
     ----------

@@ -52,7 +52,10 @@ _FEW_ROWS = 64
 
 
 def _imputed_scaled() -> list:
-    """Mean imputation with "was missing" indicators, then standardisation: NaN post-hoc cells say a model did not run."""
+    """Mean imputation with "was missing" indicators, then standardisation.
+
+    NaN post-hoc cells say a model did not run.
+    """
     return [SimpleImputer(add_indicator=True, keep_empty_features=True), StandardScaler()]
 
 
@@ -168,7 +171,7 @@ class KNNQualityRegressor(_Peer):
             for j, k in enumerate(candidates):  # the neighbours are stored once; k is read at predict
                 pipeline.set_params(kneighborsregressor__n_neighbors=k)
                 errors[j] += np.mean((pipeline.predict(X[test]).reshape(len(test), -1) - Y[test]) ** 2) * test.size
-        self.cv_scores_ = {k: float(e / n) for k, e in zip(candidates, errors)}
+        self.cv_scores_ = {k: float(e / n) for k, e in zip(candidates, errors, strict=True)}
         self.n_neighbors_ = candidates[int(np.argmin(errors))]  # the smallest k on ties
         self.pipeline_ = self._pipeline(min(self.n_neighbors_, n)).fit(X, Y)
         return self
@@ -524,7 +527,7 @@ class MatrixFactorizationRegressor(PartialTargets, _Peer):
             P = _sigmoid(H @ V.T + b)
             G = weight * (P - target)  # gradient of the weighted mean cross-entropy by the logits
             grads = [Z.T @ (G @ V) + self.alpha * W, G.T @ H + self.alpha * V, G.sum(axis=0)]
-            for p, g, (m, v) in zip(params, grads, moments):
+            for p, g, (m, v) in zip(params, grads, moments, strict=True):
                 m *= beta1
                 m += (1 - beta1) * g
                 v *= beta2

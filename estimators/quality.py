@@ -23,22 +23,22 @@ import numpy as np
 from lightgbm import LGBMRegressor
 from numpy.typing import NDArray
 from sklearn.base import BaseEstimator, clone
-from sklearn.utils import get_tags
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils import get_tags
 
-from .evaluators import freeze_regressors
 from .clusters import CLUSTER_COUNTS, TEXT_PREFIX, choose_prior
+from .evaluators import freeze_regressors
 from .peers import CATEGORY_PREFIX, PartialTargets
 from .posthoc import ResponseInfo, per_model_groups, posthoc_feature_names, posthoc_features
 from .runsets import sample_run_sets
 from .sigma import SigmaRegressor
 
-__all__ = ["PosthocData", "QualityEstimator", "TREE_COUNTS", "accepted_fit_params", "fit_weighted", "make_lightgbm_regressor",
-           "make_linear_regressor"]
+__all__ = ["PosthocData", "QualityEstimator", "TREE_COUNTS", "accepted_fit_params", "fit_weighted",
+           "make_lightgbm_regressor", "make_linear_regressor"]
 
 
 class PosthocData(NamedTuple):
@@ -515,7 +515,10 @@ class QualityEstimator(BaseEstimator):
         return self.regressor if self.regressor is not None else make_lightgbm_regressor()
 
     def _model_rows(self, X: np.ndarray, model: int) -> np.ndarray:
-        """The pooled regressor's rows for estimating ``model``: the features, its one-hot id and its own post-hoc columns."""
+        """The pooled regressor's rows for estimating ``model``.
+
+        The features, its one-hot id and its own post-hoc columns.
+        """
         onehot = np.zeros((X.shape[0], self.self_columns_.shape[1]))
         onehot[:, model] = 1.0
         return np.hstack([X, onehot, X[:, self.self_columns_[:, model]]])

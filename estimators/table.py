@@ -13,8 +13,8 @@ code which forgets to look at ``logged`` produces NaN, not a plausible number.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray

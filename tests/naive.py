@@ -38,7 +38,7 @@ def candidates(strategy, n_models, run_set, max_depth, force_order):
     if strategy == "routing":
         return [(i,) for i in range(n_models)] if t == 0 else []
     if strategy == "cascade":
-        return [tuple(range(l + 1)) for l in range(max(t - 1, 0), min(n_models, max_depth))]
+        return [tuple(range(depth + 1)) for depth in range(max(t - 1, 0), min(n_models, max_depth))]
     floor = max(run_set) + 1 if (force_order and run_set) else 0
     extra = [i for i in range(n_models) if i not in run_set and i >= floor]
     found = []

@@ -41,15 +41,21 @@ compiled counting (the fast path under test).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from estimators.estimator import Estimates
 from estimators.featurize import StructuralFeaturizer, TextFeaturizer, _counts, prompt_frame
-from estimators.inputs import (check_observed_cost, check_observed_latency, check_responses, check_run, check_signals,
-                               per_query_inputs)
+from estimators.inputs import (
+    check_observed_cost,
+    check_observed_latency,
+    check_responses,
+    check_run,
+    check_signals,
+    per_query_inputs,
+)
 from estimators.posthoc import posthoc_feature_names, posthoc_features, read_responses
 from estimators.sigma import SIGMA_FLOOR
 
@@ -145,7 +151,7 @@ def _model_sigma(sigma_regressor, quality: np.ndarray, run: np.ndarray) -> np.nd
                   for row, model in cells], dtype=np.float64).reshape(len(cells), 4)
     predicted = sigma_regressor.estimator_.predict(X)
     sigma = np.empty((n, k))
-    for (row, model), features, value in zip(cells, X, predicted):
+    for (row, model), features, value in zip(cells, X, predicted, strict=True):
         scale, power = sigma_regressor.scale_, sigma_regressor.power_
         if sigma_regressor.stratify is not None:
             scale, power = sigma_regressor.strata_.get(float(features[sigma_regressor.stratify]), (scale, power))
@@ -188,7 +194,7 @@ def _cost(cost_estimator, features: np.ndarray, tokens: np.ndarray, run: np.ndar
           observed: np.ndarray) -> np.ndarray:
     cost = np.empty(run.shape)
     for i, (model, mode, predictor) in enumerate(zip(cost_estimator.models_, cost_estimator.modes_,
-                                                     cost_estimator.predictors_)):
+                                                     cost_estimator.predictors_, strict=True)):
         estimate = np.maximum(np.exp(predictor.regressor.predict(features)) * predictor.smearing
                               - predictor.offset, 0.0)
         if mode == "tokens":

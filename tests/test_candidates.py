@@ -43,9 +43,9 @@ def two_models(n: int, *, ante: str, seed: int = 0):
     """``cheap`` right on 50 % of the queries, ``dear`` (ten times dearer) on 90 %, post-hoc estimates exact.
 
     ``ante`` sets what the router knows before any model runs: ``"exact"`` (graded qualities, known exactly:
-    routing is as good as it gets), ``"blind"`` (each model's mean: only a cascade, which sees ``cheap``'s answer, can do better than
-    the hull) or ``"inverted"`` (one minus the truth, and the post-hoc estimates inverted too: every learned
-    decision misleads, so the hull wins).
+    routing is as good as it gets), ``"blind"`` (each model's mean: only a cascade, which sees ``cheap``'s answer,
+    can do better than the hull) or ``"inverted"`` (one minus the truth, and the post-hoc estimates inverted too:
+    every learned decision misleads, so the hull wins).
     """
     rng = np.random.default_rng(seed)
     if ante == "exact":  # graded answers: exact estimates rarely tie, so routing can spend any budget
@@ -218,7 +218,7 @@ def test_the_kept_candidate_is_never_below_the_calibration_hull(seed, n, k, wher
     hull = hull_policy(episodes, budget)
     if hull is not None:
         assert kept.calibration_quality >= hull.calibration_quality - 1e-12
-    best = max(p.calibration_quality for p, ok in zip(choice.candidates, choice.within) if ok)
+    best = max(p.calibration_quality for p, ok in zip(choice.candidates, choice.within, strict=True) if ok)
     gap = best - kept.calibration_quality
     assert gap <= TIE_STANDARD_ERRORS * choice.standard_errors[choice.kept] + 1e-12
 
@@ -232,7 +232,7 @@ def test_candidates_meet_both_budgets_with_a_latency_budget():
     episodes = episodes_from(np.clip(truth + rng.normal(0, 0.5, truth.shape), 0, 1), truth, truth, cost, latency)
     for budget, seconds in ((4.0, 0.6), (6.0, 1.0), (9.0, 0.5)):
         choice = choose_policy(episodes, fit_candidates(episodes, budget, max_depth=2, latency_budget=seconds))
-        for policy, within in zip(choice.candidates, choice.within):
+        for policy, within in zip(choice.candidates, choice.within, strict=True):
             if within:
                 assert policy.calibration_cost <= budget and policy.calibration_latency <= seconds
         assert choice.within[choice.kept]
@@ -248,7 +248,7 @@ def test_fit_keeps_the_cheapest_model_on_a_table_where_every_model_ties(tmp_path
     rows = []
     for q in range(400):
         right = float(rng.random() < 0.6)
-        for model, price in zip(MODELS, (1e-4, 5e-4, 3e-3)):
+        for model, price in zip(MODELS, (1e-4, 5e-4, 3e-3), strict=True):
             rows.append({"query_id": f"q{q}", "model": model, "quality": right, "cost_usd": price,
                          "prompt": f"question {q % 23} about {q % 7}", "task": f"t{q % 3}"})
     data = tmp_path / "tie.parquet"
@@ -290,7 +290,7 @@ def test_the_protocol_reports_per_budget_differences_and_the_candidate_kept():
     rows = report.to_dict()["budget_differences"]["cascade_routing-routing"]
     cascade, routing = report.curves["cascade_routing"], report.curves["routing"]
     assert [r["budget"] for r in rows] == [p["budget"] for p in cascade]
-    for row, c, r in zip(rows, cascade, routing):
+    for row, c, r in zip(rows, cascade, routing, strict=True):
         assert row["difference"] == pytest.approx(c["quality"] - r["quality"], abs=1e-12)
         assert row["low"] <= row["difference"] <= row["high"]
         assert c["chosen"].startswith(("hull", "routing", "cascade_routing depth"))

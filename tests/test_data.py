@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.data import coverage, fingerprint, read_prices, read_table
 from estimators.table import RoutingTable
+from training.data import coverage, fingerprint, read_prices, read_table
+
 
 def long_frame() -> pd.DataFrame:
     """Three queries x three models, rows deliberately out of order."""

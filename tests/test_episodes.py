@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from estimators.estimator import Estimates
-from training.episodes import EstimatorEpisodes, TableEpisodes
 from estimators.table import RoutingTable
+from training.episodes import EstimatorEpisodes, TableEpisodes
 
 
 class TableEstimator:
@@ -19,7 +19,7 @@ class TableEstimator:
 
     def predict_table(self, table, run, rows):
         self.calls += 1
-        picked = [np.where(run, p[rows], a[rows]) for a, p in zip(self.ante, self.post)]
+        picked = [np.where(run, p[rows], a[rows]) for a, p in zip(self.ante, self.post, strict=True)]
         return Estimates(*picked)
 
 

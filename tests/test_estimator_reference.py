@@ -33,6 +33,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lightgbm import LGBMRegressor
+from reference_estimator import reference_predict
 from sklearn.pipeline import Pipeline
 
 from estimators.cost import CostEstimator
@@ -40,7 +41,6 @@ from estimators.estimator import Estimates, RouterEstimator
 from estimators.quality import QualityEstimator, make_lightgbm_regressor, make_linear_regressor
 from estimators.sigma import SigmaRegressor
 from estimators.table import RoutingTable
-from reference_estimator import reference_predict
 from training.data import read_table
 from training.policy import Policy
 from training.serving.router import Router

@@ -7,13 +7,13 @@ import io
 import joblib
 import numpy as np
 import pytest
+from test_estimators_tables import synthetic_table
 
 from estimators import embedding
 from estimators.embedding import EmbeddingFeaturizer
+from estimators.estimator import RouterEstimator
 from estimators.featurize import TextFeaturizer
 from estimators.quality import QualityEstimator, make_lightgbm_regressor
-from estimators.estimator import RouterEstimator
-from test_estimators_tables import synthetic_table
 
 TEXTS = np.array(
     [["How many legs does a spider have?"], ["How many legs has an insect?"],

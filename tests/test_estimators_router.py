@@ -7,11 +7,11 @@ from dataclasses import replace
 import joblib
 import numpy as np
 import pytest
+from test_estimators_tables import synthetic_table
 
 from estimators.cost import CostEstimator
-from estimators.quality import QualityEstimator, make_lightgbm_regressor, make_linear_regressor
 from estimators.estimator import Estimates, RouterEstimator
-from test_estimators_tables import synthetic_table
+from estimators.quality import QualityEstimator, make_lightgbm_regressor, make_linear_regressor
 
 FAST = QualityEstimator(regressor=make_lightgbm_regressor(n_estimators=20))
 
@@ -68,7 +68,7 @@ def test_predict_matches_predict_table(fitted, table):
     run[::2, 0] = True
     a = fitted.predict(table.prompts, **_inputs(table, run))
     b = fitted.predict_table(table, run)
-    for field, x, y in zip(a._fields, a, b):
+    for field, x, y in zip(a._fields, a, b, strict=True):
         if x is None or y is None:
             assert x is None and y is None, field
         else:
@@ -109,7 +109,7 @@ def test_joblib_round_trip_gives_identical_predictions(fitted, table, tmp_path):
     joblib.dump(fitted, tmp_path / "router.joblib")
     loaded = joblib.load(tmp_path / "router.joblib")
     after = loaded.predict_table(table, run)
-    for x, y in zip(before, after):
+    for x, y in zip(before, after, strict=True):
         np.testing.assert_array_equal(x, y)
 
 
@@ -302,7 +302,7 @@ def test_unrun_trees_are_kept_ex_ante_where_the_prompt_tells_more_than_its_task(
     rng = np.random.default_rng(1)
     hard = rng.random(table.n_queries) < 0.5
     prompts = np.array([f"{prompt} {'hard tricky puzzle' if h else 'easy simple sum'}"
-                        for prompt, h in zip(table.prompts, hard)], dtype=object)
+                        for prompt, h in zip(table.prompts, hard, strict=True)], dtype=object)
     quality = (rng.random(table.quality.shape) < np.where(hard, 0.1, 0.9)[:, None]).astype(np.float64)
     worded = replace(table, prompts=prompts, quality=quality)
     # Keyed on the task labels alone (no prompt clusters), the prior cannot see the word: the trees must.

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data import read_prices, read_table
 from estimators.table import RoutingTable
+from training.data import read_prices, read_table
+
 
 def load_table(shared_data: Path, name: str) -> RoutingTable:
     """Read ``name/name.parquet`` of the shared data folder (the ``shared_data`` fixture) with the

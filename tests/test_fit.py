@@ -14,6 +14,7 @@ from training.fit import main, parse_args
 from training.serving.router import Router, load_router
 from training.synthetic import make_benchmark
 
+
 @pytest.fixture(scope="module")
 def fitted(fitted_artifact):
     return fitted_artifact

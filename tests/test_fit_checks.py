@@ -37,7 +37,7 @@ def three_models(n: int = N_QUERIES, *, test_loss: bool = False, seed: int = 0) 
         right[test] = [True, False, False]
     rows = []
     for q in range(n):
-        for m, (model, cost) in enumerate(zip(MODELS, COSTS)):
+        for m, (model, cost) in enumerate(zip(MODELS, COSTS, strict=True)):
             rows.append({"query_id": f"q{q:04d}", "model": model, "quality": float(right[q, m]),
                          "cost_usd": cost * (1 + 0.1 * rng.random()), "prompt": prompts[q],
                          "task": f"task{q % 3}"})
@@ -124,7 +124,7 @@ def test_calibration_choice_among_the_hull_and_every_depth(forced_loss):
             best_mix = max(
                 [means_quality[m] for m in range(3) if means_cost[m] <= row["budget"]]
                 + [means_quality[a] + s * (row["budget"] - means_cost[a]) for (a, b), s in
-                   zip(((0, 1), (1, 2), (0, 2)), slope) if means_cost[a] <= row["budget"] < means_cost[b]])
+                   zip(((0, 1), (1, 2), (0, 2)), slope, strict=True) if means_cost[a] <= row["budget"] < means_cost[b]])
             assert hull["calibration_quality"] == pytest.approx(best_mix, abs=3 / len(calibration) + 1e-9)
             assert row["calibration_quality"] >= hull["calibration_quality"]
         best = max(c["calibration_quality"] for c in within)

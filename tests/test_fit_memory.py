@@ -10,7 +10,8 @@ from training import fit
 def test_check_fit_memory_refuses_with_the_rows_that_would_fit():
     per_row = fit.FIT_BYTES_PER_ROW["full"]
     fit.check_fit_memory(1000, pooled=False, available=int(1000 * per_row) + 1)
-    with pytest.raises(ValueError, match=r"fitting 1,000 logged rows needs .* sample the queries down to about 500 rows"):
+    with pytest.raises(ValueError,
+                       match=r"fitting 1,000 logged rows needs .* sample the queries down to about 500 rows"):
         fit.check_fit_memory(1000, pooled=False, available=int(500 * per_row) + 1)
     with pytest.raises(ValueError, match="--skip-memory-check"):  # partial logs need more per row
         fit.check_fit_memory(1000, pooled=True, available=int(1000 * per_row) + 1)

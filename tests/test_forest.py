@@ -20,7 +20,12 @@ from hypothesis import strategies as st
 lightgbm = pytest.importorskip("lightgbm")
 
 from estimators._forest import (  # noqa: E402
-    MAX_QUICKSCORER_LEAVES, Forest, Tabulated, _lowest_bit, _lowest_bit_de_bruijn, _quickscore,
+    MAX_QUICKSCORER_LEAVES,
+    Forest,
+    Tabulated,
+    _lowest_bit,
+    _lowest_bit_de_bruijn,
+    _quickscore,
 )
 
 ZERO = 1e-35
@@ -30,7 +35,7 @@ SPECIAL = np.array([np.nan, 0.0, -0.0, np.inf, -np.inf, ZERO, -ZERO, np.nextafte
                     1e-36, -1e-36, 1e300, -1e300, np.finfo(float).max, -np.finfo(float).max])
 
 
-def fit(X, y, seed=0, **params) -> "lightgbm.LGBMRegressor":
+def fit(X, y, seed=0, **params) -> lightgbm.LGBMRegressor:
     params = {"n_estimators": 3, "num_leaves": 8, "min_child_samples": 2, "min_child_weight": 0.0,
               "verbose": -1, "random_state": seed, **params}
     with warnings.catch_warnings():
@@ -144,7 +149,8 @@ def test_leaves_are_numbered_left_to_right_and_masks_clear_the_left_subtree():
         t = int(np.searchsorted(leaf_start, min(in_order(node)), side="right")) - 1
         left = in_order(int(a["left"][node]))
         expected = (2**64 - 1) ^ sum(1 << (leaf - int(leaf_start[t])) for leaf in left)
-        group = np.flatnonzero((a["qs_group_feature"] == a["feature"][node]) & (a["qs_group_kind"] == a["missing"][node]))
+        group = np.flatnonzero((a["qs_group_feature"] == a["feature"][node])
+                               & (a["qs_group_kind"] == a["missing"][node]))
         assert group.size == 1
         lo, hi = a["qs_group_start"][group[0]], a["qs_group_start"][group[0] + 1]
         match = [k for k in range(lo, hi) if a["qs_tree"][k] == t and a["qs_threshold"][k] == a["threshold"][node]
@@ -152,7 +158,8 @@ def test_leaves_are_numbered_left_to_right_and_masks_clear_the_left_subtree():
         assert match
         if not a["default_left"][node]:
             dlo, dhi = a["qs_default_start"][group[0]], a["qs_default_start"][group[0] + 1]
-            assert any(a["qs_default_tree"][k] == t and int(a["qs_default_mask"][k]) == expected for k in range(dlo, dhi))
+            assert any(a["qs_default_tree"][k] == t and int(a["qs_default_mask"][k]) == expected
+                       for k in range(dlo, dhi))
     # thresholds ascend within each group
     for g in range(a["qs_group_feature"].size):
         assert np.all(np.diff(a["qs_threshold"][a["qs_group_start"][g]:a["qs_group_start"][g + 1]]) >= 0)
@@ -172,11 +179,12 @@ def test_all_three_missing_types_and_both_default_sides_occur_and_match():
                   fit(X, y, 2, n_estimators=6, num_leaves=24, use_missing=False)]  # None
     forest = Forest.from_regressors(regressors)
     a = forest.arrays
-    kinds = {(int(kind), bool(left)) for kind, left in zip(a["missing"], a["default_left"])}
+    kinds = {(int(kind), bool(left)) for kind, left in zip(a["missing"], a["default_left"], strict=True)}
     assert {0, 1, 2} <= {kind for kind, _ in kinds}
     assert {(1, False), (1, True), (2, False), (2, True)} <= kinds
     assert forest.quickscorer
-    assert len({(f, k) for f, k in zip(a["qs_group_feature"], a["qs_group_kind"])}) == a["qs_group_feature"].size
+    pairs = set(zip(a["qs_group_feature"], a["qs_group_kind"], strict=True))
+    assert len(pairs) == a["qs_group_feature"].size
     assert_exact(forest, probes(forest, X, rng, n=2000), regressors)
 
 

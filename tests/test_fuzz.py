@@ -14,11 +14,10 @@ import os
 import tempfile
 from pathlib import Path
 
+import fuzz
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import fuzz
 
 #: Inputs per target: a few hundred in the normal run; the campaign sets more.
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0")) or None

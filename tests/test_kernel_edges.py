@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import naive
 import numpy as np
 import pytest
 
 import kernel
-import naive
 
 
 def test_normal_samples_are_fixed_centred_and_read_only():

@@ -6,13 +6,13 @@ score occur often; uncertainties include exact zeros.
 
 from __future__ import annotations
 
+import naive
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kernel
-import naive
 
 GRID = [0.0, 0.1, 0.2, 0.25, 0.5, 0.75, 0.9, 1.0]
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -125,7 +125,7 @@ def _routing_rule(quality, cost, lam):
     scores = quality - lam * cost
     best = scores.max(axis=1, keepdims=True)
     tied = scores >= best - 1e-9 * np.maximum(1.0, np.abs(best))
-    return np.array([min(np.flatnonzero(row), key=lambda i: (c[i], i)) for row, c in zip(tied, cost)])
+    return np.array([min(np.flatnonzero(row), key=lambda i: (c[i], i)) for row, c in zip(tied, cost, strict=True)])
 
 
 @SETTINGS

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from naive import candidates, q_of
 
 from estimators.estimator import RouterEstimator
 from estimators.quality import QualityEstimator, make_lightgbm_regressor
 from estimators.table import RoutingTable
-from naive import candidates, q_of
 from training.data import derive_latency, read_table, read_throughput
 from training.episodes import LATENCY_MULTIPLIER, EstimatorEpisodes, TableEpisodes, plan_next
 from training.policy import BudgetError, fit_policy
@@ -74,7 +74,7 @@ def test_a_policy_without_latency_multiplier_gives_the_kernel_its_costs_unchange
     plain = plan_next(quality, cost, options, run=np.zeros((50, 3), bool), u=None, parallel=False)
     with_latency = plan_next(quality, cost, options, run=np.zeros((50, 3), bool), u=None, parallel=False,
                              latency=rng.random((50, 3)))
-    for a, b in zip(plain, with_latency):
+    for a, b in zip(plain, with_latency, strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="weighs latency"):
         plan_next(quality, cost, {**options, LATENCY_MULTIPLIER: 0.1}, run=np.zeros((50, 3), bool), u=None,
@@ -402,11 +402,10 @@ def make_benchmark_without_latency():
 
 
 def test_a_paced_router_paces_latency_beside_cost(two_budget_fit):
-    from training.serving.router import load_router
-
     from dataclasses import replace
 
     from training.policy import Policy
+    from training.serving.router import load_router
 
     router = load_router(two_budget_fit[0])  # on this small table single models win: pace a hand-made policy
     policy = Policy("cascade_routing", np.full(3, 200.0), None, 0.0, 3, False, 64, budget=0.001,

@@ -50,7 +50,7 @@ def test_text_beyond_the_slice_does_not_change_the_fitted_estimator():
     tables = [read_table(f) for f in (long, cut, other)]
     fitted = [make_router_estimator("learned", None).fit(t) for t in tables]
     reference = fitted[1].predict_table(tables[1])
-    for estimator, table in zip(fitted[::2], tables[::2]):
+    for estimator, table in zip(fitted[::2], tables[::2], strict=True):
         estimates = estimator.predict_table(table)
         np.testing.assert_array_equal(estimates.quality, reference.quality)
         np.testing.assert_array_equal(estimates.cost, reference.cost)

@@ -27,7 +27,7 @@ from training.metrics import (
 
 def reference_auc(costs, qualities, lo, hi, left_quality):
     """The AUC from its definition: anchor, running max, np.interp, trapezoid."""
-    points = sorted(zip([lo, *costs], [left_quality, *qualities]), key=lambda p: (p[0], -p[1]))
+    points = sorted(zip([lo, *costs], [left_quality, *qualities], strict=True), key=lambda p: (p[0], -p[1]))
     xs, ys, best = [], [], -np.inf
     for x, y in points:
         best = max(best, y)

@@ -11,8 +11,7 @@ import pytest
 from training.data import read_table
 from training.fit import main as fit_main
 from training.serving.pacing import PaceController
-from training.serving.router import PacedRouter
-from training.serving.router import load_router
+from training.serving.router import PacedRouter, load_router
 from training.synthetic import make_benchmark
 
 BUDGET = 0.0006
@@ -66,7 +65,7 @@ def replay(decider, table, order, price, models, record=None, after_record=None,
                                    tasks=[table.tasks[rows[a]] for a in active],
                                    subtasks=[table.subtasks[rows[a]] for a in active])
             still = []
-            for a, model in zip(active, picks):
+            for a, model in zip(active, picks, strict=True):
                 if model is None:
                     continue
                 j = models.index(model)
@@ -168,7 +167,7 @@ def test_concurrent_records_are_all_counted(router):
     def worker(row):
         for cost in row:
             paced.record(cost)
-            paced.policy  # a reader racing the writers
+            _ = paced.policy  # a reader racing the writers
 
     threads = [threading.Thread(target=worker, args=(row,)) for row in costs]
     for thread in threads:

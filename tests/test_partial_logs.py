@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numpy.typing import NDArray
 
 from estimators.estimator import MIN_LOGGED_QUERIES, make_router_estimator
 from estimators.table import RoutingTable
-from numpy.typing import NDArray
 from training.data import read_table
 from training.episodes import EstimatorEpisodes, calibration_episodes
 from training.fit import main
@@ -90,7 +90,7 @@ def test_fit_test_figures_are_real_outcomes_of_the_test_queries(partial_fit, log
     router = load_router(out)
     ordered = full.reorder_models([full.models.index(m) for m in router.models_])
     episodes = EstimatorEpisodes(router.estimator, ordered.subset(test), direct_method=False)
-    for row, policy in zip(report["budgets"], router.policies):
+    for row, policy in zip(report["budgets"], router.policies, strict=True):
         outcome = policy.play(episodes)
         assert outcome.mean_quality == pytest.approx(row["test_quality"], abs=1e-12)
         assert outcome.mean_cost == pytest.approx(row["test_cost"], rel=1e-12)
@@ -126,7 +126,7 @@ def test_split_tests_only_fully_logged_queries(n, seed, logged_share, hidden_see
     order = np.random.default_rng(seed).permutation(n)
     ends = np.round(np.cumsum(FRACTIONS)[:-1] * n).astype(int)
     reference = [np.sort(part) for part in np.split(order, ends)]
-    for part, expected in zip(split(n, FRACTIONS, seed), reference):
+    for part, expected in zip(split(n, FRACTIONS, seed), reference, strict=True):
         np.testing.assert_array_equal(part, expected)
 
 
@@ -144,9 +144,9 @@ def test_split_column_sets_the_parts_and_refuses_a_partial_test_query(logs, tmp_
     table = read_table(hide_outside_test(logs, 0.4))
     parts = split(table.n_queries, FRACTIONS, 1, table.fully_logged)
     labels = np.empty(table.n_queries, dtype=object)
-    for name, part in zip(SPLIT_LABELS, parts):
+    for name, part in zip(SPLIT_LABELS, parts, strict=True):
         labels[part] = name
-    for got, expected in zip(split_from_labels(labels, table.fully_logged), parts):
+    for got, expected in zip(split_from_labels(labels, table.fully_logged), parts, strict=True):
         np.testing.assert_array_equal(got, expected)
     labels[np.flatnonzero(~table.fully_logged)[:3]] = "test"
     with pytest.raises(ValueError, match="3 test queries of the split column are not logged for every model"):
@@ -157,7 +157,10 @@ def test_split_column_sets_the_parts_and_refuses_a_partial_test_query(logs, tmp_
 
 
 def _partial_calibration(logs: pd.DataFrame, n_fully: int) -> tuple[RoutingTable, object]:
-    """A linear estimator fitted on 300 queries and 200 calibration queries of which exactly ``n_fully`` are fully logged."""
+    """A linear estimator fitted on 300 queries and 200 calibration queries.
+
+    Exactly ``n_fully`` of them are fully logged.
+    """
     table = read_table(logs)
     estimator = make_router_estimator("linear").fit(table, np.arange(300))
     calibration = table.subset(np.arange(300, 500))
@@ -243,7 +246,7 @@ def test_estimators_read_nothing_where_not_logged(logs, kind):
     assert first.quality_.pooled_ == (kind == "learned")  # partial logs: one LightGBM for all models
     probe = read_table(logs).subset(np.arange(400, 600))
     run = np.random.default_rng(5).random(probe.logged.shape) < 0.3
-    for found, again in zip(first.predict_table(probe, run), second.predict_table(probe, run)):
+    for found, again in zip(first.predict_table(probe, run), second.predict_table(probe, run), strict=True):
         np.testing.assert_array_equal(found, again)
     np.testing.assert_array_equal(first.reveal_sigma_, second.reveal_sigma_)
 
@@ -311,5 +314,5 @@ def test_propensity_column_is_read_and_checked(logs):
             read_table(spoiled)
     uniform = make_router_estimator("linear").fit(replace(table, propensity=np.ones(table.logged.shape)))
     plain = make_router_estimator("linear").fit(replace(table, propensity=None))
-    for found, again in zip(uniform.predict_table(table)[:3], plain.predict_table(table)[:3]):
+    for found, again in zip(uniform.predict_table(table)[:3], plain.predict_table(table)[:3], strict=True):
         np.testing.assert_allclose(found, again, rtol=1e-9, atol=1e-12)

@@ -7,11 +7,16 @@ from dataclasses import replace
 import joblib
 import numpy as np
 import pytest
+from test_estimators_tables import load_table, split_rows, synthetic_table
 
 from estimators.estimator import ESTIMATOR_KINDS, RouterEstimator, make_router_estimator
-from estimators.peers import (PEER_REGRESSORS, KNNQualityRegressor, MatrixFactorizationRegressor, MLPQualityRegressor,
-                              TaskMeanRegressor)
-from test_estimators_tables import load_table, split_rows, synthetic_table
+from estimators.peers import (
+    PEER_REGRESSORS,
+    KNNQualityRegressor,
+    MatrixFactorizationRegressor,
+    MLPQualityRegressor,
+    TaskMeanRegressor,
+)
 
 PEERS = list(PEER_REGRESSORS)
 N, K = 160, 3
@@ -41,7 +46,7 @@ def test_peer_predicts_through_the_common_interface(fitted, table, kind):
         by_table = estimator.predict_table(table, step_run)
         direct = estimator.predict(table.prompts, tasks=table.tasks, run=step_run, responses=table.responses,
                                    signals=table.signals, observed_cost=table.cost)
-        for a, b in zip(by_table[:3], direct[:3]):  # quality, sigma, cost (no covariance asked for)
+        for a, b in zip(by_table[:3], direct[:3], strict=True):  # quality, sigma, cost (no covariance asked for)
             np.testing.assert_allclose(a, b)
         assert by_table.quality.shape == by_table.sigma.shape == by_table.cost.shape == (N, K)
         assert ((by_table.quality >= 0) & (by_table.quality <= 1)).all()
@@ -76,7 +81,7 @@ def test_joblib_round_trip_predicts_the_same(fitted, table, kind, tmp_path):
     loaded = joblib.load(path)
     run = np.zeros((N, K), dtype=bool)
     run[:, 1] = True
-    for a, b in zip(fitted[kind].predict_table(table, run)[:3], loaded.predict_table(table, run)[:3]):
+    for a, b in zip(fitted[kind].predict_table(table, run)[:3], loaded.predict_table(table, run)[:3], strict=True):
         np.testing.assert_array_equal(a, b)
 
 

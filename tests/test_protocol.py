@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from estimators.table import RoutingTable
 from training import metrics
 from training.protocol import REPORTED_NAMES, EvaluationReport, evaluate_strategies
-from estimators.table import RoutingTable
 
 THREE_MODELS = ("mistralai/mixtral-8x7b-chat", "gpt-3.5-turbo-1106", "gpt-4-1106-preview")
 STATUSES = {"met", "above_max", "below_min"}

@@ -168,9 +168,9 @@ def test_eight_threads_decide_exactly_as_one(router, table):
 
 def test_load_router_warms_every_kernel(artifact, table):
     """How fast the first request then is: bench/bench_serving.py (test_first_decide_after_load_router)."""
-    from kernel._drivers import plan_all_serial
-    from estimators._textkernels import ascii_text_features
     from estimators._forest import _quickscore
+    from estimators._textkernels import ascii_text_features
+    from kernel._drivers import plan_all_serial
     router = load_router(artifact)
     assert plan_all_serial.signatures and ascii_text_features.signatures and _quickscore.signatures
     assert router.decide([table.prompts[7]], tasks=[table.tasks[7]], subtasks=[table.subtasks[7]])[0] in router.models_
@@ -187,6 +187,7 @@ def test_bad_observations_are_refused(router):
 @pytest.mark.parametrize("sigma_scale, sigma_power", [(1.0, 1.0), (0.25, 1.0), (3.0, 1.0), (1.0, 2.0)])
 def test_router_decides_as_its_policy_including_the_sigma_transform(router, table, sigma_scale, sigma_power):
     from dataclasses import replace
+
     from training.serving.router import prompt_uniforms
     policy = replace(router.policy(), sigma_scale=sigma_scale, sigma_power=sigma_power)
     cases = _cases(table, router, n=30, seed=2)

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import kernel
 from training.data import read_table
 from training.episodes import LATENCY_MULTIPLIER, plan_next
 from training.policy import Policy
 from training.synthetic import make_benchmark
-
-import kernel
 
 STRATEGIES = ("routing", "threshold", "cascade", "cascade_routing")
 
@@ -60,14 +60,14 @@ def test_each_prompt_alone_is_planned_as_in_the_batch(router, table, data):
     prompts = [table.prompts[q] for q in rows]
     tasks, subtasks = [table.tasks[q] for q in rows], [table.subtasks[q] for q in rows]
     observed = [{router.models_[j]: {"response": table.responses[q, j], "cost": float(table.cost[q, j])}
-                 for j in r} for q, r in zip(rows, ran)]
+                 for j in r} for q, r in zip(rows, ran, strict=True)]
     batch = router.plan(prompts, observed, policy=policy, excluded=excluded, tasks=tasks, subtasks=subtasks)
     alone = [router.plan([p], [o], policy=policy, excluded=[e], tasks=[t], subtasks=[s])[0]
-             for p, o, e, t, s in zip(prompts, observed, excluded, tasks, subtasks)]
+             for p, o, e, t, s in zip(prompts, observed, excluded, tasks, subtasks, strict=True)]
     assert alone == batch
     paced = replace(policy, lambdas=policy.lambdas * 1.7)  # a paced λ: a new Decider, same rule
     assert [router.decide([p], [o], policy=paced, excluded=[e], tasks=[t], subtasks=[s])[0]
-            for p, o, e, t, s in zip(prompts, observed, excluded, tasks, subtasks)] == \
+            for p, o, e, t, s in zip(prompts, observed, excluded, tasks, subtasks, strict=True)] == \
         router.decide(prompts, observed, policy=paced, excluded=excluded, tasks=tasks, subtasks=subtasks)
 
 

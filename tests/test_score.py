@@ -232,6 +232,7 @@ def test_reading_holds_about_one_batch_not_the_file(tmp_path):
     pre-buffering kept every column chunk read so far)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     from training.serving.score import iter_tables
     rng = np.random.default_rng(0)
     letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz ", np.uint8)

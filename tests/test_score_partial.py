@@ -18,8 +18,14 @@ import pytest
 import kernel
 from estimators.estimator import Estimates
 from training.episodes import play_cascades
-from training.serving.replay import (STATUS_OK, STATUS_REJECTED, STATUS_UNREPLAYABLE, output_schema, rejects_schema,
-                                     score_batch)
+from training.serving.replay import (
+    STATUS_OK,
+    STATUS_REJECTED,
+    STATUS_UNREPLAYABLE,
+    output_schema,
+    rejects_schema,
+    score_batch,
+)
 from training.serving.score import main
 from training.synthetic import make_benchmark
 
@@ -57,7 +63,7 @@ def _assert_conforms(router, result: pd.DataFrame, logged: bool) -> None:
 
 
 def _drop_rows(frame: pd.DataFrame, drops: dict[str, set[str]]) -> pd.DataFrame:
-    keep = [m not in drops.get(q, ()) for q, m in zip(frame["query_id"], frame["model"])]
+    keep = [m not in drops.get(q, ()) for q, m in zip(frame["query_id"], frame["model"], strict=True)]
     return frame[keep].reset_index(drop=True)
 
 
@@ -334,10 +340,11 @@ def test_play_cascades_with_a_mask_stops_at_the_first_model_not_available(router
     default_calls = len(calls)
     everything = play_cascades(estimate, n, k, options, u=u, available=np.ones((n, k), bool))
     assert len(everything) == 4 and (everything[3] == kernel.STOP).all()
-    for a, b in zip((order, run, answer), everything):
+    for a, b in zip((order, run, answer), everything, strict=True):
         np.testing.assert_array_equal(a, b)
     assert len(calls) == 2 * default_calls, "the same estimate calls"
-    for (rows_a, run_a, sigma_a), (rows_b, run_b, sigma_b) in zip(calls[:default_calls], calls[default_calls:]):
+    for (rows_a, run_a, sigma_a), (rows_b, run_b, sigma_b) in zip(calls[:default_calls], calls[default_calls:],
+                                                                  strict=True):
         np.testing.assert_array_equal(rows_a, rows_b)
         np.testing.assert_array_equal(run_a, run_b)
         assert sigma_a == sigma_b

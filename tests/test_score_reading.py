@@ -49,7 +49,8 @@ def test_one_big_row_group_is_read_in_memory_bounded_by_the_read_size(tmp_path, 
         chunks.append(metadata.row_group(0).column(1).total_compressed_size)
         peaks.append(_peak_while_reading(path))
     assert peaks[1] < 1.25 * peaks[0], f"Arrow memory grew with the row group: {peaks}"
-    assert peaks[1] < chunks[1] / 2, f"{peaks[1] / 1e6:.1f} MB held; the prompt column chunk is {chunks[1] / 1e6:.1f} MB"
+    assert peaks[1] < chunks[1] / 2, \
+        f"{peaks[1] / 1e6:.1f} MB held; the prompt column chunk is {chunks[1] / 1e6:.1f} MB"
 
 
 def test_each_prompt_is_held_once_per_query(tmp_path):

@@ -20,7 +20,6 @@ from training.serving.backends import load_backends
 from training.serving.service import ServiceConfig, create_app
 from training.synthetic import make_benchmark
 
-
 pytestmark = pytest.mark.usefixtures("upstreams")  # every test starts with the fake upstreams reset
 
 
@@ -46,7 +45,7 @@ def client(service):
 @pytest.fixture(scope="module")
 def queries(serve_router):
     table = read_table(make_benchmark(60, seed=21)).select_models(list(serve_router.models_))
-    return list(zip(table.prompts, table.tasks, table.subtasks))
+    return list(zip(table.prompts, table.tasks, table.subtasks, strict=True))
 
 
 def expected_cascade(router, backends, prompt, task, subtask, budget=None):
@@ -155,8 +154,8 @@ def test_models_healthz_and_metrics(client, service, upstreams, serve_router, qu
     for model in called:
         sample = f'router_decisions_total{{model="{model}"}}'
         assert value(after, sample) - value(before, sample) == 1
-    spent = sum(value(after, f'router_spend_usd_total{{model="{m}"}}') - value(before, f'router_spend_usd_total{{model="{m}"}}')
-                for m in serve_router.models_)
+    spent = sum(value(after, f'router_spend_usd_total{{model="{m}"}}')
+                - value(before, f'router_spend_usd_total{{model="{m}"}}') for m in serve_router.models_)
     assert spent == pytest.approx(sum(costs), rel=1e-9)
     assert value(after, 'router_budget_usd{budget="0.001"}') == 0.001
     assert value(after, 'router_query_cost_usd_count{budget="0.001"}') - value(

@@ -54,7 +54,7 @@ def service(serve_router, backends):
 @pytest.fixture(scope="module")
 def queries(serve_router):
     table = read_table(make_benchmark(40, seed=31)).select_models(list(serve_router.models_))
-    return list(zip(table.prompts, table.tasks, table.subtasks))
+    return list(zip(table.prompts, table.tasks, table.subtasks, strict=True))
 
 
 @pytest.fixture
@@ -153,7 +153,8 @@ def test_when_every_upstream_fails_the_reply_is_502_naming_them(service, upstrea
         assert f"model {model} failed" in error.body["message"]
         assert f"upstream {model} at {upstreams.url}/{model}/v1 failed" in logs.text
     assert upstreams.url.removeprefix("http://") not in error.body["message"]
-    assert sorted(upstreams.attempts()) == sorted(m for m, mode in modes.items() for _ in range(1 + (mode != "timeout")))
+    assert sorted(upstreams.attempts()) == sorted(m for m, mode in modes.items()
+                                                  for _ in range(1 + (mode != "timeout")))
 
 
 def test_an_unreachable_upstream_fails_like_a_timeout(serve_router, backends, queries, logs, emitted):
@@ -349,7 +350,8 @@ def test_startup_errors_name_the_model_and_the_fix(serve_router, upstreams):
     unpriced = {"models": {**document["models"], models[1]: {"base_url": "http://x/v1", "model": "m"}}}
     with pytest.raises(ValueError, match=rf"{models[1]}.*no prices, and the artifact has none"):
         parse_backends(unpriced, models, {})
-    keyed = {"models": {**document["models"], models[0]: {**document["models"][models[0]], "api_key_env": "UPSTREAM_NOPE_X"}}}
+    keyed = {"models": {**document["models"],
+                        models[0]: {**document["models"][models[0]], "api_key_env": "UPSTREAM_NOPE_X"}}}
     with pytest.raises(ValueError, match="environment variable UPSTREAM_NOPE_X"):
         parse_backends(keyed, models, {}, environ={})
     typo = {"models": {**document["models"], models[0]: {**document["models"][models[0]], "timeout": 3}}}

@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 from servekit import backends_toml, serving
 
 from training.serving.backends import load_backends
-from training.serving.openai_api import (APIError, ChatRequest, parse_chat_request, parse_json,
-                                         parse_route_request)
+from training.serving.openai_api import APIError, ChatRequest, parse_chat_request, parse_json, parse_route_request
 from training.serving.service import ServiceConfig, create_app
 
 LIMIT = 2_000

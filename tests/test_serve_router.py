@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from estimators.estimator import Estimates
 from training.data import read_table
 from training.policy import Policy, single_model_policy
@@ -105,10 +106,10 @@ def test_one_excluded_model_decides_as_a_router_that_never_had_it(router, table,
 def test_a_batch_decides_each_query_with_its_own_exclusions(router, table):
     cases = _cases(router, table, n=30, seed=2)
     cases[0] = cases[0][:4] + (set(),)  # one query without exclusions in the batch
-    prompts, tasks, subtasks, observed, excluded = (list(column) for column in zip(*cases))
+    prompts, tasks, subtasks, observed, excluded = (list(column) for column in zip(*cases, strict=True))
     batch = router.plan(prompts, observed, tasks=tasks, subtasks=subtasks, excluded=excluded)
     assert batch == [_plan(router, case, excluded=[case[4]]) for case in cases]
-    assert any(case[4] and plan.next is not None for case, plan in zip(cases, batch))
+    assert any(case[4] and plan.next is not None for case, plan in zip(cases, batch, strict=True))
 
 
 def test_a_cascade_with_failing_models_never_calls_them_again_and_answers_with_a_working_one(router, table):

@@ -99,7 +99,7 @@ def test_spark_output_equals_training_score_row_for_row(spark, artifact, traffic
     got = [part.toPandas() for part in split_rejects(scored)]
     if kind == "logged":
         assert len(expected[1]) >= 12 and set(expected[0]["status"]) >= {"ok"}
-    for mine, theirs, keys in zip(got, expected, (["query_id", "row"], ["row"])):
+    for mine, theirs, keys in zip(got, expected, (["query_id", "row"], ["row"]), strict=True):
         assert list(mine.columns) == list(theirs.columns)
         pd.testing.assert_frame_equal(_canonical(mine, keys), _canonical(theirs, keys), check_dtype=False)
 
@@ -139,8 +139,8 @@ def test_cli_engine_spark_writes_the_same_datasets(artifact, traffic, tmp_path):
     for mine, theirs, keys in ((out, single, ["query_id", "row"]),
                                (out.with_name(out.name + ".rejects"), single.with_name("single.rejects.parquet"),
                                 ["row"])):
-        pd.testing.assert_frame_equal(_canonical(pd.read_parquet(mine), keys), _canonical(pd.read_parquet(theirs), keys),
-                                      check_dtype=False)
+        pd.testing.assert_frame_equal(_canonical(pd.read_parquet(mine), keys),
+                                      _canonical(pd.read_parquet(theirs), keys), check_dtype=False)
     again = subprocess.run([sys.executable, "-m", "training.score", "--engine", "spark", "--artifact", str(artifact),
                             "--input", str(path), "--output", str(out), "--quiet"], capture_output=True, text=True)
     assert again.returncode == 2 and "exists" in again.stderr and "--overwrite" in again.stderr
@@ -204,12 +204,13 @@ def test_grouped_and_shuffled_paths_give_identical_rows(spark, artifact, grouped
         frame = read_parquet_with_rows(spark, str(grouped_file))
         assert frame.rdd.getNumPartitions() > 4 and _edge_queries(frame)
         results = [[_canonical(part.toPandas(), keys) for part, keys in
-                    zip(split_rejects(score_spark(frame, artifact, grouped=grouped)), (["query_id", "row"], ["row"]))]
+                    zip(split_rejects(score_spark(frame, artifact, grouped=grouped)), (["query_id", "row"], ["row"]),
+                        strict=True)]
                    for grouped in (False, True)]
     finally:
         spark.conf.set("spark.sql.files.maxPartitionBytes", previous)
     assert len(results[0][0]) > 20_000 and len(results[0][1]) >= 12
-    for shuffled, in_place in zip(*results):
+    for shuffled, in_place in zip(*results, strict=True):
         pd.testing.assert_frame_equal(in_place, shuffled)
 
 

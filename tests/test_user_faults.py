@@ -246,7 +246,7 @@ def test_split_keeps_each_prompt_in_one_part(n, seed, repeats, partial_every, da
     assert shared_groups(parts, prompt_groups(prompts)) == 0
     assert fully[parts[2]].all()
     if len(set(prompts[prompts != ""])) == (prompts != "").sum():  # no prompt repeated: the split by id alone
-        for grouped, plain in zip(parts, split(n, fractions, seed, fully)):
+        for grouped, plain in zip(parts, split(n, fractions, seed, fully), strict=True):
             np.testing.assert_array_equal(grouped, plain)
 
 
@@ -255,8 +255,8 @@ def test_fit_splits_a_prompt_logged_under_two_ids_into_one_part(logged):
     ids = frame["query_id"].unique()
     # retries: the second half of the queries repeat the first half's prompts under their own ids
     first_prompt = frame.drop_duplicates("query_id").set_index("query_id")["prompt"]
-    retry = dict(zip(ids[len(ids) // 2:], first_prompt[ids[:len(ids) // 2]]))
-    frame["prompt"] = [retry.get(q, p) for q, p in zip(frame["query_id"], frame["prompt"])]
+    retry = dict(zip(ids[len(ids) // 2:], first_prompt[ids[:len(ids) // 2]], strict=True))
+    frame["prompt"] = [retry.get(q, p) for q, p in zip(frame["query_id"], frame["prompt"], strict=True)]
     table = read_table(frame)
     args = argparse.Namespace(split_column=False, fractions=(0.5, 0.25, 0.25), seed=0)
     parts = _split(args, table)

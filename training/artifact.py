@@ -133,7 +133,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import joblib
 import numpy as np
@@ -165,7 +165,7 @@ __all__ = [
     "signing_key",
 ]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 FORMAT = "cascade-router-artifact"
 """Value of the manifest's ``format`` field; anything else is not ours."""
@@ -858,7 +858,8 @@ def _check_models(models: Sequence[str], obj: object) -> list[str]:
 def _check_budgets(budgets: Sequence[float]) -> list[float]:
     """Validate ``budgets``: a sequence of finite numbers (bools refused)."""
     if isinstance(budgets, (str, bytes)) or not isinstance(budgets, Sequence | np.ndarray):
-        raise ValueError(f"budgets must be a sequence of numbers, got {type(budgets).__name__}; wrap a single budget in a list")
+        raise ValueError(f"budgets must be a sequence of numbers, got {type(budgets).__name__}; "
+                         "wrap a single budget in a list")
     values = []
     for position, budget in enumerate(budgets):
         if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, float, np.integer, np.floating)):

@@ -125,7 +125,8 @@ def check_writable(flag: str, path: str | Path, *, directory: bool = False) -> N
         raise OutputError(f"cannot write {flag} {path}: it is {kind}; give a {'folder' if directory else 'file'} path")
     if directory and path.exists():
         folder = path  # the files go in it
-    else:  # a file is written beside its name and renamed into place; missing folders are made in the first existing one
+    else:  # a file is written beside its name and renamed into place; missing folders are made in the first
+        # existing one
         folder = next(parent for parent in path.absolute().parents if parent.exists())
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {flag} {path}: {folder} is not a writable directory; "
@@ -248,7 +249,9 @@ def key_from_env(flag: str, name: str | None) -> Any:
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--verify-key``, ``--verify-key-env`` and ``--require-signed``, the same for every command that loads an artifact.
+    """``--verify-key``, ``--verify-key-env`` and ``--require-signed``.
+
+    The same for every command that loads an artifact.
 
     Parameters
     ----------
@@ -311,7 +314,9 @@ def verification_key(args: argparse.Namespace) -> Any:
 
 
 def quality_range(text: str) -> tuple[float, float]:
-    """Parse ``--quality-range LO,HI`` (argparse ``type``), so a scale other than [0, 1] can be given on the command line.
+    """Parse ``--quality-range LO,HI`` (argparse ``type``).
+
+    So a scale other than [0, 1] can be given on the command line.
 
     Parameters
     ----------

@@ -34,7 +34,6 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import pandas as pd
@@ -48,7 +47,7 @@ from .defaults import OPTIONAL_COLUMNS, REQUIRED_COLUMNS  # re-exported: the lon
 __all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "THROUGHPUT_COLUMNS", "coverage", "derive_latency", "fingerprint",
            "read_prices", "read_table", "read_throughput"]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 Prices = Mapping[str, tuple[float, float]]
 Throughput = Mapping[str, tuple[float, float]]
 
@@ -223,7 +222,7 @@ def read_prices(path: PathLike | pd.DataFrame) -> dict[str, tuple[float, float]]
     frame, names = _per_model_rows(path, PRICE_COLUMNS, "price", "with prices in USD per 1M tokens")
     columns = [_numbers(frame[name]) for name in PRICE_COLUMNS[1:]]
     (inp, inp_bad), (out, out_bad) = columns
-    for column, (values, bad) in zip(PRICE_COLUMNS[1:], columns):
+    for column, (values, bad) in zip(PRICE_COLUMNS[1:], columns, strict=True):
         _raise_if(
             bad | (values < 0) | np.isinf(values),
             f"{column} must be a number >= 0 (USD per 1M tokens)",
@@ -244,7 +243,7 @@ def read_prices(path: PathLike | pd.DataFrame) -> dict[str, tuple[float, float]]
             stacklevel=2,
         )
     keep = ~inp_nan
-    return {str(n): (float(i), float(o)) for n, i, o in zip(names[keep], inp[keep], out[keep])}
+    return {str(n): (float(i), float(o)) for n, i, o in zip(names[keep], inp[keep], out[keep], strict=True)}
 
 
 def read_throughput(path: PathLike | pd.DataFrame) -> dict[str, tuple[float, float]]:
@@ -278,7 +277,7 @@ def read_throughput(path: PathLike | pd.DataFrame) -> dict[str, tuple[float, flo
     _raise_if(speed_bad | ~np.isfinite(speed) | ~(speed > 0),
               "output_tokens_per_s must be a finite number > 0", names=names,
               shown=frame["output_tokens_per_s"].to_numpy(dtype=object))
-    return {str(n): (float(t), float(v)) for n, t, v in zip(names, ttft, speed)}
+    return {str(n): (float(t), float(v)) for n, t, v in zip(names, ttft, speed, strict=True)}
 
 
 def derive_latency(table: RoutingTable, throughput: Throughput | PathLike) -> np.ndarray:
@@ -358,7 +357,7 @@ def coverage(table: RoutingTable, rows: np.ndarray | None = None) -> list[dict[s
     logged = table.logged if rows is None else table.logged[rows]
     total = max(logged.shape[0], 1)
     return [{"model": model, "logged": int(count), "share": float(count / total)}
-            for model, count in zip(table.models, logged.sum(axis=0))]
+            for model, count in zip(table.models, logged.sum(axis=0), strict=True)]
 
 
 def fingerprint(table: RoutingTable) -> str:
@@ -451,7 +450,9 @@ def _parse(path: Path, kind: str, reader: Callable[[Path], pd.DataFrame]) -> pd.
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
-    """A Parquet file (or a dataset folder of them) as ``pandas.read_parquet`` reads it, its text checked to be UTF-8 first.
+    """A Parquet file (or a dataset folder of them) as ``pandas.read_parquet`` reads it.
+
+    Its text is checked to be UTF-8 first.
 
     Parquet does not check that a string column is valid UTF-8 when it is
     read; pandas' Arrow-backed strings would fail only when a value is
@@ -689,7 +690,10 @@ def _grid(
 
 
 def _check_prompt_types(prompts: np.ndarray, origin: np.ndarray) -> None:
-    """Refuse a prompt that is not text: ``str(3)`` or ``str(None)`` featurized as a prompt would be learned from silently."""
+    """Refuse a prompt that is not text.
+
+    ``str(3)`` or ``str(None)`` featurized as a prompt would be learned from silently.
+    """
     bad = np.flatnonzero([not isinstance(value, str) for value in prompts])
     if bad.size:
         shown = "; ".join(f"row {int(origin[r])}: {type(prompts[r]).__name__} {repr(prompts[r])[:40]}"
@@ -819,7 +823,8 @@ def _text(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Return an object array of ``str`` (missing as ``''``) and the mask of missing entries."""
     values = series.to_numpy(dtype=object)
     missing = np.fromiter((_is_missing(v) for v in values), dtype=bool, count=len(values))
-    out = np.array(["" if m else (v if isinstance(v, str) else str(v)) for v, m in zip(values, missing)], dtype=object)
+    out = np.array(["" if m else (v if isinstance(v, str) else str(v)) for v, m in zip(values, missing, strict=True)],
+                   dtype=object)
     return out, missing | (out == "")
 
 

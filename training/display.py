@@ -9,8 +9,9 @@ an optional extra, imported only when drawing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -176,12 +177,12 @@ class QualityCostDisplay:
         if self.single_models:
             self._plot_single_models(ax)
             self._labelled += zip(self.single_models,
-                                  *_as_points(_transpose(self.single_models.values()), "single_models"))
+                                  *_as_points(_transpose(self.single_models.values()), "single_models"), strict=True)
         if self.fitted:
             costs, qualities = _as_points(_transpose(self.fitted.values(), "fitted"), "fitted")
             self.fitted_ = ax.scatter(costs, qualities, marker="*", s=90, color="crimson", zorder=4,
                                       label="router at the fitted budgets")
-            self._labelled += zip(self.fitted, costs, qualities)
+            self._labelled += zip(self.fitted, costs, qualities, strict=True)
         if log_cost:
             ax.set_xscale("log")
         ax.set(xlabel=xlabel, ylabel=ylabel)

@@ -31,8 +31,8 @@ import importlib.util
 import json
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .cli import (
     CANNOT_WRITE,

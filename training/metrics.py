@@ -152,7 +152,7 @@ def budget_grid(costs: ArrayLike, qualities: ArrayLike, per_segment: int = 10) -
         raise ValueError(f"per_segment must be an integer >= 2, got {per_segment!r}")
     costs = np.asarray(costs, dtype=np.float64)
     hull_costs = costs[upper_hull(costs, qualities)]
-    segments = [np.linspace(a, b, per_segment)[:-1] for a, b in zip(hull_costs[:-1], hull_costs[1:])]
+    segments = [np.linspace(a, b, per_segment)[:-1] for a, b in zip(hull_costs[:-1], hull_costs[1:], strict=True)]
     return np.concatenate([*segments, hull_costs[-1:]])
 
 

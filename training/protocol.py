@@ -38,14 +38,14 @@ from tqdm.auto import tqdm
 from estimators.estimator import RouterEstimator, make_router_estimator
 from estimators.metrics import auroc, brier
 from estimators.simulated import NOISE_LEVELS, simulate_estimates
+from estimators.table import RoutingTable
 
 from . import metrics
 from .data import coverage
 from .episodes import MIN_FULLY_LOGGED, Episodes, EstimatorEpisodes, TableEpisodes, calibration_episodes
+from .policy import SIGMA_TRANSFORMS, choose_policy, describe, fit_candidates, fit_policy, single_outcomes
 from .splits import prompt_groups, shared_groups
 from .splits import split as split_logged
-from .policy import SIGMA_TRANSFORMS, choose_policy, describe, fit_candidates, fit_policy, single_outcomes
-from estimators.table import RoutingTable
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -354,7 +354,8 @@ def evaluate_strategies(
                              "strategies with a latency budget")
     if estimator == "simulated":
         if table.is_partial:
-            raise ValueError(f"simulated estimates perturb every model's true outcome, but {int((~table.logged).sum())} "
+            raise ValueError("simulated estimates perturb every model's true outcome, but "
+                             f"{int((~table.logged).sum())} "
                              "(query, model) outcomes are not logged; use a learned estimator ('learned' or 'linear'), "
                              "which learns from what was logged")
         calibration, test = _split(table.n_queries, calibration_fraction, seed)
@@ -420,7 +421,8 @@ def evaluate_strategies(
         budget_differences["cascade_routing-routing"] = [
             {"budget": float(budget), "difference": d.estimate, "low": d.low, "high": d.high}
             for budget, d in zip(budgets, metrics.paired_budget_differences(
-                per_query_quality["cascade_routing"], per_query_quality["routing"], n_boot=n_boot, seed=seed))]
+                per_query_quality["cascade_routing"], per_query_quality["routing"], n_boot=n_boot, seed=seed),
+                                  strict=True)]
     return EvaluationReport(
         auc={name: boot["strategies"][name].estimate for name in [_LINEAR, *curves]},
         auc_ci={name: (boot["strategies"][name].low, boot["strategies"][name].high)
@@ -429,7 +431,7 @@ def evaluate_strategies(
         curves=curves,
         single_models=[{"model": m, "cost": float(c), "quality": float(q),
                         **({} if ordered.latency is None else {"latency": float(ordered.latency[test, i].mean())})}
-                       for i, (m, c, q) in enumerate(zip(models, single_cost, single_quality))],
+                       for i, (m, c, q) in enumerate(zip(models, single_cost, single_quality, strict=True))],
         models=models,
         n_calibration=int(calibration.size),
         n_test=int(test.size),
@@ -500,7 +502,10 @@ POST_HOC_RUN_SET_SIZE = 3
 
 
 def _estimate_scores(fitted: RouterEstimator, test: RoutingTable, seed: int) -> dict[str, dict[str, float]]:
-    """Brier score and AUROC of the test estimates, ex-ante and after a random run set (see :class:`EvaluationReport`)."""
+    """Brier score and AUROC of the test estimates, ex-ante and after a random run set.
+
+    See :class:`EvaluationReport`.
+    """
     truth = test.quality
     ante = fitted.predict_table(test).quality
     size = min(POST_HOC_RUN_SET_SIZE, test.n_models)

@@ -22,7 +22,7 @@ exactly as without ``groups``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -192,7 +192,7 @@ def split_from_labels(labels: NDArray[np.object_], fully_logged: NDArray[np.bool
 
 
 def _check_sizes(parts: tuple[NDArray[np.int_], ...], problem: str) -> None:
-    small = [name for name, part in zip(SPLIT_LABELS, parts) if len(part) < MIN_SPLIT_QUERIES]
+    small = [name for name, part in zip(SPLIT_LABELS, parts, strict=True) if len(part) < MIN_SPLIT_QUERIES]
     if small:
         raise ValueError(f"{problem}: the {', '.join(small)} split(s) would have fewer than {MIN_SPLIT_QUERIES} "
                          "queries")

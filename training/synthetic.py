@@ -55,8 +55,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .data import read_table
 from estimators.table import RoutingTable
+
+from .data import read_table
 
 __all__ = [
     "ASSUMED_THROUGHPUT",
@@ -218,8 +219,8 @@ def make_benchmark(n_queries: int = 4000, *, seed: int = 0) -> pd.DataFrame:
     correct = latent.random((n, k)) < 1.0 / (1.0 + np.exp(-logit))
 
     writer = random.Random(int(text.integers(2**63)))
-    problems = [_WRITERS[t](writer, float(v)) for t, v in zip(task, visible)]
-    prompts = np.array([_preamble(t) + p.prompt for t, p in zip(task.tolist(), problems)], dtype=object)
+    problems = [_WRITERS[t](writer, float(v)) for t, v in zip(task, visible, strict=True)]
+    prompts = np.array([_preamble(t) + p.prompt for t, p in zip(task.tolist(), problems, strict=True)], dtype=object)
     responses = _answer(problems, task, correct, random.Random(int(answers.integers(2**63))))
     responses = _hedge(responses, correct, doubt)
 
@@ -231,8 +232,8 @@ def make_benchmark(n_queries: int = 4000, *, seed: int = 0) -> pd.DataFrame:
     price_in, price_out = (np.array([getattr(m, f) for m in SYNTHETIC_MODELS]) for f in ("input_price", "output_price"))
     cost = (input_tokens * price_in + output_tokens * price_out) / 1e6
     ttft, speed = np.array([ASSUMED_THROUGHPUT[m.imitates] for m in SYNTHETIC_MODELS]).T
-    latency = np.round(ttft * timing.lognormal(0, 0.3, (n, k)) + output_tokens / speed * timing.lognormal(0, 0.1, (n, k)),
-                       4)
+    latency = np.round(ttft * timing.lognormal(0, 0.3, (n, k))
+                       + output_tokens / speed * timing.lognormal(0, 0.1, (n, k)), 4)
 
     width = max(5, len(str(n - 1)))
     return pd.DataFrame(
@@ -404,7 +405,7 @@ def _science(r: random.Random, level: float) -> _Problem:
             options.append(option)
     prompt = "\n".join(
         [" ".join(lines)]
-        + [f"{letter}) {option}" for letter, option in zip(letters, options)]
+        + [f"{letter}) {option}" for letter, option in zip(letters, options, strict=True)]
         + [_MC_TAIL.format(letters=" or ".join(f'"{x}"' for x in letters))]
     )
     return _Problem(prompt, subtask, _letters(r, letters))
@@ -526,7 +527,8 @@ def _math(r: random.Random, level: float) -> _Problem:
         tail = f"#### {answers[answer]}" if line else f"So {name} ends up with about {answers[answer]} {items}."
         return f"{intro[style]}{work}{tail}"
 
-    return _Problem("Question: " + " ".join(sentences), "one-step" if len(steps) == 1 else "multi-step", answers, render)
+    return _Problem("Question: " + " ".join(sentences), "one-step" if len(steps) == 1 else "multi-step", answers,
+                    render)
 
 
 # (tier, name, arguments, description, example, correct body, common bug)
@@ -615,13 +617,13 @@ _HEADERS = (
 _SHOTS = (4, 3, 2, 0)  # in-context examples per task, as RouterBench's prompts have
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _preamble(task: int) -> str:
     """Header and fixed in-context examples of a task (the same for every query)."""
     r = random.Random(8191 + task)
     shots = [_WRITERS[task](r, 0.0) for _ in range(_SHOTS[task])]
     answers = [p.render(0, 1, True) if p.render else p.answers[0] for p in shots]
-    return _HEADERS[task] + "".join(f"{p.prompt}\n{a}\n\n" for p, a in zip(shots, answers))
+    return _HEADERS[task] + "".join(f"{p.prompt}\n{a}\n\n" for p, a in zip(shots, answers, strict=True))
 
 
 # --------------------------------------------------------------------------- #

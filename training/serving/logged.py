@@ -19,7 +19,8 @@ with its scoring.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,8 +28,8 @@ from numpy.typing import NDArray
 
 from .router import Router
 
-__all__ = ["DISAGREES_ON", "LOGGED_COLUMNS", "PER_QUERY_TEXT", "LoggedBatch", "ScoreError", "check_columns", "check_prompt_types", "required_columns",
-           "validate_logged"]
+__all__ = ["DISAGREES_ON", "LOGGED_COLUMNS", "PER_QUERY_TEXT", "LoggedBatch", "ScoreError", "check_columns",
+           "check_prompt_types", "required_columns", "validate_logged"]
 
 #: Columns of the logged (long) format that replay needs besides the per-query ones.
 LOGGED_COLUMNS = ("query_id", "model", "quality", "cost_usd")
@@ -72,7 +73,8 @@ class LoggedBatch(NamedTuple):
     #: Every input row of every rejected query: ``row``, ``query_id``, ``reason``, ``model``
     #: (empty frame when nothing is rejected).
     rejected: pd.DataFrame
-    #: Logged latency (seconds) of every model, float64 ``(Q, K)``, NaN where not logged; ``None`` without ``latency_s``.
+    #: Logged latency (seconds) of every model, float64 ``(Q, K)``, NaN where not logged; ``None`` without
+    #: ``latency_s``.
     latency: NDArray[np.float64] | None = None
 
 
@@ -211,7 +213,8 @@ def check_prompt_types(frame: pd.DataFrame) -> None:
 
 def _unknown_model(name: object, models: Sequence[str]) -> str:
     """The reason for a row of a model the router does not know, naming a known one spelt alike (case, spaces)."""
-    alike = [m for m in models if isinstance(name, str) and " ".join(m.split()).casefold() == " ".join(name.split()).casefold()]
+    alike = [m for m in models
+             if isinstance(name, str) and " ".join(m.split()).casefold() == " ".join(name.split()).casefold()]
     hint = (f"it is {alike[0]!r} spelt differently (case or spaces): rename it in the logs" if alike
             else f"the router knows {list(models)}")
     return f"unknown model {name!r}, left out (its query is replayed without it); {hint}"
@@ -226,7 +229,8 @@ def _differs_from_previous(series: pd.Series) -> np.ndarray:
         return np.r_[False, codes[1:] != codes[:-1]]
     values = series.to_numpy(dtype=object)
     missing = _missing(values)
-    unequal = np.fromiter((a != b for a, b in zip(values[1:], values[:-1])), dtype=bool, count=len(values) - 1)
+    unequal = np.fromiter((a != b for a, b in zip(values[1:], values[:-1], strict=True)), dtype=bool,
+                          count=len(values) - 1)
     return np.r_[False, np.where(missing[1:] | missing[:-1], missing[1:] != missing[:-1], unequal)]
 
 

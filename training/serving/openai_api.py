@@ -14,8 +14,9 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 __all__ = ["APIError", "ChatRequest", "chat_response", "error_body", "parse_budget_model", "parse_chat_request",
            "parse_json", "parse_route_request", "sse_chunks"]

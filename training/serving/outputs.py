@@ -129,7 +129,7 @@ class RunOutputs:
             else:
                 self.partial.mkdir(parents=True)
                 self._record(run_key, 0, {})  # proves the folder is writable before any work
-            for path, flag in zip((output, rejects), self.flags):
+            for path, flag in zip((output, rejects), self.flags, strict=True):
                 with writing(flag, path):  # the final folders must take a file too
                     path.parent.mkdir(parents=True, exist_ok=True)
                     probe = path.with_name(f".{path.name}.probe")

@@ -25,7 +25,7 @@ through it is :mod:`training.serving.score` (``python -m training.score``).
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,8 +37,16 @@ from estimators.posthoc import ResponseMemo
 
 from ..episodes import play_cascades
 from ..policy import Policy
-from .logged import (_missing, _per_query_columns, _reject_frame, _row_numbers, _text, check_columns,
-                     check_prompt_types, validate_logged)
+from .logged import (
+    _missing,
+    _per_query_columns,
+    _reject_frame,
+    _row_numbers,
+    _text,
+    check_columns,
+    check_prompt_types,
+    validate_logged,
+)
 from .router import Router, prompt_uniforms
 
 __all__ = ["STATUS_OK", "STATUS_REJECTED", "STATUS_UNREPLAYABLE", "output_schema", "rejects_schema", "replay",

@@ -44,9 +44,9 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -436,7 +436,8 @@ def _compact(table: pa.Table, starts: np.ndarray) -> pa.Table:
             table = table.set_column(index, field.name, pc.dictionary_encode(column))
         elif field.name in PER_QUERY_TEXT:
             nulls = pc.is_null(column).to_numpy(zero_copy_only=False)
-            if n > 1 and field.name != "query_id":  # what validation can no longer see once the query's first value stands for all rows
+            # what validation can no longer see once the query's first value stands for all rows
+            if n > 1 and field.name != "query_id":
                 unequal = pc.fill_null(pc.not_equal(column.slice(1), column.slice(0, n - 1)), False)
                 differs = np.r_[False, unequal.to_numpy(zero_copy_only=False) | (nulls[1:] != nulls[:-1])]
                 disagrees[(disagrees == 0) & continues & differs] = PER_QUERY_TEXT.index(field.name) + 1
@@ -473,7 +474,7 @@ def _score_table(router: Router, table: pa.Table, budgets: tuple[float | None, f
         totals["latency"] = float(replayed[spent].sum()) if len(replayed) else 0.0
     scored_table, rejected_table = (pa.Table.from_pandas(frame.reindex(columns=schema.names), schema=schema,
                                                          preserve_index=False)
-                                    for frame, schema in zip((scored, rejected), schemas))
+                                    for frame, schema in zip((scored, rejected), schemas, strict=True))
     return scored_table, rejected_table, totals, timings
 
 
@@ -500,8 +501,10 @@ def reason_counts(rejected: pd.DataFrame) -> dict[str, int]:
     counts: dict[str, int] = {}
     if not len(rejected):
         return counts
-    for reason, query in zip(rejected["reason"].to_numpy(dtype=object), rejected["query_id"].to_numpy(dtype=object)):
-        kind = _ROW_NUMBER.sub("row N", str(reason).replace(repr(query), "Q") if isinstance(query, str) else str(reason))
+    for reason, query in zip(rejected["reason"].to_numpy(dtype=object), rejected["query_id"].to_numpy(dtype=object),
+                             strict=True):
+        kind = _ROW_NUMBER.sub("row N",
+                               str(reason).replace(repr(query), "Q") if isinstance(query, str) else str(reason))
         counts[kind] = counts.get(kind, 0) + 1
     return counts
 
@@ -785,7 +788,8 @@ def run(args: argparse.Namespace) -> dict:
 
         datasets = [("--output", args.output), ("--rejects", args.rejects or str(args.output).rstrip("/") + ".rejects")]
         refuse_inputs_as_outputs([(flag, path) for flag, path in datasets if "://" not in str(path)],
-                                 [("--artifact", args.artifact), ("--artifact's manifest", manifest_path(args.artifact))])
+                                 [("--artifact", args.artifact),
+                                  ("--artifact's manifest", manifest_path(args.artifact))])
         return run_cli(args, key)
     from tqdm.auto import tqdm
     if not args.input.exists():
@@ -826,8 +830,8 @@ def run(args: argparse.Namespace) -> dict:
                **({} if policy.latency_budget is None else {"latency_budget": policy.latency_budget})}
     outputs = RunOutputs(args.output, rejects_path, (output_schema(router, logged), rejects_schema()), run_key,
                          resume=args.resume, rejects_flag=rejects_flag)
-    totals: dict[str, Any] = {"rows": 0, "reasons": {}, "queries": 0, "unreplayable": 0, "rejected_rows": 0, "cost": 0.0,
-              "quality": 0.0, "models": 0.0}
+    totals: dict[str, Any] = {"rows": 0, "reasons": {}, "queries": 0, "unreplayable": 0, "rejected_rows": 0,
+                              "cost": 0.0, "quality": 0.0, "models": 0.0}
     if "latency" in output_schema(router, logged).names or "plan_latency" in output_schema(router, logged).names:
         totals["latency"] = 0.0
     totals.update({key: outputs.totals[key] for key in totals if key in outputs.totals})  # --resume

@@ -290,7 +290,8 @@ def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float 
     spark_schema = from_arrow_schema(schema)
     if edges is None:
         return frame.mapInArrow(score, schema=spark_schema)
-    return frame.mapInArrow(score_in_place, schema=spark_schema).unionByName(edges.mapInArrow(score, schema=spark_schema))
+    return frame.mapInArrow(score_in_place, schema=spark_schema).unionByName(
+        edges.mapInArrow(score, schema=spark_schema))
 
 
 def _edge_queries(frame: DataFrame) -> list:
@@ -473,7 +474,7 @@ def _score_to_datasets(spark, args, output: str, rejects: str, key: object) -> d
                          latency_budget=args.latency_budget, key=key, grouped=args.grouped)
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        for frame, target in zip(split_rejects(scored), (output, rejects)):
+        for frame, target in zip(split_rejects(scored), (output, rejects), strict=True):
             staging = f"{target}.{uuid.uuid4().hex}.tmp"
             try:
                 frame.write.parquet(staging)
