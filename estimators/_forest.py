@@ -44,12 +44,12 @@ import numpy as np
 from numba import njit, prange
 from numpy.typing import ArrayLike, NDArray
 
-from kernel.config import BLOCK_SIZE, JIT_OPTIONS
+from kernel.config import BLOCK_SIZE, JIT_OPTIONS, UNCACHED_JIT_OPTIONS
 
 try:  # LLVM's cttz; numba has had it for years, but it lives in an "unsafe" module
     from numba.cpython.unsafe.numbers import trailing_zeros as _trailing_zeros
 except ImportError:  # pragma: no cover
-    _trailing_zeros = None
+    _trailing_zeros = None  # type: ignore[assignment]  # old numba: the de Bruijn fallback below is used
 
 __all__ = ["Forest", "Tabulated", "MAX_QUICKSCORER_LEAVES"]
 
@@ -98,7 +98,7 @@ _walk = njit(**JIT_OPTIONS)(_walk_rows)
 #: function, not by the ``parallel`` flag, so caching both variants of one function
 #: lets one load the other's machine code (the kernel's drivers are separate functions for this reason).
 #: Compiled on first batch use instead (about a second).
-_walk_parallel = njit(parallel=True, **{**JIT_OPTIONS, "cache": False})(_walk_rows)
+_walk_parallel = njit(parallel=True, **UNCACHED_JIT_OPTIONS)(_walk_rows)
 
 
 @njit(**JIT_OPTIONS)
@@ -173,7 +173,7 @@ def _quickscore_rows(X, group_feature, group_kind, group_start, threshold, tree,
 #: Serial QuickScorer (services; cached on disk), and the row-parallel one (not
 #: cached, for the reason given for ``_walk_parallel``).
 _quickscore = njit(**JIT_OPTIONS)(_quickscore_rows)
-_quickscore_parallel = njit(parallel=True, **{**JIT_OPTIONS, "cache": False})(_quickscore_rows)
+_quickscore_parallel = njit(parallel=True, **UNCACHED_JIT_OPTIONS)(_quickscore_rows)
 
 #: Arrays of :meth:`Forest.predict`'s QuickScorer, in the order its kernel takes them.
 _QUICKSCORER_ARRAYS = itemgetter("qs_group_feature", "qs_group_kind", "qs_group_start", "qs_threshold", "qs_tree",
@@ -381,8 +381,9 @@ class Forest:
         """
         if not self.quickscorer:
             return self.walk(X, parallel, offset)
-        X, out = self._check(X, offset)
-        (_quickscore_parallel if parallel else _quickscore)(X, *_QUICKSCORER_ARRAYS(self.arrays), out)
+        rows, out = self._check(X, offset)
+        (_quickscore_parallel if parallel else _quickscore)(  # type: ignore[call-arg]  # mypy miscounts *itemgetter(...)
+            rows, *_QUICKSCORER_ARRAYS(self.arrays), out)
         return out
 
     def walk(self, X: ArrayLike, parallel: bool = False, offset: ArrayLike | None = None) -> NDArray[np.float64]:
@@ -401,24 +402,24 @@ class Forest:
         -------
         ndarray of float64, shape (N, n_outputs)
         """
-        X, out = self._check(X, offset)
+        rows, out = self._check(X, offset)
         a = self.arrays
-        (_walk_parallel if parallel else _walk)(X, a["feature"], a["threshold"], a["left"], a["right"],
+        (_walk_parallel if parallel else _walk)(rows, a["feature"], a["threshold"], a["left"], a["right"],
                                                 a["default_left"], a["missing"], a["leaf_value"], a["roots"],
                                                 a["owner"], a["transform"], out)
         return out
 
-    def _check(self, X: np.ndarray, offset: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _check(self, X: ArrayLike, offset: ArrayLike | None = None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """``X`` as the kernels read it, and the output array filled with each row's starting score."""
-        X = np.ascontiguousarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] < self.n_features:
-            raise ValueError(f"X must have shape (N, >= {self.n_features}); got {X.shape}")
+        rows = np.ascontiguousarray(X, dtype=np.float64)
+        if rows.ndim != 2 or rows.shape[1] < self.n_features:
+            raise ValueError(f"X must have shape (N, >= {self.n_features}); got {rows.shape}")
         if offset is None:
-            return X, np.zeros((X.shape[0], self.n_outputs))
+            return rows, np.zeros((rows.shape[0], self.n_outputs))
         out = np.array(offset, dtype=np.float64, order="C")  # a copy: the kernels add into it
-        if out.shape != (X.shape[0], self.n_outputs):
-            raise ValueError(f"offset must have shape {(X.shape[0], self.n_outputs)}; got {out.shape}")
-        return X, out
+        if out.shape != (rows.shape[0], self.n_outputs):
+            raise ValueError(f"offset must have shape {(rows.shape[0], self.n_outputs)}; got {out.shape}")
+        return rows, out
 
 
 @njit(**JIT_OPTIONS)
@@ -484,8 +485,9 @@ class Tabulated:
         thresholds = np.unique(a["threshold"][splits])
         points = np.concatenate([thresholds, [np.nextafter(thresholds[-1], np.inf) if thresholds.size else 1.0]])
         points = np.where(np.abs(points) <= _ZERO, np.nextafter(_ZERO, np.inf), points)
-        n_groups, n_points = len(grid), len(points)
-        X = np.repeat(np.asarray(grid, dtype=np.float64), n_points + 1, axis=0)
+        cells = np.asarray(grid, dtype=np.float64)
+        n_groups, n_points = len(cells), len(points)
+        X = np.repeat(cells, n_points + 1, axis=0)
         X[:, continuous] = np.tile(np.concatenate([points, [0.0]]), n_groups)
         table = forest.predict(X)[:, 0].reshape(n_groups, n_points + 1)
         return cls(thresholds, np.ascontiguousarray(table[:, :-1]), np.ascontiguousarray(table[:, -1]))

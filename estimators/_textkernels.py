@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 from numpy.typing import NDArray
 
-from kernel.config import JIT_OPTIONS
+from kernel.config import JIT_OPTIONS, UNCACHED_JIT_OPTIONS
 
 __all__ = ["encode_texts", "murmurhash3_32", "ascii_ngram_counts", "ascii_text_features",
            "ascii_text_features_parallel", "project_counts", "structure_counts"]
@@ -335,7 +335,7 @@ def ascii_ngram_counts(text, offsets, rows, word_chars, char_chars, n_features, 
 _BLOCK = 64  # texts per block of scratch buffers (and per parallel task)
 #: Serial variant (services). The parallel one is not cached on disk: see ``estimators._forest``.
 ascii_text_features = njit(**JIT_OPTIONS)(_text_features)
-ascii_text_features_parallel = njit(parallel=True, **{**JIT_OPTIONS, "cache": False})(_text_features)
+ascii_text_features_parallel = njit(parallel=True, **UNCACHED_JIT_OPTIONS)(_text_features)
 
 
 @njit(**JIT_OPTIONS)

@@ -275,12 +275,15 @@ def per_query_inputs(columns: Sequence[str], prompts: ArrayLike | None, tasks: A
         If one of them is a single string, or a task or subtask is not a
         ``str`` (``None`` would otherwise become ``''`` and a number its digits).
     """
-    given = {"prompt": prompts, "task": tasks, "subtask": subtasks}
-    n = next((len(v) for v in given.values() if v is not None and not isinstance(v, str)), None)
-    given = {name: check_per_query(f"{name}s", value, n) for name, value in given.items()}
+    raw = {"prompt": prompts, "task": tasks, "subtask": subtasks}
+    n = next((len(v) for v in raw.values()  # type: ignore[arg-type]  # ArrayLike admits scalars: refused below
+              if v is not None and not isinstance(v, str)), None)
+    given = {name: check_per_query(f"{name}s", value, n) for name, value in raw.items()}
     for name in ("task", "subtask"):  # prompts are checked where they are read (estimators.prompts.read_prompts)
         values = given[name]
-        wrong = [] if values is None else [row for row, value in enumerate(values) if not isinstance(value, str)]
+        if values is None:
+            continue
+        wrong = [row for row, value in enumerate(values) if not isinstance(value, str)]
         if wrong:
             value = values[wrong[0]]
             raise TypeError(f"{name}s[{wrong[0]}] is {type(value).__name__} {repr(value)[:40]}, not str; every "

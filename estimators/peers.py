@@ -70,10 +70,10 @@ class _Peer(RegressorMixin, BaseEstimator):
 
     def _check_fit(self, X: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """Validated ``(X, Y)`` with ``Y`` 2-D; remembers whether ``y`` was 1-D, so predictions keep its shape."""
-        X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", multi_output=True, y_numeric=True,
-                             dtype=np.float64)
-        self.single_output_ = y.ndim == 1
-        return X, y.reshape(len(y), -1).astype(np.float64)
+        features, target = validate_data(self, X, y, ensure_all_finite="allow-nan", multi_output=True,
+                                         y_numeric=True, dtype=np.float64)
+        self.single_output_ = target.ndim == 1
+        return features, target.reshape(len(target), -1).astype(np.float64)
 
     def _check_predict(self, X: ArrayLike) -> np.ndarray:
         check_is_fitted(self)
@@ -493,25 +493,26 @@ class MatrixFactorizationRegressor(PartialTargets, _Peer):
         """
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
-        X = validate_data(self, X, ensure_all_finite="allow-nan", dtype=np.float64)
-        y = check_array(y, ensure_all_finite="allow-nan", ensure_2d=False, dtype=np.float64, input_name="y")
-        if y.ndim not in (1, 2) or y.shape[0] != X.shape[0]:
-            raise ValueError(f"y must have shape (n,) or (n, K) with n = {X.shape[0]} rows of X; got {y.shape}")
-        self.single_output_ = y.ndim == 1
-        Y = y.reshape(len(y), -1)
+        features = validate_data(self, X, ensure_all_finite="allow-nan", dtype=np.float64)
+        given = check_array(y, ensure_all_finite="allow-nan", ensure_2d=False, dtype=np.float64, input_name="y")
+        if given.ndim not in (1, 2) or given.shape[0] != features.shape[0]:
+            raise ValueError(f"y must have shape (n,) or (n, K) with n = {features.shape[0]} rows of X; "
+                             f"got {given.shape}")
+        self.single_output_ = given.ndim == 1
+        Y = given.reshape(len(given), -1)
         labelled = ~np.isnan(Y)
         if not labelled.any(axis=0).all():
             raise ValueError(f"every output of y needs a label; column(s) {np.flatnonzero(~labelled.any(axis=0))} "
                              "are all NaN")
         weight = np.ones_like(Y) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         if weight.ndim == 1:
-            weight = np.repeat(_check_sample_weight(weight, X)[:, None], Y.shape[1], axis=1)
+            weight = np.repeat(_check_sample_weight(weight, features)[:, None], Y.shape[1], axis=1)
         if weight.shape != Y.shape or not np.isfinite(weight).all() or (weight < 0).any():
             raise ValueError(f"sample_weight must be finite, >= 0 and of shape (n,) or {Y.shape}; got {weight.shape}")
         if self.dim < 1 or self.epochs < 1:
             raise ValueError(f"dim and epochs must be >= 1; got dim={self.dim!r}, epochs={self.epochs!r}")
-        self.preprocess_ = make_pipeline(*_imputed_scaled()).fit(X)
-        Z = self.preprocess_.transform(X)
+        self.preprocess_ = make_pipeline(*_imputed_scaled()).fit(features)
+        Z = self.preprocess_.transform(features)
         weight = np.where(labelled, weight, 0.0)
         weight = weight / max(weight.sum(), np.finfo(float).tiny)
         target = np.where(labelled, Y, 0.0)

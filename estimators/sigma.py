@@ -147,28 +147,28 @@ class SigmaRegressor(RegressorMixin, BaseEstimator):
         -------
         self : SigmaRegressor
         """
-        X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", y_numeric=True, dtype=np.float64)
+        features, residuals = validate_data(self, X, y, ensure_all_finite="allow-nan", y_numeric=True, dtype=np.float64)
         one, two = self.coverage
         if not 0.0 < one < two < 1.0:
             raise ValueError(f"coverage must be two shares 0 < c1 < c2 < 1 (for ±1σ and ±2σ); got {self.coverage}")
-        squared = y**2
-        n_splits = min(self.n_splits, len(y))
+        squared = residuals**2
+        n_splits = min(self.n_splits, len(residuals))
         if n_splits >= 2:
             if groups is not None:
                 n_splits = min(n_splits, len(np.unique(groups)))
             cv = GroupKFold(n_splits) if groups is not None else KFold(n_splits, shuffle=True, random_state=0)
-            raw = cross_val_predict(self._estimator(), X, squared, cv=cv, groups=groups)
+            raw = cross_val_predict(self._estimator(), features, squared, cv=cv, groups=groups)
         else:  # one row: nothing to cross-fit on
             raw = squared
         raw = np.sqrt(np.maximum(raw, SIGMA_FLOOR))
-        self.scale_, self.power_ = _best_scale(y, raw, one, two)
+        self.scale_, self.power_ = _best_scale(residuals, raw, one, two)
         self.strata_ = {}
         if self.stratify is not None:
-            for value in np.unique(X[:, self.stratify]):
-                rows = X[:, self.stratify] == value
+            for value in np.unique(features[:, self.stratify]):
+                rows = features[:, self.stratify] == value
                 if rows.sum() >= self.min_stratum:
-                    self.strata_[float(value)] = _best_scale(y[rows], raw[rows], one, two)
-        self.estimator_ = self._estimator().fit(X, squared)
+                    self.strata_[float(value)] = _best_scale(residuals[rows], raw[rows], one, two)
+        self.estimator_ = self._estimator().fit(features, squared)
         self.frozen_ = freeze_regressors([self.estimator_])
         return self
 
@@ -186,9 +186,9 @@ class SigmaRegressor(RegressorMixin, BaseEstimator):
             All entries ``>= SIGMA_FLOOR > 0``.
         """
         check_is_fitted(self, "scale_")
-        X = validate_data(self, X, ensure_all_finite="allow-nan", dtype=np.float64, reset=False)
-        stratum = None if self.stratify is None else X[:, self.stratify]
-        return self.calibrate(self.frozen_.predict(X)[:, 0], stratum)
+        features = validate_data(self, X, ensure_all_finite="allow-nan", dtype=np.float64, reset=False)
+        stratum = None if self.stratify is None else features[:, self.stratify]
+        return self.calibrate(self.frozen_.predict(features)[:, 0], stratum)
 
     def calibrate(self, squared: NDArray[np.float64],
                   stratum: NDArray[np.float64] | None = None) -> NDArray[np.float64]:

@@ -191,7 +191,7 @@ def _recalibrate(signal: np.ndarray, truth: np.ndarray, rows: np.ndarray) -> np.
     return y_mean + slope * (signal - x_mean)
 
 
-def _as_table(values: np.ndarray, name: str) -> np.ndarray:
+def _as_table(values: ArrayLike, name: str) -> NDArray[np.float64]:
     """Return ``values`` as a finite float64 ``(N, K)`` array with N, K >= 1."""
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 2 or 0 in array.shape:
@@ -212,7 +212,7 @@ def _check_non_negative(cost: np.ndarray) -> None:
         raise ValueError(f"cost must be >= 0; column {col} has {float(cost[row, col])!r} at row {row}")
 
 
-def _fit_rows(fit_rows: np.ndarray | Sequence[int] | None, n: int) -> np.ndarray:
+def _fit_rows(fit_rows: ArrayLike | Sequence[int] | None, n: int) -> NDArray[np.intp]:
     """Return the fit rows as sorted unique indices, checking them against ``n`` rows."""
     if fit_rows is None:
         rows = np.arange(n)

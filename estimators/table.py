@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -76,7 +77,8 @@ class RoutingTable:
     query_ids: NDArray[np.object_]
     quality: NDArray[np.float64]
     cost: NDArray[np.float64]
-    logged: NDArray[np.bool_] | None = None
+    #: Always an array once constructed: ``None`` (the default) is replaced in ``__post_init__``.
+    logged: NDArray[np.bool_] = None  # type: ignore[assignment]  # derived in __post_init__ when not given
     prompts: NDArray[np.object_] | None = None
     tasks: NDArray[np.object_] | None = None
     subtasks: NDArray[np.object_] | None = None
@@ -130,7 +132,7 @@ class RoutingTable:
     @property
     def fully_logged(self) -> NDArray[np.bool_]:
         """``(N,)`` mask of the queries logged for every model: the only ones a policy can be scored on exactly."""
-        return self.logged.all(axis=1)
+        return np.asarray(self.logged.all(axis=1))  # numpy types .all(axis=) as bool | ndarray
 
     @property
     def is_partial(self) -> bool:
@@ -187,7 +189,8 @@ class RoutingTable:
         if unknown:
             raise ValueError(f"cannot ignore column(s) {unknown}; the per-query inputs that can be ignored are "
                              f"{sorted(IGNORABLE_COLUMNS)}")
-        return replace(self, **{IGNORABLE_COLUMNS[name]: None for name in columns})
+        cleared: dict[str, Any] = {IGNORABLE_COLUMNS[name]: None for name in columns}
+        return replace(self, **cleared)
 
     def select_models(self, names: Sequence[str]) -> RoutingTable:
         """Return the table with only ``names``, re-sorted by mean cost (the order the cascades rely on).
@@ -231,11 +234,11 @@ class RoutingTable:
         -------
         RoutingTable
         """
-        columns = np.asarray(columns, dtype=np.intp)
-        changes = {"models": tuple(self.models[c] for c in columns)}
+        order = np.asarray(columns, dtype=np.intp)
+        changes: dict[str, Any] = {"models": tuple(self.models[c] for c in order)}
         for name in _PER_CELL:
             value = getattr(self, name)
             if value is not None:
-                changes[name] = value[:, columns]
-        changes["signals"] = {name: value[:, columns] for name, value in self.signals.items()}
+                changes[name] = value[:, order]
+        changes["signals"] = {name: value[:, order] for name, value in self.signals.items()}
         return replace(self, **changes)

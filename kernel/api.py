@@ -418,9 +418,10 @@ def simulate(ante_quality: ArrayLike, ante_sigma: ArrayLike, ante_cost: ArrayLik
     """
     ante_quality, ante_cost = check.estimate_matrices(ante_quality, ante_cost)
     shape = ante_quality.shape
-    arrays = {"post_quality": post_quality, "post_cost": post_cost, "ante_sigma": ante_sigma,
-              "post_sigma": post_sigma, "true_quality": true_quality, "true_cost": true_cost}
-    for name, value in arrays.items():
+    given = {"post_quality": post_quality, "post_cost": post_cost, "ante_sigma": ante_sigma,
+             "post_sigma": post_sigma, "true_quality": true_quality, "true_cost": true_cost}
+    arrays: dict[str, np.ndarray] = {}
+    for name, value in given.items():
         arrays[name] = check.as_float_array(name, value, 2)
         check.check_shape(name, arrays[name], shape)
         if name != "true_quality" and name != "post_quality":

@@ -6,10 +6,27 @@ tie tolerance below must behave exactly as in the plain-Python reference.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
+
+class JitOptions(TypedDict):
+    """The keyword arguments of ``numba.njit`` this package sets (typed, so ``njit(**JIT_OPTIONS)`` type-checks)."""
+
+    cache: bool
+    fastmath: bool
+    nogil: bool
+
+
 #: Options shared by every compiled kernel. ``cache=True`` keeps the compiled
 #: code on disk so a service pays the compile time once per install, and
 #: ``nogil=True`` lets the serial variant run concurrently in threads.
-JIT_OPTIONS = {"cache": True, "fastmath": False, "nogil": True}
+JIT_OPTIONS: JitOptions = {"cache": True, "fastmath": False, "nogil": True}
+
+#: The same without the disk cache, for the row-parallel twin of a serial
+#: kernel compiled from the same Python function: numba keys its disk cache by
+#: function, not by the ``parallel`` flag, so caching both lets one load the
+#: other's machine code (``estimators._forest``).
+UNCACHED_JIT_OPTIONS: JitOptions = {**JIT_OPTIONS, "cache": False}
 
 #: Next-model code meaning "stop and answer with the best run model".
 STOP = -1

@@ -315,7 +315,9 @@ def derive_latency(table: RoutingTable, throughput: Throughput | PathLike) -> np
                          f"{int(lacking.sum())} lack it, e.g. query {table.query_ids[q]!r}, model "
                          f"{table.models[m]!r}. Log output_tokens or latency_s")
     ttft, speed = (np.array([throughput[m][j] for m in table.models], dtype=np.float64) for j in (0, 1))
-    return np.where(table.logged, ttft + np.nan_to_num(tokens) / speed, np.nan)
+    # tokens is None only when nothing is logged (else ``lacking`` refused it): every cell is NaN then
+    filled = np.zeros(table.cost.shape) if tokens is None else np.nan_to_num(tokens)
+    return np.where(table.logged, ttft + filled / speed, np.nan)
 
 
 def _per_model_rows(path: PathLike | pd.DataFrame, columns: Sequence[str], what: str,
@@ -634,7 +636,7 @@ def _build(
     quality, cost = pivot(quality, np.nan), pivot(cost, np.nan)
     logged = pivot(np.ones(len(qids), dtype=bool), False)
     order = np.lexsort((np.array(model_names, dtype=str), np.nanmean(cost, axis=0)))
-    model_names = tuple(model_names[i] for i in order)
+    ordered_names = tuple(model_names[i] for i in order)
 
     def arrange(values: np.ndarray, fill: object) -> np.ndarray:
         return pivot(values, fill)[:, order]
@@ -649,7 +651,7 @@ def _build(
             # so that estimators do not demand it from every later request.
             per_query[field_name] = values if (values != "").any() else None
     return RoutingTable(
-        models=model_names,
+        models=ordered_names,
         query_ids=query_ids,
         quality=quality[:, order],
         cost=cost[:, order],

@@ -18,6 +18,7 @@ of a strategy at once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import combinations
 from typing import NamedTuple, TypedDict
 
@@ -278,8 +279,8 @@ def linear_auc(
 
 
 def bootstrap_auc(
-    per_query_quality: dict[str, ArrayLike],
-    per_query_cost: dict[str, ArrayLike],
+    per_query_quality: Mapping[str, ArrayLike],
+    per_query_cost: Mapping[str, ArrayLike],
     lo: float,
     hi: float,
     left_quality: float,
@@ -443,7 +444,7 @@ def _strictly_above(costs: np.ndarray, qualities: np.ndarray, left: int, middle:
     return bool(cross > _COLLINEAR_RTOL * scale)
 
 
-def _finite(values: np.ndarray, name: str, *, ndim: int) -> np.ndarray:
+def _finite(values: ArrayLike, name: str, *, ndim: int) -> NDArray[np.float64]:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {array.shape}")
@@ -453,15 +454,15 @@ def _finite(values: np.ndarray, name: str, *, ndim: int) -> np.ndarray:
 
 
 def _points(
-    costs: np.ndarray, qualities: np.ndarray, cost_name: str, quality_name: str
-) -> tuple[np.ndarray, np.ndarray]:
-    costs = _finite(costs, cost_name, ndim=1)
-    qualities = _finite(qualities, quality_name, ndim=1)
-    if costs.shape != qualities.shape:
-        raise ValueError(f"{cost_name} has {costs.size} points but {quality_name} has {qualities.size}")
-    if costs.size == 0:
+    costs: ArrayLike, qualities: ArrayLike, cost_name: str, quality_name: str
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    x = _finite(costs, cost_name, ndim=1)
+    y = _finite(qualities, quality_name, ndim=1)
+    if x.shape != y.shape:
+        raise ValueError(f"{cost_name} has {x.size} points but {quality_name} has {y.size}")
+    if x.size == 0:
         raise ValueError(f"{cost_name} is empty; pass at least one point")
-    return costs, qualities
+    return x, y
 
 
 def _range(lo: float, hi: float, left_quality: float) -> tuple[float, float, float]:
@@ -474,8 +475,8 @@ def _range(lo: float, hi: float, left_quality: float) -> tuple[float, float, flo
 
 
 def _per_query(
-    per_query_quality: dict[str, np.ndarray], per_query_cost: dict[str, np.ndarray]
-) -> tuple[list[str], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    per_query_quality: Mapping[str, ArrayLike], per_query_cost: Mapping[str, ArrayLike]
+) -> tuple[list[str], dict[str, NDArray[np.float64]], dict[str, NDArray[np.float64]]]:
     """Validate the per-strategy ``(B, N)`` tables; return names and float64 copies."""
     names = list(per_query_quality)
     if not names:
