@@ -221,5 +221,7 @@ class CostEstimator(BaseEstimator):
         """
         estimate = self.predict_ante(prompt_features, input_tokens)
         if run is not None:
+            if observed_cost is None:  # np.where would fill the run cells with None: an object array
+                raise ValueError("observed_cost is required with run: pass the cost of the models that ran")
             estimate = np.where(run, observed_cost, estimate)
         return estimate

@@ -126,7 +126,8 @@ class EmbeddingFeaturizer(_TextTransformer):
         check_is_fitted(self, "backend_")
         texts = self._texts(X, reset=False)
         if self.backend_ == "tfidf":
-            return self.fallback_.transform(np.asarray(texts, dtype=object)[:, None])
+            return self.fallback_.transform(  # type: ignore[union-attr]  # fitted with backend_ "tfidf"
+                np.asarray(texts, dtype=object)[:, None])
         return np.asarray(load_minilm().encode(texts, batch_size=self.batch_size), dtype=np.float64)
 
     def get_feature_names_out(self, input_features: ArrayLike | None = None) -> NDArray[np.object_]:
@@ -143,5 +144,5 @@ class EmbeddingFeaturizer(_TextTransformer):
         """
         check_is_fitted(self, "backend_")
         if self.backend_ == "tfidf":
-            return self.fallback_.get_feature_names_out()
+            return self.fallback_.get_feature_names_out()  # type: ignore[union-attr]  # fitted with backend_ "tfidf"
         return np.asarray([f"minilm{i}" for i in range(MINILM_DIM)], dtype=object)

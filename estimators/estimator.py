@@ -470,6 +470,9 @@ class RouterEstimator:
     >>> est.predict_table(table.subset(test), run=step_run_sets)  # doctest: +SKIP
     """
 
+    #: The last table's prepared inputs, keyed by a weak reference to it (:meth:`_table_inputs`).
+    _cache: tuple[weakref.ref[RoutingTable], tuple[PreparedQueries, ResponseMemo]] | None
+
     def __init__(
         self,
         quality: QualityEstimator | None = None,
@@ -582,8 +585,9 @@ class RouterEstimator:
         self._check_fitted()
         given, n = per_query_inputs(self.columns_, prompts, tasks, subtasks)
         texts = {**given, "prompt": None if given["prompt"] is None else read_prompts(given["prompt"])[0]}
-        features = self.frozen_featurizer_.transform({name: as_texts(texts[name]) for name in self.columns_}, n,
-                                                     parallel=parallel)
+        features = self.frozen_featurizer_.transform(
+            {name: as_texts(texts[name]) for name in self.columns_},  # type: ignore[arg-type]  # none is None: checked
+            n, parallel=parallel)
         priced = self.cost_.priced_.size > 0  # only prices per token read the input token counts
         tokens = input_token_counts(given["prompt"] if priced else None, n, len(self.models_), input_tokens)
         latency = self.__dict__.get("latency_")  # artifacts fitted before latency existed have none
@@ -754,8 +758,9 @@ class RouterEstimator:
         else:
             self._check_prepared(prepared)
         n = prepared.features.shape[0]
-        if prompts is not None and len(prompts) != n:
-            raise ValueError(f"prepared holds {n} queries but there are {len(prompts)} prompts: "
+        n_prompts = None if prompts is None else len(prompts)  # type: ignore[arg-type]  # a scalar: TypeError, as ever
+        if n_prompts is not None and n_prompts != n:
+            raise ValueError(f"prepared holds {n} queries but there are {n_prompts} prompts: "
                              "pass prepare() of the same prompts")
         run = check_run(run, n, self.models_)
         return self.estimate(prepared, np.arange(n), run,
@@ -815,8 +820,9 @@ class RouterEstimator:
         if cached is not None and cached[0]() is table:
             return cached[1]
         prepared = self.prepare(table.prompts, table.tasks, table.subtasks, input_tokens=table.input_tokens)
-        self._cache = (weakref.ref(table), (prepared, ResponseMemo()))
-        return self._cache[1]
+        inputs = (prepared, ResponseMemo())
+        self._cache = (weakref.ref(table), inputs)
+        return inputs
 
     def warm_up(self, parallel: bool = False) -> None:
         """Compile every kernel prediction uses (serial, and the row-parallel ones with ``parallel``).

@@ -21,17 +21,23 @@ tests in ``tests/``); these objects hold only arrays, scalars and, for
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from ._forest import Forest
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-__all__ = ["Affine", "Called", "FrozenRegressors", "freeze_regressors"]
+__all__ = ["Affine", "Called", "FrozenRegressors", "Regressor", "freeze_regressors"]
+
+
+class Regressor(Protocol):
+    """What :class:`Called` uses of a fitted regressor: scikit-learn's ``predict``."""
+
+    def predict(self, X: NDArray[np.float64]) -> ArrayLike: ...
 
 
 class Affine:
@@ -77,7 +83,7 @@ class Affine:
         self.bias = np.concatenate(bias)
 
     @classmethod
-    def supports(cls, regressor: object) -> bool:
+    def supports(cls, regressor: Any) -> bool:
         """Whether ``regressor`` is a fitted pipeline this map reproduces exactly (up to rounding).
 
         Checked by exact types, so a subclass that might transform
@@ -157,7 +163,7 @@ class Called:
         Called as it is.
     """
 
-    def __init__(self, regressor: object) -> None:
+    def __init__(self, regressor: Regressor) -> None:
         self.regressor = regressor
 
     def predict(self, X: NDArray[np.float64], parallel: bool = False) -> NDArray[np.float64]:
@@ -227,7 +233,7 @@ class FrozenRegressors:
         return np.hstack([part.predict(X, parallel) for part in self.parts])
 
 
-def freeze_regressors(regressors: Iterable[object]) -> FrozenRegressors:
+def freeze_regressors(regressors: Iterable[Regressor]) -> FrozenRegressors:
     """Freeze fitted regressors: one :class:`Forest` for all LightGBM ones, affine maps for ridge pipelines.
 
     Parameters
@@ -246,7 +252,7 @@ def freeze_regressors(regressors: Iterable[object]) -> FrozenRegressors:
             return FrozenRegressors([forest])
     if regressors and all(Affine.supports(r) for r in regressors):
         return FrozenRegressors([Affine(regressors)])
-    parts = []
+    parts: list[Forest | Affine | Called] = []
     for regressor in regressors:
         forest = Forest.from_regressors([regressor]) if type(regressor).__name__ == "LGBMRegressor" else None
         parts.append(forest or (Affine([regressor]) if Affine.supports(regressor) else Called(regressor)))

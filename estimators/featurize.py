@@ -10,6 +10,7 @@ counts, plus the task and subtask as one-hot categories.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,7 +49,7 @@ def _as_texts(X: np.ndarray) -> list[str]:
     read as empty text. Through :func:`as_texts`, not ``astype(str)``: that would build a
     fixed-width array as wide as the longest prompt for every row.
     """
-    cells = as_texts(X).reshape(X.shape)
+    cells: np.ndarray = as_texts(X).reshape(X.shape)
     if cells.shape[1] == 1:
         return cells[:, 0].tolist()
     return [" ".join(row) for row in cells]
@@ -231,11 +232,11 @@ _SUBSTRINGS = {  # counted with str.count, which runs in C; A and B suffice to s
     "code": ("```", "def ", "return", "[PYTHON]"),
     "options": ("\nA)", "\nB)", "\n(A)", "\nA."),
 }
-_CLASS_OF_BYTE = bytearray(256)
+_class_of_byte = bytearray(256)
 for _index, _members in enumerate(_BYTE_CLASSES.values(), start=1):
     for _byte in _members:
-        _CLASS_OF_BYTE[_byte] = _index
-_CLASS_OF_BYTE = bytes(_CLASS_OF_BYTE)
+        _class_of_byte[_byte] = _index
+_CLASS_OF_BYTE = bytes(_class_of_byte)
 _CLASS_CODES = [bytes([index]) for index in range(1, len(_BYTE_CLASSES) + 1)]
 
 
@@ -284,7 +285,7 @@ def structure_counts_of(texts: Sequence[str] | NDArray[np.object_],
         block = np.empty((rows.size, counts.shape[1]))
         structure_counts(text, offsets, rows, *_COMPILED_TABLES, block)
         counts[rows] = block
-    for r in np.flatnonzero(~ascii):
+    for r in np.flatnonzero(~ascii).tolist():
         counts[r] = _counts(texts[r])
     return counts
 
@@ -431,11 +432,11 @@ def make_prompt_featurizer(
         Dense float64 output; raises ``ValueError`` when ``columns`` is empty.
     """
     columns = list(columns)
-    parts = []
+    parts: list[tuple[str, Any, list[str]]] = []
     if "prompt" in columns:
         parts.append(("text", text if text is not None else TextFeaturizer(), ["prompt"]))
         parts.append(("structure", StructuralFeaturizer(), ["prompt"]))
-    categorical = [name for name in ("task", "subtask") if name in columns]
+    categorical: list[str] = [name for name in ("task", "subtask") if name in columns]
     if categorical:
         encoder = OneHotEncoder(
             handle_unknown="infrequent_if_exist", min_frequency=min_frequency,
@@ -584,7 +585,7 @@ class _OneHotBlock:
             self.unseen.append(rows[-1])
 
     @staticmethod
-    def supports(encoder: object) -> bool:
+    def supports(encoder: Any) -> bool:
         return (type(encoder) is OneHotEncoder and encoder.drop is None
                 and encoder.handle_unknown in ("ignore", "infrequent_if_exist")
                 and all(np.asarray(c).dtype == object for c in encoder.categories_))
@@ -601,7 +602,7 @@ class _OneHotBlock:
 class _CalledBlock:
     """A transformer that cannot be frozen (sentence embeddings): its own ``transform`` on its columns."""
 
-    def __init__(self, transformer: object, columns: list[str]) -> None:
+    def __init__(self, transformer: Any, columns: list[str]) -> None:
         self.transformer, self.columns = transformer, columns
 
     def __call__(self, columns: _EncodedColumns, n: int, parallel: bool) -> np.ndarray:
@@ -638,7 +639,7 @@ class FrozenFeaturizer:
         if type(featurizer) is not ColumnTransformer or featurizer.sparse_threshold != 0.0:
             raise TypeError("FrozenFeaturizer takes a fitted ColumnTransformer with dense output "
                             "(make_prompt_featurizer builds one)")
-        self.blocks = []
+        self.blocks: list[_TextBlock | _StructureBlock | _OneHotBlock | _CalledBlock] = []
         self.columns: list[str] = []
         for name, transformer, columns in featurizer.transformers_:
             if transformer == "drop" or (name == "remainder" and not len(columns)):

@@ -16,7 +16,7 @@ NaN-native) and the embedding-based linear family (:func:`make_linear_regressor`
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,9 +30,9 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import get_tags
 
-from .clusters import CLUSTER_COUNTS, TEXT_PREFIX, choose_prior
+from .clusters import CLUSTER_COUNTS, TEXT_PREFIX, CellPrior, choose_prior
 from .evaluators import freeze_regressors
-from .peers import CATEGORY_PREFIX, PartialTargets
+from .peers import CATEGORY_PREFIX, PartialTargets, TaskMeanRegressor
 from .posthoc import ResponseInfo, per_model_groups, posthoc_feature_names, posthoc_features
 from .runsets import sample_run_sets
 from .sigma import SigmaRegressor
@@ -52,7 +52,7 @@ class PosthocData(NamedTuple):
         Parsed responses, ``None`` when there is no response text.
     """
 
-    signals: dict[str, NDArray[np.float64]]
+    signals: Mapping[str, NDArray[np.float64]]
     responses: ResponseInfo | None
 
     def take(self, rows: NDArray[np.int64]) -> PosthocData:
@@ -68,7 +68,7 @@ class PosthocData(NamedTuple):
         PosthocData
             Every array restricted to ``rows``, in that order.
         """
-        responses = None if self.responses is None else ResponseInfo(*(a[rows] for a in self.responses))
+        responses = None if self.responses is None else ResponseInfo._make(a[rows] for a in self.responses)
         return PosthocData({name: value[rows] for name, value in self.signals.items()}, responses)
 
 
@@ -363,6 +363,12 @@ class QualityEstimator(BaseEstimator):
         (query, model) and step. Exact; ``None`` when σ is not a LightGBM forest.
     """
 
+    # Fitted attributes that are ``None`` when the regressors do not boost from the prior.
+    prior_: TaskMeanRegressor | None
+    cells_: CellPrior | None
+    n_trees_: NDArray[np.int64] | None
+    unrun_trees_: NDArray[np.bool_] | None
+
     def __init__(
         self,
         regressor: BaseEstimator | None = None,
@@ -391,7 +397,7 @@ class QualityEstimator(BaseEstimator):
 
     def _fit_regressors(self, X: np.ndarray, Y: np.ndarray, labelled: np.ndarray, weights: np.ndarray | None,
                         groups: np.ndarray, names: list[str], init: np.ndarray | None = None,
-                        n_trees: Sequence[int] | None = None) -> list[BaseEstimator]:
+                        n_trees: Sequence[int] | NDArray[np.int64] | None = None) -> list[BaseEstimator]:
         """One regressor per model on the rows where its outcome is labelled, or one for all when it can.
 
         The features are the same for every model, so a multi-output
@@ -405,11 +411,11 @@ class QualityEstimator(BaseEstimator):
         ``init`` (logits, one column per model) is each LightGBM regressor's
         ``init_score`` and ``n_trees`` its number of trees (``boost_from``).
         """
-        template = self._template()
         if init is not None:
-            return [fit_weighted(clone(template).set_params(n_estimators=int(n_trees[i])), X, Y[:, i], None,
-                                 init_score=np.ascontiguousarray(init[:, i]))
-                    for i in range(Y.shape[1])]
+            if n_trees is None:
+                raise TypeError("_fit_regressors: init (boosting from the prior) needs n_trees")
+            return self._fit_from_prior(X, Y, init, n_trees)
+        template = self._template()
         if self.pooled_:
             cells = [np.flatnonzero(labelled[:, i]) for i in range(Y.shape[1])]
             # K times the rows of one model: filled in place as float32 (LightGBM bins float32 as it is), so
@@ -435,6 +441,14 @@ class QualityEstimator(BaseEstimator):
         return [fit_weighted(clone(template), X[labelled[:, i]], Y[labelled[:, i], i],
                              None if weights is None else weights[labelled[:, i], i],
                              **accepted_fit_params(template, groups=groups[labelled[:, i]], feature_names=names))
+                for i in range(Y.shape[1])]
+
+    def _fit_from_prior(self, X: np.ndarray, Y: np.ndarray, init: np.ndarray,
+                        n_trees: Sequence[int] | NDArray[np.int64]) -> list[BaseEstimator]:
+        """One LightGBM regressor per model starting from the logits ``init`` with ``n_trees[i]`` trees."""
+        template = self._template()
+        return [fit_weighted(clone(template).set_params(n_estimators=int(n_trees[i])), X, Y[:, i], None,
+                             init_score=np.ascontiguousarray(init[:, i]))
                 for i in range(Y.shape[1])]
 
     def _boosts_from_prior(self, names: list[str], labelled: np.ndarray, weights: np.ndarray | None) -> bool:
@@ -478,8 +492,7 @@ class QualityEstimator(BaseEstimator):
         counts = sorted({int(c) for c in (self.tree_counts or ()) if c < most} | {most})
         raw = np.empty((len(counts),) + Y.shape)
         for train, test in folds:
-            regressors = self._fit_regressors(X[train], Y[train], None, None, rows[train], names, init[train],
-                                              [counts[-1]] * k)
+            regressors = self._fit_from_prior(X[train], Y[train], init[train], [counts[-1]] * k)
             for c, count in enumerate(counts):
                 raw[c, test] = np.column_stack([r.predict(X[test], raw_score=True, num_iteration=count)
                                                 for r in regressors])
@@ -641,8 +654,8 @@ class QualityEstimator(BaseEstimator):
         if self.prior_ is None:
             return self._predict_regressors(self.regressors_, _features(prompt_features, run, posthoc))
         offset = self.prompt_share(prompt_features)
-        return self._prior_where_unrun(
-            self._predict_regressors(self.regressors_, _features(prompt_features, run, posthoc), offset), offset, run)
+        raw = self._predict_regressors(self.regressors_, _features(prompt_features, run, posthoc), offset)
+        return self._prior_where_unrun(raw, offset, run)  # type: ignore[arg-type]  # prior_ is set: offset is an array
 
     def prompt_share(self, prompt_features: NDArray[np.float64]) -> NDArray[np.float64] | None:
         """The prompt's share of the raw quality estimates when the regressors are one affine map, else ``None``.
@@ -661,11 +674,12 @@ class QualityEstimator(BaseEstimator):
         ndarray of float64, shape (N, K), or None
             Prompt columns' contribution plus the bias, before clipping.
         """
-        if getattr(self, "prior_", None) is not None:  # the prior reads only its cells' keys of our own features
+        prior = getattr(self, "prior_", None)
+        if prior is not None:  # the prior reads only its cells' keys of our own features
             cells = getattr(self, "cells_", None)  # absent from estimators fitted before clusters: task columns
-            keys = (prompt_features[:, self.prior_.category_columns_] if cells is None
+            keys = (prompt_features[:, prior.category_columns_] if cells is None
                     else cells.keys(prompt_features))
-            return _logit(self.prior_.predict_cells(keys))
+            return _logit(prior.predict_cells(keys))
         affine = self.frozen_.affine
         return None if affine is None or self.pooled_ else affine.partial(prompt_features) + affine.bias
 
@@ -695,12 +709,13 @@ class QualityEstimator(BaseEstimator):
             raw = np.column_stack([self.frozen_.predict(self._model_rows(X, i), parallel)[:, 0]
                                    for i in range(self.self_columns_.shape[1])])
         elif getattr(self, "prior_", None) is not None:  # the forests start from the prior's logit
-            raw = self._prior_where_unrun(self.frozen_.predict(np.hstack([prompt_features, block]), parallel,
-                                                                 offset=share), share, run)
+            started = self.frozen_.predict(np.hstack([prompt_features, block]), parallel, offset=share)
+            raw = self._prior_where_unrun(started, share, run)  # type: ignore[arg-type]  # prior_ set: share is an array
         elif share is None:
             raw = self.frozen_.predict(np.hstack([prompt_features, block]), parallel)
         else:
-            raw = share + self.frozen_.affine.partial(block, prompt_features.shape[1])
+            raw = share + self.frozen_.affine.partial(  # type: ignore[union-attr]  # a share exists only for affine maps
+                block, prompt_features.shape[1])
         return np.clip(raw, 0.0, 1.0)
 
     def predict_sigma(self, quality: NDArray[np.float64], run: NDArray[np.bool_],
