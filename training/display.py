@@ -19,6 +19,10 @@ from training.metrics import upper_hull
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.collections import PathCollection
+    from matplotlib.lines import Line2D
+    from matplotlib.text import Annotation
+    from matplotlib.transforms import Bbox
 
 __all__ = ["QualityCostDisplay"]
 
@@ -76,6 +80,12 @@ class QualityCostDisplay:
     >>> sorted(display.lines_)
     ['routing']
     """
+
+    # Artists of the last plot; ``None`` where that part was not drawn.
+    single_models_: PathCollection | None
+    hull_line_: Line2D | None
+    fitted_: PathCollection | None
+    labels_: list[Annotation]
 
     def __init__(
         self,
@@ -175,7 +185,7 @@ class QualityCostDisplay:
         self.single_models_ = self.hull_line_ = self.fitted_ = None
         self._labelled: list[tuple[str, float, float]] = []
         if self.single_models:
-            self._plot_single_models(ax)
+            self._plot_single_models(ax, self.single_models)
             self._labelled += zip(self.single_models,
                                   *_as_points(_transpose(self.single_models.values()), "single_models"), strict=True)
         if self.fitted:
@@ -211,8 +221,8 @@ class QualityCostDisplay:
         self.labels_ = _place_labels(self.ax_, self._labelled)
         return self
 
-    def _plot_single_models(self, ax: Axes) -> None:
-        costs, qualities = _as_points(_transpose(self.single_models.values()), "single_models")
+    def _plot_single_models(self, ax: Axes, single_models: Mapping[str, tuple[float, float]]) -> None:
+        costs, qualities = _as_points(_transpose(single_models.values()), "single_models")
         self.single_models_ = ax.scatter(costs, qualities, marker="x", color="black", zorder=3, label="single models")
         if self.hull:
             hull = upper_hull(costs, qualities)
@@ -244,7 +254,7 @@ _NEAR_OFFSET = 10
 _HIDES = 100
 
 
-def _place_labels(ax: Axes, points: list[tuple[str, float, float]]) -> list[Any]:
+def _place_labels(ax: Axes, points: list[tuple[str, float, float]]) -> list[Annotation]:
     """Annotate each point at the first offset whose text stays in the axes and covers no label, point or line.
 
     Greedy, cheapest offsets first, points from left to right: enough for
@@ -256,12 +266,13 @@ def _place_labels(ax: Axes, points: list[tuple[str, float, float]]) -> list[Any]
     """
     if not points:
         return []
-    renderer = ax.figure.canvas.get_renderer()
+    renderer = ax.figure.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg canvases (savefig's) have it
     ax.figure.canvas.draw()  # settle limits, scales and layout, so that extents are final
     markers = [ax.transData.transform((cost, quality)) for _, cost, quality in points]
     lines = [line.get_transform().transform_path(line.get_path()) for line in ax.get_lines()]
     inside = ax.get_window_extent(renderer)
-    placed, boxes = [], []
+    placed: list[Annotation] = []
+    boxes: list[Bbox] = []
     for name, cost, quality in sorted(points, key=lambda p: (p[1], -p[2])):
         best = None
         for dx, dy in _LABEL_OFFSETS:
@@ -278,14 +289,14 @@ def _place_labels(ax: Axes, points: list[tuple[str, float, float]]) -> list[Any]
                 best = (covered, dx, dy, box)
             if covered == 0:
                 break
-        _, dx, dy, box = best if best is not None else (0, *_LABEL_OFFSETS[0], None)
+        _, dx, dy, chosen = best if best is not None else (0, *_LABEL_OFFSETS[0], None)
         # A label pushed away from its point gets a thin leader, so it cannot be read as another point's.
-        leader = {"arrowprops": {"arrowstyle": "-", "color": "grey", "linewidth": 0.6, "shrinkA": 0,
+        leader: dict[str, Any] = {"arrowprops": {"arrowstyle": "-", "color": "grey", "linewidth": 0.6, "shrinkA": 0,
                                  "shrinkB": 3}} if abs(dy) > _NEAR_OFFSET else {}
         label = ax.annotate(name, (cost, quality), textcoords="offset points", xytext=(dx, dy),
                             fontsize="small", ha="left" if dx > 0 else "right", in_layout=False, **leader)
         placed.append(label)
-        boxes.append(box if box is not None else label.get_window_extent(renderer))
+        boxes.append(chosen if chosen is not None else label.get_window_extent(renderer))
     return placed
 
 

@@ -51,6 +51,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -328,7 +329,10 @@ class _Problem:
     render: Callable[[int, int, bool], str] | None = None  # (answer, style, answer line?) -> text
 
 
-def _pick(r: random.Random, options: Sequence[str]) -> str:
+_T = TypeVar("_T")
+
+
+def _pick(r: random.Random, options: Sequence[_T]) -> _T:
     return options[int(r.random() * len(options))]
 
 
