@@ -376,14 +376,17 @@ def evaluate_strategies(
     models, quality, cost = ordered.models, ordered.quality, ordered.cost
 
     if estimator == "simulated":
-        estimates = simulate_estimates(quality, cost, noise=noise, fit_rows=calibration, seed=seed)
+        estimates = simulate_estimates(quality, cost, fit_rows=calibration, seed=seed,
+                                       noise=noise)  # type: ignore[arg-type]  # a str, checked by simulate_estimates
         latency = None
         if ordered.latency is not None:  # ex-ante: each model's mean on calibration; once run: the truth
             latency = (np.tile(ordered.latency[calibration].mean(axis=0), (ordered.n_queries, 1)),
                        ordered.latency, ordered.latency)
-        calibration_play = TableEpisodes.from_estimates(estimates, quality, cost, calibration, latency=latency)
-        test_episodes = TableEpisodes.from_estimates(estimates, quality, cost, test, latency=latency)
-        logs = {}
+        calibration_play: TableEpisodes | EstimatorEpisodes = TableEpisodes.from_estimates(
+            estimates, quality, cost, calibration, latency=latency)
+        test_episodes: TableEpisodes | EstimatorEpisodes = TableEpisodes.from_estimates(
+            estimates, quality, cost, test, latency=latency)
+        logs: dict[str, Any] = {}
     else:
         fitted = make_router_estimator(estimator).fit(ordered, train)
         calibration_play, used = calibration_episodes(fitted, ordered.subset(calibration),
@@ -427,7 +430,8 @@ def evaluate_strategies(
         auc={name: boot["strategies"][name].estimate for name in [_LINEAR, *curves]},
         auc_ci={name: (boot["strategies"][name].low, boot["strategies"][name].high)
                 for name in [_LINEAR, *curves]},
-        differences={f"{a}-{b}": tuple(boot["differences"][(a, b)]) for a, b in _pairs(names)},
+        differences={f"{a}-{b}": (boot["differences"][(a, b)].estimate, boot["differences"][(a, b)].low,
+                                   boot["differences"][(a, b)].high) for a, b in _pairs(names)},
         curves=curves,
         single_models=[{"model": m, "cost": float(c), "quality": float(q),
                         **({} if ordered.latency is None else {"latency": float(ordered.latency[test, i].mean())})}

@@ -205,6 +205,7 @@ def _build(args: argparse.Namespace):
         loopback = host.is_loopback
     except ValueError:
         loopback = args.host == "localhost"
+    allowed: tuple[str, ...] | None
     if args.allowed_hosts is not None:
         allowed = tuple(name.strip() for name in args.allowed_hosts.split(",") if name.strip())
     else:

@@ -222,9 +222,9 @@ def parse_backends(document: Mapping[str, Any], models: tuple[str, ...],
         extra = sorted(set(table) - _KEYS)
         if extra:
             raise ValueError(f"{where}: unknown key(s) {extra}; allowed are {sorted(_KEYS)}")
-        for key in ("base_url", "model"):
-            if not isinstance(table.get(key), str) or not table[key]:
-                raise ValueError(f"{where}: {key} must be a non-empty string")
+        for required in ("base_url", "model"):
+            if not isinstance(table.get(required), str) or not table[required]:
+                raise ValueError(f"{where}: {required} must be a non-empty string")
         scheme = urlsplit(table["base_url"]).scheme
         if scheme not in ("http", "https"):
             raise ValueError(f"{where}: base_url must start with http:// or https://, got "
@@ -239,7 +239,8 @@ def parse_backends(document: Mapping[str, Any], models: tuple[str, ...],
         else:
             raise ValueError(f"{where}: no prices, and the artifact has none for this model (its cost was "
                              "learned): add price_in and price_out (USD per 1M tokens)")
-        key = variable = None
+        key: str | None = None
+        variable: str | None = None
         if "api_key_env" in table:
             variable = table["api_key_env"]
             if not isinstance(variable, str) or not variable:

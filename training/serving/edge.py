@@ -84,7 +84,7 @@ def _protocol(limits: EdgeLimits) -> type:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class EdgeProtocol(HttpToolsProtocol):
-        def connection_made(self, transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._head_timer: asyncio.TimerHandle | None = None
             if not hasattr(self.server_state, "_edge_idle"):  # connections waiting for a head, oldest first
@@ -163,15 +163,17 @@ def _protocol(limits: EdgeLimits) -> type:
         def on_headers_complete(self) -> None:
             self._head_done()
             super().on_headers_complete()
-            self._body_timer = self.loop.call_later(limits.body_timeout_s, self._close, None)
+            self._body_timer: asyncio.TimerHandle | None = self.loop.call_later(limits.body_timeout_s, self._close,
+                                                                                None)
 
         def on_message_complete(self) -> None:
             self._stop_body_timer()
             super().on_message_complete()
 
         def _stop_body_timer(self) -> None:
-            if getattr(self, "_body_timer", None) is not None:
-                self._body_timer.cancel()
+            timer = getattr(self, "_body_timer", None)  # unset until a body starts
+            if timer is not None:
+                timer.cancel()
                 self._body_timer = None
 
         def on_response_complete(self) -> None:
@@ -198,7 +200,8 @@ def uvicorn_config(app: Any, limits: EdgeLimits = EdgeLimits(), **options: Any):
     """
     import uvicorn
 
-    return uvicorn.Config(app, http=_protocol(limits), timeout_keep_alive=limits.keep_alive_s,
+    return uvicorn.Config(app, http=_protocol(limits),
+                          timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]  # used as call_later's float
                           proxy_headers=bool(limits.trusted_proxies),
                           forwarded_allow_ips=list(limits.trusted_proxies) or None, limit_concurrency=None,
                           **options)

@@ -284,8 +284,9 @@ def _result(schema: pa.Schema, scored: dict, n: int, rejected: pd.DataFrame) -> 
 
 def _names(index: np.ndarray, models: Sequence[str]) -> np.ndarray:
     """Model names of ``index`` (object array), ``None`` where it is negative."""
-    names = np.array(list(models), dtype=object)
-    return np.where(index >= 0, names[np.maximum(index, 0)], None)
+    names = np.array(list(models), dtype=object)[np.maximum(index, 0)]  # a copy (fancy indexing)
+    names[index < 0] = None
+    return names
 
 
 def _score_queries(router: Router, policy, frame: pd.DataFrame, parallel: bool, timings) -> pd.DataFrame:
@@ -334,10 +335,10 @@ def _score_logged(router: Router, policy, frame: pd.DataFrame, parallel: bool, t
     if n:
         models = router.models_
         values = batch.values
-        order, run, answer, needed = replay(router, policy, values.get("prompt"), values.get("task"),
-                                            values.get("subtask"), batch.cost, batch.responses, batch.signals,
-                                            parallel=parallel, timings=timings, available=batch.available,
-                                            latency=batch.latency)
+        order, run, answer, needed = replay(  # type: ignore[misc]  # with available: four arrays
+            router, policy, values.get("prompt"), values.get("task"), values.get("subtask"), batch.cost,
+            batch.responses, batch.signals, parallel=parallel, timings=timings, available=batch.available,
+            latency=batch.latency)
         out["status"] = np.where(needed >= 0, STATUS_UNREPLAYABLE, STATUS_OK).astype(object)
         out["first_model"] = _names(np.where(order[:, 0] >= 0, order[:, 0], needed), models)
         out["models_run"] = _model_lists(order, models)

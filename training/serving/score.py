@@ -525,6 +525,8 @@ def _add_reasons(total: dict[str, int], batch: dict[str, int]) -> dict[str, int]
 def _score_in_worker(table: pa.Table, budgets: tuple[float | None, float | None],
                      schemas: tuple[pa.Schema, pa.Schema]) -> tuple[pa.Table, pa.Table, dict, dict]:
     """:func:`_score_table` with the worker's router (batches travel as Arrow buffers, cheap to pickle)."""
+    if _WORKER_ROUTER is None:
+        raise RuntimeError("_score_in_worker runs in a worker whose initializer loaded the router")
     return _score_table(_WORKER_ROUTER, table, budgets, schemas, parallel=False)
 
 
@@ -547,7 +549,7 @@ class _Workers:
     def __init__(self, pool, processes: list, others: set) -> None:
         self.pool, self.processes, self.others = pool, processes, others
 
-    def result(self, future, what: str):
+    def result(self, future, what: str) -> Any:
         """``future.get()``, or :class:`~training.cli.RunFailed` naming the dead worker and ``what`` was lost."""
         import multiprocessing
         while True:
@@ -844,7 +846,8 @@ def run(args: argparse.Namespace) -> dict:
         for key, value in batch_totals.items():
             totals[key] = _add_reasons(totals[key], value) if key == "reasons" else totals[key] + value
         outputs.write_batch(outputs.done, scored, rejected, totals)
-        progress.update(n_rows)
+        if progress is not None:  # always: the bar is made before the first batch
+            progress.update(n_rows)
 
     warming = time.perf_counter()
     pool = progress = None
@@ -879,10 +882,14 @@ def run(args: argparse.Namespace) -> dict:
                                     table.num_rows))
                     if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays bounded
                         future, n_rows = pending.popleft()
-                        consume(*pool.result(future, f"while scoring batch {outputs.done + 1}"), n_rows)
+                        scored, rejected, batch_totals, batch_timings = pool.result(
+                            future, f"while scoring batch {outputs.done + 1}")
+                        consume(scored, rejected, batch_totals, batch_timings, n_rows)
                 while pending:
                     future, n_rows = pending.popleft()
-                    consume(*pool.result(future, f"while scoring batch {outputs.done + 1}"), n_rows)
+                    scored, rejected, batch_totals, batch_timings = pool.result(
+                        future, f"while scoring batch {outputs.done + 1}")
+                    consume(scored, rejected, batch_totals, batch_timings, n_rows)
         except ValueError:  # a file still being written may end in half a row: say that, not the parser's error
             _check_unchanged(args.input, stat, totals["rows"])
             raise

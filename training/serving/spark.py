@@ -394,7 +394,7 @@ def start_session(builder, master: str | None):
         builder = builder.config(name, value)
     python = settings.get("spark.pyspark.python")
     unset = python is not None and "PYSPARK_PYTHON" not in os.environ
-    if unset:
+    if python is not None and unset:
         os.environ["PYSPARK_PYTHON"] = python
     try:
         return builder.getOrCreate()
