@@ -72,7 +72,7 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
 from estimators.estimator import PreparedQueries
@@ -92,7 +92,7 @@ from .openai_api import (
     parse_route_request,
     sse_chunks,
 )
-from .router import Router
+from .router import PacedRouter, Router
 from .shadow import Shadow, check_shadow
 from .upstream import MAX_REPLY_BYTES, Reply, UpstreamFailure, Upstreams
 
@@ -249,15 +249,20 @@ class _Step:
 
     @property
     def seconds(self) -> float:
-        return self.reply.seconds if self.reply is not None else self.failure.seconds
+        return self.reply.seconds if self.reply is not None else self._failure().seconds
 
     def record(self) -> dict[str, Any]:
         entry = {"model": self.model, "ok": self.reply is not None, "latency_ms": round(self.seconds * 1e3, 3)}
         if self.reply is not None:
             entry.update(cost_usd=self.reply.cost, attempts=self.reply.attempts)
         else:
-            entry.update(cost_usd=0.0, attempts=self.failure.attempts, error=self.failure.kind)
+            entry.update(cost_usd=0.0, attempts=self._failure().attempts, error=self._failure().kind)
         return entry
+
+    def _failure(self) -> UpstreamFailure:
+        if self.failure is None:
+            raise RuntimeError("a step holds a reply or a failure")
+        return self.failure
 
 
 class _Service:
@@ -347,6 +352,12 @@ class _Service:
             raise APIError(400, str(error), param="model", code="model_not_found") from None
         return policy, _label(policy.budget)
 
+    def _pacer(self) -> PacedRouter:
+        """The paced router, which serves every request that names no fixed budget (there is one then)."""
+        if self.paced is None:
+            raise RuntimeError("a request without a budget reached a service that has no paced router")
+        return self.paced
+
     def _keywords(self, parsed: ChatRequest) -> dict[str, list[str]]:
         values = {"task": parsed.task, "subtask": parsed.subtask}
         return {f"{name}s": [values[name]] for name in self.per_query}
@@ -362,7 +373,7 @@ class _Service:
         if prepared is None:
             prepared = self.router.prepare([parsed.prompt], **self._keywords(parsed))
         if policy is None:
-            model = self.paced.decide([parsed.prompt], [observed], excluded=[excluded], prepared=prepared)[0]
+            model = self._pacer().decide([parsed.prompt], [observed], excluded=[excluded], prepared=prepared)[0]
         else:
             model = self.router.decide([parsed.prompt], [observed], policy=policy, excluded=[excluded],
                                        prepared=prepared)[0]
@@ -388,7 +399,8 @@ class _Service:
                 break
             self.metrics.decisions.labels(model).inc()
             try:
-                reply = await self.upstreams.call(model, parsed.messages, parsed.forwarded, deadline)
+                reply = await self.upstreams.call(  # type: ignore[union-attr]  # made at startup (lifespan)
+                    model, parsed.messages, parsed.forwarded, deadline)
             except UpstreamFailure as failure:
                 log.warning("%s; the router excludes it for this query", failure)
                 self.metrics.upstream_errors.labels(model, failure.kind).inc()
@@ -404,16 +416,16 @@ class _Service:
             new_text = len(reply.text)
             steps.append(_Step(model, reply, None))
         if not observed:
-            failed = "; ".join(step.failure.public for step in steps) or "the policy called no model"
+            failed = "; ".join(step._failure().public for step in steps) or "the policy called no model"
             raise APIError(502, f"no upstream answered: {failed}", type="upstream_error", code="upstream_failed")
         cost = sum(result["cost"] for result in observed.values())
         if policy is None and pace:
-            self.paced.record(cost)
-            self.metrics.pacing_factor.set(self.paced.state().factor)
+            self._pacer().record(cost)
+            self.metrics.pacing_factor.set(self._pacer().state().factor)
         self.metrics.query_cost.labels(label).observe(cost)
         self.metrics.selected.labels(selected).inc()
         account = {"models": [step.model for step in steps], "failed": sorted(excluded), "selected": selected,
-                   "cost_usd": cost, "budget": self.paced.budget if policy is None else policy.budget,
+                   "cost_usd": cost, "budget": self._pacer().budget if policy is None else policy.budget,
                    "paced": policy is None, "steps": [step.record() for step in steps]}
         return selected, steps, account
 
@@ -592,7 +604,7 @@ class _Service:
             try:
                 prepared = self.router.prepare([parsed.prompt], **keywords)
                 if policy is None:
-                    plan = self.paced.plan([parsed.prompt], [observed], excluded=[excluded], prepared=prepared)[0]
+                    plan = self._pacer().plan([parsed.prompt], [observed], excluded=[excluded], prepared=prepared)[0]
                 else:
                     plan = self.router.plan([parsed.prompt], [observed], policy=policy, excluded=[excluded],
                                             prepared=prepared)[0]
@@ -600,7 +612,7 @@ class _Service:
             except (ValueError, TypeError) as error:  # the router names what is wrong with observed/excluded
                 raise APIError(400, str(error), param="observed") from None
             return {"next": plan.next, "models": list(plan.models), "select": select,
-                    "budget": self.paced.budget if policy is None else policy.budget}
+                    "budget": self._pacer().budget if policy is None else policy.budget}
 
         new_text = len(parsed.prompt) + sum(len(str(result.get("response", ""))) for result in observed.values())
         return JSONResponse(await self._run_decision(new_text, decide))
@@ -684,7 +696,7 @@ class _Guard:
         endpoint = path if path in _ENDPOINTS else "other"
         began, status = time.perf_counter(), [500]
 
-        async def sending(message: dict) -> None:
+        async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
@@ -696,7 +708,7 @@ class _Guard:
             if self.allowed is not None and _host(scope) not in self.allowed:
                 raise APIError(421, "this service does not answer for that Host (a DNS-rebound name?); call it by "
                                     "an allowed name (--allowed-hosts)", code="misdirected_request")
-            if self.expected is not None and path != "/healthz" and not self._authorised(scope):
+            if self.expected is not None and path != "/healthz" and not self._authorised(scope, self.expected):
                 raise APIError(401, "missing or wrong API key: send Authorization: Bearer <key>",
                                type="invalid_request_error", code="invalid_api_key")
             if counts.get(host, 0) >= self.service.config.max_client_concurrency:
@@ -721,7 +733,7 @@ class _Guard:
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = [False]
 
-        async def sending(message: dict) -> None:
+        async def sending(message: Message) -> None:
             started[0] = started[0] or message["type"] == "http.response.start"
             await send(message)
 
@@ -732,12 +744,12 @@ class _Guard:
             if not started[0]:
                 await _error_response(_INTERNAL)(scope, receive, send)
 
-    def _authorised(self, scope: Scope) -> bool:
+    def _authorised(self, scope: Scope, expected: bytes) -> bool:
         given = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
                 given = value
-        return hmac.compare_digest(given, self.expected)
+        return hmac.compare_digest(given, expected)
 
 
 def _host(scope: Scope) -> str:
@@ -795,6 +807,7 @@ def create_app(router: Router, backends: Mapping[str, Backend], config: ServiceC
                             Route("/v1/models", service.models, methods=["GET"]),
                             Route("/healthz", service.healthz, methods=["GET"]),
                             Route("/metrics", service.prometheus, methods=["GET"])],
-                    exception_handlers={APIError: json_errors, Exception: internal_error}, lifespan=service.lifespan)
+                    exception_handlers={APIError: json_errors,  # type: ignore[dict-item]  # called with APIErrors only
+                                        Exception: internal_error}, lifespan=service.lifespan)
     app.state.service = service
     return _Guard(app, service)
