@@ -87,3 +87,15 @@ def upstreams(upstream_server):
     """The module's fake upstreams, reset: no calls recorded, every model answering."""
     upstream_server.reset()
     return upstream_server
+
+
+#: Session fixtures that run a full ``training.fit`` (command line, ~half a minute on 2 cores): a test that
+#: uses one, directly or through another fixture, is in the slow tier.
+FIT_FIXTURES = frozenset({"fitted_artifact"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that needs a fit-based fixture ``slow``, so the default run (``-m "not slow"``) skips it."""
+    for item in items:
+        if FIT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
