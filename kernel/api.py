@@ -224,7 +224,9 @@ class Decider:
         plan_one(*arguments)  # compiles, or loads the cached machine code, once per process
         signature = tuple(numba.typeof(value) for value in arguments)
         # The entry point takes exactly these types and trusts them: plan() passes only arrays of them.
-        self._entry = plan_one.overloads[signature].entry_point
+        # With NUMBA_DISABLE_JIT=1 (CI's coverage run of the kernel tests) njit returns the Python function.
+        overloads = getattr(plan_one, "overloads", None)
+        self._entry = _python_plan_one if overloads is None else overloads[signature].entry_point
 
     def __reduce__(self):
         """Pickle the options, not the compiled entry point (rebuilt on load)."""
@@ -326,6 +328,12 @@ class Decider:
             [quality], [cost], sigma=None if sigma is None else [sigma], run=None if run is None else [run],
             u=None if u is None else [float(u)], parallel=False, **self.options)
         return int(next_model[0]), int(plan_mask[0])
+
+
+def _python_plan_one(*arguments: Any) -> tuple[bool, int, int]:
+    """``plan_one`` run as Python (``NUMBA_DISABLE_JIT=1``), returning Python scalars as the compiled call does."""
+    valid, next_model, plan_mask = plan_one(*arguments)
+    return bool(valid), int(next_model), int(plan_mask)
 
 
 def _rebuild_decider(n_models: int, options: dict) -> Decider:
