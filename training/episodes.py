@@ -17,8 +17,9 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol, overload
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -31,14 +32,14 @@ from .defaults import MIN_FULLY_LOGGED  # re-exported: the --min-fully-logged de
 if TYPE_CHECKING:
     from estimators.table import RoutingTable
 
-__all__ = ["CONSTANT_ESTIMATES", "FIXED_MODEL", "LATENCY_MULTIPLIER", "MIN_FULLY_LOGGED", "Episodes", "EpisodeOutcome", "EstimateStep",
-           "EstimatorEpisodes", "TableEpisodes", "calibration_episodes", "constant_tables", "penalised_cost", "plan_next", "play_cascades",
-           "uncertainty_keywords"]
+__all__ = ["CONSTANT_ESTIMATES", "FIXED_MODEL", "LATENCY_MULTIPLIER", "MIN_FULLY_LOGGED", "Episodes", "EpisodeOutcome",
+           "EstimateStep", "EstimatorEpisodes", "TableEpisodes", "calibration_episodes", "constant_tables",
+           "penalised_cost", "plan_next", "play_cascades", "uncertainty_keywords"]
 
 
 def uncertainty_keywords(sigma: ArrayLike | None, cov: ArrayLike | None,
                          transform: tuple[float, float] = (1.0, 1.0)) -> dict[str, Any]:
-    """The kernel's uncertainty keyword, ``sigma = a·σ^p`` or (when given) ``cov`` with that σ and the same correlations.
+    """The kernel's uncertainty keyword: ``sigma = a·σ^p``, or (when given) ``cov`` with that σ and its correlations.
 
     The one place where a policy's fitted σ transform ``(a, p)`` meets the
     estimates: no estimator's σ is calibrated to what the decision rule's
@@ -81,8 +82,8 @@ def uncertainty_keywords(sigma: ArrayLike | None, cov: ArrayLike | None,
         cov = np.asarray(cov)
         if power == 1.0:
             return {"cov": cov * scale**2}
-        sigma = np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0))
-        factor = np.divide(scale * sigma**power, sigma, out=np.zeros_like(sigma), where=sigma > 0)
+        spread = np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0))
+        factor = np.divide(scale * spread**power, spread, out=np.zeros_like(spread), where=spread > 0)
         return {"cov": cov * factor[:, :, None] * factor[:, None, :]}
     if identity or sigma is None:
         return {"sigma": sigma}
@@ -342,7 +343,7 @@ def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options
                            latency=found.latency, **uncertainty_keywords(found.sigma, found.cov, sigma_transform))[0]
         kernel_seconds += time.perf_counter() - began
         going = chosen != kernel.STOP
-        if needed is not None:  # a model without a logged outcome cannot be run: the query stops before it
+        if needed is not None and available is not None:  # a model not logged cannot be run: the query stops
             lacking = going & ~available[active, np.maximum(chosen, 0)]
             needed[active[lacking]] = chosen[lacking]
             going &= ~lacking
@@ -499,8 +500,10 @@ class TableEpisodes:
         names = ("ante_quality", "ante_sigma", "ante_cost", "post_quality", "post_sigma", "post_cost")
         arrays = [getattr(estimates, name) for name in names] + [true_quality, true_cost]
         if rows is not None:
-            arrays = [a[rows] for a in arrays]
-            latency = None if latency is None else tuple(np.asarray(a)[rows] for a in latency)
+            index = np.asarray(rows)
+            arrays = [a[index] for a in arrays]
+            if latency is not None:
+                latency = (np.asarray(latency[0])[index], np.asarray(latency[1])[index], np.asarray(latency[2])[index])
         return cls(*arrays, parallel=parallel, latency=latency)
 
     def play(self, options: dict[str, Any]) -> EpisodeOutcome:
@@ -528,8 +531,9 @@ class TableEpisodes:
         if weighs_latency:  # the kernel sees penalties; what was spent is added up from the models run below
             latency = (None,) * 3 if self.latency is None else self.latency
             kernel_options = options
-            for index, seconds in zip((2, 5, 7), latency):
-                tables[index], kernel_options = penalised_cost(tables[index], seconds, options)
+            for index, seconds in zip((2, 5, 7), latency, strict=True):
+                tables[index], kernel_options = penalised_cost(  # type: ignore[call-overload]  # array in, array out
+                    tables[index], seconds, options)
             options = kernel_options
         result = kernel.simulate(*tables, parallel=self.parallel, **options)
         if self.latency is None:
@@ -602,14 +606,14 @@ class EstimatorEpisodes:
             direct = estimator.predict_table(table, run=self.logged)
             self.quality = np.where(self.logged, table.quality, direct.quality)
             self.cost = np.where(self.logged, table.cost, direct.cost)
-            if self.latency is not None and direct.latency is not None:
+            if table.latency is not None and direct.latency is not None:  # self.latency is table.latency
                 self.latency = np.where(self.logged, table.latency, direct.latency)
         ante = self.estimates(np.arange(self.n_queries), np.zeros(table.quality.shape, bool))
         self.quality_span = (float(ante.quality.min()), float(ante.quality.max()))
         self.cost_scale = float(ante.cost.mean())
         if ante.latency is None:  # latency is scored only where the estimator can also weigh it
             self.latency = None
-        self.latency_scale = math.nan if self.latency is None else float(ante.latency.mean())
+        self.latency_scale = math.nan if self.latency is None or ante.latency is None else float(ante.latency.mean())
 
     def estimates(self, rows: NDArray[np.int64], run: NDArray[np.bool_], with_sigma: bool = True) -> Estimates:
         """Estimates of queries ``rows`` with run sets ``run``, from the cache where they were seen before.
@@ -630,7 +634,7 @@ class EstimatorEpisodes:
         Estimates
             Shape ``(M, K)``.
         """
-        keys = list(zip(np.asarray(rows).tolist(), (run.astype(np.int64) @ self._bits).tolist()))
+        keys = list(zip(np.asarray(rows).tolist(), (run.astype(np.int64) @ self._bits).tolist(), strict=True))
         slots = np.fromiter((self._slots.get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
         missing = np.flatnonzero(slots < 0)
         if missing.size:
@@ -640,7 +644,7 @@ class EstimatorEpisodes:
             self._store(found, slots[missing])
         if self._stored is None:  # no query asked yet, so nothing to look up
             return self._estimate(rows, run)
-        return Estimates(*(None if stored is None else stored[slots] for stored in self._stored))
+        return Estimates._make(None if stored is None else stored[slots] for stored in self._stored)
 
     def _store(self, found: Estimates, slots: NDArray[np.int64]) -> None:
         """Write ``found`` into the cache arrays at ``slots``, growing them by doubling."""
@@ -648,7 +652,7 @@ class EstimatorEpisodes:
             self._stored = tuple(None if value is None else np.empty((0, *value.shape[1:])) for value in found)
         needed = int(slots.max()) + 1
         grown = []
-        for stored, value in zip(self._stored, found):
+        for stored, value in zip(self._stored, found, strict=True):
             if stored is not None and stored.shape[0] < needed:
                 bigger = np.empty((max(needed, 2 * stored.shape[0]), *stored.shape[1:]))
                 bigger[: stored.shape[0]] = stored
@@ -671,7 +675,8 @@ class EstimatorEpisodes:
         latency = found.latency
         if latency is not None and self.latency is not None:
             latency = np.where(unseen, self.latency[rows], latency)
-        return Estimates(np.where(unseen, self.quality[rows], found.quality), np.where(unseen, 0.0, found.sigma),
+        sigma = None if found.sigma is None else np.where(unseen, 0.0, found.sigma)
+        return Estimates(np.where(unseen, self.quality[rows], found.quality), sigma,
                          np.where(unseen, self.cost[rows], found.cost), cov, latency)
 
     def play(self, options: dict[str, Any]) -> EpisodeOutcome:

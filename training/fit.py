@@ -36,8 +36,9 @@ import io
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -305,14 +306,14 @@ def run(args: argparse.Namespace) -> dict:
     budgets = sorted(set(args.budget or default_budgets(calibration_costs)))
     latency_budgets = sorted(set(args.latency_budget)) if args.latency_budget else [None]
     requested = [(budget, latency) for budget in budgets for latency in latency_budgets]
-    curve = [(budget, None) for budget in sorted(set(budget_grid(single_cost, single_quality, args.curve_points))
-                                                  - set(budgets if latency_budgets == [None] else []))]
+    grid = [(budget, None) for budget in sorted(set(budget_grid(single_cost, single_quality, args.curve_points))
+                                                 - set(budgets if latency_budgets == [None] else []))]
     stages.update()
     stages.set_postfix_str("fitting policies")
-    rows = []
+    rows: list[dict[str, Any]] = []
     policies = []
     singles = single_outcomes(fitting_episodes)  # the calibration hull's points, shared by every budget
-    for budget, latency in tqdm(requested + curve, desc="budgets", disable=args.quiet, leave=False):
+    for budget, latency in tqdm(requested + grid, desc="budgets", disable=args.quiet, leave=False):
         choice = _fit_budget(args, fitting_episodes, float(budget), latency,
                              strict=(budget, latency) in requested, singles=singles)
         policy = choice.policy
@@ -338,7 +339,8 @@ def run(args: argparse.Namespace) -> dict:
         "pooled_quality_regressor": bool(estimator.quality_.pooled_),
         "max_depth": args.max_depth,
         "n_train": len(train), "n_calibration": len(calibration), "n_test": len(test),
-        "split": "split column" if args.split_column else f"seeded (seed {args.seed}, fractions {list(args.fractions)})",
+        "split": ("split column" if args.split_column
+                  else f"seeded (seed {args.seed}, fractions {list(args.fractions)})"),
         "prompts_in_several_parts": shared_groups((train, calibration, test), prompt_groups(table.prompts)),
         "coverage": {"table": coverage(table), "train": coverage(table, train)},
         "calibration": calibration_used,
@@ -349,7 +351,7 @@ def run(args: argparse.Namespace) -> dict:
         "latency": single_latency is not None,
         "single_models": [{"model": m, "cost": float(c), "quality": float(q),
                            "latency": None if single_latency is None else single_latency[i]}
-                          for i, (m, c, q) in enumerate(zip(table.models, single_cost, single_quality))],
+                          for i, (m, c, q) in enumerate(zip(table.models, single_cost, single_quality, strict=True))],
         "auc": {args.strategy: auc([r["test_cost"] for r in curve], [r["test_quality"] for r in curve],
                                    lo, hi, left_quality=left),
                 "linear": linear_auc(single_cost, single_quality)},
@@ -404,7 +406,7 @@ def _fit_budget(args: argparse.Namespace, episodes: EstimatorEpisodes, budget: f
 
 
 def _calibration_figures(choice: Choice, models: Sequence[str]) -> dict:
-    """The kept candidate's calibration cost, quality and budget status, which candidate it is and by how much it won."""
+    """The kept candidate's calibration cost, quality and budget status, which candidate it is, by how much it won."""
     policy = choice.policy
     spends = [p.calibration_cost for p in choice.candidates if p.budget_status == "above_max"]
     return {"calibration_cost": policy.calibration_cost, "calibration_quality": policy.calibration_quality,
@@ -423,11 +425,12 @@ def _calibration_figures(choice: Choice, models: Sequence[str]) -> dict:
                             "standard_error": None if np.isnan(error) else error,
                             "best": i == choice.best, "kept": i == choice.kept}
                            for i, (p, within, gap, error) in enumerate(zip(choice.candidates, choice.within,
-                                                                           choice.gaps, choice.standard_errors))]}
+                                                                           choice.gaps, choice.standard_errors,
+                                                                           strict=True))]}
 
 
 def _with_best_single(row: dict, models, costs, qualities, latencies) -> dict:
-    """Add the best single model whose test cost (and latency) fits the same budgets, and whether the router lost to it."""
+    """Add the best single model whose test cost (and latency) fits the same budgets, and whether the router lost."""
     latency_budget = row["latency_budget"]
     within = costs <= row["budget"]
     if latency_budget is not None:

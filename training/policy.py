@@ -28,21 +28,29 @@ The threshold cascade's ``θ`` is fitted the same way with ``θ = w - α``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 import kernel
 
-from .episodes import (CONSTANT_ESTIMATES, FIXED_MODEL, LATENCY_MULTIPLIER, EpisodeOutcome, Episodes, plan_next,
-                       uncertainty_keywords)
+from .episodes import (
+    CONSTANT_ESTIMATES,
+    FIXED_MODEL,
+    LATENCY_MULTIPLIER,
+    EpisodeOutcome,
+    Episodes,
+    plan_next,
+    uncertainty_keywords,
+)
 from .metrics import upper_hull
 
-__all__ = ["Policy", "SIGMA_TRANSFORMS", "fit_policy", "single_model_policy", "hull_policy", "single_outcomes", "fit_candidates",
-           "choose_policy", "describe", "Choice", "BudgetError", "SCALE_RTOL", "MAX_DOUBLINGS", "MAX_SCALE",
-           "LAMBDA_MOVES", "THRESHOLD_MOVES", "TIE_STANDARD_ERRORS"]
+__all__ = ["Policy", "SIGMA_TRANSFORMS", "fit_policy", "single_model_policy", "hull_policy", "single_outcomes",
+           "fit_candidates", "choose_policy", "describe", "Choice", "BudgetError", "SCALE_RTOL", "MAX_DOUBLINGS",
+           "MAX_SCALE", "LAMBDA_MOVES", "THRESHOLD_MOVES", "TIE_STANDARD_ERRORS"]
 
 #: Bisection stops when the feasible and infeasible scales are this close (relative).
 SCALE_RTOL = 2e-3
@@ -417,7 +425,7 @@ def _solve_scale(measure: Callable[[float], EpisodeOutcome], family, shape: np.n
             excess is not None and low_outcome is not None and high - low > MIN_RTOL * abs(high)
             and excess(low_outcome) - excess(high_outcome) > BRACKET_SPREAD):
         middle = family.midpoint(low, high)
-        if excess is not None and low > 0 and low_outcome is not None:
+        if excess is not None and low is not None and low > 0 and low_outcome is not None:
             over, under = excess(low_outcome), excess(high_outcome)
             if over > under:
                 share = min(max(over / (over - under), 0.1), 0.9)
@@ -561,6 +569,7 @@ def fit_policy(episodes: Episodes, budget: float | None, *, strategy: str = "cas
     depth = n_models if max_depth is None else int(min(max_depth, n_models))
     if depth < 1:
         raise ValueError(f"max_depth must be >= 1, got {max_depth}")
+    family: _ThresholdFamily | _LambdaFamily
     if strategy == "threshold":
         family = _ThresholdFamily(n_models - 1, episodes.quality_span)
         steps = depth - 1
@@ -582,7 +591,8 @@ def fit_policy(episodes: Episodes, budget: float | None, *, strategy: str = "cas
                                               family, shape, budgets.fits, None)
         mu = 0.0
     else:
-        mu, alpha, outcome, status = _solve_multipliers(search, family, episodes.latency_scale, budgets)
+        mu, alpha, outcome, status = _solve_multipliers(
+            search, family, episodes.latency_scale, budgets)  # type: ignore[arg-type]  # threshold: refused above
     if status == "below_min" and on_infeasible == "raise":
         raise _infeasible(strategy, budgets, outcome)
     if per_step and status == "met" and steps > 1:
@@ -610,7 +620,7 @@ def _solve_multipliers(search: _Search, family: _LambdaFamily, latency_scale: fl
     nested = _LambdaFamily(len(shape), family.cost_scale, NESTED_RTOL)
 
     def over_cost(outcome: EpisodeOutcome) -> float:
-        return outcome.mean_cost / budgets.cost - 1.0
+        return outcome.mean_cost / budgets.cost - 1.0  # type: ignore[operator]  # both budgets are set here
 
     def measure_at(mu: float) -> Callable[[float], EpisodeOutcome]:
         return lambda alpha: search.measure(**family.changes(alpha, shape), mu=mu)
@@ -628,8 +638,11 @@ def _solve_multipliers(search: _Search, family: _LambdaFamily, latency_scale: fl
         return outcome
 
     mu_family = _LambdaFamily(1, latency_scale, NESTED_RTOL)
+    def over_latency(outcome: EpisodeOutcome) -> float:
+        return outcome.mean_latency / budgets.latency - 1.0  # type: ignore[operator]  # both budgets are set here
+
     mu, outcome, status = _solve_scale(measure_mu, mu_family, mu_family.initial_shape, budgets.fits, None,
-                                       lambda o: o.mean_latency / budgets.latency - 1.0)
+                                       over_latency)
     alpha, cost_status = solved[mu]
     if status == "above_max":  # latency does not bind (μ = 0): the status is the cost budget's
         status = cost_status
@@ -770,7 +783,7 @@ def hull_policy(episodes: Episodes, budget: float | None, *, latency_budget: flo
     constants = np.vstack([quality, cost])
     hull = upper_hull(cost, quality).tolist()
     budgets = _Budgets(budget, latency_budget)
-    segments = [(a, b) for a, b in zip(hull, hull[1:] + [None]) if budgets.allows(cost[a], latency[a])]
+    segments = [(a, b) for a, b in zip(hull, hull[1:] + [None], strict=True) if budgets.allows(cost[a], latency[a])]
     if latency_budget is None:
         segments = segments[-1:]  # the hull is concave: the segment around the budget mixes best
     best = None
@@ -830,7 +843,8 @@ def fit_candidates(episodes: Episodes, budget: float | None, *, strategy: str = 
         Simplest first: the hull (if any), then by depth.
     """
     depth = episodes.n_models if max_depth is None else int(min(max_depth, episodes.n_models))
-    options = dict(per_step=per_step, on_infeasible=on_infeasible, latency_budget=latency_budget, n_samples=n_samples)
+    options: dict[str, Any] = dict(per_step=per_step, on_infeasible=on_infeasible, latency_budget=latency_budget,
+                                   n_samples=n_samples)
     if strategy == "cascade_routing":
         fitted = [fit_policy(episodes, budget, strategy="routing", max_depth=1, **options)]
         fitted += [fit_policy(episodes, budget, strategy=strategy, max_depth=d, sigma_transforms=sigma_transforms,

@@ -88,8 +88,8 @@ def _protocol(limits: EdgeLimits) -> type:
             super().connection_made(transport)
             self._head_timer: asyncio.TimerHandle | None = None
             if not hasattr(self.server_state, "_edge_idle"):  # connections waiting for a head, oldest first
-                self.server_state._edge_idle = OrderedDict()  # type: ignore[attr-defined]
-            self._idle: OrderedDict = self.server_state._edge_idle  # type: ignore[attr-defined]
+                self.server_state._edge_idle = OrderedDict()  # type: ignore[attr-defined]  # ours, on uvicorn's
+            self._idle: OrderedDict = self.server_state._edge_idle  # type: ignore[attr-defined]  # shared state
             self._await_head()
             if len(self.connections) > limits.max_connections:
                 victim = next((p for p in self._idle if p is not self), None)

@@ -309,9 +309,10 @@ def _score_queries(router: Router, policy, frame: pd.DataFrame, parallel: bool, 
     if good.size:
         started = time.perf_counter()
         prompts = list(values.get("prompt", [""] * good.size))
-        estimates, _, next_model, masks = router.plan_arrays(prompts, tasks=values.get("task"),
-                                                             subtasks=values.get("subtask"), policy=policy,
-                                                             parallel=parallel)
+        estimates, _, next_model, masks = router.plan_arrays(
+            prompts, policy=policy, parallel=parallel,
+            tasks=values.get("task"),  # type: ignore[arg-type]  # object arrays of str read as Sequence[str]
+            subtasks=values.get("subtask"))  # type: ignore[arg-type]  # as above
         if timings is not None:
             _add(timings, "plan", started)
         k = len(router.models_)

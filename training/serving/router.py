@@ -24,10 +24,10 @@ import math
 import threading
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import AbstractSet, Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -53,7 +53,7 @@ Observed = Sequence[Mapping[str, Mapping[str, object]]]
 
 #: Per query: the models that may not be called for it (an upstream that
 #: failed on it, say). They have no answer, so they are never in ``observed``.
-Excluded = Sequence[AbstractSet[str]]
+Excluded = Sequence[Set[str]]
 
 
 class UnseenCategoryWarning(UserWarning):
@@ -202,7 +202,7 @@ class Router:
                 responses[row, column] = _observed_text(result, row, model)
                 for name in names:
                     if name in result:
-                        signals[name][row, column] = float(result[name])
+                        signals[name][row, column] = float(result[name])  # type: ignore[arg-type]  # else raises
         return run, responses, cost, signals, latency
 
     def prepare(self, prompts: Sequence[str], *, tasks: Sequence[str] | None = None,
@@ -320,8 +320,8 @@ class Router:
         names = self.models_
         bits = [1 << i for i in range(len(names))]
         return [Plan(None if c == kernel.STOP else names[c],
-                     tuple(name for name, bit in zip(names, bits) if int(mask) & bit))
-                for c, mask in zip(next_model.tolist(), masks.tolist())]
+                     tuple(name for name, bit in zip(names, bits, strict=True) if int(mask) & bit))
+                for c, mask in zip(next_model.tolist(), masks.tolist(), strict=True)]
 
     def plan_arrays(self, prompts: Sequence[str], observed: Observed | None = None,
                     budget: float | None = None, *, tasks: Sequence[str] | None = None,
@@ -368,7 +368,7 @@ class Router:
         index = {name: i for i, name in enumerate(self.models_)}
         banned = np.zeros((n, k), bool)
         for row, names in enumerate(excluded):
-            if isinstance(names, (str, bytes)) or not isinstance(names, (AbstractSet, Sequence)):
+            if isinstance(names, (str, bytes)) or not isinstance(names, (Set, Sequence)):
                 raise TypeError(f"excluded[{row}] must be a set of model names, got {type(names).__name__}")
             for name in names:
                 if name not in index:
@@ -495,8 +495,8 @@ class Router:
         """
         self.estimator.warm_up(parallel)
         known = self.known_categories()  # a trained category, so that warming up warns of nothing
-        per_query = {f"{name}s": [(known.get(name) or ["warm-up"])[0]] for name in self.estimator.columns_
-                     if name != "prompt"}
+        per_query: dict[str, Any] = {f"{name}s": [(known.get(name) or ["warm-up"])[0]]
+                                     for name in self.estimator.columns_ if name != "prompt"}
         first = self.decide(["warm-up"], **per_query)[0] or self.models_[0]
         signals = {name: 0.0 for name in self.estimator.signal_names_}
         observed = [{first: {"cost": 0.0, "response": "A", **signals}}]
@@ -514,7 +514,7 @@ def _paced_gamma(base: Policy, factor: float) -> float:
     spend is linear in ``γ`` (``c_a + γ (c_b − c_a)``), which is what pacing
     moves instead.
     """
-    quality, cost = base.constant_estimates
+    quality, cost = base.constant_estimates  # type: ignore[misc]  # a hull mix has constant estimates
     score = quality - float(np.asarray(base.lambdas)[0]) * cost
     tied = np.flatnonzero(score >= score.max() - 1e-12 * max(1.0, abs(score.max())))
     cheap, dear = cost[tied].min(), cost[tied].max()
@@ -586,7 +586,7 @@ class PacedRouter:
         if not scalable:
             wanted = "a positive λ" if latency_budget is None else "a positive μ"
             raise ValueError(f"no fitted policy has {wanted} to pace; refit with smaller budgets "
-                             f"(fitted: {list(zip(router.budgets, router.latency_budgets))})")
+                             f"(fitted: {list(zip(router.budgets, router.latency_budgets, strict=True))})")
 
         def distance(p: Policy) -> float:
             far = abs(math.log(max(p.budget, 1e-300) / budget))
@@ -655,13 +655,13 @@ class PacedRouter:
         with self._lock:
             for value in costs:
                 self.controller.update(value)
-            changes = ({"gamma": _paced_gamma(self.base, self.controller.factor)}
+            changes: dict[str, Any] = ({"gamma": _paced_gamma(self.base, self.controller.factor)}
                        if self.base.constant_estimates is not None and seconds is None else
                        {"lambdas": np.asarray(self.base.lambdas) * self.controller.factor})
             if seconds is not None:
                 for value in seconds:
-                    self.latency_controller.update(value)
-                changes["mu"] = self.base.mu * self.latency_controller.factor
+                    self.latency_controller.update(value)  # type: ignore[union-attr]  # with seconds: checked above
+                changes["mu"] = self.base.mu * self.latency_controller.factor  # type: ignore[union-attr]  # as above
             self._policy = replace(self.base, **changes)
 
     def plan(self, prompts: Sequence[str], observed: Observed | None = None, *,
@@ -794,7 +794,7 @@ def _keep_columns(value: np.ndarray, keep: NDArray[np.intp]) -> np.ndarray:
     return value[:, keep, :] if value.ndim == 3 else value
 
 
-def prompt_uniforms(prompts: Sequence[str]) -> NDArray[np.float64]:
+def prompt_uniforms(prompts: Iterable[object]) -> NDArray[np.float64]:
     """A stable uniform in [0, 1) per prompt (CRC32 / 2**32), so that a repeated prompt breaks ties the same way.
 
     Parameters
