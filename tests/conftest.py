@@ -89,9 +89,9 @@ def upstreams(upstream_server):
     return upstream_server
 
 
-#: Session fixtures that run a full ``training.fit`` (command line, ~half a minute on 2 cores): a test that
-#: uses one, directly or through another fixture, is in the slow tier.
-FIT_FIXTURES = frozenset({"fitted_artifact"})
+#: Fixtures (here or in a test module) that run a full ``training.fit`` (~half a minute on 2 cores), or stand
+#: on one: a test that uses one, directly or through another fixture, is in the slow tier.
+FIT_FIXTURES = frozenset({"fitted_artifact", "artifact", "router", "two_budget_fit"})
 
 
 def pytest_collection_modifyitems(config, items):

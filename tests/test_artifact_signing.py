@@ -325,6 +325,7 @@ def test_load_router_verifies_with_key(signed_router, router):
         load_router(signed_router, key=OTHER_PUBLIC, warm_up=False)
 
 
+@pytest.mark.slow
 def test_fit_signs_with_the_key_from_the_environment(tmp_path, monkeypatch, capsys):
     from training.fit import main
     from training.serving.router import load_router
@@ -545,6 +546,7 @@ def test_algorithms_never_cross(legacy, bomb, marker):
     _refused(bomb, marker, "signed with Ed25519, but the key given is a shared HMAC secret", key=SECRET)
 
 
+@pytest.mark.slow
 def test_fit_with_a_legacy_secret_still_signs_with_a_warning(tmp_path, monkeypatch):
     from training.fit import main
 

@@ -241,6 +241,7 @@ def test_candidates_meet_both_budgets_with_a_latency_budget():
             assert hull.calibration_latency <= seconds and hull.calibration_cost <= budget
 
 
+@pytest.mark.slow
 def test_fit_keeps_the_cheapest_model_on_a_table_where_every_model_ties(tmp_path, capsys):
     """Issue 29: a quality tie used to keep cascade routing at 2.5-22.6 times the cheapest model's cost."""
     from training.fit import main

@@ -19,6 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+pytestmark = pytest.mark.slow  # a Spark session and a fit on the shared table
+
 pyspark = pytest.importorskip("pyspark", reason="pyspark is not installed (pip install \"cascade-router[spark]\")")
 if shutil.which("java") is None:
     pytest.skip("Java is not installed: Spark needs a JVM (Java 17)", allow_module_level=True)

@@ -126,6 +126,7 @@ def test_router_fitted_without_tasks_serves_without_them(unlabelled):
 # --------------------------------------------------------------------------- #
 
 
+@pytest.mark.slow
 def test_fit_ignore_columns_serves_without_tasks(tmp_path):
     path = tmp_path / "bench.parquet"
     make_benchmark(400, seed=3).to_parquet(path)
