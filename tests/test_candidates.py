@@ -282,6 +282,7 @@ def test_paired_budget_differences_equal_a_plain_resampling_loop():
         paired_budget_differences(a, b[:, :10])
 
 
+@pytest.mark.slow
 def test_the_protocol_reports_per_budget_differences_and_the_candidate_kept():
     from training.protocol import evaluate_strategies
     from training.synthetic import default_table

@@ -133,7 +133,12 @@ def _fitted(config: Config) -> RouterEstimator:
     return config.build().fit(_table())
 
 
-@pytest.fixture(scope="module", params=CONFIGS, ids=lambda c: c.id)
+#: The fast tier keeps every ridge row and one LightGBM row; the other LightGBM fits (~10 s each) are ``slow``.
+_TIERED = [config if config.family == "ridge" or config is CONFIGS[0] else pytest.param(config, marks=pytest.mark.slow)
+           for config in CONFIGS]
+
+
+@pytest.fixture(scope="module", params=_TIERED, ids=lambda c: c.id)
 def estimator(request) -> RouterEstimator:
     return _fitted(request.param)
 
@@ -309,7 +314,7 @@ def _observed(models, run: np.ndarray, responses: np.ndarray, logprob: np.ndarra
              for j in np.flatnonzero(row)} for i, row in enumerate(run)]
 
 
-@pytest.mark.parametrize("config", [CONFIGS[1], CONFIGS[0]], ids=lambda c: c.id)
+@pytest.mark.parametrize("config", [pytest.param(CONFIGS[1], marks=pytest.mark.slow), CONFIGS[0]], ids=lambda c: c.id)
 def test_router_estimates_equal_predict_and_reference(config):
     """What a router serves equals ``predict`` on the same inputs as arrays, and the reference.
 
