@@ -33,6 +33,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 ROUTERBENCH = ROOT.parent / "shared" / "data" / "routerbench_subset" / "routerbench_subset.parquet"
 N_QUERIES = 600
+#: Report fields that are measurements of the run or paths, not results: left out of the comparison.
+_MEASURED = ("seconds", "peak_rss_gib", "artifact", "data")
 
 
 def _fits(folder: Path) -> list[tuple[str, list[str], Path]]:
@@ -109,7 +111,7 @@ def capture(folder: Path) -> None:
                                                   **{k: [v[i] for i in ran] for k, v in per_query.items()}))
         np.savez(folder / f"{name}_router.npz", **arrays)
         summary = json.loads((report / "report.json").read_text())
-        for where in ("seconds", "artifact", "data"):  # wall clock and paths
+        for where in _MEASURED:
             summary.pop(where, None)
         (folder / f"{name}_summary.json").write_text(json.dumps({"policies": _policies(router), "report": summary},
                                                                 sort_keys=True, indent=1))
@@ -133,8 +135,9 @@ def compare(before: Path, after: Path) -> int:
     for summary in names:
         name = summary.removesuffix("_summary.json")
         a, b = (json.loads((d / summary).read_text()) for d in (before, after))
-        for report in (a["report"], b["report"]):  # snapshots taken before paths were left out
-            report.pop("artifact", None), report.pop("data", None)
+        for report in (a["report"], b["report"]):  # snapshots taken before these were left out
+            for where in _MEASURED:
+                report.pop(where, None)
         if a != b:
             differences += 1
             print(f"{name}: policies or report differ")
