@@ -91,7 +91,7 @@ def upstreams(upstream_server):
 
 #: Fixtures (here or in a test module) that run a full ``training.fit`` (~half a minute on 2 cores), or stand
 #: on one: a test that uses one, directly or through another fixture, is in the slow tier.
-FIT_FIXTURES = frozenset({"fitted_artifact", "artifact", "router", "two_budget_fit"})
+FIT_FIXTURES = frozenset({"fitted_artifact", "artifact", "router", "two_budget_fit", "forced_loss", "partial_fit"})
 
 
 def pytest_collection_modifyitems(config, items):
