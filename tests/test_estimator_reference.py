@@ -279,6 +279,7 @@ def test_every_model_run(estimator):
     _compare(estimator, inputs)
 
 
+@pytest.mark.slow  # fits every configuration
 def test_configurations_cover_every_pair_of_options():
     """The covering set: every pair of values of every pair of options is fitted somewhere,
     and each fitted estimator is what its configuration says (so no option silently drops out)."""
