@@ -121,6 +121,7 @@ def test_linear_family_has_the_same_interface(table):
     assert np.mean((est.quality - table.quality) ** 2) < base
 
 
+@pytest.mark.slow
 def test_fit_on_rows_uses_only_those_queries(table):
     a = RouterEstimator(quality=FAST).fit(table, rows=np.arange(200))
     b = RouterEstimator(quality=FAST).fit(table.subset(np.arange(200)))
@@ -246,6 +247,7 @@ def test_predict_table_rows_out_of_range_is_rejected(fitted, table):
         fitted.predict_table(table, rows=np.array([0, 300]))
 
 
+@pytest.mark.slow
 def test_reveal_sigma_is_how_far_an_estimate_moves_once_the_model_runs(table):
     """Recompute one entry of the fitted table by hand: RMS of q(x|R+{i}) - q(x|R)."""
     est = RouterEstimator(quality=FAST).fit(table)
@@ -264,6 +266,7 @@ def test_reveal_sigma_is_how_far_an_estimate_moves_once_the_model_runs(table):
         RouterEstimator(quality=FAST, uncertainty="guess").fit(table)
 
 
+@pytest.mark.slow
 def test_lightgbm_boosts_from_the_per_task_prior_and_keeps_its_out_of_fold_tree_count(table):
     """``boost_from="task"`` (the default): estimates start from each model's shrunk per-cell (here per-task) mean."""
     from estimators.peers import TaskMeanRegressor
@@ -297,6 +300,7 @@ def test_lightgbm_boosts_from_the_per_task_prior_and_keeps_its_out_of_fold_tree_
         RouterEstimator(quality=QualityEstimator(boost_from="global")).fit(table)
 
 
+@pytest.mark.slow
 def test_unrun_trees_are_kept_ex_ante_where_the_prompt_tells_more_than_its_task(table):
     """Within each task, a word of the prompt decides quality: out of fold the trees beat the prior ex-ante."""
     rng = np.random.default_rng(1)

@@ -43,6 +43,7 @@ def run(*argv) -> int:
     return main([str(a) for a in argv])
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_json_and_plot(csv_path, tmp_path, capsys):
     out_json, out_png = tmp_path / "report.json", tmp_path / "curves.png"
     code = run("--data", csv_path, "--calibration-fraction", 0.5, "--bootstrap", 30, "--seed", 3,
@@ -61,6 +62,7 @@ def test_end_to_end_writes_json_and_plot(csv_path, tmp_path, capsys):
     assert "seconds:" in captured.out
 
 
+@pytest.mark.slow
 def test_models_flag_selects_the_pool(csv_path, tmp_path, capsys):
     out_json = tmp_path / "report.json"
     code = run("--data", csv_path, "--models", "large,small", "--calibration-fraction", 0.5,
