@@ -53,6 +53,7 @@ def fit(tmp_path: Path, frame: pd.DataFrame | None, *extra: str) -> tuple[int, P
     return code, tmp_path / "report" / "report.json"
 
 
+@pytest.mark.slow
 def test_budget_below_the_cheapest_policy_exits_2_naming_its_cost(tmp_path, capsys):
     code, _ = fit(tmp_path, three_models(), "--budget", "1e-5")
     err = capsys.readouterr().err
@@ -66,6 +67,7 @@ def test_budget_below_the_cheapest_policy_exits_2_naming_its_cost(tmp_path, caps
     assert not (tmp_path / "r.joblib").exists()
 
 
+@pytest.mark.slow
 def test_allow_over_budget_fits_and_says_how_much_over(tmp_path, capsys):
     code, report_path = fit(tmp_path, three_models(), "--budget", "1e-5", "--allow-over-budget")
     out = capsys.readouterr().out
@@ -76,6 +78,7 @@ def test_allow_over_budget_fits_and_says_how_much_over(tmp_path, capsys):
     assert f"{over:.0%} over the budget" in out and "[below_min]" in out
 
 
+@pytest.mark.slow
 def test_budget_above_what_the_router_can_use_is_said_in_words(tmp_path, capsys):
     code, report_path = fit(tmp_path, three_models(), "--budget", "1e300")
     out = capsys.readouterr().out
@@ -197,6 +200,7 @@ def test_fit_refuses_prompts_that_are_not_strings(tmp_path, capsys, bad):
         assert code == 2 and "prompt must be a string" in err and "row 9" in err
 
 
+@pytest.mark.slow
 def test_quality_on_another_scale_needs_quality_range(tmp_path, capsys):
     frame = three_models()
     frame["quality"] *= 100

@@ -17,6 +17,7 @@ def test_check_fit_memory_refuses_with_the_rows_that_would_fit():
         fit.check_fit_memory(1000, pooled=True, available=int(1000 * per_row) + 1)
 
 
+@pytest.mark.slow
 def test_fit_stops_before_work_and_the_flag_overrides(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(fit, "available_memory_bytes", lambda: 1024)
     args = ["--n-queries", "300", "--estimator", "linear", "--budget", "0.001", "--curve-points", "2", "--quiet",

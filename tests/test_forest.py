@@ -170,6 +170,7 @@ def test_leaves_are_numbered_left_to_right_and_masks_clear_the_left_subtree():
 # --------------------------------------------------------------------------- #
 
 
+@pytest.mark.slow
 def test_all_three_missing_types_and_both_default_sides_occur_and_match():
     rng = np.random.default_rng(2)
     X, y = random_data(rng, 600, 5, nan=0.15, zero=0.25)
@@ -208,6 +209,7 @@ def forests(draw):
     return forest, regressors, probes(forest, X, rng)
 
 
+@pytest.mark.slow
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(forests())
 def test_quickscorer_equals_the_walk_bitwise_and_lightgbm(case):
@@ -302,6 +304,7 @@ def test_tabulated_forest_equals_the_forest(zero_as_missing):
     assert np.array_equal(bits(table.predict(groups, x)), bits(forest.walk(rows)[:, 0]))
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(st.integers(0, 10_000), st.booleans())
 def test_a_starting_offset_is_added_before_the_logistic_as_lightgbm_init_score(seed, walk):
