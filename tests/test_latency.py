@@ -266,6 +266,7 @@ def timed_table():
     return replace(table, latency=latency)
 
 
+@pytest.mark.slow
 def test_the_estimator_learns_latency_from_the_prompt_and_uses_the_observed_one_once_run(timed_table):
     fitted = RouterEstimator(quality=QualityEstimator(regressor=make_lightgbm_regressor(n_estimators=20))
                              ).fit(timed_table)

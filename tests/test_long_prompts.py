@@ -14,6 +14,8 @@ from estimators.prompts import PROMPT_CHARS, read_prompts
 from training.data import read_table
 from training.synthetic import make_benchmark
 
+pytestmark = pytest.mark.slow  # fits in child processes to measure their peak memory
+
 MEGABYTE = 1 << 20
 
 

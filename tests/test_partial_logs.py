@@ -96,6 +96,7 @@ def test_fit_test_figures_are_real_outcomes_of_the_test_queries(partial_fit, log
         assert outcome.mean_cost == pytest.approx(row["test_cost"], rel=1e-12)
 
 
+@pytest.mark.slow
 def test_test_episodes_refuse_a_query_without_every_outcome(logs):
     table = read_table(logs.iloc[1:])
     estimator = make_router_estimator("linear").fit(table, np.arange(300))
@@ -174,6 +175,7 @@ def _partial_calibration(logs: pd.DataFrame, n_fully: int) -> tuple[RoutingTable
     return calibration, estimator
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_fully", [0, 37, 120])
 def test_direct_method_exactly_when_fully_logged_queries_are_below_the_threshold(logs, n_fully):
     calibration, estimator = _partial_calibration(logs, n_fully)
