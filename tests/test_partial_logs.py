@@ -214,6 +214,7 @@ def test_fit_flag_switches_to_the_direct_method_at_the_threshold(partial_fit):
         assert used["method"] == method and used["n_fully_logged"] == n_fully
 
 
+@pytest.mark.slow
 def test_evaluate_scores_fully_logged_test_queries_only(logs):
     table = read_table(hide_outside_test(logs, 0.4, seed=3))
     report = evaluate_strategies(table, estimator="linear", calibration_fraction=0.25, train_fraction=0.5,
@@ -240,6 +241,7 @@ def _garbage(table: RoutingTable, seed: int) -> RoutingTable:
                    output_tokens=np.where(hidden, rng.integers(1, 500, hidden.shape), table.output_tokens))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["linear", "learned"])
 def test_estimators_read_nothing_where_not_logged(logs, kind):
     """Whatever sits in the cells not logged, the fitted estimator predicts the same numbers."""
@@ -253,6 +255,7 @@ def test_estimators_read_nothing_where_not_logged(logs, kind):
     np.testing.assert_array_equal(first.reveal_sigma_, second.reveal_sigma_)
 
 
+@pytest.mark.slow
 def test_estimator_refuses_a_model_logged_on_too_few_training_queries(logs):
     table = read_table(logs).subset(np.arange(300))
     logged = table.logged.copy()
