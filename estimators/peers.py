@@ -565,4 +565,5 @@ class MatrixFactorizationRegressor(PartialTargets, _Peer):
 
 #: The peer kinds of ``--estimator`` and their regressor classes (default parameters).
 PEER_REGRESSORS: dict[str, type[_Peer]] = dict(zip(
-    PEER_KINDS, (KNNQualityRegressor, TaskMeanRegressor, MLPQualityRegressor, MatrixFactorizationRegressor), strict=True))
+    PEER_KINDS, (KNNQualityRegressor, TaskMeanRegressor, MLPQualityRegressor, MatrixFactorizationRegressor),
+    strict=True))

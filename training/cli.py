@@ -35,8 +35,8 @@ __all__ = ["BAD_INPUT", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "HelpFormat
            "add_artifact_argument", "add_budget_arguments", "add_quiet_argument",
            "RunFailed", "add_verify_arguments", "check_writable", "evaluate_parser", "exit_status", "fail",
            "fit_parser", "fraction", "ignored_columns", "key_from_env", "logs_summary", "model_names",
-           "non_negative_int", "one_line_warnings", "parse_or_exit_code", "positive_float", "positive_int", "quality_range",
-           "refuse_inputs_as_outputs", "run_command", "same_file", "verification_key", "writing"]
+           "non_negative_int", "one_line_warnings", "parse_or_exit_code", "positive_float", "positive_int",
+           "quality_range", "refuse_inputs_as_outputs", "run_command", "same_file", "verification_key", "writing"]
 
 #: Exit code of a run whose input cannot be used.
 BAD_INPUT = 2
@@ -717,7 +717,10 @@ def add_policy_arguments(parser: argparse.ArgumentParser, *, max_depth: int, why
 
 
 def add_budget_arguments(parser: argparse.ArgumentParser, *, fitting: bool, latency: bool = True) -> None:
-    """``--budget`` and (with ``latency``) ``--latency-budget``: the budgets to fit (several), or the fitted policy to use."""
+    """``--budget`` and (with ``latency``) ``--latency-budget``.
+
+    The budgets to fit (several), or the fitted policy to use.
+    """
     if fitting:
         parser.add_argument("--budget", type=positive_float, nargs="+", default=None, metavar="USD",
                             help="mean cost per query to fit a policy for (several allowed); default: three budgets "

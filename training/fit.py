@@ -48,14 +48,30 @@ from estimators.estimator import make_router_estimator
 from estimators.table import RoutingTable
 
 from .artifact import manifest_path, save_artifact
-from .cli import (FIT_EXIT_STATUS, check_writable, fit_parser, key_from_env, logs_summary, refuse_inputs_as_outputs,
-                  run_command, writing)
+from .cli import (
+    FIT_EXIT_STATUS,
+    check_writable,
+    fit_parser,
+    key_from_env,
+    logs_summary,
+    refuse_inputs_as_outputs,
+    run_command,
+    writing,
+)
 from .data import coverage, fingerprint, read_prices, read_table
 from .defaults import FIT_STRATEGIES
 from .episodes import EstimatorEpisodes, calibration_episodes
 from .metrics import auc, auc_bounds, auc_label, budget_grid, linear_auc, single_model_points
-from .policy import (SIGMA_TRANSFORMS, TIE_STANDARD_ERRORS, BudgetError, Choice, choose_policy, describe,
-                     fit_candidates, single_outcomes)
+from .policy import (
+    SIGMA_TRANSFORMS,
+    TIE_STANDARD_ERRORS,
+    BudgetError,
+    Choice,
+    choose_policy,
+    describe,
+    fit_candidates,
+    single_outcomes,
+)
 from .serving.outputs import write_bytes_atomically
 from .serving.router import Router
 from .splits import prompt_groups, shared_groups, split, split_from_labels
@@ -509,7 +525,9 @@ def summary(report: dict) -> str:
                      + "".join(f"  [{tag}]" for tag in tags))
         notes += _budget_notes(r)
     auc_line = ", ".join(f"{auc_label(name)} {value:.2f}" for name, value in report["auc"].items())
-    lines += notes + ["", _LEGEND, "", f"AUC x100 on test over the single-model cost range ('hull': the single models' hull): {auc_line}",
+    lines += notes + ["", _LEGEND, "",
+                      "AUC x100 on test over the single-model cost range ('hull': the single models' hull): "
+                      f"{auc_line}",
               f"{report['n_train']} train / {report['n_calibration']} calibration / {report['n_test']} test "
               f"queries, {len(report['models'])} models, {report['seconds']} s"
               + (f", peak memory {report['peak_rss_gib']:.2f} GiB" if "peak_rss_gib" in report else ""),

@@ -35,9 +35,9 @@ from .cli import (
     add_quiet_argument,
     add_verify_arguments,
     exit_status,
-    one_line_warnings,
     fail,
     non_negative_int,
+    one_line_warnings,
     parse_or_exit_code,
     positive_int,
     verification_key,
@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Prometheus. backends.toml names one OpenAI-compatible upstream per model of the artifact "
                     "(see the README).")
     add_artifact_argument(parser)
-    parser.add_argument("--backends", type=Path, required=True, metavar="PATH", help="backends.toml: one [models.\"NAME\"] table "
+    parser.add_argument("--backends", type=Path, required=True, metavar="PATH",
+                        help="backends.toml: one [models.\"NAME\"] table "
                         "per model (base_url, model, optional api_key_env, price_in, price_out, timeout_s, "
                         "connect_timeout_s, max_concurrency)")
     parser.add_argument("--backends-sha256", metavar="HEX", default=None, help="refuse to start unless "
@@ -78,9 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--upstream-key-prefix", default="UPSTREAM_", metavar="PREFIX",
                         help="every api_key_env in backends.toml must start with PREFIX (and may not be the "
                              "service's own key variables), so the file cannot send another secret to an upstream")
-    parser.add_argument("--host", default="127.0.0.1", metavar="ADDRESS", help="address to listen on; loopback unless you say "
+    parser.add_argument("--host", default="127.0.0.1", metavar="ADDRESS",
+                        help="address to listen on; loopback unless you say "
                         "otherwise (use --api-key-env when it is not)")
-    parser.add_argument("--port", type=non_negative_int, default=8000, metavar="PORT", help="port to listen on (0: any free port)")
+    parser.add_argument("--port", type=non_negative_int, default=8000, metavar="PORT",
+                        help="port to listen on (0: any free port)")
     add_budget_arguments(parser, fitting=False, latency=False)  # model 'router'; 'router@B' in a request picks another
     parser.add_argument("--pace", action="store_true", help="pace λ to --budget from the realised spend, one "
                         "controller shared by all requests to model 'router'")
@@ -105,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest upstream reply read; a larger one fails that model for the query")
     parser.add_argument("--max-header-bytes", type=positive_int, metavar="BYTES", default=32 << 10,
                         help="request line and headers of one request (431 and the connection closed above)")
-    parser.add_argument("--max-headers", type=positive_int, metavar="N", default=100, help="header fields of one request")
+    parser.add_argument("--max-headers", type=positive_int, metavar="N", default=100,
+                        help="header fields of one request")
     parser.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="seconds a request's headers may take to arrive, from the connection opening or the "
                              "previous response; the connection is closed after")

@@ -56,8 +56,19 @@ import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
 from ..artifact import manifest_path
-from ..cli import (HelpFormatter, RunFailed, add_artifact_argument, add_budget_arguments, add_quiet_argument,
-                   add_verify_arguments, fail, positive_int, refuse_inputs_as_outputs, run_command, verification_key)
+from ..cli import (
+    HelpFormatter,
+    RunFailed,
+    add_artifact_argument,
+    add_budget_arguments,
+    add_quiet_argument,
+    add_verify_arguments,
+    fail,
+    positive_int,
+    refuse_inputs_as_outputs,
+    run_command,
+    verification_key,
+)
 from .logged import DISAGREES_ON, PER_QUERY_TEXT, ScoreError, check_columns, required_columns
 from .outputs import RunOutputs, check_paths
 from .replay import STATUS_OK, STATUS_REJECTED, output_schema, rejects_schema, score_batch
