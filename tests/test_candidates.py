@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kernel
-from training.episodes import TableEpisodes, plan_next
+from estimators.estimator import Estimates
+from training.episodes import TableEpisodes
 from training.metrics import upper_hull
 from training.policy import (
     TIE_STANDARD_ERRORS,
@@ -156,16 +157,15 @@ def test_a_served_hull_mix_calls_the_dear_model_with_probability_gamma():
     u = prompt_uniforms([f"prompt {i}" for i in range(n)])
     # Whatever the estimator says: the constants decide.
     noise = np.random.default_rng(0).random((n, k))
-    chosen, _ = plan_next(noise, noise, policy.kernel_options(), run=np.zeros((n, k), bool), u=u, parallel=False,
-                          sigma=noise)
+    chosen, _ = policy.plan(Estimates(noise, noise, noise), np.zeros((n, k), bool), u, parallel=False)
     assert set(np.unique(chosen)) == {1, 3}
     assert (chosen == 3).mean() == pytest.approx(gamma, abs=4 * math.sqrt(gamma * (1 - gamma) / n))
     # A query that already ran a model stops (routing); a repeated prompt gets the same model.
-    again, _ = plan_next(noise, noise, policy.kernel_options(), run=np.zeros((n, k), bool), u=u, parallel=True)
+    again, _ = policy.plan(Estimates(noise, None, noise), np.zeros((n, k), bool), u, parallel=True)
     assert (again == chosen).all()
     run = np.zeros((n, k), bool)
     run[:, 1] = True
-    stop, _ = plan_next(noise, noise, policy.kernel_options(), run=run, u=u, parallel=False)
+    stop, _ = policy.plan(Estimates(noise, None, noise), run, u, parallel=False)
     assert (stop == kernel.STOP).all()
 
 

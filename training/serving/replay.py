@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 from estimators.estimator import Estimates
 from estimators.posthoc import ResponseMemo
 
-from ..episodes import play_cascades
+from ..decision import play_cascades
 from ..policy import Policy
 from .logged import (_missing, _per_query_columns, _reject_frame, _row_numbers, _text, check_columns,
                      check_prompt_types, validate_logged)
@@ -66,7 +66,7 @@ def replay(router: Router, policy: Policy, prompts: NDArray[np.object_] | None, 
                  | tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]):
     """Play ``policy`` on logged queries, each up to the end or to the first model it needs that was not logged.
 
-    The episode loop of policy evaluation (:func:`~training.episodes.play_cascades`),
+    The episode loop of policy evaluation (:func:`~training.decision.play_cascades`),
     with the logged responses, signals and costs revealed as models "run".
     The per-query part of the estimates (prompt features, ex-ante costs) is
     computed once per query (:meth:`~estimators.estimator.RouterEstimator.prepare`),
@@ -104,7 +104,7 @@ def replay(router: Router, policy: Policy, prompts: NDArray[np.object_] | None, 
     run : ndarray of bool, shape (N, K)
         Final run sets.
     answer : ndarray of int64, shape (N,)
-        Selected model per query (as :func:`~training.episodes.play_cascades`;
+        Selected model per query (as :func:`~training.decision.play_cascades`;
         ``-1`` for a query stopped on a model not logged).
     needed : ndarray of int64, shape (N,)
         Only with ``available``: the model a query needed and that was not
@@ -130,8 +130,7 @@ def replay(router: Router, policy: Policy, prompts: NDArray[np.object_] | None, 
         _add(timings, "estimate", began)
         return found
 
-    return play_cascades(estimate, n, k, policy.kernel_options(), u=u, sigma_transform=policy.sigma_transform,
-                         parallel=parallel, timings=timings, available=available)
+    return play_cascades(policy, estimate, n, k, u=u, parallel=parallel, timings=timings, available=available)
 
 
 def _add(timings: dict, key: str, started: float) -> None:

@@ -36,7 +36,6 @@ import kernel
 from estimators.estimator import Estimates, Estimator, PreparedQueries
 
 from ..artifact import load_artifact
-from ..episodes import CONSTANT_ESTIMATES, FIXED_MODEL, plan_next, uncertainty_keywords
 from ..policy import Policy
 from .pacing import PaceController, PacingState
 
@@ -343,14 +342,8 @@ class Router:
         """
         estimates, run = self.estimates(prompts, observed, tasks=tasks, subtasks=subtasks, prepared=prepared)
         chosen = policy if policy is not None else self.policy(budget, latency_budget)
-        arguments = dict(run=run, u=prompt_uniforms(prompts), parallel=parallel, latency=estimates.latency,
-                         **uncertainty_keywords(estimates.sigma, estimates.cov, chosen.sigma_transform))
         banned = None if excluded is None else self._excluded_matrix(excluded, run)
-        if banned is None or not banned.any():
-            next_model, masks = plan_next(estimates.quality, estimates.cost, chosen.kernel_options(), **arguments)
-        else:
-            next_model, masks = _plan_excluding(banned, estimates.quality, estimates.cost, chosen.kernel_options(),
-                                                **arguments)
+        next_model, masks = chosen.plan(estimates, run, prompt_uniforms(prompts), parallel=parallel, excluded=banned)
         return estimates, run, next_model, masks
 
     def _excluded_matrix(self, excluded: Excluded, run: NDArray[np.bool_]) -> NDArray[np.bool_]:
@@ -741,53 +734,6 @@ def _none_last(value: float | None) -> float:
 def _budget_pair(policy: Policy) -> tuple[float, float]:
     """``(cost budget, latency budget)`` with no latency budget as ``inf``: the order policies are chosen in."""
     return (policy.budget, _none_last(policy.latency_budget))
-
-
-def _plan_excluding(banned: NDArray[np.bool_], quality: NDArray[np.float64], cost: NDArray[np.float64],
-                    options: dict[str, Any], *, run: NDArray[np.bool_], u: NDArray[np.float64], parallel: bool,
-                    **per_model: NDArray[np.float64] | None) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """:func:`~training.episodes.plan_next` over the models each query may still call.
-
-    Queries are grouped by their excluded set; each group is planned by the
-    unchanged kernel on the columns that remain, and the chosen index and
-    plan bits are mapped back to all ``K`` columns. Per-model keyword arrays
-    (``sigma`` ``(N, K)``, ``cov`` ``(N, K, K)``, ...) lose the same columns;
-    a threshold cascade keeps the ``θ_j`` of the models that remain (``θ_j``
-    is read after model ``j`` answers, whichever model comes next).
-    """
-    n, k = run.shape
-    next_model = np.full(n, kernel.STOP, dtype=np.int64)
-    bits = np.int64(1) << np.arange(k, dtype=np.int64)
-    masks = run.astype(np.int64) @ bits  # a query with nothing left to call stops with what ran
-    patterns, group = np.unique(banned, axis=0, return_inverse=True)
-    for g, pattern in enumerate(patterns):
-        rows = np.flatnonzero(group.ravel() == g)
-        keep = np.flatnonzero(~pattern)
-        sub = dict(options)
-        if FIXED_MODEL in options:
-            if pattern[int(options[FIXED_MODEL])]:
-                continue  # its one model is excluded: nothing else to offer
-            sub[FIXED_MODEL] = int(np.searchsorted(keep, int(options[FIXED_MODEL])))
-        if keep.size == 0:
-            continue
-        if options.get("thresholds") is not None:
-            sub["thresholds"] = np.asarray(options["thresholds"])[keep[:-1]]
-        if CONSTANT_ESTIMATES in options:  # a hull mix routes on the constants of the models that remain
-            sub[CONSTANT_ESTIMATES] = np.asarray(options[CONSTANT_ESTIMATES])[:, keep]
-        columns = {name: None if value is None else _keep_columns(np.asarray(value)[rows], keep)
-                   for name, value in per_model.items()}
-        chosen, plan = plan_next(quality[np.ix_(rows, keep)], cost[np.ix_(rows, keep)], sub,
-                                 run=run[np.ix_(rows, keep)], u=u[rows], parallel=parallel, **columns)
-        going = chosen != kernel.STOP
-        next_model[rows[going]] = keep[chosen[going]]
-        masks[rows] = ((plan[:, None] >> np.arange(keep.size, dtype=np.int64)) & 1).astype(bool) @ bits[keep]
-    return next_model, masks
-
-
-def _keep_columns(value: np.ndarray, keep: NDArray[np.intp]) -> np.ndarray:
-    """The model columns ``keep`` of a per-model array: the last axis, and the last two of a covariance."""
-    value = value[..., keep]
-    return value[:, keep, :] if value.ndim == 3 else value
 
 
 def prompt_uniforms(prompts: Sequence[str]) -> NDArray[np.float64]:
