@@ -181,7 +181,7 @@ def traffic(workdir, source):
 
 
 def test_single_query_decide_latency(benchmark, artifact, source):
-    from training.serving.router import load_router
+    from training.router import load_router
     router = load_router(artifact)  # strict load + warm-up: compile time excluded
     queries = source.drop_duplicates("query_id").sample(n=N_LATENCY, replace=True, random_state=0)
     cases = list(zip(queries["prompt"], queries["task"], queries["subtask"]))
@@ -222,7 +222,7 @@ def test_single_query_decide_latency(benchmark, artifact, source):
 
 def test_first_decide_after_load_router(benchmark, artifact, source):
     """Each round loads the router afresh (untimed) and times its first request."""
-    from training.serving.router import load_router
+    from training.router import load_router
     first = source.iloc[0]
 
     def fresh():
@@ -255,7 +255,7 @@ def _score(artifact: Path, traffic: Path, output: Path, batch_size: int, workers
         "import json, re, resource, sys, time\n"
         "from training.serving.score import parse_args, run\n"
         "args = parse_args(sys.argv[1:])\n"
-        "from training.serving.router import load_router\n"
+        "from training.router import load_router\n"
         "t = time.perf_counter(); load_router(args.artifact); load = time.perf_counter() - t\n"
         "totals = run(args)\n"
         "totals['load_seconds'] = load\n"

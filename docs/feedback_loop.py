@@ -59,7 +59,7 @@ from training.fit import default_budgets, split  # noqa: E402
 from training.metrics import auc, auc_bounds  # noqa: E402
 from training.offpolicy import Interval, _prior, estimate, replay  # noqa: E402
 from training.serving.explore import Exploration  # noqa: E402
-from training.serving.router import load_router  # noqa: E402
+from training.router import load_router  # noqa: E402
 from training.serving.traffic import TrafficLog, request_rows  # noqa: E402
 from training.traffic_log import read_logs  # noqa: E402
 

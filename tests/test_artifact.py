@@ -225,12 +225,12 @@ def test_other_format_version_is_refused(saved):
 
 
 # What a format-1 payload pickles: a class from a package this release no longer has.
-_FORMAT_1_PAYLOAD = b"ctraining.router\nRouter\n(tR."
+_FORMAT_1_PAYLOAD = b"ctraining.table\nRoutingTable\n(tR."
 
 
 @pytest.mark.parametrize("drop", [(), ("versions", "artifact_file")])
 def test_format_version_1_is_refused_before_unpickling(saved, monkeypatch, drop):
-    assert importlib.util.find_spec("training.router") is None  # moved to training.serving.router
+    assert importlib.util.find_spec("training.table") is None  # moved to estimators.table
     _replace_payload(saved, _FORMAT_1_PAYLOAD)
     with pytest.raises(ValueError, match="could not unpickle"):  # what loading it would give
         artifact._unpickle(_FORMAT_1_PAYLOAD, saved)

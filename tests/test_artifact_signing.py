@@ -316,7 +316,7 @@ def signed_router(router, tmp_path_factory) -> Path:
 
 
 def test_load_router_verifies_with_key(signed_router, router):
-    from training.serving.router import load_router, load_router_with_sha256
+    from training.router import load_router, load_router_with_sha256
 
     loaded, sha256 = load_router_with_sha256(signed_router, key=PUBLIC, warm_up=False)
     assert loaded.models_ == router.models_
@@ -327,7 +327,7 @@ def test_load_router_verifies_with_key(signed_router, router):
 
 def test_fit_signs_with_the_key_from_the_environment(tmp_path, monkeypatch, capsys):
     from training.fit import main
-    from training.serving.router import load_router
+    from training.router import load_router
 
     monkeypatch.setenv("ROUTER_SIGNING_KEY", KEY)  # the private key's PEM
     out = tmp_path / "router.joblib"
@@ -431,7 +431,7 @@ def test_score_refuses_a_private_key_as_the_verification_key(signed_router, tmp_
 
 
 def test_workers_load_only_the_payload_the_parent_verified(signed_router, router):
-    from training.serving.router import load_router
+    from training.router import load_router
 
     with pytest.raises(ValueError, match="is not the one expected"):
         load_router(signed_router, expected_sha256="0" * 64, warm_up=False)

@@ -153,7 +153,7 @@ def test_a_served_hull_mix_calls_the_dear_model_with_probability_gamma():
     policy = Policy(strategy="routing", lambdas=np.array([lam]), thresholds=None, gamma=gamma, max_depth=1,
                     force_order=False, n_samples=64, budget=3.0, constant_estimates=np.vstack([quality, cost]))
     assert describe(policy, "abcd") == "hull mix: b + d (γ 0.3 to d)"
-    from training.serving.router import prompt_uniforms
+    from training.router import prompt_uniforms
     u = prompt_uniforms([f"prompt {i}" for i in range(n)])
     # Whatever the estimator says: the constants decide.
     noise = np.random.default_rng(0).random((n, k))
@@ -170,7 +170,7 @@ def test_a_served_hull_mix_calls_the_dear_model_with_probability_gamma():
 
 
 def test_a_served_hull_mix_through_the_router_and_its_exclusions(fitted_artifact):
-    from training.serving.router import Router, load_router
+    from training.router import Router, load_router
     from training.synthetic import make_benchmark
     router = load_router(fitted_artifact[0], warm_up=False)
     k = len(router.models_)

@@ -11,7 +11,7 @@ import pytest
 
 from training.artifact import manifest_path
 from training.fit import main, parse_args
-from training.serving.router import Router, load_router
+from training.router import Router, load_router
 from training.synthetic import make_benchmark
 
 @pytest.fixture(scope="module")

@@ -351,7 +351,7 @@ def test_fit_crosses_latency_budgets_with_budgets_into_the_artifact(two_budget_f
     import json
 
     from training.artifact import manifest_path
-    from training.serving.router import load_router
+    from training.router import load_router
 
     out, report_dir = two_budget_fit
     report = json.loads((report_dir / "report.json").read_text())
@@ -406,7 +406,7 @@ def test_a_paced_router_paces_latency_beside_cost(two_budget_fit):
     from dataclasses import replace
 
     from training.policy import Policy
-    from training.serving.router import load_router
+    from training.router import load_router
 
     router = load_router(two_budget_fit[0])  # on this small table single models win: pace a hand-made policy
     policy = Policy("cascade_routing", np.full(3, 200.0), None, 0.0, 3, False, 64, budget=0.001,
@@ -432,7 +432,7 @@ def test_a_paced_router_paces_latency_beside_cost(two_budget_fit):
 
 def test_batch_scoring_replays_logged_latency_and_adds_it_up(two_budget_fit):
     from training.serving.replay import score_batch
-    from training.serving.router import load_router
+    from training.router import load_router
     from training.synthetic import make_benchmark
 
     router = load_router(two_budget_fit[0])

@@ -10,9 +10,9 @@ import pytest
 
 from training.data import read_table
 from training.fit import main as fit_main
-from training.serving.pacing import PaceController
-from training.serving.router import PacedRouter
-from training.serving.router import load_router
+from training.pacing import PaceController
+from training.router import PacedRouter
+from training.router import load_router
 from training.synthetic import make_benchmark
 
 BUDGET = 0.0006

@@ -28,6 +28,7 @@ from .cli import (CANNOT_WRITE, OutputError, check_writable, fail, ignored_colum
                   parse_or_exit_code, positive_int, quality_range, refuse_inputs_as_outputs, writing)
 from .data import read_table
 from .episodes import MIN_FULLY_LOGGED
+from .files import write_atomically
 from .protocol import DEFAULT_STRATEGIES, EvaluationReport, evaluate_strategies
 
 __all__ = ["EXIT_CODES", "build_parser", "format_report", "main"]
@@ -254,7 +255,7 @@ def _gap(report: EvaluationReport, lead: str, name: str) -> str:
 
 def _save_json(report: EvaluationReport, path: Path) -> None:
     """Write the full report to ``path`` as JSON."""
-    path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_atomically(path, (json.dumps(report.to_dict(), indent=2) + "\n").encode("utf-8"))
 
 
 def _save_plot(report: EvaluationReport, path: Path) -> None:
@@ -268,7 +269,8 @@ def _save_plot(report: EvaluationReport, path: Path) -> None:
     report.plot(ax=ax, title=f"{len(report.models)} models, {report.noise} noise "
                              f"(n_test = {report.n_test})")
     try:
-        figure.savefig(path, dpi=150)
+        # the format named by the suffix, as savefig(path) infers it; rendered to the temporary file first
+        write_atomically(path, lambda handle: figure.savefig(handle, dpi=150, format=path.suffix[1:] or None))
     finally:
         plt.close(figure)
 

@@ -36,15 +36,31 @@ from estimators.prompts import PROMPT_CHARS
 from estimators.table import RoutingTable
 
 from .artifact import manifest_path, save_artifact
-from .cli import (check_writable, ignored_columns, key_from_env, logs_summary, quality_range, refuse_inputs_as_outputs,
-                  run_command, writing)
+from .cli import (
+    check_writable,
+    ignored_columns,
+    key_from_env,
+    logs_summary,
+    quality_range,
+    refuse_inputs_as_outputs,
+    run_command,
+    writing,
+)
 from .data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, coverage, fingerprint, read_prices, read_table
 from .episodes import MIN_FULLY_LOGGED, EstimatorEpisodes, calibration_episodes
+from .files import write_atomically
 from .metrics import auc, auc_bounds, budget_grid, linear_auc, single_model_points
-from .policy import (SIGMA_TRANSFORMS, TIE_STANDARD_ERRORS, BudgetError, Choice, choose_policy, describe,
-                     fit_candidates, single_outcomes)
-from .serving.outputs import write_bytes_atomically
-from .serving.router import Router
+from .policy import (
+    SIGMA_TRANSFORMS,
+    TIE_STANDARD_ERRORS,
+    BudgetError,
+    Choice,
+    choose_policy,
+    describe,
+    fit_candidates,
+    single_outcomes,
+)
+from .router import Router
 from .splits import prompt_groups, shared_groups, split, split_from_labels
 from .synthetic import default_table, synthetic_prices
 
@@ -511,7 +527,7 @@ def _with_best_single(row: dict, models, costs, qualities, latencies) -> dict:
 
 def _write_report(report: dict, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomically(directory / REPORT_FILES[0], json.dumps(report, indent=2).encode("utf-8"))
+    write_atomically(directory / REPORT_FILES[0], json.dumps(report, indent=2).encode("utf-8"))
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -533,7 +549,7 @@ def _save_figure(figure, path: Path) -> None:
     """Render the figure in memory and rename it into place: never half a PNG."""
     png = io.BytesIO()
     figure.savefig(png, dpi=120, bbox_inches="tight", format="png")
-    write_bytes_atomically(path, png.getvalue())
+    write_atomically(path, png.getvalue())
 
 
 def summary(report: dict) -> str:

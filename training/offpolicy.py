@@ -38,7 +38,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from .serving.explore import Exploration
-from .serving.router import Router
+from .router import Router
 
 __all__ = ["Interval", "OffPolicyEstimate", "Replay", "estimate", "replay"]
 
@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pathlib import Path
 
     from .cli import CANNOT_WRITE, OutputError, fail, parse_or_exit_code, writing
-    from .serving.router import load_router
+    from .router import load_router
     from .traffic_log import read_logs
 
     parser = argparse.ArgumentParser(

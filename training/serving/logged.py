@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from .router import Router
+from ..router import Router
 
 __all__ = ["DISAGREES_ON", "LOGGED_COLUMNS", "PER_QUERY_TEXT", "LoggedBatch", "ScoreError", "check_columns", "check_prompt_types", "required_columns",
            "validate_logged"]

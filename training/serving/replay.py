@@ -37,9 +37,17 @@ from estimators.posthoc import ResponseMemo
 
 from ..decision import play_cascades
 from ..policy import Policy
-from .logged import (_missing, _per_query_columns, _reject_frame, _row_numbers, _text, check_columns,
-                     check_prompt_types, validate_logged)
-from .router import Router, prompt_uniforms
+from ..router import Router, prompt_uniforms
+from .logged import (
+    _missing,
+    _per_query_columns,
+    _reject_frame,
+    _row_numbers,
+    _text,
+    check_columns,
+    check_prompt_types,
+    validate_logged,
+)
 
 __all__ = ["STATUS_OK", "STATUS_REJECTED", "STATUS_UNREPLAYABLE", "output_schema", "rejects_schema", "replay",
            "score_batch"]
@@ -150,7 +158,7 @@ def score_batch(router: Router, frame: pd.DataFrame, budget: float | None = None
     Parameters
     ----------
     router : Router
-        Loaded with :func:`training.serving.router.load_router` (or unpickled:
+        Loaded with :func:`training.router.load_router` (or unpickled:
         kernels then compile on first use).
     frame : pandas.DataFrame
         Query rows, or logged rows (a ``model`` column) with every row of a

@@ -57,10 +57,10 @@ from threadpoolctl import threadpool_limits
 
 from ..artifact import manifest_path
 from ..cli import RunFailed, add_verify_arguments, fail, refuse_inputs_as_outputs, run_command, verification_key
+from ..router import Router, load_router, load_router_with_sha256
 from .logged import DISAGREES_ON, PER_QUERY_TEXT, ScoreError, check_columns, required_columns
 from .outputs import RunOutputs, check_paths
 from .replay import STATUS_OK, STATUS_REJECTED, output_schema, rejects_schema, score_batch
-from .router import Router, load_router, load_router_with_sha256
 
 __all__ = ["AUTO_WORKERS_FROM_ROWS", "EXIT_CODES", "MAX_AUTO_WORKERS", "auto_workers", "input_columns", "is_csv",
            "iter_tables", "main", "parse_args", "run", "scattered_queries", "summary"]

@@ -78,6 +78,7 @@ from threadpoolctl import threadpool_limits
 from estimators.estimator import PreparedQueries
 
 from ..policy import Policy
+from ..router import Router
 from . import traffic
 from .backends import Backend
 from .explore import Exploration
@@ -92,7 +93,6 @@ from .openai_api import (
     parse_route_request,
     sse_chunks,
 )
-from .router import Router
 from .upstream import MAX_REPLY_BYTES, Reply, UpstreamFailure, Upstreams
 
 __all__ = ["MIN_API_KEY_CHARS", "ServiceConfig", "create_app"]
@@ -742,7 +742,7 @@ def create_app(router: Router, backends: Mapping[str, Backend], config: ServiceC
     Parameters
     ----------
     router : Router
-        Loaded with :func:`~training.serving.router.load_router` (warmed up).
+        Loaded with :func:`~training.router.load_router` (warmed up).
     backends : mapping of str to Backend
         One per model of the router (:func:`~training.serving.backends.load_backends`).
     config : ServiceConfig, optional
