@@ -77,12 +77,14 @@ N_LATENCY = 2000
 
 
 def _fit(folder: Path, data: Path | None) -> Path:
-    from training.fit import main
+    from training.artifact import save_artifact
+    from training.data import read_table
+    from training.fit import fit_router
+    from training.synthetic import default_table, synthetic_prices
+    table, prices = (read_table(data), None) if data is not None else (default_table(3000, seed=0), synthetic_prices())
+    router, _ = fit_router(table, [0.001], estimator="linear", prices=prices, curve_points=2)
     out = folder / "router.joblib"
-    args = ["--estimator", "linear", "--budget", "0.001", "--out", str(out), "--report", str(folder / "report"),
-            "--quiet", "--curve-points", "2"]
-    args += ["--data", str(data)] if data is not None else ["--n-queries", "3000"]
-    assert main(args) == 0
+    save_artifact(router, out, models=list(router.models_), budgets=router.budgets)
     return out
 
 

@@ -179,3 +179,31 @@ def test_routerbench_budget_is_met_on_test_within_ten_percent(routerbench_subset
     # many queries at nearly the same estimate, so the share a λ sends to gpt-4 on calibration moves
     # more on test (2026-12-02: 11.2 % under at 0.001, the policy routing one model per query).
     assert -0.15 <= row["test_cost"] / 0.001 - 1 <= 0.10
+
+
+@pytest.mark.slow
+def test_fit_router_is_the_fit_the_command_line_saves(fitted):
+    """The library call with the CLI's settings gives the saved router's policies, report rows and decisions."""
+    from training.fit import FitReport, fit_router
+    from training.synthetic import default_table, synthetic_prices
+
+    out, report_dir = fitted  # conftest: --n-queries 700 --estimator linear --budget 0.0004 0.001
+    router, fitted_report = fit_router(default_table(700, seed=0), [0.0004, 0.001], estimator="linear",
+                                       prices=synthetic_prices())
+    assert isinstance(router, Router) and isinstance(fitted_report, FitReport)
+    saved = load_router(out, warm_up=False)
+    assert router.budgets == saved.budgets and router.models_ == saved.models_
+    for mine, theirs in zip(router.policies, saved.policies, strict=True):
+        assert mine.rule.__class__ is theirs.rule.__class__
+        for name, value in vars(theirs).items():
+            if name != "search_evaluations":
+                np.testing.assert_array_equal(getattr(mine, name), value, err_msg=name)
+    written = json.loads((report_dir / "report.json").read_text())
+    assert json.loads(json.dumps(fitted_report.metrics["budgets"])) == written["budgets"]
+    assert fitted_report.metrics["auc"] == written["auc"]
+    assert len(fitted_report.test) == written["n_test"]
+    queries = make_benchmark(40, seed=5).drop_duplicates("query_id")
+    inputs = {"tasks": list(queries["task"]), "subtasks": list(queries["subtask"])}
+    for budget in router.budgets:
+        assert router.decide(list(queries["prompt"]), budget=budget, **inputs) == \
+            saved.decide(list(queries["prompt"]), budget=budget, **inputs)
