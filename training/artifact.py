@@ -132,7 +132,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Protocol, Union, runtime_checkable
 
 import joblib
 import numpy as np
@@ -855,7 +855,7 @@ def _check_models(models: Sequence[str], obj: object) -> list[str]:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ValueError(f"models must be unique; {duplicates} appear more than once")
-    fitted = getattr(obj, "models_", None)
+    fitted = obj.models_ if isinstance(obj, _HasModels) else None
     if fitted is not None and [str(name) for name in fitted] != names:
         raise ValueError(f"models {names} differ from the object's models_ {list(fitted)}; pass models=obj.models_")
     return names
@@ -956,11 +956,21 @@ def _unpickle(payload: bytes, path: Path) -> object:
         ) from exc
 
 
+@runtime_checkable
+class _HasModels(Protocol):
+    """An object that routes between named models (a router, an estimator): its ``models_`` must be the manifest's.
+
+    Any picklable object can be saved; one with ``models_`` is checked against the ``models`` listed.
+    """
+
+    models_: Sequence[str]
+
+
 def _check_loaded_models(obj: object, models: Any, path: Path) -> None:
     """The object's ``models_`` must be the manifest's, in the same order."""
-    fitted = getattr(obj, "models_", None)
-    if fitted is None:
+    if not isinstance(obj, _HasModels):
         return
+    fitted = obj.models_
     if [str(name) for name in fitted] != list(models):
         raise ValueError(
             f"artifact {path} holds an object with models_ {list(fitted)} but its manifest lists {list(models)}; "

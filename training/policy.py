@@ -477,7 +477,7 @@ def fit_policy(episodes: Episodes, budget: float | None, *, strategy: str = "cas
     if strategy not in kernel_strategies:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(kernel_strategies)}")
     if latency_budget is not None:
-        if not math.isfinite(getattr(episodes, "latency_scale", math.nan)):
+        if not math.isfinite(episodes.latency_scale):
             raise ValueError("a latency budget needs latency: these episodes have none. Give the table a "
                              "latency_s column, or a throughput table (ttft_s, output_tokens_per_s) and "
                              "output_tokens to derive it")

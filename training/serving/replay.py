@@ -400,7 +400,7 @@ def output_schema(router: Router, logged: bool) -> pa.Schema:
 
 def _has_latency(router: Router) -> bool:
     """Whether the router's estimator predicts latency (fitted on a table with latency)."""
-    return getattr(router.estimator, "latency_", None) is not None
+    return router.estimator.latency_ is not None
 
 
 def _estimate_columns(router: Router) -> tuple[str, ...]:
