@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -267,6 +267,40 @@ class DecisionRule:
             changes["constant_estimates"] = np.asarray(self.constant_estimates)[:, keep]
         return DecisionRule(**{**{name: getattr(self, name) for name in DecisionRule.__dataclass_fields__},
                                **changes})
+
+    def simulate(self, tables: Sequence[NDArray[np.float64]],
+                 latency: Sequence[NDArray[np.float64]] | None = None, *, parallel: bool = True
+                 ) -> kernel.SimulationResult:
+        """Whole episodes over estimate tables in one :func:`kernel.simulate` call (:meth:`plan`, compiled).
+
+        Parameters
+        ----------
+        tables : sequence of 8 ndarray of shape (N, K)
+            ``ante_quality, ante_sigma, ante_cost, post_quality, post_sigma,
+            post_cost, true_quality, true_cost``; both σ tables go through
+            :attr:`sigma_transform`, a constant-estimate rule replaces the six
+            estimate tables with its constants (σ 0).
+        latency : sequence of 3 ndarray of shape (N, K), optional
+            Ex-ante, post-hoc and true latency; needed when ``μ > 0``, when
+            the kernel's costs (true cost included) are the penalties
+            ``λ·c + μ·ℓ`` (:meth:`kernel_cost`), so the result's ``cost`` is
+            then the realised penalty, not money.
+
+        Returns
+        -------
+        kernel.SimulationResult
+        """
+        arrays: list[Any] = list(tables)
+        for index in (1, 4):  # ante_sigma, post_sigma
+            arrays[index] = uncertainty_keywords(arrays[index], None, self.sigma_transform)["sigma"]
+        if self.constant_estimates is not None:  # the same constants before and after a model ran, σ 0
+            quality, cost = constant_tables(self.constant_estimates, arrays[0].shape[0])
+            arrays[:6] = [quality, np.zeros_like(quality), cost, quality, np.zeros_like(quality), cost]
+        if self.mu > 0:
+            seconds = (None,) * 3 if latency is None else tuple(latency)
+            for index, spent in zip((2, 5, 7), seconds, strict=True):
+                arrays[index] = self.kernel_cost(arrays[index], spent)
+        return kernel.simulate(*arrays, parallel=parallel, **self.kernel_options())
 
     def plan(self, estimates: Estimates, run: ArrayLike, uniforms: ArrayLike | None, *, parallel: bool,
              excluded: NDArray[np.bool_] | None = None) -> tuple[NDArray[np.int64], NDArray[np.int64]]:

@@ -24,7 +24,7 @@ from numpy.typing import ArrayLike, NDArray
 import kernel
 from estimators.estimator import Estimates, Estimator
 
-from .decision import DecisionRule, constant_tables, play_cascades, uncertainty_keywords
+from .decision import DecisionRule, play_cascades
 
 if TYPE_CHECKING:
     from estimators.table import RoutingTable
@@ -181,22 +181,11 @@ class TableEpisodes:
         EpisodeOutcome
             With the realised latency when the episodes have latency.
         """
-        tables = list(self.tables)
-        for index in (1, 4):  # ante_sigma, post_sigma
-            tables[index] = uncertainty_keywords(tables[index], None, rule.sigma_transform)["sigma"]
-        if rule.constant_estimates is not None:  # the same constants before and after a model ran, σ 0
-            quality, cost = constant_tables(rule.constant_estimates, self.n_queries)
-            tables[:6] = [quality, np.zeros_like(quality), cost, quality, np.zeros_like(quality), cost]
-        weighs_latency = rule.mu > 0
-        if weighs_latency:  # the kernel sees penalties; what was spent is added up from the models run below
-            latency = (None,) * 3 if self.latency is None else self.latency
-            for index, seconds in zip((2, 5, 7), latency):
-                tables[index] = rule.kernel_cost(tables[index], seconds)
-        result = kernel.simulate(*tables, parallel=self.parallel, **rule.kernel_options())
+        result = rule.simulate(self.tables, self.latency, parallel=self.parallel)
         if self.latency is None:
             return EpisodeOutcome(result.cost, result.quality, result.order)
         run = _run_mask(result.order, self.n_models)
-        cost = (self.tables[7] * run).sum(axis=1) if weighs_latency else result.cost
+        cost = (self.tables[7] * run).sum(axis=1) if rule.mu > 0 else result.cost
         return EpisodeOutcome(cost, result.quality, result.order, (self.latency[2] * run).sum(axis=1))
 
 
