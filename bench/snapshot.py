@@ -109,7 +109,7 @@ def capture(folder: Path) -> None:
                                                   **{k: [v[i] for i in ran] for k, v in per_query.items()}))
         np.savez(folder / f"{name}_router.npz", **arrays)
         summary = json.loads((report / "report.json").read_text())
-        for where in ("seconds", "artifact", "data"):  # wall clock and paths
+        for where in ("seconds", "peak_rss_gib", "artifact", "data"):  # wall clock, memory and paths
             summary.pop(where, None)
         (folder / f"{name}_summary.json").write_text(json.dumps({"policies": _policies(router), "report": summary},
                                                                 sort_keys=True, indent=1))
@@ -133,8 +133,9 @@ def compare(before: Path, after: Path) -> int:
     for summary in names:
         name = summary.removesuffix("_summary.json")
         a, b = (json.loads((d / summary).read_text()) for d in (before, after))
-        for report in (a["report"], b["report"]):  # snapshots taken before paths were left out
-            report.pop("artifact", None), report.pop("data", None)
+        for report in (a["report"], b["report"]):  # snapshots taken before paths and memory were left out
+            for measured in ("artifact", "data", "peak_rss_gib"):
+                report.pop(measured, None)
         if a != b:
             differences += 1
             print(f"{name}: policies or report differ")
