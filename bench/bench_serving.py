@@ -255,7 +255,7 @@ def _score(artifact: Path, traffic: Path, output: Path, batch_size: int, workers
     """
     script = (
         "import json, re, resource, sys, time\n"
-        "from training.serving.score import parse_args, run\n"
+        "from training.serving.batch import parse_args, run\n"
         "args = parse_args(sys.argv[1:])\n"
         "from training.router import load_router\n"
         "t = time.perf_counter(); load_router(args.artifact); load = time.perf_counter() - t\n"

@@ -379,7 +379,7 @@ def test_a_key_given_as_the_variable_name_is_refused_without_being_echoed(tmp_pa
 
 
 def _score(artifact_path: Path, tmp_path: Path, *extra: str) -> tuple[int, list[str]]:
-    from training.serving.score import main
+    from training.serving.batch import main
     from training.synthetic import make_benchmark
 
     source = tmp_path / "traffic.parquet"

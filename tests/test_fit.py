@@ -150,7 +150,7 @@ def test_the_three_command_lines_agree(capsys):
     """One flag hides the progress bars, every --help lists the same exit codes, and the max_depth
     defaults of fit and evaluate differ only with the reason stated in both --help texts."""
     from training import evaluate
-    from training.serving import score
+    from training.serving import batch as score
     fit_args = parse_args(["--quiet"])
     evaluate_args = evaluate.build_parser().parse_args(["--data", "t.csv", "--quiet"])
     score_args = score.parse_args(["--artifact", "a", "--input", "i", "--output", "o", "--quiet"])

@@ -456,7 +456,7 @@ def test_batch_scoring_replays_logged_latency_and_adds_it_up(two_budget_fit):
 
 
 def test_the_score_cli_reports_realised_latency_against_the_latency_budget(two_budget_fit, tmp_path, capsys):
-    from training.serving.score import main
+    from training.serving.batch import main
     from training.synthetic import make_benchmark
 
     data = tmp_path / "traffic.parquet"

@@ -20,7 +20,7 @@ from estimators.estimator import Estimates
 from training.decision import play_cascades
 from training.serving.replay import (STATUS_OK, STATUS_REJECTED, STATUS_UNREPLAYABLE, output_schema, rejects_schema,
                                      score_batch)
-from training.serving.score import main
+from training.serving.batch import main
 from training.synthetic import make_benchmark
 
 REPLAY_COLUMNS = ["first_model", "models_run", "n_run", "answer_model", "cost", "quality", "needed_model"]

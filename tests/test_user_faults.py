@@ -36,10 +36,10 @@ from training.data import read_table
 from training.evaluate import main as evaluate_main
 from training.fit import _split
 from training.fit import main as fit_main
-from training.serving import score as score_module
+from training.serving import batch as score_module
 from training.serving.replay import STATUS_REJECTED, score_batch
 from training.router import UnseenCategoryWarning
-from training.serving.score import main as score_main
+from training.serving.batch import main as score_main
 from training.splits import prompt_groups, shared_groups, split
 from training.synthetic import make_benchmark
 

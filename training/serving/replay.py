@@ -19,7 +19,7 @@ Its result has one ``status == "ok"`` (or ``"unreplayable"``) row per scored
 query and one ``status == "rejected"`` row per input row of a rejected query,
 in the columns and types of :func:`output_schema` followed by ``reason`` and
 ``model`` (:func:`rejects_schema`), whatever the batch holds. Streaming files
-through it is :mod:`training.serving.score` (``python -m training.score``).
+through it is :mod:`training.serving.batch` (``python -m training.score``).
 """
 
 from __future__ import annotations

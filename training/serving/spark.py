@@ -413,7 +413,7 @@ def run_cli(args, key: object = None) -> dict:
     Parameters
     ----------
     args : argparse.Namespace
-        :func:`training.serving.score.parse_args`'s options (``master`` may be ``None``:
+        :func:`training.serving.batch.parse_args`'s options (``master`` may be ``None``:
         then ``spark-submit`` or the Spark defaults decide).
     key : Ed25519PublicKey or bytes, optional
         The key the artifact's signature is checked with on the driver (``--verify-key``, or the deprecated
@@ -422,7 +422,7 @@ def run_cli(args, key: object = None) -> dict:
     Returns
     -------
     dict
-        The totals :func:`training.serving.score.summary` prints.
+        The totals :func:`training.serving.batch.summary` prints.
 
     Raises
     ------
