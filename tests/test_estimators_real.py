@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from estimators.metrics import auroc, brier, coverage
+from estimators.accuracy import auroc, brier, coverage
 from estimators.quality import QualityEstimator, make_linear_regressor
 from estimators.estimator import RouterEstimator
 from test_estimators_tables import load_table, split_rows
