@@ -8,7 +8,7 @@ model" as float64 ``(N, K)`` arrays.
 
 Fit uses scikit-learn and LightGBM as they are; at its end every component
 freezes what prediction needs into plain arrays (:class:`~estimators.featurize.FrozenFeaturizer`,
-:mod:`estimators.evaluators`), and prediction runs on those with compiled
+:mod:`estimators.frozen`), and prediction runs on those with compiled
 kernels: one implementation, used by training, serving and batch scoring
 alike. The libraries' own ``transform``/``predict`` are the reference the
 tests compare it with (``tests/reference_estimator.py``).

@@ -30,7 +30,7 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .evaluators import freeze_regressors
+from .frozen import freeze_regressors
 from .clusters import CLUSTER_COUNTS, TEXT_PREFIX, choose_prior
 from .peers import CATEGORY_PREFIX, PartialTargets
 from .posthoc import ResponseInfo, per_model_groups, posthoc_feature_names, posthoc_features
@@ -354,7 +354,7 @@ class QualityEstimator(BaseEstimator):
         Out-of-fold ``quality``, ``run`` and ``target`` arrays of the augmented
         rows, kept for diagnostics (error correlations, coverage reports).
     frozen_ : FrozenRegressors
-        ``regressors_`` frozen for prediction (:mod:`estimators.evaluators`):
+        ``regressors_`` frozen for prediction (:mod:`estimators.frozen`):
         what :meth:`predict` evaluates.
     sigma_table_ : Tabulated or None
         The σ model's forest as a table over the estimate ``q``, one row per
