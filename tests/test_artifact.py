@@ -458,3 +458,15 @@ def test_numpy_model_names_and_budgets_are_accepted(tmp_path):
     manifest = read_manifest(path)
     assert manifest["models"] == ["x", "y"]
     assert manifest["budgets"] == [0.1, 0.2]
+
+
+def test_classes_pickled_under_their_modules_before_issue_31_still_load():
+    """Version-3 artifacts written before the router and the frozen predictors moved name the old modules."""
+    import pickle
+
+    from estimators.frozen import Affine, Called, FrozenRegressors
+    from training.router import Router
+
+    assert pickle.loads(b"ctraining.serving.router\nRouter\n.") is Router
+    for cls in (Affine, Called, FrozenRegressors):
+        assert pickle.loads(f"cestimators.evaluators\n{cls.__name__}\n.".encode()) is cls
