@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from .serving.explore import Exploration
 from .router import Router
+from .serving.explore import Exploration
 
 __all__ = ["Interval", "OffPolicyEstimate", "Replay", "estimate", "replay"]
 
@@ -231,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pathlib import Path
 
     from .cli import CANNOT_WRITE, OutputError, fail, parse_or_exit_code, writing
+    from .files import write_atomically
     from .router import load_router
     from .traffic_log import read_logs
 
@@ -268,9 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             with writing("--json", args.json):
                 text = json.dumps(result.as_dict(), indent=1)
-                temporary = args.json.with_name(f".{args.json.name}.tmp")
-                temporary.write_text(text + "\n")
-                temporary.replace(args.json)
+                write_atomically(args.json, (text + "\n").encode("utf-8"))
         except OutputError as error:
             return fail(str(error), code=CANNOT_WRITE)
     return 0
