@@ -77,11 +77,11 @@ from threadpoolctl import threadpool_limits
 
 from estimators.estimator import PreparedQueries
 
+from ..explore import Exploration
 from ..policy import Policy
 from ..router import Router
 from . import traffic
 from .backends import Backend
-from .explore import Exploration
 from .openai_api import (
     OBJECTS_PER_MESSAGE,
     ROUTER_MODEL,
@@ -151,7 +151,7 @@ class ServiceConfig:
         accept labels at ``/v1/feedback`` (issue 34); ``None`` logs nothing.
     explore : float, default=0
         Probability that a request served by the paced policy also calls
-        ``explore_models`` uniformly drawn models (:mod:`training.serving.explore`);
+        ``explore_models`` uniformly drawn models (:mod:`training.explore`);
         needs ``pace`` and ``log``.
     explore_models : int, default=1
         Models an exploring request draws.

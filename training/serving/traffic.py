@@ -45,9 +45,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..explore import Exploration
 from ..files import write_atomically
 from ..traffic_log import FEEDBACK_PREFIX, FEEDBACK_SCHEMA, TRAFFIC_PREFIX, TRAFFIC_SCHEMA
-from .explore import Exploration
 
 __all__ = ["LogConfig", "TrafficLog", "add_log_arguments", "feedback_row", "log_config", "request_rows"]
 
