@@ -131,7 +131,7 @@ def _running(tmp_path: Path, args: tuple[str, ...] = ()):
     """The fake upstreams and ``python -m training.serve`` (``args`` added) as child processes; yields (service
     URL, children, queries) and stops both whatever happens."""
     from training.data import read_table
-    from training.serving.router import load_router
+    from training.router import load_router
     from training.synthetic import make_benchmark
 
     artifact = build_router_artifact(tmp_path)

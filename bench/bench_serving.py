@@ -77,12 +77,14 @@ N_LATENCY = 2000
 
 
 def _fit(folder: Path, data: Path | None) -> Path:
-    from training.fit import main
+    from training.artifact import save_artifact
+    from training.data import read_table
+    from training.fit import fit_router
+    from training.synthetic import default_table, synthetic_prices
+    table, prices = (read_table(data), None) if data is not None else (default_table(3000, seed=0), synthetic_prices())
+    router, _ = fit_router(table, [0.001], estimator="linear", prices=prices, curve_points=2)
     out = folder / "router.joblib"
-    args = ["--estimator", "linear", "--budget", "0.001", "--out", str(out), "--report", str(folder / "report"),
-            "--quiet", "--curve-points", "2"]
-    args += ["--data", str(data)] if data is not None else ["--n-queries", "3000"]
-    assert main(args) == 0
+    save_artifact(router, out, models=list(router.models_), budgets=router.budgets)
     return out
 
 
@@ -181,7 +183,7 @@ def traffic(workdir, source):
 
 
 def test_single_query_decide_latency(benchmark, artifact, source):
-    from training.serving.router import load_router
+    from training.router import load_router
     router = load_router(artifact)  # strict load + warm-up: compile time excluded
     queries = source.drop_duplicates("query_id").sample(n=N_LATENCY, replace=True, random_state=0)
     cases = list(zip(queries["prompt"], queries["task"], queries["subtask"], strict=True))
@@ -222,7 +224,7 @@ def test_single_query_decide_latency(benchmark, artifact, source):
 
 def test_first_decide_after_load_router(benchmark, artifact, source):
     """Each round loads the router afresh (untimed) and times its first request."""
-    from training.serving.router import load_router
+    from training.router import load_router
     first = source.iloc[0]
 
     def fresh():
@@ -253,9 +255,9 @@ def _score(artifact: Path, traffic: Path, output: Path, batch_size: int, workers
     """
     script = (
         "import json, re, resource, sys, time\n"
-        "from training.serving.score import parse_args, run\n"
+        "from training.serving.batch import parse_args, run\n"
         "args = parse_args(sys.argv[1:])\n"
-        "from training.serving.router import load_router\n"
+        "from training.router import load_router\n"
         "t = time.perf_counter(); load_router(args.artifact); load = time.perf_counter() - t\n"
         "totals = run(args)\n"
         "totals['load_seconds'] = load\n"

@@ -19,7 +19,7 @@ import numpy as np
 from estimators.estimator import make_router_estimator
 from training.data import read_table
 from training.policy import Policy
-from training.serving.router import Router
+from training.router import Router
 from training.synthetic import make_benchmark
 
 POLICY = Policy(strategy="cascade_routing", lambdas=np.array([50.0] * 3), thresholds=None, gamma=0.0, max_depth=3,

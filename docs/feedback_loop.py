@@ -7,7 +7,7 @@ Run from the repository root (about 5 minutes on 2 cores)::
 What it does, with the logged RouterBench outcomes standing in for upstreams
 (no HTTP: the service's own pieces, ``Router.decide``/``Router.select`` one
 batch per cascade step (:func:`training.offpolicy.replay`), its exploration
-draw (:class:`training.serving.explore.Exploration`), its row builder and
+draw (:class:`training.explore.Exploration`), its row builder and
 log writer (:mod:`training.serving.traffic`), and the log reader
 :func:`training.traffic_log.read_logs` with the labels joined):
 
@@ -55,11 +55,11 @@ from generated import replace_block, write_atomically  # noqa: E402
 from partial_logs import DATA, FRACTIONS, STRATEGY, run_fit, with_split_column  # noqa: E402
 
 from training.data import read_table  # noqa: E402
+from training.explore import Exploration  # noqa: E402
 from training.fit import default_budgets, split  # noqa: E402
 from training.metrics import auc, auc_bounds  # noqa: E402
 from training.offpolicy import Interval, _prior, estimate, replay  # noqa: E402
-from training.serving.explore import Exploration  # noqa: E402
-from training.serving.router import load_router  # noqa: E402
+from training.router import load_router  # noqa: E402
 from training.serving.traffic import TrafficLog, request_rows  # noqa: E402
 from training.traffic_log import read_logs  # noqa: E402
 

@@ -23,7 +23,7 @@ from lightgbm import LGBMRegressor
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, clone
 
-from .evaluators import freeze_regressors
+from .frozen import freeze_regressors
 from .quality import fit_weighted
 
 __all__ = ["CostEstimator", "input_token_counts"]

@@ -8,7 +8,7 @@ model" as float64 ``(N, K)`` arrays.
 
 Fit uses scikit-learn and LightGBM as they are; at its end every component
 freezes what prediction needs into plain arrays (:class:`~estimators.featurize.FrozenFeaturizer`,
-:mod:`estimators.evaluators`), and prediction runs on those with compiled
+:mod:`estimators.frozen`), and prediction runs on those with compiled
 kernels: one implementation, used by training, serving and batch scoring
 alike. The libraries' own ``transform``/``predict`` are the reference the
 tests compare it with (``tests/reference_estimator.py``).
@@ -26,6 +26,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, clone
+from sklearn.utils.validation import check_is_fitted
 
 from .cost import CostEstimator, input_token_counts
 from .featurize import FrozenFeaturizer, as_texts, make_prompt_featurizer, prompt_frame
@@ -156,12 +157,19 @@ class Estimator(Protocol):
         Post-hoc signals it was fitted with.
     uses_responses_ : bool
         Whether response texts are part of its inputs.
+    latency_ : object or None
+        The fitted latency model; ``None`` when it was fitted on a table
+        without latency (its estimates then have ``latency`` ``None``).
     """
 
     models_: tuple[str, ...]
     columns_: list[str]
     signal_names_: list[str]
     uses_responses_: bool
+    latency_: CostEstimator | None
+
+    def __sklearn_is_fitted__(self) -> bool:
+        """Whether it was fitted (:func:`sklearn.utils.validation.check_is_fitted` asks this)."""
 
     @property
     def token_prices(self) -> dict[str, tuple[float, float]]:
@@ -402,8 +410,18 @@ def _reveal_sigma(quality, features: np.ndarray, posthoc: PosthocData, logged: n
     return sigma
 
 
-class RouterEstimator:
+class RouterEstimator(BaseEstimator):
     """Quality, uncertainty and cost estimates for every model and any run set.
+
+    A scikit-learn estimator in what it inherits (``get_params``,
+    ``set_params``, ``clone``, the repr; ``__init__`` stores its parameters
+    only) and in its fitted check (:func:`~sklearn.utils.validation.check_is_fitted`,
+    :class:`~sklearn.exceptions.NotFittedError`). scikit-learn's common
+    checks (``check_estimator``) do not apply: ``fit`` learns from a
+    :class:`~estimators.table.RoutingTable` (queries × models, with run sets
+    and responses), not from an ``(X, y)`` pair, and ``predict`` returns
+    :class:`Estimates`; its components (:class:`~estimators.quality.QualityEstimator`,
+    :class:`~estimators.sigma.SigmaRegressor`, ...) are the parts that take ``(X, y)``.
 
     Parameters
     ----------
@@ -556,9 +574,13 @@ class RouterEstimator:
         self._cache = None
         return self
 
+    def __sklearn_is_fitted__(self) -> bool:
+        """Whether :meth:`fit` ran (what :func:`~sklearn.utils.validation.check_is_fitted` asks)."""
+        return hasattr(self, "quality_")
+
     def _check_fitted(self) -> None:
-        if not hasattr(self, "quality_"):
-            raise ValueError("this RouterEstimator is not fitted yet; call fit(table) first")
+        """Raise :class:`~sklearn.exceptions.NotFittedError` (a ``ValueError``) before :meth:`fit`."""
+        check_is_fitted(self, msg="this %(name)s is not fitted yet; call fit(table) first")
 
     def prepare(self, prompts: ArrayLike | None = None, tasks: ArrayLike | None = None,
                 subtasks: ArrayLike | None = None, *, input_tokens: ArrayLike | None = None,

@@ -31,7 +31,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import get_tags
 
 from .clusters import CLUSTER_COUNTS, TEXT_PREFIX, CellPrior, choose_prior
-from .evaluators import freeze_regressors
+from .frozen import freeze_regressors
 from .peers import CATEGORY_PREFIX, PartialTargets, TaskMeanRegressor
 from .posthoc import ResponseInfo, per_model_groups, posthoc_feature_names, posthoc_features
 from .runsets import sample_run_sets
@@ -79,15 +79,12 @@ def make_lightgbm_regressor(n_estimators: int = 100, n_jobs: int = 1) -> LGBMReg
     correctness and partial scores alike) and returns probabilities, which is
     what the Brier score and the kernel's ``E[max]`` expect. Every query
     appears once per sampled run set, so leaves need many rows
-    (``min_child_samples=200``, 7 leaves) or they memorise single queries:
-    with 31 leaves and 20 rows the RouterBench ex-ante Brier score was worse
-    than the per-model mean. A learning rate of 0.05 for 100 trees keeps the
-    fit short of its optimum on purpose: on GSM8K alone (923 training
-    queries) 0.1 lost to the per-model mean, 0.05 beats it, and on the large
-    tables it is as good or better. ``max_bin=63`` and half the columns per
-    tree keep training of 11 models within seconds. ``n_jobs=1``: OpenMP
-    threads spin-wait, and on a shared 2-core machine multi-threaded fits of
-    small tables ran up to 100 times slower.
+    (``min_child_samples=200``, 7 leaves) or they memorise single queries.
+    A learning rate of 0.05 for 100 trees keeps the fit short of its optimum
+    on purpose, which small tables need. ``max_bin=63`` and half the columns
+    per tree keep training of 11 models within seconds. ``n_jobs=1``: OpenMP
+    threads spin-wait on a shared machine. The measurements behind each
+    setting are in ``docs/estimators.md`` (*What was tried*).
 
     Parameters
     ----------
@@ -274,9 +271,8 @@ class QualityEstimator(BaseEstimator):
         agreement), so the model-specific part sits at fixed positions.
         With partial logs each per-model regressor sees only its model's
         logged queries, while a pooled one learns what makes a query hard
-        from every model's outcomes: on RouterBench with half the cells
-        missing at random it recovers the full-log AUC
-        (``docs/partial_logs.md``). ``"auto"``: pooled when some outcome is
+        from every model's outcomes (measured in ``docs/partial_logs.md``).
+        ``"auto"``: pooled when some outcome is
         not logged and the regressor is single-output (LightGBM).
     boost_from : {"task", None}, default="task"
         ``"task"``: the per-model LightGBM regressors boost from each model's
@@ -285,8 +281,7 @@ class QualityEstimator(BaseEstimator):
         their trees only model how a query departs from its task's average:
         the post-hoc agreement departures are large and learned first, while
         prompt-text departures that do not generalise are left out by a short
-        schedule. On RouterBench the per-task mean alone routed better than
-        the trees boosted from the global average (``docs/peers.md``). Used
+        schedule (why: ``docs/peers.md``). Used
         when the regressor is LightGBM with the cross-entropy objective, not
         pooled, the training table is fully logged and the prompt features
         hold task or subtask columns or prompt-text columns; otherwise (and
@@ -297,9 +292,7 @@ class QualityEstimator(BaseEstimator):
         rarely carry one), with the number of clusters and the shrinkage
         toward the model's overall mean chosen by out-of-fold log loss, so
         that a log of a few hundred queries boosts from little more than the
-        per-model mean. (Pooled regressors boosted from the
-        prior were tried: best Brier scores, but no better AUC than per-model
-        ones on RouterBench and llmrouter, so the simpler rule stays.)
+        per-model mean (the alternatives tried: ``docs/estimators.md``).
         A model not yet run is estimated by the prior alone at the run-set
         sizes ``|R|`` where its trees do not beat the prior in out-of-fold
         log loss on those cells (``unrun_trees_``): a prompt-text departure
@@ -354,7 +347,7 @@ class QualityEstimator(BaseEstimator):
         Out-of-fold ``quality``, ``run`` and ``target`` arrays of the augmented
         rows, kept for diagnostics (error correlations, coverage reports).
     frozen_ : FrozenRegressors
-        ``regressors_`` frozen for prediction (:mod:`estimators.evaluators`):
+        ``regressors_`` frozen for prediction (:mod:`estimators.frozen`):
         what :meth:`predict` evaluates.
     sigma_table_ : Tabulated or None
         The σ model's forest as a table over the estimate ``q``, one row per

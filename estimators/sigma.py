@@ -30,7 +30,7 @@ from sklearn.model_selection import GroupKFold, KFold, cross_val_predict
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._forest import Forest, Tabulated
-from .evaluators import freeze_regressors
+from .frozen import freeze_regressors
 
 __all__ = ["SigmaRegressor", "SIGMA_FLOOR"]
 
@@ -97,7 +97,7 @@ class SigmaRegressor(RegressorMixin, BaseEstimator):
     n_features_in_ : int
         Number of features.
     frozen_ : FrozenRegressors
-        ``estimator_`` frozen for prediction (:mod:`estimators.evaluators`).
+        ``estimator_`` frozen for prediction (:mod:`estimators.frozen`).
 
     Examples
     --------

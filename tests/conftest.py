@@ -51,7 +51,7 @@ def artifact(fitted_artifact):
 @pytest.fixture(scope="session")
 def router(artifact):
     """The shared small router, loaded strictly and warmed up."""
-    from training.serving.router import load_router
+    from training.router import load_router
 
     return load_router(artifact)
 
@@ -68,7 +68,7 @@ def serve_artifact(tmp_path_factory):
 @pytest.fixture(scope="session")
 def serve_router(serve_artifact):
     """The service tests' router, loaded strictly and warmed up."""
-    from training.serving.router import load_router
+    from training.router import load_router
 
     return load_router(serve_artifact)
 

@@ -37,7 +37,7 @@ def build_router_artifact(folder: Path, n_models: int = 4, prices: bool = True) 
     from training.artifact import save_artifact
     from training.data import read_table
     from training.policy import Policy
-    from training.serving.router import Router
+    from training.router import Router
     from training.synthetic import make_benchmark, synthetic_prices
 
     table = read_table(make_benchmark(400, seed=3))

@@ -225,12 +225,12 @@ def test_other_format_version_is_refused(saved):
 
 
 # What a format-1 payload pickles: a class from a package this release no longer has.
-_FORMAT_1_PAYLOAD = b"ctraining.router\nRouter\n(tR."
+_FORMAT_1_PAYLOAD = b"ctraining.table\nRoutingTable\n(tR."
 
 
 @pytest.mark.parametrize("drop", [(), ("versions", "artifact_file")])
 def test_format_version_1_is_refused_before_unpickling(saved, monkeypatch, drop):
-    assert importlib.util.find_spec("training.router") is None  # moved to training.serving.router
+    assert importlib.util.find_spec("training.table") is None  # moved to estimators.table
     _replace_payload(saved, _FORMAT_1_PAYLOAD)
     with pytest.raises(ValueError, match="could not unpickle"):  # what loading it would give
         artifact._unpickle(_FORMAT_1_PAYLOAD, saved)
@@ -458,3 +458,15 @@ def test_numpy_model_names_and_budgets_are_accepted(tmp_path):
     manifest = read_manifest(path)
     assert manifest["models"] == ["x", "y"]
     assert manifest["budgets"] == [0.1, 0.2]
+
+
+def test_classes_pickled_under_their_modules_before_issue_31_still_load():
+    """Version-3 artifacts written before the router and the frozen predictors moved name the old modules."""
+    import pickle
+
+    from estimators.frozen import Affine, Called, FrozenRegressors
+    from training.router import Router
+
+    assert pickle.loads(b"ctraining.serving.router\nRouter\n.") is Router
+    for cls in (Affine, Called, FrozenRegressors):
+        assert pickle.loads(f"cestimators.evaluators\n{cls.__name__}\n.".encode()) is cls

@@ -316,7 +316,7 @@ def signed_router(router, tmp_path_factory) -> Path:
 
 
 def test_load_router_verifies_with_key(signed_router, router):
-    from training.serving.router import load_router, load_router_with_sha256
+    from training.router import load_router, load_router_with_sha256
 
     loaded, sha256 = load_router_with_sha256(signed_router, key=PUBLIC, warm_up=False)
     assert loaded.models_ == router.models_
@@ -328,7 +328,7 @@ def test_load_router_verifies_with_key(signed_router, router):
 @pytest.mark.slow
 def test_fit_signs_with_the_key_from_the_environment(tmp_path, monkeypatch, capsys):
     from training.fit import main
-    from training.serving.router import load_router
+    from training.router import load_router
 
     monkeypatch.setenv("ROUTER_SIGNING_KEY", KEY)  # the private key's PEM
     out = tmp_path / "router.joblib"
@@ -380,7 +380,7 @@ def test_a_key_given_as_the_variable_name_is_refused_without_being_echoed(tmp_pa
 
 
 def _score(artifact_path: Path, tmp_path: Path, *extra: str) -> tuple[int, list[str]]:
-    from training.serving.score import main
+    from training.serving.batch import main
     from training.synthetic import make_benchmark
 
     source = tmp_path / "traffic.parquet"
@@ -432,7 +432,7 @@ def test_score_refuses_a_private_key_as_the_verification_key(signed_router, tmp_
 
 
 def test_workers_load_only_the_payload_the_parent_verified(signed_router, router):
-    from training.serving.router import load_router
+    from training.router import load_router
 
     with pytest.raises(ValueError, match="is not the one expected"):
         load_router(signed_router, expected_sha256="0" * 64, warm_up=False)

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kernel
-from training.episodes import TableEpisodes, plan_next
+from estimators.estimator import Estimates
+from training.episodes import TableEpisodes
 from training.metrics import upper_hull
 from training.policy import (
     TIE_STANDARD_ERRORS,
@@ -152,25 +153,24 @@ def test_a_served_hull_mix_calls_the_dear_model_with_probability_gamma():
     policy = Policy(strategy="routing", lambdas=np.array([lam]), thresholds=None, gamma=gamma, max_depth=1,
                     force_order=False, n_samples=64, budget=3.0, constant_estimates=np.vstack([quality, cost]))
     assert describe(policy, "abcd") == "hull mix: b + d (γ 0.3 to d)"
-    from training.serving.router import prompt_uniforms
+    from training.router import prompt_uniforms
     u = prompt_uniforms([f"prompt {i}" for i in range(n)])
     # Whatever the estimator says: the constants decide.
     noise = np.random.default_rng(0).random((n, k))
-    chosen, _ = plan_next(noise, noise, policy.kernel_options(), run=np.zeros((n, k), bool), u=u, parallel=False,
-                          sigma=noise)
+    chosen, _ = policy.plan(Estimates(noise, noise, noise), np.zeros((n, k), bool), u, parallel=False)
     assert set(np.unique(chosen)) == {1, 3}
     assert (chosen == 3).mean() == pytest.approx(gamma, abs=4 * math.sqrt(gamma * (1 - gamma) / n))
     # A query that already ran a model stops (routing); a repeated prompt gets the same model.
-    again, _ = plan_next(noise, noise, policy.kernel_options(), run=np.zeros((n, k), bool), u=u, parallel=True)
+    again, _ = policy.plan(Estimates(noise, None, noise), np.zeros((n, k), bool), u, parallel=True)
     assert (again == chosen).all()
     run = np.zeros((n, k), bool)
     run[:, 1] = True
-    stop, _ = plan_next(noise, noise, policy.kernel_options(), run=run, u=u, parallel=False)
+    stop, _ = policy.plan(Estimates(noise, None, noise), run, u, parallel=False)
     assert (stop == kernel.STOP).all()
 
 
 def test_a_served_hull_mix_through_the_router_and_its_exclusions(fitted_artifact):
-    from training.serving.router import Router, load_router
+    from training.router import Router, load_router
     from training.synthetic import make_benchmark
     router = load_router(fitted_artifact[0], warm_up=False)
     k = len(router.models_)

@@ -113,6 +113,7 @@ def test_a_latency_budget_on_a_router_without_latency_policies_says_so(router, a
     with pytest.raises(ValueError, match="no policy fitted to a latency budget"):
         router.policy(0.001, 0.6)
     from training.serving.score import main as score
+
     from training.synthetic import make_benchmark
 
     traffic = tmp_path / "traffic.parquet"

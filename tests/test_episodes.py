@@ -7,6 +7,7 @@ import pytest
 
 from estimators.estimator import Estimates
 from estimators.table import RoutingTable
+from training.decision import DecisionRule
 from training.episodes import EstimatorEpisodes, TableEpisodes
 
 
@@ -40,12 +41,8 @@ def test_stepwise_episodes_equal_compiled_ones(strategy):
     table, ante, post = tables()
     stepwise = EstimatorEpisodes(TableEstimator(ante, post), table)
     compiled = TableEpisodes(*ante, *post, table.quality, table.cost)
-    options = dict(strategy=strategy, max_depth=3, gamma=0.4)
-    if strategy == "threshold":
-        options["thresholds"] = np.full(4, 0.6)
-    else:
-        options["lambdas"] = np.array([20.0, 60.0, 5.0])
-    a, b = stepwise.play(options), compiled.play(options)
+    rule = DecisionRule(strategy, np.array([20.0, 60.0, 5.0]), np.full(4, 0.6), 0.4, 3, False, 64)
+    a, b = stepwise.play(rule), compiled.play(rule)
     np.testing.assert_array_equal(a.order, b.order)
     np.testing.assert_allclose(a.cost, b.cost, rtol=1e-12)
     np.testing.assert_array_equal(a.quality, b.quality)
@@ -55,9 +52,9 @@ def test_estimates_are_cached_per_query_and_run_set():
     table, ante, post = tables(1)
     estimator = TableEstimator(ante, post)
     episodes = EstimatorEpisodes(estimator, table)
-    options = dict(strategy="cascade_routing", lambdas=30.0, max_depth=3)
-    first = episodes.play(options)
+    rule = DecisionRule("cascade_routing", np.full(3, 30.0), None, 0.0, 3, False, 64)
+    first = episodes.play(rule)
     calls = estimator.calls
-    second = episodes.play(options)
+    second = episodes.play(rule)
     assert estimator.calls == calls  # nothing new to estimate
     np.testing.assert_array_equal(first.order, second.order)

@@ -43,7 +43,7 @@ from estimators.sigma import SigmaRegressor
 from estimators.table import RoutingTable
 from training.data import read_table
 from training.policy import Policy
-from training.serving.router import Router
+from training.router import Router
 from training.synthetic import make_benchmark, synthetic_prices
 
 RTOL = 1e-9

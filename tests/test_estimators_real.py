@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_estimators_tables import load_table, split_rows
 
+from estimators.accuracy import auroc, brier, coverage
 from estimators.estimator import RouterEstimator
-from estimators.metrics import auroc, brier, coverage
 from estimators.quality import QualityEstimator, make_linear_regressor
 
 pytestmark = pytest.mark.slow

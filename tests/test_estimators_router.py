@@ -158,6 +158,25 @@ def test_predict_before_fit_is_refused(table):
         RouterEstimator().predict_table(table)
 
 
+def test_the_fitted_check_is_scikit_learns(fitted, table):
+    """``check_is_fitted`` and ``NotFittedError`` (a ValueError), ``clone`` and ``get_params`` of a BaseEstimator."""
+    from sklearn.base import BaseEstimator, clone
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    unfitted = RouterEstimator(covariance=True, random_state=3)
+    assert isinstance(unfitted, BaseEstimator)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(unfitted)
+    with pytest.raises(NotFittedError, match="this RouterEstimator is not fitted yet; call fit"):
+        unfitted.predict_table(table)
+    check_is_fitted(fitted)  # no error once fitted
+    copy = clone(fitted)
+    assert copy.covariance and not copy.__sklearn_is_fitted__()
+    assert set(copy.get_params()) == set(fitted.get_params())
+    assert unfitted.get_params()["random_state"] == 3
+
+
 def test_fit_requires_a_routing_table():
     with pytest.raises(TypeError, match="RoutingTable"):
         RouterEstimator().fit(np.zeros((3, 2)))

@@ -11,7 +11,7 @@ import pytest
 
 from training.artifact import manifest_path
 from training.fit import main, parse_args
-from training.serving.router import Router, load_router
+from training.router import Router, load_router
 from training.synthetic import make_benchmark
 
 
@@ -151,7 +151,7 @@ def test_the_three_command_lines_agree(capsys):
     """One flag hides the progress bars, every --help lists the same exit codes, and the max_depth
     defaults of fit and evaluate differ only with the reason stated in both --help texts."""
     from training import evaluate
-    from training.serving import score
+    from training.serving import batch as score
     fit_args = parse_args(["--quiet"])
     evaluate_args = evaluate.build_parser().parse_args(["--data", "t.csv", "--quiet"])
     score_args = score.parse_args(["--artifact", "a", "--input", "i", "--output", "o", "--quiet"])
@@ -180,3 +180,31 @@ def test_routerbench_budget_is_met_on_test_within_ten_percent(routerbench_subset
     # many queries at nearly the same estimate, so the share a λ sends to gpt-4 on calibration moves
     # more on test (2026-12-02: 11.2 % under at 0.001, the policy routing one model per query).
     assert -0.15 <= row["test_cost"] / 0.001 - 1 <= 0.10
+
+
+@pytest.mark.slow
+def test_fit_router_is_the_fit_the_command_line_saves(fitted):
+    """The library call with the CLI's settings gives the saved router's policies, report rows and decisions."""
+    from training.fit import FitReport, fit_router
+    from training.synthetic import default_table, synthetic_prices
+
+    out, report_dir = fitted  # conftest: --n-queries 700 --estimator linear --budget 0.0004 0.001
+    router, fitted_report = fit_router(default_table(700, seed=0), [0.0004, 0.001], estimator="linear",
+                                       prices=synthetic_prices())
+    assert isinstance(router, Router) and isinstance(fitted_report, FitReport)
+    saved = load_router(out, warm_up=False)
+    assert router.budgets == saved.budgets and router.models_ == saved.models_
+    for mine, theirs in zip(router.policies, saved.policies, strict=True):
+        assert mine.rule.__class__ is theirs.rule.__class__
+        for name, value in vars(theirs).items():
+            if name != "search_evaluations":
+                np.testing.assert_array_equal(getattr(mine, name), value, err_msg=name)
+    written = json.loads((report_dir / "report.json").read_text())
+    assert json.loads(json.dumps(fitted_report.metrics["budgets"])) == written["budgets"]
+    assert fitted_report.metrics["auc"] == written["auc"]
+    assert len(fitted_report.test) == written["n_test"]
+    queries = make_benchmark(40, seed=5).drop_duplicates("query_id")
+    inputs = {"tasks": list(queries["task"]), "subtasks": list(queries["subtask"])}
+    for budget in router.budgets:
+        assert router.decide(list(queries["prompt"]), budget=budget, **inputs) == \
+            saved.decide(list(queries["prompt"]), budget=budget, **inputs)

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from estimators.evaluators import Affine, Called, freeze_regressors
 from estimators.featurize import FrozenFeaturizer, _counts, make_prompt_featurizer, prompt_frame, structure_counts_of
+from estimators.frozen import Affine, Called, freeze_regressors
 from estimators.posthoc import ResponseMemo, posthoc_features, read_responses, run_responses
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from naive import candidates, q_of
 
-from estimators.estimator import RouterEstimator
+from estimators.estimator import Estimates, RouterEstimator
 from estimators.quality import QualityEstimator, make_lightgbm_regressor
 from estimators.table import RoutingTable
 from training.data import derive_latency, read_table, read_throughput
-from training.episodes import LATENCY_MULTIPLIER, EstimatorEpisodes, TableEpisodes, plan_next
+from training.decision import DecisionRule
+from training.episodes import EstimatorEpisodes, TableEpisodes
 from training.policy import BudgetError, fit_policy
 
 STRATEGIES = ("routing", "cascade", "cascade_routing")
@@ -51,10 +53,9 @@ def test_the_kernel_under_the_combined_penalty_maximises_q_minus_lambda_c_minus_
         run[: min(n_run, k - 1)] = True  # a cascade's run set is a prefix
     else:
         run[rng.permutation(k)[: min(n_run, k - 1)]] = True
-    options = {"strategy": strategy, "lambdas": np.full(k, lam), "max_depth": k, "gamma": 0.0,
-               LATENCY_MULTIPLIER: mu}
-    _, mask = plan_next(quality[None], cost[None], options, run=run[None], u=None, parallel=False,
-                        sigma=np.zeros((1, k)), latency=latency[None])
+    rule = DecisionRule(strategy, np.full(k, lam), None, 0.0, k, False, 64, mu=mu)
+    _, mask = rule.plan(Estimates(quality[None], np.zeros((1, k)), cost[None], None, latency[None]), run[None], None,
+                        parallel=False)
     run_set = tuple(int(i) for i in np.flatnonzero(run))
     found = candidates(strategy, k, run_set, k, False)
     draws = quality[None, :]
@@ -70,15 +71,14 @@ def test_the_kernel_under_the_combined_penalty_maximises_q_minus_lambda_c_minus_
 def test_a_policy_without_latency_multiplier_gives_the_kernel_its_costs_unchanged():
     rng = np.random.default_rng(0)
     quality, cost = rng.random((50, 3)), rng.random((50, 3)) * 1e-3
-    options = {"strategy": "cascade_routing", "lambdas": np.full(3, 200.0), "max_depth": 3}
-    plain = plan_next(quality, cost, options, run=np.zeros((50, 3), bool), u=None, parallel=False)
-    with_latency = plan_next(quality, cost, options, run=np.zeros((50, 3), bool), u=None, parallel=False,
-                             latency=rng.random((50, 3)))
+    rule = DecisionRule("cascade_routing", np.full(3, 200.0), None, 0.0, 3, False, 64)
+    run = np.zeros((50, 3), bool)
+    plain = rule.plan(Estimates(quality, None, cost), run, None, parallel=False)
+    with_latency = rule.plan(Estimates(quality, None, cost, None, rng.random((50, 3))), run, None, parallel=False)
     for a, b in zip(plain, with_latency, strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="weighs latency"):
-        plan_next(quality, cost, {**options, LATENCY_MULTIPLIER: 0.1}, run=np.zeros((50, 3), bool), u=None,
-                  parallel=False)
+        replace(rule, mu=0.1).plan(Estimates(quality, None, cost), run, None, parallel=False)
 
 
 # --------------------------------------------------------------------------- #
@@ -96,7 +96,8 @@ def test_without_a_latency_budget_the_fitted_policy_and_its_decisions_are_todays
     np.testing.assert_array_equal(a.lambdas, b.lambdas)
     assert (a.gamma, a.calibration_cost, a.calibration_quality) == (b.gamma, b.calibration_cost,
                                                                      b.calibration_quality)
-    assert LATENCY_MULTIPLIER not in a.kernel_options()
+    table_cost = with_latency.tables[2]
+    assert a.kernel_cost(table_cost, with_latency.latency[0]) is table_cost  # μ = 0: the costs as they are
     quality, sigma, cost = (with_latency.tables[i] for i in (0, 1, 2))
     np.testing.assert_array_equal(a.decide(quality, cost, sigma=sigma, parallel=False),
                                   b.decide(quality, cost, sigma=sigma, parallel=False,
@@ -351,7 +352,7 @@ def test_fit_crosses_latency_budgets_with_budgets_into_the_artifact(two_budget_f
     import json
 
     from training.artifact import manifest_path
-    from training.serving.router import load_router
+    from training.router import load_router
 
     out, report_dir = two_budget_fit
     report = json.loads((report_dir / "report.json").read_text())
@@ -406,7 +407,7 @@ def test_a_paced_router_paces_latency_beside_cost(two_budget_fit):
     from dataclasses import replace
 
     from training.policy import Policy
-    from training.serving.router import load_router
+    from training.router import load_router
 
     router = load_router(two_budget_fit[0])  # on this small table single models win: pace a hand-made policy
     policy = Policy("cascade_routing", np.full(3, 200.0), None, 0.0, 3, False, 64, budget=0.001,
@@ -431,8 +432,8 @@ def test_a_paced_router_paces_latency_beside_cost(two_budget_fit):
 
 
 def test_batch_scoring_replays_logged_latency_and_adds_it_up(two_budget_fit):
+    from training.router import load_router
     from training.serving.replay import score_batch
-    from training.serving.router import load_router
     from training.synthetic import make_benchmark
 
     router = load_router(two_budget_fit[0])
@@ -456,7 +457,7 @@ def test_batch_scoring_replays_logged_latency_and_adds_it_up(two_budget_fit):
 
 
 def test_the_score_cli_reports_realised_latency_against_the_latency_budget(two_budget_fit, tmp_path, capsys):
-    from training.serving.score import main
+    from training.serving.batch import main
     from training.synthetic import make_benchmark
 
     data = tmp_path / "traffic.parquet"

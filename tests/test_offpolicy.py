@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from training.data import read_table
+from training.explore import Exploration
 from training.offpolicy import _prior, estimate, replay
-from training.serving.explore import Exploration
 from training.serving.traffic import TrafficLog, request_rows
 from training.synthetic import make_benchmark
 from training.traffic_log import read_logs

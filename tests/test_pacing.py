@@ -9,21 +9,18 @@ import numpy as np
 import pytest
 
 from training.data import read_table
-from training.fit import main as fit_main
-from training.serving.pacing import PaceController
-from training.serving.router import PacedRouter, load_router
-from training.synthetic import make_benchmark
+from training.fit import fit_router
+from training.pacing import PaceController
+from training.router import PacedRouter
+from training.synthetic import default_table, make_benchmark, synthetic_prices
 
 BUDGET = 0.0006
 
 
 @pytest.fixture(scope="module")
-def router(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pacing")
-    code = fit_main(["--n-queries", "800", "--estimator", "linear", "--budget", str(BUDGET),
-                     "--out", str(folder / "router.joblib"), "--report", str(folder / "report"), "--quiet"])
-    assert code == 0
-    return load_router(folder / "router.joblib")
+def router():
+    fitted, _ = fit_router(default_table(800, seed=0), [BUDGET], estimator="linear", prices=synthetic_prices())
+    return fitted
 
 
 #: Price rise in the second half of the stream (every model, as a provider's new price list).

@@ -23,7 +23,7 @@ from training.data import read_table
 from training.episodes import EstimatorEpisodes, calibration_episodes
 from training.fit import main
 from training.protocol import evaluate_strategies
-from training.serving.router import load_router
+from training.router import load_router
 from training.splits import MIN_SPLIT_QUERIES, SPLIT_LABELS, prompt_groups, split, split_from_labels
 from training.synthetic import make_benchmark
 

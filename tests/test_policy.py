@@ -124,13 +124,13 @@ def test_empty_calibration_set_is_refused():
 
 
 def test_a_fixed_model_policy_calls_its_model_once_and_only_on_an_empty_run_set():
-    from training.episodes import plan_next
+    from estimators.estimator import Estimates
     from training.policy import single_model_policy
 
     policy = single_model_policy(2, 0.01)
     run = np.array([[False, False, False], [False, True, False], [False, False, True]])
     quality = np.full(run.shape, 0.5)
-    next_model, masks = plan_next(quality, quality, policy.kernel_options(), run=run, u=None, parallel=False)
+    next_model, masks = policy.plan(Estimates(quality, None, quality), run, None, parallel=False)
     assert next_model.tolist() == [2, -1, -1]
     assert masks.tolist() == [0b100, 0b010, 0b100]
     assert policy.decide(quality, quality, run=run).tolist() == [2, -1, -1]
@@ -139,7 +139,7 @@ def test_a_fixed_model_policy_calls_its_model_once_and_only_on_an_empty_run_set(
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 10_000), st.floats(0.0, 3.0), st.sampled_from([0.5, 1.0, 2.0]))
 def test_sigma_transform_keeps_correlations_and_transforms_the_diagonal_like_sigma(seed, scale, power):
-    from training.episodes import uncertainty_keywords
+    from training.decision import uncertainty_keywords
     rng = np.random.default_rng(seed)
     sigma = rng.uniform(0.0, 0.6, (4, 3))
     sigma[0, 0] = 0.0  # a model already run
@@ -153,7 +153,7 @@ def test_sigma_transform_keeps_correlations_and_transforms_the_diagonal_like_sig
 
 @pytest.mark.parametrize("transform", [(-1.0, 1.0), (1.0, 0.0), (float("nan"), 1.0), (1.0, float("inf"))])
 def test_bad_sigma_transforms_are_refused(transform):
-    from training.episodes import uncertainty_keywords
+    from training.decision import uncertainty_keywords
     with pytest.raises(ValueError, match="σ transform"):
         uncertainty_keywords(np.ones((2, 2)), None, transform)
 

@@ -13,7 +13,7 @@ import pytest
 
 from training.artifact import manifest_path
 from training.data import read_table
-from training.serving.router import Plan, load_router
+from training.router import Plan, load_router
 from training.synthetic import make_benchmark
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -23,7 +23,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 EXAMPLE = '''
 import zlib
 
-from training.serving.router import load_router
+from training.router import load_router
 
 router = load_router("router.joblib")  # strict checks (sha256, versions), then JIT warm-up
 
@@ -188,7 +188,7 @@ def test_bad_observations_are_refused(router):
 def test_router_decides_as_its_policy_including_the_sigma_transform(router, table, sigma_scale, sigma_power):
     from dataclasses import replace
 
-    from training.serving.router import prompt_uniforms
+    from training.router import prompt_uniforms
     policy = replace(router.policy(), sigma_scale=sigma_scale, sigma_power=sigma_power)
     cases = _cases(table, router, n=30, seed=2)
     prompts, observed = [c[0] for c in cases], [c[3] for c in cases]

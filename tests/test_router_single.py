@@ -1,6 +1,6 @@
 """One prompt per call (the service's case, on :class:`kernel.Decider`) decides as the batch of all prompts.
 
-``training.episodes.plan_next`` sends a one-query call to the single-query
+``training.decision.DecisionRule.plan`` sends a one-query call to the single-query
 path; these tests check that the router's decisions do not depend on it:
 every prompt of a random batch planned alone gets the batch's plan, for
 every strategy, with latency-weighing policies and excluded models.
@@ -16,8 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kernel
+from estimators.estimator import Estimates
 from training.data import read_table
-from training.episodes import LATENCY_MULTIPLIER, plan_next
+from training.decision import DecisionRule
 from training.policy import Policy
 from training.synthetic import make_benchmark
 
@@ -73,7 +74,7 @@ def test_each_prompt_alone_is_planned_as_in_the_batch(router, table, data):
 
 @settings(max_examples=80, deadline=None)
 @given(data=st.data())
-def test_plan_next_on_one_row_equals_the_batch_row_with_a_latency_penalty(data):
+def test_rule_plan_on_one_row_equals_the_batch_row_with_a_latency_penalty(data):
     """A latency-weighing policy's kernel cost is ``λ·c + μ·ℓ``; one row gets the batch row's plan."""
     k = data.draw(st.integers(1, 11), label="k")
     n = data.draw(st.integers(1, 5), label="n")
@@ -83,13 +84,11 @@ def test_plan_next_on_one_row_equals_the_batch_row_with_a_latency_penalty(data):
     sigma = grid[rng.integers(0, 3, (n, k))] if data.draw(st.booleans()) else None
     run = rng.random((n, k)) < 0.3
     u = kernel.default_uniforms(n)
-    options = {"strategy": data.draw(st.sampled_from(("routing", "cascade_routing"))), "max_depth": k,
-               "force_order": False, "gamma": 0.5, "n_samples": 64, "lambdas": np.full(k, 2.0)}
-    if data.draw(st.booleans()):
-        options[LATENCY_MULTIPLIER] = 0.5
-    expected = plan_next(quality, cost, options, run=run, u=u, parallel=False, sigma=sigma, latency=latency)
+    rule = DecisionRule(data.draw(st.sampled_from(("routing", "cascade_routing"))), np.full(k, 2.0), None, 0.5, k,
+                        False, 64, mu=0.5 if data.draw(st.booleans()) else 0.0)
+    expected = rule.plan(Estimates(quality, sigma, cost, None, latency), run, u, parallel=False)
     for row in range(n):
-        alone = plan_next(quality[row:row + 1], cost[row:row + 1], options, run=run[row:row + 1],
-                          u=u[row:row + 1], parallel=False, sigma=None if sigma is None else sigma[row:row + 1],
-                          latency=latency[row:row + 1])
+        one = slice(row, row + 1)
+        alone = rule.plan(Estimates(quality[one], None if sigma is None else sigma[one], cost[one], None,
+                                    latency[one]), run[one], u[one], parallel=False)
         assert (alone[0][0], alone[1][0]) == (expected[0][row], expected[1][row])

@@ -1,7 +1,7 @@
 """``python -m training.score``: replay equals the service loop, batching, rejects, exit codes.
 
 Validation of logged input is :mod:`training.serving.logged`, replay and the per-batch function
-:mod:`training.serving.replay`, streaming and the command line :mod:`training.serving.score`.
+:mod:`training.serving.replay`, streaming and the command line :mod:`training.serving.batch`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from training.serving.batch import main
 from training.serving.logged import validate_logged
 from training.serving.replay import STATUS_OK, score_batch
-from training.serving.score import main
 from training.synthetic import make_benchmark
 
 
@@ -219,7 +219,7 @@ def test_two_worker_processes_write_the_same_decisions(artifact, logged, tmp_pat
 
 
 def test_default_workers_start_processes_only_for_large_inputs(monkeypatch):
-    from training.serving import score
+    from training.serving import batch as score
     monkeypatch.setattr(score.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
     assert score.auto_workers(score.AUTO_WORKERS_FROM_ROWS - 1) == 1
     assert score.auto_workers(score.AUTO_WORKERS_FROM_ROWS) == score.MAX_AUTO_WORKERS
@@ -233,7 +233,7 @@ def test_reading_holds_about_one_batch_not_the_file(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from training.serving.score import iter_tables
+    from training.serving.batch import iter_tables
     rng = np.random.default_rng(0)
     letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz ", np.uint8)
     n = 8000  # rows of ~1 KB of incompressible text: 8 MB in 40 row groups

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from training.serving.score import main
+from training.serving.batch import main
 from training.synthetic import make_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,7 +170,7 @@ def test_resume_refuses_a_partial_run_of_other_settings(artifact, logged, tmp_pa
 
 def test_sigterm_in_process_exits_143_through_the_command_contract(artifact, logged, tmp_path, monkeypatch, capsys):
     """The same contract without a subprocess: SIGTERM during the job unwinds and returns 143."""
-    from training.serving import score
+    from training.serving import batch as score
 
     def job(args):
         os.kill(os.getpid(), signal.SIGTERM)

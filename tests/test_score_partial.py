@@ -17,7 +17,8 @@ import pytest
 
 import kernel
 from estimators.estimator import Estimates
-from training.episodes import play_cascades
+from training.decision import play_cascades
+from training.serving.batch import main
 from training.serving.replay import (
     STATUS_OK,
     STATUS_REJECTED,
@@ -26,7 +27,6 @@ from training.serving.replay import (
     rejects_schema,
     score_batch,
 )
-from training.serving.score import main
 from training.synthetic import make_benchmark
 
 REPLAY_COLUMNS = ["first_model", "models_run", "n_run", "answer_model", "cost", "quality", "needed_model"]
@@ -333,12 +333,12 @@ def _table_step(n: int, k: int, seed: int):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_play_cascades_with_a_mask_stops_at_the_first_model_not_available(router, seed):
     n, k = 300, len(router.models_)
-    options = router.policy(None).kernel_options()
+    rule = router.policy(None)
     u = kernel.default_uniforms(n)
     estimate, calls = _table_step(n, k, seed)
-    order, run, answer = play_cascades(estimate, n, k, options, u=u)
+    order, run, answer = play_cascades(rule, estimate, n, k, u=u)
     default_calls = len(calls)
-    everything = play_cascades(estimate, n, k, options, u=u, available=np.ones((n, k), bool))
+    everything = play_cascades(rule, estimate, n, k, u=u, available=np.ones((n, k), bool))
     assert len(everything) == 4 and (everything[3] == kernel.STOP).all()
     for a, b in zip((order, run, answer), everything, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -349,7 +349,7 @@ def test_play_cascades_with_a_mask_stops_at_the_first_model_not_available(router
         np.testing.assert_array_equal(run_a, run_b)
         assert sigma_a == sigma_b
     available = np.random.default_rng(seed).random((n, k)) < 0.6
-    p_order, p_run, p_answer, needed = play_cascades(estimate, n, k, options, u=u, available=available)
+    p_order, p_run, p_answer, needed = play_cascades(rule, estimate, n, k, u=u, available=available)
     assert (needed >= 0).any() and (needed < 0).any()
     for i in range(n):
         ran = [m for m in order[i] if m >= 0]
@@ -367,8 +367,8 @@ def test_play_cascades_with_a_mask_stops_at_the_first_model_not_available(router
 def test_play_cascades_rejects_a_mask_of_the_wrong_shape(router):
     estimate, _ = _table_step(4, len(router.models_), 0)
     with pytest.raises(ValueError, match="available must have shape"):
-        play_cascades(estimate, 4, len(router.models_), router.policy(None).kernel_options(),
-                      u=kernel.default_uniforms(4), available=np.ones((4, 2), bool))
+        play_cascades(router.policy(None), estimate, 4, len(router.models_), u=kernel.default_uniforms(4),
+                      available=np.ones((4, 2), bool))
 
 
 @pytest.mark.parametrize("layout", ["logged", "query rows"])

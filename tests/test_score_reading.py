@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from training.serving import score
-from training.serving.score import iter_tables, main
+from training.serving import batch as score
+from training.serving.batch import iter_tables, main
 from training.synthetic import make_benchmark
 
 

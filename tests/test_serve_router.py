@@ -8,7 +8,7 @@ import pytest
 from estimators.estimator import Estimates
 from training.data import read_table
 from training.policy import Policy, single_model_policy
-from training.serving.router import Router
+from training.router import Router
 from training.synthetic import make_benchmark
 
 

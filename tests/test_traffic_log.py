@@ -16,7 +16,7 @@ import pytest
 from servekit import UPSTREAM_KEY, answer_of, keyed_backends, serving
 
 from training.data import read_table
-from training.serving.explore import Exploration
+from training.explore import Exploration
 from training.serving.service import ServiceConfig, create_app
 from training.serving.traffic import LogConfig, TrafficLog, request_rows
 from training.synthetic import make_benchmark
@@ -258,7 +258,7 @@ def test_exploration_probabilities_are_those_of_the_draw(k, m):
     import itertools
     from math import comb
 
-    from training.serving.explore import Exploration
+    from training.explore import Exploration
 
     epsilon, models = 0.3, [f"m{i}" for i in range(k)]
     exploration = Exploration(epsilon, m)

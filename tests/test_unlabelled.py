@@ -38,7 +38,7 @@ from training.data import read_table
 from training.evaluate import main as evaluate_main
 from training.fit import main as fit_main
 from training.policy import Policy
-from training.serving.router import Router, load_router
+from training.router import Router, load_router
 from training.synthetic import make_benchmark
 
 POLICY = Policy(strategy="cascade_routing", lambdas=np.array([50.0] * 3), thresholds=None, gamma=0.0, max_depth=3,

@@ -12,7 +12,6 @@ a worker killed mid-run.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -37,10 +36,10 @@ from training.data import read_table
 from training.evaluate import main as evaluate_main
 from training.fit import _split
 from training.fit import main as fit_main
-from training.serving import score as score_module
+from training.router import UnseenCategoryWarning
+from training.serving import batch as score_module
+from training.serving.batch import main as score_main
 from training.serving.replay import STATUS_REJECTED, score_batch
-from training.serving.router import UnseenCategoryWarning
-from training.serving.score import main as score_main
 from training.splits import prompt_groups, shared_groups, split
 from training.synthetic import make_benchmark
 
@@ -258,10 +257,9 @@ def test_fit_splits_a_prompt_logged_under_two_ids_into_one_part(logged):
     retry = dict(zip(ids[len(ids) // 2:], first_prompt[ids[:len(ids) // 2]], strict=True))
     frame["prompt"] = [retry.get(q, p) for q, p in zip(frame["query_id"], frame["prompt"], strict=True)]
     table = read_table(frame)
-    args = argparse.Namespace(split_column=False, fractions=(0.5, 0.25, 0.25), seed=0)
-    parts = _split(args, table)
+    parts = _split(table, (0.5, 0.25, 0.25), 0, False)
     groups = prompt_groups(table.prompts)
-    assert shared_groups(split(table.n_queries, args.fractions, 0, table.fully_logged), groups) > 0, \
+    assert shared_groups(split(table.n_queries, (0.5, 0.25, 0.25), 0, table.fully_logged), groups) > 0, \
         "the split by id alone leaks (else this test shows nothing)"
     assert shared_groups(parts, groups) == 0
     assert not set(table.prompts[parts[0]]) & set(table.prompts[parts[2]])

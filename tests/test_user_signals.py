@@ -17,7 +17,7 @@ import numpy as np
 from estimators.estimator import make_router_estimator
 from training.data import read_table
 from training.policy import Policy
-from training.serving.router import Router
+from training.router import Router
 from training.synthetic import make_benchmark
 
 SIGNAL = "verifier_score"

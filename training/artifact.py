@@ -97,8 +97,9 @@ for it; ``--require-signed`` makes the CLIs refuse to run without a key.
 The ``signature`` field is optional and changes nothing else in the
 layout, so it did not change :data:`FORMAT_VERSION`.
 
-Writes are atomic: each file is written to a temporary file in the target
-directory, flushed to disk and moved into place with :func:`os.replace`, so
+Writes are atomic (:mod:`training.files`): each file is written to a hidden
+temporary file in the target directory, flushed to disk and moved into
+place with :func:`os.replace`, so
 a crash never leaves a half-written file under the final name. The two
 files cannot be replaced together atomically; the payload is moved first,
 so a crash between the two moves leaves a new payload beside the old
@@ -116,7 +117,6 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import importlib.metadata
@@ -127,13 +127,12 @@ import os
 import pickle
 import platform
 import re
-import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import joblib
 import numpy as np
@@ -143,6 +142,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+
+from .files import discard, fsync_directory, write_temporary
 
 __all__ = [
     "FORMAT",
@@ -181,7 +182,12 @@ FORMAT_VERSION = 3
   cannot be unpickled by this release; it is refused before unpickling.
 * 3: estimators learned from partial logs (``RoutingTable.logged``,
   ``RoutingTable.propensity``; ``QualityEstimator.pooled_``), which a
-  version-2 estimator lacks.
+  version-2 estimator lacks. Issue 31 moved the router back to
+  ``training.router`` (offline code may import it without the serving
+  package) and made ``Policy`` a subclass of ``DecisionRule`` with the same
+  fields; that did not bump the version, because version-3 payloads written
+  before still load: ``training.serving.router`` keeps the name ``Router``
+  for them, and a pickled policy's fields are the ones it always had.
 """
 
 MANIFEST_SUFFIX = ".manifest.json"
@@ -385,19 +391,19 @@ def save_artifact(
     }
     _to_json(manifest)  # fail on unserialisable metadata before writing anything
 
-    tmp_payload = _write_temp(path, lambda handle: _dump(obj, handle, path))
+    tmp_payload = write_temporary(path, lambda handle: _dump(obj, handle, path))
     tmp_manifest = None
     try:
         manifest["sha256"] = _sha256_file(tmp_payload)
         if secret is not None:  # the MAC of what a reader will parse, not of the in-memory dict (NumPy values)
             manifest["signature"] = _signature(json.loads(_to_json(manifest)), secret)
         text = _to_json(manifest).encode("utf-8")
-        tmp_manifest = _write_temp(target, lambda handle: handle.write(text))
+        tmp_manifest = write_temporary(target, lambda handle: handle.write(text))
         os.replace(tmp_payload, path)  # payload first: see the module docstring
         os.replace(tmp_manifest, target)
     finally:
-        _discard(tmp_payload, tmp_manifest)
-    _fsync_directory(path.parent)
+        discard(tmp_payload, tmp_manifest)
+    fsync_directory(path.parent)
     return target
 
 
@@ -849,7 +855,7 @@ def _check_models(models: Sequence[str], obj: object) -> list[str]:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ValueError(f"models must be unique; {duplicates} appear more than once")
-    fitted = getattr(obj, "models_", None)
+    fitted = obj.models_ if isinstance(obj, _HasModels) else None
     if fitted is not None and [str(name) for name in fitted] != names:
         raise ValueError(f"models {names} differ from the object's models_ {list(fitted)}; pass models=obj.models_")
     return names
@@ -951,11 +957,21 @@ def _unpickle(payload: bytes, path: Path) -> object:
         ) from exc
 
 
+@runtime_checkable
+class _HasModels(Protocol):
+    """An object that routes between named models (a router, an estimator): its ``models_`` must be the manifest's.
+
+    Any picklable object can be saved; one with ``models_`` is checked against the ``models`` listed.
+    """
+
+    models_: Sequence[str]
+
+
 def _check_loaded_models(obj: object, models: Any, path: Path) -> None:
     """The object's ``models_`` must be the manifest's, in the same order."""
-    fitted = getattr(obj, "models_", None)
-    if fitted is None:
+    if not isinstance(obj, _HasModels):
         return
+    fitted = obj.models_
     if [str(name) for name in fitted] != list(models):
         raise ValueError(
             f"artifact {path} holds an object with models_ {list(fitted)} but its manifest lists {list(models)}; "
@@ -1010,56 +1026,3 @@ def _dump(obj: object, handle: Any, path: Path) -> None:
             f"could not pickle the object for artifact {path}: {type(exc).__name__}: {exc}; "
             "fitted objects must hold plain arrays and scalars (no lambdas, open files or compiled state)"
         ) from exc
-
-
-def _write_temp(final: Path, write: Callable[[Any], object]) -> Path:
-    """Write a flushed, fsynced temp file beside ``final`` and return its path.
-
-    The temp file lives in the same directory because :func:`os.replace` is
-    only atomic within one file system, and is hidden (leading dot) so that
-    globs for artifacts never pick it up. :func:`tempfile.mkstemp` creates
-    it readable by the owner only; it gets the usual umask-based mode so
-    that a service running as another user can read the artifact. On any
-    failure the temp file is deleted before the error propagates.
-    """
-    descriptor, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-    except BaseException:
-        _discard(tmp)
-        raise
-    return tmp
-
-
-def _discard(*paths: Path | None) -> None:
-    """Delete temp files that were not moved into place."""
-    for path in paths:
-        if path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)  # elsewhere: read by setting; briefly racy with threads
-    os.umask(mask)
-    return mask
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Persist the renames themselves (POSIX); a no-op where unsupported."""
-    with contextlib.suppress(OSError):
-        descriptor = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)

@@ -924,7 +924,7 @@ def write_table(frame: pd.DataFrame, path: PathLike, *, overwrite: bool = False)
     import gzip
     import io
 
-    from .serving.outputs import write_bytes_atomically
+    from .files import write_atomically
 
     path = Path(path)
     name = path.name.lower()
@@ -941,7 +941,7 @@ def write_table(frame: pd.DataFrame, path: PathLike, *, overwrite: bool = False)
         if name.endswith(".gz"):
             data = gzip.compress(data, mtime=0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomically(path, data)
+    write_atomically(path, data)
 
 
 def append_tables(sources: Sequence[PathLike | pd.DataFrame], *, quality_range: tuple[float, float] = (0.0, 1.0),

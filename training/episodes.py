@@ -7,19 +7,16 @@ simulated estimators, or any estimator whose post-hoc estimate of a model
 depends only on that model having run) with one compiled
 :func:`kernel.simulate` call per evaluation; :class:`EstimatorEpisodes`
 covers learned estimators whose post-hoc estimates depend on the whole run
-set; its step loop, :func:`play_cascades`, is also what batch scoring
+set; its step loop, :func:`~training.decision.play_cascades`, is also what batch scoring
 replays logged traffic with, so evaluation and replay make the same
 decisions by construction.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, overload
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -27,346 +24,14 @@ from numpy.typing import ArrayLike, NDArray
 import kernel
 from estimators.estimator import Estimates, Estimator
 
+from .decision import DecisionRule, play_cascades
 from .defaults import MIN_FULLY_LOGGED  # re-exported: the --min-fully-logged default
 
 if TYPE_CHECKING:
     from estimators.table import RoutingTable
 
-__all__ = ["CONSTANT_ESTIMATES", "FIXED_MODEL", "LATENCY_MULTIPLIER", "MIN_FULLY_LOGGED", "Episodes", "EpisodeOutcome",
-           "EstimateStep", "EstimatorEpisodes", "TableEpisodes", "calibration_episodes", "constant_tables",
-           "penalised_cost", "plan_next", "play_cascades", "uncertainty_keywords"]
-
-
-def uncertainty_keywords(sigma: ArrayLike | None, cov: ArrayLike | None,
-                         transform: tuple[float, float] = (1.0, 1.0)) -> dict[str, Any]:
-    """The kernel's uncertainty keyword: ``sigma = a·σ^p``, or (when given) ``cov`` with that σ and its correlations.
-
-    The one place where a policy's fitted σ transform ``(a, p)`` meets the
-    estimates: no estimator's σ is calibrated to what the decision rule's
-    ``E[max]`` needs (learned σ ignores that estimates of models run together
-    move together; even the paper's simulated σ, the spread of ex-ante minus
-    post-hoc estimates, scored below its square in the authors' code, which
-    multiplies the draws by the variance), so fitting picks ``(a, p)`` per
-    budget on calibration, and every decision made with the policy
-    (evaluation, serving, replay) must use the σ it was fitted with.
-
-    Parameters
-    ----------
-    sigma : array-like of shape (N, K), or None
-        Standard deviations of the quality estimates.
-    cov : array-like of shape (N, K, K), or None
-        Error covariance; used instead of ``sigma`` when given: its diagonal
-        is transformed as ``sigma`` and its correlations are kept.
-    transform : (float, float), default=(1.0, 1.0)
-        The policy's ``(sigma_scale, sigma_power)``: finite, scale ``>= 0``, power ``> 0``.
-
-    Returns
-    -------
-    dict
-        ``{"cov": ...}`` or ``{"sigma": ...}``, to pass as ``**`` keywords to
-        :func:`kernel.decide` / :func:`kernel.plan` / :func:`kernel.simulate`;
-        the input itself (not a copy) for the identity ``(1, 1)``.
-
-    Raises
-    ------
-    ValueError
-        If the scale is negative, the power not positive, or either not finite.
-    """
-    scale, power = transform
-    if not (np.isfinite(scale) and scale >= 0 and np.isfinite(power) and power > 0):
-        raise ValueError(f"a σ transform needs a finite scale >= 0 and a finite power > 0, got {transform!r}")
-    identity = scale == 1.0 and power == 1.0
-    if cov is not None:
-        if identity:
-            return {"cov": cov}
-        cov = np.asarray(cov)
-        if power == 1.0:
-            return {"cov": cov * scale**2}
-        spread = np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0))
-        factor = np.divide(scale * spread**power, spread, out=np.zeros_like(spread), where=spread > 0)
-        return {"cov": cov * factor[:, :, None] * factor[:, None, :]}
-    if identity or sigma is None:
-        return {"sigma": sigma}
-    sigma = np.asarray(sigma)
-    return {"sigma": scale * (sigma if power == 1.0 else sigma**power)}
-
-
-#: Kernel-options key of a policy that calls one model (by column index) and stops: the single-model candidate.
-FIXED_MODEL = "fixed_model"
-#: Kernel-options key of a policy that routes on constant estimates, a ``(2, K)`` array of each model's mean
-#: quality and cost (the constant-estimate hull, :func:`training.policy.hull_policy`).
-CONSTANT_ESTIMATES = "constant_estimates"
-#: Kernel-options key of a policy's latency multiplier ``μ`` (ALGORITHM.md §7); present only when ``μ > 0``.
-LATENCY_MULTIPLIER = "latency_multiplier"
-
-
-def penalised_cost(cost: ArrayLike, latency: ArrayLike | None,
-                   options: dict[str, Any]) -> tuple[ArrayLike, dict[str, Any]]:
-    """The kernel's cost and options for a policy: ``λ·c + μ·ℓ`` with multiplier 1 when it weighs latency.
-
-    ALGORITHM.md §7 keeps the kernel unchanged: a policy with a latency
-    multiplier ``μ`` gives it the per-model penalty ``λ·c_i + μ·ℓ_i`` as
-    the cost and ``λ = 1``, so ``τ(M) = Q(M) − λ·C(M) − μ·L(M)``, and ties
-    and "cheapest next" use the penalty. Such a policy has one ``λ`` for
-    every step (fitting refuses a per-step ``λ`` with a latency budget).
-    Options without :data:`LATENCY_MULTIPLIER` pass through unchanged, so a
-    cost-only policy decides exactly as before latency existed.
-
-    Parameters
-    ----------
-    cost : array-like of shape (N, K)
-        Cost estimates (or true costs, for scoring).
-    latency : array-like of shape (N, K), or None
-        Latency estimates in seconds; needed when the options weigh latency.
-    options : dict
-        Kernel options (:meth:`~training.policy.Policy.kernel_options`).
-
-    Returns
-    -------
-    (array-like, dict)
-        The cost the kernel is given and the options without the latency key.
-
-    Raises
-    ------
-    ValueError
-        If the options weigh latency and ``latency`` is ``None``, or their
-        ``λ`` differs between steps.
-    """
-    mu = options.get(LATENCY_MULTIPLIER)
-    if mu is None:
-        return cost, options
-    if latency is None:
-        raise ValueError("this policy weighs latency (it was fitted to a latency budget) but the estimates have "
-                         "none: fit the estimator on a table with latency_s (or a throughput table)")
-    lambdas = np.asarray(options["lambdas"], dtype=np.float64)
-    if lambdas.size and np.ptp(lambdas) > 0:
-        raise ValueError("a policy that weighs latency has one λ for every step; got per-step λ "
-                         f"{lambdas.tolist()}")
-    options = {name: value for name, value in options.items() if name != LATENCY_MULTIPLIER}
-    options["lambdas"] = np.ones_like(lambdas)
-    lam = float(lambdas[0]) if lambdas.size else 0.0
-    return lam * np.asarray(cost, dtype=np.float64) + float(mu) * np.asarray(latency, dtype=np.float64), options
-
-
-def plan_next(quality: ArrayLike, cost: ArrayLike, options: dict[str, Any], *, run: ArrayLike,
-              u: ArrayLike | None, parallel: bool, sigma: ArrayLike | None = None,
-              cov: ArrayLike | None = None, latency: ArrayLike | None = None
-              ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """:func:`kernel.plan` for a policy's kernel options, where a fixed-model policy needs no kernel.
-
-    A policy with :data:`FIXED_MODEL` in its options calls that model when
-    nothing has run yet and stops otherwise (one model per query, like its
-    ``max_depth`` of 1; its plan: that model, or the run set when stopping),
-    so the best single model can compete with fitted policies and be served
-    by the same code. A policy with :data:`CONSTANT_ESTIMATES` decides with
-    those per-model constants as every query's quality and cost (σ 0)
-    instead of the estimates given: the kernel unchanged, so a hull mix of
-    two models is the kernel's own γ tie-break (:func:`constant_tables`).
-
-    Parameters
-    ----------
-    quality, cost : array-like of shape (N, K)
-        Current estimates.
-    options : dict
-        :meth:`~training.policy.Policy.kernel_options`.
-    run, u, parallel, sigma, cov
-        As in :func:`kernel.plan`.
-    latency : array-like of shape (N, K), optional
-        Latency estimates, for a policy that weighs them (:func:`penalised_cost`).
-
-    Returns
-    -------
-    (ndarray of int64, ndarray of int64)
-        Next model per query (``kernel.STOP`` to stop) and the plan as a bit mask.
-    """
-    if CONSTANT_ESTIMATES in options:
-        options = dict(options)
-        quality, cost = constant_tables(options.pop(CONSTANT_ESTIMATES), np.shape(quality)[0])
-        sigma = cov = None
-    if FIXED_MODEL not in options:
-        cost, options = penalised_cost(cost, latency, options)
-        if cov is None and np.shape(quality)[0] == 1:  # one query: a service's call, on the single-query path
-            decider = _decider(np.shape(quality)[1], options)
-            row = decider.plan(np.asarray(quality)[0], np.asarray(cost)[0], run=np.asarray(run)[0],
-                               sigma=None if sigma is None else np.asarray(sigma)[0],
-                               u=None if u is None else float(np.asarray(u)[0]))
-            return np.array([row[0]], dtype=np.int64), np.array([row[1]], dtype=np.int64)
-        return kernel.plan(quality, cost, run=run, u=u, parallel=parallel, sigma=sigma, cov=cov, **options)
-    model = int(options[FIXED_MODEL])
-    run = np.asarray(run, dtype=bool)
-    stop = run.any(axis=1)
-    masks = run.astype(np.int64) @ (np.int64(1) << np.arange(run.shape[1], dtype=np.int64))
-    return (np.where(stop, kernel.STOP, model).astype(np.int64),
-            np.where(stop, masks, np.int64(1) << model).astype(np.int64))
-
-
-def _decider(n_models: int, options: dict[str, Any]) -> kernel.Decider:
-    """The :class:`kernel.Decider` of a policy's kernel options, built once per process and options.
-
-    A service decides one query per call with a handful of policies (one
-    per budget, and the paced ``λ`` of a :class:`~training.serving.router.PacedRouter`,
-    which changes slowly); checking them once each is what makes the
-    single-query path cheap. The options are keyed by value.
-    """
-    key = tuple(sorted((name, _hashable(value)) for name, value in options.items()))
-    return _cached_decider(int(n_models), key)
-
-
-def _hashable(value: Any) -> Any:
-    """Option values as a cache key: arrays as their float64 bytes, shape and dtype kept."""
-    if isinstance(value, (np.ndarray, list, tuple)):
-        array = np.asarray(value, dtype=np.float64)
-        return ("array", array.shape, array.tobytes())
-    return value
-
-
-@functools.lru_cache(maxsize=256)
-def _cached_decider(n_models: int, key: tuple) -> kernel.Decider:
-    options = {name: (np.frombuffer(value[2]).reshape(value[1]).copy()
-                      if isinstance(value, tuple) and value[:1] == ("array",) else value) for name, value in key}
-    return kernel.Decider(n_models, **options)
-
-
-def constant_tables(constants: ArrayLike, n_queries: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Every query's quality and cost estimates under a constant-estimate policy: the ``(2, K)`` constants, tiled.
-
-    Parameters
-    ----------
-    constants : array-like of shape (2, K)
-        Mean quality (row 0) and cost (row 1) per model.
-    n_queries : int
-        Rows to tile to.
-
-    Returns
-    -------
-    (ndarray, ndarray)
-        Quality and cost, each ``(n_queries, K)``, C-contiguous.
-    """
-    constants = np.asarray(constants, dtype=np.float64)
-    return (np.tile(constants[0], (n_queries, 1)), np.tile(constants[1], (n_queries, 1)))
-
-
-#: ``estimate(rows, run, with_sigma)``: estimates of queries ``rows`` with run sets ``run``.
-EstimateStep = Callable[[np.ndarray, np.ndarray, bool], Estimates]
-
-
-@overload
-def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options: dict[str, Any], *,
-                  u: NDArray[np.float64], sigma_transform: tuple[float, float] = ..., parallel: bool = ...,
-                  timings: dict[str, float] | None = ..., available: None = ...
-                  ) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]: ...
-
-
-@overload
-def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options: dict[str, Any], *,
-                  u: NDArray[np.float64], sigma_transform: tuple[float, float] = ..., parallel: bool = ...,
-                  timings: dict[str, float] | None = ..., available: ArrayLike
-                  ) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]: ...
-
-
-def play_cascades(estimate: EstimateStep, n_queries: int, n_models: int, options: dict[str, Any], *,
-                  u: NDArray[np.float64], sigma_transform: tuple[float, float] = (1.0, 1.0), parallel: bool = True,
-                  timings: dict[str, float] | None = None, available: ArrayLike | None = None
-                  ) -> (tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]
-                        | tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]):
-    """Decide, run, re-estimate, decide again, until every query stops; then select the answers.
-
-    Each step asks ``estimate`` for the queries still going, with the run
-    sets they have reached, and the kernel for their next model; "running"
-    it is up to ``estimate`` (the logged outcome stands in for the call).
-
-    With ``available`` (partial logs: only some models' outcomes are known
-    per query), a query whose next model is not available stops right there,
-    before that model is run: its ``order`` and ``run`` hold what was run up
-    to that point, that model is reported in ``needed``, and no answer is
-    selected for it (``answer`` is ``-1``). The other queries play exactly as
-    without ``available``.
-
-    Parameters
-    ----------
-    estimate : callable
-        ``estimate(rows, run, with_sigma)`` -> :class:`~estimators.estimator.Estimates`
-        of queries ``rows`` given run sets ``run``; ``with_sigma=False`` (the
-        final selection) needs quality only.
-    n_queries, n_models : int
-        ``N`` and ``K``.
-    options : dict
-        Kernel options of the policy (:meth:`~training.policy.Policy.kernel_options`).
-    u : ndarray of shape (n_queries,)
-        Per-query tie-break uniforms.
-    sigma_transform : (float, float), default=(1.0, 1.0)
-        The policy's ``(sigma_scale, sigma_power)`` (see :func:`uncertainty_keywords`).
-    parallel : bool, default=True
-        Multi-threaded kernel (same decisions).
-    timings : dict, optional
-        Seconds spent in the kernel are added under ``"kernel"``.
-    available : array-like of bool, shape (n_queries, n_models), optional
-        Which models' outcomes are known per query. Default: all of them
-        (and the result has no ``needed``).
-
-    Returns
-    -------
-    order : ndarray of int64, shape (n_queries, max_depth)
-        Models run in order, ``-1`` padded.
-    run : ndarray of bool, shape (n_queries, n_models)
-        Final run sets.
-    answer : ndarray of int64, shape (n_queries,)
-        Selected model (best post-hoc quality estimate among those run);
-        ``-1`` for a query stopped by ``available``.
-    needed : ndarray of int64, shape (n_queries,)
-        Only when ``available`` is given: the model a query needed and that
-        was not available, ``-1`` for the queries that played to the end.
-
-    Raises
-    ------
-    ValueError
-        If ``available`` does not have shape ``(n_queries, n_models)``.
-    """
-    needed = None
-    if available is not None:
-        available = np.asarray(available, dtype=bool)
-        if available.shape != (n_queries, n_models):
-            raise ValueError(f"available must have shape (n_queries, n_models) = {(n_queries, n_models)}, "
-                             f"got {available.shape}")
-        needed = np.full(n_queries, kernel.STOP, dtype=np.int64)
-    depth = int(options.get("max_depth") or n_models)
-    run = np.zeros((n_queries, n_models), dtype=bool)
-    order = np.full((n_queries, depth), kernel.STOP, dtype=np.int64)
-    active = np.arange(n_queries)
-    kernel_seconds = 0.0
-    for step in range(depth):
-        if active.size == 0:
-            break
-        found = estimate(active, run[active], True)
-        began = time.perf_counter()
-        chosen = plan_next(found.quality, found.cost, options, run=run[active], u=u[active], parallel=parallel,
-                           latency=found.latency, **uncertainty_keywords(found.sigma, found.cov, sigma_transform))[0]
-        kernel_seconds += time.perf_counter() - began
-        going = chosen != kernel.STOP
-        if needed is not None and available is not None:  # a model not logged cannot be run: the query stops
-            lacking = going & ~available[active, np.maximum(chosen, 0)]
-            needed[active[lacking]] = chosen[lacking]
-            going &= ~lacking
-        active, chosen = active[going], chosen[going]
-        order[active, step] = chosen
-        run[active, chosen] = True
-    if needed is None:
-        final = estimate(np.arange(n_queries), run, False)
-        began = time.perf_counter()
-        answer = kernel.select_answer(final.quality, run)
-    else:  # select only for the queries that played to the end
-        finished = np.flatnonzero(needed == kernel.STOP)
-        answer = np.full(n_queries, kernel.STOP, dtype=np.int64)
-        began = time.perf_counter()
-        if finished.size:
-            final = estimate(finished, run[finished], False)
-            began = time.perf_counter()
-            answer[finished] = kernel.select_answer(final.quality, run[finished])
-    if timings is not None:
-        timings["kernel"] = timings.get("kernel", 0.0) + kernel_seconds + time.perf_counter() - began
-    if needed is None:
-        return order, run, answer
-    return order, run, answer, needed
+__all__ = ["MIN_FULLY_LOGGED", "Episodes", "EpisodeOutcome", "EstimatorEpisodes", "TableEpisodes",
+           "calibration_episodes"]
 
 
 @dataclass(frozen=True)
@@ -407,7 +72,7 @@ class EpisodeOutcome:
 
 
 class Episodes(Protocol):
-    """Anything that can play kernel options over a fixed set of queries."""
+    """Anything that can play a decision rule over a fixed set of queries."""
 
     n_queries: int
     n_models: int
@@ -418,13 +83,13 @@ class Episodes(Protocol):
     #: Typical latency of one model run in seconds (the scale of useful ``μ``); NaN without latency.
     latency_scale: float
 
-    def play(self, options: dict[str, Any]) -> EpisodeOutcome:
-        """Play the policy given by ``kernel.simulate`` keyword ``options``.
+    def play(self, rule: DecisionRule) -> EpisodeOutcome:
+        """Play ``rule`` over every query.
 
         Parameters
         ----------
-        options : dict
-            Kernel options plus ``sigma_transform`` (:meth:`~training.policy.Policy.play_options`).
+        rule : DecisionRule
+            The rule to play (a :class:`~training.policy.Policy` is one).
 
         Returns
         -------
@@ -506,40 +171,24 @@ class TableEpisodes:
                 latency = (np.asarray(latency[0])[index], np.asarray(latency[1])[index], np.asarray(latency[2])[index])
         return cls(*arrays, parallel=parallel, latency=latency)
 
-    def play(self, options: dict[str, Any]) -> EpisodeOutcome:
-        """Play the policy given by ``options`` in one compiled :func:`kernel.simulate` call.
+    def play(self, rule: DecisionRule) -> EpisodeOutcome:
+        """Play ``rule`` in one compiled :func:`kernel.simulate` call.
 
         Parameters
         ----------
-        options : dict
-            Kernel options plus, optionally, ``sigma_transform`` (applied to both σ tables).
+        rule : DecisionRule
+            The rule to play; its σ transform applies to both σ tables.
 
         Returns
         -------
         EpisodeOutcome
             With the realised latency when the episodes have latency.
         """
-        options = dict(options)
-        transform = options.pop("sigma_transform", (1.0, 1.0))
-        tables = list(self.tables)
-        for index in (1, 4):  # ante_sigma, post_sigma
-            tables[index] = uncertainty_keywords(tables[index], None, transform)["sigma"]
-        if CONSTANT_ESTIMATES in options:  # the same constants before and after a model ran, σ 0
-            quality, cost = constant_tables(options.pop(CONSTANT_ESTIMATES), self.n_queries)
-            tables[:6] = [quality, np.zeros_like(quality), cost, quality, np.zeros_like(quality), cost]
-        weighs_latency = LATENCY_MULTIPLIER in options
-        if weighs_latency:  # the kernel sees penalties; what was spent is added up from the models run below
-            latency = (None,) * 3 if self.latency is None else self.latency
-            kernel_options = options
-            for index, seconds in zip((2, 5, 7), latency, strict=True):
-                tables[index], kernel_options = penalised_cost(  # type: ignore[call-overload]  # array in, array out
-                    tables[index], seconds, options)
-            options = kernel_options
-        result = kernel.simulate(*tables, parallel=self.parallel, **options)
+        result = rule.simulate(self.tables, self.latency, parallel=self.parallel)
         if self.latency is None:
             return EpisodeOutcome(result.cost, result.quality, result.order)
         run = _run_mask(result.order, self.n_models)
-        cost = (self.tables[7] * run).sum(axis=1) if weighs_latency else result.cost
+        cost = (self.tables[7] * run).sum(axis=1) if rule.mu > 0 else result.cost
         return EpisodeOutcome(cost, result.quality, result.order, (self.latency[2] * run).sum(axis=1))
 
 
@@ -549,7 +198,7 @@ class EstimatorEpisodes:
     Learned post-hoc estimates depend on the whole run set (agreement among
     the answers so far), so they cannot come as two tables. Each step asks
     the estimator for the queries still going, with the run sets they have
-    reached (:func:`play_cascades`). Estimates are cached per (query, run
+    reached (:func:`~training.decision.play_cascades`). Estimates are cached per (query, run
     set): policy fitting plays hundreds of parameter settings that mostly
     revisit the same run sets, so after the first few evaluations a play
     costs only kernel calls.
@@ -618,7 +267,7 @@ class EstimatorEpisodes:
     def estimates(self, rows: NDArray[np.int64], run: NDArray[np.bool_], with_sigma: bool = True) -> Estimates:
         """Estimates of queries ``rows`` with run sets ``run``, from the cache where they were seen before.
 
-        The :data:`EstimateStep` of :func:`play_cascades`.
+        The :data:`~training.decision.EstimateStep` of :func:`~training.decision.play_cascades`.
 
         Parameters
         ----------
@@ -627,7 +276,7 @@ class EstimatorEpisodes:
         run : ndarray of bool, shape (M, K)
             Their run sets.
         with_sigma : bool, default=True
-            Accepted for :func:`play_cascades`; σ is always returned (it is cached anyway).
+            Accepted for :func:`~training.decision.play_cascades`; σ is always returned (it is cached anyway).
 
         Returns
         -------
@@ -679,14 +328,15 @@ class EstimatorEpisodes:
         return Estimates(np.where(unseen, self.quality[rows], found.quality), sigma,
                          np.where(unseen, self.cost[rows], found.cost), cov, latency)
 
-    def play(self, options: dict[str, Any]) -> EpisodeOutcome:
-        """Play the policy given by ``options`` step by step with the estimator (:func:`play_cascades`).
+    def play(self, rule: DecisionRule, *, u: ArrayLike | None = None) -> EpisodeOutcome:
+        """Play ``rule`` step by step with the estimator (:func:`~training.decision.play_cascades`).
 
         Parameters
         ----------
-        options : dict
-            Kernel options plus ``sigma_transform`` and, optionally, ``u`` (the
-            per-query tie-break uniforms; default :func:`kernel.default_uniforms`).
+        rule : DecisionRule
+            The rule to play (a :class:`~training.policy.Policy` is one).
+        u : array-like of shape (N,), optional
+            Per-query tie-break uniforms; default :func:`kernel.default_uniforms`.
 
         Returns
         -------
@@ -695,11 +345,8 @@ class EstimatorEpisodes:
             have it) sums that of every model run (logged, or the direct
             method's), quality is that of the selected answer.
         """
-        options = dict(options)
-        transform = options.pop("sigma_transform", (1.0, 1.0))
-        u = np.asarray(options.pop("u", kernel.default_uniforms(self.n_queries)))
-        order, run, answer = play_cascades(self.estimates, self.n_queries, self.n_models, options, u=u,
-                                           sigma_transform=transform)
+        uniforms = kernel.default_uniforms(self.n_queries) if u is None else np.asarray(u)
+        order, run, answer = play_cascades(rule, self.estimates, self.n_queries, self.n_models, u=uniforms)
         cost = (self.cost * run).sum(axis=1)
         latency = None if self.latency is None else (self.latency * run).sum(axis=1)
         return EpisodeOutcome(cost, self.quality[np.arange(self.n_queries), answer], order, latency)

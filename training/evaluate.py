@@ -48,6 +48,7 @@ from .cli import (
     writing,
 )
 from .data import read_table
+from .files import write_atomically
 from .metrics import auc_label
 from .protocol import DEFAULT_STRATEGIES, EvaluationReport, evaluate_strategies
 
@@ -201,7 +202,7 @@ def _gap(report: EvaluationReport, lead: str, name: str) -> str:
 
 def _save_json(report: EvaluationReport, path: Path) -> None:
     """Write the full report to ``path`` as JSON."""
-    path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_atomically(path, (json.dumps(report.to_dict(), indent=2) + "\n").encode("utf-8"))
 
 
 def _save_plot(report: EvaluationReport, path: Path) -> None:
@@ -215,7 +216,8 @@ def _save_plot(report: EvaluationReport, path: Path) -> None:
     report.plot(ax=ax, title=f"{len(report.models)} models, {report.noise} noise "
                              f"(n_test = {report.n_test})")
     try:
-        figure.savefig(path, dpi=150)
+        # the format named by the suffix, as savefig(path) infers it; rendered to the temporary file first
+        write_atomically(path, lambda handle: figure.savefig(handle, dpi=150, format=path.suffix[1:] or None))
     finally:
         plt.close(figure)
 

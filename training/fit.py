@@ -36,7 +36,8 @@ import io
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,9 @@ from .cli import (
     writing,
 )
 from .data import coverage, fingerprint, read_prices, read_table
-from .defaults import FIT_STRATEGIES
-from .episodes import EstimatorEpisodes, calibration_episodes
+from .defaults import FIT_STRATEGIES, MIN_FULLY_LOGGED
+from .episodes import EpisodeOutcome, EstimatorEpisodes, calibration_episodes
+from .files import write_atomically
 from .metrics import auc, auc_bounds, auc_label, budget_grid, linear_auc, single_model_points
 from .policy import (
     SIGMA_TRANSFORMS,
@@ -72,13 +74,12 @@ from .policy import (
     fit_candidates,
     single_outcomes,
 )
-from .serving.outputs import write_bytes_atomically
-from .serving.router import Router
+from .router import Router
 from .splits import prompt_groups, shared_groups, split, split_from_labels
 from .synthetic import default_table, synthetic_prices
 
-__all__ = ["EXIT_CODES", "SIGMA_STRATEGIES", "STRATEGIES", "default_budgets", "load", "main",
-           "parse_args", "run", "split", "summary"]
+__all__ = ["EXIT_CODES", "SIGMA_STRATEGIES", "STRATEGIES", "FitReport", "default_budgets", "fit_router", "load",
+           "main", "parse_args", "run", "split", "summary"]
 
 #: Decision strategies ``--strategy`` accepts (the first is the default).
 STRATEGIES = FIT_STRATEGIES
@@ -187,12 +188,12 @@ def load(args: argparse.Namespace) -> tuple[RoutingTable, dict[str, tuple[float,
     return table, prices
 
 
-def _split(args: argparse.Namespace, table: RoutingTable) -> tuple[NDArray[np.int_], ...]:
-    """The table's split column with ``--split-column``, else the seeded split (test: fully logged queries only;
+def _split(table: RoutingTable, fractions: Sequence[float], seed: int, split_column: bool
+           ) -> tuple[NDArray[np.int_], ...]:
+    """The table's split column with ``split_column``, else the seeded split (test: fully logged queries only;
     queries with one prompt text in one part)."""
-    if not args.split_column:
-        return split(table.n_queries, args.fractions, args.seed, table.fully_logged,
-                     groups=prompt_groups(table.prompts))
+    if not split_column:
+        return split(table.n_queries, fractions, seed, table.fully_logged, groups=prompt_groups(table.prompts))
     if table.splits is None:
         raise ValueError("--split-column: the table has no split column (or it is empty on every row)")
     return split_from_labels(table.splits, table.fully_logged)
@@ -270,6 +271,155 @@ def default_budgets(costs: NDArray[np.float64]) -> list[float]:
     return [float(np.exp(low + f * (high - low))) for f in (0.25, 0.5, 0.75)]
 
 
+@dataclass(frozen=True)
+class FitReport:
+    """What :func:`fit_router` measured, beside the router it returns.
+
+    Attributes
+    ----------
+    metrics : dict
+        The content of ``report.json`` that fitting decides (JSON-able):
+        ``models``, ``strategy``, ``estimator``, split sizes, ``coverage``,
+        ``calibration``, per requested budget the calibration and test
+        figures beside the best single model within it (``budgets``), the
+        whole ``curve``, ``single_models``, ``auc``, ``data_fingerprint``
+        and ``peak_rss_gib``. :func:`run` adds ``data``, ``artifact`` and
+        ``seconds``.
+    train, calibration, test : ndarray of int
+        Row indices of the table's queries in each part.
+    """
+
+    metrics: dict[str, Any]
+    train: NDArray[np.int_]
+    calibration: NDArray[np.int_]
+    test: NDArray[np.int_]
+
+
+def fit_router(table: RoutingTable, budgets: Sequence[float] | None = None, *,
+               latency_budgets: Sequence[float] | None = None, strategy: str = "cascade_routing",
+               estimator: str = "learned", prices: dict[str, tuple[float, float]] | None = None,
+               max_depth: int = 3, per_step: bool = False, fractions: Sequence[float] = (0.5, 0.25, 0.25),
+               seed: int = 0, split_column: bool = False, curve_points: int = 4,
+               min_fully_logged: int = MIN_FULLY_LOGGED, allow_over_budget: bool = False,
+               progress: Callable[[str], None] | None = None, quiet: bool = True) -> tuple[Router, FitReport]:
+    """Split, fit the estimators on train and one policy per budget on calibration, and measure them on test.
+
+    The library form of ``python -m training.fit`` (which adds reading the
+    data, the artifact, the report files and the summary): the arguments
+    are its flags'.
+
+    Parameters
+    ----------
+    table : RoutingTable
+        The logged benchmark, at least two models.
+    budgets : sequence of float, optional
+        Mean cost per query to fit a policy for; default three budgets
+        spread over the single models' calibration costs (:func:`default_budgets`).
+    latency_budgets : sequence of float, optional
+        Mean latency per query (seconds); every pair of budgets gets a policy.
+    strategy : str, default="cascade_routing"
+        One of :data:`STRATEGIES`.
+    estimator : str, default="learned"
+        A kind of :func:`~estimators.estimator.make_router_estimator`.
+    prices : dict of str to (float, float), optional
+        USD per 1M input/output tokens per model, for the cost estimator.
+    max_depth : int, default=3
+        Most models per query.
+    per_step : bool, default=False
+        Fit a per-step ``λ`` shape.
+    fractions : (float, float, float), default=(0.5, 0.25, 0.25)
+        Train, calibration and test shares of the seeded split.
+    seed : int, default=0
+        Seed of the split.
+    split_column : bool, default=False
+        Split by the table's split column instead.
+    curve_points : int, default=4
+        Budgets along the single models' hull, for the AUC.
+    min_fully_logged : int, default=MIN_FULLY_LOGGED
+        See :func:`~training.episodes.calibration_episodes`.
+    allow_over_budget : bool, default=False
+        Fit the cheapest policy for a requested budget that cannot be met
+        instead of raising.
+    progress : callable, optional
+        Called with the name of each stage as it starts.
+    quiet : bool, default=True
+        No progress bar over the budgets.
+
+    Returns
+    -------
+    (Router, FitReport)
+
+    Raises
+    ------
+    ValueError
+        On too few queries, or a requested budget that cannot be met (without ``allow_over_budget``).
+    """
+    report_stage = progress if progress is not None else (lambda stage: None)
+    train, calibration, test = _split(table, fractions, seed, split_column)
+    report_stage(f"fitting estimators on {len(train)} queries")
+    fitted = make_router_estimator(estimator, prices).fit(table, train)
+    report_stage("estimating calibration and test queries")
+    fitting_episodes, calibration_used = calibration_episodes(fitted, table.subset(calibration),
+                                                              min_fully_logged=min_fully_logged)
+    test_table = table.subset(test)
+    test_episodes = EstimatorEpisodes(fitted, test_table, direct_method=False)
+    single_cost, single_quality = single_model_points(test_table.quality, test_table.cost)
+    calibration_costs = fitting_episodes.cost.mean(axis=0)
+    budgets = sorted(set(budgets or default_budgets(calibration_costs)))
+    latencies: list[float | None] = [*sorted(set(latency_budgets))] if latency_budgets else [None]
+    requested = [(budget, latency) for budget in budgets for latency in latencies]
+    curve = [(budget, None) for budget in sorted(set(budget_grid(single_cost, single_quality, curve_points))
+                                                  - set(budgets if latencies == [None] else []))]
+    report_stage("fitting policies")
+    options = _FitOptions(strategy, max_depth, per_step, allow_over_budget)
+    rows: list[dict[str, Any]] = []
+    policies = []
+    singles = single_outcomes(fitting_episodes)  # the calibration hull's points, shared by every budget
+    for budget, latency in tqdm(requested + curve, desc="budgets", disable=quiet, leave=False):
+        choice = _fit_budget(options, fitting_episodes, float(budget), latency,
+                             strict=(budget, latency) in requested, singles=singles)
+        policy = choice.policy
+        outcome = policy.play(test_episodes)
+        if (budget, latency) in requested:
+            policies.append(policy)
+        rows.append({"budget": float(budget), "latency_budget": latency, "requested": (budget, latency) in requested,
+                     **_calibration_figures(choice, table.models),
+                     "test_cost": outcome.mean_cost, "test_quality": outcome.mean_quality,
+                     "test_latency": None if outcome.latency is None else outcome.mean_latency,
+                     "sigma_transform": list(policy.sigma_transform), "mu": policy.mu,
+                     "models_per_query": float((outcome.order >= 0).sum(1).mean())})
+    lo, hi, left = auc_bounds(single_cost, single_quality)
+    curve_rows = sorted((r for r in rows if r["latency_budget"] is None), key=lambda r: r["budget"])
+    single_latency = (None if test_episodes.latency is None
+                      else test_episodes.latency.mean(axis=0).tolist())
+    metrics = {
+        "models": list(table.models),
+        "strategy": strategy,
+        "estimator": estimator,
+        "pooled_quality_regressor": bool(fitted.quality_.pooled_),
+        "max_depth": max_depth,
+        "n_train": len(train), "n_calibration": len(calibration), "n_test": len(test),
+        "split": "split column" if split_column else f"seeded (seed {seed}, fractions {list(fractions)})",
+        "prompts_in_several_parts": shared_groups((train, calibration, test), prompt_groups(table.prompts)),
+        "coverage": {"table": coverage(table), "train": coverage(table, train)},
+        "calibration": calibration_used,
+        "budgets": [_with_best_single(r, table.models, single_cost, single_quality, single_latency)
+                    for r in sorted(rows, key=lambda r: (r["budget"], r["latency_budget"] or np.inf))
+                    if r["requested"]],
+        "curve": curve_rows,
+        "latency": single_latency is not None,
+        "single_models": [{"model": m, "cost": float(c), "quality": float(q),
+                           "latency": None if single_latency is None else single_latency[i]}
+                          for i, (m, c, q) in enumerate(zip(table.models, single_cost, single_quality, strict=True))],
+        "auc": {strategy: auc([r["test_cost"] for r in curve_rows], [r["test_quality"] for r in curve_rows],
+                              lo, hi, left_quality=left),
+                "linear": linear_auc(single_cost, single_quality)},
+        "data_fingerprint": fingerprint(table),
+        "peak_rss_gib": peak_rss_bytes() / 2**30,
+    }
+    return Router(fitted, tuple(policies), tuple(table.models)), FitReport(metrics, train, calibration, test)
+
+
 def run(args: argparse.Namespace) -> dict:
     """Do the whole job (load, split, fit, evaluate, save), so that :func:`main` only maps its failures to exit codes.
 
@@ -307,82 +457,33 @@ def run(args: argparse.Namespace) -> dict:
     table, prices = load(args)
     if not args.skip_memory_check:
         check_fit_memory(int(table.logged.sum()), pooled=not bool(table.fully_logged.all()))
-    train, calibration, test = _split(args, table)
-    stages.update()
-    stages.set_postfix_str(f"fitting estimators on {len(train)} queries")
-    estimator = make_router_estimator(args.estimator, prices).fit(table, train)
-    stages.update()
-    stages.set_postfix_str("estimating calibration and test queries")
-    fitting_episodes, calibration_used = calibration_episodes(estimator, table.subset(calibration),
-                                                              min_fully_logged=args.min_fully_logged)
-    test_table = table.subset(test)
-    test_episodes = EstimatorEpisodes(estimator, test_table, direct_method=False)
-    single_cost, single_quality = single_model_points(test_table.quality, test_table.cost)
-    calibration_costs = fitting_episodes.cost.mean(axis=0)
-    budgets = sorted(set(args.budget or default_budgets(calibration_costs)))
-    latency_budgets = sorted(set(args.latency_budget)) if args.latency_budget else [None]
-    requested = [(budget, latency) for budget in budgets for latency in latency_budgets]
-    grid = [(budget, None) for budget in sorted(set(budget_grid(single_cost, single_quality, args.curve_points))
-                                                 - set(budgets if latency_budgets == [None] else []))]
-    stages.update()
-    stages.set_postfix_str("fitting policies")
-    rows: list[dict[str, Any]] = []
-    policies = []
-    singles = single_outcomes(fitting_episodes)  # the calibration hull's points, shared by every budget
-    for budget, latency in tqdm(requested + grid, desc="budgets", disable=args.quiet, leave=False):
-        choice = _fit_budget(args, fitting_episodes, float(budget), latency,
-                             strict=(budget, latency) in requested, singles=singles)
-        policy = choice.policy
-        outcome = policy.play(test_episodes)
-        if (budget, latency) in requested:
-            policies.append(policy)
-        rows.append({"budget": float(budget), "latency_budget": latency, "requested": (budget, latency) in requested,
-                     **_calibration_figures(choice, table.models),
-                     "test_cost": outcome.mean_cost, "test_quality": outcome.mean_quality,
-                     "test_latency": None if outcome.latency is None else outcome.mean_latency,
-                     "sigma_transform": list(policy.sigma_transform), "mu": policy.mu,
-                     "models_per_query": float((outcome.order >= 0).sum(1).mean())})
+
+    def stage(name: str) -> None:
+        stages.update()
+        stages.set_postfix_str(name)
+
+    router, fitted = fit_router(table, args.budget, latency_budgets=args.latency_budget, strategy=args.strategy,
+                                estimator=args.estimator, prices=prices, max_depth=args.max_depth,
+                                per_step=args.per_step, fractions=args.fractions, seed=args.seed,
+                                split_column=args.split_column, curve_points=args.curve_points,
+                                min_fully_logged=args.min_fully_logged, allow_over_budget=args.allow_over_budget,
+                                progress=stage, quiet=args.quiet)
     stages.update()
     stages.set_postfix_str("writing report and artifact")
-    lo, hi, left = auc_bounds(single_cost, single_quality)
-    curve = sorted((r for r in rows if r["latency_budget"] is None), key=lambda r: r["budget"])
-    single_latency = (None if test_episodes.latency is None
-                      else test_episodes.latency.mean(axis=0).tolist())
-    report = {
-        "models": list(table.models),
-        "strategy": args.strategy,
-        "estimator": args.estimator,
-        "pooled_quality_regressor": bool(estimator.quality_.pooled_),
-        "max_depth": args.max_depth,
-        "n_train": len(train), "n_calibration": len(calibration), "n_test": len(test),
-        "split": ("split column" if args.split_column
-                  else f"seeded (seed {args.seed}, fractions {list(args.fractions)})"),
-        "prompts_in_several_parts": shared_groups((train, calibration, test), prompt_groups(table.prompts)),
-        "coverage": {"table": coverage(table), "train": coverage(table, train)},
-        "calibration": calibration_used,
-        "budgets": [_with_best_single(r, table.models, single_cost, single_quality, single_latency)
-                    for r in sorted(rows, key=lambda r: (r["budget"], r["latency_budget"] or np.inf))
-                    if r["requested"]],
-        "curve": curve,
-        "latency": single_latency is not None,
-        "single_models": [{"model": m, "cost": float(c), "quality": float(q),
-                           "latency": None if single_latency is None else single_latency[i]}
-                          for i, (m, c, q) in enumerate(zip(table.models, single_cost, single_quality, strict=True))],
-        "auc": {args.strategy: auc([r["test_cost"] for r in curve], [r["test_quality"] for r in curve],
-                                   lo, hi, left_quality=left),
-                "linear": linear_auc(single_cost, single_quality)},
-        "data": str(args.data) if args.data else f"synthetic(n_queries={args.n_queries}, seed={args.seed})",
-        "data_fingerprint": fingerprint(table),
-        "peak_rss_gib": peak_rss_bytes() / 2**30,
-    }
-    router = Router(estimator, tuple(policies), tuple(table.models))
+    report = dict(fitted.metrics)
+    fingerprint_value = report.pop("data_fingerprint")
+    peak = report.pop("peak_rss_gib")
+    report["data"] = str(args.data) if args.data else f"synthetic(n_queries={args.n_queries}, seed={args.seed})"
+    report["data_fingerprint"] = fingerprint_value
+    report["peak_rss_gib"] = peak
+    estimator = router.estimator
     with writing("--out", args.out):
         args.out.parent.mkdir(parents=True, exist_ok=True)
         manifest = save_artifact(
             router, args.out, models=list(table.models), budgets=router.budgets,
             feature_schema={"per_query": estimator.columns_, "signals": estimator.signal_names_,
                             "uses_responses": estimator.uses_responses_,
-                            "latency": getattr(estimator, "latency_", None) is not None},
+                            "latency": estimator.latency_ is not None},
             data_fingerprint=report["data_fingerprint"],
             metrics={"auc": report["auc"], "budgets": report["budgets"]},
             extra={"strategy": args.strategy, "max_depth": args.max_depth, "seed": args.seed,
@@ -396,26 +497,37 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def _fit_budget(args: argparse.Namespace, episodes: EstimatorEpisodes, budget: float, latency: float | None, *,
-                strict: bool, singles: list) -> Choice:
+@dataclass(frozen=True)
+class _FitOptions:
+    """The settings every budget's fit shares."""
+
+    strategy: str
+    max_depth: int
+    per_step: bool
+    allow_over_budget: bool
+
+
+def _fit_budget(options: _FitOptions, episodes: EstimatorEpisodes, budget: float, latency: float | None, *,
+                strict: bool, singles: list[EpisodeOutcome]) -> Choice:
     """Fit every candidate for the budgets (:func:`~training.policy.fit_candidates`) and keep one on calibration.
 
-    ``strict`` (a requested budget, without ``--allow-over-budget``): budgets
+    ``strict`` (a requested budget, without ``allow_over_budget``): budgets
     below the cheapest (fastest) policy are bad input, named with what it needs.
     """
-    infeasible = "raise" if strict and not args.allow_over_budget else "clamp"
+    strategy = options.strategy
+    infeasible = "raise" if strict and not options.allow_over_budget else "clamp"
     try:
-        candidates = fit_candidates(episodes, budget, strategy=args.strategy, per_step=args.per_step,
-                                    max_depth=args.max_depth, on_infeasible=infeasible, latency_budget=latency,
-                                    sigma_transforms=SIGMA_TRANSFORMS if args.strategy in SIGMA_STRATEGIES else None,
+        candidates = fit_candidates(episodes, budget, strategy=strategy, per_step=options.per_step,
+                                    max_depth=options.max_depth, on_infeasible=infeasible, latency_budget=latency,
+                                    sigma_transforms=SIGMA_TRANSFORMS if strategy in SIGMA_STRATEGIES else None,
                                     singles=singles)
     except BudgetError as error:
         if latency is None:
-            raise ValueError(f"--budget {budget:.6g} cannot be met: the cheapest {args.strategy} policy costs "
+            raise ValueError(f"--budget {budget:.6g} cannot be met: the cheapest {strategy} policy costs "
                              f"{error.cheapest_cost:.6g} per query on the calibration queries; give a --budget of "
                              "at least that, or pass --allow-over-budget to fit the cheapest policy anyway") from None
         raise ValueError(f"--latency-budget {latency:.6g} with --budget {budget:.6g} cannot be met: the fastest "
-                         f"{args.strategy} policy found takes {error.fastest_latency:.4g} s and costs "
+                         f"{strategy} policy found takes {error.fastest_latency:.4g} s and costs "
                          f"{error.cheapest_cost:.6g} per query on the calibration queries; give a larger "
                          "--latency-budget (or --budget), or pass --allow-over-budget") from None
     return choose_policy(episodes, candidates)
@@ -463,7 +575,7 @@ def _with_best_single(row: dict, models, costs, qualities, latencies) -> dict:
 
 def _write_report(report: dict, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomically(directory / REPORT_FILES[0], json.dumps(report, indent=2).encode("utf-8"))
+    write_atomically(directory / REPORT_FILES[0], json.dumps(report, indent=2).encode("utf-8"))
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -485,7 +597,7 @@ def _save_figure(figure, path: Path) -> None:
     """Render the figure in memory and rename it into place: never half a PNG."""
     png = io.BytesIO()
     figure.savefig(png, dpi=120, bbox_inches="tight", format="png")
-    write_bytes_atomically(path, png.getvalue())
+    write_atomically(path, png.getvalue())
 
 
 def summary(report: dict) -> str:

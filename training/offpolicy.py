@@ -2,7 +2,7 @@
 
 The service's log (:mod:`training.traffic_log`) holds, per request, the
 logging policy's cascade (rows with propensity 1) and, with probability
-``ε``, up to ``m`` uniformly drawn extra models (:mod:`training.serving.explore`).
+``ε``, up to ``m`` uniformly drawn extra models (:mod:`training.explore`).
 A candidate artifact is replayed on each logged request with the logged
 answers standing in for upstreams (:func:`replay`): where every model its
 cascade calls was logged, its path, answer and cost are known exactly;
@@ -10,7 +10,7 @@ where it calls a model that was not, the request is *unobserved* for it.
 With all potential answers held fixed, the path is observed with
 probability ``p = 1`` if it stays in the logging cascade and
 ``p = ε C(K-j, m-j) / C(K, m)`` if it leaves it at ``j <= m`` models
-(:meth:`~training.serving.explore.Exploration.path_probability`); a path
+(:meth:`~training.explore.Exploration.path_probability`); a path
 that leaves it at more than ``m`` models is never observed (``p = 0``: the
 estimate then lacks support there, and the result counts those requests).
 
@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from .serving.explore import Exploration
-from .serving.router import Router
+from .explore import Exploration
+from .router import Router
 
 __all__ = ["FAILED", "Interval", "OffPolicyEstimate", "Replay", "estimate", "replay"]
 
@@ -251,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         verification_key,
         writing,
     )
-    from .serving.router import load_router
+    from .files import write_atomically
+    from .router import load_router
     from .traffic_log import read_logs
 
     parser = argparse.ArgumentParser(
@@ -290,9 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             with writing("--json", args.json):
                 text = json.dumps(result.as_dict(), indent=1)
-                temporary = args.json.with_name(f".{args.json.name}.tmp")
-                temporary.write_text(text + "\n")
-                temporary.replace(args.json)
+                write_atomically(args.json, (text + "\n").encode("utf-8"))
         except OutputError as error:
             return fail(str(error), code=CANNOT_WRITE)
     return 0

@@ -36,16 +36,10 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 import kernel
+from estimators.estimator import Estimates
 
-from .episodes import (
-    CONSTANT_ESTIMATES,
-    FIXED_MODEL,
-    LATENCY_MULTIPLIER,
-    EpisodeOutcome,
-    Episodes,
-    plan_next,
-    uncertainty_keywords,
-)
+from .decision import DecisionRule
+from .episodes import EpisodeOutcome, Episodes
 from .metrics import upper_hull
 
 __all__ = ["Policy", "SIGMA_TRANSFORMS", "fit_policy", "single_model_policy", "hull_policy", "single_outcomes",
@@ -97,123 +91,57 @@ class BudgetError(ValueError):
 
 
 @dataclass(frozen=True)
-class Policy:
-    """A fitted policy: plain arrays and scalars, picklable, no compiled state.
+class Policy(DecisionRule):
+    """A fitted policy: a :class:`~training.decision.DecisionRule` plus its fit record.
+
+    The rule's fields (``strategy``, ``lambdas``, ``thresholds``, ``gamma``,
+    ``max_depth``, ``force_order``, ``n_samples``, ``sigma_scale``,
+    ``sigma_power``, ``fixed_model``, ``mu``, ``constant_estimates``) decide;
+    the fields below record what it was fitted to and what it realised
+    there, and are keyword-only. A subclass rather than a ``rule`` field, so
+    the policies pickled in existing artifacts (flat fields, same names)
+    load unchanged and ``dataclasses.replace`` moves a rule's parameters
+    during fitting; :attr:`rule` gives the bare rule.
+
+    Fitting picks the σ transform (``sigma_scale``, ``sigma_power``) that
+    serves the calibration set best: no estimator's σ is the one ``E[max]``
+    needs (learned estimators treat models as independent, so ``E[max]`` can
+    over-promise extra models whose estimates move together, and even the
+    paper's simulated σ served cascade routing better squared; see
+    ``sigma_transforms`` in :func:`fit_policy`). ``fixed_model`` is the
+    single-model candidate fitting offered before the constant-estimate hull
+    (:func:`hull_policy`) replaced it; still served, for artifacts that hold
+    one. ``constant_estimates`` are each model's calibration mean quality
+    and cost, which a :func:`hull_policy` routes on: at the critical ``λ``
+    between two neighbouring hull models exactly those two tie, so ``γ``
+    mixes them per query like any tie (ALGORITHM.md §4 point 4).
 
     Attributes
     ----------
-    strategy : str
-        ``routing``, ``cascade``, ``cascade_routing`` or ``threshold``; ``single`` for a
-        :func:`single_model_policy` (see ``fixed_model``).
-    lambdas : ndarray
-        ``λ_t`` per step (unused by ``threshold``).
-    thresholds : ndarray or None
-        ``θ_j`` of the threshold cascade.
-    gamma : float
-        Probability of breaking ties towards the most expensive candidate.
-    max_depth, force_order, n_samples
-        Kernel options the policy was fitted with.
     budget : float
         The budget it was fitted to.
     calibration_cost, calibration_quality : float
         Realised mean cost and quality on the calibration set.
-    sigma_scale, sigma_power : float
-        The σ transform ``σ → sigma_scale · σ^sigma_power`` applied to the
-        estimators' ``σ`` (``cov``: its diagonal, correlations kept) before
-        deciding (:func:`~training.episodes.uncertainty_keywords`). No
-        estimator's σ is the one ``E[max]`` needs: learned estimators treat
-        models as independent, so ``E[max]`` can over-promise extra models
-        whose estimates move together, and even the paper's simulated σ
-        served cascade routing better squared; fitting picks the transform
-        that serves the calibration set best (see ``sigma_transforms`` in
-        :func:`fit_policy`).
-    fixed_model : int or None
-        Column of the one model this policy calls (then stops): the
-        single-model candidate fitting offered before the constant-estimate
-        hull (:func:`hull_policy`) replaced it; still served, for artifacts
-        that hold one. ``None`` for a kernel policy.
-    constant_estimates : ndarray of shape (2, K), or None
-        Each model's calibration mean quality (row 0) and cost (row 1): the
-        estimates a :func:`hull_policy` routes on in place of the
-        estimator's, for every query (σ 0). Routing on them at the critical
-        ``λ`` between two neighbouring hull models ties exactly those two,
-        so ``γ`` mixes them per query like any tie (ALGORITHM.md §4 point
-        4). ``None``: the estimator's estimates.
-    latency_budget : float or None
-        The mean-latency budget (seconds) it was fitted to; ``None``: none.
-    mu : float
-        The latency multiplier ``μ`` (per second, in quality units) of
-        ``τ(M) = Q(M) − λ·C(M) − μ·L(M)`` (ALGORITHM.md §7); 0 for a
-        cost-only policy, which then decides exactly as before latency existed.
-    calibration_latency : float
-        Realised mean latency on the calibration set (NaN without latency).
     budget_status : str
         ``"met"``; ``"above_max"`` when the budget exceeds what the
         quality-maximising policy spends (the surplus stays unspent); or
         ``"below_min"`` when fitting was asked to clamp an infeasible budget
         to the cheapest policy (``calibration_cost > budget`` then).
+    search_evaluations : int
+        Episodes played to fit it (not compared).
+    latency_budget : float or None
+        The mean-latency budget (seconds) it was fitted to; ``None``: none.
+    calibration_latency : float
+        Realised mean latency on the calibration set (NaN without latency).
     """
 
-    strategy: str
-    lambdas: NDArray[np.float64]
-    thresholds: NDArray[np.float64] | None
-    gamma: float
-    max_depth: int
-    force_order: bool
-    n_samples: int
-    budget: float
-    calibration_cost: float = math.nan
-    calibration_quality: float = math.nan
-    budget_status: str = "met"
-    search_evaluations: int = field(default=0, compare=False)
-    sigma_scale: float = 1.0
-    sigma_power: float = 1.0
-    fixed_model: int | None = None
-    latency_budget: float | None = None
-    mu: float = 0.0
-    calibration_latency: float = math.nan
-    constant_estimates: NDArray[np.float64] | None = None
-
-    @property
-    def sigma_transform(self) -> tuple[float, float]:
-        """``(sigma_scale, sigma_power)``, as :func:`~training.episodes.uncertainty_keywords` takes it."""
-        return (self.sigma_scale, self.sigma_power)
-
-    def kernel_options(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`kernel.decide` / :func:`kernel.simulate`: the one translation of a policy.
-
-        Returns
-        -------
-        dict
-            ``strategy``, ``max_depth``, ``force_order``, ``gamma``,
-            ``n_samples``, and ``thresholds`` (threshold cascade) or
-            ``lambdas``; with ``μ > 0`` also
-            :data:`~training.episodes.LATENCY_MULTIPLIER`, which
-            :func:`~training.episodes.penalised_cost` turns into the kernel's cost.
-        """
-        if self.fixed_model is not None:
-            return {FIXED_MODEL: self.fixed_model, "max_depth": 1}
-        options = dict(strategy=self.strategy, max_depth=self.max_depth, force_order=self.force_order,
-                       gamma=self.gamma, n_samples=self.n_samples)
-        if self.strategy == "threshold":
-            options["thresholds"] = self.thresholds
-        else:
-            options["lambdas"] = self.lambdas
-        if self.mu > 0:
-            options[LATENCY_MULTIPLIER] = self.mu
-        if self.constant_estimates is not None:
-            options[CONSTANT_ESTIMATES] = self.constant_estimates
-        return options
-
-    def play_options(self) -> dict[str, Any]:
-        """What :meth:`Episodes.play` takes: the kernel options plus the σ transform.
-
-        Returns
-        -------
-        dict
-            :meth:`kernel_options` and ``sigma_transform``.
-        """
-        return {**self.kernel_options(), "sigma_transform": self.sigma_transform}
+    budget: float = field(kw_only=True)
+    calibration_cost: float = field(default=math.nan, kw_only=True)
+    calibration_quality: float = field(default=math.nan, kw_only=True)
+    budget_status: str = field(default="met", kw_only=True)
+    search_evaluations: int = field(default=0, compare=False, kw_only=True)
+    latency_budget: float | None = field(default=None, kw_only=True)
+    calibration_latency: float = field(default=math.nan, kw_only=True)
 
     def decide(self, quality: ArrayLike, cost: ArrayLike, *, sigma: ArrayLike | None = None,
                cov: ArrayLike | None = None, run: ArrayLike | None = None, u: ArrayLike | None = None,
@@ -237,8 +165,10 @@ class Policy:
         """
         quality = np.asarray(quality)
         run = np.zeros(quality.shape, dtype=bool) if run is None else run
-        return plan_next(quality, cost, self.kernel_options(), run=run, u=u, parallel=parallel, latency=latency,
-                         **uncertainty_keywords(sigma, cov, self.sigma_transform))[0]
+        estimates = Estimates(quality, None if sigma is None else np.asarray(sigma), np.asarray(cost),
+                              None if cov is None else np.asarray(cov),
+                              None if latency is None else np.asarray(latency))
+        return self.plan(estimates, run, u, parallel=parallel)[0]
 
     def play(self, episodes: Episodes) -> EpisodeOutcome:
         """Play this policy over ``episodes`` (e.g. the test split), to measure it on queries it was not fitted on.
@@ -252,7 +182,7 @@ class Policy:
         -------
         EpisodeOutcome
         """
-        return episodes.play(self.play_options())
+        return episodes.play(self)
 
 
 class _Search:
@@ -265,7 +195,7 @@ class _Search:
 
     def measure(self, **changes) -> EpisodeOutcome:
         self.evaluations += 1
-        return self.episodes.play(replace(self.template, **changes).play_options())
+        return self.episodes.play(replace(self.template, **changes))
 
 
 class _LambdaFamily:
@@ -548,7 +478,7 @@ def fit_policy(episodes: Episodes, budget: float | None, *, strategy: str = "cas
     if strategy not in kernel_strategies:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(kernel_strategies)}")
     if latency_budget is not None:
-        if not math.isfinite(getattr(episodes, "latency_scale", math.nan)):
+        if not math.isfinite(episodes.latency_scale):
             raise ValueError("a latency budget needs latency: these episodes have none. Give the table a "
                              "latency_s column, or a throughput table (ttft_s, output_tokens_per_s) and "
                              "output_tokens to derive it")
@@ -729,7 +659,7 @@ def single_outcomes(episodes: Episodes) -> list[EpisodeOutcome]:
     for model in range(episodes.n_models):
         constants = np.zeros((2, episodes.n_models))
         constants[0, model] = 1.0
-        outcomes.append(episodes.play(_constant_policy(constants, 0.0, math.inf, None).play_options()))
+        outcomes.append(episodes.play(_constant_policy(constants, 0.0, math.inf, None)))
     return outcomes
 
 

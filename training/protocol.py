@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from estimators.accuracy import auroc, brier
 from estimators.estimator import RouterEstimator, make_router_estimator
-from estimators.metrics import auroc, brier
 from estimators.simulated import NOISE_LEVELS, simulate_estimates
 from estimators.table import RoutingTable
 
@@ -132,7 +132,7 @@ class EvaluationReport:
         reader sees at which budgets cascading pays.
     estimate_scores : dict
         How good the learned estimates were on the test split
-        (:func:`estimators.metrics.brier`, :func:`~estimators.metrics.auroc`):
+        (:func:`estimators.accuracy.brier`, :func:`~estimators.accuracy.auroc`):
         ``ex_ante`` over every (query, model) before any model ran, and
         ``post_hoc`` over the models of a random run set of
         ``run_set_size`` = min(3, K) models per query, the estimates an answer

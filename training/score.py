@@ -1,11 +1,11 @@
 """``python -m training.score``: the batch scorer's command line, kept at its documented name.
 
-The scorer itself is :mod:`training.serving.score`.
+The scorer itself is :mod:`training.serving.batch`.
 """
 
 import sys
 
-from .serving.score import main
+from .serving.batch import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -173,9 +173,9 @@ def _build(args: argparse.Namespace):
     except ImportError as error:
         raise ValueError(f"the service needs the serve extra ({error.name} is missing): "
                          "pip install 'cascade-router[serve]'") from None
+    from .router import load_router
     from .serving.backends import load_backends
     from .serving.edge import EdgeLimits, raise_descriptor_limit
-    from .serving.router import load_router
     from .serving.traffic import log_config
 
     api_key = None

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from .router import Router
+from ..router import Router
 
 __all__ = ["DISAGREES_ON", "LOGGED_COLUMNS", "PER_QUERY_TEXT", "LoggedBatch", "ScoreError", "check_columns",
            "check_prompt_types", "required_columns", "validate_logged"]
@@ -35,7 +35,7 @@ __all__ = ["DISAGREES_ON", "LOGGED_COLUMNS", "PER_QUERY_TEXT", "LoggedBatch", "S
 LOGGED_COLUMNS = ("query_id", "model", "quality", "cost_usd")
 #: Text columns that must be the same on every logged row of a query (scoring reads a query's first row).
 PER_QUERY_TEXT = ("query_id", "prompt", "task", "subtask")
-#: Optional int8 column a reader that keeps per-query text once (``training.serving.score``) adds: per
+#: Optional int8 column a reader that keeps per-query text once (``training.serving.batch``) adds: per
 #: row, 1 + the position in :data:`PER_QUERY_TEXT` of a column on which the row differs from the row
 #: before it in its query (0: none), found before that text was folded to one value per query.
 DISAGREES_ON = "disagrees_on"
@@ -380,7 +380,7 @@ def validate_logged(router: Router, frame: pd.DataFrame) -> LoggedBatch:
     first_keys = key[starts]
     repeated = pd.Series(first_keys, dtype=object).duplicated(keep=False).to_numpy()  # object: ids may not be UTF-8
     # ``scattered``: set by the file reader for queries whose rows are split over the file (see
-    # training.serving.score.scattered_queries), which no single frame can see
+    # training.serving.batch.scattered_queries), which no single frame can see
     scattered = (frame["scattered"].to_numpy(dtype=bool) if "scattered" in frame.columns
                  else np.zeros(n_rows, dtype=bool))
     flag((repeated[query_of_row] | scattered) & ~frame["query_id"].isna().to_numpy(),

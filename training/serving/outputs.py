@@ -20,15 +20,17 @@ real name; the partial folder is then removed. So:
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import shutil
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..cli import same_file, writing
+from ..files import write_atomically
 from .logged import ScoreError
 
 __all__ = ["OTHER_FORMATS", "PROGRESS", "RunOutputs", "check_paths"]
@@ -67,18 +69,6 @@ def check_paths(input_path: Path, output: Path, rejects: Path, rejects_flag: str
                              "that; name it .parquet (read it with pandas.read_parquet, or convert it)")
     if same_file(output, rejects):
         raise ScoreError(f"--output and {rejects_flag} are the same file {output}; give them different paths")
-
-
-def write_bytes_atomically(path: Path, data: bytes) -> None:
-    """Write under a temporary name and rename: a kill leaves the old or the new file, never half of one.
-
-    Not fsynced: the parts are not either (that would cost a disk flush per
-    batch); after a power loss :meth:`RunOutputs.__init__` finds a damaged
-    part when resuming and says so. The joined output is fsynced.
-    """
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
 
 
 class RunOutputs:
@@ -155,8 +145,8 @@ class RunOutputs:
                              "again") from error
 
     def _record(self, run_key: dict, done: int, totals: dict) -> None:
-        write_bytes_atomically(self.partial / PROGRESS,
-                            json.dumps({"run": run_key, "done": done, "totals": totals}).encode())
+        write_atomically(self.partial / PROGRESS, json.dumps({"run": run_key, "done": done, "totals": totals}).encode(),
+                         durable=False)
 
     def _part(self, index: int, which: int) -> Path:
         return self.partial / f"part-{index:06d}.{('output', 'rejects')[which]}.parquet"
@@ -177,10 +167,9 @@ class RunOutputs:
         for which, table in enumerate((scored, rejected)):
             path = self._part(index, which)
             with writing(self.flags[which], path):
-                temporary = path.with_name(f".{path.name}.tmp")
-                # uncompressed: parts are read once, by finish(), which compresses the joined file
-                pq.write_table(table, temporary, compression="none")
-                os.replace(temporary, path)
+                # uncompressed: parts are read once, by finish(), which compresses the joined file; not
+                # fsynced (a flush per batch): after a power loss, resuming finds a damaged part and says so
+                write_atomically(path, functools.partial(pq.write_table, table, compression="none"), durable=False)
         with writing("--output", self.partial):
             self._record(self.run_key, index + 1, totals)
         self.done = index + 1
@@ -188,24 +177,26 @@ class RunOutputs:
     def finish(self) -> None:
         """Join the parts into the final files (temporary name, fsync, rename) and remove the partial folder."""
         for which, final in enumerate((self.output, self.rejects)):
-            temporary = final.with_name(f".{final.name}.tmp")
             with writing(self.flags[which], final):
-                writer = pq.ParquetWriter(temporary, self.schemas[which], compression="zstd")
-                try:
-                    for index in range(self.done):
-                        part = pq.read_table(self._part(index, which), schema=self.schemas[which])
-                        if part.num_rows:
-                            writer.write_table(part)
-                finally:
-                    writer.close()
-                with open(temporary, "rb") as handle:
-                    os.fsync(handle.fileno())
-                os.replace(temporary, final)
+                write_atomically(final, functools.partial(self._join, which))
         shutil.rmtree(self.partial, ignore_errors=True)
+
+    def _join(self, which: int, handle: BinaryIO) -> None:
+        """Write the parts of output ``which`` (0 decisions, 1 rejects), in order, as one Parquet file."""
+        writer = pq.ParquetWriter(handle, self.schemas[which], compression="zstd")
+        try:
+            for index in range(self.done):
+                part = pq.read_table(self._part(index, which), schema=self.schemas[which])
+                if part.num_rows:
+                    writer.write_table(part)
+        finally:
+            writer.close()
 
     def discard_unfinished(self) -> None:
         """Remove temporary files of a batch that was being written (completed batches stay for ``--resume``)."""
         for temporary in self.partial.glob(".*.tmp"):
             temporary.unlink(missing_ok=True)
         for final in (self.output, self.rejects):
-            final.with_name(f".{final.name}.tmp").unlink(missing_ok=True)
+            for temporary in final.parent.iterdir():
+                if temporary.name.startswith(f".{final.name}.") and temporary.name.endswith(".tmp"):
+                    temporary.unlink(missing_ok=True)

@@ -19,7 +19,7 @@ Its result has one ``status == "ok"`` (or ``"unreplayable"``) row per scored
 query and one ``status == "rejected"`` row per input row of a rejected query,
 in the columns and types of :func:`output_schema` followed by ``reason`` and
 ``model`` (:func:`rejects_schema`), whatever the batch holds. Streaming files
-through it is :mod:`training.serving.score` (``python -m training.score``).
+through it is :mod:`training.serving.batch` (``python -m training.score``).
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from numpy.typing import NDArray
 from estimators.estimator import Estimates
 from estimators.posthoc import ResponseMemo
 
-from ..episodes import play_cascades
+from ..decision import play_cascades
 from ..policy import Policy
+from ..router import Router, prompt_uniforms
 from .logged import (
     _missing,
     _per_query_columns,
@@ -47,7 +48,6 @@ from .logged import (
     check_prompt_types,
     validate_logged,
 )
-from .router import Router, prompt_uniforms
 
 __all__ = ["STATUS_OK", "STATUS_REJECTED", "STATUS_UNREPLAYABLE", "output_schema", "rejects_schema", "replay",
            "score_batch"]
@@ -74,7 +74,7 @@ def replay(router: Router, policy: Policy, prompts: NDArray[np.object_] | None, 
                  | tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]):
     """Play ``policy`` on logged queries, each up to the end or to the first model it needs that was not logged.
 
-    The episode loop of policy evaluation (:func:`~training.episodes.play_cascades`),
+    The episode loop of policy evaluation (:func:`~training.decision.play_cascades`),
     with the logged responses, signals and costs revealed as models "run".
     The per-query part of the estimates (prompt features, ex-ante costs) is
     computed once per query (:meth:`~estimators.estimator.RouterEstimator.prepare`),
@@ -112,7 +112,7 @@ def replay(router: Router, policy: Policy, prompts: NDArray[np.object_] | None, 
     run : ndarray of bool, shape (N, K)
         Final run sets.
     answer : ndarray of int64, shape (N,)
-        Selected model per query (as :func:`~training.episodes.play_cascades`;
+        Selected model per query (as :func:`~training.decision.play_cascades`;
         ``-1`` for a query stopped on a model not logged).
     needed : ndarray of int64, shape (N,)
         Only with ``available``: the model a query needed and that was not
@@ -138,8 +138,7 @@ def replay(router: Router, policy: Policy, prompts: NDArray[np.object_] | None, 
         _add(timings, "estimate", began)
         return found
 
-    return play_cascades(estimate, n, k, policy.kernel_options(), u=u, sigma_transform=policy.sigma_transform,
-                         parallel=parallel, timings=timings, available=available)
+    return play_cascades(policy, estimate, n, k, u=u, parallel=parallel, timings=timings, available=available)
 
 
 def _add(timings: dict, key: str, started: float) -> None:
@@ -159,7 +158,7 @@ def score_batch(router: Router, frame: pd.DataFrame, budget: float | None = None
     Parameters
     ----------
     router : Router
-        Loaded with :func:`training.serving.router.load_router` (or unpickled:
+        Loaded with :func:`training.router.load_router` (or unpickled:
         kernels then compile on first use).
     frame : pandas.DataFrame
         Query rows, or logged rows (a ``model`` column) with every row of a
@@ -403,7 +402,7 @@ def output_schema(router: Router, logged: bool) -> pa.Schema:
 
 def _has_latency(router: Router) -> bool:
     """Whether the router's estimator predicts latency (fitted on a table with latency)."""
-    return getattr(router.estimator, "latency_", None) is not None
+    return router.estimator.latency_ is not None
 
 
 def _estimate_columns(router: Router) -> tuple[str, ...]:

@@ -77,10 +77,11 @@ from threadpoolctl import threadpool_limits
 
 from estimators.estimator import PreparedQueries
 
+from ..explore import Exploration
 from ..policy import Policy
+from ..router import PacedRouter, Router
 from . import traffic
 from .backends import Backend
-from .explore import Exploration
 from .openai_api import (
     OBJECTS_PER_MESSAGE,
     ROUTER_MODEL,
@@ -92,7 +93,6 @@ from .openai_api import (
     parse_route_request,
     sse_chunks,
 )
-from .router import PacedRouter, Router
 from .shadow import Shadow, check_shadow
 from .upstream import MAX_REPLY_BYTES, Reply, UpstreamFailure, Upstreams
 
@@ -152,7 +152,7 @@ class ServiceConfig:
         accept labels at ``/v1/feedback`` (issue 34); ``None`` logs nothing.
     explore : float, default=0
         Probability that a request served by the paced policy also calls
-        ``explore_models`` uniformly drawn models (:mod:`training.serving.explore`);
+        ``explore_models`` uniformly drawn models (:mod:`training.explore`);
         needs ``pace`` and ``log``.
     explore_models : int, default=1
         Models an exploring request draws.
@@ -773,7 +773,7 @@ def create_app(router: Router, backends: Mapping[str, Backend], config: ServiceC
     Parameters
     ----------
     router : Router
-        Loaded with :func:`~training.serving.router.load_router` (warmed up).
+        Loaded with :func:`~training.router.load_router` (warmed up).
     backends : mapping of str to Backend
         One per model of the router (:func:`~training.serving.backends.load_backends`).
     config : ServiceConfig, optional

@@ -42,7 +42,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ..offpolicy import FAILED, replay
-from .router import Router
+from ..router import Router
 
 __all__ = ["Comparison", "Shadow", "add_shadow_arguments", "compare", "check_shadow"]
 

@@ -12,7 +12,7 @@ any cluster without tuning:
   ``spark.sql.execution.arrow.maxRecordsPerBatch`` is;
 * **one artifact load per Python worker**: the artifact and its manifest
   are shipped with ``SparkContext.addFile`` (or read from a path every
-  executor sees) and loaded by :func:`~training.serving.router.load_router`
+  executor sees) and loaded by :func:`~training.router.load_router`
   with its strict checks the first time a worker needs them, pinned to the
   payload sha256 the driver verified (with the signing key, if given: the
   key itself never leaves the driver);
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,9 +43,10 @@ import pandas as pd
 import pyarrow as pa
 
 from ..artifact import manifest_path
+from ..files import staging_name
+from ..router import Router, load_router, load_router_with_sha256
 from .logged import check_columns, required_columns
 from .replay import STATUS_REJECTED, output_schema, rejects_schema, score_batch
-from .router import Router, load_router, load_router_with_sha256
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -215,7 +215,7 @@ def score_spark(frame: DataFrame, artifact: str | os.PathLike, *, budget: float 
         ``artifact`` at the same path (a shared file system).
     key : Ed25519PublicKey or its PEM, optional
         Verify the artifact's signature with this public key (or a deprecated HMAC secret) on the driver
-        (:func:`~training.serving.router.load_router`); executors then load
+        (:func:`~training.router.load_router`); executors then load
         only a payload with the verified sha256.
     grouped : bool, default=False
         Logged input only: the caller asserts that each query's rows stand
@@ -414,7 +414,7 @@ def run_cli(args, key: object = None) -> dict:
     Parameters
     ----------
     args : argparse.Namespace
-        :func:`training.serving.score.parse_args`'s options (``master`` may be ``None``:
+        :func:`training.serving.batch.parse_args`'s options (``master`` may be ``None``:
         then ``spark-submit`` or the Spark defaults decide).
     key : Ed25519PublicKey or bytes, optional
         The key the artifact's signature is checked with on the driver (``--verify-key``, or the deprecated
@@ -423,7 +423,7 @@ def run_cli(args, key: object = None) -> dict:
     Returns
     -------
     dict
-        The totals :func:`training.serving.score.summary` prints.
+        The totals :func:`training.serving.batch.summary` prints.
 
     Raises
     ------
@@ -452,7 +452,6 @@ def run_cli(args, key: object = None) -> dict:
 def _score_to_datasets(spark, args, output: str, rejects: str, key: object) -> dict:
     """Check the paths, score, write both datasets under temporary names, rename them, and sum up."""
     import time
-    import uuid
 
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -475,7 +474,7 @@ def _score_to_datasets(spark, args, output: str, rejects: str, key: object) -> d
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         for frame, target in zip(split_rejects(scored), (output, rejects), strict=True):
-            staging = f"{target}.{uuid.uuid4().hex}.tmp"
+            staging = _beside(target, staging_name(_last_name(target)))
             try:
                 frame.write.parquet(staging)
                 files.replace(staging, target)
@@ -503,6 +502,17 @@ def _score_to_datasets(spark, args, output: str, rejects: str, key: object) -> d
             "queries_per_second": queries / seconds if seconds > 0 else None, "timings": {},
             "warm_up_seconds": 0.0, "workers": spark.sparkContext.defaultParallelism, "output": output,
             "rejects": rejects}
+
+
+def _last_name(path: str) -> str:
+    """The last component of a path or URI."""
+    return path.rstrip("/").rpartition("/")[2]
+
+
+def _beside(path: str, name: str) -> str:
+    """``name`` in the directory of the path or URI ``path``."""
+    head = path.rstrip("/").rpartition("/")[0]
+    return f"{head}/{name}" if head else name
 
 
 class _FileSystem:
@@ -540,7 +550,7 @@ class _FileSystem:
         if not self.exists(target):
             self.rename(source, target)
             return
-        aside = f"{target}.{uuid.uuid4().hex}.old"
+        aside = _beside(target, staging_name(_last_name(target), ".old"))
         self.rename(target, aside)
         try:
             self.rename(source, target)

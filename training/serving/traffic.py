@@ -29,6 +29,7 @@ headers.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import logging
 import os
@@ -44,8 +45,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..explore import Exploration
+from ..files import write_atomically
 from ..traffic_log import FEEDBACK_PREFIX, FEEDBACK_SCHEMA, TRAFFIC_PREFIX, TRAFFIC_SCHEMA
-from .explore import Exploration
 
 __all__ = ["LogConfig", "TrafficLog", "add_log_arguments", "feedback_row", "log_config", "request_rows"]
 
@@ -83,7 +85,7 @@ class TrafficLog:
             raise ValueError("the traffic log needs max_rows, max_seconds, max_bytes and queue_requests > 0")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        for stale in self.directory.glob(".*.parquet.tmp"):  # a killed writer's half file: never a final name
+        for stale in self.directory.glob(".*.parquet*.tmp"):  # a killed writer's half file: never a final name
             stale.unlink(missing_ok=True)
         self.max_rows, self.max_seconds, self.max_bytes = max_rows, max_seconds, max_bytes
         self.dropped_rows = self.refused_rows = self.written_rows = self.written_files = 0
@@ -160,12 +162,7 @@ class TrafficLog:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         name = f"{kind}{stamp}-{os.getpid()}-{next(self._sequence):06d}.parquet"
         final = self.directory / name
-        temporary = self.directory / f".{name}.tmp"
-        with open(temporary, "wb") as sink:
-            pq.write_table(table, sink, compression="zstd")
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(temporary, final)
+        write_atomically(final, functools.partial(pq.write_table, table, compression="zstd"))
         self._used += final.stat().st_size
         self.written_rows += len(rows)
         self.written_files += 1

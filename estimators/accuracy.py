@@ -1,4 +1,4 @@
-"""Scores of quality estimates, as the tests and ``docs/estimators.md`` report them.
+"""How accurate quality estimates are (Brier score, AUROC, σ coverage), as the tests and docs report them.
 
 Kept next to the estimators so a user comparing families computes exactly
 what the documentation quotes.

@@ -69,10 +69,10 @@ from ..cli import (
     run_command,
     verification_key,
 )
+from ..router import Router, load_router, load_router_with_sha256
 from .logged import DISAGREES_ON, PER_QUERY_TEXT, ScoreError, check_columns, required_columns
 from .outputs import RunOutputs, check_paths
 from .replay import STATUS_OK, STATUS_REJECTED, output_schema, rejects_schema, score_batch
-from .router import Router, load_router, load_router_with_sha256
 
 __all__ = ["AUTO_WORKERS_FROM_ROWS", "EXIT_CODES", "MAX_AUTO_WORKERS", "auto_workers", "input_columns", "is_csv",
            "iter_tables", "main", "parse_args", "run", "scattered_queries", "summary"]

@@ -4,7 +4,7 @@ Beyond the paper. A policy's ``λ`` is fitted so that the *calibration*
 traffic costs ``B`` per query on average. When live traffic drifts (more
 hard prompts, longer prompts, a price change), the same ``λ`` overspends or
 underspends, because cost is a property of the traffic as much as of the
-policy. :class:`~training.serving.router.PacedRouter` multiplies the fitted ``λ`` by a factor
+policy. :class:`~training.router.PacedRouter` multiplies the fitted ``λ`` by a factor
 ``m = exp(u)`` that a small PI controller moves after every finished query:
 
 * **P**: the exponentially weighted mean cost ``E`` (half-life
@@ -26,7 +26,7 @@ vector together (its shape, fitted for quality, is kept). Multiplicative
 control suits ``λ``: cost falls roughly with ``log λ``, and the useful range
 of ``λ`` spans orders of magnitude.
 
-:class:`~training.serving.router.PacedRouter` applies the controller to a
+:class:`~training.router.PacedRouter` applies the controller to a
 router and holds the lock that makes it safe to share between threads.
 """
 
@@ -109,7 +109,7 @@ class PaceController:
 
     Notes
     -----
-    Not thread-safe on its own; :class:`~training.serving.router.PacedRouter` holds the lock.
+    Not thread-safe on its own; :class:`~training.router.PacedRouter` holds the lock.
     """
 
     def __init__(self, budget: float, *, band: float = 10.0, half_life: float = 100.0,
