@@ -41,7 +41,7 @@ def parsers() -> dict[str, argparse.ArgumentParser]:
     """The four commands' parsers, by command name."""
     from training import serve
     from training.cli import evaluate_parser, fit_parser
-    from training.serving import score
+    from training.serving import batch as score
 
     return {"fit": fit_parser(), "evaluate": evaluate_parser(), "score": score.build_parser(),
             "serve": serve.build_parser()}

@@ -112,8 +112,7 @@ def test_a_latency_budget_on_a_router_without_latency_policies_says_so(router, a
     """Not 'below every latency budget fitted ...: [None]' (issue 32): one line saying what is missing."""
     with pytest.raises(ValueError, match="no policy fitted to a latency budget"):
         router.policy(0.001, 0.6)
-    from training.serving.score import main as score
-
+    from training.serving.batch import main as score
     from training.synthetic import make_benchmark
 
     traffic = tmp_path / "traffic.parquet"

@@ -88,7 +88,8 @@ def test_upstream_calls_follow_router_decide_and_the_answer_is_router_select(
         assert completion.usage.prompt_tokens == sum(t[0] for t in tokens)
         assert completion.usage.completion_tokens == sum(t[1] for t in tokens)
         depths.append(len(called))
-    assert min(depths) == 1 and max(depths) >= 2, f"the cases should include cascades, got depths {depths}"
+    # the cases include cascades whose depth varies by query (the synthetic default cascades at every budget)
+    assert max(depths) >= 2 and len(set(depths)) >= 2, f"the cases should include cascades, got depths {depths}"
 
 
 def test_the_upstream_receives_the_conversation_and_forwarded_parameters(service, upstreams, queries):
