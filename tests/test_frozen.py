@@ -42,6 +42,7 @@ def test_compiled_murmurhash_equals_sklearn(text):
 @given(st.lists(st.text(alphabet=st.sampled_from(list("ab Cd_9\t\n.,'-x\x1cé東")), max_size=700), min_size=1,
                 max_size=4),
        st.lists(st.sampled_from(["math", "code", "science", "rare", "never seen", ""]), min_size=4, max_size=4))
+@pytest.mark.slow
 def test_frozen_featurizer_equals_the_column_transformer(featurizer, texts, tasks):
     tasks = np.array(tasks[: len(texts)], dtype=object)
     subtasks = np.full(len(texts), "", dtype=object)

@@ -150,6 +150,7 @@ def steep_episodes(seed: int, n_queries: int = 2000, n_models: int = 4) -> Table
                          parallel=False, latency=(latency, latency, latency))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("strategy", ["routing", "cascade_routing"])
 def test_a_budget_that_binds_is_met_at_its_figure_even_where_the_outcome_is_steep(seed, strategy):

@@ -294,6 +294,7 @@ def _cascade_with_exploration(table: RoutingTable, explore_share: float, seed: i
     return logged, np.where(reached, 1.0, explore_share)
 
 
+@pytest.mark.slow
 def test_inverse_propensity_weights_undo_the_cascade_logs_bias(logs):
     """Cascade logs show the dear model only on hard queries; weighting the explored rows brings its estimate back."""
     table = read_table(logs)
@@ -309,6 +310,7 @@ def test_inverse_propensity_weights_undo_the_cascade_logs_bias(logs):
     assert errors["weighted"] < 0.5 * errors["unweighted"], errors
 
 
+@pytest.mark.slow
 def test_propensity_column_is_read_and_checked(logs):
     frame = logs.assign(propensity=np.where(np.arange(len(logs)) % 3 == 0, "", "0.25"))
     table = read_table(frame)

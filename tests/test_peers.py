@@ -222,6 +222,7 @@ def test_mlp_runs_a_fixed_number_of_epochs():
     assert MLPQualityRegressor(max_iter=7).fit(X, Y).n_iter_ == 7
 
 
+@pytest.mark.slow
 def test_peers_on_routerbench_beat_the_per_model_mean(shared_data):
     table = load_table(shared_data, "routerbench_subset")
     table = table.select_models(list(table.models[:3]))

@@ -202,6 +202,7 @@ def test_routerbench_policies_respect_their_budgets_on_calibration(routerbench_r
                 assert point["calibration_cost"] <= point["budget"] * (1 + 1e-12), (name, point)
 
 
+@pytest.mark.slow
 def test_learned_estimators_run_the_protocol_end_to_end():
     """--estimator linear: train / calibration / test split, σ scale chosen per budget."""
     from training.synthetic import default_table
@@ -224,6 +225,7 @@ def test_learned_estimators_run_the_protocol_end_to_end():
                             progress=False)
 
 
+@pytest.mark.slow
 def test_prompts_logged_under_several_ids_are_counted_in_a_warning():
     """Retries: every prompt logged twice under two query ids. The protocol keeps its split by id (published
     figures stay reproducible) and says how many prompts straddle its parts."""

@@ -37,6 +37,7 @@ def _peak_while_reading(path) -> int:
     return peak
 
 
+@pytest.mark.slow
 def test_one_big_row_group_is_read_in_memory_bounded_by_the_read_size(tmp_path, monkeypatch):
     """pandas writes a million rows per row group; reading holds a few reads, not the row group's column chunk."""
     monkeypatch.setattr(score, "READ_BYTES", 2**20)

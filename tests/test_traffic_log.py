@@ -220,6 +220,7 @@ def _row(query_id):
                         explored=0, exploration=Exploration(0.0), n_models=1)[0]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_leaves_only_complete_files(tmp_path):
     folder = tmp_path / "log"
     script = textwrap.dedent(f"""
