@@ -135,3 +135,18 @@ def test_evaluate_logged_verifies_the_candidate_like_every_loader(serve_artifact
     assert main(["--logged", str(tmp_path / "log"), "--artifact", str(serve_artifact),
                  "--verify-key", str(public)]) == 2
     assert "sign" in capsys.readouterr().err.lower()
+
+
+def test_evaluate_logged_never_writes_its_json_over_an_input(serve_artifact, tmp_path, capsys):
+    """``--json`` naming the candidate artifact (or a file in the log folder) is refused before any work."""
+    from training.evaluate import main
+
+    (tmp_path / "log").mkdir()
+    before = serve_artifact.read_bytes()
+    capsys.readouterr()
+    assert main(["--logged", str(tmp_path / "log"), "--artifact", str(serve_artifact),
+                 "--json", str(serve_artifact)]) == 2
+    assert "--json" in capsys.readouterr().err and serve_artifact.read_bytes() == before
+    assert main(["--logged", str(tmp_path / "log"), "--artifact", str(serve_artifact),
+                 "--json", str(tmp_path / "log" / "estimates.json")]) == 2
+    assert "inside the --logged folder" in capsys.readouterr().err

@@ -248,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         add_verify_arguments,
         fail,
         parse_or_exit_code,
+        refuse_inputs_as_outputs,
         verification_key,
         writing,
     )
@@ -271,6 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     try:
+        if args.json is not None:
+            refuse_inputs_as_outputs([("--json", args.json)], [("--artifact", args.artifact),
+                                                                ("--labels", args.labels), ("--logged", args.logged)])
         key = verification_key(args)
         labels = None
         if args.labels is not None:
