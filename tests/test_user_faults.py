@@ -428,11 +428,14 @@ def _pool_workers(pid: int) -> set[int]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes in /proc")
 def test_a_killed_worker_ends_the_run_and_resume_completes_it(artifact, logged, tmp_path):
     source = tmp_path / "traffic.parquet"
-    pd.concat([logged.assign(query_id=logged["query_id"] + f"#{copy}") for copy in range(10)],
+    # 32,000 rows in batches of 200: the run lasts long after the first batch is done, so the killed worker holds
+    # a batch (with 5 batches, as this test once had, the workers could finish them all before the kill, and the
+    # run then rightly ended complete, with exit status 0: a CI failure)
+    pd.concat([logged.assign(query_id=logged["query_id"] + f"#{copy}") for copy in range(20)],
               ignore_index=True).to_parquet(source)
     out = tmp_path / "d.parquet"
     command = [sys.executable, "-m", "training.score",
-               *_score(artifact, source, out, "--workers", "2", "--batch-size", "400")]
+               *_score(artifact, source, out, "--workers", "2", "--batch-size", "200")]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     progress = out.with_name(out.name + ".partial") / "progress.json"
     deadline = time.time() + 180
@@ -455,9 +458,9 @@ def test_a_killed_worker_ends_the_run_and_resume_completes_it(artifact, logged, 
     assert process.returncode == 1, (process.returncode, err[-800:])
     assert f"worker process {workers[0]} died (killed by SIGKILL" in err and "--resume" in err
     assert not out.exists() and progress.exists()
-    assert score_main(_score(artifact, source, out, "--workers", "2", "--batch-size", "400", "--resume")) == 0
+    assert score_main(_score(artifact, source, out, "--workers", "2", "--batch-size", "200", "--resume")) == 0
     clean = tmp_path / "clean.parquet"
-    assert score_main(_score(artifact, source, clean, "--workers", "1", "--batch-size", "400")) == 0
+    assert score_main(_score(artifact, source, clean, "--workers", "1", "--batch-size", "200")) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(clean))
 
 
