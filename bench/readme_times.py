@@ -6,7 +6,9 @@ order there, and records for every ``python``/``spark-submit`` command of the
 bash blocks its wall seconds, CPU seconds (user + system, children
 included: ``/usr/bin/time``) and the 1-minute load average before and after;
 each Python block is timed as a whole (wall, and CPU of the interpreter's
-threads). The long-running services (``training.serve``, the stand-in
+threads), and so is every block (``block N total``: CPU of the shell or
+interpreter and of the children it waited for, so a service stopped within
+the block counts). The long-running services (``training.serve``, the stand-in
 upstreams) are not timed. The figures go to the README by hand: on a shared
 machine the wall time depends on the other jobs, which the load column
 shows; the CPU seconds are the figure to compare.
@@ -56,6 +58,12 @@ DRIVER = readme_test.DRIVER.replace(
     "    sys.stderr.flush()\n")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and of its children it has waited for (``/proc/PID/stat``: utime to cstime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     """Run the README's blocks in a temporary copy and print the times file."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -68,7 +76,9 @@ def main() -> int:
         tools.mkdir()
         readme_test.fresh_copy(work)
         untimed = "|".join(f"*{name}*" for name in UNTIMED)
-        for name, real in (("python", sys.executable), ("spark-submit", shutil.which("spark-submit"))):
+        spark_submit = shutil.which("spark-submit", path=f"{Path(sys.executable).parent}{os.pathsep}"
+                                                      f"{os.environ.get('PATH', '')}")
+        for name, real in (("python", sys.executable), ("spark-submit", spark_submit)):
             if real is None:
                 continue
             wrapper = tools / name
@@ -91,7 +101,12 @@ def main() -> int:
                     times.write(f"--- block {index} ({lang})\n")
                 command = (f"source {shlex.quote(str(script))} < /dev/null; printf '\\n%s %s\\n' "
                            f"{readme_test.DONE} $?" if lang == "bash" else str(script))
-                status = (shell if lang == "bash" else python).run(command, time.monotonic() + 3000)
+                session = shell if lang == "bash" else python
+                wall, cpu = time.monotonic(), _cpu_seconds(session.process.pid)
+                status = session.run(command, time.monotonic() + 3000)
+                with out.open("a") as times:  # the block as a whole: its commands, their children, the services
+                    times.write(f"block {index} total|{time.monotonic() - wall:.2f}|"
+                                f"{_cpu_seconds(session.process.pid) - cpu:.2f}|0|0|{os.getloadavg()[0]:.2f}\n")
                 if status != 0:
                     print("".join(log[-60:]), file=sys.stderr)
                     print(f"block {index} failed", file=sys.stderr)
