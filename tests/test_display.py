@@ -63,7 +63,7 @@ def test_labels_title_legend_and_log_scale():
     assert ax.get_title() == "RouterBench, 3 models"
     assert ax.get_xlabel() == "Mean cost per query (USD)" and ax.get_ylabel() == "Mean quality"
     legend = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert legend == ["routing", "cascade routing", "single models", "linear (single-model hull)"]
+    assert legend == ["routing", "cascade routing", "single models", "single-model hull"]
     assert QualityCostDisplay.from_curves(CURVES).ax_.get_xscale() == "linear"
 
 

@@ -1,7 +1,9 @@
-"""The fit report's figure as a person sees it: no text drawn over another, nothing cut off.
+"""The fit report's figure as a person sees it: no text drawn over another, nothing cut off, no label misread.
 
 Read from the rendered artists' extents (Agg): every legend, tick label, axis
-label, title and point label of the figure ``training.fit`` saves. Checked on
+label, title and point label of the figure ``training.fit`` saves; and each
+point label nearest its own point, or joined to it by a leader that crosses
+no other leader (issue 32: labels swapped between neighbours). Checked on
 the fit shared by the suite, on the README's default run and on a RouterBench
 fit (those two are slow).
 """
@@ -12,6 +14,7 @@ import json
 from itertools import combinations
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 matplotlib = pytest.importorskip("matplotlib")
@@ -57,6 +60,38 @@ def _layout_problems(figure) -> list[str]:
     problems += [f"{a} overlaps {b}" for (a, box_a), (b, box_b) in combinations(texts, 2)
                  if box_a.overlaps(box_b) and box_a.intersection(box_a, box_b).width > 0.5
                  and box_a.intersection(box_a, box_b).height > 0.5]
+    return problems + _misread_labels(figure)
+
+
+def _distance(box, point) -> float:
+    x, y = point
+    return float(np.hypot(max(box.x0 - x, 0, x - box.x1), max(box.y0 - y, 0, y - box.y1)))
+
+
+def _cross(a, b, c, d) -> bool:
+    """Whether segments ab and cd cross (orientation test; touching ends do not count)."""
+    def side(p, q, r):
+        return np.sign((q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0]))
+    return side(a, b, c) * side(a, b, d) < 0 and side(c, d, a) * side(c, d, b) < 0
+
+
+def _misread_labels(figure) -> list[str]:
+    """Labels a reader would pair with the wrong point: one without a leader nearer another labelled point than
+    its own, or two leaders crossing (a leader runs from its label's centre to its point)."""
+    renderer = figure.canvas.get_renderer()
+    problems = []
+    for index, ax in enumerate(figure.axes):
+        labels = [(text.get_text(), Text.get_window_extent(text, renderer), ax.transData.transform(text.xy),
+                   text.arrow_patch is not None) for text in ax.texts]
+        for name, box, point, leader in labels:
+            if not leader:
+                problems += [f"axes {index} label {name!r} is nearer {other!r}'s point than its own"
+                             for other, _, elsewhere, _ in labels
+                             if other != name and _distance(box, elsewhere) < _distance(box, point)]
+        leaders = [(name, ((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2), point)
+                   for name, box, point, leader in labels if leader]
+        problems += [f"axes {index} leaders of {a!r} and {b!r} cross" for (a, *ab), (b, *cd) in combinations(leaders, 2)
+                     if _cross(*ab, *cd)]
     return problems
 
 
@@ -78,6 +113,22 @@ def test_the_checker_finds_a_legend_drawn_over_the_next_panel():
     right.plot([0, 1], [0, 1])
     try:
         assert any("legend overlaps" in problem for problem in _layout_problems(figure))
+    finally:
+        plt.close(figure)
+
+
+def test_the_checker_finds_labels_swapped_between_neighbours():
+    """Two labels each drawn beside the other's point, as the RouterBench figure had them before (issue 32)."""
+    figure, ax = plt.subplots(figsize=(4, 3))
+    ax.set(xlim=(0, 10), ylim=(0, 10))
+    ax.annotate("first", (2, 5), textcoords="offset points", xytext=(60, 0))  # lands beside 'second'
+    ax.annotate("second", (4.5, 5), textcoords="offset points", xytext=(-70, -20))
+    ax.annotate("third", (8, 2), textcoords="offset points", xytext=(-60, 60), arrowprops={"arrowstyle": "-"})
+    ax.annotate("fourth", (2, 2), textcoords="offset points", xytext=(60, 60), arrowprops={"arrowstyle": "-"})
+    try:
+        problems = _misread_labels(figure)
+        assert "axes 0 label 'second' is nearer 'first''s point than its own" in problems, problems
+        assert "axes 0 leaders of 'third' and 'fourth' cross" in problems, problems
     finally:
         plt.close(figure)
 

@@ -1,4 +1,4 @@
-"""What the three command lines (``training.fit``, ``training.evaluate``, ``training.score``) share.
+"""What the command lines (``training.fit``, ``.evaluate``, ``.score``, ``.serve``, ``.synthetic``, ``.data``) share.
 
 One contract for all of them: ``main(argv) -> int`` never lets
 :class:`SystemExit` escape; exit code 0 on success, 2 on bad input (with a
@@ -25,18 +25,27 @@ from typing import Any
 
 from estimators.kinds import ESTIMATOR_KINDS
 
-from .defaults import FIT_STRATEGIES, MIN_FULLY_LOGGED, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+from .defaults import (
+    AUTO_WORKERS_FROM_ROWS,
+    FIT_STRATEGIES,
+    MAX_AUTO_WORKERS,
+    MIN_FULLY_LOGGED,
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+)
 
 # Light on purpose: the command lines' parsers are built from this module, so ``--help`` and usage errors are
 # answered without importing pandas, Numba or LightGBM (tests/test_cli_vocabulary.py checks it). The key
 # handling imports cryptography and training.artifact when it is used.
 
-__all__ = ["BAD_INPUT", "CANNOT_WRITE", "INTERRUPTED", "TERMINATED", "HelpFormatter", "Interrupted", "OutputError",
-           "add_artifact_argument", "add_budget_arguments", "add_quiet_argument",
-           "RunFailed", "add_verify_arguments", "check_writable", "evaluate_parser", "exit_status", "fail",
-           "fit_parser", "fraction", "ignored_columns", "key_from_env", "logs_summary", "model_names",
-           "non_negative_int", "one_line_warnings", "parse_or_exit_code", "positive_float", "positive_int",
-           "quality_range", "refuse_inputs_as_outputs", "run_command", "same_file", "verification_key", "writing"]
+__all__ = ["BAD_INPUT", "CANNOT_WRITE", "INTERRUPTED", "SCORE_EXIT_STATUS", "TERMINATED", "HelpFormatter",
+           "Interrupted",
+           "OutputError", "add_artifact_argument", "add_budget_arguments", "add_log_arguments", "add_quiet_argument",
+           "add_shadow_arguments", "RunFailed", "add_verify_arguments", "check_writable", "data_parser",
+           "evaluate_parser", "exit_status", "fail", "fit_parser", "fraction", "ignored_columns", "key_from_env",
+           "logged_parser", "logs_summary", "model_names", "non_negative_int", "one_line_warnings",
+           "parse_or_exit_code", "positive_float", "positive_int", "quality_range", "refuse_inputs_as_outputs",
+           "run_command", "same_file", "score_parser", "synthetic_parser", "verification_key", "writing"]
 
 #: Exit code of a run whose input cannot be used.
 BAD_INPUT = 2
@@ -859,4 +868,201 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--logged", metavar="DIR", default=None,
                         help="instead of all the above: off-policy estimates of --artifact on a training.serve "
                              "--log-dir (python -m training.evaluate --logged DIR --help); default: none")
+    return parser
+
+
+# --------------------------------------------------------------------------- #
+# the other command lines' parsers, here so that their --help loads nothing heavy either
+# --------------------------------------------------------------------------- #
+
+#: Exit codes of ``python -m training.score``, listed in its ``--help``.
+SCORE_EXIT_STATUS = (
+    "exit status: 0 on success (with a 'warning:' line on stderr, naming the top reasons, when rows were "
+    "rejected); 2 on bad input (bad argument, missing or unreadable file, missing columns, a budget below "
+    "every fitted policy, an output that is an input or exists without --overwrite, an interrupted run "
+    "without --resume, an input changed while it was read), with a one-line 'error:' on stderr; 2 also "
+    "when rows were rejected and none scored, or more than --max-reject-share (the results and the rejects "
+    "are written first); 1 if an output cannot be written or a worker process died; 130 after Ctrl-C and "
+    "143 after SIGTERM (completed batches are kept for --resume).")
+
+
+def score_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m training.score`` (``training.serving.batch.parse_args`` adds its cross-checks).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    parser = _new_parser(
+        "python -m training.score",
+        "Score traffic with a fitted router: first model, plan and ex-ante estimates per query, "
+        "or (logged input with a 'model' column) a full cascade replay with realised cost and quality.",
+        SCORE_EXIT_STATUS)
+    add_artifact_argument(parser)
+    parser.add_argument("--input", required=True, metavar="PATH",
+                        help="Parquet or CSV (.csv, .csv.gz) file: one row per query, or the long format with "
+                             "logged outcomes (the rows of a query contiguous: memory stays bounded by the batch)")
+    parser.add_argument("--output", required=True, metavar="PATH",
+                        help="Parquet file for the decisions (with --engine spark: a dataset directory or URI)")
+    add_budget_arguments(parser, fitting=False)
+    parser.add_argument("--batch-size", type=positive_int, default=65536, metavar="ROWS",
+                        help="input rows scored per batch (the file itself is read a few MB at a time)")
+    parser.add_argument("--rejects", default=None, metavar="PATH",
+                        help="Parquet file for rejected rows; default: OUTPUT with suffix .rejects.parquet")
+    parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                        help="processes scoring batches in parallel, each loading the router; 1 = in this "
+                             "process with multi-threaded kernels (compiled at start, a few seconds); "
+                             f"default: one process per core (up to {MAX_AUTO_WORKERS}) from "
+                             f"{AUTO_WORKERS_FROM_ROWS:,} input rows, below that this process with "
+                             "single-threaded kernels")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run recorded in OUTPUT.partial/ from its last completed "
+                             "batch (same input, artifact, budget and batch size); the result is the rows of an "
+                             "uninterrupted run")
+    parser.add_argument("--engine", choices=("local", "spark"), default="local",
+                        help="'spark': read --input (a Parquet file or directory) and write --output and the "
+                             "rejects as Parquet datasets through Spark (pip install \"cascade-router[spark]\"); "
+                             "--batch-size, --workers and --resume are then Spark's business")
+    parser.add_argument("--grouped", action="store_true",
+                        help="with --engine spark: the rows of each query stand together in the input (as "
+                             "--engine local requires), so Spark scores each split where it is read, without "
+                             "shuffling every row by query_id; only the queries at the splits' edges are "
+                             "regrouped. A task that finds a query's rows apart fails, naming it; drop --grouped "
+                             "then (default: shuffle)")
+    parser.add_argument("--master", default=None, metavar="URL",
+                        help="Spark master with --engine spark (e.g. local[2]); default: what spark-submit or "
+                             "the Spark defaults say")
+    add_verify_arguments(parser)
+    parser.add_argument("--max-reject-share", type=float, default=None, metavar="SHARE",
+                        help="exit 2 (after writing the results and the rejects) when more than this share of the "
+                             "input rows is rejected, e.g. 0.01; whatever it is, a run that rejects rows and scores "
+                             "nothing exits 2; default: no limit")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output and rejects file (each replaced only when the run has "
+                             "completed); without it an existing one is refused (exit 2), never overwritten")
+    add_quiet_argument(parser)
+    return parser
+
+
+def add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """``training.serve``'s options of the traffic log and exploration (``training.serving.traffic`` reads them)."""
+    group = parser.add_argument_group("traffic log and exploration (issue 34)")
+    group.add_argument("--log-dir", type=Path, default=None, metavar="DIR",
+                       help="log every answered request, one row per model called, in the long format training.fit "
+                            "reads (Parquet files, written atomically off the request path), and accept labels at "
+                            "POST /v1/feedback")
+    group.add_argument("--log-max-bytes", type=positive_int, default=10 << 30, metavar="BYTES",
+                       help="disk use of the log files past which new rows are counted (router_log_rows), not "
+                            "written; nothing is ever deleted")
+    group.add_argument("--log-file-rows", type=positive_int, default=10_000, metavar="ROWS",
+                       help="rows per log file")
+    group.add_argument("--log-file-seconds", type=float, default=60.0, metavar="SECONDS",
+                       help="a log file is written once its oldest row is this old")
+    group.add_argument("--explore", type=float, default=0.0, metavar="EPSILON",
+                       help="probability that a paced request also calls uniformly drawn models the policy did "
+                            "not call (after answering), logged with its propensity; needs --pace and --log-dir "
+                            "(0: never)")
+    group.add_argument("--baseline-model", default=None, metavar="NAME",
+                       help="the all-frontier baseline whose cost per request (its prices at the request's tokens) "
+                            "and the saving go to /metrics and the log; default the model with the highest prices")
+    group.add_argument("--explore-models", type=positive_int, default=1, metavar="M",
+                       help="models an exploring request draws; off-line evaluation of a candidate sees every "
+                            "path that leaves the logging cascade at up to M models (the cascade depth: all)")
+
+
+def add_shadow_arguments(parser: argparse.ArgumentParser) -> None:
+    """``training.serve``'s options of the shadow router (``training.serving.shadow``)."""
+    group = parser.add_argument_group("shadow router (issue 34)")
+    group.add_argument("--shadow", type=Path, default=None, metavar="ARTIFACT",
+                       help="a second router artifact (the same models; verified like --artifact) whose decisions "
+                            "are replayed on each served cascade's answers, never calling a model, and compared "
+                            "(router_shadow_* in /metrics; shadow_* columns in the --log-dir rows); its quality "
+                            "and cost: training.evaluate --logged DIR --artifact ARTIFACT")
+    group.add_argument("--shadow-budget", type=float, default=None, metavar="USD",
+                       help="the shadow's budget (its largest fitted budget not above it); default each request's "
+                            "served budget")
+
+
+def logged_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m training.evaluate --logged`` (``training.offpolicy.main``).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    parser = _new_parser(
+        "python -m training.evaluate --logged",
+        "Off-policy estimates (IPS and doubly robust, with intervals) of a candidate artifact's mean "
+        "quality and cost on the traffic a training.serve --log-dir logged, from the logs alone.",
+        exit_status("bad argument, unreadable logs or artifact", "if --json cannot be written"))
+    parser.add_argument("--logged", type=Path, required=True, metavar="DIR", help="the service's --log-dir")
+    add_artifact_argument(parser)
+    add_budget_arguments(parser, fitting=False, latency=False)
+    parser.add_argument("--labels", type=Path, default=None, metavar="PATH",
+                        help="your labels (.parquet or .csv: query_id = the request id, quality, optionally "
+                             "model); joined over the /v1/feedback labels; default: those only")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                        help="also write the estimates here; default: none")
+    add_verify_arguments(parser)
+    return parser
+
+
+def synthetic_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m training.synthetic``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    from .synthetic_models import SYNTHETIC_MODELS
+
+    parser = _new_parser(
+        "python -m training.synthetic",
+        "Write the built-in synthetic benchmark (the default data of python -m training.fit) as a "
+        "long-format table: one row per query and model with query_id, task, subtask, split, "
+        "prompt, model, quality, cost_usd, input_tokens, output_tokens, latency_s, response. "
+        "Made up: never report results on it as results about real models.",
+        exit_status("bad argument, --out exists", "if --out cannot be written"))
+    parser.add_argument("--out", type=Path, required=True, metavar="PATH",
+                        help="the table to write; .parquet, .csv or .csv.gz by its name")
+    parser.add_argument("--n-queries", type=positive_int, default=4000, metavar="N",
+                        help="number of queries, each with a row per model")
+    parser.add_argument("--seed", type=non_negative_int, default=0, metavar="SEED",
+                        help="seed of every random choice; another seed gives other queries")
+    names = ", ".join(m.name for m in SYNTHETIC_MODELS)
+    parser.add_argument("--models", type=model_names, default=None, metavar="A,B,C",
+                        help="comma-separated models to keep, e.g. all but one to play a new model's arrival "
+                             f"(default: all {len(SYNTHETIC_MODELS)}: {names})")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    return parser
+
+
+def data_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m training.data`` (one command so far: ``append``).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    parser = _new_parser(
+        "python -m training.data",
+        "Tables in the long format (one row per query and model). 'append' adds the rows of "
+        "the later tables to the first (e.g. a new model's rows to the logs) and writes a new "
+        "file: same columns required, a CSV header read as a header, the result validated as "
+        "one table (no (query, model) pair twice), inputs never overwritten, the output written "
+        "atomically.",
+        exit_status("bad argument, missing or malformed table", "if --out cannot be written"))
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    append = commands.add_parser("append", help="append tables into a new file", formatter_class=HelpFormatter,
+                                 description="Append long-format tables into a new file (--out).",
+                                 epilog=parser.epilog)
+    append.add_argument("tables", type=Path, nargs="+", metavar="PATH",
+                        help="two or more tables (.parquet/.csv/.csv.gz or a Parquet folder), in order")
+    append.add_argument("--out", type=Path, required=True, metavar="PATH",
+                        help="the appended table; .parquet, .csv or .csv.gz by its name")
+    append.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    append.add_argument("--quality-range", type=quality_range, default=(0.0, 1.0), metavar="LO,HI",
+                        help="inclusive range of the quality column (default 0,1; e.g. 0,100 for percent)")
+    append.add_argument("--allow-pickle", action="store_true",
+                        help="read .pkl tables (unpickling runs any code they hold: trusted files only)")
     return parser

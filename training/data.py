@@ -25,6 +25,18 @@ is recorded in :attr:`RoutingTable.logged` (ALGORITHM.md §7), and
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # parse before the imports below (NumPy, pandas, pyarrow), so that --help answers at once
+    import sys
+
+    from training.cli import data_parser, parse_or_exit_code
+
+    if isinstance(code := parse_or_exit_code(data_parser().parse_args, sys.argv[1:]), int):
+        sys.exit(code)
+    from importlib import import_module
+
+    # run the importable module (parsed again): one copy of it, the one tests import
+    sys.exit(import_module("training.data").main())
+
 import argparse
 import ast
 import hashlib
@@ -1023,31 +1035,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         0 on success, 2 on bad input (one ``error:`` line), 1 if ``--out`` cannot be written.
     """
-    from .cli import quality_range, refuse_inputs_as_outputs, run_command, writing
-
-    def parse(arguments: Sequence[str] | None) -> argparse.Namespace:
-        parser = argparse.ArgumentParser(
-            prog="python -m training.data",
-            description="Tables in the long format (one row per query and model). 'append' adds the rows of "
-                        "the later tables to the first (e.g. a new model's rows to the logs) and writes a new "
-                        "file: same columns required, a CSV header read as a header, the result validated as "
-                        "one table (no (query, model) pair twice), inputs never overwritten, the output written "
-                        "atomically.",
-            epilog="exit status: 0 on success; 2 on bad input (bad argument, missing or malformed table), with a "
-                   "one-line 'error:' on stderr; 1 if --out cannot be written.")
-        commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-        append = commands.add_parser("append", help="append tables into a new file",
-                                     description="Append long-format tables into a new file (--out).")
-        append.add_argument("tables", type=Path, nargs="+", metavar="PATH",
-                            help="two or more tables (.parquet/.csv/.csv.gz or a Parquet folder), in order")
-        append.add_argument("--out", type=Path, required=True, metavar="PATH",
-                            help="the appended table; .parquet, .csv or .csv.gz by its name")
-        append.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-        append.add_argument("--quality-range", type=quality_range, default=(0.0, 1.0), metavar="LO,HI",
-                            help="inclusive range of the quality column (default 0,1; e.g. 0,100 for percent)")
-        append.add_argument("--allow-pickle", action="store_true",
-                            help="read .pkl tables (unpickling runs any code they hold: trusted files only)")
-        return parser.parse_args(arguments)
+    from .cli import data_parser, refuse_inputs_as_outputs, run_command, writing
 
     def job(args: argparse.Namespace) -> tuple[int, Path]:
         refuse_inputs_as_outputs([("--out", args.out)], [("PATH", path) for path in args.tables])
@@ -1060,10 +1048,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {result[0]:,} rows to {result[1]}")
         return 0
 
-    return run_command(argv, parse, job, finish)
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
+    return run_command(argv, data_parser().parse_args, job, finish)

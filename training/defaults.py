@@ -7,7 +7,8 @@ from here.
 
 from __future__ import annotations
 
-__all__ = ["FIT_STRATEGIES", "MIN_FULLY_LOGGED", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS"]
+__all__ = ["AUTO_WORKERS_FROM_ROWS", "FIT_STRATEGIES", "MAX_AUTO_WORKERS", "MIN_FULLY_LOGGED", "OPTIONAL_COLUMNS",
+           "REQUIRED_COLUMNS"]
 
 #: Columns every long-format table has (``training.data.read_table``).
 REQUIRED_COLUMNS = ("query_id", "model", "quality", "cost_usd")
@@ -21,3 +22,9 @@ OPTIONAL_COLUMNS = ("prompt", "task", "subtask", "split", "response", "input_tok
 MIN_FULLY_LOGGED = 200
 #: Strategies ``training.fit --strategy`` can save a router for.
 FIT_STRATEGIES = ("cascade_routing", "cascade", "routing", "threshold")
+#: ``training.score --workers`` default: from this many input rows, one process per core (the ~3 s to start
+#: them and load the router pay off); below, one process with single-threaded kernels, which
+#: need no compiling (multi-threaded ones are compiled at start, ~6 s).
+AUTO_WORKERS_FROM_ROWS = 500_000
+#: At most this many processes by default: each holds the router (and a batch) in memory.
+MAX_AUTO_WORKERS = 8

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.collections import PathCollection
     from matplotlib.lines import Line2D
+    from matplotlib.path import Path as MplPath
     from matplotlib.text import Annotation
     from matplotlib.transforms import Bbox
 
@@ -41,9 +42,9 @@ class QualityCostDisplay:
         Mean cost and quality of always running each model; drawn as labelled
         markers.
     hull : bool, default=True
-        Also draw the frontier of the single models (the "linear" baseline
-        of the AUC: their upper hull, extended flat to the most expensive
-        model). Ignored without ``single_models``.
+        Also draw the frontier of the single models (the AUC tables' ``hull``
+        baseline, ``linear`` in ``report.json``: their upper hull, extended
+        flat to the most expensive model). Ignored without ``single_models``.
     fitted : dict of str to (cost, quality), optional
         Points to mark and label on top of the curves, e.g. the router at
         each budget it was fitted for (``"budget 0.001"``: its test cost and quality).
@@ -231,7 +232,7 @@ class QualityCostDisplay:
                 np.append(qualities[hull], qualities[hull[-1]]),
                 linestyle="--",
                 color="grey",
-                label="linear (single-model hull)",
+                label="single-model hull",
             )
 
 
@@ -246,58 +247,134 @@ def _pyplot() -> Any:
     return plt
 
 
-#: Offsets (points) tried in turn for a label, right of its point first, then further up and down.
-_LABEL_OFFSETS = tuple((dx, dy) for dy in (-10, 4, -22, 16, -34, 28, -46, 40, -58, 52) for dx in (5, -5))
+#: Offsets (points) tried in turn for a label: right of its point first, then further up and down, then further
+#: aside, so that a crowded point's label can move sideways rather than across the curve.
+_LABEL_OFFSETS = tuple((dx, dy) for dy in (-10, 4, -22, 16, -34, 28, -46, 40, -58, 52) for dx in (5, -5)) + tuple(
+    (dx, dy) for dx in (30, -30, 60, -60) for dy in (-10, 4, -22, 16, -34, 28))
 #: Vertical offsets (points) up to which a label reads as its point's without a leader line.
 _NEAR_OFFSET = 10
 #: Weight of hiding a label or a point against crossing one line, when no place is free.
 _HIDES = 100
+#: Weight of a label a reader may pair with the wrong point (see :func:`_place_labels`) against crossing a line.
+_MISLEADS = 10
+#: A label less than this many pixels further from its own point than from another is ambiguous.
+_AMBIGUOUS_PX = 8.0
+#: Most passes moving each label to its best place given all the others, after the greedy first one.
+_SWEEPS = 5
+
+
+def _leader(box: Bbox, marker: Any) -> MplPath:
+    """The leader line from a label's box to its point, as drawn (from the box's centre; the part outside it)."""
+    from matplotlib.path import Path as MplPath
+
+    (x0, y0), (x1, y1) = box.get_points()
+    centre = ((x0 + x1) / 2, (y0 + y1) / 2)
+    dx, dy = marker[0] - centre[0], marker[1] - centre[1]
+    # leave the box where the line from its centre does: scale to the nearer of the two edges it crosses
+    half_w, half_h = (x1 - x0) / 2, (y1 - y0) / 2
+    t = min(half_w / abs(dx) if dx else float("inf"), half_h / abs(dy) if dy else float("inf"), 1.0)
+    return MplPath([(centre[0] + t * dx, centre[1] + t * dy), tuple(marker)])
 
 
 def _place_labels(ax: Axes, points: list[tuple[str, float, float]]) -> list[Annotation]:
-    """Annotate each point at the first offset whose text stays in the axes and covers no label, point or line.
+    """Annotate each point where its text and leader stay clear of every label, leader, point and line.
 
-    Greedy, cheapest offsets first, points from left to right: enough for
-    the handful of models and budgets of a quality-cost plot. A label that
-    finds no free offset takes the one hiding the fewest labels and points,
-    then crossing the fewest lines.
-    Labels are left out of the layout (they sit inside the axes), so that
-    placing them does not move the axes they were placed on.
+    Greedy, cheapest offsets first, points from left to right, then
+    passes (at most :data:`_SWEEPS`, until none moves) that move each label to its best place given all
+    the others (a label placed early cannot see the leaders of later ones):
+    enough for the handful of models and budgets of a quality-cost plot.
+    Where no place is free, a label takes the one hiding the fewest labels and
+    points, then misleading least (read as another point's: nearer another
+    point than its own, or a leader crossing another leader, a label or a
+    point), then crossing the fewest lines. Labels are left out of the layout
+    (they sit inside the axes), so that placing them does not move the axes
+    they were placed on.
     """
     if not points:
         return []
     renderer = ax.figure.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg canvases (savefig's) have it
     ax.figure.canvas.draw()  # settle limits, scales and layout, so that extents are final
+    points = sorted(points, key=lambda p: (p[1], -p[2]))
     markers = [ax.transData.transform((cost, quality)) for _, cost, quality in points]
     lines = [line.get_transform().transform_path(line.get_path()) for line in ax.get_lines()]
     inside = ax.get_window_extent(renderer)
-    placed: list[Annotation] = []
-    boxes: list[Bbox] = []
-    for name, cost, quality in sorted(points, key=lambda p: (p[1], -p[2])):
-        best = None
+    # every place each label may take: (offset, its box, its leader or None), inside the axes only
+    options: list[list[tuple[tuple[int, int], Bbox, MplPath | None]]] = []
+    for (name, cost, quality), marker in zip(points, markers, strict=True):
+        mine = []
         for dx, dy in _LABEL_OFFSETS:
-            label = ax.annotate(name, (cost, quality), textcoords="offset points", xytext=(dx, dy),
-                                fontsize="small", ha="left" if dx > 0 else "right", in_layout=False)
+            label = _annotate(ax, name, (cost, quality), (dx, dy), leader=False)
             box = label.get_window_extent(renderer).expanded(1.05, 1.1)
             label.remove()
-            if not (inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)):
-                continue
-            # Hiding a label or a point loses information; crossing a line only makes it harder to read.
-            covered = (_HIDES * (sum(box.overlaps(other) for other in boxes) + sum(box.contains(*m) for m in markers))
-                       + sum(path.intersects_bbox(box, filled=False) for path in lines))
-            if best is None or covered < best[0]:
-                best = (covered, dx, dy, box)
-            if covered == 0:
-                break
-        _, dx, dy, chosen = best if best is not None else (0, *_LABEL_OFFSETS[0], None)
-        # A label pushed away from its point gets a thin leader, so it cannot be read as another point's.
-        leader: dict[str, Any] = {"arrowprops": {"arrowstyle": "-", "color": "grey", "linewidth": 0.6, "shrinkA": 0,
-                                 "shrinkB": 3}} if abs(dy) > _NEAR_OFFSET else {}
-        label = ax.annotate(name, (cost, quality), textcoords="offset points", xytext=(dx, dy),
-                            fontsize="small", ha="left" if dx > 0 else "right", in_layout=False, **leader)
-        placed.append(label)
-        boxes.append(chosen if chosen is not None else label.get_window_extent(renderer))
-    return placed
+            if inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1):
+                mine.append(((dx, dy), box, _leader(box, marker) if _needs_leader(dx, dy) else None))
+        options.append(mine or [(_LABEL_OFFSETS[0], _annotate_box(ax, renderer, name, (cost, quality)), None)])
+
+    def penalty(i: int, option: tuple[tuple[int, int], Bbox, MplPath | None], chosen: dict[int, int]) -> float:
+        _, box, leader = option
+        others = [options[j][k] for j, k in chosen.items() if j != i]
+        other_markers = [m for j, m in enumerate(markers) if j != i]
+        hides = sum(box.overlaps(b) for _, b, _ in others) + sum(box.contains(*m) for m in markers)
+        own = _distance(box, markers[i])  # a leader says whose label it is; without one, nearness does
+        misleads = 0 if leader is not None else sum(_distance(box, m) < own + _AMBIGUOUS_PX for m in other_markers)
+        misleads += sum(line.intersects_bbox(box, filled=True) for _, _, line in others if line is not None)
+        crosses = sum(path.intersects_bbox(box, filled=False) for path in lines)
+        if leader is not None:
+            misleads += (sum(leader.intersects_path(line, filled=False) for _, _, line in others if line is not None)
+                         + sum(leader.intersects_bbox(b, filled=True) for _, b, _ in others)
+                         + sum(leader.intersects_bbox(_around(m), filled=True) for m in other_markers))
+            crosses += sum(leader.intersects_path(path, filled=False) for path in lines)
+        return _HIDES * hides + _MISLEADS * misleads + crosses
+
+    chosen: dict[int, int] = {}
+    for sweep in range(1 + _SWEEPS):
+        before = dict(chosen)
+        for i in range(len(points)):
+            costs = [penalty(i, option, chosen) for option in options[i]]
+            # the first sweep takes the first free place; later ones the best (ties keep the cheaper offset)
+            free = [k for k, c in enumerate(costs) if c == 0]
+            chosen[i] = free[0] if sweep == 0 and free else min(range(len(costs)), key=costs.__getitem__)
+        if chosen == before:
+            break
+    return [_annotate(ax, name, (cost, quality), options[i][chosen[i]][0],
+                      leader=options[i][chosen[i]][2] is not None)
+            for i, (name, cost, quality) in enumerate(points)]
+
+
+def _annotate(ax: Axes, name: str, point: tuple[float, float], offset: tuple[int, int], *,
+              leader: bool) -> Annotation:
+    """A point's label at ``offset`` points from it; with a thin leader when it stands away from its point."""
+    style: dict[str, Any] = {"arrowprops": {"arrowstyle": "-", "color": "grey", "linewidth": 0.6, "shrinkA": 0,
+                                            "shrinkB": 3}} if leader else {}
+    return ax.annotate(name, point, textcoords="offset points", xytext=offset, fontsize="small",
+                       ha="left" if offset[0] > 0 else "right", in_layout=False, **style)
+
+
+def _annotate_box(ax: Axes, renderer: Any, name: str, point: tuple[float, float]) -> Bbox:
+    """The box of a label at the first offset, for a label that fits nowhere inside the axes."""
+    label = _annotate(ax, name, point, _LABEL_OFFSETS[0], leader=False)
+    box = label.get_window_extent(renderer)
+    label.remove()
+    return box
+
+
+def _distance(box: Bbox, point: Any) -> float:
+    """On-screen distance from a point to a box (0 inside it)."""
+    x, y = point
+    return float(np.hypot(max(box.x0 - x, 0.0, x - box.x1), max(box.y0 - y, 0.0, y - box.y1)))
+
+
+def _around(point: Any, half: float = 5.0) -> Bbox:
+    """The box a marker covers on screen (``half`` pixels each way)."""
+    from matplotlib.transforms import Bbox
+
+    x, y = point
+    return Bbox([[x - half, y - half], [x + half, y + half]])
+
+
+def _needs_leader(dx: float, dy: float) -> bool:
+    """Whether a label this far from its point needs a leader line to be read as that point's."""
+    return abs(dy) > _NEAR_OFFSET or abs(dx) > _NEAR_OFFSET
 
 
 def _transpose(pairs: Any, name: str = "single_models") -> Curve:

@@ -15,11 +15,12 @@ from __future__ import annotations
 if __name__ == "__main__":  # parse before the heavy imports below, so that --help and usage errors answer at once
     import sys
 
-    from training.cli import evaluate_parser, parse_or_exit_code
+    from training.cli import evaluate_parser, logged_parser, parse_or_exit_code
 
     given = sys.argv[1:]
     logged = any(arg == "--logged" or arg.startswith("--logged=") for arg in given)  # its own parser (issue 34)
-    if not logged and isinstance(code := parse_or_exit_code(evaluate_parser().parse_args, given), int):
+    if isinstance(code := parse_or_exit_code((logged_parser if logged else evaluate_parser)().parse_args, given),
+                  int):
         sys.exit(code)
     from importlib import import_module
 

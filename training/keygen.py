@@ -17,14 +17,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .artifact import new_key_pair
-from .cli import BAD_INPUT, fail, parse_or_exit_code
+from .cli import BAD_INPUT, HelpFormatter, fail, parse_or_exit_code
 
 __all__ = ["main"]
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.keygen", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.keygen", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter,
+                                     epilog="exit status: 0 on success; 2 on bad input (bad argument, a key file "
+                                            "that exists or cannot be created), with a one-line 'error:' on stderr.")
     parser.add_argument("private", type=Path, help="file for the private key (created with mode 0600)")
     parser.add_argument("public", type=Path, help="file for the public key")
     return parser.parse_args(argv)
@@ -45,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_or_exit_code(_parse, argv)
     if isinstance(args, int):
         return args
+    from .artifact import new_key_pair  # joblib, NumPy, cryptography: not for --help
+
     private, public = new_key_pair()
     written = []
     try:

@@ -238,15 +238,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         0 on success, 2 on a bad argument or unreadable logs, 1 if ``--json`` cannot be written.
     """
-    import argparse
     import json
-    from pathlib import Path
 
     from .cli import (
         CANNOT_WRITE,
         OutputError,
-        add_verify_arguments,
         fail,
+        logged_parser,
         parse_or_exit_code,
         refuse_inputs_as_outputs,
         verification_key,
@@ -256,19 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .router import load_router
     from .traffic_log import read_logs
 
-    parser = argparse.ArgumentParser(
-        prog="python -m training.evaluate --logged",
-        description="Off-policy estimates (IPS and doubly robust, with intervals) of a candidate artifact's mean "
-                    "quality and cost on the traffic a training.serve --log-dir logged, from the logs alone.")
-    parser.add_argument("--logged", type=Path, required=True, metavar="DIR", help="the service's --log-dir")
-    parser.add_argument("--artifact", type=Path, required=True, help="the candidate router (training.fit --out)")
-    parser.add_argument("--budget", type=float, default=None, help="the candidate's budget (default its largest)")
-    parser.add_argument("--labels", type=Path, default=None, metavar="FILE",
-                        help="your labels (.parquet or .csv: query_id = the request id, quality, optionally "
-                             "model); joined over the /v1/feedback labels (default: those only)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the estimates here (default: no)")
-    add_verify_arguments(parser)
-    args = parse_or_exit_code(parser.parse_args, argv)
+    args = parse_or_exit_code(logged_parser().parse_args, argv)
     if isinstance(args, int):
         return args
     try:

@@ -32,7 +32,9 @@ from .cli import (
     HelpFormatter,
     add_artifact_argument,
     add_budget_arguments,
+    add_log_arguments,
     add_quiet_argument,
+    add_shadow_arguments,
     add_verify_arguments,
     exit_status,
     fail,
@@ -132,11 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--graceful-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="seconds requests in flight may take to finish after SIGTERM or Ctrl-C")
     add_verify_arguments(parser)
-    from .serving.traffic import add_log_arguments
-
     add_log_arguments(parser)
-    from .serving.shadow import add_shadow_arguments
-
     add_shadow_arguments(parser)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="least severe log records written to stderr (requests are not logged one by one)")

@@ -46,6 +46,18 @@ fresh machine, with enough structure for every part to show something:
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # parse before the imports below (NumPy, pandas), so that --help answers at once
+    import sys
+
+    from training.cli import parse_or_exit_code, synthetic_parser
+
+    if isinstance(code := parse_or_exit_code(synthetic_parser().parse_args, sys.argv[1:]), int):
+        sys.exit(code)
+    from importlib import import_module
+
+    # run the importable module (parsed again): one copy of it, the one tests import
+    sys.exit(import_module("training.synthetic").main())
+
 import functools
 import math
 import random
@@ -59,6 +71,7 @@ import pandas as pd
 from estimators.table import RoutingTable
 
 from .data import read_table
+from .synthetic_models import SYNTHETIC_MODELS, SyntheticModel
 
 __all__ = [
     "ASSUMED_THROUGHPUT",
@@ -74,70 +87,6 @@ __all__ = [
 TASKS = ("science-mc", "commonsense-2way", "math-word", "code-python")
 TASK_SHARES = (0.35, 0.30, 0.20, 0.15)
 
-
-@dataclass(frozen=True)
-class SyntheticModel:
-    """One synthetic model and the real RouterBench model whose figures it imitates.
-
-    Attributes
-    ----------
-    name : str
-        Synthetic name (``synthetic-...``), used as ``model`` in the table.
-    imitates : str
-        RouterBench model whose mean accuracy and mean cost are the targets.
-    accuracy : float
-        Target mean quality (RouterBench subset ``models.csv``).
-    cost_usd : float
-        Target mean cost per query in USD (same source).
-    task_accuracy : tuple of float
-        Accuracy pattern over :data:`TASKS`; sets the per-task skill (the
-        overall level is re-calibrated to ``accuracy``).
-    input_price, output_price : float
-        Invented USD per 1M tokens, tuned so that the mean cost is near
-        ``cost_usd`` for the default task mix.
-    tokenizer : float
-        Tokens per (characters / 4): different models count differently.
-    style : int
-        How much a model writes around its math answer (0 terse, 2 chatty).
-
-    Its serving speed is :data:`ASSUMED_THROUGHPUT` of ``imitates``.
-    """
-
-    name: str
-    imitates: str
-    accuracy: float
-    cost_usd: float
-    task_accuracy: tuple[float, float, float, float]
-    input_price: float
-    output_price: float
-    tokenizer: float
-    style: int
-
-
-# Targets: routerbench_subset/models.csv (mean_quality, mean_cost_usd); task
-# patterns: RouterBench per-task accuracy on ARC-Challenge, Winogrande and
-# MBPP from the same data, math invented. Prices: tuned offline (see
-# tests/test_synthetic.py for the tolerance), output/input ratio from the
-# list prices RouterBench used (1 for open models, 2 for GPT-3.5, 3 for
-# Claude 2 and GPT-4).
-SYNTHETIC_MODELS: tuple[SyntheticModel, ...] = (
-    SyntheticModel("synthetic-tiny-7b", "mistralai/mistral-7b-chat", 0.584, 8.13e-5,
-                   (0.671, 0.566, 0.40, 0.344), 0.323, 0.323, 1.00, 2),
-    SyntheticModel("synthetic-small-13b", "WizardLM/WizardLM-13B-V1.2", 0.567, 1.23e-4,
-                   (0.658, 0.529, 0.45, 0.370), 0.446, 0.446, 1.10, 2),
-    SyntheticModel("synthetic-moe-47b", "mistralai/mixtral-8x7b-chat", 0.741, 2.48e-4,
-                   (0.854, 0.679, 0.62, 0.541), 0.989, 0.989, 1.00, 1),
-    SyntheticModel("synthetic-coder-34b", "meta/code-llama-instruct-34b-chat", 0.612, 3.11e-4,
-                   (0.663, 0.585, 0.35, 0.518), 1.14, 1.14, 1.10, 0),
-    SyntheticModel("synthetic-chat-34b", "zero-one-ai/Yi-34B-Chat", 0.773, 3.29e-4,
-                   (0.903, 0.754, 0.68, 0.386), 1.25, 1.25, 1.05, 1),
-    SyntheticModel("synthetic-turbo", "gpt-3.5-turbo-1106", 0.732, 4.19e-4,
-                   (0.834, 0.641, 0.72, 0.653), 1.71, 3.41, 0.95, 1),
-    SyntheticModel("synthetic-large-v2", "claude-v2", 0.551, 3.79e-3,
-                   (0.589, 0.478, 0.80, 0.642), 13.5, 40.6, 1.05, 2),
-    SyntheticModel("synthetic-frontier", "gpt-4-1106-preview", 0.879, 5.02e-3,
-                   (0.954, 0.859, 0.92, 0.686), 19.9, 59.6, 0.95, 1),
-)
 
 #: Serving speed ``(ttft_s, output_tokens_per_s)`` we **assume** for each RouterBench model: seconds to
 #: the first token and output tokens per second. RouterBench logs tokens, not time, so latency is derived
@@ -693,30 +642,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     from pathlib import Path
 
-    from .cli import model_names, non_negative_int, positive_int, run_command, writing
+    from .cli import run_command, synthetic_parser, writing
     from .data import write_table
-
-    def parse(arguments: Sequence[str] | None) -> argparse.Namespace:
-        parser = argparse.ArgumentParser(
-            prog="python -m training.synthetic",
-            description="Write the built-in synthetic benchmark (the default data of python -m training.fit) as a "
-                        "long-format table: one row per query and model with query_id, task, subtask, split, "
-                        "prompt, model, quality, cost_usd, input_tokens, output_tokens, latency_s, response. "
-                        "Made up: never report results on it as results about real models.",
-            epilog="exit status: 0 on success; 2 on bad input (bad argument, --out exists), with a one-line "
-                   "'error:' on stderr; 1 if --out cannot be written.")
-        parser.add_argument("--out", type=Path, required=True, metavar="PATH",
-                            help="the table to write; .parquet, .csv or .csv.gz by its name")
-        parser.add_argument("--n-queries", type=positive_int, default=4000, metavar="N",
-                            help="number of queries, each with a row per model (default: 4000)")
-        parser.add_argument("--seed", type=non_negative_int, default=0, metavar="SEED",
-                            help="seed of every random choice; another seed gives other queries (default: 0)")
-        names = ", ".join(m.name for m in SYNTHETIC_MODELS)
-        parser.add_argument("--models", type=model_names, default=None, metavar="A,B,C",
-                            help="comma-separated models to keep, e.g. all but one to play a new model's arrival "
-                                 f"(default: all {len(SYNTHETIC_MODELS)}: {names})")
-        parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-        return parser.parse_args(arguments)
 
     def job(args: argparse.Namespace) -> tuple[int, Path]:
         frame = make_benchmark(args.n_queries, seed=args.seed)
@@ -734,10 +661,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {result[0]:,} synthetic queries to {result[1]}")
         return 0
 
-    return run_command(argv, parse, job, finish)
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
+    return run_command(argv, synthetic_parser().parse_args, job, finish)

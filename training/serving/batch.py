@@ -57,18 +57,15 @@ from threadpoolctl import threadpool_limits
 
 from ..artifact import manifest_path
 from ..cli import (
-    HelpFormatter,
+    SCORE_EXIT_STATUS,
     RunFailed,
-    add_artifact_argument,
-    add_budget_arguments,
-    add_quiet_argument,
-    add_verify_arguments,
     fail,
-    positive_int,
     refuse_inputs_as_outputs,
     run_command,
+    score_parser,
     verification_key,
 )
+from ..defaults import AUTO_WORKERS_FROM_ROWS, MAX_AUTO_WORKERS
 from ..router import Router, load_router, load_router_with_sha256
 from .logged import DISAGREES_ON, PER_QUERY_TEXT, ScoreError, check_columns, required_columns
 from .outputs import RunOutputs, check_paths
@@ -78,13 +75,7 @@ __all__ = ["AUTO_WORKERS_FROM_ROWS", "EXIT_CODES", "MAX_AUTO_WORKERS", "auto_wor
            "iter_tables", "main", "parse_args", "run", "scattered_queries", "summary"]
 
 #: Exit codes of :func:`main`, listed in ``--help``.
-EXIT_CODES = ("exit status: 0 on success (with a 'warning:' line on stderr, naming the top reasons, when rows were "
-              "rejected); 2 on bad input (bad argument, missing or unreadable file, missing columns, a budget below "
-              "every fitted policy, an output that is an input or exists without --overwrite, an interrupted run "
-              "without --resume, an input changed while it was read), with a one-line 'error:' on stderr; 2 also "
-              "when rows were rejected and none scored, or more than --max-reject-share (the results and the rejects "
-              "are written first); 1 if an output cannot be written or a worker process died; 130 after Ctrl-C and "
-              "143 after SIGTERM (completed batches are kept for --resume).")
+EXIT_CODES = SCORE_EXIT_STATUS
 
 
 # --------------------------------------------------------------------------- #
@@ -625,12 +616,6 @@ def _await_workers(workers: _Workers, n_workers: int) -> None:
     workers.result(workers.pool.map_async(_warm_worker, range(n_workers), chunksize=1), "while loading the router")
 
 
-#: ``--workers`` default: from this many input rows, one process per core (the ~3 s to start
-#: them and load the router pay off); below, one process with single-threaded kernels, which
-#: need no compiling (multi-threaded ones are compiled at start, ~6 s).
-AUTO_WORKERS_FROM_ROWS = 500_000
-#: At most this many processes by default: each holds the router (and a batch) in memory.
-MAX_AUTO_WORKERS = 8
 
 
 def auto_workers(n_rows: int) -> int:
@@ -671,59 +656,14 @@ def _check_unchanged(path: Path, stat: os.stat_result, rows_read: int | None = N
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m training.score``, apart from :func:`parse_args` so docs and tests can read its flags.
 
+    Defined in :mod:`training.cli` (:func:`~training.cli.score_parser`), so
+    that ``--help`` answers without importing this module.
+
     Returns
     -------
     argparse.ArgumentParser
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m training.score",
-        description="Score traffic with a fitted router: first model, plan and ex-ante estimates per query, "
-                    "or (logged input with a 'model' column) a full cascade replay with realised cost and quality.",
-        epilog=EXIT_CODES, formatter_class=HelpFormatter)
-    add_artifact_argument(parser)
-    parser.add_argument("--input", required=True, metavar="PATH",
-                        help="Parquet or CSV (.csv, .csv.gz) file: one row per query, or the long format with "
-                             "logged outcomes (the rows of a query contiguous: memory stays bounded by the batch)")
-    parser.add_argument("--output", required=True, metavar="PATH",
-                        help="Parquet file for the decisions (with --engine spark: a dataset directory or URI)")
-    add_budget_arguments(parser, fitting=False)
-    parser.add_argument("--batch-size", type=positive_int, default=65536, metavar="ROWS",
-                        help="input rows scored per batch (the file itself is read a few MB at a time)")
-    parser.add_argument("--rejects", default=None, metavar="PATH",
-                        help="Parquet file for rejected rows; default: OUTPUT with suffix .rejects.parquet")
-    parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
-                        help="processes scoring batches in parallel, each loading the router; 1 = in this "
-                             "process with multi-threaded kernels (compiled at start, a few seconds); "
-                             f"default: one process per core (up to {MAX_AUTO_WORKERS}) from "
-                             f"{AUTO_WORKERS_FROM_ROWS:,} input rows, below that this process with "
-                             "single-threaded kernels")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the interrupted run recorded in OUTPUT.partial/ from its last completed "
-                             "batch (same input, artifact, budget and batch size); the result is the rows of an "
-                             "uninterrupted run")
-    parser.add_argument("--engine", choices=("local", "spark"), default="local",
-                        help="'spark': read --input (a Parquet file or directory) and write --output and the "
-                             "rejects as Parquet datasets through Spark (pip install \"cascade-router[spark]\"); "
-                             "--batch-size, --workers and --resume are then Spark's business")
-    parser.add_argument("--grouped", action="store_true",
-                        help="with --engine spark: the rows of each query stand together in the input (as "
-                             "--engine local requires), so Spark scores each split where it is read, without "
-                             "shuffling every row by query_id; only the queries at the splits' edges are "
-                             "regrouped. A task that finds a query's rows apart fails, naming it; drop --grouped "
-                             "then (default: shuffle)")
-    parser.add_argument("--master", default=None, metavar="URL",
-                        help="Spark master with --engine spark (e.g. local[2]); default: what spark-submit or "
-                             "the Spark defaults say")
-    add_verify_arguments(parser)
-    parser.add_argument("--max-reject-share", type=float, default=None, metavar="SHARE",
-                        help="exit 2 (after writing the results and the rejects) when more than this share of the "
-                             "input rows is rejected, e.g. 0.01; whatever it is, a run that rejects rows and scores "
-                             "nothing exits 2; default: no limit")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing --output and rejects file (each replaced only when the run has "
-                             "completed); without it an existing one is refused (exit 2), never overwritten")
-    add_quiet_argument(parser)
-    return parser
+    return score_parser()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -28,7 +28,6 @@ logged and counted, never a failed request.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import math
@@ -36,7 +35,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -44,7 +42,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from ..offpolicy import FAILED, replay
 from ..router import Router
 
-__all__ = ["Comparison", "Shadow", "add_shadow_arguments", "compare", "check_shadow"]
+__all__ = ["Comparison", "Shadow", "compare", "check_shadow"]
 
 log = logging.getLogger(__name__)
 
@@ -282,16 +280,3 @@ class Shadow:
         """Wait for the comparisons in flight (their rows submitted), then stop the thread."""
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.executor.shutdown(wait=True)
-
-
-def add_shadow_arguments(parser: argparse.ArgumentParser) -> None:
-    """``training.serve``'s options of the shadow router."""
-    group = parser.add_argument_group("shadow router (issue 34)")
-    group.add_argument("--shadow", type=Path, default=None, metavar="ARTIFACT",
-                       help="a second router artifact (the same models; verified like --artifact) whose decisions "
-                            "are replayed on each served cascade's answers, never calling a model, and compared "
-                            "(router_shadow_* in /metrics; shadow_* columns in the --log-dir rows); its quality "
-                            "and cost: training.evaluate --logged DIR --artifact ARTIFACT")
-    group.add_argument("--shadow-budget", type=float, default=None, metavar="USD",
-                       help="the shadow's budget (its largest fitted budget not above it); default each request's "
-                            "served budget")

@@ -49,7 +49,7 @@ from ..explore import Exploration
 from ..files import write_atomically
 from ..traffic_log import FEEDBACK_PREFIX, FEEDBACK_SCHEMA, TRAFFIC_PREFIX, TRAFFIC_SCHEMA
 
-__all__ = ["LogConfig", "TrafficLog", "add_log_arguments", "feedback_row", "log_config", "request_rows"]
+__all__ = ["LogConfig", "TrafficLog", "feedback_row", "log_config", "request_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -227,36 +227,8 @@ def feedback_row(request_id: str, model: str, quality: float) -> dict[str, Any]:
     return {"query_id": request_id, "model": model, "quality": quality, "received_at": datetime.now(timezone.utc)}
 
 
-def add_log_arguments(parser: argparse.ArgumentParser) -> None:
-    """``training.serve``'s options of the traffic log and exploration."""
-    from ..cli import positive_int
-
-    group = parser.add_argument_group("traffic log and exploration (issue 34)")
-    group.add_argument("--log-dir", type=Path, default=None, metavar="DIR",
-                       help="log every answered request, one row per model called, in the long format training.fit "
-                            "reads (Parquet files, written atomically off the request path), and accept labels at "
-                            "POST /v1/feedback")
-    group.add_argument("--log-max-bytes", type=positive_int, default=10 << 30, metavar="BYTES",
-                       help="disk use of the log files past which new rows are counted (router_log_rows), not "
-                            "written; nothing is ever deleted")
-    group.add_argument("--log-file-rows", type=positive_int, default=10_000, metavar="ROWS",
-                       help="rows per log file")
-    group.add_argument("--log-file-seconds", type=float, default=60.0, metavar="SECONDS",
-                       help="a log file is written once its oldest row is this old")
-    group.add_argument("--explore", type=float, default=0.0, metavar="EPSILON",
-                       help="probability that a paced request also calls uniformly drawn models the policy did "
-                            "not call (after answering), logged with its propensity; needs --pace and --log-dir "
-                            "(0: never)")
-    group.add_argument("--baseline-model", default=None, metavar="NAME",
-                       help="the all-frontier baseline whose cost per request (its prices at the request's tokens) "
-                            "and the saving go to /metrics and the log; default the model with the highest prices")
-    group.add_argument("--explore-models", type=positive_int, default=1, metavar="M",
-                       help="models an exploring request draws; off-line evaluation of a candidate sees every "
-                            "path that leaves the logging cascade at up to M models (the cascade depth: all)")
-
-
 def log_config(args: argparse.Namespace) -> LogConfig | None:
-    """The :class:`LogConfig` of ``add_log_arguments``' options (``None`` without ``--log-dir``)."""
+    """The :class:`LogConfig` of :func:`training.cli.add_log_arguments`' options (``None`` without ``--log-dir``)."""
     if not 0 < args.log_file_seconds < float("inf"):
         raise ValueError(f"--log-file-seconds must be a number of seconds > 0, got {args.log_file_seconds}")
     if args.log_dir is None:
