@@ -194,9 +194,9 @@ class KNNQualityRegressor(_Peer):
 
 def _cell_weights(sample_weight: ArrayLike | None, X: np.ndarray, Y: np.ndarray) -> NDArray[np.float64]:
     """Checked row weights ``(n,)``, or per-cell weights ``(n, K)``: every model needs a positive total (its mean)."""
-    if sample_weight is None or np.ndim(sample_weight) < 2:
-        return _check_sample_weight(sample_weight, X)
-    weight = np.asarray(sample_weight, dtype=np.float64)
+    weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if weight is None or weight.ndim < 2:
+        return _check_sample_weight(weight, X)
     if weight.shape != Y.shape or not np.isfinite(weight).all() or (weight < 0).any():
         raise ValueError(f"per-cell sample_weight must be finite, >= 0 and shaped like y {Y.shape}; "
                          f"got shape {weight.shape}")
