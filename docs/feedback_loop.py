@@ -135,11 +135,15 @@ def main(argv=None) -> int:
     parser.add_argument("--epsilon", type=float, default=0.1)
     parser.add_argument("--explore-models", type=int, default=3)
     parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the initial 10 %% and of the served queries' exploration draws; the docs "
+                             "are the run of seed 0, another seed only prints its table and writes its JSON "
+                             "into --work-dir (or the current folder)")
     args = parser.parse_args(argv)
     table = read_table(DATA)
     train, calibration, test = split(table.n_queries, FRACTIONS, 0)
     hidden = np.union1d(train, calibration)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.seed)
     initial = np.sort(rng.choice(hidden, size=round(0.1 * len(hidden)), replace=False))
     rest = np.setdiff1d(hidden, initial)
     frame = with_split_column(pd.read_parquet(DATA), table, (train, calibration, test))[COLUMNS]
@@ -154,7 +158,7 @@ def main(argv=None) -> int:
         seed_rows = frame[np.isin(q_of, np.union1d(initial, test))]
         report0, artifact0 = fit("r0", seed_rows, work, budgets, 0)
         router0 = load_router(artifact0)
-        played, draws = serve(router0, table, rest, exploration, random.Random(1), budget)
+        played, draws = serve(router0, table, rest, exploration, random.Random(1 + args.seed), budget)
         logged = write_log(work / "log", table, rest, played, draws, exploration, budget)
         refit = pd.concat([seed_rows.assign(propensity=1.0), logged.assign(
             split=with_split_column(logged, table, (train, calibration, test))["split"])[COLUMNS + ["propensity"]]],
@@ -220,9 +224,14 @@ def main(argv=None) -> int:
                                                                                  strict=True)])),
                        "covered_of": len(seeds), "covered": covered, "seeds": seeds},
                "machine": {"cpus": os.cpu_count(), "load_average_at_end": list(os.getloadavg())}}
-    write_atomically(DOCS / "feedback_loop.json", json.dumps(payload, indent=1, default=float) + "\n")
+    payload["seed"] = args.seed
     text = table_text(payload)
-    replace_block(DOCS / "feedback_loop.md", text, BEGIN, END, f"# Closing the loop\n\n{BEGIN}\n{END}\n")
+    if args.seed:
+        write_atomically(Path(args.work_dir or ".") / "feedback_loop.json", json.dumps(payload, indent=1,
+                                                                                      default=float) + "\n")
+    else:
+        write_atomically(DOCS / "feedback_loop.json", json.dumps(payload, indent=1, default=float) + "\n")
+        replace_block(DOCS / "feedback_loop.md", text, BEGIN, END, f"# Closing the loop\n\n{BEGIN}\n{END}\n")
     print(text)
     return 0
 

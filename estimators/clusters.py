@@ -144,29 +144,41 @@ class CellPrior(NamedTuple):
             return labels if labels.shape[1] else np.ones((labels.shape[0], 1))
         return np.hstack([labels, self.clusters.one_hot(prompt_features)])
 
-    def fit(self, prompt_features: NDArray[np.float64], quality: NDArray[np.float64]) -> TaskMeanRegressor:
-        """The shrunk per-cell means of ``quality`` ``(N, K)`` over these cells (predict with :meth:`keys`)."""
+    def fit(self, prompt_features: NDArray[np.float64], quality: NDArray[np.float64],
+            weights: NDArray[np.float64] | None = None) -> TaskMeanRegressor:
+        """The shrunk per-cell means of ``quality`` ``(N, K)`` over these cells (predict with :meth:`keys`).
+
+        ``weights`` ``(N, K)``: per (query, model) weights, 0 where not
+        logged (partial logs; see :func:`choose_prior`).
+        """
         keys = self.keys(prompt_features)
         return TaskMeanRegressor(prior_weight=self.prior_weight).fit(
-            keys, quality, feature_names=[f"{CATEGORY_PREFIX}{j}" for j in range(keys.shape[1])])
+            keys, quality, feature_names=[f"{CATEGORY_PREFIX}{j}" for j in range(keys.shape[1])],
+            sample_weight=weights)
 
 
-def _log_loss(y: np.ndarray, q: np.ndarray) -> float:
+def _log_loss(y: np.ndarray, q: np.ndarray, cells: np.ndarray | None = None) -> float:
+    """Summed log loss, each (query, model) term times its weight in ``cells`` when given."""
     q = np.clip(q, _EPS, 1.0 - _EPS)
-    return float(-(y * np.log(q) + (1.0 - y) * np.log(1.0 - q)).sum())
+    terms = -(y * np.log(q) + (1.0 - y) * np.log(1.0 - q))
+    return float(terms.sum() if cells is None else (cells * np.where(cells > 0, terms, 0.0)).sum())
 
 
-def _out_of_fold_loss(keys: np.ndarray, quality: np.ndarray, query_fold: np.ndarray, weights: Sequence[float]
-                      ) -> np.ndarray:
-    """Log loss of the shrunk cell means, each fold's queries estimated from the others, per prior weight."""
+def _out_of_fold_loss(keys: np.ndarray, quality: np.ndarray, query_fold: np.ndarray, weights: Sequence[float],
+                      cells: np.ndarray | None = None) -> np.ndarray:
+    """Log loss of the shrunk cell means, each fold's queries estimated from the others, per prior weight.
+
+    ``cells`` ``(N, K)`` weighs each (query, model) term (0: not logged).
+    """
     names = [f"{CATEGORY_PREFIX}{j}" for j in range(keys.shape[1])]
     loss = np.zeros(len(weights))
     for fold in np.unique(query_fold):
         inside = query_fold == fold
         for w, weight in enumerate(weights):
             estimate = TaskMeanRegressor(prior_weight=weight).fit(
-                keys[~inside], quality[~inside], feature_names=names).predict_cells(keys[inside])
-            loss[w] += _log_loss(quality[inside], estimate)
+                keys[~inside], quality[~inside], feature_names=names,
+                sample_weight=None if cells is None else cells[~inside]).predict_cells(keys[inside])
+            loss[w] += _log_loss(quality[inside], estimate, None if cells is None else cells[inside])
     return loss
 
 
@@ -214,7 +226,8 @@ def cluster_space(prompt_features: NDArray[np.float64], names: Sequence[str]
 def choose_prior(prompt_features: NDArray[np.float64], quality: NDArray[np.float64], names: Sequence[str],
                  query_fold: NDArray[np.int64], random_state: int = 0,
                  cluster_counts: Sequence[int] = CLUSTER_COUNTS,
-                 prior_weights: Sequence[float] = PRIOR_WEIGHTS) -> CellPrior:
+                 prior_weights: Sequence[float] = PRIOR_WEIGHTS,
+                 weights: NDArray[np.float64] | None = None) -> CellPrior:
     """The cells and shrinkage whose per-cell means predict held-out queries best.
 
     Candidates: the task/subtask columns alone (none without labels: the
@@ -230,7 +243,7 @@ def choose_prior(prompt_features: NDArray[np.float64], quality: NDArray[np.float
     prompt_features : ndarray of float64, shape (N, F)
         Training queries' prompt features.
     quality : ndarray of float64, shape (N, K)
-        Their quality, every cell labelled.
+        Their quality, every cell labelled (read only where ``weights`` > 0).
     names : sequence of str, shape (F,)
         Feature names: ``category__…`` columns are labels, ``text__…`` and
         ``structure__…`` columns are clustered (:func:`cluster_space`).
@@ -240,6 +253,11 @@ def choose_prior(prompt_features: NDArray[np.float64], quality: NDArray[np.float
         Seed of k-means.
     cluster_counts, prior_weights : sequence
         Candidates (:data:`CLUSTER_COUNTS`, :data:`PRIOR_WEIGHTS`).
+    weights : ndarray of float64, shape (N, K), optional
+        Partial logs: each (query, model) cell's weight, 0 where not logged,
+        else its inverse propensity, so that the cell means and the
+        out-of-fold loss are those of every query (inverse-propensity
+        weighting); default 1 everywhere.
 
     Returns
     -------
@@ -261,7 +279,7 @@ def choose_prior(prompt_features: NDArray[np.float64], quality: NDArray[np.float
     best, best_loss = None, np.inf
     for clusters in candidates:
         base = CellPrior(labels, clusters, 0.0)
-        loss = _out_of_fold_loss(base.keys(prompt_features), quality, query_fold, prior_weights)
+        loss = _out_of_fold_loss(base.keys(prompt_features), quality, query_fold, prior_weights, weights)
         w = int(np.argmin(loss))
         if loss[w] < best_loss:
             best, best_loss = base._replace(prior_weight=float(prior_weights[w])), loss[w]

@@ -192,6 +192,19 @@ class KNNQualityRegressor(_Peer):
         return self._shaped(self.pipeline_.predict(X))
 
 
+def _cell_weights(sample_weight: ArrayLike | None, X: np.ndarray, Y: np.ndarray) -> NDArray[np.float64]:
+    """Checked row weights ``(n,)``, or per-cell weights ``(n, K)``: every model needs a positive total (its mean)."""
+    weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if weight is None or weight.ndim < 2:
+        return _check_sample_weight(weight, X)
+    if weight.shape != Y.shape or not np.isfinite(weight).all() or (weight < 0).any():
+        raise ValueError(f"per-cell sample_weight must be finite, >= 0 and shaped like y {Y.shape}; "
+                         f"got shape {weight.shape}")
+    if not (weight.sum(axis=0) > 0).all():
+        raise ValueError("every column of y needs a positive total weight (a model logged somewhere)")
+    return weight
+
+
 class TaskMeanRegressor(_Peer):
     """The routing plateau: each model's mean quality per (task, subtask), nothing from the prompt.
 
@@ -252,8 +265,12 @@ class TaskMeanRegressor(_Peer):
         feature_names : array-like of str, shape (F,), optional
             Names of the columns of ``X``; those starting with ``category__``
             define the cells. Default: no cells, the overall means.
-        sample_weight : array-like of shape (n,), optional
-            Row weights (inverse propensities).
+        sample_weight : array-like of shape (n,) or (n, K), optional
+            Row weights (inverse propensities), or one weight per (row,
+            model) cell: partial logs give each model its own logged rows
+            (weight 0 leaves a cell out: its ``y``, a number all the same,
+            is not read), so that every model's means come from the rows
+            where it was logged.
 
         Returns
         -------
@@ -262,17 +279,19 @@ class TaskMeanRegressor(_Peer):
         X, Y = self._check_fit(X, y)
         if self.prior_weight < 0:
             raise ValueError(f"prior_weight must be >= 0; got {self.prior_weight!r}")
-        weight = _check_sample_weight(sample_weight, X)
+        weight = _cell_weights(sample_weight, X, Y)
         names = np.asarray([] if feature_names is None else feature_names, dtype=object)
         if feature_names is not None and names.shape != (X.shape[1],):
             raise ValueError(f"feature_names must name the {X.shape[1]} columns of X; got {names.size} names")
         self.category_columns_ = np.flatnonzero([str(name).startswith(CATEGORY_PREFIX) for name in names])
-        self.overall_ = np.average(Y, axis=0, weights=weight)
+        self.overall_ = np.average(Y, axis=0, weights=weight) if weight.ndim == 1 else (
+            (weight * Y).sum(axis=0) / weight.sum(axis=0))
         self.cells_, cell = np.unique(X[:, self.category_columns_], axis=0, return_inverse=True)
         cell = cell.ravel()
+        columns = weight.reshape(len(weight), -1)
         total = np.zeros((len(self.cells_), Y.shape[1]))
-        np.add.at(total, cell, weight[:, None] * Y)
-        count = np.bincount(cell, weights=weight, minlength=len(self.cells_))[:, None]
+        np.add.at(total, cell, columns * Y)
+        count = np.column_stack([np.bincount(cell, weights=w, minlength=len(self.cells_)) for w in columns.T])
         self.cell_means_ = (total + self.prior_weight * self.overall_) / (count + self.prior_weight)
         self.cell_index_ = {np.ascontiguousarray(c, dtype=np.float64).tobytes(): i for i, c in enumerate(self.cells_)}
         self.table_ = np.vstack([self.cell_means_, self.overall_])

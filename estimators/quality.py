@@ -282,10 +282,18 @@ class QualityEstimator(BaseEstimator):
         the post-hoc agreement departures are large and learned first, while
         prompt-text departures that do not generalise are left out by a short
         schedule (why: ``docs/peers.md``). Used
-        when the regressor is LightGBM with the cross-entropy objective, not
-        pooled, the training table is fully logged and the prompt features
+        when the regressor is LightGBM with the cross-entropy objective, the
+        training table is fully logged and not pooled, and the prompt features
         hold task or subtask columns or prompt-text columns; otherwise (and
-        with ``None``) LightGBM boosts from its average as usual. A "task"
+        with ``None``) LightGBM boosts from its average as usual. A pooled
+        regressor (partial logs) boosts from the same prior, each model's
+        cell means taken over the queries where it was logged, weighted by
+        inverse propensity: starting from the pooled average instead, a few
+        hundred labels of a model never moved its estimates far from the
+        other models' (on issue 34's feedback loop, the models logged only
+        by exploration were off by up to 0.14 on average, which is what the
+        direct method then calibrated with; ``docs/feedback_loop.md``); it
+        keeps ``n_estimators`` trees and its trees estimate unrun models. A "task"
         is a cell of :func:`~estimators.clusters.choose_prior`: the task and
         subtask labels, k-means clusters of the prompt-text features, or
         both (without labels the clusters stand in for them; users' logs
@@ -404,7 +412,7 @@ class QualityEstimator(BaseEstimator):
         ``init`` (logits, one column per model) is each LightGBM regressor's
         ``init_score`` and ``n_trees`` its number of trees (``boost_from``).
         """
-        if init is not None:
+        if init is not None and not self.pooled_:
             if n_trees is None:
                 raise TypeError("_fit_regressors: init (boosting from the prior) needs n_trees")
             return self._fit_from_prior(X, Y, init, n_trees)
@@ -423,7 +431,9 @@ class QualityEstimator(BaseEstimator):
             weight = None if weights is None else np.concatenate([weights[rows, i] for i, rows in enumerate(cells)])
             pooled_names = (names + [f"model[{i}]" for i in range(k)]
                             + [f"own_{names[column]}" for column in self.self_columns_[:, 0]])
-            return [fit_weighted(clone(template), stacked, target, weight, **accepted_fit_params(
+            start_at = {} if init is None else {"init_score": np.concatenate([init[rows, i]
+                                                                              for i, rows in enumerate(cells)])}
+            return [fit_weighted(clone(template), stacked, target, weight, **start_at, **accepted_fit_params(
                 template, groups=np.concatenate([groups[rows] for rows in cells]), feature_names=pooled_names))]
         params = accepted_fit_params(template, groups=groups, feature_names=names)
         if isinstance(template, PartialTargets):
@@ -450,9 +460,34 @@ class QualityEstimator(BaseEstimator):
             raise ValueError(f"boost_from must be 'task' or None, got {self.boost_from!r}")
         template = self._template()
         return (self.boost_from == "task" and type(template).__name__ == "LGBMRegressor"
-                and template.get_params()["objective"] == "cross_entropy" and not self.pooled_
-                and bool(labelled.all()) and weights is None
+                and template.get_params()["objective"] == "cross_entropy"
+                and (self.pooled_ or (bool(labelled.all()) and weights is None))
                 and any(n.startswith((CATEGORY_PREFIX, TEXT_PREFIX)) for n in names))
+
+    def _fit_prior(self, prompt_features: np.ndarray, quality: np.ndarray, rows: np.ndarray, folds: list,
+                   names: list[str], cells: np.ndarray | None = None) -> np.ndarray:
+        """Choose and fit the per-cell prior (``cells_``, ``prior_``); return the augmented rows' starting logits.
+
+        A training row starts from the prior of the other folds' queries
+        (the folds of σ), so that no row starts from a mean that holds its
+        own label. ``cells`` ``(N, K)``: partial logs' per-(query, model)
+        weights, 0 where not logged, else the inverse propensity (the
+        quality there is read only where the weight is positive).
+        """
+        query_fold = np.zeros(prompt_features.shape[0], dtype=np.int64)
+        for fold, (_, test) in enumerate(folds):
+            query_fold[rows[test]] = fold
+        quality = quality if cells is None else np.where(cells > 0, quality, 0.0)
+        self.cells_ = choose_prior(prompt_features, quality, names[:prompt_features.shape[1]], query_fold,
+                                   self.random_state, cluster_counts=self.prior_clusters, weights=cells)
+        keys = self.cells_.keys(prompt_features)
+        prior = np.empty_like(quality)
+        for fold in range(len(folds)):
+            inside = query_fold == fold
+            prior[inside] = self.cells_.fit(prompt_features[~inside], quality[~inside],
+                                            None if cells is None else cells[~inside]).predict_cells(keys[inside])
+        self.prior_ = self.cells_.fit(prompt_features, quality, cells)
+        return _logit(prior)[rows]
 
     def _boost_from_prior(self, prompt_features: np.ndarray, quality: np.ndarray, rows: np.ndarray, run: np.ndarray,
                           folds: list, X: np.ndarray, Y: np.ndarray,
@@ -468,18 +503,7 @@ class QualityEstimator(BaseEstimator):
         trees or the prior alone estimate each model not yet run
         (``unrun_trees_``).
         """
-        query_fold = np.zeros(prompt_features.shape[0], dtype=np.int64)
-        for fold, (_, test) in enumerate(folds):
-            query_fold[rows[test]] = fold
-        self.cells_ = choose_prior(prompt_features, quality, names[:prompt_features.shape[1]], query_fold,
-                                   self.random_state, cluster_counts=self.prior_clusters)
-        keys = self.cells_.keys(prompt_features)
-        prior = np.empty_like(quality)
-        for fold in range(len(folds)):
-            inside = query_fold == fold
-            prior[inside] = self.cells_.fit(prompt_features[~inside], quality[~inside]).predict_cells(keys[inside])
-        self.prior_ = self.cells_.fit(prompt_features, quality)
-        init = _logit(prior)[rows]
+        init = self._fit_prior(prompt_features, quality, rows, folds, names)
         k = Y.shape[1]
         most = int(self._template().get_params()["n_estimators"])
         counts = sorted({int(c) for c in (self.tree_counts or ()) if c < most} | {most})
@@ -532,8 +556,10 @@ class QualityEstimator(BaseEstimator):
     def _predict_regressors(self, regressors: list[BaseEstimator], X: np.ndarray,
                             offset: np.ndarray | None = None) -> np.ndarray:
         if offset is not None:  # boosted from a prior: the trees' raw score starts at its logit
-            raw = np.column_stack([r.predict(X, raw_score=True) for r in regressors]) + offset
-            return _sigmoid(raw)
+            raw = (np.column_stack([regressors[0].predict(self._model_rows(X, i), raw_score=True)
+                                    for i in range(self.self_columns_.shape[1])]) if self.pooled_
+                   else np.column_stack([r.predict(X, raw_score=True) for r in regressors]))
+            return _sigmoid(raw + offset)
         if self.pooled_:
             return np.clip(np.column_stack([regressors[0].predict(self._model_rows(X, i))
                                             for i in range(self.self_columns_.shape[1])]), 0.0, 1.0)
@@ -598,14 +624,20 @@ class QualityEstimator(BaseEstimator):
         Y = quality[rows]
         folds = list(GroupKFold(self.n_folds).split(X, groups=rows))
         self.prior_, self.cells_, self.n_trees_, self.unrun_trees_, init = None, None, None, None, None
-        if self._boosts_from_prior(names, labelled, weights):
+        boosted = self._boosts_from_prior(names, labelled, weights)
+        if boosted and not self.pooled_:
             init, oof = self._boost_from_prior(prompt_features, quality, rows, run, folds, X, Y, names)
         else:
+            if boosted:  # pooled: each model's prior from the queries where it was logged
+                cells = None if logged is None and weights is None else np.where(
+                    np.ones((n, k), dtype=bool) if logged is None else logged, 1.0 if weights is None else weights, 0.0)
+                init = self._fit_prior(prompt_features, quality, rows, folds, names, cells)
             oof = np.empty_like(Y)
             for train, test in folds:
+                start = None if init is None else init[train]
                 regressors = self._fit_regressors(X[train], Y[train], labelled[train],
-                                                  None if W is None else W[train], rows[train], names)
-                oof[test] = self._predict_regressors(regressors, X[test])
+                                                  None if W is None else W[train], rows[train], names, start)
+                oof[test] = self._predict_regressors(regressors, X[test], None if init is None else init[test])
         self.regressors_ = self._fit_regressors(X, Y, labelled, W, rows, names, init, self.n_trees_)
         self.oof_ = {"quality": oof, "run": run, "target": Y, "labelled": labelled}
         flat_rows = np.repeat(rows, k)
@@ -697,9 +729,11 @@ class QualityEstimator(BaseEstimator):
         """
         block = posthoc_features(run, posthoc.signals, posthoc.responses)
         share = self.prompt_share(prompt_features) if share is None else share
-        if self.pooled_:
+        if self.pooled_:  # boosted from the prior when it has one (share is then its logits)
             X = np.hstack([prompt_features, block])
-            raw = np.column_stack([self.frozen_.predict(self._model_rows(X, i), parallel)[:, 0]
+            start = share if getattr(self, "prior_", None) is not None else None
+            raw = np.column_stack([self.frozen_.predict(self._model_rows(X, i), parallel,
+                                                        offset=None if start is None else start[:, i:i + 1])[:, 0]
                                    for i in range(self.self_columns_.shape[1])])
         elif getattr(self, "prior_", None) is not None:  # the forests start from the prior's logit
             started = self.frozen_.predict(np.hstack([prompt_features, block]), parallel, offset=share)

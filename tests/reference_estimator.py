@@ -22,7 +22,8 @@ objects' own ``transform``/``predict`` and plain NumPy/Python.
   prior alone for a model not run at a run-set size where ``unrun_trees_`` is
   ``False``); a pooled
   regressor (partial logs) predicts model ``m`` on those features, ``m``
-  one-hot and the post-hoc columns named after ``m``.
+  one-hot and the post-hoc columns named after ``m`` (boosted from the prior
+  too, with no prior-alone cells).
 * σ: the σ model's fitted regressor on ``(q, ran, |R|, model index)`` per
   cell, ``σ = max(scale · sqrt(max(predicted, floor)) ** power, floor)`` with
   the ``(scale, power)`` of the cell's stratum when it has one; then the
@@ -118,29 +119,33 @@ def _prior_keys(cells, features: np.ndarray) -> np.ndarray:
 def _quality(estimator, features: np.ndarray, run: np.ndarray, signals: dict, info) -> np.ndarray:
     X = np.hstack([features, posthoc_features(run, signals, info)])
     quality_estimator = estimator.quality_
-    if quality_estimator.prior_ is not None:
-        # Boosted from the per-cell prior: LightGBM's raw score plus the logit of the prior's own predict of the
-        # cell keys, the task/subtask one-hot columns then the one-hot of the k-means cluster (KMeans's own predict).
-        prior = np.clip(quality_estimator.prior_.predict(_prior_keys(quality_estimator.cells_, features)),
-                        1e-4, 1 - 1e-4)
-        raw = np.column_stack([r.predict(X, raw_score=True) for r in quality_estimator.regressors_])
-        # A model not run is its prior alone at the run-set sizes where unrun_trees_ says so.
-        for row in range(run.shape[0]):
+    boosted = quality_estimator.prior_ is not None  # LightGBM from the prior: raw scores, the prior's logit added
+    if quality_estimator.pooled_:
+        # One regressor for every model: the row of (query, model m) is the query's features, then m one-hot,
+        # then the post-hoc columns named after m ("ran[m]", "agree[m]", ...), in the block's order.
+        names = posthoc_feature_names(estimator.models_, estimator.signal_names_, info is not None)
+        columns = []
+        for i, model in enumerate(estimator.models_):
+            own = [features.shape[1] + j for j, name in enumerate(names) if name.endswith(f"[{model}]")]
+            rows = np.hstack([X, np.eye(len(estimator.models_))[np.full(len(X), i)], X[:, own]])
+            regressor = quality_estimator.regressors_[0]
+            columns.append(regressor.predict(rows, raw_score=True) if boosted else regressor.predict(rows))
+        raw = np.column_stack(columns)
+    else:
+        raw = np.column_stack([r.predict(X, raw_score=True) if boosted else r.predict(X)
+                               for r in quality_estimator.regressors_])
+    if not boosted:
+        return np.clip(raw, 0.0, 1.0)
+    # The prior's own predict of the cell keys: the task/subtask one-hot columns then the one-hot of the k-means
+    # cluster (KMeans's own predict).
+    prior = np.clip(quality_estimator.prior_.predict(_prior_keys(quality_estimator.cells_, features)),
+                    1e-4, 1 - 1e-4)
+    if quality_estimator.unrun_trees_ is not None:  # per-model regressors: a model not run is its prior alone
+        for row in range(run.shape[0]):  # at the run-set sizes where unrun_trees_ says so
             for i in range(run.shape[1]):
                 if not run[row, i] and not quality_estimator.unrun_trees_[run[row].sum(), i]:
                     raw[row, i] = 0.0
-        return np.clip(1.0 / (1.0 + np.exp(-(raw + np.log(prior / (1 - prior))))), 0.0, 1.0)
-    if not quality_estimator.pooled_:
-        return np.clip(np.column_stack([r.predict(X) for r in quality_estimator.regressors_]), 0.0, 1.0)
-    # One regressor for every model: the row of (query, model m) is the query's features, then m one-hot,
-    # then the post-hoc columns named after m ("ran[m]", "agree[m]", ...), in the block's order.
-    names = posthoc_feature_names(estimator.models_, estimator.signal_names_, info is not None)
-    columns = []
-    for i, model in enumerate(estimator.models_):
-        own = [features.shape[1] + j for j, name in enumerate(names) if name.endswith(f"[{model}]")]
-        rows = np.hstack([X, np.eye(len(estimator.models_))[np.full(len(X), i)], X[:, own]])
-        columns.append(quality_estimator.regressors_[0].predict(rows))
-    return np.clip(np.column_stack(columns), 0.0, 1.0)
+    return np.clip(1.0 / (1.0 + np.exp(-(raw + np.log(prior / (1 - prior))))), 0.0, 1.0)
 
 
 def _model_sigma(sigma_regressor, quality: np.ndarray, run: np.ndarray) -> np.ndarray:

@@ -311,6 +311,30 @@ def test_inverse_propensity_weights_undo_the_cascade_logs_bias(logs):
 
 
 @pytest.mark.slow
+def test_pooled_estimator_learns_each_models_quality_from_its_explored_rows(logs):
+    """Logs of one model plus a little uniform exploration (issue 34's shape): every model's estimates must average
+    near its own inverse-propensity-weighted mean, not near the pooled mean of all models' labels."""
+    table = read_table(logs)
+    rng = np.random.default_rng(4)
+    explored = rng.random(table.logged.shape) < 0.1
+    logged = explored | (np.arange(table.n_models) == 2)  # the "policy" always calls model 2
+    propensity = np.where(np.arange(table.n_models) == 2, 1.0, 0.1)
+    for j in np.flatnonzero(logged.sum(axis=0) < MIN_LOGGED_QUERIES):  # the fit's floor, at random queries
+        logged[rng.choice(table.n_queries, MIN_LOGGED_QUERIES, replace=False), j] = True
+    partial = replace(table, logged=logged, quality=np.where(logged, table.quality, np.nan),
+                      cost=np.where(logged, table.cost, np.nan),
+                      propensity=np.where(logged, np.broadcast_to(propensity, logged.shape), np.nan))
+    estimator = make_router_estimator("learned").fit(partial)
+    assert estimator.quality_.pooled_ and estimator.quality_.prior_ is not None
+    weights = np.where(logged, 1 / partial.propensity, 0.0)
+    own = (weights * np.nan_to_num(partial.quality)).sum(axis=0) / weights.sum(axis=0)
+    pooled = np.nansum(partial.quality) / logged.sum()
+    np.testing.assert_allclose(estimator.quality_.prior_.overall_, own, rtol=1e-12)
+    found = estimator.predict_table(table).quality.mean(axis=0)
+    assert (np.abs(found - own) < 0.5 * np.abs(pooled - own)).all(), (found, own, pooled)
+
+
+@pytest.mark.slow
 def test_propensity_column_is_read_and_checked(logs):
     frame = logs.assign(propensity=np.where(np.arange(len(logs)) % 3 == 0, "", "0.25"))
     table = read_table(frame)

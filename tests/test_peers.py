@@ -183,6 +183,37 @@ def test_task_mean_weights_replace_counts():
         TaskMeanRegressor().fit(X, y, feature_names=names[:1])
 
 
+def test_task_mean_per_cell_weights_take_each_models_logged_rows():
+    """Partial logs: each model's cell means are its weighted means over its own logged rows (a slow reference)."""
+    rng = np.random.default_rng(3)
+    n, k, prior = 60, 3, 4.0
+    tasks = rng.integers(0, 3, n)
+    X = np.eye(3)[tasks]
+    y = (rng.random((n, k)) < 0.3 + 0.2 * np.arange(k)).astype(float)
+    weight = np.where(rng.random((n, k)) < 0.5, rng.uniform(1.0, 5.0, (n, k)), 0.0)
+    names = ["category__a", "category__b", "category__c"]
+    fitted = TaskMeanRegressor(prior_weight=prior).fit(X, np.where(weight > 0, y, 0.5), feature_names=names,
+                                                       sample_weight=weight)
+    expected = np.empty((n, k))
+    for j in range(k):
+        logged = weight[:, j] > 0
+        overall = sum(weight[i, j] * y[i, j] for i in range(n) if logged[i]) / weight[logged, j].sum()
+        for i in range(n):
+            same = [r for r in range(n) if logged[r] and tasks[r] == tasks[i]]
+            expected[i, j] = ((sum(weight[r, j] * y[r, j] for r in same) + prior * overall)
+                              / (sum(weight[r, j] for r in same) + prior))
+    np.testing.assert_allclose(fitted.predict(X), expected, rtol=1e-12)
+    rows = rng.uniform(1.0, 2.0, n)  # one weight per row: the same as the row weights
+    np.testing.assert_allclose(TaskMeanRegressor().fit(X, y, feature_names=names,
+                                                       sample_weight=np.tile(rows[:, None], (1, k))).predict(X),
+                               TaskMeanRegressor().fit(X, y, feature_names=names, sample_weight=rows).predict(X),
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="positive total weight"):
+        TaskMeanRegressor().fit(X, y, feature_names=names, sample_weight=np.where(np.arange(k) == 1, 0.0, weight))
+    with pytest.raises(ValueError, match="shaped like y"):
+        TaskMeanRegressor().fit(X, y, feature_names=names, sample_weight=weight[:, :2])
+
+
 def _low_rank(n: int = 1200, k: int = 6, rank: int = 2, seed: int = 0):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, 12))

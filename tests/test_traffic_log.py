@@ -153,6 +153,23 @@ def test_feedback_is_authenticated_checked_and_404_for_an_unknown_id(serve_route
         assert client.post("/v1/feedback", json={"id": request_id, "quality": 0.5}).status_code == 202
 
 
+def test_feedback_ids_survive_a_restart(serve_router, backends, prompts, tmp_path):
+    """A restarted service reads the ids (and answering models) of the last ``feedback_ids`` requests from its log."""
+    folder = tmp_path / "log"
+    with _serve(serve_router, backends, folder) as (url, _), _client(url) as client:
+        answers = {}
+        for prompt in prompts[:3]:
+            response = _ask(client, *prompt)
+            answers[response.headers["x-router-request-id"]] = response.json()["router"]["selected"]
+    first, *_, last = answers
+    with _serve(serve_router, backends, folder, feedback_ids=2) as (url, _), _client(url) as client:
+        label = client.post("/v1/feedback", json={"id": last, "quality": 1.0})
+        assert label.status_code == 202 and label.json()["model"] == answers[last], label.text
+        assert client.post("/v1/feedback", json={"id": first, "quality": 1.0}).status_code == 404  # beyond 2
+    labelled = read_logs(folder)
+    assert labelled[["query_id", "model"]].values.tolist() == [[last, answers[last]]]
+
+
 def test_feedback_without_a_log_is_404(serve_router, backends, prompts):
     app = create_app(serve_router, backends, ServiceConfig(api_key=CALLER_KEY))
     with serving(app) as (url, _), _client(url) as client:

@@ -21,6 +21,7 @@ by themselves for a folder holding traffic files.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["FEEDBACK_PREFIX", "FEEDBACK_SCHEMA", "TRAFFIC_PREFIX", "TRAFFIC_SCHEMA", "is_log_dir", "read_logs"]
+__all__ = ["FEEDBACK_PREFIX", "FEEDBACK_SCHEMA", "TRAFFIC_PREFIX", "TRAFFIC_SCHEMA", "answered_requests", "is_log_dir",
+           "read_logs"]
 
 TRAFFIC_PREFIX = "traffic-"
 FEEDBACK_PREFIX = "feedback-"
@@ -147,6 +149,50 @@ def read_logs(directory: str | os.PathLike[str], labels: pd.DataFrame | None = N
     if not keep_unlabelled:
         rows = rows[rows["quality"].notna()].reset_index(drop=True)
     return rows
+
+
+def answered_requests(directory: str | os.PathLike[str], limit: int) -> dict[str, tuple[str, ...]]:
+    """The last ``limit`` requests logged in ``directory``, oldest first: request id -> models that answered.
+
+    The selected model comes first. A restarted ``training.serve --log-dir``
+    starts from these, so that ``/v1/feedback`` takes labels for requests an
+    earlier process served (the ids were only in that process's memory).
+    Reads the newest files first and only the columns it needs; a file that
+    cannot be read is skipped with a warning (the service still starts).
+
+    Parameters
+    ----------
+    directory : path
+        A ``--log-dir``; empty or missing folders give no request.
+    limit : int
+        Most requests returned (the service's ``feedback_ids``).
+
+    Returns
+    -------
+    dict of str to tuple of str
+    """
+    columns = ["query_id", "model", "selected", "error"]
+    parts: list[pd.DataFrame] = []
+    seen: set[str] = set()
+    folder = Path(directory)
+    for path in reversed(_files(folder, TRAFFIC_PREFIX) if folder.is_dir() else []):
+        if len(seen) >= limit:
+            break
+        try:
+            part = pq.read_table(path, columns=columns).to_pandas()
+        except (OSError, ValueError, pa.ArrowException) as error:
+            warnings.warn(f"feedback ids: skipped the log file {path.name!r} ({type(error).__name__}: {error})",
+                          stacklevel=2)
+            continue
+        parts.append(part[part["error"].isna()])
+        seen.update(parts[-1]["query_id"])
+    if not parts:
+        return {}
+    rows = pd.concat(parts[::-1], ignore_index=True)
+    rows = rows.assign(first=~rows["selected"].fillna(False).astype(bool))  # the selected answer sorts first
+    answered = rows.sort_values("first", kind="stable").groupby("query_id", sort=False)["model"].agg(tuple)
+    order = rows.drop_duplicates("query_id", keep="last")["query_id"]  # a request's last row: when it ended
+    return {request_id: answered[request_id] for request_id in order.iloc[-limit:] if limit > 0}
 
 
 def _user_labels(labels: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:

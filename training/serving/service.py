@@ -80,6 +80,7 @@ from estimators.estimator import PreparedQueries
 from ..explore import Exploration
 from ..policy import Policy
 from ..router import PacedRouter, Router
+from ..traffic_log import answered_requests
 from . import traffic
 from .backends import Backend
 from .openai_api import (
@@ -157,7 +158,8 @@ class ServiceConfig:
     explore_models : int, default=1
         Models an exploring request draws.
     feedback_ids : int, default=100,000
-        Most recent request ids kept for ``/v1/feedback`` (older ids get 404).
+        Most recent request ids kept for ``/v1/feedback`` (older ids get 404),
+        read back from the log at start-up, so a restart loses none.
     baseline_model : str, optional
         The all-frontier baseline savings are counted against (issue 34);
         default the model with the highest prices (output, then input).
@@ -319,7 +321,8 @@ class _Service:
         # One query's products are tiny: BLAS threads would only spin beside the decision threads (as in
         # training.score, where they made small products ten times slower).
         blas = threadpool_limits(1, user_api="blas")
-        if self.config.log is not None:
+        if self.config.log is not None:  # requests served before a restart keep taking feedback
+            self.served.update(answered_requests(self.config.log.directory, self.config.feedback_ids))
             self.traffic = self.config.log.open()
         try:
             yield
