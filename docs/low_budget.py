@@ -98,6 +98,8 @@ def reveals(fitted: Any, test: EstimatorEpisodes, seed: int) -> list[dict[str, A
     found = []
     for size in SIZES:
         shuffled = np.argsort(rng.random((n, k)), axis=1)
+        # how far the models already run move when one more joins them: sums of squares and counts per model
+        run_moves, run_counts = np.zeros(k), np.zeros(k)
         for model in range(k):
             others = shuffled[shuffled != model].reshape(n, k - 1)[:, :size]
             run = np.zeros((n, k), dtype=bool)
@@ -105,13 +107,19 @@ def reveals(fitted: Any, test: EstimatorEpisodes, seed: int) -> list[dict[str, A
             before = test.estimates(rows, run)
             after_run = run.copy()
             after_run[:, model] = True
-            after = test.estimates(rows, after_run).quality[:, model]
+            moved = test.estimates(rows, after_run).quality - before.quality
+            run_moves += np.where(run, moved ** 2, 0.0).sum(axis=0)
+            run_counts += run.sum(axis=0)
+            after = before.quality[:, model] + moved[:, model]
             truth = test.quality[:, [model]]
             found.append({"model": fitted.models_[model], "size": size,
                           "reveal_sigma": float(before.sigma[:, model].mean()),
-                          "realised": float(np.sqrt(np.mean((after - before.quality[:, model]) ** 2))),
+                          "realised": float(np.sqrt(np.mean(moved[:, model] ** 2))),
                           "auroc_before": auroc(truth, before.quality[:, [model]]),
                           "auroc_after": auroc(truth, after[:, None])})
+        for cell in found[-k:]:
+            j = fitted.models_.index(cell["model"])
+            cell["run_moved"] = float(np.sqrt(run_moves[j] / run_counts[j])) if run_counts[j] else math.nan
     return found
 
 
@@ -156,8 +164,11 @@ def tables_text(result: dict[str, Any]) -> str:
             f"{row['calibration_difference']:+.4f} ± {row['calibration_standard_error']:.4f} |")
     parts += ["", "What one more run reveals, per model (test queries, run sets drawn at random): the reveal σ "
               "the decision uses for that model before it runs, the root mean square of how far its estimate "
-              "really moved once it ran, and the AUROC of its estimate before and after.", "",
-              "| model | after 0 others: σ / moved / AUROC | after 1 other | after 2 others |", "|---|---|---|---|"]
+              "really moved once it ran, and the AUROC of its estimate before and after; then, for a model "
+              "already run (σ 0 in the decision), how far its estimate still moves when one more model joins "
+              "a run set of 1 or 2.", "",
+              "| model | after 0 others: σ / moved / AUROC | after 1 other | after 2 others | run, moves when "
+              "one more joins (size 1 / 2) |", "|---|---|---|---|---|"]
     by_model: dict[str, dict[int, dict[str, Any]]] = {}
     for cell in result["reveals"]:
         by_model.setdefault(cell["model"], {})[cell["size"]] = cell
@@ -165,7 +176,7 @@ def tables_text(result: dict[str, Any]) -> str:
         cells = [by_model[model][size] for size in SIZES]
         parts.append(f"| {model} | " + " | ".join(
             f"{c['reveal_sigma']:.3f} / {c['realised']:.3f} / {c['auroc_before']:.3f} → {c['auroc_after']:.3f}"
-            for c in cells) + " |")
+            for c in cells) + " | " + " / ".join(f"{c.get('run_moved', math.nan):.3f}" for c in cells[1:]) + " |")
     loads = [f"{result[key][0]:.1f} at the {key.rsplit('_', 1)[1]}" for key in ("load_average_at_start",
                                                                                "load_average_at_end") if key in result]
     parts += ["", f"{result['seconds']:.0f} s wall, {result['cpu_seconds']:.0f} CPU-s, load average "
