@@ -33,7 +33,7 @@ from training import metrics
 from training.data import read_table
 from training.episodes import EstimatorEpisodes, calibration_episodes
 from training.policy import SIGMA_TRANSFORMS, choose_policy, fit_candidates, single_outcomes
-from training.protocol import BUDGETS_PER_SEGMENT, _split
+from training.protocol import BUDGETS_PER_SEGMENT, learned_split
 
 RULES = {"depth3_fixed": None, "argmax": 0.0, "0.5se": 0.5, "1se": 1.0}
 
@@ -42,9 +42,7 @@ def main(name: str, seed: int) -> dict[str, float]:
     """Test AUC ×100 of cascade routing under each rule of :data:`RULES`."""
     table = read_table(_table_path(DATA, name))
     train_fraction, calibration_fraction = PROTOCOL["train_fraction"], PROTOCOL["calibration_fraction"]
-    train, rest = _split(table.n_queries, train_fraction, seed)  # the protocol's split for a full table
-    calibration, test = (rest[part] for part in _split(rest.size, calibration_fraction / (1 - train_fraction),
-                                                         seed + 1))
+    train, calibration, test = learned_split(table, seed, train_fraction, calibration_fraction)
     ordered = table.reorder_models(np.argsort(np.nanmean(table.cost[calibration], axis=0), kind="stable"))
     fitted = make_router_estimator(DEFAULT_ESTIMATOR).fit(ordered, train)
     calibration_play, _ = calibration_episodes(fitted, ordered.subset(calibration))

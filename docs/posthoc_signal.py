@@ -31,7 +31,7 @@ from peers import DATA, PROTOCOL, _load, _table_path
 import estimators.posthoc as posthoc
 from estimators.estimator import make_router_estimator
 from training.data import read_table
-from training.protocol import _estimate_scores, _split
+from training.protocol import _estimate_scores, learned_split
 
 DOCS = Path(__file__).resolve().parent
 TABLE = "routerbench_subset"
@@ -47,9 +47,8 @@ def scores(table: Any, seed: int, variant: str) -> dict[str, Any]:
     posthoc.CHECKS, posthoc._CHECKS = tuple(chosen), tuple(all_checks[c] for c in chosen)
     posthoc.PAIRS = variant.endswith("pairs")
     try:
-        train, rest = _split(table.n_queries, PROTOCOL["train_fraction"], seed)
-        calibration, test = (rest[part] for part in _split(
-            rest.size, PROTOCOL["calibration_fraction"] / (1 - PROTOCOL["train_fraction"]), seed + 1))
+        train, calibration, test = learned_split(table, seed, PROTOCOL["train_fraction"],
+                                                 PROTOCOL["calibration_fraction"])
         ordered = table.reorder_models(np.argsort(np.nanmean(table.cost[calibration], axis=0), kind="stable"))
         fitted = make_router_estimator("learned").fit(ordered, train)
         return _estimate_scores(fitted, ordered.subset(test), seed)

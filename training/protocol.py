@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 
     from .display import QualityCostDisplay
 
-__all__ = ["DEFAULT_STRATEGIES", "REPORTED_NAMES", "EvaluationReport", "SharedPromptWarning", "evaluate_strategies"]
+__all__ = ["DEFAULT_STRATEGIES", "REPORTED_NAMES", "EvaluationReport", "SharedPromptWarning", "evaluate_strategies",
+           "learned_split"]
 
 DEFAULT_STRATEGIES = ("routing", "threshold", "cascade", "cascade_routing")
 
@@ -360,16 +361,7 @@ def evaluate_strategies(
                              "which learns from what was logged")
         calibration, test = _split(table.n_queries, calibration_fraction, seed)
     else:
-        if not 0 < train_fraction < 1 - calibration_fraction:
-            raise ValueError(f"train_fraction must be in (0, 1 - calibration_fraction), got {train_fraction!r}")
-        if table.is_partial:  # the test split holds only queries logged for every model
-            train, calibration, test = split_logged(
-                table.n_queries, (train_fraction, calibration_fraction, 1 - train_fraction - calibration_fraction),
-                seed, table.fully_logged)
-        else:  # the protocol's own split, which the published learned-estimator figures used
-            train, rest = _split(table.n_queries, train_fraction, seed)
-            calibration, test = (rest[part] for part in _split(
-                rest.size, calibration_fraction / (1 - train_fraction), seed + 1))
+        train, calibration, test = learned_split(table, seed, train_fraction, calibration_fraction)
         _warn_of_shared_prompts((train, calibration, test), table.prompts)
     columns = np.argsort(np.nanmean(table.cost[calibration], axis=0), kind="stable")
     ordered = table.reorder_models(columns)
@@ -499,6 +491,46 @@ def _trace_curve(strategy: str, budgets: np.ndarray, calibration: Episodes, test
         qualities.append(outcome.quality)
         costs.append(outcome.cost)
     return points, np.array(qualities), np.array(costs)
+
+
+def learned_split(table: RoutingTable, seed: int, train_fraction: float,
+                  calibration_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The protocol's train / calibration / test rows for a learned estimator (:func:`evaluate_strategies`).
+
+    Public so that the analyses in ``docs/`` replay exactly the protocol's
+    split instead of restating it.
+
+    Parameters
+    ----------
+    table : RoutingTable
+        The table evaluated.
+    seed : int
+        Seed of the split.
+    train_fraction, calibration_fraction : float
+        Shares of the queries; test takes the rest.
+
+    Returns
+    -------
+    train, calibration, test : ndarray of int
+        Sorted row indices, together a partition of the queries.
+
+    Raises
+    ------
+    ValueError
+        If ``train_fraction`` is not in ``(0, 1 - calibration_fraction)``.
+    """
+    if not 0 < train_fraction < 1 - calibration_fraction:
+        raise ValueError(f"train_fraction must be in (0, 1 - calibration_fraction), got {train_fraction!r}")
+    if table.is_partial:  # the test split holds only queries logged for every model
+        train, calibration, test = split_logged(
+            table.n_queries, (train_fraction, calibration_fraction, 1 - train_fraction - calibration_fraction),
+            seed, table.fully_logged)
+        return train, calibration, test
+    # the protocol's own split, which the published learned-estimator figures used
+    train, rest = _split(table.n_queries, train_fraction, seed)
+    calibration, test = (rest[part] for part in _split(rest.size, calibration_fraction / (1 - train_fraction),
+                                                         seed + 1))
+    return train, calibration, test
 
 
 #: Models run per query for the post-hoc estimate scores (fewer when the pool is smaller).
