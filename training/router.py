@@ -419,9 +419,11 @@ class Router:
         list of (str or None)
             Per query, the model to call next, or ``None`` to stop.
         """
-        return [p.next for p in self.plan(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
-                                          policy=policy, excluded=excluded, latency_budget=latency_budget,
-                                          prepared=prepared)]
+        _, _, next_model, _ = self.plan_arrays(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
+                                               policy=policy, excluded=excluded, latency_budget=latency_budget,
+                                               prepared=prepared)
+        names = self.models_
+        return [None if c == kernel.STOP else names[c] for c in next_model.tolist()]
 
     def select(self, prompts: Sequence[str], observed: Observed, *,
                tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None,
