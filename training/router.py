@@ -451,7 +451,10 @@ class Router:
         estimates, run, next_model, _ = self.plan_arrays(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
                                                          policy=policy, excluded=excluded,
                                                          latency_budget=latency_budget, prepared=prepared)
-        answer = kernel.select_answer(estimates.quality, run)
+        answer = np.full(next_model.shape, kernel.STOP, dtype=np.int64)
+        stops = np.flatnonzero(next_model == kernel.STOP)
+        if stops.size:  # most steps go on: select only where the cascade stops
+            answer[stops] = kernel.select_answer(estimates.quality[stops], run[stops])
         names = self.models_
         return [(names[c], None) if c != kernel.STOP else (None, None if a == kernel.STOP else names[a])
                 for c, a in zip(next_model.tolist(), answer.tolist(), strict=True)]
