@@ -142,7 +142,9 @@ class ResponseMemo:
     """
 
     def __init__(self) -> None:
-        self.parsed: dict[str, tuple[int, float, float, NDArray[np.float64]]] = {}
+        #: Per text one row ``[answer id, log1p length, kind, *checks]`` (ids are small integers, exact as floats),
+        #: so that a look-up gathers one array instead of four.
+        self.parsed: dict[str, NDArray[np.float64]] = {}
         self.answer_ids: dict[str, int] = {"": 0}
 
     def lookup(self, texts: NDArray[np.object_]) -> tuple[NDArray[np.int64], NDArray[np.float64],
@@ -166,13 +168,11 @@ class ResponseMemo:
         new = [t for t in unique if t not in self.parsed]
         if new:  # each distinct text once: short answers ("A", "B") repeat a lot
             answers, log_length, kind, checks = parse_responses(np.array(new, dtype=object))
-            for text, answer, length, answer_kind, check in zip(new, answers, log_length, kind, checks, strict=True):
-                self.parsed[text] = (self.answer_ids.setdefault(answer, len(self.answer_ids)), length, answer_kind,
-                                     check)
-        found = [self.parsed[t] for t in unique]
-        return (np.array([f[0] for f in found], np.int64)[inverse], np.array([f[1] for f in found])[inverse],
-                np.array([f[2] for f in found])[inverse],
-                np.array([f[3] for f in found]).reshape(len(found), len(CHECKS))[inverse])
+            ids = [self.answer_ids.setdefault(answer, len(self.answer_ids)) for answer in answers]
+            rows = np.column_stack([np.array(ids, dtype=np.float64), log_length, kind, checks])
+            self.parsed.update(zip(new, rows, strict=True))
+        found = np.array([self.parsed[t] for t in unique]).reshape(len(unique), 3 + len(CHECKS))[inverse]
+        return found[:, 0].astype(np.int64), found[:, 1], found[:, 2], found[:, 3:]
 
 
 #: Up to this many texts, :func:`_factorize` numbers them in a dict: ``pd.factorize`` costs ~30 µs whatever the
