@@ -456,8 +456,9 @@ class Router:
         if stops.size:  # most steps go on: select only where the cascade stops
             answer[stops] = kernel.select_answer(estimates.quality[stops], run[stops])
         names = self.models_
+        answers: list[int] = answer.tolist()
         return [(names[c], None) if c != kernel.STOP else (None, None if a == kernel.STOP else names[a])
-                for c, a in zip(next_model.tolist(), answer.tolist(), strict=True)]
+                for c, a in zip(next_model.tolist(), answers, strict=True)]
 
     def select(self, prompts: Sequence[str], observed: Observed, *,
                tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None,
