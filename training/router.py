@@ -451,14 +451,13 @@ class Router:
         estimates, run, next_model, _ = self.plan_arrays(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
                                                          policy=policy, excluded=excluded,
                                                          latency_budget=latency_budget, prepared=prepared)
-        answer = np.full(next_model.shape, kernel.STOP, dtype=np.int64)
+        answer: NDArray[np.int64] = np.full(len(next_model), kernel.STOP, dtype=np.int64)
         stops = np.flatnonzero(next_model == kernel.STOP)
         if stops.size:  # most steps go on: select only where the cascade stops
             answer[stops] = kernel.select_answer(estimates.quality[stops], run[stops])
         names = self.models_
-        answers: list[int] = answer.tolist()
         return [(names[c], None) if c != kernel.STOP else (None, None if a == kernel.STOP else names[a])
-                for c, a in zip(next_model.tolist(), answers, strict=True)]
+                for c, a in zip(next_model.tolist(), answer.tolist(), strict=True)]
 
     def select(self, prompts: Sequence[str], observed: Observed, *,
                tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None,
