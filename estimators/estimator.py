@@ -579,8 +579,13 @@ class RouterEstimator(BaseEstimator):
         return hasattr(self, "quality_")
 
     def _check_fitted(self) -> None:
-        """Raise :class:`~sklearn.exceptions.NotFittedError` (a ``ValueError``) before :meth:`fit`."""
-        check_is_fitted(self, msg="this %(name)s is not fitted yet; call fit(table) first")
+        """Raise :class:`~sklearn.exceptions.NotFittedError` (a ``ValueError``) before :meth:`fit`.
+
+        Asked first directly: it runs at every decision step, and scikit-learn's check (estimator tags
+        included) costs more than the rest of a step's checks together.
+        """
+        if not self.__sklearn_is_fitted__():
+            check_is_fitted(self, msg="this %(name)s is not fitted yet; call fit(table) first")
 
     def prepare(self, prompts: ArrayLike | None = None, tasks: ArrayLike | None = None,
                 subtasks: ArrayLike | None = None, *, input_tokens: ArrayLike | None = None,

@@ -135,9 +135,9 @@ def check_signals(signals: Mapping[str, ArrayLike] | None, names: Sequence[str],
         value = np.asarray(signals[name], dtype=np.float64)
         if value.shape != run.shape:
             raise ValueError(f"signal {name!r} must have shape {run.shape}; got {value.shape}")
-        bad = np.argwhere(run & ~np.isfinite(value))
-        if len(bad):
-            row, col = bad[0]
+        bad = run & ~np.isfinite(value)
+        if bad.any():  # located only then: argwhere costs more than the check
+            row, col = np.argwhere(bad)[0]
             raise ValueError(
                 f"signal {name!r} is NaN or infinite for a model that ran (row {row}, column {col}); "
                 "NaN is allowed only for models not run"
@@ -199,9 +199,9 @@ def check_observed_cost(observed_cost: ArrayLike | None, run: NDArray[np.bool_])
     cost = np.asarray(observed_cost, dtype=np.float64)
     if cost.shape != run.shape:
         raise ValueError(f"observed_cost must have shape {run.shape}; got {cost.shape}")
-    bad = np.argwhere(run & ~(np.isfinite(cost) & (cost >= 0)))
-    if len(bad):
-        row, col = bad[0]
+    bad = run & ~(np.isfinite(cost) & (cost >= 0))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
         raise ValueError(
             f"observed_cost must be finite and >= 0 for models that ran; row {row}, column {col} has {cost[row, col]}"
         )
@@ -237,9 +237,9 @@ def check_observed_latency(observed_latency: ArrayLike | None, run: NDArray[np.b
     latency = np.asarray(observed_latency, dtype=np.float64)
     if latency.shape != run.shape:
         raise ValueError(f"observed_latency must have shape {run.shape}; got {latency.shape}")
-    bad = np.argwhere(run & ~np.isnan(latency) & ~(np.isfinite(latency) & (latency >= 0)))
-    if len(bad):
-        row, col = bad[0]
+    bad = run & ~np.isnan(latency) & ~(np.isfinite(latency) & (latency >= 0))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
         raise ValueError(f"observed_latency must be finite and >= 0 seconds (or NaN when not measured) for models "
                          f"that ran; row {row}, column {col} has {latency[row, col]}")
     return latency

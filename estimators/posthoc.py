@@ -142,7 +142,9 @@ class ResponseMemo:
     """
 
     def __init__(self) -> None:
-        self.parsed: dict[str, tuple[int, float, float, NDArray[np.float64]]] = {}
+        #: Per text one row ``[answer id, log1p length, kind, *checks]`` (ids are small integers, exact as floats),
+        #: so that a look-up gathers one array instead of four.
+        self.parsed: dict[str, NDArray[np.float64]] = {}
         self.answer_ids: dict[str, int] = {"": 0}
 
     def lookup(self, texts: NDArray[np.object_]) -> tuple[NDArray[np.int64], NDArray[np.float64],
@@ -162,17 +164,34 @@ class ResponseMemo:
         kind : ndarray of float64, shape (M,)
         checks : ndarray of float64, shape (M, len(CHECKS))
         """
-        inverse, unique = pd.factorize(texts)
+        inverse, unique = _factorize(texts)
         new = [t for t in unique if t not in self.parsed]
         if new:  # each distinct text once: short answers ("A", "B") repeat a lot
             answers, log_length, kind, checks = parse_responses(np.array(new, dtype=object))
-            for text, answer, length, answer_kind, check in zip(new, answers, log_length, kind, checks, strict=True):
-                self.parsed[text] = (self.answer_ids.setdefault(answer, len(self.answer_ids)), length, answer_kind,
-                                     check)
-        found = [self.parsed[t] for t in unique]
-        return (np.array([f[0] for f in found], np.int64)[inverse], np.array([f[1] for f in found])[inverse],
-                np.array([f[2] for f in found])[inverse],
-                np.array([f[3] for f in found]).reshape(len(found), len(CHECKS))[inverse])
+            ids = [self.answer_ids.setdefault(answer, len(self.answer_ids)) for answer in answers]
+            rows = np.column_stack([np.array(ids, dtype=np.float64), log_length, kind, checks])
+            self.parsed.update(zip(new, rows, strict=True))
+        found = np.array([self.parsed[t] for t in unique]).reshape(len(unique), 3 + len(CHECKS))[inverse]
+        return found[:, 0].astype(np.int64), found[:, 1], found[:, 2], found[:, 3:]
+
+
+#: Up to this many texts, :func:`_factorize` numbers them in a dict: ``pd.factorize`` costs ~30 µs whatever the
+#: size, more than a cascade step's one to three answers take to parse, and wins only on long arrays.
+_SMALL = 64
+
+
+def _factorize(texts: NDArray[np.object_]) -> tuple[NDArray[np.intp], list[str]]:
+    """``pd.factorize(texts)``: per text the index of its distinct value, distinct values in order of first appearance.
+
+    Short arrays (a service's step) are numbered in a dict, long ones (a
+    replay over a table) by pandas; both give the same codes and uniques.
+    """
+    if len(texts) > _SMALL:
+        inverse, unique = pd.factorize(texts)
+        return inverse, list(unique)
+    index: dict[str, int] = {}
+    inverse = np.array([index.setdefault(t, len(index)) for t in texts], dtype=np.intp)
+    return inverse, list(index)
 
 
 def run_responses(responses: NDArray[np.object_], run: NDArray[np.bool_],
@@ -315,24 +334,25 @@ def _posthoc_block(run: NDArray[np.bool_], signals: Mapping[str, NDArray[np.floa
     if info is not None:
         _agreement(run, np.ascontiguousarray(info.codes, dtype=np.int64),
                    np.ascontiguousarray(info.log_length, dtype=np.float64),
-                   np.ascontiguousarray(info.kind, dtype=np.float64), out, k * (1 + len(signals)),
+                   np.ascontiguousarray(info.kind, dtype=np.float64),
+                   np.ascontiguousarray(info.checks, dtype=np.float64), out, k * (1 + len(signals)),
                    k * (1 + len(signals) + 5 + len(CHECKS)), bool(pairs))
-        start = k * (6 + len(signals))
-        for c in range(len(CHECKS)):
-            out[:, start + k * c: start + k * (c + 1)] = np.where(run, info.checks[:, :, c], np.nan)
     out[:, -1] = run.sum(axis=1)
     return out
 
 
 @njit(**JIT_OPTIONS)
-def _agreement(run, codes, log_length, kind, out, start, tail, with_pairs):
-    """Write the per-model response columns of each query into ``out[:, start:start + 5K]``, the per-query ones
-    into ``out[:, tail:tail + 3]`` and, with ``with_pairs``, each pair's agreement into the ``K (K - 1) / 2`` after.
+def _agreement(run, codes, log_length, kind, checks, out, start, tail, with_pairs):
+    """Write the per-model response columns of each query into ``out[:, start:start + (5 + C) K]`` (the five
+    agreement groups, then each of the ``C`` checks), the per-query ones into ``out[:, tail:tail + 3]`` and, with
+    ``with_pairs``, each pair's agreement into the ``K (K - 1) / 2`` after.
 
     Compiled: per query it compares the K answers pairwise, which as
     broadcast NumPy arrays cost more than every other step of a batch
     replay. Counts are exact integers, so the ratios are the same floats
-    whichever way they are summed.
+    whichever way they are summed. The checks are copied here too (NaN where
+    the model did not run): three masked copies in NumPy cost a cascade
+    step more than this whole pass.
     """
     n, k = run.shape
     cluster = np.empty(k)
@@ -368,6 +388,8 @@ def _agreement(run, codes, log_length, kind, out, start, tail, with_pairs):
             out[q, start + 2 * k + j] = (1.0 if valid else 0.0) if ran else np.nan
             out[q, start + 3 * k + j] = (cluster[j] - 1.0) / others if valid and others > 0 else np.nan
             out[q, start + 4 * k + j] = (1.0 if cluster[j] == largest else 0.0) if valid else np.nan
+            for c in range(checks.shape[2]):
+                out[q, start + (5 + c) * k + j] = checks[q, j, c] if ran else np.nan
         out[q, tail] = largest / n_valid if n_valid > 0 else np.nan
         out[q, tail + 1] = (total - n_valid) / pairs if pairs > 0 else np.nan
         out[q, tail + 2] = distinct

@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from estimators.answers import final_answer, final_answers
 from estimators.featurize import StructuralFeaturizer, TextFeaturizer, make_prompt_featurizer, prompt_frame
-from estimators.posthoc import posthoc_feature_names, posthoc_features, read_responses
+from estimators.posthoc import CHECKS, posthoc_feature_names, posthoc_features, read_responses
 from estimators.runsets import sample_run_sets
 
 PROMPTS = [
@@ -139,6 +140,22 @@ def test_agreement_features_match_brute_force(seed):
     np.testing.assert_array_equal(lengths, np.where(run, info.log_length, np.nan))
     np.testing.assert_array_equal(F[:, [names.index(f"answer_kind[{m}]") for m in models]],
                                   np.where(run, info.kind, np.nan))
+    for c, check in enumerate(CHECKS):  # copied by the compiled pass
+        np.testing.assert_array_equal(F[:, [names.index(f"{check}[{m}]") for m in models]],
+                                      np.where(run, info.checks[:, :, c], np.nan), err_msg=check)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(["", "A", "B", "42", "a", "A ", "é", "def f(): return 1"]), max_size=150))
+def test_answer_numbering_equals_pandas_factorize_at_every_size(texts):
+    """The dict numbering of short arrays (a service's step) gives pandas' codes and uniques, as long arrays get."""
+    from estimators.posthoc import _factorize
+
+    array = np.array(texts, dtype=object)
+    inverse, unique = _factorize(array)
+    expected_inverse, expected_unique = pd.factorize(array)
+    np.testing.assert_array_equal(inverse, expected_inverse)
+    assert unique == list(expected_unique)
 
 
 @settings(max_examples=60, deadline=None)

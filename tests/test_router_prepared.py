@@ -51,6 +51,31 @@ def test_prepared_queries_give_the_same_estimates_plans_and_selections(router, t
         assert router.select(prompts, observed, prepared=prepared) == router.select(prompts, observed, **keywords)
 
 
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_decide_or_select_is_decide_then_select(router, table, data):
+    """One estimate for both (the service's step) gives the next model of :meth:`decide` and, for a query that
+    stops with models run, the answer of :meth:`select`; with and without a preparation, paced too."""
+    k = len(router.models_)
+    rows = data.draw(st.lists(st.integers(0, table.n_queries - 1), min_size=1, max_size=6), label="rows")
+    ran = [data.draw(st.sets(st.integers(0, k - 1), max_size=k), label=f"ran[{i}]") for i in range(len(rows))]
+    excluded = [{router.models_[j] for j in data.draw(st.sets(st.integers(0, k - 1), max_size=2))} - set(
+        router.models_[j] for j in r) for r in ran]
+    budget = data.draw(st.sampled_from(router.budgets), label="budget")
+    prompts = [table.prompts[q] for q in rows]
+    keywords = {"tasks": [table.tasks[q] for q in rows], "subtasks": [table.subtasks[q] for q in rows]}
+    observed = [_observed(router, table, q, r) for q, r in zip(rows, ran, strict=True)]
+    paced = router.paced(budget)
+    for decider, options in ((router, {"budget": budget}), (paced, {})):
+        nexts = decider.decide(prompts, observed, excluded=excluded, **options, **keywords)
+        expected = [(model, decider.select([p], [o], **{n: [v[i]] for n, v in keywords.items()})[0]
+                     if model is None and o else None)
+                    for i, (p, o, model) in enumerate(zip(prompts, observed, nexts, strict=True))]
+        assert decider.decide_or_select(prompts, observed, excluded=excluded, **options, **keywords) == expected
+        prepared = router.prepare(prompts, **keywords)
+        assert decider.decide_or_select(prompts, observed, excluded=excluded, prepared=prepared, **options) == expected
+
+
 def test_a_whole_cascade_on_one_preparation_calls_the_same_models(router, table):
     paced = router.paced(router.budgets[0])
     for q in range(30):

@@ -174,7 +174,7 @@ def test_the_routers_own_error_is_a_500_and_the_server_goes_on(serve_router, bac
     app = create_app(serve_router, backends)
     with serving(app) as (url, _):
         service = app.app.state.service
-        monkeypatch.setattr(service.router, "select", lambda *args, **kwargs: 1 / 0)
+        monkeypatch.setattr(service.router, "decide_or_select", lambda *args, **kwargs: 1 / 0)
         broken = _post(url, prompt, task, subtask, emitted)
         monkeypatch.undo()
         working = _post(url, prompt, task, subtask, emitted)

@@ -419,9 +419,45 @@ class Router:
         list of (str or None)
             Per query, the model to call next, or ``None`` to stop.
         """
-        return [p.next for p in self.plan(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
-                                          policy=policy, excluded=excluded, latency_budget=latency_budget,
-                                          prepared=prepared)]
+        _, _, next_model, _ = self.plan_arrays(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
+                                               policy=policy, excluded=excluded, latency_budget=latency_budget,
+                                               prepared=prepared)
+        names = self.models_
+        return [None if c == kernel.STOP else names[c] for c in next_model.tolist()]
+
+    def decide_or_select(self, prompts: Sequence[str], observed: Observed | None = None,
+                         budget: float | None = None, *, tasks: Sequence[str] | None = None,
+                         subtasks: Sequence[str] | None = None, policy: Policy | None = None,
+                         excluded: Excluded | None = None, latency_budget: float | None = None,
+                         prepared: PreparedQueries | None = None) -> list[tuple[str | None, str | None]]:
+        """One cascade step per query: the next model, or, when it stops, the answer to return, from one estimate.
+
+        :meth:`decide`, then :meth:`select` for the queries that stop with an
+        answer, give the same pair; but both estimate the same run set from
+        the same inputs, so a service's last step would estimate twice. Here
+        the quality estimates the decision used pick the answer.
+
+        Parameters
+        ----------
+        prompts, observed, budget, tasks, subtasks, policy, excluded, latency_budget, prepared
+            As in :meth:`decide`.
+
+        Returns
+        -------
+        list of (str or None, str or None)
+            Per query ``(next, None)`` while the cascade goes on, ``(None, selected)`` when it stops (``selected``
+            as :meth:`select` gives it), ``(None, None)`` when it stops with no model run.
+        """
+        estimates, run, next_model, _ = self.plan_arrays(prompts, observed, budget, tasks=tasks, subtasks=subtasks,
+                                                         policy=policy, excluded=excluded,
+                                                         latency_budget=latency_budget, prepared=prepared)
+        answer: NDArray[np.int64] = np.full(len(next_model), kernel.STOP, dtype=np.int64)
+        stops = np.flatnonzero(next_model == kernel.STOP)
+        if stops.size:  # most steps go on: select only where the cascade stops
+            answer[stops] = kernel.select_answer(estimates.quality[stops], run[stops])
+        names = self.models_
+        return [(names[c], None) if c != kernel.STOP else (None, None if a == kernel.STOP else names[a])
+                for c, a in zip(next_model.tolist(), answer.tolist(), strict=True)]
 
     def select(self, prompts: Sequence[str], observed: Observed, *,
                tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None,
@@ -690,6 +726,24 @@ class PacedRouter:
         """
         return self.router.decide(prompts, observed, tasks=tasks, subtasks=subtasks, policy=self._policy,
                                   excluded=excluded, prepared=prepared)
+
+    def decide_or_select(self, prompts: Sequence[str], observed: Observed | None = None, *,
+                         tasks: Sequence[str] | None = None, subtasks: Sequence[str] | None = None,
+                         excluded: Excluded | None = None, prepared: PreparedQueries | None = None
+                         ) -> list[tuple[str | None, str | None]]:
+        """:meth:`Router.decide_or_select` with the current paced policy.
+
+        Parameters
+        ----------
+        prompts, observed, tasks, subtasks, excluded, prepared
+            As in :meth:`Router.decide`.
+
+        Returns
+        -------
+        list of (str or None, str or None)
+        """
+        return self.router.decide_or_select(prompts, observed, tasks=tasks, subtasks=subtasks, policy=self._policy,
+                                            excluded=excluded, prepared=prepared)
 
     def select(self, prompts: Sequence[str], observed: Observed, *, tasks: Sequence[str] | None = None,
                subtasks: Sequence[str] | None = None, prepared: PreparedQueries | None = None) -> list[str]:

@@ -370,19 +370,18 @@ class _Service:
         """The next model, or ``None`` and the selected answer's model (``None`` if nothing answered).
 
         Deciding and, once the cascade stops, selecting happen in one call (one trip to a decision thread
-        when it goes there). The prompt is featurized at the first step and the result passed back, so later
-        steps only re-estimate.
+        when it goes there) on one estimate (:meth:`Router.decide_or_select`). The prompt is featurized at
+        the first step and the result passed back, so later steps only re-estimate.
         """
         if prepared is None:
             prepared = self.router.prepare([parsed.prompt], **self._keywords(parsed))
         if policy is None:
-            model = self._pacer().decide([parsed.prompt], [observed], excluded=[excluded], prepared=prepared)[0]
+            model, selected = self._pacer().decide_or_select([parsed.prompt], [observed], excluded=[excluded],
+                                                             prepared=prepared)[0]
         else:
-            model = self.router.decide([parsed.prompt], [observed], policy=policy, excluded=[excluded],
-                                       prepared=prepared)[0]
-        if model is not None or not observed:
-            return model, None, prepared
-        return None, self.router.select([parsed.prompt], [observed], prepared=prepared)[0], prepared
+            model, selected = self.router.decide_or_select([parsed.prompt], [observed], policy=policy,
+                                                           excluded=[excluded], prepared=prepared)[0]
+        return model, selected, prepared
 
     async def cascade(self, parsed: ChatRequest, pace: bool = True) -> tuple[str, list[_Step], dict[str, Any]]:
         """Run one query's cascade; the selected model, the steps, and the ``router`` account.
