@@ -11,7 +11,9 @@ does for learned estimators (the candidate kept per budget on calibration,
 the constant-estimate hull mix (:func:`training.policy.hull_policy`, the
 single models on the upper hull of the calibration split's mean cost and
 quality, γ-mixed around the budget), fitted on the same calibration queries
-at the same budgets and played on the same test queries. Both AUCs ×100 are
+at the same budgets and played on the same test queries (at a budget below
+the cheapest model's calibration cost, where the router's candidates are
+clamped to their cheapest policy, the cheapest model alone). Both AUCs ×100 are
 taken over the test single models' cost range, with the paired bootstrap
 interval of their difference (:func:`training.metrics.bootstrap_auc`).
 
@@ -49,7 +51,7 @@ from estimators.estimator import make_router_estimator
 from training import metrics
 from training.data import read_table
 from training.episodes import EstimatorEpisodes, calibration_episodes
-from training.policy import SIGMA_TRANSFORMS, choose_policy, describe, fit_candidates, single_outcomes
+from training.policy import SIGMA_TRANSFORMS, choose_policy, describe, fit_candidates, hull_policy, single_outcomes
 from training.protocol import BUDGETS_PER_SEGMENT, _split
 
 #: Training queries: "a few hundred logged queries per model" (issue 27).
@@ -96,14 +98,17 @@ def run(name: str, seed: int, data: Path = DATA) -> dict[str, Any]:
     lo, hi, left = metrics.auc_bounds(costs, qualities)
     singles = single_outcomes(calibration_play)
     per_query: dict[str, tuple[list, list]] = {"router": ([], []), "hull": ([], [])}
-    kept = []
+    kept, clamped, cheapest = [], 0, min(outcome.mean_cost for outcome in singles)
     for budget in metrics.budget_grid(costs, qualities, per_segment=BUDGETS_PER_SEGMENT):
         candidates = fit_candidates(calibration_play, float(budget), max_depth=MAX_DEPTH,
                                     sigma_transforms=SIGMA_TRANSFORMS, singles=singles)
         choice = choose_policy(calibration_play, candidates)
         hull = candidates[0]  # simplest first: the hull mix, when one meets the budget
         if not describe(hull, ordered.models).startswith("hull"):
-            raise RuntimeError(f"{name} seed {seed}: no hull candidate at budget {budget:.3g}")
+            # Below the cheapest model's calibration cost the router's candidates are clamped to their cheapest
+            # policy; the hull's counterpart is the cheapest model alone.
+            hull = hull_policy(calibration_play, cheapest, singles=singles)
+            clamped += 1
         kept.append(describe(choice.policy, ordered.models))
         for key, policy in (("router", choice.policy), ("hull", hull)):
             outcome = policy.play(test_play)
@@ -116,7 +121,7 @@ def run(name: str, seed: int, data: Path = DATA) -> dict[str, Any]:
     return {
         **{key: list(boot["strategies"][key]) for key in per_query},
         "router-hull": list(difference),
-        "kept": kept,
+        "kept": kept, "hull_clamped": clamped,
         "n_train": int(train.size), "n_calibration": int(calibration.size), "n_test": int(test.size),
         "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started,
     }
