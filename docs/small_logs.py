@@ -27,8 +27,9 @@ The split is the protocol's for a full table (``_split`` with the train
 fraction ``250 / N``), so the router's AUC is the one
 ``evaluate_strategies(table.without(["prompt"]), estimator="learned",
 train_fraction=250 / N, calibration_fraction=0.2, max_depth=3,
-strategies=("cascade_routing",))`` reports (checked on routerbench_subset,
-seed 0, in docs/decisions.md item 111). Seeded: a rerun gives the same
+strategies=("cascade_routing",))`` reports: the same calls in the same
+order (split, fit, calibration and test episodes, budgets, candidates, the
+choice, the bootstrap's point estimate). Seeded: a rerun gives the same
 numbers; only the timings change.
 """
 
