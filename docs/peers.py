@@ -265,7 +265,7 @@ def tables_text(runs: dict[str, dict[str, Any]]) -> str:
     timed = [run for run in runs.values() if "cpu_seconds" in run]
     parts += ["", f"{len(runs)} runs, {seconds / 60:.0f} minutes in all (wall)."
               + (f" The {len(timed)} runs that recorded it: {sum(r['seconds'] for r in timed) / 60:.0f} minutes "
-                 f"wall, {sum(r['cpu_seconds'] for r in timed) / 60:.0f} CPU-minutes, 1-minute load average at their "
+                 f"wall, {sum(r['cpu_seconds'] for r in timed) / 60:.1f} CPU-minutes, 1-minute load average at their "
                  f"start {min(r['load_average'] for r in timed):.1f}–{max(r['load_average'] for r in timed):.1f} "
                  f"on {os.cpu_count()} cores." if timed else "")]
     return "\n".join(parts)
