@@ -97,12 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if key in payload["runs"]:
                     continue
                 print(f"{key} ...", file=sys.stderr, flush=True)
-                started = time.perf_counter()
+                started, cpu_started, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
                 report = evaluate_strategies(
                     table, estimator=kind, seed=seed, max_depth=MAX_DEPTH, strategies=STRATEGIES,
                     train_fraction=PROTOCOL["train_fraction"], calibration_fraction=PROTOCOL["calibration_fraction"],
                     n_boot=args.bootstrap, progress=False)
-                payload["runs"][key] = _summary(report, time.perf_counter() - started)
+                payload["runs"][key] = {**_summary(report, time.perf_counter() - started),
+                                        "cpu_seconds": time.process_time() - cpu_started, "load_average": load}
                 write_atomically(path, json.dumps(payload, indent=1) + "\n")
     generated = tables_text(payload["runs"])
     replace_block(DOCS / "peers.md", generated, BEGIN, END, SKELETON)
@@ -212,20 +213,32 @@ def tables_text(runs: dict[str, dict[str, Any]]) -> str:
                          f"({m['cascade_routing'] - m['routing']:+.2f})")
         rows_label = f"**{kind}**" if kind == DEFAULT_ESTIMATOR else kind
         parts.append(f"| {rows_label} | " + " | ".join(cells) + " |")
-    parts += ["", "### Verdict: the default's cascade-routing AUC against the best peer's (mean over seeds)", "",
-              "| table | default | best peer | default − best peer | within " + f"{TOLERANCE} |",
-              "|---|---:|---|---:|---|"]
+    parts += ["", "### Verdict: the default's cascade-routing AUC against every peer's, on the seeds both ran", "",
+              "Each peer is compared on the seeds where both it and the default ran (the mean over seeds 0–2 "
+              "when everything ran); the row names the peer closest to the default (or furthest above it).", "",
+              "| table | default (its seeds) | closest peer | default − peer, common seeds | within "
+              f"{TOLERANCE} | not run |",
+              "|---|---:|---|---:|---|---|"]
     for t in tables:
-        if mean.get((t, DEFAULT_ESTIMATOR)) is None:
-            continue
-        ours = mean[t, DEFAULT_ESTIMATOR]["cascade_routing"]
-        peers = {k: mean[t, k]["cascade_routing"] for k in kinds if k != DEFAULT_ESTIMATOR and mean[t, k]}
-        if not peers:
-            continue
-        best = max(peers, key=peers.get)
-        gap = ours - peers[best]
-        parts.append(f"| {t} | {ours:.2f} | {best} {peers[best]:.2f} | {gap:+.2f} | "
-                     f"{'yes' if gap >= -TOLERANCE else '**no**'} |")
+        missing = [f"{k} {','.join(str(s) for s in SEEDS if f'{t}/{k}/{s}' not in runs)}" for k in ESTIMATOR_KINDS
+                   if any(f"{t}/{k}/{s}" not in runs for s in SEEDS)]
+        ours_seeds = _seeds(runs, t, DEFAULT_ESTIMATOR)
+        gaps = {}
+        for k in kinds:
+            common = sorted(set(ours_seeds) & set(_seeds(runs, t, k)))
+            if k != DEFAULT_ESTIMATOR and common:
+                gaps[k] = (float(np.mean([runs[f"{t}/{DEFAULT_ESTIMATOR}/{s}"]["auc"]["cascade_routing"]
+                                          - runs[f"{t}/{k}/{s}"]["auc"]["cascade_routing"] for s in common])),
+                           common)
+        ours = mean.get((t, DEFAULT_ESTIMATOR))
+        cells = f"{ours['cascade_routing']:.2f} ({_seed_list(ours_seeds)})" if ours else "—"
+        if gaps:
+            closest = min(gaps, key=lambda k: gaps[k][0])
+            gap, common = gaps[closest]
+            verdict = f"{closest} | {gap:+.2f} ({_seed_list(common)}) | {'yes' if gap >= -TOLERANCE else '**no**'}"
+        else:
+            verdict = "— | — | —"
+        parts.append(f"| {t} | {cells} | {verdict} | {'; '.join(missing) or 'nothing'} |")
     parts += ["", "### Per seed: AUC ×100 [95 % bootstrap interval] and the paired difference", "",
               "| table | estimator | seed | routing | cascade routing | cascade routing − routing |",
               "|---|---|---:|---|---|---|"]
@@ -249,7 +262,12 @@ def tables_text(runs: dict[str, dict[str, Any]]) -> str:
                 cells.append("—" if m is None else f"{m[when]['brier']:.4f} / {m[when]['auroc']:.3f}")
         parts.append(f"| {kind} | " + " | ".join(cells) + " |")
     seconds = sum(run["seconds"] for run in runs.values())
-    parts += ["", f"{len(runs)} runs, {seconds / 60:.0f} minutes in all."]
+    timed = [run for run in runs.values() if "cpu_seconds" in run]
+    parts += ["", f"{len(runs)} runs, {seconds / 60:.0f} minutes in all (wall)."
+              + (f" The {len(timed)} runs that recorded it: {sum(r['seconds'] for r in timed) / 60:.0f} minutes "
+                 f"wall, {sum(r['cpu_seconds'] for r in timed) / 60:.1f} CPU-minutes, 1-minute load average at their "
+                 f"start {min(r['load_average'] for r in timed):.1f}–{max(r['load_average'] for r in timed):.1f} "
+                 f"on {os.cpu_count()} cores." if timed else "")]
     return "\n".join(parts)
 
 
@@ -262,6 +280,14 @@ def _mean_over_seeds(runs: dict[str, dict[str, Any]], table: str, kind: str) -> 
         mean[when] = {metric: float(np.mean([run["estimate_scores"][when][metric] for run in chosen]))
                       for metric in ("brier", "auroc")}
     return mean
+
+
+def _seeds(runs: dict[str, dict[str, Any]], table: str, kind: str) -> list[int]:
+    return sorted(int(key.rsplit("/", 1)[1]) for key in runs if key.startswith(f"{table}/{kind}/"))
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    return "seed " + ", ".join(str(s) for s in seeds) if len(seeds) == 1 else "seeds " + ", ".join(map(str, seeds))
 
 
 def _bold(value: float, table: str, mean: dict) -> str:
