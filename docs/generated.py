@@ -6,23 +6,22 @@ prose around the block is written by hand and kept as it is.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from training import files
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` beside ``path`` and rename it into place: a killed run leaves the old file, not half a new one.
+    """Write ``text`` (UTF-8) with :func:`training.files.write_atomically`: a killed run leaves the old file.
 
     Parameters
     ----------
     path : Path
         Destination.
     text : str
-        Its whole new content (UTF-8).
+        Its whole new content.
     """
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, path)
+    files.write_atomically(path, text.encode("utf-8"))
 
 
 def replace_block(path: Path, generated: str, begin: str, end: str, skeleton: str) -> None:

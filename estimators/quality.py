@@ -629,8 +629,9 @@ class QualityEstimator(BaseEstimator):
             init, oof = self._boost_from_prior(prompt_features, quality, rows, run, folds, X, Y, names)
         else:
             if boosted:  # pooled: each model's prior from the queries where it was logged
-                cells = None if logged is None and weights is None else np.where(
-                    np.ones((n, k), dtype=bool) if logged is None else logged, 1.0 if weights is None else weights, 0.0)
+                cells = None if weights is None else np.asarray(weights, dtype=np.float64)
+                if logged is not None:
+                    cells = np.where(logged, 1.0 if cells is None else cells, 0.0)
                 init = self._fit_prior(prompt_features, quality, rows, folds, names, cells)
             oof = np.empty_like(Y)
             for train, test in folds:

@@ -192,7 +192,7 @@ def answered_requests(directory: str | os.PathLike[str], limit: int) -> dict[str
     rows = rows.assign(first=~rows["selected"].fillna(False).astype(bool))  # the selected answer sorts first
     answered = rows.sort_values("first", kind="stable").groupby("query_id", sort=False)["model"].agg(tuple)
     order = rows.drop_duplicates("query_id", keep="last")["query_id"]  # a request's last row: when it ended
-    return {request_id: answered[request_id] for request_id in order.iloc[-limit:] if limit > 0}
+    return {request_id: answered[request_id] for request_id in order.iloc[-limit:]}
 
 
 def _user_labels(labels: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
