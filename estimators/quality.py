@@ -370,6 +370,17 @@ class QualityEstimator(BaseEstimator):
     n_trees_: NDArray[np.int64] | None
     unrun_trees_: NDArray[np.bool_] | None
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, giving a fitted estimator saved before the prior's fields existed their ``None``.
+
+        Format-3 artifacts written before the prior's cells (``cells_``) and the
+        per-size tree choice (``unrun_trees_``) existed still load (the artifact
+        format did not change); their absence means what ``None`` means.
+        """
+        if "frozen_" in state:  # fitted: an unfitted estimator must not gain fitted attributes
+            state = {"prior_": None, "cells_": None, "n_trees_": None, "unrun_trees_": None, **state}
+        super().__setstate__(state)
+
     def __init__(
         self,
         regressor: BaseEstimator | None = None,
@@ -532,7 +543,7 @@ class QualityEstimator(BaseEstimator):
 
     def _prior_where_unrun(self, quality: np.ndarray, offset: np.ndarray, run: np.ndarray) -> np.ndarray:
         """``quality`` with the prior alone (logits ``offset``) in the not-run cells ``unrun_trees_`` gives to it."""
-        trees = getattr(self, "unrun_trees_", None)  # absent from estimators fitted before it existed
+        trees = self.unrun_trees_
         if trees is None or trees.all():
             return quality
         run = np.asarray(run, dtype=bool)
@@ -700,9 +711,9 @@ class QualityEstimator(BaseEstimator):
         ndarray of float64, shape (N, K), or None
             Prompt columns' contribution plus the bias, before clipping.
         """
-        prior = getattr(self, "prior_", None)
+        prior = self.prior_
         if prior is not None:  # the prior reads only its cells' keys of our own features
-            cells = getattr(self, "cells_", None)  # absent from estimators fitted before clusters: task columns
+            cells = self.cells_  # None: the prior's cells are its task columns (fitted before clusters)
             keys = (prompt_features[:, prior.category_columns_] if cells is None
                     else cells.keys(prompt_features))
             return _logit(prior.predict_cells(keys))
@@ -732,11 +743,11 @@ class QualityEstimator(BaseEstimator):
         share = self.prompt_share(prompt_features) if share is None else share
         if self.pooled_:  # boosted from the prior when it has one (share is then its logits)
             X = np.hstack([prompt_features, block])
-            start = share if getattr(self, "prior_", None) is not None else None
+            start = share if self.prior_ is not None else None
             raw = np.column_stack([self.frozen_.predict(self._model_rows(X, i), parallel,
                                                         offset=None if start is None else start[:, i:i + 1])[:, 0]
                                    for i in range(self.self_columns_.shape[1])])
-        elif getattr(self, "prior_", None) is not None:  # the forests start from the prior's logit
+        elif self.prior_ is not None:  # the forests start from the prior's logit
             started = self.frozen_.predict(np.hstack([prompt_features, block]), parallel, offset=share)
             raw = self._prior_where_unrun(started, share, run)  # type: ignore[arg-type]  # prior_ set: share is an array
         elif share is None:

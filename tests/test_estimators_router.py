@@ -362,3 +362,29 @@ def _empty_block(fitted, table):
     info = read_responses(table.responses) if fitted.uses_responses_ else None
     signals = {name: np.full(run.shape, np.nan) for name in fitted.signal_names_}
     return posthoc_features(run, signals, info)
+
+
+def test_a_fitted_quality_estimator_saved_before_its_prior_fields_existed_loads_with_them_none(fitted, table):
+    """Format-3 artifacts older than ``unrun_trees_`` unpickle as trees everywhere, which is what they computed."""
+    import copy
+
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    quality = fitted.quality_
+    older = {name: value for name, value in quality.__getstate__().items() if name != "unrun_trees_"}
+    restored = QualityEstimator.__new__(QualityEstimator)
+    restored.__setstate__(older)
+    assert restored.unrun_trees_ is None and restored.prior_ is quality.prior_ is not None
+    everywhere = copy.copy(quality)
+    everywhere.unrun_trees_ = np.ones_like(quality.unrun_trees_)
+    run = np.zeros((table.n_queries, table.n_models), dtype=bool)
+    run[:, 0] = True
+    for stage in (None, run):
+        old, new = copy.copy(fitted), copy.copy(fitted)
+        old.quality_, new.quality_ = restored, everywhere
+        np.testing.assert_array_equal(old.predict_table(table, stage).quality, new.predict_table(table, stage).quality)
+    unfitted = QualityEstimator.__new__(QualityEstimator)
+    unfitted.__setstate__(QualityEstimator().__getstate__())
+    with pytest.raises(NotFittedError):  # an unfitted estimator gains no fitted fields on loading
+        check_is_fitted(unfitted)

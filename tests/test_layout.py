@@ -74,3 +74,18 @@ def test_layers_point_one_way():
               or (name.startswith("estimators") and target.startswith("training"))]
     assert not upward, f"imports against the layers (kernel <- estimators <- training): {upward}"
     assert any(t.startswith("kernel") for t in graph["estimators._forest"]), "the check reads imports"
+
+
+#: The two serving commands' documented entry points (``python -m training.serve`` / ``training.score``):
+#: they are the serving package's command lines, kept at their README names, so they import it.
+SERVING_ENTRY_POINTS = {"training.serve", "training.score"}
+
+
+def test_offline_code_does_not_import_the_serving_package():
+    graph = _graph()
+    offline = [name for name in graph if name.startswith("training") and not name.startswith("training.serving")]
+    reaching = [(name, target) for name in offline for target in graph[name]
+                if target.startswith("training.serving") and name not in SERVING_ENTRY_POINTS]
+    assert not reaching, f"offline modules importing training.serving: {reaching}"
+    assert {t for name in SERVING_ENTRY_POINTS for t in graph[name]} & {n for n in graph if n.startswith(
+        "training.serving")}, "the check reads the entry points' imports"
