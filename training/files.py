@@ -97,6 +97,9 @@ def write_atomically(final: Path, content: bytes | Callable[[BinaryIO], object],
         Flush the file and the rename to disk.
     """
     data = content
+    if not isinstance(data, bytes) and not callable(data):
+        raise TypeError(f"content must be bytes or a callable writing to a binary handle, got "
+                        f"{type(data).__name__}; encode text first (text.encode())")
     write = (lambda handle: handle.write(data)) if isinstance(data, bytes) else data
     temporary = write_temporary(final, write, durable=durable)
     try:
