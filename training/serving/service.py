@@ -44,8 +44,8 @@ whose ``Host`` is not in ``allowed_hosts`` gets 421, so that a DNS-rebound
 name cannot reach a loopback service; the client address is the peer's
 (``X-Forwarded-For`` is read by uvicorn only from ``--trusted-proxies``,
 :mod:`training.serving.edge`). A body larger than
-``inline_decision_chars`` waits unread for one of ``decision_threads`` slots
-and is parsed on a decision thread, not on the event loop. The whole
+``inline_decision_chars`` waits unread until no other long body is being
+read or parsed, and is parsed on a decision thread, not on the event loop. The whole
 cascade of one request has ``request_timeout_s`` (each upstream call gets
 what is left of it), and a 502 names the models that
 failed, never their upstream URLs.
@@ -134,9 +134,8 @@ class ServiceConfig:
         tens of milliseconds waiting for the GIL; ``docs/decisions.md`` item 32).
         Longer ones go to the decision threads, so one huge response cannot
         stall every request. 0 sends every step to the threads. A request
-        body longer than this is parsed on a decision thread too, and at most
-        ``decision_threads`` such bodies are read at once (the others wait
-        unread in their sockets).
+        body longer than this is parsed on a decision thread too, and one
+        such body is read at a time (the others wait unread in their sockets).
     max_messages : int, default=256
         Most messages one request may hold (400 above).
     request_timeout_s : float, default=60
@@ -298,7 +297,7 @@ class _Service:
                              f"of {list(router.models_)}")
         self.baseline = config.baseline_model or max(
             router.models_, key=lambda m: (self.backends[m].price_out, self.backends[m].price_in, m))
-        self.long_bodies = asyncio.Semaphore(max(config.decision_threads, 1))
+        self.long_bodies = asyncio.Semaphore(1)  # docs/decisions.md item 161
         self.body_limits = {"max_prompt_chars": config.max_prompt_chars, "max_messages": config.max_messages,
                             "needs_task": "task" in self.per_query}
         self.body_objects = OBJECTS_PER_MESSAGE * config.max_messages + 16
@@ -436,12 +435,13 @@ class _Service:
         """``parse(decoded JSON body, ...)``; a long body is read and parsed under :attr:`long_bodies` (issue 30).
 
         A body declared longer than ``inline_decision_chars`` (or of unknown
-        length) waits for one of ``decision_threads`` slots *before* it is
-        read, and is parsed on a decision thread. While it waits, its bytes
-        stay in the socket (uvicorn pauses reading a connection whose body
-        nobody consumes), so 32 clients posting 1 MB bodies cost the event
-        loop the reading of two at a time, not of 32 interleaved, and the
-        loop stays free for everyone else (``docs/decisions.md``).
+        length) waits for the one slot *before* it is read, and is parsed on
+        a decision thread. While it waits, its bytes stay in the socket
+        (uvicorn pauses reading a connection whose body nobody consumes), so
+        32 clients posting 1 MB bodies cost the event loop the reading of one
+        at a time, not of 32 interleaved, and one thread, not two, competes
+        with the loop for the interpreter lock while it decodes: the loop
+        stays free for everyone else (``docs/decisions.md`` items 71, 161).
         """
         _require_json(request)
         declared = request.headers.get("content-length")
