@@ -275,3 +275,17 @@ def test_a_step_runs_on_a_decision_thread_only_when_its_new_text_is_over_the_lim
     expected_first = limit != "above the prompt"
     assert on_thread[:2] == [expected_first] * 2 and on_thread[2:] == [limit == "zero"] * (len(on_thread) - 2)
     assert [name.startswith("router-decide") for name in threads] == [expected_first]
+
+
+def test_the_service_process_freezes_its_start_up_objects_and_collects_young_ones_less_often():
+    """``training.serve`` settles its heap before serving (decision 165); in a child, not to freeze pytest's."""
+    import subprocess
+    import sys
+
+    script = ("import gc; from training.serve import YOUNG_GC_OBJECTS, _settle_heap; "
+              "before = gc.get_threshold(); assert gc.get_freeze_count() == 0; _settle_heap(); "
+              "after = gc.get_threshold(); "
+              "print(gc.get_freeze_count(), after[0] == YOUNG_GC_OBJECTS, after[1:] == before[1:])")
+    frozen, young, older = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                          check=True).stdout.split()
+    assert int(frozen) > 1000 and young == older == "True"

@@ -142,10 +142,13 @@ def parse_json(raw: bytes, max_objects: int | None = None) -> Any:
         The decoded JSON value.
     """
     # every object starts with "{" (strings may hold more): few braces need no counting, and json's C path stays
-    hook = None if max_objects is None or raw.count(b"{") <= max_objects else _counting_objects(max_objects)
+    counted = max_objects is not None and raw.count(b"{") > max_objects
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float,
-                          object_pairs_hook=hook)
+        text = raw.decode("utf-8")
+        if text.startswith("\ufeff"):  # what json.loads refuses before decoding
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        decoder = _decoder(_counting_objects(max_objects)) if counted else _DECODER  # type: ignore[arg-type]
+        return decoder.decode(text)
     except _TooManyObjects:
         raise _invalid(f"the request body holds more than {max_objects:,} JSON objects, more than "
                        f"--max-messages allows", "messages", "too_many_messages") from None
@@ -154,6 +157,11 @@ def parse_json(raw: bytes, max_objects: int | None = None) -> Any:
                        f"{str(error)[:200]})", code="invalid_json") from None
     except RecursionError:
         raise _invalid("the request body nests too deeply", code="invalid_json") from None
+
+
+def _decoder(hook=None) -> json.JSONDecoder:
+    """The request body's decoder: no ``NaN``/``Infinity``, no out-of-range number, ``hook`` for objects."""
+    return json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float, object_pairs_hook=hook)
 
 
 class _TooManyObjects(Exception):
@@ -185,6 +193,10 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"the number {text[:50]} is out of range")
     return value
+
+
+#: The decoder of bodies without an object count to keep: made once (``json.loads`` with options makes one per call).
+_DECODER = _decoder()
 
 
 def parse_budget_model(model: object) -> float | None:

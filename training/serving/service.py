@@ -44,8 +44,8 @@ whose ``Host`` is not in ``allowed_hosts`` gets 421, so that a DNS-rebound
 name cannot reach a loopback service; the client address is the peer's
 (``X-Forwarded-For`` is read by uvicorn only from ``--trusted-proxies``,
 :mod:`training.serving.edge`). A body larger than
-``inline_decision_chars`` waits unread for one of ``decision_threads`` slots
-and is parsed on a decision thread, not on the event loop. The whole
+``inline_decision_chars`` waits unread until no other long body is being
+read or parsed, and is parsed on a decision thread, not on the event loop. The whole
 cascade of one request has ``request_timeout_s`` (each upstream call gets
 what is left of it), and a 502 names the models that
 failed, never their upstream URLs.
@@ -134,9 +134,8 @@ class ServiceConfig:
         tens of milliseconds waiting for the GIL; ``docs/decisions.md`` item 32).
         Longer ones go to the decision threads, so one huge response cannot
         stall every request. 0 sends every step to the threads. A request
-        body longer than this is parsed on a decision thread too, and at most
-        ``decision_threads`` such bodies are read at once (the others wait
-        unread in their sockets).
+        body longer than this is parsed on a decision thread too, and one
+        such body is read at a time (the others wait unread in their sockets).
     max_messages : int, default=256
         Most messages one request may hold (400 above).
     request_timeout_s : float, default=60
@@ -199,8 +198,30 @@ class ServiceConfig:
             object.__setattr__(self, "allowed_hosts", tuple(host.lower() for host in self.allowed_hosts))
 
 
+class _Children(dict):
+    """A labelled metric's children by label values, each made once.
+
+    ``metric.labels(...)`` checks the values and takes a lock on every call
+    (about 4 µs); a request touches a dozen children on its path, always
+    the same few per model, endpoint and status, so they are kept here
+    (as many as the metric itself keeps, and as long).
+    """
+
+    def __init__(self, metric: Any) -> None:
+        super().__init__()
+        self.metric = metric
+
+    def __missing__(self, values: str | tuple[str, ...]) -> Any:
+        child = self[values] = self.metric.labels(*values) if isinstance(values, tuple) else self.metric.labels(values)
+        return child
+
+
 class _Metrics:
-    """The service's Prometheus metrics, in a registry of its own (so several apps can live in one process)."""
+    """The service's Prometheus metrics, in a registry of its own (so several apps can live in one process).
+
+    The metrics a request updates on its path are also reached through :class:`_Children`
+    (``decisions_of[model]``, ``requests_of[endpoint, status]``, ...).
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -241,6 +262,10 @@ class _Metrics:
                                 "on the baseline model alone (its prices x each request's tokens).", registry=r)
         self.saving = Gauge("router_saving_usd", "Baseline cost minus the cascades' realised cost, summed over "
                             "the answered chat requests (exploration spend not included).", registry=r)
+        self.decisions_of, self.retries_of = _Children(self.decisions), _Children(self.retries)
+        self.upstream_seconds_of, self.spend_of = _Children(self.upstream_seconds), _Children(self.spend)
+        self.selected_of, self.query_cost_of = _Children(self.selected), _Children(self.query_cost)
+        self.requests_of, self.request_seconds_of = _Children(self.requests), _Children(self.request_seconds)
 
 
 @dataclass
@@ -298,7 +323,7 @@ class _Service:
                              f"of {list(router.models_)}")
         self.baseline = config.baseline_model or max(
             router.models_, key=lambda m: (self.backends[m].price_out, self.backends[m].price_in, m))
-        self.long_bodies = asyncio.Semaphore(max(config.decision_threads, 1))
+        self.long_bodies = asyncio.Semaphore(1)  # docs/decisions.md item 161
         self.body_limits = {"max_prompt_chars": config.max_prompt_chars, "max_messages": config.max_messages,
                             "needs_task": "task" in self.per_query}
         self.body_objects = OBJECTS_PER_MESSAGE * config.max_messages + 16
@@ -399,21 +424,21 @@ class _Service:
                                                                  excluded, prepared)
             if model is None:
                 break
-            self.metrics.decisions.labels(model).inc()
+            self.metrics.decisions_of[model].inc()
             try:
                 reply = await self.upstreams.call(  # type: ignore[union-attr]  # made at startup (lifespan)
                     model, parsed.messages, parsed.forwarded, deadline)
             except UpstreamFailure as failure:
                 log.warning("%s; the router excludes it for this query", failure)
                 self.metrics.upstream_errors.labels(model, failure.kind).inc()
-                self.metrics.retries.labels(model).inc(max(failure.attempts - 1, 0))  # 0 attempts: deadline
-                self.metrics.upstream_seconds.labels(model).observe(failure.seconds)
+                self.metrics.retries_of[model].inc(max(failure.attempts - 1, 0))  # 0 attempts: deadline
+                self.metrics.upstream_seconds_of[model].observe(failure.seconds)
                 excluded.add(model)
                 steps.append(_Step(model, None, failure))
                 continue
-            self.metrics.retries.labels(model).inc(reply.attempts - 1)
-            self.metrics.upstream_seconds.labels(model).observe(reply.seconds)
-            self.metrics.spend.labels(model).inc(reply.cost)
+            self.metrics.retries_of[model].inc(reply.attempts - 1)
+            self.metrics.upstream_seconds_of[model].observe(reply.seconds)
+            self.metrics.spend_of[model].inc(reply.cost)
             observed[model] = {"cost": reply.cost, "response": reply.text}
             new_text = len(reply.text)
             steps.append(_Step(model, reply, None))
@@ -424,8 +449,8 @@ class _Service:
         if policy is None and pace:
             self._pacer().record(cost)
             self.metrics.pacing_factor.set(self._pacer().state().factor)
-        self.metrics.query_cost.labels(label).observe(cost)
-        self.metrics.selected.labels(selected).inc()
+        self.metrics.query_cost_of[label].observe(cost)
+        self.metrics.selected_of[selected].inc()
         account = {"models": [step.model for step in steps], "failed": sorted(excluded), "selected": selected,
                    "cost_usd": cost, "budget": self._pacer().budget if policy is None else policy.budget,
                    "paced": policy is None, "steps": [step.record() for step in steps]}
@@ -436,12 +461,13 @@ class _Service:
         """``parse(decoded JSON body, ...)``; a long body is read and parsed under :attr:`long_bodies` (issue 30).
 
         A body declared longer than ``inline_decision_chars`` (or of unknown
-        length) waits for one of ``decision_threads`` slots *before* it is
-        read, and is parsed on a decision thread. While it waits, its bytes
-        stay in the socket (uvicorn pauses reading a connection whose body
-        nobody consumes), so 32 clients posting 1 MB bodies cost the event
-        loop the reading of two at a time, not of 32 interleaved, and the
-        loop stays free for everyone else (``docs/decisions.md``).
+        length) waits for the one slot *before* it is read, and is parsed on
+        a decision thread. While it waits, its bytes stay in the socket
+        (uvicorn pauses reading a connection whose body nobody consumes), so
+        32 clients posting 1 MB bodies cost the event loop the reading of one
+        at a time, not of 32 interleaved, and one thread, not two, competes
+        with the loop for the interpreter lock while it decodes: the loop
+        stays free for everyone else (``docs/decisions.md`` items 71, 161).
         """
         _require_json(request)
         declared = request.headers.get("content-length")
@@ -533,7 +559,7 @@ class _Service:
             except UpstreamFailure as failure:
                 log.warning("%s (exploration call)", failure)
                 return _Step(model, None, failure)
-            self.metrics.spend.labels(model).inc(reply.cost)
+            self.metrics.spend_of[model].inc(reply.cost)
             return _Step(model, reply, None)
 
         extra = await asyncio.gather(*(call(model) for model in models))
@@ -729,8 +755,8 @@ class _Guard:
         except APIError as error:
             await _error_response(error)(scope, receive, sending)
         finally:
-            metrics.requests.labels(endpoint, str(status[0])).inc()
-            metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - began)
+            metrics.requests_of[endpoint, str(status[0])].inc()
+            metrics.request_seconds_of[endpoint].observe(time.perf_counter() - began)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = [False]

@@ -1,13 +1,23 @@
 """The traffic log writer: rows in, Parquet files out, on a thread of its own (issue 34).
 
 Why a thread and a bounded queue: a request must never wait on the disk.
-The handler hands its rows to :meth:`TrafficLog.submit`, which only puts
-them on a queue (``put_nowait``: it never blocks); when the queue is full
+The handler hands its rows to :meth:`TrafficLog.submit`, which only appends
+them to a queue (it never blocks, and wakes nobody); when the queue is full
 (the disk is slower than the traffic for longer than the queue lasts) the
 request's rows are dropped and counted (``router_log_dropped_rows``), the
 request itself is served as usual. A writer thread takes the rows, and
 writes a file when it holds ``max_rows`` rows or its oldest row is
 ``max_seconds`` old, and on shutdown.
+
+Why the writer wakes on a clock and converts a chunk at a time: it shares
+the interpreter lock with the event loop. Woken for every request (a
+``queue.Queue``), it took the lock once per request; converting a file's
+rows to Arrow in one call held it for the whole conversion (10,000 rows:
+over 100 ms, during which no request moved). It now wakes every
+:data:`WAKE_S` (or when the queue is half full), converts
+:data:`CHUNK_ROWS` rows per call and pauses between calls so that the loop
+takes the lock back (``docs/decisions.md``, item 160); writing the Parquet
+file runs without the lock.
 
 Each file is written under a temporary name starting with ``.`` (which
 readers skip) and renamed once complete and fsynced, so a reader never sees
@@ -33,9 +43,9 @@ import functools
 import itertools
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -53,8 +63,13 @@ __all__ = ["LogConfig", "TrafficLog", "feedback_row", "log_config", "request_row
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
 _SCHEMAS = {TRAFFIC_PREFIX: TRAFFIC_SCHEMA, FEEDBACK_PREFIX: FEEDBACK_SCHEMA}
+#: Seconds between the writer's looks at the queue.
+WAKE_S = 0.25
+#: Rows converted to Arrow per call: about a millisecond holding the interpreter lock.
+CHUNK_ROWS = 64
+#: The writer's pause after each conversion: long enough for a waiting event loop to take the lock.
+PAUSE_S = 2e-4
 
 
 class TrafficLog:
@@ -89,7 +104,9 @@ class TrafficLog:
             stale.unlink(missing_ok=True)
         self.max_rows, self.max_seconds, self.max_bytes = max_rows, max_seconds, max_bytes
         self.dropped_rows = self.refused_rows = self.written_rows = self.written_files = 0
-        self._queue: queue.Queue[Any] = queue.Queue(queue_requests)
+        self.queue_requests = queue_requests
+        self._queue: deque[tuple[str, Sequence[dict[str, Any]]]] = deque()
+        self._wake, self._stop = threading.Event(), threading.Event()
         self._sequence = itertools.count()
         self._used = self._disk_use()
         self._full_warned = False
@@ -99,55 +116,56 @@ class TrafficLog:
     # -- the request side ----------------------------------------------------------------------------------
     def submit(self, rows: Sequence[dict[str, Any]], kind: str = TRAFFIC_PREFIX) -> bool:
         """Queue one request's rows (or labels, ``kind=FEEDBACK_PREFIX``); ``False`` if dropped (queue full)."""
-        try:
-            self._queue.put_nowait((kind, rows))
-        except queue.Full:
+        waiting = len(self._queue)
+        if waiting >= self.queue_requests:
             self.dropped_rows += len(rows)
             return False
+        self._queue.append((kind, rows))  # deque.append is atomic: the writer may pop meanwhile
+        if waiting == self.queue_requests // 2:  # half full: the writer comes before its next tick
+            self._wake.set()
         return True
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued and stop the writer (waits at most ``timeout`` seconds)."""
-        if self._thread.is_alive():
-            self._queue.put(_STOP, timeout=timeout)
-            self._thread.join(timeout)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
 
     # -- the writer thread ---------------------------------------------------------------------------------
     def _run(self) -> None:
-        buffers: dict[str, list[dict[str, Any]]] = {kind: [] for kind in _SCHEMAS}
-        oldest: dict[str, float] = {}
+        files = {kind: _Chunks(schema) for kind, schema in _SCHEMAS.items()}
         while True:
-            due = min(oldest.values(), default=None)
-            wait = None if due is None else max(due + self.max_seconds - time.monotonic(), 0.0)
-            try:
-                item = self._queue.get(timeout=wait)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                for kind, rows in buffers.items():
-                    self._flush(kind, rows)
-                return
-            if item is not None:
-                kind, rows = item
-                buffers[kind].extend(rows)
-                oldest.setdefault(kind, time.monotonic())
+            self._wake.wait(min(WAKE_S, self.max_seconds))
+            self._wake.clear()
+            stopping = self._stop.is_set()  # read before draining: what was queued before close() is written
+            while self._queue:
+                kind, rows = self._queue.popleft()
+                chunks = files[kind]
+                try:
+                    chunks.add(rows)
+                except Exception:  # a row Arrow cannot hold: those rows are lost, the writer goes on
+                    log.exception("the traffic log could not convert rows for %s", self.directory)
+                    self.refused_rows += chunks.drop_waiting()
+                if chunks.rows >= self.max_rows:
+                    self._flush(kind, chunks)
             now = time.monotonic()
-            for kind, rows in buffers.items():
-                if rows and (len(rows) >= self.max_rows or now - oldest[kind] >= self.max_seconds):
-                    self._flush(kind, rows)
-                    buffers[kind] = []
-                    del oldest[kind]
+            for kind, chunks in files.items():
+                if chunks.rows and (stopping or now - chunks.since >= self.max_seconds):
+                    self._flush(kind, chunks)
+            if stopping:
+                return
 
-    def _flush(self, kind: str, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
+    def _flush(self, kind: str, chunks: _Chunks) -> None:
+        rows = chunks.rows
         try:
-            self._write(kind, rows)
+            self._write(kind, chunks)
         except Exception:  # the writer must outlive a bad disk moment: count the rows and go on
-            log.exception("the traffic log could not write %d rows to %s", len(rows), self.directory)
-            self.refused_rows += len(rows)
+            log.exception("the traffic log could not write %d rows to %s", rows, self.directory)
+            self.refused_rows += rows
+        chunks.clear()
 
-    def _write(self, kind: str, rows: list[dict[str, Any]]) -> None:
+    def _write(self, kind: str, chunks: _Chunks) -> None:
+        rows = chunks.rows
         if self._used >= self.max_bytes:
             self._used = self._disk_use()  # files moved away free room
             if self._used >= self.max_bytes:
@@ -155,20 +173,67 @@ class TrafficLog:
                     log.warning("the traffic log %s holds %d bytes, its limit (--log-max-bytes): new rows are "
                                 "counted, not written, until files are moved out", self.directory, self._used)
                     self._full_warned = True
-                self.refused_rows += len(rows)
+                self.refused_rows += rows
                 return
             self._full_warned = False
-        table = pa.Table.from_pylist(rows, schema=_SCHEMAS[kind])
+        table = chunks.table()
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         name = f"{kind}{stamp}-{os.getpid()}-{next(self._sequence):06d}.parquet"
         final = self.directory / name
         write_atomically(final, functools.partial(pq.write_table, table, compression="zstd"))
         self._used += final.stat().st_size
-        self.written_rows += len(rows)
+        self.written_rows += rows
         self.written_files += 1
 
     def _disk_use(self) -> int:
         return sum(path.stat().st_size for kind in _SCHEMAS for path in self.directory.glob(f"{kind}*.parquet"))
+
+
+class _Chunks:
+    """The rows of one file in the making, converted to Arrow :data:`CHUNK_ROWS` at a time.
+
+    Attributes
+    ----------
+    rows : int
+        Rows added since the last :meth:`clear`.
+    since : float
+        :func:`time.monotonic` time of the first of them.
+    """
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.clear()
+
+    def clear(self) -> None:
+        self.rows, self.since = 0, 0.0
+        self._batches: list[pa.RecordBatch] = []
+        self._waiting: list[dict[str, Any]] = []
+
+    def add(self, rows: Sequence[dict[str, Any]]) -> None:
+        if not self.rows:
+            self.since = time.monotonic()
+        self.rows += len(rows)
+        self._waiting.extend(rows)
+        if len(self._waiting) >= CHUNK_ROWS:
+            self._convert()
+
+    def drop_waiting(self) -> int:
+        """Forget the rows not converted yet (they failed to convert); how many."""
+        lost = len(self._waiting)
+        self.rows -= lost
+        self._waiting = []
+        return lost
+
+    def table(self) -> pa.Table:
+        """Every row added, as one table."""
+        self._convert()
+        return pa.Table.from_batches(self._batches, schema=self.schema)
+
+    def _convert(self) -> None:
+        if self._waiting:
+            self._batches.append(pa.RecordBatch.from_pylist(self._waiting, schema=self.schema))
+            self._waiting = []
+            time.sleep(PAUSE_S)  # the conversion held the interpreter lock: let the event loop have it
 
 
 @dataclass(frozen=True)
