@@ -72,12 +72,14 @@ class FakeUpstreams:
     ``modes[model]`` sets what it does: ``ok``; ``slow`` (sleeps ``delay`` s,
     then answers); ``timeout`` (sleeps ``hang`` s, longer than the backend's
     timeout); ``http500``; ``malformed`` (not JSON); ``no_usage``;
-    ``flaky`` (HTTP 503 on every first attempt of a prompt, then ok);
+    ``flaky`` (HTTP 503 on every first attempt of a prompt, then ok); ``no_logprobs`` (answers, but
+    without token log-probabilities even when asked);
     ``huge`` (a reply of ``huge_bytes`` streamed without a length, made as
     it is sent); ``deep`` (JSON nested 100,000 levels deep). While
     ``release`` is clear, every reply waits for it (requests held in flight). Every
     attempt is recorded in ``calls`` as ``(model, prompt)``, its body in
-    ``bodies`` and its ``Authorization`` header in ``keys``.
+    ``bodies`` and its ``Authorization`` header in ``keys``. A request asking for ``logprobs`` gets one
+    entry per character of the answer, each ``logprob[model]`` (default -0.1).
     """
 
     modes: dict[str, str] = field(default_factory=dict)
@@ -88,6 +90,7 @@ class FakeUpstreams:
     keys: list[str] = field(default_factory=list)
     bodies: list[dict] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
+    logprob: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.release.set()
@@ -126,6 +129,11 @@ class FakeUpstreams:
                                   "message": {"role": "assistant", "content": answer_of(model, prompt)}}]}
             if mode != "no_usage":
                 reply["usage"] = usage
+            if body.get("logprobs") and mode != "no_logprobs":
+                value = self.logprob.get(model, -0.1)
+                reply["choices"][0]["logprobs"] = {"content": [
+                    {"token": c, "logprob": value, "bytes": list(c.encode()), "top_logprobs": []}
+                    for c in answer_of(model, prompt)]}
             return JSONResponse(reply)
 
         return Starlette(routes=[Route("/{model}/v1/chat/completions", complete, methods=["POST"])])
@@ -135,6 +143,7 @@ class FakeUpstreams:
         for record in (self.calls, self.keys, self.bodies):
             record.clear()
         self.modes.clear()
+        self.logprob.clear()
         self.delay = 0.0
         self.huge_bytes = 300 << 20
         self.release.set()

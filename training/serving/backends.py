@@ -11,6 +11,7 @@ One table per model, keyed by the artifact's model name::
     timeout_s = 30                              # optional: seconds one attempt may take
     connect_timeout_s = 3                       # optional: seconds to open the connection
     max_concurrency = 64                        # optional: calls in flight to this upstream
+    logprobs = true                             # optional: it returns token log-probabilities when asked
 
 Everything is checked when the service starts, so that a typo stops it
 with one message instead of failing requests later: every model of the
@@ -35,6 +36,13 @@ Timeouts (issue 29): an attempt may take ``timeout_s`` (default
 timed out is not retried: the next model is the caller's faster way to an
 answer. The service's per-request deadline (``--request-timeout``) bounds
 the whole cascade on top of these.
+
+``logprobs = true`` says the upstream returns token log-probabilities when
+a request asks for them (``"logprobs": true``, as OpenAI's API does). An
+artifact whose estimator reads the ``mean_logprob`` post-hoc signal
+(:data:`~training.serving.upstream.LOGPROB_SIGNAL`) needs it on every
+backend; the service then asks each call for them and passes the answer's
+mean token log-probability to the router (issue 28).
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ __all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "DEFAULT_TIMEOUT_S", "KEY_PREFIX", "Back
            "parse_backends", "redact_url"]
 
 _KEYS = {"base_url", "model", "api_key_env", "price_in", "price_out", "timeout_s", "connect_timeout_s",
-         "max_concurrency"}
+         "max_concurrency", "logprobs"}
 
 KEY_PREFIX = "UPSTREAM_"
 """Default prefix every ``api_key_env`` must start with."""
@@ -97,6 +105,8 @@ class Backend:
         cannot reach a log line or a traceback through this object.
     api_key_env : str or None
         The variable it was read from (``training.serve`` removes it from the environment).
+    logprobs : bool
+        The upstream returns token log-probabilities when asked.
     """
 
     name: str
@@ -109,6 +119,7 @@ class Backend:
     max_concurrency: int = 64
     api_key: str | None = field(default=None, repr=False)
     api_key_env: str | None = None
+    logprobs: bool = False
 
     @property
     def url(self) -> str:
@@ -257,6 +268,9 @@ def parse_backends(document: Mapping[str, Any], models: tuple[str, ...],
         concurrency = table.get("max_concurrency", 64)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"{where}: max_concurrency must be an integer >= 1, got {concurrency!r}")
+        logprobs = table.get("logprobs", False)
+        if not isinstance(logprobs, bool):
+            raise ValueError(f"{where}: logprobs must be true or false, got {logprobs!r}")
         backends[name] = Backend(name=name, base_url=table["base_url"], model=table["model"],
                                  price_in=prices[0], price_out=prices[1],
                                  timeout_s=_number(where, "timeout_s", table.get("timeout_s", DEFAULT_TIMEOUT_S),
@@ -264,7 +278,8 @@ def parse_backends(document: Mapping[str, Any], models: tuple[str, ...],
                                  connect_timeout_s=_number(where, "connect_timeout_s",
                                                            table.get("connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S),
                                                            positive=True),
-                                 max_concurrency=concurrency, api_key=key, api_key_env=variable)
+                                 max_concurrency=concurrency, api_key=key, api_key_env=variable,
+                                 logprobs=logprobs)
     return backends
 
 

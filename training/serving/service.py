@@ -95,7 +95,7 @@ from .openai_api import (
     sse_chunks,
 )
 from .shadow import Shadow, check_shadow
-from .upstream import MAX_REPLY_BYTES, Reply, UpstreamFailure, Upstreams
+from .upstream import LOGPROB_SIGNAL, MAX_REPLY_BYTES, Reply, UpstreamFailure, Upstreams
 
 __all__ = ["MIN_API_KEY_CHARS", "ServiceConfig", "create_app"]
 
@@ -297,12 +297,20 @@ class _Service:
 
     def __init__(self, router: Router, backends: Mapping[str, Backend], config: ServiceConfig,
                  shadow: Router | None = None) -> None:
-        if router.estimator.signal_names_:
-            raise ValueError(f"this artifact's estimator reads post-hoc signals {router.estimator.signal_names_} "
-                             "that an OpenAI reply does not carry; serve an artifact fitted without signal columns")
+        unservable = [name for name in router.estimator.signal_names_ if name != LOGPROB_SIGNAL]
+        if unservable:
+            raise ValueError(f"this artifact's estimator reads post-hoc signals {unservable} that an OpenAI reply "
+                             f"does not carry (the service supplies only {LOGPROB_SIGNAL!r}); serve an artifact "
+                             "fitted without them")
         missing = [name for name in router.models_ if name not in backends]
         if missing:
             raise ValueError(f"no backend for model(s) {missing} of the artifact")
+        self.logprobs = LOGPROB_SIGNAL in router.estimator.signal_names_
+        lacking = [name for name in router.models_ if self.logprobs and not backends[name].logprobs]
+        if lacking:
+            raise ValueError(f"this artifact's estimator reads {LOGPROB_SIGNAL!r}, but the backends of {lacking} do "
+                             "not say logprobs = true in backends.toml; set it for upstreams that return token "
+                             "log-probabilities, or serve an artifact fitted without that signal")
         self.router, self.config = router, config
         self.default_policy = router.policy(config.budget)  # a budget below every fitted one stops here
         self.paced = router.paced(config.budget if config.budget is not None else self.default_policy.budget
@@ -427,7 +435,7 @@ class _Service:
             self.metrics.decisions_of[model].inc()
             try:
                 reply = await self.upstreams.call(  # type: ignore[union-attr]  # made at startup (lifespan)
-                    model, parsed.messages, parsed.forwarded, deadline)
+                    model, parsed.messages, parsed.forwarded, deadline, logprobs=self.logprobs)
             except UpstreamFailure as failure:
                 log.warning("%s; the router excludes it for this query", failure)
                 self.metrics.upstream_errors.labels(model, failure.kind).inc()
@@ -440,6 +448,8 @@ class _Service:
             self.metrics.upstream_seconds_of[model].observe(reply.seconds)
             self.metrics.spend_of[model].inc(reply.cost)
             observed[model] = {"cost": reply.cost, "response": reply.text}
+            if self.logprobs:
+                observed[model][LOGPROB_SIGNAL] = reply.mean_logprob
             new_text = len(reply.text)
             steps.append(_Step(model, reply, None))
         if not observed:
@@ -555,7 +565,8 @@ class _Service:
         async def call(model: str) -> _Step:
             self.metrics.explored.labels(model).inc()
             try:
-                reply = await upstreams.call(model, parsed.messages, parsed.forwarded, deadline)
+                reply = await upstreams.call(model, parsed.messages, parsed.forwarded, deadline,
+                                             logprobs=self.logprobs)
             except UpstreamFailure as failure:
                 log.warning("%s (exploration call)", failure)
                 return _Step(model, None, failure)

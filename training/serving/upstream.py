@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,7 +35,12 @@ import aiohttp
 
 from .backends import Backend
 
-__all__ = ["MAX_REPLY_BYTES", "Reply", "UpstreamFailure", "Upstreams"]
+__all__ = ["LOGPROB_SIGNAL", "MAX_REPLY_BYTES", "Reply", "UpstreamFailure", "Upstreams"]
+
+LOGPROB_SIGNAL = "mean_logprob"
+"""The one post-hoc signal an upstream can supply: the mean of the answer's token log-probabilities
+(``choices[0].logprobs.content[*].logprob``). An artifact fitted with a signal column of this name is served
+with ``"logprobs": true`` asked of every call (each backend must say ``logprobs = true``)."""
 
 MAX_REPLY_BYTES = 8 << 20
 """Largest upstream reply read by default: a chat completion of the longest context is a few hundred
@@ -58,6 +64,8 @@ class Reply:
         Time spent on the upstream: both attempts, and any wait for its ``max_concurrency``.
     attempts : int
         1, or 2 after a retry.
+    mean_logprob : float or None
+        The answer's mean token log-probability, when the call asked for them; else ``None``.
     """
 
     text: str
@@ -67,6 +75,7 @@ class Reply:
     cost: float
     seconds: float
     attempts: int
+    mean_logprob: float | None = None
 
 
 class UpstreamFailure(Exception):
@@ -104,8 +113,25 @@ def _count(usage: Mapping[str, Any], key: str) -> int:
     return value
 
 
-def _read_reply(status: int, content: bytes) -> tuple[str, str, int, int]:
-    """Text, finish reason and token counts of a chat-completion reply, or :class:`_AttemptFailed`."""
+def _mean_logprob(choice: Mapping[str, Any]) -> float:
+    """The mean of ``choice.logprobs.content[*].logprob``: finite numbers <= 0, at least one."""
+    try:
+        tokens = choice["logprobs"]["content"]
+        values = [token["logprob"] for token in tokens]
+    except (KeyError, TypeError):
+        values = []
+    if not values or not all(not isinstance(v, bool) and isinstance(v, (int, float)) and -math.inf < v <= 0
+                             for v in values):
+        raise _AttemptFailed("malformed", "the reply has no token log-probabilities (logprobs were asked)", True)
+    return math.fsum(values) / len(values)
+
+
+def _read_reply(status: int, content: bytes, logprobs: bool = False) -> tuple[str, str, int, int, float | None]:
+    """Text, finish reason, token counts and (if asked) mean token log-probability of a reply.
+
+    Raises :class:`_AttemptFailed` on an HTTP error or a reply that is not a chat completion (or has no
+    log-probabilities although they were asked).
+    """
     if status == 429 or status >= 500:
         raise _AttemptFailed("http_429" if status == 429 else "http_5xx", f"HTTP {status}", True)
     if status >= 400:
@@ -119,7 +145,8 @@ def _read_reply(status: int, content: bytes) -> tuple[str, str, int, int]:
         raise _AttemptFailed("malformed", "the reply is not a chat completion with choices and usage", True) from None
     if not isinstance(text, str) or not isinstance(finish, str) or not isinstance(usage, Mapping):
         raise _AttemptFailed("malformed", "the reply has no text answer or no usage", True)
-    return text, finish, _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
+    mean = _mean_logprob(choice) if logprobs else None
+    return text, finish, _count(usage, "prompt_tokens"), _count(usage, "completion_tokens"), mean
 
 
 class Upstreams:
@@ -162,7 +189,7 @@ class Upstreams:
         return b"".join(chunks)
 
     async def call(self, model: str, messages: list[dict[str, Any]], forwarded: Mapping[str, Any],
-                   deadline: float | None = None) -> Reply:
+                   deadline: float | None = None, *, logprobs: bool = False) -> Reply:
         """One model's answer to ``messages``, retried once on a retryable failure.
 
         Parameters
@@ -176,6 +203,8 @@ class Upstreams:
         deadline : float, optional
             :func:`time.monotonic` time by which the call must be over, whatever ``timeout_s`` allows;
             once it has passed the model fails (``deadline``) without being called.
+        logprobs : bool, default=False
+            Ask for token log-probabilities (``Reply.mean_logprob``); a reply without them is malformed.
 
         Returns
         -------
@@ -187,7 +216,8 @@ class Upstreams:
             When the model failed for this query.
         """
         backend = self.backends[model]
-        payload = json.dumps({**forwarded, "model": backend.model, "messages": messages, "stream": False})
+        asked = {"logprobs": True} if logprobs else {}
+        payload = json.dumps({**forwarded, "model": backend.model, "messages": messages, "stream": False, **asked})
         headers = {"Content-Type": "application/json"}
         if backend.api_key:
             headers["Authorization"] = f"Bearer {backend.api_key}"
@@ -204,7 +234,7 @@ class Upstreams:
                         backend.url, data=payload, headers=headers, allow_redirects=False,
                         timeout=timeout) as response:
                     status, content = response.status, await self._read(response)
-                text, finish, prompt_tokens, completion_tokens = _read_reply(status, content)
+                text, finish, prompt_tokens, completion_tokens, mean = _read_reply(status, content, logprobs)
             except asyncio.TimeoutError:
                 limited = seconds < backend.timeout_s
                 failure = _AttemptFailed("deadline" if limited else "timeout",
@@ -216,6 +246,7 @@ class Upstreams:
                 failure = error
             else:
                 return Reply(text, finish, prompt_tokens, completion_tokens,
-                             backend.cost(prompt_tokens, completion_tokens), time.perf_counter() - began, attempt)
+                             backend.cost(prompt_tokens, completion_tokens), time.perf_counter() - began, attempt,
+                             mean)
             if not failure.retry or attempt == 2:
                 raise UpstreamFailure(backend, failure.kind, failure.detail, time.perf_counter() - began, attempt)
