@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from bench_serving import _run_measured
 
@@ -38,21 +40,55 @@ NEW_MODEL = "gpt-4-1106-preview"
 NEW_MODEL_SHARE = 0.1
 
 
+#: Rows per row group of the tiled files: pyarrow's default for ``DataFrame.to_parquet`` (what users' files have).
+ROW_GROUP_ROWS = 1 << 20
+
+
+def write_tiles(source: Path, folder: Path, copies: int) -> dict[str, tuple[Path, int]]:
+    """Write ``copies`` tiles of ``source`` (new query ids per copy) as the full logs and the new model's logs.
+
+    Tiles are written as pandas' defaults write a frame (row groups of a
+    million rows, plain strings) without the bench holding the tiled
+    table: at most one row group is held, and Arrow's pool is released
+    after, so the fit measured next finds the machine's memory free.
+    """
+    frame = pd.read_parquet(source)
+    ids = frame["query_id"].astype(str)
+    unique = ids.unique()
+    explored = np.random.default_rng(0).random((copies, unique.size)) < NEW_MODEL_SHARE
+    rows = {"full": 0, "new_model": 0}
+    paths = {name: folder / f"{name}.parquet" for name in rows}
+    writers: dict[str, pq.ParquetWriter] = {}
+    pending: dict[str, list[pa.Table]] = {name: [] for name in rows}
+
+    def flush(name: str) -> None:
+        if pending[name]:
+            table = pa.concat_tables(pending[name])
+            if name not in writers:
+                writers[name] = pq.ParquetWriter(paths[name], table.schema)
+            writers[name].write_table(table, row_group_size=ROW_GROUP_ROWS)
+            pending[name] = []
+
+    for copy in range(copies):
+        tile = frame.assign(query_id=ids + f"#{copy}")
+        keep = (frame["model"] != NEW_MODEL).to_numpy() | np.isin(ids, unique[explored[copy]])
+        for name, part in (("full", tile), ("new_model", tile[keep])):
+            pending[name].append(pa.Table.from_pandas(part, preserve_index=False))
+            rows[name] += len(part)
+            if sum(t.num_rows for t in pending[name]) >= ROW_GROUP_ROWS:
+                flush(name)
+    for name in rows:
+        flush(name)
+        writers[name].close()
+    pa.default_memory_pool().release_unused()
+    return {name: (paths[name], rows[name]) for name in rows}
+
+
 @pytest.fixture(scope="module")
 def tiled_logs(routerbench_subset: Path, tmp_path_factory) -> dict[str, tuple[Path, int]]:
     """``{"full" | "new_model": (parquet path, rows)}`` of the tiled RouterBench logs."""
-    frame = pd.read_parquet(routerbench_subset / "routerbench_subset.parquet")
-    full = pd.concat([frame.assign(query_id=frame["query_id"].astype(str) + f"#{copy}") for copy in range(COPIES)],
-                     ignore_index=True)
-    ids = full["query_id"].unique()
-    explored = np.random.default_rng(0).choice(ids, size=round(NEW_MODEL_SHARE * ids.size), replace=False)
-    new_model = full[(full["model"] != NEW_MODEL) | full["query_id"].isin(explored)]
-    folder = tmp_path_factory.mktemp("partial_bench")
-    paths = {}
-    for name, logs in (("full", full), ("new_model", new_model)):
-        paths[name] = (folder / f"{name}.parquet", len(logs))
-        logs.to_parquet(paths[name][0])
-    return paths
+    return write_tiles(routerbench_subset / "routerbench_subset.parquet", tmp_path_factory.mktemp("partial_bench"),
+                       COPIES)
 
 
 @pytest.mark.parametrize("logs", ["full", "new_model"])
