@@ -531,9 +531,17 @@ def _read_parquet(path: Path, used: Sequence[str] | None = None) -> pd.DataFrame
         rest.append(batch.select([name for name in columns if name not in parts]))
     kept = pa.schema([schema.field(name) for name in columns if name not in parts])
     others = (pa.Table.from_batches(rest) if rest else kept.empty_table()).to_pandas()
-    return pd.DataFrame({name: (pd.Series(np.concatenate(parts[name]) if parts[name] else np.empty(0, object),
-                                          dtype=object) if name in parts else others[name])
-                         for name in columns})
+    del rest
+    pa.default_memory_pool().release_unused()  # the reads' buffers, which the pool would keep for later reads
+    frame = {}
+    for name in columns:
+        if name in parts:
+            chunks = parts.pop(name)  # each read's pointers freed as they are joined
+            frame[name] = pd.Series(np.concatenate(chunks) if chunks else np.empty(0, object), dtype=object)
+            del chunks
+        else:
+            frame[name] = others[name]
+    return pd.DataFrame(frame)
 
 
 def _is_text(kind: pa.DataType) -> bool:
@@ -753,9 +761,14 @@ def _build(
 def _grid(
     origin: np.ndarray, qids: np.ndarray, names: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Map rows to (query, model) cells; refuse duplicates (a pair without a row is simply not logged)."""
-    query_ids, query_index = np.unique(qids.astype(str), return_inverse=True)
-    model_names, model_index = np.unique(names.astype(str), return_inverse=True)
+    """Map rows to (query, model) cells; refuse duplicates (a pair without a row is simply not logged).
+
+    Ids are numbered in sorted order by hashing the strings already held,
+    not by sorting a fixed-width copy of every row's id (4 bytes per
+    character of the longest id, for each of millions of rows: issue 33).
+    """
+    query_index, query_ids = pd.factorize(qids, sort=True)
+    model_index, model_names = pd.factorize(names, sort=True)
     cell = query_index * len(model_names) + model_index
     repeated = pd.Series(cell).duplicated(keep=False).to_numpy()
     if repeated.any():
@@ -772,7 +785,7 @@ def _grid(
             + (" ..." if len(groups) > _SHOWN else "")
             + ". Keep one row per pair (average repeated runs before loading if that is what they are)"
         )
-    return query_index, model_index, query_ids.astype(object), [str(m) for m in model_names]
+    return query_index, model_index, np.asarray(query_ids, dtype=object), [str(m) for m in model_names]
 
 
 def _check_prompt_types(prompts: np.ndarray, origin: np.ndarray) -> None:
