@@ -5,14 +5,15 @@ the logs and ``python -m training.fit`` refits everything (README, "Learning
 from traffic logs"). This bench measures that refit end to end, as a user
 runs it, on the RouterBench subset (``../shared/data``; skipped without it)
 tiled to ``PARTIAL_BENCH_COPIES`` copies (default 10: 31,500 queries x 11
-models, 346,500 rows) with new query ids per copy, written with pandas'
-defaults; ``new_model`` keeps ``gpt-4-1106-preview`` on a random 10 % of the
+models, 346,500 rows) with new query ids and prompts per copy, written as
+pandas' defaults write (row groups of a million rows, plain strings); ``new_model`` keeps ``gpt-4-1106-preview`` on a random 10 % of the
 queries only. Both fits run in the same session, one after the other, so
 their wall times compare; ``extra_info`` holds wall and CPU seconds and the
 peak of the summed RSS of the fit's process tree.
 
-Run: ``python -m pytest bench/bench_partial.py -s``. Copies share prompts,
-so the AUCs of this run mean nothing; only the times do.
+Run: ``python -m pytest bench/bench_partial.py -s``. Copies share answers
+and prompt tails, so the AUCs of this run mean nothing; only the times and
+memory do.
 
 Measured 2026-12-02 (2 cores, nothing else running), 10 copies: full logs
 166 s wall, 193 CPU-s, peak RSS 2.0 GiB; new model on 10 % (one pooled
@@ -70,7 +71,9 @@ def write_tiles(source: Path, folder: Path, copies: int) -> dict[str, tuple[Path
             pending[name] = []
 
     for copy in range(copies):
-        tile = frame.assign(query_id=ids + f"#{copy}")
+        # each copy its own prompts (a prefix: the tail that featurization reads stays), as distinct queries have:
+        # the seeded split keeps a prompt's queries in one part, so shared prompts left test no fully logged query
+        tile = frame.assign(query_id=ids + f"#{copy}", prompt=f"[{copy}] " + frame["prompt"])
         keep = (frame["model"] != NEW_MODEL).to_numpy() | np.isin(ids, unique[explored[copy]])
         for name, part in (("full", tile), ("new_model", tile[keep])):
             pending[name].append(pa.Table.from_pandas(part, preserve_index=False))
