@@ -201,11 +201,11 @@ def _split(table: RoutingTable, fractions: Sequence[float], seed: int, split_col
 
 #: Memory ``training.fit`` takes beyond the table it has read, per logged (query, model) row: the peak
 #: resident memory minus the resident memory once ``read_table`` returned, ``bench/bench_partial.py`` at 10 copies
-#: (346,500 rows), issue 33: full logs FULL_MIB, the pooled quality regressor of partial logs POOLED_MIB. The
+#: (346,500 rows), issue 33: full logs 1000 MiB, the pooled quality regressor of partial logs 3000 MiB. The
 #: table's own memory (its prompts and responses, which depend on the text, held once per query and distinct
 #: answer) is not estimated: it is resident when the check runs, so ``MemAvailable`` has already paid for it.
 #: What remains grows with the rows (the run-set feature rows; the pooled regressor stacks them per model).
-FIT_BYTES_PER_ROW = {"full": FULL_MIB * 2**20 / 346_500, "pooled": POOLED_MIB * 2**20 / 346_500}
+FIT_BYTES_PER_ROW = {"full": 1000 * 2**20 / 346_500, "pooled": 3000 * 2**20 / 346_500}
 
 
 def available_memory_bytes() -> int | None:
