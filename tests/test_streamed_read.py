@@ -104,3 +104,23 @@ def test_routerbench_subset_streamed_equals_in_memory(routerbench_subset, monkey
     monkeypatch.setattr(data, "READ_BYTES", 2**20)
     path = routerbench_subset / "routerbench_subset.parquet"
     assert_same(read_table(path), read_table(pd.read_parquet(path)))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_streamed_features_equal_in_memory_features(routerbench_subset, monkeypatch, chunk):
+    """Prompt features computed a slice of queries at a time are the whole table's transform, bit for bit."""
+    from estimators import estimator
+    from estimators.featurize import make_prompt_featurizer, prompt_frame
+    from estimators.prompts import read_prompts
+
+    table = read_table(routerbench_subset / "routerbench_subset.parquet")
+    rows = np.random.default_rng(chunk).choice(table.n_queries, 1500, replace=False)
+    def part(values):
+        return None if values is None else values[rows]
+
+    frame = prompt_frame(read_prompts(table.prompts[rows])[0], part(table.tasks), part(table.subtasks), n=rows.size)
+    featurizer = make_prompt_featurizer(list(frame.columns)).fit(frame)
+    monkeypatch.setattr(estimator, "FEATURE_CHUNK_ROWS", chunk)
+    streamed = estimator.featurize_in_chunks(featurizer, frame)
+    assert streamed.dtype == np.float64
+    np.testing.assert_array_equal(streamed, featurizer.transform(frame))
