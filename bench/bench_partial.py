@@ -6,8 +6,9 @@ from traffic logs"). This bench measures that refit end to end, as a user
 runs it, on the RouterBench subset (``../shared/data``; skipped without it)
 tiled to ``PARTIAL_BENCH_COPIES`` copies (default 10: 31,500 queries x 11
 models, 346,500 rows) with new query ids and prompts per copy, written as
-pandas' defaults write (row groups of a million rows, plain strings); ``new_model`` keeps ``gpt-4-1106-preview`` on a random 10 % of the
-queries only. Both fits run in the same session, one after the other, so
+pandas' defaults write (row groups of a million rows, plain strings);
+``new_model`` keeps ``gpt-4-1106-preview`` on a random 10 % of the queries
+only. Both fits run in the same session, one after the other, so
 their wall times compare; ``extra_info`` holds wall and CPU seconds and the
 peak of the summed RSS of the fit's process tree.
 
