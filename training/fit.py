@@ -257,8 +257,8 @@ def check_fit_memory(n_rows: int, *, pooled: bool, available: int | None = None)
     fits = int(available / FIT_BYTES_PER_ROW["pooled" if pooled else "full"])
     raise ValueError(f"fitting {n_rows:,} logged rows needs about {need / 2**30:.1f} GiB besides the table read, "
                      f"and {available / 2**30:.1f} GiB is available: sample the queries down to about {fits:,} rows "
-                     "(whole queries; docs/sampling.md measures what a sample loses), or fit on a machine with more memory; "
-                     "--skip-memory-check fits anyway")
+                     "(whole queries; docs/sampling.md measures what a sample loses), or fit on a machine with more "
+                     "memory; --skip-memory-check fits anyway")
 
 
 def default_budgets(costs: NDArray[np.float64]) -> list[float]:
