@@ -22,6 +22,13 @@ quality regressor) 158 s, 161 CPU-s, 4.1 GiB. A first run had 188 s and
 6.4 GiB for the pooled fit, before its stacked rows were filled in place
 as float32; it also found that a split giving test every fully logged query
 left the new model no training label (the split is stratified since).
+
+Measured 2026-12-08 (issue 33; load 10-16, so only memory and CPU-s
+compare), per phase, the code before and after in one session: reading
+1.6 -> 0.5 GiB; full logs 2.14 GiB (whole fit) -> 1.0 GiB through the fold
+fits; pooled fold fits 3.2 -> 2.5 GiB. At 100 copies reading peaks at
+2.2 GiB and the featurizer's fit at 4.1 GiB; the whole 100-copy fit did
+not finish before the session's deadline.
 """
 
 from __future__ import annotations
