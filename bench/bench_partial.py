@@ -26,7 +26,7 @@ left the new model no training label (the split is stratified since).
 Measured 2026-12-08 (issue 33; load 10-16, so only memory and CPU-s
 compare), per phase, the code before and after in one session: reading
 1.6 -> 0.5 GiB; full logs 2.14 GiB (whole fit) -> 1.2 GiB through the
-estimators' fit; pooled fold fits 3.2 -> 2.5 GiB. At 100 copies reading peaks at
+estimators' fit; pooled estimators' fit 4.65 -> 4.22 GiB. At 100 copies reading peaks at
 2.2 GiB and the featurizer's fit at 4.1-6.4 GiB (two runs, measured from
 the fit's start and from the end of reading; the chunked transform adds
 nothing where the whole one added 2.0 GiB), and the quality regressors'

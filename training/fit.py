@@ -202,8 +202,8 @@ def _split(table: RoutingTable, fractions: Sequence[float], seed: int, split_col
 #: Memory ``training.fit`` takes beyond the table it has read, per logged (query, model) row: the peak
 #: resident memory minus the resident memory once ``read_table`` returned, ``bench/bench_partial.py`` at 10 copies,
 #: 2026-12-08 (issue 33). Full logs (346,500 rows): 743 MiB through the estimators' fit (its peak, the quality
-#: regressors' final fit); 750 MiB kept. Partial logs, one pooled regressor (318,205 rows): its
-#: first fold's fit on half the rows took 1,942 MiB; twice that, 4,000 MiB, is kept for the whole fit. The
+#: regressors' final fit); 750 MiB kept. Partial logs, one pooled regressor (318,205 rows): the
+#: estimators' whole fit took 3,843 MiB above the loaded table; 4,000 MiB kept. The
 #: table's own memory (prompts and responses, which depend on the text, held once per query and distinct answer)
 #: is not estimated: it is resident when the check runs, so ``MemAvailable`` has already paid for it. What
 #: remains grows with the rows (the run-set feature rows; the pooled regressor stacks them once per model).
