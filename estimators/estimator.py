@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -45,6 +45,10 @@ from .prompts import read_prompts
 from .quality import PosthocData, QualityEstimator, make_linear_regressor
 from .table import RoutingTable
 
+if TYPE_CHECKING:
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+
 __all__ = ["Estimates", "Estimator", "MIN_LOGGED_QUERIES", "PreparedQueries", "RouterEstimator", "ESTIMATOR_KINDS",
            "check_logged", "make_router_estimator"]
 
@@ -52,6 +56,30 @@ __all__ = ["Estimates", "Estimator", "MIN_LOGGED_QUERIES", "PreparedQueries", "R
 #: quality and cost regressors (LightGBM leaves need 20 rows each) and the
 #: cross-validated σ would be fitted on noise.
 MIN_LOGGED_QUERIES = 50
+#: Queries featurized at once when fitting: the featurizer's intermediates (hashed n-grams, TF-IDF) take
+#: several KB per prompt, so a table of months of logs is featurized a slice at a time (issue 33).
+FEATURE_CHUNK_ROWS = 16_384
+
+
+def featurize_in_chunks(featurizer: ColumnTransformer, frame: pd.DataFrame) -> NDArray[np.float64]:
+    """``featurizer.transform(frame)``, :data:`FEATURE_CHUNK_ROWS` rows at a time.
+
+    Every block of the default prompt featurizer
+    (:func:`~estimators.featurize.make_prompt_featurizer`) maps a row to
+    its features alone (hashing, TF-IDF weighting and row normalisation,
+    the SVD projection, one-hot and structure counts), so the rows come out
+    as the whole frame's transform gives them, while only one slice's
+    intermediates are held (at 315,000 prompts the whole transform held
+    2 GiB more than its result).
+    """
+    if len(frame) <= FEATURE_CHUNK_ROWS:
+        return featurizer.transform(frame)
+    first = featurizer.transform(frame.iloc[:FEATURE_CHUNK_ROWS])
+    out = np.empty((len(frame), first.shape[1]), dtype=first.dtype)
+    out[:FEATURE_CHUNK_ROWS] = first
+    for start in range(FEATURE_CHUNK_ROWS, len(frame), FEATURE_CHUNK_ROWS):
+        out[start:start + FEATURE_CHUNK_ROWS] = featurizer.transform(frame.iloc[start:start + FEATURE_CHUNK_ROWS])
+    return out
 
 
 def check_logged(models: Sequence[str], logged: NDArray[np.bool_]) -> None:
@@ -549,7 +577,9 @@ class RouterEstimator(BaseEstimator):
         self.featurizer_ = make_prompt_featurizer(
             self.columns_, text=None if self.text is None else clone(self.text)
         ).fit(frame)
-        features = self.featurizer_.transform(frame)
+        # a custom text featurizer (sentence embeddings) may batch its rows: featurized whole, as it was fitted
+        features = (featurize_in_chunks(self.featurizer_, frame) if self.text is None
+                    else self.featurizer_.transform(frame))
         self.frozen_featurizer_ = FrozenFeaturizer(self.featurizer_)
         self.signal_names_ = sorted(table.signals)
         self.uses_responses_ = bool(

@@ -177,7 +177,9 @@ class TextFeaturizer(_TextTransformer):
         n_components = min(self.n_components, len(texts) - 1)
         self.svd_ = None
         if n_components >= 1:
-            self.svd_ = TruncatedSVD(n_components, random_state=self.random_state).fit(self.tfidf_.transform(counts))
+            # copy=False: the counts become the TF-IDF matrix in place (the same numbers), not held twice
+            self.svd_ = TruncatedSVD(n_components, random_state=self.random_state).fit(
+                self.tfidf_.transform(counts, copy=False))
             # Column-major, so that its transpose, the (features, components) projection that the frozen
             # text pass reads row by row, is a C-contiguous view: one copy in memory and in the artifact.
             self.svd_.components_ = np.asfortranarray(self.svd_.components_)
@@ -200,7 +202,7 @@ class TextFeaturizer(_TextTransformer):
         texts = self._texts(X, reset=False)
         out = np.zeros((len(texts), self.n_components))
         if self.svd_ is not None:
-            projected = self.svd_.transform(self.tfidf_.transform(self._hashed(texts)))
+            projected = self.svd_.transform(self.tfidf_.transform(self._hashed(texts), copy=False))
             out[:, : projected.shape[1]] = projected
         return out
 

@@ -16,7 +16,7 @@ NaN-native) and the embedding-based linear family (:func:`make_linear_regressor`
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -501,7 +501,7 @@ class QualityEstimator(BaseEstimator):
         return _logit(prior)[rows]
 
     def _boost_from_prior(self, prompt_features: np.ndarray, quality: np.ndarray, rows: np.ndarray, run: np.ndarray,
-                          folds: list, X: np.ndarray, Y: np.ndarray,
+                          folds: list, features: Callable[[NDArray[np.int64]], np.ndarray], Y: np.ndarray,
                           names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Fit the per-task prior, choose each model's tree count, and return the init logits and out-of-fold estimates.
 
@@ -519,11 +519,13 @@ class QualityEstimator(BaseEstimator):
         most = int(self._template().get_params()["n_estimators"])
         counts = sorted({int(c) for c in (self.tree_counts or ()) if c < most} | {most})
         raw = np.empty((len(counts),) + Y.shape)
-        for train, test in folds:
-            regressors = self._fit_from_prior(X[train], Y[train], init[train], [counts[-1]] * k)
+        for train, test in folds:  # ``features(rows)``: the training rows of those run sets
+            regressors = self._fit_from_prior(features(train), Y[train], init[train], [counts[-1]] * k)
+            held_out = features(test)
             for c, count in enumerate(counts):
-                raw[c, test] = np.column_stack([r.predict(X[test], raw_score=True, num_iteration=count)
+                raw[c, test] = np.column_stack([r.predict(held_out, raw_score=True, num_iteration=count)
                                                 for r in regressors])
+            del held_out
         estimates = _sigmoid(raw + init)
         best = [int(np.argmin([_log_loss(Y[:, i], estimates[c, :, i]) for c in range(len(counts))])) for i in range(k)]
         self.n_trees_ = np.array([counts[c] for c in best], dtype=np.int64)
@@ -631,13 +633,17 @@ class QualityEstimator(BaseEstimator):
         n_groups = per_model_groups(len(posthoc.signals), posthoc.responses is not None)
         self.self_columns_ = prompt_features.shape[1] + np.arange(n_groups)[:, None] * k + np.arange(k)
         W = None if weights is None else weights[rows]
-        X = _features(prompt_features[rows], run, posthoc.take(rows))
+        def features(at: NDArray[np.int64] | slice) -> np.ndarray:
+            # Training rows of the run sets ``at``, built for each use rather than indexed out of one matrix of
+            # every row (issue 33): a fold's fit then holds its own rows, not also the whole matrix beside them.
+            return _features(prompt_features[rows[at]], run[at], posthoc.take(rows[at]))
+
         Y = quality[rows]
-        folds = list(GroupKFold(self.n_folds).split(X, groups=rows))
+        folds = list(GroupKFold(self.n_folds).split(rows, groups=rows))
         self.prior_, self.cells_, self.n_trees_, self.unrun_trees_, init = None, None, None, None, None
         boosted = self._boosts_from_prior(names, labelled, weights)
         if boosted and not self.pooled_:
-            init, oof = self._boost_from_prior(prompt_features, quality, rows, run, folds, X, Y, names)
+            init, oof = self._boost_from_prior(prompt_features, quality, rows, run, folds, features, Y, names)
         else:
             if boosted:  # pooled: each model's prior from the queries where it was logged
                 cells = None if weights is None else np.asarray(weights, dtype=np.float64)
@@ -647,10 +653,11 @@ class QualityEstimator(BaseEstimator):
             oof = np.empty_like(Y)
             for train, test in folds:
                 start = None if init is None else init[train]
-                regressors = self._fit_regressors(X[train], Y[train], labelled[train],
+                regressors = self._fit_regressors(features(train), Y[train], labelled[train],
                                                   None if W is None else W[train], rows[train], names, start)
-                oof[test] = self._predict_regressors(regressors, X[test], None if init is None else init[test])
-        self.regressors_ = self._fit_regressors(X, Y, labelled, W, rows, names, init, self.n_trees_)
+                oof[test] = self._predict_regressors(regressors, features(test), None if init is None else init[test])
+        self.regressors_ = self._fit_regressors(features(slice(None)), Y, labelled, W, rows, names, init,
+                                                self.n_trees_)
         self.oof_ = {"quality": oof, "run": run, "target": Y, "labelled": labelled}
         flat_rows = np.repeat(rows, k)
         keep = np.flatnonzero(labelled.ravel())

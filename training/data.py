@@ -183,7 +183,7 @@ def read_table(
     """
     low, high = _check_range(quality_range)
     signal_columns = _check_signal_names(signal_columns)
-    frame = _load(source, allow_pickle)
+    frame = _load(source, allow_pickle, used=(*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *signal_columns))
     _check_unique_columns(frame, "the input")
     if len(frame) == 0:
         raise ValueError(
@@ -412,7 +412,9 @@ def fingerprint(table: RoutingTable) -> str:
 # --------------------------------------------------------------------------- #
 
 
-def _load(source: PathLike | pd.DataFrame, allow_pickle: bool = False) -> pd.DataFrame:
+def _load(source: PathLike | pd.DataFrame, allow_pickle: bool = False,
+          used: Sequence[str] | None = None) -> pd.DataFrame:
+    """The source as a frame; a Parquet source streamed with only the ``used`` columns (:func:`_read_parquet`)."""
     if isinstance(source, pd.DataFrame):
         return source
     if not isinstance(source, (str, os.PathLike)):
@@ -423,12 +425,12 @@ def _load(source: PathLike | pd.DataFrame, allow_pickle: bool = False) -> pd.Dat
     if is_log_dir(path):  # training.serve --log-dir: its labelled rows, labels joined (issue 34)
         return read_logs(path)
     if path.is_dir():  # a Parquet dataset, as Spark and pandas (partition_cols) write one
-        return _parse(path, "a Parquet dataset folder", _read_parquet)
+        return _parse(path, "a Parquet dataset folder", lambda folder: _read_parquet(folder, used))
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {str(path)!r}")
     name = path.name.lower()
     if name.endswith(".parquet"):
-        return _parse(path, "Parquet", _read_parquet)
+        return _parse(path, "Parquet", lambda file: _read_parquet(file, used))
     if name.endswith((".csv", ".csv.gz")):
         return _read_csv(path)
     if name.endswith((".pkl", ".pickle", ".pkl.gz")):
@@ -463,18 +465,96 @@ def _parse(path: Path, kind: str, reader: Callable[[Path], pd.DataFrame]) -> pd.
         ) from error
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
-    """A Parquet file (or a dataset folder of them) as ``pandas.read_parquet`` reads it.
+#: Bytes of the selected columns decoded per Parquet read. pyarrow's reader holds several times the
+#: batch it decodes, so reads are sized in bytes: memory stays the same whatever the length of the
+#: prompts or the size of the file's row groups (pandas writes row groups of a million rows).
+READ_BYTES = 16 * 2**20
 
-    Its text is checked to be UTF-8 first.
+
+def parquet_rows_per_read(parquet: pq.ParquetFile, columns: Sequence[str], most: int, read_bytes: int) -> int:
+    """Rows per Parquet read: about ``read_bytes`` of ``columns``, measured on the file's first rows.
+
+    At least 64 and at most ``most`` rows. A dictionary column's values are
+    shared by the reads of a row group, so only its indices count.
+    """
+    sample = next(parquet.iter_batches(batch_size=1024, columns=list(columns)), None)
+    if sample is None or not sample.num_rows:
+        return most
+    sizes = [column.indices.nbytes if pa.types.is_dictionary(column.type) else column.nbytes
+             for column in sample.columns]
+    return int(np.clip(read_bytes * sample.num_rows // max(sum(sizes), 1), 64, most))
+
+
+def _read_parquet(path: Path, used: Sequence[str] | None = None) -> pd.DataFrame:
+    """A Parquet file (or a dataset folder of them) as a frame, its text checked to be UTF-8.
 
     Parquet does not check that a string column is valid UTF-8 when it is
     read; pandas' Arrow-backed strings would fail only when a value is
     first used, deep in validation, with pyarrow's "Wrapping ... failed".
+
+    With ``used`` (the long format's column names :func:`read_table`
+    reads), a long table's other columns are not read, and a file is read
+    :data:`READ_BYTES` at a time (issue 33): a table of months of logs
+    repeats each prompt on every model's row, and pandas would hold every
+    copy (its Arrow strings, then one Python string per row once
+    validation reads them). Text columns become object arrays holding one
+    Python string per distinct value of a read (:func:`_decoded`), so a
+    prompt is held about once per query; missing text is NaN, as pandas
+    reads it. A wide table, or one without a required column, repeating a
+    column name, or lacking a named signal column, is read whole, so that
+    :func:`read_table` names everything it found.
     """
-    table = pq.read_table(path)
-    table.validate(full=True)
-    return table.to_pandas()
+    schema = pq.read_schema(path) if path.is_file() else pq.ParquetDataset(path).schema
+    names = list(schema.names)
+    streamed = (used is not None and len(set(names)) == len(names)
+                and not any(name.endswith(_WIDE_COST) for name in names)
+                and set(REQUIRED_COLUMNS) <= set(names)
+                and set(used) - set(REQUIRED_COLUMNS) - set(OPTIONAL_COLUMNS) <= set(names))
+    if not streamed:
+        table = pq.read_table(path)
+        table.validate(full=True)
+        return table.to_pandas()
+    columns = [name for name in names if name in set(used or ())]
+    if path.is_file():
+        parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=2**20)  # pre_buffer keeps every chunk read
+        batches = parquet.iter_batches(batch_size=parquet_rows_per_read(parquet, columns, 1 << 20, READ_BYTES),
+                                       columns=columns)
+    else:
+        batches = iter(pq.read_table(path, columns=columns).to_batches())
+    text = [name for name in columns if _is_text(schema.field(name).type)]
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in text}
+    rest: list[pa.RecordBatch] = []
+    for batch in batches:
+        batch.validate(full=True)
+        for name in text:
+            parts[name].append(_decoded(batch.column(name)))
+        rest.append(batch.select([name for name in columns if name not in parts]))
+    kept = pa.schema([schema.field(name) for name in columns if name not in parts])
+    others = (pa.Table.from_batches(rest) if rest else kept.empty_table()).to_pandas()
+    del rest
+    pa.default_memory_pool().release_unused()  # the reads' buffers, which the pool would keep for later reads
+    frame = {}
+    for name in columns:
+        if name in parts:
+            chunks = parts.pop(name)  # each read's pointers freed as they are joined
+            frame[name] = pd.Series(np.concatenate(chunks) if chunks else np.empty(0, object), dtype=object)
+            del chunks
+        else:
+            frame[name] = others[name]
+    return pd.DataFrame(frame)
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    value = kind.value_type if pa.types.is_dictionary(kind) else kind
+    return bool(pa.types.is_string(value) or pa.types.is_large_string(value))
+
+
+def _decoded(column: pa.Array) -> np.ndarray:
+    """A text column as an object array sharing one Python string per distinct value; missing values as NaN."""
+    encoded = column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
+    values = np.array([*encoded.dictionary.to_pylist(), np.nan], dtype=object)
+    index = encoded.indices.fill_null(len(encoded.dictionary)).to_numpy(zero_copy_only=False)
+    return values[index]
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -681,9 +761,14 @@ def _build(
 def _grid(
     origin: np.ndarray, qids: np.ndarray, names: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Map rows to (query, model) cells; refuse duplicates (a pair without a row is simply not logged)."""
-    query_ids, query_index = np.unique(qids.astype(str), return_inverse=True)
-    model_names, model_index = np.unique(names.astype(str), return_inverse=True)
+    """Map rows to (query, model) cells; refuse duplicates (a pair without a row is simply not logged).
+
+    Ids are numbered in sorted order by hashing the strings already held,
+    not by sorting a fixed-width copy of every row's id (4 bytes per
+    character of the longest id, for each of millions of rows: issue 33).
+    """
+    query_index, query_ids = pd.factorize(qids, sort=True)
+    model_index, model_names = pd.factorize(names, sort=True)
     cell = query_index * len(model_names) + model_index
     repeated = pd.Series(cell).duplicated(keep=False).to_numpy()
     if repeated.any():
@@ -700,7 +785,7 @@ def _grid(
             + (" ..." if len(groups) > _SHOWN else "")
             + ". Keep one row per pair (average repeated runs before loading if that is what they are)"
         )
-    return query_index, model_index, query_ids.astype(object), [str(m) for m in model_names]
+    return query_index, model_index, np.asarray(query_ids, dtype=object), [str(m) for m in model_names]
 
 
 def _check_prompt_types(prompts: np.ndarray, origin: np.ndarray) -> None:

@@ -199,10 +199,15 @@ def _split(table: RoutingTable, fractions: Sequence[float], seed: int, split_col
     return split_from_labels(table.splits, table.fully_logged)
 
 
-#: Peak resident memory of ``training.fit`` per logged (query, model) row: ``bench/bench_partial.py`` at 10
-#: copies (346,500 rows), 2026-12-02, measured 2.0 GiB with full logs and 4.1 GiB with the pooled quality
-#: regressor that partial logs use. The estimate is linear in rows, as those runs were (issue 33).
-FIT_BYTES_PER_ROW = {"full": 2.0 * 2**30 / 346_500, "pooled": 4.1 * 2**30 / 346_500}
+#: Memory ``training.fit`` takes beyond the table it has read, per logged (query, model) row: the peak
+#: resident memory minus the resident memory once ``read_table`` returned, ``bench/bench_partial.py`` at 10 copies,
+#: 2026-12-08 (issue 33). Full logs (346,500 rows): 743 MiB through the estimators' fit (its peak, the quality
+#: regressors' final fit); 750 MiB kept. Partial logs, one pooled regressor (318,205 rows): the
+#: estimators' whole fit took 3,843 MiB above the loaded table; 4,000 MiB kept. The
+#: table's own memory (prompts and responses, which depend on the text, held once per query and distinct answer)
+#: is not estimated: it is resident when the check runs, so ``MemAvailable`` has already paid for it. What
+#: remains grows with the rows (the run-set feature rows; the pooled regressor stacks them once per model).
+FIT_BYTES_PER_ROW = {"full": 750 * 2**20 / 346_500, "pooled": 4000 * 2**20 / 318_205}
 
 
 def available_memory_bytes() -> int | None:
@@ -229,12 +234,16 @@ def peak_rss_bytes() -> int:
 def check_fit_memory(n_rows: int, *, pooled: bool, available: int | None = None) -> None:
     """Stop before fitting when the rows would not fit in memory, rather than be killed half-way.
 
+    Called once the table is read: what fitting needs beyond it is
+    ``n_rows`` times :data:`FIT_BYTES_PER_ROW`, compared with what is
+    available then (the table already counted).
+
     Parameters
     ----------
     n_rows : int
         Logged (query, model) rows of the table.
     pooled : bool
-        Partial logs (the pooled quality regressor, about twice the memory per row).
+        Partial logs (the pooled quality regressor, several times the memory per row).
     available : int, optional
         Bytes available; default :func:`available_memory_bytes` (no check where unknown).
 
@@ -248,10 +257,10 @@ def check_fit_memory(n_rows: int, *, pooled: bool, available: int | None = None)
     if available is None or need <= available:
         return
     fits = int(available / FIT_BYTES_PER_ROW["pooled" if pooled else "full"])
-    raise ValueError(f"fitting {n_rows:,} logged rows needs about {need / 2**30:.1f} GiB and {available / 2**30:.1f} "
-                     f"GiB is available: sample the queries down to about {fits:,} rows (whole queries; "
-                     "docs/sampling.md measures what a sample loses), or fit on a machine with more memory; "
-                     "--skip-memory-check fits anyway")
+    raise ValueError(f"fitting {n_rows:,} logged rows needs about {need / 2**30:.1f} GiB besides the table read, "
+                     f"and {available / 2**30:.1f} GiB is available: sample the queries down to about {fits:,} rows "
+                     "(whole queries; docs/sampling.md measures what a sample loses), or fit on a machine with more "
+                     "memory; --skip-memory-check fits anyway")
 
 
 def default_budgets(costs: NDArray[np.float64]) -> list[float]:

@@ -65,6 +65,7 @@ from ..cli import (
     score_parser,
     verification_key,
 )
+from ..data import READ_BYTES, parquet_rows_per_read
 from ..defaults import AUTO_WORKERS_FROM_ROWS, MAX_AUTO_WORKERS
 from ..router import Router, load_router, load_router_with_sha256
 from .logged import DISAGREES_ON, PER_QUERY_TEXT, ScoreError, check_columns, required_columns
@@ -149,26 +150,10 @@ def input_columns(path: Path) -> tuple[list[str], int | None]:
     return list(schema.names), parquet.metadata.num_rows
 
 
-#: Bytes of the selected columns decoded per Parquet read. pyarrow's reader holds several times the
-#: batch it decodes, so reads are sized in bytes: memory stays the same whatever the length of the
-#: prompts or the size of the file's row groups (pandas writes row groups of a million rows).
-READ_BYTES = 16 * 2**20
-
 #: Most bytes of input gathered into one scored table (besides ``--batch-size`` rows): a table is held by the
 #: reader, shipped to a worker and converted to pandas there, so counting rows alone let memory grow with
 #: the prompts' length (8,000 rows of 100,000-character prompts took 3.1 GiB, issue 30).
 BATCH_BYTES = 64 * 2**20
-
-
-def _read_rows(parquet: pq.ParquetFile, columns: list[str], batch_size: int) -> int:
-    """Rows per Parquet read: about :data:`READ_BYTES` of ``columns``, measured on the file's first rows."""
-    sample = next(parquet.iter_batches(batch_size=1024, columns=columns), None)
-    if sample is None or not sample.num_rows:
-        return batch_size
-    # a dictionary column's values are shared by the reads of a row group: count its indices only
-    sizes = [column.indices.nbytes if pa.types.is_dictionary(column.type) else column.nbytes
-             for column in sample.columns]
-    return int(np.clip(READ_BYTES * sample.num_rows // max(sum(sizes), 1), 64, batch_size))
 
 
 def _record_batches(path: Path, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
@@ -177,7 +162,8 @@ def _record_batches(path: Path, columns: list[str], batch_size: int) -> Iterator
         # pre_buffer (pyarrow's default) keeps every column chunk read so far until the file is closed:
         # memory would grow with the input instead of staying bounded by the batch.
         parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=2**20)
-        yield from parquet.iter_batches(batch_size=_read_rows(parquet, columns, batch_size), columns=columns)
+        yield from parquet.iter_batches(batch_size=parquet_rows_per_read(parquet, columns, batch_size, READ_BYTES),
+                                        columns=columns)
         return
     import pyarrow.csv as pacsv
     convert = pacsv.ConvertOptions(include_columns=columns, strings_can_be_null=False,
