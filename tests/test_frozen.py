@@ -13,7 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from estimators.featurize import FrozenFeaturizer, _counts, make_prompt_featurizer, prompt_frame, structure_counts_of
+from estimators.featurize import (
+    _TALLIES,
+    FrozenFeaturizer,
+    _counts,
+    make_prompt_featurizer,
+    prompt_frame,
+    structure_counts_of,
+)
 from estimators.frozen import Affine, Called, freeze_regressors
 from estimators.posthoc import ResponseMemo, posthoc_features, read_responses, run_responses
 
@@ -58,6 +65,8 @@ def test_frozen_featurizer_equals_the_column_transformer(featurizer, texts, task
     for i in range(len(texts)):  # one text alone (all-ASCII: the direct pass) == its row of a mixed batch, bit for bit
         alone = frozen.transform({c: frame[c].to_numpy(dtype=object)[i:i + 1] for c in frozen.columns}, 1)
         np.testing.assert_array_equal(alone[0], got[i])
+    # the counting table this thread's calls share is left zero (a stale count would enter the next call's features)
+    assert _TALLIES.tables and not any(table.any() for table in _TALLIES.tables.values())
 
 
 @settings(max_examples=150, deadline=None)
