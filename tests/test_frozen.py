@@ -113,6 +113,11 @@ def test_ridge_pipelines_fold_into_one_affine_map_with_a_separable_prompt_part()
     affine = frozen.affine
     split = affine.partial(probe[:, :5]) + affine.bias + affine.partial(probe[:, 5:], 5)
     np.testing.assert_allclose(split, expected, rtol=1e-12, atol=1e-12)
+    for _ in range(3):  # a recurring row's kept product is the computed one, per row value and start
+        for row in probe[:12, 5:]:
+            for start in (4, 5):
+                got = affine.constant_partial(row[None, :4], start)
+                np.testing.assert_array_equal(got, affine.partial(row[None, :4], start))
 
 
 def test_regressors_it_cannot_freeze_are_called_and_mixed_lists_keep_their_order():
