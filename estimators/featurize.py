@@ -281,6 +281,9 @@ def structure_counts_of(texts: Sequence[str] | NDArray[np.object_],
     """
     text, offsets, ascii = encode_texts(texts) if encoded is None else encoded
     counts = np.empty((len(texts), 1 + len(_BYTE_CLASSES) + len(_SUBSTRINGS)))
+    if ascii.all():  # every text ASCII (a served prompt, in practice): one compiled pass straight into counts
+        structure_counts(text, offsets, np.arange(len(texts)), *_COMPILED_TABLES, counts)
+        return counts
     rows = np.flatnonzero(ascii)
     if rows.size:
         block = np.empty((rows.size, counts.shape[1]))
