@@ -9,6 +9,7 @@ counts, plus the task and subtask as one-hot categories.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -282,6 +283,9 @@ def structure_counts_of(texts: Sequence[str] | NDArray[np.object_],
     """
     text, offsets, ascii = encode_texts(texts) if encoded is None else encoded
     counts = np.empty((len(texts), 1 + len(_BYTE_CLASSES) + len(_SUBSTRINGS)))
+    if ascii.all():  # every text ASCII (a served prompt, in practice): one compiled pass straight into counts
+        structure_counts(text, offsets, np.arange(len(texts)), *_COMPILED_TABLES, counts)
+        return counts
     rows = np.flatnonzero(ascii)
     if rows.size:
         block = np.empty((rows.size, counts.shape[1]))
@@ -478,6 +482,23 @@ class _EncodedColumns:
         return self._encoded[name]
 
 
+_TALLIES = threading.local()
+
+
+def _tally(size: int) -> NDArray[np.int32]:
+    """This thread's n-gram counting table of ``size`` zeros, made once and reused (never shared between threads).
+
+    The compiled text pass leaves it zero (it resets only the entries a text
+    touched); zeroing a fresh 256 KB table per call cost more than counting
+    a short prompt.
+    """
+    tables: dict[int, NDArray[np.int32]] = _TALLIES.__dict__.setdefault("tables", {})
+    table = tables.get(size)
+    if table is None:
+        table = tables[size] = np.zeros(size, np.int32)
+    return table
+
+
 class _TextBlock:
     """:class:`TextFeaturizer` as one compiled pass per ASCII text: n-grams, TF-IDF and the SVD projection.
 
@@ -521,13 +542,13 @@ class _TextBlock:
         kernel = ascii_text_features_parallel if parallel else ascii_text_features
         if width == self.n_components and plain.all():  # every text ASCII: one compiled pass straight into out
             kernel(text, offsets, np.arange(n), self.word_chars, self.char_chars, self.n_features, _CHAR_RANGE,
-                   self.idf, projection, out)
+                   self.idf, projection, _tally(2 * self.n_features), out)
             return out
         rows = np.flatnonzero(plain)
         if rows.size:
             block = np.empty((rows.size, width))
             kernel(text, offsets, rows, self.word_chars, self.char_chars, self.n_features, _CHAR_RANGE, self.idf,
-                   projection, block)
+                   projection, _tally(2 * self.n_features), block)
             out[rows, :width] = block
         others = np.flatnonzero(~plain)
         if others.size:

@@ -20,6 +20,7 @@ tests in ``tests/``); these objects hold only arrays, scalars and, for
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -137,6 +138,37 @@ class Affine:
             return X @ self.weights[columns]
         return np.where(missing, 0.0, X) @ self.weights[columns] + missing @ self.missing_weights[columns]
 
+    def constant_partial(self, row: NDArray[np.float64], start: int = 0) -> NDArray[np.float64]:
+        """:meth:`partial` of one row that recurs unchanged, computed once per row value and ``start``.
+
+        The post-hoc block of a query that ran no model (every first step of
+        a served cascade) is one constant row; its products are the same
+        each time, so they are kept (by the row's bytes: a different row
+        is computed, never confused with it). Callers pass only rows that
+        recur: at most :data:`_CONSTANT_ROWS` are kept per map.
+
+        Parameters
+        ----------
+        row : ndarray of float64, shape (1, C)
+        start : int, default=0
+            As in :meth:`partial`.
+
+        Returns
+        -------
+        ndarray of float64, shape (1, n_outputs)
+            Read-only, shared by the calls.
+        """
+        memo = _CONSTANT_PARTIALS.setdefault(self, {})
+        key = (start, row.shape, row.tobytes())
+        value = memo.get(key)
+        if value is None:
+            value = self.partial(row, start)
+            value.setflags(write=False)
+            if len(memo) >= _CONSTANT_ROWS:
+                memo.clear()
+            memo[key] = value
+        return value
+
     def predict(self, X: NDArray[np.float64], parallel: bool = False) -> NDArray[np.float64]:
         """The pipelines' outputs on ``X`` from two matrix products.
 
@@ -152,6 +184,12 @@ class Affine:
         ndarray of float64, shape (N, n_outputs)
         """
         return self.partial(X) + self.bias
+
+
+#: :meth:`Affine.constant_partial`'s products per map (outside the map, so they are never pickled).
+_CONSTANT_PARTIALS: weakref.WeakKeyDictionary[Affine, dict[tuple[int, tuple[int, ...], bytes], NDArray[np.float64]]]
+_CONSTANT_PARTIALS = weakref.WeakKeyDictionary()
+_CONSTANT_ROWS = 8
 
 
 class Called:

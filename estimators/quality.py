@@ -31,7 +31,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import get_tags
 
 from .clusters import CLUSTER_COUNTS, TEXT_PREFIX, CellPrior, choose_prior
-from .frozen import freeze_regressors
+from .frozen import Affine, freeze_regressors
 from .peers import CATEGORY_PREFIX, PartialTargets, TaskMeanRegressor
 from .posthoc import ResponseInfo, per_model_groups, posthoc_feature_names, posthoc_features
 from .runsets import sample_run_sets
@@ -759,9 +759,10 @@ class QualityEstimator(BaseEstimator):
             raw = self._prior_where_unrun(started, share, run)  # type: ignore[arg-type]  # prior_ set: share is an array
         elif share is None:
             raw = self.frozen_.predict(np.hstack([prompt_features, block]), parallel)
-        else:
-            raw = share + self.frozen_.affine.partial(  # type: ignore[union-attr]  # a share exists only for affine maps
-                block, prompt_features.shape[1])
+        else:  # a share exists only for affine maps; a single query that ran nothing has the constant block
+            affine: Affine = self.frozen_.affine  # type: ignore[assignment]
+            partial = affine.constant_partial if run.shape[0] == 1 and not run.any() else affine.partial
+            raw = share + partial(block, prompt_features.shape[1])
         return np.clip(raw, 0.0, 1.0)
 
     def predict_sigma(self, quality: NDArray[np.float64], run: NDArray[np.bool_],

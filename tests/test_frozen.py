@@ -13,7 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from estimators.featurize import FrozenFeaturizer, _counts, make_prompt_featurizer, prompt_frame, structure_counts_of
+from estimators.featurize import (
+    _TALLIES,
+    FrozenFeaturizer,
+    _counts,
+    make_prompt_featurizer,
+    prompt_frame,
+    structure_counts_of,
+)
 from estimators.frozen import Affine, Called, freeze_regressors
 from estimators.posthoc import ResponseMemo, posthoc_features, read_responses, run_responses
 
@@ -58,6 +65,8 @@ def test_frozen_featurizer_equals_the_column_transformer(featurizer, texts, task
     for i in range(len(texts)):  # one text alone (all-ASCII: the direct pass) == its row of a mixed batch, bit for bit
         alone = frozen.transform({c: frame[c].to_numpy(dtype=object)[i:i + 1] for c in frozen.columns}, 1)
         np.testing.assert_array_equal(alone[0], got[i])
+    # the counting table this thread's calls share is left zero (a stale count would enter the next call's features)
+    assert _TALLIES.tables and not any(table.any() for table in _TALLIES.tables.values())
 
 
 @settings(max_examples=150, deadline=None)
@@ -104,6 +113,11 @@ def test_ridge_pipelines_fold_into_one_affine_map_with_a_separable_prompt_part()
     affine = frozen.affine
     split = affine.partial(probe[:, :5]) + affine.bias + affine.partial(probe[:, 5:], 5)
     np.testing.assert_allclose(split, expected, rtol=1e-12, atol=1e-12)
+    for _ in range(3):  # a recurring row's kept product is the computed one, per row value and start
+        for row in probe[:12, 5:]:
+            for start in (4, 5):
+                got = affine.constant_partial(row[None, :4], start)
+                np.testing.assert_array_equal(got, affine.partial(row[None, :4], start))
 
 
 def test_regressors_it_cannot_freeze_are_called_and_mixed_lists_keep_their_order():

@@ -92,3 +92,20 @@ def test_rule_plan_on_one_row_equals_the_batch_row_with_a_latency_penalty(data):
         alone = rule.plan(Estimates(quality[one], None if sigma is None else sigma[one], cost[one], None,
                                     latency[one]), run[one], u[one], parallel=False)
         assert (alone[0][0], alone[1][0]) == (expected[0][row], expected[1][row])
+
+
+def test_a_rule_keeps_the_decider_of_its_options_while_it_lives():
+    """The single-query path finds a rule's decider by the rule's identity: the one its options key, never another's."""
+    import gc
+
+    from training.decision import _RULE_DECIDERS, _decider, _rule_decider
+    rule = DecisionRule("routing", np.full(3, 2.0), None, 0.5, 3, False, 64)
+    decider = _rule_decider(rule, 3)
+    assert decider is _decider(3, rule.kernel_options()) and _rule_decider(rule, 3) is decider
+    other = replace(rule, lambdas=np.full(3, 7.0))  # equal fields but λ: its own decider
+    assert _rule_decider(other, 3) is _decider(3, other.kernel_options()) is not decider
+    assert _rule_decider(rule, 4) is _decider(4, rule.kernel_options())  # another model count
+    key = id(rule)
+    del rule
+    gc.collect()
+    assert key not in _RULE_DECIDERS  # a later rule at the same address cannot find it

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
@@ -370,20 +371,42 @@ class DecisionRule:
             quality, cost = constant_tables(self.constant_estimates, np.shape(quality)[0])
             sigma = cov = None
         cost = self.kernel_cost(cost, latency)
-        options = self.kernel_options()
         if cov is None and np.shape(quality)[0] == 1:  # one query: a service's call, on the single-query path
-            decider = _decider(np.shape(quality)[1], options)
+            decider = _rule_decider(self, np.shape(quality)[1])
             row = decider.plan(np.asarray(quality)[0], np.asarray(cost)[0], run=np.asarray(run)[0],
                                sigma=None if sigma is None else np.asarray(sigma)[0],
                                u=None if u is None else float(np.asarray(u)[0]))
             return np.array([row[0]], dtype=np.int64), np.array([row[1]], dtype=np.int64)
-        return kernel.plan(quality, cost, run=run, u=u, parallel=parallel, sigma=sigma, cov=cov, **options)
+        return kernel.plan(quality, cost, run=run, u=u, parallel=parallel, sigma=sigma, cov=cov,
+                           **self.kernel_options())
 
 
 def _keep_columns(value: np.ndarray, keep: NDArray[np.intp]) -> np.ndarray:
     """The model columns ``keep`` of a per-model array: the last axis, and the last two of a covariance."""
     value = value[..., keep]
     return value[:, keep, :] if value.ndim == 3 else value
+
+
+#: :func:`_rule_decider`'s deciders by rule identity: ``id(rule) → (weak reference to it, K, decider)``.
+_RULE_DECIDERS: dict[int, tuple[weakref.ReferenceType[DecisionRule], int, kernel.Decider]] = {}
+
+
+def _rule_decider(rule: DecisionRule, n_models: int) -> kernel.Decider:
+    """:func:`_decider` of ``rule``'s kernel options, found by the rule's identity while it lives.
+
+    Rules are immutable snapshots (a paced router makes a new one when its
+    ``λ`` moves), so the decider found once for a rule object stays its
+    decider; building the value key (the options, sorted, arrays as bytes)
+    at every step cost more than the compiled decision itself. An entry goes
+    when its rule is collected, so a reused ``id`` never finds it.
+    """
+    entry = _RULE_DECIDERS.get(id(rule))
+    if entry is not None and entry[0]() is rule and entry[1] == n_models:
+        return entry[2]
+    decider = _decider(n_models, rule.kernel_options())
+    key = id(rule)
+    _RULE_DECIDERS[key] = (weakref.ref(rule, lambda _: _RULE_DECIDERS.pop(key, None)), n_models, decider)
+    return decider
 
 
 def _decider(n_models: int, options: dict[str, Any]) -> kernel.Decider:
