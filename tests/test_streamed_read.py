@@ -41,10 +41,15 @@ def _random_log(seed: int, n_queries: int = 60, k: int = 4) -> pd.DataFrame:
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("row_group_size", [None, 37])
-def test_streamed_table_equals_the_in_memory_one(tmp_path, monkeypatch, seed, row_group_size):
+@pytest.mark.parametrize("index", ["range", "offset range", "labels"])
+def test_streamed_table_equals_the_in_memory_one(tmp_path, monkeypatch, seed, row_group_size, index):
     monkeypatch.setattr(data, "READ_BYTES", 1)  # the fewest rows per read (64): many reads, split queries
     path = tmp_path / "log.parquet"
     frame = _random_log(seed)
+    if index == "offset range":  # a slice or contiguous filter of a frame: pandas stores its range in the metadata
+        frame = frame.set_axis(pd.RangeIndex(600, 600 + len(frame)))
+    elif index == "labels":  # any other filter: pandas stores the labels as a column
+        frame = frame.set_axis(600 + 3 * np.arange(len(frame)))
     frame.to_parquet(path, row_group_size=row_group_size)
     streamed = read_table(path, signal_columns=["logprob"])
     assert_same(streamed, read_table(pq.read_table(path).to_pandas(), signal_columns=["logprob"]))

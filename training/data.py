@@ -530,7 +530,9 @@ def _read_parquet(path: Path, used: Sequence[str] | None = None) -> pd.DataFrame
             parts[name].append(_decoded(batch.column(name)))
         rest.append(batch.select([name for name in columns if name not in parts]))
     kept = pa.schema([schema.field(name) for name in columns if name not in parts])
-    others = (pa.Table.from_batches(rest) if rest else kept.empty_table()).to_pandas()
+    # positions, not the file's pandas index: a frame pandas wrote after filtering keeps its labels (600, 601, ...),
+    # and the text columns built below are numbered from 0, so labels would misalign the two on joining
+    others = (pa.Table.from_batches(rest) if rest else kept.empty_table()).to_pandas().reset_index(drop=True)
     del rest
     pa.default_memory_pool().release_unused()  # the reads' buffers, which the pool would keep for later reads
     frame = {}
